@@ -1,0 +1,393 @@
+//! The distributed lock on a set of wallets: `SET lock:{id} token NX PX ttl` on every key in
+//! sorted order, all or nothing, with bounded retries, exponential backoff and jitter.
+//!
+//! Owns lock acquisition, the RAII guard that releases on every path out (errors and panics
+//! included), token-checked release and extension (Lua), and the in-process queue that lets
+//! threads of one process wait their turn on a wallet without hammering Redis. Does not know
+//! what is done under the lock; `transfer` decides that, and may hand the release to its own
+//! MULTI/EXEC (see [`LockGuard::released_by_exec`]).
+
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, MutexGuard};
+use rand::RngExt;
+
+use crate::store::{PooledConn, keys};
+
+/// Lock settings. Defaults are the original worker's: ttl 10 s, base delay 100 ms, 10 retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockConfig {
+    /// How long a lock lives if its holder never releases it.
+    pub ttl_ms: u64,
+    /// Delay before the first retry; doubles with each further attempt.
+    pub retry_delay_ms_base: u64,
+    /// Cap on one retry delay, before jitter.
+    pub retry_delay_ms_max: u64,
+    /// Retries after the first attempt. `0` means one attempt only.
+    pub retries_max: u32,
+}
+
+impl Default for LockConfig {
+    fn default() -> Self {
+        LockConfig {
+            ttl_ms: 10_000,
+            retry_delay_ms_base: 100,
+            retry_delay_ms_max: 2_000,
+            retries_max: 10,
+        }
+    }
+}
+
+/// Hard limits that no configuration may exceed.
+pub const LOCK_TTL_MS_MAX: u64 = 10 * 60 * 1000;
+pub const LOCK_RETRIES_MAX: u32 = 1_000;
+/// Most wallets one lock may cover.
+pub const LOCK_KEYS_MAX: usize = 16;
+
+impl LockConfig {
+    /// Checks the settings against their limits; the error names the setting and the rule.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ttl_ms == 0 || self.ttl_ms > LOCK_TTL_MS_MAX {
+            return Err(format!(
+                "lock ttl_ms must be between 1 and {LOCK_TTL_MS_MAX}, got {}",
+                self.ttl_ms
+            ));
+        }
+        if self.retries_max > LOCK_RETRIES_MAX {
+            return Err(format!(
+                "lock retries must be at most {LOCK_RETRIES_MAX}, got {}",
+                self.retries_max
+            ));
+        }
+        if self.retry_delay_ms_base > self.retry_delay_ms_max {
+            return Err(format!(
+                "lock retry_delay_ms_base ({}) must not exceed retry_delay_ms_max ({})",
+                self.retry_delay_ms_base, self.retry_delay_ms_max
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sleep before retry number `attempt` (0-based), without jitter: `base * 2^attempt`, capped.
+    pub fn backoff_ms(&self, attempt: u32) -> u64 {
+        let factor = 1u64.checked_shl(attempt.min(32)).unwrap_or(u64::MAX);
+        self.retry_delay_ms_base
+            .saturating_mul(factor)
+            .min(self.retry_delay_ms_max)
+    }
+}
+
+/// What one acquisition cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LockStats {
+    /// SET NX rounds sent; 1 means the lock was free at once.
+    pub attempts: u32,
+    /// Time from the first attempt until the lock was held (or given up), in microseconds.
+    pub wait_us: u64,
+    /// Redis round trips spent, releases of partial acquisitions included.
+    pub round_trips: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "could not lock {keys:?} after {} attempts over {} ms (another holder kept them; raise the lock retries or check for a stalled worker)",
+        stats.attempts, stats.wait_us / 1000
+    )]
+    Timeout { keys: Vec<String>, stats: LockStats },
+    #[error("redis error while locking: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+const RELEASE_LUA: &str = r#"
+local released = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('DEL', key)
+    released = released + 1
+  end
+end
+return released
+"#;
+
+const EXTEND_LUA: &str = r#"
+local extended = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    extended = extended + 1
+  end
+end
+return extended
+"#;
+
+/// The sorted, de-duplicated lock keys for a set of wallet ids.
+pub fn lock_keys(wallet_ids: &[&str]) -> Vec<String> {
+    let mut ids: Vec<&str> = wallet_ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    assert!(!ids.is_empty(), "a lock covers at least one wallet");
+    assert!(ids.len() <= LOCK_KEYS_MAX, "too many wallets for one lock");
+    ids.into_iter().map(keys::lock).collect()
+}
+
+/// Takes every key in `keys` (already sorted, see [`lock_keys`]) or none, retrying with backoff.
+///
+/// The guard owns the connection for as long as the locks are held, so the work done under
+/// the lock uses it and the release on drop always has a connection to run on.
+pub fn acquire(
+    mut conn: PooledConn,
+    keys: Vec<String>,
+    config: &LockConfig,
+) -> Result<LockGuard, (LockError, PooledConn)> {
+    debug_assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys sorted and unique");
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let started = Instant::now();
+    let mut stats = LockStats::default();
+    let mut rng = rand::rng();
+    loop {
+        stats.attempts += 1;
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(config.ttl_ms);
+        }
+        stats.round_trips += 1;
+        let replies: Vec<Option<String>> = match pipe.query(&mut conn.redis) {
+            Ok(r) => r,
+            Err(e) => {
+                // Some SETs may have landed before the error: give them back.
+                let _ = release_keys(&mut conn, &keys, &token);
+                return Err((LockError::Redis(e), conn));
+            }
+        };
+        let taken: Vec<String> = keys
+            .iter()
+            .zip(&replies)
+            .filter(|(_, r)| r.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if taken.len() == keys.len() {
+            stats.wait_us = started.elapsed().as_micros() as u64;
+            return Ok(LockGuard {
+                conn: Some(conn),
+                keys,
+                token,
+                stats,
+                held: true,
+            });
+        }
+        if !taken.is_empty() {
+            stats.round_trips += 1;
+            if let Err(e) = release_keys(&mut conn, &taken, &token) {
+                return Err((LockError::Redis(e), conn));
+            }
+        }
+        let retry = stats.attempts - 1;
+        if retry >= config.retries_max {
+            stats.wait_us = started.elapsed().as_micros() as u64;
+            return Err((LockError::Timeout { keys, stats }, conn));
+        }
+        let base_ms = config.backoff_ms(retry);
+        let jitter_ms = rng.random_range(0..=config.retry_delay_ms_base.max(1));
+        std::thread::sleep(Duration::from_millis(base_ms + jitter_ms));
+    }
+}
+
+fn release_keys(conn: &mut PooledConn, keys: &[String], token: &str) -> redis::RedisResult<u32> {
+    redis::Script::new(RELEASE_LUA)
+        .key(keys)
+        .arg(token)
+        .invoke(&mut conn.redis)
+}
+
+/// Locks held on a set of wallets. Dropping the guard releases them (token-checked).
+pub struct LockGuard {
+    conn: Option<PooledConn>,
+    keys: Vec<String>,
+    token: String,
+    stats: LockStats,
+    held: bool,
+}
+
+impl LockGuard {
+    /// The connection the locks were taken on; use it for the work under the lock.
+    pub fn conn(&mut self) -> &mut PooledConn {
+        self.conn.as_mut().expect("connection present until drop")
+    }
+
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// The unique owner token stored in every lock key.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub fn stats(&self) -> LockStats {
+        self.stats
+    }
+
+    /// Releases now, and reports how many keys were still ours.
+    pub fn release(mut self) -> redis::RedisResult<u32> {
+        self.held = false;
+        let keys = std::mem::take(&mut self.keys);
+        let token = self.token.clone();
+        release_keys(self.conn(), &keys, &token)
+    }
+
+    /// Pushes the expiry of every key out to `ttl_ms` from now, if every key is still ours.
+    /// Returns false when some key was lost (expired or taken by another holder).
+    pub fn extend(&mut self, ttl_ms: u64) -> redis::RedisResult<bool> {
+        assert!(ttl_ms > 0 && ttl_ms <= LOCK_TTL_MS_MAX);
+        let keys = self.keys.clone();
+        let token = self.token.clone();
+        let extended: usize = redis::Script::new(EXTEND_LUA)
+            .key(&keys)
+            .arg(&token)
+            .arg(ttl_ms)
+            .invoke(&mut self.conn().redis)?;
+        Ok(extended == keys.len())
+    }
+
+    /// Records that a successful MULTI/EXEC deleted the locks (the transaction WATCHed them and
+    /// checked the token, so the delete was ours). Drop then releases nothing.
+    pub fn released_by_exec(&mut self) {
+        self.held = false;
+    }
+
+    /// Hands the connection back once the locks are gone.
+    pub fn into_conn(mut self) -> PooledConn {
+        if self.held {
+            self.held = false;
+            let keys = std::mem::take(&mut self.keys);
+            let token = self.token.clone();
+            if let Err(e) = release_keys(self.conn(), &keys, &token) {
+                log::warn!("releasing locks {keys:?} failed ({e}); they expire by ttl");
+                self.conn().taint();
+            }
+        }
+        self.conn.take().expect("connection present until drop")
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        let keys = std::mem::take(&mut self.keys);
+        let token = self.token.clone();
+        if let Some(conn) = self.conn.as_mut()
+            && let Err(e) = release_keys(conn, &keys, &token)
+        {
+            log::warn!("releasing locks {keys:?} failed ({e}); they expire by ttl");
+            conn.taint();
+        }
+    }
+}
+
+/// Number of in-process lock stripes. Wallet ids hash onto stripes; two wallets sharing a
+/// stripe only costs a little concurrency, never correctness.
+pub const LOCAL_STRIPES: usize = 4096;
+
+/// An in-process queue per wallet: threads of one process that want the same wallet wait here
+/// (parked, woken in turn) before they touch the Redis lock, instead of sleeping in retries.
+pub struct LocalLocks {
+    stripes: Vec<Mutex<()>>,
+}
+
+impl Default for LocalLocks {
+    fn default() -> Self {
+        LocalLocks {
+            stripes: (0..LOCAL_STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+}
+
+impl LocalLocks {
+    /// Locks the stripes of `wallet_ids` in ascending stripe order (no deadlock between
+    /// threads); the guards release on drop.
+    pub fn lock(&self, wallet_ids: &[&str]) -> Vec<MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = wallet_ids.iter().map(|id| stripe_of(id)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes.into_iter().map(|s| self.stripes[s].lock()).collect()
+    }
+}
+
+fn stripe_of(id: &str) -> usize {
+    // FNV-1a: cheap and stable.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in id.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % LOCAL_STRIPES as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_sorted_and_unique() {
+        assert_eq!(lock_keys(&["b", "a", "b"]), vec!["lock:a", "lock:b"]);
+        assert_eq!(lock_keys(&["x", "x"]), vec!["lock:x"]);
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let c = LockConfig::default();
+        assert_eq!(c.backoff_ms(0), 100);
+        assert_eq!(c.backoff_ms(1), 200);
+        assert_eq!(c.backoff_ms(4), 1600);
+        assert_eq!(c.backoff_ms(5), 2000);
+        assert_eq!(c.backoff_ms(200), 2000);
+    }
+
+    #[test]
+    fn config_limits_name_the_setting() {
+        let bad = LockConfig {
+            ttl_ms: 0,
+            ..LockConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("ttl_ms"));
+        let bad = LockConfig {
+            retry_delay_ms_base: 5000,
+            ..LockConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("retry_delay_ms_max"));
+        assert!(LockConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn local_locks_exclude_and_do_not_deadlock() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicI64, Ordering};
+        let locks = Arc::new(LocalLocks::default());
+        let inside = Arc::new(AtomicI64::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let locks = locks.clone();
+                let inside = inside.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..2_000 {
+                        let ids = if t % 2 == 0 { ["a", "b"] } else { ["b", "a"] };
+                        let _g = locks.lock(&ids);
+                        assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+}

@@ -1,0 +1,559 @@
+//! The wire format: transfer requests and results as JSON, and the validation that turns a
+//! request's bytes into a typed [`TransferRequest`].
+//!
+//! Owns the JSON shapes of DESIGN section 7 and the rules for ids. Decoding sorts input three
+//! ways: a valid request; a request that names a `transfer_id` but breaks a field rule (it gets a
+//! FAILED result with reason `invalid_request`); and poison that cannot be answered at all (it
+//! goes to the dead-letter topic). Does not touch Redis or Kafka.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::money::{Amount, Currency};
+
+/// Largest request payload accepted, in bytes. Anything longer is poison.
+pub const PAYLOAD_BYTES_MAX: usize = 64 * 1024;
+/// Longest user or wallet id.
+pub const USER_ID_LEN_MAX: usize = 64;
+/// Longest transfer id or idempotency key.
+pub const KEY_LEN_MAX: usize = 128;
+
+/// A validated transfer request: every field obeys its rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferRequest {
+    pub transfer_id: String,
+    pub from_user: String,
+    pub to_user: String,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub idempotency_key: String,
+}
+
+/// The result message on `wallet.transfer.completed`, in the original system's JSON shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferCompleted {
+    pub transfer_id: String,
+    pub status: Status,
+    /// Seconds since the Unix epoch, with milliseconds.
+    pub processed_at: f64,
+    pub from_user: String,
+    pub to_user: String,
+    pub amount: String,
+    pub currency: String,
+    pub idempotency_key: String,
+    pub reason: Option<FailureReason>,
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    Completed,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Completed => "COMPLETED",
+            Status::Failed => "FAILED",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        match text {
+            "COMPLETED" => Some(Status::Completed),
+            "FAILED" => Some(Status::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// Why a transfer failed. The first five are business outcomes recorded in Redis; the others
+/// are answered but never recorded (validation is deterministic; a lock timeout is transient).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    InsufficientFunds,
+    SameUser,
+    WalletNotFound,
+    WalletInactive,
+    CurrencyMismatch,
+    InvalidRequest,
+    LockTimeout,
+    IdempotencyConflict,
+}
+
+impl FailureReason {
+    pub const ALL: [FailureReason; 8] = [
+        FailureReason::InsufficientFunds,
+        FailureReason::SameUser,
+        FailureReason::WalletNotFound,
+        FailureReason::WalletInactive,
+        FailureReason::CurrencyMismatch,
+        FailureReason::InvalidRequest,
+        FailureReason::LockTimeout,
+        FailureReason::IdempotencyConflict,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::InsufficientFunds => "insufficient_funds",
+            FailureReason::SameUser => "same_user",
+            FailureReason::WalletNotFound => "wallet_not_found",
+            FailureReason::WalletInactive => "wallet_inactive",
+            FailureReason::CurrencyMismatch => "currency_mismatch",
+            FailureReason::InvalidRequest => "invalid_request",
+            FailureReason::LockTimeout => "lock_timeout",
+            FailureReason::IdempotencyConflict => "idempotency_conflict",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<FailureReason> {
+        FailureReason::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A field that breaks its rule. Displays as `"amount: at most 2 decimals, got 100.505"`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {rule}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub rule: String,
+}
+
+impl FieldError {
+    fn new(field: &'static str, rule: impl Into<String>) -> FieldError {
+        FieldError {
+            field,
+            rule: rule.into(),
+        }
+    }
+}
+
+/// Input that cannot be answered with a result: it goes to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoisonError {
+    #[error("payload is {0} bytes, over the limit of {PAYLOAD_BYTES_MAX}")]
+    TooLarge(usize),
+    #[error("payload is empty")]
+    Empty,
+    #[error("payload is not JSON: {0}")]
+    NotJson(String),
+    #[error("payload is JSON but not an object")]
+    NotObject,
+    #[error("transfer_id is missing")]
+    NoTransferId,
+    #[error("{0}")]
+    WrongType(FieldError),
+}
+
+/// What a payload turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    Request(TransferRequest),
+    /// It names a transfer but breaks a field rule: answer FAILED, reason `invalid_request`.
+    Invalid {
+        echo: TransferCompleted,
+        error: FieldError,
+    },
+}
+
+/// Sorts a raw payload into a request, an invalid request, or poison.
+pub fn decode(payload: &[u8]) -> Result<Decoded, PoisonError> {
+    if payload.len() > PAYLOAD_BYTES_MAX {
+        return Err(PoisonError::TooLarge(payload.len()));
+    }
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Err(PoisonError::Empty);
+    }
+    let value: Value =
+        serde_json::from_slice(payload).map_err(|e| PoisonError::NotJson(e.to_string()))?;
+    let Value::Object(map) = value else {
+        return Err(PoisonError::NotObject);
+    };
+    // Types first: a field of the wrong JSON type means the producer does not speak our format.
+    let text = |field: &'static str| -> Result<Option<String>, PoisonError> {
+        match map.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) if field == "amount" => Ok(Some(n.to_string())),
+            Some(other) => Err(PoisonError::WrongType(FieldError::new(
+                field,
+                format!("must be a string, got {}", json_type(other)),
+            ))),
+        }
+    };
+    let transfer_id = text("transfer_id")?.ok_or(PoisonError::NoTransferId)?;
+    let from_user = text("from_user")?;
+    let to_user = text("to_user")?;
+    let amount = text("amount")?;
+    let currency = text("currency")?;
+    let idempotency_key = text("idempotency_key")?;
+
+    let raw = RawRequest {
+        transfer_id,
+        from_user,
+        to_user,
+        amount,
+        currency,
+        idempotency_key,
+    };
+    match raw.validate() {
+        Ok(request) => Ok(Decoded::Request(request)),
+        Err(error) => Ok(Decoded::Invalid {
+            echo: raw.echo_failed(),
+            error,
+        }),
+    }
+}
+
+/// A request whose fields have the right JSON types but are not yet checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawRequest {
+    pub transfer_id: String,
+    pub from_user: Option<String>,
+    pub to_user: Option<String>,
+    pub amount: Option<String>,
+    pub currency: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+impl RawRequest {
+    /// Applies every field rule; the first broken one is reported.
+    pub fn validate(&self) -> Result<TransferRequest, FieldError> {
+        check_key("transfer_id", &self.transfer_id)?;
+        let required = |field: &'static str, v: &Option<String>| -> Result<String, FieldError> {
+            v.clone()
+                .ok_or_else(|| FieldError::new(field, "is required"))
+        };
+        let from_user = required("from_user", &self.from_user)?;
+        check_user_id("from_user", &from_user)?;
+        let to_user = required("to_user", &self.to_user)?;
+        check_user_id("to_user", &to_user)?;
+        let amount_text = required("amount", &self.amount)?;
+        let amount = Amount::parse_transfer_amount(&amount_text)
+            .map_err(|e| FieldError::new("amount", e.to_string()))?;
+        let currency = match &self.currency {
+            None => Currency::USD,
+            Some(c) => c
+                .parse()
+                .map_err(|e: crate::money::CurrencyError| FieldError::new("currency", e.to_string()))?,
+        };
+        let idempotency_key = match &self.idempotency_key {
+            None => self.transfer_id.clone(),
+            Some(k) => {
+                check_key("idempotency_key", k)?;
+                k.clone()
+            }
+        };
+        Ok(TransferRequest {
+            transfer_id: self.transfer_id.clone(),
+            from_user,
+            to_user,
+            amount,
+            currency,
+            idempotency_key,
+        })
+    }
+
+    /// A FAILED `invalid_request` result that echoes what was sent, cut to sane lengths.
+    pub fn echo_failed(&self) -> TransferCompleted {
+        let cut = |s: &Option<String>| {
+            s.as_deref()
+                .unwrap_or("")
+                .chars()
+                .take(KEY_LEN_MAX)
+                .collect::<String>()
+        };
+        TransferCompleted {
+            transfer_id: self.transfer_id.chars().take(KEY_LEN_MAX).collect(),
+            status: Status::Failed,
+            processed_at: now_seconds(),
+            from_user: cut(&self.from_user),
+            to_user: cut(&self.to_user),
+            amount: cut(&self.amount),
+            currency: self
+                .currency
+                .as_deref()
+                .map(|c| c.chars().take(16).collect())
+                .unwrap_or_else(|| "USD".to_string()),
+            idempotency_key: match &self.idempotency_key {
+                Some(_) => cut(&self.idempotency_key),
+                None => self.transfer_id.chars().take(KEY_LEN_MAX).collect(),
+            },
+            reason: Some(FailureReason::InvalidRequest),
+            duplicate: false,
+        }
+    }
+}
+
+impl TransferRequest {
+    /// Builds a request in code; the same rules apply as on the wire.
+    pub fn new(
+        transfer_id: &str,
+        from_user: &str,
+        to_user: &str,
+        amount: &str,
+        currency: Currency,
+    ) -> Result<TransferRequest, FieldError> {
+        RawRequest {
+            transfer_id: transfer_id.to_string(),
+            from_user: Some(from_user.to_string()),
+            to_user: Some(to_user.to_string()),
+            amount: Some(amount.to_string()),
+            currency: Some(currency.as_str().to_string()),
+            idempotency_key: None,
+        }
+        .validate()
+    }
+
+    /// The same request under another idempotency key.
+    pub fn with_idempotency_key(mut self, key: &str) -> Result<TransferRequest, FieldError> {
+        check_key("idempotency_key", key)?;
+        self.idempotency_key = key.to_string();
+        Ok(self)
+    }
+
+    /// The request as JSON for `wallet.transfer.requested`.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "transfer_id": self.transfer_id,
+            "from_user": self.from_user,
+            "to_user": self.to_user,
+            "amount": self.amount.to_string(),
+            "currency": self.currency.as_str(),
+            "idempotency_key": self.idempotency_key,
+        })
+        .to_string()
+    }
+
+    /// A stable fingerprint of what the request asks for (not its ids). The same idempotency
+    /// key arriving with another fingerprint is an `idempotency_conflict`.
+    pub fn fingerprint(&self) -> String {
+        let canonical = format!(
+            "{}\n{}\n{}\n{}",
+            self.from_user,
+            self.to_user,
+            self.amount.minor(),
+            self.currency
+        );
+        // FNV-1a, 64 bit: stable across builds and platforms, unlike std's DefaultHasher.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in canonical.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{hash:016x}")
+    }
+}
+
+/// `^[A-Za-z0-9_-]{1,64}$`: the rule for user and wallet ids.
+pub fn check_user_id(field: &'static str, id: &str) -> Result<(), FieldError> {
+    check_chars(field, id, USER_ID_LEN_MAX, |c| {
+        c.is_ascii_alphanumeric() || c == '_' || c == '-'
+    })
+    .map_err(|rule| FieldError::new(field, rule))
+}
+
+/// `^[A-Za-z0-9_.:-]{1,128}$`: the rule for transfer ids and idempotency keys.
+pub fn check_key(field: &'static str, key: &str) -> Result<(), FieldError> {
+    check_chars(field, key, KEY_LEN_MAX, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')
+    })
+    .map_err(|rule| FieldError::new(field, rule))
+}
+
+fn check_chars(
+    field: &str,
+    text: &str,
+    len_max: usize,
+    allowed: impl Fn(char) -> bool,
+) -> Result<(), String> {
+    if text.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    if text.len() > len_max {
+        return Err(format!("at most {len_max} characters, got {}", text.len()));
+    }
+    match text.chars().find(|c| !allowed(*c)) {
+        None => Ok(()),
+        Some(c) => Err(format!(
+            "may hold only letters, digits{}, got {c:?} in {:?}",
+            if field.ends_with("user") {
+                ", '_' and '-'"
+            } else {
+                ", '_', '-', '.' and ':'"
+            },
+            text.chars().take(len_max).collect::<String>()
+        )),
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Seconds since the Unix epoch with millisecond precision.
+pub fn now_seconds() -> f64 {
+    now_ms() as f64 / 1000.0
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn request(json: &str) -> TransferRequest {
+        match decode(json.as_bytes()) {
+            Ok(Decoded::Request(r)) => r,
+            other => panic!("expected a request from {json}, got {other:?}"),
+        }
+    }
+
+    fn invalid(json: &str) -> FieldError {
+        match decode(json.as_bytes()) {
+            Ok(Decoded::Invalid { error, echo }) => {
+                assert_eq!(echo.status, Status::Failed);
+                assert_eq!(echo.reason, Some(FailureReason::InvalidRequest));
+                error
+            }
+            other => panic!("expected an invalid request from {json}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_the_original_shape_with_defaults() {
+        let r = request(
+            r#"{"transfer_id":"tx_1","from_user":"user_1","to_user":"user_2","amount":"100.50"}"#,
+        );
+        assert_eq!(r.amount.minor(), 10_050);
+        assert_eq!(r.currency, Currency::USD);
+        assert_eq!(r.idempotency_key, "tx_1");
+        let r = request(
+            r#"{"transfer_id":"tx_1","from_user":"a","to_user":"b","amount":100.5,"currency":"EUR","idempotency_key":"req_tx_1"}"#,
+        );
+        assert_eq!(r.amount.minor(), 10_050);
+        assert_eq!(r.currency, Currency::EUR);
+        assert_eq!(r.idempotency_key, "req_tx_1");
+    }
+
+    #[test]
+    fn json_numbers_obey_the_text_rule() {
+        let base = |amount: &str| {
+            format!(r#"{{"transfer_id":"t","from_user":"a","to_user":"b","amount":{amount}}}"#)
+        };
+        assert_eq!(request(&base("100")).amount.minor(), 10_000);
+        assert_eq!(
+            invalid(&base("100.505")).to_string(),
+            "amount: at most 2 decimals, got 100.505"
+        );
+        assert_eq!(invalid(&base("1e3")).field, "amount");
+        assert_eq!(invalid(&base("-5")).field, "amount");
+        assert_eq!(invalid(&base("0")).field, "amount");
+    }
+
+    #[test]
+    fn field_rules_name_the_field() {
+        let e = invalid(r#"{"transfer_id":"t","from_user":"a b","to_user":"b","amount":"1"}"#);
+        assert_eq!(e.field, "from_user");
+        let e = invalid(r#"{"transfer_id":"t","from_user":"a","amount":"1"}"#);
+        assert_eq!(e.to_string(), "to_user: is required");
+        let e = invalid(
+            r#"{"transfer_id":"t","from_user":"a","to_user":"b","amount":"1","currency":"JPY"}"#,
+        );
+        assert_eq!(e.to_string(), r#"currency: must be one of USD, EUR, GBP, got "JPY""#);
+        let e = invalid(r#"{"transfer_id":"t","from_user":"a","to_user":"b","amount":"abc"}"#);
+        assert_eq!(e.field, "amount");
+        let long = "x".repeat(65);
+        let e = invalid(&format!(
+            r#"{{"transfer_id":"t","from_user":"{long}","to_user":"b","amount":"1"}}"#
+        ));
+        assert_eq!(e.to_string(), "from_user: at most 64 characters, got 65");
+    }
+
+    #[test]
+    fn poison_is_sorted_out() {
+        assert_eq!(decode(b""), Err(PoisonError::Empty));
+        assert!(matches!(decode(b"{not json"), Err(PoisonError::NotJson(_))));
+        assert_eq!(decode(b"[1,2]"), Err(PoisonError::NotObject));
+        assert_eq!(decode(b"{}"), Err(PoisonError::NoTransferId));
+        assert!(matches!(
+            decode(br#"{"transfer_id":"t","amount":{"x":1}}"#),
+            Err(PoisonError::WrongType(FieldError { field: "amount", .. }))
+        ));
+        assert!(matches!(
+            decode(br#"{"transfer_id":12}"#),
+            Err(PoisonError::WrongType(FieldError { field: "transfer_id", .. }))
+        ));
+        let huge = vec![b' '; PAYLOAD_BYTES_MAX + 1];
+        assert_eq!(decode(&huge), Err(PoisonError::TooLarge(PAYLOAD_BYTES_MAX + 1)));
+    }
+
+    #[test]
+    fn result_json_has_the_original_shape() {
+        let echo = RawRequest {
+            transfer_id: "tx_1".into(),
+            ..Default::default()
+        }
+        .echo_failed();
+        let v: Value = serde_json::to_value(&echo).unwrap();
+        assert_eq!(v["status"], "FAILED");
+        assert_eq!(v["reason"], "invalid_request");
+        assert_eq!(v["duplicate"], false);
+        assert_eq!(v["idempotency_key"], "tx_1");
+    }
+
+    #[test]
+    fn request_json_round_trips() {
+        let r = TransferRequest::new("tx_9", "user_1", "user_2", "5234.5", Currency::GBP)
+            .unwrap()
+            .with_idempotency_key("k:9")
+            .unwrap();
+        assert_eq!(request(&r.to_json()), r);
+    }
+
+    #[test]
+    fn fingerprint_depends_on_what_is_asked_not_on_ids() {
+        let a = TransferRequest::new("tx_1", "u1", "u2", "10", Currency::USD).unwrap();
+        let b = TransferRequest::new("tx_2", "u1", "u2", "10.00", Currency::USD).unwrap();
+        let c = TransferRequest::new("tx_1", "u1", "u2", "10.01", Currency::USD).unwrap();
+        let d = TransferRequest::new("tx_1", "u2", "u1", "10", Currency::USD).unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+        assert_ne!(a.fingerprint(), d.fingerprint());
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn decoding_json_like_text_never_panics(text in r#"[{}\[\]":,a-z0-9._\- ]{0,200}"#) {
+            let _ = decode(text.as_bytes());
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The embeddable engine: [`WalletService`], a blocking handle over an r2d2 Redis pool that
+//! creates wallets, deposits, reads balances and runs transfers.
+//!
+//! Owns the engine's settings and shared state (pool, in-process lock queue, test hooks).
+//! The operations live beside their own concepts: wallets in `wallet`, the transfer algorithm
+//! in `transfer`. Cheap to clone; share one per process.
+
+use std::sync::Arc;
+
+use crate::lock::{LocalLocks, LockConfig};
+use crate::store::{self, Pool, StoreError};
+
+/// Engine settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    pub lock: LockConfig,
+    /// Times a transfer goes back to WATCH after EXEC found a watched key changed.
+    pub watch_retries_max: u32,
+    /// Expiry of outcome records; `None` (the default) keeps them for ever, so a replay at any
+    /// time gets the original answer.
+    pub outcome_ttl_ms: Option<u64>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            lock: LockConfig::default(),
+            watch_retries_max: 16,
+            outcome_ttl_ms: None,
+        }
+    }
+}
+
+/// Upper bound for `watch_retries_max`.
+pub const WATCH_RETRIES_LIMIT: u32 = 1_000;
+
+impl EngineConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        self.lock.validate()?;
+        if self.watch_retries_max > WATCH_RETRIES_LIMIT {
+            return Err(format!(
+                "watch_retries_max must be at most {WATCH_RETRIES_LIMIT}, got {}",
+                self.watch_retries_max
+            ));
+        }
+        if self.outcome_ttl_ms == Some(0) {
+            return Err("outcome_ttl_ms must be positive when set".to_string());
+        }
+        Ok(())
+    }
+}
+
+/// A test-only pause point inside a transfer, between the WATCHed read and EXEC.
+pub type Hook = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// The transfer engine. Blocking; safe to share between threads (clone it).
+#[derive(Clone)]
+pub struct WalletService {
+    pub(crate) pool: Pool,
+    pub(crate) config: EngineConfig,
+    pub(crate) local_locks: Arc<LocalLocks>,
+    pub(crate) before_exec: Option<Hook>,
+}
+
+impl WalletService {
+    /// Connects to `redis_url` with a pool of `pool_size` connections.
+    pub fn connect(
+        redis_url: &str,
+        pool_size: u32,
+        config: EngineConfig,
+    ) -> Result<WalletService, ServiceError> {
+        config.validate().map_err(ServiceError::Config)?;
+        let pool = store::connect_pool(redis_url, pool_size)?;
+        Ok(WalletService::with_pool(pool, config))
+    }
+
+    /// Uses an existing pool.
+    pub fn with_pool(pool: Pool, config: EngineConfig) -> WalletService {
+        config
+            .validate()
+            .expect("EngineConfig::validate must pass before use");
+        WalletService {
+            pool,
+            config,
+            local_locks: Arc::new(LocalLocks::default()),
+            before_exec: None,
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Test hook: `hook(idempotency_key)` runs after the WATCHed read and before EXEC.
+    #[doc(hidden)]
+    pub fn set_before_exec_hook(&mut self, hook: Hook) {
+        self.before_exec = Some(hook);
+    }
+
+    /// A service that shares the pool and settings but not the in-process lock queue, as a
+    /// second worker process would. Tests use it to race "processes" inside one test.
+    #[doc(hidden)]
+    pub fn as_separate_process(&self) -> WalletService {
+        WalletService {
+            local_locks: Arc::new(LocalLocks::default()),
+            ..self.clone()
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid engine setting: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

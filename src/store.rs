@@ -1,0 +1,166 @@
+//! Redis connections: the r2d2 pool, its connection manager, and the key names of the data model.
+//!
+//! Owns how a connection is opened (timeouts), when it is thrown away instead of being reused
+//! (it broke, or an error left it in an unknown WATCH state) and the spelling of every key.
+//! Does not know what the keys hold; `wallet` and `transfer` read and write them.
+
+use std::time::Duration;
+
+/// Time allowed to open a TCP connection to Redis.
+pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// Time allowed for one reply. A paused Redis turns into an error after this, never a hang.
+pub const IO_TIMEOUT_MS: u64 = 5_000;
+/// Time a caller waits for a free pooled connection.
+pub const POOL_WAIT_MS: u64 = 5_000;
+
+/// One Redis connection as the pool hands it out.
+pub struct Conn {
+    pub(crate) redis: redis::Connection,
+    /// Set when an error struck between WATCH and EXEC (or anywhere the connection state is
+    /// unknown). A tainted connection is dropped by the pool, never handed out again.
+    tainted: bool,
+}
+
+impl Conn {
+    /// Marks this connection as unfit for reuse; the pool discards it when it comes back.
+    pub(crate) fn taint(&mut self) {
+        self.tainted = true;
+    }
+}
+
+/// Opens connections for r2d2 with connect and I/O timeouts set.
+///
+/// Written here rather than taken from redis-rs's `r2d2` feature because that manager cannot
+/// be told that a connection left an error in the middle of WATCH...EXEC: such a connection
+/// must be dropped, not returned to the pool with a stale WATCH on it.
+#[derive(Debug, Clone)]
+pub struct RedisManager {
+    client: redis::Client,
+}
+
+impl RedisManager {
+    pub fn new(url: &str) -> Result<RedisManager, redis::RedisError> {
+        Ok(RedisManager {
+            client: redis::Client::open(url)?,
+        })
+    }
+}
+
+impl r2d2::ManageConnection for RedisManager {
+    type Connection = Conn;
+    type Error = redis::RedisError;
+
+    fn connect(&self) -> Result<Conn, redis::RedisError> {
+        let redis = self
+            .client
+            .get_connection_with_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))?;
+        redis.set_read_timeout(Some(Duration::from_millis(IO_TIMEOUT_MS)))?;
+        redis.set_write_timeout(Some(Duration::from_millis(IO_TIMEOUT_MS)))?;
+        Ok(Conn {
+            redis,
+            tainted: false,
+        })
+    }
+
+    fn is_valid(&self, conn: &mut Conn) -> Result<(), redis::RedisError> {
+        redis::cmd("PING").query::<String>(&mut conn.redis).map(drop)
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        use redis::ConnectionLike;
+        conn.tainted || !conn.redis.is_open()
+    }
+}
+
+pub type Pool = r2d2::Pool<RedisManager>;
+pub type PooledConn = r2d2::PooledConnection<RedisManager>;
+
+/// Builds a pool of at most `size_max` connections to `url` and checks that Redis answers.
+///
+/// The error names the URL without its password.
+pub fn connect_pool(url: &str, size_max: u32) -> Result<Pool, StoreError> {
+    assert!(size_max > 0, "pool size must be positive");
+    let manager = RedisManager::new(url).map_err(|e| StoreError::BadUrl {
+        url: redact_url(url),
+        detail: e.to_string(),
+    })?;
+    let pool = r2d2::Pool::builder()
+        .max_size(size_max)
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_millis(POOL_WAIT_MS))
+        .test_on_check_out(false)
+        .build_unchecked(manager);
+    // One real round trip now, so a wrong URL fails here with a clear message, not later.
+    let mut conn = pool.get().map_err(|e| StoreError::Unreachable {
+        url: redact_url(url),
+        detail: e.to_string(),
+    })?;
+    redis::cmd("PING")
+        .query::<String>(&mut conn.redis)
+        .map_err(|e| StoreError::Unreachable {
+            url: redact_url(url),
+            detail: e.to_string(),
+        })?;
+    Ok(pool)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid Redis URL {url}: {detail}")]
+    BadUrl { url: String, detail: String },
+    #[error("cannot reach Redis at {url}: {detail} (is redis-server running? check --redis-url / REDIS_URL)")]
+    Unreachable { url: String, detail: String },
+}
+
+/// `redis://user:secret@host:6379/0` -> `redis://user:***@host:6379/0`. Secrets never reach logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => format!("{scheme}://***@{host}"),
+    }
+}
+
+/// Key names of the Redis data model (DESIGN section 4), kept compatible with the original
+/// Python system.
+pub mod keys {
+    pub const USERS_ALL: &str = "users:all";
+    pub const WALLETS_ALL: &str = "wallets:all";
+
+    pub fn user(id: &str) -> String {
+        format!("user:{id}")
+    }
+    pub fn wallet(id: &str) -> String {
+        format!("wallet:{id}")
+    }
+    pub fn history(id: &str) -> String {
+        format!("wallet:{id}:history")
+    }
+    pub fn lock(id: &str) -> String {
+        format!("lock:{id}")
+    }
+    pub fn outcome(idempotency_key: &str) -> String {
+        format!("transfer:{idempotency_key}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("redis://app:s3cret@db:6379/0"),
+            "redis://app:***@db:6379/0"
+        );
+        assert_eq!(redact_url("rediss://:tok@db:6380"), "rediss://:***@db:6380");
+        assert_eq!(redact_url("redis://s3cret@db"), "redis://***@db");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

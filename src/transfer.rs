@@ -1,0 +1,572 @@
+//! The transfer algorithm (DESIGN section 5), all of it in this file.
+//!
+//! ```text
+//! 1. validate                      (done when the TransferRequest was built)
+//! 2. HGETALL transfer:{key}        recorded? answer it, marked duplicate; no locks
+//! 3. local queue, then SET lock:{id} NX PX on the sorted wallet ids (module `lock`)
+//! 4. WATCH wallets, outcome, locks; read them         (one pipelined round trip)
+//! 5. decide: idempotency, existence, status, currency, funds
+//! 6. MULTI balances, versions, history, outcome, DEL locks EXEC  (one round trip)
+//!    nil reply: a watched key changed -> back to 4, bounded, locks still held
+//! 7. release: done by the EXEC itself; on every other path the lock guard releases
+//! ```
+//!
+//! An uncontended transfer costs four Redis round trips: the outcome lookup, the lock, the
+//! WATCHed read and the transaction. The locks are WATCHed and their tokens checked before the
+//! transaction, so the `DEL` inside it can only ever delete our own locks, and a lock that
+//! expired under a stalled holder and changed hands makes EXEC fail instead of letting a stale
+//! write through.
+//!
+//! Owns the outcome record (`transfer:{key}`) and [`TransferOutcome`]/[`TransferError`]. Does not
+//! know about Kafka; the worker turns outcomes into result messages.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::lock::{self, LockError, LockStats};
+use crate::message::{FailureReason, Status, TransferCompleted, TransferRequest, now_ms};
+use crate::money::Amount;
+use crate::service::WalletService;
+use crate::store::{Conn, keys};
+use crate::wallet::{HistoryKind, Wallet, WalletError, WalletStatus, add_history, parse_wallet};
+
+/// What happened to a transfer request, as recorded under its idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferOutcome {
+    pub transfer_id: String,
+    pub idempotency_key: String,
+    pub status: Status,
+    pub reason: Option<FailureReason>,
+    pub from_user: String,
+    pub to_user: String,
+    pub amount: Amount,
+    pub currency: String,
+    pub processed_at_ms: u64,
+    /// Balances right after a COMPLETED transfer.
+    pub from_balance_after: Option<Amount>,
+    pub to_balance_after: Option<Amount>,
+    /// True when this request had been answered before and nothing was done now.
+    pub duplicate: bool,
+    /// Fingerprint of the request that produced the record.
+    pub request_hash: String,
+    /// What this call cost (not stored).
+    pub stats: TransferStats,
+}
+
+/// Cost of one `transfer` call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransferStats {
+    pub lock: LockStats,
+    /// Transactions aborted by a changed watched key and retried.
+    pub watch_retries: u32,
+    /// Redis round trips, lock round trips included.
+    pub round_trips: u32,
+    /// Wall time of the call, in microseconds.
+    pub elapsed_us: u64,
+}
+
+impl TransferOutcome {
+    /// The result message for this outcome.
+    pub fn to_message(&self) -> TransferCompleted {
+        TransferCompleted {
+            transfer_id: self.transfer_id.clone(),
+            status: self.status,
+            processed_at: self.processed_at_ms as f64 / 1000.0,
+            from_user: self.from_user.clone(),
+            to_user: self.to_user.clone(),
+            amount: self.amount.to_string(),
+            currency: self.currency.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            reason: self.reason,
+            duplicate: self.duplicate,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The locks stayed taken through every retry. Transient: try again later.
+    #[error(transparent)]
+    LockTimeout(LockError),
+    /// Our lock expired and was taken by another holder before we wrote. Transient.
+    #[error("lost the lock on {0} before writing (the lock ttl is too short for this load?)")]
+    LockLost(String),
+    /// EXEC kept failing because watched keys kept changing. Transient.
+    #[error("gave up after {0} transactions aborted by concurrent changes")]
+    WatchConflicts(u32),
+    /// The idempotency key was used before for a different request. Not recorded, not retried.
+    #[error(
+        "idempotency key {key:?} was already used for a different request (recorded fingerprint {recorded}, this one {this})"
+    )]
+    IdempotencyConflict {
+        key: String,
+        recorded: String,
+        this: String,
+        /// The outcome recorded for the first request, untouched.
+        original: Box<TransferOutcome>,
+    },
+    /// Stored data that cannot be read. Needs an operator; retrying will not help.
+    #[error("corrupt record {key}: {detail}")]
+    Corrupt { key: String, detail: String },
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis pool: {0}")]
+    Pool(#[from] r2d2::Error),
+}
+
+impl TransferError {
+    /// True for errors that may go away by themselves: retry the same request later. Never
+    /// publish a FAILED result for these.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TransferError::LockTimeout(_)
+            | TransferError::LockLost(_)
+            | TransferError::WatchConflicts(_)
+            | TransferError::Redis(_)
+            | TransferError::Pool(_) => true,
+            TransferError::IdempotencyConflict { .. } | TransferError::Corrupt { .. } => false,
+        }
+    }
+}
+
+impl From<WalletError> for TransferError {
+    fn from(e: WalletError) -> Self {
+        match e {
+            WalletError::Redis(e) => TransferError::Redis(e),
+            WalletError::Pool(e) => TransferError::Pool(e),
+            WalletError::Corrupt { key, detail } => TransferError::Corrupt { key, detail },
+            other => TransferError::Corrupt {
+                key: String::new(),
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+/// The business decision for a request against the wallets as read: the new balances, or why
+/// the transfer fails. Pure, so it is tested without Redis.
+pub fn decide(
+    request: &TransferRequest,
+    from: Option<&Wallet>,
+    to: Option<&Wallet>,
+) -> Result<(Amount, Amount), FailureReason> {
+    if request.from_user == request.to_user {
+        return Err(FailureReason::SameUser);
+    }
+    let (Some(from), Some(to)) = (from, to) else {
+        return Err(FailureReason::WalletNotFound);
+    };
+    if from.status != WalletStatus::Active || to.status != WalletStatus::Active {
+        return Err(FailureReason::WalletInactive);
+    }
+    if from.currency != request.currency || to.currency != request.currency {
+        return Err(FailureReason::CurrencyMismatch);
+    }
+    if from.balance < request.amount {
+        return Err(FailureReason::InsufficientFunds);
+    }
+    let from_after = from
+        .balance
+        .checked_sub(request.amount)
+        .map_err(|_| FailureReason::InsufficientFunds)?;
+    // A credit past i64 would need 92 quadrillion in one wallet; refuse rather than wrap.
+    let to_after = to
+        .balance
+        .checked_add(request.amount)
+        .map_err(|_| FailureReason::WalletInactive)?;
+    debug_assert!(!from_after.is_negative());
+    Ok((from_after, to_after))
+}
+
+impl WalletService {
+    /// Runs one transfer exactly once per idempotency key (DESIGN section 5).
+    ///
+    /// `Ok` carries the outcome, COMPLETED or a recorded business FAILED, fresh or (marked
+    /// `duplicate`) from an earlier delivery. `Err` is either transient (retry the same request;
+    /// see [`TransferError::is_transient`]) or needs an operator.
+    pub fn transfer(&self, request: &TransferRequest) -> Result<TransferOutcome, TransferError> {
+        let started = Instant::now();
+        let mut stats = TransferStats::default();
+        let outcome_key = keys::outcome(&request.idempotency_key);
+        let fingerprint = request.fingerprint();
+        let mut conn = self.pool.get()?;
+
+        // 2. Answered before? No locks for a replay.
+        stats.round_trips += 1;
+        let recorded: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&outcome_key)
+            .query(&mut conn.redis)?;
+        if !recorded.is_empty() {
+            return replay(&outcome_key, &recorded, &fingerprint, stats, started);
+        }
+
+        // 3. Queue in-process, then take the Redis locks in sorted order.
+        let ids = [request.from_user.as_str(), request.to_user.as_str()];
+        let _local = self.local_locks.lock(&ids);
+        let lock_keys = lock::lock_keys(&ids);
+        let mut guard = match lock::acquire(conn, lock_keys, &self.config.lock) {
+            Ok(guard) => guard,
+            Err((LockError::Redis(e), mut conn)) => {
+                conn.taint();
+                return Err(TransferError::Redis(e));
+            }
+            Err((timeout, _conn)) => return Err(TransferError::LockTimeout(timeout)),
+        };
+        stats.lock = guard.stats();
+        stats.round_trips += stats.lock.round_trips;
+
+        let lock_keys = guard.keys().to_vec();
+        let mut watch_aborts = 0;
+        loop {
+            stats.round_trips += 1;
+            let read = watch_and_read(guard.conn(), request, &outcome_key, &lock_keys);
+            let read = match read {
+                Ok(read) => read,
+                Err(e) => {
+                    guard.conn().taint();
+                    return Err(e);
+                }
+            };
+            // 5. Re-check under WATCH: another delivery may have finished in between.
+            if !read.recorded.is_empty() {
+                unwatch(guard.conn());
+                return replay(&outcome_key, &read.recorded, &fingerprint, stats, started);
+            }
+            if let Some(lost) = lock_keys
+                .iter()
+                .zip(&read.lock_tokens)
+                .find(|(_, t)| t.as_deref() != Some(guard.token()))
+            {
+                let lost = lost.0.clone();
+                unwatch(guard.conn());
+                return Err(TransferError::LockLost(lost));
+            }
+            let decision = decide(request, read.from.as_ref(), read.to.as_ref());
+            let outcome = new_outcome(request, &decision, &fingerprint);
+
+            if let Some(hook) = &self.before_exec {
+                hook(&request.idempotency_key);
+            }
+
+            // 6. One transaction: balances, versions, history, outcome, lock release.
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            if let Ok((from_after, to_after)) = decision {
+                for (id, kind, after) in [
+                    (&request.from_user, HistoryKind::Debit, from_after),
+                    (&request.to_user, HistoryKind::Credit, to_after),
+                ] {
+                    let key = keys::wallet(id);
+                    pipe.hset(&key, "balance", after.to_string())
+                        .ignore()
+                        .hincr(&key, "version", 1)
+                        .ignore();
+                    add_history(&mut pipe, id, &request.transfer_id, kind, request.amount, after);
+                    pipe.ignore();
+                }
+            }
+            pipe.hset_multiple(&outcome_key, &outcome_fields(&outcome))
+                .ignore();
+            if let Some(ttl_ms) = self.config.outcome_ttl_ms {
+                pipe.pexpire(&outcome_key, ttl_ms as i64).ignore();
+            }
+            pipe.del(&lock_keys);
+            stats.round_trips += 1;
+            let exec: Option<(u32,)> = match pipe.query(&mut guard.conn().redis) {
+                Ok(reply) => reply,
+                Err(e) => {
+                    guard.conn().taint();
+                    return Err(TransferError::Redis(e));
+                }
+            };
+            match exec {
+                Some((deleted,)) => {
+                    guard.released_by_exec();
+                    debug_assert_eq!(deleted as usize, lock_keys.len());
+                    stats.watch_retries = watch_aborts;
+                    stats.elapsed_us = started.elapsed().as_micros() as u64;
+                    return Ok(TransferOutcome { stats, ..outcome });
+                }
+                None => {
+                    watch_aborts += 1;
+                    if watch_aborts > self.config.watch_retries_max {
+                        return Err(TransferError::WatchConflicts(watch_aborts));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The outcome recorded under `idempotency_key`, if any.
+    pub fn transfer_outcome(
+        &self,
+        idempotency_key: &str,
+    ) -> Result<Option<TransferOutcome>, TransferError> {
+        let mut conn = self.pool.get()?;
+        let key = keys::outcome(idempotency_key);
+        let fields: HashMap<String, String> =
+            redis::cmd("HGETALL").arg(&key).query(&mut conn.redis)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        parse_outcome(&key, &fields).map(Some)
+    }
+}
+
+/// What step 4 read under WATCH.
+struct WatchedRead {
+    from: Option<Wallet>,
+    to: Option<Wallet>,
+    recorded: HashMap<String, String>,
+    lock_tokens: Vec<Option<String>>,
+}
+
+fn watch_and_read(
+    conn: &mut Conn,
+    request: &TransferRequest,
+    outcome_key: &str,
+    lock_keys: &[String],
+) -> Result<WatchedRead, TransferError> {
+    let from_key = keys::wallet(&request.from_user);
+    let to_key = keys::wallet(&request.to_user);
+    let mut pipe = redis::pipe();
+    pipe.cmd("WATCH")
+        .arg(&from_key)
+        .arg(&to_key)
+        .arg(outcome_key)
+        .arg(lock_keys)
+        .ignore()
+        .hgetall(&from_key)
+        .hgetall(&to_key)
+        .hgetall(outcome_key)
+        .cmd("MGET")
+        .arg(lock_keys);
+    let (from, to, recorded, lock_tokens): (
+        HashMap<String, String>,
+        HashMap<String, String>,
+        HashMap<String, String>,
+        Vec<Option<String>>,
+    ) = pipe.query(&mut conn.redis)?;
+    Ok(WatchedRead {
+        from: parse_wallet(&request.from_user, &from)?,
+        to: parse_wallet(&request.to_user, &to)?,
+        recorded,
+        lock_tokens,
+    })
+}
+
+fn unwatch(conn: &mut Conn) {
+    if redis::cmd("UNWATCH").query::<()>(&mut conn.redis).is_err() {
+        conn.taint();
+    }
+}
+
+/// Answers a request whose key already has an outcome: the same answer, marked duplicate, or a
+/// conflict when the key was used for a different request.
+fn replay(
+    outcome_key: &str,
+    recorded: &HashMap<String, String>,
+    fingerprint: &str,
+    mut stats: TransferStats,
+    started: Instant,
+) -> Result<TransferOutcome, TransferError> {
+    let original = parse_outcome(outcome_key, recorded)?;
+    if original.request_hash != fingerprint {
+        return Err(TransferError::IdempotencyConflict {
+            key: original.idempotency_key.clone(),
+            recorded: original.request_hash.clone(),
+            this: fingerprint.to_string(),
+            original: Box::new(original),
+        });
+    }
+    stats.elapsed_us = started.elapsed().as_micros() as u64;
+    Ok(TransferOutcome {
+        duplicate: true,
+        stats,
+        ..original
+    })
+}
+
+fn new_outcome(
+    request: &TransferRequest,
+    decision: &Result<(Amount, Amount), FailureReason>,
+    fingerprint: &str,
+) -> TransferOutcome {
+    let (status, reason, from_after, to_after) = match decision {
+        Ok((f, t)) => (Status::Completed, None, Some(*f), Some(*t)),
+        Err(reason) => (Status::Failed, Some(*reason), None, None),
+    };
+    TransferOutcome {
+        transfer_id: request.transfer_id.clone(),
+        idempotency_key: request.idempotency_key.clone(),
+        status,
+        reason,
+        from_user: request.from_user.clone(),
+        to_user: request.to_user.clone(),
+        amount: request.amount,
+        currency: request.currency.as_str().to_string(),
+        processed_at_ms: now_ms(),
+        from_balance_after: from_after,
+        to_balance_after: to_after,
+        duplicate: false,
+        request_hash: fingerprint.to_string(),
+        stats: TransferStats::default(),
+    }
+}
+
+/// The `transfer:{key}` hash fields for an outcome.
+fn outcome_fields(o: &TransferOutcome) -> Vec<(&'static str, String)> {
+    let opt = |a: Option<Amount>| a.map(|a| a.to_string()).unwrap_or_default();
+    vec![
+        ("transfer_id", o.transfer_id.clone()),
+        ("idempotency_key", o.idempotency_key.clone()),
+        ("status", o.status.as_str().to_string()),
+        ("reason", o.reason.map(|r| r.as_str()).unwrap_or("").to_string()),
+        ("from_user", o.from_user.clone()),
+        ("to_user", o.to_user.clone()),
+        ("amount", o.amount.to_string()),
+        ("currency", o.currency.clone()),
+        (
+            "processed_at",
+            format!("{}.{:03}", o.processed_at_ms / 1000, o.processed_at_ms % 1000),
+        ),
+        ("from_balance_after", opt(o.from_balance_after)),
+        ("to_balance_after", opt(o.to_balance_after)),
+        ("request_hash", o.request_hash.clone()),
+    ]
+}
+
+/// Parses a `transfer:{key}` hash as written by [`outcome_fields`].
+pub fn parse_outcome(
+    key: &str,
+    f: &HashMap<String, String>,
+) -> Result<TransferOutcome, TransferError> {
+    let corrupt = |detail: String| TransferError::Corrupt {
+        key: key.to_string(),
+        detail,
+    };
+    let field = |name: &str| {
+        f.get(name)
+            .cloned()
+            .ok_or_else(|| corrupt(format!("missing field {name}")))
+    };
+    let opt_amount = |name: &str| -> Result<Option<Amount>, TransferError> {
+        match f.get(name).map(String::as_str) {
+            None | Some("") => Ok(None),
+            Some(text) => Amount::parse(text)
+                .map(Some)
+                .map_err(|e| corrupt(format!("{name}: {e}"))),
+        }
+    };
+    let status_text = field("status")?;
+    let status =
+        Status::parse(&status_text).ok_or_else(|| corrupt(format!("status {status_text:?}")))?;
+    let reason = match f.get("reason").map(String::as_str) {
+        None | Some("") => None,
+        Some(r) => Some(FailureReason::parse(r).ok_or_else(|| corrupt(format!("reason {r:?}")))?),
+    };
+    let processed_at_ms = field("processed_at")?
+        .parse::<f64>()
+        .map(|s| (s * 1000.0).round() as u64)
+        .map_err(|e| corrupt(format!("processed_at: {e}")))?;
+    Ok(TransferOutcome {
+        transfer_id: field("transfer_id")?,
+        idempotency_key: f
+            .get("idempotency_key")
+            .cloned()
+            .unwrap_or_else(|| key.trim_start_matches("transfer:").to_string()),
+        status,
+        reason,
+        from_user: field("from_user")?,
+        to_user: field("to_user")?,
+        amount: Amount::parse(&field("amount")?).map_err(|e| corrupt(format!("amount: {e}")))?,
+        currency: field("currency")?,
+        processed_at_ms,
+        from_balance_after: opt_amount("from_balance_after")?,
+        to_balance_after: opt_amount("to_balance_after")?,
+        duplicate: false,
+        request_hash: f.get("request_hash").cloned().unwrap_or_default(),
+        stats: TransferStats::default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::money::Currency;
+
+    fn wallet(id: &str, balance: &str, currency: Currency, status: WalletStatus) -> Wallet {
+        Wallet {
+            wallet_id: id.into(),
+            user_id: id.into(),
+            balance: Amount::parse(balance).unwrap(),
+            opening_balance: Amount::parse(balance).unwrap(),
+            currency,
+            status,
+            created_at: String::new(),
+            version: 0,
+        }
+    }
+
+    fn req(from: &str, to: &str, amount: &str) -> TransferRequest {
+        TransferRequest::new("t1", from, to, amount, Currency::USD).unwrap()
+    }
+
+    #[test]
+    fn decide_moves_the_exact_amount() {
+        let a = wallet("a", "100.00", Currency::USD, WalletStatus::Active);
+        let b = wallet("b", "5.55", Currency::USD, WalletStatus::Active);
+        let (fa, tb) = decide(&req("a", "b", "40.01"), Some(&a), Some(&b)).unwrap();
+        assert_eq!(fa.to_string(), "59.99");
+        assert_eq!(tb.to_string(), "45.56");
+        let (fa, _) = decide(&req("a", "b", "100"), Some(&a), Some(&b)).unwrap();
+        assert_eq!(fa, Amount::ZERO);
+    }
+
+    #[test]
+    fn decide_names_each_business_failure() {
+        let a = wallet("a", "100.00", Currency::USD, WalletStatus::Active);
+        let b = wallet("b", "0", Currency::USD, WalletStatus::Active);
+        let frozen = wallet("b", "0", Currency::USD, WalletStatus::Frozen);
+        let euro = wallet("b", "0", Currency::EUR, WalletStatus::Active);
+        let r = req("a", "b", "100.01");
+        assert_eq!(
+            decide(&r, Some(&a), Some(&b)),
+            Err(FailureReason::InsufficientFunds)
+        );
+        assert_eq!(
+            decide(&req("a", "a", "1"), Some(&a), Some(&a)),
+            Err(FailureReason::SameUser)
+        );
+        assert_eq!(
+            decide(&req("a", "b", "1"), Some(&a), None),
+            Err(FailureReason::WalletNotFound)
+        );
+        assert_eq!(
+            decide(&req("a", "b", "1"), Some(&a), Some(&frozen)),
+            Err(FailureReason::WalletInactive)
+        );
+        assert_eq!(
+            decide(&req("a", "b", "1"), Some(&a), Some(&euro)),
+            Err(FailureReason::CurrencyMismatch)
+        );
+    }
+
+    #[test]
+    fn outcome_record_round_trips() {
+        let r = req("a", "b", "12.30");
+        let o = new_outcome(&r, &Ok((Amount::from_minor(1), Amount::from_minor(2))), "abc");
+        let fields: HashMap<String, String> = outcome_fields(&o)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let back = parse_outcome("transfer:t1", &fields).unwrap();
+        assert_eq!(back, o);
+        let failed = new_outcome(&r, &Err(FailureReason::InsufficientFunds), "abc");
+        let fields: HashMap<String, String> = outcome_fields(&failed)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(parse_outcome("transfer:t1", &fields).unwrap(), failed);
+    }
+}

@@ -1,0 +1,396 @@
+//! Wallets and users in Redis: creating them, reading them, deposits, and the history stream.
+//!
+//! Owns the shape of the `user:{id}` and `wallet:{id}` hashes and of `wallet:{id}:history`
+//! entries (DESIGN section 4). Does not move money between wallets; that is `transfer`.
+
+use std::collections::HashMap;
+
+use crate::message::{FieldError, check_user_id, now_ms};
+use crate::money::{Amount, Currency};
+use crate::service::WalletService;
+use crate::store::{Conn, keys};
+
+/// A wallet as stored in `wallet:{id}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wallet {
+    pub wallet_id: String,
+    pub user_id: String,
+    pub balance: Amount,
+    pub opening_balance: Amount,
+    pub currency: Currency,
+    pub status: WalletStatus,
+    pub created_at: String,
+    /// +1 on every balance change.
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalletStatus {
+    Active,
+    Frozen,
+    Closed,
+}
+
+impl WalletStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WalletStatus::Active => "active",
+            WalletStatus::Frozen => "frozen",
+            WalletStatus::Closed => "closed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<WalletStatus> {
+        match text {
+            "active" => Some(WalletStatus::Active),
+            "frozen" => Some(WalletStatus::Frozen),
+            "closed" => Some(WalletStatus::Closed),
+            _ => None,
+        }
+    }
+}
+
+/// A user and wallet to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewWallet {
+    pub user_id: String,
+    pub full_name: String,
+    pub email: String,
+    pub opening_balance: Amount,
+    pub currency: Currency,
+}
+
+/// One entry of `wallet:{id}:history`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub stream_id: String,
+    pub transfer_id: String,
+    pub kind: HistoryKind,
+    pub amount: Amount,
+    pub balance_after: Amount,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryKind {
+    Debit,
+    Credit,
+    Deposit,
+}
+
+impl HistoryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryKind::Debit => "debit",
+            HistoryKind::Credit => "credit",
+            HistoryKind::Deposit => "deposit",
+        }
+    }
+
+    /// The signed change this entry made to the balance.
+    pub fn signed(self, amount: Amount) -> Amount {
+        match self {
+            HistoryKind::Debit => Amount::from_minor(-amount.minor()),
+            HistoryKind::Credit | HistoryKind::Deposit => amount,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    #[error("wallet {0:?} does not exist")]
+    NotFound(String),
+    #[error("wallet {id:?} is {status}, not active")]
+    Inactive { id: String, status: &'static str },
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error("corrupt record {key}: {detail}")]
+    Corrupt { key: String, detail: String },
+    #[error("gave up after {0} concurrent changes to the wallet; try again")]
+    Contended(u32),
+    #[error("balance overflow")]
+    Overflow,
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis pool: {0}")]
+    Pool(#[from] r2d2::Error),
+}
+
+const CREATE_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], 'user_id', ARGV[1], 'full_name', ARGV[2], 'email', ARGV[3],
+  'created_at', ARGV[6], 'status', 'active')
+redis.call('HSET', KEYS[1], 'wallet_id', ARGV[1], 'user_id', ARGV[1], 'balance', ARGV[4],
+  'opening_balance', ARGV[4], 'currency', ARGV[5], 'status', 'active', 'created_at', ARGV[6],
+  'version', 0)
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+return 1
+"#;
+
+/// Most wallets created in one pipelined round trip.
+pub const CREATE_BATCH_MAX: usize = 1_000;
+
+impl WalletService {
+    /// Creates the user and the wallet unless the wallet exists; never overwrites one.
+    /// Returns whether it was created.
+    pub fn create_wallet(&self, new: &NewWallet) -> Result<bool, WalletError> {
+        Ok(self.create_wallets(std::slice::from_ref(new))? == 1)
+    }
+
+    /// Creates many wallets in pipelined batches; existing ones are skipped. Returns how many
+    /// were created.
+    pub fn create_wallets(&self, wallets: &[NewWallet]) -> Result<usize, WalletError> {
+        for w in wallets {
+            check_user_id("user_id", &w.user_id)?;
+            if w.opening_balance.is_negative() {
+                return Err(FieldError {
+                    field: "opening_balance",
+                    rule: format!("must not be negative, got {}", w.opening_balance),
+                }
+                .into());
+            }
+        }
+        let mut conn = self.pool.get()?;
+        let script = redis::Script::new(CREATE_LUA);
+        // Make sure EVALSHA will find it inside the pipeline.
+        script.prepare_invoke().load(&mut conn.redis)?;
+        let created_at = (now_ms() / 1000).to_string();
+        let mut created = 0;
+        for batch in wallets.chunks(CREATE_BATCH_MAX) {
+            let mut pipe = redis::pipe();
+            for w in batch {
+                pipe.cmd("EVALSHA")
+                    .arg(script.get_hash())
+                    .arg(4)
+                    .arg(keys::wallet(&w.user_id))
+                    .arg(keys::user(&w.user_id))
+                    .arg(keys::USERS_ALL)
+                    .arg(keys::WALLETS_ALL)
+                    .arg(&w.user_id)
+                    .arg(&w.full_name)
+                    .arg(&w.email)
+                    .arg(w.opening_balance.to_string())
+                    .arg(w.currency.as_str())
+                    .arg(&created_at);
+            }
+            let flags: Vec<u32> = pipe.query(&mut conn.redis)?;
+            created += flags.iter().filter(|f| **f == 1).count();
+        }
+        Ok(created)
+    }
+
+    /// The wallet of `user_id`, or `None` when there is none.
+    pub fn wallet(&self, user_id: &str) -> Result<Option<Wallet>, WalletError> {
+        let mut conn = self.pool.get()?;
+        read_wallet(&mut conn, user_id)
+    }
+
+    /// The balance of `user_id`'s wallet.
+    pub fn balance(&self, user_id: &str) -> Result<Amount, WalletError> {
+        self.wallet(user_id)?
+            .map(|w| w.balance)
+            .ok_or_else(|| WalletError::NotFound(user_id.to_string()))
+    }
+
+    /// Every wallet id in `wallets:all`, sorted.
+    pub fn wallet_ids(&self) -> Result<Vec<String>, WalletError> {
+        let mut conn = self.pool.get()?;
+        let mut ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::WALLETS_ALL)
+            .query(&mut conn.redis)?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Adds `amount` to an active wallet, with a `deposit` history entry, atomically
+    /// (WATCH/MULTI/EXEC). Returns the new balance.
+    pub fn deposit(&self, user_id: &str, amount: Amount) -> Result<Amount, WalletError> {
+        check_user_id("user_id", user_id)?;
+        if amount.minor() <= 0 || amount > crate::money::AMOUNT_MAX {
+            return Err(FieldError {
+                field: "amount",
+                rule: format!(
+                    "must be greater than 0 and at most {}, got {amount}",
+                    crate::money::AMOUNT_MAX
+                ),
+            }
+            .into());
+        }
+        let mut conn = self.pool.get()?;
+        let key = keys::wallet(user_id);
+        let deposit_id = format!("dep_{}", uuid::Uuid::new_v4().simple());
+        for _ in 0..=self.config.watch_retries_max {
+            let result = (|| {
+                redis::cmd("WATCH").arg(&key).query::<()>(&mut conn.redis)?;
+                let wallet = read_wallet(&mut conn, user_id)?
+                    .ok_or_else(|| WalletError::NotFound(user_id.to_string()))?;
+                if wallet.status != WalletStatus::Active {
+                    return Err(WalletError::Inactive {
+                        id: user_id.to_string(),
+                        status: wallet.status.as_str(),
+                    });
+                }
+                let balance = wallet
+                    .balance
+                    .checked_add(amount)
+                    .map_err(|_| WalletError::Overflow)?;
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .hset(&key, "balance", balance.to_string())
+                    .ignore()
+                    .hincr(&key, "version", 1)
+                    .ignore();
+                add_history(
+                    &mut pipe,
+                    user_id,
+                    &deposit_id,
+                    HistoryKind::Deposit,
+                    amount,
+                    balance,
+                );
+                let done: Option<Vec<String>> = pipe.query(&mut conn.redis)?;
+                Ok(done.map(|_| balance))
+            })();
+            match result {
+                Ok(Some(balance)) => return Ok(balance),
+                Ok(None) => continue,
+                Err(e) => {
+                    let _ = redis::cmd("UNWATCH").query::<()>(&mut conn.redis);
+                    if matches!(e, WalletError::Redis(_)) {
+                        conn.taint();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Err(WalletError::Contended(self.config.watch_retries_max))
+    }
+
+    /// Every history entry of `user_id`'s wallet, oldest first.
+    pub fn history(&self, user_id: &str) -> Result<Vec<HistoryEntry>, WalletError> {
+        let mut conn = self.pool.get()?;
+        let key = keys::history(user_id);
+        let raw: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query(&mut conn.redis)?;
+        raw.into_iter()
+            .map(|(stream_id, fields)| parse_history(&key, stream_id, &fields))
+            .collect()
+    }
+}
+
+/// Appends a history entry to a pipeline (inside the caller's MULTI). Returns the stream id.
+pub(crate) fn add_history(
+    pipe: &mut redis::Pipeline,
+    wallet_id: &str,
+    transfer_id: &str,
+    kind: HistoryKind,
+    amount: Amount,
+    balance_after: Amount,
+) {
+    pipe.cmd("XADD")
+        .arg(keys::history(wallet_id))
+        .arg("*")
+        .arg("transfer_id")
+        .arg(transfer_id)
+        .arg("kind")
+        .arg(kind.as_str())
+        .arg("amount")
+        .arg(amount.to_string())
+        .arg("balance_after")
+        .arg(balance_after.to_string())
+        .arg("at")
+        .arg(now_ms());
+}
+
+fn parse_history(
+    key: &str,
+    stream_id: String,
+    f: &HashMap<String, String>,
+) -> Result<HistoryEntry, WalletError> {
+    let corrupt = |detail: String| WalletError::Corrupt {
+        key: format!("{key} {stream_id}"),
+        detail,
+    };
+    let field = |name: &str| {
+        f.get(name)
+            .cloned()
+            .ok_or_else(|| corrupt(format!("missing field {name}")))
+    };
+    let kind = match field("kind")?.as_str() {
+        "debit" => HistoryKind::Debit,
+        "credit" => HistoryKind::Credit,
+        "deposit" => HistoryKind::Deposit,
+        other => return Err(corrupt(format!("unknown kind {other:?}"))),
+    };
+    let amount = |name: &str| {
+        Amount::parse(&field(name)?).map_err(|e| corrupt(format!("{name}: {e}")))
+    };
+    Ok(HistoryEntry {
+        transfer_id: field("transfer_id")?,
+        kind,
+        amount: amount("amount")?,
+        balance_after: amount("balance_after")?,
+        at_ms: field("at")?.parse().unwrap_or(0),
+        stream_id,
+    })
+}
+
+/// Reads and parses `wallet:{id}`; `None` when the key does not exist.
+pub(crate) fn read_wallet(conn: &mut Conn, user_id: &str) -> Result<Option<Wallet>, WalletError> {
+    let fields: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(keys::wallet(user_id))
+        .query(&mut conn.redis)?;
+    parse_wallet(user_id, &fields)
+}
+
+/// Parses a `wallet:{id}` hash as read by HGETALL; an empty hash is a missing wallet.
+pub(crate) fn parse_wallet(
+    user_id: &str,
+    f: &HashMap<String, String>,
+) -> Result<Option<Wallet>, WalletError> {
+    if f.is_empty() {
+        return Ok(None);
+    }
+    let key = keys::wallet(user_id);
+    let corrupt = |detail: String| WalletError::Corrupt {
+        key: key.clone(),
+        detail,
+    };
+    let field = |name: &str| {
+        f.get(name)
+            .cloned()
+            .ok_or_else(|| corrupt(format!("missing field {name}")))
+    };
+    let amount = |name: &str| {
+        let text = field(name)?;
+        Amount::parse(&text).map_err(|e| corrupt(format!("{name} {text:?}: {e}")))
+    };
+    let balance = amount("balance")?;
+    let wallet = Wallet {
+        wallet_id: f.get("wallet_id").cloned().unwrap_or_else(|| user_id.to_string()),
+        user_id: f.get("user_id").cloned().unwrap_or_else(|| user_id.to_string()),
+        opening_balance: match f.get("opening_balance") {
+            Some(_) => amount("opening_balance")?,
+            // The original system did not keep it; its wallets start their history here.
+            None => balance,
+        },
+        balance,
+        currency: field("currency")?
+            .parse()
+            .map_err(|e: crate::money::CurrencyError| corrupt(format!("currency: {e}")))?,
+        status: WalletStatus::parse(&field("status")?)
+            .ok_or_else(|| corrupt(format!("unknown status {:?}", f.get("status"))))?,
+        created_at: f.get("created_at").cloned().unwrap_or_default(),
+        version: match f.get("version") {
+            None => 0,
+            Some(v) => v
+                .parse()
+                .map_err(|_| corrupt(format!("version {v:?} is not a whole number")))?,
+        },
+    };
+    Ok(Some(wallet))
+}
