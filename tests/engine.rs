@@ -1,0 +1,527 @@
+//! The transfer engine against a real redis-server: the original system's cases, races,
+//! random load with a full ledger audit, a stalled lock holder, and lock release on every path.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng};
+use support::{RedisServer, create_wallets, lock_keys, total};
+use wallet_transfer::lock::{self, LockConfig};
+use wallet_transfer::message::{Decoded, decode};
+use wallet_transfer::{
+    Amount, Currency, EngineConfig, FailureReason, Status, TransferError, TransferOutcome,
+    TransferRequest, WalletService,
+};
+
+fn usd(id: &str, from: &str, to: &str, amount: &str) -> TransferRequest {
+    TransferRequest::new(id, from, to, amount, Currency::USD).expect("valid request")
+}
+
+fn amount(text: &str) -> Amount {
+    Amount::parse(text).unwrap()
+}
+
+/// Runs every request on its own thread, all released at once; each thread gets its own
+/// "process" (no shared in-process queue), so the Redis locks and WATCH do the work.
+fn race(service: &WalletService, requests: Vec<TransferRequest>) -> Vec<TransferOutcome> {
+    let barrier = Arc::new(Barrier::new(requests.len()));
+    let threads: Vec<_> = requests
+        .into_iter()
+        .map(|r| {
+            let service = service.as_separate_process();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                transfer_retrying(&service, &r)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// Retries transient errors as the worker does (bounded).
+fn transfer_retrying(service: &WalletService, request: &TransferRequest) -> TransferOutcome {
+    for _ in 0..50 {
+        match service.transfer(request) {
+            Ok(outcome) => return outcome,
+            Err(e) if e.is_transient() => continue,
+            Err(e) => panic!("{}: {e}", request.transfer_id),
+        }
+    }
+    panic!("{}: still failing after 50 tries", request.transfer_id)
+}
+
+/// Lock settings that let many racing threads wait their turn.
+fn patient() -> EngineConfig {
+    EngineConfig {
+        lock: LockConfig {
+            ttl_ms: 10_000,
+            retry_delay_ms_base: 2,
+            retry_delay_ms_max: 20,
+            retries_max: 1_000,
+        },
+        ..EngineConfig::default()
+    }
+}
+
+fn assert_no_locks(redis: &RedisServer) {
+    assert_eq!(lock_keys(&mut redis.conn()), Vec::<String>::new());
+}
+
+#[test]
+fn a_transfer_moves_the_exact_amount_and_records_it() {
+    let redis = RedisServer::start();
+    let service = redis.service(2, EngineConfig::default());
+    create_wallets(&service, &[("user_1", "5234.50"), ("user_2", "10.00")]);
+
+    let outcome = service.transfer(&usd("tx_1", "user_1", "user_2", "100.55")).unwrap();
+    assert_eq!(outcome.status, Status::Completed);
+    assert_eq!(outcome.reason, None);
+    assert!(!outcome.duplicate);
+    assert_eq!(service.balance("user_1").unwrap(), amount("5133.95"));
+    assert_eq!(service.balance("user_2").unwrap(), amount("110.55"));
+    assert_eq!(outcome.from_balance_after, Some(amount("5133.95")));
+    assert_eq!(outcome.to_balance_after, Some(amount("110.55")));
+
+    // The record is in Redis, readable by redis-cli, with no expiry.
+    let mut conn = redis.conn();
+    let record: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("transfer:tx_1")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(record["status"], "COMPLETED");
+    assert_eq!(record["amount"], "100.55");
+    let ttl: i64 = redis::cmd("TTL").arg("transfer:tx_1").query(&mut conn).unwrap();
+    assert_eq!(ttl, -1, "outcome records do not expire by default");
+    let wallet: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("wallet:user_1")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(wallet["balance"], "5133.95");
+    assert_eq!(wallet["version"], "1");
+
+    let history = service.history("user_1").unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].transfer_id, "tx_1");
+    assert_eq!(history[0].balance_after, amount("5133.95"));
+    assert_eq!(outcome.stats.round_trips, 4, "uncontended transfer round trips");
+    assert_no_locks(&redis);
+}
+
+#[test]
+fn insufficient_funds_leaves_both_balances_and_is_recorded() {
+    let redis = RedisServer::start();
+    let service = redis.service(2, EngineConfig::default());
+    create_wallets(&service, &[("a", "100.00"), ("b", "5.00")]);
+
+    let request = usd("tx_big", "a", "b", "100.01");
+    let outcome = service.transfer(&request).unwrap();
+    assert_eq!(outcome.status, Status::Failed);
+    assert_eq!(outcome.reason, Some(FailureReason::InsufficientFunds));
+    assert_eq!(service.balance("a").unwrap(), amount("100.00"));
+    assert_eq!(service.balance("b").unwrap(), amount("5.00"));
+
+    // Money arrives; the replay still gets the recorded answer, not a new attempt.
+    service.deposit("a", amount("1000")).unwrap();
+    let replay = service.transfer(&request).unwrap();
+    assert!(replay.duplicate);
+    assert_eq!(replay.reason, Some(FailureReason::InsufficientFunds));
+    assert_eq!(service.balance("b").unwrap(), amount("5.00"));
+    assert_no_locks(&redis);
+}
+
+#[test]
+fn same_user_and_unknown_wallets_fail_with_their_reasons() {
+    let redis = RedisServer::start();
+    let service = redis.service(2, EngineConfig::default());
+    create_wallets(&service, &[("a", "100.00")]);
+
+    let same = service.transfer(&usd("tx_s", "a", "a", "1")).unwrap();
+    assert_eq!(same.reason, Some(FailureReason::SameUser));
+    let unknown = service.transfer(&usd("tx_u", "a", "ghost", "1")).unwrap();
+    assert_eq!(unknown.reason, Some(FailureReason::WalletNotFound));
+    let unknown = service.transfer(&usd("tx_v", "ghost", "a", "1")).unwrap();
+    assert_eq!(unknown.reason, Some(FailureReason::WalletNotFound));
+    assert_eq!(service.balance("a").unwrap(), amount("100.00"));
+    assert!(service.wallet("ghost").unwrap().is_none());
+    assert_no_locks(&redis);
+}
+
+#[test]
+fn frozen_wallets_and_other_currencies_are_refused() {
+    let redis = RedisServer::start();
+    let service = redis.service(2, EngineConfig::default());
+    create_wallets(&service, &[("a", "100.00"), ("b", "0"), ("c", "0")]);
+    let mut conn = redis.conn();
+    redis::cmd("HSET")
+        .arg("wallet:c")
+        .arg("status")
+        .arg("frozen")
+        .query::<()>(&mut conn)
+        .unwrap();
+
+    let frozen = service.transfer(&usd("t1", "a", "c", "1")).unwrap();
+    assert_eq!(frozen.reason, Some(FailureReason::WalletInactive));
+    let euros = TransferRequest::new("t2", "a", "b", "1", Currency::EUR).unwrap();
+    let mismatch = service.transfer(&euros).unwrap();
+    assert_eq!(mismatch.reason, Some(FailureReason::CurrencyMismatch));
+    assert_eq!(service.balance("a").unwrap(), amount("100.00"));
+}
+
+#[test]
+fn invalid_amounts_and_currencies_are_rejected_before_redis() {
+    for (amount, field) in [("0", "amount"), ("-5", "amount"), ("1.234", "amount")] {
+        let e = TransferRequest::new("t", "a", "b", amount, Currency::USD).unwrap_err();
+        assert_eq!(e.field, field, "{amount}");
+    }
+    let json = r#"{"transfer_id":"t","from_user":"a","to_user":"b","amount":"1","currency":"XYZ"}"#;
+    assert!(matches!(decode(json.as_bytes()), Ok(Decoded::Invalid { error, .. }) if error.field == "currency"));
+}
+
+#[test]
+fn the_idempotency_key_defaults_to_the_transfer_id_and_duplicates_move_money_once() {
+    let redis = RedisServer::start();
+    let service = redis.service(2, EngineConfig::default());
+    create_wallets(&service, &[("a", "100.00"), ("b", "0")]);
+
+    let json = r#"{"transfer_id":"tx_42","from_user":"a","to_user":"b","amount":"30"}"#;
+    let Ok(Decoded::Request(request)) = decode(json.as_bytes()) else {
+        panic!("valid request")
+    };
+    let first = service.transfer(&request).unwrap();
+    assert_eq!(first.status, Status::Completed);
+    let recorded = service.transfer_outcome("tx_42").unwrap().expect("recorded under tx_42");
+    assert_eq!(recorded.transfer_id, "tx_42");
+
+    for _ in 0..3 {
+        let again = service.transfer(&request).unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.status, Status::Completed);
+        assert_eq!(again.processed_at_ms, first.processed_at_ms);
+        assert_eq!(again.from_balance_after, first.from_balance_after);
+    }
+    assert_eq!(service.balance("a").unwrap(), amount("70.00"));
+    assert_eq!(service.balance("b").unwrap(), amount("30.00"));
+    assert_eq!(service.history("a").unwrap().len(), 1);
+}
+
+#[test]
+fn a_key_reused_for_a_different_request_is_refused_and_the_record_kept() {
+    let redis = RedisServer::start();
+    let service = redis.service(2, EngineConfig::default());
+    create_wallets(&service, &[("a", "100.00"), ("b", "0"), ("c", "0")]);
+
+    let first = usd("t1", "a", "b", "10").with_idempotency_key("k1").unwrap();
+    service.transfer(&first).unwrap();
+    let mut conn = redis.conn();
+    let before: HashMap<String, String> =
+        redis::cmd("HGETALL").arg("transfer:k1").query(&mut conn).unwrap();
+
+    for other in [
+        usd("t2", "a", "b", "11").with_idempotency_key("k1").unwrap(),
+        usd("t3", "a", "c", "10").with_idempotency_key("k1").unwrap(),
+    ] {
+        match service.transfer(&other) {
+            Err(e @ TransferError::IdempotencyConflict { .. }) => assert!(!e.is_transient()),
+            other => panic!("expected an idempotency conflict, got {other:?}"),
+        }
+    }
+    let after: HashMap<String, String> =
+        redis::cmd("HGETALL").arg("transfer:k1").query(&mut conn).unwrap();
+    assert_eq!(before, after);
+    assert_eq!(service.balance("a").unwrap(), amount("90.00"));
+    assert_eq!(service.balance("c").unwrap(), Amount::ZERO);
+}
+
+#[test]
+fn random_load_keeps_the_ledger_exact() {
+    const THREADS: usize = 8;
+    const PER_THREAD: usize = 500;
+    const WALLETS: usize = 10;
+    let redis = RedisServer::start();
+    let service = redis.service(THREADS as u32, patient());
+    let names: Vec<String> = (0..WALLETS).map(|i| format!("w{i}")).collect();
+    let seed: u64 = rand::random();
+    println!("random load seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let balances: Vec<String> = (0..WALLETS)
+        .map(|_| Amount::from_minor(rng.random_range(0..50_000)).to_string())
+        .collect();
+    let pairs: Vec<(&str, &str)> = names
+        .iter()
+        .zip(&balances)
+        .map(|(n, b)| (n.as_str(), b.as_str()))
+        .collect();
+    create_wallets(&service, &pairs);
+    let opening_total = total(&service, &names);
+
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            // Half the threads share a process, half act as separate processes.
+            let service = if t % 2 == 0 {
+                service.clone()
+            } else {
+                service.as_separate_process()
+            };
+            let names = names.clone();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ t as u64);
+            std::thread::spawn(move || {
+                let mut outcomes = Vec::new();
+                for i in 0..PER_THREAD {
+                    let from = &names[rng.random_range(0..WALLETS)];
+                    // Sometimes the same wallet on both sides: same_user must hold too.
+                    let to = &names[rng.random_range(0..WALLETS)];
+                    let cents = rng.random_range(1..20_000);
+                    let request = usd(
+                        &format!("r{t}_{i}"),
+                        from,
+                        to,
+                        &Amount::from_minor(cents).to_string(),
+                    );
+                    outcomes.push((request.clone(), transfer_retrying(&service, &request)));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let outcomes: Vec<(TransferRequest, TransferOutcome)> =
+        threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+
+    assert_eq!(total(&service, &names), opening_total, "money is neither made nor lost");
+    let mut completed_per_wallet: HashMap<String, usize> = HashMap::new();
+    for (request, outcome) in &outcomes {
+        assert!(!outcome.duplicate);
+        let recorded = service
+            .transfer_outcome(&request.idempotency_key)
+            .unwrap()
+            .expect("every request has a recorded outcome");
+        assert_eq!(recorded.status, outcome.status);
+        if outcome.status == Status::Completed {
+            *completed_per_wallet.entry(request.from_user.clone()).or_default() += 1;
+            *completed_per_wallet.entry(request.to_user.clone()).or_default() += 1;
+        }
+    }
+    let mut conn = redis.conn();
+    let records: Vec<String> = redis::cmd("KEYS").arg("transfer:*").query(&mut conn).unwrap();
+    assert_eq!(records.len(), THREADS * PER_THREAD, "exactly one record per request");
+    for name in &names {
+        let wallet = service.wallet(name).unwrap().unwrap();
+        assert!(!wallet.balance.is_negative(), "{name} is negative");
+        let history = service.history(name).unwrap();
+        let replayed = history.iter().fold(wallet.opening_balance, |b, e| {
+            b.checked_add(e.kind.signed(e.amount)).unwrap()
+        });
+        assert_eq!(replayed, wallet.balance, "{name}: balance = opening + history");
+        assert_eq!(history.len(), completed_per_wallet.get(name).copied().unwrap_or(0));
+        assert_eq!(wallet.version as usize, history.len());
+    }
+    assert_no_locks(&redis);
+}
+
+#[test]
+fn a_hot_pair_completes_every_transfer() {
+    let redis = RedisServer::start();
+    let service = redis.service(64, patient());
+    create_wallets(&service, &[("a", "1000.00"), ("b", "0")]);
+    let requests = (0..200).map(|i| usd(&format!("h{i}"), "a", "b", "1.25")).collect();
+    let outcomes = race(&service, requests);
+    assert!(outcomes.iter().all(|o| o.status == Status::Completed));
+    assert_eq!(service.balance("a").unwrap(), amount("750.00"));
+    assert_eq!(service.balance("b").unwrap(), amount("250.00"));
+    assert_no_locks(&redis);
+}
+
+#[test]
+fn both_directions_at_once_do_not_deadlock() {
+    let redis = RedisServer::start();
+    let service = redis.service(64, patient());
+    create_wallets(&service, &[("a", "500.00"), ("b", "500.00")]);
+    let requests = (0..100)
+        .flat_map(|i| {
+            [
+                usd(&format!("ab{i}"), "a", "b", "2.00"),
+                usd(&format!("ba{i}"), "b", "a", "0.50"),
+            ]
+        })
+        .collect();
+    let outcomes = race(&service, requests);
+    assert_eq!(outcomes.len(), 200);
+    assert!(outcomes.iter().all(|o| o.status == Status::Completed));
+    assert_eq!(service.balance("a").unwrap(), amount("350.00"));
+    assert_eq!(service.balance("b").unwrap(), amount("650.00"));
+    assert_no_locks(&redis);
+}
+
+#[test]
+fn overspend_races_let_only_what_fits_through() {
+    let redis = RedisServer::start();
+    let service = redis.service(8, patient());
+    create_wallets(
+        &service,
+        &[("p", "100.00"), ("q", "0"), ("payer", "5234.50"), ("r1", "0"), ("r2", "0"), ("r3", "0"), ("r4", "0"), ("r5", "0")],
+    );
+
+    let outcomes = race(
+        &service,
+        ["50.00", "60.00", "70.00"]
+            .iter()
+            .enumerate()
+            .map(|(i, a)| usd(&format!("o{i}"), "p", "q", a))
+            .collect(),
+    );
+    let ok: Vec<_> = outcomes.iter().filter(|o| o.status == Status::Completed).collect();
+    assert_eq!(ok.len(), 1, "exactly one of 50, 60, 70 fits in 100");
+    assert!(outcomes
+        .iter()
+        .filter(|o| o.status == Status::Failed)
+        .all(|o| o.reason == Some(FailureReason::InsufficientFunds)));
+    let spent = ok[0].amount;
+    assert_eq!(service.balance("p").unwrap(), amount("100.00").checked_sub(spent).unwrap());
+
+    let outcomes = race(
+        &service,
+        (1..=5)
+            .map(|i| usd(&format!("f{i}"), "payer", &format!("r{i}"), "1500.00"))
+            .collect(),
+    );
+    let ok = outcomes.iter().filter(|o| o.status == Status::Completed).count();
+    assert_eq!(ok, 3);
+    assert_eq!(service.balance("payer").unwrap(), amount("734.50"));
+    assert_no_locks(&redis);
+}
+
+/// The lock expires under a stalled holder and another transfer on the same wallet completes;
+/// the stalled one must not overwrite it. WATCH on the wallet and lock keys is what stops it.
+#[test]
+fn a_stalled_holder_whose_lock_expired_cannot_overwrite() {
+    let redis = RedisServer::start();
+    let short = EngineConfig {
+        lock: LockConfig {
+            ttl_ms: 300,
+            retry_delay_ms_base: 20,
+            retry_delay_ms_max: 50,
+            retries_max: 200,
+        },
+        ..EngineConfig::default()
+    };
+    let base = redis.service(4, short);
+    create_wallets(&base, &[("a", "100.00"), ("b", "0"), ("c", "0")]);
+
+    let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(1);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let mut stalled = base.as_separate_process();
+    stalled.set_before_exec_hook(Arc::new(move |key: &str| {
+        if key == "slow" && started_tx.try_send(()).is_ok() {
+            // Stall past the lock ttl until the other transfer has completed.
+            done_rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("the other transfer completes while we stall");
+        }
+    }));
+    let slow = std::thread::spawn(move || stalled.transfer(&usd("slow", "a", "b", "80.00")));
+    started_rx.recv_timeout(Duration::from_secs(10)).expect("slow transfer reached EXEC");
+
+    let other = base.as_separate_process();
+    let fast = other.transfer(&usd("fast", "a", "c", "70.00")).unwrap();
+    assert_eq!(fast.status, Status::Completed);
+    assert!(fast.stats.lock.attempts > 1, "the fast one had to wait out the stalled lock");
+    done_tx.send(()).unwrap();
+
+    match slow.join().unwrap() {
+        Err(e @ TransferError::LockLost(_)) => assert!(e.is_transient()),
+        Ok(o) => assert_eq!(o.reason, Some(FailureReason::InsufficientFunds)),
+        Err(other) => panic!("stalled transfer should fail cleanly, got {other}"),
+    }
+    assert_eq!(base.balance("a").unwrap(), amount("30.00"));
+    assert_eq!(base.balance("c").unwrap(), amount("70.00"));
+    assert_eq!(base.balance("b").unwrap(), Amount::ZERO, "the stale write never landed");
+
+    // Retried (as the worker does), the request now gets its honest answer.
+    let retried = base.transfer(&usd("slow", "a", "b", "80.00")).unwrap();
+    assert_eq!(retried.reason, Some(FailureReason::InsufficientFunds));
+    assert_eq!(base.balance("a").unwrap(), amount("30.00"));
+    assert_no_locks(&redis);
+}
+
+#[test]
+fn a_lock_held_by_another_times_out_without_recording_anything() {
+    let redis = RedisServer::start();
+    let quick = EngineConfig {
+        lock: LockConfig {
+            ttl_ms: 10_000,
+            retry_delay_ms_base: 5,
+            retry_delay_ms_max: 10,
+            retries_max: 3,
+        },
+        ..EngineConfig::default()
+    };
+    let service = redis.service(2, quick);
+    create_wallets(&service, &[("a", "100.00"), ("b", "0")]);
+    let mut conn = redis.conn();
+    redis::cmd("SET")
+        .arg("lock:b")
+        .arg("someone-else")
+        .arg("PX")
+        .arg(60_000)
+        .query::<()>(&mut conn)
+        .unwrap();
+
+    match service.transfer(&usd("t", "a", "b", "1")) {
+        Err(e @ TransferError::LockTimeout(_)) => {
+            assert!(e.is_transient());
+            assert!(e.to_string().contains("after 4 attempts"), "{e}");
+        }
+        other => panic!("expected a lock timeout, got {other:?}"),
+    }
+    assert!(service.transfer_outcome("t").unwrap().is_none(), "a timeout is not an outcome");
+    assert_eq!(lock_keys(&mut conn), vec!["lock:b".to_string()], "lock:a was given back");
+    let owner: String = redis::cmd("GET").arg("lock:b").query(&mut conn).unwrap();
+    assert_eq!(owner, "someone-else");
+}
+
+#[test]
+fn release_checks_the_token_and_runs_on_every_path() {
+    let redis = RedisServer::start();
+    let service = redis.service(4, EngineConfig::default());
+    let config = LockConfig::default();
+    let mut conn = redis.conn();
+
+    // Wrong token: our lock expired and another took it; our release must leave theirs.
+    let guard = lock::acquire(service.pool().get().unwrap(), lock::lock_keys(&["x"]), &config)
+        .map_err(|(e, _)| e)
+        .unwrap();
+    assert_eq!(guard.stats().attempts, 1);
+    redis::cmd("SET").arg("lock:x").arg("intruder").query::<()>(&mut conn).unwrap();
+    assert_eq!(guard.release().unwrap(), 0);
+    let owner: String = redis::cmd("GET").arg("lock:x").query(&mut conn).unwrap();
+    assert_eq!(owner, "intruder");
+    redis::cmd("DEL").arg("lock:x").query::<()>(&mut conn).unwrap();
+
+    // Extend works only while the lock is ours.
+    let mut guard = lock::acquire(service.pool().get().unwrap(), lock::lock_keys(&["y", "z"]), &config)
+        .map_err(|(e, _)| e)
+        .unwrap();
+    assert!(guard.extend(60_000).unwrap());
+    let ttl_ms: i64 = redis::cmd("PTTL").arg("lock:z").query(&mut conn).unwrap();
+    assert!(ttl_ms > 10_000, "extended past the original ttl, got {ttl_ms}");
+    redis::cmd("SET").arg("lock:z").arg("intruder").query::<()>(&mut conn).unwrap();
+    assert!(!guard.extend(60_000).unwrap());
+    drop(guard);
+    assert_eq!(lock_keys(&mut conn), vec!["lock:z".to_string()]);
+    redis::cmd("DEL").arg("lock:z").query::<()>(&mut conn).unwrap();
+
+    // A panic under the lock still releases it.
+    let pool = service.pool().clone();
+    let panicked = std::thread::spawn(move || {
+        let _guard = lock::acquire(pool.get().unwrap(), lock::lock_keys(&["p", "q"]), &config)
+            .map_err(|(e, _)| e)
+            .unwrap();
+        panic!("boom under the lock");
+    })
+    .join();
+    assert!(panicked.is_err());
+    assert_no_locks(&redis);
+}

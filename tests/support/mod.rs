@@ -1,0 +1,346 @@
+//! Test harness: real `redis-server` and `tansu` processes on free loopback ports, each in its
+//! own temporary folder, waited on until they answer and killed when dropped.
+//!
+//! Binaries come from `REDIS_SERVER_BIN` / `TANSU_BIN`, else from PATH (and `~/.cargo/bin` for
+//! tansu). A missing binary fails the test with the command that installs it. Nothing here is
+//! a mock: the tests talk to the real servers.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wallet_transfer::{Amount, Currency, EngineConfig, NewWallet, WalletService};
+
+/// How long a server may take to answer after it was started.
+pub const START_TIMEOUT_MS: u64 = 20_000;
+
+/// Waits until `cond` is true, polling every 10 ms; panics with `what` after `timeout_ms`.
+pub fn wait_until(what: &str, timeout_ms: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout_ms} ms waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port on 127.0.0.1")
+}
+
+fn find_binary(env: &str, name: &str, install: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(env) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "{env}={} does not name a file; install it with: {install}",
+            path.display()
+        );
+        return path;
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("`{name}` not found on PATH (or set {env}); install it with: {install}")
+        })
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} {} failed", child.id());
+}
+
+/// A `redis-server` on a free port in a temporary folder, with AOF (`appendfsync always`) so a
+/// restart keeps every acknowledged write.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let dir = tempfile::tempdir().expect("temporary folder for redis");
+        let mut server = RedisServer {
+            child: None,
+            port: 0,
+            dir,
+        };
+        server.spawn_on_free_port();
+        server
+    }
+
+    fn spawn_on_free_port(&mut self) {
+        for _ in 0..5 {
+            self.port = free_port();
+            if self.spawn() {
+                return;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    /// Starts the process on `self.port`; false when it exited (port taken).
+    fn spawn(&mut self) -> bool {
+        let bin = find_binary(
+            "REDIS_SERVER_BIN",
+            "redis-server",
+            "apt-get install -y redis-server",
+        );
+        let log = std::fs::File::create(self.dir.path().join("redis.log")).expect("redis log");
+        let mut child = Command::new(bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dir", self.dir.path().to_str().expect("utf-8 temp path")])
+            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--daemonize", "no", "--protected-mode", "yes"])
+            .stdout(Stdio::from(log.try_clone().expect("clone log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn redis-server");
+        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if self.ping() {
+                self.child = Some(child);
+                return true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer within {START_TIMEOUT_MS} ms; log: {}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn ping(&self) -> bool {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_ok()
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    /// A plain connection for the test's own reads and writes.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .expect("redis url")
+            .get_connection()
+            .expect("connect to test redis")
+    }
+
+    /// An engine on this server with `pool_size` connections.
+    pub fn service(&self, pool_size: u32, config: EngineConfig) -> WalletService {
+        WalletService::connect(&self.url(), pool_size, config).expect("connect engine")
+    }
+
+    /// SIGSTOP: the server stops answering but keeps its connections.
+    pub fn pause(&self) {
+        signal(self.child.as_ref().expect("running"), "STOP");
+    }
+
+    /// SIGCONT after [`pause`].
+    pub fn resume(&self) {
+        signal(self.child.as_ref().expect("running"), "CONT");
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port from its AOF.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        while !self.spawn() {
+            assert!(Instant::now() < deadline, "redis-server did not restart");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `tansu` Kafka-compatible broker on a free port, with in-memory storage, or sqlite storage
+/// in its temporary folder when started with [`Tansu::start_persistent`].
+pub struct Tansu {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    storage: String,
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        Tansu::start_with_storage(|_| "memory://tansu/".to_string())
+    }
+
+    /// Storage that survives a broker restart (needs tansu built with `libsql`).
+    pub fn start_persistent() -> Tansu {
+        Tansu::start_with_storage(|dir| format!("sqlite://{}/tansu.db", dir.display()))
+    }
+
+    fn start_with_storage(storage: impl Fn(&Path) -> String) -> Tansu {
+        let dir = tempfile::tempdir().expect("temporary folder for tansu");
+        let storage = storage(dir.path());
+        let mut broker = Tansu {
+            child: None,
+            port: 0,
+            dir,
+            storage,
+        };
+        for _ in 0..5 {
+            broker.port = free_port();
+            if broker.spawn() {
+                return broker;
+            }
+        }
+        panic!("tansu did not start on any of 5 free ports; log: {}", broker.log());
+    }
+
+    fn spawn(&mut self) -> bool {
+        let bin = find_binary(
+            "TANSU_BIN",
+            "tansu",
+            "cargo install tansu --version 0.6.0 --locked --features dynostore,libsql",
+        );
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .expect("tansu log");
+        let mut child = Command::new(bin)
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", &self.storage])
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::from(log.try_clone().expect("clone log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn tansu");
+        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                return true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tansu on port {} did not listen within {START_TIMEOUT_MS} ms; log: {}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+    }
+
+    pub fn pause(&self) {
+        signal(self.child.as_ref().expect("running"), "STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(self.child.as_ref().expect("running"), "CONT");
+    }
+
+    /// Kills the broker and starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        while !self.spawn() {
+            assert!(Instant::now() < deadline, "tansu did not restart");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Creates active USD wallets with the given balances; panics unless all are new.
+pub fn create_wallets(service: &WalletService, wallets: &[(&str, &str)]) {
+    let new: Vec<NewWallet> = wallets
+        .iter()
+        .map(|(id, balance)| NewWallet {
+            user_id: id.to_string(),
+            full_name: format!("Test {id}"),
+            email: format!("{id}@example.com"),
+            opening_balance: Amount::parse(balance).expect("test balance"),
+            currency: Currency::USD,
+        })
+        .collect();
+    let created = service.create_wallets(&new).expect("create wallets");
+    assert_eq!(created, new.len(), "every test wallet is new");
+}
+
+/// Sum of the balances of `ids`.
+pub fn total(service: &WalletService, ids: &[String]) -> Amount {
+    ids.iter().fold(Amount::ZERO, |sum, id| {
+        sum.checked_add(service.balance(id).expect("balance"))
+            .expect("no overflow")
+    })
+}
+
+/// Every `lock:*` key currently in Redis.
+pub fn lock_keys(conn: &mut redis::Connection) -> Vec<String> {
+    redis::cmd("KEYS").arg("lock:*").query(conn).expect("KEYS")
+}
