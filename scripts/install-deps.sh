@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what the tests and the demo need on a fresh Debian machine, skipping what is there:
+#   redis-server (Debian package) and the tansu broker (crates.io, pinned).
+# A cold build of tansu takes 20-25 minutes on 2 cores; it is skipped when a tansu binary is
+# already on PATH, in ~/.cargo/bin, or named by TANSU_BIN.
+set -euo pipefail
+
+TANSU_VERSION=0.6.0
+export PATH="$HOME/.cargo/bin:$PATH"
+
+if [ -n "${REDIS_SERVER_BIN:-}" ] && [ -x "$REDIS_SERVER_BIN" ]; then
+  echo "install-deps: redis-server from REDIS_SERVER_BIN=$REDIS_SERVER_BIN"
+elif command -v redis-server >/dev/null 2>&1; then
+  echo "install-deps: $(redis-server --version | cut -d' ' -f1-3) already installed"
+else
+  echo "install-deps: installing redis-server (apt-get)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  # The package starts a system service on 6379; the tests do not use it.
+  (systemctl stop redis-server 2>/dev/null || service redis-server stop 2>/dev/null || true)
+fi
+
+if [ -n "${TANSU_BIN:-}" ] && [ -x "$TANSU_BIN" ]; then
+  echo "install-deps: tansu from TANSU_BIN=$TANSU_BIN"
+elif command -v tansu >/dev/null 2>&1; then
+  echo "install-deps: tansu already installed at $(command -v tansu)"
+else
+  echo "install-deps: building tansu $TANSU_VERSION from crates.io (20-25 minutes on 2 cores)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+fi
