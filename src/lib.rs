@@ -26,13 +26,16 @@
 //! # }
 //! ```
 
+pub mod kafka;
 pub mod lock;
 pub mod message;
+pub mod metrics;
 pub mod money;
 pub mod service;
 pub mod store;
 pub mod transfer;
 pub mod wallet;
+pub mod worker;
 
 pub use message::{FailureReason, Status, TransferCompleted, TransferRequest};
 pub use money::{Amount, Currency};

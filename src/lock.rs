@@ -134,13 +134,17 @@ pub fn lock_keys(wallet_ids: &[&str]) -> Vec<String> {
 /// Takes every key in `keys` (already sorted, see [`lock_keys`]) or none, retrying with backoff.
 ///
 /// The guard owns the connection for as long as the locks are held, so the work done under
-/// the lock uses it and the release on drop always has a connection to run on.
+/// the lock uses it and the release on drop always has a connection to run on. On error the
+/// connection goes back to the pool, or is discarded when a Redis error left it in doubt.
 pub fn acquire(
     mut conn: PooledConn,
     keys: Vec<String>,
     config: &LockConfig,
-) -> Result<LockGuard, (LockError, PooledConn)> {
-    debug_assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys sorted and unique");
+) -> Result<LockGuard, LockError> {
+    debug_assert!(
+        keys.windows(2).all(|w| w[0] < w[1]),
+        "keys sorted and unique"
+    );
     let token = uuid::Uuid::new_v4().simple().to_string();
     let started = Instant::now();
     let mut stats = LockStats::default();
@@ -160,9 +164,11 @@ pub fn acquire(
         let replies: Vec<Option<String>> = match pipe.query(&mut conn.redis) {
             Ok(r) => r,
             Err(e) => {
-                // Some SETs may have landed before the error: give them back.
+                // Some SETs may have landed before the error: give them back, and keep the
+                // connection out of the pool, its state is unknown.
                 let _ = release_keys(&mut conn, &keys, &token);
-                return Err((LockError::Redis(e), conn));
+                conn.taint();
+                return Err(LockError::Redis(e));
             }
         };
         let taken: Vec<String> = keys
@@ -184,13 +190,14 @@ pub fn acquire(
         if !taken.is_empty() {
             stats.round_trips += 1;
             if let Err(e) = release_keys(&mut conn, &taken, &token) {
-                return Err((LockError::Redis(e), conn));
+                conn.taint();
+                return Err(LockError::Redis(e));
             }
         }
         let retry = stats.attempts - 1;
         if retry >= config.retries_max {
             stats.wait_us = started.elapsed().as_micros() as u64;
-            return Err((LockError::Timeout { keys, stats }, conn));
+            return Err(LockError::Timeout { keys, stats });
         }
         let base_ms = config.backoff_ms(retry);
         let jitter_ms = rng.random_range(0..=config.retry_delay_ms_base.max(1));
@@ -317,7 +324,10 @@ impl LocalLocks {
         let mut stripes: Vec<usize> = wallet_ids.iter().map(|id| stripe_of(id)).collect();
         stripes.sort_unstable();
         stripes.dedup();
-        stripes.into_iter().map(|s| self.stripes[s].lock()).collect()
+        stripes
+            .into_iter()
+            .map(|s| self.stripes[s].lock())
+            .collect()
     }
 }
 

@@ -242,9 +242,9 @@ impl RawRequest {
             .map_err(|e| FieldError::new("amount", e.to_string()))?;
         let currency = match &self.currency {
             None => Currency::USD,
-            Some(c) => c
-                .parse()
-                .map_err(|e: crate::money::CurrencyError| FieldError::new("currency", e.to_string()))?,
+            Some(c) => c.parse().map_err(|e: crate::money::CurrencyError| {
+                FieldError::new("currency", e.to_string())
+            })?,
         };
         let idempotency_key = match &self.idempotency_key {
             None => self.transfer_id.clone(),
@@ -483,7 +483,10 @@ mod tests {
         let e = invalid(
             r#"{"transfer_id":"t","from_user":"a","to_user":"b","amount":"1","currency":"JPY"}"#,
         );
-        assert_eq!(e.to_string(), r#"currency: must be one of USD, EUR, GBP, got "JPY""#);
+        assert_eq!(
+            e.to_string(),
+            r#"currency: must be one of USD, EUR, GBP, got "JPY""#
+        );
         let e = invalid(r#"{"transfer_id":"t","from_user":"a","to_user":"b","amount":"abc"}"#);
         assert_eq!(e.field, "amount");
         let long = "x".repeat(65);
@@ -501,14 +504,23 @@ mod tests {
         assert_eq!(decode(b"{}"), Err(PoisonError::NoTransferId));
         assert!(matches!(
             decode(br#"{"transfer_id":"t","amount":{"x":1}}"#),
-            Err(PoisonError::WrongType(FieldError { field: "amount", .. }))
+            Err(PoisonError::WrongType(FieldError {
+                field: "amount",
+                ..
+            }))
         ));
         assert!(matches!(
             decode(br#"{"transfer_id":12}"#),
-            Err(PoisonError::WrongType(FieldError { field: "transfer_id", .. }))
+            Err(PoisonError::WrongType(FieldError {
+                field: "transfer_id",
+                ..
+            }))
         ));
         let huge = vec![b' '; PAYLOAD_BYTES_MAX + 1];
-        assert_eq!(decode(&huge), Err(PoisonError::TooLarge(PAYLOAD_BYTES_MAX + 1)));
+        assert_eq!(
+            decode(&huge),
+            Err(PoisonError::TooLarge(PAYLOAD_BYTES_MAX + 1))
+        );
     }
 
     #[test]

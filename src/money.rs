@@ -209,7 +209,9 @@ mod tests {
             Amount::parse("100.505"),
             Err(AmountError::TooManyDecimals(_))
         ));
-        for bad in ["1e3", ".5", "5.", "+5", " 5", "5 ", "1,00", "abc", "-", "--1", "0x10"] {
+        for bad in [
+            "1e3", ".5", "5.", "+5", " 5", "5 ", "1,00", "abc", "-", "--1", "0x10",
+        ] {
             assert!(
                 matches!(Amount::parse(bad), Err(AmountError::Malformed(_))),
                 "{bad:?} should be malformed, got {:?}",
@@ -228,10 +230,7 @@ mod tests {
 
     #[test]
     fn transfer_amounts_are_positive_and_bounded() {
-        assert_eq!(
-            Amount::parse_transfer_amount("0.01").unwrap().minor(),
-            1
-        );
+        assert_eq!(Amount::parse_transfer_amount("0.01").unwrap().minor(), 1);
         assert_eq!(
             Amount::parse_transfer_amount("1000000000000.00").unwrap(),
             AMOUNT_MAX
@@ -261,15 +260,24 @@ mod tests {
         assert_eq!(Amount::from_minor(523_450).to_string(), "5234.50");
         assert_eq!(Amount::from_minor(5).to_string(), "0.05");
         assert_eq!(Amount::from_minor(-5).to_string(), "-0.05");
-        assert_eq!(Amount::from_minor(i64::MIN).to_string(), "-92233720368547758.08");
+        assert_eq!(
+            Amount::from_minor(i64::MIN).to_string(),
+            "-92233720368547758.08"
+        );
     }
 
     #[test]
     fn arithmetic_is_checked() {
         let max = Amount::from_minor(i64::MAX);
-        assert_eq!(max.checked_add(Amount::from_minor(1)), Err(AmountError::Overflow));
+        assert_eq!(
+            max.checked_add(Amount::from_minor(1)),
+            Err(AmountError::Overflow)
+        );
         let min = Amount::from_minor(i64::MIN);
-        assert_eq!(min.checked_sub(Amount::from_minor(1)), Err(AmountError::Overflow));
+        assert_eq!(
+            min.checked_sub(Amount::from_minor(1)),
+            Err(AmountError::Overflow)
+        );
     }
 
     #[test]
@@ -339,6 +347,7 @@ mod tests {
             Some(f) if f.len() == 1 => f.parse::<i128>().unwrap() * 10,
             Some(f) => f.parse::<i128>().unwrap(),
         };
-        w.parse::<i128>().is_ok_and(|w| w * 100 + cents <= i64::MAX as i128)
+        w.parse::<i128>()
+            .is_ok_and(|w| w * 100 + cents <= i64::MAX as i128)
     }
 }

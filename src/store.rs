@@ -63,7 +63,9 @@ impl r2d2::ManageConnection for RedisManager {
     }
 
     fn is_valid(&self, conn: &mut Conn) -> Result<(), redis::RedisError> {
-        redis::cmd("PING").query::<String>(&mut conn.redis).map(drop)
+        redis::cmd("PING")
+            .query::<String>(&mut conn.redis)
+            .map(drop)
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
@@ -108,7 +110,9 @@ pub fn connect_pool(url: &str, size_max: u32) -> Result<Pool, StoreError> {
 pub enum StoreError {
     #[error("invalid Redis URL {url}: {detail}")]
     BadUrl { url: String, detail: String },
-    #[error("cannot reach Redis at {url}: {detail} (is redis-server running? check --redis-url / REDIS_URL)")]
+    #[error(
+        "cannot reach Redis at {url}: {detail} (is redis-server running? check --redis-url / REDIS_URL)"
+    )]
     Unreachable { url: String, detail: String },
 }
 
@@ -161,6 +165,9 @@ mod tests {
         );
         assert_eq!(redact_url("rediss://:tok@db:6380"), "rediss://:***@db:6380");
         assert_eq!(redact_url("redis://s3cret@db"), "redis://***@db");
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
     }
 }

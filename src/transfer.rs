@@ -206,11 +206,8 @@ impl WalletService {
         let lock_keys = lock::lock_keys(&ids);
         let mut guard = match lock::acquire(conn, lock_keys, &self.config.lock) {
             Ok(guard) => guard,
-            Err((LockError::Redis(e), mut conn)) => {
-                conn.taint();
-                return Err(TransferError::Redis(e));
-            }
-            Err((timeout, _conn)) => return Err(TransferError::LockTimeout(timeout)),
+            Err(LockError::Redis(e)) => return Err(TransferError::Redis(e)),
+            Err(timeout) => return Err(TransferError::LockTimeout(timeout)),
         };
         stats.lock = guard.stats();
         stats.round_trips += stats.lock.round_trips;
@@ -261,7 +258,14 @@ impl WalletService {
                         .ignore()
                         .hincr(&key, "version", 1)
                         .ignore();
-                    add_history(&mut pipe, id, &request.transfer_id, kind, request.amount, after);
+                    add_history(
+                        &mut pipe,
+                        id,
+                        &request.transfer_id,
+                        kind,
+                        request.amount,
+                        after,
+                    );
                     pipe.ignore();
                 }
             }
@@ -341,12 +345,9 @@ fn watch_and_read(
         .hgetall(outcome_key)
         .cmd("MGET")
         .arg(lock_keys);
-    let (from, to, recorded, lock_tokens): (
-        HashMap<String, String>,
-        HashMap<String, String>,
-        HashMap<String, String>,
-        Vec<Option<String>>,
-    ) = pipe.query(&mut conn.redis)?;
+    type Hash = HashMap<String, String>;
+    let (from, to, recorded, lock_tokens): (Hash, Hash, Hash, Vec<Option<String>>) =
+        pipe.query(&mut conn.redis)?;
     Ok(WatchedRead {
         from: parse_wallet(&request.from_user, &from)?,
         to: parse_wallet(&request.to_user, &to)?,
@@ -421,14 +422,21 @@ fn outcome_fields(o: &TransferOutcome) -> Vec<(&'static str, String)> {
         ("transfer_id", o.transfer_id.clone()),
         ("idempotency_key", o.idempotency_key.clone()),
         ("status", o.status.as_str().to_string()),
-        ("reason", o.reason.map(|r| r.as_str()).unwrap_or("").to_string()),
+        (
+            "reason",
+            o.reason.map(|r| r.as_str()).unwrap_or("").to_string(),
+        ),
         ("from_user", o.from_user.clone()),
         ("to_user", o.to_user.clone()),
         ("amount", o.amount.to_string()),
         ("currency", o.currency.clone()),
         (
             "processed_at",
-            format!("{}.{:03}", o.processed_at_ms / 1000, o.processed_at_ms % 1000),
+            format!(
+                "{}.{:03}",
+                o.processed_at_ms / 1000,
+                o.processed_at_ms % 1000
+            ),
         ),
         ("from_balance_after", opt(o.from_balance_after)),
         ("to_balance_after", opt(o.to_balance_after)),
@@ -436,7 +444,7 @@ fn outcome_fields(o: &TransferOutcome) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Parses a `transfer:{key}` hash as written by [`outcome_fields`].
+/// Parses a `transfer:{key}` hash as written by the transfer.
 pub fn parse_outcome(
     key: &str,
     f: &HashMap<String, String>,
@@ -555,7 +563,11 @@ mod tests {
     #[test]
     fn outcome_record_round_trips() {
         let r = req("a", "b", "12.30");
-        let o = new_outcome(&r, &Ok((Amount::from_minor(1), Amount::from_minor(2))), "abc");
+        let o = new_outcome(
+            &r,
+            &Ok((Amount::from_minor(1), Amount::from_minor(2))),
+            "abc",
+        );
         let fields: HashMap<String, String> = outcome_fields(&o)
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))

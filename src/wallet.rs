@@ -326,9 +326,8 @@ fn parse_history(
         "deposit" => HistoryKind::Deposit,
         other => return Err(corrupt(format!("unknown kind {other:?}"))),
     };
-    let amount = |name: &str| {
-        Amount::parse(&field(name)?).map_err(|e| corrupt(format!("{name}: {e}")))
-    };
+    let amount =
+        |name: &str| Amount::parse(&field(name)?).map_err(|e| corrupt(format!("{name}: {e}")));
     Ok(HistoryEntry {
         transfer_id: field("transfer_id")?,
         kind,
@@ -371,8 +370,14 @@ pub(crate) fn parse_wallet(
     };
     let balance = amount("balance")?;
     let wallet = Wallet {
-        wallet_id: f.get("wallet_id").cloned().unwrap_or_else(|| user_id.to_string()),
-        user_id: f.get("user_id").cloned().unwrap_or_else(|| user_id.to_string()),
+        wallet_id: f
+            .get("wallet_id")
+            .cloned()
+            .unwrap_or_else(|| user_id.to_string()),
+        user_id: f
+            .get("user_id")
+            .cloned()
+            .unwrap_or_else(|| user_id.to_string()),
         opening_balance: match f.get("opening_balance") {
             Some(_) => amount("opening_balance")?,
             // The original system did not keep it; its wallets start their history here.

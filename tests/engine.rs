@@ -77,7 +77,9 @@ fn a_transfer_moves_the_exact_amount_and_records_it() {
     let service = redis.service(2, EngineConfig::default());
     create_wallets(&service, &[("user_1", "5234.50"), ("user_2", "10.00")]);
 
-    let outcome = service.transfer(&usd("tx_1", "user_1", "user_2", "100.55")).unwrap();
+    let outcome = service
+        .transfer(&usd("tx_1", "user_1", "user_2", "100.55"))
+        .unwrap();
     assert_eq!(outcome.status, Status::Completed);
     assert_eq!(outcome.reason, None);
     assert!(!outcome.duplicate);
@@ -94,7 +96,10 @@ fn a_transfer_moves_the_exact_amount_and_records_it() {
         .unwrap();
     assert_eq!(record["status"], "COMPLETED");
     assert_eq!(record["amount"], "100.55");
-    let ttl: i64 = redis::cmd("TTL").arg("transfer:tx_1").query(&mut conn).unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("transfer:tx_1")
+        .query(&mut conn)
+        .unwrap();
     assert_eq!(ttl, -1, "outcome records do not expire by default");
     let wallet: HashMap<String, String> = redis::cmd("HGETALL")
         .arg("wallet:user_1")
@@ -107,7 +112,10 @@ fn a_transfer_moves_the_exact_amount_and_records_it() {
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].transfer_id, "tx_1");
     assert_eq!(history[0].balance_after, amount("5133.95"));
-    assert_eq!(outcome.stats.round_trips, 4, "uncontended transfer round trips");
+    assert_eq!(
+        outcome.stats.round_trips, 4,
+        "uncontended transfer round trips"
+    );
     assert_no_locks(&redis);
 }
 
@@ -178,7 +186,9 @@ fn invalid_amounts_and_currencies_are_rejected_before_redis() {
         assert_eq!(e.field, field, "{amount}");
     }
     let json = r#"{"transfer_id":"t","from_user":"a","to_user":"b","amount":"1","currency":"XYZ"}"#;
-    assert!(matches!(decode(json.as_bytes()), Ok(Decoded::Invalid { error, .. }) if error.field == "currency"));
+    assert!(
+        matches!(decode(json.as_bytes()), Ok(Decoded::Invalid { error, .. }) if error.field == "currency")
+    );
 }
 
 #[test]
@@ -193,7 +203,10 @@ fn the_idempotency_key_defaults_to_the_transfer_id_and_duplicates_move_money_onc
     };
     let first = service.transfer(&request).unwrap();
     assert_eq!(first.status, Status::Completed);
-    let recorded = service.transfer_outcome("tx_42").unwrap().expect("recorded under tx_42");
+    let recorded = service
+        .transfer_outcome("tx_42")
+        .unwrap()
+        .expect("recorded under tx_42");
     assert_eq!(recorded.transfer_id, "tx_42");
 
     for _ in 0..3 {
@@ -214,23 +227,33 @@ fn a_key_reused_for_a_different_request_is_refused_and_the_record_kept() {
     let service = redis.service(2, EngineConfig::default());
     create_wallets(&service, &[("a", "100.00"), ("b", "0"), ("c", "0")]);
 
-    let first = usd("t1", "a", "b", "10").with_idempotency_key("k1").unwrap();
+    let first = usd("t1", "a", "b", "10")
+        .with_idempotency_key("k1")
+        .unwrap();
     service.transfer(&first).unwrap();
     let mut conn = redis.conn();
-    let before: HashMap<String, String> =
-        redis::cmd("HGETALL").arg("transfer:k1").query(&mut conn).unwrap();
+    let before: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("transfer:k1")
+        .query(&mut conn)
+        .unwrap();
 
     for other in [
-        usd("t2", "a", "b", "11").with_idempotency_key("k1").unwrap(),
-        usd("t3", "a", "c", "10").with_idempotency_key("k1").unwrap(),
+        usd("t2", "a", "b", "11")
+            .with_idempotency_key("k1")
+            .unwrap(),
+        usd("t3", "a", "c", "10")
+            .with_idempotency_key("k1")
+            .unwrap(),
     ] {
         match service.transfer(&other) {
             Err(e @ TransferError::IdempotencyConflict { .. }) => assert!(!e.is_transient()),
             other => panic!("expected an idempotency conflict, got {other:?}"),
         }
     }
-    let after: HashMap<String, String> =
-        redis::cmd("HGETALL").arg("transfer:k1").query(&mut conn).unwrap();
+    let after: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("transfer:k1")
+        .query(&mut conn)
+        .unwrap();
     assert_eq!(before, after);
     assert_eq!(service.balance("a").unwrap(), amount("90.00"));
     assert_eq!(service.balance("c").unwrap(), Amount::ZERO);
@@ -287,10 +310,16 @@ fn random_load_keeps_the_ledger_exact() {
             })
         })
         .collect();
-    let outcomes: Vec<(TransferRequest, TransferOutcome)> =
-        threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let outcomes: Vec<(TransferRequest, TransferOutcome)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
 
-    assert_eq!(total(&service, &names), opening_total, "money is neither made nor lost");
+    assert_eq!(
+        total(&service, &names),
+        opening_total,
+        "money is neither made nor lost"
+    );
     let mut completed_per_wallet: HashMap<String, usize> = HashMap::new();
     for (request, outcome) in &outcomes {
         assert!(!outcome.duplicate);
@@ -300,13 +329,24 @@ fn random_load_keeps_the_ledger_exact() {
             .expect("every request has a recorded outcome");
         assert_eq!(recorded.status, outcome.status);
         if outcome.status == Status::Completed {
-            *completed_per_wallet.entry(request.from_user.clone()).or_default() += 1;
-            *completed_per_wallet.entry(request.to_user.clone()).or_default() += 1;
+            *completed_per_wallet
+                .entry(request.from_user.clone())
+                .or_default() += 1;
+            *completed_per_wallet
+                .entry(request.to_user.clone())
+                .or_default() += 1;
         }
     }
     let mut conn = redis.conn();
-    let records: Vec<String> = redis::cmd("KEYS").arg("transfer:*").query(&mut conn).unwrap();
-    assert_eq!(records.len(), THREADS * PER_THREAD, "exactly one record per request");
+    let records: Vec<String> = redis::cmd("KEYS")
+        .arg("transfer:*")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(
+        records.len(),
+        THREADS * PER_THREAD,
+        "exactly one record per request"
+    );
     for name in &names {
         let wallet = service.wallet(name).unwrap().unwrap();
         assert!(!wallet.balance.is_negative(), "{name} is negative");
@@ -314,8 +354,14 @@ fn random_load_keeps_the_ledger_exact() {
         let replayed = history.iter().fold(wallet.opening_balance, |b, e| {
             b.checked_add(e.kind.signed(e.amount)).unwrap()
         });
-        assert_eq!(replayed, wallet.balance, "{name}: balance = opening + history");
-        assert_eq!(history.len(), completed_per_wallet.get(name).copied().unwrap_or(0));
+        assert_eq!(
+            replayed, wallet.balance,
+            "{name}: balance = opening + history"
+        );
+        assert_eq!(
+            history.len(),
+            completed_per_wallet.get(name).copied().unwrap_or(0)
+        );
         assert_eq!(wallet.version as usize, history.len());
     }
     assert_no_locks(&redis);
@@ -326,7 +372,9 @@ fn a_hot_pair_completes_every_transfer() {
     let redis = RedisServer::start();
     let service = redis.service(64, patient());
     create_wallets(&service, &[("a", "1000.00"), ("b", "0")]);
-    let requests = (0..200).map(|i| usd(&format!("h{i}"), "a", "b", "1.25")).collect();
+    let requests = (0..200)
+        .map(|i| usd(&format!("h{i}"), "a", "b", "1.25"))
+        .collect();
     let outcomes = race(&service, requests);
     assert!(outcomes.iter().all(|o| o.status == Status::Completed));
     assert_eq!(service.balance("a").unwrap(), amount("750.00"));
@@ -361,7 +409,16 @@ fn overspend_races_let_only_what_fits_through() {
     let service = redis.service(8, patient());
     create_wallets(
         &service,
-        &[("p", "100.00"), ("q", "0"), ("payer", "5234.50"), ("r1", "0"), ("r2", "0"), ("r3", "0"), ("r4", "0"), ("r5", "0")],
+        &[
+            ("p", "100.00"),
+            ("q", "0"),
+            ("payer", "5234.50"),
+            ("r1", "0"),
+            ("r2", "0"),
+            ("r3", "0"),
+            ("r4", "0"),
+            ("r5", "0"),
+        ],
     );
 
     let outcomes = race(
@@ -372,14 +429,22 @@ fn overspend_races_let_only_what_fits_through() {
             .map(|(i, a)| usd(&format!("o{i}"), "p", "q", a))
             .collect(),
     );
-    let ok: Vec<_> = outcomes.iter().filter(|o| o.status == Status::Completed).collect();
-    assert_eq!(ok.len(), 1, "exactly one of 50, 60, 70 fits in 100");
-    assert!(outcomes
+    let ok: Vec<_> = outcomes
         .iter()
-        .filter(|o| o.status == Status::Failed)
-        .all(|o| o.reason == Some(FailureReason::InsufficientFunds)));
+        .filter(|o| o.status == Status::Completed)
+        .collect();
+    assert_eq!(ok.len(), 1, "exactly one of 50, 60, 70 fits in 100");
+    assert!(
+        outcomes
+            .iter()
+            .filter(|o| o.status == Status::Failed)
+            .all(|o| o.reason == Some(FailureReason::InsufficientFunds))
+    );
     let spent = ok[0].amount;
-    assert_eq!(service.balance("p").unwrap(), amount("100.00").checked_sub(spent).unwrap());
+    assert_eq!(
+        service.balance("p").unwrap(),
+        amount("100.00").checked_sub(spent).unwrap()
+    );
 
     let outcomes = race(
         &service,
@@ -387,7 +452,10 @@ fn overspend_races_let_only_what_fits_through() {
             .map(|i| usd(&format!("f{i}"), "payer", &format!("r{i}"), "1500.00"))
             .collect(),
     );
-    let ok = outcomes.iter().filter(|o| o.status == Status::Completed).count();
+    let ok = outcomes
+        .iter()
+        .filter(|o| o.status == Status::Completed)
+        .count();
     assert_eq!(ok, 3);
     assert_eq!(service.balance("payer").unwrap(), amount("734.50"));
     assert_no_locks(&redis);
@@ -422,12 +490,17 @@ fn a_stalled_holder_whose_lock_expired_cannot_overwrite() {
         }
     }));
     let slow = std::thread::spawn(move || stalled.transfer(&usd("slow", "a", "b", "80.00")));
-    started_rx.recv_timeout(Duration::from_secs(10)).expect("slow transfer reached EXEC");
+    started_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("slow transfer reached EXEC");
 
     let other = base.as_separate_process();
     let fast = other.transfer(&usd("fast", "a", "c", "70.00")).unwrap();
     assert_eq!(fast.status, Status::Completed);
-    assert!(fast.stats.lock.attempts > 1, "the fast one had to wait out the stalled lock");
+    assert!(
+        fast.stats.lock.attempts > 1,
+        "the fast one had to wait out the stalled lock"
+    );
     done_tx.send(()).unwrap();
 
     match slow.join().unwrap() {
@@ -437,7 +510,11 @@ fn a_stalled_holder_whose_lock_expired_cannot_overwrite() {
     }
     assert_eq!(base.balance("a").unwrap(), amount("30.00"));
     assert_eq!(base.balance("c").unwrap(), amount("70.00"));
-    assert_eq!(base.balance("b").unwrap(), Amount::ZERO, "the stale write never landed");
+    assert_eq!(
+        base.balance("b").unwrap(),
+        Amount::ZERO,
+        "the stale write never landed"
+    );
 
     // Retried (as the worker does), the request now gets its honest answer.
     let retried = base.transfer(&usd("slow", "a", "b", "80.00")).unwrap();
@@ -476,8 +553,15 @@ fn a_lock_held_by_another_times_out_without_recording_anything() {
         }
         other => panic!("expected a lock timeout, got {other:?}"),
     }
-    assert!(service.transfer_outcome("t").unwrap().is_none(), "a timeout is not an outcome");
-    assert_eq!(lock_keys(&mut conn), vec!["lock:b".to_string()], "lock:a was given back");
+    assert!(
+        service.transfer_outcome("t").unwrap().is_none(),
+        "a timeout is not an outcome"
+    );
+    assert_eq!(
+        lock_keys(&mut conn),
+        vec!["lock:b".to_string()],
+        "lock:a was given back"
+    );
     let owner: String = redis::cmd("GET").arg("lock:b").query(&mut conn).unwrap();
     assert_eq!(owner, "someone-else");
 }
@@ -490,35 +574,57 @@ fn release_checks_the_token_and_runs_on_every_path() {
     let mut conn = redis.conn();
 
     // Wrong token: our lock expired and another took it; our release must leave theirs.
-    let guard = lock::acquire(service.pool().get().unwrap(), lock::lock_keys(&["x"]), &config)
-        .map_err(|(e, _)| e)
-        .unwrap();
+    let guard = lock::acquire(
+        service.pool().get().unwrap(),
+        lock::lock_keys(&["x"]),
+        &config,
+    )
+    .unwrap();
     assert_eq!(guard.stats().attempts, 1);
-    redis::cmd("SET").arg("lock:x").arg("intruder").query::<()>(&mut conn).unwrap();
+    redis::cmd("SET")
+        .arg("lock:x")
+        .arg("intruder")
+        .query::<()>(&mut conn)
+        .unwrap();
     assert_eq!(guard.release().unwrap(), 0);
     let owner: String = redis::cmd("GET").arg("lock:x").query(&mut conn).unwrap();
     assert_eq!(owner, "intruder");
-    redis::cmd("DEL").arg("lock:x").query::<()>(&mut conn).unwrap();
+    redis::cmd("DEL")
+        .arg("lock:x")
+        .query::<()>(&mut conn)
+        .unwrap();
 
     // Extend works only while the lock is ours.
-    let mut guard = lock::acquire(service.pool().get().unwrap(), lock::lock_keys(&["y", "z"]), &config)
-        .map_err(|(e, _)| e)
-        .unwrap();
+    let mut guard = lock::acquire(
+        service.pool().get().unwrap(),
+        lock::lock_keys(&["y", "z"]),
+        &config,
+    )
+    .unwrap();
     assert!(guard.extend(60_000).unwrap());
     let ttl_ms: i64 = redis::cmd("PTTL").arg("lock:z").query(&mut conn).unwrap();
-    assert!(ttl_ms > 10_000, "extended past the original ttl, got {ttl_ms}");
-    redis::cmd("SET").arg("lock:z").arg("intruder").query::<()>(&mut conn).unwrap();
+    assert!(
+        ttl_ms > 10_000,
+        "extended past the original ttl, got {ttl_ms}"
+    );
+    redis::cmd("SET")
+        .arg("lock:z")
+        .arg("intruder")
+        .query::<()>(&mut conn)
+        .unwrap();
     assert!(!guard.extend(60_000).unwrap());
     drop(guard);
     assert_eq!(lock_keys(&mut conn), vec!["lock:z".to_string()]);
-    redis::cmd("DEL").arg("lock:z").query::<()>(&mut conn).unwrap();
+    redis::cmd("DEL")
+        .arg("lock:z")
+        .query::<()>(&mut conn)
+        .unwrap();
 
     // A panic under the lock still releases it.
     let pool = service.pool().clone();
     let panicked = std::thread::spawn(move || {
-        let _guard = lock::acquire(pool.get().unwrap(), lock::lock_keys(&["p", "q"]), &config)
-            .map_err(|(e, _)| e)
-            .unwrap();
+        let _guard =
+            lock::acquire(pool.get().unwrap(), lock::lock_keys(&["p", "q"]), &config).unwrap();
         panic!("boom under the lock");
     })
     .join();

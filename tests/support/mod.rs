@@ -111,7 +111,14 @@ impl RedisServer {
         let mut child = Command::new(bin)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--dir", self.dir.path().to_str().expect("utf-8 temp path")])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             .args(["--daemonize", "no", "--protected-mode", "yes"])
             .stdout(Stdio::from(log.try_clone().expect("clone log")))
             .stderr(Stdio::from(log))
@@ -232,7 +239,10 @@ impl Tansu {
                 return broker;
             }
         }
-        panic!("tansu did not start on any of 5 free ports; log: {}", broker.log());
+        panic!(
+            "tansu did not start on any of 5 free ports; log: {}",
+            broker.log()
+        );
     }
 
     fn spawn(&mut self) -> bool {

@@ -1,0 +1,213 @@
+//! Kafka plumbing shared by the worker, the producer commands and the tests: client settings,
+//! topic creation, and reading a group's committed offsets.
+//!
+//! Owns the librdkafka properties every client gets (and the pass-through of extra ones for
+//! SASL/SSL), and the one place where an rdkafka future is waited on (the admin API is only
+//! offered as futures; [`wait`] parks the thread until the future's own background thread
+//! completes it, so no async runtime is involved). Does not consume or dispatch; that is
+//! `worker::pipeline`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Default topic names, the original system's.
+pub const TOPIC_REQUESTS: &str = "wallet.transfer.requested";
+pub const TOPIC_RESULTS: &str = "wallet.transfer.completed";
+pub const TOPIC_DLQ: &str = "wallet.transfer.dlq";
+
+/// Where the brokers are and what extra librdkafka properties every client gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]`
+    pub brokers: String,
+    /// Extra librdkafka properties (`security.protocol`, `sasl.*`, `ssl.*`, ...), applied last.
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    pub fn new(brokers: &str) -> KafkaConfig {
+        KafkaConfig {
+            brokers: brokers.to_string(),
+            properties: Vec::new(),
+        }
+    }
+
+    /// A librdkafka configuration with the brokers and the extra properties set.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        config.set("client.id", "wallet-transfer");
+        config.set("log_level", "4");
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+/// Parses `key=value` as given to `--kafka-property`.
+pub fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!(
+            "expected a librdkafka property as key=value (e.g. security.protocol=SASL_SSL), got {text:?}"
+        )),
+    }
+}
+
+/// Whether a librdkafka property holds a secret that must never be logged.
+pub fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password") || key.contains("secret") || key.ends_with(".key.pem")
+}
+
+/// Waits for a future by parking this thread until its waker fires, up to `timeout`.
+/// rdkafka's admin futures are completed by rdkafka's own polling thread; nothing else drives
+/// them, so this is all the "executor" they need. Returns `None` on timeout.
+pub fn wait<F: Future>(future: F, timeout: Duration) -> Option<F::Output> {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return Some(output);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        std::thread::park_timeout(deadline - now);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("creating topic {topic}: {code}")]
+    Topic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error(
+        "the brokers at {brokers} did not answer within {timeout_ms} ms (is the broker running? check --brokers / KAFKA_BROKERS)"
+    )]
+    Timeout { brokers: String, timeout_ms: u64 },
+}
+
+/// Time allowed for admin requests.
+pub const ADMIN_TIMEOUT_MS: u64 = 30_000;
+
+/// Creates the topics that do not exist yet; existing ones are left as they are.
+pub fn ensure_topics(
+    kafka: &KafkaConfig,
+    topics: &[&str],
+    partitions: i32,
+    replication: i32,
+) -> Result<(), AdminError> {
+    assert!(partitions > 0 && replication > 0);
+    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    let options =
+        AdminOptions::new().operation_timeout(Some(Duration::from_millis(ADMIN_TIMEOUT_MS)));
+    let timeout = Duration::from_millis(ADMIN_TIMEOUT_MS + 5_000);
+    let results =
+        wait(admin.create_topics(&new, &options), timeout).ok_or(AdminError::Timeout {
+            brokers: kafka.brokers.clone(),
+            timeout_ms: ADMIN_TIMEOUT_MS,
+        })??;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(AdminError::Topic { topic, code }),
+        }
+    }
+    Ok(())
+}
+
+/// The offsets `group` has committed on each partition of `topic` (`None` where it has none).
+pub fn committed_offsets(
+    kafka: &KafkaConfig,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<Vec<(i32, Option<i64>)>, KafkaError> {
+    let consumer: BaseConsumer = kafka
+        .client_config()
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_millis(ADMIN_TIMEOUT_MS))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            (e.partition(), offset)
+        })
+        .collect())
+}
+
+/// The number of partitions of `topic` as the brokers report it.
+pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<i32, KafkaError> {
+    let consumer: BaseConsumer = kafka.client_config().create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_millis(ADMIN_TIMEOUT_MS))?;
+    Ok(metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().len() as i32)
+        .unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_parse_as_key_value() {
+        assert_eq!(
+            parse_property("sasl.password=a=b").unwrap(),
+            ("sasl.password".to_string(), "a=b".to_string())
+        );
+        assert!(parse_property("novalue").is_err());
+        assert!(parse_property("=x").is_err());
+        assert!(is_secret_property("sasl.password"));
+        assert!(!is_secret_property("security.protocol"));
+    }
+
+    #[test]
+    fn wait_returns_ready_futures_and_times_out_pending_ones() {
+        assert_eq!(wait(async { 7 }, Duration::from_millis(10)), Some(7));
+        assert_eq!(
+            wait(std::future::pending::<()>(), Duration::from_millis(20)),
+            None
+        );
+    }
+}

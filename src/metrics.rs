@@ -1,0 +1,798 @@
+//! Prometheus metrics for the worker, and the blocking HTTP endpoint that serves them.
+//!
+//! Owns the metric names (all prefixed `wallet_`), their labels and histogram buckets, a private
+//! [`prometheus::Registry`] (nothing goes into the process-global one, so tests and embedding
+//! programs can hold several), the text exposition, a [`MetricsSummary`] for one-line progress
+//! logs, and a tiny_http thread answering `GET /metrics`. Does not decide what is counted when:
+//! the worker calls `record_*`/`set_*` at the right moments; this module never reads Kafka or
+//! Redis and does not log progress itself.
+//!
+//! Every `record_*`/`set_*` is a few atomic operations and takes no lock held across calls, so
+//! pool threads call them on the hot path. Durations arrive in microseconds (`_us`, as measured
+//! by the engine) and are exported in seconds, as Prometheus expects.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::message::{FailureReason, Status};
+use crate::transfer::TransferOutcome;
+
+/// Bucket upper bounds of `wallet_transfer_latency_seconds`: 0.5 ms to 10 s.
+const TRANSFER_LATENCY_BUCKETS_S: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+/// Bucket upper bounds of `wallet_lock_wait_seconds`: 0.1 ms (free at once) to 30 s (retries
+/// with backoff running out).
+const LOCK_WAIT_BUCKETS_S: [f64; 14] = [
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Longest `cause` label accepted by [`Metrics::record_retry`]. Causes are a small fixed set of
+/// names chosen by the caller (`lock_timeout`, `redis`, `kafka`, ...), never error messages:
+/// every distinct value is a time series forever.
+pub const RETRY_CAUSE_LEN_MAX: usize = 32;
+
+/// Content type of the Prometheus text exposition format.
+pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4";
+
+/// The worker's metrics. Cloning is cheap and every clone records into the same registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    transfers: IntCounterVec,
+    duplicates: IntCounter,
+    transfer_latency: Histogram,
+    lock_wait: Histogram,
+    lock_attempts: IntCounter,
+    lock_timeouts: IntCounter,
+    watch_conflicts: IntCounter,
+    dlq: IntCounter,
+    in_flight_jobs: IntGauge,
+    retries: IntCounterVec,
+    committed_offset: IntGaugeVec,
+    consumer_lag: IntGaugeVec,
+    results_published: IntCounter,
+}
+
+/// Totals for a one-line progress log. `Display` prints
+/// `processed=.. failed=.. duplicates=.. dlq=.. retries=.. lag=..`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsSummary {
+    /// Outcomes answered, duplicates included.
+    pub processed: u64,
+    /// Of those, FAILED ones.
+    pub failed: u64,
+    /// Of those, answered from an earlier record.
+    pub duplicates: u64,
+    /// Messages sent to the dead-letter topic.
+    pub dlq: u64,
+    /// Jobs retried after a transient error, over all causes.
+    pub retries: u64,
+    /// Consumer lag summed over the partitions currently reported.
+    pub lag_total: i64,
+}
+
+impl std::fmt::Display for MetricsSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "processed={} failed={} duplicates={} dlq={} retries={} lag={}",
+            self.processed, self.failed, self.duplicates, self.dlq, self.retries, self.lag_total
+        )
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics, all zero, in a registry of its own.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let inner = Inner {
+            transfers: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "wallet_transfers_total",
+                        "Transfer outcomes answered, duplicates included, by status and failure reason (\"\" for none).",
+                    ),
+                    &["status", "reason"],
+                ),
+            ),
+            duplicates: register(
+                &registry,
+                IntCounter::new(
+                    "wallet_duplicates_total",
+                    "Transfer requests answered from an earlier record, with no new effect.",
+                ),
+            ),
+            transfer_latency: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "wallet_transfer_latency_seconds",
+                        "Wall time of one transfer call, duplicates included.",
+                    )
+                    .buckets(TRANSFER_LATENCY_BUCKETS_S.to_vec()),
+                ),
+            ),
+            lock_wait: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "wallet_lock_wait_seconds",
+                        "Time from the first lock attempt until the wallet locks were held, for transfers that took locks.",
+                    )
+                    .buckets(LOCK_WAIT_BUCKETS_S.to_vec()),
+                ),
+            ),
+            lock_attempts: register(
+                &registry,
+                IntCounter::new(
+                    "wallet_lock_attempts_total",
+                    "SET NX rounds sent to take wallet locks.",
+                ),
+            ),
+            lock_timeouts: register(
+                &registry,
+                IntCounter::new(
+                    "wallet_lock_timeouts_total",
+                    "Transfers that gave up waiting for wallet locks (transient; retried).",
+                ),
+            ),
+            watch_conflicts: register(
+                &registry,
+                IntCounter::new(
+                    "wallet_watch_conflicts_total",
+                    "Transactions aborted because a watched key changed, and retried.",
+                ),
+            ),
+            dlq: register(
+                &registry,
+                IntCounter::new(
+                    "wallet_dlq_total",
+                    "Messages sent to the dead-letter topic.",
+                ),
+            ),
+            in_flight_jobs: register(
+                &registry,
+                IntGauge::new(
+                    "wallet_in_flight_jobs",
+                    "Jobs consumed and not yet done.",
+                ),
+            ),
+            retries: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "wallet_retries_total",
+                        "Jobs retried after a transient error, by cause.",
+                    ),
+                    &["cause"],
+                ),
+            ),
+            committed_offset: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "wallet_committed_offset",
+                        "Last offset committed, by partition (the next offset to consume).",
+                    ),
+                    &["partition"],
+                ),
+            ),
+            consumer_lag: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "wallet_consumer_lag",
+                        "Messages behind the partition's high watermark, by partition.",
+                    ),
+                    &["partition"],
+                ),
+            ),
+            results_published: register(
+                &registry,
+                IntCounter::new(
+                    "wallet_results_published_total",
+                    "Result messages delivered to the completed topic.",
+                ),
+            ),
+            registry,
+        };
+        // Create the expected outcome series at zero, so rates and alerts see them before the
+        // first occurrence.
+        inner
+            .transfers
+            .with_label_values(&[Status::Completed.as_str(), ""]);
+        for reason in FailureReason::ALL {
+            inner
+                .transfers
+                .with_label_values(&[Status::Failed.as_str(), reason.as_str()]);
+        }
+        Metrics {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Counts one answered transfer: its status and reason, whether it was a duplicate, its
+    /// latency, and its lock and WATCH costs.
+    pub fn record_outcome(&self, outcome: &TransferOutcome) {
+        let inner = &self.inner;
+        let reason = outcome.reason.map_or("", FailureReason::as_str);
+        inner
+            .transfers
+            .with_label_values(&[outcome.status.as_str(), reason])
+            .inc();
+        if outcome.duplicate {
+            inner.duplicates.inc();
+        }
+        let stats = &outcome.stats;
+        inner.transfer_latency.observe(seconds(stats.elapsed_us));
+        if stats.lock.attempts > 0 {
+            inner.lock_wait.observe(seconds(stats.lock.wait_us));
+            inner.lock_attempts.inc_by(u64::from(stats.lock.attempts));
+        }
+        inner.watch_conflicts.inc_by(u64::from(stats.watch_retries));
+    }
+
+    /// Counts a FAILED answer that the engine did not record (`invalid_request`,
+    /// `idempotency_conflict`): it has no outcome, latency or lock costs to report.
+    pub fn record_failure(&self, reason: FailureReason) {
+        self.inner
+            .transfers
+            .with_label_values(&[Status::Failed.as_str(), reason.as_str()])
+            .inc();
+    }
+
+    /// Counts a transfer that ran out of lock retries.
+    pub fn record_lock_timeout(&self) {
+        self.inner.lock_timeouts.inc();
+    }
+
+    /// Counts a job retried after a transient error. `cause` is a short fixed name such as
+    /// `lock_timeout`, `redis` or `kafka`; see [`RETRY_CAUSE_LEN_MAX`].
+    pub fn record_retry(&self, cause: &str) {
+        debug_assert!(
+            !cause.is_empty()
+                && cause.len() <= RETRY_CAUSE_LEN_MAX
+                && cause
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "retry cause {cause:?} is not a short snake_case name"
+        );
+        self.inner.retries.with_label_values(&[cause]).inc();
+    }
+
+    /// Counts a message sent to the dead-letter topic.
+    pub fn record_dlq(&self) {
+        self.inner.dlq.inc();
+    }
+
+    /// Counts a result message delivered to the completed topic.
+    pub fn record_published(&self) {
+        self.inner.results_published.inc();
+    }
+
+    /// Sets the number of jobs consumed and not yet done.
+    pub fn set_in_flight(&self, jobs: i64) {
+        debug_assert!(jobs >= 0);
+        self.inner.in_flight_jobs.set(jobs);
+    }
+
+    /// Sets the last committed position (next offset to consume) of `partition`.
+    pub fn set_committed(&self, partition: i32, offset: i64) {
+        debug_assert!(offset >= 0);
+        self.inner
+            .committed_offset
+            .with_label_values(&[&partition.to_string()])
+            .set(offset);
+    }
+
+    /// Sets how many messages `partition` is behind its high watermark.
+    pub fn set_lag(&self, partition: i32, lag: i64) {
+        debug_assert!(lag >= 0);
+        self.inner
+            .consumer_lag
+            .with_label_values(&[&partition.to_string()])
+            .set(lag);
+    }
+
+    /// Drops the per-partition series of a revoked partition, so a stale lag or offset does not
+    /// linger on a worker that no longer owns it.
+    pub fn forget_partition(&self, partition: i32) {
+        let label = partition.to_string();
+        // Absent series (never set) are fine: there is nothing to drop.
+        let _ = self.inner.committed_offset.remove_label_values(&[&label]);
+        let _ = self.inner.consumer_lag.remove_label_values(&[&label]);
+    }
+
+    /// All metrics in the Prometheus text exposition format ([`CONTENT_TYPE_TEXT`]).
+    pub fn render(&self) -> String {
+        let families = self.inner.registry.gather();
+        let mut text = Vec::new();
+        match TextEncoder::new().encode(&families, &mut text) {
+            Ok(()) => String::from_utf8(text).expect("the text encoder writes UTF-8"),
+            Err(e) => {
+                // Only malformed families fail, and ours are fixed at construction.
+                log::error!("cannot encode metrics: {e}");
+                String::new()
+            }
+        }
+    }
+
+    /// Totals for a progress log line.
+    pub fn summary(&self) -> MetricsSummary {
+        let inner = &self.inner;
+        let mut summary = MetricsSummary {
+            duplicates: inner.duplicates.get(),
+            dlq: inner.dlq.get(),
+            ..MetricsSummary::default()
+        };
+        for family in inner.transfers.collect() {
+            for metric in family.get_metric() {
+                let count = metric.get_counter().get_value() as u64;
+                summary.processed += count;
+                let failed = metric
+                    .get_label()
+                    .iter()
+                    .any(|l| l.name() == "status" && l.value() == Status::Failed.as_str());
+                if failed {
+                    summary.failed += count;
+                }
+            }
+        }
+        for family in inner.retries.collect() {
+            for metric in family.get_metric() {
+                summary.retries += metric.get_counter().get_value() as u64;
+            }
+        }
+        for family in inner.consumer_lag.collect() {
+            for metric in family.get_metric() {
+                summary.lag_total += metric.get_gauge().get_value() as i64;
+            }
+        }
+        debug_assert!(summary.failed <= summary.processed);
+        debug_assert!(summary.duplicates <= summary.processed);
+        summary
+    }
+}
+
+fn register<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: prometheus::Result<C>,
+) -> C {
+    // Names, labels and buckets are constants of this module: an error here is a bug in it.
+    let collector = collector.expect("metric definition is valid");
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric names are unique in the registry");
+    collector
+}
+
+fn seconds(duration_us: u64) -> f64 {
+    duration_us as f64 / 1_000_000.0
+}
+
+/// The running `/metrics` endpoint. Dropping it stops the server thread and closes the socket.
+pub struct MetricsServer {
+    server: Arc<tiny_http::Server>,
+    addr: SocketAddr,
+    stopping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for MetricsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MetricsServer {
+    /// The address actually bound (the real port when `serve` was given port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.server.unblock();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            log::error!("metrics server thread panicked");
+        }
+    }
+}
+
+/// Serves `metrics` on `addr` (e.g. `0.0.0.0:9100`, or `127.0.0.1:0` for any free port) from a
+/// background thread: `GET /metrics` answers the text format, anything else 404.
+pub fn serve(addr: &str, metrics: Metrics) -> Result<MetricsServer, io::Error> {
+    let server = tiny_http::Server::http(addr)
+        .map_err(|e| io::Error::other(format!("cannot serve metrics on {addr}: {e}")))?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| io::Error::other(format!("metrics address {addr} is not an IP socket")))?;
+    let server = Arc::new(server);
+    let stopping = Arc::new(AtomicBool::new(false));
+    let thread = std::thread::Builder::new()
+        .name("metrics-http".into())
+        .spawn({
+            let server = Arc::clone(&server);
+            let stopping = Arc::clone(&stopping);
+            move || serve_loop(&server, &stopping, &metrics)
+        })?;
+    log::info!("metrics on http://{bound}/metrics");
+    Ok(MetricsServer {
+        server,
+        addr: bound,
+        stopping,
+        thread: Some(thread),
+    })
+}
+
+fn serve_loop(server: &tiny_http::Server, stopping: &AtomicBool, metrics: &Metrics) {
+    loop {
+        let request = match server.recv() {
+            Ok(request) => request,
+            Err(_) if stopping.load(Ordering::SeqCst) => return,
+            Err(e) => {
+                // An accept error; do not spin on a persistent one.
+                log::warn!("metrics server: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+        };
+        let path = request.url().split('?').next().unwrap_or_default();
+        let response = if *request.method() == tiny_http::Method::Get && path == "/metrics" {
+            let content_type = tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE_TEXT)
+                .expect("constant header is valid");
+            tiny_http::Response::from_string(metrics.render()).with_header(content_type)
+        } else {
+            tiny_http::Response::from_string("not found\n").with_status_code(404)
+        };
+        if let Err(e) = request.respond(response) {
+            log::debug!("metrics server: response not delivered: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::lock::LockStats;
+    use crate::money::Amount;
+    use crate::transfer::TransferStats;
+
+    /// One sample line of the text format, parsed back: name, labels and value.
+    #[derive(Debug)]
+    struct Sample {
+        name: String,
+        labels: BTreeMap<String, String>,
+        value: f64,
+    }
+
+    /// A deliberately independent reader of the exposition format: it splits the text the way a
+    /// scraper does rather than rebuilding the expected lines.
+    fn parse(text: &str) -> Vec<Sample> {
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+            let value: f64 = value.parse().expect("sample value is a number");
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_string(), BTreeMap::new()),
+                Some((name, rest)) => {
+                    let body = rest.strip_suffix('}').expect("labels are closed");
+                    let mut labels = BTreeMap::new();
+                    for pair in body.split(',').filter(|pair| !pair.is_empty()) {
+                        let (key, quoted) = pair.split_once('=').expect("label has a value");
+                        let value = quoted
+                            .strip_prefix('"')
+                            .and_then(|v| v.strip_suffix('"'))
+                            .expect("label value is quoted");
+                        labels.insert(key.to_string(), value.to_string());
+                    }
+                    (name.to_string(), labels)
+                }
+            };
+            samples.push(Sample {
+                name,
+                labels,
+                value,
+            });
+        }
+        samples
+    }
+
+    fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let wanted: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut found = samples
+            .iter()
+            .filter(|s| s.name == name && s.labels == wanted);
+        let sample = found.next()?;
+        assert!(found.next().is_none(), "{name} {labels:?} appears twice");
+        Some(sample.value)
+    }
+
+    fn outcome(
+        status: Status,
+        reason: Option<FailureReason>,
+        duplicate: bool,
+        stats: TransferStats,
+    ) -> TransferOutcome {
+        TransferOutcome {
+            transfer_id: "tx_1".into(),
+            idempotency_key: "tx_1".into(),
+            status,
+            reason,
+            from_user: "alice".into(),
+            to_user: "bob".into(),
+            amount: Amount::parse("1.00").unwrap(),
+            currency: "USD".into(),
+            processed_at_ms: 1_764_170_000_123,
+            from_balance_after: None,
+            to_balance_after: None,
+            duplicate,
+            request_hash: String::new(),
+            stats,
+        }
+    }
+
+    fn stats(
+        elapsed_us: u64,
+        lock_attempts: u32,
+        lock_wait_us: u64,
+        watch_retries: u32,
+    ) -> TransferStats {
+        TransferStats {
+            lock: LockStats {
+                attempts: lock_attempts,
+                wait_us: lock_wait_us,
+                round_trips: lock_attempts,
+            },
+            watch_retries,
+            round_trips: 4,
+            elapsed_us,
+        }
+    }
+
+    fn recorded() -> Metrics {
+        let metrics = Metrics::new();
+        metrics.record_outcome(&outcome(
+            Status::Completed,
+            None,
+            false,
+            stats(1_500, 1, 200, 0),
+        ));
+        metrics.record_outcome(&outcome(
+            Status::Completed,
+            None,
+            false,
+            stats(3_000, 3, 250_000, 2),
+        ));
+        // A duplicate takes no locks.
+        metrics.record_outcome(&outcome(Status::Completed, None, true, stats(400, 0, 0, 0)));
+        metrics.record_outcome(&outcome(
+            Status::Failed,
+            Some(FailureReason::InsufficientFunds),
+            false,
+            stats(2_000, 1, 100, 1),
+        ));
+        metrics.record_lock_timeout();
+        metrics.record_retry("lock_timeout");
+        metrics.record_retry("redis");
+        metrics.record_retry("redis");
+        metrics.record_dlq();
+        metrics.record_published();
+        metrics.record_published();
+        metrics.set_in_flight(5);
+        metrics.set_committed(0, 42);
+        metrics.set_committed(3, 7);
+        metrics.set_lag(0, 10);
+        metrics.set_lag(3, 4);
+        metrics
+    }
+
+    #[test]
+    fn render_exposes_what_was_recorded() {
+        let samples = parse(&recorded().render());
+        let get = |name: &str, labels: &[(&str, &str)]| {
+            value(&samples, name, labels).unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
+        };
+
+        let completed = [("status", "COMPLETED"), ("reason", "")];
+        assert_eq!(get("wallet_transfers_total", &completed), 3.0);
+        let insufficient = [("status", "FAILED"), ("reason", "insufficient_funds")];
+        assert_eq!(get("wallet_transfers_total", &insufficient), 1.0);
+        let same_user = [("status", "FAILED"), ("reason", "same_user")];
+        assert_eq!(
+            get("wallet_transfers_total", &same_user),
+            0.0,
+            "pre-created at zero"
+        );
+        assert_eq!(get("wallet_duplicates_total", &[]), 1.0);
+
+        assert_eq!(get("wallet_transfer_latency_seconds_count", &[]), 4.0);
+        let latency_sum = get("wallet_transfer_latency_seconds_sum", &[]);
+        assert!((latency_sum - 0.0069).abs() < 1e-9, "sum {latency_sum}");
+        // 400 us and 1.5 ms fall at or below 2 ms; so does the 2 ms one; 3 ms does not.
+        let le_2ms = [("le", "0.002")];
+        assert_eq!(get("wallet_transfer_latency_seconds_bucket", &le_2ms), 3.0);
+
+        assert_eq!(
+            get("wallet_lock_wait_seconds_count", &[]),
+            3.0,
+            "duplicate took no lock"
+        );
+        assert_eq!(get("wallet_lock_attempts_total", &[]), 5.0);
+        assert_eq!(get("wallet_lock_timeouts_total", &[]), 1.0);
+        assert_eq!(get("wallet_watch_conflicts_total", &[]), 3.0);
+        assert_eq!(get("wallet_dlq_total", &[]), 1.0);
+        assert_eq!(get("wallet_in_flight_jobs", &[]), 5.0);
+        assert_eq!(get("wallet_retries_total", &[("cause", "redis")]), 2.0);
+        assert_eq!(
+            get("wallet_retries_total", &[("cause", "lock_timeout")]),
+            1.0
+        );
+        assert_eq!(get("wallet_committed_offset", &[("partition", "0")]), 42.0);
+        assert_eq!(get("wallet_committed_offset", &[("partition", "3")]), 7.0);
+        assert_eq!(get("wallet_consumer_lag", &[("partition", "3")]), 4.0);
+        assert_eq!(get("wallet_results_published_total", &[]), 2.0);
+
+        assert!(
+            samples.iter().all(|s| s.name.starts_with("wallet_")),
+            "every metric is prefixed"
+        );
+    }
+
+    #[test]
+    fn summary_totals_the_counters() {
+        let metrics = recorded();
+        let summary = metrics.summary();
+        assert_eq!(
+            summary,
+            MetricsSummary {
+                processed: 4,
+                failed: 1,
+                duplicates: 1,
+                dlq: 1,
+                retries: 3,
+                lag_total: 14,
+            }
+        );
+        assert_eq!(
+            summary.to_string(),
+            "processed=4 failed=1 duplicates=1 dlq=1 retries=3 lag=14"
+        );
+        assert_eq!(Metrics::new().summary(), MetricsSummary::default());
+    }
+
+    #[test]
+    fn clones_share_one_registry_and_instances_are_separate() {
+        let metrics = Metrics::new();
+        let clone = metrics.clone();
+        clone.record_dlq();
+        assert_eq!(metrics.summary().dlq, 1);
+        assert_eq!(Metrics::new().summary().dlq, 0, "no global registry");
+    }
+
+    #[test]
+    fn forget_partition_drops_its_series() {
+        let metrics = recorded();
+        metrics.forget_partition(0);
+        metrics.forget_partition(99); // never set: nothing to drop
+        let samples = parse(&metrics.render());
+        assert_eq!(
+            value(&samples, "wallet_consumer_lag", &[("partition", "0")]),
+            None
+        );
+        assert_eq!(
+            value(&samples, "wallet_committed_offset", &[("partition", "0")]),
+            None
+        );
+        assert_eq!(
+            value(&samples, "wallet_consumer_lag", &[("partition", "3")]),
+            Some(4.0)
+        );
+        assert_eq!(metrics.summary().lag_total, 4);
+    }
+
+    /// Sends a bare HTTP/1.0 request and returns the status code, the head and the body.
+    fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .expect("a complete response");
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .expect("a status line");
+        (status, head.to_string(), body.to_string())
+    }
+
+    #[test]
+    fn serves_metrics_over_http() {
+        let metrics = Metrics::new();
+        metrics.record_dlq();
+        let server = serve("127.0.0.1:0", metrics.clone()).unwrap();
+        let addr = server.addr();
+        assert_ne!(addr.port(), 0);
+
+        let (status, head, body) = get(addr, "/metrics");
+        assert_eq!(status, 200);
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        assert_eq!(value(&parse(&body), "wallet_dlq_total", &[]), Some(1.0));
+
+        // Reads the live values, not a copy taken at start.
+        metrics.record_dlq();
+        let (_, _, body) = get(addr, "/metrics?x=1");
+        assert_eq!(value(&parse(&body), "wallet_dlq_total", &[]), Some(2.0));
+
+        let (status, _, _) = get(addr, "/nope");
+        assert_eq!(status, 404);
+
+        drop(server);
+        // The listener is closed: the connection is refused, reset, or closed unanswered.
+        let after = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut response = String::new();
+            s.read_to_string(&mut response)?;
+            Ok(response)
+        });
+        if let Ok(response) = after {
+            assert!(response.is_empty(), "answered after drop: {response}");
+        }
+    }
+
+    #[test]
+    fn serve_reports_an_address_in_use() {
+        let first = serve("127.0.0.1:0", Metrics::new()).unwrap();
+        let taken = first.addr().to_string();
+        assert!(serve(&taken, Metrics::new()).is_err());
+    }
+}

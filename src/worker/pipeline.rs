@@ -1,0 +1,790 @@
+//! The Kafka pipeline: one consumer thread, a bounded channel, a fixed pool of transfer
+//! threads, an idempotent producer for results and dead letters, and safe offset commits.
+//!
+//! ```text
+//! consumer thread: poll -> backlog -> (tracker.start) -> bounded channel -> pool thread
+//! pool thread:     decode -> WalletService::transfer (transient errors: back off, retry)
+//!                  -> produce result (or dead letter), the job rides along as delivery opaque
+//! producer thread: delivery acknowledged -> tracker.finish(partition, offset)
+//! consumer thread: every commit interval, on revoke and on shutdown: commit the contiguous
+//!                  watermark of each partition (never past an unfinished message)
+//! ```
+//!
+//! A message counts as done only once its result (or dead letter) is acknowledged by the
+//! brokers, so a crash at any point leaves its offset uncommitted and it is delivered again;
+//! the engine's idempotency turns the replay into the recorded answer. The backlog is bounded:
+//! when it is full the consumer pauses its partitions and keeps polling (heartbeats and
+//! rebalances go on). Owns none of the transfer logic (`transfer`) nor the offset arithmetic
+//! (`worker::offsets`).
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::kafka::{self, KafkaConfig};
+use crate::message::{Decoded, FailureReason, TransferCompleted, decode};
+use crate::metrics::Metrics;
+use crate::service::WalletService;
+use crate::transfer::{TransferError, TransferOutcome};
+use crate::worker::offsets::OffsetTracker;
+
+/// Worker settings. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub kafka: KafkaConfig,
+    pub group_id: String,
+    pub requests_topic: String,
+    pub results_topic: String,
+    pub dlq_topic: String,
+    /// Transfer threads (and Redis connections).
+    pub threads: usize,
+    /// Partitions for topics the worker creates.
+    pub partitions: i32,
+    /// Replication factor for topics the worker creates.
+    pub replication: i32,
+    pub commit_interval_ms: u64,
+    pub session_timeout_ms: u64,
+    /// Time allowed, on revoke, for in-flight jobs of the revoked partitions to finish.
+    pub revoke_timeout_ms: u64,
+    /// Time allowed, on shutdown, for the producer to deliver what is queued.
+    pub flush_timeout_ms: u64,
+    /// Cap on the delay between retries of a job that hit a transient error.
+    pub retry_delay_ms_max: u64,
+    /// Messages polled but not yet handed to the pool before the consumer pauses fetching.
+    pub backlog_max: usize,
+    /// Interval of the one-line summary log.
+    pub summary_interval_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            kafka: KafkaConfig::new("127.0.0.1:9092"),
+            group_id: "wallet-transfer-worker".to_string(),
+            requests_topic: kafka::TOPIC_REQUESTS.to_string(),
+            results_topic: kafka::TOPIC_RESULTS.to_string(),
+            dlq_topic: kafka::TOPIC_DLQ.to_string(),
+            threads: 8,
+            partitions: 6,
+            replication: 1,
+            commit_interval_ms: 1_000,
+            session_timeout_ms: 10_000,
+            revoke_timeout_ms: 15_000,
+            flush_timeout_ms: 10_000,
+            retry_delay_ms_max: 2_000,
+            backlog_max: 1_000,
+            summary_interval_ms: 10_000,
+        }
+    }
+}
+
+/// Upper bounds on the settings.
+pub const THREADS_MAX: usize = 256;
+pub const BACKLOG_MAX_LIMIT: usize = 100_000;
+/// Largest dead letter forwarded unchanged; a bigger poison payload is cut to this size and
+/// marked with the header `truncated`.
+pub const DLQ_PAYLOAD_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Base delay of a job's transient retries; doubles per retry up to `retry_delay_ms_max`.
+const RETRY_DELAY_MS_BASE: u64 = 50;
+/// Poll timeout of the consumer loop: the longest a shutdown or commit waits for it.
+const POLL_MS: u64 = 100;
+
+impl WorkerConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.threads == 0 || self.threads > THREADS_MAX {
+            return Err(format!(
+                "threads must be between 1 and {THREADS_MAX}, got {}",
+                self.threads
+            ));
+        }
+        if self.backlog_max == 0 || self.backlog_max > BACKLOG_MAX_LIMIT {
+            return Err(format!(
+                "backlog must be between 1 and {BACKLOG_MAX_LIMIT}, got {}",
+                self.backlog_max
+            ));
+        }
+        if self.partitions <= 0 || self.replication <= 0 {
+            return Err("partitions and replication must be positive".to_string());
+        }
+        if self.commit_interval_ms == 0 || self.summary_interval_ms == 0 {
+            return Err("commit and summary intervals must be positive".to_string());
+        }
+        for (name, topic) in [
+            ("requests topic", &self.requests_topic),
+            ("results topic", &self.results_topic),
+            ("dlq topic", &self.dlq_topic),
+        ] {
+            if topic.is_empty() {
+                return Err(format!("{name} must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("invalid worker setting: {0}")]
+    Config(String),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("creating topics: {0}")]
+    Admin(#[from] kafka::AdminError),
+    #[error("a transfer thread panicked")]
+    ThreadPanicked,
+}
+
+/// What a run did, returned when the worker stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    pub processed: u64,
+    pub dead_lettered: u64,
+    /// Offsets committed at the end, per partition.
+    pub committed: Vec<(i32, i64)>,
+}
+
+/// One consumed message.
+#[derive(Debug, Clone)]
+struct Job {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    /// Set when its answer went to the dead-letter topic.
+    dead_lettered: bool,
+}
+
+/// State shared by the consumer thread, its rebalance callbacks, the pool and the producer.
+struct Shared {
+    config: WorkerConfig,
+    tracker: Mutex<OffsetTracker>,
+    backlog: Mutex<VecDeque<Job>>,
+    assignment_changed: AtomicBool,
+    metrics: Metrics,
+    shutdown: Arc<AtomicBool>,
+}
+
+/// The worker. Build it, keep its [`Worker::shutdown_handle`], then [`Worker::run`] it.
+pub struct Worker {
+    shared: Arc<Shared>,
+    service: WalletService,
+}
+
+impl Worker {
+    pub fn new(
+        config: WorkerConfig,
+        service: WalletService,
+        metrics: Metrics,
+    ) -> Result<Worker, WorkerError> {
+        config.validate().map_err(WorkerError::Config)?;
+        Ok(Worker {
+            shared: Arc::new(Shared {
+                config,
+                tracker: Mutex::new(OffsetTracker::new()),
+                backlog: Mutex::new(VecDeque::new()),
+                assignment_changed: AtomicBool::new(false),
+                metrics,
+                shutdown: Arc::new(AtomicBool::new(false)),
+            }),
+            service,
+        })
+    }
+
+    /// Set it to true to stop: polling stops, in-flight jobs finish, the producer is flushed,
+    /// offsets are committed, and [`Worker::run`] returns.
+    pub fn shutdown_handle(&self) -> Arc<AtomicBool> {
+        self.shared.shutdown.clone()
+    }
+
+    /// Runs until the shutdown handle is set. Blocking.
+    pub fn run(self) -> Result<WorkerReport, WorkerError> {
+        let config = &self.shared.config;
+        kafka::ensure_topics(
+            &config.kafka,
+            &[
+                &config.requests_topic,
+                &config.results_topic,
+                &config.dlq_topic,
+            ],
+            config.partitions,
+            config.replication,
+        )?;
+
+        let (redo_tx, redo_rx) = crossbeam_channel::unbounded::<Job>();
+        let producer: ThreadedProducer<DeliveryContext> = config
+            .kafka
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set(
+                "message.max.bytes",
+                (DLQ_PAYLOAD_BYTES_MAX + 64 * 1024).to_string(),
+            )
+            .create_with_context(DeliveryContext {
+                shared: self.shared.clone(),
+                redo: redo_tx,
+            })?;
+        let producer = Arc::new(producer);
+
+        let consumer: BaseConsumer<ConsumerCtx> = config
+            .kafka
+            .client_config()
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(ConsumerCtx {
+                shared: self.shared.clone(),
+            })?;
+        consumer.subscribe(&[&config.requests_topic])?;
+        log::info!(
+            "worker up: group {} consuming {} with {} transfer threads; results to {}, dead letters to {}",
+            config.group_id,
+            config.requests_topic,
+            config.threads,
+            config.results_topic,
+            config.dlq_topic
+        );
+
+        let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(config.threads * 2);
+        let pool: Vec<_> = (0..config.threads)
+            .map(|i| {
+                let ctx = PoolThread {
+                    shared: self.shared.clone(),
+                    service: self.service.clone(),
+                    producer: producer.clone(),
+                    jobs: job_rx.clone(),
+                    redo: redo_rx.clone(),
+                };
+                std::thread::Builder::new()
+                    .name(format!("transfer-{i}"))
+                    .spawn(move || ctx.run())
+                    .expect("spawn transfer thread")
+            })
+            .collect();
+        drop(job_rx);
+
+        let mut report = consume(&self.shared, &consumer, &job_tx);
+
+        // Shutdown: no new jobs; the pool drains what it has, the producer delivers it all,
+        // then the final watermark is committed.
+        log::info!("shutting down: finishing in-flight jobs");
+        drop(job_tx);
+        let mut panicked = false;
+        for thread in pool {
+            panicked |= thread.join().is_err();
+        }
+        if let Err(e) = producer.flush(Duration::from_millis(config.flush_timeout_ms)) {
+            log::warn!("producer flush: {e}; undelivered results stay uncommitted and are redone");
+        }
+        report.committed = commit_all(&self.shared, &consumer);
+        let summary = self.shared.metrics.summary();
+        report.processed = summary.processed;
+        report.dead_lettered = summary.dlq;
+        log::info!(
+            "stopped: {} processed, {} dead-lettered, committed {:?}",
+            report.processed,
+            report.dead_lettered,
+            report.committed
+        );
+        if panicked {
+            return Err(WorkerError::ThreadPanicked);
+        }
+        Ok(report)
+    }
+}
+
+/// The consumer loop: poll into the backlog, dispatch to the pool, pause when full, commit.
+fn consume(
+    shared: &Shared,
+    consumer: &BaseConsumer<ConsumerCtx>,
+    job_tx: &Sender<Job>,
+) -> WorkerReport {
+    let config = &shared.config;
+    let mut paused = false;
+    let mut last_commit = Instant::now();
+    let mut last_summary = Instant::now();
+    let mut processed_at_last_summary = 0;
+    while !shared.shutdown.load(Ordering::SeqCst) {
+        let backlog_len = dispatch(shared, job_tx);
+        let want_paused = backlog_len >= config.backlog_max;
+        if want_paused != paused || shared.assignment_changed.swap(false, Ordering::SeqCst) {
+            set_paused(consumer, want_paused);
+            paused = want_paused;
+        }
+        match consumer.poll(Duration::from_millis(POLL_MS)) {
+            Some(Ok(message)) => shared.backlog.lock().push_back(Job {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                dead_lettered: false,
+            }),
+            Some(Err(e)) => {
+                shared.metrics.record_retry("kafka_consume");
+                log::warn!("consumer: {e}; polling on");
+            }
+            None => {}
+        }
+        shared
+            .metrics
+            .set_in_flight(shared.tracker.lock().in_flight_total() as i64);
+        if last_commit.elapsed() >= Duration::from_millis(config.commit_interval_ms) {
+            commit_due(shared, consumer);
+            last_commit = Instant::now();
+        }
+        if last_summary.elapsed() >= Duration::from_millis(config.summary_interval_ms) {
+            let s = shared.metrics.summary();
+            let rate = (s.processed - processed_at_last_summary) as f64
+                / last_summary.elapsed().as_secs_f64();
+            log::info!(
+                "processed {} ({rate:.0}/s), failed {}, duplicates {}, dead letters {}, retries {}, lag {}",
+                s.processed,
+                s.failed,
+                s.duplicates,
+                s.dlq,
+                s.retries,
+                s.lag_total
+            );
+            processed_at_last_summary = s.processed;
+            last_summary = Instant::now();
+        }
+    }
+    WorkerReport::default()
+}
+
+/// Moves jobs from the backlog into the channel while it has room. Returns the backlog length.
+fn dispatch(shared: &Shared, job_tx: &Sender<Job>) -> usize {
+    let mut backlog = shared.backlog.lock();
+    // Only this thread sends, so room seen here is still there at `send`.
+    while !job_tx.is_full() {
+        let Some(job) = backlog.pop_front() else {
+            break;
+        };
+        shared.tracker.lock().start(job.partition, job.offset);
+        job_tx
+            .send(job)
+            .expect("pool threads outlive the consumer loop");
+    }
+    backlog.len()
+}
+
+fn set_paused(consumer: &BaseConsumer<ConsumerCtx>, paused: bool) {
+    let Ok(assignment) = consumer.assignment() else {
+        return;
+    };
+    let result = if paused {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    match result {
+        Ok(()) => log::debug!("partitions {}", if paused { "paused" } else { "resumed" }),
+        Err(e) => log::warn!("pause/resume: {e}"),
+    }
+}
+
+/// Commits (asynchronously) the partitions whose watermark moved.
+fn commit_due(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>) {
+    let due = shared.tracker.lock().commits_due();
+    commit(shared, consumer, &due, CommitMode::Async);
+}
+
+/// Commits (synchronously) the watermark of every tracked partition. Returns what it committed.
+fn commit_all(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>) -> Vec<(i32, i64)> {
+    let positions = shared.tracker.lock().positions();
+    commit(shared, consumer, &positions, CommitMode::Sync);
+    positions
+}
+
+fn commit(
+    shared: &Shared,
+    consumer: &BaseConsumer<ConsumerCtx>,
+    positions: &[(i32, i64)],
+    mode: CommitMode,
+) {
+    if positions.is_empty() {
+        return;
+    }
+    let topic = &shared.config.requests_topic;
+    let mut tpl = TopicPartitionList::new();
+    for &(partition, position) in positions {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(position))
+            .expect("valid offset");
+    }
+    match consumer.commit(&tpl, mode) {
+        Ok(()) => {
+            for &(partition, position) in positions {
+                shared.metrics.set_committed(partition, position);
+            }
+            log::debug!("committed {positions:?}");
+        }
+        Err(e) => log::warn!("commit {positions:?}: {e}; a later commit carries them"),
+    }
+}
+
+/// Rebalance and statistics callbacks, run on the consumer thread inside `poll`.
+struct ConsumerCtx {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for ConsumerCtx {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.shared.config.requests_topic) else {
+            return;
+        };
+        for (partition, p) in &topic.partitions {
+            if *partition >= 0 && p.consumer_lag >= 0 {
+                self.shared.metrics.set_lag(*partition, p.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for ConsumerCtx {
+    /// On revoke: stop dispatching the revoked partitions, let their in-flight jobs finish
+    /// (bounded), commit their watermark, then let them go.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let shared = &self.shared;
+        let revoked: HashSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let dropped = {
+            let mut backlog = shared.backlog.lock();
+            let before = backlog.len();
+            backlog.retain(|job| !revoked.contains(&job.partition));
+            before - backlog.len()
+        };
+        let deadline = Instant::now() + Duration::from_millis(shared.config.revoke_timeout_ms);
+        let busy = || {
+            let tracker = shared.tracker.lock();
+            revoked.iter().any(|p| !tracker.is_idle(*p))
+        };
+        while busy() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if busy() {
+            log::warn!(
+                "revoke: jobs of {revoked:?} still running after {} ms; their offsets stay uncommitted",
+                shared.config.revoke_timeout_ms
+            );
+        }
+        let positions: Vec<(i32, i64)> = {
+            let tracker = shared.tracker.lock();
+            revoked
+                .iter()
+                .filter_map(|p| tracker.commit_position(*p).map(|o| (*p, o)))
+                .collect()
+        };
+        let commit_tpl = {
+            let mut t = TopicPartitionList::new();
+            for &(p, o) in &positions {
+                t.add_partition_offset(&shared.config.requests_topic, p, Offset::Offset(o))
+                    .expect("valid offset");
+            }
+            t
+        };
+        if !positions.is_empty()
+            && let Err(e) = consumer.commit(&commit_tpl, CommitMode::Sync)
+        {
+            log::warn!("revoke: commit {positions:?}: {e}");
+        }
+        let mut tracker = shared.tracker.lock();
+        for p in &revoked {
+            tracker.forget(*p);
+            shared.metrics.forget_partition(*p);
+        }
+        log::info!(
+            "partitions {revoked:?} revoked: committed {positions:?}, {dropped} undispatched messages left to the next owner"
+        );
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            log::info!("partitions {partitions:?} assigned");
+            self.shared.assignment_changed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if let Err(e) = result {
+            log::warn!("commit of {} partitions failed: {e}", offsets.count());
+        }
+    }
+}
+
+/// Delivery reports, run on the producer's polling thread.
+struct DeliveryContext {
+    shared: Arc<Shared>,
+    redo: Sender<Job>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<Job>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, job: Box<Job>) {
+        match result {
+            Ok(_) => {
+                if !job.dead_lettered {
+                    self.shared.metrics.record_published();
+                }
+                if let Err(e) = self.shared.tracker.lock().finish(job.partition, job.offset) {
+                    log::debug!("{e}");
+                }
+            }
+            Err((e, _)) => {
+                log::warn!(
+                    "publishing the answer to partition {} offset {} failed: {e}; redoing the job",
+                    job.partition,
+                    job.offset
+                );
+                self.shared.metrics.record_retry("kafka_produce");
+                // The pool redoes it: the engine answers from the record, nothing moves twice.
+                let _ = self.redo.send(*job);
+            }
+        }
+    }
+}
+
+/// What a job produces: a result message or a dead letter.
+enum Answer {
+    Result(TransferCompleted),
+    DeadLetter(String),
+}
+
+/// One transfer thread.
+struct PoolThread {
+    shared: Arc<Shared>,
+    service: WalletService,
+    producer: Arc<ThreadedProducer<DeliveryContext>>,
+    jobs: Receiver<Job>,
+    redo: Receiver<Job>,
+}
+
+impl PoolThread {
+    fn run(self) {
+        loop {
+            let job = crossbeam_channel::select! {
+                recv(self.jobs) -> job => match job {
+                    Ok(job) => job,
+                    Err(_) => return,
+                },
+                recv(self.redo) -> job => match job {
+                    Ok(job) => job,
+                    Err(_) => return,
+                },
+            };
+            let Some(answer) = self.answer(&job) else {
+                log::info!(
+                    "abandoning partition {} offset {} at shutdown; it stays uncommitted",
+                    job.partition,
+                    job.offset
+                );
+                continue;
+            };
+            self.publish(answer, job);
+        }
+    }
+
+    /// The answer to one message; `None` when shutdown interrupted transient retries.
+    fn answer(&self, job: &Job) -> Option<Answer> {
+        let request = match decode(&job.payload) {
+            Err(poison) => return Some(Answer::DeadLetter(poison.to_string())),
+            Ok(Decoded::Invalid { echo, error }) => {
+                log::info!("transfer {}: invalid request: {error}", echo.transfer_id);
+                self.shared
+                    .metrics
+                    .record_failure(FailureReason::InvalidRequest);
+                return Some(Answer::Result(echo));
+            }
+            Ok(Decoded::Request(request)) => request,
+        };
+        let mut retry: u32 = 0;
+        loop {
+            match self.service.transfer(&request) {
+                Ok(outcome) => {
+                    self.shared.metrics.record_outcome(&outcome);
+                    return Some(Answer::Result(answer_for(&request.transfer_id, &outcome)));
+                }
+                Err(TransferError::IdempotencyConflict { key, .. }) => {
+                    log::warn!(
+                        "transfer {}: idempotency key {key:?} was used before for a different request",
+                        request.transfer_id
+                    );
+                    let mut echo = crate::message::RawRequest {
+                        transfer_id: request.transfer_id.clone(),
+                        from_user: Some(request.from_user.clone()),
+                        to_user: Some(request.to_user.clone()),
+                        amount: Some(request.amount.to_string()),
+                        currency: Some(request.currency.to_string()),
+                        idempotency_key: Some(request.idempotency_key.clone()),
+                    }
+                    .echo_failed();
+                    echo.reason = Some(FailureReason::IdempotencyConflict);
+                    self.shared
+                        .metrics
+                        .record_failure(FailureReason::IdempotencyConflict);
+                    return Some(Answer::Result(echo));
+                }
+                Err(e) if e.is_transient() => {
+                    if matches!(e, TransferError::LockTimeout(_)) {
+                        self.shared.metrics.record_lock_timeout();
+                    }
+                    self.shared.metrics.record_retry(retry_cause(&e));
+                    let delay_ms = RETRY_DELAY_MS_BASE
+                        .saturating_mul(1 << retry.min(16))
+                        .min(self.shared.config.retry_delay_ms_max);
+                    log::warn!(
+                        "transfer {}: {e}; retry {} in {delay_ms} ms",
+                        request.transfer_id,
+                        retry + 1
+                    );
+                    if !self.sleep_unless_shutdown(delay_ms) {
+                        return None;
+                    }
+                    retry = retry.saturating_add(1);
+                }
+                Err(e) => {
+                    log::error!(
+                        "transfer {}: {e}; sent to the dead-letter topic",
+                        request.transfer_id
+                    );
+                    return Some(Answer::DeadLetter(e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Sleeps `ms` in short steps; false when shutdown was asked meanwhile.
+    fn sleep_unless_shutdown(&self, ms: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < deadline {
+            if self.shared.shutdown.load(Ordering::SeqCst) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10).min(deadline - Instant::now()));
+        }
+        !self.shared.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// Hands the answer to the producer with the job as delivery opaque; the delivery report
+    /// marks the offset done (or redoes the job). Retries while the local queue is full.
+    fn publish(&self, answer: Answer, mut job: Job) {
+        job.dead_lettered = matches!(answer, Answer::DeadLetter(_));
+        let config = &self.shared.config;
+        let (topic, key, payload, headers) = match &answer {
+            Answer::Result(result) => (
+                config.results_topic.as_str(),
+                result.transfer_id.clone().into_bytes(),
+                serde_json::to_vec(result).expect("result serialises"),
+                None,
+            ),
+            Answer::DeadLetter(error) => {
+                log::warn!(
+                    "dead letter: partition {} offset {}: {error}",
+                    job.partition,
+                    job.offset
+                );
+                self.shared.metrics.record_dlq();
+                let truncated = job.payload.len() > DLQ_PAYLOAD_BYTES_MAX;
+                let mut headers = OwnedHeaders::new()
+                    .insert(Header {
+                        key: "error",
+                        value: Some(error.as_str()),
+                    })
+                    .insert(Header {
+                        key: "source_topic",
+                        value: Some(config.requests_topic.as_str()),
+                    })
+                    .insert(Header {
+                        key: "source_partition",
+                        value: Some(&job.partition.to_string()),
+                    })
+                    .insert(Header {
+                        key: "source_offset",
+                        value: Some(&job.offset.to_string()),
+                    });
+                if truncated {
+                    headers = headers.insert(Header {
+                        key: "truncated",
+                        value: Some(&job.payload.len().to_string()),
+                    });
+                }
+                let payload = job.payload[..job.payload.len().min(DLQ_PAYLOAD_BYTES_MAX)].to_vec();
+                (
+                    config.dlq_topic.as_str(),
+                    job.key.clone().unwrap_or_default(),
+                    payload,
+                    Some(headers),
+                )
+            }
+        };
+        let mut opaque = Box::new(job);
+        let mut attempt: u32 = 0;
+        loop {
+            let mut record = BaseRecord::with_opaque_to(topic, opaque)
+                .key(&key)
+                .payload(&payload);
+            if let Some(h) = &headers {
+                record = record.headers(h.clone());
+            }
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((e, record)) => {
+                    opaque = record.delivery_opaque;
+                    attempt += 1;
+                    if !matches!(
+                        e,
+                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                    ) {
+                        log::warn!("producing to {topic}: {e}; retry {attempt}");
+                        self.shared.metrics.record_retry("kafka_produce");
+                    }
+                    std::thread::sleep(Duration::from_millis(
+                        (5u64 << attempt.min(8)).min(config.retry_delay_ms_max),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The result message for `outcome`, answering the request's own transfer id.
+fn answer_for(transfer_id: &str, outcome: &TransferOutcome) -> TransferCompleted {
+    let mut message = outcome.to_message();
+    message.transfer_id = transfer_id.to_string();
+    message
+}
+
+fn retry_cause(e: &TransferError) -> &'static str {
+    match e {
+        TransferError::LockTimeout(_) => "lock_timeout",
+        TransferError::LockLost(_) => "lock_lost",
+        TransferError::WatchConflicts(_) => "watch_conflicts",
+        TransferError::Redis(_) => "redis",
+        TransferError::Pool(_) => "redis_pool",
+        TransferError::IdempotencyConflict { .. } | TransferError::Corrupt { .. } => "other",
+    }
+}
