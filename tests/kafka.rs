@@ -1,0 +1,20 @@
+//! The Kafka plumbing against a real tansu broker: topic creation and committed offsets.
+
+mod support;
+
+use support::Tansu;
+use wallet_transfer::kafka::{self, KafkaConfig};
+
+#[test]
+fn topics_are_created_once_with_the_asked_partitions() {
+    let tansu = Tansu::start();
+    let config = KafkaConfig::new(&tansu.brokers());
+    kafka::ensure_topics(&config, &["t.one", "t.two"], 6, 1).expect("create topics");
+    // A second call finds them and changes nothing.
+    kafka::ensure_topics(&config, &["t.one"], 3, 1).expect("existing topics are fine");
+    assert_eq!(kafka::partition_count(&config, "t.one").unwrap(), 6);
+    assert_eq!(kafka::partition_count(&config, "t.two").unwrap(), 6);
+    let committed = kafka::committed_offsets(&config, "nobody", "t.one", 6).unwrap();
+    assert_eq!(committed.len(), 6);
+    assert!(committed.iter().all(|(_, o)| o.is_none()), "{committed:?}");
+}

@@ -1,0 +1,382 @@
+//! A whole local stack for end-to-end tests: redis-server, tansu, and `wallet worker`
+//! processes (the real binary), plus a Kafka client to publish requests and collect results.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{RedisServer, Tansu, free_port, wait_until};
+use wallet_transfer::TransferCompleted;
+use wallet_transfer::kafka::{self, KafkaConfig};
+
+pub const WALLET_BIN: &str = env!("CARGO_BIN_EXE_wallet");
+
+/// Topic names unique to one stack, so nothing leaks between tests.
+pub struct Topics {
+    pub requests: String,
+    pub results: String,
+    pub dlq: String,
+    pub group: String,
+}
+
+pub struct Stack {
+    pub redis: RedisServer,
+    pub tansu: Tansu,
+    pub topics: Topics,
+    pub partitions: i32,
+    producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+}
+
+impl Stack {
+    pub fn start(partitions: i32) -> Stack {
+        Stack::start_on(RedisServer::start(), Tansu::start(), partitions)
+    }
+
+    pub fn start_on(redis: RedisServer, tansu: Tansu, partitions: i32) -> Stack {
+        let suffix = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        let topics = Topics {
+            requests: format!("req_{suffix}"),
+            results: format!("res_{suffix}"),
+            dlq: format!("dlq_{suffix}"),
+            group: format!("group_{suffix}"),
+        };
+        let config = KafkaConfig::new(&tansu.brokers());
+        kafka::ensure_topics(
+            &config,
+            &[&topics.requests, &topics.results, &topics.dlq],
+            partitions,
+            1,
+        )
+        .expect("create topics");
+        let producer = config
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("message.max.bytes", "10000000")
+            .create()
+            .expect("test producer");
+        Stack {
+            redis,
+            tansu,
+            topics,
+            partitions,
+            producer,
+        }
+    }
+
+    pub fn kafka(&self) -> KafkaConfig {
+        KafkaConfig::new(&self.tansu.brokers())
+    }
+
+    /// The arguments that point the `wallet` binary at this stack.
+    pub fn global_args(&self) -> Vec<String> {
+        vec![
+            "--redis-url".into(),
+            self.redis.url(),
+            "--brokers".into(),
+            self.tansu.brokers(),
+        ]
+    }
+
+    /// Starts a worker process; `extra` are more `worker` flags.
+    pub fn spawn_worker(&self, extra: &[&str]) -> WorkerProcess {
+        let metrics_port = free_port();
+        let mut args = self.global_args();
+        args.extend(
+            [
+                "worker",
+                "--threads",
+                "4",
+                "--requests-topic",
+                &self.topics.requests,
+                "--results-topic",
+                &self.topics.results,
+                "--dlq-topic",
+                &self.topics.dlq,
+                "--group",
+                &self.topics.group,
+                "--session-timeout-ms",
+                "6000",
+                "--metrics-addr",
+                &format!("127.0.0.1:{metrics_port}"),
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log_path = std::env::temp_dir().join(format!(
+            "wallet-worker-{}-{metrics_port}.log",
+            self.topics.group
+        ));
+        let log = std::fs::File::create(&log_path).expect("worker log");
+        let child = Command::new(WALLET_BIN)
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().expect("clone log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn wallet worker");
+        WorkerProcess {
+            child: Some(child),
+            metrics_port,
+            log_path,
+        }
+    }
+
+    /// Publishes raw payloads to the requests topic, keyed by `key`, and waits until the
+    /// broker has them.
+    pub fn publish(&self, messages: &[(Option<String>, Vec<u8>)]) {
+        for (key, payload) in messages {
+            let mut record: BaseRecord<'_, [u8], [u8]> =
+                BaseRecord::to(&self.topics.requests).payload(payload.as_slice());
+            if let Some(k) = key {
+                record = record.key(k.as_bytes());
+            }
+            let mut record = Some(record);
+            while let Some(r) = record.take() {
+                if let Err((e, r)) = self.producer.send(r) {
+                    assert!(
+                        matches!(
+                            e,
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull
+                            )
+                        ),
+                        "publish: {e}"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                    record = Some(r);
+                }
+            }
+        }
+        self.producer
+            .flush(Duration::from_secs(60))
+            .expect("requests delivered to the broker");
+    }
+
+    /// Publishes JSON requests keyed by their from_user.
+    pub fn publish_requests(&self, requests: &[wallet_transfer::TransferRequest]) {
+        let messages: Vec<_> = requests
+            .iter()
+            .map(|r| (Some(r.from_user.clone()), r.to_json().into_bytes()))
+            .collect();
+        self.publish(&messages);
+    }
+
+    /// A reader of a topic from its beginning.
+    pub fn reader(&self, topic: &str) -> TopicReader {
+        TopicReader::new(&self.kafka(), topic, self.partitions)
+    }
+
+    /// The offsets the workers' group has committed, per partition.
+    pub fn committed(&self) -> HashMap<i32, i64> {
+        kafka::committed_offsets(
+            &self.kafka(),
+            &self.topics.group,
+            &self.topics.requests,
+            self.partitions,
+        )
+        .expect("committed offsets")
+        .into_iter()
+        .filter_map(|(p, o)| o.map(|o| (p, o)))
+        .collect()
+    }
+}
+
+/// Reads every message of a topic, all partitions, from the beginning.
+pub struct TopicReader {
+    consumer: BaseConsumer,
+    pub messages: Vec<ReadMessage>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadMessage {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+impl ReadMessage {
+    pub fn result(&self) -> TransferCompleted {
+        serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
+            panic!(
+                "result is not a TransferCompleted ({e}): {}",
+                String::from_utf8_lossy(&self.payload)
+            )
+        })
+    }
+}
+
+impl TopicReader {
+    fn new(config: &KafkaConfig, topic: &str, partitions: i32) -> TopicReader {
+        let consumer: BaseConsumer = config
+            .client_config()
+            .set(
+                "group.id",
+                format!("reader_{}", uuid::Uuid::new_v4().simple()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("fetch.message.max.bytes", "10000000")
+            .create()
+            .expect("reader");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("offset");
+        }
+        consumer.assign(&tpl).expect("assign");
+        TopicReader {
+            consumer,
+            messages: Vec::new(),
+        }
+    }
+
+    /// Reads until at least `count` messages are in, or panics after `timeout_ms`.
+    pub fn read_until(&mut self, count: usize, timeout_ms: u64) -> &[ReadMessage] {
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        while self.messages.len() < count {
+            assert!(
+                Instant::now() < deadline,
+                "read {} of {count} messages within {timeout_ms} ms",
+                self.messages.len()
+            );
+            self.poll_once(100);
+        }
+        &self.messages
+    }
+
+    /// Reads whatever arrives within `ms`.
+    pub fn drain_for(&mut self, ms: u64) -> &[ReadMessage] {
+        let deadline = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < deadline {
+            self.poll_once(50);
+        }
+        &self.messages
+    }
+
+    fn poll_once(&mut self, ms: u64) {
+        if let Some(message) = self.consumer.poll(Duration::from_millis(ms)) {
+            let m = message.expect("read message");
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.messages.push(ReadMessage {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                headers,
+            });
+        }
+    }
+}
+
+/// A running `wallet worker` process; killed on drop.
+pub struct WorkerProcess {
+    child: Option<Child>,
+    pub metrics_port: u16,
+    pub log_path: std::path::PathBuf,
+}
+
+impl WorkerProcess {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns its exit code, or panics after `timeout_ms`.
+    pub fn wait_exit(&mut self, timeout_ms: u64) -> Option<i32> {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker did not exit within {timeout_ms} ms; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().expect("try_wait").is_none(),
+            None => false,
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// GET /metrics, waiting for the endpoint to come up.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut body = String::new();
+        wait_until("the metrics endpoint", 20_000, || {
+            let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            else {
+                return false;
+            };
+            let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
+            body.clear();
+            stream.read_to_string(&mut body).is_ok() && body.starts_with("HTTP/1.")
+        });
+        body
+    }
+
+    /// The value of one metric line (`name{labels}` exactly as rendered), 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map(|v| v.trim().parse().expect("metric value"))
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
