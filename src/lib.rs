@@ -26,11 +26,13 @@
 //! # }
 //! ```
 
+pub mod bench;
 pub mod kafka;
 pub mod lock;
 pub mod message;
 pub mod metrics;
 pub mod money;
+pub mod seed;
 pub mod service;
 pub mod store;
 pub mod transfer;

@@ -1,0 +1,863 @@
+//! Load generator for the transfer engine, and the report it prints.
+//!
+//! A run creates its own wallets under a unique prefix (`bench_<6 hex>_<i>`), moves money
+//! between them and checks afterwards that the sum of their balances did not change. The
+//! [`BenchReport`] is mode-neutral: the direct mode ([`run_direct`]) calls
+//! [`WalletService::transfer`] from a pool of threads and fills in every figure; a mode that
+//! goes through Kafka and a worker can fill in the figures it can see and leave the engine
+//! figures (`engine`) empty.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use comfy_table::{CellAlignment, Table};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::RngExt;
+use serde_json::{Value, json};
+
+use crate::message::TransferRequest;
+use crate::money::{Amount, Currency};
+use crate::service::WalletService;
+use crate::store::keys;
+use crate::transfer::{TransferError, TransferOutcome};
+use crate::wallet::{NewWallet, WalletError};
+
+pub const BENCH_THREADS_MAX: usize = 256;
+pub const BENCH_TRANSFERS_MAX: u64 = 10_000_000;
+pub const BENCH_WALLETS_MIN: u32 = 2;
+pub const BENCH_WALLETS_MAX: u32 = 1_000_000;
+/// Retries of one request after a transient error, at most.
+pub const BENCH_TRANSIENT_RETRIES_MAX: u32 = 100;
+/// Opening balance of every bench wallet: 1_000_000.00, so insufficient funds stays rare.
+pub const BENCH_OPENING_CENTS: i64 = 100_000_000;
+/// Largest amount one bench transfer moves, in cents (100.00). The smallest is 0.01.
+pub const BENCH_AMOUNT_CENTS_MAX: i64 = 10_000;
+/// Wallets created or read per batch.
+const BATCH: usize = 1_000;
+/// Warnings logged per run about retried or failed requests; the rest are only counted.
+const WARNINGS_MAX: u32 = 5;
+/// Longest latency the histogram records exactly (one hour, in microseconds); longer ones
+/// are recorded as this.
+const LATENCY_US_MAX: u64 = 3_600_000_000;
+
+/// Settings of a direct run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectConfig {
+    /// Threads calling `transfer`; the pool should hold as many connections.
+    pub threads: usize,
+    /// Transfers in total, shared out among the threads.
+    pub transfers: u64,
+    /// Wallets created for the run.
+    pub wallets: u32,
+    /// Every transfer goes from the first wallet to the second: one hot pair.
+    pub hot: bool,
+    /// Retries of one request after a transient error (same request, same idempotency key).
+    pub transient_retries: u32,
+    /// Draws a progress bar on stderr (indicatif hides it when stderr is not a terminal).
+    pub progress: bool,
+    /// Deletes the run's wallets, users, histories and outcome records afterwards.
+    pub cleanup: bool,
+}
+
+impl Default for DirectConfig {
+    fn default() -> Self {
+        DirectConfig {
+            threads: 8,
+            transfers: 50_000,
+            wallets: 10_000,
+            hot: false,
+            transient_retries: 5,
+            progress: false,
+            cleanup: false,
+        }
+    }
+}
+
+impl DirectConfig {
+    /// Checks the settings against their limits; the error names the setting and the rule.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=BENCH_THREADS_MAX).contains(&self.threads) {
+            return Err(format!(
+                "threads must be between 1 and {BENCH_THREADS_MAX}, got {}",
+                self.threads
+            ));
+        }
+        if !(1..=BENCH_TRANSFERS_MAX).contains(&self.transfers) {
+            return Err(format!(
+                "transfers must be between 1 and {BENCH_TRANSFERS_MAX}, got {}",
+                self.transfers
+            ));
+        }
+        if !(BENCH_WALLETS_MIN..=BENCH_WALLETS_MAX).contains(&self.wallets) {
+            return Err(format!(
+                "wallets must be between {BENCH_WALLETS_MIN} and {BENCH_WALLETS_MAX}, got {}",
+                self.wallets
+            ));
+        }
+        if self.transient_retries > BENCH_TRANSIENT_RETRIES_MAX {
+            return Err(format!(
+                "transient retries must be at most {BENCH_TRANSIENT_RETRIES_MAX}, got {}",
+                self.transient_retries
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("invalid bench setting: {0}")]
+    Config(String),
+    #[error("bench setup: {0}")]
+    Setup(String),
+    #[error(transparent)]
+    Wallet(#[from] WalletError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis pool: {0}")]
+    Pool(#[from] r2d2::Error),
+}
+
+/// Latency percentiles of a run, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LatencySummary {
+    pub samples: u64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl LatencySummary {
+    /// Summarises a histogram of microseconds.
+    pub fn from_histogram_us(h: &Histogram<u64>) -> LatencySummary {
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        LatencySummary {
+            samples: h.len(),
+            mean_ms: h.mean() / 1000.0,
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+/// What the engine reported about its own work (`TransferOutcome::stats`), summed over the
+/// fresh (non-duplicate) outcomes. Only a mode that calls the engine in-process has these.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineFigures {
+    /// Outcomes produced by this run (not answered from an earlier record).
+    pub fresh: u64,
+    /// Fresh outcomes whose Redis lock was free at the first SET NX.
+    pub lock_first_try: u64,
+    /// Sum of the Redis lock waits, in microseconds.
+    pub lock_wait_us: u64,
+    /// Transactions aborted by a changed watched key and retried, in total.
+    pub watch_retries: u64,
+    /// Redis round trips, in total.
+    pub round_trips: u64,
+}
+
+impl EngineFigures {
+    pub fn add_outcome(&mut self, o: &TransferOutcome) {
+        if o.duplicate {
+            return;
+        }
+        self.fresh += 1;
+        if o.stats.lock.attempts == 1 {
+            self.lock_first_try += 1;
+        }
+        self.lock_wait_us += o.stats.lock.wait_us;
+        self.watch_retries += u64::from(o.stats.watch_retries);
+        self.round_trips += u64::from(o.stats.round_trips);
+    }
+
+    pub fn merge(&mut self, other: &EngineFigures) {
+        self.fresh += other.fresh;
+        self.lock_first_try += other.lock_first_try;
+        self.lock_wait_us += other.lock_wait_us;
+        self.watch_retries += other.watch_retries;
+        self.round_trips += other.round_trips;
+    }
+
+    /// Share of fresh outcomes that got their lock on the first try, 0 to 1.
+    pub fn lock_first_try_rate(&self) -> f64 {
+        ratio(self.lock_first_try, self.fresh)
+    }
+
+    pub fn lock_wait_mean_ms(&self) -> f64 {
+        ratio(self.lock_wait_us, self.fresh) / 1000.0
+    }
+
+    pub fn round_trips_mean(&self) -> f64 {
+        ratio(self.round_trips, self.fresh)
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+/// The sum of the run's wallet balances before and after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BalanceCheck {
+    pub wallets: u32,
+    pub before: Amount,
+    pub after: Amount,
+    /// Wallets whose balance ended below zero (must be 0).
+    pub negative: u32,
+}
+
+impl BalanceCheck {
+    pub fn ok(&self) -> bool {
+        self.before == self.after && self.negative == 0
+    }
+}
+
+/// Figures of one bench run, printed as a table or as one JSON object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchReport {
+    /// `direct` (in-process engine calls); later modes name themselves here.
+    pub mode: &'static str,
+    /// The wallet prefix of this run, `bench_<6 hex>`.
+    pub run: String,
+    pub threads: usize,
+    pub wallets: u32,
+    pub hot: bool,
+    /// Requests finished (answered or given up).
+    pub transfers: u64,
+    /// Wall time of the transfer phase, without setup and verification.
+    pub elapsed: Duration,
+    /// Per request, from the first call until its final answer, bench retries included.
+    pub latency: LatencySummary,
+    pub engine: Option<EngineFigures>,
+    /// Answers by `STATUS` or `STATUS:reason`; answers taken from an earlier record (after a
+    /// transient error whose write had landed) get a ` (duplicate)` suffix.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Requests that ended in an error, by kind (see [`error_kind`]).
+    pub errors: BTreeMap<String, u64>,
+    /// Transient errors that the bench retried, by kind.
+    pub transient_retries: BTreeMap<String, u64>,
+    pub balance: Option<BalanceCheck>,
+    /// Keys deleted after the run, when cleanup was asked for.
+    pub cleaned_keys: Option<u64>,
+}
+
+impl BenchReport {
+    pub fn transfers_per_s(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            self.transfers as f64 / s
+        } else {
+            0.0
+        }
+    }
+
+    /// Fails when the run broke an invariant: the balance sum changed or went negative.
+    pub fn check(&self) -> Result<(), String> {
+        match &self.balance {
+            Some(b) if !b.ok() => Err(format!(
+                "balance check failed for {} wallets of {}: sum before {}, after {}, {} negative",
+                b.wallets, self.run, b.before, b.after, b.negative
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The figures as one JSON object.
+    pub fn to_json(&self) -> Value {
+        let engine = self.engine.map(|e| {
+            json!({
+                "fresh_outcomes": e.fresh,
+                "lock_first_try_rate": e.lock_first_try_rate(),
+                "lock_wait_mean_ms": e.lock_wait_mean_ms(),
+                "watch_retries_total": e.watch_retries,
+                "round_trips_per_transfer": e.round_trips_mean(),
+            })
+        });
+        let balance = self.balance.map(|b| {
+            json!({
+                "wallets": b.wallets,
+                "sum_before": b.before.to_string(),
+                "sum_after": b.after.to_string(),
+                "negative_wallets": b.negative,
+                "ok": b.ok(),
+            })
+        });
+        json!({
+            "mode": self.mode,
+            "run": self.run,
+            "threads": self.threads,
+            "wallets": self.wallets,
+            "hot": self.hot,
+            "transfers": self.transfers,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "transfers_per_s": self.transfers_per_s(),
+            "latency_ms": {
+                "mean": self.latency.mean_ms,
+                "p50": self.latency.p50_ms,
+                "p90": self.latency.p90_ms,
+                "p99": self.latency.p99_ms,
+                "max": self.latency.max_ms,
+            },
+            "engine": engine,
+            "outcomes": self.outcomes,
+            "errors": self.errors,
+            "transient_retries": self.transient_retries,
+            "balance": balance,
+            "cleaned_keys": self.cleaned_keys,
+        })
+    }
+
+    /// The figures as a two-column table.
+    pub fn to_table(&self) -> Table {
+        let mut t = Table::new();
+        t.load_style(comfy_table::presets::ASCII_FULL_CONDENSED);
+        t.set_header(vec!["figure", "value"]);
+        let mut row = |name: &str, value: String| {
+            t.add_row(vec![name.to_string(), value]);
+        };
+        let pairs = if self.hot {
+            "one hot pair"
+        } else {
+            "uniform random pairs"
+        };
+        row("mode", format!("{}, {pairs}", self.mode));
+        row("run prefix", self.run.clone());
+        row("threads", self.threads.to_string());
+        row("wallets", self.wallets.to_string());
+        row("transfers", self.transfers.to_string());
+        row("elapsed s", format!("{:.3}", self.elapsed.as_secs_f64()));
+        row("transfers/s", format!("{:.0}", self.transfers_per_s()));
+        row("latency mean ms", format!("{:.3}", self.latency.mean_ms));
+        row("latency p50 ms", format!("{:.3}", self.latency.p50_ms));
+        row("latency p90 ms", format!("{:.3}", self.latency.p90_ms));
+        row("latency p99 ms", format!("{:.3}", self.latency.p99_ms));
+        row("latency max ms", format!("{:.3}", self.latency.max_ms));
+        if let Some(e) = &self.engine {
+            row(
+                "lock first try",
+                format!(
+                    "{:.2}% ({} of {})",
+                    e.lock_first_try_rate() * 100.0,
+                    e.lock_first_try,
+                    e.fresh
+                ),
+            );
+            row("lock wait mean ms", format!("{:.3}", e.lock_wait_mean_ms()));
+            row("WATCH retries total", e.watch_retries.to_string());
+            row(
+                "round trips/transfer",
+                format!("{:.2}", e.round_trips_mean()),
+            );
+        }
+        for (name, n) in &self.outcomes {
+            row(&format!("outcome {name}"), n.to_string());
+        }
+        if self.errors.is_empty() {
+            row("errors", "0".to_string());
+        }
+        for (kind, n) in &self.errors {
+            row(&format!("error {kind}"), n.to_string());
+        }
+        if self.transient_retries.is_empty() {
+            row("transient retries", "0".to_string());
+        }
+        for (kind, n) in &self.transient_retries {
+            row(&format!("retried {kind}"), n.to_string());
+        }
+        if let Some(b) = &self.balance {
+            row("balance sum before", b.before.to_string());
+            row("balance sum after", b.after.to_string());
+            let verdict = if b.ok() { "OK" } else { "FAILED" };
+            row(
+                "balance check",
+                format!("{verdict} ({} negative)", b.negative),
+            );
+        }
+        if let Some(n) = self.cleaned_keys {
+            row("keys cleaned up", n.to_string());
+        }
+        if let Some(col) = t.column_mut(1) {
+            col.set_cell_alignment(CellAlignment::Right);
+        }
+        t
+    }
+}
+
+/// A short stable name for the kind of a transfer error, for counting.
+pub fn error_kind(e: &TransferError) -> &'static str {
+    match e {
+        TransferError::LockTimeout(_) => "lock_timeout",
+        TransferError::LockLost(_) => "lock_lost",
+        TransferError::WatchConflicts(_) => "watch_conflicts",
+        TransferError::IdempotencyConflict { .. } => "idempotency_conflict",
+        TransferError::Corrupt { .. } => "corrupt",
+        TransferError::Redis(_) => "redis",
+        TransferError::Pool(_) => "pool",
+    }
+}
+
+/// The key an answer is counted under in [`BenchReport::outcomes`].
+pub fn outcome_name(o: &TransferOutcome) -> String {
+    let mut name = o.status.as_str().to_string();
+    if let Some(reason) = o.reason {
+        name.push(':');
+        name.push_str(reason.as_str());
+    }
+    if o.duplicate {
+        name.push_str(" (duplicate)");
+    }
+    name
+}
+
+/// What one thread saw.
+struct Tally {
+    latency_us: Histogram<u64>,
+    engine: EngineFigures,
+    outcomes: BTreeMap<String, u64>,
+    errors: BTreeMap<String, u64>,
+    retries: BTreeMap<String, u64>,
+    finished: u64,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
+                .expect("constant histogram bounds are valid"),
+            engine: EngineFigures::default(),
+            outcomes: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            retries: BTreeMap::new(),
+            finished: 0,
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.latency_us
+            .add(&other.latency_us)
+            .expect("histograms share their bounds");
+        self.engine.merge(&other.engine);
+        for (target, source) in [
+            (&mut self.outcomes, other.outcomes),
+            (&mut self.errors, other.errors),
+            (&mut self.retries, other.retries),
+        ] {
+            for (k, n) in source {
+                *target.entry(k).or_default() += n;
+            }
+        }
+        self.finished += other.finished;
+    }
+}
+
+/// Runs `config.transfers` transfers through `service` from `config.threads` threads among
+/// wallets it creates, then checks the balance sum. The service's pool should hold at least
+/// `config.threads` connections.
+pub fn run_direct(
+    service: &WalletService,
+    config: &DirectConfig,
+) -> Result<BenchReport, BenchError> {
+    config.validate().map_err(BenchError::Config)?;
+    let run = format!("bench_{:06x}", rand::rng().random_range(0..0x100_0000u32));
+    let ids: Vec<String> = (0..config.wallets).map(|i| format!("{run}_{i}")).collect();
+
+    let setup = Instant::now();
+    log::info!("{run}: creating {} wallets", ids.len());
+    let created = create_bench_wallets(service, &ids)?;
+    if created != ids.len() {
+        return Err(BenchError::Setup(format!(
+            "{} of {} wallets with prefix {run} already existed; run again for a fresh prefix",
+            ids.len() - created,
+            ids.len()
+        )));
+    }
+    let before = sum_balances(service, &ids)?;
+    log::info!(
+        "{run}: {created} wallets of {} each ready in {:.2}s; running {} transfers on {} threads",
+        Amount::from_minor(BENCH_OPENING_CENTS),
+        setup.elapsed().as_secs_f64(),
+        config.transfers,
+        config.threads
+    );
+
+    let bar = progress_bar(config.transfers, config.progress);
+    let next = AtomicU64::new(0);
+    let warned = AtomicU32::new(0);
+    let started = Instant::now();
+    let tallies: Vec<Tally> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..config.threads)
+            .map(|_| scope.spawn(|| worker(service, config, &run, &ids, &next, &warned, &bar)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+
+    let mut total = Tally::new();
+    for t in tallies {
+        total.merge(t);
+    }
+
+    let after = sum_balances(service, &ids)?;
+    let balance = BalanceCheck {
+        wallets: config.wallets,
+        before: before.sum,
+        after: after.sum,
+        negative: after.negative,
+    };
+    let cleaned_keys = if config.cleanup {
+        Some(cleanup(service, &run, &ids)?)
+    } else {
+        None
+    };
+    Ok(BenchReport {
+        mode: "direct",
+        run,
+        threads: config.threads,
+        wallets: config.wallets,
+        hot: config.hot,
+        transfers: total.finished,
+        elapsed,
+        latency: LatencySummary::from_histogram_us(&total.latency_us),
+        engine: Some(total.engine),
+        outcomes: total.outcomes,
+        errors: total.errors,
+        transient_retries: total.retries,
+        balance: Some(balance),
+        cleaned_keys,
+    })
+}
+
+fn progress_bar(len: u64, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{elapsed_precise} [{wide_bar}] {pos}/{len} transfers, {per_sec}, eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// One bench thread: takes transfer numbers from `next` until all are handed out.
+fn worker(
+    service: &WalletService,
+    config: &DirectConfig,
+    run: &str,
+    ids: &[String],
+    next: &AtomicU64,
+    warned: &AtomicU32,
+    bar: &ProgressBar,
+) -> Tally {
+    let warn = |text: String| {
+        let n = warned.fetch_add(1, Ordering::Relaxed);
+        if n < WARNINGS_MAX {
+            bar.suspend(|| log::warn!("{text}"));
+        } else if n == WARNINGS_MAX {
+            bar.suspend(|| log::warn!("further retries and errors are only counted"));
+        }
+    };
+    let mut tally = Tally::new();
+    let mut rng = rand::rng();
+    let wallets = ids.len();
+    loop {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        if n >= config.transfers {
+            return tally;
+        }
+        let (from, to) = if config.hot {
+            (0, 1)
+        } else {
+            let from = rng.random_range(0..wallets);
+            let to = rng.random_range(0..wallets - 1);
+            (from, if to >= from { to + 1 } else { to })
+        };
+        let amount = Amount::from_minor(rng.random_range(1..=BENCH_AMOUNT_CENTS_MAX));
+        let request = match TransferRequest::new(
+            &format!("{run}_t{n}"),
+            &ids[from],
+            &ids[to],
+            &amount.to_string(),
+            Currency::USD,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                // Cannot happen with the ids built above; count it rather than panic.
+                bar.suspend(|| log::error!("bench request {n} is invalid: {e}"));
+                *tally.errors.entry("invalid_request".into()).or_default() += 1;
+                tally.finished += 1;
+                bar.inc(1);
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let mut retry = 0;
+        let result = loop {
+            match service.transfer(&request) {
+                Err(e) if e.is_transient() && retry < config.transient_retries => {
+                    *tally.retries.entry(error_kind(&e).into()).or_default() += 1;
+                    warn(format!("retrying {}: {e}", request.transfer_id));
+                    std::thread::sleep(Duration::from_millis(10 << retry.min(6)));
+                    retry += 1;
+                }
+                other => break other,
+            }
+        };
+        let us = started
+            .elapsed()
+            .as_micros()
+            .min(u128::from(LATENCY_US_MAX)) as u64;
+        tally.latency_us.saturating_record(us.max(1));
+        match result {
+            Ok(outcome) => {
+                tally.engine.add_outcome(&outcome);
+                *tally.outcomes.entry(outcome_name(&outcome)).or_default() += 1;
+            }
+            Err(e) => {
+                *tally.errors.entry(error_kind(&e).into()).or_default() += 1;
+                warn(format!("{} failed: {e}", request.transfer_id));
+            }
+        }
+        tally.finished += 1;
+        bar.inc(1);
+    }
+}
+
+/// Creates one wallet per id with the bench opening balance; returns how many were new.
+fn create_bench_wallets(service: &WalletService, ids: &[String]) -> Result<usize, BenchError> {
+    let mut created = 0;
+    for chunk in ids.chunks(BATCH * 10) {
+        let batch: Vec<NewWallet> = chunk
+            .iter()
+            .map(|id| NewWallet {
+                user_id: id.clone(),
+                full_name: format!("Bench {id}"),
+                email: format!("{id}@bench.invalid"),
+                opening_balance: Amount::from_minor(BENCH_OPENING_CENTS),
+                currency: Currency::USD,
+            })
+            .collect();
+        created += service.create_wallets(&batch)?;
+    }
+    Ok(created)
+}
+
+struct BalanceSum {
+    sum: Amount,
+    negative: u32,
+}
+
+/// Sums the balances of `ids`, reading them in pipelined batches. A missing or unreadable
+/// balance is an error.
+fn sum_balances(service: &WalletService, ids: &[String]) -> Result<BalanceSum, BenchError> {
+    let mut conn = service.pool().get()?;
+    let mut sum = Amount::ZERO;
+    let mut negative = 0;
+    for chunk in ids.chunks(BATCH) {
+        let mut pipe = redis::pipe();
+        for id in chunk {
+            pipe.hget(keys::wallet(id), "balance");
+        }
+        let balances: Vec<Option<String>> = pipe.query(&mut conn.redis)?;
+        for (id, text) in chunk.iter().zip(balances) {
+            let text = text.ok_or_else(|| {
+                BenchError::Setup(format!(
+                    "wallet {id} has no balance (deleted during the run?)"
+                ))
+            })?;
+            let balance = Amount::parse(&text)
+                .map_err(|e| BenchError::Setup(format!("wallet {id} balance {text:?}: {e}")))?;
+            if balance.is_negative() {
+                negative += 1;
+            }
+            sum = sum
+                .checked_add(balance)
+                .map_err(|_| BenchError::Setup("balance sum overflows".into()))?;
+        }
+    }
+    Ok(BalanceSum { sum, negative })
+}
+
+/// Deletes the run's keys: wallets with their histories, users, outcome records, and the ids
+/// in `users:all` / `wallets:all`. Returns how many keys were deleted.
+fn cleanup(service: &WalletService, run: &str, ids: &[String]) -> Result<u64, BenchError> {
+    let mut conn = service.pool().get()?;
+    let mut deleted = 0;
+    for pattern in [
+        keys::wallet(&format!("{run}_*")),
+        keys::user(&format!("{run}_*")),
+        keys::outcome(&format!("{run}_*")),
+    ] {
+        deleted += crate::seed::unlink_matching(&mut conn, &pattern)?;
+    }
+    for chunk in ids.chunks(BATCH) {
+        redis::pipe()
+            .srem(keys::USERS_ALL, chunk)
+            .ignore()
+            .srem(keys::WALLETS_ALL, chunk)
+            .ignore()
+            .query::<()>(&mut conn.redis)?;
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_limits_name_the_setting() {
+        assert!(DirectConfig::default().validate().is_ok());
+        for (bad, word) in [
+            (
+                DirectConfig {
+                    threads: 0,
+                    ..Default::default()
+                },
+                "threads",
+            ),
+            (
+                DirectConfig {
+                    threads: 257,
+                    ..Default::default()
+                },
+                "threads",
+            ),
+            (
+                DirectConfig {
+                    transfers: 0,
+                    ..Default::default()
+                },
+                "transfers",
+            ),
+            (
+                DirectConfig {
+                    transfers: 10_000_001,
+                    ..Default::default()
+                },
+                "transfers",
+            ),
+            (
+                DirectConfig {
+                    wallets: 1,
+                    ..Default::default()
+                },
+                "wallets",
+            ),
+            (
+                DirectConfig {
+                    wallets: 1_000_001,
+                    ..Default::default()
+                },
+                "wallets",
+            ),
+        ] {
+            assert!(bad.validate().unwrap_err().contains(word), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn latency_summary_in_ms() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3).unwrap();
+        for us in 1..=1000u64 {
+            h.record(us * 1000).unwrap();
+        }
+        let s = LatencySummary::from_histogram_us(&h);
+        assert_eq!(s.samples, 1000);
+        assert!((s.p50_ms - 500.0).abs() < 1.0, "{s:?}");
+        assert!((s.p99_ms - 990.0).abs() < 1.0, "{s:?}");
+        assert!((s.max_ms - 1000.0).abs() < 1.0, "{s:?}");
+        assert_eq!(
+            LatencySummary::from_histogram_us(&Histogram::new(3).unwrap()),
+            LatencySummary::default()
+        );
+    }
+
+    fn report() -> BenchReport {
+        BenchReport {
+            mode: "direct",
+            run: "bench_abcdef".into(),
+            threads: 8,
+            wallets: 10,
+            hot: false,
+            transfers: 4,
+            elapsed: Duration::from_secs(2),
+            latency: LatencySummary::default(),
+            engine: Some(EngineFigures {
+                fresh: 4,
+                lock_first_try: 3,
+                lock_wait_us: 8_000,
+                watch_retries: 1,
+                round_trips: 16,
+            }),
+            outcomes: BTreeMap::from([("COMPLETED".to_string(), 4)]),
+            errors: BTreeMap::new(),
+            transient_retries: BTreeMap::new(),
+            balance: Some(BalanceCheck {
+                wallets: 10,
+                before: Amount::from_minor(1000),
+                after: Amount::from_minor(1000),
+                negative: 0,
+            }),
+            cleaned_keys: None,
+        }
+    }
+
+    #[test]
+    fn report_figures() {
+        let r = report();
+        assert_eq!(r.transfers_per_s(), 2.0);
+        let e = r.engine.unwrap();
+        assert_eq!(e.lock_first_try_rate(), 0.75);
+        assert_eq!(e.lock_wait_mean_ms(), 2.0);
+        assert_eq!(e.round_trips_mean(), 4.0);
+        assert!(r.check().is_ok());
+        let j = r.to_json();
+        assert_eq!(j["transfers_per_s"], 2.0);
+        assert_eq!(j["engine"]["round_trips_per_transfer"], 4.0);
+        assert_eq!(j["outcomes"]["COMPLETED"], 4);
+        assert_eq!(j["balance"]["ok"], true);
+        let table = r.to_table().to_string();
+        assert!(table.contains("75.00% (3 of 4)"), "{table}");
+    }
+
+    #[test]
+    fn a_changed_sum_fails_the_check() {
+        let mut r = report();
+        r.balance.as_mut().unwrap().after = Amount::from_minor(999);
+        assert!(
+            r.check()
+                .unwrap_err()
+                .contains("sum before 10.00, after 9.99")
+        );
+        assert_eq!(r.to_json()["balance"]["ok"], false);
+    }
+
+    #[test]
+    fn empty_engine_figures_do_not_divide_by_zero() {
+        let e = EngineFigures::default();
+        assert_eq!(e.lock_first_try_rate(), 0.0);
+        assert_eq!(e.round_trips_mean(), 0.0);
+    }
+}

@@ -1,0 +1,245 @@
+//! Demo and test data: `user_1..user_N` with random opening balances, and the reset that wipes
+//! the whole data model first.
+//!
+//! Owns the shape of seeded users (name, email, balance range) and the key patterns a reset
+//! deletes. Creating a wallet goes through [`WalletService::create_wallets`], so seeding never
+//! overwrites an existing wallet: running it twice creates nothing the second time.
+
+use rand::{RngExt, SeedableRng};
+
+use crate::money::{Amount, Currency};
+use crate::service::WalletService;
+use crate::store::{Conn, keys};
+use crate::wallet::{NewWallet, WalletError};
+
+/// Most users one seed run may create.
+pub const SEED_USERS_MAX: u32 = 1_000_000;
+/// Smallest random opening balance, in cents (100.00).
+pub const OPENING_CENTS_MIN: i64 = 10_000;
+/// Largest random opening balance, in cents (10000.00).
+pub const OPENING_CENTS_MAX: i64 = 1_000_000;
+/// Keys asked for per SCAN step, and so at most per UNLINK.
+pub const SCAN_COUNT: usize = 1_000;
+/// Wallets handed to one `create_wallets` call; bounds memory for large seeds.
+const CREATE_CHUNK: u32 = 10_000;
+
+/// Every key of the data model (DESIGN section 4), as SCAN patterns. `wallet:*` covers
+/// `wallet:{id}:history` too.
+pub const DATA_MODEL_PATTERNS: [&str; 4] = ["user:*", "wallet:*", "transfer:*", "lock:*"];
+
+/// What one seed run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedReport {
+    /// Users asked for.
+    pub users: u32,
+    /// Wallets created now.
+    pub created: u64,
+    /// Wallets that already existed and were left untouched.
+    pub skipped: u64,
+    /// Keys deleted by the reset; `None` when no reset was asked for.
+    pub deleted: Option<u64>,
+}
+
+impl std::fmt::Display for SeedReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seeded {} users: {} created, {} skipped",
+            self.users, self.created, self.skipped
+        )?;
+        if let Some(deleted) = self.deleted {
+            write!(f, " (reset deleted {deleted} keys first)")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    #[error("users must be between 1 and {SEED_USERS_MAX}, got {0}")]
+    Users(u32),
+    #[error(transparent)]
+    Wallet(#[from] WalletError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis pool: {0}")]
+    Pool(#[from] r2d2::Error),
+}
+
+/// The user id of seeded user number `n` (1-based).
+pub fn user_id(n: u32) -> String {
+    format!("user_{n}")
+}
+
+/// Seeded user number `n` with the given opening balance.
+pub fn seeded_wallet(n: u32, opening_cents: i64) -> NewWallet {
+    NewWallet {
+        user_id: user_id(n),
+        full_name: format!("User {n}"),
+        email: format!("user_{n}@example.com"),
+        opening_balance: Amount::from_minor(opening_cents),
+        currency: Currency::USD,
+    }
+}
+
+/// A random opening balance in whole cents, 100.00 to 10000.00 inclusive.
+pub fn random_opening_cents<R: rand::Rng + ?Sized>(rng: &mut R) -> i64 {
+    rng.random_range(OPENING_CENTS_MIN..=OPENING_CENTS_MAX)
+}
+
+/// Creates `user_1..user_{users}` (existing wallets are skipped, never changed). With `reset`,
+/// first deletes every key of the data model in this Redis database. `rng_seed` makes the
+/// opening balances reproducible.
+pub fn seed(
+    service: &WalletService,
+    users: u32,
+    reset: bool,
+    rng_seed: Option<u64>,
+) -> Result<SeedReport, SeedError> {
+    seed_with_progress(service, users, reset, rng_seed, |_| {})
+}
+
+/// [`seed`], calling `progress(users_done)` after each batch.
+pub fn seed_with_progress(
+    service: &WalletService,
+    users: u32,
+    reset: bool,
+    rng_seed: Option<u64>,
+    mut progress: impl FnMut(u32),
+) -> Result<SeedReport, SeedError> {
+    if !(1..=SEED_USERS_MAX).contains(&users) {
+        return Err(SeedError::Users(users));
+    }
+    let deleted = if reset {
+        Some(reset_data_model(service)?)
+    } else {
+        None
+    };
+    let mut rng = match rng_seed {
+        Some(s) => rand::rngs::StdRng::seed_from_u64(s),
+        None => rand::rngs::StdRng::from_rng(&mut rand::rng()),
+    };
+    let mut created = 0u64;
+    let mut start = 1u32;
+    while start <= users {
+        let end = start.saturating_add(CREATE_CHUNK - 1).min(users);
+        let batch: Vec<NewWallet> = (start..=end)
+            .map(|n| seeded_wallet(n, random_opening_cents(&mut rng)))
+            .collect();
+        created += service.create_wallets(&batch)? as u64;
+        progress(end);
+        if end == users {
+            break;
+        }
+        start = end + 1;
+    }
+    Ok(SeedReport {
+        users,
+        created,
+        skipped: u64::from(users) - created,
+        deleted,
+    })
+}
+
+/// Deletes every key of the data model (`user:*`, `wallet:*` with the histories,
+/// `transfer:*`, `lock:*`, `users:all`, `wallets:all`) with SCAN + UNLINK, so Redis never
+/// blocks on a KEYS over a large database. Returns how many keys were deleted.
+///
+/// Destructive, and unsafe while workers run: it deletes their locks too.
+pub fn reset_data_model(service: &WalletService) -> Result<u64, SeedError> {
+    let mut conn = service.pool().get()?;
+    let mut deleted = 0;
+    for pattern in DATA_MODEL_PATTERNS {
+        deleted += unlink_matching(&mut conn, pattern)?;
+    }
+    let sets: u64 = redis::cmd("UNLINK")
+        .arg(keys::USERS_ALL)
+        .arg(keys::WALLETS_ALL)
+        .query(&mut conn.redis)?;
+    Ok(deleted + sets)
+}
+
+/// UNLINKs every key matching `pattern`, one SCAN step (COUNT [`SCAN_COUNT`]) at a time.
+/// Returns how many keys were deleted.
+pub(crate) fn unlink_matching(conn: &mut Conn, pattern: &str) -> redis::RedisResult<u64> {
+    let mut cursor: u64 = 0;
+    let mut deleted = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .query(&mut conn.redis)?;
+        if !batch.is_empty() {
+            let n: u64 = redis::cmd("UNLINK").arg(&batch).query(&mut conn.redis)?;
+            deleted += n;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeded_user_shape() {
+        let w = seeded_wallet(17, 523_450);
+        assert_eq!(w.user_id, "user_17");
+        assert_eq!(w.full_name, "User 17");
+        assert_eq!(w.email, "user_17@example.com");
+        assert_eq!(w.currency, Currency::USD);
+        assert_eq!(w.opening_balance.to_string(), "5234.50");
+        crate::message::check_user_id("user_id", &user_id(SEED_USERS_MAX)).unwrap();
+    }
+
+    #[test]
+    fn opening_balances_stay_in_range_and_are_reproducible() {
+        let mut a = rand::rngs::StdRng::seed_from_u64(7);
+        let mut b = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..10_000 {
+            let cents = random_opening_cents(&mut a);
+            assert!((OPENING_CENTS_MIN..=OPENING_CENTS_MAX).contains(&cents));
+            assert_eq!(cents, random_opening_cents(&mut b));
+        }
+    }
+
+    #[test]
+    fn report_reads_as_one_line() {
+        let mut r = SeedReport {
+            users: 100,
+            created: 100,
+            skipped: 0,
+            deleted: None,
+        };
+        assert_eq!(r.to_string(), "seeded 100 users: 100 created, 0 skipped");
+        r.deleted = Some(205);
+        assert_eq!(
+            r.to_string(),
+            "seeded 100 users: 100 created, 0 skipped (reset deleted 205 keys first)"
+        );
+    }
+
+    #[test]
+    fn patterns_cover_the_data_model() {
+        let matches = |key: &str| {
+            DATA_MODEL_PATTERNS
+                .iter()
+                .any(|p| key.starts_with(p.trim_end_matches('*')))
+        };
+        for key in [
+            keys::user("u"),
+            keys::wallet("u"),
+            keys::history("u"),
+            keys::lock("u"),
+            keys::outcome("k"),
+        ] {
+            assert!(matches(&key), "{key} not covered");
+        }
+    }
+}
