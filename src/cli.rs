@@ -259,7 +259,10 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-fn worker(global: &GlobalOpts, args: wallet_transfer::worker::command::WorkerArgs) -> Result<(), Failure> {
+fn worker(
+    global: &GlobalOpts,
+    args: wallet_transfer::worker::command::WorkerArgs,
+) -> Result<(), Failure> {
     let engine = global.engine_config()?;
     wallet_transfer::worker::command::run(&args, &global.redis_url, &global.brokers, engine)
         .map_err(Failure::runtime)

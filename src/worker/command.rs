@@ -108,7 +108,6 @@ pub fn run(
             let server = metrics::serve(addr, metrics.clone()).map_err(|e| {
                 format!("cannot serve metrics on --metrics-addr {addr}: {e} (use another address, or off)")
             })?;
-            log::info!("metrics on http://{}/metrics", server.addr());
             Some(server)
         }
     };

@@ -227,7 +227,7 @@ impl Worker {
             .client_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "2")
+            .set("linger.ms", "20")
             .set(
                 "message.max.bytes",
                 (DLQ_PAYLOAD_BYTES_MAX + 64 * 1024).to_string(),

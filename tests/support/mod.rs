@@ -221,7 +221,7 @@ impl Tansu {
 
     /// Storage that survives a broker restart (needs tansu built with `libsql`).
     pub fn start_persistent() -> Tansu {
-        Tansu::start_with_storage(|dir| format!("sqlite://{}/tansu.db", dir.display()))
+        Tansu::start_with_storage(|_| "sqlite://tansu.db".to_string())
     }
 
     fn start_with_storage(storage: impl Fn(&Path) -> String) -> Tansu {

@@ -34,8 +34,12 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// A stack on tansu's sqlite storage: its in-memory storage answers a fetch that starts
+    /// inside a record batch with the batches after it, skipping the rest of that batch (or
+    /// with nothing, stalling the consumer), which a consumer resuming from a committed offset
+    /// hits at once. The sqlite storage serves such fetches correctly.
     pub fn start(partitions: i32) -> Stack {
-        Stack::start_on(RedisServer::start(), Tansu::start(), partitions)
+        Stack::start_on(RedisServer::start(), Tansu::start_persistent(), partitions)
     }
 
     pub fn start_on(redis: RedisServer, tansu: Tansu, partitions: i32) -> Stack {
@@ -117,7 +121,10 @@ impl Stack {
         let log = std::fs::File::create(&log_path).expect("worker log");
         let child = Command::new(WALLET_BIN)
             .args(&args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("WORKER_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::from(log.try_clone().expect("clone log")))
             .stderr(Stdio::from(log))
             .spawn()
