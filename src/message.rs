@@ -356,7 +356,7 @@ impl TransferRequest {
 
 /// `^[A-Za-z0-9_-]{1,64}$`: the rule for user and wallet ids.
 pub fn check_user_id(field: &'static str, id: &str) -> Result<(), FieldError> {
-    check_chars(field, id, USER_ID_LEN_MAX, |c| {
+    check_chars(id, USER_ID_LEN_MAX, |c| {
         c.is_ascii_alphanumeric() || c == '_' || c == '-'
     })
     .map_err(|rule| FieldError::new(field, rule))
@@ -364,18 +364,13 @@ pub fn check_user_id(field: &'static str, id: &str) -> Result<(), FieldError> {
 
 /// `^[A-Za-z0-9_.:-]{1,128}$`: the rule for transfer ids and idempotency keys.
 pub fn check_key(field: &'static str, key: &str) -> Result<(), FieldError> {
-    check_chars(field, key, KEY_LEN_MAX, |c| {
+    check_chars(key, KEY_LEN_MAX, |c| {
         c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')
     })
     .map_err(|rule| FieldError::new(field, rule))
 }
 
-fn check_chars(
-    field: &str,
-    text: &str,
-    len_max: usize,
-    allowed: impl Fn(char) -> bool,
-) -> Result<(), String> {
+fn check_chars(text: &str, len_max: usize, allowed: impl Fn(char) -> bool) -> Result<(), String> {
     if text.is_empty() {
         return Err("must not be empty".to_string());
     }
@@ -386,7 +381,7 @@ fn check_chars(
         None => Ok(()),
         Some(c) => Err(format!(
             "may hold only letters, digits{}, got {c:?} in {:?}",
-            if field.ends_with("user") {
+            if len_max == USER_ID_LEN_MAX {
                 ", '_' and '-'"
             } else {
                 ", '_', '-', '.' and ':'"

@@ -71,20 +71,18 @@ impl WalletService {
     ) -> Result<WalletService, ServiceError> {
         config.validate().map_err(ServiceError::Config)?;
         let pool = store::connect_pool(redis_url, pool_size)?;
-        Ok(WalletService::with_pool(pool, config))
+        WalletService::with_pool(pool, config)
     }
 
     /// Uses an existing pool.
-    pub fn with_pool(pool: Pool, config: EngineConfig) -> WalletService {
-        config
-            .validate()
-            .expect("EngineConfig::validate must pass before use");
-        WalletService {
+    pub fn with_pool(pool: Pool, config: EngineConfig) -> Result<WalletService, ServiceError> {
+        config.validate().map_err(ServiceError::Config)?;
+        Ok(WalletService {
             pool,
             config,
             local_locks: Arc::new(LocalLocks::default()),
             before_exec: None,
-        }
+        })
     }
 
     pub fn config(&self) -> &EngineConfig {

@@ -81,33 +81,46 @@ pub type PooledConn = r2d2::PooledConnection<RedisManager>;
 ///
 /// The error names the URL without its password.
 pub fn connect_pool(url: &str, size_max: u32) -> Result<Pool, StoreError> {
-    assert!(size_max > 0, "pool size must be positive");
+    if size_max == 0 {
+        return Err(StoreError::PoolSize);
+    }
     let manager = RedisManager::new(url).map_err(|e| StoreError::BadUrl {
         url: redact_url(url),
         detail: e.to_string(),
     })?;
-    let pool = r2d2::Pool::builder()
+    // One real connection and round trip now, so a wrong URL fails at once with a clear
+    // message, not after the pool's wait.
+    let unreachable = |e: redis::RedisError| StoreError::Unreachable {
+        url: redact_url(url),
+        detail: e.to_string(),
+    };
+    let mut probe = r2d2::ManageConnection::connect(&manager).map_err(unreachable)?;
+    r2d2::ManageConnection::is_valid(&manager, &mut probe).map_err(unreachable)?;
+    drop(probe);
+    Ok(r2d2::Pool::builder()
         .max_size(size_max)
         .min_idle(Some(0))
         .connection_timeout(Duration::from_millis(POOL_WAIT_MS))
         .test_on_check_out(false)
-        .build_unchecked(manager);
-    // One real round trip now, so a wrong URL fails here with a clear message, not later.
-    let mut conn = pool.get().map_err(|e| StoreError::Unreachable {
-        url: redact_url(url),
-        detail: e.to_string(),
-    })?;
-    redis::cmd("PING")
-        .query::<String>(&mut conn.redis)
-        .map_err(|e| StoreError::Unreachable {
-            url: redact_url(url),
-            detail: e.to_string(),
-        })?;
-    Ok(pool)
+        .error_handler(Box::new(PoolErrorLog))
+        .build_unchecked(manager))
+}
+
+/// Logs the pool's failed connection attempts at warn, once per attempt, with no secrets (the
+/// redis error does not carry the URL).
+#[derive(Debug)]
+struct PoolErrorLog;
+
+impl r2d2::HandleError<redis::RedisError> for PoolErrorLog {
+    fn handle_error(&self, error: redis::RedisError) {
+        log::warn!("redis connection failed: {error}");
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("the Redis pool needs at least one connection")]
+    PoolSize,
     #[error("invalid Redis URL {url}: {detail}")]
     BadUrl { url: String, detail: String },
     #[error(

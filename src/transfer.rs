@@ -57,6 +57,8 @@ pub struct TransferOutcome {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TransferStats {
     pub lock: LockStats,
+    /// Time queued behind other threads of this process for the same wallets, microseconds.
+    pub local_wait_us: u64,
     /// Transactions aborted by a changed watched key and retried.
     pub watch_retries: u32,
     /// Redis round trips, lock round trips included.
@@ -200,9 +202,14 @@ impl WalletService {
             return replay(&outcome_key, &recorded, &fingerprint, stats, started);
         }
 
-        // 3. Queue in-process, then take the Redis locks in sorted order.
+        // 3. Queue in-process (without holding a pooled connection, so queued threads do not
+        //    starve the pool), then take the Redis locks in sorted order.
+        drop(conn);
         let ids = [request.from_user.as_str(), request.to_user.as_str()];
+        let queued = Instant::now();
         let _local = self.local_locks.lock(&ids);
+        stats.local_wait_us = queued.elapsed().as_micros() as u64;
+        let conn = self.pool.get()?;
         let lock_keys = lock::lock_keys(&ids);
         let mut guard = match lock::acquire(conn, lock_keys, &self.config.lock) {
             Ok(guard) => guard,
