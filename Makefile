@@ -2,18 +2,52 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
+DEV := .dev
+WALLET := target/release/wallet
+# Commands run against the local stack of `make up` when it exists, else against the
+# REDIS_URL / KAFKA_BROKERS of the environment (defaults: 127.0.0.1:6379 and :9092).
+WITH_STACK = set -a; [ -f $(DEV)/env ] && source $(DEV)/env; set +a;
+USERS ?= 100
+ARGS ?=
 
-.PHONY: help test deps fmt lint ci
+.PHONY: help test demo deps build up down status seed run-worker run-producer bench fmt lint ci
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-test: ## run every test: unit, property, doc, and integration against real redis-server and tansu
+test: ## every test: unit, property, doc, and integration against real redis-server and tansu
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 
+demo: ## the whole system on this machine: install, start, seed, work, audit, stop
+	scripts/demo.sh
+
 deps: ## install redis-server and tansu when missing
 	scripts/install-deps.sh
+
+build:
+	$(CARGO) build --release --quiet
+
+up: build ## keep a local redis-server + tansu running (pids, logs and env under .dev/)
+	scripts/stack.sh up $(DEV)
+
+down: ## stop the local stack (and a worker started by run-worker)
+	scripts/stack.sh down $(DEV)
+
+status: ## what of the local stack is running
+	scripts/stack.sh status $(DEV)
+
+seed: build ## create users user_1..user_$(USERS) (USERS=N)
+	$(WITH_STACK) $(WALLET) seed --users $(USERS) $(ARGS)
+
+run-worker: build ## run the worker in the foreground (Ctrl-C stops it cleanly)
+	$(WITH_STACK) $(WALLET) worker $(ARGS)
+
+run-producer: build ## run the six race scenarios through Kafka against a running worker
+	$(WITH_STACK) $(WALLET) produce $(ARGS)
+
+bench: build ## engine benchmark (ARGS="--direct" by default)
+	$(WITH_STACK) $(WALLET) bench $(if $(ARGS),$(ARGS),--direct)
 
 fmt: ## format the code
 	$(CARGO) fmt --all
