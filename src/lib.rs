@@ -27,11 +27,17 @@
 //! ```
 
 pub mod bench;
+/// The README's examples compile and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod kafka;
 pub mod lock;
 pub mod message;
 pub mod metrics;
 pub mod money;
+pub mod ops;
 pub mod seed;
 pub mod service;
 pub mod store;
