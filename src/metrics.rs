@@ -586,6 +586,7 @@ mod tests {
             watch_retries,
             round_trips: 4,
             elapsed_us,
+            local_wait_us: 0,
         }
     }
 
