@@ -190,6 +190,62 @@ pub enum Command {
                             Example: wallet worker --threads 8 --group wallet-transfer-worker"
     )]
     Worker(wallet_transfer::worker::command::WorkerArgs),
+    /// Table of every wallet: id, owner name, balance, currency, status, version
+    #[command(
+        after_help = "Reads wallets:all with SSCAN and the wallets in pipelined batches; \
+                            changes nothing. Balances are in major units with two decimals \
+                            (\"5234.50\"), sorted by wallet id.\n\
+                            Examples:\n  wallet snapshot --prefix user_1\n  wallet snapshot --json | jq '.[0]'"
+    )]
+    Snapshot(SnapshotArgs),
+    /// Show the recorded outcome of an idempotency key (transfer:{KEY})
+    #[command(
+        after_help = "Exit 1 when no outcome is recorded under the key (never processed, \
+                            or its record expired). Amounts in major units, processed_at in \
+                            seconds since the Unix epoch.\n\
+                            Example: wallet status req_tx_1 --json"
+    )]
+    Status(StatusArgs),
+    /// Add money to an active wallet (recorded as a `deposit` history entry)
+    #[command(
+        after_help = "AMOUNT is in major units: digits with an optional '.' and one or two \
+                            decimals, greater than 0 and at most 1000000000000.00. Prints the \
+                            new balance.\n\
+                            Example: wallet deposit user_1 250.00"
+    )]
+    Deposit(DepositArgs),
+    /// List held wallet locks (lock:*) with owner token and remaining ttl; flag any without ttl
+    #[command(
+        after_help = "ttl is the remaining time to live in milliseconds. A lock without a \
+                            ttl is never released by itself and blocks its wallet for ever: \
+                            such locks are flagged and the exit code is 1 (delete one with \
+                            redis-cli DEL lock:<id> once its holder is known to be gone).\n\
+                            Example: wallet locks --json"
+    )]
+    Locks(LocksArgs),
+    /// Check the ledger invariants over every wallet and outcome record
+    #[command(
+        after_help = "Checks: balance = opening_balance + signed sum of history; no \
+                            negative balance; version = number of history entries; each \
+                            COMPLETED transfer:* record has its debit and credit history \
+                            entries; total of balances = openings + deposits. Reads with \
+                            SCAN/SSCAN and pipelining; changes nothing. Amounts in major units.\n\
+                            Exit 0 when sound, 1 with one line per violation (on stderr).\n\
+                            Example: wallet audit --json"
+    )]
+    Audit(AuditArgs),
+    /// Publish one transfer request to Kafka; with --wait, wait for its result
+    #[command(
+        after_help = "The request goes to --requests-topic with key FROM; the worker \
+                            answers on --results-topic. AMOUNT is in major units (\"100.50\"). \
+                            Without --wait the transfer id is printed once the broker has the \
+                            request. With --wait the result is printed; exit 1 when it is \
+                            FAILED or none arrives within --timeout-s seconds.\n\
+                            Examples:\n  wallet transfer user_1 user_2 100.50 --wait\n  \
+                            wallet transfer user_1 user_2 5 --currency EUR --id tx_42 \
+                            --idempotency-key req_tx_42"
+    )]
+    Transfer(TransferArgs),
 }
 
 #[derive(Debug, Args)]
@@ -209,13 +265,35 @@ pub struct SeedArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("mode").required(true).args(["direct"])))]
+#[command(group(ArgGroup::new("mode").required(true).args(["direct", "e2e"])))]
 pub struct BenchArgs {
     /// Mode: call the transfer engine in-process from --threads threads (no Kafka)
     #[arg(long)]
     pub direct: bool,
 
-    /// Threads running transfers at once; the Redis pool gets as many connections (1 to 256)
+    /// Mode: publish the requests (keyed by from_user) to a running worker through Kafka
+    /// (--brokers), wait for their results; throughput and publish-to-result latency
+    #[arg(long)]
+    pub e2e: bool,
+
+    /// Topic the worker reads requests from (--e2e only)
+    #[arg(long, env = "TOPIC_REQUESTS", value_name = "TOPIC",
+          default_value = wallet_transfer::kafka::TOPIC_REQUESTS)]
+    pub requests_topic: String,
+
+    /// Topic the worker publishes results to (--e2e only)
+    #[arg(long, env = "TOPIC_RESULTS", value_name = "TOPIC",
+          default_value = wallet_transfer::kafka::TOPIC_RESULTS)]
+    pub results_topic: String,
+
+    /// How long to wait for all results, from the first publish, in seconds; exit 1 after
+    /// (--e2e only; 1 to 86400)
+    #[arg(long, value_name = "S", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout_s: u64,
+
+    /// Threads running transfers at once; the Redis pool gets as many connections (1 to 256;
+    /// --direct only)
     #[arg(long, value_name = "N", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=bench::BENCH_THREADS_MAX as i64))]
     pub threads: u32,
@@ -236,7 +314,7 @@ pub struct BenchArgs {
     pub hot: bool,
 
     /// Retries of a request after a transient error (lock timeout, lost lock, WATCH conflicts,
-    /// Redis or pool error), same request and idempotency key (0 to 100)
+    /// Redis or pool error), same request and idempotency key (0 to 100; --direct only)
     #[arg(long, value_name = "N", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(0..=i64::from(bench::BENCH_TRANSIENT_RETRIES_MAX)))]
     pub transient_retries: u32,
@@ -256,6 +334,12 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Seed(args) => seed(&cli.global, args),
         Command::Bench(args) => bench(&cli.global, args),
         Command::Worker(args) => worker(&cli.global, args),
+        Command::Snapshot(args) => snapshot(&cli.global, args),
+        Command::Status(args) => status(&cli.global, args),
+        Command::Deposit(args) => deposit(&cli.global, args),
+        Command::Locks(args) => locks(&cli.global, args),
+        Command::Audit(args) => audit(&cli.global, args),
+        Command::Transfer(args) => transfer(&cli.global, args),
     }
 }
 
@@ -295,25 +379,408 @@ fn seed(global: &GlobalOpts, args: SeedArgs) -> Result<(), Failure> {
 }
 
 fn bench(global: &GlobalOpts, args: BenchArgs) -> Result<(), Failure> {
-    debug_assert!(args.direct, "the mode group is required and has one member");
-    let config = DirectConfig {
-        threads: args.threads as usize,
-        transfers: args.transfers,
-        wallets: args.wallets,
-        hot: args.hot,
-        transient_retries: args.transient_retries,
-        progress: !args.json && std::io::stderr().is_terminal(),
-        cleanup: args.cleanup,
+    debug_assert!(
+        args.direct != args.e2e,
+        "the mode group is required and exclusive"
+    );
+    let progress = !args.json && std::io::stderr().is_terminal();
+    let report = if args.e2e {
+        let config = bench::E2eConfig {
+            kafka: wallet_transfer::kafka::KafkaConfig::new(&global.brokers),
+            requests_topic: args.requests_topic,
+            results_topic: args.results_topic,
+            transfers: args.transfers,
+            wallets: args.wallets,
+            hot: args.hot,
+            timeout: std::time::Duration::from_secs(args.timeout_s),
+            progress,
+            cleanup: args.cleanup,
+        };
+        config.validate().map_err(Failure::usage)?;
+        let service = global.connect(2)?;
+        bench::run_e2e(&service, &config)?
+    } else {
+        let config = DirectConfig {
+            threads: args.threads as usize,
+            transfers: args.transfers,
+            wallets: args.wallets,
+            hot: args.hot,
+            transient_retries: args.transient_retries,
+            progress,
+            cleanup: args.cleanup,
+        };
+        config.validate().map_err(Failure::usage)?;
+        let service = global.connect(args.threads)?;
+        bench::run_direct(&service, &config)?
     };
-    config.validate().map_err(Failure::usage)?;
-    let service = global.connect(args.threads)?;
-    let report = bench::run_direct(&service, &config)?;
     if args.json {
         print_out(&format!("{}\n", report.to_json()))?;
     } else {
         print_out(&format!("{}\n", report.to_table()))?;
     }
     report.check().map_err(Failure::runtime)
+}
+
+// --- operator commands: snapshot, status, deposit, locks, audit, transfer (logic in `ops`) ---
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Only wallets whose id starts with this text
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
+
+    /// Print a JSON array of rows on stdout instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The idempotency key of the request (its transfer_id unless one was given)
+    #[arg(value_name = "KEY")]
+    pub key: String,
+
+    /// Print the outcome as one JSON object instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DepositArgs {
+    /// The user whose wallet receives the money
+    #[arg(value_name = "USER")]
+    pub user: String,
+
+    /// Amount in major units, e.g. 250 or 250.50 (greater than 0, at most two decimals)
+    #[arg(value_name = "AMOUNT", allow_hyphen_values = true)]
+    pub amount: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LocksArgs {
+    /// Print a JSON array of locks instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Print the report as one JSON object instead of a summary
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// The user who pays
+    #[arg(value_name = "FROM")]
+    pub from: String,
+
+    /// The user who is paid
+    #[arg(value_name = "TO")]
+    pub to: String,
+
+    /// Amount in major units, e.g. 100 or 100.50 (greater than 0, at most two decimals)
+    #[arg(value_name = "AMOUNT", allow_hyphen_values = true)]
+    pub amount: String,
+
+    /// Currency of the transfer: USD, EUR or GBP; must be both wallets' currency
+    #[arg(long, value_name = "C", default_value = "USD")]
+    pub currency: String,
+
+    /// Transfer id [default: tx_<32 hex>, random]
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+
+    /// Idempotency key: a request repeated with the same key has one effect [default: the id]
+    #[arg(long, value_name = "K")]
+    pub idempotency_key: Option<String>,
+
+    /// Wait for the worker's result and print it (exit 1 if FAILED or none arrives in time)
+    #[arg(long)]
+    pub wait: bool,
+
+    /// Seconds to wait for the broker's delivery report and, with --wait, for the result
+    /// (1 to 3600)
+    #[arg(long, value_name = "N", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout_s: u64,
+
+    /// Topic the request is published to
+    #[arg(long, env = "TOPIC_REQUESTS", value_name = "TOPIC",
+          default_value = wallet_transfer::kafka::TOPIC_REQUESTS)]
+    pub requests_topic: String,
+
+    /// Topic the worker publishes results to (read with --wait)
+    #[arg(long, env = "TOPIC_RESULTS", value_name = "TOPIC",
+          default_value = wallet_transfer::kafka::TOPIC_RESULTS)]
+    pub results_topic: String,
+
+    /// Extra librdkafka property, key=value (repeatable), e.g. -X security.protocol=SASL_SSL
+    #[arg(long = "kafka-property", short = 'X', value_name = "KEY=VALUE",
+          value_parser = wallet_transfer::kafka::parse_property)]
+    pub kafka_properties: Vec<(String, String)>,
+}
+
+fn json_out(value: &impl serde::Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Failure::runtime(format!("encoding JSON: {e}")))?;
+    print_out(&format!("{text}\n"))
+}
+
+fn new_table(header: &[&str]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_style(comfy_table::presets::ASCII_FULL_CONDENSED)
+        .set_header(header.iter().copied());
+    table
+}
+
+fn snapshot(global: &GlobalOpts, args: SnapshotArgs) -> Result<(), Failure> {
+    let service = global.connect(1)?;
+    let rows = wallet_transfer::ops::snapshot(&service, args.prefix.as_deref())?;
+    if args.json {
+        return json_out(&rows);
+    }
+    let mut table = new_table(&["id", "name", "balance", "currency", "status", "version"]);
+    for r in &rows {
+        table.add_row(vec![
+            comfy_table::Cell::new(&r.id),
+            comfy_table::Cell::new(&r.name),
+            comfy_table::Cell::new(&r.balance).set_alignment(comfy_table::CellAlignment::Right),
+            comfy_table::Cell::new(&r.currency),
+            comfy_table::Cell::new(&r.status),
+            comfy_table::Cell::new(&r.version).set_alignment(comfy_table::CellAlignment::Right),
+        ]);
+    }
+    print_out(&format!("{table}\n{} wallets\n", rows.len()))
+}
+
+fn status(global: &GlobalOpts, args: StatusArgs) -> Result<(), Failure> {
+    wallet_transfer::message::check_key("KEY", &args.key)
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    let service = global.connect(1)?;
+    let Some(outcome) = service.transfer_outcome(&args.key)? else {
+        return Err(Failure::runtime(format!(
+            "no outcome recorded under idempotency key {:?} (never processed, or its record \
+             expired)",
+            args.key
+        )));
+    };
+    let opt = |a: Option<wallet_transfer::Amount>| a.map(|a| a.to_string());
+    let message = outcome.to_message();
+    if args.json {
+        let value = serde_json::json!({
+            "idempotency_key": outcome.idempotency_key,
+            "transfer_id": outcome.transfer_id,
+            "status": outcome.status.as_str(),
+            "reason": outcome.reason.map(|r| r.as_str()),
+            "from_user": outcome.from_user,
+            "to_user": outcome.to_user,
+            "amount": outcome.amount.to_string(),
+            "currency": outcome.currency,
+            "processed_at": message.processed_at,
+            "from_balance_after": opt(outcome.from_balance_after),
+            "to_balance_after": opt(outcome.to_balance_after),
+        });
+        return json_out(&value);
+    }
+    let mut table = new_table(&["field", "value"]);
+    for (field, value) in [
+        ("idempotency_key", outcome.idempotency_key.clone()),
+        ("transfer_id", outcome.transfer_id.clone()),
+        ("status", outcome.status.as_str().to_string()),
+        (
+            "reason",
+            outcome
+                .reason
+                .map(|r| r.as_str())
+                .unwrap_or("-")
+                .to_string(),
+        ),
+        ("from_user", outcome.from_user.clone()),
+        ("to_user", outcome.to_user.clone()),
+        ("amount", outcome.amount.to_string()),
+        ("currency", outcome.currency.clone()),
+        ("processed_at", format!("{:.3}", message.processed_at)),
+        (
+            "from_balance_after",
+            opt(outcome.from_balance_after).unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "to_balance_after",
+            opt(outcome.to_balance_after).unwrap_or_else(|| "-".into()),
+        ),
+    ] {
+        table.add_row(vec![field.to_string(), value]);
+    }
+    print_out(&format!("{table}\n"))
+}
+
+fn deposit(global: &GlobalOpts, args: DepositArgs) -> Result<(), Failure> {
+    wallet_transfer::message::check_user_id("USER", &args.user)
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    let amount = wallet_transfer::Amount::parse_transfer_amount(&args.amount)
+        .map_err(|e| Failure::usage(format!("AMOUNT: {e}")))?;
+    let service = global.connect(1)?;
+    match service.deposit(&args.user, amount) {
+        Ok(balance) => print_out(&format!(
+            "deposited {amount} to {}; balance now {balance}\n",
+            args.user
+        )),
+        Err(wallet_transfer::wallet::WalletError::NotFound(id)) => Err(Failure::runtime(format!(
+            "user {id:?} has no wallet (see wallet snapshot)"
+        ))),
+        Err(e) => Err(Failure::runtime(format!("deposit to {}: {e}", args.user))),
+    }
+}
+
+fn locks(global: &GlobalOpts, args: LocksArgs) -> Result<(), Failure> {
+    let service = global.connect(1)?;
+    let locks = wallet_transfer::ops::locks(&service)?;
+    let problems: Vec<&str> = locks
+        .iter()
+        .filter(|l| l.is_problem())
+        .map(|l| l.key.as_str())
+        .collect();
+    if args.json {
+        json_out(&locks)?;
+    } else {
+        let mut table = new_table(&["key", "owner", "ttl ms", "problem"]);
+        for l in &locks {
+            table.add_row(vec![
+                l.key.clone(),
+                l.owner.clone().unwrap_or_else(|| "-".into()),
+                l.ttl_ms.map_or_else(|| "none".into(), |t| t.to_string()),
+                if l.is_problem() {
+                    "NO TTL: never expires".into()
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+        print_out(&format!("{table}\n{} locks held\n", locks.len()))?;
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::runtime(format!(
+            "{} lock(s) without a ttl, never released by themselves: {}",
+            problems.len(),
+            problems.join(", ")
+        )))
+    }
+}
+
+fn audit(global: &GlobalOpts, args: AuditArgs) -> Result<(), Failure> {
+    let service = global.connect(1)?;
+    let report = wallet_transfer::ops::audit(&service)?;
+    if args.json {
+        json_out(&report)?;
+    } else {
+        print_out(&format!(
+            "wallets checked: {}\ntransfers checked: {} ({} completed)\nhistory entries: {}\n\
+             total balance: {} (openings {} + deposits {})\nviolations: {}\n",
+            report.wallets_checked,
+            report.transfers_checked,
+            report.transfers_completed,
+            report.history_entries,
+            report.total_balance,
+            report.total_opening,
+            report.total_deposits,
+            report.violations.len()
+        ))?;
+    }
+    if report.is_ok() {
+        return Ok(());
+    }
+    for v in &report.violations {
+        eprintln!("violation: {v}");
+    }
+    Err(Failure::runtime(format!(
+        "audit found {} violation(s); first: {}",
+        report.violations.len(),
+        report.violations[0]
+    )))
+}
+
+fn transfer(global: &GlobalOpts, args: TransferArgs) -> Result<(), Failure> {
+    let currency: wallet_transfer::Currency = args
+        .currency
+        .to_ascii_uppercase()
+        .parse()
+        .map_err(|e| Failure::usage(format!("--currency: {e}")))?;
+    wallet_transfer::Amount::parse_transfer_amount(&args.amount)
+        .map_err(|e| Failure::usage(format!("AMOUNT: {e}")))?;
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("tx_{}", uuid::Uuid::new_v4().simple()));
+    let name_arg = |field: &str| match field {
+        "transfer_id" => "--id",
+        "from_user" => "FROM",
+        "to_user" => "TO",
+        "amount" => "AMOUNT",
+        "currency" => "--currency",
+        "idempotency_key" => "--idempotency-key",
+        _ => "argument",
+    };
+    let usage = |e: wallet_transfer::message::FieldError| {
+        Failure::usage(format!("{}: {}", name_arg(e.field), e.rule))
+    };
+    let mut request =
+        wallet_transfer::TransferRequest::new(&id, &args.from, &args.to, &args.amount, currency)
+            .map_err(usage)?;
+    if let Some(key) = &args.idempotency_key {
+        request = request.with_idempotency_key(key).map_err(usage)?;
+    }
+    let kafka = wallet_transfer::kafka::KafkaConfig {
+        brokers: global.brokers.clone(),
+        properties: args.kafka_properties.clone(),
+    };
+    let timeout = std::time::Duration::from_secs(args.timeout_s);
+    let started = std::time::Instant::now();
+    let watcher = if args.wait {
+        Some(wallet_transfer::ops::ResultWatcher::start(
+            &kafka,
+            &args.results_topic,
+        )?)
+    } else {
+        None
+    };
+    let delivered =
+        wallet_transfer::ops::publish_request(&kafka, &args.requests_topic, &request, timeout)?;
+    log::info!(
+        "published transfer {} to {} partition {} offset {}",
+        request.transfer_id,
+        args.requests_topic,
+        delivered.partition,
+        delivered.offset
+    );
+    let Some(watcher) = watcher else {
+        return print_out(&format!("{}\n", request.transfer_id));
+    };
+    let left = timeout.saturating_sub(started.elapsed());
+    let Some(result) = watcher.wait_for(&request.transfer_id, left)? else {
+        return Err(Failure::runtime(format!(
+            "no result for transfer {} on {} within {} s (is a worker running on {}?)",
+            request.transfer_id, args.results_topic, args.timeout_s, args.requests_topic
+        )));
+    };
+    let reason = result.reason.map(|r| r.as_str()).unwrap_or("-");
+    print_out(&format!(
+        "transfer_id: {}\nstatus: {}\nreason: {reason}\nduplicate: {}\n",
+        result.transfer_id,
+        result.status.as_str(),
+        result.duplicate
+    ))?;
+    if result.status == wallet_transfer::Status::Failed {
+        return Err(Failure::runtime(format!(
+            "transfer {} FAILED: {reason}",
+            result.transfer_id
+        )));
+    }
+    Ok(())
 }
 
 /// Writes to stdout; a closed pipe (`wallet ... | head`) ends quietly instead of panicking.
