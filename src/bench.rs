@@ -3,21 +3,30 @@
 //! A run creates its own wallets under a unique prefix (`bench_<6 hex>_<i>`), moves money
 //! between them and checks afterwards that the sum of their balances did not change. The
 //! [`BenchReport`] is mode-neutral: the direct mode ([`run_direct`]) calls
-//! [`WalletService::transfer`] from a pool of threads and fills in every figure; a mode that
-//! goes through Kafka and a worker can fill in the figures it can see and leave the engine
-//! figures (`engine`) empty.
+//! [`WalletService::transfer`] from a pool of threads and fills in every figure; the
+//! end-to-end mode ([`run_e2e`]) publishes requests to a running worker through Kafka, waits
+//! for their results and fills in the figures it can see (throughput, publish-to-result
+//! latency, outcomes), leaving the engine figures (`engine`) empty.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use comfy_table::{CellAlignment, Table};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use parking_lot::Mutex;
 use rand::RngExt;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
-use crate::message::TransferRequest;
+use crate::kafka::{self, KafkaConfig};
+use crate::message::{TransferCompleted, TransferRequest};
 use crate::money::{Amount, Currency};
 use crate::service::WalletService;
 use crate::store::keys;
@@ -118,6 +127,10 @@ pub enum BenchError {
     Redis(#[from] redis::RedisError),
     #[error("redis pool: {0}")]
     Pool(#[from] r2d2::Error),
+    #[error("kafka: {0}")]
+    Kafka(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
 }
 
 /// Latency percentiles of a run, in milliseconds.
@@ -228,9 +241,9 @@ impl BalanceCheck {
 /// Figures of one bench run, printed as a table or as one JSON object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchReport {
-    /// `direct` (in-process engine calls); later modes name themselves here.
+    /// `direct` (in-process engine calls) or `e2e` (through Kafka and a running worker).
     pub mode: &'static str,
-    /// The wallet prefix of this run, `bench_<6 hex>`.
+    /// The wallet prefix of this run, `bench_<6 hex>` (direct) or `e2e_<6 hex>`.
     pub run: String,
     pub threads: usize,
     pub wallets: u32,
@@ -335,7 +348,9 @@ impl BenchReport {
         };
         row("mode", format!("{}, {pairs}", self.mode));
         row("run prefix", self.run.clone());
-        row("threads", self.threads.to_string());
+        if self.engine.is_some() {
+            row("threads", self.threads.to_string());
+        }
         row("wallets", self.wallets.to_string());
         row("transfers", self.transfers.to_string());
         row("elapsed s", format!("{:.3}", self.elapsed.as_secs_f64()));
@@ -547,6 +562,429 @@ pub fn run_direct(
     })
 }
 
+/// Settings of an end-to-end run through Kafka and a running worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct E2eConfig {
+    /// Brokers and extra librdkafka properties.
+    pub kafka: KafkaConfig,
+    /// Where the worker reads requests.
+    pub requests_topic: String,
+    /// Where the worker publishes results.
+    pub results_topic: String,
+    /// Requests published, and results waited for.
+    pub transfers: u64,
+    /// Wallets created for the run.
+    pub wallets: u32,
+    /// Every transfer goes from the first wallet to the second: one hot pair.
+    pub hot: bool,
+    /// How long to wait for all results, counted from the first publish.
+    pub timeout: Duration,
+    /// Draws a progress bar on stderr.
+    pub progress: bool,
+    /// Deletes the run's wallets, users, histories and outcome records afterwards.
+    pub cleanup: bool,
+}
+
+impl Default for E2eConfig {
+    fn default() -> Self {
+        E2eConfig {
+            kafka: KafkaConfig::new("127.0.0.1:9092"),
+            requests_topic: kafka::TOPIC_REQUESTS.to_string(),
+            results_topic: kafka::TOPIC_RESULTS.to_string(),
+            transfers: 10_000,
+            wallets: 10_000,
+            hot: false,
+            timeout: Duration::from_secs(300),
+            progress: false,
+            cleanup: false,
+        }
+    }
+}
+
+impl E2eConfig {
+    /// Checks the settings against their limits; the error names the setting and the rule.
+    pub fn validate(&self) -> Result<(), String> {
+        DirectConfig {
+            threads: 1,
+            transfers: self.transfers,
+            wallets: self.wallets,
+            ..DirectConfig::default()
+        }
+        .validate()?;
+        for (name, topic) in [
+            ("requests topic", &self.requests_topic),
+            ("results topic", &self.results_topic),
+        ] {
+            if topic.trim().is_empty() {
+                return Err(format!("{name} must not be empty"));
+            }
+        }
+        if self.requests_topic == self.results_topic {
+            return Err(format!(
+                "requests topic and results topic must differ, both are {:?}",
+                self.requests_topic
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err("timeout must be at least 1 s".into());
+        }
+        Ok(())
+    }
+}
+
+/// Counts the messages the broker refused for good (after librdkafka's own retries).
+#[derive(Default)]
+struct DeliveryCounter {
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            self.first_error.lock().get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// A reader of the results topic that sees only what is published after it was created: it
+/// is assigned every partition at that partition's high watermark, as explicit offsets, so no
+/// result of this run can slip in before the assignment takes effect.
+fn results_reader(config: &E2eConfig) -> Result<BaseConsumer, BenchError> {
+    let kafka_err = |what: &str, e: KafkaError| BenchError::Kafka(format!("{what}: {e}"));
+    let mut partitions = [0i32; 2];
+    for (slot, topic) in partitions
+        .iter_mut()
+        .zip([&config.requests_topic, &config.results_topic])
+    {
+        *slot = kafka::partition_count(&config.kafka, topic)
+            .map_err(|e| kafka_err(&format!("metadata of topic {topic}"), e))?;
+        if *slot == 0 {
+            return Err(BenchError::Setup(format!(
+                "topic {topic} does not exist at {} (start the worker first: it creates its \
+                 topics; or check --requests-topic / --results-topic)",
+                config.kafka.brokers
+            )));
+        }
+    }
+    let consumer: BaseConsumer = config
+        .kafka
+        .client_config()
+        .set(
+            "group.id",
+            format!("wallet-bench-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .create()
+        .map_err(|e| kafka_err("results consumer", e))?;
+    let mut tpl = TopicPartitionList::new();
+    let timeout = Duration::from_millis(kafka::ADMIN_TIMEOUT_MS);
+    for p in 0..partitions[1] {
+        let (_, high) = consumer
+            .fetch_watermarks(&config.results_topic, p, timeout)
+            .map_err(|e| {
+                kafka_err(
+                    &format!("high watermark of {} [{p}]", config.results_topic),
+                    e,
+                )
+            })?;
+        tpl.add_partition_offset(&config.results_topic, p, Offset::Offset(high))
+            .map_err(|e| kafka_err("results assignment", e))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| kafka_err("assigning the results partitions", e))?;
+    Ok(consumer)
+}
+
+/// Nanoseconds since `origin`, plus one so that 0 means "not sent yet".
+fn stamp(origin: Instant) -> u64 {
+    (origin.elapsed().as_nanos().min(u128::from(u64::MAX - 1)) as u64) + 1
+}
+
+/// Publishes `config.transfers` requests to the requests topic of a running worker (keyed by
+/// from_user), waits for their results on the results topic, and reports throughput and
+/// end-to-end latency (publish to result received). The worker must share `service`'s Redis:
+/// the run creates its wallets there and checks their balance sum afterwards.
+pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchReport, BenchError> {
+    config.validate().map_err(BenchError::Config)?;
+    let run = format!("e2e_{:06x}", rand::rng().random_range(0..0x100_0000u32));
+    let ids: Vec<String> = (0..config.wallets).map(|i| format!("{run}_{i}")).collect();
+
+    let setup = Instant::now();
+    log::info!("{run}: creating {} wallets", ids.len());
+    let created = create_bench_wallets(service, &ids)?;
+    if created != ids.len() {
+        return Err(BenchError::Setup(format!(
+            "{} of {} wallets with prefix {run} already existed; run again for a fresh prefix",
+            ids.len() - created,
+            ids.len()
+        )));
+    }
+    let before = sum_balances(service, &ids)?;
+
+    // Requests are built up front so that publishing measures Kafka, not request building.
+    let mut rng = rand::rng();
+    let requests: Vec<TransferRequest> = (0..config.transfers)
+        .map(|n| {
+            let (from, to) = pick_pair(&mut rng, ids.len(), config.hot);
+            let amount = Amount::from_minor(rng.random_range(1..=BENCH_AMOUNT_CENTS_MAX));
+            TransferRequest::new(
+                &format!("{run}_t{n}"),
+                &ids[from],
+                &ids[to],
+                &amount.to_string(),
+                Currency::USD,
+            )
+            .map_err(|e| BenchError::Setup(format!("bench request {n} is invalid: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+
+    let consumer = results_reader(config)?;
+    let delivery = DeliveryCounter::default();
+    let producer: ThreadedProducer<DeliveryCounter> = config
+        .kafka
+        .client_config()
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create_with_context(delivery)
+        .map_err(|e| BenchError::Kafka(format!("producer: {e}")))?;
+    log::info!(
+        "{run}: {created} wallets ready in {:.2}s; publishing {} requests to {}, reading {}",
+        setup.elapsed().as_secs_f64(),
+        config.transfers,
+        config.requests_topic,
+        config.results_topic
+    );
+
+    let origin = Instant::now();
+    let sent: Vec<AtomicU64> = (0..config.transfers).map(|_| AtomicU64::new(0)).collect();
+    let stop = AtomicBool::new(false);
+    let prefix = format!("{run}_t");
+    let bar = progress_bar(config.transfers, config.progress);
+    let deadline = origin + config.timeout;
+
+    let (read, publish) = std::thread::scope(|scope| {
+        let publisher =
+            scope.spawn(|| publish_requests(&producer, config, &requests, &sent, origin, &stop));
+        let read = read_results(
+            &consumer, config, &prefix, &sent, origin, deadline, &bar, &stop,
+        );
+        stop.store(true, Ordering::SeqCst);
+        let publish = publisher
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (read, publish)
+    });
+    bar.finish_and_clear();
+    let failed = producer.context().failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        let first = producer.context().first_error.lock().clone();
+        return Err(BenchError::Kafka(format!(
+            "{failed} of {} requests were not delivered to {}: {}",
+            config.transfers,
+            config.requests_topic,
+            first.unwrap_or_default()
+        )));
+    }
+    publish?;
+    if read.repeated > 0 {
+        log::info!(
+            "{run}: {} repeated results (redelivery) were not counted again",
+            read.repeated
+        );
+    }
+    if read.tally.finished < config.transfers {
+        return Err(BenchError::Timeout(format!(
+            "{} of {} results arrived on {} within {} s (is a worker running on {} with the \
+             same Redis?)",
+            read.tally.finished,
+            config.transfers,
+            config.results_topic,
+            config.timeout.as_secs(),
+            config.requests_topic
+        )));
+    }
+    let elapsed = read.last.saturating_duration_since(origin);
+
+    let after = sum_balances(service, &ids)?;
+    let balance = BalanceCheck {
+        wallets: config.wallets,
+        before: before.sum,
+        after: after.sum,
+        negative: after.negative,
+    };
+    let cleaned_keys = if config.cleanup {
+        Some(cleanup(service, &run, &ids)?)
+    } else {
+        None
+    };
+    let total = read.tally;
+    Ok(BenchReport {
+        mode: "e2e",
+        run,
+        threads: 0,
+        wallets: config.wallets,
+        hot: config.hot,
+        transfers: total.finished,
+        elapsed,
+        latency: LatencySummary::from_histogram_us(&total.latency_us),
+        engine: None,
+        outcomes: total.outcomes,
+        errors: total.errors,
+        transient_retries: total.retries,
+        balance: Some(balance),
+        cleaned_keys,
+    })
+}
+
+/// Sends every request, recording its send time just before handing it to librdkafka, then
+/// flushes. Stops early when `stop` is set (the reader gave up).
+fn publish_requests(
+    producer: &ThreadedProducer<DeliveryCounter>,
+    config: &E2eConfig,
+    requests: &[TransferRequest],
+    sent: &[AtomicU64],
+    origin: Instant,
+    stop: &AtomicBool,
+) -> Result<(), BenchError> {
+    for (request, sent_at) in requests.iter().zip(sent) {
+        let payload = request.to_json();
+        let mut record = Some(
+            BaseRecord::to(&config.requests_topic)
+                .key(request.from_user.as_str())
+                .payload(payload.as_str()),
+        );
+        sent_at.store(stamp(origin), Ordering::SeqCst);
+        while let Some(r) = record.take() {
+            match producer.send(r) {
+                Ok(()) => {}
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    if stop.load(Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                    record = Some(r);
+                }
+                Err((e, _)) => {
+                    stop.store(true, Ordering::SeqCst);
+                    return Err(BenchError::Kafka(format!(
+                        "publishing {} to {}: {e}",
+                        request.transfer_id, config.requests_topic
+                    )));
+                }
+            }
+        }
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+    }
+    let left = config.timeout.saturating_sub(origin.elapsed());
+    producer
+        .flush(left.max(Duration::from_secs(1)))
+        .map_err(|e| {
+            stop.store(true, Ordering::SeqCst);
+            BenchError::Kafka(format!(
+                "flushing requests to {}: {e}",
+                config.requests_topic
+            ))
+        })
+}
+
+/// What the results reader saw.
+struct ReadResults {
+    tally: Tally,
+    /// When the last awaited result arrived.
+    last: Instant,
+    /// Results of this run seen more than once (a redelivered request answered again).
+    repeated: u64,
+}
+
+/// Reads the results topic until every request of this run has its result, the deadline
+/// passes, or the publisher fails. Results of other runs are skipped.
+#[allow(clippy::too_many_arguments)]
+fn read_results(
+    consumer: &BaseConsumer,
+    config: &E2eConfig,
+    prefix: &str,
+    sent: &[AtomicU64],
+    origin: Instant,
+    deadline: Instant,
+    bar: &ProgressBar,
+    stop: &AtomicBool,
+) -> ReadResults {
+    let mut tally = Tally::new();
+    let mut seen = vec![false; sent.len()];
+    let mut last = origin;
+    let mut repeated = 0;
+    while tally.finished < config.transfers
+        && Instant::now() < deadline
+        && !stop.load(Ordering::SeqCst)
+    {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                bar.suspend(|| log::warn!("reading {}: {e}", config.results_topic));
+                continue;
+            }
+        };
+        let received = Instant::now();
+        let Some(payload) = message.payload() else {
+            continue;
+        };
+        let Ok(result) = serde_json::from_slice::<TransferCompleted>(payload) else {
+            continue;
+        };
+        let Some(n) = result
+            .transfer_id
+            .strip_prefix(prefix)
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&n| n < sent.len())
+        else {
+            continue;
+        };
+        if std::mem::replace(&mut seen[n], true) {
+            repeated += 1;
+            continue;
+        }
+        let sent_at = sent[n].load(Ordering::SeqCst);
+        if sent_at > 0 {
+            let sent_at = origin + Duration::from_nanos(sent_at - 1);
+            let us = received
+                .saturating_duration_since(sent_at)
+                .as_micros()
+                .min(u128::from(LATENCY_US_MAX)) as u64;
+            tally.latency_us.saturating_record(us.max(1));
+        }
+        let mut name = result.status.as_str().to_string();
+        if let Some(reason) = result.reason {
+            name.push(':');
+            name.push_str(reason.as_str());
+        }
+        if result.duplicate {
+            name.push_str(" (duplicate)");
+        }
+        *tally.outcomes.entry(name).or_default() += 1;
+        tally.finished += 1;
+        last = received;
+        bar.inc(1);
+    }
+    ReadResults {
+        tally,
+        last,
+        repeated,
+    }
+}
+
 fn progress_bar(len: u64, show: bool) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
@@ -586,13 +1024,7 @@ fn worker(
         if n >= config.transfers {
             return tally;
         }
-        let (from, to) = if config.hot {
-            (0, 1)
-        } else {
-            let from = rng.random_range(0..wallets);
-            let to = rng.random_range(0..wallets - 1);
-            (from, if to >= from { to + 1 } else { to })
-        };
+        let (from, to) = pick_pair(&mut rng, wallets, config.hot);
         let amount = Amount::from_minor(rng.random_range(1..=BENCH_AMOUNT_CENTS_MAX));
         let request = match TransferRequest::new(
             &format!("{run}_t{n}"),
@@ -642,6 +1074,16 @@ fn worker(
         tally.finished += 1;
         bar.inc(1);
     }
+}
+
+/// The wallet indexes of one transfer: the hot pair, or a uniform random distinct pair.
+fn pick_pair(rng: &mut impl rand::Rng, wallets: usize, hot: bool) -> (usize, usize) {
+    if hot {
+        return (0, 1);
+    }
+    let from = rng.random_range(0..wallets);
+    let to = rng.random_range(0..wallets - 1);
+    (from, if to >= from { to + 1 } else { to })
 }
 
 /// Creates one wallet per id with the bench opening balance; returns how many were new.

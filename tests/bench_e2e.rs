@@ -1,0 +1,97 @@
+//! `wallet bench --e2e` against a real stack: redis-server, tansu and a `wallet worker`.
+
+mod support;
+
+use std::process::Command;
+
+use support::stack::{Stack, WALLET_BIN};
+
+#[test]
+fn e2e_bench_waits_for_every_result_and_reports_json() {
+    let stack = Stack::start(2);
+    let worker = stack.spawn_worker(&[]);
+    let mut args = stack.global_args();
+    args.extend(
+        [
+            "bench",
+            "--e2e",
+            "--transfers",
+            "300",
+            "--wallets",
+            "50",
+            "--json",
+            "--timeout-s",
+            "240",
+            "--requests-topic",
+            &stack.topics.requests,
+            "--results-topic",
+            &stack.topics.results,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let out = Command::new(WALLET_BIN)
+        .args(&args)
+        .output()
+        .expect("run wallet bench --e2e");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {stderr}\nworker log:\n{}",
+        out.status.code(),
+        worker.log()
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["mode"], "e2e", "{report}");
+    assert_eq!(report["transfers"], 300, "{report}");
+    assert!(
+        report["transfers_per_s"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(
+        report["latency_ms"]["p99"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(report["engine"].is_null(), "{report}");
+    assert_eq!(report["balance"]["ok"], true, "{report}");
+    let answered: u64 = report["outcomes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(answered, 300, "{report}");
+}
+
+#[test]
+fn e2e_bench_without_results_times_out_with_exit_1() {
+    // No worker: nothing answers, so the run must give up and say how many results came.
+    let stack = Stack::start(1);
+    let mut args = stack.global_args();
+    args.extend(
+        [
+            "bench",
+            "--e2e",
+            "--transfers",
+            "5",
+            "--wallets",
+            "2",
+            "--timeout-s",
+            "3",
+            "--requests-topic",
+            &stack.topics.requests,
+            "--results-topic",
+            &stack.topics.results,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let out = Command::new(WALLET_BIN)
+        .args(&args)
+        .output()
+        .expect("run wallet bench --e2e");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("0 of 5 results"), "stderr: {stderr}");
+}
