@@ -38,6 +38,7 @@ pub mod message;
 pub mod metrics;
 pub mod money;
 pub mod ops;
+pub mod scenarios;
 pub mod seed;
 pub mod service;
 pub mod store;

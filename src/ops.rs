@@ -44,6 +44,8 @@ pub enum OpsError {
     Corrupt { key: String, detail: String },
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Wallet(#[from] crate::wallet::WalletError),
     #[error("{0}")]
     Other(String),
 }
@@ -513,6 +515,51 @@ pub fn publish_request(
     }
 }
 
+/// Publishes `requests` in one burst (key = from_user) and waits up to `timeout` for every
+/// delivery report.
+pub fn publish_requests(
+    kafka: &KafkaConfig,
+    topic: &str,
+    requests: &[TransferRequest],
+    timeout: Duration,
+) -> Result<(), OpsError> {
+    let producer: BaseProducer = kafka
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    for request in requests {
+        let payload = request.to_json();
+        let mut record = BaseRecord::to(topic)
+            .key(request.from_user.as_str())
+            .payload(payload.as_str());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((e, back)) => {
+                    if !matches!(
+                        e,
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull
+                        )
+                    ) {
+                        return Err(e.into());
+                    }
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(timeout).map_err(|e| {
+        OpsError::Other(format!(
+            "requests not delivered to the brokers at {} within {} ms: {e}",
+            kafka.brokers,
+            timeout.as_millis()
+        ))
+    })
+}
+
 /// A consumer positioned at the current end of every partition of a results topic: start it
 /// before publishing a request, then [`ResultWatcher::wait_for`] its result.
 pub struct ResultWatcher {
@@ -551,6 +598,32 @@ impl ResultWatcher {
             consumer,
             topic: topic.to_string(),
         })
+    }
+
+    /// The results of every transfer in `ids` that arrive within `timeout` (the first one of
+    /// each id).
+    pub fn wait_for_all(
+        &self,
+        ids: &std::collections::HashSet<String>,
+        timeout: Duration,
+    ) -> Result<std::collections::HashMap<String, TransferCompleted>, OpsError> {
+        let mut found = std::collections::HashMap::new();
+        let deadline = Instant::now() + timeout;
+        while found.len() < ids.len() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(200));
+            if let Some(Ok(m)) = self.consumer.poll(wait)
+                && let Some(payload) = m.payload()
+                && let Ok(result) = serde_json::from_slice::<TransferCompleted>(payload)
+                && ids.contains(&result.transfer_id)
+            {
+                found.entry(result.transfer_id.clone()).or_insert(result);
+            }
+        }
+        Ok(found)
     }
 
     /// The first result with `transfer_id`, or `None` after `timeout`. Messages that are not
