@@ -61,19 +61,48 @@ fn find_binary(env: &str, name: &str, install: &str) -> PathBuf {
         })
 }
 
-fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{sig} {} failed", child.id());
+/// A server child process: signals, and SIGKILL when replaced or dropped.
+#[derive(Default)]
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn signal(&self, sig: &str) {
+        let child = self.0.as_ref().expect("server running");
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} {} failed", child.id());
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Calls `spawn` until it starts the server on its old port (the port may linger a moment).
+fn respawn(what: &str, mut spawn: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+    while !spawn() {
+        assert!(Instant::now() < deadline, "{what} did not restart");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A `redis-server` on a free port in a temporary folder, with AOF (`appendfsync always`) so a
 /// restart keeps every acknowledged write.
 pub struct RedisServer {
-    child: Option<Child>,
+    child: Proc,
     pub port: u16,
     dir: tempfile::TempDir,
 }
@@ -82,7 +111,7 @@ impl RedisServer {
     pub fn start() -> RedisServer {
         let dir = tempfile::tempdir().expect("temporary folder for redis");
         let mut server = RedisServer {
-            child: None,
+            child: Proc::default(),
             port: 0,
             dir,
         };
@@ -130,7 +159,7 @@ impl RedisServer {
                 return false;
             }
             if self.ping() {
-                self.child = Some(child);
+                self.child = Proc(Some(child));
                 return true;
             }
             assert!(
@@ -173,42 +202,25 @@ impl RedisServer {
 
     /// SIGSTOP: the server stops answering but keeps its connections.
     pub fn pause(&self) {
-        signal(self.child.as_ref().expect("running"), "STOP");
+        self.child.signal("STOP");
     }
 
-    /// SIGCONT after [`pause`].
+    /// SIGCONT after [`RedisServer::pause`].
     pub fn resume(&self) {
-        signal(self.child.as_ref().expect("running"), "CONT");
+        self.child.signal("CONT");
     }
 
     /// Kills the server (SIGKILL) and starts it again on the same port from its AOF.
     pub fn restart(&mut self) {
-        self.kill();
-        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
-        while !self.spawn() {
-            assert!(Instant::now() < deadline, "redis-server did not restart");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
+        self.child.kill();
+        respawn("redis-server", || self.spawn());
     }
 }
 
 /// A `tansu` Kafka-compatible broker on a free port, with in-memory storage, or sqlite storage
 /// in its temporary folder when started with [`Tansu::start_persistent`].
 pub struct Tansu {
-    child: Option<Child>,
+    child: Proc,
     pub port: u16,
     dir: tempfile::TempDir,
     storage: String,
@@ -228,7 +240,7 @@ impl Tansu {
         let dir = tempfile::tempdir().expect("temporary folder for tansu");
         let storage = storage(dir.path());
         let mut broker = Tansu {
-            child: None,
+            child: Proc::default(),
             port: 0,
             dir,
             storage,
@@ -273,7 +285,7 @@ impl Tansu {
                 return false;
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                self.child = Some(child);
+                self.child = Proc(Some(child));
                 return true;
             }
             assert!(
@@ -295,34 +307,17 @@ impl Tansu {
     }
 
     pub fn pause(&self) {
-        signal(self.child.as_ref().expect("running"), "STOP");
+        self.child.signal("STOP");
     }
 
     pub fn resume(&self) {
-        signal(self.child.as_ref().expect("running"), "CONT");
+        self.child.signal("CONT");
     }
 
     /// Kills the broker and starts it again on the same port and storage.
     pub fn restart(&mut self) {
-        self.kill();
-        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
-        while !self.spawn() {
-            assert!(Instant::now() < deadline, "tansu did not restart");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        self.kill();
+        self.child.kill();
+        respawn("tansu", || self.spawn());
     }
 }
 
