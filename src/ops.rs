@@ -6,7 +6,7 @@
 //! large production database. Nothing here changes data. The `wallet snapshot`, `locks`, `audit`
 //! and `transfer` commands are thin wrappers around these functions.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,14 +23,12 @@ use crate::kafka::{self, KafkaConfig};
 use crate::message::{Status, TransferCompleted, TransferRequest};
 use crate::money::Amount;
 use crate::service::WalletService;
-use crate::store::{PooledConn, keys};
+use crate::store::{self, PooledConn, keys};
 use crate::transfer::parse_outcome;
 use crate::wallet::{HistoryKind, parse_wallet};
 
 /// Keys read per pipelined round trip.
 pub const BATCH: usize = 500;
-/// COUNT hint given to SCAN/SSCAN.
-pub const SCAN_COUNT: usize = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -50,56 +48,29 @@ pub enum OpsError {
     Other(String),
 }
 
-/// Every member of a set, read with SSCAN.
+/// Every member of a set, read with SSCAN; sorted, without repeats.
 fn sscan_all(conn: &mut PooledConn, key: &str) -> Result<Vec<String>, OpsError> {
-    let mut cursor: u64 = 0;
-    let mut out = Vec::new();
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SSCAN")
-            .arg(key)
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query(&mut conn.redis)?;
+    let mut out = BTreeSet::new();
+    store::scan_each(conn, Some(key), "*", None, |_, batch| {
         out.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
+        Ok::<_, OpsError>(())
+    })?;
+    Ok(out.into_iter().collect())
 }
 
-/// Every key matching `pattern` (of `type_` when given), read with SCAN; sorted.
+/// Every key matching `pattern` (of `type_` when given), read with SCAN; sorted, without
+/// repeats.
 fn scan_keys(
     conn: &mut PooledConn,
     pattern: &str,
     type_: Option<&str>,
 ) -> Result<Vec<String>, OpsError> {
-    let mut cursor: u64 = 0;
-    let mut out = HashSet::new();
-    loop {
-        let mut cmd = redis::cmd("SCAN");
-        cmd.arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(SCAN_COUNT);
-        if let Some(t) = type_ {
-            cmd.arg("TYPE").arg(t);
-        }
-        let (next, batch): (u64, Vec<String>) = cmd.query(&mut conn.redis)?;
+    let mut out = BTreeSet::new();
+    store::scan_each(conn, None, pattern, type_, |_, batch| {
         out.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    let mut out: Vec<String> = out.into_iter().collect();
-    out.sort();
-    Ok(out)
+        Ok::<_, OpsError>(())
+    })?;
+    Ok(out.into_iter().collect())
 }
 
 // ---------------------------------------------------------------------------------------------

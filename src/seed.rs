@@ -9,7 +9,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::money::{Amount, Currency};
 use crate::service::WalletService;
-use crate::store::{Conn, keys};
+use crate::store::{self, Conn, keys};
 use crate::wallet::{NewWallet, WalletError};
 
 /// Most users one seed run may create.
@@ -18,8 +18,6 @@ pub const SEED_USERS_MAX: u32 = 1_000_000;
 pub const OPENING_CENTS_MIN: i64 = 10_000;
 /// Largest random opening balance, in cents (10000.00).
 pub const OPENING_CENTS_MAX: i64 = 1_000_000;
-/// Keys asked for per SCAN step, and so at most per UNLINK.
-pub const SCAN_COUNT: usize = 1_000;
 /// Wallets handed to one `create_wallets` call; bounds memory for large seeds.
 const CREATE_CHUNK: u32 = 10_000;
 
@@ -159,28 +157,17 @@ pub fn reset_data_model(service: &WalletService) -> Result<u64, SeedError> {
     Ok(deleted + sets)
 }
 
-/// UNLINKs every key matching `pattern`, one SCAN step (COUNT [`SCAN_COUNT`]) at a time.
+/// UNLINKs every key matching `pattern`, one SCAN step (COUNT [`store::SCAN_COUNT`]) at a time.
 /// Returns how many keys were deleted.
 pub(crate) fn unlink_matching(conn: &mut Conn, pattern: &str) -> redis::RedisResult<u64> {
-    let mut cursor: u64 = 0;
     let mut deleted = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query(&mut conn.redis)?;
-        if !batch.is_empty() {
-            let n: u64 = redis::cmd("UNLINK").arg(&batch).query(&mut conn.redis)?;
-            deleted += n;
-        }
-        if next == 0 {
-            return Ok(deleted);
-        }
-        cursor = next;
-    }
+    store::scan_each(conn, None, pattern, None, |conn, batch| {
+        deleted += redis::cmd("UNLINK")
+            .arg(&batch)
+            .query::<u64>(&mut conn.redis)?;
+        Ok::<_, redis::RedisError>(())
+    })?;
+    Ok(deleted)
 }
 
 #[cfg(test)]

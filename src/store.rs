@@ -143,6 +143,49 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Keys (or set members) asked for per SCAN/SSCAN step.
+pub const SCAN_COUNT: usize = 1_000;
+
+/// Walks a cursor command to its end, handing each batch to `each` (with the connection, so
+/// it may act on the batch): `SCAN cursor MATCH pattern COUNT n [TYPE t]` when `set` is `None`,
+/// else `SSCAN set cursor MATCH pattern COUNT n`. Batches may repeat a name (Redis's cursor guarantee); callers that
+/// collect de-duplicate.
+pub(crate) fn scan_each<E: From<redis::RedisError>>(
+    conn: &mut Conn,
+    set: Option<&str>,
+    pattern: &str,
+    type_: Option<&str>,
+    mut each: impl FnMut(&mut Conn, Vec<String>) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut cursor: u64 = 0;
+    loop {
+        let mut cmd = match set {
+            None => redis::cmd("SCAN"),
+            Some(key) => {
+                let mut c = redis::cmd("SSCAN");
+                c.arg(key);
+                c
+            }
+        };
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT);
+        if let (None, Some(t)) = (set, type_) {
+            cmd.arg("TYPE").arg(t);
+        }
+        let (next, batch): (u64, Vec<String>) = cmd.query(&mut conn.redis)?;
+        if !batch.is_empty() {
+            each(conn, batch)?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
 /// Key names of the Redis data model (DESIGN section 4), kept compatible with the original
 /// Python system.
 pub mod keys {

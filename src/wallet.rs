@@ -193,16 +193,6 @@ impl WalletService {
             .ok_or_else(|| WalletError::NotFound(user_id.to_string()))
     }
 
-    /// Every wallet id in `wallets:all`, sorted.
-    pub fn wallet_ids(&self) -> Result<Vec<String>, WalletError> {
-        let mut conn = self.pool.get()?;
-        let mut ids: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::WALLETS_ALL)
-            .query(&mut conn.redis)?;
-        ids.sort();
-        Ok(ids)
-    }
-
     /// Adds `amount` to an active wallet, with a `deposit` history entry, atomically
     /// (WATCH/MULTI/EXEC). Returns the new balance.
     pub fn deposit(&self, user_id: &str, amount: Amount) -> Result<Amount, WalletError> {
@@ -282,7 +272,7 @@ impl WalletService {
     }
 }
 
-/// Appends a history entry to a pipeline (inside the caller's MULTI). Returns the stream id.
+/// Appends a history entry (XADD) to a pipeline, inside the caller's MULTI.
 pub(crate) fn add_history(
     pipe: &mut redis::Pipeline,
     wallet_id: &str,

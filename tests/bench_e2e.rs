@@ -2,18 +2,15 @@
 
 mod support;
 
-use std::process::Command;
-
-use support::stack::{Stack, WALLET_BIN};
+use support::stack::Stack;
 
 #[test]
 fn e2e_bench_waits_for_every_result_and_reports_json() {
     let stack = Stack::start(2);
     let worker = stack.spawn_worker(&[]);
-    let mut args = stack.global_args();
-    args.extend(
-        [
-            "bench",
+    let out = stack.wallet(
+        "bench",
+        &[
             "--e2e",
             "--transfers",
             "300",
@@ -22,18 +19,8 @@ fn e2e_bench_waits_for_every_result_and_reports_json() {
             "--json",
             "--timeout-s",
             "240",
-            "--requests-topic",
-            &stack.topics.requests,
-            "--results-topic",
-            &stack.topics.results,
-        ]
-        .iter()
-        .map(|s| s.to_string()),
+        ],
     );
-    let out = Command::new(WALLET_BIN)
-        .args(&args)
-        .output()
-        .expect("run wallet bench --e2e");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -68,10 +55,9 @@ fn e2e_bench_waits_for_every_result_and_reports_json() {
 fn e2e_bench_without_results_times_out_with_exit_1() {
     // No worker: nothing answers, so the run must give up and say how many results came.
     let stack = Stack::start(1);
-    let mut args = stack.global_args();
-    args.extend(
-        [
-            "bench",
+    let out = stack.wallet(
+        "bench",
+        &[
             "--e2e",
             "--transfers",
             "5",
@@ -79,18 +65,8 @@ fn e2e_bench_without_results_times_out_with_exit_1() {
             "2",
             "--timeout-s",
             "3",
-            "--requests-topic",
-            &stack.topics.requests,
-            "--results-topic",
-            &stack.topics.results,
-        ]
-        .iter()
-        .map(|s| s.to_string()),
+        ],
     );
-    let out = Command::new(WALLET_BIN)
-        .args(&args)
-        .output()
-        .expect("run wallet bench --e2e");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.contains("0 of 5 results"), "stderr: {stderr}");

@@ -233,10 +233,9 @@ fn transfer_waits_for_the_worker_result() {
     create_wallets(&service, &[("A", "20.00"), ("B", "1.00")]);
     let _worker = stack.spawn_worker(&[]);
 
-    let mut args = stack.global_args();
-    args.extend(
-        [
-            "transfer",
+    let out = stack.wallet(
+        "transfer",
+        &[
             "A",
             "B",
             "5",
@@ -245,16 +244,8 @@ fn transfer_waits_for_the_worker_result() {
             "tx_cli_1",
             "--timeout-s",
             "60",
-            "--requests-topic",
-            &stack.topics.requests,
-            "--results-topic",
-            &stack.topics.results,
-        ]
-        .iter()
-        .map(|s| s.to_string()),
+        ],
     );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = wallet(&args);
     assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
     assert!(
         stdout(&out).contains("status: COMPLETED"),

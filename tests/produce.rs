@@ -2,9 +2,7 @@
 
 mod support;
 
-use std::process::Command;
-
-use support::stack::{Stack, WALLET_BIN};
+use support::stack::Stack;
 use wallet_transfer::EngineConfig;
 use wallet_transfer::ops;
 
@@ -13,19 +11,7 @@ fn all_six_scenarios_pass_twice_on_the_same_stack_and_the_audit_stays_clean() {
     let stack = Stack::start(6);
     let _worker = stack.spawn_worker(&[]);
     for run in 1..=2 {
-        let output = Command::new(WALLET_BIN)
-            .args(stack.global_args())
-            .args([
-                "produce",
-                "--timeout",
-                "120",
-                "--requests-topic",
-                &stack.topics.requests,
-                "--results-topic",
-                &stack.topics.results,
-            ])
-            .output()
-            .expect("run wallet produce");
+        let output = stack.wallet("produce", &["--timeout", "120"]);
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),

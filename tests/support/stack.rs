@@ -88,6 +88,19 @@ impl Stack {
         ]
     }
 
+    /// Runs `wallet COMMAND ARGS... --requests-topic .. --results-topic ..` against this stack
+    /// and returns its output.
+    pub fn wallet(&self, command: &str, args: &[&str]) -> std::process::Output {
+        Command::new(WALLET_BIN)
+            .args(self.global_args())
+            .arg(command)
+            .args(args)
+            .args(["--requests-topic", &self.topics.requests])
+            .args(["--results-topic", &self.topics.results])
+            .output()
+            .unwrap_or_else(|e| panic!("run wallet {command}: {e}"))
+    }
+
     /// Starts a worker process; `extra` are more `worker` flags.
     pub fn spawn_worker(&self, extra: &[&str]) -> WorkerProcess {
         let metrics_port = free_port();
