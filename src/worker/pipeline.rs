@@ -17,7 +17,7 @@
 //! rebalances go on). Owns none of the transfer logic (`transfer`) nor the offset arithmetic
 //! (`worker::offsets`).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -99,6 +99,8 @@ pub const DLQ_PAYLOAD_BYTES_MAX: usize = 8 * 1024 * 1024;
 const RETRY_DELAY_MS_BASE: u64 = 50;
 /// Poll timeout of the consumer loop: the longest a shutdown or commit waits for it.
 const POLL_MS: u64 = 100;
+/// Longest wait, at shutdown, for the coordinator to confirm the final commit.
+const COMMIT_WAIT_MS: u64 = 5_000;
 
 impl WorkerConfig {
     pub fn validate(&self) -> Result<(), String> {
@@ -249,6 +251,7 @@ impl Worker {
             .set("statistics.interval.ms", "5000")
             .create_with_context(ConsumerCtx {
                 shared: self.shared.clone(),
+                committed: Mutex::new(HashMap::new()),
             })?;
         consumer.subscribe(&[&config.requests_topic])?;
         log::info!(
@@ -292,6 +295,11 @@ impl Worker {
             log::warn!("producer flush: {e}; undelivered results stay uncommitted and are redone");
         }
         report.committed = commit_all(&self.shared, &consumer);
+        if report.committed.len() < self.shared.tracker.lock().positions().len() {
+            log::warn!(
+                "the final commit was not confirmed within {COMMIT_WAIT_MS} ms; unconfirmed messages are redelivered and answered from their records"
+            );
+        }
         let summary = self.shared.metrics.summary();
         report.processed = summary.processed;
         report.dead_lettered = summary.dlq;
@@ -404,21 +412,40 @@ fn commit_due(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>) {
     commit(shared, consumer, &due, CommitMode::Async);
 }
 
-/// Commits (synchronously) the watermark of every tracked partition. Returns what it committed.
+/// Commits the watermark of every tracked partition and waits (bounded by
+/// `COMMIT_WAIT_MS`, polling the consumer so the callback can run) until the group
+/// coordinator confirms it. Returns the positions confirmed.
 fn commit_all(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>) -> Vec<(i32, i64)> {
     let positions = shared.tracker.lock().positions();
-    commit(shared, consumer, &positions, CommitMode::Sync);
+    commit(shared, consumer, &positions, CommitMode::Async);
+    let confirmed = |ctx: &ConsumerCtx| {
+        let committed = ctx.committed.lock();
+        positions
+            .iter()
+            .all(|(p, o)| committed.get(p).is_some_and(|c| c >= o))
+    };
+    let deadline = Instant::now() + Duration::from_millis(COMMIT_WAIT_MS);
+    while !confirmed(consumer.context()) && Instant::now() < deadline {
+        // Messages polled now are never started, so they stay uncommitted.
+        let _ = consumer.poll(Duration::from_millis(POLL_MS));
+    }
+    let committed = consumer.context().committed.lock();
     positions
+        .into_iter()
+        .filter(|(p, o)| committed.get(p).is_some_and(|c| c >= o))
+        .collect()
 }
 
+/// Sends a commit of `positions`. Its outcome arrives in [`ConsumerCtx::commit_callback`] (for
+/// async commits) or here (sync); either way only confirmed positions reach the metrics.
 fn commit(
     shared: &Shared,
     consumer: &BaseConsumer<ConsumerCtx>,
     positions: &[(i32, i64)],
     mode: CommitMode,
-) {
+) -> bool {
     if positions.is_empty() {
-        return;
+        return true;
     }
     let topic = &shared.config.requests_topic;
     let mut tpl = TopicPartitionList::new();
@@ -428,18 +455,38 @@ fn commit(
     }
     match consumer.commit(&tpl, mode) {
         Ok(()) => {
-            for &(partition, position) in positions {
-                shared.metrics.set_committed(partition, position);
+            if matches!(mode, CommitMode::Sync) {
+                consumer.context().confirm(&tpl);
             }
-            log::debug!("committed {positions:?}");
+            true
         }
-        Err(e) => log::warn!("commit {positions:?}: {e}; a later commit carries them"),
+        Err(e) => {
+            log::warn!("commit {positions:?}: {e}; a later commit carries them");
+            false
+        }
     }
 }
 
 /// Rebalance and statistics callbacks, run on the consumer thread inside `poll`.
 struct ConsumerCtx {
     shared: Arc<Shared>,
+    /// Positions the coordinator confirmed, per partition.
+    committed: Mutex<HashMap<i32, i64>>,
+}
+
+impl ConsumerCtx {
+    /// Records confirmed commit positions and shows them in the metrics.
+    fn confirm(&self, offsets: &TopicPartitionList) {
+        let mut committed = self.committed.lock();
+        for e in offsets.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                let c = committed.entry(e.partition()).or_insert(o);
+                *c = (*c).max(o);
+                self.shared.metrics.set_committed(e.partition(), *c);
+            }
+        }
+        log::debug!("commit confirmed: {committed:?}");
+    }
 }
 
 impl ClientContext for ConsumerCtx {
@@ -491,26 +538,21 @@ impl ConsumerContext for ConsumerCtx {
                 .filter_map(|p| tracker.commit_position(*p).map(|o| (*p, o)))
                 .collect()
         };
-        let commit_tpl = {
-            let mut t = TopicPartitionList::new();
-            for &(p, o) in &positions {
-                t.add_partition_offset(&shared.config.requests_topic, p, Offset::Offset(o))
-                    .expect("valid offset");
-            }
-            t
+        let commit_state = if shared.shutdown.load(Ordering::SeqCst) {
+            // Leaving at shutdown: `commit_all` has just committed these positions.
+            "left to the shutdown commit"
+        } else if commit(shared, consumer, &positions, CommitMode::Sync) {
+            "committed"
+        } else {
+            "not committed (the next owner redoes them; idempotency answers)"
         };
-        if !positions.is_empty()
-            && let Err(e) = consumer.commit(&commit_tpl, CommitMode::Sync)
-        {
-            log::warn!("revoke: commit {positions:?}: {e}");
-        }
         let mut tracker = shared.tracker.lock();
         for p in &revoked {
             tracker.forget(*p);
             shared.metrics.forget_partition(*p);
         }
         log::info!(
-            "partitions {revoked:?} revoked: committed {positions:?}, {dropped} undispatched messages left to the next owner"
+            "partitions {revoked:?} revoked: positions {positions:?} {commit_state}; {dropped} undispatched messages left to the next owner"
         );
     }
 
@@ -527,8 +569,9 @@ impl ConsumerContext for ConsumerCtx {
         result: rdkafka::error::KafkaResult<()>,
         offsets: &TopicPartitionList,
     ) {
-        if let Err(e) = result {
-            log::warn!("commit of {} partitions failed: {e}", offsets.count());
+        match result {
+            Ok(()) => self.confirm(offsets),
+            Err(e) => log::warn!("commit of {} partitions failed: {e}", offsets.count()),
         }
     }
 }
@@ -690,7 +733,8 @@ impl PoolThread {
     }
 
     /// Hands the answer to the producer with the job as delivery opaque; the delivery report
-    /// marks the offset done (or redoes the job). Retries while the local queue is full.
+    /// marks the offset done (or redoes the job). Retries while the producer refuses it, until
+    /// shutdown.
     fn publish(&self, answer: Answer, mut job: Job) {
         job.dead_lettered = matches!(answer, Answer::DeadLetter(_));
         let config = &self.shared.config;
@@ -762,9 +806,17 @@ impl PoolThread {
                         log::warn!("producing to {topic}: {e}; retry {attempt}");
                         self.shared.metrics.record_retry("kafka_produce");
                     }
-                    std::thread::sleep(Duration::from_millis(
-                        (5u64 << attempt.min(8)).min(config.retry_delay_ms_max),
-                    ));
+                    let delay_ms = (5u64 << attempt.min(8)).min(config.retry_delay_ms_max);
+                    if !self.sleep_unless_shutdown(delay_ms) {
+                        // The engine has recorded the outcome; the redelivered message will be
+                        // answered from it by whoever owns the partition next.
+                        log::warn!(
+                            "abandoning the answer to partition {} offset {} at shutdown; it stays uncommitted",
+                            opaque.partition,
+                            opaque.offset
+                        );
+                        return;
+                    }
                 }
             }
         }
