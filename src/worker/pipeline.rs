@@ -17,7 +17,7 @@
 //! rebalances go on). Owns none of the transfer logic (`transfer`) nor the offset arithmetic
 //! (`worker::offsets`).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -61,8 +61,9 @@ pub struct WorkerConfig {
     pub flush_timeout_ms: u64,
     /// Cap on the delay between retries of a job that hit a transient error.
     pub retry_delay_ms_max: u64,
-    /// Messages polled but not yet handed to the pool before the consumer pauses fetching.
-    pub backlog_max: usize,
+    /// Bytes of messages polled but not yet handed to the pool at which the consumer pauses
+    /// fetching; it resumes once the backlog is down to half of this.
+    pub backlog_bytes_max: usize,
     /// Interval of the one-line summary log.
     pub summary_interval_ms: u64,
 }
@@ -83,7 +84,7 @@ impl Default for WorkerConfig {
             revoke_timeout_ms: 15_000,
             flush_timeout_ms: 10_000,
             retry_delay_ms_max: 2_000,
-            backlog_max: 1_000,
+            backlog_bytes_max: 32 * 1024 * 1024,
             summary_interval_ms: 10_000,
         }
     }
@@ -91,7 +92,9 @@ impl Default for WorkerConfig {
 
 /// Upper bounds on the settings.
 pub const THREADS_MAX: usize = 256;
-pub const BACKLOG_MAX_LIMIT: usize = 100_000;
+/// Bounds on `backlog_bytes_max`: at least one largest request, at most 1 GiB.
+pub const BACKLOG_BYTES_MIN: usize = crate::message::PAYLOAD_BYTES_MAX;
+pub const BACKLOG_BYTES_LIMIT: usize = 1024 * 1024 * 1024;
 /// Largest dead letter forwarded unchanged; a bigger poison payload is cut to this size and
 /// marked with the header `truncated`.
 pub const DLQ_PAYLOAD_BYTES_MAX: usize = 8 * 1024 * 1024;
@@ -99,8 +102,8 @@ pub const DLQ_PAYLOAD_BYTES_MAX: usize = 8 * 1024 * 1024;
 const RETRY_DELAY_MS_BASE: u64 = 50;
 /// Poll timeout of the consumer loop: the longest a shutdown or commit waits for it.
 const POLL_MS: u64 = 100;
-/// Longest wait, at shutdown, for the coordinator to confirm the final commit.
-const COMMIT_WAIT_MS: u64 = 5_000;
+/// Poll timeout while the backlog holds jobs the channel had no room for.
+const BUSY_POLL_MS: u64 = 1;
 
 impl WorkerConfig {
     pub fn validate(&self) -> Result<(), String> {
@@ -110,10 +113,12 @@ impl WorkerConfig {
                 self.threads
             ));
         }
-        if self.backlog_max == 0 || self.backlog_max > BACKLOG_MAX_LIMIT {
+        if self.backlog_bytes_max < BACKLOG_BYTES_MIN
+            || self.backlog_bytes_max > BACKLOG_BYTES_LIMIT
+        {
             return Err(format!(
-                "backlog must be between 1 and {BACKLOG_MAX_LIMIT}, got {}",
-                self.backlog_max
+                "backlog bytes must be between {BACKLOG_BYTES_MIN} and {BACKLOG_BYTES_LIMIT}, got {}",
+                self.backlog_bytes_max
             ));
         }
         if self.partitions <= 0 || self.replication <= 0 {
@@ -167,11 +172,18 @@ struct Job {
     dead_lettered: bool,
 }
 
+impl Job {
+    /// Memory it holds, for the backlog bound (payload, key, bookkeeping).
+    fn size(&self) -> usize {
+        self.payload.len() + self.key.as_ref().map_or(0, Vec::len) + 64
+    }
+}
+
 /// State shared by the consumer thread, its rebalance callbacks, the pool and the producer.
 struct Shared {
     config: WorkerConfig,
     tracker: Mutex<OffsetTracker>,
-    backlog: Mutex<VecDeque<Job>>,
+    backlog: Mutex<Backlog>,
     assignment_changed: AtomicBool,
     metrics: Metrics,
     shutdown: Arc<AtomicBool>,
@@ -194,7 +206,7 @@ impl Worker {
             shared: Arc::new(Shared {
                 config,
                 tracker: Mutex::new(OffsetTracker::new()),
-                backlog: Mutex::new(VecDeque::new()),
+                backlog: Mutex::new(Backlog::default()),
                 assignment_changed: AtomicBool::new(false),
                 metrics,
                 shutdown: Arc::new(AtomicBool::new(false)),
@@ -251,7 +263,6 @@ impl Worker {
             .set("statistics.interval.ms", "5000")
             .create_with_context(ConsumerCtx {
                 shared: self.shared.clone(),
-                committed: Mutex::new(HashMap::new()),
             })?;
         consumer.subscribe(&[&config.requests_topic])?;
         log::info!(
@@ -295,9 +306,9 @@ impl Worker {
             log::warn!("producer flush: {e}; undelivered results stay uncommitted and are redone");
         }
         report.committed = commit_all(&self.shared, &consumer);
-        if report.committed.len() < self.shared.tracker.lock().positions().len() {
+        if report.committed.is_empty() && !self.shared.tracker.lock().positions().is_empty() {
             log::warn!(
-                "the final commit was not confirmed within {COMMIT_WAIT_MS} ms; unconfirmed messages are redelivered and answered from their records"
+                "the final commit failed; uncommitted messages are redelivered and answered from their records"
             );
         }
         let summary = self.shared.metrics.summary();
@@ -325,17 +336,32 @@ fn consume(
     let config = &shared.config;
     let mut paused = false;
     let mut last_commit = Instant::now();
+    // After a failed commit, the next one covers every partition, not only those that moved.
+    let mut commit_ok = true;
     let mut last_summary = Instant::now();
     let mut processed_at_last_summary = 0;
     while !shared.shutdown.load(Ordering::SeqCst) {
-        let backlog_len = dispatch(shared, job_tx);
-        let want_paused = backlog_len >= config.backlog_max;
+        let (backlog_len, backlog_bytes) = dispatch(shared, job_tx);
+        // Hysteresis: pausing and resuming cost librdkafka a refetch each, so not too often.
+        let want_paused = if paused {
+            backlog_bytes > config.backlog_bytes_max / 2
+        } else {
+            backlog_bytes >= config.backlog_bytes_max
+        };
         if want_paused != paused || shared.assignment_changed.swap(false, Ordering::SeqCst) {
             set_paused(consumer, want_paused);
             paused = want_paused;
         }
-        match consumer.poll(Duration::from_millis(POLL_MS)) {
-            Some(Ok(message)) => shared.backlog.lock().push_back(Job {
+        // With jobs waiting for room in the channel, come back at once to hand them over:
+        // the pool, not Kafka, sets the pace then (a full poll timeout here would cap the
+        // pipeline at one channel's worth of jobs per poll).
+        let poll_ms = if backlog_len > 0 {
+            BUSY_POLL_MS
+        } else {
+            POLL_MS
+        };
+        match consumer.poll(Duration::from_millis(poll_ms)) {
+            Some(Ok(message)) => shared.backlog.lock().push(Job {
                 partition: message.partition(),
                 offset: message.offset(),
                 key: message.key().map(<[u8]>::to_vec),
@@ -352,7 +378,7 @@ fn consume(
             .metrics
             .set_in_flight(shared.tracker.lock().in_flight_total() as i64);
         if last_commit.elapsed() >= Duration::from_millis(config.commit_interval_ms) {
-            commit_due(shared, consumer);
+            commit_ok = commit_due(shared, consumer, !commit_ok);
             last_commit = Instant::now();
         }
         if last_summary.elapsed() >= Duration::from_millis(config.summary_interval_ms) {
@@ -375,12 +401,13 @@ fn consume(
     WorkerReport::default()
 }
 
-/// Moves jobs from the backlog into the channel while it has room. Returns the backlog length.
-fn dispatch(shared: &Shared, job_tx: &Sender<Job>) -> usize {
+/// Moves jobs from the backlog into the channel while it has room. Returns the backlog's
+/// length and size in bytes.
+fn dispatch(shared: &Shared, job_tx: &Sender<Job>) -> (usize, usize) {
     let mut backlog = shared.backlog.lock();
     // Only this thread sends, so room seen here is still there at `send`.
     while !job_tx.is_full() {
-        let Some(job) = backlog.pop_front() else {
+        let Some(job) = backlog.pop() else {
             break;
         };
         shared.tracker.lock().start(job.partition, job.offset);
@@ -388,7 +415,35 @@ fn dispatch(shared: &Shared, job_tx: &Sender<Job>) -> usize {
             .send(job)
             .expect("pool threads outlive the consumer loop");
     }
-    backlog.len()
+    (backlog.jobs.len(), backlog.bytes)
+}
+
+/// Messages polled and not yet dispatched, in offset order per partition, with their size.
+#[derive(Default)]
+struct Backlog {
+    jobs: VecDeque<Job>,
+    bytes: usize,
+}
+
+impl Backlog {
+    fn push(&mut self, job: Job) {
+        self.bytes += job.size();
+        self.jobs.push_back(job);
+    }
+
+    fn pop(&mut self) -> Option<Job> {
+        let job = self.jobs.pop_front()?;
+        self.bytes -= job.size();
+        Some(job)
+    }
+
+    /// Drops the jobs of `partitions`; returns how many.
+    fn drop_partitions(&mut self, partitions: &HashSet<i32>) -> usize {
+        let before = self.jobs.len();
+        self.jobs.retain(|job| !partitions.contains(&job.partition));
+        self.bytes = self.jobs.iter().map(Job::size).sum();
+        before - self.jobs.len()
+    }
 }
 
 fn set_paused(consumer: &BaseConsumer<ConsumerCtx>, paused: bool) {
@@ -406,44 +461,32 @@ fn set_paused(consumer: &BaseConsumer<ConsumerCtx>, paused: bool) {
     }
 }
 
-/// Commits (asynchronously) the partitions whose watermark moved.
-fn commit_due(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>) {
-    let due = shared.tracker.lock().commits_due();
-    commit(shared, consumer, &due, CommitMode::Async);
+/// Commits the partitions whose watermark moved, or, after a failed commit, every partition.
+/// Returns whether the commit succeeded.
+fn commit_due(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, all: bool) -> bool {
+    let positions = if all {
+        shared.tracker.lock().positions()
+    } else {
+        shared.tracker.lock().commits_due()
+    };
+    commit(shared, consumer, &positions)
 }
 
-/// Commits the watermark of every tracked partition and waits (bounded by
-/// `COMMIT_WAIT_MS`, polling the consumer so the callback can run) until the group
-/// coordinator confirms it. Returns the positions confirmed.
+/// Commits the watermark of every tracked partition. Returns the positions committed (none
+/// when the commit failed).
 fn commit_all(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>) -> Vec<(i32, i64)> {
     let positions = shared.tracker.lock().positions();
-    commit(shared, consumer, &positions, CommitMode::Async);
-    let confirmed = |ctx: &ConsumerCtx| {
-        let committed = ctx.committed.lock();
+    if commit(shared, consumer, &positions) {
         positions
-            .iter()
-            .all(|(p, o)| committed.get(p).is_some_and(|c| c >= o))
-    };
-    let deadline = Instant::now() + Duration::from_millis(COMMIT_WAIT_MS);
-    while !confirmed(consumer.context()) && Instant::now() < deadline {
-        // Messages polled now are never started, so they stay uncommitted.
-        let _ = consumer.poll(Duration::from_millis(POLL_MS));
+    } else {
+        Vec::new()
     }
-    let committed = consumer.context().committed.lock();
-    positions
-        .into_iter()
-        .filter(|(p, o)| committed.get(p).is_some_and(|c| c >= o))
-        .collect()
 }
 
-/// Sends a commit of `positions`. Its outcome arrives in [`ConsumerCtx::commit_callback`] (for
-/// async commits) or here (sync); either way only confirmed positions reach the metrics.
-fn commit(
-    shared: &Shared,
-    consumer: &BaseConsumer<ConsumerCtx>,
-    positions: &[(i32, i64)],
-    mode: CommitMode,
-) -> bool {
+/// Commits `positions` synchronously (one round trip to the group coordinator, bounded by
+/// librdkafka's request timeouts), so success is known here and only confirmed positions
+/// reach the metrics.
+fn commit(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, positions: &[(i32, i64)]) -> bool {
     if positions.is_empty() {
         return true;
     }
@@ -453,15 +496,16 @@ fn commit(
         tpl.add_partition_offset(topic, partition, Offset::Offset(position))
             .expect("valid offset");
     }
-    match consumer.commit(&tpl, mode) {
+    match consumer.commit(&tpl, CommitMode::Sync) {
         Ok(()) => {
-            if matches!(mode, CommitMode::Sync) {
-                consumer.context().confirm(&tpl);
+            for &(partition, position) in positions {
+                shared.metrics.set_committed(partition, position);
             }
+            log::debug!("committed {positions:?}");
             true
         }
         Err(e) => {
-            log::warn!("commit {positions:?}: {e}; a later commit carries them");
+            log::warn!("commit {positions:?}: {e}; the next commit retries them");
             false
         }
     }
@@ -470,23 +514,6 @@ fn commit(
 /// Rebalance and statistics callbacks, run on the consumer thread inside `poll`.
 struct ConsumerCtx {
     shared: Arc<Shared>,
-    /// Positions the coordinator confirmed, per partition.
-    committed: Mutex<HashMap<i32, i64>>,
-}
-
-impl ConsumerCtx {
-    /// Records confirmed commit positions and shows them in the metrics.
-    fn confirm(&self, offsets: &TopicPartitionList) {
-        let mut committed = self.committed.lock();
-        for e in offsets.elements() {
-            if let Offset::Offset(o) = e.offset() {
-                let c = committed.entry(e.partition()).or_insert(o);
-                *c = (*c).max(o);
-                self.shared.metrics.set_committed(e.partition(), *c);
-            }
-        }
-        log::debug!("commit confirmed: {committed:?}");
-    }
 }
 
 impl ClientContext for ConsumerCtx {
@@ -511,12 +538,7 @@ impl ConsumerContext for ConsumerCtx {
         };
         let shared = &self.shared;
         let revoked: HashSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-        let dropped = {
-            let mut backlog = shared.backlog.lock();
-            let before = backlog.len();
-            backlog.retain(|job| !revoked.contains(&job.partition));
-            before - backlog.len()
-        };
+        let dropped = { shared.backlog.lock().drop_partitions(&revoked) };
         let deadline = Instant::now() + Duration::from_millis(shared.config.revoke_timeout_ms);
         let busy = || {
             let tracker = shared.tracker.lock();
@@ -541,7 +563,7 @@ impl ConsumerContext for ConsumerCtx {
         let commit_state = if shared.shutdown.load(Ordering::SeqCst) {
             // Leaving at shutdown: `commit_all` has just committed these positions.
             "left to the shutdown commit"
-        } else if commit(shared, consumer, &positions, CommitMode::Sync) {
+        } else if commit(shared, consumer, &positions) {
             "committed"
         } else {
             "not committed (the next owner redoes them; idempotency answers)"
@@ -561,17 +583,6 @@ impl ConsumerContext for ConsumerCtx {
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             log::info!("partitions {partitions:?} assigned");
             self.shared.assignment_changed.store(true, Ordering::SeqCst);
-        }
-    }
-
-    fn commit_callback(
-        &self,
-        result: rdkafka::error::KafkaResult<()>,
-        offsets: &TopicPartitionList,
-    ) {
-        match result {
-            Ok(()) => self.confirm(offsets),
-            Err(e) => log::warn!("commit of {} partitions failed: {e}", offsets.count()),
         }
     }
 }
@@ -838,5 +849,50 @@ fn retry_cause(e: &TransferError) -> &'static str {
         TransferError::Redis(_) => "redis",
         TransferError::Pool(_) => "redis_pool",
         TransferError::IdempotencyConflict { .. } | TransferError::Corrupt { .. } => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(partition: i32, offset: i64, payload_len: usize) -> Job {
+        Job {
+            partition,
+            offset,
+            key: Some(b"k".to_vec()),
+            payload: vec![b'x'; payload_len],
+            dead_lettered: false,
+        }
+    }
+
+    #[test]
+    fn the_backlog_counts_its_bytes_through_push_pop_and_revoke() {
+        let mut backlog = Backlog::default();
+        for (p, o, n) in [(0, 10, 100), (1, 5, 1_000), (0, 11, 10), (2, 7, 50)] {
+            backlog.push(job(p, o, n));
+        }
+        let sizes: usize = [100, 1_000, 10, 50].iter().map(|n| n + 1 + 64).sum();
+        assert_eq!(backlog.bytes, sizes);
+        let first = backlog.pop().unwrap();
+        assert_eq!((first.partition, first.offset), (0, 10));
+        assert_eq!(backlog.bytes, sizes - (100 + 1 + 64));
+        assert_eq!(backlog.drop_partitions(&HashSet::from([1])), 1);
+        assert_eq!(backlog.bytes, (10 + 1 + 64) + (50 + 1 + 64));
+        let order: Vec<(i32, i64)> = std::iter::from_fn(|| backlog.pop())
+            .map(|j| (j.partition, j.offset))
+            .collect();
+        assert_eq!(order, vec![(0, 11), (2, 7)]);
+        assert_eq!(backlog.bytes, 0);
+    }
+
+    #[test]
+    fn the_backlog_bound_is_checked() {
+        let small = WorkerConfig {
+            backlog_bytes_max: 10,
+            ..WorkerConfig::default()
+        };
+        assert!(small.validate().unwrap_err().contains("backlog bytes"));
+        assert!(WorkerConfig::default().validate().is_ok());
     }
 }
