@@ -8,6 +8,17 @@ set -euo pipefail
 TANSU_VERSION=0.6.0
 export PATH="$HOME/.cargo/bin:$PATH"
 
+# Build dependencies of the crate itself: librdkafka is compiled with TLS (SASL_SSL/SSL) support.
+missing=()
+for pkg in pkg-config libssl-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]} (apt-get)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
 if [ -n "${REDIS_SERVER_BIN:-}" ] && [ -x "$REDIS_SERVER_BIN" ]; then
   echo "install-deps: redis-server from REDIS_SERVER_BIN=$REDIS_SERVER_BIN"
 elif command -v redis-server >/dev/null 2>&1; then
