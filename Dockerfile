@@ -1,8 +1,8 @@
 # The wallet worker image: `docker build -t wallet-transfer .`, or `docker compose up --build`.
 #
 # Builder: rdkafka-sys compiles the bundled librdkafka from source with its mklove `./configure`
-# and make (no cmake). The crate enables only the `libz` feature, so SSL, SASL, zstd and curl are
-# configured out; zlib is found through pkg-config and linked dynamically. python3 lets
+# and make (no cmake). The crate enables the `libz` and `ssl` features: zlib and OpenSSL are found
+# through pkg-config and linked dynamically (GSSAPI, zstd and curl are configured out). python3 lets
 # librdkafka generate its linker script (optional, but it avoids a configure warning).
 FROM rust:1-bookworm AS builder
 RUN apt-get update \
