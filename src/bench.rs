@@ -248,6 +248,8 @@ pub struct BenchReport {
     pub threads: usize,
     pub wallets: u32,
     pub hot: bool,
+    /// Requests per second the e2e publisher was held to; `None`: all at once (or direct).
+    pub publish_rate: Option<u32>,
     /// Requests finished (answered or given up).
     pub transfers: u64,
     /// Wall time of the transfer phase, without setup and verification.
@@ -314,6 +316,7 @@ impl BenchReport {
             "threads": self.threads,
             "wallets": self.wallets,
             "hot": self.hot,
+            "publish_rate": self.publish_rate,
             "transfers": self.transfers,
             "elapsed_s": self.elapsed.as_secs_f64(),
             "transfers_per_s": self.transfers_per_s(),
@@ -352,6 +355,9 @@ impl BenchReport {
             row("threads", self.threads.to_string());
         }
         row("wallets", self.wallets.to_string());
+        if let Some(rate) = self.publish_rate {
+            row("publish rate /s", rate.to_string());
+        }
         row("transfers", self.transfers.to_string());
         row("elapsed s", format!("{:.3}", self.elapsed.as_secs_f64()));
         row("transfers/s", format!("{:.0}", self.transfers_per_s()));
@@ -547,6 +553,7 @@ pub fn run_direct(
     Ok(BenchReport {
         mode: "direct",
         run,
+        publish_rate: None,
         threads: config.threads,
         wallets: config.wallets,
         hot: config.hot,
@@ -579,6 +586,8 @@ pub struct E2eConfig {
     pub hot: bool,
     /// How long to wait for all results, counted from the first publish.
     pub timeout: Duration,
+    /// Requests per second to publish at; `None` publishes all at once.
+    pub rate: Option<u32>,
     /// Draws a progress bar on stderr.
     pub progress: bool,
     /// Deletes the run's wallets, users, histories and outcome records afterwards.
@@ -595,6 +604,7 @@ impl Default for E2eConfig {
             wallets: 10_000,
             hot: false,
             timeout: Duration::from_secs(300),
+            rate: None,
             progress: false,
             cleanup: false,
         }
@@ -681,6 +691,8 @@ fn results_reader(config: &E2eConfig) -> Result<BaseConsumer, BenchError> {
         )
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
+        // The reader is the stopwatch: it must not sit on a fetch while results arrive.
+        .set("fetch.wait.max.ms", "10")
         .create()
         .map_err(|e| kafka_err("results consumer", e))?;
     let mut tpl = TopicPartitionList::new();
@@ -832,6 +844,7 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
         threads: 0,
         wallets: config.wallets,
         hot: config.hot,
+        publish_rate: config.rate,
         transfers: total.finished,
         elapsed,
         latency: LatencySummary::from_histogram_us(&total.latency_us),
@@ -854,7 +867,14 @@ fn publish_requests(
     origin: Instant,
     stop: &AtomicBool,
 ) -> Result<(), BenchError> {
-    for (request, sent_at) in requests.iter().zip(sent) {
+    for (i, (request, sent_at)) in requests.iter().zip(sent).enumerate() {
+        if let Some(rate) = config.rate {
+            // Request i leaves at origin + i / rate.
+            let due = origin + Duration::from_secs_f64(i as f64 / f64::from(rate));
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
         let payload = request.to_json();
         let mut record = Some(
             BaseRecord::to(&config.requests_topic)
@@ -1240,6 +1260,7 @@ mod tests {
         BenchReport {
             mode: "direct",
             run: "bench_abcdef".into(),
+            publish_rate: None,
             threads: 8,
             wallets: 10,
             hot: false,

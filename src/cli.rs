@@ -409,6 +409,11 @@ pub struct BenchArgs {
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout_s: u64,
 
+    /// Publish at most this many requests per second, to measure latency without the queueing
+    /// of one big burst (--e2e only; 1 to 1000000) [default: all at once]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate: Option<u32>,
+
     /// Threads running transfers at once; the Redis pool gets as many connections (1 to 256;
     /// --direct only)
     #[arg(long, value_name = "N", default_value_t = 8,
@@ -511,6 +516,7 @@ fn bench(global: &GlobalOpts, args: BenchArgs) -> Result<(), Failure> {
             wallets: args.wallets,
             hot: args.hot,
             timeout: std::time::Duration::from_secs(args.timeout_s),
+            rate: args.rate,
             progress,
             cleanup: args.cleanup,
         };

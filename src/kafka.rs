@@ -42,6 +42,11 @@ impl KafkaConfig {
         }
     }
 
+    /// Whether an extra property sets `key`.
+    pub fn has_property(&self, key: &str) -> bool {
+        self.properties.iter().any(|(k, _)| k == key)
+    }
+
     /// A librdkafka configuration with the brokers and the extra properties set.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();

@@ -102,6 +102,8 @@ pub const DLQ_PAYLOAD_BYTES_MAX: usize = 8 * 1024 * 1024;
 const RETRY_DELAY_MS_BASE: u64 = 50;
 /// Poll timeout of the consumer loop: the longest a shutdown or commit waits for it.
 const POLL_MS: u64 = 100;
+/// Longest time the broker may hold a fetch that found no data (overridable with `-X`).
+const FETCH_WAIT_MS: u64 = 50;
 /// Poll timeout while the backlog holds jobs the channel had no room for.
 const BUSY_POLL_MS: u64 = 1;
 
@@ -252,9 +254,13 @@ impl Worker {
             })?;
         let producer = Arc::new(producer);
 
-        let consumer: BaseConsumer<ConsumerCtx> = config
-            .kafka
-            .client_config()
+        let mut consumer_config = config.kafka.client_config();
+        if !config.kafka.has_property("fetch.wait.max.ms") {
+            // A broker that does not answer a waiting fetch as soon as data arrives (tansu)
+            // would otherwise add up to librdkafka's default 500 ms to every request.
+            consumer_config.set("fetch.wait.max.ms", FETCH_WAIT_MS.to_string());
+        }
+        let consumer: BaseConsumer<ConsumerCtx> = consumer_config
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
