@@ -10,7 +10,7 @@ WITH_STACK = set -a; [ -f $(DEV)/env ] && source $(DEV)/env; set +a;
 USERS ?= 100
 ARGS ?=
 
-.PHONY: help test demo deps build up down status seed run-worker run-producer bench fmt lint ci
+.PHONY: help test fault-test demo deps build up down status seed run-worker run-producer bench fmt lint ci
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -18,6 +18,9 @@ help: ## list the targets
 test: ## every test: unit, property, doc, and integration against real redis-server and tansu
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
+
+fault-test: ## the fault suite at full size (tests/faults.rs; `make test` runs it short); FAULT_SEED=n replays
+	FAULT_SCALE=full $(CARGO) test --release --test faults -- --test-threads 1 --nocapture
 
 demo: ## the whole system on this machine: install, start, seed, work, audit, stop
 	scripts/demo.sh

@@ -47,6 +47,11 @@ pub struct WorkerArgs {
     /// partitions.
     #[arg(long, env = "SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub session_timeout_ms: u64,
+    /// Rebalance timeout in milliseconds (librdkafka max.poll.interval.ms): how long a
+    /// rebalance may wait for members; a join still unanswered after this plus the session
+    /// timeout is retried as a new member (at least the session timeout, above 15000).
+    #[arg(long, env = "MAX_POLL_INTERVAL_MS", default_value_t = 30_000)]
+    pub max_poll_interval_ms: u64,
     /// Longest delay between retries of a job that hit a transient error (Redis down, lock
     /// timeout), in milliseconds.
     #[arg(long, env = "RETRY_DELAY_MS_MAX", default_value_t = 2_000)]
@@ -76,6 +81,7 @@ impl WorkerArgs {
             replication: self.replication,
             commit_interval_ms: self.commit_interval_ms,
             session_timeout_ms: self.session_timeout_ms,
+            max_poll_interval_ms: self.max_poll_interval_ms,
             retry_delay_ms_max: self.retry_delay_ms_max,
             ..WorkerConfig::default()
         }

@@ -55,6 +55,9 @@ pub struct WorkerConfig {
     pub replication: i32,
     pub commit_interval_ms: u64,
     pub session_timeout_ms: u64,
+    /// librdkafka's `max.poll.interval.ms`, which is also the rebalance timeout the group
+    /// coordinator is given: the longest a rebalance may wait for members to rejoin.
+    pub max_poll_interval_ms: u64,
     /// Time allowed, on revoke, for in-flight jobs of the revoked partitions to finish.
     pub revoke_timeout_ms: u64,
     /// Time allowed, on shutdown, for the producer to deliver what is queued.
@@ -81,6 +84,7 @@ impl Default for WorkerConfig {
             replication: 1,
             commit_interval_ms: 1_000,
             session_timeout_ms: 10_000,
+            max_poll_interval_ms: 30_000,
             revoke_timeout_ms: 15_000,
             flush_timeout_ms: 10_000,
             retry_delay_ms_max: 2_000,
@@ -104,10 +108,18 @@ const RETRY_DELAY_MS_BASE: u64 = 50;
 const POLL_MS: u64 = 100;
 /// Longest time the broker may hold a fetch that found no data (overridable with `-X`).
 const FETCH_WAIT_MS: u64 = 50;
+/// Interval of librdkafka's statistics (lag per partition, group join state).
+const STATS_INTERVAL_MS: u64 = 5_000;
 /// Poll timeout while the backlog holds jobs the channel had no room for.
 const BUSY_POLL_MS: u64 = 1;
 
 impl WorkerConfig {
+    /// How long joining the group may wait before it is taken as hung: any legitimate join
+    /// completes within the rebalance timeout, and a lost member is dropped after its session.
+    pub fn join_stuck_ms(&self) -> u64 {
+        self.max_poll_interval_ms + self.session_timeout_ms
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.threads == 0 || self.threads > THREADS_MAX {
             return Err(format!(
@@ -125,6 +137,14 @@ impl WorkerConfig {
         }
         if self.partitions <= 0 || self.replication <= 0 {
             return Err("partitions and replication must be positive".to_string());
+        }
+        if self.max_poll_interval_ms < self.session_timeout_ms
+            || self.max_poll_interval_ms <= self.revoke_timeout_ms
+        {
+            return Err(format!(
+                "max poll interval ({} ms) must be at least the session timeout ({} ms) and above the revoke timeout ({} ms)",
+                self.max_poll_interval_ms, self.session_timeout_ms, self.revoke_timeout_ms
+            ));
         }
         if self.commit_interval_ms == 0 || self.summary_interval_ms == 0 {
             return Err("commit and summary intervals must be positive".to_string());
@@ -187,6 +207,8 @@ struct Shared {
     tracker: Mutex<OffsetTracker>,
     backlog: Mutex<Backlog>,
     assignment_changed: AtomicBool,
+    /// Since when librdkafka's statistics have shown the group join waiting for an answer.
+    join_wait_since: Mutex<Option<Instant>>,
     metrics: Metrics,
     shutdown: Arc<AtomicBool>,
 }
@@ -210,6 +232,7 @@ impl Worker {
                 tracker: Mutex::new(OffsetTracker::new()),
                 backlog: Mutex::new(Backlog::default()),
                 assignment_changed: AtomicBool::new(false),
+                join_wait_since: Mutex::new(None),
                 metrics,
                 shutdown: Arc::new(AtomicBool::new(false)),
             }),
@@ -254,23 +277,7 @@ impl Worker {
             })?;
         let producer = Arc::new(producer);
 
-        let mut consumer_config = config.kafka.client_config();
-        if !config.kafka.has_property("fetch.wait.max.ms") {
-            // A broker that does not answer a waiting fetch as soon as data arrives (tansu)
-            // would otherwise add up to librdkafka's default 500 ms to every request.
-            consumer_config.set("fetch.wait.max.ms", FETCH_WAIT_MS.to_string());
-        }
-        let consumer: BaseConsumer<ConsumerCtx> = consumer_config
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", config.session_timeout_ms.to_string())
-            .set("statistics.interval.ms", "5000")
-            .create_with_context(ConsumerCtx {
-                shared: self.shared.clone(),
-            })?;
-        consumer.subscribe(&[&config.requests_topic])?;
+        let mut consumer = self.subscribe()?;
         log::info!(
             "worker up: group {} consuming {} with {} transfer threads; results to {}, dead letters to {}",
             config.group_id,
@@ -298,8 +305,18 @@ impl Worker {
             .collect();
         drop(job_rx);
 
-        let mut report = consume(&self.shared, &consumer, &job_tx);
-
+        while let Exit::JoinStuck = consume(&self.shared, &consumer, &job_tx) {
+            log::warn!(
+                "joining group {} has not completed within {} ms (the rebalance timeout plus the session timeout); rejoining as a new member",
+                config.group_id,
+                config.join_stuck_ms()
+            );
+            // Join with the new member before the old one leaves: a coordinator that left the
+            // old join hanging (tansu) completes it once another member arrives.
+            let fresh = self.subscribe()?;
+            drop(std::mem::replace(&mut consumer, fresh));
+        }
+        let mut report = WorkerReport::default();
         // Shutdown: no new jobs; the pool drains what it has, the producer delivers it all,
         // then the final watermark is committed.
         log::info!("shutting down: finishing in-flight jobs");
@@ -331,14 +348,45 @@ impl Worker {
         }
         Ok(report)
     }
+    /// A consumer in the group, subscribed to the requests topic.
+    fn subscribe(&self) -> Result<BaseConsumer<ConsumerCtx>, WorkerError> {
+        let config = &self.shared.config;
+        *self.shared.join_wait_since.lock() = None;
+        let mut consumer_config = config.kafka.client_config();
+        if !config.kafka.has_property("fetch.wait.max.ms") {
+            // A broker that does not answer a waiting fetch as soon as data arrives (tansu)
+            // would otherwise add up to librdkafka's default 500 ms to every request.
+            consumer_config.set("fetch.wait.max.ms", FETCH_WAIT_MS.to_string());
+        }
+        let consumer: BaseConsumer<ConsumerCtx> = consumer_config
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            .set(
+                "max.poll.interval.ms",
+                config.max_poll_interval_ms.to_string(),
+            )
+            .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string())
+            .create_with_context(ConsumerCtx {
+                shared: self.shared.clone(),
+            })?;
+        consumer.subscribe(&[&config.requests_topic])?;
+        Ok(consumer)
+    }
+}
+
+/// Why the consumer loop returned.
+enum Exit {
+    /// The shutdown handle was set.
+    Shutdown,
+    /// Joining the group has hung past any legitimate rebalance: rejoin as a new member.
+    JoinStuck,
 }
 
 /// The consumer loop: poll into the backlog, dispatch to the pool, pause when full, commit.
-fn consume(
-    shared: &Shared,
-    consumer: &BaseConsumer<ConsumerCtx>,
-    job_tx: &Sender<Job>,
-) -> WorkerReport {
+fn consume(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, job_tx: &Sender<Job>) -> Exit {
     let config = &shared.config;
     let mut paused = false;
     let mut last_commit = Instant::now();
@@ -347,6 +395,13 @@ fn consume(
     let mut last_summary = Instant::now();
     let mut processed_at_last_summary = 0;
     while !shared.shutdown.load(Ordering::SeqCst) {
+        if shared
+            .join_wait_since
+            .lock()
+            .is_some_and(|since| since.elapsed() > Duration::from_millis(config.join_stuck_ms()))
+        {
+            return Exit::JoinStuck;
+        }
         let (backlog_len, backlog_bytes) = dispatch(shared, job_tx);
         // Hysteresis: pausing and resuming cost librdkafka a refetch each, so not too often.
         let want_paused = if paused {
@@ -404,7 +459,7 @@ fn consume(
             last_summary = Instant::now();
         }
     }
-    WorkerReport::default()
+    Exit::Shutdown
 }
 
 /// Moves jobs from the backlog into the channel while it has room. Returns the backlog's
@@ -524,6 +579,18 @@ struct ConsumerCtx {
 
 impl ClientContext for ConsumerCtx {
     fn stats(&self, statistics: Statistics) {
+        let waiting = statistics
+            .cgrp
+            .as_ref()
+            .is_some_and(|g| g.join_state == "wait-join");
+        {
+            let mut since = self.shared.join_wait_since.lock();
+            match (waiting, *since) {
+                (true, None) => *since = Some(Instant::now()),
+                (false, Some(_)) => *since = None,
+                _ => {}
+            }
+        }
         let Some(topic) = statistics.topics.get(&self.shared.config.requests_topic) else {
             return;
         };

@@ -379,3 +379,5 @@ pub fn audit(service: &WalletService, ids: &[String]) -> Amount {
     }
     sum
 }
+
+pub mod faults;

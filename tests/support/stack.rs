@@ -400,3 +400,42 @@ impl Drop for WorkerProcess {
         self.kill();
     }
 }
+
+impl TopicReader {
+    /// Like [`TopicReader::drain_for`], but skips consumer errors (a broker being restarted
+    /// reports transport failures) instead of panicking. Returns how many errors it skipped.
+    pub fn drain_tolerant(&mut self, ms: u64) -> usize {
+        let deadline = Instant::now() + Duration::from_millis(ms);
+        let mut errors = 0;
+        while Instant::now() < deadline {
+            match self.consumer.poll(Duration::from_millis(50)) {
+                Some(Err(_)) => errors += 1,
+                Some(Ok(m)) => {
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_string(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default())
+                                            .into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    self.messages.push(ReadMessage {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        headers,
+                    });
+                }
+                None => {}
+            }
+        }
+        errors
+    }
+}
