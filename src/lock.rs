@@ -137,10 +137,24 @@ pub fn lock_keys(wallet_ids: &[&str]) -> Vec<String> {
 /// the lock uses it and the release on drop always has a connection to run on. On error the
 /// connection goes back to the pool, or is discarded when a Redis error left it in doubt.
 pub fn acquire(
-    mut conn: PooledConn,
+    conn: PooledConn,
     keys: Vec<String>,
     config: &LockConfig,
 ) -> Result<LockGuard, LockError> {
+    acquire_with(conn, keys, config, &|_| {}).map(|(guard, _)| guard)
+}
+
+/// Like [`acquire`], with more commands pipelined behind the `SET`s of every attempt (`then`
+/// adds them); returns their replies from the attempt that took the locks. This saves a round
+/// trip when the caller's next step is a read it wants right after locking (the transfer's
+/// WATCH and reads). Commands `then` adds must be safe to repeat and must not need the locks;
+/// a WATCH they leave behind is cleared (UNWATCH) before every retry and on a timeout.
+pub fn acquire_with(
+    mut conn: PooledConn,
+    keys: Vec<String>,
+    config: &LockConfig,
+    then: &dyn Fn(&mut redis::Pipeline),
+) -> Result<(LockGuard, Vec<redis::Value>), LockError> {
     debug_assert!(
         keys.windows(2).all(|w| w[0] < w[1]),
         "keys sorted and unique"
@@ -152,6 +166,9 @@ pub fn acquire(
     loop {
         stats.attempts += 1;
         let mut pipe = redis::pipe();
+        if stats.attempts > 1 {
+            pipe.cmd("UNWATCH").ignore();
+        }
         for key in &keys {
             pipe.cmd("SET")
                 .arg(key)
@@ -160,8 +177,9 @@ pub fn acquire(
                 .arg("PX")
                 .arg(config.ttl_ms);
         }
+        then(&mut pipe);
         stats.round_trips += 1;
-        let replies: Vec<Option<String>> = match pipe.query(&mut conn.redis) {
+        let mut replies: Vec<redis::Value> = match pipe.query(&mut conn.redis) {
             Ok(r) => r,
             Err(e) => {
                 // Some SETs may have landed before the error: give them back, and keep the
@@ -171,21 +189,24 @@ pub fn acquire(
                 return Err(LockError::Redis(e));
             }
         };
+        assert!(replies.len() >= keys.len(), "one reply per SET");
+        let after = replies.split_off(keys.len());
         let taken: Vec<String> = keys
             .iter()
             .zip(&replies)
-            .filter(|(_, r)| r.is_some())
+            .filter(|(_, r)| !matches!(r, redis::Value::Nil))
             .map(|(k, _)| k.clone())
             .collect();
         if taken.len() == keys.len() {
             stats.wait_us = started.elapsed().as_micros() as u64;
-            return Ok(LockGuard {
+            let guard = LockGuard {
                 conn: Some(conn),
                 keys,
                 token,
                 stats,
                 held: true,
-            });
+            };
+            return Ok((guard, after));
         }
         if !taken.is_empty() {
             stats.round_trips += 1;
@@ -197,6 +218,9 @@ pub fn acquire(
         let retry = stats.attempts - 1;
         if retry >= config.retries_max {
             stats.wait_us = started.elapsed().as_micros() as u64;
+            if redis::cmd("UNWATCH").query::<()>(&mut conn.redis).is_err() {
+                conn.taint();
+            }
             return Err(LockError::Timeout { keys, stats });
         }
         let base_ms = config.backoff_ms(retry);

@@ -3,16 +3,17 @@
 //! ```text
 //! 1. validate                      (done when the TransferRequest was built)
 //! 2. HGETALL transfer:{key}        recorded? answer it, marked duplicate; no locks
-//! 3. local queue, then SET lock:{id} NX PX on the sorted wallet ids (module `lock`)
-//! 4. WATCH wallets, outcome, locks; read them         (one pipelined round trip)
+//! 3. local queue, then SET lock:{id} NX PX on the sorted wallet ids (module `lock`)   } one
+//! 4. WATCH wallets, outcome, locks; read them                                         } round trip
 //! 5. decide: idempotency, existence, status, currency, funds
 //! 6. MULTI balances, versions, history, outcome, DEL locks EXEC  (one round trip)
 //!    nil reply: a watched key changed -> back to 4, bounded, locks still held
 //! 7. release: done by the EXEC itself; on every other path the lock guard releases
 //! ```
 //!
-//! An uncontended transfer costs four Redis round trips: the outcome lookup, the lock, the
-//! WATCHed read and the transaction. The locks are WATCHed and their tokens checked before the
+//! An uncontended transfer costs three Redis round trips: the outcome lookup; the lock `SET`s
+//! with the WATCH and reads pipelined behind them (the reads are used only if every lock was
+//! taken; a failed attempt clears its WATCH before the retry); and the transaction. The locks are WATCHed and their tokens checked before the
 //! transaction, so the `DEL` inside it can only ever delete our own locks, and a lock that
 //! expired under a stalled holder and changed hands makes EXEC fail instead of letting a stale
 //! write through.
@@ -211,19 +212,29 @@ impl WalletService {
         stats.local_wait_us = queued.elapsed().as_micros() as u64;
         let conn = self.pool.get()?;
         let lock_keys = lock::lock_keys(&ids);
-        let mut guard = match lock::acquire(conn, lock_keys, &self.config.lock) {
-            Ok(guard) => guard,
-            Err(LockError::Redis(e)) => return Err(TransferError::Redis(e)),
-            Err(timeout) => return Err(TransferError::LockTimeout(timeout)),
+        // 3+4 in one round trip: the lock SETs with the WATCH and reads pipelined behind them.
+        let watch = |pipe: &mut redis::Pipeline| {
+            add_watch_and_reads(pipe, request, &outcome_key, &lock_keys);
         };
+        let (mut guard, first_read) =
+            match lock::acquire_with(conn, lock_keys.clone(), &self.config.lock, &watch) {
+                Ok(acquired) => acquired,
+                Err(LockError::Redis(e)) => return Err(TransferError::Redis(e)),
+                Err(timeout) => return Err(TransferError::LockTimeout(timeout)),
+            };
         stats.lock = guard.stats();
         stats.round_trips += stats.lock.round_trips;
 
-        let lock_keys = guard.keys().to_vec();
+        let mut first_read = Some(first_read);
         let mut watch_aborts = 0;
         loop {
-            stats.round_trips += 1;
-            let read = watch_and_read(guard.conn(), request, &outcome_key, &lock_keys);
+            let read = match first_read.take() {
+                Some(replies) => parse_watched(replies, request),
+                None => {
+                    stats.round_trips += 1;
+                    watch_and_read(guard.conn(), request, &outcome_key, &lock_keys)
+                }
+            };
             let read = match read {
                 Ok(read) => read,
                 Err(e) => {
@@ -332,15 +343,16 @@ struct WatchedRead {
     lock_tokens: Vec<Option<String>>,
 }
 
-fn watch_and_read(
-    conn: &mut Conn,
+/// Adds step 4 to a pipeline: WATCH the wallets, the outcome key and the lock keys, then read
+/// them. Four replies follow (the WATCH reply is ignored); [`parse_watched`] reads them.
+fn add_watch_and_reads(
+    pipe: &mut redis::Pipeline,
     request: &TransferRequest,
     outcome_key: &str,
     lock_keys: &[String],
-) -> Result<WatchedRead, TransferError> {
+) {
     let from_key = keys::wallet(&request.from_user);
     let to_key = keys::wallet(&request.to_user);
-    let mut pipe = redis::pipe();
     pipe.cmd("WATCH")
         .arg(&from_key)
         .arg(&to_key)
@@ -352,15 +364,39 @@ fn watch_and_read(
         .hgetall(outcome_key)
         .cmd("MGET")
         .arg(lock_keys);
+}
+
+fn parse_watched(
+    replies: Vec<redis::Value>,
+    request: &TransferRequest,
+) -> Result<WatchedRead, TransferError> {
     type Hash = HashMap<String, String>;
     let (from, to, recorded, lock_tokens): (Hash, Hash, Hash, Vec<Option<String>>) =
-        pipe.query(&mut conn.redis)?;
+        redis::from_redis_value(redis::Value::Array(replies)).map_err(|e| {
+            TransferError::Corrupt {
+                key: format!("wallet:{}/{}", request.from_user, request.to_user),
+                detail: format!("unexpected reply to the watched read: {e}"),
+            }
+        })?;
     Ok(WatchedRead {
         from: parse_wallet(&request.from_user, &from)?,
         to: parse_wallet(&request.to_user, &to)?,
         recorded,
         lock_tokens,
     })
+}
+
+/// Step 4 on its own, for a retry after EXEC found a watched key changed.
+fn watch_and_read(
+    conn: &mut Conn,
+    request: &TransferRequest,
+    outcome_key: &str,
+    lock_keys: &[String],
+) -> Result<WatchedRead, TransferError> {
+    let mut pipe = redis::pipe();
+    add_watch_and_reads(&mut pipe, request, outcome_key, lock_keys);
+    let replies: Vec<redis::Value> = pipe.query(&mut conn.redis)?;
+    parse_watched(replies, request)
 }
 
 fn unwatch(conn: &mut Conn) {

@@ -113,7 +113,7 @@ fn a_transfer_moves_the_exact_amount_and_records_it() {
     assert_eq!(history[0].transfer_id, "tx_1");
     assert_eq!(history[0].balance_after, amount("5133.95"));
     assert_eq!(
-        outcome.stats.round_trips, 4,
+        outcome.stats.round_trips, 3,
         "uncontended transfer round trips"
     );
     assert_no_locks(&redis);
