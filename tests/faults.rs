@@ -180,27 +180,33 @@ fn rich_load(stack: &Stack, prefix: &str, n: usize, rng: &mut StdRng) -> Vec<Tra
     faults::requests(&ids, n, prefix, 1..50_000, rng)
 }
 
-/// 3a. Redis SIGSTOPped for 5 s under load.
-#[test]
-fn redis_paused_five_seconds_under_load() {
-    let seed = faults::seed("redis_pause");
-    let mut rng = rng(seed);
+/// The shape of the outage scenarios (3a-4b): load on wallets that can always pay, one worker
+/// process, the fault injected once a random tenth to third of the outcomes is recorded; then
+/// every request (plus any `inject` publishes) must complete on that same process, with no
+/// FAILED result.
+fn outage(
+    fault: &str,
+    prefix: &str,
+    mut stack: Stack,
+    worker_flags: &[&str],
+    inject: impl FnOnce(&mut Stack, &mut StdRng) -> Vec<TransferRequest>,
+) {
+    let mut rng = rng(faults::seed(prefix));
     let n = size(500, 3_000);
-    let stack = Stack::start(4);
-    let requests = rich_load(&stack, "rp", n, &mut rng);
+    let mut requests = rich_load(&stack, prefix, n, &mut rng);
     stack.publish_requests(&requests);
-    let mut worker = stack.spawn_worker(&[]);
+    let mut worker = stack.spawn_worker(worker_flags);
+    let pid = worker.pid();
     let mut results = stack.reader(&stack.topics.results);
     faults::wait_recorded(&stack, &requests, rng.random_range(n / 10..n / 3), 120_000);
-    stack.redis.pause();
-    std::thread::sleep(ms(5_000));
-    stack.redis.resume();
+    requests.extend(inject(&mut stack, &mut rng));
     let recovery = wait_for_outcomes(&stack, &mut results, &requests, drain_timeout_ms());
     results.drain_tolerant(1_000);
-    assert!(worker.is_running(), "the worker survives the outage");
+    assert!(worker.is_running(), "{fault}: the worker survives");
+    assert_eq!(worker.pid(), pid, "{fault}: no restart");
     check(
         &stack,
-        "redis SIGSTOP 5 s",
+        fault,
         1,
         &requests,
         &results.messages,
@@ -208,104 +214,74 @@ fn redis_paused_five_seconds_under_load() {
         true,
     )
     .print_and_assert();
+}
+
+/// 3a. Redis SIGSTOPped for 5 s under load.
+#[test]
+fn redis_paused_five_seconds_under_load() {
+    outage(
+        "redis SIGSTOP 5 s",
+        "rp",
+        Stack::start(4),
+        &[],
+        |stack, _| {
+            stack.redis.pause();
+            std::thread::sleep(ms(5_000));
+            stack.redis.resume();
+            Vec::new()
+        },
+    );
 }
 
 /// 3b. Redis killed and restarted from its AOF under load.
 #[test]
 fn redis_restarted_from_aof_under_load() {
-    let seed = faults::seed("redis_restart");
-    let mut rng = rng(seed);
-    let n = size(500, 3_000);
-    let mut stack = Stack::start(4);
-    let requests = rich_load(&stack, "rr", n, &mut rng);
-    stack.publish_requests(&requests);
-    let mut worker = stack.spawn_worker(&[]);
-    let mut results = stack.reader(&stack.topics.results);
-    faults::wait_recorded(&stack, &requests, rng.random_range(n / 10..n / 3), 120_000);
-    stack.redis.restart();
-    let recovery = wait_for_outcomes(&stack, &mut results, &requests, drain_timeout_ms());
-    results.drain_tolerant(1_000);
-    assert!(worker.is_running(), "the worker survives the restart");
-    check(
-        &stack,
+    outage(
         "redis SIGKILL + restart (AOF)",
-        1,
-        &requests,
-        &results.messages,
-        recovery,
-        true,
-    )
-    .print_and_assert();
+        "rr",
+        Stack::start(4),
+        &[],
+        |stack, _| {
+            stack.redis.restart();
+            Vec::new()
+        },
+    );
 }
 
 /// 4a. The broker SIGSTOPped for 10 s under load; the same worker process carries on.
 #[test]
 fn broker_paused_ten_seconds_under_load() {
-    let seed = faults::seed("broker_pause");
-    let mut rng = rng(seed);
-    let n = size(800, 3_000);
     let stack = Stack::start_on(RedisServer::start(), Tansu::start_persistent(), 4);
-    let mut requests = rich_load(&stack, "bp", n, &mut rng);
-    stack.publish_requests(&requests);
     // tansu can leave the rejoin after a lost session unanswered; the worker then rejoins as a
     // new member once the rebalance timeout plus the session timeout has passed.
-    let mut worker = stack.spawn_worker(&["--max-poll-interval-ms", "20000"]);
-    let pid = worker.pid();
-    let mut results = stack.reader(&stack.topics.results);
-    faults::wait_recorded(&stack, &requests, rng.random_range(n / 10..n / 3), 120_000);
-    stack.tansu.pause();
-    std::thread::sleep(ms(10_000));
-    stack.tansu.resume();
-    // The pause outlasts the session: the worker loses its partitions and must rejoin. What is
-    // published now is only processed if it did.
-    let ids = faults::wallets(&stack, "late", 20, "1000000000.00");
-    let after = faults::requests(&ids, n / 4, "late", 1..50_000, &mut rng);
-    stack.publish_requests(&after);
-    requests.extend(after);
-    let recovery = wait_for_outcomes(&stack, &mut results, &requests, drain_timeout_ms());
-    results.drain_tolerant(1_000);
-    assert!(worker.is_running(), "the worker did not exit");
-    assert_eq!(worker.pid(), pid, "no restart");
-    check(
-        &stack,
-        "broker SIGSTOP 10 s",
-        1,
-        &requests,
-        &results.messages,
-        recovery,
-        true,
-    )
-    .print_and_assert();
+    let flags = ["--max-poll-interval-ms", "20000"];
+    outage("broker SIGSTOP 10 s", "bp", stack, &flags, |stack, rng| {
+        stack.tansu.pause();
+        std::thread::sleep(ms(10_000));
+        stack.tansu.resume();
+        // The pause outlasts the session: the worker loses its partitions and must rejoin.
+        // What is published now is only processed if it did.
+        let ids = faults::wallets(stack, "late", 20, "1000000000.00");
+        let after = faults::requests(&ids, size(500, 3_000) / 4, "late", 1..50_000, rng);
+        stack.publish_requests(&after);
+        after
+    });
 }
 
 /// 4b. The broker killed and restarted (sqlite storage) under load.
 #[test]
 fn broker_restarted_under_load() {
-    let seed = faults::seed("broker_restart");
-    let mut rng = rng(seed);
-    let n = size(800, 3_000);
-    let mut stack = Stack::start_on(RedisServer::start(), Tansu::start_persistent(), 4);
-    let requests = rich_load(&stack, "br", n, &mut rng);
-    stack.publish_requests(&requests);
-    let mut worker = stack.spawn_worker(&[]);
-    let pid = worker.pid();
-    let mut results = stack.reader(&stack.topics.results);
-    faults::wait_recorded(&stack, &requests, rng.random_range(n / 10..n / 3), 120_000);
-    stack.tansu.restart();
-    let recovery = wait_for_outcomes(&stack, &mut results, &requests, drain_timeout_ms());
-    results.drain_tolerant(1_000);
-    assert!(worker.is_running(), "the worker did not exit");
-    assert_eq!(worker.pid(), pid, "no restart");
-    check(
-        &stack,
+    let stack = Stack::start_on(RedisServer::start(), Tansu::start_persistent(), 4);
+    outage(
         "broker SIGKILL + restart (sqlite)",
-        1,
-        &requests,
-        &results.messages,
-        recovery,
-        true,
-    )
-    .print_and_assert();
+        "br",
+        stack,
+        &[],
+        |stack, _| {
+            stack.tansu.restart();
+            Vec::new()
+        },
+    );
 }
 
 /// 5. Every request published three times, two workers in one group.
