@@ -6,15 +6,16 @@
 //! pool thread:     decode -> WalletService::transfer (transient errors: back off, retry)
 //!                  -> produce result (or dead letter), the job rides along as delivery opaque
 //! producer thread: delivery acknowledged -> tracker.finish(partition, offset)
-//! consumer thread: every commit interval, on revoke and on shutdown: commit the contiguous
-//!                  watermark of each partition (never past an unfinished message)
+//! consumer thread: every commit interval, on revoke and on shutdown: commit (synchronously)
+//!                  the contiguous watermark of each partition (never past an unfinished one)
 //! ```
 //!
 //! A message counts as done only once its result (or dead letter) is acknowledged by the
 //! brokers, so a crash at any point leaves its offset uncommitted and it is delivered again;
-//! the engine's idempotency turns the replay into the recorded answer. The backlog is bounded:
-//! when it is full the consumer pauses its partitions and keeps polling (heartbeats and
-//! rebalances go on). Owns none of the transfer logic (`transfer`) nor the offset arithmetic
+//! the engine's idempotency turns the replay into the recorded answer. The backlog is bounded in
+//! bytes: when it is full the consumer pauses its partitions and keeps polling (heartbeats and
+//! rebalances go on), and resumes at half. A group join that hangs past any legitimate
+//! rebalance is retried with a fresh member. Owns none of the transfer logic (`transfer`) nor the offset arithmetic
 //! (`worker::offsets`).
 
 use std::collections::{HashSet, VecDeque};
