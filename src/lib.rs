@@ -26,28 +26,20 @@
 //! # }
 //! ```
 
-pub mod bench;
 /// The README's examples compile and run as doc tests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-pub mod kafka;
-pub mod lock;
-pub mod message;
-pub mod metrics;
-pub mod money;
-pub mod ops;
-pub mod scenarios;
-pub mod seed;
-pub mod service;
-pub mod store;
-pub mod transfer;
-pub mod wallet;
+pub mod engine;
+#[cfg(feature = "tools")]
+pub mod tools;
+#[cfg(feature = "worker")]
 pub mod worker;
 
-pub use message::{FailureReason, Status, TransferCompleted, TransferRequest};
-pub use money::{Amount, Currency};
-pub use service::{EngineConfig, WalletService};
-pub use transfer::{TransferError, TransferOutcome};
-pub use wallet::{NewWallet, Wallet, WalletStatus};
+pub use engine::message::{FailureReason, Status, TransferCompleted, TransferRequest};
+pub use engine::money::{Amount, Currency};
+pub use engine::service::{EngineConfig, WalletService};
+pub use engine::setting::SettingError;
+pub use engine::transfer::{TransferError, TransferOutcome};
+pub use engine::wallet::{NewWallet, Wallet, WalletStatus};

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
 use support::{RedisServer, create_wallets, lock_keys, total};
-use wallet_transfer::lock::{self, LockConfig};
-use wallet_transfer::message::{Decoded, decode};
+use wallet_transfer::engine::lock::{self, LockConfig};
+use wallet_transfer::engine::message::{Decoded, decode};
 use wallet_transfer::{
     Amount, Currency, EngineConfig, FailureReason, Status, TransferError, TransferOutcome,
     TransferRequest, WalletService,

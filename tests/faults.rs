@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use support::faults::{self, check, rng, size, wait_for_outcomes};
 use support::stack::{Stack, WorkerProcess};
 use support::{RedisServer, Tansu, wait_until};
-use wallet_transfer::message::{Decoded, decode};
+use wallet_transfer::engine::message::{Decoded, decode};
 use wallet_transfer::{Amount, FailureReason, Status, TransferCompleted, TransferRequest};
 
 /// Longest wait for all outcomes after the last fault.

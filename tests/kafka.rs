@@ -3,7 +3,7 @@
 mod support;
 
 use support::Tansu;
-use wallet_transfer::kafka::{self, KafkaConfig};
+use wallet_transfer::worker::kafka::{self, KafkaConfig};
 
 #[test]
 fn topics_are_created_once_with_the_asked_partitions() {

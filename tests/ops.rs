@@ -76,7 +76,7 @@ fn audit_passes_on_a_sound_ledger_and_names_a_corrupted_wallet() {
         .deposit("a3", Amount::parse("7.25").unwrap())
         .unwrap();
 
-    let report = wallet_transfer::ops::audit(&service).unwrap();
+    let report = wallet_transfer::tools::ops::audit(&service).unwrap();
     assert!(report.is_ok(), "{:?}", report.violations);
     assert_eq!(report.wallets_checked, 3);
     assert_eq!(report.transfers_checked, 4);
@@ -120,7 +120,7 @@ fn audit_passes_on_a_sound_ledger_and_names_a_corrupted_wallet() {
     assert_fails(&out, 1, "wallet:a2");
     assert!(stderr(&out).contains("wallet:a2: balance 1000.00 != opening 50.00"));
     assert!(stderr(&out).contains("ledger: total balance"));
-    let report = wallet_transfer::ops::audit(&service).unwrap();
+    let report = wallet_transfer::tools::ops::audit(&service).unwrap();
     assert!(
         report
             .violations
@@ -255,7 +255,7 @@ fn transfer_waits_for_the_worker_result() {
     assert_eq!(service.balance("A").unwrap().to_string(), "15.00");
     assert_eq!(service.balance("B").unwrap().to_string(), "6.00");
 
-    let report = wallet_transfer::ops::audit(&service).unwrap();
+    let report = wallet_transfer::tools::ops::audit(&service).unwrap();
     assert!(report.is_ok(), "{:?}", report.violations);
     assert_eq!(report.transfers_completed, 1);
 }

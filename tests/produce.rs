@@ -4,7 +4,7 @@ mod support;
 
 use support::stack::Stack;
 use wallet_transfer::EngineConfig;
-use wallet_transfer::ops;
+use wallet_transfer::tools::ops;
 
 #[test]
 fn all_six_scenarios_pass_twice_on_the_same_stack_and_the_audit_stays_clean() {

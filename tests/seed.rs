@@ -4,7 +4,8 @@
 mod support;
 
 use support::RedisServer;
-use wallet_transfer::{Amount, EngineConfig, seed};
+use wallet_transfer::tools::seed;
+use wallet_transfer::{Amount, EngineConfig};
 
 #[test]
 fn seeding_creates_once_keeps_changes_and_reset_clears_only_the_data_model() {

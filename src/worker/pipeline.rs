@@ -33,140 +33,24 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::kafka::{self, KafkaConfig};
-use crate::message::{Decoded, FailureReason, TransferCompleted, decode};
-use crate::metrics::Metrics;
-use crate::service::WalletService;
-use crate::transfer::{TransferError, TransferOutcome};
+use crate::engine::backoff::Backoff;
+use crate::engine::message::{Decoded, FailureReason, TransferCompleted, decode};
+use crate::engine::service::WalletService;
+use crate::engine::setting::SettingError;
+use crate::engine::transfer::{TransferError, TransferOutcome};
+use crate::worker::config::{
+    BUSY_POLL_MS, CHANNEL_JOBS_PER_THREAD, DLQ_HEADERS_BYTES_LIMIT, DLQ_PAYLOAD_BYTES_LIMIT,
+    FETCH_WAIT_MS, POLL_MS, PRODUCE_RETRY_DELAY_MS_BASE, RESULT_LINGER_MS, RETRY_DELAY_MS_BASE,
+    STATS_INTERVAL_MS, WAIT_STEP_MS, WorkerConfig,
+};
+use crate::worker::kafka;
+use crate::worker::metrics::Metrics;
 use crate::worker::offsets::OffsetTracker;
-
-/// Worker settings. `Default` gives the documented defaults.
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    pub kafka: KafkaConfig,
-    pub group_id: String,
-    pub requests_topic: String,
-    pub results_topic: String,
-    pub dlq_topic: String,
-    /// Transfer threads (and Redis connections).
-    pub threads: usize,
-    /// Partitions for topics the worker creates.
-    pub partitions: i32,
-    /// Replication factor for topics the worker creates.
-    pub replication: i32,
-    pub commit_interval_ms: u64,
-    pub session_timeout_ms: u64,
-    /// librdkafka's `max.poll.interval.ms`, which is also the rebalance timeout the group
-    /// coordinator is given: the longest a rebalance may wait for members to rejoin.
-    pub max_poll_interval_ms: u64,
-    /// Time allowed, on revoke, for in-flight jobs of the revoked partitions to finish.
-    pub revoke_timeout_ms: u64,
-    /// Time allowed, on shutdown, for the producer to deliver what is queued.
-    pub flush_timeout_ms: u64,
-    /// Cap on the delay between retries of a job that hit a transient error.
-    pub retry_delay_ms_max: u64,
-    /// Bytes of messages polled but not yet handed to the pool at which the consumer pauses
-    /// fetching; it resumes once the backlog is down to half of this.
-    pub backlog_bytes_max: usize,
-    /// Interval of the one-line summary log.
-    pub summary_interval_ms: u64,
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        WorkerConfig {
-            kafka: KafkaConfig::new("127.0.0.1:9092"),
-            group_id: "wallet-transfer-worker".to_string(),
-            requests_topic: kafka::TOPIC_REQUESTS.to_string(),
-            results_topic: kafka::TOPIC_RESULTS.to_string(),
-            dlq_topic: kafka::TOPIC_DLQ.to_string(),
-            threads: 8,
-            partitions: 6,
-            replication: 1,
-            commit_interval_ms: 1_000,
-            session_timeout_ms: 10_000,
-            max_poll_interval_ms: 30_000,
-            revoke_timeout_ms: 15_000,
-            flush_timeout_ms: 10_000,
-            retry_delay_ms_max: 2_000,
-            backlog_bytes_max: 32 * 1024 * 1024,
-            summary_interval_ms: 10_000,
-        }
-    }
-}
-
-/// Upper bounds on the settings.
-pub const THREADS_MAX: usize = 256;
-/// Bounds on `backlog_bytes_max`: at least one largest request, at most 1 GiB.
-pub const BACKLOG_BYTES_MIN: usize = crate::message::PAYLOAD_BYTES_MAX;
-pub const BACKLOG_BYTES_LIMIT: usize = 1024 * 1024 * 1024;
-/// Largest dead letter forwarded unchanged; a bigger poison payload is cut to this size and
-/// marked with the header `truncated`.
-pub const DLQ_PAYLOAD_BYTES_MAX: usize = 8 * 1024 * 1024;
-/// Base delay of a job's transient retries; doubles per retry up to `retry_delay_ms_max`.
-const RETRY_DELAY_MS_BASE: u64 = 50;
-/// Poll timeout of the consumer loop: the longest a shutdown or commit waits for it.
-const POLL_MS: u64 = 100;
-/// Longest time the broker may hold a fetch that found no data (overridable with `-X`).
-const FETCH_WAIT_MS: u64 = 50;
-/// Interval of librdkafka's statistics (lag per partition, group join state).
-const STATS_INTERVAL_MS: u64 = 5_000;
-/// Poll timeout while the backlog holds jobs the channel had no room for.
-const BUSY_POLL_MS: u64 = 1;
-
-impl WorkerConfig {
-    /// How long joining the group may wait before it is taken as hung: any legitimate join
-    /// completes within the rebalance timeout, and a lost member is dropped after its session.
-    pub fn join_stuck_ms(&self) -> u64 {
-        self.max_poll_interval_ms + self.session_timeout_ms
-    }
-
-    pub fn validate(&self) -> Result<(), String> {
-        if self.threads == 0 || self.threads > THREADS_MAX {
-            return Err(format!(
-                "threads must be between 1 and {THREADS_MAX}, got {}",
-                self.threads
-            ));
-        }
-        if self.backlog_bytes_max < BACKLOG_BYTES_MIN
-            || self.backlog_bytes_max > BACKLOG_BYTES_LIMIT
-        {
-            return Err(format!(
-                "backlog bytes must be between {BACKLOG_BYTES_MIN} and {BACKLOG_BYTES_LIMIT}, got {}",
-                self.backlog_bytes_max
-            ));
-        }
-        if self.partitions <= 0 || self.replication <= 0 {
-            return Err("partitions and replication must be positive".to_string());
-        }
-        if self.max_poll_interval_ms < self.session_timeout_ms
-            || self.max_poll_interval_ms <= self.revoke_timeout_ms
-        {
-            return Err(format!(
-                "max poll interval ({} ms) must be at least the session timeout ({} ms) and above the revoke timeout ({} ms)",
-                self.max_poll_interval_ms, self.session_timeout_ms, self.revoke_timeout_ms
-            ));
-        }
-        if self.commit_interval_ms == 0 || self.summary_interval_ms == 0 {
-            return Err("commit and summary intervals must be positive".to_string());
-        }
-        for (name, topic) in [
-            ("requests topic", &self.requests_topic),
-            ("results topic", &self.results_topic),
-            ("dlq topic", &self.dlq_topic),
-        ] {
-            if topic.is_empty() {
-                return Err(format!("{name} must not be empty"));
-            }
-        }
-        Ok(())
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("invalid worker setting: {0}")]
-    Config(String),
+    Config(#[from] SettingError),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error("creating topics: {0}")]
@@ -226,7 +110,7 @@ impl Worker {
         service: WalletService,
         metrics: Metrics,
     ) -> Result<Worker, WorkerError> {
-        config.validate().map_err(WorkerError::Config)?;
+        config.validate()?;
         Ok(Worker {
             shared: Arc::new(Shared {
                 config,
@@ -267,10 +151,10 @@ impl Worker {
             .client_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "20")
+            .set("linger.ms", RESULT_LINGER_MS.to_string())
             .set(
                 "message.max.bytes",
-                (DLQ_PAYLOAD_BYTES_MAX + 64 * 1024).to_string(),
+                (DLQ_PAYLOAD_BYTES_LIMIT + DLQ_HEADERS_BYTES_LIMIT).to_string(),
             )
             .create_with_context(DeliveryContext {
                 shared: self.shared.clone(),
@@ -288,7 +172,8 @@ impl Worker {
             config.dlq_topic
         );
 
-        let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(config.threads * 2);
+        let (job_tx, job_rx) =
+            crossbeam_channel::bounded::<Job>(config.threads * CHANNEL_JOBS_PER_THREAD);
         let pool: Vec<_> = (0..config.threads)
             .map(|i| {
                 let ctx = PoolThread {
@@ -619,7 +504,7 @@ impl ConsumerContext for ConsumerCtx {
             revoked.iter().any(|p| !tracker.is_idle(*p))
         };
         while busy() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(WAIT_STEP_MS));
         }
         if busy() {
             log::warn!(
@@ -761,7 +646,7 @@ impl PoolThread {
                         "transfer {}: idempotency key {key:?} was used before for a different request",
                         request.transfer_id
                     );
-                    let mut echo = crate::message::RawRequest {
+                    let mut echo = crate::engine::message::RawRequest {
                         transfer_id: request.transfer_id.clone(),
                         from_user: Some(request.from_user.clone()),
                         to_user: Some(request.to_user.clone()),
@@ -781,9 +666,12 @@ impl PoolThread {
                         self.shared.metrics.record_lock_timeout();
                     }
                     self.shared.metrics.record_retry(retry_cause(&e));
-                    let delay_ms = RETRY_DELAY_MS_BASE
-                        .saturating_mul(1 << retry.min(16))
-                        .min(self.shared.config.retry_delay_ms_max);
+                    let delay_ms = Backoff {
+                        first_ms: RETRY_DELAY_MS_BASE,
+                        max_ms: self.shared.config.retry_delay_ms_max,
+                        jitter_ms: 0,
+                    }
+                    .base_delay_ms(retry);
                     log::warn!(
                         "transfer {}: {e}; retry {} in {delay_ms} ms",
                         request.transfer_id,
@@ -812,7 +700,7 @@ impl PoolThread {
             if self.shared.shutdown.load(Ordering::SeqCst) {
                 return false;
             }
-            std::thread::sleep(Duration::from_millis(10).min(deadline - Instant::now()));
+            std::thread::sleep(Duration::from_millis(WAIT_STEP_MS).min(deadline - Instant::now()));
         }
         !self.shared.shutdown.load(Ordering::SeqCst)
     }
@@ -837,7 +725,7 @@ impl PoolThread {
                     job.offset
                 );
                 self.shared.metrics.record_dlq();
-                let truncated = job.payload.len() > DLQ_PAYLOAD_BYTES_MAX;
+                let truncated = job.payload.len() > DLQ_PAYLOAD_BYTES_LIMIT;
                 let mut headers = OwnedHeaders::new()
                     .insert(Header {
                         key: "error",
@@ -861,7 +749,8 @@ impl PoolThread {
                         value: Some(&job.payload.len().to_string()),
                     });
                 }
-                let payload = job.payload[..job.payload.len().min(DLQ_PAYLOAD_BYTES_MAX)].to_vec();
+                let payload =
+                    job.payload[..job.payload.len().min(DLQ_PAYLOAD_BYTES_LIMIT)].to_vec();
                 (
                     config.dlq_topic.as_str(),
                     job.key.clone().unwrap_or_default(),
@@ -891,7 +780,12 @@ impl PoolThread {
                         log::warn!("producing to {topic}: {e}; retry {attempt}");
                         self.shared.metrics.record_retry("kafka_produce");
                     }
-                    let delay_ms = (5u64 << attempt.min(8)).min(config.retry_delay_ms_max);
+                    let delay_ms = Backoff {
+                        first_ms: PRODUCE_RETRY_DELAY_MS_BASE,
+                        max_ms: config.retry_delay_ms_max,
+                        jitter_ms: 0,
+                    }
+                    .base_delay_ms(attempt);
                     if !self.sleep_unless_shutdown(delay_ms) {
                         // The engine has recorded the outcome; the redelivered message will be
                         // answered from it by whoever owns the partition next.
@@ -958,15 +852,5 @@ mod tests {
             .collect();
         assert_eq!(order, vec![(0, 11), (2, 7)]);
         assert_eq!(backlog.bytes, 0);
-    }
-
-    #[test]
-    fn the_backlog_bound_is_checked() {
-        let small = WorkerConfig {
-            backlog_bytes_max: 10,
-            ..WorkerConfig::default()
-        };
-        assert!(small.validate().unwrap_err().contains("backlog bytes"));
-        assert!(WorkerConfig::default().validate().is_ok());
     }
 }

@@ -6,9 +6,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng};
-use wallet_transfer::wallet::HistoryKind;
+use wallet_transfer::engine::wallet::HistoryKind;
+use wallet_transfer::tools::ops;
 use wallet_transfer::{
-    Amount, Currency, EngineConfig, FailureReason, Status, TransferCompleted, TransferRequest, ops,
+    Amount, Currency, EngineConfig, FailureReason, Status, TransferCompleted, TransferRequest,
 };
 
 use super::stack::{ReadMessage, Stack, TopicReader};

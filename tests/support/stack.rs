@@ -13,7 +13,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::{RedisServer, Tansu, free_port, wait_until};
 use wallet_transfer::TransferCompleted;
-use wallet_transfer::kafka::{self, KafkaConfig};
+use wallet_transfer::worker::kafka::{self, KafkaConfig};
 
 pub const WALLET_BIN: &str = env!("CARGO_BIN_EXE_wallet");
 

@@ -7,10 +7,10 @@
 
 use rand::{RngExt, SeedableRng};
 
-use crate::money::{Amount, Currency};
-use crate::service::WalletService;
-use crate::store::{self, Conn, keys};
-use crate::wallet::{NewWallet, WalletError};
+use crate::engine::money::{Amount, Currency};
+use crate::engine::service::WalletService;
+use crate::engine::store::{self, Conn, keys};
+use crate::engine::wallet::{NewWallet, WalletError};
 
 /// Most users one seed run may create.
 pub const SEED_USERS_MAX: u32 = 1_000_000;
@@ -182,7 +182,7 @@ mod tests {
         assert_eq!(w.email, "user_17@example.com");
         assert_eq!(w.currency, Currency::USD);
         assert_eq!(w.opening_balance.to_string(), "5234.50");
-        crate::message::check_user_id("user_id", &user_id(SEED_USERS_MAX)).unwrap();
+        crate::engine::message::check_user_id("user_id", &user_id(SEED_USERS_MAX)).unwrap();
     }
 
     #[test]

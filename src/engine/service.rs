@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
-use crate::lock::{LocalLocks, LockConfig};
-use crate::store::{self, Pool, StoreError};
+use crate::engine::lock::{LocalLocks, LockConfig};
+use crate::engine::setting::SettingError;
+use crate::engine::store::{self, Pool, StoreError};
 
 /// Engine settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,16 +36,20 @@ impl Default for EngineConfig {
 pub const WATCH_RETRIES_LIMIT: u32 = 1_000;
 
 impl EngineConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks every setting against its rule; the error names the setting.
+    pub fn validate(&self) -> Result<(), SettingError> {
         self.lock.validate()?;
-        if self.watch_retries_max > WATCH_RETRIES_LIMIT {
-            return Err(format!(
-                "watch_retries_max must be at most {WATCH_RETRIES_LIMIT}, got {}",
-                self.watch_retries_max
-            ));
-        }
+        SettingError::check_range(
+            "watch_retries_max",
+            self.watch_retries_max,
+            0,
+            WATCH_RETRIES_LIMIT,
+        )?;
         if self.outcome_ttl_ms == Some(0) {
-            return Err("outcome_ttl_ms must be positive when set".to_string());
+            return Err(SettingError::new(
+                "outcome_ttl_ms",
+                "must be positive when set, got 0",
+            ));
         }
         Ok(())
     }
@@ -69,14 +74,14 @@ impl WalletService {
         pool_size: u32,
         config: EngineConfig,
     ) -> Result<WalletService, ServiceError> {
-        config.validate().map_err(ServiceError::Config)?;
+        config.validate()?;
         let pool = store::connect_pool(redis_url, pool_size)?;
         WalletService::with_pool(pool, config)
     }
 
     /// Uses an existing pool.
     pub fn with_pool(pool: Pool, config: EngineConfig) -> Result<WalletService, ServiceError> {
-        config.validate().map_err(ServiceError::Config)?;
+        config.validate()?;
         Ok(WalletService {
             pool,
             config,
@@ -113,7 +118,7 @@ impl WalletService {
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("invalid engine setting: {0}")]
-    Config(String),
+    Config(#[from] SettingError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::money::{Amount, Currency};
+use crate::engine::money::{Amount, Currency};
 
 /// Largest request payload accepted, in bytes. Anything longer is poison.
 pub const PAYLOAD_BYTES_MAX: usize = 64 * 1024;
@@ -242,9 +242,11 @@ impl RawRequest {
             .map_err(|e| FieldError::new("amount", e.to_string()))?;
         let currency = match &self.currency {
             None => Currency::USD,
-            Some(c) => c.parse().map_err(|e: crate::money::CurrencyError| {
-                FieldError::new("currency", e.to_string())
-            })?,
+            Some(c) => c
+                .parse()
+                .map_err(|e: crate::engine::money::CurrencyError| {
+                    FieldError::new("currency", e.to_string())
+                })?,
         };
         let idempotency_key = match &self.idempotency_key {
             None => self.transfer_id.clone(),

@@ -23,8 +23,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::message::{FailureReason, Status};
-use crate::transfer::TransferOutcome;
+use crate::engine::message::{FailureReason, Status};
+use crate::engine::transfer::TransferOutcome;
 
 /// Bucket upper bounds of `wallet_transfer_latency_seconds`: 0.5 ms to 10 s.
 const TRANSFER_LATENCY_BUCKETS_S: [f64; 14] = [
@@ -487,9 +487,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::lock::LockStats;
-    use crate::money::Amount;
-    use crate::transfer::TransferStats;
+    use crate::engine::lock::LockStats;
+    use crate::engine::money::Amount;
+    use crate::engine::transfer::TransferStats;
 
     /// One sample line of the text format, parsed back: name, labels and value.
     #[derive(Debug)]

@@ -19,13 +19,13 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::kafka::{self, KafkaConfig};
-use crate::message::{Status, TransferCompleted, TransferRequest};
-use crate::money::Amount;
-use crate::service::WalletService;
-use crate::store::{self, PooledConn, keys};
-use crate::transfer::parse_outcome;
-use crate::wallet::{HistoryKind, parse_wallet};
+use crate::engine::message::{Status, TransferCompleted, TransferRequest};
+use crate::engine::money::Amount;
+use crate::engine::service::WalletService;
+use crate::engine::store::{self, PooledConn, keys};
+use crate::engine::transfer::parse_outcome;
+use crate::engine::wallet::{HistoryKind, parse_wallet};
+use crate::worker::kafka::{self, KafkaConfig};
 
 /// Keys read per pipelined round trip.
 pub const BATCH: usize = 500;
@@ -43,7 +43,7 @@ pub enum OpsError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error(transparent)]
-    Wallet(#[from] crate::wallet::WalletError),
+    Wallet(#[from] crate::engine::wallet::WalletError),
     #[error("{0}")]
     Other(String),
 }

@@ -11,11 +11,13 @@ use std::io::{IsTerminal, Write};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use wallet_transfer::bench::{self, DirectConfig};
-use wallet_transfer::lock::{LOCK_RETRIES_MAX, LOCK_TTL_MS_MAX, LockConfig};
-use wallet_transfer::seed;
-use wallet_transfer::store::redact_url;
-use wallet_transfer::{EngineConfig, WalletService};
+mod worker;
+
+use wallet_transfer::engine::lock::{LOCK_RETRIES_LIMIT, LOCK_TTL_MS_LIMIT, LockConfig};
+use wallet_transfer::engine::store::redact_url;
+use wallet_transfer::tools::bench::{self, DirectConfig};
+use wallet_transfer::tools::seed;
+use wallet_transfer::{EngineConfig, SettingError, WalletService};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -83,7 +85,7 @@ pub struct GlobalOpts {
         env = "LOCK_TTL_MS",
         value_name = "MS",
         default_value_t = LockConfig::default().ttl_ms,
-        value_parser = clap::value_parser!(u64).range(1..=LOCK_TTL_MS_MAX),
+        value_parser = clap::value_parser!(u64).range(1..=LOCK_TTL_MS_LIMIT),
         global = true,
         help_heading = "Lock"
     )]
@@ -96,7 +98,7 @@ pub struct GlobalOpts {
         env = "LOCK_RETRY_DELAY_MS",
         value_name = "MS",
         default_value_t = LockConfig::default().retry_delay_ms_base,
-        value_parser = clap::value_parser!(u64).range(0..=LOCK_TTL_MS_MAX),
+        value_parser = clap::value_parser!(u64).range(0..=LOCK_TTL_MS_LIMIT),
         global = true,
         help_heading = "Lock"
     )]
@@ -108,7 +110,7 @@ pub struct GlobalOpts {
         env = "LOCK_RETRY_DELAY_MS_MAX",
         value_name = "MS",
         default_value_t = LockConfig::default().retry_delay_ms_max,
-        value_parser = clap::value_parser!(u64).range(0..=LOCK_TTL_MS_MAX),
+        value_parser = clap::value_parser!(u64).range(0..=LOCK_TTL_MS_LIMIT),
         global = true,
         help_heading = "Lock"
     )]
@@ -121,7 +123,7 @@ pub struct GlobalOpts {
         env = "LOCK_RETRIES",
         value_name = "N",
         default_value_t = LockConfig::default().retries_max,
-        value_parser = clap::value_parser!(u32).range(0..=i64::from(LOCK_RETRIES_MAX)),
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(LOCK_RETRIES_LIMIT)),
         global = true,
         help_heading = "Lock"
     )]
@@ -147,9 +149,7 @@ impl GlobalOpts {
             ..EngineConfig::default()
         };
         // The flag ranges above mirror these rules; this catches any the flags do not.
-        config
-            .validate()
-            .map_err(|e| Failure::usage(format!("lock settings: {e}")))?;
+        config.validate().map_err(flag_error)?;
         Ok(config)
     }
 
@@ -189,7 +189,7 @@ pub enum Command {
                             Metrics: curl http://127.0.0.1:9898/metrics\n\
                             Example: wallet worker --threads 8 --group wallet-transfer-worker"
     )]
-    Worker(wallet_transfer::worker::command::WorkerArgs),
+    Worker(worker::WorkerArgs),
     /// Table of every wallet: id, owner name, balance, currency, status, version
     #[command(
         after_help = "Reads wallets:all with SSCAN and the wallets in pipelined batches; \
@@ -275,19 +275,19 @@ pub struct ProduceArgs {
 
     /// Topic the requests are published to
     #[arg(long, env = "TOPIC_REQUESTS", value_name = "TOPIC",
-          default_value = wallet_transfer::kafka::TOPIC_REQUESTS)]
+          default_value = wallet_transfer::worker::kafka::TOPIC_REQUESTS)]
     pub requests_topic: String,
 
     /// Topic the worker publishes results to
     #[arg(long, env = "TOPIC_RESULTS", value_name = "TOPIC",
-          default_value = wallet_transfer::kafka::TOPIC_RESULTS)]
+          default_value = wallet_transfer::worker::kafka::TOPIC_RESULTS)]
     pub results_topic: String,
 }
 
 fn produce(global: &GlobalOpts, args: ProduceArgs) -> Result<(), Failure> {
     let service = global.connect(2)?;
-    let kafka = wallet_transfer::kafka::KafkaConfig::new(&global.brokers);
-    let runner = wallet_transfer::scenarios::Runner {
+    let kafka = wallet_transfer::worker::kafka::KafkaConfig::new(&global.brokers);
+    let runner = wallet_transfer::tools::scenarios::Runner {
         service: &service,
         kafka: &kafka,
         requests_topic: &args.requests_topic,
@@ -331,7 +331,7 @@ fn produce(global: &GlobalOpts, args: ProduceArgs) -> Result<(), Failure> {
     }
 }
 
-fn scenario_text(r: &wallet_transfer::scenarios::ScenarioReport) -> String {
+fn scenario_text(r: &wallet_transfer::tools::scenarios::ScenarioReport) -> String {
     let mut balances = comfy_table::Table::new();
     balances.set_header(vec!["wallet", "before", "after"]);
     for ((id, before), (_, after)) in r.before.iter().zip(&r.after) {
@@ -395,12 +395,12 @@ pub struct BenchArgs {
 
     /// Topic the worker reads requests from (--e2e only)
     #[arg(long, env = "TOPIC_REQUESTS", value_name = "TOPIC",
-          default_value = wallet_transfer::kafka::TOPIC_REQUESTS)]
+          default_value = wallet_transfer::worker::kafka::TOPIC_REQUESTS)]
     pub requests_topic: String,
 
     /// Topic the worker publishes results to (--e2e only)
     #[arg(long, env = "TOPIC_RESULTS", value_name = "TOPIC",
-          default_value = wallet_transfer::kafka::TOPIC_RESULTS)]
+          default_value = wallet_transfer::worker::kafka::TOPIC_RESULTS)]
     pub results_topic: String,
 
     /// How long to wait for all results, from the first publish, in seconds; exit 1 after
@@ -417,18 +417,18 @@ pub struct BenchArgs {
     /// Threads running transfers at once; the Redis pool gets as many connections (1 to 256;
     /// --direct only)
     #[arg(long, value_name = "N", default_value_t = 8,
-          value_parser = clap::value_parser!(u32).range(1..=bench::BENCH_THREADS_MAX as i64))]
+          value_parser = clap::value_parser!(u32).range(1..=bench::BENCH_THREADS_LIMIT as i64))]
     pub threads: u32,
 
     /// Transfers in total, shared among the threads (1 to 10000000)
     #[arg(long, value_name = "N", default_value_t = 50_000,
-          value_parser = clap::value_parser!(u64).range(1..=bench::BENCH_TRANSFERS_MAX))]
+          value_parser = clap::value_parser!(u64).range(1..=bench::BENCH_TRANSFERS_LIMIT))]
     pub transfers: u64,
 
     /// Wallets the run creates and picks uniform random distinct pairs from (2 to 1000000)
     #[arg(long, value_name = "N", default_value_t = 10_000,
           value_parser = clap::value_parser!(u32).range(
-              i64::from(bench::BENCH_WALLETS_MIN)..=i64::from(bench::BENCH_WALLETS_MAX)))]
+              i64::from(bench::BENCH_WALLETS_MIN)..=i64::from(bench::BENCH_WALLETS_LIMIT)))]
     pub wallets: u32,
 
     /// Put every transfer on one pair of wallets (first -> second): maximum contention
@@ -438,7 +438,7 @@ pub struct BenchArgs {
     /// Retries of a request after a transient error (lock timeout, lost lock, WATCH conflicts,
     /// Redis or pool error), same request and idempotency key (0 to 100; --direct only)
     #[arg(long, value_name = "N", default_value_t = 5,
-          value_parser = clap::value_parser!(u32).range(0..=i64::from(bench::BENCH_TRANSIENT_RETRIES_MAX)))]
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(bench::BENCH_TRANSIENT_RETRIES_LIMIT)))]
     pub transient_retries: u32,
 
     /// Delete the run's wallets, users, histories and transfer records afterwards
@@ -455,7 +455,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Seed(args) => seed(&cli.global, args),
         Command::Bench(args) => bench(&cli.global, args),
-        Command::Worker(args) => worker(&cli.global, args),
+        Command::Worker(args) => worker::run(&cli.global, args),
         Command::Snapshot(args) => snapshot(&cli.global, args),
         Command::Status(args) => status(&cli.global, args),
         Command::Deposit(args) => deposit(&cli.global, args),
@@ -464,15 +464,6 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Transfer(args) => transfer(&cli.global, args),
         Command::Produce(args) => produce(&cli.global, args),
     }
-}
-
-fn worker(
-    global: &GlobalOpts,
-    args: wallet_transfer::worker::command::WorkerArgs,
-) -> Result<(), Failure> {
-    let engine = global.engine_config()?;
-    wallet_transfer::worker::command::run(&args, &global.redis_url, &global.brokers, engine)
-        .map_err(Failure::runtime)
 }
 
 fn seed(global: &GlobalOpts, args: SeedArgs) -> Result<(), Failure> {
@@ -509,7 +500,7 @@ fn bench(global: &GlobalOpts, args: BenchArgs) -> Result<(), Failure> {
     let progress = !args.json && std::io::stderr().is_terminal();
     let report = if args.e2e {
         let config = bench::E2eConfig {
-            kafka: wallet_transfer::kafka::KafkaConfig::new(&global.brokers),
+            kafka: wallet_transfer::worker::kafka::KafkaConfig::new(&global.brokers),
             requests_topic: args.requests_topic,
             results_topic: args.results_topic,
             transfers: args.transfers,
@@ -520,7 +511,7 @@ fn bench(global: &GlobalOpts, args: BenchArgs) -> Result<(), Failure> {
             progress,
             cleanup: args.cleanup,
         };
-        config.validate().map_err(Failure::usage)?;
+        config.validate().map_err(flag_error)?;
         let service = global.connect(2)?;
         bench::run_e2e(&service, &config)?
     } else {
@@ -533,7 +524,7 @@ fn bench(global: &GlobalOpts, args: BenchArgs) -> Result<(), Failure> {
             progress,
             cleanup: args.cleanup,
         };
-        config.validate().map_err(Failure::usage)?;
+        config.validate().map_err(flag_error)?;
         let service = global.connect(args.threads)?;
         bench::run_direct(&service, &config)?
     };
@@ -632,17 +623,17 @@ pub struct TransferArgs {
 
     /// Topic the request is published to
     #[arg(long, env = "TOPIC_REQUESTS", value_name = "TOPIC",
-          default_value = wallet_transfer::kafka::TOPIC_REQUESTS)]
+          default_value = wallet_transfer::worker::kafka::TOPIC_REQUESTS)]
     pub requests_topic: String,
 
     /// Topic the worker publishes results to (read with --wait)
     #[arg(long, env = "TOPIC_RESULTS", value_name = "TOPIC",
-          default_value = wallet_transfer::kafka::TOPIC_RESULTS)]
+          default_value = wallet_transfer::worker::kafka::TOPIC_RESULTS)]
     pub results_topic: String,
 
     /// Extra librdkafka property, key=value (repeatable), e.g. -X security.protocol=SASL_SSL
     #[arg(long = "kafka-property", short = 'X', value_name = "KEY=VALUE",
-          value_parser = wallet_transfer::kafka::parse_property)]
+          value_parser = wallet_transfer::worker::kafka::parse_property)]
     pub kafka_properties: Vec<(String, String)>,
 }
 
@@ -662,7 +653,7 @@ fn new_table(header: &[&str]) -> comfy_table::Table {
 
 fn snapshot(global: &GlobalOpts, args: SnapshotArgs) -> Result<(), Failure> {
     let service = global.connect(1)?;
-    let rows = wallet_transfer::ops::snapshot(&service, args.prefix.as_deref())?;
+    let rows = wallet_transfer::tools::ops::snapshot(&service, args.prefix.as_deref())?;
     if args.json {
         return json_out(&rows);
     }
@@ -681,7 +672,7 @@ fn snapshot(global: &GlobalOpts, args: SnapshotArgs) -> Result<(), Failure> {
 }
 
 fn status(global: &GlobalOpts, args: StatusArgs) -> Result<(), Failure> {
-    wallet_transfer::message::check_key("KEY", &args.key)
+    wallet_transfer::engine::message::check_key("KEY", &args.key)
         .map_err(|e| Failure::usage(e.to_string()))?;
     let service = global.connect(1)?;
     let Some(outcome) = service.transfer_outcome(&args.key)? else {
@@ -742,7 +733,7 @@ fn status(global: &GlobalOpts, args: StatusArgs) -> Result<(), Failure> {
 }
 
 fn deposit(global: &GlobalOpts, args: DepositArgs) -> Result<(), Failure> {
-    wallet_transfer::message::check_user_id("USER", &args.user)
+    wallet_transfer::engine::message::check_user_id("USER", &args.user)
         .map_err(|e| Failure::usage(e.to_string()))?;
     let amount = wallet_transfer::Amount::parse_transfer_amount(&args.amount)
         .map_err(|e| Failure::usage(format!("AMOUNT: {e}")))?;
@@ -752,16 +743,16 @@ fn deposit(global: &GlobalOpts, args: DepositArgs) -> Result<(), Failure> {
             "deposited {amount} to {}; balance now {balance}\n",
             args.user
         )),
-        Err(wallet_transfer::wallet::WalletError::NotFound(id)) => Err(Failure::runtime(format!(
-            "user {id:?} has no wallet (see wallet snapshot)"
-        ))),
+        Err(wallet_transfer::engine::wallet::WalletError::NotFound(id)) => Err(Failure::runtime(
+            format!("user {id:?} has no wallet (see wallet snapshot)"),
+        )),
         Err(e) => Err(Failure::runtime(format!("deposit to {}: {e}", args.user))),
     }
 }
 
 fn locks(global: &GlobalOpts, args: LocksArgs) -> Result<(), Failure> {
     let service = global.connect(1)?;
-    let locks = wallet_transfer::ops::locks(&service)?;
+    let locks = wallet_transfer::tools::ops::locks(&service)?;
     let problems: Vec<&str> = locks
         .iter()
         .filter(|l| l.is_problem())
@@ -798,7 +789,7 @@ fn locks(global: &GlobalOpts, args: LocksArgs) -> Result<(), Failure> {
 
 fn audit(global: &GlobalOpts, args: AuditArgs) -> Result<(), Failure> {
     let service = global.connect(1)?;
-    let report = wallet_transfer::ops::audit(&service)?;
+    let report = wallet_transfer::tools::ops::audit(&service)?;
     if args.json {
         json_out(&report)?;
     } else {
@@ -849,7 +840,7 @@ fn transfer(global: &GlobalOpts, args: TransferArgs) -> Result<(), Failure> {
         "idempotency_key" => "--idempotency-key",
         _ => "argument",
     };
-    let usage = |e: wallet_transfer::message::FieldError| {
+    let usage = |e: wallet_transfer::engine::message::FieldError| {
         Failure::usage(format!("{}: {}", name_arg(e.field), e.rule))
     };
     let mut request =
@@ -858,22 +849,26 @@ fn transfer(global: &GlobalOpts, args: TransferArgs) -> Result<(), Failure> {
     if let Some(key) = &args.idempotency_key {
         request = request.with_idempotency_key(key).map_err(usage)?;
     }
-    let kafka = wallet_transfer::kafka::KafkaConfig {
+    let kafka = wallet_transfer::worker::kafka::KafkaConfig {
         brokers: global.brokers.clone(),
         properties: args.kafka_properties.clone(),
     };
     let timeout = std::time::Duration::from_secs(args.timeout_s);
     let started = std::time::Instant::now();
     let watcher = if args.wait {
-        Some(wallet_transfer::ops::ResultWatcher::start(
+        Some(wallet_transfer::tools::ops::ResultWatcher::start(
             &kafka,
             &args.results_topic,
         )?)
     } else {
         None
     };
-    let delivered =
-        wallet_transfer::ops::publish_request(&kafka, &args.requests_topic, &request, timeout)?;
+    let delivered = wallet_transfer::tools::ops::publish_request(
+        &kafka,
+        &args.requests_topic,
+        &request,
+        timeout,
+    )?;
     log::info!(
         "published transfer {} to {} partition {} offset {}",
         request.transfer_id,
@@ -905,6 +900,48 @@ fn transfer(global: &GlobalOpts, args: TransferArgs) -> Result<(), Failure> {
         )));
     }
     Ok(())
+}
+
+/// The flag that sets each library setting, for errors a user can act on.
+const SETTING_FLAGS: [(&str, &str); 17] = [
+    ("lock.ttl_ms", "--lock-ttl-ms"),
+    ("lock.retry_delay_ms_base", "--lock-retry-delay-ms"),
+    ("lock.retry_delay_ms_max", "--lock-retry-delay-ms-max"),
+    ("lock.retries_max", "--lock-retries"),
+    ("threads", "--threads"),
+    ("group_id", "--group"),
+    ("requests_topic", "--requests-topic"),
+    ("results_topic", "--results-topic"),
+    ("dlq_topic", "--dlq-topic"),
+    ("partitions", "--partitions"),
+    ("replication", "--replication"),
+    ("commit_interval_ms", "--commit-interval-ms"),
+    ("session_timeout_ms", "--session-timeout-ms"),
+    ("max_poll_interval_ms", "--max-poll-interval-ms"),
+    ("retry_delay_ms_max", "--retry-delay-ms-max"),
+    ("transfers", "--transfers"),
+    ("wallets", "--wallets"),
+];
+
+/// The flag name for a library setting; settings no flag sets keep their own name.
+pub fn flag_for(setting: &str) -> String {
+    SETTING_FLAGS
+        .iter()
+        .find(|(s, _)| *s == setting)
+        .map(|(_, flag)| (*flag).to_string())
+        .unwrap_or_else(|| setting.to_string())
+}
+
+/// A broken setting as a usage error that names the flag: "--lock-ttl-ms must be ...". The
+/// rule's own mentions of other settings are spelled as flags too.
+pub fn flag_error(e: SettingError) -> Failure {
+    let mut rule = e.rule.clone();
+    for (setting, flag) in SETTING_FLAGS {
+        if setting.contains('.') || setting.contains('_') {
+            rule = rule.replace(setting, flag);
+        }
+    }
+    Failure::usage(format!("{} {rule}", flag_for(e.setting)))
 }
 
 /// Writes to stdout; a closed pipe (`wallet ... | head`) ends quietly instead of panicking.

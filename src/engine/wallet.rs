@@ -5,10 +5,10 @@
 
 use std::collections::HashMap;
 
-use crate::message::{FieldError, check_user_id, now_ms};
-use crate::money::{Amount, Currency};
-use crate::service::WalletService;
-use crate::store::{Conn, keys};
+use crate::engine::message::{FieldError, check_user_id, now_ms};
+use crate::engine::money::{Amount, Currency};
+use crate::engine::service::WalletService;
+use crate::engine::store::{Conn, keys};
 
 /// A wallet as stored in `wallet:{id}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,12 +197,12 @@ impl WalletService {
     /// (WATCH/MULTI/EXEC). Returns the new balance.
     pub fn deposit(&self, user_id: &str, amount: Amount) -> Result<Amount, WalletError> {
         check_user_id("user_id", user_id)?;
-        if amount.minor() <= 0 || amount > crate::money::AMOUNT_MAX {
+        if amount.minor() <= 0 || amount > crate::engine::money::AMOUNT_MAX {
             return Err(FieldError {
                 field: "amount",
                 rule: format!(
                     "must be greater than 0 and at most {}, got {amount}",
-                    crate::money::AMOUNT_MAX
+                    crate::engine::money::AMOUNT_MAX
                 ),
             }
             .into());
@@ -376,7 +376,7 @@ pub(crate) fn parse_wallet(
         balance,
         currency: field("currency")?
             .parse()
-            .map_err(|e: crate::money::CurrencyError| corrupt(format!("currency: {e}")))?,
+            .map_err(|e: crate::engine::money::CurrencyError| corrupt(format!("currency: {e}")))?,
         status: WalletStatus::parse(&field("status")?)
             .ok_or_else(|| corrupt(format!("unknown status {:?}", f.get("status"))))?,
         created_at: f.get("created_at").cloned().unwrap_or_default(),

@@ -25,20 +25,21 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
-use crate::kafka::{self, KafkaConfig};
-use crate::message::{TransferCompleted, TransferRequest};
-use crate::money::{Amount, Currency};
-use crate::service::WalletService;
-use crate::store::keys;
-use crate::transfer::{TransferError, TransferOutcome};
-use crate::wallet::{NewWallet, WalletError};
+use crate::engine::message::{TransferCompleted, TransferRequest};
+use crate::engine::money::{Amount, Currency};
+use crate::engine::service::WalletService;
+use crate::engine::setting::SettingError;
+use crate::engine::store::keys;
+use crate::engine::transfer::{TransferError, TransferOutcome};
+use crate::engine::wallet::{NewWallet, WalletError};
+use crate::worker::kafka::{self, KafkaConfig};
 
-pub const BENCH_THREADS_MAX: usize = 256;
-pub const BENCH_TRANSFERS_MAX: u64 = 10_000_000;
+pub const BENCH_THREADS_LIMIT: usize = 256;
+pub const BENCH_TRANSFERS_LIMIT: u64 = 10_000_000;
 pub const BENCH_WALLETS_MIN: u32 = 2;
-pub const BENCH_WALLETS_MAX: u32 = 1_000_000;
+pub const BENCH_WALLETS_LIMIT: u32 = 1_000_000;
 /// Retries of one request after a transient error, at most.
-pub const BENCH_TRANSIENT_RETRIES_MAX: u32 = 100;
+pub const BENCH_TRANSIENT_RETRIES_LIMIT: u32 = 100;
 /// Opening balance of every bench wallet: 1_000_000.00, so insufficient funds stays rare.
 pub const BENCH_OPENING_CENTS: i64 = 100_000_000;
 /// Largest amount one bench transfer moves, in cents (100.00). The smallest is 0.01.
@@ -86,39 +87,28 @@ impl Default for DirectConfig {
 
 impl DirectConfig {
     /// Checks the settings against their limits; the error names the setting and the rule.
-    pub fn validate(&self) -> Result<(), String> {
-        if !(1..=BENCH_THREADS_MAX).contains(&self.threads) {
-            return Err(format!(
-                "threads must be between 1 and {BENCH_THREADS_MAX}, got {}",
-                self.threads
-            ));
-        }
-        if !(1..=BENCH_TRANSFERS_MAX).contains(&self.transfers) {
-            return Err(format!(
-                "transfers must be between 1 and {BENCH_TRANSFERS_MAX}, got {}",
-                self.transfers
-            ));
-        }
-        if !(BENCH_WALLETS_MIN..=BENCH_WALLETS_MAX).contains(&self.wallets) {
-            return Err(format!(
-                "wallets must be between {BENCH_WALLETS_MIN} and {BENCH_WALLETS_MAX}, got {}",
-                self.wallets
-            ));
-        }
-        if self.transient_retries > BENCH_TRANSIENT_RETRIES_MAX {
-            return Err(format!(
-                "transient retries must be at most {BENCH_TRANSIENT_RETRIES_MAX}, got {}",
-                self.transient_retries
-            ));
-        }
-        Ok(())
+    pub fn validate(&self) -> Result<(), SettingError> {
+        SettingError::check_range("threads", self.threads, 1, BENCH_THREADS_LIMIT)?;
+        SettingError::check_range("transfers", self.transfers, 1, BENCH_TRANSFERS_LIMIT)?;
+        SettingError::check_range(
+            "wallets",
+            self.wallets,
+            BENCH_WALLETS_MIN,
+            BENCH_WALLETS_LIMIT,
+        )?;
+        SettingError::check_range(
+            "transient_retries",
+            self.transient_retries,
+            0,
+            BENCH_TRANSIENT_RETRIES_LIMIT,
+        )
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("invalid bench setting: {0}")]
-    Config(String),
+    Config(#[from] SettingError),
     #[error("bench setup: {0}")]
     Setup(String),
     #[error(transparent)]
@@ -491,7 +481,7 @@ pub fn run_direct(
     service: &WalletService,
     config: &DirectConfig,
 ) -> Result<BenchReport, BenchError> {
-    config.validate().map_err(BenchError::Config)?;
+    config.validate()?;
     let run = format!("bench_{:06x}", rand::rng().random_range(0..0x100_0000u32));
     let ids: Vec<String> = (0..config.wallets).map(|i| format!("{run}_{i}")).collect();
 
@@ -613,7 +603,7 @@ impl Default for E2eConfig {
 
 impl E2eConfig {
     /// Checks the settings against their limits; the error names the setting and the rule.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SettingError> {
         DirectConfig {
             threads: 1,
             transfers: self.transfers,
@@ -621,22 +611,25 @@ impl E2eConfig {
             ..DirectConfig::default()
         }
         .validate()?;
-        for (name, topic) in [
-            ("requests topic", &self.requests_topic),
-            ("results topic", &self.results_topic),
+        for (setting, topic) in [
+            ("requests_topic", &self.requests_topic),
+            ("results_topic", &self.results_topic),
         ] {
             if topic.trim().is_empty() {
-                return Err(format!("{name} must not be empty"));
+                return Err(SettingError::new(setting, "must not be empty"));
             }
         }
         if self.requests_topic == self.results_topic {
-            return Err(format!(
-                "requests topic and results topic must differ, both are {:?}",
-                self.requests_topic
+            return Err(SettingError::new(
+                "results_topic",
+                format!(
+                    "must differ from requests_topic, both are {:?}",
+                    self.requests_topic
+                ),
             ));
         }
         if self.timeout.is_zero() {
-            return Err("timeout must be at least 1 s".into());
+            return Err(SettingError::new("timeout_s", "must be at least 1 s"));
         }
         Ok(())
     }
@@ -725,7 +718,7 @@ fn stamp(origin: Instant) -> u64 {
 /// end-to-end latency (publish to result received). The worker must share `service`'s Redis:
 /// the run creates its wallets there and checks their balance sum afterwards.
 pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchReport, BenchError> {
-    config.validate().map_err(BenchError::Config)?;
+    config.validate()?;
     let run = format!("e2e_{:06x}", rand::rng().random_range(0..0x100_0000u32));
     let ids: Vec<String> = (0..config.wallets).map(|i| format!("{run}_{i}")).collect();
 
@@ -1171,7 +1164,7 @@ fn cleanup(service: &WalletService, run: &str, ids: &[String]) -> Result<u64, Be
         keys::user(&format!("{run}_*")),
         keys::outcome(&format!("{run}_*")),
     ] {
-        deleted += crate::seed::unlink_matching(&mut conn, &pattern)?;
+        deleted += crate::tools::seed::unlink_matching(&mut conn, &pattern)?;
     }
     for chunk in ids.chunks(BATCH) {
         redis::pipe()
@@ -1235,7 +1228,7 @@ mod tests {
                 "wallets",
             ),
         ] {
-            assert!(bad.validate().unwrap_err().contains(word), "{bad:?}");
+            assert_eq!(bad.validate().unwrap_err().setting, word, "{bad:?}");
         }
     }
 

@@ -24,12 +24,14 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::lock::{self, LockError, LockStats};
-use crate::message::{FailureReason, Status, TransferCompleted, TransferRequest, now_ms};
-use crate::money::Amount;
-use crate::service::WalletService;
-use crate::store::{Conn, keys};
-use crate::wallet::{HistoryKind, Wallet, WalletError, WalletStatus, add_history, parse_wallet};
+use crate::engine::lock::{self, LockError, LockStats};
+use crate::engine::message::{FailureReason, Status, TransferCompleted, TransferRequest, now_ms};
+use crate::engine::money::Amount;
+use crate::engine::service::WalletService;
+use crate::engine::store::{Conn, keys};
+use crate::engine::wallet::{
+    HistoryKind, Wallet, WalletError, WalletStatus, add_history, parse_wallet,
+};
 
 /// What happened to a transfer request, as recorded under its idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -544,7 +546,7 @@ pub fn parse_outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::money::Currency;
+    use crate::engine::money::Currency;
 
     fn wallet(id: &str, balance: &str, currency: Currency, status: WalletStatus) -> Wallet {
         Wallet {

@@ -150,7 +150,7 @@ pub const SCAN_COUNT: usize = 1_000;
 /// it may act on the batch): `SCAN cursor MATCH pattern COUNT n [TYPE t]` when `set` is `None`,
 /// else `SSCAN set cursor MATCH pattern COUNT n`. Batches may repeat a name (Redis's cursor guarantee); callers that
 /// collect de-duplicate.
-pub(crate) fn scan_each<E: From<redis::RedisError>>(
+pub fn scan_each<E: From<redis::RedisError>>(
     conn: &mut Conn,
     set: Option<&str>,
     pattern: &str,

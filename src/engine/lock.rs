@@ -10,9 +10,10 @@
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
-use rand::RngExt;
 
-use crate::store::{PooledConn, keys};
+use crate::engine::backoff::Backoff;
+use crate::engine::setting::SettingError;
+use crate::engine::store::{PooledConn, keys};
 
 /// Lock settings. Defaults are the original worker's: ttl 10 s, base delay 100 ms, 10 retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,41 +40,42 @@ impl Default for LockConfig {
 }
 
 /// Hard limits that no configuration may exceed.
-pub const LOCK_TTL_MS_MAX: u64 = 10 * 60 * 1000;
-pub const LOCK_RETRIES_MAX: u32 = 1_000;
+pub const LOCK_TTL_MS_LIMIT: u64 = 10 * 60 * 1000;
+pub const LOCK_RETRIES_LIMIT: u32 = 1_000;
 /// Most wallets one lock may cover.
-pub const LOCK_KEYS_MAX: usize = 16;
+pub const LOCK_KEYS_LIMIT: usize = 16;
 
 impl LockConfig {
     /// Checks the settings against their limits; the error names the setting and the rule.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.ttl_ms == 0 || self.ttl_ms > LOCK_TTL_MS_MAX {
-            return Err(format!(
-                "lock ttl_ms must be between 1 and {LOCK_TTL_MS_MAX}, got {}",
-                self.ttl_ms
-            ));
-        }
-        if self.retries_max > LOCK_RETRIES_MAX {
-            return Err(format!(
-                "lock retries must be at most {LOCK_RETRIES_MAX}, got {}",
-                self.retries_max
-            ));
-        }
+    pub fn validate(&self) -> Result<(), SettingError> {
+        SettingError::check_range("lock.ttl_ms", self.ttl_ms, 1, LOCK_TTL_MS_LIMIT)?;
+        SettingError::check_range("lock.retries_max", self.retries_max, 0, LOCK_RETRIES_LIMIT)?;
+        SettingError::check_range(
+            "lock.retry_delay_ms_max",
+            self.retry_delay_ms_max,
+            0,
+            LOCK_TTL_MS_LIMIT,
+        )?;
         if self.retry_delay_ms_base > self.retry_delay_ms_max {
-            return Err(format!(
-                "lock retry_delay_ms_base ({}) must not exceed retry_delay_ms_max ({})",
-                self.retry_delay_ms_base, self.retry_delay_ms_max
+            return Err(SettingError::new(
+                "lock.retry_delay_ms_base",
+                format!(
+                    "must not exceed lock.retry_delay_ms_max ({}), got {}",
+                    self.retry_delay_ms_max, self.retry_delay_ms_base
+                ),
             ));
         }
         Ok(())
     }
 
-    /// Sleep before retry number `attempt` (0-based), without jitter: `base * 2^attempt`, capped.
-    pub fn backoff_ms(&self, attempt: u32) -> u64 {
-        let factor = 1u64.checked_shl(attempt.min(32)).unwrap_or(u64::MAX);
-        self.retry_delay_ms_base
-            .saturating_mul(factor)
-            .min(self.retry_delay_ms_max)
+    /// Delays between lock attempts: doubling from the base, capped, with jitter of up to the
+    /// base so that threads that collided once spread out.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            first_ms: self.retry_delay_ms_base,
+            max_ms: self.retry_delay_ms_max,
+            jitter_ms: self.retry_delay_ms_base.max(1),
+        }
     }
 }
 
@@ -127,7 +129,10 @@ pub fn lock_keys(wallet_ids: &[&str]) -> Vec<String> {
     ids.sort_unstable();
     ids.dedup();
     assert!(!ids.is_empty(), "a lock covers at least one wallet");
-    assert!(ids.len() <= LOCK_KEYS_MAX, "too many wallets for one lock");
+    assert!(
+        ids.len() <= LOCK_KEYS_LIMIT,
+        "too many wallets for one lock"
+    );
     ids.into_iter().map(keys::lock).collect()
 }
 
@@ -161,25 +166,13 @@ pub fn acquire_with(
     );
     let token = uuid::Uuid::new_v4().simple().to_string();
     let started = Instant::now();
+    let backoff = config.backoff();
     let mut stats = LockStats::default();
-    let mut rng = rand::rng();
     loop {
         stats.attempts += 1;
-        let mut pipe = redis::pipe();
-        if stats.attempts > 1 {
-            pipe.cmd("UNWATCH").ignore();
-        }
-        for key in &keys {
-            pipe.cmd("SET")
-                .arg(key)
-                .arg(&token)
-                .arg("NX")
-                .arg("PX")
-                .arg(config.ttl_ms);
-        }
-        then(&mut pipe);
+        let pipe = attempt_pipeline(&keys, &token, config.ttl_ms, stats.attempts > 1, then);
         stats.round_trips += 1;
-        let mut replies: Vec<redis::Value> = match pipe.query(&mut conn.redis) {
+        let replies: Vec<redis::Value> = match pipe.query(&mut conn.redis) {
             Ok(r) => r,
             Err(e) => {
                 // Some SETs may have landed before the error: give them back, and keep the
@@ -189,14 +182,7 @@ pub fn acquire_with(
                 return Err(LockError::Redis(e));
             }
         };
-        assert!(replies.len() >= keys.len(), "one reply per SET");
-        let after = replies.split_off(keys.len());
-        let taken: Vec<String> = keys
-            .iter()
-            .zip(&replies)
-            .filter(|(_, r)| !matches!(r, redis::Value::Nil))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let (taken, after) = split_attempt_replies(&keys, replies);
         if taken.len() == keys.len() {
             stats.wait_us = started.elapsed().as_micros() as u64;
             let guard = LockGuard {
@@ -223,10 +209,50 @@ pub fn acquire_with(
             }
             return Err(LockError::Timeout { keys, stats });
         }
-        let base_ms = config.backoff_ms(retry);
-        let jitter_ms = rng.random_range(0..=config.retry_delay_ms_base.max(1));
-        std::thread::sleep(Duration::from_millis(base_ms + jitter_ms));
+        std::thread::sleep(Duration::from_millis(backoff.delay_ms(retry)));
     }
+}
+
+/// One attempt's pipeline: (UNWATCH what an earlier attempt's `then` left,) a `SET NX PX` per
+/// key, then the caller's commands. Pure.
+fn attempt_pipeline(
+    keys: &[String],
+    token: &str,
+    ttl_ms: u64,
+    retry: bool,
+    then: &dyn Fn(&mut redis::Pipeline),
+) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    if retry {
+        pipe.cmd("UNWATCH").ignore();
+    }
+    for key in keys {
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms);
+    }
+    then(&mut pipe);
+    pipe
+}
+
+/// Splits an attempt's replies into the keys whose `SET` took and the replies of the caller's
+/// commands behind them. Pure.
+fn split_attempt_replies(
+    keys: &[String],
+    mut replies: Vec<redis::Value>,
+) -> (Vec<String>, Vec<redis::Value>) {
+    assert!(replies.len() >= keys.len(), "one reply per SET");
+    let after = replies.split_off(keys.len());
+    let taken = keys
+        .iter()
+        .zip(&replies)
+        .filter(|(_, r)| !matches!(r, redis::Value::Nil))
+        .map(|(k, _)| k.clone())
+        .collect();
+    (taken, after)
 }
 
 fn release_keys(conn: &mut PooledConn, keys: &[String], token: &str) -> redis::RedisResult<u32> {
@@ -275,7 +301,7 @@ impl LockGuard {
     /// Pushes the expiry of every key out to `ttl_ms` from now, if every key is still ours.
     /// Returns false when some key was lost (expired or taken by another holder).
     pub fn extend(&mut self, ttl_ms: u64) -> redis::RedisResult<bool> {
-        assert!(ttl_ms > 0 && ttl_ms <= LOCK_TTL_MS_MAX);
+        assert!(ttl_ms > 0 && ttl_ms <= LOCK_TTL_MS_LIMIT);
         let keys = self.keys.clone();
         let token = self.token.clone();
         let extended: usize = redis::Script::new(EXTEND_LUA)
@@ -290,20 +316,6 @@ impl LockGuard {
     /// checked the token, so the delete was ours). Drop then releases nothing.
     pub fn released_by_exec(&mut self) {
         self.held = false;
-    }
-
-    /// Hands the connection back once the locks are gone.
-    pub fn into_conn(mut self) -> PooledConn {
-        if self.held {
-            self.held = false;
-            let keys = std::mem::take(&mut self.keys);
-            let token = self.token.clone();
-            if let Err(e) = release_keys(self.conn(), &keys, &token) {
-                log::warn!("releasing locks {keys:?} failed ({e}); they expire by ttl");
-                self.conn().taint();
-            }
-        }
-        self.conn.take().expect("connection present until drop")
     }
 }
 
@@ -376,13 +388,14 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_and_caps() {
-        let c = LockConfig::default();
-        assert_eq!(c.backoff_ms(0), 100);
-        assert_eq!(c.backoff_ms(1), 200);
-        assert_eq!(c.backoff_ms(4), 1600);
-        assert_eq!(c.backoff_ms(5), 2000);
-        assert_eq!(c.backoff_ms(200), 2000);
+    fn backoff_doubles_from_the_base_and_caps_at_the_max() {
+        let b = LockConfig::default().backoff();
+        assert_eq!(b.base_delay_ms(0), 100);
+        assert_eq!(b.base_delay_ms(1), 200);
+        assert_eq!(b.base_delay_ms(4), 1600);
+        assert_eq!(b.base_delay_ms(5), 2000);
+        assert_eq!(b.base_delay_ms(200), 2000);
+        assert_eq!(b.jitter_ms, 100);
     }
 
     #[test]
@@ -391,12 +404,15 @@ mod tests {
             ttl_ms: 0,
             ..LockConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("ttl_ms"));
+        assert_eq!(bad.validate().unwrap_err().setting, "lock.ttl_ms");
         let bad = LockConfig {
             retry_delay_ms_base: 5000,
             ..LockConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("retry_delay_ms_max"));
+        assert_eq!(
+            bad.validate().unwrap_err().setting,
+            "lock.retry_delay_ms_base"
+        );
         assert!(LockConfig::default().validate().is_ok());
     }
 

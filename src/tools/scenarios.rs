@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::kafka::KafkaConfig;
-use crate::message::{FailureReason, Status, TransferCompleted, TransferRequest};
-use crate::money::{Amount, Currency};
-use crate::ops::{OpsError, ResultWatcher, publish_request, publish_requests};
-use crate::service::WalletService;
-use crate::wallet::NewWallet;
+use crate::engine::message::{FailureReason, Status, TransferCompleted, TransferRequest};
+use crate::engine::money::{Amount, Currency};
+use crate::engine::service::WalletService;
+use crate::engine::wallet::NewWallet;
+use crate::tools::ops::{OpsError, ResultWatcher, publish_request, publish_requests};
+use crate::worker::kafka::KafkaConfig;
 
 /// What one scenario did and whether it held.
 #[derive(Debug, Clone, Serialize)]

@@ -1,0 +1,101 @@
+//! `wallet worker`: the flags of the Kafka worker (each with an environment fallback and its
+//! default taken from [`WorkerConfig::default`]), turned into a checked [`WorkerConfig`].
+//!
+//! Owns flag names and help text. Does not own the settings' defaults or rules (the library's
+//! `worker::config`) nor running the worker (`worker::command`).
+
+use clap::Args;
+use wallet_transfer::worker::WorkerConfig;
+use wallet_transfer::worker::kafka::{self, KafkaConfig};
+
+use crate::cli::{Failure, GlobalOpts, flag_error};
+
+/// Where the metrics endpoint listens when none is given.
+pub const METRICS_ADDR_DEFAULT: &str = "127.0.0.1:9898";
+
+fn defaults() -> WorkerConfig {
+    WorkerConfig::default()
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Transfer threads, and Redis connections in the pool (1-256)
+    #[arg(long, env = "WORKER_THREADS", default_value_t = defaults().threads)]
+    pub threads: usize,
+    /// Consumer group id; workers with the same group share the partitions
+    #[arg(long, env = "KAFKA_GROUP", default_value_t = defaults().group_id)]
+    pub group: String,
+    /// Topic the transfer requests are read from
+    #[arg(long, env = "TOPIC_REQUESTS", default_value_t = defaults().requests_topic)]
+    pub requests_topic: String,
+    /// Topic the results are published to (key = transfer_id)
+    #[arg(long, env = "TOPIC_RESULTS", default_value_t = defaults().results_topic)]
+    pub results_topic: String,
+    /// Topic for input that cannot be understood (dead letters), with the error in a header
+    #[arg(long, env = "TOPIC_DLQ", default_value_t = defaults().dlq_topic)]
+    pub dlq_topic: String,
+    /// Partitions for the topics the worker creates when they are missing
+    #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = defaults().partitions)]
+    pub partitions: i32,
+    /// Replication factor for the topics the worker creates
+    #[arg(long, env = "TOPIC_REPLICATION", default_value_t = defaults().replication)]
+    pub replication: i32,
+    /// How often finished offsets are committed, in milliseconds
+    #[arg(long, env = "COMMIT_INTERVAL_MS", default_value_t = defaults().commit_interval_ms)]
+    pub commit_interval_ms: u64,
+    /// Consumer group session timeout in milliseconds: how long a dead worker keeps its
+    /// partitions
+    #[arg(long, env = "SESSION_TIMEOUT_MS", default_value_t = defaults().session_timeout_ms)]
+    pub session_timeout_ms: u64,
+    /// Rebalance timeout in milliseconds (librdkafka max.poll.interval.ms): how long a
+    /// rebalance may wait for members; a join still unanswered after this plus the session
+    /// timeout is retried as a new member (at least the session timeout, above 15000)
+    #[arg(long, env = "MAX_POLL_INTERVAL_MS", default_value_t = defaults().max_poll_interval_ms)]
+    pub max_poll_interval_ms: u64,
+    /// Longest delay between retries of a job that hit a transient error (Redis down, lock
+    /// timeout), in milliseconds
+    #[arg(long, env = "RETRY_DELAY_MS_MAX", default_value_t = defaults().retry_delay_ms_max)]
+    pub retry_delay_ms_max: u64,
+    /// Address of the Prometheus endpoint (`/metrics`); `off` disables it
+    #[arg(long, env = "METRICS_ADDR", default_value = METRICS_ADDR_DEFAULT)]
+    pub metrics_addr: String,
+    /// Extra librdkafka property for every Kafka client, `key=value` (repeatable), e.g.
+    /// `security.protocol=SASL_SSL`. Values of secret keys are never logged
+    #[arg(long = "kafka-property", short = 'X', value_parser = kafka::parse_property)]
+    pub kafka_properties: Vec<(String, String)>,
+}
+
+impl WorkerArgs {
+    /// The worker settings from the flags, checked; an error names the flag and the rule.
+    pub fn to_config(&self, brokers: &str) -> Result<WorkerConfig, Failure> {
+        let config = WorkerConfig {
+            kafka: KafkaConfig {
+                brokers: brokers.to_string(),
+                properties: self.kafka_properties.clone(),
+            },
+            group_id: self.group.clone(),
+            requests_topic: self.requests_topic.clone(),
+            results_topic: self.results_topic.clone(),
+            dlq_topic: self.dlq_topic.clone(),
+            threads: self.threads,
+            partitions: self.partitions,
+            replication: self.replication,
+            commit_interval_ms: self.commit_interval_ms,
+            session_timeout_ms: self.session_timeout_ms,
+            max_poll_interval_ms: self.max_poll_interval_ms,
+            retry_delay_ms_max: self.retry_delay_ms_max,
+            ..WorkerConfig::default()
+        };
+        config.validate().map_err(flag_error)?;
+        Ok(config)
+    }
+}
+
+/// Runs the worker until SIGINT/SIGTERM.
+pub fn run(global: &GlobalOpts, args: WorkerArgs) -> Result<(), Failure> {
+    let engine = global.engine_config()?;
+    let config = args.to_config(&global.brokers)?;
+    let metrics_addr = (args.metrics_addr != "off").then_some(args.metrics_addr.as_str());
+    wallet_transfer::worker::command::run(config, &global.redis_url, engine, metrics_addr)
+        .map_err(Failure::runtime)
+}

@@ -1,0 +1,65 @@
+//! [`SettingError`]: a configuration value that breaks its rule, as every config type's
+//! `validate` reports it.
+//!
+//! Owns the shape of setting errors: which setting (its path in the config types, such as
+//! `lock.ttl_ms`) and the rule it broke, with the value. Does not know flag or environment
+//! names; the CLI maps each setting to its flag (so a user reads `--lock-ttl-ms`, an embedder
+//! reads `lock.ttl_ms`).
+
+use std::fmt;
+
+/// A setting outside its rule. `setting` is the field's path in the config types
+/// (`lock.ttl_ms`, `threads`); `rule` says what is allowed and what was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingError {
+    pub setting: &'static str,
+    pub rule: String,
+}
+
+impl SettingError {
+    pub fn new(setting: &'static str, rule: impl Into<String>) -> SettingError {
+        SettingError {
+            setting,
+            rule: rule.into(),
+        }
+    }
+
+    /// Checks `min <= value <= max`; the error states the range and the value.
+    pub fn check_range<T: PartialOrd + fmt::Display>(
+        setting: &'static str,
+        value: T,
+        min: T,
+        max: T,
+    ) -> Result<(), SettingError> {
+        if value < min || value > max {
+            return Err(SettingError::new(
+                setting,
+                format!("must be between {min} and {max}, got {value}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for SettingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.setting, self.rule)
+    }
+}
+
+impl std::error::Error for SettingError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_error_names_the_setting_the_range_and_the_value() {
+        let e = SettingError::check_range("threads", 0usize, 1, 256).unwrap_err();
+        assert_eq!(e.setting, "threads");
+        assert_eq!(e.to_string(), "threads must be between 1 and 256, got 0");
+        assert!(SettingError::check_range("threads", 1usize, 1, 256).is_ok());
+        assert!(SettingError::check_range("threads", 256usize, 1, 256).is_ok());
+        assert!(SettingError::check_range("threads", 257usize, 1, 256).is_err());
+    }
+}

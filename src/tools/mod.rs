@@ -1,0 +1,10 @@
+//! Operator tooling over the engine and the worker's topics: the ledger audit, snapshots and
+//! other read-outs (`ops`), the demo seeder (`seed`), benchmarks (`bench`) and the six race
+//! scenarios (`scenarios`). Behind the `tools` feature.
+//!
+//! Owns nothing the transfer path depends on: a change here cannot change how money moves.
+
+pub mod bench;
+pub mod ops;
+pub mod scenarios;
+pub mod seed;

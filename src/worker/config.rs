@@ -1,0 +1,214 @@
+//! [`WorkerConfig`]: the worker's settings, their defaults (written once, here; the CLI's flags
+//! take theirs from [`WorkerConfig::default`]) and their rules, plus the pipeline's fixed
+//! constants.
+//!
+//! Owns every number the pipeline runs by. Does not read flags or the environment (`cli`).
+
+use crate::engine::setting::SettingError;
+use crate::worker::kafka::{self, KafkaConfig};
+
+/// Worker settings. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub kafka: KafkaConfig,
+    pub group_id: String,
+    pub requests_topic: String,
+    pub results_topic: String,
+    pub dlq_topic: String,
+    /// Transfer threads (and Redis connections).
+    pub threads: usize,
+    /// Partitions for topics the worker creates.
+    pub partitions: i32,
+    /// Replication factor for topics the worker creates.
+    pub replication: i32,
+    pub commit_interval_ms: u64,
+    pub session_timeout_ms: u64,
+    /// librdkafka's `max.poll.interval.ms`, which is also the rebalance timeout the group
+    /// coordinator is given: the longest a rebalance may wait for members to rejoin.
+    pub max_poll_interval_ms: u64,
+    /// Time allowed, on revoke, for in-flight jobs of the revoked partitions to finish.
+    pub revoke_timeout_ms: u64,
+    /// Time allowed, on shutdown, for the producer to deliver what is queued.
+    pub flush_timeout_ms: u64,
+    /// Cap on the delay between retries of a job that hit a transient error.
+    pub retry_delay_ms_max: u64,
+    /// Bytes of messages polled but not yet handed to the pool at which the consumer pauses
+    /// fetching; it resumes once the backlog is down to half of this.
+    pub backlog_bytes_max: usize,
+    /// Interval of the one-line summary log.
+    pub summary_interval_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            kafka: KafkaConfig::new("127.0.0.1:9092"),
+            group_id: "wallet-transfer-worker".to_string(),
+            requests_topic: kafka::TOPIC_REQUESTS.to_string(),
+            results_topic: kafka::TOPIC_RESULTS.to_string(),
+            dlq_topic: kafka::TOPIC_DLQ.to_string(),
+            threads: 8,
+            partitions: 6,
+            replication: 1,
+            commit_interval_ms: 1_000,
+            session_timeout_ms: 10_000,
+            max_poll_interval_ms: 30_000,
+            revoke_timeout_ms: 15_000,
+            flush_timeout_ms: 10_000,
+            retry_delay_ms_max: 2_000,
+            backlog_bytes_max: 32 * 1024 * 1024,
+            summary_interval_ms: 10_000,
+        }
+    }
+}
+
+/// Upper bound on `threads`.
+pub const THREADS_LIMIT: usize = 256;
+/// Bounds on `backlog_bytes_max`: at least one largest request, at most 1 GiB.
+pub const BACKLOG_BYTES_MIN: usize = crate::engine::message::PAYLOAD_BYTES_MAX;
+pub const BACKLOG_BYTES_LIMIT: usize = 1024 * 1024 * 1024;
+/// Largest dead letter forwarded unchanged; a bigger poison payload is cut to this size and
+/// marked with the header `truncated`.
+pub const DLQ_PAYLOAD_BYTES_LIMIT: usize = 8 * 1024 * 1024;
+/// Room for a dead letter's key and headers above its payload in one produced message.
+pub const DLQ_HEADERS_BYTES_LIMIT: usize = 64 * 1024;
+/// Upper bound on every interval and timeout setting (one hour).
+pub const INTERVAL_MS_LIMIT: u64 = 60 * 60 * 1000;
+/// Base delay of a job's transient retries; doubles per retry up to `retry_delay_ms_max`.
+pub const RETRY_DELAY_MS_BASE: u64 = 50;
+/// Base delay of a refused produce call; doubles per retry up to `retry_delay_ms_max`.
+pub const PRODUCE_RETRY_DELAY_MS_BASE: u64 = 5;
+/// Poll timeout of the consumer loop: the longest a shutdown or commit waits for it.
+pub const POLL_MS: u64 = 100;
+/// Longest time the broker may hold a fetch that found no data (overridable with `-X`).
+pub const FETCH_WAIT_MS: u64 = 50;
+/// Interval of librdkafka's statistics (lag per partition, group join state).
+pub const STATS_INTERVAL_MS: u64 = 5_000;
+/// Poll timeout while the backlog holds jobs the channel had no room for.
+pub const BUSY_POLL_MS: u64 = 1;
+/// How long the result producer gathers messages into one request (librdkafka `linger.ms`).
+pub const RESULT_LINGER_MS: u64 = 20;
+/// Jobs the channel to the pool holds per transfer thread.
+pub const CHANNEL_JOBS_PER_THREAD: usize = 2;
+/// Step of the waits that watch the shutdown flag or a revoke's in-flight jobs.
+pub const WAIT_STEP_MS: u64 = 10;
+
+const _: () = assert!(
+    BUSY_POLL_MS < POLL_MS,
+    "a busy poll must be shorter than an idle one"
+);
+const _: () = assert!(BACKLOG_BYTES_MIN <= BACKLOG_BYTES_LIMIT);
+const _: () = assert!(
+    crate::engine::message::PAYLOAD_BYTES_MAX <= DLQ_PAYLOAD_BYTES_LIMIT,
+    "every request that was read fits the dead-letter topic untruncated"
+);
+const _: () = assert!(RETRY_DELAY_MS_BASE > 0 && PRODUCE_RETRY_DELAY_MS_BASE > 0);
+const _: () = assert!(WAIT_STEP_MS < POLL_MS);
+
+impl WorkerConfig {
+    /// How long joining the group may wait before it is taken as hung: any legitimate join
+    /// completes within the rebalance timeout, and a lost member is dropped after its session.
+    pub fn join_stuck_ms(&self) -> u64 {
+        self.max_poll_interval_ms + self.session_timeout_ms
+    }
+
+    /// Checks every setting against its rule; the error names the setting.
+    pub fn validate(&self) -> Result<(), SettingError> {
+        SettingError::check_range("threads", self.threads, 1, THREADS_LIMIT)?;
+        SettingError::check_range(
+            "backlog_bytes_max",
+            self.backlog_bytes_max,
+            BACKLOG_BYTES_MIN,
+            BACKLOG_BYTES_LIMIT,
+        )?;
+        SettingError::check_range("partitions", self.partitions, 1, i32::MAX)?;
+        SettingError::check_range("replication", self.replication, 1, i32::MAX)?;
+        for (setting, ms) in [
+            ("commit_interval_ms", self.commit_interval_ms),
+            ("session_timeout_ms", self.session_timeout_ms),
+            ("max_poll_interval_ms", self.max_poll_interval_ms),
+            ("revoke_timeout_ms", self.revoke_timeout_ms),
+            ("flush_timeout_ms", self.flush_timeout_ms),
+            ("retry_delay_ms_max", self.retry_delay_ms_max),
+            ("summary_interval_ms", self.summary_interval_ms),
+        ] {
+            SettingError::check_range(setting, ms, 1, INTERVAL_MS_LIMIT)?;
+        }
+        if self.max_poll_interval_ms < self.session_timeout_ms
+            || self.max_poll_interval_ms <= self.revoke_timeout_ms
+        {
+            return Err(SettingError::new(
+                "max_poll_interval_ms",
+                format!(
+                    "must be at least session_timeout_ms ({}) and above revoke_timeout_ms ({}), got {}",
+                    self.session_timeout_ms, self.revoke_timeout_ms, self.max_poll_interval_ms
+                ),
+            ));
+        }
+        for (setting, topic) in [
+            ("requests_topic", &self.requests_topic),
+            ("results_topic", &self.results_topic),
+            ("dlq_topic", &self.dlq_topic),
+            ("group_id", &self.group_id),
+        ] {
+            if topic.is_empty() {
+                return Err(SettingError::new(setting, "must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_pass_their_own_rules() {
+        assert_eq!(WorkerConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn each_broken_rule_names_its_setting() {
+        let cases: [(&str, WorkerConfig); 5] = [
+            (
+                "threads",
+                WorkerConfig {
+                    threads: 0,
+                    ..WorkerConfig::default()
+                },
+            ),
+            (
+                "backlog_bytes_max",
+                WorkerConfig {
+                    backlog_bytes_max: 10,
+                    ..WorkerConfig::default()
+                },
+            ),
+            (
+                "partitions",
+                WorkerConfig {
+                    partitions: 0,
+                    ..WorkerConfig::default()
+                },
+            ),
+            (
+                "commit_interval_ms",
+                WorkerConfig {
+                    commit_interval_ms: 0,
+                    ..WorkerConfig::default()
+                },
+            ),
+            (
+                "max_poll_interval_ms",
+                WorkerConfig {
+                    max_poll_interval_ms: 5_000,
+                    ..WorkerConfig::default()
+                },
+            ),
+        ];
+        for (setting, config) in cases {
+            assert_eq!(config.validate().unwrap_err().setting, setting);
+        }
+    }
+}
