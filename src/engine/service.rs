@@ -99,14 +99,14 @@ impl WalletService {
     }
 
     /// Test hook: `hook(idempotency_key)` runs after the WATCHed read and before EXEC.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn set_before_exec_hook(&mut self, hook: Hook) {
         self.before_exec = Some(hook);
     }
 
     /// A service that shares the pool and settings but not the in-process lock queue, as a
     /// second worker process would. Tests use it to race "processes" inside one test.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn as_separate_process(&self) -> WalletService {
         WalletService {
             local_locks: Arc::new(LocalLocks::default()),
