@@ -1,4 +1,4 @@
-//! The transfer algorithm (DESIGN section 5), all of it in this file.
+//! The transfer algorithm (ARCHITECTURE.md, "The transfer"), all of it in this file.
 //!
 //! ```text
 //! 1. validate                      (done when the TransferRequest was built)
@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::engine::lock::{self, LockError, LockStats};
+use crate::engine::lock::{self, LockError, LockGuard, LockStats};
 use crate::engine::message::{FailureReason, Status, TransferCompleted, TransferRequest, now_ms};
 use crate::engine::money::Amount;
 use crate::engine::service::WalletService;
@@ -184,141 +184,121 @@ pub fn decide(
 }
 
 impl WalletService {
-    /// Runs one transfer exactly once per idempotency key (DESIGN section 5).
+    /// Runs one transfer exactly once per idempotency key (ARCHITECTURE.md, "The transfer").
     ///
     /// `Ok` carries the outcome, COMPLETED or a recorded business FAILED, fresh or (marked
     /// `duplicate`) from an earlier delivery. `Err` is either transient (retry the same request;
     /// see [`TransferError::is_transient`]) or needs an operator.
     pub fn transfer(&self, request: &TransferRequest) -> Result<TransferOutcome, TransferError> {
-        let started = Instant::now();
-        let mut stats = TransferStats::default();
-        let outcome_key = keys::outcome(&request.idempotency_key);
-        let fingerprint = request.fingerprint();
-        let mut conn = self.pool.get()?;
-
+        let mut call = Call {
+            request,
+            outcome_key: keys::outcome(&request.idempotency_key),
+            lock_keys: lock::lock_keys(&[&request.from_user, &request.to_user]),
+            fingerprint: request.fingerprint(),
+            stats: TransferStats::default(),
+            started: Instant::now(),
+        };
         // 2. Answered before? No locks for a replay.
-        stats.round_trips += 1;
+        let mut conn = self.pool.get()?;
+        call.stats.round_trips += 1;
         let recorded: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(&outcome_key)
+            .arg(&call.outcome_key)
             .query(&mut conn.redis)?;
         if !recorded.is_empty() {
-            return replay(&outcome_key, &recorded, &fingerprint, stats, started);
+            return call.replay(&recorded);
         }
-
         // 3. Queue in-process (without holding a pooled connection, so queued threads do not
         //    starve the pool), then take the Redis locks in sorted order.
         drop(conn);
-        let ids = [request.from_user.as_str(), request.to_user.as_str()];
         let queued = Instant::now();
-        let _local = self.local_locks.lock(&ids);
-        stats.local_wait_us = queued.elapsed().as_micros() as u64;
-        let conn = self.pool.get()?;
-        let lock_keys = lock::lock_keys(&ids);
-        // 3+4 in one round trip: the lock SETs with the WATCH and reads pipelined behind them.
-        let watch = |pipe: &mut redis::Pipeline| {
-            add_watch_and_reads(pipe, request, &outcome_key, &lock_keys);
-        };
-        let (mut guard, first_read) =
-            match lock::acquire_with(conn, lock_keys.clone(), &self.config.lock, &watch) {
-                Ok(acquired) => acquired,
-                Err(LockError::Redis(e)) => return Err(TransferError::Redis(e)),
-                Err(timeout) => return Err(TransferError::LockTimeout(timeout)),
-            };
-        stats.lock = guard.stats();
-        stats.round_trips += stats.lock.round_trips;
-
+        let _local = self
+            .local_locks
+            .lock(&[&request.from_user, &request.to_user]);
+        call.stats.local_wait_us = queued.elapsed().as_micros() as u64;
+        let (mut guard, first_read) = self.lock_and_read(&mut call)?;
+        // 4-6. Decide on what was read under WATCH and commit, again while EXEC aborts.
         let mut first_read = Some(first_read);
         let mut watch_aborts = 0;
         loop {
             let read = match first_read.take() {
                 Some(replies) => parse_watched(replies, request),
                 None => {
-                    stats.round_trips += 1;
-                    watch_and_read(guard.conn(), request, &outcome_key, &lock_keys)
-                }
-            };
-            let read = match read {
-                Ok(read) => read,
-                Err(e) => {
-                    guard.conn().taint();
-                    return Err(e);
-                }
-            };
-            // 5. Re-check under WATCH: another delivery may have finished in between.
-            if !read.recorded.is_empty() {
-                unwatch(guard.conn());
-                return replay(&outcome_key, &read.recorded, &fingerprint, stats, started);
-            }
-            if let Some(lost) = lock_keys
-                .iter()
-                .zip(&read.lock_tokens)
-                .find(|(_, t)| t.as_deref() != Some(guard.token()))
-            {
-                let lost = lost.0.clone();
-                unwatch(guard.conn());
-                return Err(TransferError::LockLost(lost));
-            }
-            let decision = decide(request, read.from.as_ref(), read.to.as_ref());
-            let outcome = new_outcome(request, &decision, &fingerprint);
-
-            if let Some(hook) = &self.before_exec {
-                hook(&request.idempotency_key);
-            }
-
-            // 6. One transaction: balances, versions, history, outcome, lock release.
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            if let Ok((from_after, to_after)) = decision {
-                for (id, kind, after) in [
-                    (&request.from_user, HistoryKind::Debit, from_after),
-                    (&request.to_user, HistoryKind::Credit, to_after),
-                ] {
-                    let key = keys::wallet(id);
-                    pipe.hset(&key, "balance", after.to_string())
-                        .ignore()
-                        .hincr(&key, "version", 1)
-                        .ignore();
-                    add_history(
-                        &mut pipe,
-                        id,
-                        &request.transfer_id,
-                        kind,
-                        request.amount,
-                        after,
-                    );
-                    pipe.ignore();
+                    call.stats.round_trips += 1;
+                    watch_and_read(guard.conn(), &call)
                 }
             }
-            pipe.hset_multiple(&outcome_key, &outcome_fields(&outcome))
-                .ignore();
-            if let Some(ttl_ms) = self.config.outcome_ttl_ms {
-                pipe.pexpire(&outcome_key, ttl_ms as i64).ignore();
+            .inspect_err(|_| guard.conn().taint())?;
+            if let Some(done) = self.decide_and_exec(&mut guard, &mut call, read)? {
+                call.stats.watch_retries = watch_aborts;
+                call.stats.elapsed_us = call.started.elapsed().as_micros() as u64;
+                return Ok(TransferOutcome {
+                    stats: call.stats,
+                    ..done
+                });
             }
-            pipe.del(&lock_keys);
-            stats.round_trips += 1;
-            let exec: Option<(u32,)> = match pipe.query(&mut guard.conn().redis) {
-                Ok(reply) => reply,
-                Err(e) => {
-                    guard.conn().taint();
-                    return Err(TransferError::Redis(e));
-                }
-            };
-            match exec {
-                Some((deleted,)) => {
-                    guard.released_by_exec();
-                    debug_assert_eq!(deleted as usize, lock_keys.len());
-                    stats.watch_retries = watch_aborts;
-                    stats.elapsed_us = started.elapsed().as_micros() as u64;
-                    return Ok(TransferOutcome { stats, ..outcome });
-                }
-                None => {
-                    watch_aborts += 1;
-                    if watch_aborts > self.config.watch_retries_max {
-                        return Err(TransferError::WatchConflicts(watch_aborts));
-                    }
-                }
+            watch_aborts += 1;
+            if watch_aborts > self.config.watch_retries_max {
+                return Err(TransferError::WatchConflicts(watch_aborts));
             }
         }
+    }
+
+    /// Step 3 and 4 in one round trip: the lock SETs with the WATCH and reads pipelined behind.
+    fn lock_and_read(
+        &self,
+        call: &mut Call<'_>,
+    ) -> Result<(LockGuard, Vec<redis::Value>), TransferError> {
+        let conn = self.pool.get()?;
+        let watch = |pipe: &mut redis::Pipeline| {
+            add_watch_and_reads(pipe, call.request, &call.outcome_key, &call.lock_keys);
+        };
+        let (guard, first_read) =
+            match lock::acquire_with(conn, call.lock_keys.clone(), &self.config.lock, &watch) {
+                Ok(acquired) => acquired,
+                Err(LockError::Redis(e)) => return Err(TransferError::Redis(e)),
+                Err(timeout) => return Err(TransferError::LockTimeout(timeout)),
+            };
+        call.stats.lock = guard.stats();
+        call.stats.round_trips += call.stats.lock.round_trips;
+        Ok((guard, first_read))
+    }
+
+    /// Steps 5 and 6 on one WATCHed read: the recorded answer, the decision committed in one
+    /// MULTI/EXEC, or `None` when EXEC aborted because a watched key changed.
+    fn decide_and_exec(
+        &self,
+        guard: &mut LockGuard,
+        call: &mut Call<'_>,
+        read: WatchedRead,
+    ) -> Result<Option<TransferOutcome>, TransferError> {
+        // 5. Re-check under WATCH: another delivery may have finished in between.
+        if !read.recorded.is_empty() {
+            unwatch(guard.conn());
+            return call.replay(&read.recorded).map(Some);
+        }
+        if let Some(lost) = lost_lock(&call.lock_keys, &read.lock_tokens, guard.token()) {
+            unwatch(guard.conn());
+            return Err(TransferError::LockLost(lost.to_string()));
+        }
+        let decision = decide(call.request, read.from.as_ref(), read.to.as_ref());
+        let outcome = new_outcome(call.request, &decision, &call.fingerprint);
+        if let Some(hook) = &self.before_exec {
+            hook(&call.request.idempotency_key);
+        }
+        // 6. One transaction: balances, versions, history, outcome, lock release.
+        let pipe = transaction(call, &decision, &outcome, self.config.outcome_ttl_ms);
+        call.stats.round_trips += 1;
+        let exec: Option<(u32,)> = pipe
+            .query(&mut guard.conn().redis)
+            .inspect_err(|_| guard.conn().taint())?;
+        let Some((deleted,)) = exec else {
+            return Ok(None);
+        };
+        guard.released_by_exec();
+        // Our locks were WATCHed with our token, so the DEL can only find them ours; one that
+        // merely expired inside the transaction is the only way to delete fewer.
+        debug_assert_eq!(deleted as usize, call.lock_keys.len());
+        Ok(Some(outcome))
     }
 
     /// The outcome recorded under `idempotency_key`, if any.
@@ -335,6 +315,98 @@ impl WalletService {
         }
         parse_outcome(&key, &fields).map(Some)
     }
+}
+
+/// One `transfer` call: the request, the keys it touches and what it has cost so far.
+struct Call<'a> {
+    request: &'a TransferRequest,
+    outcome_key: String,
+    /// Sorted and unique (see [`lock::lock_keys`]).
+    lock_keys: Vec<String>,
+    fingerprint: String,
+    stats: TransferStats,
+    started: Instant,
+}
+
+impl Call<'_> {
+    /// Answers from a recorded outcome: the same answer marked duplicate, or a conflict when
+    /// the key was used for a different request.
+    fn replay(
+        &mut self,
+        recorded: &HashMap<String, String>,
+    ) -> Result<TransferOutcome, TransferError> {
+        let original = parse_outcome(&self.outcome_key, recorded)?;
+        if original.request_hash != self.fingerprint {
+            return Err(TransferError::IdempotencyConflict {
+                key: original.idempotency_key.clone(),
+                recorded: original.request_hash.clone(),
+                this: self.fingerprint.clone(),
+                original: Box::new(original),
+            });
+        }
+        self.stats.elapsed_us = self.started.elapsed().as_micros() as u64;
+        Ok(TransferOutcome {
+            duplicate: true,
+            stats: self.stats,
+            ..original
+        })
+    }
+}
+
+/// The first lock key whose token is not ours (expired, or taken by another holder). Pure.
+fn lost_lock<'k>(
+    lock_keys: &'k [String],
+    tokens: &[Option<String>],
+    ours: &str,
+) -> Option<&'k str> {
+    assert_eq!(lock_keys.len(), tokens.len(), "one token read per lock key");
+    lock_keys
+        .iter()
+        .zip(tokens)
+        .find(|(_, t)| t.as_deref() != Some(ours))
+        .map(|(k, _)| k.as_str())
+}
+
+/// Step 6 as one MULTI/EXEC pipeline: for a COMPLETED decision both balances, versions and
+/// history entries; always the outcome record (with its ttl, if any) and the DEL of our locks,
+/// whose reply is the transaction's only one. Pure: builds, does not send.
+fn transaction(
+    call: &Call<'_>,
+    decision: &Result<(Amount, Amount), FailureReason>,
+    outcome: &TransferOutcome,
+    outcome_ttl_ms: Option<u64>,
+) -> redis::Pipeline {
+    let request = call.request;
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    if let Ok((from_after, to_after)) = decision {
+        for (id, kind, after) in [
+            (&request.from_user, HistoryKind::Debit, *from_after),
+            (&request.to_user, HistoryKind::Credit, *to_after),
+        ] {
+            let key = keys::wallet(id);
+            pipe.hset(&key, "balance", after.to_string())
+                .ignore()
+                .hincr(&key, "version", 1)
+                .ignore();
+            add_history(
+                &mut pipe,
+                id,
+                &request.transfer_id,
+                kind,
+                request.amount,
+                after,
+            );
+            pipe.ignore();
+        }
+    }
+    pipe.hset_multiple(&call.outcome_key, &outcome_fields(outcome))
+        .ignore();
+    if let Some(ttl_ms) = outcome_ttl_ms {
+        pipe.pexpire(&call.outcome_key, ttl_ms as i64).ignore();
+    }
+    pipe.del(&call.lock_keys);
+    pipe
 }
 
 /// What step 4 read under WATCH.
@@ -389,48 +461,17 @@ fn parse_watched(
 }
 
 /// Step 4 on its own, for a retry after EXEC found a watched key changed.
-fn watch_and_read(
-    conn: &mut Conn,
-    request: &TransferRequest,
-    outcome_key: &str,
-    lock_keys: &[String],
-) -> Result<WatchedRead, TransferError> {
+fn watch_and_read(conn: &mut Conn, call: &Call<'_>) -> Result<WatchedRead, TransferError> {
     let mut pipe = redis::pipe();
-    add_watch_and_reads(&mut pipe, request, outcome_key, lock_keys);
+    add_watch_and_reads(&mut pipe, call.request, &call.outcome_key, &call.lock_keys);
     let replies: Vec<redis::Value> = pipe.query(&mut conn.redis)?;
-    parse_watched(replies, request)
+    parse_watched(replies, call.request)
 }
 
 fn unwatch(conn: &mut Conn) {
     if redis::cmd("UNWATCH").query::<()>(&mut conn.redis).is_err() {
         conn.taint();
     }
-}
-
-/// Answers a request whose key already has an outcome: the same answer, marked duplicate, or a
-/// conflict when the key was used for a different request.
-fn replay(
-    outcome_key: &str,
-    recorded: &HashMap<String, String>,
-    fingerprint: &str,
-    mut stats: TransferStats,
-    started: Instant,
-) -> Result<TransferOutcome, TransferError> {
-    let original = parse_outcome(outcome_key, recorded)?;
-    if original.request_hash != fingerprint {
-        return Err(TransferError::IdempotencyConflict {
-            key: original.idempotency_key.clone(),
-            recorded: original.request_hash.clone(),
-            this: fingerprint.to_string(),
-            original: Box::new(original),
-        });
-    }
-    stats.elapsed_us = started.elapsed().as_micros() as u64;
-    Ok(TransferOutcome {
-        duplicate: true,
-        stats,
-        ..original
-    })
 }
 
 fn new_outcome(
@@ -625,5 +666,57 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v))
             .collect();
         assert_eq!(parse_outcome("transfer:t1", &fields).unwrap(), failed);
+    }
+
+    #[test]
+    fn a_lock_is_lost_when_its_token_is_missing_or_another() {
+        let keys = vec!["lock:a".to_string(), "lock:b".to_string()];
+        let ours = Some("t1".to_string());
+        assert_eq!(lost_lock(&keys, &[ours.clone(), ours.clone()], "t1"), None);
+        assert_eq!(
+            lost_lock(&keys, &[ours.clone(), None], "t1"),
+            Some("lock:b")
+        );
+        assert_eq!(
+            lost_lock(&keys, &[Some("t2".into()), ours], "t1"),
+            Some("lock:a")
+        );
+    }
+
+    fn call(request: &TransferRequest) -> Call<'_> {
+        Call {
+            request,
+            outcome_key: keys::outcome(&request.idempotency_key),
+            lock_keys: lock::lock_keys(&[&request.from_user, &request.to_user]),
+            fingerprint: request.fingerprint(),
+            stats: TransferStats::default(),
+            started: Instant::now(),
+        }
+    }
+
+    fn commands(pipe: &redis::Pipeline) -> Vec<String> {
+        pipe.cmd_iter()
+            .map(|c| {
+                let packed = String::from_utf8_lossy(&c.get_packed_command()).into_owned();
+                packed.split("\r\n").nth(2).unwrap_or_default().to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_transaction_moves_money_only_when_completed_and_always_records_and_unlocks() {
+        let r = req("a", "b", "1.00");
+        let c = call(&r);
+        let ok = Ok((Amount::from_minor(0), Amount::from_minor(100)));
+        let done = transaction(&c, &ok, &new_outcome(&r, &ok, "f"), None);
+        assert_eq!(
+            commands(&done),
+            [
+                "HSET", "HINCRBY", "XADD", "HSET", "HINCRBY", "XADD", "HMSET", "DEL"
+            ]
+        );
+        let failed = Err(FailureReason::InsufficientFunds);
+        let ttl = transaction(&c, &failed, &new_outcome(&r, &failed, "f"), Some(5_000));
+        assert_eq!(commands(&ttl), ["HMSET", "PEXPIRE", "DEL"]);
     }
 }

@@ -104,118 +104,80 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh set of metrics, all zero, in a registry of its own.
     pub fn new() -> Metrics {
-        let registry = Registry::new();
+        let r = Registry::new();
         let inner = Inner {
-            transfers: register(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "wallet_transfers_total",
-                        "Transfer outcomes answered, duplicates included, by status and failure reason (\"\" for none).",
-                    ),
-                    &["status", "reason"],
-                ),
+            transfers: counter_vec(
+                &r,
+                "wallet_transfers_total",
+                "Transfer outcomes answered, duplicates included, by status and failure reason (\"\" for none).",
+                &["status", "reason"],
             ),
-            duplicates: register(
-                &registry,
-                IntCounter::new(
-                    "wallet_duplicates_total",
-                    "Transfer requests answered from an earlier record, with no new effect.",
-                ),
+            duplicates: counter(
+                &r,
+                "wallet_duplicates_total",
+                "Transfer requests answered from an earlier record, with no new effect.",
             ),
-            transfer_latency: register(
-                &registry,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "wallet_transfer_latency_seconds",
-                        "Wall time of one transfer call, duplicates included.",
-                    )
-                    .buckets(TRANSFER_LATENCY_BUCKETS_S.to_vec()),
-                ),
+            transfer_latency: histogram(
+                &r,
+                "wallet_transfer_latency_seconds",
+                "Wall time of one transfer call, duplicates included.",
+                &TRANSFER_LATENCY_BUCKETS_S,
             ),
-            lock_wait: register(
-                &registry,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "wallet_lock_wait_seconds",
-                        "Time from the first lock attempt until the wallet locks were held, for transfers that took locks.",
-                    )
-                    .buckets(LOCK_WAIT_BUCKETS_S.to_vec()),
-                ),
+            lock_wait: histogram(
+                &r,
+                "wallet_lock_wait_seconds",
+                "Time from the first lock attempt until the wallet locks were held, for transfers that took locks.",
+                &LOCK_WAIT_BUCKETS_S,
             ),
-            lock_attempts: register(
-                &registry,
-                IntCounter::new(
-                    "wallet_lock_attempts_total",
-                    "SET NX rounds sent to take wallet locks.",
-                ),
+            lock_attempts: counter(
+                &r,
+                "wallet_lock_attempts_total",
+                "SET NX rounds sent to take wallet locks.",
             ),
-            lock_timeouts: register(
-                &registry,
-                IntCounter::new(
-                    "wallet_lock_timeouts_total",
-                    "Transfers that gave up waiting for wallet locks (transient; retried).",
-                ),
+            lock_timeouts: counter(
+                &r,
+                "wallet_lock_timeouts_total",
+                "Transfers that gave up waiting for wallet locks (transient; retried).",
             ),
-            watch_conflicts: register(
-                &registry,
-                IntCounter::new(
-                    "wallet_watch_conflicts_total",
-                    "Transactions aborted because a watched key changed, and retried.",
-                ),
+            watch_conflicts: counter(
+                &r,
+                "wallet_watch_conflicts_total",
+                "Transactions aborted because a watched key changed, and retried.",
             ),
-            dlq: register(
-                &registry,
-                IntCounter::new(
-                    "wallet_dlq_total",
-                    "Messages sent to the dead-letter topic.",
-                ),
+            dlq: counter(
+                &r,
+                "wallet_dlq_total",
+                "Messages sent to the dead-letter topic.",
             ),
-            in_flight_jobs: register(
-                &registry,
-                IntGauge::new(
-                    "wallet_in_flight_jobs",
-                    "Jobs consumed and not yet done.",
-                ),
+            in_flight_jobs: gauge(
+                &r,
+                "wallet_in_flight_jobs",
+                "Jobs consumed and not yet done.",
             ),
-            retries: register(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "wallet_retries_total",
-                        "Jobs retried after a transient error, by cause.",
-                    ),
-                    &["cause"],
-                ),
+            retries: counter_vec(
+                &r,
+                "wallet_retries_total",
+                "Jobs retried after a transient error, by cause.",
+                &["cause"],
             ),
-            committed_offset: register(
-                &registry,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "wallet_committed_offset",
-                        "Last offset committed, by partition (the next offset to consume).",
-                    ),
-                    &["partition"],
-                ),
+            committed_offset: gauge_vec(
+                &r,
+                "wallet_committed_offset",
+                "Last offset committed, by partition (the next offset to consume).",
+                &["partition"],
             ),
-            consumer_lag: register(
-                &registry,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "wallet_consumer_lag",
-                        "Messages behind the partition's high watermark, by partition.",
-                    ),
-                    &["partition"],
-                ),
+            consumer_lag: gauge_vec(
+                &r,
+                "wallet_consumer_lag",
+                "Messages behind the partition's high watermark, by partition.",
+                &["partition"],
             ),
-            results_published: register(
-                &registry,
-                IntCounter::new(
-                    "wallet_results_published_total",
-                    "Result messages delivered to the completed topic.",
-                ),
+            results_published: counter(
+                &r,
+                "wallet_results_published_total",
+                "Result messages delivered to the completed topic.",
             ),
-            registry,
+            registry: r,
         };
         // Create the expected outcome series at zero, so rates and alerts see them before the
         // first occurrence.
@@ -385,6 +347,27 @@ fn register<C: Collector + Clone + 'static>(
         .register(Box::new(collector.clone()))
         .expect("metric names are unique in the registry");
     collector
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(registry, IntCounter::new(name, help))
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(registry, IntGauge::new(name, help))
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(registry, IntGaugeVec::new(Opts::new(name, help), labels))
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets_s: &[f64]) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(buckets_s.to_vec());
+    register(registry, Histogram::with_opts(opts))
 }
 
 fn seconds(duration_us: u64) -> f64 {

@@ -144,24 +144,8 @@ impl Worker {
             config.partitions,
             config.replication,
         )?;
-
         let (redo_tx, redo_rx) = crossbeam_channel::unbounded::<Job>();
-        let producer: ThreadedProducer<DeliveryContext> = config
-            .kafka
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", RESULT_LINGER_MS.to_string())
-            .set(
-                "message.max.bytes",
-                (DLQ_PAYLOAD_BYTES_LIMIT + DLQ_HEADERS_BYTES_LIMIT).to_string(),
-            )
-            .create_with_context(DeliveryContext {
-                shared: self.shared.clone(),
-                redo: redo_tx,
-            })?;
-        let producer = Arc::new(producer);
-
+        let producer = Arc::new(self.result_producer(redo_tx)?);
         let mut consumer = self.subscribe()?;
         log::info!(
             "worker up: group {} consuming {} with {} transfer threads; results to {}, dead letters to {}",
@@ -171,26 +155,7 @@ impl Worker {
             config.results_topic,
             config.dlq_topic
         );
-
-        let (job_tx, job_rx) =
-            crossbeam_channel::bounded::<Job>(config.threads * CHANNEL_JOBS_PER_THREAD);
-        let pool: Vec<_> = (0..config.threads)
-            .map(|i| {
-                let ctx = PoolThread {
-                    shared: self.shared.clone(),
-                    service: self.service.clone(),
-                    producer: producer.clone(),
-                    jobs: job_rx.clone(),
-                    redo: redo_rx.clone(),
-                };
-                std::thread::Builder::new()
-                    .name(format!("transfer-{i}"))
-                    .spawn(move || ctx.run())
-                    .expect("spawn transfer thread")
-            })
-            .collect();
-        drop(job_rx);
-
+        let (job_tx, pool) = self.spawn_pool(&producer, redo_rx);
         while let Exit::JoinStuck = consume(&self.shared, &consumer, &job_tx) {
             log::warn!(
                 "joining group {} has not completed within {} ms (the rebalance timeout plus the session timeout); rejoining as a new member",
@@ -202,27 +167,91 @@ impl Worker {
             let fresh = self.subscribe()?;
             drop(std::mem::replace(&mut consumer, fresh));
         }
-        let mut report = WorkerReport::default();
         // Shutdown: no new jobs; the pool drains what it has, the producer delivers it all,
         // then the final watermark is committed.
         log::info!("shutting down: finishing in-flight jobs");
         drop(job_tx);
-        let mut panicked = false;
-        for thread in pool {
-            panicked |= thread.join().is_err();
-        }
-        if let Err(e) = producer.flush(Duration::from_millis(config.flush_timeout_ms)) {
+        // Join every thread (no short-circuit): each one's in-flight job must finish.
+        let panicked = pool
+            .into_iter()
+            .map(|thread| thread.join().is_err())
+            .fold(false, |any, this| any | this);
+        self.finish(&producer, &consumer, panicked)
+    }
+
+    /// The idempotent producer of results and dead letters; failed deliveries go to `redo`.
+    fn result_producer(
+        &self,
+        redo: Sender<Job>,
+    ) -> Result<ThreadedProducer<DeliveryContext>, WorkerError> {
+        let producer = self
+            .shared
+            .config
+            .kafka
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", RESULT_LINGER_MS.to_string())
+            .set(
+                "message.max.bytes",
+                (DLQ_PAYLOAD_BYTES_LIMIT + DLQ_HEADERS_BYTES_LIMIT).to_string(),
+            )
+            .create_with_context(DeliveryContext {
+                shared: self.shared.clone(),
+                redo,
+            })?;
+        Ok(producer)
+    }
+
+    /// Starts the transfer threads; returns the sender of the channel they drain.
+    fn spawn_pool(
+        &self,
+        producer: &Arc<ThreadedProducer<DeliveryContext>>,
+        redo: Receiver<Job>,
+    ) -> (Sender<Job>, Vec<std::thread::JoinHandle<()>>) {
+        let threads = self.shared.config.threads;
+        let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(threads * CHANNEL_JOBS_PER_THREAD);
+        let pool = (0..threads)
+            .map(|i| {
+                let ctx = PoolThread {
+                    shared: self.shared.clone(),
+                    service: self.service.clone(),
+                    producer: producer.clone(),
+                    jobs: job_rx.clone(),
+                    redo: redo.clone(),
+                };
+                std::thread::Builder::new()
+                    .name(format!("transfer-{i}"))
+                    .spawn(move || ctx.run())
+                    .expect("spawn transfer thread")
+            })
+            .collect();
+        (job_tx, pool)
+    }
+
+    /// After the pool has stopped: flush the producer, commit the final watermark, report.
+    fn finish(
+        &self,
+        producer: &ThreadedProducer<DeliveryContext>,
+        consumer: &BaseConsumer<ConsumerCtx>,
+        panicked: bool,
+    ) -> Result<WorkerReport, WorkerError> {
+        let flush_ms = self.shared.config.flush_timeout_ms;
+        if let Err(e) = producer.flush(Duration::from_millis(flush_ms)) {
             log::warn!("producer flush: {e}; undelivered results stay uncommitted and are redone");
         }
-        report.committed = commit_all(&self.shared, &consumer);
-        if report.committed.is_empty() && !self.shared.tracker.lock().positions().is_empty() {
+        let committed = commit_all(&self.shared, consumer);
+        if committed.is_empty() && !self.shared.tracker.lock().positions().is_empty() {
             log::warn!(
                 "the final commit failed; uncommitted messages are redelivered and answered from their records"
             );
         }
         let summary = self.shared.metrics.summary();
-        report.processed = summary.processed;
-        report.dead_lettered = summary.dlq;
+        let report = WorkerReport {
+            processed: summary.processed,
+            dead_lettered: summary.dlq,
+            committed,
+        };
         log::info!(
             "stopped: {} processed, {} dead-lettered, committed {:?}",
             report.processed,
@@ -234,6 +263,7 @@ impl Worker {
         }
         Ok(report)
     }
+
     /// A consumer in the group, subscribed to the requests topic.
     fn subscribe(&self) -> Result<BaseConsumer<ConsumerCtx>, WorkerError> {
         let config = &self.shared.config;
@@ -278,8 +308,7 @@ fn consume(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, job_tx: &Sende
     let mut last_commit = Instant::now();
     // After a failed commit, the next one covers every partition, not only those that moved.
     let mut commit_ok = true;
-    let mut last_summary = Instant::now();
-    let mut processed_at_last_summary = 0;
+    let mut summary = SummaryLog::new();
     while !shared.shutdown.load(Ordering::SeqCst) {
         if shared
             .join_wait_since
@@ -289,12 +318,7 @@ fn consume(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, job_tx: &Sende
             return Exit::JoinStuck;
         }
         let (backlog_len, backlog_bytes) = dispatch(shared, job_tx);
-        // Hysteresis: pausing and resuming cost librdkafka a refetch each, so not too often.
-        let want_paused = if paused {
-            backlog_bytes > config.backlog_bytes_max / 2
-        } else {
-            backlog_bytes >= config.backlog_bytes_max
-        };
+        let want_paused = should_pause(paused, backlog_bytes, config.backlog_bytes_max);
         if want_paused != paused || shared.assignment_changed.swap(false, Ordering::SeqCst) {
             set_paused(consumer, want_paused);
             paused = want_paused;
@@ -307,20 +331,7 @@ fn consume(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, job_tx: &Sende
         } else {
             POLL_MS
         };
-        match consumer.poll(Duration::from_millis(poll_ms)) {
-            Some(Ok(message)) => shared.backlog.lock().push(Job {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                dead_lettered: false,
-            }),
-            Some(Err(e)) => {
-                shared.metrics.record_retry("kafka_consume");
-                log::warn!("consumer: {e}; polling on");
-            }
-            None => {}
-        }
+        poll_into_backlog(shared, consumer, poll_ms);
         shared
             .metrics
             .set_in_flight(shared.tracker.lock().in_flight_total() as i64);
@@ -328,24 +339,71 @@ fn consume(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, job_tx: &Sende
             commit_ok = commit_due(shared, consumer, !commit_ok);
             last_commit = Instant::now();
         }
-        if last_summary.elapsed() >= Duration::from_millis(config.summary_interval_ms) {
-            let s = shared.metrics.summary();
-            let rate = (s.processed - processed_at_last_summary) as f64
-                / last_summary.elapsed().as_secs_f64();
-            log::info!(
-                "processed {} ({rate:.0}/s), failed {}, duplicates {}, dead letters {}, retries {}, lag {}",
-                s.processed,
-                s.failed,
-                s.duplicates,
-                s.dlq,
-                s.retries,
-                s.lag_total
-            );
-            processed_at_last_summary = s.processed;
-            last_summary = Instant::now();
-        }
+        summary.log_if_due(&shared.metrics, config.summary_interval_ms);
     }
     Exit::Shutdown
+}
+
+/// Whether the consumer should be paused, with hysteresis: pause at the bound, resume at half
+/// of it (pausing and resuming cost librdkafka a refetch each, so not too often). Pure.
+fn should_pause(paused: bool, backlog_bytes: usize, backlog_bytes_max: usize) -> bool {
+    if paused {
+        backlog_bytes > backlog_bytes_max / 2
+    } else {
+        backlog_bytes >= backlog_bytes_max
+    }
+}
+
+/// One poll; a message goes to the back of the backlog, an error is counted and logged.
+fn poll_into_backlog(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, poll_ms: u64) {
+    match consumer.poll(Duration::from_millis(poll_ms)) {
+        Some(Ok(message)) => shared.backlog.lock().push(Job {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            dead_lettered: false,
+        }),
+        Some(Err(e)) => {
+            shared.metrics.record_retry("kafka_consume");
+            log::warn!("consumer: {e}; polling on");
+        }
+        None => {}
+    }
+}
+
+/// The periodic one-line summary: totals and the rate since the previous line.
+struct SummaryLog {
+    since: Instant,
+    processed_then: u64,
+}
+
+impl SummaryLog {
+    fn new() -> SummaryLog {
+        SummaryLog {
+            since: Instant::now(),
+            processed_then: 0,
+        }
+    }
+
+    fn log_if_due(&mut self, metrics: &Metrics, interval_ms: u64) {
+        if self.since.elapsed() < Duration::from_millis(interval_ms) {
+            return;
+        }
+        let s = metrics.summary();
+        let rate = (s.processed - self.processed_then) as f64 / self.since.elapsed().as_secs_f64();
+        log::info!(
+            "processed {} ({rate:.0}/s), failed {}, duplicates {}, dead letters {}, retries {}, lag {}",
+            s.processed,
+            s.failed,
+            s.duplicates,
+            s.dlq,
+            s.retries,
+            s.lag_total
+        );
+        self.processed_then = s.processed;
+        self.since = Instant::now();
+    }
 }
 
 /// Moves jobs from the backlog into the channel while it has room. Returns the backlog's
@@ -710,93 +768,103 @@ impl PoolThread {
     /// shutdown.
     fn publish(&self, answer: Answer, mut job: Job) {
         job.dead_lettered = matches!(answer, Answer::DeadLetter(_));
-        let config = &self.shared.config;
-        let (topic, key, payload, headers) = match &answer {
-            Answer::Result(result) => (
-                config.results_topic.as_str(),
-                result.transfer_id.clone().into_bytes(),
-                serde_json::to_vec(result).expect("result serialises"),
-                None,
-            ),
-            Answer::DeadLetter(error) => {
-                log::warn!(
-                    "dead letter: partition {} offset {}: {error}",
-                    job.partition,
-                    job.offset
-                );
-                self.shared.metrics.record_dlq();
-                let truncated = job.payload.len() > DLQ_PAYLOAD_BYTES_LIMIT;
-                let mut headers = OwnedHeaders::new()
-                    .insert(Header {
-                        key: "error",
-                        value: Some(error.as_str()),
-                    })
-                    .insert(Header {
-                        key: "source_topic",
-                        value: Some(config.requests_topic.as_str()),
-                    })
-                    .insert(Header {
-                        key: "source_partition",
-                        value: Some(&job.partition.to_string()),
-                    })
-                    .insert(Header {
-                        key: "source_offset",
-                        value: Some(&job.offset.to_string()),
-                    });
-                if truncated {
-                    headers = headers.insert(Header {
-                        key: "truncated",
-                        value: Some(&job.payload.len().to_string()),
-                    });
-                }
-                let payload =
-                    job.payload[..job.payload.len().min(DLQ_PAYLOAD_BYTES_LIMIT)].to_vec();
-                (
-                    config.dlq_topic.as_str(),
-                    job.key.clone().unwrap_or_default(),
-                    payload,
-                    Some(headers),
-                )
-            }
-        };
+        if let Answer::DeadLetter(error) = &answer {
+            log::warn!(
+                "dead letter: partition {} offset {}: {error}",
+                job.partition,
+                job.offset
+            );
+            self.shared.metrics.record_dlq();
+        }
+        let out = outgoing(&self.shared.config, &answer, &job);
         let mut opaque = Box::new(job);
         let mut attempt: u32 = 0;
         loop {
-            let mut record = BaseRecord::with_opaque_to(topic, opaque)
-                .key(&key)
-                .payload(&payload);
-            if let Some(h) = &headers {
+            let mut record = BaseRecord::with_opaque_to(out.topic, opaque)
+                .key(&out.key)
+                .payload(&out.payload);
+            if let Some(h) = &out.headers {
                 record = record.headers(h.clone());
             }
-            match self.producer.send(record) {
-                Ok(()) => return,
-                Err((e, record)) => {
-                    opaque = record.delivery_opaque;
-                    attempt += 1;
-                    if !matches!(
-                        e,
-                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-                    ) {
-                        log::warn!("producing to {topic}: {e}; retry {attempt}");
-                        self.shared.metrics.record_retry("kafka_produce");
-                    }
-                    let delay_ms = Backoff {
-                        first_ms: PRODUCE_RETRY_DELAY_MS_BASE,
-                        max_ms: config.retry_delay_ms_max,
-                        jitter_ms: 0,
-                    }
-                    .base_delay_ms(attempt);
-                    if !self.sleep_unless_shutdown(delay_ms) {
-                        // The engine has recorded the outcome; the redelivered message will be
-                        // answered from it by whoever owns the partition next.
-                        log::warn!(
-                            "abandoning the answer to partition {} offset {} at shutdown; it stays uncommitted",
-                            opaque.partition,
-                            opaque.offset
-                        );
-                        return;
-                    }
-                }
+            let Err((e, record)) = self.producer.send(record) else {
+                return;
+            };
+            opaque = record.delivery_opaque;
+            attempt += 1;
+            if !matches!(
+                e,
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+            ) {
+                log::warn!("producing to {}: {e}; retry {attempt}", out.topic);
+                self.shared.metrics.record_retry("kafka_produce");
+            }
+            let delay_ms = Backoff {
+                first_ms: PRODUCE_RETRY_DELAY_MS_BASE,
+                max_ms: self.shared.config.retry_delay_ms_max,
+                jitter_ms: 0,
+            }
+            .base_delay_ms(attempt);
+            if !self.sleep_unless_shutdown(delay_ms) {
+                // The engine has recorded the outcome; the redelivered message will be
+                // answered from it by whoever owns the partition next.
+                log::warn!(
+                    "abandoning the answer to partition {} offset {} at shutdown; it stays uncommitted",
+                    opaque.partition,
+                    opaque.offset
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// A message ready for the producer.
+struct Outgoing<'a> {
+    topic: &'a str,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    headers: Option<OwnedHeaders>,
+}
+
+/// Where and what to publish for `answer` to `job`: a result keyed by transfer id, or a dead
+/// letter keyed as its request with the error, its source and any truncation in headers.
+/// Pure.
+fn outgoing<'a>(config: &'a WorkerConfig, answer: &Answer, job: &Job) -> Outgoing<'a> {
+    match answer {
+        Answer::Result(result) => Outgoing {
+            topic: &config.results_topic,
+            key: result.transfer_id.clone().into_bytes(),
+            payload: serde_json::to_vec(result).expect("result serialises"),
+            headers: None,
+        },
+        Answer::DeadLetter(error) => {
+            let truncated = job.payload.len() > DLQ_PAYLOAD_BYTES_LIMIT;
+            let partition = job.partition.to_string();
+            let offset = job.offset.to_string();
+            let full_len = job.payload.len().to_string();
+            let mut headers = OwnedHeaders::new();
+            for (key, value) in [
+                ("error", error.as_str()),
+                ("source_topic", config.requests_topic.as_str()),
+                ("source_partition", &partition),
+                ("source_offset", &offset),
+            ] {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            if truncated {
+                headers = headers.insert(Header {
+                    key: "truncated",
+                    value: Some(&full_len),
+                });
+            }
+            Outgoing {
+                topic: &config.dlq_topic,
+                key: job.key.clone().unwrap_or_default(),
+                payload: job.payload[..job.payload.len().min(DLQ_PAYLOAD_BYTES_LIMIT)].to_vec(),
+                headers: Some(headers),
             }
         }
     }
@@ -852,5 +920,45 @@ mod tests {
             .collect();
         assert_eq!(order, vec![(0, 11), (2, 7)]);
         assert_eq!(backlog.bytes, 0);
+    }
+
+    #[test]
+    fn the_consumer_pauses_at_the_bound_and_resumes_at_half() {
+        let max = 1_000;
+        assert!(!should_pause(false, 999, max));
+        assert!(should_pause(false, 1_000, max));
+        assert!(should_pause(true, 501, max), "stays paused above half");
+        assert!(!should_pause(true, 500, max), "resumes at half");
+    }
+
+    fn header(headers: &OwnedHeaders, key: &str) -> Option<String> {
+        use rdkafka::message::Headers;
+        headers
+            .iter()
+            .find(|h| h.key == key)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    #[test]
+    fn a_dead_letter_carries_its_source_and_is_truncated_only_past_the_limit() {
+        let config = WorkerConfig::default();
+        let answer = Answer::DeadLetter("not JSON".into());
+        let small = job(3, 42, 10);
+        let out = outgoing(&config, &answer, &small);
+        assert_eq!(out.topic, config.dlq_topic);
+        assert_eq!(out.payload, small.payload);
+        assert_eq!(out.key, b"k");
+        let headers = out.headers.expect("a dead letter has headers");
+        assert_eq!(header(&headers, "error").as_deref(), Some("not JSON"));
+        assert_eq!(header(&headers, "source_partition").as_deref(), Some("3"));
+        assert_eq!(header(&headers, "source_offset").as_deref(), Some("42"));
+        assert_eq!(header(&headers, "truncated"), None);
+
+        let big = job(0, 1, DLQ_PAYLOAD_BYTES_LIMIT + 1);
+        let out = outgoing(&config, &answer, &big);
+        assert_eq!(out.payload.len(), DLQ_PAYLOAD_BYTES_LIMIT);
+        let full = (DLQ_PAYLOAD_BYTES_LIMIT + 1).to_string();
+        assert_eq!(header(&out.headers.unwrap(), "truncated"), Some(full));
     }
 }
