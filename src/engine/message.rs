@@ -1,7 +1,7 @@
 //! The wire format: transfer requests and results as JSON, and the validation that turns a
 //! request's bytes into a typed [`TransferRequest`].
 //!
-//! Owns the JSON shapes of DESIGN section 7 and the rules for ids. Decoding sorts input three
+//! Owns the JSON shapes of ARCHITECTURE.md, "Wire format" and the rules for ids. Decoding sorts input three
 //! ways: a valid request; a request that names a `transfer_id` but breaks a field rule (it gets a
 //! FAILED result with reason `invalid_request`); and poison that cannot be answered at all (it
 //! goes to the dead-letter topic). Does not touch Redis or Kafka.
@@ -12,11 +12,11 @@ use serde_json::Value;
 use crate::engine::money::{Amount, Currency};
 
 /// Largest request payload accepted, in bytes. Anything longer is poison.
-pub const PAYLOAD_BYTES_MAX: usize = 64 * 1024;
+pub const PAYLOAD_BYTES_LIMIT: usize = 64 * 1024;
 /// Longest user or wallet id.
-pub const USER_ID_LEN_MAX: usize = 64;
+pub const USER_ID_LEN_LIMIT: usize = 64;
 /// Longest transfer id or idempotency key.
-pub const KEY_LEN_MAX: usize = 128;
+pub const KEY_LEN_LIMIT: usize = 128;
 
 /// A validated transfer request: every field obeys its rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +140,7 @@ impl FieldError {
 /// Input that cannot be answered with a result: it goes to the dead-letter topic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PoisonError {
-    #[error("payload is {0} bytes, over the limit of {PAYLOAD_BYTES_MAX}")]
+    #[error("payload is {0} bytes, over the limit of {PAYLOAD_BYTES_LIMIT}")]
     TooLarge(usize),
     #[error("payload is empty")]
     Empty,
@@ -167,7 +167,7 @@ pub enum Decoded {
 
 /// Sorts a raw payload into a request, an invalid request, or poison.
 pub fn decode(payload: &[u8]) -> Result<Decoded, PoisonError> {
-    if payload.len() > PAYLOAD_BYTES_MAX {
+    if payload.len() > PAYLOAD_BYTES_LIMIT {
         return Err(PoisonError::TooLarge(payload.len()));
     }
     if payload.iter().all(u8::is_ascii_whitespace) {
@@ -271,11 +271,11 @@ impl RawRequest {
             s.as_deref()
                 .unwrap_or("")
                 .chars()
-                .take(KEY_LEN_MAX)
+                .take(KEY_LEN_LIMIT)
                 .collect::<String>()
         };
         TransferCompleted {
-            transfer_id: self.transfer_id.chars().take(KEY_LEN_MAX).collect(),
+            transfer_id: self.transfer_id.chars().take(KEY_LEN_LIMIT).collect(),
             status: Status::Failed,
             processed_at: now_seconds(),
             from_user: cut(&self.from_user),
@@ -288,7 +288,7 @@ impl RawRequest {
                 .unwrap_or_else(|| "USD".to_string()),
             idempotency_key: match &self.idempotency_key {
                 Some(_) => cut(&self.idempotency_key),
-                None => self.transfer_id.chars().take(KEY_LEN_MAX).collect(),
+                None => self.transfer_id.chars().take(KEY_LEN_LIMIT).collect(),
             },
             reason: Some(FailureReason::InvalidRequest),
             duplicate: false,
@@ -358,7 +358,7 @@ impl TransferRequest {
 
 /// `^[A-Za-z0-9_-]{1,64}$`: the rule for user and wallet ids.
 pub fn check_user_id(field: &'static str, id: &str) -> Result<(), FieldError> {
-    check_chars(id, USER_ID_LEN_MAX, |c| {
+    check_chars(id, USER_ID_LEN_LIMIT, |c| {
         c.is_ascii_alphanumeric() || c == '_' || c == '-'
     })
     .map_err(|rule| FieldError::new(field, rule))
@@ -366,7 +366,7 @@ pub fn check_user_id(field: &'static str, id: &str) -> Result<(), FieldError> {
 
 /// `^[A-Za-z0-9_.:-]{1,128}$`: the rule for transfer ids and idempotency keys.
 pub fn check_key(field: &'static str, key: &str) -> Result<(), FieldError> {
-    check_chars(key, KEY_LEN_MAX, |c| {
+    check_chars(key, KEY_LEN_LIMIT, |c| {
         c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')
     })
     .map_err(|rule| FieldError::new(field, rule))
@@ -383,7 +383,7 @@ fn check_chars(text: &str, len_max: usize, allowed: impl Fn(char) -> bool) -> Re
         None => Ok(()),
         Some(c) => Err(format!(
             "may hold only letters, digits{}, got {c:?} in {:?}",
-            if len_max == USER_ID_LEN_MAX {
+            if len_max == USER_ID_LEN_LIMIT {
                 ", '_' and '-'"
             } else {
                 ", '_', '-', '.' and ':'"
@@ -513,10 +513,10 @@ mod tests {
                 ..
             }))
         ));
-        let huge = vec![b' '; PAYLOAD_BYTES_MAX + 1];
+        let huge = vec![b' '; PAYLOAD_BYTES_LIMIT + 1];
         assert_eq!(
             decode(&huge),
-            Err(PoisonError::TooLarge(PAYLOAD_BYTES_MAX + 1))
+            Err(PoisonError::TooLarge(PAYLOAD_BYTES_LIMIT + 1))
         );
     }
 

@@ -11,13 +11,13 @@ use std::str::FromStr;
 pub const MINOR_PER_MAJOR: i64 = 100;
 
 /// The largest amount one request may move: 1_000_000_000_000.00.
-pub const AMOUNT_MAX: Amount = Amount(1_000_000_000_000 * MINOR_PER_MAJOR);
+pub const AMOUNT_LIMIT: Amount = Amount(1_000_000_000_000 * MINOR_PER_MAJOR);
 
 /// Longest amount text accepted, in bytes. Bounds the parser's work on hostile input.
-const AMOUNT_TEXT_LEN_MAX: usize = 32;
+const AMOUNT_TEXT_LEN_LIMIT: usize = 32;
 
 /// A signed count of minor units. Balances use the full range; request amounts are further
-/// restricted to `0 < amount <= AMOUNT_MAX` by [`Amount::parse_transfer_amount`].
+/// restricted to `0 < amount <= AMOUNT_LIMIT` by [`Amount::parse_transfer_amount`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Amount(i64);
 
@@ -26,7 +26,7 @@ pub struct Amount(i64);
 pub enum AmountError {
     #[error("must not be empty")]
     Empty,
-    #[error("too long ({0} bytes, at most {AMOUNT_TEXT_LEN_MAX})")]
+    #[error("too long ({0} bytes, at most {AMOUNT_TEXT_LEN_LIMIT})")]
     TooLong(usize),
     #[error("must be digits with an optional '.' and one or two decimals, got {0:?}")]
     Malformed(String),
@@ -34,7 +34,7 @@ pub enum AmountError {
     TooManyDecimals(String),
     #[error("must be greater than 0, got {0}")]
     NotPositive(String),
-    #[error("must be at most {AMOUNT_MAX}, got {0}")]
+    #[error("must be at most {AMOUNT_LIMIT}, got {0}")]
     TooLarge(String),
     #[error("arithmetic overflow")]
     Overflow,
@@ -78,7 +78,7 @@ impl Amount {
         if text.is_empty() {
             return Err(AmountError::Empty);
         }
-        if text.len() > AMOUNT_TEXT_LEN_MAX {
+        if text.len() > AMOUNT_TEXT_LEN_LIMIT {
             return Err(AmountError::TooLong(text.len()));
         }
         let (negative, body) = match text.strip_prefix('-') {
@@ -110,7 +110,7 @@ impl Amount {
         Ok(Amount(if negative { -magnitude } else { magnitude }))
     }
 
-    /// Parses an amount that a request may move: the strict form, no sign, `0 < a <= AMOUNT_MAX`.
+    /// Parses an amount that a request may move: the strict form, no sign, `0 < a <= AMOUNT_LIMIT`.
     pub fn parse_transfer_amount(text: &str) -> Result<Amount, AmountError> {
         if text.starts_with('-') {
             return Err(AmountError::NotPositive(text.to_string()));
@@ -123,7 +123,7 @@ impl Amount {
         if amount.0 <= 0 {
             return Err(AmountError::NotPositive(text.to_string()));
         }
-        if amount > AMOUNT_MAX {
+        if amount > AMOUNT_LIMIT {
             return Err(AmountError::TooLarge(text.to_string()));
         }
         Ok(amount)
@@ -233,7 +233,7 @@ mod tests {
         assert_eq!(Amount::parse_transfer_amount("0.01").unwrap().minor(), 1);
         assert_eq!(
             Amount::parse_transfer_amount("1000000000000.00").unwrap(),
-            AMOUNT_MAX
+            AMOUNT_LIMIT
         );
         assert!(matches!(
             Amount::parse_transfer_amount("0"),

@@ -186,7 +186,7 @@ pub fn scan_each<E: From<redis::RedisError>>(
     }
 }
 
-/// Key names of the Redis data model (DESIGN section 4), kept compatible with the original
+/// Key names of the Redis data model (ARCHITECTURE.md, "Redis data model"), kept compatible with the original
 /// Python system.
 pub mod keys {
     pub const USERS_ALL: &str = "users:all";

@@ -1,7 +1,7 @@
 //! Wallets and users in Redis: creating them, reading them, deposits, and the history stream.
 //!
 //! Owns the shape of the `user:{id}` and `wallet:{id}` hashes and of `wallet:{id}:history`
-//! entries (DESIGN section 4). Does not move money between wallets; that is `transfer`.
+//! entries (ARCHITECTURE.md, "Redis data model"). Does not move money between wallets; that is `transfer`.
 
 use std::collections::HashMap;
 
@@ -129,7 +129,7 @@ return 1
 "#;
 
 /// Most wallets created in one pipelined round trip.
-pub const CREATE_BATCH_MAX: usize = 1_000;
+pub const CREATE_BATCH_LIMIT: usize = 1_000;
 
 impl WalletService {
     /// Creates the user and the wallet unless the wallet exists; never overwrites one.
@@ -157,7 +157,7 @@ impl WalletService {
         script.prepare_invoke().load(&mut conn.redis)?;
         let created_at = (now_ms() / 1000).to_string();
         let mut created = 0;
-        for batch in wallets.chunks(CREATE_BATCH_MAX) {
+        for batch in wallets.chunks(CREATE_BATCH_LIMIT) {
             let mut pipe = redis::pipe();
             for w in batch {
                 pipe.cmd("EVALSHA")
@@ -197,12 +197,12 @@ impl WalletService {
     /// (WATCH/MULTI/EXEC). Returns the new balance.
     pub fn deposit(&self, user_id: &str, amount: Amount) -> Result<Amount, WalletError> {
         check_user_id("user_id", user_id)?;
-        if amount.minor() <= 0 || amount > crate::engine::money::AMOUNT_MAX {
+        if amount.minor() <= 0 || amount > crate::engine::money::AMOUNT_LIMIT {
             return Err(FieldError {
                 field: "amount",
                 rule: format!(
                     "must be greater than 0 and at most {}, got {amount}",
-                    crate::engine::money::AMOUNT_MAX
+                    crate::engine::money::AMOUNT_LIMIT
                 ),
             }
             .into());

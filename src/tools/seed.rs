@@ -21,7 +21,7 @@ pub const OPENING_CENTS_MAX: i64 = 1_000_000;
 /// Wallets handed to one `create_wallets` call; bounds memory for large seeds.
 const CREATE_CHUNK: u32 = 10_000;
 
-/// Every key of the data model (DESIGN section 4), as SCAN patterns. `wallet:*` covers
+/// Every key of the data model (ARCHITECTURE.md, "Redis data model"), as SCAN patterns. `wallet:*` covers
 /// `wallet:{id}:history` too.
 pub const DATA_MODEL_PATTERNS: [&str; 4] = ["user:*", "wallet:*", "transfer:*", "lock:*"];
 

@@ -65,7 +65,7 @@ impl Default for WorkerConfig {
 /// Upper bound on `threads`.
 pub const THREADS_LIMIT: usize = 256;
 /// Bounds on `backlog_bytes_max`: at least one largest request, at most 1 GiB.
-pub const BACKLOG_BYTES_MIN: usize = crate::engine::message::PAYLOAD_BYTES_MAX;
+pub const BACKLOG_BYTES_MIN: usize = crate::engine::message::PAYLOAD_BYTES_LIMIT;
 pub const BACKLOG_BYTES_LIMIT: usize = 1024 * 1024 * 1024;
 /// Largest dead letter forwarded unchanged; a bigger poison payload is cut to this size and
 /// marked with the header `truncated`.
@@ -99,7 +99,7 @@ const _: () = assert!(
 );
 const _: () = assert!(BACKLOG_BYTES_MIN <= BACKLOG_BYTES_LIMIT);
 const _: () = assert!(
-    crate::engine::message::PAYLOAD_BYTES_MAX <= DLQ_PAYLOAD_BYTES_LIMIT,
+    crate::engine::message::PAYLOAD_BYTES_LIMIT <= DLQ_PAYLOAD_BYTES_LIMIT,
     "every request that was read fits the dead-letter topic untruncated"
 );
 const _: () = assert!(RETRY_DELAY_MS_BASE > 0 && PRODUCE_RETRY_DELAY_MS_BASE > 0);

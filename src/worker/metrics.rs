@@ -38,7 +38,7 @@ const LOCK_WAIT_BUCKETS_S: [f64; 14] = [
 /// Longest `cause` label accepted by [`Metrics::record_retry`]. Causes are a small fixed set of
 /// names chosen by the caller (`lock_timeout`, `redis`, `kafka`, ...), never error messages:
 /// every distinct value is a time series forever.
-pub const RETRY_CAUSE_LEN_MAX: usize = 32;
+pub const RETRY_CAUSE_LEN_LIMIT: usize = 32;
 
 /// Content type of the Prometheus text exposition format.
 pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4";
@@ -230,11 +230,11 @@ impl Metrics {
     }
 
     /// Counts a job retried after a transient error. `cause` is a short fixed name such as
-    /// `lock_timeout`, `redis` or `kafka`; see [`RETRY_CAUSE_LEN_MAX`].
+    /// `lock_timeout`, `redis` or `kafka`; see [`RETRY_CAUSE_LEN_LIMIT`].
     pub fn record_retry(&self, cause: &str) {
         debug_assert!(
             !cause.is_empty()
-                && cause.len() <= RETRY_CAUSE_LEN_MAX
+                && cause.len() <= RETRY_CAUSE_LEN_LIMIT
                 && cause
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),

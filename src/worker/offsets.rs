@@ -1,8 +1,8 @@
 //! Which Kafka offsets are in flight, per partition, and the position that is safe to commit.
 //!
 //! The consumer hands offsets out in order (`start`); pool threads finish them in any order
-//! (`finish`). The commit position of a partition is the contiguous watermark of DESIGN section
-//! 6, in Kafka's "next offset to consume" convention: 1 + the highest offset `o` such that every
+//! (`finish`). The commit position of a partition is the contiguous watermark (ARCHITECTURE.md,
+//! "Offsets"), in Kafka's "next offset to consume" convention: 1 + the highest offset `o` such that every
 //! started offset `<= o` is finished. Equivalently, it is the lowest unfinished offset, or 1 + the
 //! highest started offset when nothing is in flight:
 //!
@@ -17,9 +17,10 @@
 //! by the number of offsets in flight (one set of unfinished offsets per partition, no history).
 //!
 //! Owns the per-partition in-flight sets and which positions were already reported for commit.
-//! Does not talk to Kafka, commit, know topic names (one tracker per subscribed topic), or share
-//! itself between threads: it is pure and single-threaded, owned by the consumer thread, and pool
-//! threads report finished offsets back to that thread.
+//! Does not talk to Kafka, commit, know topic names (one tracker per subscribed topic), or lock:
+//! it is pure and single-threaded. The pipeline keeps it behind one mutex, shared by the
+//! consumer thread (`start`, positions, `forget` on revoke) and the producer's delivery callback
+//! (`finish`, once a result or dead letter is acknowledged).
 //!
 //! Misuse is split in two. Starting offsets out of order is a bug in the consumer loop and
 //! panics (`assert!`), because a position computed from a wrong order could commit past work
@@ -33,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Offsets in flight over all partitions at once. A sanity bound, far above what the worker's
 /// bounded channel and pool allow: passing it means backpressure is broken, and the tracker
 /// refuses to grow without limit.
-pub const IN_FLIGHT_MAX: usize = 1 << 20;
+pub const IN_FLIGHT_LIMIT: usize = 1 << 20;
 
 /// A finished offset that the tracker did not hand out. Nothing is changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,15 +96,15 @@ impl OffsetTracker {
     ///
     /// If `offset` is negative or `i64::MAX`, if it is not above every offset started before on
     /// this partition (since the last [`forget`](Self::forget)), or if more than
-    /// [`IN_FLIGHT_MAX`] offsets would be in flight.
+    /// [`IN_FLIGHT_LIMIT`] offsets would be in flight.
     pub fn start(&mut self, partition: i32, offset: i64) {
         assert!(
             (0..i64::MAX).contains(&offset),
             "offset {offset} on partition {partition} is outside 0..i64::MAX"
         );
         assert!(
-            self.in_flight_total < IN_FLIGHT_MAX,
-            "{IN_FLIGHT_MAX} offsets in flight already: the consumer is not applying backpressure"
+            self.in_flight_total < IN_FLIGHT_LIMIT,
+            "{IN_FLIGHT_LIMIT} offsets in flight already: the consumer is not applying backpressure"
         );
         match self.partitions.get_mut(&partition) {
             Some(state) => {
