@@ -93,10 +93,21 @@ pub struct LockStats {
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error(
-        "could not lock {keys:?} after {} attempts over {} ms (another holder kept them; raise the lock retries or check for a stalled worker)",
-        stats.attempts, stats.wait_us / 1000
+        "could not lock {keys:?} after {} attempts over {} ms ({})",
+        stats.attempts, stats.wait_us / 1000,
+        if no_ttl.is_empty() {
+            "another holder kept them; raise the lock retries or check for a stalled worker".to_string()
+        } else {
+            format!("{no_ttl:?} held with no ttl, never released by itself: delete it once its holder is known to be gone")
+        }
     )]
-    Timeout { keys: Vec<String>, stats: LockStats },
+    Timeout {
+        keys: Vec<String>,
+        stats: LockStats,
+        /// Keys found held with no ttl at the last attempt: they never expire by themselves and
+        /// need an operator (`wallet locks`).
+        no_ttl: Vec<String>,
+    },
     #[error("redis error while locking: {0}")]
     Redis(#[from] redis::RedisError),
 }
@@ -204,13 +215,47 @@ pub fn acquire_with(
         let retry = stats.attempts - 1;
         if retry >= config.retries_max {
             stats.wait_us = started.elapsed().as_micros() as u64;
-            if redis::cmd("UNWATCH").query::<()>(&mut conn.redis).is_err() {
-                conn.taint();
-            }
-            return Err(LockError::Timeout { keys, stats });
+            stats.round_trips += 1;
+            let held: Vec<String> = keys
+                .iter()
+                .filter(|k| !taken.contains(k))
+                .cloned()
+                .collect();
+            let no_ttl = match unwatch_and_find_no_ttl(&mut conn, &held) {
+                Ok(no_ttl) => no_ttl,
+                Err(e) => {
+                    conn.taint();
+                    return Err(LockError::Redis(e));
+                }
+            };
+            return Err(LockError::Timeout {
+                keys,
+                stats,
+                no_ttl,
+            });
         }
         std::thread::sleep(Duration::from_millis(backoff.delay_ms(retry)));
     }
+}
+
+/// Clears the attempt's WATCH and reads the ttl of `held` (keys another holder has) in one
+/// round trip; returns those without a ttl (PTTL -1).
+fn unwatch_and_find_no_ttl(
+    conn: &mut PooledConn,
+    held: &[String],
+) -> redis::RedisResult<Vec<String>> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("UNWATCH").ignore();
+    for key in held {
+        pipe.cmd("PTTL").arg(key);
+    }
+    let ttls: Vec<i64> = pipe.query(&mut conn.redis)?;
+    Ok(held
+        .iter()
+        .zip(ttls)
+        .filter(|(_, ttl)| *ttl == -1)
+        .map(|(k, _)| k.clone())
+        .collect())
 }
 
 /// One attempt's pipeline: (UNWATCH what an earlier attempt's `then` left,) a `SET NX PX` per

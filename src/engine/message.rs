@@ -82,10 +82,11 @@ pub enum FailureReason {
     InvalidRequest,
     LockTimeout,
     IdempotencyConflict,
+    BalanceLimit,
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 8] = [
+    pub const ALL: [FailureReason; 9] = [
         FailureReason::InsufficientFunds,
         FailureReason::SameUser,
         FailureReason::WalletNotFound,
@@ -94,6 +95,7 @@ impl FailureReason {
         FailureReason::InvalidRequest,
         FailureReason::LockTimeout,
         FailureReason::IdempotencyConflict,
+        FailureReason::BalanceLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +108,7 @@ impl FailureReason {
             FailureReason::InvalidRequest => "invalid_request",
             FailureReason::LockTimeout => "lock_timeout",
             FailureReason::IdempotencyConflict => "idempotency_conflict",
+            FailureReason::BalanceLimit => "balance_limit",
         }
     }
 

@@ -13,6 +13,16 @@ pub const MINOR_PER_MAJOR: i64 = 100;
 /// The largest amount one request may move: 1_000_000_000_000.00.
 pub const AMOUNT_LIMIT: Amount = Amount(1_000_000_000_000 * MINOR_PER_MAJOR);
 
+/// Largest balance a wallet may hold: a credit or deposit past it is refused
+/// (`balance_limit`). Far below `i64::MAX`, so no balance arithmetic can overflow.
+pub const BALANCE_LIMIT: Amount = Amount(1_000_000_000_000_000 * MINOR_PER_MAJOR);
+
+const _: () = assert!(AMOUNT_LIMIT.0 <= BALANCE_LIMIT.0);
+const _: () = assert!(
+    BALANCE_LIMIT.0 <= i64::MAX / 2,
+    "two balances add without overflow"
+);
+
 /// Longest amount text accepted, in bytes. Bounds the parser's work on hostile input.
 const AMOUNT_TEXT_LEN_LIMIT: usize = 32;
 

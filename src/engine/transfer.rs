@@ -26,11 +26,11 @@ use std::time::Instant;
 
 use crate::engine::lock::{self, LockError, LockGuard, LockStats};
 use crate::engine::message::{FailureReason, Status, TransferCompleted, TransferRequest, now_ms};
-use crate::engine::money::Amount;
+use crate::engine::money::{Amount, BALANCE_LIMIT};
 use crate::engine::service::WalletService;
 use crate::engine::store::{Conn, keys};
 use crate::engine::wallet::{
-    HistoryKind, Wallet, WalletError, WalletStatus, add_history, parse_wallet,
+    HistoryKind, Mover, Wallet, WalletError, WalletStatus, add_history, parse_wallet,
 };
 
 /// What happened to a transfer request, as recorded under its idempotency key.
@@ -48,8 +48,12 @@ pub struct TransferOutcome {
     /// Balances right after a COMPLETED transfer.
     pub from_balance_after: Option<Amount>,
     pub to_balance_after: Option<Amount>,
-    /// True when this request had been answered before and nothing was done now.
+    /// True when a *different* message with the same idempotency key was answered before and
+    /// nothing was done now. A redelivery of the message that produced the outcome (same
+    /// [`Origin`]) is answered as the original, with `duplicate` false.
     pub duplicate: bool,
+    /// The message that produced the outcome, when it came through Kafka.
+    pub origin: Option<Origin>,
     /// Fingerprint of the request that produced the record.
     pub request_hash: String,
     /// What this call cost (not stored).
@@ -68,6 +72,38 @@ pub struct TransferStats {
     pub round_trips: u32,
     /// Wall time of the call, in microseconds.
     pub elapsed_us: u64,
+}
+
+/// Where a request came from: the Kafka message (topic, partition, offset) that carried it.
+///
+/// Recorded with the outcome, so that a redelivery of the same message (after a crash, a revoke
+/// or a failed result delivery) is told apart from a different message that reuses the
+/// idempotency key: the first is answered as the original, the second as a duplicate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl Origin {
+    /// `topic:partition:offset` (Kafka topic names cannot contain `:`).
+    pub fn encode(&self) -> String {
+        format!("{}:{}:{}", self.topic, self.partition, self.offset)
+    }
+
+    /// Parses what [`Origin::encode`] wrote.
+    pub fn parse(text: &str) -> Option<Origin> {
+        let mut parts = text.rsplitn(3, ':');
+        let offset = parts.next()?.parse().ok()?;
+        let partition = parts.next()?.parse().ok()?;
+        let topic = parts.next().filter(|t| !t.is_empty())?;
+        Some(Origin {
+            topic: topic.to_string(),
+            partition,
+            offset,
+        })
+    }
 }
 
 impl TransferOutcome {
@@ -174,11 +210,12 @@ pub fn decide(
         .balance
         .checked_sub(request.amount)
         .map_err(|_| FailureReason::InsufficientFunds)?;
-    // A credit past i64 would need 92 quadrillion in one wallet; refuse rather than wrap.
     let to_after = to
         .balance
         .checked_add(request.amount)
-        .map_err(|_| FailureReason::WalletInactive)?;
+        .ok()
+        .filter(|after| *after <= BALANCE_LIMIT)
+        .ok_or(FailureReason::BalanceLimit)?;
     debug_assert!(!from_after.is_negative());
     Ok((from_after, to_after))
 }
@@ -190,8 +227,21 @@ impl WalletService {
     /// `duplicate`) from an earlier delivery. `Err` is either transient (retry the same request;
     /// see [`TransferError::is_transient`]) or needs an operator.
     pub fn transfer(&self, request: &TransferRequest) -> Result<TransferOutcome, TransferError> {
+        self.transfer_from(request, None)
+    }
+
+    /// Like [`WalletService::transfer`], for a request that arrived in the Kafka message
+    /// `origin`. The origin is recorded with the outcome; a later call with the same origin (a
+    /// redelivery) is answered as the original (`duplicate: false`), any other call with the
+    /// same idempotency key as a duplicate.
+    pub fn transfer_from(
+        &self,
+        request: &TransferRequest,
+        origin: Option<&Origin>,
+    ) -> Result<TransferOutcome, TransferError> {
         let mut call = Call {
             request,
+            origin,
             outcome_key: keys::outcome(&request.idempotency_key),
             lock_keys: lock::lock_keys(&[&request.from_user, &request.to_user]),
             fingerprint: request.fingerprint(),
@@ -281,7 +331,7 @@ impl WalletService {
             return Err(TransferError::LockLost(lost.to_string()));
         }
         let decision = decide(call.request, read.from.as_ref(), read.to.as_ref());
-        let outcome = new_outcome(call.request, &decision, &call.fingerprint);
+        let outcome = new_outcome(call.request, &decision, &call.fingerprint, call.origin);
         if let Some(hook) = &self.before_exec {
             hook(&call.request.idempotency_key);
         }
@@ -320,6 +370,7 @@ impl WalletService {
 /// One `transfer` call: the request, the keys it touches and what it has cost so far.
 struct Call<'a> {
     request: &'a TransferRequest,
+    origin: Option<&'a Origin>,
     outcome_key: String,
     /// Sorted and unique (see [`lock::lock_keys`]).
     lock_keys: Vec<String>,
@@ -345,8 +396,9 @@ impl Call<'_> {
             });
         }
         self.stats.elapsed_us = self.started.elapsed().as_micros() as u64;
+        let redelivery = self.origin.is_some() && original.origin.as_ref() == self.origin;
         Ok(TransferOutcome {
-            duplicate: true,
+            duplicate: !redelivery,
             stats: self.stats,
             ..original
         })
@@ -389,14 +441,11 @@ fn transaction(
                 .ignore()
                 .hincr(&key, "version", 1)
                 .ignore();
-            add_history(
-                &mut pipe,
-                id,
-                &request.transfer_id,
-                kind,
-                request.amount,
-                after,
-            );
+            let mover = Mover {
+                transfer_id: &request.transfer_id,
+                idempotency_key: &request.idempotency_key,
+            };
+            add_history(&mut pipe, id, &mover, kind, request.amount, after);
             pipe.ignore();
         }
     }
@@ -478,6 +527,7 @@ fn new_outcome(
     request: &TransferRequest,
     decision: &Result<(Amount, Amount), FailureReason>,
     fingerprint: &str,
+    origin: Option<&Origin>,
 ) -> TransferOutcome {
     let (status, reason, from_after, to_after) = match decision {
         Ok((f, t)) => (Status::Completed, None, Some(*f), Some(*t)),
@@ -496,6 +546,7 @@ fn new_outcome(
         from_balance_after: from_after,
         to_balance_after: to_after,
         duplicate: false,
+        origin: origin.cloned(),
         request_hash: fingerprint.to_string(),
         stats: TransferStats::default(),
     }
@@ -527,6 +578,10 @@ fn outcome_fields(o: &TransferOutcome) -> Vec<(&'static str, String)> {
         ("from_balance_after", opt(o.from_balance_after)),
         ("to_balance_after", opt(o.to_balance_after)),
         ("request_hash", o.request_hash.clone()),
+        (
+            "origin",
+            o.origin.as_ref().map(Origin::encode).unwrap_or_default(),
+        ),
     ]
 }
 
@@ -579,6 +634,7 @@ pub fn parse_outcome(
         from_balance_after: opt_amount("from_balance_after")?,
         to_balance_after: opt_amount("to_balance_after")?,
         duplicate: false,
+        origin: f.get("origin").and_then(|o| Origin::parse(o)),
         request_hash: f.get("request_hash").cloned().unwrap_or_default(),
         stats: TransferStats::default(),
     })
@@ -653,6 +709,7 @@ mod tests {
             &r,
             &Ok((Amount::from_minor(1), Amount::from_minor(2))),
             "abc",
+            None,
         );
         let fields: HashMap<String, String> = outcome_fields(&o)
             .into_iter()
@@ -660,7 +717,7 @@ mod tests {
             .collect();
         let back = parse_outcome("transfer:t1", &fields).unwrap();
         assert_eq!(back, o);
-        let failed = new_outcome(&r, &Err(FailureReason::InsufficientFunds), "abc");
+        let failed = new_outcome(&r, &Err(FailureReason::InsufficientFunds), "abc", None);
         let fields: HashMap<String, String> = outcome_fields(&failed)
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
@@ -686,6 +743,7 @@ mod tests {
     fn call(request: &TransferRequest) -> Call<'_> {
         Call {
             request,
+            origin: None,
             outcome_key: keys::outcome(&request.idempotency_key),
             lock_keys: lock::lock_keys(&[&request.from_user, &request.to_user]),
             fingerprint: request.fingerprint(),
@@ -708,7 +766,7 @@ mod tests {
         let r = req("a", "b", "1.00");
         let c = call(&r);
         let ok = Ok((Amount::from_minor(0), Amount::from_minor(100)));
-        let done = transaction(&c, &ok, &new_outcome(&r, &ok, "f"), None);
+        let done = transaction(&c, &ok, &new_outcome(&r, &ok, "f", None), None);
         assert_eq!(
             commands(&done),
             [
@@ -716,7 +774,39 @@ mod tests {
             ]
         );
         let failed = Err(FailureReason::InsufficientFunds);
-        let ttl = transaction(&c, &failed, &new_outcome(&r, &failed, "f"), Some(5_000));
+        let ttl = transaction(
+            &c,
+            &failed,
+            &new_outcome(&r, &failed, "f", None),
+            Some(5_000),
+        );
         assert_eq!(commands(&ttl), ["HMSET", "PEXPIRE", "DEL"]);
+    }
+
+    #[test]
+    fn an_origin_round_trips_through_its_text() {
+        let o = Origin {
+            topic: "wallet.transfer.requested".into(),
+            partition: 5,
+            offset: 1_234_567,
+        };
+        assert_eq!(o.encode(), "wallet.transfer.requested:5:1234567");
+        assert_eq!(Origin::parse(&o.encode()), Some(o));
+        for bad in ["", "t:1", ":1:2", "t:x:2", "t:1:y"] {
+            assert_eq!(Origin::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_credit_past_the_balance_limit_has_its_own_reason() {
+        let a = wallet("a", "100.00", Currency::USD, WalletStatus::Active);
+        let mut full = wallet("b", "0", Currency::USD, WalletStatus::Active);
+        full.balance = BALANCE_LIMIT;
+        assert_eq!(
+            decide(&req("a", "b", "0.01"), Some(&a), Some(&full)),
+            Err(FailureReason::BalanceLimit)
+        );
+        full.balance = BALANCE_LIMIT.checked_sub(Amount::from_minor(1)).unwrap();
+        assert!(decide(&req("a", "b", "0.01"), Some(&a), Some(&full)).is_ok());
     }
 }

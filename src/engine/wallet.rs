@@ -65,6 +65,9 @@ pub struct NewWallet {
 pub struct HistoryEntry {
     pub stream_id: String,
     pub transfer_id: String,
+    /// The idempotency key of the transfer (or the id of the deposit) that made this entry;
+    /// `None` on entries written before the key was recorded.
+    pub idempotency_key: Option<String>,
     pub kind: HistoryKind,
     pub amount: Amount,
     pub balance_after: Amount,
@@ -108,7 +111,10 @@ pub enum WalletError {
     Corrupt { key: String, detail: String },
     #[error("gave up after {0} concurrent changes to the wallet; try again")]
     Contended(u32),
-    #[error("balance overflow")]
+    #[error(
+        "the deposit would take the balance past {}",
+        crate::engine::money::BALANCE_LIMIT
+    )]
     Overflow,
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -224,17 +230,23 @@ impl WalletService {
                 let balance = wallet
                     .balance
                     .checked_add(amount)
-                    .map_err(|_| WalletError::Overflow)?;
+                    .ok()
+                    .filter(|b| *b <= crate::engine::money::BALANCE_LIMIT)
+                    .ok_or(WalletError::Overflow)?;
                 let mut pipe = redis::pipe();
                 pipe.atomic()
                     .hset(&key, "balance", balance.to_string())
                     .ignore()
                     .hincr(&key, "version", 1)
                     .ignore();
+                let mover = Mover {
+                    transfer_id: &deposit_id,
+                    idempotency_key: &deposit_id,
+                };
                 add_history(
                     &mut pipe,
                     user_id,
-                    &deposit_id,
+                    &mover,
                     HistoryKind::Deposit,
                     amount,
                     balance,
@@ -272,11 +284,18 @@ impl WalletService {
     }
 }
 
+/// What moved the money of a history entry: a transfer (its id and idempotency key) or a
+/// deposit (its id, twice).
+pub(crate) struct Mover<'a> {
+    pub transfer_id: &'a str,
+    pub idempotency_key: &'a str,
+}
+
 /// Appends a history entry (XADD) to a pipeline, inside the caller's MULTI.
 pub(crate) fn add_history(
     pipe: &mut redis::Pipeline,
     wallet_id: &str,
-    transfer_id: &str,
+    mover: &Mover<'_>,
     kind: HistoryKind,
     amount: Amount,
     balance_after: Amount,
@@ -285,7 +304,9 @@ pub(crate) fn add_history(
         .arg(keys::history(wallet_id))
         .arg("*")
         .arg("transfer_id")
-        .arg(transfer_id)
+        .arg(mover.transfer_id)
+        .arg("idempotency_key")
+        .arg(mover.idempotency_key)
         .arg("kind")
         .arg(kind.as_str())
         .arg("amount")
@@ -320,6 +341,7 @@ fn parse_history(
         |name: &str| Amount::parse(&field(name)?).map_err(|e| corrupt(format!("{name}: {e}")));
     Ok(HistoryEntry {
         transfer_id: field("transfer_id")?,
+        idempotency_key: f.get("idempotency_key").cloned(),
         kind,
         amount: amount("amount")?,
         balance_after: amount("balance_after")?,

@@ -549,6 +549,7 @@ mod tests {
             from_balance_after: None,
             to_balance_after: None,
             duplicate,
+            origin: None,
             request_hash: String::new(),
             stats,
         }
