@@ -18,6 +18,12 @@ fn defaults() -> WorkerConfig {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Stops cleanly on SIGINT/SIGTERM: in-flight transfers finish, results are \
+                  flushed and offsets committed; a second signal exits at once.\n\
+                  Metrics: curl http://127.0.0.1:9898/metrics\n\
+                  Example: wallet worker --threads 8 --group wallet-transfer-worker"
+)]
 pub struct WorkerArgs {
     /// Transfer threads, and Redis connections in the pool (1-256)
     #[arg(long, env = "WORKER_THREADS", default_value_t = defaults().threads)]
