@@ -9,7 +9,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use clap::builder::RangedU64ValueParser;
+use clap::builder::RangedI64ValueParser;
 use clap::{ArgGroup, Args};
 use wallet_transfer::tools::bench::{self, DirectConfig, E2eConfig};
 use wallet_transfer::worker::kafka::KafkaConfig;
@@ -66,8 +66,8 @@ pub struct BenchArgs {
     /// Threads running transfers at once; the Redis pool gets as many connections (1 to 256;
     /// --direct only)
     #[arg(long, value_name = "N", default_value_t = direct().threads,
-          value_parser = RangedU64ValueParser::<usize>::new()
-              .range(1..=bench::BENCH_THREADS_LIMIT as u64))]
+          value_parser = RangedI64ValueParser::<usize>::new()
+              .range(1..=bench::BENCH_THREADS_LIMIT as i64))]
     pub threads: usize,
 
     /// Transfers in total, shared among the threads (1 to 10000000)
@@ -272,5 +272,12 @@ mod tests {
             e.to_string(),
             "--results-topic must differ from --requests-topic, both are \"t\""
         );
+    }
+
+    #[test]
+    fn help_states_the_opening_balance_of_the_library() {
+        let (_, help) = crate::cli::subcommand_help("bench");
+        let opening = wallet_transfer::Amount::from_minor(bench::BENCH_OPENING_CENTS);
+        assert!(help.contains(&format!("{opening} each")), "{help}");
     }
 }

@@ -53,6 +53,7 @@ fn checked_input(args: &DepositArgs) -> Result<Amount, Failure> {
 mod tests {
     use super::*;
     use crate::cli::test_global;
+    use wallet_transfer::engine::money::AMOUNT_MAX;
 
     fn args(user: &str, amount: &str) -> DepositArgs {
         DepositArgs {
@@ -77,5 +78,11 @@ mod tests {
             assert_eq!(e.exit_code(), 2, "{e}");
             assert!(e.to_string().starts_with(named), "{e}");
         }
+    }
+
+    #[test]
+    fn help_states_the_largest_amount() {
+        let (_, help) = crate::cli::subcommand_help("deposit");
+        assert!(help.contains(&format!("at most {AMOUNT_MAX}")), "{help}");
     }
 }

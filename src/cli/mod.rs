@@ -427,6 +427,18 @@ fn test_global() -> GlobalOpts {
         .global
 }
 
+/// The summary and the after_help of one subcommand (for the tests).
+#[cfg(test)]
+fn subcommand_help(subcommand: &str) -> (String, String) {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let command = cli
+        .find_subcommand(subcommand)
+        .unwrap_or_else(|| panic!("no subcommand {subcommand}"));
+    let text = |t: Option<&clap::builder::StyledStr>| t.map(|t| t.to_string()).unwrap_or_default();
+    (text(command.get_about()), text(command.get_after_help()))
+}
+
 /// The help text of one flag of one subcommand (for the tests).
 #[cfg(test)]
 fn flag_help(subcommand: &str, flag: &str) -> String {

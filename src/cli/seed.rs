@@ -73,7 +73,7 @@ mod tests {
     use wallet_transfer::Amount;
     use wallet_transfer::tools::seed::{OPENING_CENTS_MAX, OPENING_CENTS_MIN, SEED_USERS_MAX};
 
-    use crate::cli::{Command, flag_help, parse};
+    use crate::cli::{Command, flag_help, parse, subcommand_help};
 
     #[test]
     fn users_is_bounded_by_the_library_limit() {
@@ -95,12 +95,7 @@ mod tests {
         let help = flag_help("seed", "users");
         assert!(help.contains(&format!("1 to {SEED_USERS_MAX}")), "{help}");
         // The summary in `wallet --help` names the opening balance range of tools::seed.
-        let about = {
-            use clap::CommandFactory;
-            let cli = crate::cli::Cli::command();
-            let seed = cli.find_subcommand("seed").unwrap();
-            seed.get_about().unwrap().to_string()
-        };
+        let (about, _) = subcommand_help("seed");
         let range = format!(
             "{} to {}",
             Amount::from_minor(OPENING_CENTS_MIN),
