@@ -1,50 +1,92 @@
-//! The `wallet` command line: global options, one subcommand per operator task.
+//! The `wallet` command line: what the tool is, the options every subcommand shares, and the
+//! dispatch to one file per subcommand (`seed.rs`, `bench.rs`, `worker.rs`, `snapshot.rs`,
+//! `status.rs`, `deposit.rs`, `locks.rs`, `audit.rs`, `transfer.rs`, `produce.rs`).
 //!
-//! Adding a subcommand is one variant of [`Command`] (with its `Args` struct) and one function
-//! `fn name(global: &GlobalOpts, args: NameArgs) -> Result<(), Failure>` called from [`run`].
-//! Input errors (bad flag values) come back as [`Failure::usage`] (exit 2), everything else as a
+//! Owns [`Cli`], [`GlobalOpts`] (Redis, Kafka and lock flags), the [`Command`] list, the
+//! [`Failure`] type and its exit codes, the stdout helpers ([`print_out`], [`json_out`],
+//! [`new_table`]) and the mapping from library setting names to flags ([`flag_error`]). Does
+//! not own any subcommand's flags, help text or work: each file holds its `Args` struct (with
+//! its `after_help`) and `pub fn run(global: &GlobalOpts, args: Args) -> Result<(), Failure>`.
+//!
+//! Adding a subcommand is one file, one variant of [`Command`] and one line in [`run`]. Input
+//! errors (bad flag values) come back as [`Failure::usage`] (exit 2), everything else as a
 //! runtime failure (exit 1); `main` prints either as one line.
 
 use std::fmt;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use clap::{Args, Parser, Subcommand};
 
+mod audit;
+mod bench;
+mod deposit;
+mod locks;
+mod produce;
+mod seed;
+mod snapshot;
+mod status;
+mod transfer;
 mod worker;
 
 use wallet_transfer::engine::lock::{LOCK_RETRIES_LIMIT, LOCK_TTL_MS_LIMIT, LockConfig};
 use wallet_transfer::engine::store::redact_url;
-use wallet_transfer::tools::bench::{self, DirectConfig};
-use wallet_transfer::tools::seed;
+use wallet_transfer::tools::bench::DirectConfig;
 use wallet_transfer::{EngineConfig, SettingError, WalletService};
 
-const EXAMPLES: &str = "\
+const ABOUT: &str = "Wallet transfers in Redis: run the Kafka worker, send transfers and race \
+                     scenarios, inspect wallets, outcomes and locks, audit, deposit, seed and \
+                     benchmark.";
+
+const LONG_ABOUT: &str = "\
+Wallet transfers in Redis, exactly once per request: the operator tool of the transfer engine
+and of its Kafka worker.
+
+  run       worker (consume transfer requests from Kafka, move the money, publish results)
+  send      transfer (one request), produce (the six race scenarios end to end)
+  inspect   snapshot (every wallet), status (the outcome of an idempotency key),
+            locks (held wallet locks), audit (the ledger invariants)
+  change    deposit (add money to a wallet), seed (create demo users)
+  measure   bench (throughput and latency, in-process or through Kafka)
+
+Every option can also be set through the environment variable shown with it.";
+
+/// The top-level help's examples; the bench line states the library's defaults.
+fn examples() -> String {
+    let direct = DirectConfig::default();
+    format!(
+        "\
 Examples:
   wallet seed --users 100
       create user_1..user_100 with random balances (existing wallets are kept)
   wallet seed --users 1000 --reset
       delete all wallet data in the Redis database first, then seed
+  wallet worker --threads 8
+      consume transfer requests from Kafka and answer them until SIGINT/SIGTERM
+  wallet transfer user_1 user_2 100.50 --wait
+      publish one transfer request, wait for the worker's result and print it
+  wallet audit
+      check the ledger invariants; exit 1 with one line per violation if any is broken
   wallet bench --direct
-      50000 transfers from 8 threads among 10000 fresh wallets, then a table of figures
+      {} transfers from {} threads among {} fresh wallets, then a table of figures
   wallet bench --direct --hot --transfers 5000
       every transfer on one pair of wallets: the contended case
   wallet --redis-url redis://127.0.0.1:6399 bench --direct --json
       the same figures as one JSON object on stdout
   REDIS_URL=redis://:secret@db:6379/0 wallet seed --users 10
 
-Logging goes to stderr; RUST_LOG (e.g. RUST_LOG=debug) overrides the default level, info.";
+Logging goes to stderr; RUST_LOG (e.g. RUST_LOG=debug) overrides the default level, info.",
+        direct.transfers, direct.threads, direct.wallets
+    )
+}
 
 /// Wallet transfers in Redis: operator commands for the transfer engine.
 #[derive(Debug, Parser)]
 #[command(
     name = "wallet",
     version,
-    about = "Wallet transfers in Redis: seed data, benchmark the transfer engine.",
-    long_about = "Wallet transfers in Redis, exactly once per request.\n\n\
-                  Operator commands for the transfer engine: seed demo data and benchmark it.\n\
-                  Every option can also be set through the environment variable shown with it.",
-    after_help = EXAMPLES
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = examples()
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -133,12 +175,6 @@ pub struct GlobalOpts {
 impl GlobalOpts {
     /// The engine settings from the lock flags, checked; the error names the flag.
     pub fn engine_config(&self) -> Result<EngineConfig, Failure> {
-        if self.lock_retry_delay_ms > self.lock_retry_delay_ms_max {
-            return Err(Failure::usage(format!(
-                "--lock-retry-delay-ms ({}) must not exceed --lock-retry-delay-ms-max ({})",
-                self.lock_retry_delay_ms, self.lock_retry_delay_ms_max
-            )));
-        }
         let config = EngineConfig {
             lock: LockConfig {
                 ttl_ms: self.lock_ttl_ms,
@@ -148,7 +184,8 @@ impl GlobalOpts {
             },
             ..EngineConfig::default()
         };
-        // The flag ranges above mirror these rules; this catches any the flags do not.
+        // The flag ranges check each value alone; the library's rules also relate them (the
+        // first retry delay must not exceed the cap).
         config.validate().map_err(flag_error)?;
         Ok(config)
     }
@@ -166,783 +203,135 @@ impl GlobalOpts {
     }
 }
 
+/// The subcommands. Each variant's doc comment is its one-line summary in `wallet --help`;
+/// the rest of its help (`after_help`) sits beside its `Args` struct in its own file.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create demo users user_1..user_N with random USD balances (100.00 to 10000.00)
-    #[command(
-        after_help = "Existing wallets are never changed: seeding twice creates nothing \
-                            the second time.\nExample: wallet seed --users 100 --reset"
-    )]
-    Seed(SeedArgs),
+    Seed(seed::SeedArgs),
     /// Benchmark the transfer engine on wallets the run creates for itself
-    #[command(
-        after_help = "The run creates its own wallets (bench_<6 hex>_<i>, 1000000.00 \
-                            each), so it never touches other data, and checks at the end that \
-                            the sum of their balances did not change (exit 1 if it did).\n\
-                            Example: wallet bench --direct --threads 8 --transfers 50000"
-    )]
-    Bench(BenchArgs),
+    Bench(bench::BenchArgs),
     /// Run the Kafka worker: consume transfer requests, move the money, publish results
-    #[command(
-        after_help = "Stops cleanly on SIGINT/SIGTERM: in-flight transfers finish, results are \
-                            flushed and offsets committed; a second signal exits at once.\n\
-                            Metrics: curl http://127.0.0.1:9898/metrics\n\
-                            Example: wallet worker --threads 8 --group wallet-transfer-worker"
-    )]
     Worker(worker::WorkerArgs),
     /// Table of every wallet: id, owner name, balance, currency, status, version
-    #[command(
-        after_help = "Reads wallets:all with SSCAN and the wallets in pipelined batches; \
-                            changes nothing. Balances are in major units with two decimals \
-                            (\"5234.50\"), sorted by wallet id.\n\
-                            Examples:\n  wallet snapshot --prefix user_1\n  wallet snapshot --json | jq '.[0]'"
-    )]
-    Snapshot(SnapshotArgs),
+    Snapshot(snapshot::SnapshotArgs),
     /// Show the recorded outcome of an idempotency key (transfer:{KEY})
-    #[command(
-        after_help = "Exit 1 when no outcome is recorded under the key (never processed, \
-                            or its record expired). Amounts in major units, processed_at in \
-                            seconds since the Unix epoch.\n\
-                            Example: wallet status req_tx_1 --json"
-    )]
-    Status(StatusArgs),
+    Status(status::StatusArgs),
     /// Add money to an active wallet (recorded as a `deposit` history entry)
-    #[command(
-        after_help = "AMOUNT is in major units: digits with an optional '.' and one or two \
-                            decimals, greater than 0 and at most 1000000000000.00. Prints the \
-                            new balance.\n\
-                            Example: wallet deposit user_1 250.00"
-    )]
-    Deposit(DepositArgs),
+    Deposit(deposit::DepositArgs),
     /// List held wallet locks (lock:*) with owner token and remaining ttl; flag any without ttl
-    #[command(
-        after_help = "ttl is the remaining time to live in milliseconds. A lock without a \
-                            ttl is never released by itself and blocks its wallet for ever: \
-                            such locks are flagged and the exit code is 1 (delete one with \
-                            redis-cli DEL lock:<id> once its holder is known to be gone).\n\
-                            Example: wallet locks --json"
-    )]
-    Locks(LocksArgs),
+    Locks(locks::LocksArgs),
     /// Check the ledger invariants over every wallet and outcome record
-    #[command(
-        after_help = "Checks: balance = opening_balance + signed sum of history; no \
-                            negative balance; version = number of history entries; each \
-                            COMPLETED transfer:* record has its debit and credit history \
-                            entries; total of balances = openings + deposits. Reads with \
-                            SCAN/SSCAN and pipelining; changes nothing. Amounts in major units.\n\
-                            Exit 0 when sound, 1 with one line per violation (on stderr).\n\
-                            Example: wallet audit --json"
-    )]
-    Audit(AuditArgs),
+    Audit(audit::AuditArgs),
     /// Publish one transfer request to Kafka; with --wait, wait for its result
-    #[command(
-        after_help = "The request goes to --requests-topic with key FROM; the worker \
-                            answers on --results-topic. AMOUNT is in major units (\"100.50\"). \
-                            Without --wait the transfer id is printed once the broker has the \
-                            request. With --wait the result is printed; exit 1 when it is \
-                            FAILED or none arrives within --timeout-s seconds.\n\
-                            Examples:\n  wallet transfer user_1 user_2 100.50 --wait\n  \
-                            wallet transfer user_1 user_2 5 --currency EUR --id tx_42 \
-                            --idempotency-key req_tx_42"
-    )]
-    Transfer(TransferArgs),
+    Transfer(transfer::TransferArgs),
     /// Run the six race scenarios end to end through Kafka against a running worker
-    #[command(
-        after_help = "Each scenario creates its own wallets (ids end in a run suffix), \
-                            so runs repeat on a live system and never touch seeded users. \
-                            Expectations are computed from the starting balances.\n\
-                            Scenarios: 1 concurrent overspend, 2 hot sender, 3 both directions, \
-                            4 chain, 5 overspend race, 6 same user.\n\
-                            Example: wallet produce --scenario 1"
-    )]
-    Produce(ProduceArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct ProduceArgs {
-    /// Run only scenario N (1 to 6) [default: all six]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=6))]
-    pub scenario: Option<u32>,
-
-    /// Seconds to wait for each scenario's results (1 to 3600)
-    #[arg(long, value_name = "S", default_value_t = 60,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub timeout: u64,
-
-    /// Print the reports as one JSON array instead of tables
-    #[arg(long)]
-    pub json: bool,
-
-    /// Topic the requests are published to
-    #[arg(long, env = "TOPIC_REQUESTS", value_name = "TOPIC",
-          default_value = wallet_transfer::worker::kafka::TOPIC_REQUESTS)]
-    pub requests_topic: String,
-
-    /// Topic the worker publishes results to
-    #[arg(long, env = "TOPIC_RESULTS", value_name = "TOPIC",
-          default_value = wallet_transfer::worker::kafka::TOPIC_RESULTS)]
-    pub results_topic: String,
-}
-
-fn produce(global: &GlobalOpts, args: ProduceArgs) -> Result<(), Failure> {
-    let service = global.connect(2)?;
-    let kafka = wallet_transfer::worker::kafka::KafkaConfig::new(&global.brokers);
-    let runner = wallet_transfer::tools::scenarios::Runner {
-        service: &service,
-        kafka: &kafka,
-        requests_topic: &args.requests_topic,
-        results_topic: &args.results_topic,
-        timeout: std::time::Duration::from_secs(args.timeout),
-        run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
-    };
-    let numbers: Vec<u32> = match args.scenario {
-        Some(n) => vec![n],
-        None => (1..=6).collect(),
-    };
-    let mut reports = Vec::new();
-    for n in numbers {
-        let report = runner.run(n)?;
-        if !args.json {
-            print_out(&scenario_text(&report))?;
-        }
-        reports.push(report);
-    }
-    let failed: Vec<String> = reports
-        .iter()
-        .filter(|r| !r.passed)
-        .map(|r| format!("{} {}", r.number, r.name))
-        .collect();
-    if args.json {
-        json_out(&reports)?;
-    } else {
-        print_out(&format!(
-            "\nsummary: {} of {} scenarios passed\n",
-            reports.len() - failed.len(),
-            reports.len()
-        ))?;
-    }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure::runtime(format!(
-            "scenarios failed: {}",
-            failed.join(", ")
-        )))
-    }
-}
-
-fn scenario_text(r: &wallet_transfer::tools::scenarios::ScenarioReport) -> String {
-    let mut balances = comfy_table::Table::new();
-    balances.set_header(vec!["wallet", "before", "after"]);
-    for ((id, before), (_, after)) in r.before.iter().zip(&r.after) {
-        balances.add_row(vec![id.as_str(), before.as_str(), after.as_str()]);
-    }
-    let mut out = format!("\n== scenario {}: {}\n{balances}\n", r.number, r.name);
-    for t in &r.transfers {
-        let verdict = if t.status == "COMPLETED" {
-            "OK    "
-        } else {
-            "FAILED"
-        };
-        out.push_str(&format!(
-            "  {verdict} {} {} -> {} {}{}\n",
-            t.transfer_id,
-            t.from_user,
-            t.to_user,
-            t.amount,
-            t.reason
-                .as_deref()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default()
-        ));
-    }
-    out.push_str(&format!("  expected: {}\n", r.expectation));
-    if r.passed {
-        out.push_str("  verdict: PASS\n");
-    } else {
-        out.push_str(&format!("  verdict: FAIL: {}\n", r.problems.join("; ")));
-    }
-    out
-}
-
-#[derive(Debug, Args)]
-pub struct SeedArgs {
-    /// Number of users to create, user_1..user_N (1 to 1000000)
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(seed::SEED_USERS_MAX)))]
-    pub users: u32,
-
-    /// First delete EVERY key of the wallet data model in this Redis database (users,
-    /// wallets, histories, transfer records, locks); never while workers are running
-    #[arg(long)]
-    pub reset: bool,
-
-    /// Seed for the random opening balances, for a reproducible data set [default: random]
-    #[arg(long, value_name = "SEED")]
-    pub rng_seed: Option<u64>,
-}
-
-#[derive(Debug, Args)]
-#[command(group(ArgGroup::new("mode").required(true).args(["direct", "e2e"])))]
-pub struct BenchArgs {
-    /// Mode: call the transfer engine in-process from --threads threads (no Kafka)
-    #[arg(long)]
-    pub direct: bool,
-
-    /// Mode: publish the requests (keyed by from_user) to a running worker through Kafka
-    /// (--brokers), wait for their results; throughput and publish-to-result latency
-    #[arg(long)]
-    pub e2e: bool,
-
-    /// Topic the worker reads requests from (--e2e only)
-    #[arg(long, env = "TOPIC_REQUESTS", value_name = "TOPIC",
-          default_value = wallet_transfer::worker::kafka::TOPIC_REQUESTS)]
-    pub requests_topic: String,
-
-    /// Topic the worker publishes results to (--e2e only)
-    #[arg(long, env = "TOPIC_RESULTS", value_name = "TOPIC",
-          default_value = wallet_transfer::worker::kafka::TOPIC_RESULTS)]
-    pub results_topic: String,
-
-    /// How long to wait for all results, from the first publish, in seconds; exit 1 after
-    /// (--e2e only; 1 to 86400)
-    #[arg(long, value_name = "S", default_value_t = 300,
-          value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub timeout_s: u64,
-
-    /// Publish at most this many requests per second, to measure latency without the queueing
-    /// of one big burst (--e2e only; 1 to 1000000) [default: all at once]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub rate: Option<u32>,
-
-    /// Threads running transfers at once; the Redis pool gets as many connections (1 to 256;
-    /// --direct only)
-    #[arg(long, value_name = "N", default_value_t = 8,
-          value_parser = clap::value_parser!(u32).range(1..=bench::BENCH_THREADS_LIMIT as i64))]
-    pub threads: u32,
-
-    /// Transfers in total, shared among the threads (1 to 10000000)
-    #[arg(long, value_name = "N", default_value_t = 50_000,
-          value_parser = clap::value_parser!(u64).range(1..=bench::BENCH_TRANSFERS_LIMIT))]
-    pub transfers: u64,
-
-    /// Wallets the run creates and picks uniform random distinct pairs from (2 to 1000000)
-    #[arg(long, value_name = "N", default_value_t = 10_000,
-          value_parser = clap::value_parser!(u32).range(
-              i64::from(bench::BENCH_WALLETS_MIN)..=i64::from(bench::BENCH_WALLETS_LIMIT)))]
-    pub wallets: u32,
-
-    /// Put every transfer on one pair of wallets (first -> second): maximum contention
-    #[arg(long)]
-    pub hot: bool,
-
-    /// Retries of a request after a transient error (lock timeout, lost lock, WATCH conflicts,
-    /// Redis or pool error), same request and idempotency key (0 to 100; --direct only)
-    #[arg(long, value_name = "N", default_value_t = 5,
-          value_parser = clap::value_parser!(u32).range(0..=i64::from(bench::BENCH_TRANSIENT_RETRIES_LIMIT)))]
-    pub transient_retries: u32,
-
-    /// Delete the run's wallets, users, histories and transfer records afterwards
-    #[arg(long)]
-    pub cleanup: bool,
-
-    /// Print the figures as one JSON object on stdout instead of a table (no progress bar)
-    #[arg(long)]
-    pub json: bool,
+    Produce(produce::ProduceArgs),
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), Failure> {
+    let global = &cli.global;
     match cli.command {
-        Command::Seed(args) => seed(&cli.global, args),
-        Command::Bench(args) => bench(&cli.global, args),
-        Command::Worker(args) => worker::run(&cli.global, args),
-        Command::Snapshot(args) => snapshot(&cli.global, args),
-        Command::Status(args) => status(&cli.global, args),
-        Command::Deposit(args) => deposit(&cli.global, args),
-        Command::Locks(args) => locks(&cli.global, args),
-        Command::Audit(args) => audit(&cli.global, args),
-        Command::Transfer(args) => transfer(&cli.global, args),
-        Command::Produce(args) => produce(&cli.global, args),
+        Command::Seed(args) => seed::run(global, args),
+        Command::Bench(args) => bench::run(global, args),
+        Command::Worker(args) => worker::run(global, args),
+        Command::Snapshot(args) => snapshot::run(global, args),
+        Command::Status(args) => status::run(global, args),
+        Command::Deposit(args) => deposit::run(global, args),
+        Command::Locks(args) => locks::run(global, args),
+        Command::Audit(args) => audit::run(global, args),
+        Command::Transfer(args) => transfer::run(global, args),
+        Command::Produce(args) => produce::run(global, args),
     }
 }
 
-fn seed(global: &GlobalOpts, args: SeedArgs) -> Result<(), Failure> {
-    let service = global.connect(1)?;
-    if args.reset {
-        log::warn!(
-            "--reset: deleting every wallet, user, transfer record and lock in {}",
-            redact_url(&global.redis_url)
-        );
-    }
-    let bar = if std::io::stderr().is_terminal() {
-        ProgressBar::with_draw_target(Some(u64::from(args.users)), ProgressDrawTarget::stderr())
-    } else {
-        ProgressBar::hidden()
-    };
-    if let Ok(style) =
-        ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} users")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    let report =
-        seed::seed_with_progress(&service, args.users, args.reset, args.rng_seed, |done| {
-            bar.set_position(u64::from(done))
-        });
-    bar.finish_and_clear();
-    print_out(&format!("{}\n", report?))
-}
+// --- library settings as flags ---
 
-fn bench(global: &GlobalOpts, args: BenchArgs) -> Result<(), Failure> {
-    debug_assert!(
-        args.direct != args.e2e,
-        "the mode group is required and exclusive"
-    );
-    let progress = !args.json && std::io::stderr().is_terminal();
-    let report = if args.e2e {
-        let config = bench::E2eConfig {
-            kafka: wallet_transfer::worker::kafka::KafkaConfig::new(&global.brokers),
-            requests_topic: args.requests_topic,
-            results_topic: args.results_topic,
-            transfers: args.transfers,
-            wallets: args.wallets,
-            hot: args.hot,
-            timeout: std::time::Duration::from_secs(args.timeout_s),
-            rate: args.rate,
-            progress,
-            cleanup: args.cleanup,
-        };
-        config.validate().map_err(flag_error)?;
-        let service = global.connect(2)?;
-        bench::run_e2e(&service, &config)?
-    } else {
-        let config = DirectConfig {
-            threads: args.threads as usize,
-            transfers: args.transfers,
-            wallets: args.wallets,
-            hot: args.hot,
-            transient_retries: args.transient_retries,
-            progress,
-            cleanup: args.cleanup,
-        };
-        config.validate().map_err(flag_error)?;
-        let service = global.connect(args.threads)?;
-        bench::run_direct(&service, &config)?
-    };
-    if args.json {
-        print_out(&format!("{}\n", report.to_json()))?;
-    } else {
-        print_out(&format!("{}\n", report.to_table()))?;
-    }
-    report.check().map_err(Failure::runtime)
-}
-
-// --- operator commands: snapshot, status, deposit, locks, audit, transfer (logic in `ops`) ---
-
-#[derive(Debug, Args)]
-pub struct SnapshotArgs {
-    /// Only wallets whose id starts with this text
-    #[arg(long, value_name = "P")]
-    pub prefix: Option<String>,
-
-    /// Print a JSON array of rows on stdout instead of a table
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// The idempotency key of the request (its transfer_id unless one was given)
-    #[arg(value_name = "KEY")]
-    pub key: String,
-
-    /// Print the outcome as one JSON object instead of a table
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct DepositArgs {
-    /// The user whose wallet receives the money
-    #[arg(value_name = "USER")]
-    pub user: String,
-
-    /// Amount in major units, e.g. 250 or 250.50 (greater than 0, at most two decimals)
-    #[arg(value_name = "AMOUNT", allow_hyphen_values = true)]
-    pub amount: String,
-}
-
-#[derive(Debug, Args)]
-pub struct LocksArgs {
-    /// Print a JSON array of locks instead of a table
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct AuditArgs {
-    /// Print the report as one JSON object instead of a summary
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct TransferArgs {
-    /// The user who pays
-    #[arg(value_name = "FROM")]
-    pub from: String,
-
-    /// The user who is paid
-    #[arg(value_name = "TO")]
-    pub to: String,
-
-    /// Amount in major units, e.g. 100 or 100.50 (greater than 0, at most two decimals)
-    #[arg(value_name = "AMOUNT", allow_hyphen_values = true)]
-    pub amount: String,
-
-    /// Currency of the transfer: USD, EUR or GBP; must be both wallets' currency
-    #[arg(long, value_name = "C", default_value = "USD")]
-    pub currency: String,
-
-    /// Transfer id [default: tx_<32 hex>, random]
-    #[arg(long, value_name = "ID")]
-    pub id: Option<String>,
-
-    /// Idempotency key: a request repeated with the same key has one effect [default: the id]
-    #[arg(long, value_name = "K")]
-    pub idempotency_key: Option<String>,
-
-    /// Wait for the worker's result and print it (exit 1 if FAILED or none arrives in time)
-    #[arg(long)]
-    pub wait: bool,
-
-    /// Seconds to wait for the broker's delivery report and, with --wait, for the result
-    /// (1 to 3600)
-    #[arg(long, value_name = "N", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub timeout_s: u64,
-
-    /// Topic the request is published to
-    #[arg(long, env = "TOPIC_REQUESTS", value_name = "TOPIC",
-          default_value = wallet_transfer::worker::kafka::TOPIC_REQUESTS)]
-    pub requests_topic: String,
-
-    /// Topic the worker publishes results to (read with --wait)
-    #[arg(long, env = "TOPIC_RESULTS", value_name = "TOPIC",
-          default_value = wallet_transfer::worker::kafka::TOPIC_RESULTS)]
-    pub results_topic: String,
-
-    /// Extra librdkafka property, key=value (repeatable), e.g. -X security.protocol=SASL_SSL
-    #[arg(long = "kafka-property", short = 'X', value_name = "KEY=VALUE",
-          value_parser = wallet_transfer::worker::kafka::parse_property)]
-    pub kafka_properties: Vec<(String, String)>,
-}
-
-fn json_out(value: &impl serde::Serialize) -> Result<(), Failure> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Failure::runtime(format!("encoding JSON: {e}")))?;
-    print_out(&format!("{text}\n"))
-}
-
-fn new_table(header: &[&str]) -> comfy_table::Table {
-    let mut table = comfy_table::Table::new();
-    table
-        .load_style(comfy_table::presets::ASCII_FULL_CONDENSED)
-        .set_header(header.iter().copied());
-    table
-}
-
-fn snapshot(global: &GlobalOpts, args: SnapshotArgs) -> Result<(), Failure> {
-    let service = global.connect(1)?;
-    let rows = wallet_transfer::tools::ops::snapshot(&service, args.prefix.as_deref())?;
-    if args.json {
-        return json_out(&rows);
-    }
-    let mut table = new_table(&["id", "name", "balance", "currency", "status", "version"]);
-    for r in &rows {
-        table.add_row(vec![
-            comfy_table::Cell::new(&r.id),
-            comfy_table::Cell::new(&r.name),
-            comfy_table::Cell::new(&r.balance).set_alignment(comfy_table::CellAlignment::Right),
-            comfy_table::Cell::new(&r.currency),
-            comfy_table::Cell::new(&r.status),
-            comfy_table::Cell::new(&r.version).set_alignment(comfy_table::CellAlignment::Right),
-        ]);
-    }
-    print_out(&format!("{table}\n{} wallets\n", rows.len()))
-}
-
-fn status(global: &GlobalOpts, args: StatusArgs) -> Result<(), Failure> {
-    wallet_transfer::engine::message::check_key("KEY", &args.key)
-        .map_err(|e| Failure::usage(e.to_string()))?;
-    let service = global.connect(1)?;
-    let Some(outcome) = service.transfer_outcome(&args.key)? else {
-        return Err(Failure::runtime(format!(
-            "no outcome recorded under idempotency key {:?} (never processed, or its record \
-             expired)",
-            args.key
-        )));
-    };
-    let opt = |a: Option<wallet_transfer::Amount>| a.map(|a| a.to_string());
-    let message = outcome.to_message();
-    if args.json {
-        let value = serde_json::json!({
-            "idempotency_key": outcome.idempotency_key,
-            "transfer_id": outcome.transfer_id,
-            "status": outcome.status.as_str(),
-            "reason": outcome.reason.map(|r| r.as_str()),
-            "from_user": outcome.from_user,
-            "to_user": outcome.to_user,
-            "amount": outcome.amount.to_string(),
-            "currency": outcome.currency,
-            "processed_at": message.processed_at,
-            "from_balance_after": opt(outcome.from_balance_after),
-            "to_balance_after": opt(outcome.to_balance_after),
-        });
-        return json_out(&value);
-    }
-    let mut table = new_table(&["field", "value"]);
-    for (field, value) in [
-        ("idempotency_key", outcome.idempotency_key.clone()),
-        ("transfer_id", outcome.transfer_id.clone()),
-        ("status", outcome.status.as_str().to_string()),
-        (
-            "reason",
-            outcome
-                .reason
-                .map(|r| r.as_str())
-                .unwrap_or("-")
-                .to_string(),
-        ),
-        ("from_user", outcome.from_user.clone()),
-        ("to_user", outcome.to_user.clone()),
-        ("amount", outcome.amount.to_string()),
-        ("currency", outcome.currency.clone()),
-        ("processed_at", format!("{:.3}", message.processed_at)),
-        (
-            "from_balance_after",
-            opt(outcome.from_balance_after).unwrap_or_else(|| "-".into()),
-        ),
-        (
-            "to_balance_after",
-            opt(outcome.to_balance_after).unwrap_or_else(|| "-".into()),
-        ),
-    ] {
-        table.add_row(vec![field.to_string(), value]);
-    }
-    print_out(&format!("{table}\n"))
-}
-
-fn deposit(global: &GlobalOpts, args: DepositArgs) -> Result<(), Failure> {
-    wallet_transfer::engine::message::check_user_id("USER", &args.user)
-        .map_err(|e| Failure::usage(e.to_string()))?;
-    let amount = wallet_transfer::Amount::parse_transfer_amount(&args.amount)
-        .map_err(|e| Failure::usage(format!("AMOUNT: {e}")))?;
-    let service = global.connect(1)?;
-    match service.deposit(&args.user, amount) {
-        Ok(balance) => print_out(&format!(
-            "deposited {amount} to {}; balance now {balance}\n",
-            args.user
-        )),
-        Err(wallet_transfer::engine::wallet::WalletError::NotFound(id)) => Err(Failure::runtime(
-            format!("user {id:?} has no wallet (see wallet snapshot)"),
-        )),
-        Err(e) => Err(Failure::runtime(format!("deposit to {}: {e}", args.user))),
-    }
-}
-
-fn locks(global: &GlobalOpts, args: LocksArgs) -> Result<(), Failure> {
-    let service = global.connect(1)?;
-    let locks = wallet_transfer::tools::ops::locks(&service)?;
-    let problems: Vec<&str> = locks
-        .iter()
-        .filter(|l| l.is_problem())
-        .map(|l| l.key.as_str())
-        .collect();
-    if args.json {
-        json_out(&locks)?;
-    } else {
-        let mut table = new_table(&["key", "owner", "ttl ms", "problem"]);
-        for l in &locks {
-            table.add_row(vec![
-                l.key.clone(),
-                l.owner.clone().unwrap_or_else(|| "-".into()),
-                l.ttl_ms.map_or_else(|| "none".into(), |t| t.to_string()),
-                if l.is_problem() {
-                    "NO TTL: never expires".into()
-                } else {
-                    String::new()
-                },
-            ]);
-        }
-        print_out(&format!("{table}\n{} locks held\n", locks.len()))?;
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure::runtime(format!(
-            "{} lock(s) without a ttl, never released by themselves: {}",
-            problems.len(),
-            problems.join(", ")
-        )))
-    }
-}
-
-fn audit(global: &GlobalOpts, args: AuditArgs) -> Result<(), Failure> {
-    let service = global.connect(1)?;
-    let report = wallet_transfer::tools::ops::audit(&service)?;
-    if args.json {
-        json_out(&report)?;
-    } else {
-        print_out(&format!(
-            "wallets checked: {}\ntransfers checked: {} ({} completed)\nhistory entries: {}\n\
-             total balance: {} (openings {} + deposits {})\nviolations: {}\n",
-            report.wallets_checked,
-            report.transfers_checked,
-            report.transfers_completed,
-            report.history_entries,
-            report.total_balance,
-            report.total_opening,
-            report.total_deposits,
-            report.violations.len()
-        ))?;
-    }
-    if report.is_ok() {
-        return Ok(());
-    }
-    for v in &report.violations {
-        eprintln!("violation: {v}");
-    }
-    Err(Failure::runtime(format!(
-        "audit found {} violation(s); first: {}",
-        report.violations.len(),
-        report.violations[0]
-    )))
-}
-
-fn transfer(global: &GlobalOpts, args: TransferArgs) -> Result<(), Failure> {
-    let currency: wallet_transfer::Currency = args
-        .currency
-        .to_ascii_uppercase()
-        .parse()
-        .map_err(|e| Failure::usage(format!("--currency: {e}")))?;
-    wallet_transfer::Amount::parse_transfer_amount(&args.amount)
-        .map_err(|e| Failure::usage(format!("AMOUNT: {e}")))?;
-    let id = args
-        .id
-        .clone()
-        .unwrap_or_else(|| format!("tx_{}", uuid::Uuid::new_v4().simple()));
-    let name_arg = |field: &str| match field {
-        "transfer_id" => "--id",
-        "from_user" => "FROM",
-        "to_user" => "TO",
-        "amount" => "AMOUNT",
-        "currency" => "--currency",
-        "idempotency_key" => "--idempotency-key",
-        _ => "argument",
-    };
-    let usage = |e: wallet_transfer::engine::message::FieldError| {
-        Failure::usage(format!("{}: {}", name_arg(e.field), e.rule))
-    };
-    let mut request =
-        wallet_transfer::TransferRequest::new(&id, &args.from, &args.to, &args.amount, currency)
-            .map_err(usage)?;
-    if let Some(key) = &args.idempotency_key {
-        request = request.with_idempotency_key(key).map_err(usage)?;
-    }
-    let kafka = wallet_transfer::worker::kafka::KafkaConfig {
-        brokers: global.brokers.clone(),
-        properties: args.kafka_properties.clone(),
-    };
-    let timeout = std::time::Duration::from_secs(args.timeout_s);
-    let started = std::time::Instant::now();
-    let watcher = if args.wait {
-        Some(wallet_transfer::tools::ops::ResultWatcher::start(
-            &kafka,
-            &args.results_topic,
-        )?)
-    } else {
-        None
-    };
-    let delivered = wallet_transfer::tools::ops::publish_request(
-        &kafka,
-        &args.requests_topic,
-        &request,
-        timeout,
-    )?;
-    log::info!(
-        "published transfer {} to {} partition {} offset {}",
-        request.transfer_id,
-        args.requests_topic,
-        delivered.partition,
-        delivered.offset
-    );
-    let Some(watcher) = watcher else {
-        return print_out(&format!("{}\n", request.transfer_id));
-    };
-    let left = timeout.saturating_sub(started.elapsed());
-    let Some(result) = watcher.wait_for(&request.transfer_id, left)? else {
-        return Err(Failure::runtime(format!(
-            "no result for transfer {} on {} within {} s (is a worker running on {}?)",
-            request.transfer_id, args.results_topic, args.timeout_s, args.requests_topic
-        )));
-    };
-    let reason = result.reason.map(|r| r.as_str()).unwrap_or("-");
-    print_out(&format!(
-        "transfer_id: {}\nstatus: {}\nreason: {reason}\nduplicate: {}\n",
-        result.transfer_id,
-        result.status.as_str(),
-        result.duplicate
-    ))?;
-    if result.status == wallet_transfer::Status::Failed {
-        return Err(Failure::runtime(format!(
-            "transfer {} FAILED: {reason}",
-            result.transfer_id
-        )));
-    }
-    Ok(())
-}
-
-/// The flag that sets each library setting, for errors a user can act on.
-const SETTING_FLAGS: [(&str, &str); 17] = [
-    ("lock.ttl_ms", "--lock-ttl-ms"),
-    ("lock.retry_delay_ms_base", "--lock-retry-delay-ms"),
-    ("lock.retry_delay_ms_max", "--lock-retry-delay-ms-max"),
-    ("lock.retries_max", "--lock-retries"),
-    ("threads", "--threads"),
-    ("group_id", "--group"),
-    ("requests_topic", "--requests-topic"),
-    ("results_topic", "--results-topic"),
-    ("dlq_topic", "--dlq-topic"),
-    ("partitions", "--partitions"),
-    ("replication", "--replication"),
-    ("commit_interval_ms", "--commit-interval-ms"),
-    ("session_timeout_ms", "--session-timeout-ms"),
-    ("max_poll_interval_ms", "--max-poll-interval-ms"),
-    ("retry_delay_ms_max", "--retry-delay-ms-max"),
-    ("transfers", "--transfers"),
-    ("wallets", "--wallets"),
+/// How the command line sets each setting that a config type's `validate` can name
+/// (`LockConfig`, `EngineConfig`, `WorkerConfig`, `DirectConfig`, `E2eConfig`): its flag, or
+/// `None` for a setting no flag sets (the command line always passes the library's default, so
+/// an error about one is a bug in the defaults, not a user mistake).
+pub const SETTING_FLAGS: [(&str, Option<&str>); 25] = [
+    ("lock.ttl_ms", Some("--lock-ttl-ms")),
+    ("lock.retry_delay_ms_base", Some("--lock-retry-delay-ms")),
+    ("lock.retry_delay_ms_max", Some("--lock-retry-delay-ms-max")),
+    ("lock.retries_max", Some("--lock-retries")),
+    ("watch_retries_max", None),
+    ("outcome_ttl_ms", None),
+    ("threads", Some("--threads")),
+    ("group_id", Some("--group")),
+    ("requests_topic", Some("--requests-topic")),
+    ("results_topic", Some("--results-topic")),
+    ("dlq_topic", Some("--dlq-topic")),
+    ("partitions", Some("--partitions")),
+    ("replication", Some("--replication")),
+    ("commit_interval_ms", Some("--commit-interval-ms")),
+    ("session_timeout_ms", Some("--session-timeout-ms")),
+    ("max_poll_interval_ms", Some("--max-poll-interval-ms")),
+    ("retry_delay_ms_max", Some("--retry-delay-ms-max")),
+    ("backlog_bytes_max", None),
+    ("revoke_timeout_ms", None),
+    ("flush_timeout_ms", None),
+    ("summary_interval_ms", None),
+    ("transfers", Some("--transfers")),
+    ("wallets", Some("--wallets")),
+    ("transient_retries", Some("--transient-retries")),
+    ("timeout_s", Some("--timeout-s")),
 ];
 
-/// The flag name for a library setting; settings no flag sets keep their own name.
-pub fn flag_for(setting: &str) -> String {
+fn setting_flag(setting: &str) -> Option<Option<&'static str>> {
     SETTING_FLAGS
         .iter()
         .find(|(s, _)| *s == setting)
-        .map(|(_, flag)| (*flag).to_string())
-        .unwrap_or_else(|| setting.to_string())
+        .map(|(_, flag)| *flag)
+}
+
+/// The flag name for a library setting; a setting no flag sets is called "built-in setting
+/// NAME", and one missing from [`SETTING_FLAGS`] keeps its own name.
+pub fn flag_for(setting: &str) -> String {
+    match setting_flag(setting) {
+        Some(Some(flag)) => flag.to_string(),
+        Some(None) => format!("built-in setting {setting}"),
+        None => setting.to_string(),
+    }
 }
 
 /// A broken setting as a usage error that names the flag: "--lock-ttl-ms must be ...". The
-/// rule's own mentions of other settings are spelled as flags too.
+/// rule's own mentions of other settings are spelled as flags too (whole names only, so
+/// `retry_delay_ms_max` inside `lock.retry_delay_ms_max` is left alone).
 pub fn flag_error(e: SettingError) -> Failure {
-    let mut rule = e.rule.clone();
-    for (setting, flag) in SETTING_FLAGS {
-        if setting.contains('.') || setting.contains('_') {
-            rule = rule.replace(setting, flag);
-        }
-    }
-    Failure::usage(format!("{} {rule}", flag_for(e.setting)))
+    Failure::usage(format!("{} {}", flag_for(e.setting), spell_flags(&e.rule)))
 }
+
+/// `text` with every whole setting name of [`SETTING_FLAGS`] replaced by its flag, or by
+/// "the built-in NAME" when no flag sets it.
+fn spell_flags(text: &str) -> String {
+    // '-' too, so that a flag already in the text ("--threads") is one word, left alone.
+    let is_name_char = |c: char| c.is_ascii_alphanumeric() || "_.-".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(is_name_char) {
+        out.push_str(&rest[..start]);
+        let word_len = rest[start..]
+            .find(|c: char| !is_name_char(c))
+            .unwrap_or(rest.len() - start);
+        let word = &rest[start..start + word_len];
+        // A sentence's full stop is not part of the name.
+        let name = word.trim_end_matches('.');
+        match setting_flag(name) {
+            Some(Some(flag)) => out.push_str(flag),
+            Some(None) => out.push_str(&format!("the built-in {name}")),
+            None => out.push_str(name),
+        }
+        out.push_str(&word[name.len()..]);
+        rest = &rest[start + word_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+// --- output ---
 
 /// Writes to stdout; a closed pipe (`wallet ... | head`) ends quietly instead of panicking.
 fn print_out(text: &str) -> Result<(), Failure> {
@@ -953,6 +342,22 @@ fn print_out(text: &str) -> Result<(), Failure> {
         }
         _ => Ok(()),
     }
+}
+
+/// Writes `value` to stdout as pretty JSON and a newline.
+fn json_out(value: &impl serde::Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Failure::runtime(format!("encoding JSON: {e}")))?;
+    print_out(&format!("{text}\n"))
+}
+
+/// A table in the style every command prints.
+fn new_table(header: &[&str]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_style(comfy_table::presets::ASCII_FULL_CONDENSED)
+        .set_header(header.iter().copied());
+    table
 }
 
 /// Why a command failed, and the exit code that says so.
@@ -1008,18 +413,107 @@ impl<E: std::error::Error> From<E> for Failure {
     }
 }
 
+/// Parses a command line as `wallet` would (for the tests of every subcommand).
+#[cfg(test)]
+fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(std::iter::once("wallet").chain(args.iter().copied()))
+}
+
+/// Options as `wallet` gets them with no flags and no environment (for the tests).
+#[cfg(test)]
+fn test_global() -> GlobalOpts {
+    Cli::try_parse_from(["wallet", "locks"])
+        .expect("`wallet locks` parses")
+        .global
+}
+
+/// The summary and the after_help of one subcommand (for the tests).
+#[cfg(test)]
+fn subcommand_help(subcommand: &str) -> (String, String) {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let command = cli
+        .find_subcommand(subcommand)
+        .unwrap_or_else(|| panic!("no subcommand {subcommand}"));
+    let text = |t: Option<&clap::builder::StyledStr>| t.map(|t| t.to_string()).unwrap_or_default();
+    (text(command.get_about()), text(command.get_after_help()))
+}
+
+/// The help text of one flag of one subcommand (for the tests).
+#[cfg(test)]
+fn flag_help(subcommand: &str, flag: &str) -> String {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let command = cli
+        .find_subcommand(subcommand)
+        .unwrap_or_else(|| panic!("no subcommand {subcommand}"));
+    let arg = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(flag))
+        .unwrap_or_else(|| panic!("no --{flag} in {subcommand}"));
+    arg.get_help().map(|h| h.to_string()).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
     use clap::CommandFactory;
+    use wallet_transfer::tools::bench::E2eConfig;
+    use wallet_transfer::worker::WorkerConfig;
+
+    use super::*;
+
+    const SUBCOMMANDS: [&str; 10] = [
+        "seed", "bench", "worker", "snapshot", "status", "deposit", "locks", "audit", "transfer",
+        "produce",
+    ];
 
     #[test]
     fn command_definition_is_consistent() {
         Cli::command().debug_assert();
     }
 
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("wallet").chain(args.iter().copied()))
+    #[test]
+    fn the_tool_description_covers_every_subcommand() {
+        let cli = Cli::command();
+        let listed: Vec<&str> = cli
+            .get_subcommands()
+            .map(|c| c.get_name())
+            .filter(|n| *n != "help")
+            .collect();
+        assert_eq!(listed, SUBCOMMANDS);
+        for name in SUBCOMMANDS {
+            assert!(LONG_ABOUT.contains(name), "long_about misses {name}");
+            let command = cli.find_subcommand(name).unwrap();
+            assert!(command.get_about().is_some(), "{name} has no summary");
+            assert!(
+                command.get_after_help().is_some(),
+                "{name} has no after_help"
+            );
+        }
+        for topic in [
+            "worker",
+            "transfer",
+            "scenarios",
+            "audit",
+            "deposit",
+            "seed",
+            "bench",
+        ] {
+            assert!(ABOUT.contains(topic), "about misses {topic}");
+        }
+    }
+
+    #[test]
+    fn the_examples_state_the_library_defaults() {
+        let d = DirectConfig::default();
+        let line = format!(
+            "{} transfers from {} threads among {} fresh wallets",
+            d.transfers, d.threads, d.wallets
+        );
+        assert!(examples().contains(&line), "{}", examples());
     }
 
     #[test]
@@ -1037,7 +531,14 @@ mod tests {
         let config = cli.global.engine_config().unwrap();
         assert_eq!(config.lock.ttl_ms, 5000);
         assert_eq!(config.lock.retries_max, 3);
-        assert_eq!(config.lock.retry_delay_ms_base, 100);
+        assert_eq!(
+            config.lock.retry_delay_ms_base,
+            LockConfig::default().retry_delay_ms_base
+        );
+        assert_eq!(
+            test_global().engine_config().unwrap(),
+            EngineConfig::default()
+        );
     }
 
     #[test]
@@ -1059,13 +560,196 @@ mod tests {
         let cli = parse(&["seed", "--users", "1", "--lock-retry-delay-ms", "3000"]).unwrap();
         let e = cli.global.engine_config().unwrap_err();
         assert_eq!(e.exit_code(), 2);
-        assert!(e.to_string().contains("--lock-retry-delay-ms-max"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "--lock-retry-delay-ms must not exceed --lock-retry-delay-ms-max (2000), got 3000"
+        );
+    }
+
+    /// A setting, the flag its error must start with (`None`: no flag sets it), and how to
+    /// break it in a default config.
+    type Case<C> = (&'static str, Option<&'static str>, fn(&mut C));
+
+    const LOCK_CASES: [Case<LockConfig>; 4] = [
+        ("lock.ttl_ms", Some("--lock-ttl-ms"), |c| c.ttl_ms = 0),
+        ("lock.retries_max", Some("--lock-retries"), |c| {
+            c.retries_max = 1_001
+        }),
+        (
+            "lock.retry_delay_ms_max",
+            Some("--lock-retry-delay-ms-max"),
+            |c| c.retry_delay_ms_max = 600_001,
+        ),
+        (
+            "lock.retry_delay_ms_base",
+            Some("--lock-retry-delay-ms"),
+            |c| c.retry_delay_ms_base = 5_000,
+        ),
+    ];
+
+    const ENGINE_CASES: [Case<EngineConfig>; 3] = [
+        ("lock.ttl_ms", Some("--lock-ttl-ms"), |c| c.lock.ttl_ms = 0),
+        ("watch_retries_max", None, |c| c.watch_retries_max = 1_001),
+        ("outcome_ttl_ms", None, |c| c.outcome_ttl_ms = Some(0)),
+    ];
+
+    const WORKER_CASES: [Case<WorkerConfig>; 16] = [
+        ("threads", Some("--threads"), |c| c.threads = 0),
+        ("backlog_bytes_max", None, |c| c.backlog_bytes_max = 1),
+        ("partitions", Some("--partitions"), |c| c.partitions = 0),
+        ("replication", Some("--replication"), |c| c.replication = 0),
+        ("commit_interval_ms", Some("--commit-interval-ms"), |c| {
+            c.commit_interval_ms = 0
+        }),
+        ("session_timeout_ms", Some("--session-timeout-ms"), |c| {
+            c.session_timeout_ms = 0
+        }),
+        (
+            "max_poll_interval_ms",
+            Some("--max-poll-interval-ms"),
+            |c| c.max_poll_interval_ms = 0,
+        ),
+        (
+            "max_poll_interval_ms",
+            Some("--max-poll-interval-ms"),
+            |c| c.max_poll_interval_ms = 12_000,
+        ),
+        ("revoke_timeout_ms", None, |c| c.revoke_timeout_ms = 0),
+        ("flush_timeout_ms", None, |c| c.flush_timeout_ms = 0),
+        ("retry_delay_ms_max", Some("--retry-delay-ms-max"), |c| {
+            c.retry_delay_ms_max = 0
+        }),
+        ("summary_interval_ms", None, |c| c.summary_interval_ms = 0),
+        ("requests_topic", Some("--requests-topic"), |c| {
+            c.requests_topic.clear()
+        }),
+        ("results_topic", Some("--results-topic"), |c| {
+            c.results_topic.clear()
+        }),
+        ("dlq_topic", Some("--dlq-topic"), |c| c.dlq_topic.clear()),
+        ("group_id", Some("--group"), |c| c.group_id.clear()),
+    ];
+
+    const DIRECT_CASES: [Case<DirectConfig>; 4] = [
+        ("threads", Some("--threads"), |c| c.threads = 0),
+        ("transfers", Some("--transfers"), |c| c.transfers = 0),
+        ("wallets", Some("--wallets"), |c| c.wallets = 1),
+        ("transient_retries", Some("--transient-retries"), |c| {
+            c.transient_retries = 101
+        }),
+    ];
+
+    const E2E_CASES: [Case<E2eConfig>; 6] = [
+        ("transfers", Some("--transfers"), |c| c.transfers = 0),
+        ("wallets", Some("--wallets"), |c| c.wallets = 0),
+        ("requests_topic", Some("--requests-topic"), |c| {
+            c.requests_topic = " ".into()
+        }),
+        ("results_topic", Some("--results-topic"), |c| {
+            c.results_topic.clear()
+        }),
+        ("results_topic", Some("--results-topic"), |c| {
+            c.results_topic = c.requests_topic.clone()
+        }),
+        ("timeout_s", Some("--timeout-s"), |c| {
+            c.timeout = Duration::ZERO
+        }),
+    ];
+
+    /// The error of each case: the case's config broken and validated.
+    fn errors<C: Default>(
+        cases: &[Case<C>],
+        validate: fn(&C) -> Result<(), SettingError>,
+    ) -> Vec<(SettingError, &'static str, Option<&'static str>)> {
+        cases
+            .iter()
+            .map(|(setting, flag, breaks)| {
+                let mut config = C::default();
+                breaks(&mut config);
+                let error = validate(&config).expect_err(setting);
+                (error, *setting, *flag)
+            })
+            .collect()
+    }
+
+    /// One broken config per setting that a `validate` can name, with its expected flag.
+    fn broken_settings() -> Vec<(SettingError, &'static str, Option<&'static str>)> {
+        let mut all = errors(&LOCK_CASES, LockConfig::validate);
+        all.extend(errors(&ENGINE_CASES, EngineConfig::validate));
+        all.extend(errors(&WORKER_CASES, WorkerConfig::validate));
+        all.extend(errors(&DIRECT_CASES, DirectConfig::validate));
+        all.extend(errors(&E2E_CASES, E2eConfig::validate));
+        all
     }
 
     #[test]
-    fn bench_needs_a_mode() {
-        assert!(parse(&["bench"]).is_err());
-        assert!(parse(&["bench", "--direct"]).is_ok());
+    fn every_setting_error_names_its_flag() {
+        for (error, setting, flag) in broken_settings() {
+            assert_eq!(error.setting, setting, "{error}");
+            let failure = flag_error(error);
+            let message = failure.to_string();
+            assert_eq!(failure.exit_code(), 2, "{message}");
+            match flag {
+                Some(flag) => assert!(
+                    message.starts_with(&format!("{flag} ")),
+                    "{setting}: {message:?} should start with {flag}"
+                ),
+                None => assert!(
+                    message.starts_with(&format!("built-in setting {setting} ")),
+                    "{setting}: {message:?}"
+                ),
+            }
+            // No setting that has a flag is left under its library name.
+            let words = message.split(|c: char| !(c.is_ascii_alphanumeric() || "_.-".contains(c)));
+            for word in words.map(|w| w.trim_end_matches('.')) {
+                assert!(
+                    !matches!(setting_flag(word), Some(Some(_))),
+                    "{word} left in {message:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_flag_table_is_exactly_the_settings_validate_can_name() {
+        let named: BTreeSet<&str> = broken_settings()
+            .iter()
+            .map(|(e, _, _)| e.setting)
+            .collect();
+        let table: BTreeSet<&str> = SETTING_FLAGS.iter().map(|(s, _)| *s).collect();
+        assert_eq!(named, table);
+        assert_eq!(
+            table.len(),
+            SETTING_FLAGS.len(),
+            "a setting is listed twice"
+        );
+        for (error, setting, flag) in broken_settings() {
+            assert_eq!(setting_flag(error.setting), Some(flag), "{setting}");
+        }
+    }
+
+    #[test]
+    fn settings_in_a_rule_are_spelled_as_flags_whole_names_only() {
+        assert_eq!(
+            spell_flags("must not exceed lock.retry_delay_ms_max (2000), got 3000"),
+            "must not exceed --lock-retry-delay-ms-max (2000), got 3000"
+        );
+        assert_eq!(
+            spell_flags(
+                "must be at least session_timeout_ms (10000) and above revoke_timeout_ms \
+                 (15000), got 12000"
+            ),
+            "must be at least --session-timeout-ms (10000) and above the built-in \
+             revoke_timeout_ms (15000), got 12000"
+        );
+        assert_eq!(spell_flags("see threads."), "see --threads.");
+        assert_eq!(spell_flags("see --threads"), "see --threads");
+        assert_eq!(
+            spell_flags("my_threads and threads2"),
+            "my_threads and threads2"
+        );
+        assert_eq!(spell_flags(""), "");
+        assert_eq!(flag_for("no_such_setting"), "no_such_setting");
     }
 
     #[test]
@@ -1073,5 +757,6 @@ mod tests {
         let f = Failure::runtime("first\n  second\n\nthird");
         assert_eq!(f.to_string(), "first; second; third");
         assert_eq!(f.exit_code(), 1);
+        assert_eq!(Failure::usage("x").exit_code(), 2);
     }
 }

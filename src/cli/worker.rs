@@ -18,6 +18,12 @@ fn defaults() -> WorkerConfig {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Stops cleanly on SIGINT/SIGTERM: in-flight transfers finish, results are \
+                  flushed and offsets committed; a second signal exits at once.\n\
+                  Metrics: curl http://127.0.0.1:9898/metrics\n\
+                  Example: wallet worker --threads 8 --group wallet-transfer-worker"
+)]
 pub struct WorkerArgs {
     /// Transfer threads, and Redis connections in the pool (1-256)
     #[arg(long, env = "WORKER_THREADS", default_value_t = defaults().threads)]
@@ -98,4 +104,76 @@ pub fn run(global: &GlobalOpts, args: WorkerArgs) -> Result<(), Failure> {
     let metrics_addr = (args.metrics_addr != "off").then_some(args.metrics_addr.as_str());
     wallet_transfer::worker::command::run(config, &global.redis_url, engine, metrics_addr)
         .map_err(Failure::runtime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Command, parse};
+
+    fn worker_args(flags: &[&str]) -> WorkerArgs {
+        let argv: Vec<&str> = std::iter::once("worker")
+            .chain(flags.iter().copied())
+            .collect();
+        match parse(&argv).unwrap().command {
+            Command::Worker(args) => args,
+            other => panic!("not worker: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_library_defaults() {
+        let config = worker_args(&[]).to_config("127.0.0.1:9092").unwrap();
+        assert_eq!(
+            format!("{config:?}"),
+            format!("{:?}", WorkerConfig::default())
+        );
+    }
+
+    #[test]
+    fn flags_reach_the_config() {
+        let args = worker_args(&[
+            "--threads",
+            "3",
+            "--group",
+            "g",
+            "--commit-interval-ms",
+            "250",
+            "-X",
+            "client.id=w1",
+        ]);
+        let config = args.to_config("k:1").unwrap();
+        assert_eq!((config.threads, config.group_id.as_str()), (3, "g"));
+        assert_eq!(config.commit_interval_ms, 250);
+        assert_eq!(config.kafka.brokers, "k:1");
+        assert_eq!(
+            config.kafka.properties,
+            [("client.id".to_string(), "w1".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_broken_setting_names_its_flag() {
+        let e = worker_args(&["--threads", "0"])
+            .to_config("k:1")
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert_eq!(e.to_string(), "--threads must be between 1 and 256, got 0");
+        let e = worker_args(&["--max-poll-interval-ms", "12000"])
+            .to_config("k:1")
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "--max-poll-interval-ms must be at least --session-timeout-ms (10000) and \
+                 above the built-in revoke_timeout_ms"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn help_names_the_default_metrics_address() {
+        let (_, help) = crate::cli::subcommand_help("worker");
+        assert!(help.contains(METRICS_ADDR_DEFAULT), "{help}");
+    }
 }

@@ -1,0 +1,163 @@
+//! `wallet status KEY`: prints the outcome recorded under an idempotency key, as a table or a
+//! JSON object; exit 1 when none is recorded.
+//!
+//! Owns the KEY check, the field names and their order in the output. Does not own how an
+//! outcome is stored or read (`engine::transfer`, `WalletService::transfer_outcome`).
+
+use clap::Args;
+use comfy_table::Table;
+use serde_json::Value;
+use wallet_transfer::Amount;
+use wallet_transfer::engine::message::check_key;
+use wallet_transfer::engine::transfer::TransferOutcome;
+
+use crate::cli::{Failure, GlobalOpts, json_out, new_table, print_out};
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit 1 when no outcome is recorded under the key (never processed, or its \
+                  record expired). Amounts in major units, processed_at in seconds since the \
+                  Unix epoch.\n\
+                  Example: wallet status req_tx_1 --json"
+)]
+pub struct StatusArgs {
+    /// The idempotency key of the request (its transfer_id unless one was given)
+    #[arg(value_name = "KEY")]
+    pub key: String,
+
+    /// Print the outcome as one JSON object instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints the outcome recorded under the key.
+pub fn run(global: &GlobalOpts, args: StatusArgs) -> Result<(), Failure> {
+    check_key("KEY", &args.key).map_err(|e| Failure::usage(e.to_string()))?;
+    let service = global.connect(1)?;
+    let Some(outcome) = service.transfer_outcome(&args.key)? else {
+        return Err(Failure::runtime(format!(
+            "no outcome recorded under idempotency key {:?} (never processed, or its record \
+             expired)",
+            args.key
+        )));
+    };
+    if args.json {
+        return json_out(&outcome_json(&outcome));
+    }
+    print_out(&format!("{}\n", outcome_table(&outcome)))
+}
+
+fn amount_text(a: Option<Amount>) -> Option<String> {
+    a.map(|a| a.to_string())
+}
+
+/// The outcome as one JSON object, amounts as text.
+fn outcome_json(outcome: &TransferOutcome) -> Value {
+    serde_json::json!({
+        "idempotency_key": outcome.idempotency_key,
+        "transfer_id": outcome.transfer_id,
+        "status": outcome.status.as_str(),
+        "reason": outcome.reason.map(|r| r.as_str()),
+        "from_user": outcome.from_user,
+        "to_user": outcome.to_user,
+        "amount": outcome.amount.to_string(),
+        "currency": outcome.currency,
+        "processed_at": outcome.to_message().processed_at,
+        "from_balance_after": amount_text(outcome.from_balance_after),
+        "to_balance_after": amount_text(outcome.to_balance_after),
+    })
+}
+
+/// The outcome as a field/value table, `-` for what is not set.
+fn outcome_table(outcome: &TransferOutcome) -> Table {
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let mut table = new_table(&["field", "value"]);
+    for (field, value) in [
+        ("idempotency_key", outcome.idempotency_key.clone()),
+        ("transfer_id", outcome.transfer_id.clone()),
+        ("status", outcome.status.as_str().to_string()),
+        (
+            "reason",
+            or_dash(outcome.reason.map(|r| r.as_str().to_string())),
+        ),
+        ("from_user", outcome.from_user.clone()),
+        ("to_user", outcome.to_user.clone()),
+        ("amount", outcome.amount.to_string()),
+        ("currency", outcome.currency.clone()),
+        (
+            "processed_at",
+            format!("{:.3}", outcome.to_message().processed_at),
+        ),
+        (
+            "from_balance_after",
+            or_dash(amount_text(outcome.from_balance_after)),
+        ),
+        (
+            "to_balance_after",
+            or_dash(amount_text(outcome.to_balance_after)),
+        ),
+    ] {
+        table.add_row(vec![field.to_string(), value]);
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::test_global;
+    use wallet_transfer::{FailureReason, Status};
+
+    fn outcome(status: Status) -> TransferOutcome {
+        TransferOutcome {
+            transfer_id: "tx_1".into(),
+            idempotency_key: "req_1".into(),
+            status,
+            reason: (status == Status::Failed).then_some(FailureReason::InsufficientFunds),
+            from_user: "user_1".into(),
+            to_user: "user_2".into(),
+            amount: Amount::from_minor(10_050),
+            currency: "USD".into(),
+            processed_at_ms: 1_700_000_000_123,
+            from_balance_after: (status == Status::Completed).then_some(Amount::from_minor(1)),
+            to_balance_after: None,
+            duplicate: false,
+            request_hash: "h".into(),
+            stats: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_bad_key_is_a_usage_error_before_any_connection() {
+        let args = StatusArgs {
+            key: "no spaces".into(),
+            json: false,
+        };
+        let e = run(&test_global(), args).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().starts_with("KEY"), "{e}");
+    }
+
+    #[test]
+    fn json_has_every_field_with_amounts_as_text() {
+        let value = outcome_json(&outcome(Status::Completed));
+        assert_eq!(value["status"], "COMPLETED");
+        assert_eq!(value["amount"], "100.50");
+        assert_eq!(value["from_balance_after"], "0.01");
+        assert!(value["to_balance_after"].is_null());
+        assert!(value["reason"].is_null());
+        assert_eq!(value.as_object().unwrap().len(), 11);
+    }
+
+    #[test]
+    fn table_shows_a_dash_for_what_is_not_set() {
+        let text = outcome_table(&outcome(Status::Failed)).to_string();
+        assert!(text.contains("insufficient_funds"), "{text}");
+        assert!(text.contains("1700000000.123"), "{text}");
+        let to_after = text
+            .lines()
+            .find(|l| l.contains("to_balance_after"))
+            .unwrap();
+        assert!(to_after.contains(" - "), "{text}");
+    }
+}
