@@ -53,7 +53,7 @@ fn checked_input(args: &DepositArgs) -> Result<Amount, Failure> {
 mod tests {
     use super::*;
     use crate::cli::test_global;
-    use wallet_transfer::engine::money::AMOUNT_MAX;
+    use wallet_transfer::engine::money::AMOUNT_LIMIT;
 
     fn args(user: &str, amount: &str) -> DepositArgs {
         DepositArgs {
@@ -83,6 +83,6 @@ mod tests {
     #[test]
     fn help_states_the_largest_amount() {
         let (_, help) = crate::cli::subcommand_help("deposit");
-        assert!(help.contains(&format!("at most {AMOUNT_MAX}")), "{help}");
+        assert!(help.contains(&format!("at most {AMOUNT_LIMIT}")), "{help}");
     }
 }

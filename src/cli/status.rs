@@ -122,6 +122,7 @@ mod tests {
             from_balance_after: (status == Status::Completed).then_some(Amount::from_minor(1)),
             to_balance_after: None,
             duplicate: false,
+            origin: None,
             request_hash: "h".into(),
             stats: Default::default(),
         }
