@@ -19,8 +19,8 @@ use std::thread::JoinHandle;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::engine::message::{FailureReason, Status};
@@ -34,6 +34,10 @@ const TRANSFER_LATENCY_BUCKETS_S: [f64; 14] = [
 /// with backoff running out).
 const LOCK_WAIT_BUCKETS_S: [f64; 14] = [
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Bucket upper bounds of `wallet_stage_seconds`: 0.1 ms to 30 s.
+const STAGE_BUCKETS_S: [f64; 16] = [
+    0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 ];
 /// Longest `cause` label accepted by [`Metrics::record_retry`]. Causes are a small fixed set of
 /// names chosen by the caller (`lock_timeout`, `redis`, `kafka`, ...), never error messages:
@@ -65,6 +69,35 @@ struct Inner {
     committed_offset: IntGaugeVec,
     consumer_lag: IntGaugeVec,
     results_published: IntCounter,
+    stage_latency: HistogramVec,
+    backlog_bytes: IntGauge,
+    parked_jobs: IntGauge,
+    retrying_jobs: IntGauge,
+    retry_oldest_age: Gauge,
+    locks_without_ttl: IntCounter,
+}
+
+/// The stages of one message's way through the worker, for `wallet_stage_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// From the request message's timestamp to a pool thread taking it up.
+    QueueWait,
+    /// The transfer call (Redis), retries of one attempt included.
+    Transfer,
+    /// From handing the answer to the producer to the brokers' acknowledgement.
+    Ack,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::QueueWait, Stage::Transfer, Stage::Ack];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::QueueWait => "queue_wait",
+            Stage::Transfer => "transfer",
+            Stage::Ack => "ack",
+        }
+    }
 }
 
 /// Totals for a one-line progress log. `Display` prints
@@ -177,8 +210,43 @@ impl Metrics {
                 "wallet_results_published_total",
                 "Result messages delivered to the completed topic.",
             ),
+            stage_latency: histogram_vec(
+                &r,
+                "wallet_stage_seconds",
+                "Time a message spends in each stage of the worker: queue_wait (request timestamp to a pool thread), transfer (Redis), ack (result handed to the producer until acknowledged).",
+                &["stage"],
+                &STAGE_BUCKETS_S,
+            ),
+            backlog_bytes: gauge(
+                &r,
+                "wallet_backlog_bytes",
+                "Bytes of requests consumed and held by the worker but not running: the backlog, jobs parked behind their key, and jobs waiting to retry. The consumer pauses at the backlog bound.",
+            ),
+            parked_jobs: gauge(
+                &r,
+                "wallet_parked_jobs",
+                "Jobs waiting for an earlier job of the same key (sender) to finish (per-key order).",
+            ),
+            retrying_jobs: gauge(
+                &r,
+                "wallet_retrying_jobs",
+                "Jobs waiting in the delay queue to be tried again after a transient error or a failed result delivery.",
+            ),
+            retry_oldest_age: float_gauge(
+                &r,
+                "wallet_retry_oldest_age_seconds",
+                "How long the longest-retrying waiting job has been failing; 0 when none waits.",
+            ),
+            locks_without_ttl: counter(
+                &r,
+                "wallet_locks_without_ttl_total",
+                "Distinct wallet locks found held with no ttl (never released by themselves; see wallet locks).",
+            ),
             registry: r,
         };
+        for stage in Stage::ALL {
+            inner.stage_latency.with_label_values(&[stage.as_str()]);
+        }
         // Create the expected outcome series at zero, so rates and alerts see them before the
         // first occurrence.
         inner
@@ -257,6 +325,28 @@ impl Metrics {
     pub fn set_in_flight(&self, jobs: i64) {
         debug_assert!(jobs >= 0);
         self.inner.in_flight_jobs.set(jobs);
+    }
+
+    /// Records the time one message spent in `stage`, in microseconds.
+    pub fn record_stage(&self, stage: Stage, duration_us: u64) {
+        self.inner
+            .stage_latency
+            .with_label_values(&[stage.as_str()])
+            .observe(seconds(duration_us));
+    }
+
+    /// Sets what the worker holds without running it: bytes, parked jobs, retrying jobs, and
+    /// the age of the oldest retry in seconds.
+    pub fn set_held(&self, bytes: usize, parked: usize, retrying: usize, oldest_retry_s: f64) {
+        self.inner.backlog_bytes.set(bytes as i64);
+        self.inner.parked_jobs.set(parked as i64);
+        self.inner.retrying_jobs.set(retrying as i64);
+        self.inner.retry_oldest_age.set(oldest_retry_s);
+    }
+
+    /// Counts a lock found held with no ttl (call once per distinct key).
+    pub fn record_lock_without_ttl(&self) {
+        self.inner.locks_without_ttl.inc();
     }
 
     /// Sets the last committed position (next offset to consume) of `partition`.
@@ -363,6 +453,21 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     register(registry, IntGaugeVec::new(Opts::new(name, help), labels))
+}
+
+fn float_gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    register(registry, Gauge::new(name, help))
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets_s: &[f64],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets_s.to_vec());
+    register(registry, HistogramVec::new(opts, labels))
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets_s: &[f64]) -> Histogram {
