@@ -67,11 +67,23 @@ pub const THREADS_LIMIT: usize = 256;
 /// Bounds on `backlog_bytes_max`: at least one largest request, at most 1 GiB.
 pub const BACKLOG_BYTES_MIN: usize = crate::engine::message::PAYLOAD_BYTES_LIMIT;
 pub const BACKLOG_BYTES_LIMIT: usize = 1024 * 1024 * 1024;
-/// Largest dead letter forwarded unchanged; a bigger poison payload is cut to this size and
-/// marked with the header `truncated`.
-pub const DLQ_PAYLOAD_BYTES_LIMIT: usize = 8 * 1024 * 1024;
-/// Room for a dead letter's key and headers above its payload in one produced message.
-pub const DLQ_HEADERS_BYTES_LIMIT: usize = 64 * 1024;
+/// Largest dead-letter payload: the decode cap, so every request the worker could have read is
+/// forwarded whole; a bigger poison payload is cut to this size and marked with the header
+/// `truncated` (its full length).
+pub const DLQ_PAYLOAD_BYTES_LIMIT: usize = crate::engine::message::PAYLOAD_BYTES_LIMIT;
+/// Longest `error` header of a dead letter; a longer error text is cut.
+pub const DLQ_ERROR_BYTES_LIMIT: usize = 4 * 1024;
+/// Longest dead-letter key (the request's key, cut).
+pub const DLQ_KEY_BYTES_LIMIT: usize = 1024;
+/// Room for a dead letter's key, headers and record framing above its payload.
+pub const DLQ_HEADERS_BYTES_LIMIT: usize = 16 * 1024;
+/// The dead-letter topic's `max.message.bytes` when the worker creates it: the largest dead
+/// letter fits.
+pub const DLQ_MESSAGE_BYTES_LIMIT: usize = DLQ_PAYLOAD_BYTES_LIMIT + DLQ_HEADERS_BYTES_LIMIT;
+/// librdkafka's default `message.max.bytes`, which the result producer keeps.
+pub const PRODUCER_MESSAGE_BYTES_DEFAULT: usize = 1_000_000;
+/// Longest wait of the retry timer between looks at the delay queue.
+pub const RETRY_TICK_MS: u64 = 50;
 /// Upper bound on every interval and timeout setting (one hour).
 pub const INTERVAL_MS_LIMIT: u64 = 60 * 60 * 1000;
 /// Base delay of a job's transient retries; doubles per retry up to `retry_delay_ms_max`.
@@ -99,8 +111,12 @@ const _: () = assert!(
 );
 const _: () = assert!(BACKLOG_BYTES_MIN <= BACKLOG_BYTES_LIMIT);
 const _: () = assert!(
-    crate::engine::message::PAYLOAD_BYTES_LIMIT <= DLQ_PAYLOAD_BYTES_LIMIT,
-    "every request that was read fits the dead-letter topic untruncated"
+    DLQ_ERROR_BYTES_LIMIT + DLQ_KEY_BYTES_LIMIT + 1024 <= DLQ_HEADERS_BYTES_LIMIT,
+    "a dead letter's error, key and source headers fit its headers room"
+);
+const _: () = assert!(
+    DLQ_MESSAGE_BYTES_LIMIT < PRODUCER_MESSAGE_BYTES_DEFAULT,
+    "the result producer can send the largest dead letter"
 );
 const _: () = assert!(RETRY_DELAY_MS_BASE > 0 && PRODUCE_RETRY_DELAY_MS_BASE > 0);
 const _: () = assert!(WAIT_STEP_MS < POLL_MS);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -111,6 +111,8 @@ pub enum AdminError {
         topic: String,
         code: RDKafkaErrorCode,
     },
+    #[error("reading the config of topic {topic}: {detail}")]
+    Config { topic: String, detail: String },
     #[error(
         "the brokers at {brokers} did not answer within {timeout_ms} ms (is the broker running? check --brokers / KAFKA_BROKERS)"
     )]
@@ -120,10 +122,32 @@ pub enum AdminError {
 /// Time allowed for admin requests.
 pub const ADMIN_TIMEOUT_MS: u64 = 30_000;
 
+/// A topic to create when missing, with topic configs to set at creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec<'a> {
+    pub name: &'a str,
+    pub configs: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> TopicSpec<'a> {
+    pub fn new(name: &'a str) -> TopicSpec<'a> {
+        TopicSpec {
+            name,
+            configs: Vec::new(),
+        }
+    }
+
+    /// Adds a topic config, such as `max.message.bytes`.
+    pub fn with(mut self, key: &'a str, value: &'a str) -> TopicSpec<'a> {
+        self.configs.push((key, value));
+        self
+    }
+}
+
 /// Creates the topics that do not exist yet; existing ones are left as they are.
 pub fn ensure_topics(
     kafka: &KafkaConfig,
-    topics: &[&str],
+    topics: &[TopicSpec<'_>],
     partitions: i32,
     replication: i32,
 ) -> Result<(), AdminError> {
@@ -131,7 +155,12 @@ pub fn ensure_topics(
     let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
     let new: Vec<NewTopic> = topics
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
+        .map(|t| {
+            t.configs.iter().fold(
+                NewTopic::new(t.name, partitions, TopicReplication::Fixed(replication)),
+                |topic, (key, value)| topic.set(key, value),
+            )
+        })
         .collect();
     let options =
         AdminOptions::new().operation_timeout(Some(Duration::from_millis(ADMIN_TIMEOUT_MS)));
@@ -148,6 +177,43 @@ pub fn ensure_topics(
         }
     }
     Ok(())
+}
+
+/// The `retention.ms` of `topic` as the brokers report it (`-1`: kept for ever).
+pub fn topic_retention_ms(kafka: &KafkaConfig, topic: &str) -> Result<i64, AdminError> {
+    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
+    let options =
+        AdminOptions::new().request_timeout(Some(Duration::from_millis(ADMIN_TIMEOUT_MS)));
+    let resource = ResourceSpecifier::Topic(topic);
+    let timeout = Duration::from_millis(ADMIN_TIMEOUT_MS + 5_000);
+    let results = wait(admin.describe_configs([&resource], &options), timeout).ok_or(
+        AdminError::Timeout {
+            brokers: kafka.brokers.clone(),
+            timeout_ms: ADMIN_TIMEOUT_MS,
+        },
+    )??;
+    let described = results
+        .into_iter()
+        .next()
+        .ok_or_else(|| AdminError::Config {
+            topic: topic.to_string(),
+            detail: "no answer for the topic".into(),
+        })?
+        .map_err(|code| AdminError::Config {
+            topic: topic.to_string(),
+            detail: code.to_string(),
+        })?;
+    let value = described
+        .get("retention.ms")
+        .and_then(|e| e.value.clone())
+        .ok_or_else(|| AdminError::Config {
+            topic: topic.to_string(),
+            detail: "retention.ms is not reported".into(),
+        })?;
+    value.parse().map_err(|e| AdminError::Config {
+        topic: topic.to_string(),
+        detail: format!("retention.ms {value:?}: {e}"),
+    })
 }
 
 /// The offsets `group` has committed on each partition of `topic` (`None` where it has none).

@@ -1,5 +1,7 @@
-//! The Kafka worker: the consumer-to-pool pipeline (`pipeline`), its settings (`config`), the
-//! offset watermark arithmetic it commits by (`offsets`), Kafka client settings and topic admin
+//! The Kafka worker: the pipeline (`pipeline`: the worker and its shared state; `consumer`: the
+//! consumer thread; `pool`: transfer threads, delivery reports, retry timer), per-key order
+//! (`keyed`), the delay queue of retries (`retry`), its settings (`config`), the offset
+//! watermark arithmetic it commits by (`offsets`), Kafka client settings and topic admin
 //! (`kafka`), Prometheus metrics (`metrics`), and the process around it (`command`: signals and
 //! the metrics endpoint). Behind the `worker` feature.
 //!
@@ -8,10 +10,14 @@
 
 pub mod command;
 pub mod config;
+mod consumer;
 pub mod kafka;
+mod keyed;
 pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
+mod pool;
+mod retry;
 
 pub use config::WorkerConfig;
 pub use pipeline::{Worker, WorkerError, WorkerReport};

@@ -1,0 +1,380 @@
+//! The consumer thread: polls requests into the backlog, dispatches them to the pool through
+//! the key gate, pauses and resumes fetching by the bytes the worker holds, commits the
+//! watermark, and handles rebalances (librdkafka runs the callbacks on this thread, inside
+//! `poll`).
+//!
+//! Owns the poll loop, the dispatch order (offset order per partition, per-key order through
+//! `worker::keyed`), commits, and what a revoke stops and waits for. Does not run transfers or
+//! publish (`worker::pool`) and does not compute positions (`worker::offsets`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::worker::config::{BUSY_POLL_MS, POLL_MS, WAIT_STEP_MS};
+use crate::worker::metrics::Metrics;
+use crate::worker::pipeline::{Job, Shared};
+
+/// Why the consumer loop returned.
+pub(crate) enum Exit {
+    /// The shutdown handle was set.
+    Shutdown,
+    /// Joining the group has hung past any legitimate rebalance: rejoin as a new member.
+    JoinStuck,
+}
+
+/// The consumer loop: poll into the backlog, dispatch to the pool, pause when full, commit.
+pub(crate) fn consume(
+    shared: &Shared,
+    consumer: &BaseConsumer<ConsumerCtx>,
+    job_tx: &Sender<Job>,
+) -> Exit {
+    let config = &shared.config;
+    let mut paused = false;
+    let mut last_commit = Instant::now();
+    // After a failed commit, the next one covers every partition, not only those that moved.
+    let mut commit_ok = true;
+    let mut summary = SummaryLog::new();
+    while !shared.shutdown.load(Ordering::SeqCst) {
+        if shared
+            .join_wait_since
+            .lock()
+            .is_some_and(|since| since.elapsed() > Duration::from_millis(config.join_stuck_ms()))
+        {
+            return Exit::JoinStuck;
+        }
+        let backlog_len = dispatch(shared, job_tx);
+        let held_bytes = shared.held_bytes();
+        let want_paused = should_pause(paused, held_bytes, config.backlog_bytes_max);
+        if want_paused != paused || shared.assignment_changed.swap(false, Ordering::SeqCst) {
+            set_paused(consumer, want_paused);
+            paused = want_paused;
+        }
+        // With jobs waiting for room in the channel, come back at once to hand them over:
+        // the pool, not Kafka, sets the pace then (a full poll timeout here would cap the
+        // pipeline at one channel's worth of jobs per poll).
+        let poll_ms = if backlog_len > 0 {
+            BUSY_POLL_MS
+        } else {
+            POLL_MS
+        };
+        poll_into_backlog(shared, consumer, poll_ms);
+        report_held(shared, held_bytes);
+        if last_commit.elapsed() >= Duration::from_millis(config.commit_interval_ms) {
+            commit_ok = commit_due(shared, consumer, !commit_ok);
+            last_commit = Instant::now();
+        }
+        summary.log_if_due(&shared.metrics, config.summary_interval_ms);
+    }
+    Exit::Shutdown
+}
+
+/// Sets the gauges of what the worker holds: in flight, held bytes, parked, retrying.
+fn report_held(shared: &Shared, held_bytes: usize) {
+    let in_flight = shared.tracker.lock().in_flight_total();
+    shared.metrics.set_in_flight(in_flight as i64);
+    let parked = shared.gate.lock().parked();
+    let (retrying, oldest_since) = {
+        let retries = shared.retries.lock();
+        (retries.len(), retries.oldest_since())
+    };
+    let oldest_s = oldest_since.map_or(0.0, |since| since.elapsed().as_secs_f64());
+    shared
+        .metrics
+        .set_held(held_bytes, parked, retrying, oldest_s);
+}
+
+/// Whether the consumer should be paused, with hysteresis: pause at the bound, resume at half
+/// of it (pausing and resuming cost librdkafka a refetch each, so not too often). Pure.
+fn should_pause(paused: bool, held_bytes: usize, backlog_bytes_max: usize) -> bool {
+    if paused {
+        held_bytes > backlog_bytes_max / 2
+    } else {
+        held_bytes >= backlog_bytes_max
+    }
+}
+
+/// One poll; a message goes to the back of the backlog, an error is counted and logged.
+fn poll_into_backlog(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, poll_ms: u64) {
+    match consumer.poll(Duration::from_millis(poll_ms)) {
+        Some(Ok(message)) => {
+            let mut job = Job::new(
+                message.partition(),
+                message.offset(),
+                message.key().map(<[u8]>::to_vec),
+                message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            );
+            job.timestamp_ms = message.timestamp().to_millis();
+            job.generation = shared.generations.lock().current();
+            shared.backlog.lock().push(job);
+        }
+        Some(Err(e)) => {
+            shared.metrics.record_retry("kafka_consume");
+            log::warn!("consumer: {e}; polling on");
+        }
+        None => {}
+    }
+}
+
+/// The periodic one-line summary: totals and the rate since the previous line.
+struct SummaryLog {
+    since: Instant,
+    processed_then: u64,
+}
+
+impl SummaryLog {
+    fn new() -> SummaryLog {
+        SummaryLog {
+            since: Instant::now(),
+            processed_then: 0,
+        }
+    }
+
+    fn log_if_due(&mut self, metrics: &Metrics, interval_ms: u64) {
+        if self.since.elapsed() < Duration::from_millis(interval_ms) {
+            return;
+        }
+        let s = metrics.summary();
+        let rate = (s.processed - self.processed_then) as f64 / self.since.elapsed().as_secs_f64();
+        log::info!(
+            "processed {} ({rate:.0}/s), failed {}, duplicates {}, dead letters {}, retries {}, lag {}",
+            s.processed,
+            s.failed,
+            s.duplicates,
+            s.dlq,
+            s.retries,
+            s.lag_total
+        );
+        self.processed_then = s.processed;
+        self.since = Instant::now();
+    }
+}
+
+/// Moves jobs from the backlog into the channel while it has room; a job whose key has an
+/// earlier job running parks in the gate instead (it takes no room). Returns the backlog's
+/// length.
+fn dispatch(shared: &Shared, job_tx: &Sender<Job>) -> usize {
+    let mut backlog = shared.backlog.lock();
+    // Only this thread sends, so room seen here is still there at `send`.
+    while !job_tx.is_full() {
+        let Some(job) = backlog.pop() else {
+            break;
+        };
+        // Started in offset order, parked or not, so the watermark never passes a parked job.
+        shared.tracker.lock().start(job.partition, job.offset);
+        let admitted = shared.gate.lock().admit(job);
+        if let Some(mut job) = admitted {
+            job.holds_key = job.key.is_some();
+            job_tx
+                .send(job)
+                .expect("pool threads outlive the consumer loop");
+        }
+    }
+    backlog.jobs.len()
+}
+
+fn set_paused(consumer: &BaseConsumer<ConsumerCtx>, paused: bool) {
+    let Ok(assignment) = consumer.assignment() else {
+        return;
+    };
+    let result = if paused {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    match result {
+        Ok(()) => log::debug!("partitions {}", if paused { "paused" } else { "resumed" }),
+        Err(e) => log::warn!("pause/resume: {e}"),
+    }
+}
+
+/// Commits the partitions whose watermark moved, or, after a failed commit, every partition.
+/// Returns whether the commit succeeded.
+fn commit_due(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, all: bool) -> bool {
+    let positions = if all {
+        shared.tracker.lock().positions()
+    } else {
+        shared.tracker.lock().commits_due()
+    };
+    commit(shared, consumer, &positions)
+}
+
+/// Commits the watermark of every tracked partition. Returns the positions committed (none
+/// when the commit failed).
+pub(crate) fn commit_all(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>) -> Vec<(i32, i64)> {
+    let positions = shared.tracker.lock().positions();
+    if commit(shared, consumer, &positions) {
+        positions
+    } else {
+        Vec::new()
+    }
+}
+
+/// Commits `positions` synchronously (one round trip to the group coordinator, bounded by
+/// librdkafka's request timeouts), so success is known here and only confirmed positions
+/// reach the metrics.
+fn commit(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, positions: &[(i32, i64)]) -> bool {
+    if positions.is_empty() {
+        return true;
+    }
+    let topic = &shared.config.requests_topic;
+    let mut tpl = TopicPartitionList::new();
+    for &(partition, position) in positions {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(position))
+            .expect("valid offset");
+    }
+    match consumer.commit(&tpl, CommitMode::Sync) {
+        Ok(()) => {
+            for &(partition, position) in positions {
+                shared.metrics.set_committed(partition, position);
+            }
+            log::debug!("committed {positions:?}");
+            true
+        }
+        Err(e) => {
+            log::warn!("commit {positions:?}: {e}; the next commit retries them");
+            false
+        }
+    }
+}
+
+/// Rebalance and statistics callbacks, run on the consumer thread inside `poll`.
+pub(crate) struct ConsumerCtx {
+    pub shared: Arc<Shared>,
+}
+
+impl ClientContext for ConsumerCtx {
+    fn stats(&self, statistics: Statistics) {
+        let waiting = statistics
+            .cgrp
+            .as_ref()
+            .is_some_and(|g| g.join_state == "wait-join");
+        {
+            let mut since = self.shared.join_wait_since.lock();
+            match (waiting, *since) {
+                (true, None) => *since = Some(Instant::now()),
+                (false, Some(_)) => *since = None,
+                _ => {}
+            }
+        }
+        let Some(topic) = statistics.topics.get(&self.shared.config.requests_topic) else {
+            return;
+        };
+        for (partition, p) in &topic.partitions {
+            if *partition >= 0 && p.consumer_lag >= 0 {
+                self.shared.metrics.set_lag(*partition, p.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for ConsumerCtx {
+    /// On revoke: stop dispatching the revoked partitions, stop their parked jobs and retries,
+    /// let their running jobs finish (bounded), commit their watermark, then let them go.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let shared = &self.shared;
+        let revoked: HashSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let (undispatched, stopped) = stop_partitions(shared, &revoked);
+        let settled = wait_for_running(shared, &revoked);
+        let positions: Vec<(i32, i64)> = {
+            let tracker = shared.tracker.lock();
+            revoked
+                .iter()
+                .filter_map(|p| tracker.commit_position(*p).map(|o| (*p, o)))
+                .collect()
+        };
+        let commit_state = if shared.shutdown.load(Ordering::SeqCst) {
+            // Leaving at shutdown: `commit_all` commits these positions.
+            "left to the shutdown commit"
+        } else if commit(shared, consumer, &positions) {
+            "committed"
+        } else {
+            "not committed (the next owner redoes them; idempotency answers)"
+        };
+        let mut tracker = shared.tracker.lock();
+        for p in &revoked {
+            tracker.forget(*p);
+            shared.metrics.forget_partition(*p);
+        }
+        log::info!(
+            "partitions {revoked:?} revoked: positions {positions:?} {commit_state}; {undispatched} undispatched and {stopped} parked or retrying messages left to the next owner{}",
+            if settled {
+                ""
+            } else {
+                "; some jobs were still running"
+            }
+        );
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            log::info!("partitions {partitions:?} assigned");
+            self.shared.assignment_changed.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Stops the revoked partitions' jobs that are not running: undispatched ones leave the backlog,
+/// parked ones the gate, retrying ones the delay queue; the latter two count as abandoned.
+/// Returns (undispatched, parked or retrying).
+fn stop_partitions(shared: &Shared, revoked: &HashSet<i32>) -> (usize, usize) {
+    shared.generations.lock().revoke(revoked);
+    let undispatched = shared.backlog.lock().drop_partitions(revoked);
+    let parked = shared.gate.lock().drop_partitions(revoked);
+    let retrying = shared.retries.lock().drop_partitions(revoked);
+    let mut generations = shared.generations.lock();
+    for job in parked.iter().chain(&retrying) {
+        generations.abandon(job.partition);
+    }
+    (undispatched, parked.len() + retrying.len())
+}
+
+/// Waits (bounded by the revoke timeout) until every started job of `revoked` is finished or
+/// abandoned. Returns false when the time ran out.
+fn wait_for_running(shared: &Shared, revoked: &HashSet<i32>) -> bool {
+    let deadline = Instant::now() + Duration::from_millis(shared.config.revoke_timeout_ms);
+    let busy = || {
+        let tracker = shared.tracker.lock();
+        let generations = shared.generations.lock();
+        revoked
+            .iter()
+            .any(|p| tracker.in_flight(*p) > generations.abandoned(*p))
+    };
+    while busy() {
+        if Instant::now() >= deadline {
+            log::warn!(
+                "revoke: jobs of {revoked:?} still running after {} ms; their offsets stay uncommitted",
+                shared.config.revoke_timeout_ms
+            );
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(WAIT_STEP_MS));
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_consumer_pauses_at_the_bound_and_resumes_at_half() {
+        let max = 1_000;
+        assert!(!should_pause(false, 999, max));
+        assert!(should_pause(false, 1_000, max));
+        assert!(should_pause(true, 501, max), "stays paused above half");
+        assert!(!should_pause(true, 500, max), "resumes at half");
+    }
+}

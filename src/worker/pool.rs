@@ -1,0 +1,576 @@
+//! The transfer threads, the delivery reports of the result producer, and the retry timer.
+//!
+//! ```text
+//! pool thread:  job -> decode -> transfer_from -> answer -> produce (job as delivery opaque)
+//!               -> the next parked job of the same key, if any, on the same thread
+//!               transient error -> delay queue (the job keeps its key; the thread moves on)
+//! delivery:     acknowledged -> offset finished; failed -> delay queue; permanent -> stop
+//! retry timer:  due jobs from the delay queue -> redo channel -> pool
+//! ```
+//!
+//! Owns turning a job into an answer (result or dead letter), publishing it, and what happens to
+//! a job that cannot be answered yet. Does not poll, commit or handle rebalances
+//! (`worker::consumer`) and holds no transfer logic (`engine::transfer`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use rdkafka::client::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+
+use crate::engine::backoff::Backoff;
+use crate::engine::lock::LockError;
+use crate::engine::message::{Decoded, FailureReason, RawRequest, TransferCompleted, decode};
+use crate::engine::service::WalletService;
+use crate::engine::transfer::{Origin, TransferError, TransferOutcome};
+use crate::worker::config::{
+    DLQ_ERROR_BYTES_LIMIT, DLQ_KEY_BYTES_LIMIT, DLQ_PAYLOAD_BYTES_LIMIT,
+    PRODUCE_RETRY_DELAY_MS_BASE, RETRY_DELAY_MS_BASE, RETRY_TICK_MS, WAIT_STEP_MS, WorkerConfig,
+};
+use crate::worker::metrics::Stage;
+use crate::worker::pipeline::{Job, NO_TTL_REPORTED_LIMIT, Shared};
+
+/// What a job produces: a result message or a dead letter.
+pub(crate) enum Answer {
+    Result(TransferCompleted),
+    DeadLetter(String),
+}
+
+/// What one attempt at a job came to.
+enum Attempt {
+    Answered(Answer),
+    /// A transient error: try again after this many milliseconds.
+    Retry(u64),
+}
+
+/// One transfer thread.
+pub(crate) struct PoolThread {
+    pub shared: Arc<Shared>,
+    pub service: WalletService,
+    pub producer: Arc<ThreadedProducer<DeliveryContext>>,
+    pub jobs: Receiver<Job>,
+    pub redo: Receiver<Job>,
+}
+
+impl PoolThread {
+    pub fn run(self) {
+        loop {
+            let job = crossbeam_channel::select! {
+                recv(self.jobs) -> job => match job {
+                    Ok(job) => job,
+                    Err(_) => return,
+                },
+                recv(self.redo) -> job => match job {
+                    Ok(job) => job,
+                    Err(_) => return,
+                },
+            };
+            self.work(job);
+        }
+    }
+
+    /// Works `first`, then, while its key has parked jobs, each next one in offset order.
+    fn work(&self, first: Job) {
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            {
+                let mut generations = self.shared.generations.lock();
+                if generations.is_stale(&job) {
+                    // Its partition was revoked: the next owner redoes it.
+                    generations.abandon(job.partition);
+                    continue;
+                }
+            }
+            if job.transient_failures == 0
+                && job.publish_failures == 0
+                && let Some(ts) = job.timestamp_ms
+            {
+                let waited_ms = crate::engine::message::now_ms().saturating_sub(ts.max(0) as u64);
+                self.shared
+                    .metrics
+                    .record_stage(Stage::QueueWait, waited_ms * 1_000);
+            }
+            match self.attempt(&job) {
+                Attempt::Answered(answer) => {
+                    let mut job = job;
+                    if job.holds_key {
+                        // Answered: the key passes to its next job. A redo of this answer (a
+                        // failed delivery) must not release the key again.
+                        job.holds_key = false;
+                        next = self.shared.gate.lock().release(&job).map(|mut n| {
+                            n.holds_key = true;
+                            n
+                        });
+                    }
+                    self.publish(answer, job);
+                }
+                Attempt::Retry(delay_ms) => schedule_retry(&self.shared, job, delay_ms),
+            }
+        }
+    }
+
+    /// One try at answering a job.
+    fn attempt(&self, job: &Job) -> Attempt {
+        let request = match decode(&job.payload) {
+            Err(poison) => return Attempt::Answered(Answer::DeadLetter(poison.to_string())),
+            Ok(Decoded::Invalid { echo, error }) => {
+                log::info!("transfer {}: invalid request: {error}", echo.transfer_id);
+                self.shared
+                    .metrics
+                    .record_failure(FailureReason::InvalidRequest);
+                return Attempt::Answered(Answer::Result(echo));
+            }
+            Ok(Decoded::Request(request)) => request,
+        };
+        let origin = Origin {
+            topic: self.shared.config.requests_topic.clone(),
+            partition: job.partition,
+            offset: job.offset,
+        };
+        let started = Instant::now();
+        let result = self.service.transfer_from(&request, Some(&origin));
+        self.shared
+            .metrics
+            .record_stage(Stage::Transfer, started.elapsed().as_micros() as u64);
+        match result {
+            Ok(outcome) => {
+                self.shared.metrics.record_outcome(&outcome);
+                Attempt::Answered(Answer::Result(answer_for(&request.transfer_id, &outcome)))
+            }
+            Err(TransferError::IdempotencyConflict { key, .. }) => {
+                log::warn!(
+                    "transfer {}: idempotency key {key:?} was used before for a different request",
+                    request.transfer_id
+                );
+                self.shared
+                    .metrics
+                    .record_failure(FailureReason::IdempotencyConflict);
+                Attempt::Answered(Answer::Result(conflict_answer(&request)))
+            }
+            Err(e) if e.is_transient() => {
+                self.note_transient(&e);
+                let delay_ms = Backoff {
+                    first_ms: RETRY_DELAY_MS_BASE,
+                    max_ms: self.shared.config.retry_delay_ms_max,
+                    jitter_ms: 0,
+                }
+                .base_delay_ms(job.transient_failures);
+                log::warn!(
+                    "transfer {}: {e}; retry {} in {delay_ms} ms",
+                    request.transfer_id,
+                    job.transient_failures + 1
+                );
+                Attempt::Retry(delay_ms)
+            }
+            Err(e) => {
+                log::error!(
+                    "transfer {}: {e}; sent to the dead-letter topic",
+                    request.transfer_id
+                );
+                Attempt::Answered(Answer::DeadLetter(e.to_string()))
+            }
+        }
+    }
+
+    /// Counts a transient error by cause; a lock held with no ttl is logged and counted once.
+    fn note_transient(&self, e: &TransferError) {
+        self.shared.metrics.record_retry(retry_cause(e));
+        let TransferError::LockTimeout(LockError::Timeout { no_ttl, .. }) = e else {
+            return;
+        };
+        self.shared.metrics.record_lock_timeout();
+        let mut reported = self.shared.no_ttl_reported.lock();
+        for key in no_ttl {
+            if reported.len() < NO_TTL_REPORTED_LIMIT && reported.insert(key.clone()) {
+                log::error!(
+                    "{key} is held with no ttl and never expires: transfers of that wallet wait until an operator deletes it (wallet locks; redis-cli DEL {key})"
+                );
+                self.shared.metrics.record_lock_without_ttl();
+            }
+        }
+    }
+
+    /// Hands the answer to the producer with the job as delivery opaque; the delivery report
+    /// marks the offset done (or queues a retry). Retries while the producer's queue is full,
+    /// until shutdown; a message the producer refuses for good stops the worker.
+    fn publish(&self, answer: Answer, mut job: Job) {
+        job.dead_lettered = matches!(answer, Answer::DeadLetter(_));
+        if let Answer::DeadLetter(error) = &answer {
+            log::warn!(
+                "dead letter: partition {} offset {}: {error}",
+                job.partition,
+                job.offset
+            );
+            self.shared.metrics.record_dlq();
+        }
+        let out = outgoing(&self.shared.config, &answer, &job);
+        job.handed_at = Some(Instant::now());
+        let mut opaque = Box::new(job);
+        let mut attempt: u32 = 0;
+        loop {
+            let mut record = BaseRecord::with_opaque_to(out.topic, opaque)
+                .key(&out.key)
+                .payload(&out.payload);
+            if let Some(h) = &out.headers {
+                record = record.headers(h.clone());
+            }
+            let Err((e, record)) = self.producer.send(record) else {
+                return;
+            };
+            opaque = record.delivery_opaque;
+            if is_permanent(&e) {
+                self.shared.fail(format!(
+                    "the producer refuses the answer to partition {} offset {} for {}: {e}",
+                    opaque.partition, opaque.offset, out.topic
+                ));
+                return;
+            }
+            attempt += 1;
+            if !matches!(
+                e,
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+            ) {
+                log::warn!("producing to {}: {e}; retry {attempt}", out.topic);
+                self.shared.metrics.record_retry("kafka_produce");
+            }
+            let delay_ms = Backoff {
+                first_ms: PRODUCE_RETRY_DELAY_MS_BASE,
+                max_ms: self.shared.config.retry_delay_ms_max,
+                jitter_ms: 0,
+            }
+            .base_delay_ms(attempt);
+            if !sleep_unless_shutdown(&self.shared, delay_ms) {
+                // The engine has recorded the outcome; the redelivered message will be
+                // answered from it by whoever owns the partition next.
+                log::warn!(
+                    "abandoning the answer to partition {} offset {} at shutdown; it stays uncommitted",
+                    opaque.partition,
+                    opaque.offset
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Queues `job` to be tried again in `delay_ms`; at shutdown it is abandoned instead (it stays
+/// uncommitted and is answered by the next owner).
+pub(crate) fn schedule_retry(shared: &Shared, mut job: Job, delay_ms: u64) {
+    if shared.shutdown.load(Ordering::SeqCst) {
+        log::info!(
+            "abandoning partition {} offset {} at shutdown; it stays uncommitted",
+            job.partition,
+            job.offset
+        );
+        return;
+    }
+    let now = Instant::now();
+    let since = *job.retrying_since.get_or_insert(now);
+    let (partition, size) = (job.partition, job.size());
+    shared.retries.lock().push(
+        now + Duration::from_millis(delay_ms),
+        partition,
+        since,
+        size,
+        job,
+    );
+    shared.retry_wake.notify_one();
+}
+
+/// Starts the retry timer: it moves due jobs from the delay queue to the pool's redo channel,
+/// until shutdown, when the jobs still waiting are abandoned (uncommitted).
+pub(crate) fn spawn_retry_timer(
+    shared: Arc<Shared>,
+    redo: Sender<Job>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("retry-timer".into())
+        .spawn(move || retry_timer(&shared, &redo))
+        .expect("spawn retry timer")
+}
+
+fn retry_timer(shared: &Shared, redo: &Sender<Job>) {
+    let tick = Duration::from_millis(RETRY_TICK_MS);
+    loop {
+        let mut retries = shared.retries.lock();
+        if shared.shutdown.load(Ordering::SeqCst) {
+            if !retries.is_empty() {
+                let left = retries.drain().len();
+                log::info!("abandoning {left} retrying jobs at shutdown; they stay uncommitted");
+            }
+            return;
+        }
+        let now = Instant::now();
+        let due = retries.pop_due(now);
+        if due.is_empty() {
+            let wait = retries
+                .next_due()
+                .map_or(tick, |d| d.saturating_duration_since(now).min(tick));
+            shared.retry_wake.wait_for(&mut retries, wait);
+            continue;
+        }
+        drop(retries);
+        for (job, _) in due {
+            if redo.send(job).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Sleeps `ms` in short steps; false when shutdown was asked meanwhile.
+fn sleep_unless_shutdown(shared: &Shared, ms: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    while Instant::now() < deadline {
+        if shared.shutdown.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(WAIT_STEP_MS).min(deadline - Instant::now()));
+    }
+    !shared.shutdown.load(Ordering::SeqCst)
+}
+
+/// Delivery reports and client errors of the result producer, run on its polling thread.
+pub(crate) struct DeliveryContext {
+    pub shared: Arc<Shared>,
+}
+
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            self.shared
+                .fail(format!("the result producer hit a fatal error: {reason}"));
+        } else {
+            log::warn!("result producer: {error}: {reason}");
+        }
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<Job>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, job: Box<Job>) {
+        let mut job = *job;
+        match result {
+            Ok(_) => {
+                if !job.dead_lettered {
+                    self.shared.metrics.record_published();
+                }
+                if let Some(handed) = job.handed_at {
+                    let us = handed.elapsed().as_micros() as u64;
+                    self.shared.metrics.record_stage(Stage::Ack, us);
+                }
+                if let Err(e) = self.shared.tracker.lock().finish(job.partition, job.offset) {
+                    log::debug!("{e}");
+                }
+            }
+            Err((e, _)) if is_permanent(e) => self.shared.fail(format!(
+                "the brokers refuse the answer to partition {} offset {} for good: {e}",
+                job.partition, job.offset
+            )),
+            Err((e, _)) => {
+                job.publish_failures += 1;
+                let delay_ms = Backoff {
+                    first_ms: RETRY_DELAY_MS_BASE,
+                    max_ms: self.shared.config.retry_delay_ms_max,
+                    jitter_ms: 0,
+                }
+                .base_delay_ms(job.publish_failures - 1);
+                log::warn!(
+                    "publishing the answer to partition {} offset {} failed: {e}; retry {} in {delay_ms} ms",
+                    job.partition,
+                    job.offset,
+                    job.publish_failures
+                );
+                self.shared.metrics.record_retry("kafka_produce");
+                // Redone from the record: the engine answers it, nothing moves twice.
+                schedule_retry(&self.shared, job, delay_ms);
+            }
+        }
+    }
+}
+
+/// Errors that no retry can cure: the message is too large for the topic, we are not allowed
+/// to write, or the idempotent producer is in a fatal state. Pure.
+pub(crate) fn is_permanent(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::PolicyViolation
+                | RDKafkaErrorCode::UnsupportedForMessageFormat
+                | RDKafkaErrorCode::Fatal
+        )
+    )
+}
+
+/// A message ready for the producer.
+pub(crate) struct Outgoing<'a> {
+    pub topic: &'a str,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: Option<OwnedHeaders>,
+}
+
+/// Where and what to publish for `answer` to `job`: a result keyed by transfer id, or a dead
+/// letter keyed as its request with the error, its source and any truncation in headers. A
+/// dead letter's payload is cut to `DLQ_PAYLOAD_BYTES_LIMIT` and its error to
+/// `DLQ_ERROR_BYTES_LIMIT`, so it always fits the dead-letter topic. Pure.
+pub(crate) fn outgoing<'a>(config: &'a WorkerConfig, answer: &Answer, job: &Job) -> Outgoing<'a> {
+    match answer {
+        Answer::Result(result) => Outgoing {
+            topic: &config.results_topic,
+            key: result.transfer_id.clone().into_bytes(),
+            payload: serde_json::to_vec(result).expect("result serialises"),
+            headers: None,
+        },
+        Answer::DeadLetter(error) => {
+            let partition = job.partition.to_string();
+            let offset = job.offset.to_string();
+            let full_len = job.payload.len().to_string();
+            let mut headers = OwnedHeaders::new();
+            for (key, value) in [
+                ("error", truncate_utf8(error, DLQ_ERROR_BYTES_LIMIT)),
+                ("source_topic", config.requests_topic.as_str()),
+                ("source_partition", &partition),
+                ("source_offset", &offset),
+            ] {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            if job.payload.len() > DLQ_PAYLOAD_BYTES_LIMIT {
+                headers = headers.insert(Header {
+                    key: "truncated",
+                    value: Some(&full_len),
+                });
+            }
+            Outgoing {
+                topic: &config.dlq_topic,
+                key: job.key.as_deref().map_or(Vec::new(), |k| {
+                    k[..k.len().min(DLQ_KEY_BYTES_LIMIT)].to_vec()
+                }),
+                payload: job.payload[..job.payload.len().min(DLQ_PAYLOAD_BYTES_LIMIT)].to_vec(),
+                headers: Some(headers),
+            }
+        }
+    }
+}
+
+/// The longest prefix of `text` of at most `bytes` bytes that ends on a character boundary.
+fn truncate_utf8(text: &str, bytes: usize) -> &str {
+    let mut end = text.len().min(bytes);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The result message for `outcome`, answering the request's own transfer id.
+fn answer_for(transfer_id: &str, outcome: &TransferOutcome) -> TransferCompleted {
+    let mut message = outcome.to_message();
+    message.transfer_id = transfer_id.to_string();
+    message
+}
+
+/// The FAILED `idempotency_conflict` answer to a request whose key was used for another.
+fn conflict_answer(request: &crate::engine::message::TransferRequest) -> TransferCompleted {
+    let mut echo = RawRequest {
+        transfer_id: request.transfer_id.clone(),
+        from_user: Some(request.from_user.clone()),
+        to_user: Some(request.to_user.clone()),
+        amount: Some(request.amount.to_string()),
+        currency: Some(request.currency.to_string()),
+        idempotency_key: Some(request.idempotency_key.clone()),
+    }
+    .echo_failed();
+    echo.reason = Some(FailureReason::IdempotencyConflict);
+    echo
+}
+
+fn retry_cause(e: &TransferError) -> &'static str {
+    match e {
+        TransferError::LockTimeout(_) => "lock_timeout",
+        TransferError::LockLost(_) => "lock_lost",
+        TransferError::WatchConflicts(_) => "watch_conflicts",
+        TransferError::Redis(_) => "redis",
+        TransferError::Pool(_) => "redis_pool",
+        TransferError::IdempotencyConflict { .. } | TransferError::Corrupt { .. } => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(partition: i32, offset: i64, payload_len: usize) -> Job {
+        Job::new(
+            partition,
+            offset,
+            Some(b"k".to_vec()),
+            vec![b'x'; payload_len],
+        )
+    }
+
+    fn header(headers: &OwnedHeaders, key: &str) -> Option<String> {
+        use rdkafka::message::Headers;
+        headers
+            .iter()
+            .find(|h| h.key == key)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    #[test]
+    fn a_dead_letter_carries_its_source_and_is_truncated_only_past_the_limit() {
+        let config = WorkerConfig::default();
+        let answer = Answer::DeadLetter("not JSON".into());
+        let small = job(3, 42, 10);
+        let out = outgoing(&config, &answer, &small);
+        assert_eq!(out.topic, config.dlq_topic);
+        assert_eq!(out.payload, small.payload);
+        assert_eq!(out.key, b"k");
+        let headers = out.headers.expect("a dead letter has headers");
+        assert_eq!(header(&headers, "error").as_deref(), Some("not JSON"));
+        assert_eq!(header(&headers, "source_partition").as_deref(), Some("3"));
+        assert_eq!(header(&headers, "source_offset").as_deref(), Some("42"));
+        assert_eq!(header(&headers, "truncated"), None);
+
+        let big = job(0, 1, 1_048_400);
+        let long_error = Answer::DeadLetter("é".repeat(DLQ_ERROR_BYTES_LIMIT));
+        let out = outgoing(&config, &long_error, &big);
+        assert_eq!(out.payload.len(), DLQ_PAYLOAD_BYTES_LIMIT);
+        let headers = out.headers.unwrap();
+        assert_eq!(header(&headers, "truncated").as_deref(), Some("1048400"));
+        let error = header(&headers, "error").unwrap();
+        assert!(error.len() <= DLQ_ERROR_BYTES_LIMIT && error.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn permanent_produce_errors_are_told_from_passing_ones() {
+        let production = |code| KafkaError::MessageProduction(code);
+        assert!(is_permanent(&production(
+            RDKafkaErrorCode::MessageSizeTooLarge
+        )));
+        assert!(is_permanent(&production(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+        )));
+        assert!(is_permanent(&production(RDKafkaErrorCode::Fatal)));
+        assert!(!is_permanent(&production(RDKafkaErrorCode::QueueFull)));
+        assert!(!is_permanent(&production(
+            RDKafkaErrorCode::MessageTimedOut
+        )));
+        assert!(!is_permanent(&production(
+            RDKafkaErrorCode::NotLeaderForPartition
+        )));
+    }
+}
