@@ -1,6 +1,10 @@
 //! The fault suite's shared pieces: sizes (short by default, full with `FAULT_SCALE=full`), a
 //! replayable seed (`FAULT_SEED`), waiting until every request has an outcome, and the
 //! exactly-once checker that each fault test ends with.
+//!
+//! The checker adds only what needs the run's requests and the results topic (lost requests,
+//! effects counted from the histories, results agreeing with the records); the ledger itself is
+//! checked by the operator tools, `ops::audit` and `ops::locks`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -8,11 +12,13 @@ use std::time::{Duration, Instant};
 use rand::{RngExt, SeedableRng};
 use wallet_transfer::engine::wallet::HistoryKind;
 use wallet_transfer::tools::ops;
+use wallet_transfer::tools::results::ReadMessage;
 use wallet_transfer::{
-    Amount, Currency, EngineConfig, FailureReason, Status, TransferCompleted, TransferRequest,
+    Amount, Currency, EngineConfig, FailureReason, Status, TransferCompleted, TransferOutcome,
+    TransferRequest, WalletService,
 };
 
-use super::stack::{ReadMessage, Stack, TopicReader};
+use super::stack::{Stack, TopicLog};
 
 /// True when `FAULT_SCALE=full` (what `make fault-test` sets).
 pub fn full_scale() -> bool {
@@ -85,7 +91,7 @@ pub fn requests(
 /// `None` (the checker then counts the missing ones as lost).
 pub fn wait_for_outcomes(
     stack: &Stack,
-    results: &mut TopicReader,
+    results: &mut TopicLog,
     requests: &[TransferRequest],
     timeout_ms: u64,
 ) -> Option<Duration> {
@@ -96,7 +102,7 @@ pub fn wait_for_outcomes(
     let mut read = 0;
     loop {
         for m in &results.messages[read..] {
-            if let Ok(r) = serde_json::from_slice::<TransferCompleted>(&m.payload)
+            if let Ok(r) = m.result()
                 && wanted.contains(r.transfer_id.as_str())
             {
                 seen.insert(r.transfer_id);
@@ -126,13 +132,18 @@ pub fn recorded(stack: &Stack, requests: &[TransferRequest]) -> usize {
     let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(500)) else {
         return 0;
     };
-    let mut pipe = redis::pipe();
-    for r in requests {
-        pipe.exists(format!("transfer:{}", r.idempotency_key));
+    let mut found = 0;
+    for batch in requests.chunks(500) {
+        let mut pipe = redis::pipe();
+        for r in batch {
+            pipe.exists(format!("transfer:{}", r.idempotency_key));
+        }
+        match pipe.query::<Vec<bool>>(&mut conn) {
+            Ok(exists) => found += exists.into_iter().filter(|e| *e).count(),
+            Err(_) => return 0,
+        }
     }
-    pipe.query::<Vec<bool>>(&mut conn)
-        .map(|found| found.into_iter().filter(|f| *f).count())
-        .unwrap_or(0)
+    found
 }
 
 /// Waits until at least `count` of `requests` have a recorded outcome: real progress, unlike
@@ -146,20 +157,7 @@ pub fn wait_recorded(stack: &Stack, requests: &[TransferRequest], count: usize, 
 /// Whether every request has a recorded outcome. Redis errors (it may be restarting) count as
 /// "not yet".
 fn all_recorded(stack: &Stack, requests: &[TransferRequest]) -> bool {
-    let Ok(client) = redis::Client::open(stack.redis.url()) else {
-        return false;
-    };
-    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(500)) else {
-        return false;
-    };
-    requests.chunks(500).all(|batch| {
-        let mut pipe = redis::pipe();
-        for r in batch {
-            pipe.exists(format!("transfer:{}", r.idempotency_key));
-        }
-        pipe.query::<Vec<bool>>(&mut conn)
-            .is_ok_and(|found| found.into_iter().all(|f| f))
-    })
+    recorded(stack, requests) == requests.len()
 }
 
 /// What one fault scenario found. `violations` lists every broken claim; the test asserts it
@@ -231,8 +229,8 @@ impl FaultReport {
 /// - when `no_failures`, its outcome is COMPLETED (the scenario gave every wallet enough money,
 ///   so any FAILED would have been caused by the fault).
 ///
-/// And for the whole ledger: `ops::audit` has no violations, and no `lock:*` key lives without
-/// a ttl.
+/// And for the whole ledger, the operator tools' own checks: `ops::audit` has no violations,
+/// and `ops::locks` finds no lock without a ttl.
 pub fn check(
     stack: &Stack,
     fault: &str,
@@ -244,11 +242,50 @@ pub fn check(
 ) -> FaultReport {
     let service = stack.redis.service(2, EngineConfig::default());
     let mut violations = Vec::new();
+    let by_id = results_by_id(results, &mut violations);
+    let audit = ops::audit(&service).expect("audit reads redis");
+    let effects = effects_by_transfer(stack, &service);
+    let (mut lost, mut doubled, mut failed) = (0, 0, 0);
+    for r in requests {
+        let outcome = service
+            .transfer_outcome(&r.idempotency_key)
+            .expect("read outcome");
+        let entries = effects.get(&r.transfer_id).map_or(&[][..], Vec::as_slice);
+        let answers = by_id.get(&r.transfer_id).map_or(&[][..], Vec::as_slice);
+        let found = check_request(r, outcome.as_ref(), entries, answers, no_failures);
+        lost += usize::from(found.lost);
+        doubled += usize::from(found.doubled);
+        failed += usize::from(outcome.is_some_and(|o| o.status == Status::Failed));
+        violations.extend(found.violations);
+    }
+    if failed > 0 {
+        println!("{fault}: {failed} of {} requests FAILED", requests.len());
+    }
+    violations.extend(audit.violations.iter().map(|v| format!("audit: {v}")));
+    let locks = ops::locks(&service).expect("locks read redis");
+    for lock in locks.iter().filter(|l| l.is_problem()) {
+        violations.push(format!("{} has no ttl", lock.key));
+    }
+    FaultReport {
+        fault: fault.to_string(),
+        injected,
+        requests: requests.len(),
+        lost,
+        doubled,
+        audit_ok: audit.is_ok(),
+        recovery,
+        violations,
+    }
+}
 
-    // Results per transfer id.
+/// The result messages per transfer id; a message that is not a result is a violation.
+fn results_by_id(
+    results: &[ReadMessage],
+    violations: &mut Vec<String>,
+) -> HashMap<String, Vec<TransferCompleted>> {
     let mut by_id: HashMap<String, Vec<TransferCompleted>> = HashMap::new();
     for m in results {
-        match serde_json::from_slice::<TransferCompleted>(&m.payload) {
+        match m.result() {
             Ok(r) => by_id.entry(r.transfer_id.clone()).or_default().push(r),
             Err(e) => violations.push(format!(
                 "result at partition {} offset {} is not a result: {e}",
@@ -256,145 +293,157 @@ pub fn check(
             )),
         }
     }
+    by_id
+}
 
-    // History entries per transfer id, over every wallet.
-    let audit = ops::audit(&service).expect("audit reads redis");
-    let wallet_ids: Vec<String> = {
-        let mut conn = stack.redis.conn();
-        redis::cmd("SMEMBERS")
-            .arg("wallets:all")
-            .query(&mut conn)
-            .expect("wallets:all")
-    };
-    let mut history: HashMap<String, Vec<(String, HistoryKind, Amount)>> = HashMap::new();
+/// One history entry: (wallet, kind, amount).
+type Effect = (String, HistoryKind, Amount);
+
+/// The history entries of every wallet, per transfer id: how many effects each request had.
+fn effects_by_transfer(stack: &Stack, service: &WalletService) -> HashMap<String, Vec<Effect>> {
+    let wallet_ids: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("wallets:all")
+        .query(&mut stack.redis.conn())
+        .expect("wallets:all");
+    let mut effects: HashMap<String, Vec<Effect>> = HashMap::new();
     for id in &wallet_ids {
         for e in service.history(id).expect("history") {
-            history
+            effects
                 .entry(e.transfer_id.clone())
                 .or_default()
                 .push((id.clone(), e.kind, e.amount));
         }
     }
+    effects
+}
 
-    let mut lost = 0;
-    let mut doubled = 0;
-    let mut failed = 0;
-    for r in requests {
-        let outcome = service
-            .transfer_outcome(&r.idempotency_key)
-            .expect("read outcome");
-        let entries = history
-            .get(&r.transfer_id)
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        let answers = by_id.get(&r.transfer_id).map(Vec::as_slice).unwrap_or(&[]);
-        let Some(outcome) = outcome else {
-            lost += 1;
-            violations.push(format!("{}: no recorded outcome", r.transfer_id));
-            if !entries.is_empty() {
-                doubled += 1;
-                violations.push(format!(
-                    "{}: {} history entries but no outcome",
-                    r.transfer_id,
-                    entries.len()
-                ));
-            }
-            continue;
+/// What [`check_request`] found about one request.
+struct RequestFindings {
+    lost: bool,
+    doubled: bool,
+    violations: Vec<String>,
+}
+
+/// One request against its recorded `outcome`, its history `entries` and its result
+/// messages (`answers`).
+fn check_request(
+    r: &TransferRequest,
+    outcome: Option<&TransferOutcome>,
+    entries: &[Effect],
+    answers: &[TransferCompleted],
+    no_failures: bool,
+) -> RequestFindings {
+    let id = &r.transfer_id;
+    let Some(outcome) = outcome else {
+        let mut violations = vec![format!("{id}: no recorded outcome")];
+        if !entries.is_empty() {
+            violations.push(format!(
+                "{id}: {} history entries but no outcome",
+                entries.len()
+            ));
+        }
+        return RequestFindings {
+            lost: true,
+            doubled: !entries.is_empty(),
+            violations,
         };
-        if answers.is_empty() {
-            lost += 1;
-            violations.push(format!("{}: no result message", r.transfer_id));
-        }
-        if outcome.transfer_id != r.transfer_id {
-            violations.push(format!(
-                "{}: outcome recorded for {}",
-                r.transfer_id, outcome.transfer_id
-            ));
-        }
-        let expected = match outcome.status {
-            Status::Completed => vec![
-                (r.from_user.clone(), HistoryKind::Debit, r.amount),
-                (r.to_user.clone(), HistoryKind::Credit, r.amount),
-            ],
-            Status::Failed => {
-                failed += 1;
-                Vec::new()
-            }
-        };
-        if entries.len() > expected.len() {
-            doubled += 1;
-        }
-        let mut got = entries.to_vec();
-        got.sort_by_key(|(w, k, _)| (w.clone(), k.as_str()));
-        let mut want = expected;
-        want.sort_by_key(|(w, k, _)| (w.clone(), k.as_str()));
-        if got != want {
-            violations.push(format!(
-                "{}: {:?} outcome, history entries {got:?}, expected {want:?}",
-                r.transfer_id, outcome.status
-            ));
-        }
-        if no_failures && outcome.status != Status::Completed {
-            violations.push(format!(
-                "{}: FAILED ({:?}) although every wallet could pay",
-                r.transfer_id, outcome.reason
-            ));
-        }
-        if outcome.status == Status::Failed
-            && !matches!(
-                outcome.reason,
-                Some(
-                    FailureReason::InsufficientFunds
-                        | FailureReason::SameUser
-                        | FailureReason::WalletNotFound
-                        | FailureReason::WalletInactive
-                        | FailureReason::CurrencyMismatch
-                )
-            )
-        {
-            violations.push(format!(
-                "{}: recorded FAILED with a non-business reason {:?}",
-                r.transfer_id, outcome.reason
-            ));
-        }
-        for a in answers {
-            if a.status != outcome.status
-                || a.reason != outcome.reason
-                || a.amount != outcome.amount.to_string()
-                || a.idempotency_key != r.idempotency_key
-            {
-                violations.push(format!(
-                    "{}: result {:?}/{:?} (amount {}) disagrees with the record {:?}/{:?}",
-                    r.transfer_id, a.status, a.reason, a.amount, outcome.status, outcome.reason
-                ));
-            }
-        }
+    };
+    let mut violations = Vec::new();
+    if answers.is_empty() {
+        violations.push(format!("{id}: no result message"));
     }
-    if failed > 0 {
-        println!("{fault}: {failed} of {} requests FAILED", requests.len());
+    if outcome.transfer_id != *id {
+        violations.push(format!(
+            "{id}: outcome recorded for {}",
+            outcome.transfer_id
+        ));
     }
-
-    let audit_ok = audit.violations.is_empty();
-    for v in &audit.violations {
-        violations.push(format!("audit: {v}"));
-    }
-
-    let mut conn = stack.redis.conn();
-    for key in super::lock_keys(&mut conn) {
-        let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).expect("PTTL");
-        if ttl == -1 {
-            violations.push(format!("{key} has no ttl"));
-        }
-    }
-
-    FaultReport {
-        fault: fault.to_string(),
-        injected,
-        requests: requests.len(),
-        lost,
+    let (doubled, effects) = effects_violation(r, outcome, entries);
+    violations.extend(effects);
+    violations.extend(outcome_violation(id, outcome, no_failures));
+    violations.extend(
+        answers
+            .iter()
+            .filter_map(|a| answer_violation(r, outcome, a)),
+    );
+    RequestFindings {
+        lost: answers.is_empty(),
         doubled,
-        audit_ok,
-        recovery,
         violations,
     }
+}
+
+/// Whether the request had more effects than its outcome allows, and what is wrong with them:
+/// a COMPLETED transfer is one debit of its amount on `from_user` and one credit on `to_user`,
+/// a FAILED one nothing.
+fn effects_violation(
+    r: &TransferRequest,
+    outcome: &TransferOutcome,
+    entries: &[Effect],
+) -> (bool, Option<String>) {
+    let mut want = match outcome.status {
+        Status::Completed => vec![
+            (r.from_user.clone(), HistoryKind::Debit, r.amount),
+            (r.to_user.clone(), HistoryKind::Credit, r.amount),
+        ],
+        Status::Failed => Vec::new(),
+    };
+    let doubled = entries.len() > want.len();
+    let mut got = entries.to_vec();
+    got.sort_by_key(|(w, k, _)| (w.clone(), k.as_str()));
+    want.sort_by_key(|(w, k, _)| (w.clone(), k.as_str()));
+    let problem = (got != want).then(|| {
+        format!(
+            "{}: {:?} outcome, history entries {got:?}, expected {want:?}",
+            r.transfer_id, outcome.status
+        )
+    });
+    (doubled, problem)
+}
+
+/// A FAILED outcome that the scenario rules out, or one with a reason that is not a business
+/// rule (a fault must never end in a recorded failure).
+fn outcome_violation(id: &str, outcome: &TransferOutcome, no_failures: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if no_failures && outcome.status != Status::Completed {
+        out.push(format!(
+            "{id}: FAILED ({:?}) although every wallet could pay",
+            outcome.reason
+        ));
+    }
+    let business = matches!(
+        outcome.reason,
+        Some(
+            FailureReason::InsufficientFunds
+                | FailureReason::SameUser
+                | FailureReason::WalletNotFound
+                | FailureReason::WalletInactive
+                | FailureReason::CurrencyMismatch
+        )
+    );
+    if outcome.status == Status::Failed && !business {
+        out.push(format!(
+            "{id}: recorded FAILED with a non-business reason {:?}",
+            outcome.reason
+        ));
+    }
+    out
+}
+
+/// A result message that disagrees with the recorded outcome.
+fn answer_violation(
+    r: &TransferRequest,
+    outcome: &TransferOutcome,
+    a: &TransferCompleted,
+) -> Option<String> {
+    let agrees = a.status == outcome.status
+        && a.reason == outcome.reason
+        && a.amount == outcome.amount.to_string()
+        && a.idempotency_key == r.idempotency_key;
+    (!agrees).then(|| {
+        format!(
+            "{}: result {:?}/{:?} (amount {}) disagrees with the record {:?}/{:?}",
+            r.transfer_id, a.status, a.reason, a.amount, outcome.status, outcome.reason
+        )
+    })
 }
