@@ -447,3 +447,77 @@ fn answer_violation(
         )
     })
 }
+
+/// The checker is itself checked: each kind of broken claim is reported, and a sound request
+/// is not.
+#[test]
+fn the_fault_checker_reports_lost_doubled_and_disagreeing_requests() {
+    let r = TransferRequest::new("t1", "a", "b", "10.00", Currency::USD).expect("request");
+    let ten = r.amount;
+    let outcome = TransferOutcome {
+        transfer_id: "t1".into(),
+        idempotency_key: "t1".into(),
+        status: Status::Completed,
+        reason: None,
+        from_user: "a".into(),
+        to_user: "b".into(),
+        amount: ten,
+        currency: "USD".into(),
+        processed_at_ms: 0,
+        from_balance_after: None,
+        to_balance_after: None,
+        duplicate: false,
+        request_hash: String::new(),
+        stats: Default::default(),
+    };
+    let answer = outcome.to_message();
+    let effects = vec![
+        ("a".to_string(), HistoryKind::Debit, ten),
+        ("b".to_string(), HistoryKind::Credit, ten),
+    ];
+    let sound = check_request(
+        &r,
+        Some(&outcome),
+        &effects,
+        std::slice::from_ref(&answer),
+        true,
+    );
+    assert!(!sound.lost && !sound.doubled, "{:?}", sound.violations);
+    assert!(sound.violations.is_empty(), "{:?}", sound.violations);
+
+    let lost = check_request(&r, None, &effects, &[], false);
+    assert!(lost.lost && lost.doubled, "effects without an outcome");
+    let unanswered = check_request(&r, Some(&outcome), &effects, &[], false);
+    assert!(unanswered.lost);
+
+    let mut twice = effects.clone();
+    twice.push(("a".to_string(), HistoryKind::Debit, ten));
+    let doubled = check_request(
+        &r,
+        Some(&outcome),
+        &twice,
+        std::slice::from_ref(&answer),
+        false,
+    );
+    assert!(doubled.doubled && !doubled.lost);
+    assert_eq!(doubled.violations.len(), 1, "{:?}", doubled.violations);
+
+    let mut other = answer;
+    other.status = Status::Failed;
+    let disagreeing = check_request(&r, Some(&outcome), &effects, &[other], false);
+    assert_eq!(
+        disagreeing.violations.len(),
+        1,
+        "{:?}",
+        disagreeing.violations
+    );
+    assert!(disagreeing.violations[0].contains("disagrees with the record"));
+
+    let failed = TransferOutcome {
+        status: Status::Failed,
+        reason: Some(FailureReason::InvalidRequest),
+        ..outcome
+    };
+    let found = check_request(&r, Some(&failed), &[], &[failed.to_message()], true);
+    assert_eq!(found.violations.len(), 2, "{:?}", found.violations);
+}
