@@ -808,7 +808,7 @@ fn results_reader(config: &E2eConfig) -> Result<TopicReader, BenchError> {
     TopicReader::open_prompt(&config.kafka, &config.results_topic, Start::End).map_err(
         |e| match e {
             ReadError::NoSuchTopic { topic, .. } => missing_topic(config, &topic),
-            other => BenchError::Kafka(other.to_string()),
+            ReadError::Kafka { what, source } => BenchError::Kafka(format!("{what}: {source}")),
         },
     )
 }
