@@ -19,8 +19,8 @@ test: ## every test: unit, property, doc, and integration against real redis-ser
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 
-fault-test: ## the fault suite at full size (tests/faults.rs; `make test` runs it short); FAULT_SEED=n replays
-	FAULT_SCALE=full $(CARGO) test --release --test faults -- --test-threads 1 --nocapture
+fault-test: ## the fault suite at full size (tests/it/faults.rs; `make test` runs it short); FAULT_SEED=n replays
+	FAULT_SCALE=full $(CARGO) test --release --test it faults:: -- --test-threads 1 --nocapture
 
 demo: ## the whole system on this machine: install, start, seed, work, audit, stop
 	scripts/demo.sh

@@ -18,20 +18,19 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use parking_lot::Mutex;
 use rand::RngExt;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
-use crate::engine::message::{TransferCompleted, TransferRequest};
+use crate::engine::message::{FailureReason, FieldError, Status, TransferRequest};
 use crate::engine::money::{Amount, Currency};
 use crate::engine::service::WalletService;
 use crate::engine::setting::SettingError;
 use crate::engine::store::keys;
 use crate::engine::transfer::{TransferError, TransferOutcome};
 use crate::engine::wallet::{NewWallet, WalletError};
+use crate::tools::results::{ReadError, ReadMessage, Start, TopicReader};
 use crate::worker::kafka::{self, KafkaConfig};
 
 pub const BENCH_THREADS_LIMIT: usize = 256;
@@ -331,80 +330,125 @@ impl BenchReport {
         let mut t = Table::new();
         t.load_style(comfy_table::presets::ASCII_FULL_CONDENSED);
         t.set_header(vec!["figure", "value"]);
-        let mut row = |name: &str, value: String| {
-            t.add_row(vec![name.to_string(), value]);
-        };
-        let pairs = if self.hot {
-            "one hot pair"
-        } else {
-            "uniform random pairs"
-        };
-        row("mode", format!("{}, {pairs}", self.mode));
-        row("run prefix", self.run.clone());
-        if self.engine.is_some() {
-            row("threads", self.threads.to_string());
-        }
-        row("wallets", self.wallets.to_string());
-        if let Some(rate) = self.publish_rate {
-            row("publish rate /s", rate.to_string());
-        }
-        row("transfers", self.transfers.to_string());
-        row("elapsed s", format!("{:.3}", self.elapsed.as_secs_f64()));
-        row("transfers/s", format!("{:.0}", self.transfers_per_s()));
-        row("latency mean ms", format!("{:.3}", self.latency.mean_ms));
-        row("latency p50 ms", format!("{:.3}", self.latency.p50_ms));
-        row("latency p90 ms", format!("{:.3}", self.latency.p90_ms));
-        row("latency p99 ms", format!("{:.3}", self.latency.p99_ms));
-        row("latency max ms", format!("{:.3}", self.latency.max_ms));
-        if let Some(e) = &self.engine {
-            row(
-                "lock first try",
-                format!(
-                    "{:.2}% ({} of {})",
-                    e.lock_first_try_rate() * 100.0,
-                    e.lock_first_try,
-                    e.fresh
-                ),
-            );
-            row("lock wait mean ms", format!("{:.3}", e.lock_wait_mean_ms()));
-            row("WATCH retries total", e.watch_retries.to_string());
-            row(
-                "round trips/transfer",
-                format!("{:.2}", e.round_trips_mean()),
-            );
-        }
-        for (name, n) in &self.outcomes {
-            row(&format!("outcome {name}"), n.to_string());
-        }
-        if self.errors.is_empty() {
-            row("errors", "0".to_string());
-        }
-        for (kind, n) in &self.errors {
-            row(&format!("error {kind}"), n.to_string());
-        }
-        if self.transient_retries.is_empty() {
-            row("transient retries", "0".to_string());
-        }
-        for (kind, n) in &self.transient_retries {
-            row(&format!("retried {kind}"), n.to_string());
-        }
-        if let Some(b) = &self.balance {
-            row("balance sum before", b.before.to_string());
-            row("balance sum after", b.after.to_string());
-            let verdict = if b.ok() { "OK" } else { "FAILED" };
-            row(
-                "balance check",
-                format!("{verdict} ({} negative)", b.negative),
-            );
-        }
-        if let Some(n) = self.cleaned_keys {
-            row("keys cleaned up", n.to_string());
+        for (name, value) in self.rows() {
+            t.add_row(vec![name, value]);
         }
         if let Some(col) = t.column_mut(1) {
             col.set_cell_alignment(CellAlignment::Right);
         }
         t
     }
+
+    /// The rows of [`BenchReport::to_table`], in order: (figure, value).
+    fn rows(&self) -> Vec<(String, String)> {
+        let mut rows = self.run_rows();
+        rows.extend(self.latency_rows());
+        rows.extend(self.engine.iter().flat_map(engine_rows));
+        rows.extend(self.count_rows());
+        rows.extend(self.balance.iter().flat_map(balance_rows));
+        if let Some(n) = self.cleaned_keys {
+            rows.push(("keys cleaned up".into(), n.to_string()));
+        }
+        rows
+    }
+
+    fn run_rows(&self) -> Vec<(String, String)> {
+        let pairs = if self.hot {
+            "one hot pair"
+        } else {
+            "uniform random pairs"
+        };
+        let mut rows = vec![
+            ("mode".into(), format!("{}, {pairs}", self.mode)),
+            ("run prefix".into(), self.run.clone()),
+        ];
+        if self.engine.is_some() {
+            rows.push(("threads".into(), self.threads.to_string()));
+        }
+        rows.push(("wallets".into(), self.wallets.to_string()));
+        if let Some(rate) = self.publish_rate {
+            rows.push(("publish rate /s".into(), rate.to_string()));
+        }
+        rows.push(("transfers".into(), self.transfers.to_string()));
+        rows
+    }
+
+    fn latency_rows(&self) -> Vec<(String, String)> {
+        let l = &self.latency;
+        [
+            ("elapsed s", self.elapsed.as_secs_f64()),
+            ("transfers/s", self.transfers_per_s()),
+            ("latency mean ms", l.mean_ms),
+            ("latency p50 ms", l.p50_ms),
+            ("latency p90 ms", l.p90_ms),
+            ("latency p99 ms", l.p99_ms),
+            ("latency max ms", l.max_ms),
+        ]
+        .into_iter()
+        .map(|(name, v)| {
+            let text = if name == "transfers/s" {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.3}")
+            };
+            (name.to_string(), text)
+        })
+        .collect()
+    }
+
+    /// Outcomes, errors and retries by name; errors and retries show a 0 when there were none.
+    fn count_rows(&self) -> Vec<(String, String)> {
+        let mut rows: Vec<(String, String)> = Vec::new();
+        let counts = |rows: &mut Vec<_>, prefix: &str, map: &BTreeMap<String, u64>| {
+            rows.extend(
+                map.iter()
+                    .map(|(k, n)| (format!("{prefix} {k}"), n.to_string())),
+            );
+        };
+        counts(&mut rows, "outcome", &self.outcomes);
+        if self.errors.is_empty() {
+            rows.push(("errors".into(), "0".into()));
+        }
+        counts(&mut rows, "error", &self.errors);
+        if self.transient_retries.is_empty() {
+            rows.push(("transient retries".into(), "0".into()));
+        }
+        counts(&mut rows, "retried", &self.transient_retries);
+        rows
+    }
+}
+
+fn engine_rows(e: &EngineFigures) -> Vec<(String, String)> {
+    let first_try = format!(
+        "{:.2}% ({} of {})",
+        e.lock_first_try_rate() * 100.0,
+        e.lock_first_try,
+        e.fresh
+    );
+    vec![
+        ("lock first try".into(), first_try),
+        (
+            "lock wait mean ms".into(),
+            format!("{:.3}", e.lock_wait_mean_ms()),
+        ),
+        ("WATCH retries total".into(), e.watch_retries.to_string()),
+        (
+            "round trips/transfer".into(),
+            format!("{:.2}", e.round_trips_mean()),
+        ),
+    ]
+}
+
+fn balance_rows(b: &BalanceCheck) -> Vec<(String, String)> {
+    let verdict = if b.ok() { "OK" } else { "FAILED" };
+    vec![
+        ("balance sum before".into(), b.before.to_string()),
+        ("balance sum after".into(), b.after.to_string()),
+        (
+            "balance check".into(),
+            format!("{verdict} ({} negative)", b.negative),
+        ),
+    ]
 }
 
 /// A short stable name for the kind of a transfer error, for counting.
@@ -422,18 +466,23 @@ pub fn error_kind(e: &TransferError) -> &'static str {
 
 /// The key an answer is counted under in [`BenchReport::outcomes`].
 pub fn outcome_name(o: &TransferOutcome) -> String {
-    let mut name = o.status.as_str().to_string();
-    if let Some(reason) = o.reason {
+    answer_name(o.status, o.reason, o.duplicate)
+}
+
+/// `STATUS`, `STATUS:reason`, with ` (duplicate)` for an answer taken from an earlier record.
+fn answer_name(status: Status, reason: Option<FailureReason>, duplicate: bool) -> String {
+    let mut name = status.as_str().to_string();
+    if let Some(reason) = reason {
         name.push(':');
         name.push_str(reason.as_str());
     }
-    if o.duplicate {
+    if duplicate {
         name.push_str(" (duplicate)");
     }
     name
 }
 
-/// What one thread saw.
+/// What one thread (or the e2e results reader) saw.
 struct Tally {
     latency_us: Histogram<u64>,
     engine: EngineFigures,
@@ -456,6 +505,12 @@ impl Tally {
         }
     }
 
+    /// Records one request's latency, capped at [`LATENCY_US_MAX`], at least 1 µs.
+    fn latency(&mut self, took: Duration) {
+        let us = took.as_micros().min(u128::from(LATENCY_US_MAX)) as u64;
+        self.latency_us.saturating_record(us.max(1));
+    }
+
     fn merge(&mut self, other: Tally) {
         self.latency_us
             .add(&other.latency_us)
@@ -474,6 +529,95 @@ impl Tally {
     }
 }
 
+fn count(map: &mut BTreeMap<String, u64>, key: impl Into<String>) {
+    *map.entry(key.into()).or_default() += 1;
+}
+
+/// The wallets of one run, created fresh under a unique prefix, and their balance sum before.
+struct Run {
+    /// The prefix, `{mode}_<6 hex>`.
+    name: String,
+    ids: Vec<String>,
+    before: BalanceSum,
+    created_at: Instant,
+}
+
+/// What a run ends with: the balance check, and the keys deleted when cleanup was asked for.
+struct RunEnd {
+    name: String,
+    balance: BalanceCheck,
+    cleaned_keys: Option<u64>,
+}
+
+impl Run {
+    /// Creates `wallets` wallets `{mode}_<6 hex>_<i>`; fails if any of them already existed.
+    fn create(service: &WalletService, mode: &str, wallets: u32) -> Result<Run, BenchError> {
+        let name = format!("{mode}_{:06x}", rand::rng().random_range(0..0x100_0000u32));
+        let ids: Vec<String> = (0..wallets).map(|i| format!("{name}_{i}")).collect();
+        let created_at = Instant::now();
+        log::info!("{name}: creating {} wallets", ids.len());
+        let created = create_bench_wallets(service, &ids)?;
+        if created != ids.len() {
+            return Err(BenchError::Setup(format!(
+                "{} of {} wallets with prefix {name} already existed; run again for a fresh prefix",
+                ids.len() - created,
+                ids.len()
+            )));
+        }
+        let before = sum_balances(service, &ids)?;
+        Ok(Run {
+            name,
+            ids,
+            before,
+            created_at,
+        })
+    }
+
+    /// The transfer ids of this run are `{name}_t{n}`.
+    fn transfer_prefix(&self) -> String {
+        format!("{}_t", self.name)
+    }
+
+    /// Request `n` of this run: the hot pair or a random distinct pair, a random amount.
+    fn request(
+        &self,
+        rng: &mut impl rand::Rng,
+        n: u64,
+        hot: bool,
+    ) -> Result<TransferRequest, FieldError> {
+        let (from, to) = pick_pair(rng, self.ids.len(), hot);
+        let amount = Amount::from_minor(rng.random_range(1..=BENCH_AMOUNT_CENTS_MAX));
+        TransferRequest::new(
+            &format!("{}{n}", self.transfer_prefix()),
+            &self.ids[from],
+            &self.ids[to],
+            &amount.to_string(),
+            Currency::USD,
+        )
+    }
+
+    /// Sums the balances again and deletes the run's keys when `cleanup` is set.
+    fn end(self, service: &WalletService, cleanup: bool) -> Result<RunEnd, BenchError> {
+        let after = sum_balances(service, &self.ids)?;
+        let balance = BalanceCheck {
+            wallets: self.ids.len() as u32,
+            before: self.before.sum,
+            after: after.sum,
+            negative: after.negative,
+        };
+        let cleaned_keys = if cleanup {
+            Some(self::cleanup(service, &self.name, &self.ids)?)
+        } else {
+            None
+        };
+        Ok(RunEnd {
+            name: self.name,
+            balance,
+            cleaned_keys,
+        })
+    }
+}
+
 /// Runs `config.transfers` transfers through `service` from `config.threads` threads among
 /// wallets it creates, then checks the balance sum. The service's pool should hold at least
 /// `config.threads` connections.
@@ -482,67 +626,25 @@ pub fn run_direct(
     config: &DirectConfig,
 ) -> Result<BenchReport, BenchError> {
     config.validate()?;
-    let run = format!("bench_{:06x}", rand::rng().random_range(0..0x100_0000u32));
-    let ids: Vec<String> = (0..config.wallets).map(|i| format!("{run}_{i}")).collect();
-
-    let setup = Instant::now();
-    log::info!("{run}: creating {} wallets", ids.len());
-    let created = create_bench_wallets(service, &ids)?;
-    if created != ids.len() {
-        return Err(BenchError::Setup(format!(
-            "{} of {} wallets with prefix {run} already existed; run again for a fresh prefix",
-            ids.len() - created,
-            ids.len()
-        )));
-    }
-    let before = sum_balances(service, &ids)?;
+    let run = Run::create(service, "bench", config.wallets)?;
     log::info!(
-        "{run}: {created} wallets of {} each ready in {:.2}s; running {} transfers on {} threads",
+        "{}: {} wallets of {} each ready in {:.2}s; running {} transfers on {} threads",
+        run.name,
+        run.ids.len(),
         Amount::from_minor(BENCH_OPENING_CENTS),
-        setup.elapsed().as_secs_f64(),
+        run.created_at.elapsed().as_secs_f64(),
         config.transfers,
         config.threads
     );
-
     let bar = progress_bar(config.transfers, config.progress);
-    let next = AtomicU64::new(0);
-    let warned = AtomicU32::new(0);
     let started = Instant::now();
-    let tallies: Vec<Tally> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..config.threads)
-            .map(|_| scope.spawn(|| worker(service, config, &run, &ids, &next, &warned, &bar)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    });
+    let total = run_threads(service, config, &run, &bar);
     let elapsed = started.elapsed();
     bar.finish_and_clear();
-
-    let mut total = Tally::new();
-    for t in tallies {
-        total.merge(t);
-    }
-
-    let after = sum_balances(service, &ids)?;
-    let balance = BalanceCheck {
-        wallets: config.wallets,
-        before: before.sum,
-        after: after.sum,
-        negative: after.negative,
-    };
-    let cleaned_keys = if config.cleanup {
-        Some(cleanup(service, &run, &ids)?)
-    } else {
-        None
-    };
+    let end = run.end(service, config.cleanup)?;
     Ok(BenchReport {
         mode: "direct",
-        run,
+        run: end.name,
         publish_rate: None,
         threads: config.threads,
         wallets: config.wallets,
@@ -554,9 +656,38 @@ pub fn run_direct(
         outcomes: total.outcomes,
         errors: total.errors,
         transient_retries: total.retries,
-        balance: Some(balance),
-        cleaned_keys,
+        balance: Some(end.balance),
+        cleaned_keys: end.cleaned_keys,
     })
+}
+
+/// Runs [`worker`] on `config.threads` threads until every transfer is handed out; their
+/// tallies merged.
+fn run_threads(
+    service: &WalletService,
+    config: &DirectConfig,
+    run: &Run,
+    bar: &ProgressBar,
+) -> Tally {
+    let next = AtomicU64::new(0);
+    let warned = AtomicU32::new(0);
+    let tallies: Vec<Tally> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..config.threads)
+            .map(|_| scope.spawn(|| worker(service, config, run, &next, &warned, bar)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut total = Tally::new();
+    for t in tallies {
+        total.merge(t);
+    }
+    total
 }
 
 /// Settings of an end-to-end run through Kafka and a running worker.
@@ -655,57 +786,31 @@ impl ProducerContext for DeliveryCounter {
     }
 }
 
-/// A reader of the results topic that sees only what is published after it was created: it
-/// is assigned every partition at that partition's high watermark, as explicit offsets, so no
-/// result of this run can slip in before the assignment takes effect.
-fn results_reader(config: &E2eConfig) -> Result<BaseConsumer, BenchError> {
-    let kafka_err = |what: &str, e: KafkaError| BenchError::Kafka(format!("{what}: {e}"));
-    let mut partitions = [0i32; 2];
-    for (slot, topic) in partitions
-        .iter_mut()
-        .zip([&config.requests_topic, &config.results_topic])
-    {
-        *slot = kafka::partition_count(&config.kafka, topic)
-            .map_err(|e| kafka_err(&format!("metadata of topic {topic}"), e))?;
-        if *slot == 0 {
-            return Err(BenchError::Setup(format!(
-                "topic {topic} does not exist at {} (start the worker first: it creates its \
-                 topics; or check --requests-topic / --results-topic)",
-                config.kafka.brokers
-            )));
-        }
+/// The error for a topic the run needs but the brokers do not have.
+fn missing_topic(config: &E2eConfig, topic: &str) -> BenchError {
+    BenchError::Setup(format!(
+        "topic {topic} does not exist at {} (start the worker first: it creates its topics; or \
+         check --requests-topic / --results-topic)",
+        config.kafka.brokers
+    ))
+}
+
+/// A reader of the results topic that sees only what is published after it was opened (see
+/// [`Start::End`]), answering fetches promptly: it is the run's stopwatch. Checks first that
+/// the requests topic exists too.
+fn results_reader(config: &E2eConfig) -> Result<TopicReader, BenchError> {
+    let requests = &config.requests_topic;
+    let partitions = kafka::partition_count(&config.kafka, requests)
+        .map_err(|e| BenchError::Kafka(format!("metadata of topic {requests}: {e}")))?;
+    if partitions == 0 {
+        return Err(missing_topic(config, requests));
     }
-    let consumer: BaseConsumer = config
-        .kafka
-        .client_config()
-        .set(
-            "group.id",
-            format!("wallet-bench-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        // The reader is the stopwatch: it must not sit on a fetch while results arrive.
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .map_err(|e| kafka_err("results consumer", e))?;
-    let mut tpl = TopicPartitionList::new();
-    let timeout = Duration::from_millis(kafka::ADMIN_TIMEOUT_MS);
-    for p in 0..partitions[1] {
-        let (_, high) = consumer
-            .fetch_watermarks(&config.results_topic, p, timeout)
-            .map_err(|e| {
-                kafka_err(
-                    &format!("high watermark of {} [{p}]", config.results_topic),
-                    e,
-                )
-            })?;
-        tpl.add_partition_offset(&config.results_topic, p, Offset::Offset(high))
-            .map_err(|e| kafka_err("results assignment", e))?;
-    }
-    consumer
-        .assign(&tpl)
-        .map_err(|e| kafka_err("assigning the results partitions", e))?;
-    Ok(consumer)
+    TopicReader::open_prompt(&config.kafka, &config.results_topic, Start::End).map_err(
+        |e| match e {
+            ReadError::NoSuchTopic { topic, .. } => missing_topic(config, &topic),
+            ReadError::Kafka { what, source } => BenchError::Kafka(format!("{what}: {source}")),
+        },
+    )
 }
 
 /// Nanoseconds since `origin`, plus one so that 0 means "not sent yet".
@@ -719,73 +824,77 @@ fn stamp(origin: Instant) -> u64 {
 /// the run creates its wallets there and checks their balance sum afterwards.
 pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchReport, BenchError> {
     config.validate()?;
-    let run = format!("e2e_{:06x}", rand::rng().random_range(0..0x100_0000u32));
-    let ids: Vec<String> = (0..config.wallets).map(|i| format!("{run}_{i}")).collect();
-
-    let setup = Instant::now();
-    log::info!("{run}: creating {} wallets", ids.len());
-    let created = create_bench_wallets(service, &ids)?;
-    if created != ids.len() {
-        return Err(BenchError::Setup(format!(
-            "{} of {} wallets with prefix {run} already existed; run again for a fresh prefix",
-            ids.len() - created,
-            ids.len()
-        )));
-    }
-    let before = sum_balances(service, &ids)?;
-
+    let run = Run::create(service, "e2e", config.wallets)?;
     // Requests are built up front so that publishing measures Kafka, not request building.
     let mut rng = rand::rng();
     let requests: Vec<TransferRequest> = (0..config.transfers)
         .map(|n| {
-            let (from, to) = pick_pair(&mut rng, ids.len(), config.hot);
-            let amount = Amount::from_minor(rng.random_range(1..=BENCH_AMOUNT_CENTS_MAX));
-            TransferRequest::new(
-                &format!("{run}_t{n}"),
-                &ids[from],
-                &ids[to],
-                &amount.to_string(),
-                Currency::USD,
-            )
-            .map_err(|e| BenchError::Setup(format!("bench request {n} is invalid: {e}")))
+            run.request(&mut rng, n, config.hot)
+                .map_err(|e| BenchError::Setup(format!("bench request {n} is invalid: {e}")))
         })
         .collect::<Result<_, _>>()?;
-
-    let consumer = results_reader(config)?;
-    let delivery = DeliveryCounter::default();
+    let reader = results_reader(config)?;
     let producer: ThreadedProducer<DeliveryCounter> = config
         .kafka
         .client_config()
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
-        .create_with_context(delivery)
+        .create_with_context(DeliveryCounter::default())
         .map_err(|e| BenchError::Kafka(format!("producer: {e}")))?;
     log::info!(
-        "{run}: {created} wallets ready in {:.2}s; publishing {} requests to {}, reading {}",
-        setup.elapsed().as_secs_f64(),
+        "{}: {} wallets ready in {:.2}s; publishing {} requests to {}, reading {}",
+        run.name,
+        run.ids.len(),
+        run.created_at.elapsed().as_secs_f64(),
         config.transfers,
         config.requests_topic,
         config.results_topic
     );
+    let read = publish_and_read(&producer, &reader, config, &run, &requests)?;
+    let end = run.end(service, config.cleanup)?;
+    let total = read.tally;
+    Ok(BenchReport {
+        mode: "e2e",
+        run: end.name,
+        threads: 0,
+        wallets: config.wallets,
+        hot: config.hot,
+        publish_rate: config.rate,
+        transfers: total.finished,
+        elapsed: read.last.saturating_duration_since(read.origin),
+        latency: LatencySummary::from_histogram_us(&total.latency_us),
+        engine: None,
+        outcomes: total.outcomes,
+        errors: total.errors,
+        transient_retries: total.retries,
+        balance: Some(end.balance),
+        cleaned_keys: end.cleaned_keys,
+    })
+}
 
+/// Publishes `requests` on one thread while reading their results on this one, until every
+/// result is in, the timeout passes, or publishing fails. Fails when a request was not
+/// delivered or a result is missing.
+fn publish_and_read(
+    producer: &ThreadedProducer<DeliveryCounter>,
+    reader: &TopicReader,
+    config: &E2eConfig,
+    run: &Run,
+    requests: &[TransferRequest],
+) -> Result<ReadResults, BenchError> {
     let origin = Instant::now();
-    let sent: Vec<AtomicU64> = (0..config.transfers).map(|_| AtomicU64::new(0)).collect();
+    let sent: Vec<AtomicU64> = requests.iter().map(|_| AtomicU64::new(0)).collect();
     let stop = AtomicBool::new(false);
-    let prefix = format!("{run}_t");
     let bar = progress_bar(config.transfers, config.progress);
-    let deadline = origin + config.timeout;
-
-    let (read, publish) = std::thread::scope(|scope| {
+    let mut read = ReadResults::new(run.transfer_prefix(), requests.len(), origin);
+    let publish = std::thread::scope(|scope| {
         let publisher =
-            scope.spawn(|| publish_requests(&producer, config, &requests, &sent, origin, &stop));
-        let read = read_results(
-            &consumer, config, &prefix, &sent, origin, deadline, &bar, &stop,
-        );
+            scope.spawn(|| publish_requests(producer, config, requests, &sent, origin, &stop));
+        read_results(reader, config, &mut read, &sent, &bar, &stop);
         stop.store(true, Ordering::SeqCst);
-        let publish = publisher
+        publisher
             .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (read, publish)
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     });
     bar.finish_and_clear();
     let failed = producer.context().failed.load(Ordering::Relaxed);
@@ -799,6 +908,12 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
         )));
     }
     publish?;
+    check_read(&read, config, &run.name)?;
+    Ok(read)
+}
+
+/// Logs repeated results; fails when results are missing.
+fn check_read(read: &ReadResults, config: &E2eConfig, run: &str) -> Result<(), BenchError> {
     if read.repeated > 0 {
         log::info!(
             "{run}: {} repeated results (redelivery) were not counted again",
@@ -816,38 +931,7 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
             config.requests_topic
         )));
     }
-    let elapsed = read.last.saturating_duration_since(origin);
-
-    let after = sum_balances(service, &ids)?;
-    let balance = BalanceCheck {
-        wallets: config.wallets,
-        before: before.sum,
-        after: after.sum,
-        negative: after.negative,
-    };
-    let cleaned_keys = if config.cleanup {
-        Some(cleanup(service, &run, &ids)?)
-    } else {
-        None
-    };
-    let total = read.tally;
-    Ok(BenchReport {
-        mode: "e2e",
-        run,
-        threads: 0,
-        wallets: config.wallets,
-        hot: config.hot,
-        publish_rate: config.rate,
-        transfers: total.finished,
-        elapsed,
-        latency: LatencySummary::from_histogram_us(&total.latency_us),
-        engine: None,
-        outcomes: total.outcomes,
-        errors: total.errors,
-        transient_retries: total.retries,
-        balance: Some(balance),
-        cleaned_keys,
-    })
+    Ok(())
 }
 
 /// Sends every request, recording its send time just before handing it to librdkafka, then
@@ -912,89 +996,85 @@ fn publish_requests(
 
 /// What the results reader saw.
 struct ReadResults {
+    /// Transfer ids of this run are this prefix and the request's number.
+    prefix: String,
     tally: Tally,
+    /// Which requests have had a result.
+    seen: Vec<bool>,
+    /// When publishing started.
+    origin: Instant,
     /// When the last awaited result arrived.
     last: Instant,
     /// Results of this run seen more than once (a redelivered request answered again).
     repeated: u64,
 }
 
-/// Reads the results topic until every request of this run has its result, the deadline
-/// passes, or the publisher fails. Results of other runs are skipped.
-#[allow(clippy::too_many_arguments)]
-fn read_results(
-    consumer: &BaseConsumer,
-    config: &E2eConfig,
-    prefix: &str,
-    sent: &[AtomicU64],
-    origin: Instant,
-    deadline: Instant,
-    bar: &ProgressBar,
-    stop: &AtomicBool,
-) -> ReadResults {
-    let mut tally = Tally::new();
-    let mut seen = vec![false; sent.len()];
-    let mut last = origin;
-    let mut repeated = 0;
-    while tally.finished < config.transfers
-        && Instant::now() < deadline
-        && !stop.load(Ordering::SeqCst)
-    {
-        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let message = match message {
-            Ok(m) => m,
-            Err(e) => {
-                bar.suspend(|| log::warn!("reading {}: {e}", config.results_topic));
-                continue;
-            }
-        };
-        let received = Instant::now();
-        let Some(payload) = message.payload() else {
-            continue;
-        };
-        let Ok(result) = serde_json::from_slice::<TransferCompleted>(payload) else {
-            continue;
+impl ReadResults {
+    fn new(prefix: String, requests: usize, origin: Instant) -> ReadResults {
+        ReadResults {
+            prefix,
+            tally: Tally::new(),
+            seen: vec![false; requests],
+            origin,
+            last: origin,
+            repeated: 0,
+        }
+    }
+
+    /// Counts one message: the first result of one of this run's requests is tallied, with its
+    /// latency from `sent` (send stamps, see [`stamp`]) to when it was received. Returns whether
+    /// it was; other messages and repeated results are not.
+    fn record(&mut self, m: &ReadMessage, sent: &[AtomicU64]) -> bool {
+        let Ok(result) = m.result() else {
+            return false;
         };
         let Some(n) = result
             .transfer_id
-            .strip_prefix(prefix)
+            .strip_prefix(&self.prefix)
             .and_then(|n| n.parse::<usize>().ok())
-            .filter(|&n| n < sent.len())
+            .filter(|&n| n < self.seen.len())
         else {
-            continue;
+            return false;
         };
-        if std::mem::replace(&mut seen[n], true) {
-            repeated += 1;
-            continue;
+        if std::mem::replace(&mut self.seen[n], true) {
+            self.repeated += 1;
+            return false;
         }
         let sent_at = sent[n].load(Ordering::SeqCst);
         if sent_at > 0 {
-            let sent_at = origin + Duration::from_nanos(sent_at - 1);
-            let us = received
-                .saturating_duration_since(sent_at)
-                .as_micros()
-                .min(u128::from(LATENCY_US_MAX)) as u64;
-            tally.latency_us.saturating_record(us.max(1));
+            let sent_at = self.origin + Duration::from_nanos(sent_at - 1);
+            self.tally
+                .latency(m.received.saturating_duration_since(sent_at));
         }
-        let mut name = result.status.as_str().to_string();
-        if let Some(reason) = result.reason {
-            name.push(':');
-            name.push_str(reason.as_str());
-        }
-        if result.duplicate {
-            name.push_str(" (duplicate)");
-        }
-        *tally.outcomes.entry(name).or_default() += 1;
-        tally.finished += 1;
-        last = received;
-        bar.inc(1);
+        let name = answer_name(result.status, result.reason, result.duplicate);
+        count(&mut self.tally.outcomes, name);
+        self.tally.finished += 1;
+        self.last = m.received;
+        true
     }
-    ReadResults {
-        tally,
-        last,
-        repeated,
+}
+
+/// Reads the results topic until every request of this run has its result, the deadline
+/// passes, or the publisher fails. Results of other runs are skipped.
+fn read_results(
+    reader: &TopicReader,
+    config: &E2eConfig,
+    read: &mut ReadResults,
+    sent: &[AtomicU64],
+    bar: &ProgressBar,
+    stop: &AtomicBool,
+) {
+    let deadline = read.origin + config.timeout;
+    while read.tally.finished < config.transfers
+        && Instant::now() < deadline
+        && !stop.load(Ordering::SeqCst)
+    {
+        match reader.next(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(e)) => bar.suspend(|| log::warn!("reading {}: {e}", config.results_topic)),
+            Some(Ok(m)) if read.record(&m, sent) => bar.inc(1),
+            Some(Ok(_)) => {}
+        }
     }
 }
 
@@ -1015,8 +1095,7 @@ fn progress_bar(len: u64, show: bool) -> ProgressBar {
 fn worker(
     service: &WalletService,
     config: &DirectConfig,
-    run: &str,
-    ids: &[String],
+    run: &Run,
     next: &AtomicU64,
     warned: &AtomicU32,
     bar: &ProgressBar,
@@ -1031,61 +1110,62 @@ fn worker(
     };
     let mut tally = Tally::new();
     let mut rng = rand::rng();
-    let wallets = ids.len();
     loop {
         let n = next.fetch_add(1, Ordering::Relaxed);
         if n >= config.transfers {
             return tally;
         }
-        let (from, to) = pick_pair(&mut rng, wallets, config.hot);
-        let amount = Amount::from_minor(rng.random_range(1..=BENCH_AMOUNT_CENTS_MAX));
-        let request = match TransferRequest::new(
-            &format!("{run}_t{n}"),
-            &ids[from],
-            &ids[to],
-            &amount.to_string(),
-            Currency::USD,
-        ) {
-            Ok(r) => r,
+        match run.request(&mut rng, n, config.hot) {
+            Ok(request) => transfer(
+                service,
+                &request,
+                config.transient_retries,
+                &mut tally,
+                &warn,
+            ),
             Err(e) => {
-                // Cannot happen with the ids built above; count it rather than panic.
+                // Cannot happen with the run's ids; count it rather than panic.
                 bar.suspend(|| log::error!("bench request {n} is invalid: {e}"));
-                *tally.errors.entry("invalid_request".into()).or_default() += 1;
-                tally.finished += 1;
-                bar.inc(1);
-                continue;
-            }
-        };
-        let started = Instant::now();
-        let mut retry = 0;
-        let result = loop {
-            match service.transfer(&request) {
-                Err(e) if e.is_transient() && retry < config.transient_retries => {
-                    *tally.retries.entry(error_kind(&e).into()).or_default() += 1;
-                    warn(format!("retrying {}: {e}", request.transfer_id));
-                    std::thread::sleep(Duration::from_millis(10 << retry.min(6)));
-                    retry += 1;
-                }
-                other => break other,
-            }
-        };
-        let us = started
-            .elapsed()
-            .as_micros()
-            .min(u128::from(LATENCY_US_MAX)) as u64;
-        tally.latency_us.saturating_record(us.max(1));
-        match result {
-            Ok(outcome) => {
-                tally.engine.add_outcome(&outcome);
-                *tally.outcomes.entry(outcome_name(&outcome)).or_default() += 1;
-            }
-            Err(e) => {
-                *tally.errors.entry(error_kind(&e).into()).or_default() += 1;
-                warn(format!("{} failed: {e}", request.transfer_id));
+                count(&mut tally.errors, "invalid_request");
             }
         }
         tally.finished += 1;
         bar.inc(1);
+    }
+}
+
+/// One request, retried up to `retries` times after a transient error (same request, same
+/// idempotency key); its latency, outcome or error, and retries go into `tally`.
+fn transfer(
+    service: &WalletService,
+    request: &TransferRequest,
+    retries: u32,
+    tally: &mut Tally,
+    warn: &impl Fn(String),
+) {
+    let started = Instant::now();
+    let mut retry = 0;
+    let result = loop {
+        match service.transfer(request) {
+            Err(e) if e.is_transient() && retry < retries => {
+                count(&mut tally.retries, error_kind(&e));
+                warn(format!("retrying {}: {e}", request.transfer_id));
+                std::thread::sleep(Duration::from_millis(10 << retry.min(6)));
+                retry += 1;
+            }
+            other => break other,
+        }
+    };
+    tally.latency(started.elapsed());
+    match result {
+        Ok(outcome) => {
+            tally.engine.add_outcome(&outcome);
+            count(&mut tally.outcomes, outcome_name(&outcome));
+        }
+        Err(e) => {
+            count(&mut tally.errors, error_kind(&e));
+            warn(format!("{} failed: {e}", request.transfer_id));
+        }
     }
 }
 
@@ -1308,6 +1388,117 @@ mod tests {
                 .contains("sum before 10.00, after 9.99")
         );
         assert_eq!(r.to_json()["balance"]["ok"], false);
+    }
+
+    #[test]
+    fn the_table_lists_every_figure_in_order() {
+        let mut r = report();
+        r.errors.insert("redis".into(), 2);
+        r.cleaned_keys = Some(7);
+        let names: Vec<String> = r.rows().into_iter().map(|(name, _)| name).collect();
+        assert_eq!(
+            names,
+            [
+                "mode",
+                "run prefix",
+                "threads",
+                "wallets",
+                "transfers",
+                "elapsed s",
+                "transfers/s",
+                "latency mean ms",
+                "latency p50 ms",
+                "latency p90 ms",
+                "latency p99 ms",
+                "latency max ms",
+                "lock first try",
+                "lock wait mean ms",
+                "WATCH retries total",
+                "round trips/transfer",
+                "outcome COMPLETED",
+                "error redis",
+                "transient retries",
+                "balance sum before",
+                "balance sum after",
+                "balance check",
+                "keys cleaned up",
+            ]
+        );
+        let rows: BTreeMap<String, String> = r.rows().into_iter().collect();
+        assert_eq!(rows["mode"], "direct, uniform random pairs");
+        assert_eq!(rows["transfers/s"], "2");
+        assert_eq!(rows["elapsed s"], "2.000");
+        assert_eq!(rows["round trips/transfer"], "4.00");
+        assert_eq!(rows["balance check"], "OK (0 negative)");
+    }
+
+    #[test]
+    fn an_e2e_table_shows_the_publish_rate_and_no_engine_figures() {
+        let r = BenchReport {
+            mode: "e2e",
+            engine: None,
+            publish_rate: Some(500),
+            hot: true,
+            ..report()
+        };
+        let rows: BTreeMap<String, String> = r.rows().into_iter().collect();
+        assert_eq!(rows["mode"], "e2e, one hot pair");
+        assert_eq!(rows["publish rate /s"], "500");
+        assert!(!rows.contains_key("threads") && !rows.contains_key("lock first try"));
+    }
+
+    fn result_message(transfer_id: &str, duplicate: bool, received: Instant) -> ReadMessage {
+        let result = crate::engine::message::TransferCompleted {
+            transfer_id: transfer_id.into(),
+            status: Status::Failed,
+            processed_at: 0.0,
+            from_user: "a".into(),
+            to_user: "b".into(),
+            amount: "1.00".into(),
+            currency: "USD".into(),
+            idempotency_key: transfer_id.into(),
+            reason: Some(FailureReason::InsufficientFunds),
+            duplicate,
+        };
+        ReadMessage {
+            partition: 0,
+            offset: 0,
+            key: None,
+            payload: serde_json::to_vec(&result).unwrap(),
+            headers: Default::default(),
+            received,
+        }
+    }
+
+    #[test]
+    fn the_reader_counts_the_first_result_of_each_request_of_its_run() {
+        let origin = Instant::now();
+        let sent: Vec<AtomicU64> = (0..3).map(|_| AtomicU64::new(0)).collect();
+        // Request 1 left 2 ms after the origin, its result came 5 ms after the origin.
+        sent[1].store(2_000_000 + 1, Ordering::SeqCst);
+        let at = origin + Duration::from_millis(5);
+        let mut read = ReadResults::new("e2e_abc_t".into(), 3, origin);
+        assert!(read.record(&result_message("e2e_abc_t1", false, at), &sent));
+        assert!(!read.record(&result_message("e2e_abc_t1", true, at), &sent));
+        assert!(!read.record(&result_message("e2e_xyz_t2", false, at), &sent));
+        assert!(!read.record(&result_message("e2e_abc_t3", false, at), &sent));
+        let mut junk = result_message("e2e_abc_t0", false, at);
+        junk.payload = b"not a result".to_vec();
+        assert!(!read.record(&junk, &sent));
+        assert!(read.record(&result_message("e2e_abc_t0", true, at), &sent));
+        assert_eq!((read.tally.finished, read.repeated), (2, 1));
+        assert_eq!(read.last, at);
+        assert_eq!(
+            read.tally.outcomes,
+            BTreeMap::from([
+                ("FAILED:insufficient_funds".to_string(), 1),
+                ("FAILED:insufficient_funds (duplicate)".to_string(), 1),
+            ])
+        );
+        // Only request 1 had a send stamp: one latency of 3 ms.
+        let latency = LatencySummary::from_histogram_us(&read.tally.latency_us);
+        assert_eq!(latency.samples, 1);
+        assert!((latency.max_ms - 3.0).abs() < 0.01, "{latency:?}");
     }
 
     #[test]

@@ -15,7 +15,8 @@ use crate::engine::message::{FailureReason, Status, TransferCompleted, TransferR
 use crate::engine::money::{Amount, Currency};
 use crate::engine::service::WalletService;
 use crate::engine::wallet::NewWallet;
-use crate::tools::ops::{OpsError, ResultWatcher, publish_request, publish_requests};
+use crate::tools::ops::{OpsError, publish_request, publish_requests};
+use crate::tools::results::ResultWatcher;
 use crate::worker::kafka::KafkaConfig;
 
 /// What one scenario did and whether it held.

@@ -5,8 +5,6 @@
 //! tansu). A missing binary fails the test with the command that installs it. Nothing here is
 //! a mock: the tests talk to the real servers.
 
-#![allow(dead_code)]
-
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -351,33 +349,5 @@ pub fn lock_keys(conn: &mut redis::Connection) -> Vec<String> {
 }
 
 pub mod stack;
-
-/// Checks the ledger of `ids`: balance = opening + history for each, none negative, and the
-/// history of the set nets to zero apart from deposits. Returns the sum of balances.
-pub fn audit(service: &WalletService, ids: &[String]) -> Amount {
-    let mut sum = Amount::ZERO;
-    for id in ids {
-        let wallet = service
-            .wallet(id)
-            .expect("read wallet")
-            .expect("wallet exists");
-        assert!(!wallet.balance.is_negative(), "{id} is negative");
-        let history = service.history(id).expect("history");
-        let replayed = history.iter().fold(wallet.opening_balance, |b, e| {
-            b.checked_add(e.kind.signed(e.amount)).expect("no overflow")
-        });
-        assert_eq!(
-            replayed, wallet.balance,
-            "{id}: balance = opening + history"
-        );
-        assert_eq!(
-            wallet.version as usize,
-            history.len(),
-            "{id}: one version per change"
-        );
-        sum = sum.checked_add(wallet.balance).expect("no overflow");
-    }
-    sum
-}
 
 pub mod faults;

@@ -1,12 +1,12 @@
 //! The `wallet worker` binary end to end: real redis-server, real tansu, real processes.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 
+use crate::support::stack::Stack;
+use crate::support::stack::result_of;
+use crate::support::{create_wallets, wait_until};
 use rand::{RngExt, SeedableRng};
-use support::stack::Stack;
-use support::{audit, create_wallets, wait_until};
+use wallet_transfer::tools::ops;
 use wallet_transfer::{Amount, Currency, EngineConfig, Status, TransferRequest};
 
 /// Creates `n` wallets `w0..w{n-1}` with random balances; returns ids and the opening total.
@@ -24,7 +24,7 @@ fn wallets(stack: &Stack, n: usize, seed: u64) -> (Vec<String>, Amount) {
         .map(|(i, b)| (i.as_str(), b.as_str()))
         .collect();
     create_wallets(&service, &pairs);
-    let total = support::total(&service, &ids);
+    let total = crate::support::total(&service, &ids);
     (ids, total)
 }
 
@@ -48,9 +48,11 @@ fn assert_exactly_once(
     requests: &[TransferRequest],
 ) {
     let service = stack.redis.service(2, EngineConfig::default());
+    let audit = ops::audit(&service).expect("audit reads redis");
+    assert!(audit.is_ok(), "{:?}", audit.violations);
+    assert_eq!(audit.wallets_checked, ids.len() as u64);
     assert_eq!(
-        audit(&service, ids),
-        opening,
+        audit.total_balance, opening,
         "money is neither made nor lost"
     );
     let mut completed = 0;
@@ -88,7 +90,7 @@ fn two_thousand_requests_each_have_exactly_one_effect_and_one_result() {
     let read = results.read_until(2_000, 120_000).to_vec();
     let mut seen = HashSet::new();
     for m in &read {
-        let r = m.result();
+        let r = result_of(m);
         assert!(
             seen.insert(r.transfer_id.clone()),
             "one result per request: {}",
@@ -107,7 +109,7 @@ fn two_thousand_requests_each_have_exactly_one_effect_and_one_result() {
     // The metrics agree with the run.
     let completed = read
         .iter()
-        .filter(|m| m.result().status == Status::Completed)
+        .filter(|m| result_of(m).status == Status::Completed)
         .count();
     assert_eq!(
         worker.metric(r#"wallet_transfers_total{reason="",status="COMPLETED"}"#) as usize,
@@ -136,9 +138,12 @@ fn a_request_published_three_times_has_one_effect_and_three_results() {
     let mut results = stack.reader(&stack.topics.results);
     let read = results.read_until(3, 60_000).to_vec();
     assert_eq!(read.len(), 3);
-    let duplicates = read.iter().filter(|m| m.result().duplicate).count();
+    let duplicates = read.iter().filter(|m| result_of(m).duplicate).count();
     assert_eq!(duplicates, 2);
-    assert!(read.iter().all(|m| m.result().status == Status::Completed));
+    assert!(
+        read.iter()
+            .all(|m| result_of(m).status == Status::Completed)
+    );
     let service = stack.redis.service(2, EngineConfig::default());
     assert_eq!(
         service.balance("a").unwrap(),
@@ -201,7 +206,7 @@ fn poison_goes_to_the_dead_letter_topic_and_the_worker_carries_on() {
     let read = results.read_until(poison.len() + 1, 60_000).to_vec();
     let by_id: HashMap<String, _> = read
         .iter()
-        .map(|m| (m.result().transfer_id.clone(), m.result()))
+        .map(|m| (result_of(m).transfer_id.clone(), result_of(m)))
         .collect();
     for i in 0..poison.len() {
         assert_eq!(by_id[&format!("g{i}")].status, Status::Completed);
@@ -309,7 +314,7 @@ fn sigterm_under_load_exits_cleanly_and_a_restart_finishes_the_rest() {
 
     let _second = stack.spawn_worker(&[]);
     let read = results.read_until(1_500, 120_000).to_vec();
-    let distinct: HashSet<String> = read.iter().map(|m| m.result().transfer_id).collect();
+    let distinct: HashSet<String> = read.iter().map(|m| result_of(m).transfer_id).collect();
     assert_eq!(distinct.len(), 1_500, "every request answered");
     assert_exactly_once(&stack, &ids, opening, &requests);
 }
@@ -331,7 +336,7 @@ fn two_workers_in_one_group_share_the_partitions() {
 
     let mut results = stack.reader(&stack.topics.results);
     let read = results.read_until(1_000, 120_000).to_vec();
-    let distinct: HashSet<String> = read.iter().map(|m| m.result().transfer_id).collect();
+    let distinct: HashSet<String> = read.iter().map(|m| result_of(m).transfer_id).collect();
     assert_eq!(distinct.len(), 1_000);
     assert_exactly_once(&stack, &ids, opening, &requests);
     let a = first.metric("wallet_results_published_total");

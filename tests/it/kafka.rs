@@ -1,8 +1,6 @@
 //! The Kafka plumbing against a real tansu broker: topic creation and committed offsets.
 
-mod support;
-
-use support::Tansu;
+use crate::support::Tansu;
 use wallet_transfer::worker::kafka::{self, KafkaConfig};
 
 #[test]

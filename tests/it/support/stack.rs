@@ -1,18 +1,16 @@
 //! A whole local stack for end-to-end tests: redis-server, tansu, and `wallet worker`
-//! processes (the real binary), plus a Kafka client to publish requests and collect results.
+//! processes (the real binary), plus a Kafka client to publish requests and, through the
+//! shared reader of `tools::results`, to collect what the workers publish.
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
 
 use super::{RedisServer, Tansu, free_port, wait_until};
 use wallet_transfer::TransferCompleted;
+use wallet_transfer::tools::results::{ReadMessage, Start, TopicReader};
 use wallet_transfer::worker::kafka::{self, KafkaConfig};
 
 pub const WALLET_BIN: &str = env!("CARGO_BIN_EXE_wallet");
@@ -190,8 +188,13 @@ impl Stack {
     }
 
     /// A reader of a topic from its beginning.
-    pub fn reader(&self, topic: &str) -> TopicReader {
-        TopicReader::new(&self.kafka(), topic, self.partitions)
+    pub fn reader(&self, topic: &str) -> TopicLog {
+        let reader = TopicReader::open(&self.kafka(), topic, Start::Beginning)
+            .unwrap_or_else(|e| panic!("reader of {topic}: {e}"));
+        TopicLog {
+            reader,
+            messages: Vec::new(),
+        }
     }
 
     /// The offsets the workers' group has committed, per partition.
@@ -209,57 +212,16 @@ impl Stack {
     }
 }
 
-/// Reads every message of a topic, all partitions, from the beginning.
-pub struct TopicReader {
-    consumer: BaseConsumer,
+/// Every message of one topic read so far, from its beginning: the shared reader of
+/// `tools::results`, collecting what it reads for the test's assertions.
+pub struct TopicLog {
+    reader: TopicReader,
     pub messages: Vec<ReadMessage>,
 }
 
-#[derive(Debug, Clone)]
-pub struct ReadMessage {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
-    pub headers: HashMap<String, String>,
-}
-
-impl ReadMessage {
-    pub fn result(&self) -> TransferCompleted {
-        serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
-            panic!(
-                "result is not a TransferCompleted ({e}): {}",
-                String::from_utf8_lossy(&self.payload)
-            )
-        })
-    }
-}
-
-impl TopicReader {
-    fn new(config: &KafkaConfig, topic: &str, partitions: i32) -> TopicReader {
-        let consumer: BaseConsumer = config
-            .client_config()
-            .set(
-                "group.id",
-                format!("reader_{}", uuid::Uuid::new_v4().simple()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("fetch.message.max.bytes", "10000000")
-            .create()
-            .expect("reader");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .expect("offset");
-        }
-        consumer.assign(&tpl).expect("assign");
-        TopicReader {
-            consumer,
-            messages: Vec::new(),
-        }
-    }
-
-    /// Reads until at least `count` messages are in, or panics after `timeout_ms`.
+impl TopicLog {
+    /// Reads until at least `count` messages are in, or panics after `timeout_ms` (or on a
+    /// consumer error).
     pub fn read_until(&mut self, count: usize, timeout_ms: u64) -> &[ReadMessage] {
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         while self.messages.len() < count {
@@ -268,45 +230,33 @@ impl TopicReader {
                 "read {} of {count} messages within {timeout_ms} ms",
                 self.messages.len()
             );
-            self.poll_once(100);
+            if let Some(m) = self.reader.next(Duration::from_millis(100)) {
+                self.messages.push(m.expect("read message"));
+            }
         }
         &self.messages
     }
 
-    /// Reads whatever arrives within `ms`.
-    pub fn drain_for(&mut self, ms: u64) -> &[ReadMessage] {
+    /// Reads whatever arrives within `ms`, skipping consumer errors (a broker being restarted
+    /// reports transport failures).
+    pub fn drain_tolerant(&mut self, ms: u64) {
         let deadline = Instant::now() + Duration::from_millis(ms);
         while Instant::now() < deadline {
-            self.poll_once(50);
+            if let Some(Ok(m)) = self.reader.next(Duration::from_millis(50)) {
+                self.messages.push(m);
+            }
         }
-        &self.messages
     }
+}
 
-    fn poll_once(&mut self, ms: u64) {
-        if let Some(message) = self.consumer.poll(Duration::from_millis(ms)) {
-            let m = message.expect("read message");
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_string(),
-                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            self.messages.push(ReadMessage {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                headers,
-            });
-        }
-    }
+/// The result message `m` carries; panics with the payload when it is not one.
+pub fn result_of(m: &ReadMessage) -> TransferCompleted {
+    m.result().unwrap_or_else(|e| {
+        panic!(
+            "result is not a TransferCompleted ({e}): {}",
+            String::from_utf8_lossy(&m.payload)
+        )
+    })
 }
 
 /// A running `wallet worker` process; killed on drop.
@@ -398,44 +348,5 @@ impl WorkerProcess {
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-impl TopicReader {
-    /// Like [`TopicReader::drain_for`], but skips consumer errors (a broker being restarted
-    /// reports transport failures) instead of panicking. Returns how many errors it skipped.
-    pub fn drain_tolerant(&mut self, ms: u64) -> usize {
-        let deadline = Instant::now() + Duration::from_millis(ms);
-        let mut errors = 0;
-        while Instant::now() < deadline {
-            match self.consumer.poll(Duration::from_millis(50)) {
-                Some(Err(_)) => errors += 1,
-                Some(Ok(m)) => {
-                    let headers = m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| {
-                                    (
-                                        h.key.to_string(),
-                                        String::from_utf8_lossy(h.value.unwrap_or_default())
-                                            .into_owned(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    self.messages.push(ReadMessage {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                        headers,
-                    });
-                }
-                None => {}
-            }
-        }
-        errors
     }
 }

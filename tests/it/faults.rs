@@ -9,21 +9,22 @@
 //! Sizes are short by default (`make test`); `FAULT_SCALE=full` (`make fault-test`) runs the
 //! full ones. Each test prints its seed; `FAULT_SEED=<seed>` replays its random choices.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::support::faults::{self, check, rng, size, wait_for_outcomes};
+use crate::support::stack::{Stack, WorkerProcess, result_of};
+use crate::support::{RedisServer, Tansu, wait_until};
 use proptest::prelude::*;
 use rand::RngExt;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
-use support::faults::{self, check, rng, size, wait_for_outcomes};
-use support::stack::{Stack, WorkerProcess};
-use support::{RedisServer, Tansu, wait_until};
 use wallet_transfer::engine::message::{Decoded, decode};
-use wallet_transfer::{Amount, FailureReason, Status, TransferCompleted, TransferRequest};
+use wallet_transfer::tools::ops;
+use wallet_transfer::{
+    Amount, EngineConfig, FailureReason, Status, TransferCompleted, TransferRequest,
+};
 
 /// Longest wait for all outcomes after the last fault.
 fn drain_timeout_ms() -> u64 {
@@ -114,10 +115,10 @@ fn stalled_lock_holder_cannot_double_spend_or_overwrite() {
     let mut held = Vec::new();
     for _ in 0..5_000 {
         a.signal("STOP");
-        let first = support::lock_keys(&mut conn);
+        let first = crate::support::lock_keys(&mut conn);
         if !first.is_empty() {
             std::thread::sleep(ms(100));
-            let again = support::lock_keys(&mut conn);
+            let again = crate::support::lock_keys(&mut conn);
             held = first.into_iter().filter(|k| again.contains(k)).collect();
             if !held.is_empty() {
                 break;
@@ -142,12 +143,8 @@ fn stalled_lock_holder_cannot_double_spend_or_overwrite() {
     let remaining = Duration::from_secs(7).saturating_sub(stalled_at.elapsed());
     std::thread::sleep(remaining);
     let stall = stalled_at.elapsed();
-    assert!(support::lock_keys(&mut conn).iter().all(|k| {
-        redis::cmd("PTTL")
-            .arg(k)
-            .query::<i64>(&mut conn)
-            .is_ok_and(|t| t != -1)
-    }));
+    let locks = ops::locks(&stack.redis.service(1, EngineConfig::default())).expect("locks");
+    assert!(locks.iter().all(|l| !l.is_problem()), "{locks:?}");
     a.signal("CONT");
     println!("A continued after {:.1} s", stall.as_secs_f64());
 
@@ -325,7 +322,7 @@ fn redelivery_storm_has_one_effect_per_request() {
     );
     let mut answers: HashMap<String, (usize, usize)> = HashMap::new();
     for m in &results.messages {
-        let r = m.result();
+        let r = result_of(m);
         let e = answers.entry(r.transfer_id).or_default();
         e.0 += 1;
         if !r.duplicate {
@@ -526,7 +523,7 @@ fn poison_flood_goes_to_the_dlq_and_every_good_request_completes() {
     let answered: HashMap<String, TransferCompleted> = results
         .messages
         .iter()
-        .map(|m| m.result())
+        .map(result_of)
         .map(|r| (r.transfer_id.clone(), r))
         .collect();
     for i in 0..invalid_n {

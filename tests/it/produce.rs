@@ -1,8 +1,6 @@
 //! `wallet produce`: the six race scenarios against a real worker, twice on the same stack.
 
-mod support;
-
-use support::stack::Stack;
+use crate::support::stack::Stack;
 use wallet_transfer::EngineConfig;
 use wallet_transfer::tools::ops;
 

@@ -1,9 +1,7 @@
 //! The seeder against a real redis-server: never overwrites a wallet; `--reset` clears the data
 //! model and nothing else.
 
-mod support;
-
-use support::RedisServer;
+use crate::support::RedisServer;
 use wallet_transfer::tools::seed;
 use wallet_transfer::{Amount, EngineConfig};
 

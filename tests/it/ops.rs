@@ -1,12 +1,10 @@
 //! The operator commands (`snapshot`, `status`, `deposit`, `locks`, `audit`, `transfer`) run as
 //! the real `wallet` binary against a real redis-server (and tansu for `transfer --wait`).
 
-mod support;
-
 use std::process::{Command, Output};
 
-use support::stack::Stack;
-use support::{RedisServer, create_wallets};
+use crate::support::stack::Stack;
+use crate::support::{RedisServer, create_wallets};
 use wallet_transfer::{Amount, Currency, EngineConfig, Status, TransferRequest};
 
 const WALLET: &str = env!("CARGO_BIN_EXE_wallet");

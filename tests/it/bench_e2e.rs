@@ -1,8 +1,6 @@
 //! `wallet bench --e2e` against a real stack: redis-server, tansu and a `wallet worker`.
 
-mod support;
-
-use support::stack::Stack;
+use crate::support::stack::Stack;
 
 #[test]
 fn e2e_bench_waits_for_every_result_and_reports_json() {

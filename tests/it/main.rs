@@ -1,0 +1,15 @@
+//! The integration tests, as one binary: `cargo test --test it`, or one area with a filter
+//! (`cargo test --test it faults::`). They run against real `redis-server` and `tansu`
+//! processes that each test starts on free ports (see `support`), and the real `wallet`
+//! binary where a test drives a command or a worker.
+
+mod support;
+
+mod bench_e2e;
+mod engine;
+mod faults;
+mod kafka;
+mod ops;
+mod produce;
+mod seed;
+mod worker;

@@ -1,0 +1,523 @@
+//! The fault suite's shared pieces: sizes (short by default, full with `FAULT_SCALE=full`), a
+//! replayable seed (`FAULT_SEED`), waiting until every request has an outcome, and the
+//! exactly-once checker that each fault test ends with.
+//!
+//! The checker adds only what needs the run's requests and the results topic (lost requests,
+//! effects counted from the histories, results agreeing with the records); the ledger itself is
+//! checked by the operator tools, `ops::audit` and `ops::locks`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rand::{RngExt, SeedableRng};
+use wallet_transfer::engine::wallet::HistoryKind;
+use wallet_transfer::tools::ops;
+use wallet_transfer::tools::results::ReadMessage;
+use wallet_transfer::{
+    Amount, Currency, EngineConfig, FailureReason, Status, TransferCompleted, TransferOutcome,
+    TransferRequest, WalletService,
+};
+
+use super::stack::{Stack, TopicLog};
+
+/// True when `FAULT_SCALE=full` (what `make fault-test` sets).
+pub fn full_scale() -> bool {
+    std::env::var("FAULT_SCALE").is_ok_and(|v| v == "full")
+}
+
+/// `short` in the default run, `full` under `FAULT_SCALE=full`.
+pub fn size(short: usize, full: usize) -> usize {
+    if full_scale() { full } else { short }
+}
+
+/// The seed of a test's random choices: `FAULT_SEED` when set, else a random one. Printed, so a
+/// failing run can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let seed = match std::env::var("FAULT_SEED") {
+        Ok(s) => s.trim().parse().expect("FAULT_SEED must be a u64"),
+        Err(_) => rand::random(),
+    };
+    println!(
+        "{test}: seed {seed} (replay: FAULT_SEED={seed}), scale {}",
+        if full_scale() { "full" } else { "short" }
+    );
+    seed
+}
+
+pub fn rng(seed: u64) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// Creates wallets `{prefix}0..` with `balance` each; returns their ids.
+pub fn wallets(stack: &Stack, prefix: &str, n: usize, balance: &str) -> Vec<String> {
+    let service = stack.redis.service(2, EngineConfig::default());
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let pairs: Vec<(&str, &str)> = ids.iter().map(|i| (i.as_str(), balance)).collect();
+    super::create_wallets(&service, &pairs);
+    ids
+}
+
+/// `count` requests between random wallets of `ids` (from != to), amounts in cents drawn from
+/// `cents`, unique transfer ids (and so unique idempotency keys) `{prefix}{i}`.
+pub fn requests(
+    ids: &[String],
+    count: usize,
+    prefix: &str,
+    cents: std::ops::Range<i64>,
+    rng: &mut rand::rngs::StdRng,
+) -> Vec<TransferRequest> {
+    (0..count)
+        .map(|i| {
+            let from = rng.random_range(0..ids.len());
+            let mut to = rng.random_range(0..ids.len() - 1);
+            if to >= from {
+                to += 1;
+            }
+            let amount = Amount::from_minor(rng.random_range(cents.clone())).to_string();
+            TransferRequest::new(
+                &format!("{prefix}{i}"),
+                &ids[from],
+                &ids[to],
+                &amount,
+                Currency::USD,
+            )
+            .expect("valid test request")
+        })
+        .collect()
+}
+
+/// Reads the results topic until every request in `requests` has at least one result and a
+/// recorded outcome, or `timeout_ms` passes. Returns the time it took; on timeout returns
+/// `None` (the checker then counts the missing ones as lost).
+pub fn wait_for_outcomes(
+    stack: &Stack,
+    results: &mut TopicLog,
+    requests: &[TransferRequest],
+    timeout_ms: u64,
+) -> Option<Duration> {
+    let start = Instant::now();
+    let deadline = start + Duration::from_millis(timeout_ms);
+    let wanted: HashSet<&str> = requests.iter().map(|r| r.transfer_id.as_str()).collect();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut read = 0;
+    loop {
+        for m in &results.messages[read..] {
+            if let Ok(r) = m.result()
+                && wanted.contains(r.transfer_id.as_str())
+            {
+                seen.insert(r.transfer_id);
+            }
+        }
+        read = results.messages.len();
+        if seen.len() == wanted.len() && all_recorded(stack, requests) {
+            return Some(start.elapsed());
+        }
+        if Instant::now() >= deadline {
+            println!(
+                "gave up after {timeout_ms} ms: {} of {} requests have a result",
+                seen.len(),
+                wanted.len()
+            );
+            return None;
+        }
+        results.drain_tolerant(200);
+    }
+}
+
+/// How many of `requests` have a recorded outcome (0 while Redis does not answer).
+pub fn recorded(stack: &Stack, requests: &[TransferRequest]) -> usize {
+    let Ok(client) = redis::Client::open(stack.redis.url()) else {
+        return 0;
+    };
+    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(500)) else {
+        return 0;
+    };
+    let mut found = 0;
+    for batch in requests.chunks(500) {
+        let mut pipe = redis::pipe();
+        for r in batch {
+            pipe.exists(format!("transfer:{}", r.idempotency_key));
+        }
+        match pipe.query::<Vec<bool>>(&mut conn) {
+            Ok(exists) => found += exists.into_iter().filter(|e| *e).count(),
+            Err(_) => return 0,
+        }
+    }
+    found
+}
+
+/// Waits until at least `count` of `requests` have a recorded outcome: real progress, unlike
+/// the results topic, which a reader sees late.
+pub fn wait_recorded(stack: &Stack, requests: &[TransferRequest], count: usize, timeout_ms: u64) {
+    super::wait_until(&format!("{count} recorded outcomes"), timeout_ms, || {
+        recorded(stack, requests) >= count
+    });
+}
+
+/// Whether every request has a recorded outcome. Redis errors (it may be restarting) count as
+/// "not yet".
+fn all_recorded(stack: &Stack, requests: &[TransferRequest]) -> bool {
+    recorded(stack, requests) == requests.len()
+}
+
+/// What one fault scenario found. `violations` lists every broken claim; the test asserts it
+/// is empty after printing the row.
+#[derive(Debug, Clone)]
+pub struct FaultReport {
+    pub fault: String,
+    /// How many times the fault was injected.
+    pub injected: usize,
+    pub requests: usize,
+    /// Requests without a recorded outcome or without any result message.
+    pub lost: usize,
+    /// Requests with more than one effect (more history entries than their outcome allows).
+    pub doubled: usize,
+    pub audit_ok: bool,
+    /// From the end of the last fault until every request had an outcome.
+    pub recovery: Option<Duration>,
+    pub violations: Vec<String>,
+}
+
+impl FaultReport {
+    pub fn header() -> String {
+        format!(
+            "| {:<34} | {:>8} | {:>8} | {:>5} | {:>7} | {:>5} | {:>10} |",
+            "fault", "injected", "requests", "lost", "doubled", "audit", "recovery"
+        )
+    }
+
+    pub fn row(&self) -> String {
+        format!(
+            "| {:<34} | {:>8} | {:>8} | {:>5} | {:>7} | {:>5} | {:>10} |",
+            self.fault,
+            self.injected,
+            self.requests,
+            self.lost,
+            self.doubled,
+            if self.audit_ok { "ok" } else { "FAIL" },
+            match self.recovery {
+                Some(d) => format!("{:.1} s", d.as_secs_f64()),
+                None => "timeout".to_string(),
+            }
+        )
+    }
+
+    /// Prints the table row (and the violations), then fails the test if any claim broke.
+    pub fn print_and_assert(&self) {
+        println!("{}", FaultReport::header());
+        println!("{}", self.row());
+        for v in self.violations.iter().take(50) {
+            println!("  violation: {v}");
+        }
+        assert!(
+            self.violations.is_empty(),
+            "{}: {} violations, first: {:?}",
+            self.fault,
+            self.violations.len(),
+            self.violations.first()
+        );
+    }
+}
+
+/// The exactly-once checker. For every request in `requests`:
+///
+/// - it has a recorded outcome (`transfer:{idempotency_key}`) and at least one result message,
+///   else it is lost;
+/// - its history entries across all wallets: exactly a debit of its amount on `from_user` and a
+///   credit on `to_user` when COMPLETED, none otherwise (more is "doubled");
+/// - every result message for it agrees with the recorded outcome (status, reason, amount);
+/// - when `no_failures`, its outcome is COMPLETED (the scenario gave every wallet enough money,
+///   so any FAILED would have been caused by the fault).
+///
+/// And for the whole ledger, the operator tools' own checks: `ops::audit` has no violations,
+/// and `ops::locks` finds no lock without a ttl.
+pub fn check(
+    stack: &Stack,
+    fault: &str,
+    injected: usize,
+    requests: &[TransferRequest],
+    results: &[ReadMessage],
+    recovery: Option<Duration>,
+    no_failures: bool,
+) -> FaultReport {
+    let service = stack.redis.service(2, EngineConfig::default());
+    let mut violations = Vec::new();
+    let by_id = results_by_id(results, &mut violations);
+    let audit = ops::audit(&service).expect("audit reads redis");
+    let effects = effects_by_transfer(stack, &service);
+    let (mut lost, mut doubled, mut failed) = (0, 0, 0);
+    for r in requests {
+        let outcome = service
+            .transfer_outcome(&r.idempotency_key)
+            .expect("read outcome");
+        let entries = effects.get(&r.transfer_id).map_or(&[][..], Vec::as_slice);
+        let answers = by_id.get(&r.transfer_id).map_or(&[][..], Vec::as_slice);
+        let found = check_request(r, outcome.as_ref(), entries, answers, no_failures);
+        lost += usize::from(found.lost);
+        doubled += usize::from(found.doubled);
+        failed += usize::from(outcome.is_some_and(|o| o.status == Status::Failed));
+        violations.extend(found.violations);
+    }
+    if failed > 0 {
+        println!("{fault}: {failed} of {} requests FAILED", requests.len());
+    }
+    violations.extend(audit.violations.iter().map(|v| format!("audit: {v}")));
+    let locks = ops::locks(&service).expect("locks read redis");
+    for lock in locks.iter().filter(|l| l.is_problem()) {
+        violations.push(format!("{} has no ttl", lock.key));
+    }
+    FaultReport {
+        fault: fault.to_string(),
+        injected,
+        requests: requests.len(),
+        lost,
+        doubled,
+        audit_ok: audit.is_ok(),
+        recovery,
+        violations,
+    }
+}
+
+/// The result messages per transfer id; a message that is not a result is a violation.
+fn results_by_id(
+    results: &[ReadMessage],
+    violations: &mut Vec<String>,
+) -> HashMap<String, Vec<TransferCompleted>> {
+    let mut by_id: HashMap<String, Vec<TransferCompleted>> = HashMap::new();
+    for m in results {
+        match m.result() {
+            Ok(r) => by_id.entry(r.transfer_id.clone()).or_default().push(r),
+            Err(e) => violations.push(format!(
+                "result at partition {} offset {} is not a result: {e}",
+                m.partition, m.offset
+            )),
+        }
+    }
+    by_id
+}
+
+/// One history entry: (wallet, kind, amount).
+type Effect = (String, HistoryKind, Amount);
+
+/// The history entries of every wallet, per transfer id: how many effects each request had.
+fn effects_by_transfer(stack: &Stack, service: &WalletService) -> HashMap<String, Vec<Effect>> {
+    let wallet_ids: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("wallets:all")
+        .query(&mut stack.redis.conn())
+        .expect("wallets:all");
+    let mut effects: HashMap<String, Vec<Effect>> = HashMap::new();
+    for id in &wallet_ids {
+        for e in service.history(id).expect("history") {
+            effects
+                .entry(e.transfer_id.clone())
+                .or_default()
+                .push((id.clone(), e.kind, e.amount));
+        }
+    }
+    effects
+}
+
+/// What [`check_request`] found about one request.
+struct RequestFindings {
+    lost: bool,
+    doubled: bool,
+    violations: Vec<String>,
+}
+
+/// One request against its recorded `outcome`, its history `entries` and its result
+/// messages (`answers`).
+fn check_request(
+    r: &TransferRequest,
+    outcome: Option<&TransferOutcome>,
+    entries: &[Effect],
+    answers: &[TransferCompleted],
+    no_failures: bool,
+) -> RequestFindings {
+    let id = &r.transfer_id;
+    let Some(outcome) = outcome else {
+        let mut violations = vec![format!("{id}: no recorded outcome")];
+        if !entries.is_empty() {
+            violations.push(format!(
+                "{id}: {} history entries but no outcome",
+                entries.len()
+            ));
+        }
+        return RequestFindings {
+            lost: true,
+            doubled: !entries.is_empty(),
+            violations,
+        };
+    };
+    let mut violations = Vec::new();
+    if answers.is_empty() {
+        violations.push(format!("{id}: no result message"));
+    }
+    if outcome.transfer_id != *id {
+        violations.push(format!(
+            "{id}: outcome recorded for {}",
+            outcome.transfer_id
+        ));
+    }
+    let (doubled, effects) = effects_violation(r, outcome, entries);
+    violations.extend(effects);
+    violations.extend(outcome_violation(id, outcome, no_failures));
+    violations.extend(
+        answers
+            .iter()
+            .filter_map(|a| answer_violation(r, outcome, a)),
+    );
+    RequestFindings {
+        lost: answers.is_empty(),
+        doubled,
+        violations,
+    }
+}
+
+/// Whether the request had more effects than its outcome allows, and what is wrong with them:
+/// a COMPLETED transfer is one debit of its amount on `from_user` and one credit on `to_user`,
+/// a FAILED one nothing.
+fn effects_violation(
+    r: &TransferRequest,
+    outcome: &TransferOutcome,
+    entries: &[Effect],
+) -> (bool, Option<String>) {
+    let mut want = match outcome.status {
+        Status::Completed => vec![
+            (r.from_user.clone(), HistoryKind::Debit, r.amount),
+            (r.to_user.clone(), HistoryKind::Credit, r.amount),
+        ],
+        Status::Failed => Vec::new(),
+    };
+    let doubled = entries.len() > want.len();
+    let mut got = entries.to_vec();
+    got.sort_by_key(|(w, k, _)| (w.clone(), k.as_str()));
+    want.sort_by_key(|(w, k, _)| (w.clone(), k.as_str()));
+    let problem = (got != want).then(|| {
+        format!(
+            "{}: {:?} outcome, history entries {got:?}, expected {want:?}",
+            r.transfer_id, outcome.status
+        )
+    });
+    (doubled, problem)
+}
+
+/// A FAILED outcome that the scenario rules out, or one with a reason that is not a business
+/// rule (a fault must never end in a recorded failure).
+fn outcome_violation(id: &str, outcome: &TransferOutcome, no_failures: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if no_failures && outcome.status != Status::Completed {
+        out.push(format!(
+            "{id}: FAILED ({:?}) although every wallet could pay",
+            outcome.reason
+        ));
+    }
+    let business = matches!(
+        outcome.reason,
+        Some(
+            FailureReason::InsufficientFunds
+                | FailureReason::SameUser
+                | FailureReason::WalletNotFound
+                | FailureReason::WalletInactive
+                | FailureReason::CurrencyMismatch
+        )
+    );
+    if outcome.status == Status::Failed && !business {
+        out.push(format!(
+            "{id}: recorded FAILED with a non-business reason {:?}",
+            outcome.reason
+        ));
+    }
+    out
+}
+
+/// A result message that disagrees with the recorded outcome.
+fn answer_violation(
+    r: &TransferRequest,
+    outcome: &TransferOutcome,
+    a: &TransferCompleted,
+) -> Option<String> {
+    let agrees = a.status == outcome.status
+        && a.reason == outcome.reason
+        && a.amount == outcome.amount.to_string()
+        && a.idempotency_key == r.idempotency_key;
+    (!agrees).then(|| {
+        format!(
+            "{}: result {:?}/{:?} (amount {}) disagrees with the record {:?}/{:?}",
+            r.transfer_id, a.status, a.reason, a.amount, outcome.status, outcome.reason
+        )
+    })
+}
+
+/// The checker is itself checked: each kind of broken claim is reported, and a sound request
+/// is not.
+#[test]
+fn the_fault_checker_reports_lost_doubled_and_disagreeing_requests() {
+    let r = TransferRequest::new("t1", "a", "b", "10.00", Currency::USD).expect("request");
+    let ten = r.amount;
+    let outcome = TransferOutcome {
+        transfer_id: "t1".into(),
+        idempotency_key: "t1".into(),
+        status: Status::Completed,
+        reason: None,
+        from_user: "a".into(),
+        to_user: "b".into(),
+        amount: ten,
+        currency: "USD".into(),
+        processed_at_ms: 0,
+        from_balance_after: None,
+        to_balance_after: None,
+        duplicate: false,
+        request_hash: String::new(),
+        stats: Default::default(),
+    };
+    let answer = outcome.to_message();
+    let effects = vec![
+        ("a".to_string(), HistoryKind::Debit, ten),
+        ("b".to_string(), HistoryKind::Credit, ten),
+    ];
+    let sound = check_request(
+        &r,
+        Some(&outcome),
+        &effects,
+        std::slice::from_ref(&answer),
+        true,
+    );
+    assert!(!sound.lost && !sound.doubled, "{:?}", sound.violations);
+    assert!(sound.violations.is_empty(), "{:?}", sound.violations);
+
+    let lost = check_request(&r, None, &effects, &[], false);
+    assert!(lost.lost && lost.doubled, "effects without an outcome");
+    let unanswered = check_request(&r, Some(&outcome), &effects, &[], false);
+    assert!(unanswered.lost);
+
+    let mut twice = effects.clone();
+    twice.push(("a".to_string(), HistoryKind::Debit, ten));
+    let doubled = check_request(
+        &r,
+        Some(&outcome),
+        &twice,
+        std::slice::from_ref(&answer),
+        false,
+    );
+    assert!(doubled.doubled && !doubled.lost);
+    assert_eq!(doubled.violations.len(), 1, "{:?}", doubled.violations);
+
+    let mut other = answer;
+    other.status = Status::Failed;
+    let disagreeing = check_request(&r, Some(&outcome), &effects, &[other], false);
+    assert_eq!(
+        disagreeing.violations.len(),
+        1,
+        "{:?}",
+        disagreeing.violations
+    );
+    assert!(disagreeing.violations[0].contains("disagrees with the record"));
+
+    let failed = TransferOutcome {
+        status: Status::Failed,
+        reason: Some(FailureReason::InvalidRequest),
+        ..outcome
+    };
+    let found = check_request(&r, Some(&failed), &[], &[failed.to_message()], true);
+    assert_eq!(found.violations.len(), 2, "{:?}", found.violations);
+}
