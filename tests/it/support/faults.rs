@@ -467,6 +467,7 @@ fn the_fault_checker_reports_lost_doubled_and_disagreeing_requests() {
         from_balance_after: None,
         to_balance_after: None,
         duplicate: false,
+        origin: None,
         request_hash: String::new(),
         stats: Default::default(),
     };

@@ -11,7 +11,7 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use super::{RedisServer, Tansu, free_port, wait_until};
 use wallet_transfer::TransferCompleted;
 use wallet_transfer::tools::results::{ReadMessage, Start, TopicReader};
-use wallet_transfer::worker::kafka::{self, KafkaConfig};
+use wallet_transfer::worker::kafka::{self, KafkaConfig, TopicSpec};
 
 pub const WALLET_BIN: &str = env!("CARGO_BIN_EXE_wallet");
 
@@ -51,7 +51,11 @@ impl Stack {
         let config = KafkaConfig::new(&tansu.brokers());
         kafka::ensure_topics(
             &config,
-            &[&topics.requests, &topics.results, &topics.dlq],
+            &[
+                TopicSpec::new(&topics.requests),
+                TopicSpec::new(&topics.results),
+                TopicSpec::new(&topics.dlq),
+            ],
             partitions,
             1,
         )
