@@ -1,15 +1,17 @@
 //! The worker as a process: signal handling and the metrics endpoint around a [`Worker`].
 //!
 //! Owns the process-level concerns of running a worker: SIGINT/SIGTERM (the first asks for a
-//! clean stop, a second one exits at once) and serving `/metrics`. Does not own flags (the
-//! binary's `cli::worker` turns them into a [`WorkerConfig`]) nor the pipeline
-//! (`worker::pipeline`).
+//! clean stop, a second one exits at once), serving `/metrics`, `/healthz` and `/readyz`, and
+//! the Redis PING behind readiness. Does not own flags (the binary's `cli::worker` turns them
+//! into a [`WorkerConfig`]) nor the pipeline (`worker::pipeline`), which reports the group and
+//! producer state to [`Metrics::health`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::engine::service::{EngineConfig, WalletService};
+use crate::worker::health;
 use crate::worker::kafka;
 use crate::worker::metrics::{self, Metrics};
 use crate::worker::{Worker, WorkerConfig};
@@ -19,7 +21,7 @@ pub const EXIT_FORCED: i32 = 130;
 
 /// Runs a worker until SIGINT/SIGTERM. Errors are one-line messages for the user.
 ///
-/// `metrics_addr` is where `/metrics` is served, `None` for nowhere. `config` must have passed
+/// `metrics_addr` is where `/metrics`, `/healthz` and `/readyz` are served, `None` for nowhere. `config` must have passed
 /// [`WorkerConfig::validate`] (the caller maps a [`crate::SettingError`] to its own names).
 pub fn run(
     config: WorkerConfig,
@@ -38,6 +40,9 @@ pub fn run(
     let service = WalletService::connect(redis_url, config.threads as u32, engine)
         .map_err(|e| e.to_string())?;
     let metrics = Metrics::new();
+    metrics
+        .health()
+        .set_redis_check(health::redis_ping_check(redis_url)?);
     let _server = match metrics_addr {
         None => None,
         Some(addr) => {

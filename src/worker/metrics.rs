@@ -1,11 +1,14 @@
-//! Prometheus metrics for the worker, and the blocking HTTP endpoint that serves them.
+//! Prometheus metrics for the worker, and the blocking HTTP endpoint that serves them with the
+//! health checks.
 //!
 //! Owns the metric names (all prefixed `wallet_`), their labels and histogram buckets, a private
 //! [`prometheus::Registry`] (nothing goes into the process-global one, so tests and embedding
 //! programs can hold several), the text exposition, a [`MetricsSummary`] for one-line progress
-//! logs, and a tiny_http thread answering `GET /metrics`. Does not decide what is counted when:
-//! the worker calls `record_*`/`set_*` at the right moments; this module never reads Kafka or
-//! Redis and does not log progress itself.
+//! logs, and a tiny_http thread answering `GET /metrics`, `/healthz` and `/readyz`. Does not
+//! decide what is counted when: the worker calls `record_*`/`set_*` at the right moments; this
+//! module never reads Kafka or Redis and does not log progress itself. Readiness comes from the
+//! [`Health`] every `Metrics` carries ([`Metrics::health`]); its gauges are refreshed by each
+//! `/metrics` and `/readyz` request ([`Metrics::check_readiness`]).
 //!
 //! Every `record_*`/`set_*` is a few atomic operations and takes no lock held across calls, so
 //! pool threads call them on the hot path. Durations arrive in microseconds (`_us`, as measured
@@ -25,6 +28,7 @@ use prometheus::{
 
 use crate::engine::message::{FailureReason, Status};
 use crate::engine::transfer::TransferOutcome;
+use crate::worker::health::{Check, Health, Readiness};
 
 /// Bucket upper bounds of `wallet_transfer_latency_seconds`: 0.5 ms to 10 s.
 const TRANSFER_LATENCY_BUCKETS_S: [f64; 14] = [
@@ -43,6 +47,20 @@ const STAGE_BUCKETS_S: [f64; 16] = [
 /// names chosen by the caller (`lock_timeout`, `redis`, `kafka`, ...), never error messages:
 /// every distinct value is a time series forever.
 pub const RETRY_CAUSE_LEN_LIMIT: usize = 32;
+
+/// The `cause` values of `wallet_retries_total` created at zero, so that rates and alerts see
+/// them before the first retry (an alert on `increase` misses a series' first appearance).
+/// Other causes still count; they appear with their first retry.
+pub const RETRY_CAUSES: [&str; 8] = [
+    "lock_timeout",
+    "lock_stuck",
+    "lock_lost",
+    "watch_conflicts",
+    "redis",
+    "redis_pool",
+    "kafka_consume",
+    "kafka_produce",
+];
 
 /// Content type of the Prometheus text exposition format.
 pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4";
@@ -75,6 +93,10 @@ struct Inner {
     retrying_jobs: IntGauge,
     retry_oldest_age: Gauge,
     locks_without_ttl: IntCounter,
+    ready: IntGauge,
+    ready_check: IntGaugeVec,
+    assigned_partitions: IntGauge,
+    health: Health,
 }
 
 /// The stages of one message's way through the worker, for `wallet_stage_seconds`.
@@ -242,10 +264,33 @@ impl Metrics {
                 "wallet_locks_without_ttl_total",
                 "Distinct wallet locks found held with no ttl (never released by themselves; see wallet locks).",
             ),
+            ready: gauge(
+                &r,
+                "wallet_ready",
+                "1 when the worker is ready (/readyz answers 200): partitions assigned or a join in progress, Redis answering PING, the result producer not fatal; checked at each scrape.",
+            ),
+            ready_check: gauge_vec(
+                &r,
+                "wallet_ready_check",
+                "1 when this part of readiness passes (check = group, redis, producer), 0 when it fails; checked at each scrape.",
+                &["check"],
+            ),
+            assigned_partitions: gauge(
+                &r,
+                "wallet_assigned_partitions",
+                "Partitions of the requests topic assigned to this worker by the last completed group join.",
+            ),
+            health: Health::new(),
             registry: r,
         };
         for stage in Stage::ALL {
             inner.stage_latency.with_label_values(&[stage.as_str()]);
+        }
+        for cause in RETRY_CAUSES {
+            inner.retries.with_label_values(&[cause]);
+        }
+        for check in Check::ALL {
+            inner.ready_check.with_label_values(&[check.as_str()]);
         }
         // Create the expected outcome series at zero, so rates and alerts see them before the
         // first occurrence.
@@ -374,6 +419,30 @@ impl Metrics {
         // Absent series (never set) are fine: there is nothing to drop.
         let _ = self.inner.committed_offset.remove_label_values(&[&label]);
         let _ = self.inner.consumer_lag.remove_label_values(&[&label]);
+    }
+
+    /// The readiness inputs of this worker: the pipeline reports the group and a fatal producer
+    /// error to it, the process installs the Redis check.
+    pub fn health(&self) -> &Health {
+        &self.inner.health
+    }
+
+    /// Checks readiness now (running the Redis check once) and sets `wallet_ready`,
+    /// `wallet_ready_check{check}` and `wallet_assigned_partitions` from the verdict.
+    pub fn check_readiness(&self) -> Readiness {
+        let inner = &self.inner;
+        let readiness = inner.health.check();
+        inner.ready.set(i64::from(readiness.is_ready()));
+        for check in Check::ALL {
+            inner
+                .ready_check
+                .with_label_values(&[check.as_str()])
+                .set(i64::from(readiness.passes(check)));
+        }
+        inner
+            .assigned_partitions
+            .set(i64::try_from(readiness.assigned_partitions).unwrap_or(i64::MAX));
+        readiness
     }
 
     /// All metrics in the Prometheus text exposition format ([`CONTENT_TYPE_TEXT`]).
@@ -515,7 +584,8 @@ impl Drop for MetricsServer {
 }
 
 /// Serves `metrics` on `addr` (e.g. `0.0.0.0:9100`, or `127.0.0.1:0` for any free port) from a
-/// background thread: `GET /metrics` answers the text format, anything else 404.
+/// background thread: `GET /metrics` answers the text format, `/healthz` 200 while the process
+/// runs, `/readyz` 200 when ready and 503 with the reasons otherwise; anything else 404.
 pub fn serve(addr: &str, metrics: Metrics) -> Result<MetricsServer, io::Error> {
     let server = tiny_http::Server::http(addr)
         .map_err(|e| io::Error::other(format!("cannot serve metrics on {addr}: {e}")))?;
@@ -532,7 +602,7 @@ pub fn serve(addr: &str, metrics: Metrics) -> Result<MetricsServer, io::Error> {
             let stopping = Arc::clone(&stopping);
             move || serve_loop(&server, &stopping, &metrics)
         })?;
-    log::info!("metrics on http://{bound}/metrics");
+    log::info!("metrics on http://{bound}/metrics, health on /healthz and /readyz");
     Ok(MetricsServer {
         server,
         addr: bound,
@@ -554,16 +624,38 @@ fn serve_loop(server: &tiny_http::Server, stopping: &AtomicBool, metrics: &Metri
             }
         };
         let path = request.url().split('?').next().unwrap_or_default();
-        let response = if *request.method() == tiny_http::Method::Get && path == "/metrics" {
-            let content_type = tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE_TEXT)
-                .expect("constant header is valid");
-            tiny_http::Response::from_string(metrics.render()).with_header(content_type)
-        } else {
-            tiny_http::Response::from_string("not found\n").with_status_code(404)
-        };
+        let get = *request.method() == tiny_http::Method::Get;
+        let (status, content_type, body) = answer(get, path, metrics);
+        let content_type = tiny_http::Header::from_bytes("Content-Type", content_type)
+            .expect("constant header is valid");
+        let response = tiny_http::Response::from_string(body)
+            .with_status_code(status)
+            .with_header(content_type);
         if let Err(e) = request.respond(response) {
             log::debug!("metrics server: response not delivered: {e}");
         }
+    }
+}
+
+/// Status, content type and body for a request to `path` (`get`: the method is GET).
+fn answer(get: bool, path: &str, metrics: &Metrics) -> (u16, &'static str, String) {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    match (get, path) {
+        (true, "/metrics") => {
+            metrics.check_readiness();
+            (200, CONTENT_TYPE_TEXT, metrics.render())
+        }
+        (true, "/healthz") => (200, PLAIN, "ok\n".to_string()),
+        (true, "/readyz") => {
+            let readiness = metrics.check_readiness();
+            let status = if readiness.is_ready() { 200 } else { 503 };
+            (status, PLAIN, format!("{}\n", readiness.describe()))
+        }
+        _ => (
+            404,
+            PLAIN,
+            "not found (try /metrics, /healthz, /readyz)\n".to_string(),
+        ),
     }
 }
 
@@ -876,6 +968,67 @@ mod tests {
         });
         if let Ok(response) = after {
             assert!(response.is_empty(), "answered after drop: {response}");
+        }
+    }
+
+    #[test]
+    fn serves_liveness_and_readiness_with_reasons() {
+        let metrics = Metrics::new();
+        let redis_up = Arc::new(AtomicBool::new(true));
+        metrics.health().set_redis_check({
+            let up = redis_up.clone();
+            move || {
+                if up.load(Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err("PING failed: connection refused".into())
+                }
+            }
+        });
+        let server = serve("127.0.0.1:0", metrics.clone()).unwrap();
+        let addr = server.addr();
+
+        assert_eq!(get(addr, "/healthz").0, 200);
+        let (status, _, body) = get(addr, "/readyz");
+        assert_eq!((status, body.as_str()), (200, "ready\n"));
+
+        redis_up.store(false, Ordering::SeqCst);
+        let (status, _, body) = get(addr, "/readyz");
+        assert_eq!(status, 503);
+        assert_eq!(body, "not ready: redis: PING failed: connection refused\n");
+        assert_eq!(get(addr, "/healthz").0, 200, "alive while not ready");
+        let samples = parse(&get(addr, "/metrics").2);
+        assert_eq!(value(&samples, "wallet_ready", &[]), Some(0.0));
+        let check = |name| value(&samples, "wallet_ready_check", &[("check", name)]);
+        assert_eq!(check("redis"), Some(0.0));
+        assert_eq!(check("group"), Some(1.0));
+        assert_eq!(check("producer"), Some(1.0));
+
+        redis_up.store(true, Ordering::SeqCst);
+        metrics.health().set_assigned(4);
+        assert_eq!(get(addr, "/readyz").0, 200);
+        let samples = parse(&get(addr, "/metrics").2);
+        assert_eq!(value(&samples, "wallet_ready", &[]), Some(1.0));
+        assert_eq!(
+            value(&samples, "wallet_assigned_partitions", &[]),
+            Some(4.0)
+        );
+
+        metrics.health().set_fatal("fenced");
+        let (status, _, body) = get(addr, "/readyz");
+        assert_eq!(status, 503);
+        assert_eq!(body, "not ready: producer: fatal error: fenced\n");
+    }
+
+    #[test]
+    fn known_retry_causes_start_at_zero() {
+        let samples = parse(&Metrics::new().render());
+        for cause in RETRY_CAUSES {
+            assert_eq!(
+                value(&samples, "wallet_retries_total", &[("cause", cause)]),
+                Some(0.0),
+                "{cause}"
+            );
         }
     }
 

@@ -2,8 +2,8 @@
 //! consumer thread; `pool`: transfer threads, delivery reports, retry timer), per-key order
 //! (`keyed`), the delay queue of retries (`retry`), its settings (`config`), the offset
 //! watermark arithmetic it commits by (`offsets`), Kafka client settings and topic admin
-//! (`kafka`), Prometheus metrics (`metrics`), and the process around it (`command`: signals and
-//! the metrics endpoint). Behind the `worker` feature.
+//! (`kafka`), Prometheus metrics (`metrics`), readiness (`health`), and the process around it
+//! (`command`: signals, the metrics and health endpoint). Behind the `worker` feature.
 //!
 //! Owns message transport and delivery discipline. Does not own any transfer logic: every
 //! transfer goes through [`crate::WalletService::transfer`].
@@ -11,6 +11,7 @@
 pub mod command;
 pub mod config;
 mod consumer;
+pub mod health;
 pub mod kafka;
 mod keyed;
 pub mod metrics;

@@ -1,0 +1,369 @@
+//! Liveness and readiness of a worker, answered on the metrics port as `/healthz` and `/readyz`.
+//!
+//! Owns [`Health`], a small thread-safe handle that the pipeline tells about the consumer group
+//! (joining, partitions assigned) and about a fatal producer error, and that runs a Redis check
+//! on demand; and [`Readiness`], the verdict of one check with a reason per failing part. Does
+//! not own the HTTP endpoint (`metrics::serve`) nor the Redis client behind the check (the
+//! process, `command`, installs it with [`Health::set_redis_check`]).
+//!
+//! A worker is ready when all three hold:
+//! - **group**: partitions are assigned, or a join of the consumer group is in progress (a new
+//!   worker starts joining, so it is ready from the start until a join ends with nothing);
+//! - **redis**: the Redis check answers (a PING with a short timeout); ready when none is set;
+//! - **producer**: the result producer has not reported a fatal error (that state is final).
+//!
+//! Liveness (`/healthz`) is the process answering at all: it has no inputs here.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// How a Redis check reports: `Err` carries a one-line reason without secrets.
+pub type RedisCheck = dyn Fn() -> Result<(), String> + Send + Sync;
+
+/// The consumer group as the pipeline last reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupState {
+    /// A join (or rejoin after a revoke) is in progress since then.
+    Joining { since: Instant },
+    /// The last join ended with this many partitions of the requests topic.
+    Assigned { partitions: usize },
+}
+
+/// The parts of readiness, in the order they are reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Group,
+    Redis,
+    Producer,
+}
+
+impl Check {
+    pub const ALL: [Check; 3] = [Check::Group, Check::Redis, Check::Producer];
+
+    /// The `check` label of `wallet_ready_check`, and the prefix of its reason in `/readyz`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::Group => "group",
+            Check::Redis => "redis",
+            Check::Producer => "producer",
+        }
+    }
+}
+
+/// The verdict of one readiness check: a failure reason per failing part, none when ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// `(check, reason)` for each part that is not ready, in [`Check::ALL`] order.
+    pub failing: Vec<(Check, String)>,
+    /// Partitions assigned by the last completed join (0 while the first join runs).
+    pub assigned_partitions: usize,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.failing.is_empty()
+    }
+
+    pub fn passes(&self, check: Check) -> bool {
+        self.failing.iter().all(|(c, _)| *c != check)
+    }
+
+    /// The `/readyz` body: `ready`, or `not ready: group: ...; redis: ...`.
+    pub fn describe(&self) -> String {
+        if self.is_ready() {
+            return "ready".to_string();
+        }
+        let reasons: Vec<String> = self
+            .failing
+            .iter()
+            .map(|(check, reason)| format!("{}: {reason}", check.as_str()))
+            .collect();
+        format!("not ready: {}", reasons.join("; "))
+    }
+}
+
+/// The worker's readiness inputs. Cloning is cheap; every clone sees the same state.
+#[derive(Clone)]
+pub struct Health {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    group: Mutex<GroupState>,
+    fatal: Mutex<Option<String>>,
+    redis_check: Mutex<Option<Arc<RedisCheck>>>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("group", &*self.inner.group.lock())
+            .field("fatal", &*self.inner.fatal.lock())
+            .field("redis_check", &self.inner.redis_check.lock().is_some())
+            .finish()
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health::new()
+    }
+}
+
+impl Health {
+    /// A worker that has just started: joining its group, no fatal error, no Redis check.
+    pub fn new() -> Health {
+        Health {
+            inner: Arc::new(Inner {
+                group: Mutex::new(GroupState::Joining {
+                    since: Instant::now(),
+                }),
+                fatal: Mutex::new(None),
+                redis_check: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// A join of the consumer group started (subscribe, or a revoke before a rebalance).
+    /// Keeps the start of a join already in progress.
+    pub fn set_joining(&self) {
+        let mut group = self.inner.group.lock();
+        if !matches!(*group, GroupState::Joining { .. }) {
+            *group = GroupState::Joining {
+                since: Instant::now(),
+            };
+        }
+    }
+
+    /// A join ended with `partitions` partitions assigned to this worker (0: not ready).
+    pub fn set_assigned(&self, partitions: usize) {
+        *self.inner.group.lock() = GroupState::Assigned { partitions };
+    }
+
+    /// The result producer reported a fatal error: not ready for good. The first reason stays.
+    pub fn set_fatal(&self, reason: impl Into<String>) {
+        self.inner.fatal.lock().get_or_insert_with(|| reason.into());
+    }
+
+    /// Installs the Redis check run on every readiness check; it must return within about a
+    /// second (a PING with a short timeout).
+    pub fn set_redis_check(&self, check: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
+        *self.inner.redis_check.lock() = Some(Arc::new(check));
+    }
+
+    pub fn group(&self) -> GroupState {
+        *self.inner.group.lock()
+    }
+
+    pub fn fatal(&self) -> Option<String> {
+        self.inner.fatal.lock().clone()
+    }
+
+    /// Checks readiness now: the reported state, and the Redis check run once (no lock is held
+    /// while it runs).
+    pub fn check(&self) -> Readiness {
+        let group = self.group();
+        let mut failing = Vec::new();
+        if let Some(reason) = group_failure(group) {
+            failing.push((Check::Group, reason));
+        }
+        let redis_check = self.inner.redis_check.lock().clone();
+        if let Some(Err(reason)) = redis_check.map(|check| check()) {
+            failing.push((Check::Redis, reason));
+        }
+        if let Some(reason) = self.fatal() {
+            failing.push((Check::Producer, format!("fatal error: {reason}")));
+        }
+        let assigned_partitions = match group {
+            GroupState::Assigned { partitions } => partitions,
+            GroupState::Joining { .. } => 0,
+        };
+        Readiness {
+            failing,
+            assigned_partitions,
+        }
+    }
+}
+
+/// Why the group state is not ready, if it is not. Pure.
+fn group_failure(group: GroupState) -> Option<String> {
+    match group {
+        GroupState::Assigned { partitions: 0 } => Some(
+            "no partitions assigned (more workers than partitions, or the group coordinator \
+             left this member out)"
+                .to_string(),
+        ),
+        GroupState::Assigned { .. } | GroupState::Joining { .. } => None,
+    }
+}
+
+/// Longest a Redis readiness check waits to connect, and then for the PING's answer.
+pub const REDIS_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A Redis check for [`Health::set_redis_check`]: PING over a connection of its own (not one of
+/// the transfer pool's), kept between checks and opened again after an error, each step bounded
+/// by [`REDIS_CHECK_TIMEOUT`]. Errors never contain the URL (it may hold a password).
+pub fn redis_ping_check(
+    redis_url: &str,
+) -> Result<impl Fn() -> Result<(), String> + Send + Sync + 'static, String> {
+    let client = redis::Client::open(redis_url).map_err(|e| format!("bad Redis URL: {e}"))?;
+    let conn: Mutex<Option<redis::Connection>> = Mutex::new(None);
+    Ok(move || {
+        let mut conn = conn.lock();
+        let result = ping(&client, &mut conn);
+        if result.is_err() {
+            // Whatever state it is in, do not reuse it.
+            *conn = None;
+        }
+        result
+    })
+}
+
+fn ping(client: &redis::Client, conn: &mut Option<redis::Connection>) -> Result<(), String> {
+    if conn.is_none() {
+        let opened = client
+            .get_connection_with_timeout(REDIS_CHECK_TIMEOUT)
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        opened
+            .set_read_timeout(Some(REDIS_CHECK_TIMEOUT))
+            .and_then(|()| opened.set_write_timeout(Some(REDIS_CHECK_TIMEOUT)))
+            .map_err(|e| format!("cannot set timeouts: {e}"))?;
+        *conn = Some(opened);
+    }
+    let open = conn.as_mut().expect("opened above");
+    let reply: String = redis::cmd("PING")
+        .query(open)
+        .map_err(|e| format!("PING failed: {e}"))?;
+    if reply == "PONG" {
+        Ok(())
+    } else {
+        Err(format!("PING answered {reply:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn a_new_worker_is_joining_and_ready() {
+        let health = Health::new();
+        assert!(matches!(health.group(), GroupState::Joining { .. }));
+        let readiness = health.check();
+        assert!(readiness.is_ready(), "{readiness:?}");
+        assert_eq!(readiness.describe(), "ready");
+        assert_eq!(readiness.assigned_partitions, 0);
+    }
+
+    #[test]
+    fn an_empty_assignment_is_not_ready_and_a_new_join_is() {
+        let health = Health::new();
+        health.set_assigned(3);
+        let readiness = health.check();
+        assert!(readiness.is_ready());
+        assert_eq!(readiness.assigned_partitions, 3);
+
+        health.set_assigned(0);
+        let readiness = health.check();
+        assert!(!readiness.passes(Check::Group));
+        assert!(readiness.passes(Check::Redis));
+        assert!(
+            readiness
+                .describe()
+                .starts_with("not ready: group: no partitions assigned"),
+            "{}",
+            readiness.describe()
+        );
+
+        health.set_joining();
+        assert!(health.check().is_ready());
+    }
+
+    #[test]
+    fn a_join_in_progress_keeps_its_start() {
+        let health = Health::new();
+        let GroupState::Joining { since } = health.group() else {
+            panic!("joining")
+        };
+        std::thread::sleep(Duration::from_millis(5));
+        health.set_joining();
+        assert_eq!(health.group(), GroupState::Joining { since });
+    }
+
+    #[test]
+    fn the_redis_check_runs_on_every_check() {
+        let health = Health::new();
+        let up = Arc::new(AtomicBool::new(true));
+        health.set_redis_check({
+            let up = up.clone();
+            move || {
+                if up.load(Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err("PING: connection refused".to_string())
+                }
+            }
+        });
+        assert!(health.check().is_ready());
+        up.store(false, Ordering::SeqCst);
+        let readiness = health.check();
+        assert_eq!(
+            readiness.describe(),
+            "not ready: redis: PING: connection refused"
+        );
+        up.store(true, Ordering::SeqCst);
+        assert!(health.check().is_ready());
+    }
+
+    #[test]
+    fn a_fatal_producer_error_is_final_and_keeps_the_first_reason() {
+        let health = Health::new();
+        health.set_fatal("the result producer hit a fatal error: fenced");
+        health.set_fatal("a later one");
+        health.set_assigned(0);
+        let readiness = health.check();
+        assert_eq!(
+            readiness
+                .failing
+                .iter()
+                .map(|(c, _)| *c)
+                .collect::<Vec<_>>(),
+            vec![Check::Group, Check::Producer],
+            "reported in Check::ALL order"
+        );
+        assert!(
+            readiness
+                .describe()
+                .ends_with("producer: fatal error: the result producer hit a fatal error: fenced"),
+            "{}",
+            readiness.describe()
+        );
+        health.set_assigned(2);
+        assert!(!health.check().is_ready(), "fatal is final");
+    }
+
+    #[test]
+    fn the_redis_ping_check_reports_an_unreachable_server_without_the_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let check = redis_ping_check(&format!("redis://:hunter2@127.0.0.1:{port}")).unwrap();
+        let started = Instant::now();
+        let error = check().unwrap_err();
+        assert!(error.starts_with("cannot connect"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+        assert!(started.elapsed() < REDIS_CHECK_TIMEOUT * 4);
+        assert!(redis_ping_check("nonsense://x").is_err());
+    }
+
+    #[test]
+    fn clones_share_the_state() {
+        let health = Health::new();
+        health.clone().set_assigned(0);
+        assert!(!health.check().is_ready());
+    }
+}
