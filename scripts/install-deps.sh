@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a fresh Debian machine, skipping what is there:
-#   redis-server (Debian package) and the tansu broker (crates.io, pinned).
+#   redis-server and prometheus (Debian packages: prometheus and promtool run the monitoring
+#   tests) and the tansu broker (crates.io, pinned).
 # A cold build of tansu takes 20-25 minutes on 2 cores; it is skipped when a tansu binary is
 # already on PATH, in ~/.cargo/bin, or named by TANSU_BIN.
 set -euo pipefail
@@ -29,6 +30,19 @@ else
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
   # The package starts a system service on 6379; the tests do not use it.
   (systemctl stop redis-server 2>/dev/null || service redis-server stop 2>/dev/null || true)
+fi
+
+have() { # have ENV_VAR command: the file named by ENV_VAR, or the command on PATH
+  if [ -n "${!1:-}" ]; then [ -x "${!1}" ]; else command -v "$2" >/dev/null 2>&1; fi
+}
+if have PROMETHEUS_BIN prometheus && have PROMTOOL_BIN promtool; then
+  echo "install-deps: prometheus and promtool already installed (or named by PROMETHEUS_BIN, PROMTOOL_BIN)"
+else
+  echo "install-deps: installing prometheus and promtool (apt-get)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # The package starts a system service on 9090; the tests start their own Prometheus.
+  (systemctl stop prometheus 2>/dev/null || service prometheus stop 2>/dev/null || true)
 fi
 
 if [ -n "${TANSU_BIN:-}" ] && [ -x "$TANSU_BIN" ]; then
