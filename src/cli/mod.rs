@@ -1,6 +1,6 @@
 //! The `wallet` command line: what the tool is, the options every subcommand shares, and the
 //! dispatch to one file per subcommand (`seed.rs`, `bench.rs`, `worker.rs`, `snapshot.rs`,
-//! `status.rs`, `deposit.rs`, `locks.rs`, `audit.rs`, `transfer.rs`, `produce.rs`).
+//! `status.rs`, `deposit.rs`, `locks.rs`, `audit.rs`, `transfer.rs`, `produce.rs`, `top.rs`).
 //!
 //! Owns [`Cli`], [`GlobalOpts`] (Redis, Kafka and lock flags), the [`Command`] list, the
 //! [`Failure`] type and its exit codes, the stdout helpers ([`print_out`], [`json_out`],
@@ -25,6 +25,7 @@ mod produce;
 mod seed;
 mod snapshot;
 mod status;
+mod top;
 mod transfer;
 mod worker;
 
@@ -45,6 +46,7 @@ and of its Kafka worker.
   send      transfer (one request), produce (the six race scenarios end to end)
   inspect   snapshot (every wallet), status (the outcome of an idempotency key),
             locks (held wallet locks), audit (the ledger invariants)
+  watch     top (live view of running workers from their /metrics)
   change    deposit (add money to a wallet), seed (create demo users)
   measure   bench (throughput and latency, in-process or through Kafka)
 
@@ -227,6 +229,8 @@ pub enum Command {
     Transfer(transfer::TransferArgs),
     /// Run the six race scenarios end to end through Kafka against a running worker
     Produce(produce::ProduceArgs),
+    /// Live view of running workers from their /metrics: transfers/s, latency, lag, retries
+    Top(top::TopArgs),
 }
 
 /// Runs the parsed command line.
@@ -243,6 +247,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Audit(args) => audit::run(global, args),
         Command::Transfer(args) => transfer::run(global, args),
         Command::Produce(args) => produce::run(global, args),
+        Command::Top(args) => top::run(global, args),
     }
 }
 
@@ -465,9 +470,9 @@ mod tests {
 
     use super::*;
 
-    const SUBCOMMANDS: [&str; 10] = [
+    const SUBCOMMANDS: [&str; 11] = [
         "seed", "bench", "worker", "snapshot", "status", "deposit", "locks", "audit", "transfer",
-        "produce",
+        "produce", "top",
     ];
 
     #[test]
