@@ -9,6 +9,7 @@ mod bench_e2e;
 mod engine;
 mod faults;
 mod kafka;
+mod monitoring;
 mod ops;
 mod produce;
 mod seed;

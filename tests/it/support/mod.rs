@@ -210,7 +210,17 @@ impl RedisServer {
 
     /// Kills the server (SIGKILL) and starts it again on the same port from its AOF.
     pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// Kills the server (SIGKILL) and leaves it stopped: the port refuses connections.
+    pub fn stop(&mut self) {
         self.child.kill();
+    }
+
+    /// Starts a server stopped by [`RedisServer::stop`] again, on its port, from its AOF.
+    pub fn start_again(&mut self) {
         respawn("redis-server", || self.spawn());
     }
 }
