@@ -411,6 +411,8 @@ struct Figures {
     ready: Option<bool>,
     failing_checks: Vec<String>,
     assigned_partitions: Option<f64>,
+    /// A group join is in progress (`wallet_group_joining`).
+    joining: bool,
     completed_per_s: Option<f64>,
     failed_per_s: Option<f64>,
     duplicates_per_s: Option<f64>,
@@ -481,6 +483,9 @@ fn figures(previous: Option<&Scrape>, latest: &Scrape) -> Figures {
             .map(|(check, _)| check)
             .collect(),
         assigned_partitions: now.sum("wallet_assigned_partitions", &[]),
+        joining: now
+            .sum("wallet_group_joining", &[])
+            .is_some_and(|v| v >= 1.0),
         completed_per_s: rate("wallet_transfers_total", &[("status", "COMPLETED")]),
         failed_per_s: rate("wallet_transfers_total", &[("status", "FAILED")]),
         duplicates_per_s: rate("wallet_duplicates_total", &[]),
@@ -688,9 +693,13 @@ fn detail_line(label: String, view: &View) -> Line<'static> {
             .collect::<Vec<_>>()
             .join(" ")
     };
+    let partitions = if f.joining {
+        "joining".to_string()
+    } else {
+        count_text(f.assigned_partitions)
+    };
     spans.push(Span::raw(format!(
-        "  partitions {}  lag {}  retries/s {}  failed/s {}",
-        count_text(f.assigned_partitions),
+        "  partitions {partitions}  lag {}  retries/s {}  failed/s {}",
         list(&f.lag_by_partition, |v| format!("{v:.0}")),
         list(&f.retries_by_cause_per_s, |v| rate_text(Some(v))),
         list(&f.failed_by_reason_per_s, |v| rate_text(Some(v))),
@@ -808,8 +817,9 @@ fn header_lines(views: &[(String, View)], interval: Duration) -> Vec<Line<'stati
             .fold(None, |acc, v| Some(acc.unwrap_or(0.0) + v))
     };
     let title = format!(
-        "wallet top  {} workers: {} up, {} ready, {} down   every {} ms   q quits",
+        "wallet top  {} worker{}: {} up, {} ready, {} down   every {} ms   q quits",
         views.len(),
+        if views.len() == 1 { "" } else { "s" },
         ups.len(),
         ready,
         views.len() - ups.len(),
@@ -867,6 +877,8 @@ mod tests {
     /// What a worker exports, abridged, after `n` transfers (`n` of them took 3 ms in the
     /// transfer stage).
     fn exposition(n: u64, ready: bool) -> String {
+        // A worker that is not ready is also rejoining its group, here.
+        let joining = u8::from(!ready);
         let ready = u8::from(ready);
         format!(
             r#"# HELP wallet_transfers_total Transfer outcomes.
@@ -891,6 +903,7 @@ wallet_ready_check{{check="group"}} 1
 wallet_ready_check{{check="redis"}} {ready}
 wallet_ready_check{{check="producer"}} 1
 wallet_assigned_partitions 2
+wallet_group_joining {joining}
 wallet_stage_seconds_bucket{{stage="transfer",le="0.001"}} 0
 wallet_stage_seconds_bucket{{stage="transfer",le="0.005"}} {n}
 wallet_stage_seconds_bucket{{stage="transfer",le="+Inf"}} {n}
@@ -1078,6 +1091,10 @@ wallet_stage_seconds_bucket{{stage="ack",le="+Inf"}} 0
             .expect("a latency row");
         assert!(latency.contains("3.00ms / 4.96ms"), "{latency}");
         assert!(line("partitions 2").contains("lag 0=12 3=5"), "{text}");
+        assert!(
+            line("10.0.0.2:9898  partitions joining").contains("lag 0=12"),
+            "{text}"
+        );
         assert!(text.lines().count() <= usize::from(frame_height(3)));
     }
 

@@ -59,6 +59,8 @@ pub struct Readiness {
     pub failing: Vec<(Check, String)>,
     /// Partitions assigned by the last completed join (0 while the first join runs).
     pub assigned_partitions: usize,
+    /// A group join is in progress.
+    pub joining: bool,
 }
 
 impl Readiness {
@@ -176,13 +178,14 @@ impl Health {
         if let Some(reason) = self.fatal() {
             failing.push((Check::Producer, format!("fatal error: {reason}")));
         }
-        let assigned_partitions = match group {
-            GroupState::Assigned { partitions } => partitions,
-            GroupState::Joining { .. } => 0,
+        let (assigned_partitions, joining) = match group {
+            GroupState::Assigned { partitions } => (partitions, false),
+            GroupState::Joining { .. } => (0, true),
         };
         Readiness {
             failing,
             assigned_partitions,
+            joining,
         }
     }
 }
@@ -256,6 +259,7 @@ mod tests {
         assert!(readiness.is_ready(), "{readiness:?}");
         assert_eq!(readiness.describe(), "ready");
         assert_eq!(readiness.assigned_partitions, 0);
+        assert!(readiness.joining);
     }
 
     #[test]
@@ -265,6 +269,7 @@ mod tests {
         let readiness = health.check();
         assert!(readiness.is_ready());
         assert_eq!(readiness.assigned_partitions, 3);
+        assert!(!readiness.joining);
 
         health.set_assigned(0);
         let readiness = health.check();

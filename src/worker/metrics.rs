@@ -96,6 +96,7 @@ struct Inner {
     ready: IntGauge,
     ready_check: IntGaugeVec,
     assigned_partitions: IntGauge,
+    group_joining: IntGauge,
     health: Health,
 }
 
@@ -280,6 +281,11 @@ impl Metrics {
                 "wallet_assigned_partitions",
                 "Partitions of the requests topic assigned to this worker by the last completed group join.",
             ),
+            group_joining: gauge(
+                &r,
+                "wallet_group_joining",
+                "1 while a consumer group join (or rejoin after a revoke) is in progress, 0 once partitions are assigned.",
+            ),
             health: Health::new(),
             registry: r,
         };
@@ -428,7 +434,8 @@ impl Metrics {
     }
 
     /// Checks readiness now (running the Redis check once) and sets `wallet_ready`,
-    /// `wallet_ready_check{check}` and `wallet_assigned_partitions` from the verdict.
+    /// `wallet_ready_check{check}`, `wallet_assigned_partitions` and `wallet_group_joining` from
+    /// the verdict.
     pub fn check_readiness(&self) -> Readiness {
         let inner = &self.inner;
         let readiness = inner.health.check();
@@ -442,6 +449,7 @@ impl Metrics {
         inner
             .assigned_partitions
             .set(i64::try_from(readiness.assigned_partitions).unwrap_or(i64::MAX));
+        inner.group_joining.set(i64::from(readiness.joining));
         readiness
     }
 
@@ -999,6 +1007,7 @@ mod tests {
         assert_eq!(get(addr, "/healthz").0, 200, "alive while not ready");
         let samples = parse(&get(addr, "/metrics").2);
         assert_eq!(value(&samples, "wallet_ready", &[]), Some(0.0));
+        assert_eq!(value(&samples, "wallet_group_joining", &[]), Some(1.0));
         let check = |name| value(&samples, "wallet_ready_check", &[("check", name)]);
         assert_eq!(check("redis"), Some(0.0));
         assert_eq!(check("group"), Some(1.0));
@@ -1013,6 +1022,7 @@ mod tests {
             value(&samples, "wallet_assigned_partitions", &[]),
             Some(4.0)
         );
+        assert_eq!(value(&samples, "wallet_group_joining", &[]), Some(0.0));
 
         metrics.health().set_fatal("fenced");
         let (status, _, body) = get(addr, "/readyz");

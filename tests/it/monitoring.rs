@@ -631,10 +631,7 @@ fn wallet_top_shows_an_unreachable_endpoint_as_down() {
         "{frame}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(
-        frame.contains("1 workers: 0 up, 0 ready, 1 down"),
-        "{frame}"
-    );
+    assert!(frame.contains("1 worker: 0 up, 0 ready, 1 down"), "{frame}");
     assert!(
         frame.contains(&format!("127.0.0.1:{port}  down: ")),
         "{frame}"
