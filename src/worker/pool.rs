@@ -178,7 +178,7 @@ impl PoolThread {
 
     /// Counts a transient error by cause; a lock held with no ttl is logged and counted once.
     fn note_transient(&self, e: &TransferError) {
-        self.shared.metrics.record_retry(retry_cause(e));
+        self.shared.metrics.record_retry(e.kind());
         let TransferError::LockTimeout(LockError::Timeout { no_ttl, .. }) = e else {
             return;
         };
@@ -495,17 +495,6 @@ fn conflict_answer(request: &crate::engine::message::TransferRequest) -> Transfe
     .echo_failed();
     echo.reason = Some(FailureReason::IdempotencyConflict);
     echo
-}
-
-fn retry_cause(e: &TransferError) -> &'static str {
-    match e {
-        TransferError::LockTimeout(_) => "lock_timeout",
-        TransferError::LockLost(_) => "lock_lost",
-        TransferError::WatchConflicts(_) => "watch_conflicts",
-        TransferError::Redis(_) => "redis",
-        TransferError::Pool(_) => "redis_pool",
-        TransferError::IdempotencyConflict { .. } | TransferError::Corrupt { .. } => "other",
-    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 use wallet_transfer::engine::message::{Decoded, decode};
 use wallet_transfer::tools::ops;
+use wallet_transfer::worker::config::DLQ_PAYLOAD_BYTES_LIMIT;
 use wallet_transfer::{
     Amount, EngineConfig, FailureReason, Status, TransferCompleted, TransferRequest,
 };
@@ -502,19 +503,24 @@ fn poison_flood_goes_to_the_dlq_and_every_good_request_completes() {
         recovery,
         false,
     );
-    let mut want: HashMap<&[u8], i64> = HashMap::new();
+    // A dead letter carries its payload whole, or its first DLQ_PAYLOAD_BYTES_LIMIT bytes with
+    // the full length in a `truncated` header.
+    let cut = |b: &[u8]| b[..b.len().min(DLQ_PAYLOAD_BYTES_LIMIT)].to_vec();
+    let mut want: HashMap<(Vec<u8>, Option<String>), i64> = HashMap::new();
     for b in &bad {
-        *want.entry(b.as_slice()).or_default() += 1;
+        let truncated = (b.len() > DLQ_PAYLOAD_BYTES_LIMIT).then(|| b.len().to_string());
+        *want.entry((cut(b), truncated)).or_default() += 1;
     }
     for m in &dlq.messages {
-        *want.entry(m.payload.as_slice()).or_default() -= 1;
+        let truncated = m.headers.get("truncated").cloned();
+        *want.entry((m.payload.clone(), truncated)).or_default() -= 1;
         if m.headers.get("error").is_none_or(String::is_empty) {
             report
                 .violations
                 .push(format!("dead letter at {} without error header", m.offset));
         }
     }
-    for (payload, missing) in want.iter().filter(|(_, c)| **c != 0) {
+    for ((payload, _), missing) in want.iter().filter(|(_, c)| **c != 0) {
         report.violations.push(format!(
             "dlq count off by {missing} for {:?}",
             String::from_utf8_lossy(&payload[..payload.len().min(80)])

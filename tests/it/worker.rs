@@ -7,6 +7,7 @@ use crate::support::stack::result_of;
 use crate::support::{create_wallets, wait_until};
 use rand::{RngExt, SeedableRng};
 use wallet_transfer::tools::ops;
+use wallet_transfer::worker::config::DLQ_PAYLOAD_BYTES_LIMIT;
 use wallet_transfer::{Amount, Currency, EngineConfig, Status, TransferRequest};
 
 /// Creates `n` wallets `w0..w{n-1}` with random balances; returns ids and the opening total.
@@ -193,7 +194,22 @@ fn poison_goes_to_the_dead_letter_topic_and_the_worker_carries_on() {
     let dead = dlq.read_until(poison.len(), 60_000).to_vec();
     assert_eq!(dead.len(), poison.len());
     for (m, (what, payload)) in dead.iter().zip(&poison) {
-        assert_eq!(&m.payload, payload, "{what}: forwarded unchanged");
+        // Forwarded whole up to the decode cap; a longer payload is cut, and says so.
+        let kept = &payload[..payload.len().min(DLQ_PAYLOAD_BYTES_LIMIT)];
+        assert!(
+            m.payload == kept,
+            "{what}: dead letter of {} bytes, want the first {} of {}",
+            m.payload.len(),
+            kept.len(),
+            payload.len()
+        );
+        let truncated =
+            (payload.len() > DLQ_PAYLOAD_BYTES_LIMIT).then(|| payload.len().to_string());
+        assert_eq!(
+            m.headers.get("truncated"),
+            truncated.as_ref(),
+            "{what}: truncated header"
+        );
         assert!(!m.headers["error"].is_empty(), "{what}: error header");
         assert_eq!(m.headers["source_partition"], "0");
         assert!(m.headers.contains_key("source_offset"));
