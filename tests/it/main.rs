@@ -12,4 +12,5 @@ mod kafka;
 mod ops;
 mod produce;
 mod seed;
+mod semantics;
 mod worker;

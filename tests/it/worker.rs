@@ -168,6 +168,9 @@ fn poison_goes_to_the_dead_letter_topic_and_the_worker_carries_on() {
         ("not json", b"this is not json".to_vec()),
         ("empty", Vec::new()),
         ("2 MB", vec![b'x'; 2 * 1024 * 1024]),
+        // Fits a topic's default 1 MiB limit, but with headers it would not fit a dead-letter
+        // topic of the same limit unless cut.
+        ("1,048,400 bytes", vec![b'{'; 1_048_400]),
         (
             "no transfer_id",
             br#"{"from_user":"a","to_user":"b","amount":"1"}"#.to_vec(),
