@@ -427,14 +427,16 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
-    /// Answers from a recorded outcome: the same answer marked duplicate, or a conflict when
-    /// the key was used for a different request.
+    /// Answers from a recorded outcome: the original answer for a redelivery of the message
+    /// that produced it, the same answer marked duplicate for any other message, or a conflict
+    /// when the key was used for a different request. A record without a fingerprint (written
+    /// before fingerprints were recorded) cannot conflict.
     fn replay(
         &mut self,
         recorded: &HashMap<String, String>,
     ) -> Result<TransferOutcome, TransferError> {
         let original = parse_outcome(&self.outcome_key, recorded)?;
-        if original.request_hash != self.fingerprint {
+        if !original.request_hash.is_empty() && original.request_hash != self.fingerprint {
             return Err(TransferError::IdempotencyConflict {
                 key: original.idempotency_key.clone(),
                 recorded: original.request_hash.clone(),

@@ -153,13 +153,17 @@ fn stalled_lock_holder_cannot_double_spend_or_overwrite() {
     results.drain_tolerant(1_000);
     let stale =
         ["lock_lost", "watch_conflicts"].map(|c| format!(r#"wallet_retries_total{{cause="{c}"}}"#));
-    let stale: Vec<&str> = stale.iter().map(String::as_str).collect();
+    let mut stale: Vec<&str> = stale.iter().map(String::as_str).collect();
+    stale.push("wallet_watch_conflicts_total");
     let a_stale = metric_sum(&a, &stale);
     let b_stale = metric_sum(&b, &stale);
     println!(
         "retries after the stall (lock_lost + watch_conflicts + redis): A {a_stale}, B {b_stale}"
     );
     assert!(a.is_running(), "A carries on after SIGCONT");
+    // A was stopped holding locks with a WATCHed read in hand: resuming, its EXEC must have
+    // aborted (or its lock check failed). Zero would mean the stale path never ran.
+    assert!(a_stale >= 1.0, "A took the stale path after the stall");
     let report = check(
         &stack,
         "holder SIGSTOP > lock ttl",
