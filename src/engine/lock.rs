@@ -7,6 +7,7 @@
 //! what is done under the lock; `transfer` decides that, and may hand the release to its own
 //! MULTI/EXEC (see [`LockGuard::released_by_exec`]).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -380,6 +381,81 @@ impl Drop for LockGuard {
     }
 }
 
+/// How long a lock found held with no ttl makes transfers on its wallet fail fast before one
+/// of them probes it again.
+pub const STUCK_RECHECK_MS: u64 = 1_000;
+/// Most lock keys remembered as stuck; past it, further stuck keys are not remembered (their
+/// transfers take the normal, slower path).
+pub const STUCK_KEYS_LIMIT: usize = 10_000;
+
+/// Locks found held with no ttl, remembered per process: transfers on those wallets fail fast
+/// (a transient error, so the caller retries later without holding a thread) instead of each
+/// spending its lock retries, and one transfer per [`STUCK_RECHECK_MS`] probes with a single
+/// attempt. Such a lock never expires by itself; an operator deletes it.
+#[derive(Debug, Default)]
+pub struct StuckLocks {
+    /// Key -> when it may be probed next.
+    keys: Mutex<HashMap<String, Instant>>,
+}
+
+/// Whether a lock acquisition may go ahead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// None of the keys is known stuck.
+    Normal,
+    /// A known stuck key is due for a recheck: try once, without retries.
+    Probe,
+    /// This key is known stuck and not due yet: fail fast.
+    Refused(String),
+}
+
+impl StuckLocks {
+    pub fn admit(&self, keys: &[String]) -> Admission {
+        let mut stuck = self.keys.lock();
+        if stuck.is_empty() {
+            return Admission::Normal;
+        }
+        let now = Instant::now();
+        if let Some(key) = keys
+            .iter()
+            .find(|k| stuck.get(*k).is_some_and(|next| *next > now))
+        {
+            return Admission::Refused(key.clone());
+        }
+        let mut probe = false;
+        for key in keys {
+            if let Some(next) = stuck.get_mut(key) {
+                *next = now + Duration::from_millis(STUCK_RECHECK_MS);
+                probe = true;
+            }
+        }
+        if probe {
+            Admission::Probe
+        } else {
+            Admission::Normal
+        }
+    }
+
+    /// Remembers `keys` as held with no ttl.
+    pub fn record(&self, keys: &[String]) {
+        let mut stuck = self.keys.lock();
+        let next = Instant::now() + Duration::from_millis(STUCK_RECHECK_MS);
+        for key in keys {
+            if stuck.len() < STUCK_KEYS_LIMIT || stuck.contains_key(key) {
+                stuck.insert(key.clone(), next);
+            }
+        }
+    }
+
+    /// Forgets `keys`: they were just taken, so they are free again.
+    pub fn clear(&self, keys: &[String]) {
+        let mut stuck = self.keys.lock();
+        for key in keys {
+            stuck.remove(key);
+        }
+    }
+}
+
 /// Number of in-process lock stripes. Wallet ids hash onto stripes; two wallets sharing a
 /// stripe only costs a little concurrency, never correctness.
 pub const LOCAL_STRIPES: usize = 4096;
@@ -459,6 +535,25 @@ mod tests {
             "lock.retry_delay_ms_base"
         );
         assert!(LockConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_stuck_lock_refuses_until_its_recheck_then_admits_one_probe() {
+        let stuck = StuckLocks::default();
+        let keys = lock_keys(&["a", "b"]);
+        assert_eq!(stuck.admit(&keys), Admission::Normal);
+        stuck.record(&["lock:b".to_string()]);
+        assert_eq!(stuck.admit(&keys), Admission::Refused("lock:b".into()));
+        assert_eq!(stuck.admit(&lock_keys(&["a", "c"])), Admission::Normal);
+        // Due for a recheck: one probe, and the next caller is refused again.
+        stuck
+            .keys
+            .lock()
+            .insert("lock:b".into(), Instant::now() - Duration::from_millis(1));
+        assert_eq!(stuck.admit(&keys), Admission::Probe);
+        assert_eq!(stuck.admit(&keys), Admission::Refused("lock:b".into()));
+        stuck.clear(&keys);
+        assert_eq!(stuck.admit(&keys), Admission::Normal);
     }
 
     #[test]

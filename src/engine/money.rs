@@ -110,14 +110,15 @@ impl Amount {
             Some(f) if f.len() == 1 => i64::from(f.as_bytes()[0] - b'0') * 10,
             Some(f) => f.parse().expect("two ascii digits"),
         };
-        let whole: i64 = whole
-            .parse()
-            .map_err(|_| AmountError::TooLarge(text.to_string()))?;
+        // The magnitude in i128, so that i64::MIN (whose magnitude is not an i64) parses too.
+        let too_large = || AmountError::TooLarge(text.to_string());
+        let whole: i128 = whole.parse().map_err(|_| too_large())?;
         let magnitude = whole
-            .checked_mul(MINOR_PER_MAJOR)
-            .and_then(|m| m.checked_add(cents))
-            .ok_or_else(|| AmountError::TooLarge(text.to_string()))?;
-        Ok(Amount(if negative { -magnitude } else { magnitude }))
+            .checked_mul(i128::from(MINOR_PER_MAJOR))
+            .and_then(|m| m.checked_add(i128::from(cents)))
+            .ok_or_else(too_large)?;
+        let signed = if negative { -magnitude } else { magnitude };
+        i64::try_from(signed).map(Amount).map_err(|_| too_large())
     }
 
     /// Parses an amount that a request may move: the strict form, no sign, `0 < a <= AMOUNT_LIMIT`.
@@ -299,7 +300,10 @@ mod tests {
 
     proptest! {
         #[test]
-        fn every_amount_round_trips_through_text(minor in any::<i64>()) {
+        fn every_amount_round_trips_through_text(minor in prop_oneof![
+            Just(i64::MIN), Just(i64::MIN + 1), Just(-1i64), Just(0i64), Just(i64::MAX - 1),
+            Just(i64::MAX), any::<i64>()
+        ]) {
             let a = Amount::from_minor(minor);
             prop_assert_eq!(Amount::parse(&a.to_string()), Ok(a));
         }

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::engine::lock::{LocalLocks, LockConfig};
+use crate::engine::lock::{LocalLocks, LockConfig, StuckLocks};
 use crate::engine::setting::SettingError;
 use crate::engine::store::{self, Pool, StoreError};
 
@@ -64,6 +64,7 @@ pub struct WalletService {
     pub(crate) pool: Pool,
     pub(crate) config: EngineConfig,
     pub(crate) local_locks: Arc<LocalLocks>,
+    pub(crate) stuck_locks: Arc<StuckLocks>,
     pub(crate) before_exec: Option<Hook>,
 }
 
@@ -86,6 +87,7 @@ impl WalletService {
             pool,
             config,
             local_locks: Arc::new(LocalLocks::default()),
+            stuck_locks: Arc::new(StuckLocks::default()),
             before_exec: None,
         })
     }
@@ -110,6 +112,7 @@ impl WalletService {
     pub fn as_separate_process(&self) -> WalletService {
         WalletService {
             local_locks: Arc::new(LocalLocks::default()),
+            stuck_locks: Arc::new(StuckLocks::default()),
             ..self.clone()
         }
     }

@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::engine::lock::{self, LockError, LockGuard, LockStats};
+use crate::engine::lock::{self, Admission, LockError, LockGuard, LockStats};
 use crate::engine::message::{FailureReason, Status, TransferCompleted, TransferRequest, now_ms};
 use crate::engine::money::{Amount, BALANCE_LIMIT};
 use crate::engine::service::WalletService;
@@ -129,6 +129,12 @@ pub enum TransferError {
     /// The locks stayed taken through every retry. Transient: try again later.
     #[error(transparent)]
     LockTimeout(LockError),
+    /// A wallet's lock is held with no ttl (it never expires by itself); known from an earlier
+    /// attempt, so this one failed fast. Transient: retried until an operator deletes the lock.
+    #[error(
+        "{0} is held with no ttl and never expires; retrying later (delete it once its holder is known to be gone: wallet locks)"
+    )]
+    LockStuck(String),
     /// Our lock expired and was taken by another holder before we wrote. Transient.
     #[error("lost the lock on {0} before writing (the lock ttl is too short for this load?)")]
     LockLost(String),
@@ -161,11 +167,28 @@ impl TransferError {
     pub fn is_transient(&self) -> bool {
         match self {
             TransferError::LockTimeout(_)
+            | TransferError::LockStuck(_)
             | TransferError::LockLost(_)
             | TransferError::WatchConflicts(_)
             | TransferError::Redis(_)
             | TransferError::Pool(_) => true,
             TransferError::IdempotencyConflict { .. } | TransferError::Corrupt { .. } => false,
+        }
+    }
+}
+
+impl TransferError {
+    /// A short stable snake_case name of the kind of error, for metrics labels and counts.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransferError::LockTimeout(_) => "lock_timeout",
+            TransferError::LockStuck(_) => "lock_stuck",
+            TransferError::LockLost(_) => "lock_lost",
+            TransferError::WatchConflicts(_) => "watch_conflicts",
+            TransferError::IdempotencyConflict { .. } => "idempotency_conflict",
+            TransferError::Corrupt { .. } => "corrupt",
+            TransferError::Redis(_) => "redis",
+            TransferError::Pool(_) => "redis_pool",
         }
     }
 }
@@ -294,20 +317,44 @@ impl WalletService {
     }
 
     /// Step 3 and 4 in one round trip: the lock SETs with the WATCH and reads pipelined behind.
+    /// A lock known to be held with no ttl fails fast (see [`lock::StuckLocks`]).
     fn lock_and_read(
         &self,
         call: &mut Call<'_>,
     ) -> Result<(LockGuard, Vec<redis::Value>), TransferError> {
+        let mut config = self.config.lock.clone();
+        let probe = match self.stuck_locks.admit(&call.lock_keys) {
+            Admission::Refused(key) => return Err(TransferError::LockStuck(key)),
+            Admission::Probe => true,
+            Admission::Normal => false,
+        };
+        if probe {
+            config.retries_max = 0;
+        }
         let conn = self.pool.get()?;
         let watch = |pipe: &mut redis::Pipeline| {
             add_watch_and_reads(pipe, call.request, &call.outcome_key, &call.lock_keys);
         };
         let (guard, first_read) =
-            match lock::acquire_with(conn, call.lock_keys.clone(), &self.config.lock, &watch) {
+            match lock::acquire_with(conn, call.lock_keys.clone(), &config, &watch) {
                 Ok(acquired) => acquired,
                 Err(LockError::Redis(e)) => return Err(TransferError::Redis(e)),
-                Err(timeout) => return Err(TransferError::LockTimeout(timeout)),
+                Err(LockError::Timeout { no_ttl, .. }) if probe && !no_ttl.is_empty() => {
+                    return Err(TransferError::LockStuck(no_ttl[0].clone()));
+                }
+                Err(timeout) => {
+                    if let LockError::Timeout { no_ttl, .. } = &timeout {
+                        if no_ttl.is_empty() && probe {
+                            self.stuck_locks.clear(&call.lock_keys);
+                        }
+                        self.stuck_locks.record(no_ttl);
+                    }
+                    return Err(TransferError::LockTimeout(timeout));
+                }
             };
+        if probe {
+            self.stuck_locks.clear(&call.lock_keys);
+        }
         call.stats.lock = guard.stats();
         call.stats.round_trips += call.stats.lock.round_trips;
         Ok((guard, first_read))
@@ -380,14 +427,16 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
-    /// Answers from a recorded outcome: the same answer marked duplicate, or a conflict when
-    /// the key was used for a different request.
+    /// Answers from a recorded outcome: the original answer for a redelivery of the message
+    /// that produced it, the same answer marked duplicate for any other message, or a conflict
+    /// when the key was used for a different request. A record without a fingerprint (written
+    /// before fingerprints were recorded) cannot conflict.
     fn replay(
         &mut self,
         recorded: &HashMap<String, String>,
     ) -> Result<TransferOutcome, TransferError> {
         let original = parse_outcome(&self.outcome_key, recorded)?;
-        if original.request_hash != self.fingerprint {
+        if !original.request_hash.is_empty() && original.request_hash != self.fingerprint {
             return Err(TransferError::IdempotencyConflict {
                 key: original.idempotency_key.clone(),
                 recorded: original.request_hash.clone(),

@@ -28,7 +28,7 @@ use crate::engine::money::{Amount, Currency};
 use crate::engine::service::WalletService;
 use crate::engine::setting::SettingError;
 use crate::engine::store::keys;
-use crate::engine::transfer::{TransferError, TransferOutcome};
+use crate::engine::transfer::TransferOutcome;
 use crate::engine::wallet::{NewWallet, WalletError};
 use crate::tools::results::{ReadError, ReadMessage, Start, TopicReader};
 use crate::worker::kafka::{self, KafkaConfig};
@@ -249,7 +249,7 @@ pub struct BenchReport {
     /// Answers by `STATUS` or `STATUS:reason`; answers taken from an earlier record (after a
     /// transient error whose write had landed) get a ` (duplicate)` suffix.
     pub outcomes: BTreeMap<String, u64>,
-    /// Requests that ended in an error, by kind (see [`error_kind`]).
+    /// Requests that ended in an error, by kind (see [`TransferError::kind`](crate::TransferError::kind)).
     pub errors: BTreeMap<String, u64>,
     /// Transient errors that the bench retried, by kind.
     pub transient_retries: BTreeMap<String, u64>,
@@ -449,19 +449,6 @@ fn balance_rows(b: &BalanceCheck) -> Vec<(String, String)> {
             format!("{verdict} ({} negative)", b.negative),
         ),
     ]
-}
-
-/// A short stable name for the kind of a transfer error, for counting.
-pub fn error_kind(e: &TransferError) -> &'static str {
-    match e {
-        TransferError::LockTimeout(_) => "lock_timeout",
-        TransferError::LockLost(_) => "lock_lost",
-        TransferError::WatchConflicts(_) => "watch_conflicts",
-        TransferError::IdempotencyConflict { .. } => "idempotency_conflict",
-        TransferError::Corrupt { .. } => "corrupt",
-        TransferError::Redis(_) => "redis",
-        TransferError::Pool(_) => "pool",
-    }
 }
 
 /// The key an answer is counted under in [`BenchReport::outcomes`].
@@ -1148,7 +1135,7 @@ fn transfer(
     let result = loop {
         match service.transfer(request) {
             Err(e) if e.is_transient() && retry < retries => {
-                count(&mut tally.retries, error_kind(&e));
+                count(&mut tally.retries, e.kind());
                 warn(format!("retrying {}: {e}", request.transfer_id));
                 std::thread::sleep(Duration::from_millis(10 << retry.min(6)));
                 retry += 1;
@@ -1163,7 +1150,7 @@ fn transfer(
             count(&mut tally.outcomes, outcome_name(&outcome));
         }
         Err(e) => {
-            count(&mut tally.errors, error_kind(&e));
+            count(&mut tally.errors, e.kind());
             warn(format!("{} failed: {e}", request.transfer_id));
         }
     }

@@ -189,7 +189,11 @@ impl Runner<'_> {
             format!("payer ends at {}, expected {final_payer}", played.1[0].1),
         );
         failures_are(&mut problems, &played.2, FailureReason::InsufficientFunds);
-        let expectation = format!("exactly {fits} of 5 succeed, payer ends at {final_payer}");
+        // One sender, so one key: the worker keeps publish order, and the first ones win.
+        first_ones_win(&mut problems, &played.2, fits as usize);
+        let expectation = format!(
+            "the first {fits} of 5 (in publish order) succeed, payer ends at {final_payer}"
+        );
         Ok((ids, played, expectation, problems))
     }
 
@@ -325,10 +329,13 @@ impl Runner<'_> {
             ok == 1,
             format!("{ok} succeeded, expected exactly 1"),
         );
+        // One sender, so one key: processed in publish order, the first (50.00) wins.
+        first_ones_win(&mut problems, &played.2, 1);
         Ok((
             ids,
             played,
-            "successes sum to at most 100.00, failures are insufficient_funds and would not fit; exactly one succeeds".into(),
+            "the first published (50.00) succeeds; 60.00 and 70.00 fail with insufficient_funds"
+                .into(),
             problems,
         ))
     }
@@ -369,6 +376,27 @@ type Outcome = (Vec<String>, Played, String, Vec<String>);
 
 fn count(results: &[TransferCompleted], status: Status) -> usize {
     results.iter().filter(|r| r.status == status).count()
+}
+
+/// Results in publish order: the first `winners` COMPLETED, every later one FAILED.
+fn first_ones_win(problems: &mut Vec<String>, results: &[TransferCompleted], winners: usize) {
+    for (i, r) in results.iter().enumerate() {
+        let want = if i < winners {
+            Status::Completed
+        } else {
+            Status::Failed
+        };
+        check(
+            problems,
+            r.status == want,
+            format!(
+                "request {} (published #{}) is {:?}, expected {want:?}: per-sender order broken",
+                r.transfer_id,
+                i + 1,
+                r.status
+            ),
+        );
+    }
 }
 
 fn check(problems: &mut Vec<String>, ok: bool, problem: String) {

@@ -178,7 +178,7 @@ impl PoolThread {
 
     /// Counts a transient error by cause; a lock held with no ttl is logged and counted once.
     fn note_transient(&self, e: &TransferError) {
-        self.shared.metrics.record_retry(retry_cause(e));
+        self.shared.metrics.record_retry(e.kind());
         let TransferError::LockTimeout(LockError::Timeout { no_ttl, .. }) = e else {
             return;
         };
@@ -198,6 +198,9 @@ impl PoolThread {
     /// marks the offset done (or queues a retry). Retries while the producer's queue is full,
     /// until shutdown; a message the producer refuses for good stops the worker.
     fn publish(&self, answer: Answer, mut job: Job) {
+        if failpoint("results-unacked") {
+            return;
+        }
         job.dead_lettered = matches!(answer, Answer::DeadLetter(_));
         if let Answer::DeadLetter(error) = &answer {
             log::warn!(
@@ -255,6 +258,19 @@ impl PoolThread {
             }
         }
     }
+}
+
+/// Test-only failure injection (feature `test-hooks`, never in a normal build): with
+/// `WALLET_FAILPOINT=results-unacked` the worker hands no answer to the producer, as if every
+/// delivery were lost before its acknowledgement; offsets then never pass those messages.
+#[cfg(feature = "test-hooks")]
+fn failpoint(name: &str) -> bool {
+    std::env::var("WALLET_FAILPOINT").is_ok_and(|v| v == name)
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn failpoint(_name: &str) -> bool {
+    false
 }
 
 /// Queues `job` to be tried again in `delay_ms`; at shutdown it is abandoned instead (it stays
@@ -495,17 +511,6 @@ fn conflict_answer(request: &crate::engine::message::TransferRequest) -> Transfe
     .echo_failed();
     echo.reason = Some(FailureReason::IdempotencyConflict);
     echo
-}
-
-fn retry_cause(e: &TransferError) -> &'static str {
-    match e {
-        TransferError::LockTimeout(_) => "lock_timeout",
-        TransferError::LockLost(_) => "lock_lost",
-        TransferError::WatchConflicts(_) => "watch_conflicts",
-        TransferError::Redis(_) => "redis",
-        TransferError::Pool(_) => "redis_pool",
-        TransferError::IdempotencyConflict { .. } | TransferError::Corrupt { .. } => "other",
-    }
 }
 
 #[cfg(test)]

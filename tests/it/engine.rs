@@ -258,6 +258,58 @@ fn a_key_reused_for_a_different_request_is_refused_and_the_record_kept() {
     assert_eq!(service.balance("c").unwrap(), Amount::ZERO);
 }
 
+/// Records written before fingerprints were recorded have none: a later request with the key
+/// is answered from the record (a duplicate), not refused as a conflict, and nothing moves.
+#[test]
+fn a_record_without_a_fingerprint_answers_a_replay_instead_of_a_conflict() {
+    let redis = RedisServer::start();
+    let service = redis.service(2, EngineConfig::default());
+    create_wallets(&service, &[("a", "100.00"), ("b", "0")]);
+    let first = usd("t1", "a", "b", "10");
+    service.transfer(&first).unwrap();
+    let mut conn = redis.conn();
+    redis::cmd("HDEL")
+        .arg("transfer:t1")
+        .arg("request_hash")
+        .query::<()>(&mut conn)
+        .unwrap();
+    let replay = service.transfer(&usd("t1", "a", "b", "10.00")).unwrap();
+    assert!(replay.duplicate);
+    assert_eq!(replay.status, Status::Completed);
+    assert_eq!(service.balance("a").unwrap(), amount("90.00"));
+    assert_eq!(service.balance("b").unwrap(), amount("10.00"));
+}
+
+/// A redelivery of the message that produced an outcome is answered as the original; another
+/// message (or a library call without an origin) with the same key is a duplicate.
+#[test]
+fn the_same_origin_is_answered_as_the_original_and_another_is_a_duplicate() {
+    use wallet_transfer::engine::transfer::Origin;
+    let redis = RedisServer::start();
+    let service = redis.service(2, EngineConfig::default());
+    create_wallets(&service, &[("a", "100.00"), ("b", "0")]);
+    let request = usd("t1", "a", "b", "10");
+    let origin = |offset| Origin {
+        topic: "requests".into(),
+        partition: 3,
+        offset,
+    };
+    let first = service.transfer_from(&request, Some(&origin(7))).unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(first.origin, Some(origin(7)));
+    let redelivered = service.transfer_from(&request, Some(&origin(7))).unwrap();
+    assert!(!redelivered.duplicate, "the same message again");
+    assert_eq!(redelivered.processed_at_ms, first.processed_at_ms);
+    assert!(
+        service
+            .transfer_from(&request, Some(&origin(8)))
+            .unwrap()
+            .duplicate
+    );
+    assert!(service.transfer(&request).unwrap().duplicate);
+    assert_eq!(service.balance("a").unwrap(), amount("90.00"));
+}
+
 #[test]
 fn random_load_keeps_the_ledger_exact() {
     const THREADS: usize = 8;

@@ -22,6 +22,7 @@ use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 use wallet_transfer::engine::message::{Decoded, decode};
 use wallet_transfer::tools::ops;
+use wallet_transfer::worker::config::DLQ_PAYLOAD_BYTES_LIMIT;
 use wallet_transfer::{
     Amount, EngineConfig, FailureReason, Status, TransferCompleted, TransferRequest,
 };
@@ -152,13 +153,17 @@ fn stalled_lock_holder_cannot_double_spend_or_overwrite() {
     results.drain_tolerant(1_000);
     let stale =
         ["lock_lost", "watch_conflicts"].map(|c| format!(r#"wallet_retries_total{{cause="{c}"}}"#));
-    let stale: Vec<&str> = stale.iter().map(String::as_str).collect();
+    let mut stale: Vec<&str> = stale.iter().map(String::as_str).collect();
+    stale.push("wallet_watch_conflicts_total");
     let a_stale = metric_sum(&a, &stale);
     let b_stale = metric_sum(&b, &stale);
     println!(
         "retries after the stall (lock_lost + watch_conflicts + redis): A {a_stale}, B {b_stale}"
     );
     assert!(a.is_running(), "A carries on after SIGCONT");
+    // A was stopped holding locks with a WATCHed read in hand: resuming, its EXEC must have
+    // aborted (or its lock check failed). Zero would mean the stale path never ran.
+    assert!(a_stale >= 1.0, "A took the stale path after the stall");
     let report = check(
         &stack,
         "holder SIGSTOP > lock ttl",
@@ -502,19 +507,24 @@ fn poison_flood_goes_to_the_dlq_and_every_good_request_completes() {
         recovery,
         false,
     );
-    let mut want: HashMap<&[u8], i64> = HashMap::new();
+    // A dead letter carries its payload whole, or its first DLQ_PAYLOAD_BYTES_LIMIT bytes with
+    // the full length in a `truncated` header.
+    let cut = |b: &[u8]| b[..b.len().min(DLQ_PAYLOAD_BYTES_LIMIT)].to_vec();
+    let mut want: HashMap<(Vec<u8>, Option<String>), i64> = HashMap::new();
     for b in &bad {
-        *want.entry(b.as_slice()).or_default() += 1;
+        let truncated = (b.len() > DLQ_PAYLOAD_BYTES_LIMIT).then(|| b.len().to_string());
+        *want.entry((cut(b), truncated)).or_default() += 1;
     }
     for m in &dlq.messages {
-        *want.entry(m.payload.as_slice()).or_default() -= 1;
+        let truncated = m.headers.get("truncated").cloned();
+        *want.entry((m.payload.clone(), truncated)).or_default() -= 1;
         if m.headers.get("error").is_none_or(String::is_empty) {
             report
                 .violations
                 .push(format!("dead letter at {} without error header", m.offset));
         }
     }
-    for (payload, missing) in want.iter().filter(|(_, c)| **c != 0) {
+    for ((payload, _), missing) in want.iter().filter(|(_, c)| **c != 0) {
         report.violations.push(format!(
             "dlq count off by {missing} for {:?}",
             String::from_utf8_lossy(&payload[..payload.len().min(80)])

@@ -13,4 +13,5 @@ mod monitoring;
 mod ops;
 mod produce;
 mod seed;
+mod semantics;
 mod worker;

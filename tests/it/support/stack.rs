@@ -105,29 +105,30 @@ impl Stack {
 
     /// Starts a worker process; `extra` are more `worker` flags.
     pub fn spawn_worker(&self, extra: &[&str]) -> WorkerProcess {
+        self.spawn_worker_env(extra, &[])
+    }
+
+    /// Starts a worker process with more `worker` flags and environment variables.
+    pub fn spawn_worker_env(&self, extra: &[&str], env: &[(&str, &str)]) -> WorkerProcess {
         let metrics_port = free_port();
         let mut args = self.global_args();
-        args.extend(
-            [
-                "worker",
-                "--threads",
-                "4",
-                "--requests-topic",
-                &self.topics.requests,
-                "--results-topic",
-                &self.topics.results,
-                "--dlq-topic",
-                &self.topics.dlq,
-                "--group",
-                &self.topics.group,
-                "--session-timeout-ms",
-                "6000",
-                "--metrics-addr",
-                &format!("127.0.0.1:{metrics_port}"),
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
+        args.push("worker".to_string());
+        let metrics_addr = format!("127.0.0.1:{metrics_port}");
+        let defaults = [
+            ("--threads", "4"),
+            ("--requests-topic", self.topics.requests.as_str()),
+            ("--results-topic", self.topics.results.as_str()),
+            ("--dlq-topic", self.topics.dlq.as_str()),
+            ("--group", self.topics.group.as_str()),
+            ("--session-timeout-ms", "6000"),
+            ("--metrics-addr", metrics_addr.as_str()),
+        ];
+        // A flag in `extra` replaces its default (clap refuses a flag given twice).
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_string(), value.to_string()]);
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let log_path = std::env::temp_dir().join(format!(
             "wallet-worker-{}-{metrics_port}.log",
@@ -140,6 +141,7 @@ impl Stack {
                 "RUST_LOG",
                 std::env::var("WORKER_RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().expect("clone log")))
             .stderr(Stdio::from(log))
             .spawn()

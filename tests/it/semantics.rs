@@ -1,0 +1,221 @@
+//! The worker's promises under scrutiny, end to end through real processes: per-sender order,
+//! honest duplicates, retries that cannot starve the pool, an outcome ttl that cannot break
+//! exactly-once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use crate::support::faults::{self, wait_recorded};
+use crate::support::stack::{Stack, result_of};
+use crate::support::{create_wallets, wait_until};
+use wallet_transfer::tools::ops;
+use wallet_transfer::worker::kafka::{self, TopicSpec};
+use wallet_transfer::worker::metrics::Metrics;
+use wallet_transfer::worker::{Worker, WorkerConfig, WorkerError};
+use wallet_transfer::{
+    Currency, EngineConfig, FailureReason, Status, TransferCompleted, TransferRequest,
+};
+
+/// Reads results until every id in `ids` has at least `per_id` of them; returns them by id.
+fn results_by_id(
+    stack: &Stack,
+    ids: &[String],
+    per_id: usize,
+    timeout_ms: u64,
+) -> HashMap<String, Vec<TransferCompleted>> {
+    let mut log = stack.reader(&stack.topics.results);
+    let mut by_id: HashMap<String, Vec<TransferCompleted>> = HashMap::new();
+    wait_until("every result", timeout_ms, || {
+        log.drain_tolerant(100);
+        by_id.clear();
+        for m in &log.messages {
+            let r = result_of(m);
+            by_id.entry(r.transfer_id.clone()).or_default().push(r);
+        }
+        ids.iter()
+            .all(|id| by_id.get(id).is_some_and(|r| r.len() >= per_id))
+    });
+    by_id
+}
+
+#[test]
+fn requests_of_one_sender_complete_in_the_order_they_were_published() {
+    let stack = Stack::start(4);
+    let service = stack.redis.service(2, EngineConfig::default());
+    let senders: Vec<String> = (0..200).map(|i| format!("s{i}")).collect();
+    let mut wallets: Vec<(&str, &str)> = senders.iter().map(|s| (s.as_str(), "150.00")).collect();
+    wallets.extend([("sink_b", "0"), ("sink_c", "0")]);
+    create_wallets(&service, &wallets);
+    // Each sender can pay one of its two transfers: the first published must be the one.
+    let requests: Vec<TransferRequest> = senders
+        .iter()
+        .flat_map(|s| {
+            ["b", "c"].map(|to| {
+                let id = format!("{s}_to_{to}");
+                TransferRequest::new(&id, s, &format!("sink_{to}"), "100.00", Currency::USD)
+                    .unwrap()
+            })
+        })
+        .collect();
+    stack.publish_requests(&requests);
+    let _worker = stack.spawn_worker(&["--threads", "8"]);
+    let ids: Vec<String> = requests.iter().map(|r| r.transfer_id.clone()).collect();
+    let results = results_by_id(&stack, &ids, 1, 120_000);
+    let inversions: Vec<&String> = senders
+        .iter()
+        .filter(|s| {
+            let first = &results[&format!("{s}_to_b")][0];
+            let second = &results[&format!("{s}_to_c")][0];
+            first.status != Status::Completed
+                || second.reason != Some(FailureReason::InsufficientFunds)
+        })
+        .collect();
+    assert!(
+        inversions.is_empty(),
+        "{} of 200 senders had a later request win: {:?}",
+        inversions.len(),
+        &inversions[..inversions.len().min(5)]
+    );
+    assert!(ops::audit(&service).unwrap().is_ok());
+}
+
+/// A worker whose answers are all lost before their ack (the `results-unacked` failpoint)
+/// records outcomes that are never acknowledged; it is killed, and a second worker answers the redelivered
+/// messages from the records: as the original (`duplicate: false`), once each. A real re-send
+/// of one request, a new message with the same key, is the only duplicate.
+#[test]
+fn a_result_lost_before_its_ack_is_answered_as_the_original_and_only_a_resend_is_a_duplicate() {
+    let mut stack = Stack::start(2);
+    let ids = faults::wallets(&stack, "ha", 10, "1000.00");
+    let mut rng = faults::rng(7);
+    let requests = faults::requests(&ids, 30, "ha", 1..10_000, &mut rng);
+    stack.publish_requests(&requests);
+    let mut doomed = stack.spawn_worker_env(&[], &[("WALLET_FAILPOINT", "results-unacked")]);
+    wait_recorded(&stack, &requests, requests.len(), 60_000);
+    let mut early = stack.reader(&stack.topics.results);
+    early.drain_tolerant(500);
+    assert!(
+        early.messages.is_empty(),
+        "every answer was lost before its ack"
+    );
+    assert!(
+        stack.committed().values().all(|o| *o == 0) || stack.committed().is_empty(),
+        "nothing unanswered may be committed: {:?}",
+        stack.committed()
+    );
+    doomed.kill();
+    // A fresh group reads from the beginning: the same messages, redelivered.
+    stack.topics.group = format!("{}_again", stack.topics.group);
+    let _worker = stack.spawn_worker(&[]);
+    let ids: Vec<String> = requests.iter().map(|r| r.transfer_id.clone()).collect();
+    let results = results_by_id(&stack, &ids, 1, 60_000);
+    for (id, answers) in &results {
+        assert!(
+            answers.iter().all(|a| !a.duplicate),
+            "{id}: redelivery answered as a duplicate: {answers:?}"
+        );
+    }
+    let service = stack.redis.service(2, EngineConfig::default());
+    assert!(ops::audit(&service).unwrap().is_ok());
+
+    stack.publish_requests(&requests[..1]);
+    let resent = &requests[0].transfer_id;
+    let again = results_by_id(&stack, std::slice::from_ref(resent), 2, 30_000);
+    let duplicates = again[resent].iter().filter(|a| a.duplicate).count();
+    assert_eq!(
+        duplicates, 1,
+        "the re-send is the one duplicate: {:?}",
+        again[resent]
+    );
+}
+
+/// A lock left without a ttl on one wallet, and more requests stuck on it than the worker
+/// has threads: every other request completes meanwhile, and deleting the lock lets the stuck
+/// ones complete.
+#[test]
+fn a_lock_without_ttl_holds_up_only_its_wallet_and_deleting_it_releases_the_stuck_requests() {
+    let stack = Stack::start(2);
+    let service = stack.redis.service(2, EngineConfig::default());
+    let senders = faults::wallets(&stack, "st", 12, "100.00");
+    let free = faults::wallets(&stack, "fr", 10, "1000.00");
+    create_wallets(&service, &[("stuck", "0")]);
+    let mut conn = stack.redis.conn();
+    redis::cmd("SET")
+        .arg("lock:stuck")
+        .arg("left-by-a-dead-process")
+        .query::<()>(&mut conn)
+        .unwrap();
+    let stuck: Vec<TransferRequest> = senders
+        .iter()
+        .map(|s| TransferRequest::new(&format!("{s}_stuck"), s, "stuck", "1.00", Currency::USD))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut rng = faults::rng(11);
+    let others = faults::requests(&free, 60, "fr", 1..10_000, &mut rng);
+    stack.publish_requests(&stuck);
+    stack.publish_requests(&others);
+    let worker = stack.spawn_worker(&[
+        "--threads",
+        "4",
+        "--lock-retries",
+        "2",
+        "--lock-retry-delay-ms",
+        "10",
+    ]);
+    wait_recorded(&stack, &others, others.len(), 60_000);
+    assert_eq!(
+        faults::recorded(&stack, &stuck),
+        0,
+        "nothing moves into the stuck wallet"
+    );
+    wait_until("the stuck lock reported", 10_000, || {
+        worker.metric("wallet_locks_without_ttl_total") == 1.0
+            && worker.metric("wallet_retrying_jobs") > 0.0
+    });
+    assert!(worker.log().contains("lock:stuck is held with no ttl"));
+    redis::cmd("DEL")
+        .arg("lock:stuck")
+        .query::<()>(&mut conn)
+        .unwrap();
+    wait_recorded(&stack, &stuck, stuck.len(), 30_000);
+    assert!(ops::audit(&service).unwrap().is_ok());
+}
+
+#[test]
+fn an_outcome_ttl_shorter_than_the_requests_retention_is_refused_at_start() {
+    let stack = Stack::start(1);
+    let topic = format!("{}_kept", stack.topics.requests);
+    let week_ms = (7 * 24 * 3_600_000u64).to_string();
+    kafka::ensure_topics(
+        &stack.kafka(),
+        &[TopicSpec::new(&topic).with("retention.ms", &week_ms)],
+        1,
+        1,
+    )
+    .unwrap();
+    let engine = EngineConfig {
+        outcome_ttl_ms: Some(3_600_000),
+        ..EngineConfig::default()
+    };
+    let service = stack.redis.service(2, engine);
+    let config = WorkerConfig {
+        kafka: stack.kafka(),
+        requests_topic: topic,
+        results_topic: stack.topics.results.clone(),
+        dlq_topic: stack.topics.dlq.clone(),
+        group_id: stack.topics.group.clone(),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(config, service, Metrics::new()).unwrap();
+    let stop: Arc<AtomicBool> = worker.shutdown_handle();
+    let result = worker.run();
+    drop(stop);
+    match result {
+        Err(WorkerError::Config(e)) => {
+            assert_eq!(e.setting, "outcome_ttl_ms");
+            assert!(e.rule.contains("move the money again"), "{e}");
+        }
+        other => panic!("want a refused outcome ttl, got {other:?}"),
+    }
+}
