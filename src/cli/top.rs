@@ -31,7 +31,7 @@ use crate::cli::{Failure, GlobalOpts, print_out};
 
 /// Longest wait to connect to one endpoint, and then for its whole answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(400);
-const READ_TIMEOUT: Duration = Duration::from_millis(700);
+const READ_TIMEOUT: Duration = Duration::from_millis(900);
 /// Largest `/metrics` answer read (a worker's is about 30 KiB).
 const RESPONSE_BYTES_LIMIT: u64 = 8 << 20;
 /// The stages of `wallet_stage_seconds`, in pipeline order.
