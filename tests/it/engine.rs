@@ -569,6 +569,67 @@ fn a_stalled_holder_whose_lock_expired_cannot_overwrite() {
     assert_no_locks(&redis);
 }
 
+/// The lock keys are WATCHed: a lock that expires and changes hands between a holder's WATCHed
+/// read and its EXEC (and nothing else changes) makes the EXEC abort, so the transaction's DEL
+/// cannot delete the new holder's lock, and the stale holder writes nothing.
+#[test]
+fn a_lock_that_changes_hands_before_exec_aborts_it_and_the_new_holders_lock_survives() {
+    let redis = RedisServer::start();
+    let short = EngineConfig {
+        lock: LockConfig {
+            ttl_ms: 200,
+            ..LockConfig::default()
+        },
+        ..EngineConfig::default()
+    };
+    let base = redis.service(2, short);
+    create_wallets(&base, &[("a", "100.00"), ("b", "0")]);
+    let url = redis.url();
+    let mut stalled = base.as_separate_process();
+    stalled.set_before_exec_hook(Arc::new(move |_key: &str| {
+        let mut conn = redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection())
+            .expect("hook connection");
+        // Wait (bounded) for our lock to expire, then take it as another holder would.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while redis::cmd("EXISTS")
+            .arg("lock:a")
+            .query::<i64>(&mut conn)
+            .unwrap()
+            == 1
+        {
+            assert!(std::time::Instant::now() < deadline, "lock:a never expired");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let taken: Option<String> = redis::cmd("SET")
+            .arg("lock:a")
+            .arg("the-new-holder")
+            .arg("NX")
+            .arg("PX")
+            .arg(30_000)
+            .query(&mut conn)
+            .unwrap();
+        assert!(taken.is_some(), "the new holder takes the expired lock");
+    }));
+    match stalled.transfer(&usd("t1", "a", "b", "10.00")) {
+        Err(e @ TransferError::LockLost(_)) => assert!(e.is_transient()),
+        other => panic!("the stale holder must lose its lock, got {other:?}"),
+    }
+    let mut conn = redis.conn();
+    let lock: Option<String> = redis::cmd("GET").arg("lock:a").query(&mut conn).unwrap();
+    assert_eq!(
+        lock.as_deref(),
+        Some("the-new-holder"),
+        "the new holder's lock survives"
+    );
+    assert_eq!(
+        base.balance("a").unwrap(),
+        amount("100.00"),
+        "nothing was written"
+    );
+    assert!(base.transfer_outcome("t1").unwrap().is_none());
+}
+
 #[test]
 fn a_lock_held_by_another_times_out_without_recording_anything() {
     let redis = RedisServer::start();

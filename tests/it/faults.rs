@@ -192,7 +192,7 @@ fn outage(
     mut stack: Stack,
     worker_flags: &[&str],
     inject: impl FnOnce(&mut Stack, &mut StdRng) -> Vec<TransferRequest>,
-) {
+) -> WorkerProcess {
     let mut rng = rng(faults::seed(prefix));
     let n = size(500, 3_000);
     let mut requests = rich_load(&stack, prefix, n, &mut rng);
@@ -216,6 +216,7 @@ fn outage(
         true,
     )
     .print_and_assert();
+    worker
 }
 
 /// 3a. Redis SIGSTOPped for 5 s under load.
@@ -268,6 +269,42 @@ fn broker_paused_ten_seconds_under_load() {
         stack.publish_requests(&after);
         after
     });
+}
+
+/// 4c. The broker paused for longer than the result producer's message timeout: deliveries
+/// fail, the answers wait in the delay queue and are published again once the broker is back,
+/// and no offset is committed past an answer that was not delivered. Every request ends with
+/// its result.
+#[test]
+fn broker_paused_past_the_message_timeout_loses_no_answer() {
+    let stack = Stack::start_on(RedisServer::start(), Tansu::start_persistent(), 4);
+    // A session longer than the pause: this test is about deliveries, not rebalances.
+    let flags = [
+        "-X",
+        "message.timeout.ms=2000",
+        "--session-timeout-ms",
+        "30000",
+        "--max-poll-interval-ms",
+        "40000",
+    ];
+    let worker = outage(
+        "broker SIGSTOP 6 s > message timeout 2 s",
+        "bt",
+        stack,
+        &flags,
+        |stack, _| {
+            stack.tansu.pause();
+            std::thread::sleep(ms(6_000));
+            stack.tansu.resume();
+            Vec::new()
+        },
+    );
+    let failed_deliveries = worker.metric(r#"wallet_retries_total{cause="kafka_produce"}"#);
+    println!("failed deliveries retried: {failed_deliveries}");
+    assert!(
+        failed_deliveries >= 1.0,
+        "some delivery timed out and was retried"
+    );
 }
 
 /// 4b. The broker killed and restarted (sqlite storage) under load.
