@@ -259,6 +259,9 @@ impl ClientContext for ConsumerCtx {
             .is_some_and(|g| g.join_state == "wait-join");
         {
             let mut since = self.shared.join_wait_since.lock();
+            if waiting {
+                self.shared.metrics.health().set_joining();
+            }
             match (waiting, *since) {
                 (true, None) => *since = Some(Instant::now()),
                 (false, Some(_)) => *since = None,
@@ -284,6 +287,7 @@ impl ConsumerContext for ConsumerCtx {
             return;
         };
         let shared = &self.shared;
+        shared.metrics.health().set_joining();
         let revoked: HashSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         let (undispatched, stopped) = stop_partitions(shared, &revoked);
         let settled = wait_for_running(shared, &revoked);
@@ -319,6 +323,7 @@ impl ConsumerContext for ConsumerCtx {
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            self.shared.metrics.health().set_assigned(tpl.count());
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             log::info!("partitions {partitions:?} assigned");
             self.shared.assignment_changed.store(true, Ordering::SeqCst);

@@ -241,6 +241,7 @@ impl Shared {
         log::error!(
             "{reason}; stopping the worker (nothing past the unanswered message is committed)"
         );
+        self.metrics.health().set_fatal(reason.clone());
         self.fatal.lock().get_or_insert(reason);
         self.shutdown.store(true, Ordering::SeqCst);
     }
@@ -420,6 +421,7 @@ impl Worker {
     fn subscribe(&self) -> Result<BaseConsumer<ConsumerCtx>, WorkerError> {
         let config = &self.shared.config;
         *self.shared.join_wait_since.lock() = None;
+        self.shared.metrics.health().set_joining();
         let mut consumer_config = config.kafka.client_config();
         if !config.kafka.has_property("fetch.wait.max.ms") {
             // A broker that does not answer a waiting fetch as soon as data arrives (tansu)
