@@ -2,23 +2,29 @@
 //!
 //! ```text
 //! 1. validate                      (done when the TransferRequest was built)
-//! 2. HGETALL transfer:{key}        recorded? answer it, marked duplicate; no locks
-//! 3. local queue, then SET lock:{id} NX PX on the sorted wallet ids (module `lock`)   } one
-//! 4. WATCH wallets, outcome, locks; read them                                         } round trip
-//! 5. decide: idempotency, existence, status, currency, funds
-//! 6. MULTI balances, versions, history, outcome, DEL locks EXEC  (one round trip)
-//!    nil reply: a watched key changed -> back to 4, bounded, locks still held
+//! 2. local queue, then SET lock:{id} NX PX on the sorted wallet ids (module `lock`) } round
+//! 3. WATCH wallets, outcome, locks; HGETALL both wallets and transfer:{key}         } trip 1
+//! 4. recorded? answer from the record (a replay), release the locks
+//! 5. decide: existence, status, currency, funds, balance limit    (pure: `decide`)
+//! 6. MULTI HSET balance+version x2, XADD x2, HSET outcome, DEL locks EXEC       round trip 2
+//!    nil reply: a watched key changed -> back to 3 (now also reading the lock tokens),
+//!    bounded, locks still held
 //! 7. release: done by the EXEC itself; on every other path the lock guard releases
 //! ```
 //!
-//! An uncontended transfer costs three Redis round trips: the outcome lookup; the lock `SET`s
-//! with the WATCH and reads pipelined behind them (the reads are used only if every lock was
-//! taken; a failed attempt clears its WATCH before the retry); and the transaction. The locks are WATCHed and their tokens checked before the
-//! transaction, so the `DEL` inside it can only ever delete our own locks, and a lock that
-//! expired under a stalled holder and changed hands makes EXEC fail instead of letting a stale
-//! write through.
+//! An uncontended transfer costs two Redis round trips and 14 commands: the lock `SET`s with
+//! the WATCH and the reads pipelined behind them (used only if every lock was taken; a failed
+//! attempt clears its WATCH before the retry), and the transaction. The version is written with
+//! the balance (read under WATCH, plus one), so no HINCRBY is needed.
 //!
-//! Owns the outcome record (`transfer:{key}`) and [`TransferOutcome`]/[`TransferError`]. Does not
+//! The locks are WATCHed, so a lock that expired under a stalled holder and changed hands makes
+//! EXEC fail instead of letting a stale write through, and the `DEL` inside the transaction can
+//! only delete our own locks. Their tokens are checked: on the first read by the `SET NX`
+//! replies themselves, which come from the same pipeline just before the WATCH (Redis runs a
+//! client's pipelined commands one after another, so the lock cannot change hands between our
+//! SET and our WATCH); after an aborted EXEC by reading them again (MGET) with the new WATCH.
+//!
+//! //! Owns the outcome record (`transfer:{key}`) and [`TransferOutcome`]/[`TransferError`]. Does not
 //! know about Kafka; the worker turns outcomes into result messages.
 
 use std::collections::HashMap;
@@ -271,18 +277,9 @@ impl WalletService {
             stats: TransferStats::default(),
             started: Instant::now(),
         };
-        // 2. Answered before? No locks for a replay.
-        let mut conn = self.pool.get()?;
-        call.stats.round_trips += 1;
-        let recorded: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(&call.outcome_key)
-            .query(&mut conn.redis)?;
-        if !recorded.is_empty() {
-            return call.replay(&recorded);
-        }
-        // 3. Queue in-process (without holding a pooled connection, so queued threads do not
-        //    starve the pool), then take the Redis locks in sorted order.
-        drop(conn);
+        // 2-4. Queue in-process behind other threads wanting these wallets, then take the
+        //      Redis locks in sorted order with the WATCH and reads (the outcome record among
+        //      them) in the same round trip.
         let queued = Instant::now();
         let _local = self
             .local_locks
@@ -333,7 +330,15 @@ impl WalletService {
         }
         let conn = self.pool.get()?;
         let watch = |pipe: &mut redis::Pipeline| {
-            add_watch_and_reads(pipe, call.request, &call.outcome_key, &call.lock_keys);
+            // No lock tokens on the first read: the SET NX replies just before the WATCH, in
+            // the same pipeline, say the locks are ours (see the module doc).
+            add_watch_and_reads(
+                pipe,
+                call.request,
+                &call.outcome_key,
+                &call.lock_keys,
+                false,
+            );
         };
         let (guard, first_read) =
             match lock::acquire_with(conn, call.lock_keys.clone(), &config, &watch) {
@@ -373,17 +378,29 @@ impl WalletService {
             unwatch(guard.conn());
             return call.replay(&read.recorded).map(Some);
         }
-        if let Some(lost) = lost_lock(&call.lock_keys, &read.lock_tokens, guard.token()) {
+        if let Some(tokens) = &read.lock_tokens
+            && let Some(lost) = lost_lock(&call.lock_keys, tokens, guard.token())
+        {
             unwatch(guard.conn());
             return Err(TransferError::LockLost(lost.to_string()));
         }
         let decision = decide(call.request, read.from.as_ref(), read.to.as_ref());
+        let versions = (
+            read.from.as_ref().map_or(0, |w| w.version),
+            read.to.as_ref().map_or(0, |w| w.version),
+        );
         let outcome = new_outcome(call.request, &decision, &call.fingerprint, call.origin);
         if let Some(hook) = &self.before_exec {
             hook(&call.request.idempotency_key);
         }
         // 6. One transaction: balances, versions, history, outcome, lock release.
-        let pipe = transaction(call, &decision, &outcome, self.config.outcome_ttl_ms);
+        let pipe = transaction(
+            call,
+            &decision,
+            versions,
+            &outcome,
+            self.config.outcome_ttl_ms,
+        );
         call.stats.round_trips += 1;
         let exec: Option<(u32,)> = pipe
             .query(&mut guard.conn().redis)
@@ -468,12 +485,14 @@ fn lost_lock<'k>(
         .map(|(k, _)| k.as_str())
 }
 
-/// Step 6 as one MULTI/EXEC pipeline: for a COMPLETED decision both balances, versions and
-/// history entries; always the outcome record (with its ttl, if any) and the DEL of our locks,
-/// whose reply is the transaction's only one. Pure: builds, does not send.
+/// Step 6 as one MULTI/EXEC pipeline: for a COMPLETED decision each wallet's balance and
+/// version (one HSET: the version read under WATCH, plus one) and its history entry; always the
+/// outcome record (one HSET, with its ttl if any) and the DEL of our locks, whose reply is the
+/// transaction's only one. Pure: builds, does not send.
 fn transaction(
     call: &Call<'_>,
     decision: &Result<(Amount, Amount), FailureReason>,
+    versions: (u64, u64),
     outcome: &TransferOutcome,
     outcome_ttl_ms: Option<u64>,
 ) -> redis::Pipeline {
@@ -481,14 +500,21 @@ fn transaction(
     let mut pipe = redis::pipe();
     pipe.atomic();
     if let Ok((from_after, to_after)) = decision {
-        for (id, kind, after) in [
-            (&request.from_user, HistoryKind::Debit, *from_after),
-            (&request.to_user, HistoryKind::Credit, *to_after),
+        for (id, kind, after, version) in [
+            (
+                &request.from_user,
+                HistoryKind::Debit,
+                *from_after,
+                versions.0,
+            ),
+            (&request.to_user, HistoryKind::Credit, *to_after, versions.1),
         ] {
-            let key = keys::wallet(id);
-            pipe.hset(&key, "balance", after.to_string())
-                .ignore()
-                .hincr(&key, "version", 1)
+            pipe.cmd("HSET")
+                .arg(keys::wallet(id))
+                .arg("balance")
+                .arg(after.to_string())
+                .arg("version")
+                .arg(version + 1)
                 .ignore();
             let mover = Mover {
                 transfer_id: &request.transfer_id,
@@ -498,8 +524,11 @@ fn transaction(
             pipe.ignore();
         }
     }
-    pipe.hset_multiple(&call.outcome_key, &outcome_fields(outcome))
-        .ignore();
+    let record = pipe.cmd("HSET").arg(&call.outcome_key);
+    for (field, value) in outcome_fields(outcome) {
+        record.arg(field).arg(value);
+    }
+    record.ignore();
     if let Some(ttl_ms) = outcome_ttl_ms {
         pipe.pexpire(&call.outcome_key, ttl_ms as i64).ignore();
     }
@@ -512,7 +541,8 @@ struct WatchedRead {
     from: Option<Wallet>,
     to: Option<Wallet>,
     recorded: HashMap<String, String>,
-    lock_tokens: Vec<Option<String>>,
+    /// Read on retries only; `None` on the first read, taken right behind our own SETs.
+    lock_tokens: Option<Vec<Option<String>>>,
 }
 
 /// Adds step 4 to a pipeline: WATCH the wallets, the outcome key and the lock keys, then read
@@ -522,6 +552,7 @@ fn add_watch_and_reads(
     request: &TransferRequest,
     outcome_key: &str,
     lock_keys: &[String],
+    with_tokens: bool,
 ) {
     let from_key = keys::wallet(&request.from_user);
     let to_key = keys::wallet(&request.to_user);
@@ -533,23 +564,28 @@ fn add_watch_and_reads(
         .ignore()
         .hgetall(&from_key)
         .hgetall(&to_key)
-        .hgetall(outcome_key)
-        .cmd("MGET")
-        .arg(lock_keys);
+        .hgetall(outcome_key);
+    if with_tokens {
+        pipe.cmd("MGET").arg(lock_keys);
+    }
 }
 
 fn parse_watched(
-    replies: Vec<redis::Value>,
+    mut replies: Vec<redis::Value>,
     request: &TransferRequest,
 ) -> Result<WatchedRead, TransferError> {
     type Hash = HashMap<String, String>;
-    let (from, to, recorded, lock_tokens): (Hash, Hash, Hash, Vec<Option<String>>) =
-        redis::from_redis_value(redis::Value::Array(replies)).map_err(|e| {
-            TransferError::Corrupt {
-                key: format!("wallet:{}/{}", request.from_user, request.to_user),
-                detail: format!("unexpected reply to the watched read: {e}"),
-            }
-        })?;
+    let corrupt = |e: redis::ParsingError| TransferError::Corrupt {
+        key: format!("wallet:{}/{}", request.from_user, request.to_user),
+        detail: format!("unexpected reply to the watched read: {e}"),
+    };
+    let lock_tokens: Option<Vec<Option<String>>> = match replies.len() {
+        3 => None,
+        4 => Some(redis::from_redis_value(replies.pop().expect("four replies")).map_err(corrupt)?),
+        n => unreachable!("the watched read has 3 or 4 replies, got {n}"),
+    };
+    let (from, to, recorded): (Hash, Hash, Hash) =
+        redis::from_redis_value(redis::Value::Array(replies)).map_err(corrupt)?;
     Ok(WatchedRead {
         from: parse_wallet(&request.from_user, &from)?,
         to: parse_wallet(&request.to_user, &to)?,
@@ -561,7 +597,13 @@ fn parse_watched(
 /// Step 4 on its own, for a retry after EXEC found a watched key changed.
 fn watch_and_read(conn: &mut Conn, call: &Call<'_>) -> Result<WatchedRead, TransferError> {
     let mut pipe = redis::pipe();
-    add_watch_and_reads(&mut pipe, call.request, &call.outcome_key, &call.lock_keys);
+    add_watch_and_reads(
+        &mut pipe,
+        call.request,
+        &call.outcome_key,
+        &call.lock_keys,
+        true,
+    );
     let replies: Vec<redis::Value> = pipe.query(&mut conn.redis)?;
     parse_watched(replies, call.request)
 }
@@ -815,21 +857,24 @@ mod tests {
         let r = req("a", "b", "1.00");
         let c = call(&r);
         let ok = Ok((Amount::from_minor(0), Amount::from_minor(100)));
-        let done = transaction(&c, &ok, &new_outcome(&r, &ok, "f", None), None);
+        let done = transaction(&c, &ok, (4, 9), &new_outcome(&r, &ok, "f", None), None);
         assert_eq!(
             commands(&done),
-            [
-                "HSET", "HINCRBY", "XADD", "HSET", "HINCRBY", "XADD", "HMSET", "DEL"
-            ]
+            ["HSET", "XADD", "HSET", "XADD", "HSET", "DEL"]
+        );
+        let packed = String::from_utf8_lossy(&done.get_packed_pipeline()).into_owned();
+        assert!(
+            packed.contains("version\r\n$1\r\n5\r\n"),
+            "the sender's version goes 4 -> 5"
+        );
+        assert!(
+            packed.contains("version\r\n$2\r\n10\r\n"),
+            "the receiver's 9 -> 10"
         );
         let failed = Err(FailureReason::InsufficientFunds);
-        let ttl = transaction(
-            &c,
-            &failed,
-            &new_outcome(&r, &failed, "f", None),
-            Some(5_000),
-        );
-        assert_eq!(commands(&ttl), ["HMSET", "PEXPIRE", "DEL"]);
+        let outcome = new_outcome(&r, &failed, "f", None);
+        let ttl = transaction(&c, &failed, (4, 9), &outcome, Some(5_000));
+        assert_eq!(commands(&ttl), ["HSET", "PEXPIRE", "DEL"]);
     }
 
     #[test]

@@ -112,10 +112,47 @@ fn a_transfer_moves_the_exact_amount_and_records_it() {
     assert_eq!(history[0].transfer_id, "tx_1");
     assert_eq!(history[0].balance_after, amount("5133.95"));
     assert_eq!(
-        outcome.stats.round_trips, 3,
+        outcome.stats.round_trips, 2,
         "uncontended transfer round trips"
     );
     assert_no_locks(&redis);
+}
+
+/// What an uncontended transfer costs Redis, counted by Redis itself (`INFO commandstats`):
+/// at most 14 commands in 2 round trips. A replay takes its locks and gives them back.
+#[test]
+fn an_uncontended_transfer_costs_at_most_fourteen_commands() {
+    let redis = RedisServer::start();
+    let service = redis.service(2, EngineConfig::default());
+    create_wallets(&service, &[("a", "100.00"), ("b", "0")]);
+    let mut conn = redis.conn();
+    let calls = |conn: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    // Warm the pool so no connection handshake (HELLO, CLIENT, PING) lands in the count.
+    service.transfer(&usd("warm", "a", "b", "1.00")).unwrap();
+    let before = calls(&mut conn);
+    let outcome = service.transfer(&usd("t1", "a", "b", "1.00")).unwrap();
+    let used = calls(&mut conn) - before;
+    assert_eq!(outcome.status, Status::Completed);
+    assert_eq!(outcome.stats.round_trips, 2);
+    assert!(used <= 14, "{used} commands for one uncontended transfer");
+
+    let replay = service.transfer(&usd("t1", "a", "b", "1.00")).unwrap();
+    assert!(replay.duplicate);
+    assert_no_locks(&redis);
+    assert_eq!(service.balance("b").unwrap(), amount("2.00"));
 }
 
 #[test]
