@@ -256,6 +256,59 @@ pub struct BenchReport {
     pub balance: Option<BalanceCheck>,
     /// Keys deleted after the run, when cleanup was asked for.
     pub cleaned_keys: Option<u64>,
+    /// What Redis itself counted over the transfer phase (direct mode).
+    pub redis: Option<RedisCost>,
+}
+
+/// Redis's own figures over a run, from `INFO commandstats` and `INFO memory` before and after:
+/// every command any client sent (the bench is meant to be the only one), and the memory it
+/// kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RedisCost {
+    pub commands: u64,
+    pub used_memory_delta_bytes: i64,
+}
+
+impl RedisCost {
+    pub fn per_transfer(&self, transfers: u64) -> (f64, f64) {
+        let n = transfers.max(1) as f64;
+        (
+            self.commands as f64 / n,
+            self.used_memory_delta_bytes as f64 / n,
+        )
+    }
+}
+
+/// Redis's command count (INFO itself excluded) and used memory right now.
+fn redis_counters(service: &WalletService) -> Result<(u64, i64), BenchError> {
+    let mut conn = service.pool().get()?;
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn.redis)?;
+    let memory: String = redis::cmd("INFO").arg("memory").query(&mut conn.redis)?;
+    Ok((parse_command_calls(&stats), parse_used_memory(&memory)))
+}
+
+/// Sums `calls=` over `cmdstat_*` lines, leaving out INFO. Pure.
+fn parse_command_calls(info: &str) -> u64 {
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// `used_memory:` of `INFO memory`. Pure.
+fn parse_used_memory(info: &str) -> i64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 impl BenchReport {
@@ -290,6 +343,15 @@ impl BenchReport {
                 "round_trips_per_transfer": e.round_trips_mean(),
             })
         });
+        let redis = self.redis.map(|r| {
+            let (commands, bytes) = r.per_transfer(self.transfers);
+            json!({
+                "commands": r.commands,
+                "commands_per_transfer": commands,
+                "used_memory_delta_bytes": r.used_memory_delta_bytes,
+                "bytes_per_transfer": bytes,
+            })
+        });
         let balance = self.balance.map(|b| {
             json!({
                 "wallets": b.wallets,
@@ -317,6 +379,7 @@ impl BenchReport {
                 "max": self.latency.max_ms,
             },
             "engine": engine,
+            "redis": redis,
             "outcomes": self.outcomes,
             "errors": self.errors,
             "transient_retries": self.transient_retries,
@@ -344,6 +407,11 @@ impl BenchReport {
         let mut rows = self.run_rows();
         rows.extend(self.latency_rows());
         rows.extend(self.engine.iter().flat_map(engine_rows));
+        if let Some(r) = self.redis {
+            let (commands, bytes) = r.per_transfer(self.transfers);
+            rows.push(("redis commands/transfer".into(), format!("{commands:.2}")));
+            rows.push(("redis bytes kept/transfer".into(), format!("{bytes:.0}")));
+        }
         rows.extend(self.count_rows());
         rows.extend(self.balance.iter().flat_map(balance_rows));
         if let Some(n) = self.cleaned_keys {
@@ -624,10 +692,16 @@ pub fn run_direct(
         config.threads
     );
     let bar = progress_bar(config.transfers, config.progress);
+    let (commands_before, memory_before) = redis_counters(service)?;
     let started = Instant::now();
     let total = run_threads(service, config, &run, &bar);
     let elapsed = started.elapsed();
     bar.finish_and_clear();
+    let (commands_after, memory_after) = redis_counters(service)?;
+    let redis = RedisCost {
+        commands: commands_after.saturating_sub(commands_before),
+        used_memory_delta_bytes: memory_after - memory_before,
+    };
     let end = run.end(service, config.cleanup)?;
     Ok(BenchReport {
         mode: "direct",
@@ -645,6 +719,7 @@ pub fn run_direct(
         transient_retries: total.retries,
         balance: Some(end.balance),
         cleaned_keys: end.cleaned_keys,
+        redis: Some(redis),
     })
 }
 
@@ -856,6 +931,7 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
         transient_retries: total.retries,
         balance: Some(end.balance),
         cleaned_keys: end.cleaned_keys,
+        redis: None,
     })
 }
 
@@ -1344,6 +1420,10 @@ mod tests {
                 negative: 0,
             }),
             cleaned_keys: None,
+            redis: Some(RedisCost {
+                commands: 1_400,
+                used_memory_delta_bytes: 40_000,
+            }),
         }
     }
 
@@ -1359,6 +1439,7 @@ mod tests {
         let j = r.to_json();
         assert_eq!(j["transfers_per_s"], 2.0);
         assert_eq!(j["engine"]["round_trips_per_transfer"], 4.0);
+        assert_eq!(j["redis"]["commands_per_transfer"], 350.0);
         assert_eq!(j["outcomes"]["COMPLETED"], 4);
         assert_eq!(j["balance"]["ok"], true);
         let table = r.to_table().to_string();
@@ -1402,6 +1483,8 @@ mod tests {
                 "lock wait mean ms",
                 "WATCH retries total",
                 "round trips/transfer",
+                "redis commands/transfer",
+                "redis bytes kept/transfer",
                 "outcome COMPLETED",
                 "error redis",
                 "transient retries",
@@ -1493,5 +1576,20 @@ mod tests {
         let e = EngineFigures::default();
         assert_eq!(e.lock_first_try_rate(), 0.0);
         assert_eq!(e.round_trips_mean(), 0.0);
+    }
+
+    #[test]
+    fn redis_counters_come_from_info_and_leave_info_out() {
+        let stats = "# Commandstats\r\ncmdstat_set:calls=4,usec=1\r\ncmdstat_info:calls=9,usec=1\r\ncmdstat_exec:calls=2,usec=3,rejected_calls=0\r\n";
+        assert_eq!(parse_command_calls(stats), 6);
+        assert_eq!(
+            parse_used_memory("# Memory\r\nused_memory:123456\r\nused_memory_human:1M\r\n"),
+            123_456
+        );
+        let cost = RedisCost {
+            commands: 1_400,
+            used_memory_delta_bytes: 40_000,
+        };
+        assert_eq!(cost.per_transfer(100), (14.0, 400.0));
     }
 }
