@@ -6,6 +6,7 @@
 //! Owns nothing the transfer path depends on: a change here cannot change how money moves.
 
 pub mod bench;
+pub mod latency;
 pub mod ops;
 pub mod results;
 pub mod scenarios;

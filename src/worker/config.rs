@@ -92,14 +92,19 @@ pub const RETRY_DELAY_MS_BASE: u64 = 50;
 pub const PRODUCE_RETRY_DELAY_MS_BASE: u64 = 5;
 /// Poll timeout of the consumer loop: the longest a shutdown or commit waits for it.
 pub const POLL_MS: u64 = 100;
-/// Longest time the broker may hold a fetch that found no data (overridable with `-X`).
-pub const FETCH_WAIT_MS: u64 = 50;
+/// Longest time the broker may hold a fetch that found no data (overridable with `-X
+/// fetch.wait.max.ms=N`). The latency-for-load knob: a broker that does not answer a waiting
+/// fetch as soon as data arrives (tansu) adds up to this to every request; Apache Kafka answers
+/// at once, so there it only sets how often an idle consumer asks (200 fetches/s at 5 ms).
+pub const FETCH_WAIT_MS: u64 = 5;
 /// Interval of librdkafka's statistics (lag per partition, group join state).
 pub const STATS_INTERVAL_MS: u64 = 5_000;
 /// Poll timeout while the backlog holds jobs the channel had no room for.
 pub const BUSY_POLL_MS: u64 = 1;
-/// How long the result producer gathers messages into one request (librdkafka `linger.ms`).
-pub const RESULT_LINGER_MS: u64 = 20;
+/// How long the result producer gathers messages into one request (librdkafka `linger.ms`):
+/// the other latency-for-load knob. 5 ms (librdkafka's own default) batches well at thousands
+/// per second and adds at most 5 ms to a result.
+pub const RESULT_LINGER_MS: u64 = 5;
 /// Jobs the channel to the pool holds per transfer thread.
 pub const CHANNEL_JOBS_PER_THREAD: usize = 2;
 /// Step of the waits that watch the shutdown flag or a revoke's in-flight jobs.
