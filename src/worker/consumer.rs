@@ -118,7 +118,9 @@ fn poll_into_backlog(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, poll
         }
         Some(Err(e)) => {
             shared.metrics.record_retry("kafka_consume");
-            log::warn!("consumer: {e}; polling on");
+            shared
+                .warnings
+                .warn("consume", || format!("consumer: {e}; polling on"));
         }
         None => {}
     }
@@ -168,6 +170,11 @@ impl SummaryLog {
 /// length.
 fn dispatch(shared: &Shared, job_tx: &Sender<Job>) -> usize {
     let mut backlog = shared.backlog.lock();
+    // While answers cannot be delivered, new jobs would only add answers that cannot be
+    // delivered: they wait in the backlog (which pauses fetching once full).
+    if shared.delivery_failing.load(Ordering::SeqCst) {
+        return backlog.jobs.len();
+    }
     // Only this thread sends, so room seen here is still there at `send`.
     while !job_tx.is_full() {
         let Some(job) = backlog.pop() else {
@@ -245,7 +252,9 @@ fn commit(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, positions: &[(i
             true
         }
         Err(e) => {
-            log::warn!("commit {positions:?}: {e}; the next commit retries them");
+            shared.warnings.warn("commit", || {
+                format!("commit {positions:?}: {e}; the next commit retries them")
+            });
             false
         }
     }
@@ -329,6 +338,7 @@ impl ConsumerContext for ConsumerCtx {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             self.shared.metrics.health().set_assigned(tpl.count());
+            self.shared.delivery_failing.store(false, Ordering::SeqCst);
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             log::info!("partitions {partitions:?} assigned");
             self.shared.assignment_changed.store(true, Ordering::SeqCst);
@@ -367,7 +377,9 @@ fn stop_partitions(shared: &Shared, revoked: &HashSet<i32>) -> (usize, usize) {
 /// Waits (bounded by the revoke timeout) until every started job of `revoked` is finished or
 /// abandoned. Returns false when the time ran out.
 fn wait_for_running(shared: &Shared, revoked: &HashSet<i32>) -> bool {
-    let deadline = Instant::now() + Duration::from_millis(shared.config.revoke_timeout_ms);
+    // Bounded by the revoke timeout, and by the stop deadline when the worker is stopping.
+    let deadline = Instant::now()
+        + Duration::from_millis(shared.config.revoke_timeout_ms).min(shared.time_left());
     let busy = || {
         let tracker = shared.tracker.lock();
         let generations = shared.generations.lock();
