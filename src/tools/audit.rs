@@ -822,20 +822,16 @@ fn check_slots(
 /// Parses one wallet read and finds what is wrong with the wallet on its own.
 fn wallet_view(id: &str, read: WalletRead, listed: bool, epoch: u64) -> WalletView {
     let mut problems = Vec::new();
-    let (entries, stream_len, unreadable) = match read.history {
+    let (entries, stream_len) = match read.history {
         Ok(history) => {
             let entries = parse_entries(id, &history, &mut problems);
-            let unreadable = entries.len() < history.len();
-            (entries, history.len() as u64, unreadable)
+            (entries, Some(history.len() as u64))
         }
         Err(e) => {
             let detail = format!("{}: not a readable stream: {e}", keys::history(id));
-            problems.push(Violation::wallet(
-                ViolationKind::HistoryUnreadable,
-                id,
-                detail,
-            ));
-            (Vec::new(), 0, true)
+            let kind = ViolationKind::HistoryUnreadable;
+            problems.push(Violation::wallet(kind, id, detail));
+            (Vec::new(), None)
         }
     };
     let key = keys::wallet(id);
@@ -846,9 +842,11 @@ fn wallet_view(id: &str, read: WalletRead, listed: bool, epoch: u64) -> WalletVi
     let wallet = match parsed {
         Ok(Some(w)) => Some(w),
         Ok(None) => {
-            if listed || stream_len > 0 {
+            if listed || stream_len > Some(0) {
+                let entries = stream_len.unwrap_or(0);
                 let detail = format!(
-                    "{key} does not exist (listed in wallets:all: {listed}, history entries: {stream_len})"
+                    "{key} does not exist (listed in wallets:all: {listed}, history entries: \
+                     {entries})"
                 );
                 problems.push(Violation::wallet(ViolationKind::WalletMissing, id, detail));
             }
@@ -860,14 +858,14 @@ fn wallet_view(id: &str, read: WalletRead, listed: bool, epoch: u64) -> WalletVi
         }
     };
     if let Some(w) = &wallet {
-        problems.extend(balance_violations(id, w, &entries, stream_len, unreadable));
+        problems.extend(balance_violations(id, w, &entries, stream_len));
     }
     WalletView {
         listed,
         epoch,
         wallet,
         entries,
-        stream_len,
+        stream_len: stream_len.unwrap_or(0),
         problems,
     }
 }
@@ -917,14 +915,14 @@ fn parse_entry(stream_id: &str, f: &Fields) -> Option<Entry> {
     })
 }
 
-/// The per-wallet invariants: no negative balance, balance = opening + history (when every
-/// entry was readable), version = number of entries.
+/// The per-wallet invariants: no negative balance; when the history was read (`stream_len`),
+/// version = number of entries, and when every entry was readable, balance = opening +
+/// history.
 fn balance_violations(
     id: &str,
     w: &Wallet,
     entries: &[Entry],
-    stream_len: u64,
-    unreadable: bool,
+    stream_len: Option<u64>,
 ) -> Vec<Violation> {
     let mut out = Vec::new();
     let key = keys::wallet(id);
@@ -936,11 +934,15 @@ fn balance_violations(
             detail,
         ));
     }
+    let Some(stream_len) = stream_len else {
+        return out;
+    };
     let net: i128 = entries
         .iter()
         .map(|e| i128::from(e.kind.signed(e.amount).minor()))
         .sum();
-    if !unreadable && i128::from(w.opening_balance.minor()) + net != i128::from(w.balance.minor()) {
+    let readable = entries.len() as u64 == stream_len;
+    if readable && i128::from(w.opening_balance.minor()) + net != i128::from(w.balance.minor()) {
         let detail = format!(
             "{key}: balance {} != opening {} + history {}",
             w.balance,

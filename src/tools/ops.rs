@@ -258,9 +258,10 @@ fn read_each_wallet(
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for id in ids {
+        // The commands inside MULTI answer QUEUED; EXEC answers their replies.
         pipe.cmd("MULTI").ignore();
-        add_wallet_reads(&mut pipe, id);
-        pipe.ignore().ignore().cmd("EXEC");
+        add_wallet_reads(&mut pipe, id, true);
+        pipe.cmd("EXEC");
     }
     // An error may leave the connection inside MULTI: it must not go back to the pool.
     let replies: Vec<redis::Value> = pipe.query(&mut conn.redis).inspect_err(|_| conn.taint())?;
@@ -281,7 +282,7 @@ fn read_together(conn: &mut PooledConn, parts: &Parts) -> Result<Snapshot, OpsEr
     let mut pipe = redis::pipe();
     pipe.atomic().ignore_errors();
     for id in &parts.wallets {
-        add_wallet_reads(&mut pipe, id);
+        add_wallet_reads(&mut pipe, id, false);
     }
     for key in &parts.outcomes {
         pipe.hgetall(keys::outcome(key));
@@ -308,13 +309,16 @@ fn read_together(conn: &mut PooledConn, parts: &Parts) -> Result<Snapshot, OpsEr
     Ok(snapshot)
 }
 
-/// HGETALL of the wallet, XRANGE of its history.
-fn add_wallet_reads(pipe: &mut redis::Pipeline, id: &str) {
-    pipe.hgetall(keys::wallet(id))
-        .cmd("XRANGE")
-        .arg(keys::history(id))
-        .arg("-")
-        .arg("+");
+/// HGETALL of the wallet, XRANGE of its history; their replies ignored when `queued`.
+fn add_wallet_reads(pipe: &mut redis::Pipeline, id: &str, queued: bool) {
+    pipe.hgetall(keys::wallet(id));
+    if queued {
+        pipe.ignore();
+    }
+    pipe.cmd("XRANGE").arg(keys::history(id)).arg("-").arg("+");
+    if queued {
+        pipe.ignore();
+    }
 }
 
 /// A wallet from its (HGETALL, XRANGE) replies; a reply that is an error (a key of another
