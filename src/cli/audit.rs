@@ -6,6 +6,7 @@
 //! checked (`tools::ops::audit`, `tools::audit`).
 
 use clap::Args;
+use wallet_transfer::Amount;
 use wallet_transfer::tools::ops::{self, AuditReport};
 
 use crate::cli::{Failure, GlobalOpts, json_out, print_out};
@@ -71,8 +72,13 @@ fn summary(report: &AuditReport) -> String {
         report.history_entries,
     );
     for c in &report.currencies {
+        let in_flight = if c.in_flight == Amount::ZERO {
+            String::new()
+        } else {
+            format!("; in flight during the audit {}", c.in_flight)
+        };
         out.push_str(&format!(
-            "total balance {}: {} (openings {} + deposits {})\n",
+            "total balance {}: {} (openings {} + deposits {}{in_flight})\n",
             c.currency, c.balance, c.opening, c.deposits
         ));
     }
@@ -89,7 +95,6 @@ fn summary(report: &AuditReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wallet_transfer::Amount;
     use wallet_transfer::tools::ops::CurrencyTotals;
 
     #[test]
@@ -99,6 +104,7 @@ mod tests {
             balance: Amount::from_minor(balance),
             opening: Amount::from_minor(opening),
             deposits: Amount::from_minor(deposits),
+            in_flight: Amount::ZERO,
         };
         let mut report = AuditReport {
             wallets_checked: 3,
@@ -119,10 +125,15 @@ mod tests {
              total balance USD: 300.00 (openings 250.00 + deposits 50.00)\nviolations: 1\n"
         );
         report.settle_passes = 2;
+        report.currencies[1].in_flight = Amount::from_minor(-250);
+        let text = summary(&report);
         assert!(
-            summary(&report).contains("re-read passes: 2 (unsettled: 0)\n"),
-            "{}",
-            summary(&report)
+            text.contains("re-read passes: 2 (unsettled: 0)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("(openings 250.00 + deposits 50.00; in flight during the audit -2.50)"),
+            "{text}"
         );
     }
 }

@@ -26,7 +26,7 @@ use crate::engine::message::TransferRequest;
 use crate::engine::service::WalletService;
 use crate::engine::store::{self, PooledConn, keys};
 pub use crate::tools::audit::{
-    AuditReport, Auditor, CurrencyTotals, Fields, Parts, Snapshot, VIOLATIONS_LISTED_MAX,
+    AuditReport, Auditor, CurrencyTotals, Fields, Plan, Reread, Snapshot, VIOLATIONS_LISTED_MAX,
     Violation, ViolationKind, WalletRead,
 };
 pub use crate::tools::results::ResultWatcher;
@@ -213,19 +213,30 @@ pub fn locks(service: &WalletService) -> Result<Vec<LockInfo>, OpsError> {
 /// Checks the ledger invariants (listed in [`crate::tools::audit`]) over every wallet in
 /// `wallets:all` and every outcome record, on a quiet or a live ledger:
 ///
-/// 1. each wallet's hash and history in one MULTI/EXEC (pipelined, [`BATCH`] wallets per round
-///    trip), so a wallet is always seen whole;
-/// 2. then every `transfer:*` record (SCAN, pipelined HGETALL);
-/// 3. then, while transfers finish during the scan, findings that a read straddling a
-///    transfer could cause (a missing entry, an entry without an outcome) are confirmed by
-///    reading their wallets and outcomes again together in one MULTI/EXEC, a bounded number
-///    of times ([`Auditor::settle`]).
+/// 1. every `transfer:*` record (SCAN, pipelined HGETALL in batches of [`BATCH`]);
+/// 2. then each wallet's hash and history in one MULTI/EXEC (pipelined, [`BATCH`] wallets per
+///    round trip), so each wallet is seen whole;
+/// 3. then, while transfers finish during the scan, what a finding waits for (a history after
+///    its snapshot, an outcome record) in one MULTI/EXEC per pass, a bounded number of passes
+///    ([`Auditor::settle`]).
 ///
 /// A Redis error is an `Err`; a broken invariant is a [`Violation`] in the report. The checks
 /// are pure functions over what was read ([`Auditor`]).
 pub fn audit(service: &WalletService) -> Result<AuditReport, OpsError> {
     let mut conn = service.pool().get()?;
     let mut auditor = Auditor::default();
+    let outcome_keys = scan_keys(&mut conn, "transfer:*", Some("hash"))?;
+    for batch in outcome_keys.chunks(BATCH) {
+        let fields = read_hashes(&mut conn, batch)?;
+        let outcomes = batch.iter().zip(fields).map(|(key, fields)| {
+            let key = key.strip_prefix("transfer:").unwrap_or(key);
+            (key.to_string(), fields)
+        });
+        auditor.ingest(Snapshot {
+            outcomes: outcomes.collect(),
+            ..Snapshot::default()
+        });
+    }
     let ids = sscan_all(&mut conn, keys::WALLETS_ALL)?;
     for batch in ids.chunks(BATCH) {
         for wallet in read_each_wallet(&mut conn, batch)? {
@@ -236,17 +247,7 @@ pub fn audit(service: &WalletService) -> Result<AuditReport, OpsError> {
             });
         }
     }
-    let outcome_keys = scan_keys(&mut conn, "transfer:*", Some("hash"))?;
-    for batch in outcome_keys.chunks(BATCH) {
-        for (key, fields) in batch.iter().zip(read_hashes(&mut conn, batch)?) {
-            let key = key.strip_prefix("transfer:").unwrap_or(key).to_string();
-            auditor.ingest(Snapshot {
-                outcomes: vec![(key, fields)],
-                ..Snapshot::default()
-            });
-        }
-    }
-    auditor.settle(|parts| read_together(&mut conn, parts))
+    auditor.settle(|plan| read_plan(&mut conn, plan))
 }
 
 /// Each wallet of `ids` in its own MULTI/EXEC (HGETALL, XRANGE), all in one pipelined round
@@ -277,36 +278,48 @@ fn read_each_wallet(
         .collect()
 }
 
-/// Every wallet and outcome record of `parts` in one MULTI/EXEC.
-fn read_together(conn: &mut PooledConn, parts: &Parts) -> Result<Snapshot, OpsError> {
+/// Everything `plan` asks for, in one MULTI/EXEC: histories after a stream id (XRANGE with an
+/// exclusive start), whole wallets, outcome records.
+fn read_plan(conn: &mut PooledConn, plan: &Plan) -> Result<Reread, OpsError> {
     let mut pipe = redis::pipe();
     pipe.atomic().ignore_errors();
-    for id in &parts.wallets {
+    for (id, after) in &plan.histories {
+        let start = after
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |a| format!("({a}"));
+        pipe.cmd("XRANGE")
+            .arg(keys::history(id))
+            .arg(start)
+            .arg("+");
+    }
+    for id in &plan.wallets {
         add_wallet_reads(&mut pipe, id, false);
     }
-    for key in &parts.outcomes {
+    for key in &plan.outcomes {
         pipe.hgetall(keys::outcome(key));
     }
     let replies: Vec<redis::Value> = pipe.query(&mut conn.redis).inspect_err(|_| conn.taint())?;
-    let expected = parts.wallets.len() * 2 + parts.outcomes.len();
+    let expected = plan.histories.len() + plan.wallets.len() * 2 + plan.outcomes.len();
     if replies.len() != expected {
         let detail = format!("{} replies to {expected} reads", replies.len());
         return Err(OpsError::Other(format!("audit re-read: {detail}")));
     }
     let mut replies = replies.into_iter();
-    let mut snapshot = Snapshot::default();
-    for id in &parts.wallets {
-        let pair = vec![
-            replies.next().unwrap_or_default(),
-            replies.next().unwrap_or_default(),
-        ];
-        snapshot.wallets.push((id.clone(), wallet_read(pair)));
+    let mut next = || replies.next().unwrap_or_default();
+    let mut reread = Reread::default();
+    for id in plan.histories.keys() {
+        let history = redis::from_redis_value(next()).map_err(|e| e.to_string());
+        reread.histories.push((id.clone(), history));
     }
-    for (key, reply) in parts.outcomes.iter().zip(replies) {
-        let fields: Fields = redis::from_redis_value(reply)?;
-        snapshot.outcomes.push((key.clone(), fields));
+    for id in &plan.wallets {
+        let pair = vec![next(), next()];
+        reread.wallets.push((id.clone(), wallet_read(pair)));
     }
-    Ok(snapshot)
+    for key in &plan.outcomes {
+        let fields: Fields = redis::from_redis_value(next())?;
+        reread.outcomes.push((key.clone(), fields));
+    }
+    Ok(reread)
 }
 
 /// HGETALL of the wallet, XRANGE of its history; their replies ignored when `queued`.
