@@ -259,7 +259,8 @@ pub struct AuditReport {
     pub total_deposits: Amount,
     /// The totals per currency, by currency code.
     pub currencies: Vec<CurrencyTotals>,
-    /// Times histories and outcomes were read again to confirm a finding (0 on a quiet ledger).
+    /// Times histories and outcomes were read again to confirm or clear a finding (0 on a
+    /// quiet, sound ledger).
     pub settle_passes: u32,
     /// Findings still unconfirmed when the passes ran out (reported among the violations).
     pub unsettled: u64,
