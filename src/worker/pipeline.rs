@@ -45,7 +45,7 @@ use crate::worker::config::{
     CHANNEL_JOBS_PER_THREAD, DLQ_MESSAGE_BYTES_LIMIT, FETCH_WAIT_MS, RESULT_LINGER_MS,
     STATS_INTERVAL_MS, WAIT_STEP_MS, WARN_INTERVAL_MS, WorkerConfig,
 };
-use crate::worker::consumer::{self, ConsumerCtx, Exit};
+use crate::worker::consumer::{self, Committer, ConsumerCtx, Exit};
 use crate::worker::kafka::{self, TopicSpec};
 use crate::worker::keyed::{KeyGate, Keyed};
 use crate::worker::metrics::Metrics;
@@ -338,7 +338,9 @@ impl Worker {
         self.check_outcome_ttl()?;
         let (redo_tx, redo_rx) = crossbeam_channel::unbounded::<Job>();
         let producer = Arc::new(self.result_producer()?);
-        let mut consumer = self.subscribe()?;
+        let mut consumer = Arc::new(self.subscribe()?);
+        let committer = Committer::start(self.shared.clone());
+        self.watch_for_stop();
         log::info!(
             "worker up: group {} consuming {} with {} transfer threads; results to {}, dead letters to {}",
             config.group_id,
@@ -349,7 +351,8 @@ impl Worker {
         );
         let timer = pool::spawn_retry_timer(self.shared.clone(), redo_tx);
         let (job_tx, threads) = self.spawn_pool(&producer, redo_rx);
-        while let Exit::JoinStuck = consumer::consume(&self.shared, &consumer, &job_tx) {
+        while let Exit::JoinStuck = consumer::consume(&self.shared, &consumer, &job_tx, &committer)
+        {
             log::warn!(
                 "joining group {} has not completed within {} ms (the rebalance timeout plus the session timeout); rejoining as a new member",
                 config.group_id,
@@ -357,8 +360,10 @@ impl Worker {
             );
             // Join with the new member before the old one leaves: a coordinator that left the
             // old join hanging (tansu) completes it once another member arrives.
-            let fresh = self.subscribe()?;
-            drop(std::mem::replace(&mut consumer, fresh));
+            let fresh = Arc::new(self.subscribe()?);
+            let stale = std::mem::replace(&mut consumer, fresh);
+            // Closing the stale member talks to the coordinator: not on this thread.
+            std::thread::spawn(move || drop(stale));
         }
         // Shutdown, all of it within the stop deadline: no new jobs; the pool finishes what it
         // can, the producer delivers what it can, the watermark of what was acknowledged is
@@ -372,9 +377,26 @@ impl Worker {
         let all: Vec<_> = threads.into_iter().chain(std::iter::once(timer)).collect();
         let (panicked, running) = join_until(all, deadline);
         if running > 0 {
-            log::warn!("{running} threads still busy at the stop deadline (a Redis or broker call that does not return); leaving them");
+            log::warn!(
+                "{running} threads still busy at the stop deadline (a Redis or broker call that does not return); leaving them"
+            );
         }
-        self.finish(producer, consumer, panicked)
+        self.finish(producer, consumer, &committer, panicked)
+    }
+
+    /// Starts the stop clock as soon as the shutdown handle is set (a signal), not when the
+    /// consumer thread gets to notice.
+    fn watch_for_stop(&self) {
+        let shared = self.shared.clone();
+        std::thread::Builder::new()
+            .name("stop-watch".into())
+            .spawn(move || {
+                while !shared.shutdown.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(WAIT_STEP_MS));
+                }
+                shared.begin_stop();
+            })
+            .expect("spawn stop watch");
     }
 
     /// Creates the topics that are missing; the dead-letter topic with a message size that
@@ -492,18 +514,29 @@ impl Worker {
     fn finish(
         &self,
         producer: Arc<ThreadedProducer<DeliveryContext>>,
-        consumer: BaseConsumer<ConsumerCtx>,
+        consumer: Arc<BaseConsumer<ConsumerCtx>>,
+        committer: &Committer,
         panicked: bool,
     ) -> Result<WorkerReport, WorkerError> {
         use rdkafka::producer::Producer;
-        let flush = Duration::from_millis(self.shared.config.flush_timeout_ms)
-            .min(self.shared.time_left());
+        let flush =
+            Duration::from_millis(self.shared.config.flush_timeout_ms).min(self.shared.time_left());
         if let Err(e) = producer.flush(flush) {
             log::warn!("producer flush: {e}; undelivered results stay uncommitted and are redone");
         }
-        let committed = commit_before_deadline(&self.shared, consumer);
-        // Dropping the producer waits for the brokers; past the deadline that is not ours to do.
-        std::thread::spawn(move || drop(producer));
+        let committed = committer
+            .commit_all(&self.shared, &consumer, self.shared.time_left())
+            .unwrap_or_else(|| {
+                log::warn!("the final commit did not finish by the stop deadline; uncommitted messages are redelivered and answered from their records");
+                Vec::new()
+            });
+        if committed.is_empty() && !self.shared.tracker.lock().positions().is_empty() {
+            log::warn!(
+                "nothing was committed at the end; uncommitted messages are redelivered and answered from their records"
+            );
+        }
+        // Closing the consumer and the producer waits for the brokers; not ours to wait for.
+        std::thread::spawn(move || drop((producer, consumer)));
         let summary = self.shared.metrics.summary();
         let report = WorkerReport {
             processed: summary.processed,
@@ -548,32 +581,6 @@ fn join_until(threads: Vec<JoinHandle<()>>, deadline: Instant) -> (bool, usize) 
             return (panicked, pending.len());
         }
         std::thread::sleep(Duration::from_millis(WAIT_STEP_MS));
-    }
-}
-
-/// Commits the final watermark on a thread of its own and waits for it only until the stop
-/// deadline (a synchronous commit to a coordinator that is away would block for librdkafka's
-/// request timeouts). That thread also owns closing the consumer. Returns the positions
-/// committed, none when the commit failed or did not finish in time.
-fn commit_before_deadline(shared: &Arc<Shared>, consumer: BaseConsumer<ConsumerCtx>) -> Vec<(i32, i64)> {
-    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-    let shared_in = shared.clone();
-    std::thread::spawn(move || {
-        let committed = consumer::commit_all(&shared_in, &consumer);
-        let _ = done_tx.send(committed);
-        drop(consumer);
-    });
-    match done_rx.recv_timeout(shared.time_left()) {
-        Ok(committed) => {
-            if committed.is_empty() && !shared.tracker.lock().positions().is_empty() {
-                log::warn!("the final commit failed; uncommitted messages are redelivered and answered from their records");
-            }
-            committed
-        }
-        Err(_) => {
-            log::warn!("the final commit did not finish by the stop deadline; uncommitted messages are redelivered and answered from their records");
-            Vec::new()
-        }
     }
 }
 

@@ -15,4 +15,5 @@ mod ops;
 mod produce;
 mod seed;
 mod semantics;
+mod shutdown;
 mod worker;
