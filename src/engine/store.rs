@@ -231,7 +231,7 @@ impl r2d2::HandleError<redis::RedisError> for PoolErrorLog {
 }
 
 /// What went wrong with the first connection, told apart for the user: credentials refused,
-/// PING not permitted, a certificate not trusted, or no answer at all.
+/// PING not permitted, a TLS certificate missing or not trusted, or no answer at all.
 fn connect_error(url: &str, e: redis::RedisError) -> StoreError {
     let url = redact_url(url);
     let detail = e.to_string();
@@ -241,8 +241,17 @@ fn connect_error(url: &str, e: redis::RedisError) -> StoreError {
     if e.code() == Some("NOPERM") {
         return StoreError::Denied { url, detail };
     }
-    if url.starts_with("rediss://") && detail.contains("certificate") {
-        return StoreError::Untrusted { url, detail };
+    if url.starts_with("rediss://") {
+        let hint = if detail.contains("CertificateRequired") {
+            Some("the server asks for a client certificate: --redis-client-cert and --redis-client-key / REDIS_CLIENT_CERT and REDIS_CLIENT_KEY")
+        } else if detail.contains("certificate") || detail.contains("Certificate") {
+            Some("a server certificate from a private CA? name that CA with --redis-ca-file / REDIS_CA_FILE")
+        } else {
+            None
+        };
+        if let Some(hint) = hint {
+            return StoreError::Tls { url, detail, hint };
+        }
     }
     StoreError::Unreachable { url, detail }
 }
@@ -259,10 +268,12 @@ pub enum StoreError {
         "cannot reach Redis at {url}: {detail} (is redis-server running? check --redis-url / REDIS_URL)"
     )]
     Unreachable { url: String, detail: String },
-    #[error(
-        "cannot reach Redis at {url}: {detail} (a server certificate from a private CA? name that CA with --redis-ca-file / REDIS_CA_FILE)"
-    )]
-    Untrusted { url: String, detail: String },
+    #[error("cannot reach Redis at {url}: {detail} ({hint})")]
+    Tls {
+        url: String,
+        detail: String,
+        hint: &'static str,
+    },
     #[error(
         "Redis at {url} refused the credentials: {detail} (check the user and password in --redis-url / REDIS_URL)"
     )]

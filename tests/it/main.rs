@@ -14,4 +14,5 @@ mod ops;
 mod produce;
 mod seed;
 mod semantics;
+mod tls;
 mod worker;
