@@ -15,8 +15,13 @@
 //! 1. PING, WATCH (one per kind of key), UNWATCH, EXEC (no MULTI open: an error reply unless
 //!    refused), MULTI        - commands that cannot be queued, each harmless when it runs
 //! 2. every other command, queued behind that MULTI on probe keys (`wallet:permission-check`,
-//!    ...), then DISCARD     - queued commands never run; Redis checks the ACL at queue time
+//!    ...)                   - Redis checks the ACL at queue time; queued commands run only at
+//!                             an EXEC, which never comes: the connection is closed with the
+//!                             MULTI open, and Redis drops the transaction
 //! ```
+//!
+//! (No DISCARD: the worker does not need it otherwise, and a refused one would show in the
+//! server's ACL LOG at every start.)
 //!
 //! A refused command answers `NOPERM` at once (a queued one instead of `QUEUED`), naming the
 //! command or saying a key was refused; the probe it answered says which command and key
@@ -235,12 +240,7 @@ pub const WORKER_NEEDS: [Need; 18] = [
         used_by: "lock.rs release_keys, through redis-rs Script::invoke",
     },
     // Commands a script sends are checked against the same ACL.
-    queued(
-        "get",
-        &["GET", KEY],
-        KeyKind::Lock,
-        "lock.rs RELEASE_LUA",
-    ),
+    queued("get", &["GET", KEY], KeyKind::Lock, "lock.rs RELEASE_LUA"),
     queued(
         "del",
         &["DEL", KEY],
@@ -460,17 +460,21 @@ impl WalletService {
     /// (they may run as other users).
     pub fn check_permissions(&self) -> Result<(), PermissionError> {
         let needs = worker_needs(self.config.outcome_ttl_ms.is_some());
-        let split = needs.iter().take_while(|n| n.phase == Phase::Direct).count();
+        let split = needs
+            .iter()
+            .take_while(|n| n.phase == Phase::Direct)
+            .count();
         let (direct, queued) = needs.split_at(split);
         debug_assert!(queued.iter().all(|n| n.phase == Phase::Queued));
         debug_assert_eq!(direct.last().map(|n| n.acl), Some("multi"));
         let mut conn = self.pool.get()?;
-        // Whatever the check leaves behind (a MULTI, a WATCH), the connection is not reused.
+        // The pool closes it when it comes back (at the end of this call), MULTI still open:
+        // nothing queued ever runs, and nothing the check leaves is reused.
         conn.taint();
-        let mut replies = send(&mut conn.redis, direct, false)?;
+        let mut replies = send(&mut conn.redis, direct)?;
         let multi = replies.last().expect("one reply per direct probe");
         if judge(Phase::Direct, multi) == Verdict::Granted {
-            replies.extend(send(&mut conn.redis, queued, true)?);
+            replies.extend(send(&mut conn.redis, queued)?);
         }
         let found = missing(&needs, &replies)?;
         if found.is_empty() {
@@ -483,23 +487,16 @@ impl WalletService {
     }
 }
 
-/// Sends the probes of `needs` in one round trip (then DISCARD, whose reply is dropped, when
-/// `discard`) and returns one reply per probe, errors included.
-fn send(
-    conn: &mut redis::Connection,
-    needs: &[Need],
-    discard: bool,
-) -> Result<Vec<Reply>, PermissionError> {
+/// Sends the probes of `needs` in one round trip and returns one reply per probe, errors
+/// included.
+fn send(conn: &mut redis::Connection, needs: &[Need]) -> Result<Vec<Reply>, PermissionError> {
     use redis::ConnectionLike;
     let mut pipe = redis::pipe();
     for need in needs {
         pipe.add_command(need.probe());
     }
-    if discard {
-        pipe.cmd("DISCARD");
-    }
     let values = conn.req_packed_commands(&pipe.get_packed_pipeline(), 0, pipe.len())?;
-    Ok(values.iter().take(needs.len()).map(Reply::from_value).collect())
+    Ok(values.iter().map(Reply::from_value).collect())
 }
 
 #[cfg(test)]
@@ -513,7 +510,10 @@ mod tests {
     }
 
     fn noperm_key() -> Reply {
-        Reply::Error("NOPERM this user has no permissions to access one of the keys used as arguments".into())
+        Reply::Error(
+            "NOPERM this user has no permissions to access one of the keys used as arguments"
+                .into(),
+        )
     }
 
     fn replies_all_granted(needs: &[Need]) -> Vec<Reply> {
@@ -550,7 +550,10 @@ mod tests {
         let found = missing(&needs, &replies).unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
         let text = found[0].to_string();
-        assert!(text.starts_with("command HGETALL (grant +hgetall; "), "{text}");
+        assert!(
+            text.starts_with("command HGETALL (grant +hgetall; "),
+            "{text}"
+        );
     }
 
     #[test]
@@ -585,7 +588,10 @@ mod tests {
         );
         assert_eq!(judge(Phase::Direct, &reply), Verdict::CommandRefused);
         assert_eq!(
-            judge(Phase::Direct, &Reply::Error("ERR EXEC without MULTI".into())),
+            judge(
+                Phase::Direct,
+                &Reply::Error("ERR EXEC without MULTI".into())
+            ),
             Verdict::Granted
         );
     }

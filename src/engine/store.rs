@@ -150,10 +150,12 @@ fn read_pem(path: &Path, label: &str) -> Result<Vec<u8>, StoreError> {
     };
     let pem = std::fs::read(path).map_err(|e| tls_file(e.to_string()))?;
     let text = String::from_utf8_lossy(&pem);
-    let has_block = text
-        .split("-----BEGIN ")
-        .skip(1)
-        .any(|block| block.split("-----").next().is_some_and(|l| l.ends_with(label)));
+    let has_block = text.split("-----BEGIN ").skip(1).any(|block| {
+        block
+            .split("-----")
+            .next()
+            .is_some_and(|l| l.ends_with(label))
+    });
     if !has_block {
         return Err(tls_file(format!("no PEM {label} block in it")));
     }
@@ -243,9 +245,13 @@ fn connect_error(url: &str, e: redis::RedisError) -> StoreError {
     }
     if url.starts_with("rediss://") {
         let hint = if detail.contains("CertificateRequired") {
-            Some("the server asks for a client certificate: --redis-client-cert and --redis-client-key / REDIS_CLIENT_CERT and REDIS_CLIENT_KEY")
+            Some(
+                "the server asks for a client certificate: --redis-client-cert and --redis-client-key / REDIS_CLIENT_CERT and REDIS_CLIENT_KEY",
+            )
         } else if detail.contains("certificate") || detail.contains("Certificate") {
-            Some("a server certificate from a private CA? name that CA with --redis-ca-file / REDIS_CA_FILE")
+            Some(
+                "a server certificate from a private CA? name that CA with --redis-ca-file / REDIS_CA_FILE",
+            )
         } else {
             None
         };

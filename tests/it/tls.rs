@@ -32,7 +32,11 @@ fn set_user_without(redis: &RedisServer, name: &str, password: &str, drop: &str)
         .into_iter()
         .filter(|r| r != drop)
         .collect();
-    assert_ne!(rules.len(), worker_rules(password).len(), "{drop} is a rule");
+    assert_ne!(
+        rules.len(),
+        worker_rules(password).len(),
+        "{drop} is a rule"
+    );
     redis::cmd("ACL")
         .arg("SETUSER")
         .arg(name)
@@ -100,7 +104,10 @@ fn the_acl_line_is_in_the_readme_and_grants_exactly_what_the_check_asks() {
         .iter()
         .filter_map(|n| n.key.map(|k| k.pattern()))
         .collect();
-    assert_eq!(granted, asked, "the line grants the commands the check asks for");
+    assert_eq!(
+        granted, asked,
+        "the line grants the commands the check asks for"
+    );
     assert_eq!(patterns, kinds, "and the key patterns");
     for rule in ["reset", "resetchannels", "-@all", "on"] {
         assert!(rules.iter().any(|r| r == rule), "{rule} in {line}");
@@ -128,7 +135,7 @@ fn the_worker_runs_end_to_end_over_tls_as_the_restricted_user_and_never_shows_it
         .map(|i| {
             let from = &ids[i % ids.len()];
             let to = &ids[(i * 7 + 3) % ids.len()];
-            let amount = format!("{}.{:02}", i % 40, i % 100);
+            let amount = format!("{}.{:02}", 1 + i % 40, i % 100);
             TransferRequest::new(&format!("tls{i}"), from, to, &amount, Currency::USD).unwrap()
         })
         .collect();
@@ -150,7 +157,10 @@ fn the_worker_runs_end_to_end_over_tls_as_the_restricted_user_and_never_shows_it
 
     let audit = ops::audit(&admin).expect("audit reads redis");
     assert!(audit.is_ok(), "{:?}", audit.violations);
-    assert_eq!(audit.total_balance, opening, "money is neither made nor lost");
+    assert_eq!(
+        audit.total_balance, opening,
+        "money is neither made nor lost"
+    );
 
     // The worker's connections are on the TLS port, as the restricted user, and Redis refused
     // it nothing (a refusal is logged in ACL LOG; CLIENT SETINFO aside, which the worker
@@ -171,13 +181,23 @@ fn the_worker_runs_end_to_end_over_tls_as_the_restricted_user_and_never_shows_it
         .filter(|(user, object)| user == WORKER_USER && object != "client|setinfo")
         .map(|(_, object)| object)
         .collect();
-    assert_eq!(refused, Vec::<String>::new(), "nothing refused to the worker");
+    assert_eq!(
+        refused,
+        Vec::<String>::new(),
+        "nothing refused to the worker"
+    );
 
     // Readiness PINGs over TLS too; neither endpoint shows the password.
     let ready = http_get(worker.metrics_port, "/readyz");
-    assert!(ready.starts_with("HTTP/1.1 200") || ready.starts_with("HTTP/1.0 200"), "{ready}");
+    assert!(
+        ready.starts_with("HTTP/1.1 200") || ready.starts_with("HTTP/1.0 200"),
+        "{ready}"
+    );
     let metrics = worker.metrics();
-    assert!(metrics.contains("wallet_results_published_total"), "{metrics}");
+    assert!(
+        metrics.contains("wallet_results_published_total"),
+        "{metrics}"
+    );
     for (what, text) in [("/metrics", &metrics), ("/readyz", &ready)] {
         assert!(!text.contains(&password), "the password in {what}");
     }
@@ -229,7 +249,9 @@ fn each_permission_left_out_of_the_acl_line_is_named_by_the_check_and_nothing_is
         );
         if rule == "+multi" {
             assert!(
-                error.contains(&format!("{queued} more commands are checked inside a MULTI")),
+                error.contains(&format!(
+                    "{queued} more commands are checked inside a MULTI"
+                )),
                 "{error}"
             );
         } else {
@@ -270,13 +292,24 @@ fn a_worker_whose_user_lacks_one_permission_stops_at_start_naming_it() {
     assert_eq!(worker.wait_exit(30_000), Some(1), "{}", worker.log());
     let log = worker.log();
     assert!(
-        log.contains("the Redis user lacks permissions the worker needs: command XADD (grant +xadd;"),
+        log.contains(
+            "the Redis user lacks permissions the worker needs: command XADD (grant +xadd;"
+        ),
         "{log}"
     );
     assert!(!log.contains(&password), "the password in the log:\n{log}");
-    assert!(!log.contains("assigned"), "stopped before joining the group:\n{log}");
-    assert_eq!(admin.balance("a").unwrap(), Amount::parse("100.00").unwrap());
-    assert!(admin.transfer_outcome("x1").unwrap().is_none(), "no transfer ran");
+    assert!(
+        !log.contains("assigned"),
+        "stopped before joining the group:\n{log}"
+    );
+    assert_eq!(
+        admin.balance("a").unwrap(),
+        Amount::parse("100.00").unwrap()
+    );
+    assert!(
+        admin.transfer_outcome("x1").unwrap().is_none(),
+        "no transfer ran"
+    );
 }
 
 #[test]
