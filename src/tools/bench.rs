@@ -30,6 +30,7 @@ use crate::engine::setting::SettingError;
 use crate::engine::store::keys;
 use crate::engine::transfer::TransferOutcome;
 use crate::engine::wallet::{NewWallet, WalletError};
+use crate::tools::latency::{self, StageSplit, StageSummary, WallClock};
 use crate::tools::results::{ReadError, ReadMessage, Start, TopicReader};
 use crate::worker::kafka::{self, KafkaConfig};
 
@@ -258,6 +259,15 @@ pub struct BenchReport {
     pub cleaned_keys: Option<u64>,
     /// What Redis itself counted over the transfer phase (direct mode).
     pub redis: Option<RedisCost>,
+    /// Where the requests spent their time, from the messages' timestamps (e2e mode).
+    pub stages: Option<StageSummary>,
+    /// The broker's own latency for a plain message with the same client settings (e2e mode).
+    pub broker_floor: Option<LatencySummary>,
+}
+
+/// `{"p50": .., "p99": ..}` of a summary, in ms.
+fn p50_p99(l: &LatencySummary) -> Value {
+    json!({"p50": l.p50_ms, "p99": l.p99_ms})
 }
 
 /// Redis's own figures over a run, from `INFO commandstats` and `INFO memory` before and after:
@@ -380,6 +390,13 @@ impl BenchReport {
             },
             "engine": engine,
             "redis": redis,
+            "stages_ms": self.stages.map(|st| json!({
+                "to_worker": p50_p99(&st.to_worker),
+                "in_worker": p50_p99(&st.in_worker),
+                "result_back": p50_p99(&st.result_back),
+            })),
+            "broker_floor_ms": self.broker_floor.as_ref().map(p50_p99),
+            "worker_adds_p50_ms": self.broker_floor.map(|f| self.latency.p50_ms - f.p50_ms),
             "outcomes": self.outcomes,
             "errors": self.errors,
             "transient_retries": self.transient_retries,
@@ -406,6 +423,7 @@ impl BenchReport {
     fn rows(&self) -> Vec<(String, String)> {
         let mut rows = self.run_rows();
         rows.extend(self.latency_rows());
+        rows.extend(self.split_rows());
         rows.extend(self.engine.iter().flat_map(engine_rows));
         if let Some(r) = self.redis {
             let (commands, bytes) = r.per_transfer(self.transfers);
@@ -438,6 +456,23 @@ impl BenchReport {
             rows.push(("publish rate /s".into(), rate.to_string()));
         }
         rows.push(("transfers".into(), self.transfers.to_string()));
+        rows
+    }
+
+    /// The legs and the broker floor as "p50 / p99 ms" rows (e2e mode).
+    fn split_rows(&self) -> Vec<(String, String)> {
+        let show = |l: &LatencySummary| format!("{:.1} / {:.1}", l.p50_ms, l.p99_ms);
+        let mut rows = Vec::new();
+        if let Some(st) = &self.stages {
+            rows.push(("to worker p50/p99 ms".into(), show(&st.to_worker)));
+            rows.push(("in worker p50/p99 ms".into(), show(&st.in_worker)));
+            rows.push(("result back p50/p99 ms".into(), show(&st.result_back)));
+        }
+        if let Some(floor) = &self.broker_floor {
+            rows.push(("broker floor p50/p99 ms".into(), show(floor)));
+            let adds = self.latency.p50_ms - floor.p50_ms;
+            rows.push(("worker adds p50 ms".into(), format!("{adds:.1}")));
+        }
         rows
     }
 
@@ -720,6 +755,8 @@ pub fn run_direct(
         balance: Some(end.balance),
         cleaned_keys: end.cleaned_keys,
         redis: Some(redis),
+        stages: None,
+        broker_floor: None,
     })
 }
 
@@ -899,7 +936,7 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
     let producer: ThreadedProducer<DeliveryCounter> = config
         .kafka
         .client_config()
-        .set("linger.ms", "5")
+        .set("linger.ms", BENCH_LINGER_MS)
         .set("enable.idempotence", "true")
         .create_with_context(DeliveryCounter::default())
         .map_err(|e| BenchError::Kafka(format!("producer: {e}")))?;
@@ -912,6 +949,18 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
         config.requests_topic,
         config.results_topic
     );
+    // Before the clock starts: connections, metadata and assignment warmed by one real
+    // request through the worker, then the broker's own floor with the same settings.
+    warm_up(&producer, &reader, config, &run)?;
+    let floor_rate = config.rate.unwrap_or(FLOOR_RATE_DEFAULT);
+    let floor_messages = config.transfers.min(FLOOR_MESSAGES_DEFAULT);
+    let floor = latency::broker_floor(
+        &config.kafka,
+        &producer,
+        floor_messages,
+        floor_rate,
+        config.timeout,
+    )?;
     let read = publish_and_read(&producer, &reader, config, &run, &requests)?;
     let end = run.end(service, config.cleanup)?;
     let total = read.tally;
@@ -932,7 +981,53 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
         balance: Some(end.balance),
         cleaned_keys: end.cleaned_keys,
         redis: None,
+        stages: Some(read.stages.summary()),
+        broker_floor: Some(floor),
     })
+}
+
+/// The bench producer's `linger.ms`: short, so the publish leg is the broker's, not batching's.
+const BENCH_LINGER_MS: &str = "1";
+
+/// Messages of the broker floor measurement, at most.
+const FLOOR_MESSAGES_DEFAULT: u64 = 300;
+/// Publish rate of the floor measurement when the run itself has none (a burst).
+const FLOOR_RATE_DEFAULT: u32 = 1_000;
+
+/// Sends one request that is not part of the run (`<run>_warmup`, 0.01 between the run's first
+/// two wallets) and waits for its result: afterwards the producer, the reader and the worker's
+/// path are connected, so the run's clock measures transfers, not connection setup.
+fn warm_up(
+    producer: &ThreadedProducer<DeliveryCounter>,
+    reader: &TopicReader,
+    config: &E2eConfig,
+    run: &Run,
+) -> Result<(), BenchError> {
+    let id = format!("{}_warmup", run.name);
+    let request = TransferRequest::new(&id, &run.ids[0], &run.ids[1], "0.01", Currency::USD)
+        .map_err(|e| BenchError::Setup(format!("warm-up request: {e}")))?;
+    let payload = request.to_json();
+    producer
+        .send(
+            BaseRecord::to(&config.requests_topic)
+                .key(request.from_user.as_str())
+                .payload(payload.as_str()),
+        )
+        .map_err(|(e, _)| BenchError::Kafka(format!("publishing the warm-up request: {e}")))?;
+    let deadline = Instant::now() + config.timeout;
+    while Instant::now() < deadline {
+        if let Some(Ok(m)) = reader.next(Duration::from_millis(100))
+            && m.result().is_ok_and(|r| r.transfer_id == id)
+        {
+            return Ok(());
+        }
+    }
+    Err(BenchError::Timeout(format!(
+        "the warm-up request got no result on {} within {} s (is a worker running on {}?)",
+        config.results_topic,
+        config.timeout.as_secs(),
+        config.requests_topic
+    )))
 }
 
 /// Publishes `requests` on one thread while reading their results on this one, until every
@@ -1070,6 +1165,9 @@ struct ReadResults {
     last: Instant,
     /// Results of this run seen more than once (a redelivered request answered again).
     repeated: u64,
+    /// Wall-clock view of `origin`, for the legs.
+    clock: WallClock,
+    stages: StageSplit,
 }
 
 impl ReadResults {
@@ -1081,6 +1179,8 @@ impl ReadResults {
             origin,
             last: origin,
             repeated: 0,
+            clock: WallClock::now(),
+            stages: StageSplit::default(),
         }
     }
 
@@ -1108,6 +1208,17 @@ impl ReadResults {
             let sent_at = self.origin + Duration::from_nanos(sent_at - 1);
             self.tally
                 .latency(m.received.saturating_duration_since(sent_at));
+            if let Some(produced_ms) = m.timestamp_ms {
+                let processed_ms = (result.processed_at * 1000.0).round() as i64;
+                let received_ms = self.clock.ms(m.received);
+                let sent_ms = self.clock.ms(sent_at);
+                self.stages.record(latency::legs(
+                    sent_ms,
+                    processed_ms,
+                    produced_ms,
+                    received_ms,
+                ));
+            }
         }
         let name = answer_name(result.status, result.reason, result.duplicate);
         count(&mut self.tally.outcomes, name);
@@ -1424,6 +1535,8 @@ mod tests {
                 commands: 1_400,
                 used_memory_delta_bytes: 40_000,
             }),
+            stages: None,
+            broker_floor: None,
         }
     }
 
@@ -1537,6 +1650,7 @@ mod tests {
             payload: serde_json::to_vec(&result).unwrap(),
             headers: Default::default(),
             received,
+            timestamp_ms: None,
         }
     }
 

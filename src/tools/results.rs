@@ -31,7 +31,7 @@ const POLL_SLICE_MS: u64 = 200;
 /// Largest message fetched per partition: dead letters may be a few megabytes.
 const FETCH_MESSAGE_BYTES_MAX: &str = "10000000";
 /// How long the broker may hold a fetch of a prompt reader (see [`TopicReader::open_prompt`]).
-const PROMPT_FETCH_WAIT_MS: &str = "10";
+const PROMPT_FETCH_WAIT_MS: &str = "2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -73,6 +73,9 @@ pub struct ReadMessage {
     pub headers: HashMap<String, String>,
     /// When this reader got it from the consumer.
     pub received: Instant,
+    /// The message's timestamp (CreateTime: when its producer handed it over), in ms since the
+    /// Unix epoch, when it has one.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl ReadMessage {
@@ -95,6 +98,7 @@ impl ReadMessage {
             payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             headers,
             received,
+            timestamp_ms: m.timestamp().to_millis(),
         }
     }
 

@@ -37,6 +37,10 @@ pub struct WorkerConfig {
     pub backlog_bytes_max: usize,
     /// Interval of the one-line summary log.
     pub summary_interval_ms: u64,
+    /// Time from the first stop signal until the worker has stopped, whatever is down: what
+    /// can finish finishes, what is answered and acknowledged is committed, the rest is
+    /// abandoned (left uncommitted for the next owner).
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -58,6 +62,7 @@ impl Default for WorkerConfig {
             retry_delay_ms_max: 2_000,
             backlog_bytes_max: 32 * 1024 * 1024,
             summary_interval_ms: 10_000,
+            shutdown_timeout_ms: 10_000,
         }
     }
 }
@@ -82,6 +87,9 @@ pub const DLQ_HEADERS_BYTES_LIMIT: usize = 16 * 1024;
 pub const DLQ_MESSAGE_BYTES_LIMIT: usize = DLQ_PAYLOAD_BYTES_LIMIT + DLQ_HEADERS_BYTES_LIMIT;
 /// librdkafka's default `message.max.bytes`, which the result producer keeps.
 pub const PRODUCER_MESSAGE_BYTES_DEFAULT: usize = 1_000_000;
+/// How often one kind of warning is logged at most; repeats in between are counted and the
+/// count is logged with the next one.
+pub const WARN_INTERVAL_MS: u64 = 10_000;
 /// Longest wait of the retry timer between looks at the delay queue.
 pub const RETRY_TICK_MS: u64 = 50;
 /// Upper bound on every interval and timeout setting (one hour).
@@ -92,14 +100,19 @@ pub const RETRY_DELAY_MS_BASE: u64 = 50;
 pub const PRODUCE_RETRY_DELAY_MS_BASE: u64 = 5;
 /// Poll timeout of the consumer loop: the longest a shutdown or commit waits for it.
 pub const POLL_MS: u64 = 100;
-/// Longest time the broker may hold a fetch that found no data (overridable with `-X`).
-pub const FETCH_WAIT_MS: u64 = 50;
+/// Longest time the broker may hold a fetch that found no data (overridable with `-X
+/// fetch.wait.max.ms=N`). The latency-for-load knob: a broker that does not answer a waiting
+/// fetch as soon as data arrives (tansu) adds up to this to every request; Apache Kafka answers
+/// at once, so there it only sets how often an idle consumer asks (200 fetches/s at 5 ms).
+pub const FETCH_WAIT_MS: u64 = 2;
 /// Interval of librdkafka's statistics (lag per partition, group join state).
 pub const STATS_INTERVAL_MS: u64 = 5_000;
 /// Poll timeout while the backlog holds jobs the channel had no room for.
 pub const BUSY_POLL_MS: u64 = 1;
-/// How long the result producer gathers messages into one request (librdkafka `linger.ms`).
-pub const RESULT_LINGER_MS: u64 = 20;
+/// How long the result producer gathers messages into one request (librdkafka `linger.ms`):
+/// the other latency-for-load knob. 5 ms (librdkafka's own default) batches well at thousands
+/// per second and adds at most 5 ms to a result.
+pub const RESULT_LINGER_MS: u64 = 1;
 /// Jobs the channel to the pool holds per transfer thread.
 pub const CHANNEL_JOBS_PER_THREAD: usize = 2;
 /// Step of the waits that watch the shutdown flag or a revoke's in-flight jobs.
@@ -147,6 +160,7 @@ impl WorkerConfig {
             ("flush_timeout_ms", self.flush_timeout_ms),
             ("retry_delay_ms_max", self.retry_delay_ms_max),
             ("summary_interval_ms", self.summary_interval_ms),
+            ("shutdown_timeout_ms", self.shutdown_timeout_ms),
         ] {
             SettingError::check_range(setting, ms, 1, INTERVAL_MS_LIMIT)?;
         }

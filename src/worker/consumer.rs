@@ -20,7 +20,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::worker::config::{BUSY_POLL_MS, POLL_MS, WAIT_STEP_MS};
-use crate::worker::metrics::Metrics;
+use crate::worker::metrics::{Metrics, Stage, StageBuckets};
 use crate::worker::pipeline::{Job, Shared};
 
 /// Why the consumer loop returned.
@@ -118,7 +118,9 @@ fn poll_into_backlog(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, poll
         }
         Some(Err(e)) => {
             shared.metrics.record_retry("kafka_consume");
-            log::warn!("consumer: {e}; polling on");
+            shared
+                .warnings
+                .warn("consume", || format!("consumer: {e}; polling on"));
         }
         None => {}
     }
@@ -128,6 +130,7 @@ fn poll_into_backlog(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, poll
 struct SummaryLog {
     since: Instant,
     processed_then: u64,
+    stages_then: StageBuckets,
 }
 
 impl SummaryLog {
@@ -135,6 +138,7 @@ impl SummaryLog {
         SummaryLog {
             since: Instant::now(),
             processed_then: 0,
+            stages_then: StageBuckets::default(),
         }
     }
 
@@ -144,8 +148,10 @@ impl SummaryLog {
         }
         let s = metrics.summary();
         let rate = (s.processed - self.processed_then) as f64 / self.since.elapsed().as_secs_f64();
+        let stages = metrics.stage_buckets();
+        let split = stage_text(&stages.percentiles_since(&self.stages_then));
         log::info!(
-            "processed {} ({rate:.0}/s), failed {}, duplicates {}, dead letters {}, retries {}, lag {}",
+            "processed {} ({rate:.0}/s), failed {}, duplicates {}, dead letters {}, retries {}, lag {}; p50/p99 ms {split}",
             s.processed,
             s.failed,
             s.duplicates,
@@ -154,6 +160,7 @@ impl SummaryLog {
             s.lag_total
         );
         self.processed_then = s.processed;
+        self.stages_then = stages;
         self.since = Instant::now();
     }
 }
@@ -163,6 +170,11 @@ impl SummaryLog {
 /// length.
 fn dispatch(shared: &Shared, job_tx: &Sender<Job>) -> usize {
     let mut backlog = shared.backlog.lock();
+    // While answers cannot be delivered, new jobs would only add answers that cannot be
+    // delivered: they wait in the backlog (which pauses fetching once full).
+    if shared.delivery_failing.load(Ordering::SeqCst) {
+        return backlog.jobs.len();
+    }
     // Only this thread sends, so room seen here is still there at `send`.
     while !job_tx.is_full() {
         let Some(job) = backlog.pop() else {
@@ -240,7 +252,9 @@ fn commit(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, positions: &[(i
             true
         }
         Err(e) => {
-            log::warn!("commit {positions:?}: {e}; the next commit retries them");
+            shared.warnings.warn("commit", || {
+                format!("commit {positions:?}: {e}; the next commit retries them")
+            });
             false
         }
     }
@@ -324,11 +338,25 @@ impl ConsumerContext for ConsumerCtx {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             self.shared.metrics.health().set_assigned(tpl.count());
+            self.shared.delivery_failing.store(false, Ordering::SeqCst);
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             log::info!("partitions {partitions:?} assigned");
             self.shared.assignment_changed.store(true, Ordering::SeqCst);
         }
     }
+}
+
+/// `queue_wait 3/9, transfer 1/2, ack 2/5` (p50/p99 in ms per stage; `-` when none). Pure.
+fn stage_text(percentiles: &[Option<(f64, f64)>; 3]) -> String {
+    Stage::ALL
+        .iter()
+        .zip(percentiles)
+        .map(|(stage, p)| match p {
+            Some((p50, p99)) => format!("{} {p50}/{p99}", stage.as_str()),
+            None => format!("{} -", stage.as_str()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Stops the revoked partitions' jobs that are not running: undispatched ones leave the backlog,
@@ -349,7 +377,9 @@ fn stop_partitions(shared: &Shared, revoked: &HashSet<i32>) -> (usize, usize) {
 /// Waits (bounded by the revoke timeout) until every started job of `revoked` is finished or
 /// abandoned. Returns false when the time ran out.
 fn wait_for_running(shared: &Shared, revoked: &HashSet<i32>) -> bool {
-    let deadline = Instant::now() + Duration::from_millis(shared.config.revoke_timeout_ms);
+    // Bounded by the revoke timeout, and by the stop deadline when the worker is stopping.
+    let deadline = Instant::now()
+        + Duration::from_millis(shared.config.revoke_timeout_ms).min(shared.time_left());
     let busy = || {
         let tracker = shared.tracker.lock();
         let generations = shared.generations.lock();
@@ -381,5 +411,11 @@ mod tests {
         assert!(should_pause(false, 1_000, max));
         assert!(should_pause(true, 501, max), "stays paused above half");
         assert!(!should_pause(true, 500, max), "resumes at half");
+    }
+
+    #[test]
+    fn the_summary_names_each_stage() {
+        let text = stage_text(&[Some((2.0, 5.0)), None, Some((1.0, 10.0))]);
+        assert_eq!(text, "queue_wait 2/5, transfer -, ack 1/10");
     }
 }

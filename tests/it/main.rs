@@ -5,6 +5,7 @@
 
 mod support;
 
+mod audit;
 mod bench_e2e;
 mod engine;
 mod faults;
