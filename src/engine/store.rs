@@ -138,7 +138,9 @@ pub fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, StoreError> {
         client_tls,
         root_cert,
     };
-    redis::Client::build_with_tls(url, certificates).map_err(|e| bad_url(e.to_string()))
+    redis::Client::build_with_tls(url, certificates).map_err(|e| StoreError::TlsFiles {
+        detail: e.to_string(),
+    })
 }
 
 /// The contents of a PEM file that holds at least one `label` block (`CERTIFICATE`, or
@@ -270,6 +272,8 @@ pub enum StoreError {
     BadUrl { url: String, detail: String },
     #[error("cannot use the TLS file {path}: {detail}")]
     TlsFile { path: String, detail: String },
+    #[error("cannot use the Redis TLS files (CA, client certificate and key): {detail}")]
+    TlsFiles { detail: String },
     #[error(
         "cannot reach Redis at {url}: {detail} (is redis-server running? check --redis-url / REDIS_URL)"
     )]
@@ -373,6 +377,88 @@ pub mod keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pem_file_must_hold_a_block_of_its_kind() {
+        let dir = std::env::temp_dir().join(format!("store-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let cert = write(
+            "c.pem",
+            "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n",
+        );
+        let key = write(
+            "k.pem",
+            "x\n-----BEGIN EC PRIVATE KEY-----\nMHc\n-----END EC PRIVATE KEY-----\n",
+        );
+        assert!(read_pem(&cert, "CERTIFICATE").is_ok());
+        assert!(read_pem(&key, "PRIVATE KEY").is_ok());
+        let e = read_pem(&key, "CERTIFICATE").unwrap_err().to_string();
+        assert!(e.ends_with("k.pem: no PEM CERTIFICATE block in it"), "{e}");
+        let e = read_pem(&dir.join("missing.pem"), "CERTIFICATE").unwrap_err();
+        assert!(e.to_string().starts_with("cannot use the TLS file "), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_client_certificate_and_its_key_come_together() {
+        let cert = RedisTls {
+            client_cert_file: Some("c.pem".into()),
+            ..RedisTls::default()
+        };
+        assert_eq!(
+            cert.validate().unwrap_err().setting,
+            "redis_tls.client_key_file"
+        );
+        let key = RedisTls {
+            client_key_file: Some("k.pem".into()),
+            ..RedisTls::default()
+        };
+        assert_eq!(
+            key.validate().unwrap_err().setting,
+            "redis_tls.client_cert_file"
+        );
+        assert!(RedisTls::default().validate().is_ok());
+        assert!(!RedisTls::default().is_set() && cert.is_set());
+        let e = client("redis://127.0.0.1:6379", &key)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs a rediss:// (TLS) URL"), "{e}");
+    }
+
+    #[test]
+    fn first_connection_errors_say_what_to_fix_without_the_password() {
+        let url = "rediss://app:s3cret@db:6380";
+        let auth = redis::RedisError::from((redis::ErrorKind::AuthenticationFailed, "WRONGPASS"));
+        let refused = connect_error(url, auth).to_string();
+        assert!(refused.starts_with("Redis at rediss://app:***@db:6380 refused the credentials"));
+        let untrusted = redis::RedisError::from(std::io::Error::other(
+            "invalid peer certificate: UnknownIssuer",
+        ));
+        let e = connect_error(url, untrusted).to_string();
+        assert!(
+            e.ends_with("name that CA with --redis-ca-file / REDIS_CA_FILE)"),
+            "{e}"
+        );
+        let required = redis::RedisError::from(std::io::Error::other(
+            "received fatal alert: CertificateRequired",
+        ));
+        let e = connect_error(url, required).to_string();
+        assert!(
+            e.contains("--redis-client-cert and --redis-client-key"),
+            "{e}"
+        );
+        let down = redis::RedisError::from(std::io::Error::other("Connection refused"));
+        let e = connect_error(url, down).to_string();
+        assert!(e.contains("is redis-server running?"), "{e}");
+        for e in [refused, e] {
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+    }
 
     #[test]
     fn redacts_passwords() {
