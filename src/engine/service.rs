@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::engine::lock::{LocalLocks, LockConfig, StuckLocks};
 use crate::engine::setting::SettingError;
-use crate::engine::store::{self, Pool, StoreError};
+use crate::engine::store::{self, Pool, RedisTls, StoreError};
 
 /// Engine settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,9 @@ pub struct EngineConfig {
     /// Expiry of outcome records; `None` (the default) keeps them for ever, so a replay at any
     /// time gets the original answer.
     pub outcome_ttl_ms: Option<u64>,
+    /// TLS files for a `rediss://` URL (a private CA, a client certificate); used by
+    /// [`WalletService::connect`] only.
+    pub redis_tls: RedisTls,
 }
 
 impl Default for EngineConfig {
@@ -28,6 +31,7 @@ impl Default for EngineConfig {
             lock: LockConfig::default(),
             watch_retries_max: 16,
             outcome_ttl_ms: None,
+            redis_tls: RedisTls::default(),
         }
     }
 }
@@ -51,6 +55,7 @@ impl EngineConfig {
                 "must be positive when set, got 0",
             ));
         }
+        self.redis_tls.validate()?;
         Ok(())
     }
 }
@@ -69,14 +74,18 @@ pub struct WalletService {
 }
 
 impl WalletService {
-    /// Connects to `redis_url` with a pool of `pool_size` connections.
+    /// Connects to `redis_url` with a pool of `pool_size` connections (over TLS with the files
+    /// of `config.redis_tls` for a `rediss://` URL) and checks that Redis answers a PING.
+    ///
+    /// It does not check the user's other permissions: the operator tools connect with users
+    /// of their own. The worker calls [`WalletService::check_permissions`] next.
     pub fn connect(
         redis_url: &str,
         pool_size: u32,
         config: EngineConfig,
     ) -> Result<WalletService, ServiceError> {
         config.validate()?;
-        let pool = store::connect_pool(redis_url, pool_size)?;
+        let pool = store::connect_pool_tls(redis_url, &config.redis_tls, pool_size)?;
         WalletService::with_pool(pool, config)
     }
 
