@@ -903,4 +903,43 @@ mod tests {
         full.balance = BALANCE_LIMIT.checked_sub(Amount::from_minor(1)).unwrap();
         assert!(decide(&req("a", "b", "0.01"), Some(&a), Some(&full)).is_ok());
     }
+
+    #[test]
+    fn a_result_message_carries_the_processing_time_in_seconds() {
+        let r = req("a", "b", "1.00");
+        let mut o = new_outcome(&r, &Err(FailureReason::SameUser), "f", None);
+        o.processed_at_ms = 1_764_170_000_123;
+        let m = o.to_message();
+        assert!(
+            (m.processed_at - 1_764_170_000.123).abs() < 1e-6,
+            "{}",
+            m.processed_at
+        );
+        assert_eq!(m.reason, Some(FailureReason::SameUser));
+    }
+
+    #[test]
+    fn every_error_kind_has_its_own_stable_name() {
+        let lock_timeout = TransferError::LockTimeout(LockError::Timeout {
+            keys: vec![],
+            stats: LockStats::default(),
+            no_ttl: vec![],
+        });
+        let kinds = [
+            (lock_timeout, "lock_timeout"),
+            (TransferError::LockStuck("lock:a".into()), "lock_stuck"),
+            (TransferError::LockLost("lock:a".into()), "lock_lost"),
+            (TransferError::WatchConflicts(3), "watch_conflicts"),
+            (
+                TransferError::Corrupt {
+                    key: "k".into(),
+                    detail: "d".into(),
+                },
+                "corrupt",
+            ),
+        ];
+        for (e, name) in &kinds {
+            assert_eq!(e.kind(), *name);
+        }
+    }
 }

@@ -667,6 +667,68 @@ fn a_lock_that_changes_hands_before_exec_aborts_it_and_the_new_holders_lock_surv
     assert!(base.transfer_outcome("t1").unwrap().is_none());
 }
 
+/// EXEC aborts while a watched key keeps changing: the transfer goes back to its WATCHed read
+/// at most `watch_retries_max` times, then gives up with a transient error and writes nothing;
+/// with room for the aborts it completes and reports them.
+#[test]
+fn watch_conflicts_are_retried_up_to_their_limit_then_reported_as_transient() {
+    let redis = RedisServer::start();
+    let limited = EngineConfig {
+        watch_retries_max: 2,
+        ..EngineConfig::default()
+    };
+    let base = redis.service(2, limited);
+    create_wallets(&base, &[("a", "100.00"), ("b", "0")]);
+    let url = redis.url();
+    // Touches a watched key (the receiver's hash) before each of the first `n` EXECs.
+    let meddling = |n: usize| {
+        let url = url.clone();
+        let left = Arc::new(std::sync::atomic::AtomicUsize::new(n));
+        Arc::new(move |_key: &str| {
+            let was = left.load(std::sync::atomic::Ordering::SeqCst);
+            if was > 0 {
+                left.store(was - 1, std::sync::atomic::Ordering::SeqCst);
+                let mut conn = redis::Client::open(url.as_str())
+                    .and_then(|c| c.get_connection())
+                    .expect("hook connection");
+                redis::cmd("HSET")
+                    .arg("wallet:b")
+                    .arg("touched")
+                    .arg(was)
+                    .query::<()>(&mut conn)
+                    .unwrap();
+            }
+        })
+    };
+    let mut always = base.as_separate_process();
+    always.set_before_exec_hook(meddling(100));
+    match always.transfer(&usd("t1", "a", "b", "1.00")) {
+        Err(e @ TransferError::WatchConflicts(3)) => assert!(e.is_transient()),
+        other => panic!("want 3 aborted transactions (limit 2), got {other:?}"),
+    }
+    assert!(base.transfer_outcome("t1").unwrap().is_none());
+    assert_eq!(base.balance("a").unwrap(), amount("100.00"));
+    assert_no_locks(&redis);
+
+    let mut twice = base.as_separate_process();
+    twice.set_before_exec_hook(meddling(2));
+    let done = twice.transfer(&usd("t2", "a", "b", "1.00")).unwrap();
+    assert_eq!(done.status, Status::Completed);
+    assert_eq!(done.stats.watch_retries, 2);
+    assert_eq!(
+        done.stats.round_trips,
+        2 + 2 * 2,
+        "each abort costs a read and an EXEC"
+    );
+    let replay = twice.transfer(&usd("t2", "a", "b", "1.00")).unwrap();
+    assert!(replay.duplicate);
+    assert!(
+        replay.stats.round_trips >= 1,
+        "a replay reports what it cost"
+    );
+    assert_eq!(base.balance("b").unwrap(), amount("1.00"));
+}
+
 #[test]
 fn a_lock_held_by_another_times_out_without_recording_anything() {
     let redis = RedisServer::start();
