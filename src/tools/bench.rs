@@ -299,8 +299,9 @@ fn redis_counters(service: &WalletService) -> Result<(u64, i64), BenchError> {
     Ok((parse_command_calls(&stats), parse_used_memory(&memory)))
 }
 
-/// Sums `calls=` over `cmdstat_*` lines, leaving out INFO. Pure.
-fn parse_command_calls(info: &str) -> u64 {
+/// Sums `calls=` over the `cmdstat_*` lines of `INFO commandstats`, leaving out INFO itself:
+/// the commands Redis has run. Pure.
+pub fn parse_command_calls(info: &str) -> u64 {
     info.lines()
         .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
         .filter_map(|l| {

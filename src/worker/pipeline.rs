@@ -607,18 +607,22 @@ pub(crate) fn outcome_ttl_rule(
     Ok(())
 }
 
+/// A job for unit tests: key `k`, a payload of `payload_len` bytes.
+#[cfg(test)]
+pub(crate) fn test_job(partition: i32, offset: i64, payload_len: usize) -> Job {
+    Job::new(
+        partition,
+        offset,
+        Some(b"k".to_vec()),
+        vec![b'x'; payload_len],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn job(partition: i32, offset: i64, payload_len: usize) -> Job {
-        Job::new(
-            partition,
-            offset,
-            Some(b"k".to_vec()),
-            vec![b'x'; payload_len],
-        )
-    }
+    use crate::worker::pipeline::test_job as job;
 
     #[test]
     fn the_backlog_counts_its_bytes_through_push_pop_and_revoke() {

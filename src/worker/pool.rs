@@ -532,14 +532,7 @@ fn conflict_answer(request: &crate::engine::message::TransferRequest) -> Transfe
 mod tests {
     use super::*;
 
-    fn job(partition: i32, offset: i64, payload_len: usize) -> Job {
-        Job::new(
-            partition,
-            offset,
-            Some(b"k".to_vec()),
-            vec![b'x'; payload_len],
-        )
-    }
+    use crate::worker::pipeline::test_job as job;
 
     fn header(headers: &OwnedHeaders, key: &str) -> Option<String> {
         use rdkafka::message::Headers;

@@ -128,17 +128,7 @@ fn an_uncontended_transfer_costs_at_most_fourteen_commands() {
     let mut conn = redis.conn();
     let calls = |conn: &mut redis::Connection| -> u64 {
         let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
-        info.lines()
-            .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
-            .filter_map(|l| {
-                l.split("calls=")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .sum()
+        wallet_transfer::tools::bench::parse_command_calls(&info)
     };
     // Warm the pool so no connection handshake (HELLO, CLIENT, PING) lands in the count.
     service.transfer(&usd("warm", "a", "b", "1.00")).unwrap();
