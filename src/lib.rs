@@ -26,6 +26,8 @@
 //! # }
 //! ```
 
+// #![warn(missing_docs)]  (turned on once every public item has a doc)
+
 /// The README's examples compile and run as doc tests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -13,11 +13,14 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::engine::backoff::Backoff;
-use crate::engine::setting::SettingError;
+use crate::engine::setting::{SettingError, setters};
 use crate::engine::store::{PooledConn, keys};
 
 /// Lock settings. Defaults are the original worker's: ttl 10 s, base delay 100 ms, 10 retries.
+/// Change them with the `with_*` setters (the struct is `#[non_exhaustive]`):
+/// `LockConfig::default().with_ttl_ms(5_000)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LockConfig {
     /// How long a lock lives if its holder never releases it.
     pub ttl_ms: u64,
@@ -40,8 +43,16 @@ impl Default for LockConfig {
     }
 }
 
-/// Hard limits that no configuration may exceed.
+setters!(LockConfig {
+    with_ttl_ms => ttl_ms: u64,
+    with_retry_delay_ms_base => retry_delay_ms_base: u64,
+    with_retry_delay_ms_max => retry_delay_ms_max: u64,
+    with_retries_max => retries_max: u32,
+});
+
+/// Longest lock ttl any configuration may set (10 minutes); also caps a retry delay.
 pub const LOCK_TTL_MS_LIMIT: u64 = 10 * 60 * 1000;
+/// Most lock retries any configuration may set.
 pub const LOCK_RETRIES_LIMIT: u32 = 1_000;
 /// Most wallets one lock may cover.
 pub const LOCK_KEYS_LIMIT: usize = 16;
@@ -82,6 +93,7 @@ impl LockConfig {
 
 /// What one acquisition cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LockStats {
     /// SET NX rounds sent; 1 means the lock was free at once.
     pub attempts: u32,
@@ -92,6 +104,7 @@ pub struct LockStats {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LockError {
     #[error(
         "could not lock {keys:?} after {} attempts over {} ms ({})",

@@ -45,14 +45,23 @@ pub struct TransferCompleted {
     pub duplicate: bool,
 }
 
+/// The status of an answered transfer, `"COMPLETED"` or `"FAILED"` on the wire.
+///
+/// Not `#[non_exhaustive]`: the wire format has exactly these two statuses, and a third would
+/// be a change of the wire format, which the compatibility policy (README, "Compatibility")
+/// keeps stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Status {
+    /// The money moved.
     Completed,
+    /// Nothing moved; [`TransferCompleted::reason`] (or [`crate::TransferOutcome::reason`])
+    /// says why.
     Failed,
 }
 
 impl Status {
+    /// The wire text: `"COMPLETED"` or `"FAILED"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Completed => "COMPLETED",
@@ -60,6 +69,7 @@ impl Status {
         }
     }
 
+    /// Parses the wire text written by [`Status::as_str`]; `None` for anything else.
     pub fn parse(text: &str) -> Option<Status> {
         match text {
             "COMPLETED" => Some(Status::Completed),
@@ -69,35 +79,97 @@ impl Status {
     }
 }
 
-/// Why a transfer failed. The first five are business outcomes recorded in Redis; the others
-/// are answered but never recorded (validation is deterministic; a lock timeout is transient).
+/// Why a transfer failed: the `reason` of a FAILED answer, snake_case on the wire.
+///
+/// The first six are business outcomes, recorded in Redis with the request's idempotency key,
+/// so a replay gets the same answer. `InvalidRequest` and `IdempotencyConflict` are answered
+/// but never recorded (validation is deterministic; a conflict leaves the first record alone).
+/// Infrastructure trouble (Redis down, a lock held too long) is never a `FailureReason`: it is
+/// a transient [`crate::TransferError`], retried and never answered.
+///
+/// The enum is `#[non_exhaustive]`: new reasons may come in a minor release, so a `match` on
+/// it needs a wildcard arm. Without one it does not compile:
+///
+/// ```compile_fail,E0004
+/// use wallet_transfer::FailureReason;
+///
+/// fn advice(reason: FailureReason) -> &'static str {
+///     match reason {
+///         FailureReason::InsufficientFunds => "top up the sender",
+///         FailureReason::SameUser => "pick another receiver",
+///         FailureReason::WalletNotFound => "create the wallet first",
+///         FailureReason::WalletInactive => "reactivate the wallet",
+///         FailureReason::CurrencyMismatch => "send in the wallets' currency",
+///         FailureReason::BalanceLimit => "the receiver is full",
+///         FailureReason::InvalidRequest => "fix the request",
+///         FailureReason::IdempotencyConflict => "use a fresh idempotency key",
+///         FailureReason::LegacyLockTimeout => "ask again with a fresh idempotency key",
+///     }
+/// }
+/// ```
+///
+/// With the wildcard arm it does:
+///
+/// ```
+/// use wallet_transfer::FailureReason;
+///
+/// fn advice(reason: FailureReason) -> &'static str {
+///     match reason {
+///         FailureReason::InsufficientFunds => "top up the sender",
+///         FailureReason::InvalidRequest => "fix the request",
+///         _ => "see the reason's documentation",
+///     }
+/// }
+/// assert_eq!(advice(FailureReason::SameUser), "see the reason's documentation");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FailureReason {
+    /// The sender's balance is below the amount. Recorded.
     InsufficientFunds,
+    /// Sender and receiver are the same wallet. Recorded.
     SameUser,
+    /// The sender's or the receiver's wallet does not exist. Recorded.
     WalletNotFound,
+    /// The sender's or the receiver's wallet is frozen or closed. Recorded.
     WalletInactive,
+    /// A wallet holds another currency than the request's. Recorded.
     CurrencyMismatch,
+    /// The request names a `transfer_id` but breaks a field rule (see
+    /// [`crate::engine::message::decode`]). Answered, not recorded.
     InvalidRequest,
-    LockTimeout,
+    /// `"lock_timeout"`: only in records and results written by the original Python system,
+    /// which answered a lock timeout with a FAILED result. This engine never gives it: a lock
+    /// timeout is the transient [`crate::TransferError::LockTimeout`], retried and never
+    /// answered. It is kept so that such an old record or result still reads (a replay of a
+    /// request recorded this way gets that recorded answer back), and it is not in
+    /// [`FailureReason::ALL`].
+    #[serde(rename = "lock_timeout")]
+    LegacyLockTimeout,
+    /// The idempotency key was used before for a different request. Answered, not recorded;
+    /// the library reports it as [`crate::TransferError::IdempotencyConflict`].
     IdempotencyConflict,
+    /// The credit would take the receiver past [`crate::engine::money::BALANCE_LIMIT`].
+    /// Recorded.
     BalanceLimit,
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 9] = [
+    /// Every reason this engine answers with, in declaration order.
+    /// [`FailureReason::LegacyLockTimeout`] is left out: it is only read, never given.
+    pub const ALL: [FailureReason; 8] = [
         FailureReason::InsufficientFunds,
         FailureReason::SameUser,
         FailureReason::WalletNotFound,
         FailureReason::WalletInactive,
         FailureReason::CurrencyMismatch,
         FailureReason::InvalidRequest,
-        FailureReason::LockTimeout,
         FailureReason::IdempotencyConflict,
         FailureReason::BalanceLimit,
     ];
 
+    /// The wire text, such as `"insufficient_funds"`.
     pub fn as_str(self) -> &'static str {
         match self {
             FailureReason::InsufficientFunds => "insufficient_funds",
@@ -106,14 +178,19 @@ impl FailureReason {
             FailureReason::WalletInactive => "wallet_inactive",
             FailureReason::CurrencyMismatch => "currency_mismatch",
             FailureReason::InvalidRequest => "invalid_request",
-            FailureReason::LockTimeout => "lock_timeout",
+            FailureReason::LegacyLockTimeout => "lock_timeout",
             FailureReason::IdempotencyConflict => "idempotency_conflict",
             FailureReason::BalanceLimit => "balance_limit",
         }
     }
 
+    /// Parses the wire text written by [`FailureReason::as_str`], the legacy `"lock_timeout"`
+    /// included; `None` for anything else.
     pub fn parse(text: &str) -> Option<FailureReason> {
-        FailureReason::ALL.into_iter().find(|r| r.as_str() == text)
+        FailureReason::ALL
+            .into_iter()
+            .chain([FailureReason::LegacyLockTimeout])
+            .find(|r| r.as_str() == text)
     }
 }
 
@@ -142,6 +219,7 @@ impl FieldError {
 
 /// Input that cannot be answered with a result: it goes to the dead-letter topic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PoisonError {
     #[error("payload is {0} bytes, over the limit of {PAYLOAD_BYTES_LIMIT}")]
     TooLarge(usize),
@@ -535,6 +613,32 @@ mod tests {
         assert_eq!(v["reason"], "invalid_request");
         assert_eq!(v["duplicate"], false);
         assert_eq!(v["idempotency_key"], "tx_1");
+    }
+
+    #[test]
+    fn every_reason_round_trips_and_the_legacy_lock_timeout_still_reads() {
+        for reason in FailureReason::ALL {
+            assert_eq!(FailureReason::parse(reason.as_str()), Some(reason));
+            let json = serde_json::to_string(&reason).unwrap();
+            assert_eq!(json, format!("\"{}\"", reason.as_str()));
+        }
+        assert!(!FailureReason::ALL.contains(&FailureReason::LegacyLockTimeout));
+        assert_eq!(
+            FailureReason::parse("lock_timeout"),
+            Some(FailureReason::LegacyLockTimeout)
+        );
+        // A FAILED result of the original Python system still reads.
+        let old: TransferCompleted = serde_json::from_str(
+            r#"{"transfer_id":"tx_1","status":"FAILED","processed_at":1764170000.123,"from_user":"user_1","to_user":"user_2","amount":"100.50","currency":"USD","idempotency_key":"tx_1","reason":"lock_timeout","duplicate":false}"#,
+        )
+        .unwrap();
+        assert_eq!(old.reason, Some(FailureReason::LegacyLockTimeout));
+        assert!(
+            serde_json::to_string(&old)
+                .unwrap()
+                .contains(r#""reason":"lock_timeout""#)
+        );
+        assert_eq!(FailureReason::parse("lock_stuck"), None);
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub struct Amount(i64);
 
 /// Why a text is not an amount. The message names the rule that was broken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AmountError {
     #[error("must not be empty")]
     Empty,
@@ -160,6 +161,7 @@ impl FromStr for Amount {
 
 /// The currencies a wallet may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub enum Currency {
     USD,
     EUR,

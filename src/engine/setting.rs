@@ -41,6 +41,28 @@ impl SettingError {
     }
 }
 
+/// Builder-style setters for a config struct: `with_<field>(value) -> Self` for each field
+/// named, so that embedders write `EngineConfig::default().with_watch_retries_max(4)` and keep
+/// compiling when fields are added (the config structs are `#[non_exhaustive]`, so they cannot
+/// be built with a struct literal outside this crate). Each setter's doc points at its field.
+///
+/// `setters!(Type { with_a => a: A, with_b => b: B })`.
+macro_rules! setters {
+    ($ty:ident { $($setter:ident => $field:ident: $value:ty),* $(,)? }) => {
+        impl $ty {
+            $(
+                #[doc = concat!("Sets [`", stringify!($ty), "::", stringify!($field), "`].")]
+                #[must_use]
+                pub fn $setter(mut self, value: $value) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+pub(crate) use setters;
+
 impl fmt::Display for SettingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.setting, self.rule)

@@ -118,6 +118,7 @@ impl r2d2::HandleError<redis::RedisError> for PoolErrorLog {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     #[error("the Redis pool needs at least one connection")]
     PoolSize,

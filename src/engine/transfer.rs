@@ -68,6 +68,7 @@ pub struct TransferOutcome {
 
 /// Cost of one `transfer` call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TransferStats {
     pub lock: LockStats,
     /// Time queued behind other threads of this process for the same wallets, microseconds.
@@ -131,6 +132,7 @@ impl TransferOutcome {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransferError {
     /// The locks stayed taken through every retry. Transient: try again later.
     #[error(transparent)]
@@ -814,6 +816,30 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v))
             .collect();
         assert_eq!(parse_outcome("transfer:t1", &fields).unwrap(), failed);
+    }
+
+    #[test]
+    fn a_lock_timeout_recorded_by_the_original_system_still_reads() {
+        let fields: HashMap<String, String> = [
+            ("transfer_id", "tx_old"),
+            ("status", "FAILED"),
+            ("reason", "lock_timeout"),
+            ("from_user", "a"),
+            ("to_user", "b"),
+            ("amount", "10.00"),
+            ("currency", "USD"),
+            ("processed_at", "1764170000.123"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let old = parse_outcome("transfer:tx_old", &fields).unwrap();
+        assert_eq!(old.status, Status::Failed);
+        assert_eq!(old.reason, Some(FailureReason::LegacyLockTimeout));
+        assert_eq!(
+            old.to_message().reason,
+            Some(FailureReason::LegacyLockTimeout)
+        );
     }
 
     #[test]

@@ -50,14 +50,60 @@ impl WalletStatus {
     }
 }
 
-/// A user and wallet to create.
+/// A user and wallet to create, for [`WalletService::create_wallet`]:
+///
+/// ```
+/// use wallet_transfer::{Amount, Currency, NewWallet};
+///
+/// let alice = NewWallet::new("alice", Amount::parse("100.00")?, Currency::USD)
+///     .with_full_name("Alice Liddell")
+///     .with_email("alice@example.com");
+/// assert_eq!(alice.user_id, "alice");
+/// # Ok::<(), wallet_transfer::engine::money::AmountError>(())
+/// ```
+///
+/// `#[non_exhaustive]`: build it with [`NewWallet::new`] and the `with_*` setters.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NewWallet {
+    /// The user id, which is also the wallet id: `^[A-Za-z0-9_-]{1,64}$`.
     pub user_id: String,
+    /// The user's name, stored in `user:{id}`; free text.
     pub full_name: String,
+    /// The user's email, stored in `user:{id}`; free text, not checked.
     pub email: String,
+    /// The balance the wallet starts with; not negative. The ledger audit counts it in.
     pub opening_balance: Amount,
+    /// The wallet's currency; transfers must be in it.
     pub currency: Currency,
+}
+
+impl NewWallet {
+    /// A wallet for `user_id` with its opening balance and currency; the user's name is the id
+    /// and the email is empty until set.
+    pub fn new(user_id: &str, opening_balance: Amount, currency: Currency) -> NewWallet {
+        NewWallet {
+            user_id: user_id.to_string(),
+            full_name: user_id.to_string(),
+            email: String::new(),
+            opening_balance,
+            currency,
+        }
+    }
+
+    /// Sets [`NewWallet::full_name`].
+    #[must_use]
+    pub fn with_full_name(mut self, full_name: &str) -> NewWallet {
+        self.full_name = full_name.to_string();
+        self
+    }
+
+    /// Sets [`NewWallet::email`].
+    #[must_use]
+    pub fn with_email(mut self, email: &str) -> NewWallet {
+        self.email = email.to_string();
+        self
+    }
 }
 
 /// One entry of `wallet:{id}:history`.
@@ -100,6 +146,7 @@ impl HistoryKind {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WalletError {
     #[error("wallet {0:?} does not exist")]
     NotFound(String),

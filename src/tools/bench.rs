@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use crate::engine::message::{FailureReason, FieldError, Status, TransferRequest};
 use crate::engine::money::{Amount, Currency};
 use crate::engine::service::WalletService;
-use crate::engine::setting::SettingError;
+use crate::engine::setting::{SettingError, setters};
 use crate::engine::store::keys;
 use crate::engine::transfer::TransferOutcome;
 use crate::engine::wallet::{NewWallet, WalletError};
@@ -52,8 +52,10 @@ const WARNINGS_MAX: u32 = 5;
 /// are recorded as this.
 const LATENCY_US_MAX: u64 = 3_600_000_000;
 
-/// Settings of a direct run.
+/// Settings of a direct run. `Default` plus the `with_*` setters (the struct is
+/// `#[non_exhaustive]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DirectConfig {
     /// Threads calling `transfer`; the pool should hold as many connections.
     pub threads: usize,
@@ -85,6 +87,16 @@ impl Default for DirectConfig {
     }
 }
 
+setters!(DirectConfig {
+    with_threads => threads: usize,
+    with_transfers => transfers: u64,
+    with_wallets => wallets: u32,
+    with_hot => hot: bool,
+    with_transient_retries => transient_retries: u32,
+    with_progress => progress: bool,
+    with_cleanup => cleanup: bool,
+});
+
 impl DirectConfig {
     /// Checks the settings against their limits; the error names the setting and the rule.
     pub fn validate(&self) -> Result<(), SettingError> {
@@ -106,6 +118,7 @@ impl DirectConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BenchError {
     #[error("invalid bench setting: {0}")]
     Config(#[from] SettingError),
@@ -789,8 +802,10 @@ fn run_threads(
     total
 }
 
-/// Settings of an end-to-end run through Kafka and a running worker.
+/// Settings of an end-to-end run through Kafka and a running worker. `Default` plus the
+/// `with_*` setters (the struct is `#[non_exhaustive]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct E2eConfig {
     /// Brokers and extra librdkafka properties.
     pub kafka: KafkaConfig,
@@ -830,6 +845,19 @@ impl Default for E2eConfig {
         }
     }
 }
+
+setters!(E2eConfig {
+    with_kafka => kafka: KafkaConfig,
+    with_requests_topic => requests_topic: String,
+    with_results_topic => results_topic: String,
+    with_transfers => transfers: u64,
+    with_wallets => wallets: u32,
+    with_hot => hot: bool,
+    with_timeout => timeout: Duration,
+    with_rate => rate: Option<u32>,
+    with_progress => progress: bool,
+    with_cleanup => cleanup: bool,
+});
 
 impl E2eConfig {
     /// Checks the settings against their limits; the error names the setting and the rule.

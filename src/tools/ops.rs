@@ -35,6 +35,7 @@ use crate::worker::kafka::KafkaConfig;
 pub const BATCH: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpsError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -211,6 +212,7 @@ pub fn locks(service: &WalletService) -> Result<Vec<LockInfo>, OpsError> {
 
 /// What `audit` found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct AuditReport {
     pub wallets_checked: u64,
     /// Outcome records (`transfer:*`) read.

@@ -34,6 +34,7 @@ const FETCH_MESSAGE_BYTES_MAX: &str = "10000000";
 const PROMPT_FETCH_WAIT_MS: &str = "5";
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReadError {
     #[error(
         "topic {topic} does not exist at {brokers} (the worker creates its topics when it \

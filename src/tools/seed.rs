@@ -53,6 +53,7 @@ impl std::fmt::Display for SeedReport {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SeedError {
     #[error("users must be between 1 and {SEED_USERS_MAX}, got {0}")]
     Users(u32),

@@ -33,6 +33,7 @@ pub enum GroupState {
 
 /// The parts of readiness, in the order they are reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Check {
     Group,
     Redis,

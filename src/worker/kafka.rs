@@ -20,13 +20,17 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-/// Default topic names, the original system's.
+/// Default requests topic, the original system's.
 pub const TOPIC_REQUESTS: &str = "wallet.transfer.requested";
+/// Default results topic, the original system's.
 pub const TOPIC_RESULTS: &str = "wallet.transfer.completed";
+/// Default dead-letter topic.
 pub const TOPIC_DLQ: &str = "wallet.transfer.dlq";
 
-/// Where the brokers are and what extra librdkafka properties every client gets.
+/// Where the brokers are and what extra librdkafka properties every client gets:
+/// `KafkaConfig::new("host:9092").with_property("security.protocol", "SASL_SSL")`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KafkaConfig {
     /// `host:port[,host:port...]`
     pub brokers: String,
@@ -35,11 +39,27 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// The brokers (`host:port[,host:port...]`), no extra properties.
     pub fn new(brokers: &str) -> KafkaConfig {
         KafkaConfig {
             brokers: brokers.to_string(),
             properties: Vec::new(),
         }
+    }
+
+    /// Adds an extra librdkafka property (`sasl.username`, `ssl.ca.location`, ...), applied
+    /// after the worker's own. Secret values (see [`is_secret_property`]) are never logged.
+    #[must_use]
+    pub fn with_property(mut self, key: &str, value: &str) -> KafkaConfig {
+        self.properties.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Replaces the extra librdkafka properties.
+    #[must_use]
+    pub fn with_properties(mut self, properties: Vec<(String, String)>) -> KafkaConfig {
+        self.properties = properties;
+        self
     }
 
     /// Whether an extra property sets `key`.
@@ -103,6 +123,7 @@ pub fn wait<F: Future>(future: F, timeout: Duration) -> Option<F::Output> {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AdminError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),

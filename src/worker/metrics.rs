@@ -102,6 +102,7 @@ struct Inner {
 
 /// The stages of one message's way through the worker, for `wallet_stage_seconds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Stage {
     /// From the request message's timestamp to a pool thread taking it up.
     QueueWait,
@@ -126,6 +127,7 @@ impl Stage {
 /// Totals for a one-line progress log. `Display` prints
 /// `processed=.. failed=.. duplicates=.. dlq=.. retries=.. lag=..`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MetricsSummary {
     /// Outcomes answered, duplicates included.
     pub processed: u64,

@@ -38,6 +38,7 @@ pub const IN_FLIGHT_LIMIT: usize = 1 << 20;
 
 /// A finished offset that the tracker did not hand out. Nothing is changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum OffsetError {
     /// The partition is not tracked: never started, or forgotten on revoke. Expected for jobs
     /// that complete after their partition was lost; their commit belongs to the new owner.

@@ -53,6 +53,7 @@ use crate::worker::pool::{self, DeliveryContext, PoolThread};
 use crate::worker::retry::RetryQueue;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WorkerError {
     #[error("invalid worker setting: {0}")]
     Config(#[from] SettingError),
@@ -70,6 +71,7 @@ pub enum WorkerError {
 
 /// What a run did, returned when the worker stops.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerReport {
     pub processed: u64,
     pub dead_lettered: u64,
