@@ -26,7 +26,7 @@
 //! # }
 //! ```
 
-// #![warn(missing_docs)]  (turned on once every public item has a doc)
+#![warn(missing_docs)]
 
 /// The README's examples compile and run as doc tests.
 #[doc = include_str!("../README.md")]

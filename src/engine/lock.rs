@@ -103,9 +103,12 @@ pub struct LockStats {
     pub round_trips: u32,
 }
 
+/// Why the locks were not taken. Both are transient: the transfer maps them to
+/// [`crate::TransferError::LockTimeout`] and [`crate::TransferError::Redis`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LockError {
+    /// Another holder kept some key through every retry.
     #[error(
         "could not lock {keys:?} after {} attempts over {} ms ({})",
         stats.attempts, stats.wait_us / 1000,
@@ -116,12 +119,15 @@ pub enum LockError {
         }
     )]
     Timeout {
+        /// Every key asked for, sorted.
         keys: Vec<String>,
+        /// What the attempts cost.
         stats: LockStats,
         /// Keys found held with no ttl at the last attempt: they never expire by themselves and
         /// need an operator (`wallet locks`).
         no_ttl: Vec<String>,
     },
+    /// Redis failed; keys taken so far were given back (or expire by their ttl).
     #[error("redis error while locking: {0}")]
     Redis(#[from] redis::RedisError),
 }
@@ -336,6 +342,7 @@ impl LockGuard {
         self.conn.as_mut().expect("connection present until drop")
     }
 
+    /// The lock keys held, sorted.
     pub fn keys(&self) -> &[String] {
         &self.keys
     }
@@ -345,6 +352,7 @@ impl LockGuard {
         &self.token
     }
 
+    /// What taking the locks cost.
     pub fn stats(&self) -> LockStats {
         self.stats
     }
@@ -423,6 +431,7 @@ pub enum Admission {
 }
 
 impl StuckLocks {
+    /// Whether an acquisition of `keys` may go ahead, fail fast, or probe a stuck key once.
     pub fn admit(&self, keys: &[String]) -> Admission {
         let mut stuck = self.keys.lock();
         if stuck.is_empty() {

@@ -18,30 +18,51 @@ pub const USER_ID_LEN_LIMIT: usize = 64;
 /// Longest transfer id or idempotency key.
 pub const KEY_LEN_LIMIT: usize = 128;
 
-/// A validated transfer request: every field obeys its rule.
+/// A validated transfer request: every field obeys its rule. Built by
+/// [`TransferRequest::new`] in code or by [`decode`] from the wire, which apply the same rules
+/// (the struct is `#[non_exhaustive]`, so it cannot be built around them).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TransferRequest {
+    /// The client's id for this transfer, echoed in the result (the result's Kafka key):
+    /// `^[A-Za-z0-9_.:-]{1,128}$`.
     pub transfer_id: String,
+    /// The sender's wallet id (the request's Kafka key): `^[A-Za-z0-9_-]{1,64}$`.
     pub from_user: String,
+    /// The receiver's wallet id: `^[A-Za-z0-9_-]{1,64}$`.
     pub to_user: String,
+    /// What moves: `0 < amount <= AMOUNT_LIMIT`, in cents.
     pub amount: Amount,
+    /// The currency both wallets must hold; `USD` when the wire request leaves it out.
     pub currency: Currency,
+    /// What makes the request happen once: every request with this key gets the first
+    /// one's answer. The `transfer_id` when not given.
     pub idempotency_key: String,
 }
 
 /// The result message on `wallet.transfer.completed`, in the original system's JSON shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransferCompleted {
+    /// The request's `transfer_id` (also the message key).
     pub transfer_id: String,
+    /// COMPLETED or FAILED.
     pub status: Status,
     /// Seconds since the Unix epoch, with milliseconds.
     pub processed_at: f64,
+    /// The sender, as requested.
     pub from_user: String,
+    /// The receiver, as requested.
     pub to_user: String,
+    /// The amount as text with two decimals (`"100.50"`).
     pub amount: String,
+    /// The currency code, as requested.
     pub currency: String,
+    /// The request's idempotency key.
     pub idempotency_key: String,
+    /// Why it failed; `null` when COMPLETED.
     pub reason: Option<FailureReason>,
+    /// True when an earlier message with the same idempotency key was answered and this one
+    /// changed nothing (see [`crate::TransferOutcome::duplicate`]).
     pub duplicate: bool,
 }
 
@@ -204,7 +225,9 @@ impl std::fmt::Display for FailureReason {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {rule}")]
 pub struct FieldError {
+    /// The field, by its wire name (`amount`, `from_user`, ...).
     pub field: &'static str,
+    /// The rule it broke and what was given.
     pub rule: String,
 }
 
@@ -221,16 +244,22 @@ impl FieldError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PoisonError {
+    /// Over [`PAYLOAD_BYTES_LIMIT`]; the length in bytes.
     #[error("payload is {0} bytes, over the limit of {PAYLOAD_BYTES_LIMIT}")]
     TooLarge(usize),
+    /// Empty or only whitespace.
     #[error("payload is empty")]
     Empty,
+    /// Not JSON; the parser's message.
     #[error("payload is not JSON: {0}")]
     NotJson(String),
+    /// JSON, but not an object.
     #[error("payload is JSON but not an object")]
     NotObject,
+    /// No `transfer_id`, so there is nothing to address a result to.
     #[error("transfer_id is missing")]
     NoTransferId,
+    /// A field of the wrong JSON type (a producer that does not speak this format).
     #[error("{0}")]
     WrongType(FieldError),
 }
@@ -238,10 +267,13 @@ pub enum PoisonError {
 /// What a payload turned out to be.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
+    /// A valid request: run it.
     Request(TransferRequest),
     /// It names a transfer but breaks a field rule: answer FAILED, reason `invalid_request`.
     Invalid {
+        /// The FAILED `invalid_request` answer, echoing what was sent (cut to sane lengths).
         echo: TransferCompleted,
+        /// The first rule broken.
         error: FieldError,
     },
 }
@@ -298,11 +330,17 @@ pub fn decode(payload: &[u8]) -> Result<Decoded, PoisonError> {
 /// A request whose fields have the right JSON types but are not yet checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawRequest {
+    /// `transfer_id`, present (without it the payload is poison).
     pub transfer_id: String,
+    /// `from_user`, if sent.
     pub from_user: Option<String>,
+    /// `to_user`, if sent.
     pub to_user: Option<String>,
+    /// `amount` as text (a JSON number is taken by its text), if sent.
     pub amount: Option<String>,
+    /// `currency`, if sent.
     pub currency: Option<String>,
+    /// `idempotency_key`, if sent.
     pub idempotency_key: Option<String>,
 }
 

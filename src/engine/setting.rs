@@ -12,11 +12,14 @@ use std::fmt;
 /// (`lock.ttl_ms`, `threads`); `rule` says what is allowed and what was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettingError {
+    /// The setting's path in the config types, such as `lock.ttl_ms`.
     pub setting: &'static str,
+    /// What is allowed and what was given.
     pub rule: String,
 }
 
 impl SettingError {
+    /// An error for `setting` with the `rule` it broke.
     pub fn new(setting: &'static str, rule: impl Into<String>) -> SettingError {
         SettingError {
             setting,

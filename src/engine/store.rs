@@ -39,6 +39,7 @@ pub struct RedisManager {
 }
 
 impl RedisManager {
+    /// A manager for `url` (`redis://` or `rediss://`, with AUTH); opens nothing yet.
     pub fn new(url: &str) -> Result<RedisManager, redis::RedisError> {
         Ok(RedisManager {
             client: redis::Client::open(url)?,
@@ -74,7 +75,10 @@ impl r2d2::ManageConnection for RedisManager {
     }
 }
 
+/// The engine's Redis pool; cheap to clone (it is shared).
 pub type Pool = r2d2::Pool<RedisManager>;
+/// A connection borrowed from the [`Pool`]; it goes back when dropped (or is discarded when
+/// tainted).
 pub type PooledConn = r2d2::PooledConnection<RedisManager>;
 
 /// Builds a pool of at most `size_max` connections to `url` and checks that Redis answers.
@@ -117,17 +121,31 @@ impl r2d2::HandleError<redis::RedisError> for PoolErrorLog {
     }
 }
 
+/// Why the pool could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
+    /// A pool of zero connections was asked for.
     #[error("the Redis pool needs at least one connection")]
     PoolSize,
+    /// The URL does not parse.
     #[error("invalid Redis URL {url}: {detail}")]
-    BadUrl { url: String, detail: String },
+    BadUrl {
+        /// The URL, password redacted.
+        url: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The first connection or its PING failed: Redis is down, unreachable, or refused AUTH.
     #[error(
         "cannot reach Redis at {url}: {detail} (is redis-server running? check --redis-url / REDIS_URL)"
     )]
-    Unreachable { url: String, detail: String },
+    Unreachable {
+        /// The URL, password redacted.
+        url: String,
+        /// The connection error.
+        detail: String,
+    },
 }
 
 /// `redis://user:secret@host:6379/0` -> `redis://user:***@host:6379/0`. Secrets never reach logs.
@@ -190,21 +208,28 @@ pub fn scan_each<E: From<redis::RedisError>>(
 /// Key names of the Redis data model (ARCHITECTURE.md, "Redis data model"), kept compatible with the original
 /// Python system.
 pub mod keys {
+    /// The set of every user id.
     pub const USERS_ALL: &str = "users:all";
+    /// The set of every wallet id; the audit walks it.
     pub const WALLETS_ALL: &str = "wallets:all";
 
+    /// `user:{id}`: the user's hash (name, email, created_at, status).
     pub fn user(id: &str) -> String {
         format!("user:{id}")
     }
+    /// `wallet:{id}`: the wallet's hash (balance, opening_balance, currency, status, version).
     pub fn wallet(id: &str) -> String {
         format!("wallet:{id}")
     }
+    /// `wallet:{id}:history`: the stream of the wallet's debits, credits and deposits.
     pub fn history(id: &str) -> String {
         format!("wallet:{id}:history")
     }
+    /// `lock:{id}`: the wallet's lock, holding its owner's token, with a ttl.
     pub fn lock(id: &str) -> String {
         format!("lock:{id}")
     }
+    /// `transfer:{idempotency_key}`: the outcome record of a request.
     pub fn outcome(idempotency_key: &str) -> String {
         format!("transfer:{idempotency_key}")
     }

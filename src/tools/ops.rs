@@ -34,23 +34,38 @@ use crate::worker::kafka::KafkaConfig;
 /// Keys read per pipelined round trip.
 pub const BATCH: usize = 500;
 
+/// Why an operator tool failed to run. A ledger problem is not an error: the audit reports it
+/// in [`AuditReport::violations`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpsError {
+    /// Redis failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Redis answered something of another shape than expected.
     #[error("redis reply: {0}")]
     Reply(#[from] redis::ParsingError),
+    /// No pooled connection in time.
     #[error("redis pool: {0}")]
     Pool(#[from] r2d2::Error),
+    /// A record that cannot be read.
     #[error("corrupt record {key}: {detail}")]
-    Corrupt { key: String, detail: String },
+    Corrupt {
+        /// The Redis key.
+        key: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A Kafka client failed.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// A wallet operation failed.
     #[error(transparent)]
     Wallet(#[from] crate::engine::wallet::WalletError),
+    /// Reading a topic failed.
     #[error(transparent)]
     Read(#[from] crate::tools::results::ReadError),
+    /// Anything else, said in words.
     #[error("{0}")]
     Other(String),
 }
@@ -86,13 +101,17 @@ fn scan_keys(
 /// One row of `wallet snapshot`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SnapshotRow {
+    /// The wallet id.
     pub id: String,
     /// `full_name` of `user:{id}`, empty when there is none.
     pub name: String,
     /// `"5234.50"`; empty when the wallet hash is missing.
     pub balance: String,
+    /// As stored.
     pub currency: String,
+    /// As stored.
     pub status: String,
+    /// As stored.
     pub version: String,
 }
 
@@ -148,6 +167,7 @@ pub fn snapshot(
 /// One held `lock:*` key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LockInfo {
+    /// The lock key, `lock:{wallet id}`.
     pub key: String,
     /// The owner token (`None` if the key vanished or is not a string).
     pub owner: Option<String>,
@@ -214,15 +234,21 @@ pub fn locks(service: &WalletService) -> Result<Vec<LockInfo>, OpsError> {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct AuditReport {
+    /// Wallets in `wallets:all` checked.
     pub wallets_checked: u64,
     /// Outcome records (`transfer:*`) read.
     pub transfers_checked: u64,
+    /// Of those, COMPLETED ones (each checked against both histories).
     pub transfers_completed: u64,
+    /// History entries read over all wallets.
     pub history_entries: u64,
+    /// The sum of every balance.
     #[serde(serialize_with = "as_text")]
     pub total_balance: Amount,
+    /// The sum of every opening balance.
     #[serde(serialize_with = "as_text")]
     pub total_opening: Amount,
+    /// The sum of every deposit (history entries of kind `deposit`).
     #[serde(serialize_with = "as_text")]
     pub total_deposits: Amount,
     /// One line per broken invariant, naming the key; empty when the ledger is sound.
@@ -234,6 +260,7 @@ fn as_text<S: serde::Serializer>(a: &Amount, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl AuditReport {
+    /// True when the ledger is sound: no violation.
     pub fn is_ok(&self) -> bool {
         self.violations.is_empty()
     }
@@ -525,7 +552,9 @@ fn parse_entry(f: &Fields) -> Option<(String, HistoryKind, Amount)> {
 /// Where a request landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Delivered {
+    /// The partition.
     pub partition: i32,
+    /// The offset in it.
     pub offset: i64,
 }
 

@@ -122,22 +122,39 @@ pub fn wait<F: Future>(future: F, timeout: Duration) -> Option<F::Output> {
     }
 }
 
+/// Why creating topics or reading their settings failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AdminError {
+    /// The client could not be made, or a request failed.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// The brokers refused to create a topic (other than "it exists").
     #[error("creating topic {topic}: {code}")]
     Topic {
+        /// The topic.
         topic: String,
+        /// The brokers' error code.
         code: RDKafkaErrorCode,
     },
+    /// A topic's config could not be read.
     #[error("reading the config of topic {topic}: {detail}")]
-    Config { topic: String, detail: String },
+    Config {
+        /// The topic.
+        topic: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// No answer within the admin timeout.
     #[error(
         "the brokers at {brokers} did not answer within {timeout_ms} ms (is the broker running? check --brokers / KAFKA_BROKERS)"
     )]
-    Timeout { brokers: String, timeout_ms: u64 },
+    Timeout {
+        /// The bootstrap servers asked.
+        brokers: String,
+        /// How long they were given.
+        timeout_ms: u64,
+    },
 }
 
 /// Time allowed for admin requests.
@@ -146,11 +163,14 @@ pub const ADMIN_TIMEOUT_MS: u64 = 30_000;
 /// A topic to create when missing, with topic configs to set at creation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec<'a> {
+    /// The topic name.
     pub name: &'a str,
+    /// Topic configs set at creation (`max.message.bytes`, `retention.ms`, ...).
     pub configs: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> TopicSpec<'a> {
+    /// A topic with the brokers' default configs.
     pub fn new(name: &'a str) -> TopicSpec<'a> {
         TopicSpec {
             name,

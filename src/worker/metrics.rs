@@ -113,8 +113,10 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage, in the order a message goes through them.
     pub const ALL: [Stage; 3] = [Stage::QueueWait, Stage::Transfer, Stage::Ack];
 
+    /// The `stage` label of `wallet_stage_seconds`.
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::QueueWait => "queue_wait",

@@ -45,13 +45,23 @@ pub enum OffsetError {
     #[error(
         "partition {partition} is not tracked (never started, or forgotten on revoke); finished offset {offset} ignored"
     )]
-    UnknownPartition { partition: i32, offset: i64 },
+    UnknownPartition {
+        /// The partition.
+        partition: i32,
+        /// The offset finished.
+        offset: i64,
+    },
     /// The partition is tracked but the offset is not in flight: never started (a gap), or
     /// finished twice. A bug in the caller.
     #[error(
         "offset {offset} on partition {partition} is not in flight (never started, or finished twice); ignored"
     )]
-    NotInFlight { partition: i32, offset: i64 },
+    NotInFlight {
+        /// The partition.
+        partition: i32,
+        /// The offset finished.
+        offset: i64,
+    },
 }
 
 /// One partition's bookkeeping.
@@ -87,6 +97,7 @@ pub struct OffsetTracker {
 }
 
 impl OffsetTracker {
+    /// A tracker with no partitions.
     pub fn new() -> OffsetTracker {
         OffsetTracker::default()
     }
