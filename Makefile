@@ -10,7 +10,7 @@ WITH_STACK = set -a; [ -f $(DEV)/env ] && source $(DEV)/env; set +a;
 USERS ?= 100
 ARGS ?=
 
-.PHONY: help test fault-test demo deps build up down status seed run-worker run-producer bench fmt lint ci
+.PHONY: help test fault-test mutants demo deps build up down status seed run-worker run-producer bench fmt lint ci
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -21,6 +21,11 @@ test: ## every test: unit, property, doc, and integration against real redis-ser
 
 fault-test: ## the fault suite at full size (tests/it/faults.rs; `make test` runs it short); FAULT_SEED=n replays
 	FAULT_SCALE=full $(CARGO) test --release --test it faults:: -- --test-threads 1 --nocapture
+
+mutants: ## mutation testing of the guarantee-bearing files (hours; FILE=src/engine/transfer.rs for one; TESTS='engine:: semantics::' to narrow the tests)
+	$(CARGO) install cargo-mutants --locked --version 27.1.0 --quiet 2>/dev/null || true
+	$(CARGO) mutants -j 1 --output target/mutants $(if $(FILE),--no-config --file $(FILE) --timeout-multiplier 3,) -- --lib --test it $(if $(TESTS),-- $(TESTS),)
+	@echo "report: target/mutants/mutants.out/outcomes.json; missed mutants: target/mutants/mutants.out/missed.txt"
 
 demo: ## the whole system on this machine: install, start, seed, work, audit, stop
 	scripts/demo.sh

@@ -1000,7 +1000,7 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
     let producer: ThreadedProducer<DeliveryCounter> = config
         .kafka
         .client_config()
-        .set("linger.ms", "5")
+        .set("linger.ms", BENCH_LINGER_MS)
         .set("enable.idempotence", "true")
         .create_with_context(DeliveryCounter::default())
         .map_err(|e| BenchError::Kafka(format!("producer: {e}")))?;
@@ -1049,6 +1049,9 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
         broker_floor: Some(floor),
     })
 }
+
+/// The bench producer's `linger.ms`: short, so the publish leg is the broker's, not batching's.
+const BENCH_LINGER_MS: &str = "1";
 
 /// Messages of the broker floor measurement, at most.
 const FLOOR_MESSAGES_DEFAULT: u64 = 300;

@@ -31,7 +31,7 @@ const POLL_SLICE_MS: u64 = 200;
 /// Largest message fetched per partition: dead letters may be a few megabytes.
 const FETCH_MESSAGE_BYTES_MAX: &str = "10000000";
 /// How long the broker may hold a fetch of a prompt reader (see [`TopicReader::open_prompt`]).
-const PROMPT_FETCH_WAIT_MS: &str = "5";
+const PROMPT_FETCH_WAIT_MS: &str = "2";
 
 /// Why a topic could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -140,7 +140,7 @@ pub const POLL_MS: u64 = 100;
 /// fetch.wait.max.ms=N`). The latency-for-load knob: a broker that does not answer a waiting
 /// fetch as soon as data arrives (tansu) adds up to this to every request; Apache Kafka answers
 /// at once, so there it only sets how often an idle consumer asks (200 fetches/s at 5 ms).
-pub const FETCH_WAIT_MS: u64 = 5;
+pub const FETCH_WAIT_MS: u64 = 2;
 /// Interval of librdkafka's statistics (lag per partition, group join state).
 pub const STATS_INTERVAL_MS: u64 = 5_000;
 /// Poll timeout while the backlog holds jobs the channel had no room for.
@@ -148,7 +148,7 @@ pub const BUSY_POLL_MS: u64 = 1;
 /// How long the result producer gathers messages into one request (librdkafka `linger.ms`):
 /// the other latency-for-load knob. 5 ms (librdkafka's own default) batches well at thousands
 /// per second and adds at most 5 ms to a result.
-pub const RESULT_LINGER_MS: u64 = 5;
+pub const RESULT_LINGER_MS: u64 = 1;
 /// Jobs the channel to the pool holds per transfer thread.
 pub const CHANNEL_JOBS_PER_THREAD: usize = 2;
 /// Step of the waits that watch the shutdown flag or a revoke's in-flight jobs.

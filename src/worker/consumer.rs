@@ -20,7 +20,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::worker::config::{BUSY_POLL_MS, POLL_MS, WAIT_STEP_MS};
-use crate::worker::metrics::Metrics;
+use crate::worker::metrics::{Metrics, Stage, StageBuckets};
 use crate::worker::pipeline::{Job, Shared};
 
 /// Why the consumer loop returned.
@@ -128,6 +128,7 @@ fn poll_into_backlog(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, poll
 struct SummaryLog {
     since: Instant,
     processed_then: u64,
+    stages_then: StageBuckets,
 }
 
 impl SummaryLog {
@@ -135,6 +136,7 @@ impl SummaryLog {
         SummaryLog {
             since: Instant::now(),
             processed_then: 0,
+            stages_then: StageBuckets::default(),
         }
     }
 
@@ -144,8 +146,10 @@ impl SummaryLog {
         }
         let s = metrics.summary();
         let rate = (s.processed - self.processed_then) as f64 / self.since.elapsed().as_secs_f64();
+        let stages = metrics.stage_buckets();
+        let split = stage_text(&stages.percentiles_since(&self.stages_then));
         log::info!(
-            "processed {} ({rate:.0}/s), failed {}, duplicates {}, dead letters {}, retries {}, lag {}",
+            "processed {} ({rate:.0}/s), failed {}, duplicates {}, dead letters {}, retries {}, lag {}; p50/p99 ms {split}",
             s.processed,
             s.failed,
             s.duplicates,
@@ -154,6 +158,7 @@ impl SummaryLog {
             s.lag_total
         );
         self.processed_then = s.processed;
+        self.stages_then = stages;
         self.since = Instant::now();
     }
 }
@@ -331,6 +336,19 @@ impl ConsumerContext for ConsumerCtx {
     }
 }
 
+/// `queue_wait 3/9, transfer 1/2, ack 2/5` (p50/p99 in ms per stage; `-` when none). Pure.
+fn stage_text(percentiles: &[Option<(f64, f64)>; 3]) -> String {
+    Stage::ALL
+        .iter()
+        .zip(percentiles)
+        .map(|(stage, p)| match p {
+            Some((p50, p99)) => format!("{} {p50}/{p99}", stage.as_str()),
+            None => format!("{} -", stage.as_str()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Stops the revoked partitions' jobs that are not running: undispatched ones leave the backlog,
 /// parked ones the gate, retrying ones the delay queue; the latter two count as abandoned.
 /// Returns (undispatched, parked or retrying).
@@ -381,5 +399,11 @@ mod tests {
         assert!(should_pause(false, 1_000, max));
         assert!(should_pause(true, 501, max), "stays paused above half");
         assert!(!should_pause(true, 500, max), "resumes at half");
+    }
+
+    #[test]
+    fn the_summary_names_each_stage() {
+        let text = stage_text(&[Some((2.0, 5.0)), None, Some((1.0, 10.0))]);
+        assert_eq!(text, "queue_wait 2/5, transfer -, ack 1/10");
     }
 }

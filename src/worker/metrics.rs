@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use prometheus::core::Collector;
+use prometheus::core::{Collector, Metric as _};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -143,6 +143,45 @@ pub struct MetricsSummary {
     pub retries: u64,
     /// Consumer lag summed over the partitions currently reported.
     pub lag_total: i64,
+}
+
+/// Cumulative bucket counts of `wallet_stage_seconds`, one vector per [`Stage`], so that two
+/// snapshots give the percentiles of what happened between them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StageBuckets {
+    counts: Vec<Vec<u64>>,
+}
+
+impl StageBuckets {
+    /// p50 and p99 in milliseconds of each stage over what was observed since `earlier`
+    /// (`None` for a stage with no observation). Bucket upper bounds, so an overestimate of at
+    /// most one bucket.
+    pub fn percentiles_since(&self, earlier: &StageBuckets) -> [Option<(f64, f64)>; 3] {
+        std::array::from_fn(|i| {
+            let now = self.counts.get(i)?;
+            let before = earlier.counts.get(i);
+            let window: Vec<u64> = now
+                .iter()
+                .enumerate()
+                .map(|(b, c)| c - before.and_then(|v| v.get(b)).copied().unwrap_or(0))
+                .collect();
+            let p50 = bucket_quantile(&STAGE_BUCKETS_S, &window, 0.50)?;
+            let p99 = bucket_quantile(&STAGE_BUCKETS_S, &window, 0.99)?;
+            Some((p50 * 1000.0, p99 * 1000.0))
+        })
+    }
+}
+
+/// The upper bound of the first bucket whose cumulative count reaches `q` of the total
+/// (`cumulative` holds one count per bound; past the last bound reports the last). Pure.
+fn bucket_quantile(bounds: &[f64], cumulative: &[u64], q: f64) -> Option<f64> {
+    let total = *cumulative.last()?;
+    if total == 0 {
+        return None;
+    }
+    let rank = (q * total as f64).ceil() as u64;
+    let i = cumulative.iter().position(|c| *c >= rank)?;
+    bounds.get(i).or(bounds.last()).copied()
 }
 
 impl std::fmt::Display for MetricsSummary {
@@ -472,6 +511,30 @@ impl Metrics {
     }
 
     /// Totals for a progress log line.
+    /// The cumulative bucket counts of every stage right now.
+    pub fn stage_buckets(&self) -> StageBuckets {
+        let counts = Stage::ALL
+            .iter()
+            .map(|stage| {
+                let h = self
+                    .inner
+                    .stage_latency
+                    .with_label_values(&[stage.as_str()]);
+                let proto = h.metric();
+                let mut counts: Vec<u64> = proto
+                    .get_histogram()
+                    .get_bucket()
+                    .iter()
+                    .map(|b| b.cumulative_count())
+                    .collect();
+                // Observations past the last bound count only in the total.
+                counts.push(h.get_sample_count());
+                counts
+            })
+            .collect();
+        StageBuckets { counts }
+    }
+
     pub fn summary(&self) -> MetricsSummary {
         let inner = &self.inner;
         let mut summary = MetricsSummary {
@@ -1051,5 +1114,28 @@ mod tests {
         let first = serve("127.0.0.1:0", Metrics::new()).unwrap();
         let taken = first.addr().to_string();
         assert!(serve(&taken, Metrics::new()).is_err());
+    }
+
+    #[test]
+    fn stage_percentiles_come_from_the_buckets_of_the_window() {
+        let m = Metrics::new();
+        let start = m.stage_buckets();
+        for _ in 0..99 {
+            m.record_stage(Stage::Transfer, 800); // 0.8 ms: the 1 ms bucket
+        }
+        m.record_stage(Stage::Transfer, 40_000); // 40 ms: the 50 ms bucket
+        let [queue, transfer, ack] = m.stage_buckets().percentiles_since(&start);
+        assert_eq!(queue, None);
+        assert_eq!(ack, None);
+        let (p50, p99) = transfer.expect("transfer observed");
+        assert!((p50 - 1.0).abs() < 1e-9, "p50 {p50}");
+        assert!(
+            (p99 - 1.0).abs() < 1e-9,
+            "p99 {p99}: 99 of 100 are in the 1 ms bucket"
+        );
+        let later = m.stage_buckets();
+        m.record_stage(Stage::Transfer, 40_000);
+        let [_, transfer, _] = m.stage_buckets().percentiles_since(&later);
+        assert_eq!(transfer, Some((50.0, 50.0)), "only the window counts");
     }
 }
