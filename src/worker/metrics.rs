@@ -535,6 +535,7 @@ impl Metrics {
         StageBuckets { counts }
     }
 
+    /// The totals of the one-line summary log, read from the counters now.
     pub fn summary(&self) -> MetricsSummary {
         let inner = &self.inner;
         let mut summary = MetricsSummary {
