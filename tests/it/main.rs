@@ -7,6 +7,7 @@ mod support;
 
 mod bench_e2e;
 mod engine;
+mod examples;
 mod faults;
 mod kafka;
 mod monitoring;
