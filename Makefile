@@ -49,8 +49,9 @@ status: ## what of the local stack is running
 seed: build ## create users user_1..user_$(USERS) (USERS=N)
 	$(WITH_STACK) $(WALLET) seed --users $(USERS) $(ARGS)
 
-run-worker: build ## run the worker in the foreground (Ctrl-C stops it cleanly)
-	$(WITH_STACK) $(WALLET) worker $(ARGS)
+run-worker: build ## run the worker in the foreground (Ctrl-C stops it cleanly; `make down` stops it too)
+	@mkdir -p $(DEV)
+	$(WITH_STACK) echo $$$$ > $(DEV)/worker.pid; exec $(WALLET) worker $(ARGS)
 
 run-producer: build ## run the six race scenarios through Kafka against a running worker
 	$(WITH_STACK) $(WALLET) produce $(ARGS)

@@ -1,22 +1,30 @@
 //! `wallet audit`: checks the ledger invariants and prints a summary (or the report as JSON);
-//! each violation goes to stderr and the exit code is 1.
+//! each violation goes to stderr as one line naming the idempotency key and the wallets, and
+//! the exit code is 1.
 //!
 //! Owns the summary's wording and the exit code. Does not own the invariants or how they are
-//! checked (`tools::ops::audit`).
+//! checked (`tools::ops::audit`, `tools::audit`).
 
 use clap::Args;
+use wallet_transfer::Amount;
 use wallet_transfer::tools::ops::{self, AuditReport};
 
 use crate::cli::{Failure, GlobalOpts, json_out, print_out};
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Checks: balance = opening_balance + signed sum of history; no negative \
-                  balance; version = number of history entries; each COMPLETED transfer:* \
-                  record has its debit and credit history entries; total of balances = \
-                  openings + deposits. Reads with SCAN/SSCAN and pipelining; changes nothing. \
-                  Amounts in major units.\n\
-                  Exit 0 when sound, 1 with one line per violation (on stderr).\n\
+    after_help = "Checks: each wallet: balance = opening_balance + signed sum of its history, \
+                  no negative balance, version = number of history entries. Each transfer \
+                  (entries counted per idempotency key, kind and wallet): a COMPLETED \
+                  transfer:* record has exactly one debit on its sender and one credit on its \
+                  receiver, of its amount, in wallets of its currency; a FAILED one has none; \
+                  no debit or credit without a record. Each deposit id appears once. Per \
+                  currency: total of balances = openings + deposits. Safe on a live ledger: \
+                  each wallet is read whole in one MULTI/EXEC, and a finding that transfers \
+                  finishing during the scan could cause is read again before it counts. Reads \
+                  with SCAN/SSCAN and pipelining; changes nothing. Amounts in major units.\n\
+                  Exit 0 when sound, 1 with one line per violation on stderr, naming the \
+                  idempotency key and the wallets (--json: in the report's violations).\n\
                   Example: wallet audit --json"
 )]
 pub struct AuditArgs {
@@ -40,50 +48,92 @@ pub fn run(global: &GlobalOpts, args: AuditArgs) -> Result<(), Failure> {
     for v in &report.violations {
         eprintln!("violation: {v}");
     }
+    let unlisted = report.violations_total - report.violations.len() as u64;
+    if unlisted > 0 {
+        eprintln!("violation: ... and {unlisted} more");
+    }
+    let first = report
+        .violations
+        .first()
+        .map_or_else(String::new, ToString::to_string);
     Err(Failure::runtime(format!(
-        "audit found {} violation(s); first: {}",
-        report.violations.len(),
-        report.violations[0]
+        "audit found {} violation(s); first: {first}",
+        report.violations_total
     )))
 }
 
-/// The counts and totals, one per line.
+/// The counts and totals (one line per currency), one per line.
 fn summary(report: &AuditReport) -> String {
-    format!(
-        "wallets checked: {}\ntransfers checked: {} ({} completed)\nhistory entries: {}\n\
-         total balance: {} (openings {} + deposits {})\nviolations: {}\n",
+    let mut out = format!(
+        "wallets checked: {}\ntransfers checked: {} ({} completed)\nhistory entries: {}\n",
         report.wallets_checked,
         report.transfers_checked,
         report.transfers_completed,
         report.history_entries,
-        report.total_balance,
-        report.total_opening,
-        report.total_deposits,
-        report.violations.len()
-    )
+    );
+    for c in &report.currencies {
+        let in_flight = if c.in_flight == Amount::ZERO {
+            String::new()
+        } else {
+            format!("; in flight during the audit {}", c.in_flight)
+        };
+        out.push_str(&format!(
+            "total balance {}: {} (openings {} + deposits {}{in_flight})\n",
+            c.currency, c.balance, c.opening, c.deposits
+        ));
+    }
+    if report.settle_passes > 0 {
+        out.push_str(&format!(
+            "re-read passes: {} (unsettled: {})\n",
+            report.settle_passes, report.unsettled
+        ));
+    }
+    out.push_str(&format!("violations: {}\n", report.violations_total));
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wallet_transfer::Amount;
+    use wallet_transfer::tools::ops::CurrencyTotals;
 
     #[test]
-    fn summary_lists_counts_and_totals() {
-        // A report is built field by field: it is #[non_exhaustive] outside the library.
-        let mut report = AuditReport::default();
-        report.wallets_checked = 3;
-        report.transfers_checked = 5;
-        report.transfers_completed = 4;
-        report.history_entries = 11;
-        report.total_balance = Amount::from_minor(30_000);
-        report.total_opening = Amount::from_minor(25_000);
-        report.total_deposits = Amount::from_minor(5_000);
-        report.violations = vec!["wallet:x negative".into()];
+    fn summary_lists_counts_and_totals_per_currency() {
+        let totals = |currency: &str, balance, opening, deposits| CurrencyTotals {
+            currency: currency.into(),
+            balance: Amount::from_minor(balance),
+            opening: Amount::from_minor(opening),
+            deposits: Amount::from_minor(deposits),
+            in_flight: Amount::ZERO,
+        };
+        let mut report = AuditReport {
+            wallets_checked: 3,
+            transfers_checked: 5,
+            transfers_completed: 4,
+            history_entries: 11,
+            currencies: vec![
+                totals("EUR", 100, 100, 0),
+                totals("USD", 30_000, 25_000, 5_000),
+            ],
+            violations_total: 1,
+            ..AuditReport::default()
+        };
         assert_eq!(
             summary(&report),
             "wallets checked: 3\ntransfers checked: 5 (4 completed)\nhistory entries: 11\n\
-             total balance: 300.00 (openings 250.00 + deposits 50.00)\nviolations: 1\n"
+             total balance EUR: 1.00 (openings 1.00 + deposits 0.00)\n\
+             total balance USD: 300.00 (openings 250.00 + deposits 50.00)\nviolations: 1\n"
+        );
+        report.settle_passes = 2;
+        report.currencies[1].in_flight = Amount::from_minor(-250);
+        let text = summary(&report);
+        assert!(
+            text.contains("re-read passes: 2 (unsettled: 0)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("(openings 250.00 + deposits 50.00; in flight during the audit -2.50)"),
+            "{text}"
         );
     }
 }

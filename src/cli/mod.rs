@@ -255,7 +255,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 /// (`LockConfig`, `EngineConfig`, `WorkerConfig`, `DirectConfig`, `E2eConfig`): its flag, or
 /// `None` for a setting no flag sets (the command line always passes the library's default, so
 /// an error about one is a bug in the defaults, not a user mistake).
-pub const SETTING_FLAGS: [(&str, Option<&str>); 25] = [
+pub const SETTING_FLAGS: [(&str, Option<&str>); 26] = [
     ("lock.ttl_ms", Some("--lock-ttl-ms")),
     ("lock.retry_delay_ms_base", Some("--lock-retry-delay-ms")),
     ("lock.retry_delay_ms_max", Some("--lock-retry-delay-ms-max")),
@@ -277,6 +277,7 @@ pub const SETTING_FLAGS: [(&str, Option<&str>); 25] = [
     ("revoke_timeout_ms", None),
     ("flush_timeout_ms", None),
     ("summary_interval_ms", None),
+    ("shutdown_timeout_ms", Some("--shutdown-timeout-ms")),
     ("transfers", Some("--transfers")),
     ("wallets", Some("--wallets")),
     ("transient_retries", Some("--transient-retries")),
@@ -596,7 +597,7 @@ mod tests {
         ("outcome_ttl_ms", None, |c| c.outcome_ttl_ms = Some(0)),
     ];
 
-    const WORKER_CASES: [Case<WorkerConfig>; 16] = [
+    const WORKER_CASES: [Case<WorkerConfig>; 17] = [
         ("threads", Some("--threads"), |c| c.threads = 0),
         ("backlog_bytes_max", None, |c| c.backlog_bytes_max = 1),
         ("partitions", Some("--partitions"), |c| c.partitions = 0),
@@ -623,6 +624,9 @@ mod tests {
             c.retry_delay_ms_max = 0
         }),
         ("summary_interval_ms", None, |c| c.summary_interval_ms = 0),
+        ("shutdown_timeout_ms", Some("--shutdown-timeout-ms"), |c| {
+            c.shutdown_timeout_ms = 0
+        }),
         ("requests_topic", Some("--requests-topic"), |c| {
             c.requests_topic.clear()
         }),

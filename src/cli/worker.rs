@@ -62,6 +62,11 @@ pub struct WorkerArgs {
     /// timeout), in milliseconds
     #[arg(long, env = "RETRY_DELAY_MS_MAX", default_value_t = defaults().retry_delay_ms_max)]
     pub retry_delay_ms_max: u64,
+    /// Time from the first SIGINT/SIGTERM until the worker has exited, in milliseconds, whatever
+    /// is down: what can finish finishes, what is answered is committed, the rest is left
+    /// uncommitted for the next owner (keep it under the orchestrator's kill timeout)
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = defaults().shutdown_timeout_ms)]
+    pub shutdown_timeout_ms: u64,
     /// Address of the Prometheus endpoint (`/metrics`); `off` disables it
     #[arg(long, env = "METRICS_ADDR", default_value = METRICS_ADDR_DEFAULT)]
     pub metrics_addr: String,
@@ -86,7 +91,8 @@ impl WorkerArgs {
             .with_commit_interval_ms(self.commit_interval_ms)
             .with_session_timeout_ms(self.session_timeout_ms)
             .with_max_poll_interval_ms(self.max_poll_interval_ms)
-            .with_retry_delay_ms_max(self.retry_delay_ms_max);
+            .with_retry_delay_ms_max(self.retry_delay_ms_max)
+            .with_shutdown_timeout_ms(self.shutdown_timeout_ms);
         config.validate().map_err(flag_error)?;
         Ok(config)
     }

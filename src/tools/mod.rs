@@ -1,10 +1,11 @@
-//! Operator tooling over the engine and the worker's topics: the ledger audit, snapshots and
-//! other read-outs (`ops`), the one reader of the results and dead-letter topics (`results`),
+//! Operator tooling over the engine and the worker's topics: the ledger audit's checks
+//! (`audit`), its reads, snapshots and other read-outs (`ops`), the one reader of the results and dead-letter topics (`results`),
 //! the demo seeder (`seed`), benchmarks (`bench`) and the six race scenarios (`scenarios`).
 //! Behind the `tools` feature.
 //!
 //! Owns nothing the transfer path depends on: a change here cannot change how money moves.
 
+pub mod audit;
 pub mod bench;
 pub mod latency;
 pub mod ops;

@@ -3,9 +3,9 @@
 //! is [`crate::tools::results`]'s [`ResultWatcher`], re-exported here).
 //!
 //! [`audit`] is the one ledger auditor: the `wallet audit` command, the integration tests'
-//! ledger checks and the fault suite's checker all go through it. It reads in batches and
-//! feeds what it read to pure checks (per wallet, per outcome record, the totals), which are
-//! unit-tested below without Redis.
+//! ledger checks and the fault suite's checker all go through it. It does the reads (each
+//! wallet whole in one MULTI/EXEC, re-reads of a live ledger) and feeds them to the pure
+//! checks of [`crate::tools::audit`], which are unit-tested there without Redis.
 //!
 //! Everything here reads with SCAN/SSCAN and pipelined batches, never `KEYS`, so it is safe on a
 //! large production database. Nothing here changes data. The `wallet snapshot`, `locks`, `audit`
@@ -22,12 +22,13 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use serde::Serialize;
 
-use crate::engine::message::{Status, TransferRequest};
-use crate::engine::money::Amount;
+use crate::engine::message::TransferRequest;
 use crate::engine::service::WalletService;
 use crate::engine::store::{self, PooledConn, keys};
-use crate::engine::transfer::{TransferOutcome, parse_outcome};
-use crate::engine::wallet::{HistoryKind, Wallet, parse_wallet};
+pub use crate::tools::audit::{
+    AuditReport, Auditor, CurrencyTotals, Fields, Plan, Reread, Snapshot, VIOLATIONS_LISTED_MAX,
+    Violation, ViolationKind, WalletRead,
+};
 pub use crate::tools::results::ResultWatcher;
 use crate::worker::kafka::KafkaConfig;
 
@@ -230,109 +231,149 @@ pub fn locks(service: &WalletService) -> Result<Vec<LockInfo>, OpsError> {
 // ---------------------------------------------------------------------------------------------
 // audit
 
-/// What `audit` found.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct AuditReport {
-    /// Wallets in `wallets:all` checked.
-    pub wallets_checked: u64,
-    /// Outcome records (`transfer:*`) read.
-    pub transfers_checked: u64,
-    /// Of those, COMPLETED ones (each checked against both histories).
-    pub transfers_completed: u64,
-    /// History entries read over all wallets.
-    pub history_entries: u64,
-    /// The sum of every balance.
-    #[serde(serialize_with = "as_text")]
-    pub total_balance: Amount,
-    /// The sum of every opening balance.
-    #[serde(serialize_with = "as_text")]
-    pub total_opening: Amount,
-    /// The sum of every deposit (history entries of kind `deposit`).
-    #[serde(serialize_with = "as_text")]
-    pub total_deposits: Amount,
-    /// One line per broken invariant, naming the key; empty when the ledger is sound.
-    pub violations: Vec<String>,
-}
-
-fn as_text<S: serde::Serializer>(a: &Amount, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&a.to_string())
-}
-
-impl AuditReport {
-    /// True when the ledger is sound: no violation.
-    pub fn is_ok(&self) -> bool {
-        self.violations.is_empty()
-    }
-}
-
-/// Most violations listed one by one; after that they are only counted.
-pub const VIOLATIONS_LISTED_MAX: usize = 1_000;
-
-fn add(a: Amount, b: Amount) -> Result<Amount, OpsError> {
-    a.checked_add(b)
-        .map_err(|_| OpsError::Other("amount overflow while summing the ledger".to_string()))
-}
-
-/// A hash as HGETALL returns it.
-type Fields = HashMap<String, String>;
-
-/// A history stream as XRANGE returns it: (stream id, fields) per entry.
-type RawHistory = Vec<(String, Fields)>;
-
-/// A wallet as read for the audit: its hash, and its history or why it is not a stream.
-type WalletRead = (Fields, Result<RawHistory, String>);
-
-/// Checks the ledger invariants over every wallet in `wallets:all` and every outcome record:
+/// Checks the ledger invariants (listed in [`crate::tools::audit`]) over every wallet in
+/// `wallets:all` and every outcome record, on a quiet or a live ledger:
 ///
-/// - each wallet parses; balance = opening_balance + signed sum of its history; no negative
-///   balance; version = number of history entries;
-/// - each COMPLETED `transfer:*` record has a debit of its amount in `from_user`'s history and
-///   a credit in `to_user`'s, both with its transfer_id;
-/// - the total of balances = total of opening balances + total of deposits.
+/// 1. every `transfer:*` record (SCAN, pipelined HGETALL in batches of [`BATCH`]);
+/// 2. then each wallet's hash and history in one MULTI/EXEC (pipelined, [`BATCH`] wallets per
+///    round trip), so each wallet is seen whole;
+/// 3. then, while transfers finish during the scan, what a finding waits for (a history after
+///    its snapshot, an outcome record) in one MULTI/EXEC per pass, a bounded number of passes
+///    ([`Auditor::settle`]).
 ///
-/// Reads with SSCAN/SCAN and pipelined batches; a Redis error is an `Err`, a broken invariant
-/// is a line in [`AuditReport::violations`]. The checks themselves are pure functions over
-/// what was read (`Auditor`).
+/// A Redis error is an `Err`; a broken invariant is a [`Violation`] in the report. The checks
+/// are pure functions over what was read ([`Auditor`]).
 pub fn audit(service: &WalletService) -> Result<AuditReport, OpsError> {
     let mut conn = service.pool().get()?;
     let mut auditor = Auditor::default();
-    let ids = sscan_all(&mut conn, keys::WALLETS_ALL)?;
-    for batch in ids.chunks(BATCH) {
-        for (id, (fields, history)) in batch.iter().zip(read_wallets(&mut conn, batch)?) {
-            auditor.wallet(id, &fields, history)?;
-        }
-    }
-    auditor.totals()?;
     let outcome_keys = scan_keys(&mut conn, "transfer:*", Some("hash"))?;
     for batch in outcome_keys.chunks(BATCH) {
-        for (key, fields) in batch.iter().zip(read_hashes(&mut conn, batch)?) {
-            auditor.outcome(key, &fields);
+        let fields = read_hashes(&mut conn, batch)?;
+        let outcomes = batch.iter().zip(fields).map(|(key, fields)| {
+            let key = key.strip_prefix("transfer:").unwrap_or(key);
+            (key.to_string(), fields)
+        });
+        auditor.ingest(Snapshot {
+            outcomes: outcomes.collect(),
+            ..Snapshot::default()
+        });
+    }
+    let ids = sscan_all(&mut conn, keys::WALLETS_ALL)?;
+    for batch in ids.chunks(BATCH) {
+        for wallet in read_each_wallet(&mut conn, batch)? {
+            auditor.ingest(Snapshot {
+                listed: true,
+                wallets: vec![wallet],
+                outcomes: Vec::new(),
+            });
         }
     }
-    Ok(auditor.finish())
+    auditor.settle(|plan| read_plan(&mut conn, plan))
 }
 
-/// The hash and the history of each wallet in `ids`, in one pipelined round trip. A history
-/// that does not read as a stream is an `Err` with the reason, for the auditor to report.
-fn read_wallets(conn: &mut PooledConn, ids: &[String]) -> Result<Vec<WalletRead>, OpsError> {
+/// Each wallet of `ids` in its own MULTI/EXEC (HGETALL, XRANGE), all in one pipelined round
+/// trip.
+fn read_each_wallet(
+    conn: &mut PooledConn,
+    ids: &[String],
+) -> Result<Vec<(String, WalletRead)>, OpsError> {
     let mut pipe = redis::pipe();
+    pipe.ignore_errors();
     for id in ids {
-        pipe.hgetall(keys::wallet(id))
-            .cmd("XRANGE")
-            .arg(keys::history(id))
-            .arg("-")
-            .arg("+");
+        // The commands inside MULTI answer QUEUED; EXEC answers their replies.
+        pipe.cmd("MULTI").ignore();
+        add_wallet_reads(&mut pipe, id, true);
+        pipe.cmd("EXEC");
     }
-    let replies: Vec<redis::Value> = pipe.query(&mut conn.redis)?;
-    replies
-        .chunks(2)
-        .map(|pair| {
-            let fields: Fields = redis::from_redis_value(pair[0].clone())?;
-            let history = redis::from_redis_value(pair[1].clone()).map_err(|e| e.to_string());
-            Ok((fields, history))
+    // An error may leave the connection inside MULTI: it must not go back to the pool.
+    let replies: Vec<redis::Value> = pipe.query(&mut conn.redis).inspect_err(|_| conn.taint())?;
+    ids.iter()
+        .zip(replies)
+        .map(|(id, reply)| {
+            let pair = match reply {
+                redis::Value::Array(pair) if pair.len() == 2 => pair,
+                other => return Err(unexpected(&keys::wallet(id), &other)),
+            };
+            Ok((id.clone(), wallet_read(pair)))
         })
         .collect()
+}
+
+/// Everything `plan` asks for, in one MULTI/EXEC: histories after a stream id (XRANGE with an
+/// exclusive start), whole wallets, outcome records.
+fn read_plan(conn: &mut PooledConn, plan: &Plan) -> Result<Reread, OpsError> {
+    let mut pipe = redis::pipe();
+    pipe.atomic().ignore_errors();
+    for (id, after) in &plan.histories {
+        let start = after
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |a| format!("({a}"));
+        pipe.cmd("XRANGE")
+            .arg(keys::history(id))
+            .arg(start)
+            .arg("+");
+    }
+    for id in &plan.wallets {
+        add_wallet_reads(&mut pipe, id, false);
+    }
+    for key in &plan.outcomes {
+        pipe.hgetall(keys::outcome(key));
+    }
+    let replies: Vec<redis::Value> = pipe.query(&mut conn.redis).inspect_err(|_| conn.taint())?;
+    let expected = plan.histories.len() + plan.wallets.len() * 2 + plan.outcomes.len();
+    if replies.len() != expected {
+        let detail = format!("{} replies to {expected} reads", replies.len());
+        return Err(OpsError::Other(format!("audit re-read: {detail}")));
+    }
+    let mut replies = replies.into_iter();
+    let mut next = || replies.next().unwrap_or_default();
+    let mut reread = Reread::default();
+    for id in plan.histories.keys() {
+        let history = redis::from_redis_value(next()).map_err(|e| e.to_string());
+        reread.histories.push((id.clone(), history));
+    }
+    for id in &plan.wallets {
+        let pair = vec![next(), next()];
+        reread.wallets.push((id.clone(), wallet_read(pair)));
+    }
+    for key in &plan.outcomes {
+        let fields: Fields = redis::from_redis_value(next())?;
+        reread.outcomes.push((key.clone(), fields));
+    }
+    Ok(reread)
+}
+
+/// HGETALL of the wallet, XRANGE of its history; their replies ignored when `queued`.
+fn add_wallet_reads(pipe: &mut redis::Pipeline, id: &str, queued: bool) {
+    pipe.hgetall(keys::wallet(id));
+    if queued {
+        pipe.ignore();
+    }
+    pipe.cmd("XRANGE").arg(keys::history(id)).arg("-").arg("+");
+    if queued {
+        pipe.ignore();
+    }
+}
+
+/// A wallet from its (HGETALL, XRANGE) replies; a reply that is an error (a key of another
+/// type) is kept as the reason, for the auditor to report.
+fn wallet_read(pair: Vec<redis::Value>) -> WalletRead {
+    let mut pair = pair.into_iter();
+    let (hash, history) = (
+        pair.next().unwrap_or_default(),
+        pair.next().unwrap_or_default(),
+    );
+    WalletRead {
+        hash: redis::from_redis_value(hash).map_err(|e| e.to_string()),
+        history: redis::from_redis_value(history).map_err(|e| e.to_string()),
+    }
+}
+
+fn unexpected(key: &str, reply: &redis::Value) -> OpsError {
+    OpsError::Corrupt {
+        key: key.to_string(),
+        detail: format!("unexpected reply to MULTI/EXEC: {reply:?}"),
+    }
 }
 
 /// HGETALL of each key in one pipelined round trip (empty for a key that is gone).
@@ -342,208 +383,6 @@ fn read_hashes(conn: &mut PooledConn, keys: &[String]) -> Result<Vec<Fields>, Op
         pipe.hgetall(key);
     }
     Ok(pipe.query(&mut conn.redis)?)
-}
-
-/// The audit's checks, fed with what [`audit`] read: every wallet (with its history), then
-/// [`Auditor::totals`], then every outcome record, then [`Auditor::finish`]. Does no I/O.
-#[derive(Debug, Default)]
-struct Auditor {
-    report: AuditReport,
-    violations: Vec<String>,
-    /// (kind, wallet, transfer_id) -> amount, for debit and credit entries.
-    moves: HashMap<(&'static str, String, String), Amount>,
-}
-
-/// One wallet's history, replayed.
-struct Replay {
-    /// Signed sum of the readable entries.
-    net: Amount,
-    entries: u64,
-    /// Some entry did not parse, so `net` is not the whole history.
-    unreadable: bool,
-}
-
-impl Auditor {
-    /// Checks one wallet: its `wallet:{id}` hash and its history, or why the history could not
-    /// be read. `Err` only when a sum overflows.
-    fn wallet(
-        &mut self,
-        id: &str,
-        fields: &Fields,
-        history: Result<RawHistory, String>,
-    ) -> Result<(), OpsError> {
-        self.report.wallets_checked += 1;
-        let key = keys::wallet(id);
-        let wallet = match parse_wallet(id, fields) {
-            Ok(Some(w)) => w,
-            Ok(None) => {
-                let problem = format!("{key}: listed in wallets:all but does not exist");
-                self.violations.push(problem);
-                return Ok(());
-            }
-            Err(e) => {
-                self.violations.push(format!("{key}: {e}"));
-                return Ok(());
-            }
-        };
-        let history = match history {
-            Ok(h) => h,
-            Err(e) => {
-                let problem = format!("{}: not a readable stream: {e}", keys::history(id));
-                self.violations.push(problem);
-                return Ok(());
-            }
-        };
-        let replay = self.replay(id, &history)?;
-        self.report.history_entries += replay.entries;
-        self.report.total_balance = add(self.report.total_balance, wallet.balance)?;
-        self.report.total_opening = add(self.report.total_opening, wallet.opening_balance)?;
-        self.violations
-            .extend(wallet_violations(&key, &wallet, &replay)?);
-        Ok(())
-    }
-
-    /// Sums one history, noting its debits and credits for the outcome checks and its deposits
-    /// for the totals.
-    fn replay(&mut self, id: &str, history: &RawHistory) -> Result<Replay, OpsError> {
-        let mut replay = Replay {
-            net: Amount::ZERO,
-            entries: 0,
-            unreadable: false,
-        };
-        for (stream_id, entry) in history {
-            replay.entries += 1;
-            let Some((transfer_id, kind, amount)) = parse_entry(entry) else {
-                let history_key = keys::history(id);
-                let problem = format!("{history_key} {stream_id}: unreadable entry {entry:?}");
-                self.violations.push(problem);
-                replay.unreadable = true;
-                continue;
-            };
-            replay.net = add(replay.net, kind.signed(amount))?;
-            if kind == HistoryKind::Deposit {
-                self.report.total_deposits = add(self.report.total_deposits, amount)?;
-            } else {
-                self.moves
-                    .insert((kind.as_str(), id.to_string(), transfer_id), amount);
-            }
-        }
-        Ok(replay)
-    }
-
-    /// After the last wallet: the total of balances = openings + deposits.
-    fn totals(&mut self) -> Result<(), OpsError> {
-        let r = &self.report;
-        if r.total_balance != add(r.total_opening, r.total_deposits)? {
-            self.violations.push(format!(
-                "ledger: total balance {} != openings {} + deposits {}",
-                r.total_balance, r.total_opening, r.total_deposits
-            ));
-        }
-        Ok(())
-    }
-
-    /// Checks one `transfer:*` record against the histories seen; an empty hash (expired
-    /// between SCAN and HGETALL) is skipped.
-    fn outcome(&mut self, key: &str, fields: &Fields) {
-        if fields.is_empty() {
-            return;
-        }
-        self.report.transfers_checked += 1;
-        let outcome = match parse_outcome(key, fields) {
-            Ok(o) => o,
-            Err(e) => {
-                self.violations.push(format!("{key}: {e}"));
-                return;
-            }
-        };
-        if outcome.status != Status::Completed {
-            return;
-        }
-        self.report.transfers_completed += 1;
-        for (kind, wallet) in [
-            (HistoryKind::Debit, &outcome.from_user),
-            (HistoryKind::Credit, &outcome.to_user),
-        ] {
-            let found =
-                self.moves
-                    .get(&(kind.as_str(), wallet.clone(), outcome.transfer_id.clone()));
-            if let Some(problem) = move_violation(key, &outcome, kind, wallet, found) {
-                self.violations.push(problem);
-            }
-        }
-    }
-
-    /// The report, with at most [`VIOLATIONS_LISTED_MAX`] violations listed one by one.
-    fn finish(self) -> AuditReport {
-        let mut violations = self.violations;
-        if violations.len() > VIOLATIONS_LISTED_MAX {
-            let more = violations.len() - VIOLATIONS_LISTED_MAX;
-            violations.truncate(VIOLATIONS_LISTED_MAX);
-            violations.push(format!("... and {more} more violations"));
-        }
-        AuditReport {
-            violations,
-            ..self.report
-        }
-    }
-}
-
-/// The per-wallet invariants: no negative balance, balance = opening + history (when every
-/// entry was readable), version = number of entries.
-fn wallet_violations(key: &str, wallet: &Wallet, replay: &Replay) -> Result<Vec<String>, OpsError> {
-    let mut out = Vec::new();
-    if wallet.balance.is_negative() {
-        out.push(format!("{key}: negative balance {}", wallet.balance));
-    }
-    if !replay.unreadable && add(wallet.opening_balance, replay.net)? != wallet.balance {
-        out.push(format!(
-            "{key}: balance {} != opening {} + history {}",
-            wallet.balance, wallet.opening_balance, replay.net
-        ));
-    }
-    if wallet.version != replay.entries {
-        out.push(format!(
-            "{key}: version {} != {} history entries",
-            wallet.version, replay.entries
-        ));
-    }
-    Ok(out)
-}
-
-/// What is wrong with the `kind` entry of a COMPLETED `outcome` in `wallet`'s history, given
-/// the amount of the entry `found` there with its transfer id.
-fn move_violation(
-    key: &str,
-    outcome: &TransferOutcome,
-    kind: HistoryKind,
-    wallet: &str,
-    found: Option<&Amount>,
-) -> Option<String> {
-    let id = &outcome.transfer_id;
-    let (kind, history) = (kind.as_str(), keys::history(wallet));
-    match found {
-        None => Some(format!(
-            "{key}: COMPLETED transfer {id} has no {kind} in {history}"
-        )),
-        Some(a) if *a != outcome.amount => Some(format!(
-            "{key}: transfer {id} {kind} in {history} is {a}, the record says {}",
-            outcome.amount
-        )),
-        Some(_) => None,
-    }
-}
-
-/// (transfer_id, kind, amount) of one history stream entry.
-fn parse_entry(f: &Fields) -> Option<(String, HistoryKind, Amount)> {
-    let kind = match f.get("kind")?.as_str() {
-        "debit" => HistoryKind::Debit,
-        "credit" => HistoryKind::Credit,
-        "deposit" => HistoryKind::Deposit,
-        _ => return None,
-    };
-    let amount = Amount::parse(f.get("amount")?).ok()?;
-    Some((f.get("transfer_id")?.clone(), kind, amount))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -666,184 +505,4 @@ pub fn publish_requests(
             timeout.as_millis()
         ))
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fields(pairs: &[(&str, &str)]) -> Fields {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn wallet(balance: &str, opening: &str, version: u64) -> Fields {
-        let version = version.to_string();
-        fields(&[
-            ("balance", balance),
-            ("opening_balance", opening),
-            ("currency", "USD"),
-            ("status", "active"),
-            ("version", &version),
-        ])
-    }
-
-    fn entry(transfer_id: &str, kind: &str, amount: &str) -> (String, Fields) {
-        let e = fields(&[
-            ("transfer_id", transfer_id),
-            ("kind", kind),
-            ("amount", amount),
-        ]);
-        (format!("1-{transfer_id}-{kind}"), e)
-    }
-
-    fn outcome(transfer_id: &str, status: &str, amount: &str) -> Fields {
-        fields(&[
-            ("transfer_id", transfer_id),
-            ("status", status),
-            ("from_user", "a"),
-            ("to_user", "b"),
-            ("amount", amount),
-            ("currency", "USD"),
-            ("processed_at", "1700000000.000"),
-        ])
-    }
-
-    /// a pays b 10.00 (t1); b gets a deposit of 5.00; t2 failed.
-    fn sound() -> Auditor {
-        let mut a = Auditor::default();
-        a.wallet(
-            "a",
-            &wallet("90.00", "100.00", 1),
-            Ok(vec![entry("t1", "debit", "10.00")]),
-        )
-        .unwrap();
-        let b_history = vec![
-            entry("t1", "credit", "10.00"),
-            entry("d1", "deposit", "5.00"),
-        ];
-        a.wallet("b", &wallet("15.00", "0.00", 2), Ok(b_history))
-            .unwrap();
-        a.totals().unwrap();
-        a.outcome("transfer:t1", &outcome("t1", "COMPLETED", "10.00"));
-        a.outcome("transfer:t2", &outcome("t2", "FAILED", "999.00"));
-        a.outcome("transfer:gone", &Fields::new());
-        a
-    }
-
-    #[test]
-    fn a_sound_ledger_has_no_violations_and_is_counted() {
-        let r = sound().finish();
-        assert!(r.is_ok(), "{:?}", r.violations);
-        assert_eq!((r.wallets_checked, r.history_entries), (2, 3));
-        assert_eq!((r.transfers_checked, r.transfers_completed), (2, 1));
-        assert_eq!(r.total_balance.to_string(), "105.00");
-        assert_eq!(r.total_opening.to_string(), "100.00");
-        assert_eq!(r.total_deposits.to_string(), "5.00");
-    }
-
-    #[test]
-    fn a_balance_the_history_does_not_explain_is_named_with_the_totals() {
-        let mut a = Auditor::default();
-        let history = Ok(vec![entry("t1", "debit", "10.00")]);
-        a.wallet("a", &wallet("1000.00", "100.00", 1), history)
-            .unwrap();
-        a.totals().unwrap();
-        let v = a.finish().violations;
-        assert_eq!(
-            v,
-            [
-                "wallet:a: balance 1000.00 != opening 100.00 + history -10.00",
-                "ledger: total balance 1000.00 != openings 100.00 + deposits 0.00",
-            ]
-        );
-    }
-
-    #[test]
-    fn a_negative_balance_and_a_version_off_the_history_are_violations() {
-        let mut a = Auditor::default();
-        let history = Ok(vec![entry("t1", "debit", "10.00")]);
-        a.wallet("a", &wallet("-10.00", "0.00", 3), history)
-            .unwrap();
-        let v = a.finish().violations;
-        assert_eq!(
-            v,
-            [
-                "wallet:a: negative balance -10.00",
-                "wallet:a: version 3 != 1 history entries",
-            ]
-        );
-    }
-
-    #[test]
-    fn missing_wallets_and_unreadable_histories_are_reported_not_summed() {
-        let mut a = Auditor::default();
-        a.wallet("ghost", &Fields::new(), Ok(Vec::new())).unwrap();
-        a.wallet("bad", &fields(&[("balance", "x")]), Ok(Vec::new()))
-            .unwrap();
-        a.wallet("noise", &wallet("1.00", "1.00", 0), Err("WRONGTYPE".into()))
-            .unwrap();
-        let garbled = vec![("1-0".to_string(), fields(&[("kind", "gift")]))];
-        a.wallet("odd", &wallet("7.00", "1.00", 1), Ok(garbled))
-            .unwrap();
-        let r = a.finish();
-        assert_eq!(r.wallets_checked, 4);
-        assert_eq!(
-            r.total_balance.to_string(),
-            "7.00",
-            "only the wallet that was read"
-        );
-        let v = r.violations;
-        assert_eq!(v.len(), 4, "{v:?}");
-        assert_eq!(
-            v[0],
-            "wallet:ghost: listed in wallets:all but does not exist"
-        );
-        assert!(v[1].starts_with("wallet:bad: "), "{v:?}");
-        assert_eq!(
-            v[2],
-            "wallet:noise:history: not a readable stream: WRONGTYPE"
-        );
-        assert!(
-            v[3].starts_with("wallet:odd:history 1-0: unreadable entry"),
-            "{v:?}"
-        );
-    }
-
-    #[test]
-    fn a_completed_record_needs_its_debit_and_credit_of_its_amount() {
-        let mut a = sound();
-        a.outcome("transfer:t3", &outcome("t3", "COMPLETED", "1.00"));
-        a.outcome("transfer:t1b", &outcome("t1", "COMPLETED", "9.99"));
-        a.outcome("transfer:junk", &fields(&[("status", "MAYBE")]));
-        let v = a.finish().violations;
-        assert_eq!(v.len(), 5, "{v:?}");
-        assert_eq!(
-            v[0],
-            "transfer:t3: COMPLETED transfer t3 has no debit in wallet:a:history"
-        );
-        assert_eq!(
-            v[1],
-            "transfer:t3: COMPLETED transfer t3 has no credit in wallet:b:history"
-        );
-        assert_eq!(
-            v[2],
-            "transfer:t1b: transfer t1 debit in wallet:a:history is 10.00, the record says 9.99"
-        );
-        assert!(v[4].starts_with("transfer:junk: "), "{v:?}");
-    }
-
-    #[test]
-    fn violations_past_the_limit_are_only_counted() {
-        let mut a = Auditor::default();
-        for i in 0..VIOLATIONS_LISTED_MAX + 3 {
-            a.wallet(&format!("w{i}"), &Fields::new(), Ok(Vec::new()))
-                .unwrap();
-        }
-        let v = a.finish().violations;
-        assert_eq!(v.len(), VIOLATIONS_LISTED_MAX + 1);
-        assert_eq!(v.last().unwrap(), "... and 3 more violations");
-    }
 }

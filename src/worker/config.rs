@@ -61,6 +61,10 @@ pub struct WorkerConfig {
     pub backlog_bytes_max: usize,
     /// Interval of the one-line summary log.
     pub summary_interval_ms: u64,
+    /// Time from the first stop signal until the worker has stopped, whatever is down: what
+    /// can finish finishes, what is answered and acknowledged is committed, the rest is
+    /// abandoned (left uncommitted for the next owner).
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -82,10 +86,13 @@ impl Default for WorkerConfig {
             retry_delay_ms_max: 2_000,
             backlog_bytes_max: 32 * 1024 * 1024,
             summary_interval_ms: 10_000,
+            shutdown_timeout_ms: 10_000,
         }
     }
 }
 
+// One setter per field: embedders cannot set a field that has none (the struct is
+// #[non_exhaustive]), so a new field gets its line here.
 setters!(WorkerConfig {
     with_kafka => kafka: KafkaConfig,
     with_group_id => group_id: String,
@@ -103,6 +110,7 @@ setters!(WorkerConfig {
     with_retry_delay_ms_max => retry_delay_ms_max: u64,
     with_backlog_bytes_max => backlog_bytes_max: usize,
     with_summary_interval_ms => summary_interval_ms: u64,
+    with_shutdown_timeout_ms => shutdown_timeout_ms: u64,
 });
 
 /// Upper bound on `threads`.
@@ -126,6 +134,9 @@ pub const DLQ_HEADERS_BYTES_LIMIT: usize = 16 * 1024;
 pub const DLQ_MESSAGE_BYTES_LIMIT: usize = DLQ_PAYLOAD_BYTES_LIMIT + DLQ_HEADERS_BYTES_LIMIT;
 /// librdkafka's default `message.max.bytes`, which the result producer keeps.
 pub const PRODUCER_MESSAGE_BYTES_DEFAULT: usize = 1_000_000;
+/// How often one kind of warning is logged at most; repeats in between are counted and the
+/// count is logged with the next one.
+pub const WARN_INTERVAL_MS: u64 = 10_000;
 /// Longest wait of the retry timer between looks at the delay queue.
 pub const RETRY_TICK_MS: u64 = 50;
 /// Upper bound on every interval and timeout setting (one hour).
@@ -196,6 +207,7 @@ impl WorkerConfig {
             ("flush_timeout_ms", self.flush_timeout_ms),
             ("retry_delay_ms_max", self.retry_delay_ms_max),
             ("summary_interval_ms", self.summary_interval_ms),
+            ("shutdown_timeout_ms", self.shutdown_timeout_ms),
         ] {
             SettingError::check_range(setting, ms, 1, INTERVAL_MS_LIMIT)?;
         }

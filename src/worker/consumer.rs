@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -34,14 +34,13 @@ pub(crate) enum Exit {
 /// The consumer loop: poll into the backlog, dispatch to the pool, pause when full, commit.
 pub(crate) fn consume(
     shared: &Shared,
-    consumer: &BaseConsumer<ConsumerCtx>,
+    consumer: &Arc<BaseConsumer<ConsumerCtx>>,
     job_tx: &Sender<Job>,
+    committer: &Committer,
 ) -> Exit {
     let config = &shared.config;
     let mut paused = false;
     let mut last_commit = Instant::now();
-    // After a failed commit, the next one covers every partition, not only those that moved.
-    let mut commit_ok = true;
     let mut summary = SummaryLog::new();
     while !shared.shutdown.load(Ordering::SeqCst) {
         if shared
@@ -69,7 +68,7 @@ pub(crate) fn consume(
         poll_into_backlog(shared, consumer, poll_ms);
         report_held(shared, held_bytes);
         if last_commit.elapsed() >= Duration::from_millis(config.commit_interval_ms) {
-            commit_ok = commit_due(shared, consumer, !commit_ok);
+            committer.commit_due(shared, consumer);
             last_commit = Instant::now();
         }
         summary.log_if_due(&shared.metrics, config.summary_interval_ms);
@@ -118,7 +117,9 @@ fn poll_into_backlog(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, poll
         }
         Some(Err(e)) => {
             shared.metrics.record_retry("kafka_consume");
-            log::warn!("consumer: {e}; polling on");
+            shared
+                .warnings
+                .warn("consume", || format!("consumer: {e}; polling on"));
         }
         None => {}
     }
@@ -168,6 +169,11 @@ impl SummaryLog {
 /// length.
 fn dispatch(shared: &Shared, job_tx: &Sender<Job>) -> usize {
     let mut backlog = shared.backlog.lock();
+    // While answers cannot be delivered, new jobs would only add answers that cannot be
+    // delivered: they wait in the backlog (which pauses fetching once full).
+    if shared.delivery_failing.load(Ordering::SeqCst) {
+        return backlog.jobs.len();
+    }
     // Only this thread sends, so room seen here is still there at `send`.
     while !job_tx.is_full() {
         let Some(job) = backlog.pop() else {
@@ -201,25 +207,83 @@ fn set_paused(consumer: &BaseConsumer<ConsumerCtx>, paused: bool) {
     }
 }
 
-/// Commits the partitions whose watermark moved, or, after a failed commit, every partition.
-/// Returns whether the commit succeeded.
-fn commit_due(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, all: bool) -> bool {
-    let positions = if all {
-        shared.tracker.lock().positions()
-    } else {
-        shared.tracker.lock().commits_due()
-    };
-    commit(shared, consumer, &positions)
+/// Commits on a thread of its own, one commit at a time, so that a group coordinator that is
+/// away blocks that thread (for librdkafka's request timeouts), never the consumer thread.
+pub(crate) struct Committer {
+    orders: crossbeam_channel::Sender<CommitOrder>,
+    /// Set when a commit failed: the next one covers every partition, not only those that moved.
+    failed: Arc<AtomicBool>,
 }
 
-/// Commits the watermark of every tracked partition. Returns the positions committed (none
-/// when the commit failed).
-pub(crate) fn commit_all(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>) -> Vec<(i32, i64)> {
-    let positions = shared.tracker.lock().positions();
-    if commit(shared, consumer, &positions) {
-        positions
-    } else {
-        Vec::new()
+/// One commit for the committer thread; `reply` gets the positions committed (none when the
+/// commit failed).
+struct CommitOrder {
+    consumer: Arc<BaseConsumer<ConsumerCtx>>,
+    positions: Vec<(i32, i64)>,
+    reply: Option<crossbeam_channel::Sender<Vec<(i32, i64)>>>,
+}
+
+impl Committer {
+    pub fn start(shared: Arc<Shared>) -> Committer {
+        let (orders, rx) = crossbeam_channel::bounded::<CommitOrder>(1);
+        let failed = Arc::new(AtomicBool::new(false));
+        let failed_in = failed.clone();
+        std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || {
+                for order in rx {
+                    let ok = commit(&shared, &order.consumer, &order.positions);
+                    failed_in.store(!ok, Ordering::SeqCst);
+                    if let Some(reply) = order.reply {
+                        let _ = reply.send(if ok { order.positions } else { Vec::new() });
+                    }
+                }
+            })
+            .expect("spawn committer");
+        Committer { orders, failed }
+    }
+
+    /// Hands the partitions whose watermark moved (or, after a failed commit, every partition)
+    /// to the committer, unless a commit is still under way.
+    pub fn commit_due(&self, shared: &Shared, consumer: &Arc<BaseConsumer<ConsumerCtx>>) {
+        if self.orders.is_full() {
+            return;
+        }
+        let positions = if self.failed.swap(false, Ordering::SeqCst) {
+            shared.tracker.lock().positions()
+        } else {
+            shared.tracker.lock().commits_due()
+        };
+        if positions.is_empty() {
+            return;
+        }
+        let order = CommitOrder {
+            consumer: consumer.clone(),
+            positions,
+            reply: None,
+        };
+        if self.orders.try_send(order).is_err() {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Commits the watermark of every tracked partition, waiting at most `wait`: the positions
+    /// committed, none when the commit failed or did not finish in time.
+    pub fn commit_all(
+        &self,
+        shared: &Shared,
+        consumer: &Arc<BaseConsumer<ConsumerCtx>>,
+        wait: Duration,
+    ) -> Option<Vec<(i32, i64)>> {
+        let deadline = Instant::now() + wait;
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let order = CommitOrder {
+            consumer: consumer.clone(),
+            positions: shared.tracker.lock().positions(),
+            reply: Some(reply),
+        };
+        self.orders.send_deadline(order, deadline).ok()?;
+        answer.recv_deadline(deadline).ok()
     }
 }
 
@@ -245,7 +309,9 @@ fn commit(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, positions: &[(i
             true
         }
         Err(e) => {
-            log::warn!("commit {positions:?}: {e}; the next commit retries them");
+            shared.warnings.warn("commit", || {
+                format!("commit {positions:?}: {e}; the next commit retries them")
+            });
             false
         }
     }
@@ -329,6 +395,7 @@ impl ConsumerContext for ConsumerCtx {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             self.shared.metrics.health().set_assigned(tpl.count());
+            self.shared.delivery_failing.store(false, Ordering::SeqCst);
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             log::info!("partitions {partitions:?} assigned");
             self.shared.assignment_changed.store(true, Ordering::SeqCst);
@@ -367,7 +434,9 @@ fn stop_partitions(shared: &Shared, revoked: &HashSet<i32>) -> (usize, usize) {
 /// Waits (bounded by the revoke timeout) until every started job of `revoked` is finished or
 /// abandoned. Returns false when the time ran out.
 fn wait_for_running(shared: &Shared, revoked: &HashSet<i32>) -> bool {
-    let deadline = Instant::now() + Duration::from_millis(shared.config.revoke_timeout_ms);
+    // Bounded by the revoke timeout, and by the stop deadline when the worker is stopping.
+    let deadline = Instant::now()
+        + Duration::from_millis(shared.config.revoke_timeout_ms).min(shared.time_left());
     let busy = || {
         let tracker = shared.tracker.lock();
         let generations = shared.generations.lock();

@@ -19,6 +19,7 @@ pub mod offsets;
 pub mod pipeline;
 mod pool;
 mod retry;
+mod warnings;
 
 pub use config::WorkerConfig;
 pub use pipeline::{Worker, WorkerError, WorkerReport};

@@ -30,7 +30,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
@@ -42,15 +43,16 @@ use crate::engine::service::WalletService;
 use crate::engine::setting::SettingError;
 use crate::worker::config::{
     CHANNEL_JOBS_PER_THREAD, DLQ_MESSAGE_BYTES_LIMIT, FETCH_WAIT_MS, RESULT_LINGER_MS,
-    STATS_INTERVAL_MS, WorkerConfig,
+    STATS_INTERVAL_MS, WAIT_STEP_MS, WARN_INTERVAL_MS, WorkerConfig,
 };
-use crate::worker::consumer::{self, ConsumerCtx, Exit};
+use crate::worker::consumer::{self, Committer, ConsumerCtx, Exit};
 use crate::worker::kafka::{self, TopicSpec};
 use crate::worker::keyed::{KeyGate, Keyed};
 use crate::worker::metrics::Metrics;
 use crate::worker::offsets::OffsetTracker;
 use crate::worker::pool::{self, DeliveryContext, PoolThread};
 use crate::worker::retry::RetryQueue;
+use crate::worker::warnings::Warnings;
 
 /// Why the worker did not start, or stopped on its own.
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +241,12 @@ pub(crate) struct Shared {
     pub fatal: Mutex<Option<String>>,
     /// Lock keys already reported as held without a ttl (logged and counted once each).
     pub no_ttl_reported: Mutex<HashSet<String>>,
+    /// When the worker must have stopped: set once, at the first sign of a stop.
+    pub stop_deadline: Mutex<Option<Instant>>,
+    /// Set while result deliveries fail (the brokers are away): no new jobs are dispatched.
+    pub delivery_failing: AtomicBool,
+    /// Warnings that could repeat once per message during an outage.
+    pub warnings: Warnings,
 }
 
 /// Most lock keys remembered as reported without a ttl; past it they are logged again.
@@ -248,12 +256,38 @@ impl Shared {
     /// Stops the worker on a permanent error: the first reason is kept and reported by
     /// [`Worker::run`].
     pub fn fail(&self, reason: String) {
+        self.begin_stop();
         log::error!(
             "{reason}; stopping the worker (nothing past the unanswered message is committed)"
         );
         self.metrics.health().set_fatal(reason.clone());
         self.fatal.lock().get_or_insert(reason);
         self.shutdown.store(true, Ordering::SeqCst);
+    }
+
+    /// Starts the shutdown clock (once): the worker must have stopped by
+    /// `shutdown_timeout_ms` from now.
+    pub fn begin_stop(&self) -> Instant {
+        let timeout = Duration::from_millis(self.config.shutdown_timeout_ms);
+        *self
+            .stop_deadline
+            .lock()
+            .get_or_insert_with(|| Instant::now() + timeout)
+    }
+
+    /// Time left until the stop deadline (the full timeout when no stop has begun).
+    pub fn time_left(&self) -> Duration {
+        match *self.stop_deadline.lock() {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            None => Duration::from_millis(self.config.shutdown_timeout_ms),
+        }
+    }
+
+    /// Whether a stop has begun and its deadline has passed.
+    pub fn past_deadline(&self) -> bool {
+        self.stop_deadline
+            .lock()
+            .is_some_and(|deadline| Instant::now() >= deadline)
     }
 
     /// Bytes held without running: backlog, parked behind a key, waiting to retry.
@@ -318,6 +352,9 @@ impl Worker {
                 shutdown: Arc::new(AtomicBool::new(false)),
                 fatal: Mutex::new(None),
                 no_ttl_reported: Mutex::new(HashSet::new()),
+                stop_deadline: Mutex::new(None),
+                delivery_failing: AtomicBool::new(false),
+                warnings: Warnings::new(WARN_INTERVAL_MS),
             }),
             service,
         })
@@ -336,7 +373,9 @@ impl Worker {
         self.check_outcome_ttl()?;
         let (redo_tx, redo_rx) = crossbeam_channel::unbounded::<Job>();
         let producer = Arc::new(self.result_producer()?);
-        let mut consumer = self.subscribe()?;
+        let mut consumer = Arc::new(self.subscribe()?);
+        let committer = Committer::start(self.shared.clone());
+        self.watch_for_stop();
         log::info!(
             "worker up: group {} consuming {} with {} transfer threads; results to {}, dead letters to {}",
             config.group_id,
@@ -347,7 +386,8 @@ impl Worker {
         );
         let timer = pool::spawn_retry_timer(self.shared.clone(), redo_tx);
         let (job_tx, threads) = self.spawn_pool(&producer, redo_rx);
-        while let Exit::JoinStuck = consumer::consume(&self.shared, &consumer, &job_tx) {
+        while let Exit::JoinStuck = consumer::consume(&self.shared, &consumer, &job_tx, &committer)
+        {
             log::warn!(
                 "joining group {} has not completed within {} ms (the rebalance timeout plus the session timeout); rejoining as a new member",
                 config.group_id,
@@ -355,20 +395,43 @@ impl Worker {
             );
             // Join with the new member before the old one leaves: a coordinator that left the
             // old join hanging (tansu) completes it once another member arrives.
-            let fresh = self.subscribe()?;
-            drop(std::mem::replace(&mut consumer, fresh));
+            let fresh = Arc::new(self.subscribe()?);
+            let stale = std::mem::replace(&mut consumer, fresh);
+            // Closing the stale member talks to the coordinator: not on this thread.
+            std::thread::spawn(move || drop(stale));
         }
-        // Shutdown: no new jobs; the pool drains what it has, the producer delivers it all,
-        // then the final watermark is committed.
-        log::info!("shutting down: finishing in-flight jobs");
+        // Shutdown, all of it within the stop deadline: no new jobs; the pool finishes what it
+        // can, the producer delivers what it can, the watermark of what was acknowledged is
+        // committed; whatever is left stays uncommitted for the partitions' next owner.
+        let deadline = self.shared.begin_stop();
+        log::info!(
+            "shutting down: finishing in-flight jobs (at most {} ms)",
+            config.shutdown_timeout_ms
+        );
         drop(job_tx);
-        // Join every thread (no short-circuit): each one's in-flight job must finish.
-        let panicked = threads
-            .into_iter()
-            .chain(std::iter::once(timer))
-            .map(|thread| thread.join().is_err())
-            .fold(false, |any, this| any | this);
-        self.finish(&producer, &consumer, panicked)
+        let all: Vec<_> = threads.into_iter().chain(std::iter::once(timer)).collect();
+        let (panicked, running) = join_until(all, deadline);
+        if running > 0 {
+            log::warn!(
+                "{running} threads still busy at the stop deadline (a Redis or broker call that does not return); leaving them"
+            );
+        }
+        self.finish(producer, consumer, &committer, panicked)
+    }
+
+    /// Starts the stop clock as soon as the shutdown handle is set (a signal), not when the
+    /// consumer thread gets to notice.
+    fn watch_for_stop(&self) {
+        let shared = self.shared.clone();
+        std::thread::Builder::new()
+            .name("stop-watch".into())
+            .spawn(move || {
+                while !shared.shutdown.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(WAIT_STEP_MS));
+                }
+                shared.begin_stop();
+            })
+            .expect("spawn stop watch");
     }
 
     /// Creates the topics that are missing; the dead-letter topic with a message size that
@@ -481,32 +544,51 @@ impl Worker {
         Ok(consumer)
     }
 
-    /// After the pool has stopped: flush the producer, commit the final watermark, report.
+    /// After the pool has stopped (or the deadline passed): flush the producer and commit the
+    /// final watermark, each bounded by the time left; report what was left.
     fn finish(
         &self,
-        producer: &ThreadedProducer<DeliveryContext>,
-        consumer: &BaseConsumer<ConsumerCtx>,
+        producer: Arc<ThreadedProducer<DeliveryContext>>,
+        consumer: Arc<BaseConsumer<ConsumerCtx>>,
+        committer: &Committer,
         panicked: bool,
     ) -> Result<WorkerReport, WorkerError> {
         use rdkafka::producer::Producer;
-        let flush_ms = self.shared.config.flush_timeout_ms;
-        if let Err(e) = producer.flush(std::time::Duration::from_millis(flush_ms)) {
+        let flush =
+            Duration::from_millis(self.shared.config.flush_timeout_ms).min(self.shared.time_left());
+        if let Err(e) = producer.flush(flush) {
             log::warn!("producer flush: {e}; undelivered results stay uncommitted and are redone");
         }
-        let committed = consumer::commit_all(&self.shared, consumer);
+        let committed = committer
+            .commit_all(&self.shared, &consumer, self.shared.time_left())
+            .unwrap_or_else(|| {
+                log::warn!("the final commit did not finish by the stop deadline; uncommitted messages are redelivered and answered from their records");
+                Vec::new()
+            });
         if committed.is_empty() && !self.shared.tracker.lock().positions().is_empty() {
             log::warn!(
-                "the final commit failed; uncommitted messages are redelivered and answered from their records"
+                "nothing was committed at the end; uncommitted messages are redelivered and answered from their records"
             );
         }
+        // Closing the consumer and the producer waits for the brokers; not ours to wait for.
+        std::thread::spawn(move || drop((producer, consumer)));
         let summary = self.shared.metrics.summary();
         let report = WorkerReport {
             processed: summary.processed,
             dead_lettered: summary.dlq,
             committed,
         };
+        let (abandoned, uncommitted) = {
+            let tracker = self.shared.tracker.lock();
+            let uncommitted: Vec<(i32, i64)> = tracker
+                .positions()
+                .into_iter()
+                .filter(|(p, _)| tracker.in_flight(*p) > 0)
+                .collect();
+            (tracker.in_flight_total(), uncommitted)
+        };
         log::info!(
-            "stopped: {} processed, {} dead-lettered, committed {:?}",
+            "stopped: {} processed, {} dead-lettered, committed {:?}; {abandoned} jobs abandoned, uncommitted from (partition, offset) {uncommitted:?} for the next owner",
             report.processed,
             report.dead_lettered,
             report.committed
@@ -518,6 +600,22 @@ impl Worker {
             return Err(WorkerError::ThreadPanicked);
         }
         Ok(report)
+    }
+}
+
+/// Joins the threads that finish by `deadline`; the others are left running (detached).
+/// Returns whether a joined one panicked, and how many were left.
+fn join_until(threads: Vec<JoinHandle<()>>, deadline: Instant) -> (bool, usize) {
+    let mut pending = threads;
+    let mut panicked = false;
+    loop {
+        let (done, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|t| t.is_finished());
+        panicked |= done.into_iter().any(|t| t.join().is_err());
+        pending = rest;
+        if pending.is_empty() || Instant::now() >= deadline {
+            return (panicked, pending.len());
+        }
+        std::thread::sleep(Duration::from_millis(WAIT_STEP_MS));
     }
 }
 

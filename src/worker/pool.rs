@@ -77,6 +77,10 @@ impl PoolThread {
     fn work(&self, first: Job) {
         let mut next = Some(first);
         while let Some(job) = next.take() {
+            if self.shared.past_deadline() {
+                // Stopping, and out of time: the job stays uncommitted for the next owner.
+                return;
+            }
             {
                 let mut generations = self.shared.generations.lock();
                 if generations.is_stale(&job) {
@@ -159,11 +163,13 @@ impl PoolThread {
                     jitter_ms: 0,
                 }
                 .base_delay_ms(job.transient_failures);
-                log::warn!(
-                    "transfer {}: {e}; retry {} in {delay_ms} ms",
-                    request.transfer_id,
-                    job.transient_failures + 1
-                );
+                self.shared.warnings.warn(e.kind(), || {
+                    format!(
+                        "transfer {}: {e}; retry {} in {delay_ms} ms",
+                        request.transfer_id,
+                        job.transient_failures + 1
+                    )
+                });
                 Attempt::Retry(delay_ms)
             }
             Err(e) => {
@@ -203,11 +209,12 @@ impl PoolThread {
         }
         job.dead_lettered = matches!(answer, Answer::DeadLetter(_));
         if let Answer::DeadLetter(error) = &answer {
-            log::warn!(
-                "dead letter: partition {} offset {}: {error}",
-                job.partition,
-                job.offset
-            );
+            self.shared.warnings.warn("dead_letter", || {
+                format!(
+                    "dead letter: partition {} offset {}: {error}",
+                    job.partition, job.offset
+                )
+            });
             self.shared.metrics.record_dlq();
         }
         let out = outgoing(&self.shared.config, &answer, &job);
@@ -237,7 +244,9 @@ impl PoolThread {
                 e,
                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
             ) {
-                log::warn!("producing to {}: {e}; retry {attempt}", out.topic);
+                self.shared.warnings.warn("produce", || {
+                    format!("producing to {}: {e}; retry {attempt}", out.topic)
+                });
                 self.shared.metrics.record_retry("kafka_produce");
             }
             let delay_ms = Backoff {
@@ -320,6 +329,10 @@ fn retry_timer(shared: &Shared, redo: &Sender<Job>) {
             }
             return;
         }
+        if retries.is_empty() {
+            // Nothing waits on a failed delivery any more (delivered, or its partition gone).
+            shared.delivery_failing.store(false, Ordering::SeqCst);
+        }
         let now = Instant::now();
         let due = retries.pop_due(now);
         if due.is_empty() {
@@ -373,6 +386,7 @@ impl ProducerContext for DeliveryContext {
         let mut job = *job;
         match result {
             Ok(_) => {
+                self.shared.delivery_failing.store(false, Ordering::SeqCst);
                 if !job.dead_lettered {
                     self.shared.metrics.record_published();
                 }
@@ -389,6 +403,7 @@ impl ProducerContext for DeliveryContext {
                 job.partition, job.offset
             )),
             Err((e, _)) => {
+                self.shared.delivery_failing.store(true, Ordering::SeqCst);
                 job.publish_failures += 1;
                 let delay_ms = Backoff {
                     first_ms: RETRY_DELAY_MS_BASE,
@@ -396,12 +411,12 @@ impl ProducerContext for DeliveryContext {
                     jitter_ms: 0,
                 }
                 .base_delay_ms(job.publish_failures - 1);
-                log::warn!(
-                    "publishing the answer to partition {} offset {} failed: {e}; retry {} in {delay_ms} ms",
-                    job.partition,
-                    job.offset,
-                    job.publish_failures
-                );
+                self.shared.warnings.warn("delivery", || {
+                    format!(
+                        "publishing the answer to partition {} offset {} failed: {e}; retry {} in {delay_ms} ms (no new jobs until deliveries succeed)",
+                        job.partition, job.offset, job.publish_failures
+                    )
+                });
                 self.shared.metrics.record_retry("kafka_produce");
                 // Redone from the record: the engine answers it, nothing moves twice.
                 schedule_retry(&self.shared, job, delay_ms);

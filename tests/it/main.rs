@@ -5,6 +5,7 @@
 
 mod support;
 
+mod audit;
 mod bench_e2e;
 mod engine;
 mod examples;
@@ -15,4 +16,5 @@ mod ops;
 mod produce;
 mod seed;
 mod semantics;
+mod shutdown;
 mod worker;

@@ -117,13 +117,13 @@ fn audit_passes_on_a_sound_ledger_and_names_a_corrupted_wallet() {
     let out = wallet(&["--redis-url", &url, "audit"]);
     assert_fails(&out, 1, "wallet:a2");
     assert!(stderr(&out).contains("wallet:a2: balance 1000.00 != opening 50.00"));
-    assert!(stderr(&out).contains("ledger: total balance"));
+    assert!(stderr(&out).contains("totals_mismatch: USD: total balance"));
     let report = wallet_transfer::tools::ops::audit(&service).unwrap();
     assert!(
         report
             .violations
             .iter()
-            .any(|v| v.starts_with("wallet:a2: balance 1000.00")),
+            .any(|v| v.detail.starts_with("wallet:a2: balance 1000.00")),
         "{:?}",
         report.violations
     );

@@ -324,7 +324,16 @@ impl Tansu {
 
     /// Kills the broker and starts it again on the same port and storage.
     pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// Kills the broker (SIGKILL); `start_again` brings it back on the same port and storage.
+    pub fn stop(&mut self) {
         self.child.kill();
+    }
+
+    pub fn start_again(&mut self) {
         respawn("tansu", || self.spawn());
     }
 }

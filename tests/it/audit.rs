@@ -1,0 +1,346 @@
+//! `wallet audit` (the real binary) against a real redis-server: a ledger made by the engine,
+//! then broken by hand with redis commands the way an operator could break it (a transfer
+//! applied twice, a credit deleted, money moved into a wallet of another currency), and a live
+//! ledger audited again and again while a worker runs a `bench --e2e` load.
+
+use std::collections::HashMap;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::stack::{Stack, WALLET_BIN};
+use crate::support::{RedisServer, create_wallets};
+use wallet_transfer::{
+    Amount, Currency, EngineConfig, NewWallet, Status, TransferRequest, WalletService,
+};
+
+fn audit(url: &str, json: bool) -> Output {
+    let mut args = vec!["--redis-url", url, "audit"];
+    if json {
+        args.push("--json");
+    }
+    Command::new(WALLET_BIN)
+        .args(args)
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("run wallet audit")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `wallet audit` exits 0 and reports no violation.
+fn assert_clean(url: &str) {
+    let out = audit(url, false);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("violations: 0"));
+}
+
+/// `wallet audit` exits 1; its `violation:` lines on stderr.
+fn violations(url: &str) -> Vec<String> {
+    let out = audit(url, false);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<String> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("violation: "))
+        .map(str::to_string)
+        .collect();
+    assert!(!lines.is_empty(), "{stderr}");
+    lines
+}
+
+/// Wallets a1 (100.00), a2 (50.00), a3 (0.00) in USD, e1 (20.00) in EUR; transfers t0 a1->a2
+/// 10.00, t1 a2->a3 30.50, t2 a3->a1 5.00, a FAILED one and a deposit, all by the engine.
+fn ledger(redis: &RedisServer) -> WalletService {
+    let service = redis.service(2, EngineConfig::default());
+    create_wallets(
+        &service,
+        &[("a1", "100.00"), ("a2", "50.00"), ("a3", "0.00")],
+    );
+    service
+        .create_wallet(
+            &NewWallet::new("e1", Amount::parse("20.00").unwrap(), Currency::EUR)
+                .with_full_name("Test e1")
+                .with_email("e1@example.com"),
+        )
+        .unwrap();
+    let moves = [
+        ("a1", "a2", "10.00"),
+        ("a2", "a3", "30.50"),
+        ("a3", "a1", "5"),
+    ];
+    for (i, (from, to, amount)) in moves.iter().enumerate() {
+        let request =
+            TransferRequest::new(&format!("t{i}"), from, to, amount, Currency::USD).unwrap();
+        let outcome = service.transfer(&request).unwrap();
+        assert_eq!(outcome.status, Status::Completed);
+    }
+    let failing = TransferRequest::new("t_fail", "a3", "a1", "999.00", Currency::USD).unwrap();
+    assert_eq!(service.transfer(&failing).unwrap().status, Status::Failed);
+    service
+        .deposit("a3", Amount::parse("7.25").unwrap())
+        .unwrap();
+    service
+}
+
+/// Applies a transfer by hand as the engine does, in one MULTI/EXEC: a debit on `from` and a
+/// credit on `to` carrying both ids, each balance and version moved to match.
+fn apply_by_hand(conn: &mut redis::Connection, key: &str, from: &str, to: &str, amount: &str) {
+    let amount = Amount::parse(amount).unwrap();
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for (id, kind) in [(from, "debit"), (to, "credit")] {
+        let balance: String = redis::cmd("HGET")
+            .arg(format!("wallet:{id}"))
+            .arg("balance")
+            .query(conn)
+            .unwrap();
+        let balance = Amount::parse(&balance).unwrap();
+        let after = if kind == "debit" {
+            balance.checked_sub(amount)
+        } else {
+            balance.checked_add(amount)
+        }
+        .unwrap();
+        pipe.hset(format!("wallet:{id}"), "balance", after.to_string())
+            .hincr(format!("wallet:{id}"), "version", 1)
+            .cmd("XADD")
+            .arg(format!("wallet:{id}:history"))
+            .arg("*")
+            .arg(&[
+                ("transfer_id", key),
+                ("idempotency_key", key),
+                ("kind", kind),
+            ])
+            .arg("amount")
+            .arg(amount.to_string())
+            .arg("balance_after")
+            .arg(after.to_string())
+            .arg("at")
+            .arg(1_764_170_000_000_u64);
+    }
+    pipe.query::<()>(conn).unwrap();
+}
+
+#[test]
+fn a_transfer_applied_twice_by_hand_makes_the_audit_fail_and_name_it() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let _service = ledger(&redis);
+    assert_clean(&url);
+
+    // t0 (a1 -> a2, 10.00) applied a second time: everything consistent but the double effect.
+    let mut conn = redis.conn();
+    apply_by_hand(&mut conn, "t0", "a1", "a2", "10.00");
+    let lines = violations(&url);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with("repeated_entry key=t0 wallets=a1,a2: debit applied 2 times"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with("repeated_entry key=t0 wallets=a1,a2: credit applied 2 times"),
+        "{lines:?}"
+    );
+
+    let out = audit(&url, true);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["violations_total"], 2, "{report}");
+    let first = &report["violations"][0];
+    assert_eq!(first["kind"], "repeated_entry", "{report}");
+    assert_eq!(first["idempotency_key"], "t0", "{report}");
+    assert_eq!(
+        first["wallets"],
+        serde_json::json!(["a1", "a2"]),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_deleted_credit_is_named_by_the_audit() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let _service = ledger(&redis);
+    assert_clean(&url);
+
+    // Delete t1's credit from a3's history, and move a3's balance and version to match.
+    let mut conn = redis.conn();
+    let history: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg("wallet:a3:history")
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    let (credit, _) = history
+        .iter()
+        .find(|(_, f)| f["idempotency_key"] == "t1" && f["kind"] == "credit")
+        .expect("t1's credit");
+    let balance: String = redis::cmd("HGET")
+        .arg("wallet:a3")
+        .arg("balance")
+        .query(&mut conn)
+        .unwrap();
+    let balance = Amount::parse(&balance).unwrap();
+    let after = balance
+        .checked_sub(Amount::parse("30.50").unwrap())
+        .unwrap();
+    redis::pipe()
+        .atomic()
+        .cmd("XDEL")
+        .arg("wallet:a3:history")
+        .arg(credit)
+        .hset("wallet:a3", "balance", after.to_string())
+        .hincr("wallet:a3", "version", -1)
+        .query::<()>(&mut conn)
+        .unwrap();
+
+    let lines = violations(&url);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(
+        lines[0],
+        "totals_mismatch: USD: total balance 126.75 != openings 150.00 + deposits 7.25"
+    );
+    assert_eq!(
+        lines[1],
+        "missing_entry key=t1 wallets=a2,a3: 0 credit(s) in wallet:a3:history, the outcome \
+         says 30.50"
+    );
+}
+
+#[test]
+fn a_move_into_a_wallet_of_another_currency_is_named_by_the_audit() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let service = ledger(&redis);
+    // The engine refuses it: a FAILED outcome, no entries.
+    let fx = TransferRequest::new("t_fx", "a1", "e1", "5.00", Currency::USD).unwrap();
+    assert_eq!(service.transfer(&fx).unwrap().status, Status::Failed);
+    assert_clean(&url);
+
+    // Forced by hand: the outcome marked COMPLETED, the money moved into the EUR wallet.
+    let mut conn = redis.conn();
+    redis::cmd("HSET")
+        .arg("transfer:t_fx")
+        .arg(&[("status", "COMPLETED"), ("reason", "")])
+        .query::<()>(&mut conn)
+        .unwrap();
+    apply_by_hand(&mut conn, "t_fx", "a1", "e1", "5.00");
+    let lines = violations(&url);
+    assert_eq!(
+        lines,
+        [
+            "totals_mismatch: EUR: total balance 25.00 != openings 20.00 + deposits 0.00",
+            "totals_mismatch: USD: total balance 152.25 != openings 150.00 + deposits 7.25",
+            "currency_mismatch key=t_fx wallets=a1,e1: credit of 5.00 in wallet:e1:history (a \
+             EUR wallet) for a USD transfer",
+        ]
+    );
+}
+
+#[test]
+fn a_history_that_is_not_a_stream_is_reported_not_an_error() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let _service = ledger(&redis);
+    assert_clean(&url);
+    let mut conn = redis.conn();
+    redis::pipe()
+        .atomic()
+        .del("wallet:a1:history")
+        .set("wallet:a1:history", "oops")
+        .query::<()>(&mut conn)
+        .unwrap();
+    let lines = violations(&url);
+    assert!(
+        lines[0]
+            .starts_with("history_unreadable wallets=a1: wallet:a1:history: not a readable stream"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("missing_entry key=t0")),
+        "{lines:?}"
+    );
+}
+
+/// Transfers of the live load: about 10 s at `--rate 150`, over 600 wallets (two scan
+/// batches, so transfers also land between the reads of a sender and a receiver).
+const LIVE_TRANSFERS: u64 = 1_500;
+
+#[test]
+fn audits_during_a_live_e2e_bench_all_pass() {
+    let stack = Stack::start(2);
+    let url = stack.redis.url();
+    let worker = stack.spawn_worker(&[]);
+    assert_clean(&url);
+    let logs = tempfile::tempdir().expect("temporary folder");
+    let (out_path, err_path) = (logs.path().join("out"), logs.path().join("err"));
+    let mut bench = Command::new(WALLET_BIN)
+        .args(stack.global_args())
+        .args(["bench", "--e2e", "--json", "--timeout-s", "240"])
+        .args(["--transfers", &LIVE_TRANSFERS.to_string()])
+        .args(["--wallets", "600", "--rate", "150"])
+        .args(["--requests-topic", &stack.topics.requests])
+        .args(["--results-topic", &stack.topics.results])
+        .stdout(Stdio::from(std::fs::File::create(&out_path).unwrap()))
+        .stderr(Stdio::from(std::fs::File::create(&err_path).unwrap()))
+        .spawn()
+        .expect("spawn wallet bench");
+    let started = Instant::now();
+    // (transfers checked, re-read passes) of each audit run while the bench runs.
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    while bench.try_wait().expect("bench status").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "bench did not end"
+        );
+        let out = audit(&url, true);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "audit {} during the load: {}\nworker log:\n{}",
+            runs.len() + 1,
+            text(&out.stderr),
+            worker.log()
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("one JSON object");
+        let field = |name: &str| report[name].as_u64().expect(name);
+        runs.push((field("transfers_checked"), field("settle_passes")));
+    }
+    let status = bench.wait().expect("bench status");
+    let bench_err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(status.success(), "bench: {bench_err}");
+    let bench_out = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let bench_report: serde_json::Value = serde_json::from_str(bench_out.trim()).expect("JSON");
+    assert_eq!(bench_report["balance"]["ok"], true, "{bench_report}");
+    let live = runs
+        .iter()
+        .filter(|(n, _)| (1..LIVE_TRANSFERS).contains(n))
+        .count();
+    let reread = runs.iter().filter(|(_, passes)| *passes > 0).count();
+    println!(
+        "{} audits in {:?}: {live} while transfers ran, {reread} read again what transfers \
+         finishing during the scan left half seen (most passes: {})",
+        runs.len(),
+        started.elapsed(),
+        runs.iter().map(|r| r.1).max().unwrap_or(0)
+    );
+    assert!(live >= 3, "too few audits overlapped the load: {runs:?}");
+    let out = audit(&url, true);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["transfers_checked"], LIVE_TRANSFERS, "{report}");
+    assert_eq!(
+        report["settle_passes"], 0,
+        "a quiet ledger needs no re-read"
+    );
+}
