@@ -33,22 +33,27 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "checked {} wallets, {} transfer records ({} completed), {} history entries; total {} = openings {} + deposits {}",
+        "checked {} wallets, {} transfer records ({} completed), {} history entries",
         report.wallets_checked,
         report.transfers_checked,
         report.transfers_completed,
         report.history_entries,
-        report.total_balance,
-        report.total_opening,
-        report.total_deposits,
     );
+    // Money is checked per currency: the balances add up to the openings plus the deposits.
+    for totals in &report.currencies {
+        println!(
+            "{}: balances {} = openings {} + deposits {}",
+            totals.currency, totals.balance, totals.opening, totals.deposits
+        );
+    }
     if report.is_ok() {
         println!("ledger is sound");
         return ExitCode::SUCCESS;
     }
+    // Each violation names its kind, the transfer and the wallets: `kind key=.. wallets=..: ..`.
     for violation in &report.violations {
         println!("violation: {violation}");
     }
-    println!("ledger has {} violations", report.violations.len());
+    println!("ledger has {} violations", report.violations_total);
     ExitCode::from(1)
 }

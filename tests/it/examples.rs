@@ -159,6 +159,12 @@ fn the_audit_example_passes_a_sound_ledger_and_names_a_broken_wallet() {
     let run = run_example("audit", &[("REDIS_URL", redis.url())], 60_000);
     run.assert_code(0, "audit of a sound ledger");
     assert!(run.stdout.contains("checked 2 wallets"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("USD: balances 100.00 = openings 100.00 + deposits 0.00"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("ledger is sound"), "{}", run.stdout);
 
     // Money made out of nothing: a balance changed behind the engine's back.
