@@ -11,7 +11,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 # Build dependencies of the crate itself: librdkafka is compiled with TLS (SASL_SSL/SSL) support.
 missing=()
-for pkg in pkg-config libssl-dev; do
+for pkg in pkg-config libssl-dev openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

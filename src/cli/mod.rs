@@ -14,6 +14,7 @@
 
 use std::fmt;
 use std::io::Write;
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -30,7 +31,7 @@ mod transfer;
 mod worker;
 
 use wallet_transfer::engine::lock::{LOCK_RETRIES_LIMIT, LOCK_TTL_MS_LIMIT, LockConfig};
-use wallet_transfer::engine::store::redact_url;
+use wallet_transfer::engine::store::{RedisTls, redact_url};
 use wallet_transfer::tools::bench::DirectConfig;
 use wallet_transfer::{EngineConfig, SettingError, WalletService};
 
@@ -112,6 +113,38 @@ pub struct GlobalOpts {
     )]
     pub redis_url: String,
 
+    /// CA certificate (PEM) to trust for a rediss:// URL instead of the system's roots: for a
+    /// Redis whose certificate a private CA signed
+    #[arg(
+        long,
+        env = "REDIS_CA_FILE",
+        value_name = "PEM",
+        global = true,
+        help_heading = "Redis TLS"
+    )]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for a Redis that asks for one (mutual TLS); with
+    /// --redis-client-key
+    #[arg(
+        long,
+        env = "REDIS_CLIENT_CERT",
+        value_name = "PEM",
+        global = true,
+        help_heading = "Redis TLS"
+    )]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --redis-client-cert
+    #[arg(
+        long,
+        env = "REDIS_CLIENT_KEY",
+        value_name = "PEM",
+        global = true,
+        help_heading = "Redis TLS"
+    )]
+    pub redis_client_key: Option<PathBuf>,
+
     /// Kafka bootstrap servers, comma-separated host:port (used by the Kafka commands)
     #[arg(
         long,
@@ -175,15 +208,23 @@ pub struct GlobalOpts {
 }
 
 impl GlobalOpts {
-    /// The engine settings from the lock flags, checked; the error names the flag.
+    /// The engine settings from the lock and Redis TLS flags, checked; the error names the
+    /// flag.
     pub fn engine_config(&self) -> Result<EngineConfig, Failure> {
-        let config = EngineConfig::default().with_lock(
-            LockConfig::default()
-                .with_ttl_ms(self.lock_ttl_ms)
-                .with_retry_delay_ms_base(self.lock_retry_delay_ms)
-                .with_retry_delay_ms_max(self.lock_retry_delay_ms_max)
-                .with_retries_max(self.lock_retries),
-        );
+        let config = EngineConfig::default()
+            .with_lock(
+                LockConfig::default()
+                    .with_ttl_ms(self.lock_ttl_ms)
+                    .with_retry_delay_ms_base(self.lock_retry_delay_ms)
+                    .with_retry_delay_ms_max(self.lock_retry_delay_ms_max)
+                    .with_retries_max(self.lock_retries),
+            )
+            .with_redis_tls(
+                RedisTls::default()
+                    .with_ca_file(self.redis_ca_file.clone())
+                    .with_client_cert_file(self.redis_client_cert.clone())
+                    .with_client_key_file(self.redis_client_key.clone()),
+            );
         // The flag ranges check each value alone; the library's rules also relate them (the
         // first retry delay must not exceed the cap).
         config.validate().map_err(flag_error)?;
@@ -255,13 +296,15 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 /// (`LockConfig`, `EngineConfig`, `WorkerConfig`, `DirectConfig`, `E2eConfig`): its flag, or
 /// `None` for a setting no flag sets (the command line always passes the library's default, so
 /// an error about one is a bug in the defaults, not a user mistake).
-pub const SETTING_FLAGS: [(&str, Option<&str>); 26] = [
+pub const SETTING_FLAGS: [(&str, Option<&str>); 28] = [
     ("lock.ttl_ms", Some("--lock-ttl-ms")),
     ("lock.retry_delay_ms_base", Some("--lock-retry-delay-ms")),
     ("lock.retry_delay_ms_max", Some("--lock-retry-delay-ms-max")),
     ("lock.retries_max", Some("--lock-retries")),
     ("watch_retries_max", None),
     ("outcome_ttl_ms", None),
+    ("redis_tls.client_cert_file", Some("--redis-client-cert")),
+    ("redis_tls.client_key_file", Some("--redis-client-key")),
     ("threads", Some("--threads")),
     ("group_id", Some("--group")),
     ("requests_topic", Some("--requests-topic")),
@@ -591,10 +634,20 @@ mod tests {
         ),
     ];
 
-    const ENGINE_CASES: [Case<EngineConfig>; 3] = [
+    const ENGINE_CASES: [Case<EngineConfig>; 5] = [
         ("lock.ttl_ms", Some("--lock-ttl-ms"), |c| c.lock.ttl_ms = 0),
         ("watch_retries_max", None, |c| c.watch_retries_max = 1_001),
         ("outcome_ttl_ms", None, |c| c.outcome_ttl_ms = Some(0)),
+        (
+            "redis_tls.client_key_file",
+            Some("--redis-client-key"),
+            |c| c.redis_tls.client_cert_file = Some("client.pem".into()),
+        ),
+        (
+            "redis_tls.client_cert_file",
+            Some("--redis-client-cert"),
+            |c| c.redis_tls.client_key_file = Some("client.key".into()),
+        ),
     ];
 
     const WORKER_CASES: [Case<WorkerConfig>; 17] = [

@@ -722,8 +722,20 @@ fn draw(frame: &mut ratatui::Frame<'_>, area: Rect, workers: &[Worker], interval
     ])
     .areas(area);
     frame.render_widget(Paragraph::new(header_lines(&views, interval)), header);
+    frame.render_widget(throughput_table(&views), throughput);
+    frame.render_widget(latency_table(&views), latency);
+    let lines: Vec<Line<'static>> = views
+        .iter()
+        .map(|(l, v)| detail_line(l.clone(), v))
+        .collect();
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title(" per worker ")),
+        details,
+    );
+}
 
-    let bold = Style::default().add_modifier(Modifier::BOLD);
+/// Transfers per second by status, lag and what each worker holds.
+fn throughput_table(views: &[(String, View)]) -> Table<'static> {
     let widths = [
         Constraint::Min(16),
         Constraint::Min(12),
@@ -738,30 +750,30 @@ fn draw(frame: &mut ratatui::Frame<'_>, area: Rect, workers: &[Worker], interval
         Constraint::Length(8),
         Constraint::Length(14),
     ];
-    let table = Table::new(
+    let header = [
+        "worker",
+        "state",
+        "tx/s",
+        "ok/s",
+        "failed/s",
+        "dup/s",
+        "lag",
+        "in flight",
+        "parked",
+        "retrying",
+        "oldest",
+        "dead letters",
+    ];
+    Table::new(
         views.iter().map(|(l, v)| throughput_row(l.clone(), v)),
         widths,
     )
-    .header(
-        Row::new([
-            "worker",
-            "state",
-            "tx/s",
-            "ok/s",
-            "failed/s",
-            "dup/s",
-            "lag",
-            "in flight",
-            "parked",
-            "retrying",
-            "oldest",
-            "dead letters",
-        ])
-        .style(bold),
-    )
-    .block(Block::bordered().title(" transfers and backlog "));
-    frame.render_widget(table, throughput);
+    .header(Row::new(header).style(Style::default().add_modifier(Modifier::BOLD)))
+    .block(Block::bordered().title(" transfers and backlog "))
+}
 
+/// p50/p99 per stage, lock waits, timeouts, WATCH conflicts and retries per worker.
+fn latency_table(views: &[(String, View)]) -> Table<'static> {
     let widths = [
         Constraint::Min(16),
         Constraint::Length(15),
@@ -773,32 +785,20 @@ fn draw(frame: &mut ratatui::Frame<'_>, area: Rect, workers: &[Worker], interval
         Constraint::Length(8),
         Constraint::Length(10),
     ];
-    let table = Table::new(views.iter().map(|(l, v)| latency_row(l.clone(), v)), widths)
-        .header(
-            Row::new([
-                "worker",
-                "queue_wait",
-                "transfer",
-                "ack",
-                "transfer call",
-                "lock wait",
-                "lock t/o/s",
-                "WATCH/s",
-                "retries/s",
-            ])
-            .style(bold),
-        )
-        .block(Block::bordered().title(" latency p50 / p99, locks, retries "));
-    frame.render_widget(table, latency);
-
-    let lines: Vec<Line<'static>> = views
-        .iter()
-        .map(|(l, v)| detail_line(l.clone(), v))
-        .collect();
-    frame.render_widget(
-        Paragraph::new(lines).block(Block::bordered().title(" per worker ")),
-        details,
-    );
+    let header = [
+        "worker",
+        "queue_wait",
+        "transfer",
+        "ack",
+        "transfer call",
+        "lock wait",
+        "lock t/o/s",
+        "WATCH/s",
+        "retries/s",
+    ];
+    Table::new(views.iter().map(|(l, v)| latency_row(l.clone(), v)), widths)
+        .header(Row::new(header).style(Style::default().add_modifier(Modifier::BOLD)))
+        .block(Block::bordered().title(" latency p50 / p99, locks, retries "))
 }
 
 /// Title and the totals over the workers that answered.

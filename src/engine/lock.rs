@@ -235,26 +235,36 @@ pub fn acquire_with(
         let retry = stats.attempts - 1;
         if retry >= config.retries_max {
             stats.wait_us = started.elapsed().as_micros() as u64;
-            stats.round_trips += 1;
-            let held: Vec<String> = keys
-                .iter()
-                .filter(|k| !taken.contains(k))
-                .cloned()
-                .collect();
-            let no_ttl = match unwatch_and_find_no_ttl(&mut conn, &held) {
-                Ok(no_ttl) => no_ttl,
-                Err(e) => {
-                    conn.taint();
-                    return Err(LockError::Redis(e));
-                }
-            };
-            return Err(LockError::Timeout {
-                keys,
-                stats,
-                no_ttl,
-            });
+            return Err(give_up(&mut conn, keys, &taken, stats));
         }
         std::thread::sleep(Duration::from_millis(backoff.delay_ms(retry)));
+    }
+}
+
+/// Out of retries: clears the WATCH, finds which of the keys we did not take are held with no
+/// ttl, and builds the timeout.
+fn give_up(
+    conn: &mut PooledConn,
+    keys: Vec<String>,
+    taken: &[String],
+    mut stats: LockStats,
+) -> LockError {
+    stats.round_trips += 1;
+    let held: Vec<String> = keys
+        .iter()
+        .filter(|k| !taken.contains(k))
+        .cloned()
+        .collect();
+    match unwatch_and_find_no_ttl(conn, &held) {
+        Ok(no_ttl) => LockError::Timeout {
+            keys,
+            stats,
+            no_ttl,
+        },
+        Err(e) => {
+            conn.taint();
+            LockError::Redis(e)
+        }
     }
 }
 

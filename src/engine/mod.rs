@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod lock;
 pub mod message;
 pub mod money;
+pub mod permissions;
 pub mod service;
 pub mod setting;
 pub mod store;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::engine::lock::{LocalLocks, LockConfig, StuckLocks};
 use crate::engine::setting::{SettingError, setters};
-use crate::engine::store::{self, Pool, StoreError};
+use crate::engine::store::{self, Pool, RedisTls, StoreError};
 
 /// Engine settings. `Default` gives the documented defaults (those of the `wallet` binary's
 /// flags); change them with the `with_*` setters, which keep compiling when settings are
@@ -38,6 +38,9 @@ pub struct EngineConfig {
     /// Expiry of outcome records; `None` (the default) keeps them for ever, so a replay at any
     /// time gets the original answer.
     pub outcome_ttl_ms: Option<u64>,
+    /// TLS files for a `rediss://` URL (a private CA, a client certificate); used by
+    /// [`WalletService::connect`] only.
+    pub redis_tls: RedisTls,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +49,7 @@ impl Default for EngineConfig {
             lock: LockConfig::default(),
             watch_retries_max: 16,
             outcome_ttl_ms: None,
+            redis_tls: RedisTls::default(),
         }
     }
 }
@@ -54,6 +58,7 @@ setters!(EngineConfig {
     with_lock => lock: LockConfig,
     with_watch_retries_max => watch_retries_max: u32,
     with_outcome_ttl_ms => outcome_ttl_ms: Option<u64>,
+    with_redis_tls => redis_tls: RedisTls,
 });
 
 /// Upper bound for `watch_retries_max`.
@@ -75,6 +80,7 @@ impl EngineConfig {
                 "must be positive when set, got 0",
             ));
         }
+        self.redis_tls.validate()?;
         Ok(())
     }
 }
@@ -93,19 +99,24 @@ pub struct WalletService {
 }
 
 impl WalletService {
-    /// Connects to `redis_url` with a pool of `pool_size` connections.
+    /// Connects to `redis_url` with a pool of `pool_size` connections (over TLS with the files
+    /// of `config.redis_tls` for a `rediss://` URL) and checks that Redis answers a PING.
     ///
-    /// The URL may carry AUTH and TLS (`rediss://user:password@host:6380/0`); errors name it
-    /// without the password. One connection is opened and PINGed now, so a wrong URL or a
-    /// Redis that is down fails here, at once. Size the pool to the threads that call the
-    /// service at the same time: a transfer holds one connection for its whole run.
+    /// The URL may carry AUTH (`rediss://user:password@host:6380/0`); errors name it without
+    /// the password. The PING runs on one connection opened now, so a wrong URL, refused
+    /// credentials or a Redis that is down fail here, at once. Size the pool to the threads
+    /// that call the service at the same time: a transfer holds one connection for its whole
+    /// run.
+    ///
+    /// It does not check the user's other permissions: the operator tools connect with users
+    /// of their own. The worker calls [`WalletService::check_permissions`] next.
     pub fn connect(
         redis_url: &str,
         pool_size: u32,
         config: EngineConfig,
     ) -> Result<WalletService, ServiceError> {
         config.validate()?;
-        let pool = store::connect_pool(redis_url, pool_size)?;
+        let pool = store::connect_pool_tls(redis_url, &config.redis_tls, pool_size)?;
         WalletService::with_pool(pool, config)
     }
 

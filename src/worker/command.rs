@@ -1,16 +1,17 @@
 //! The worker as a process: signal handling and the metrics endpoint around a [`Worker`].
 //!
 //! Owns the process-level concerns of running a worker: SIGINT/SIGTERM (the first asks for a
-//! clean stop, a second one exits at once), serving `/metrics`, `/healthz` and `/readyz`, and
-//! the Redis PING behind readiness. Does not own flags (the binary's `cli::worker` turns them
-//! into a [`WorkerConfig`]) nor the pipeline (`worker::pipeline`), which reports the group and
-//! producer state to [`Metrics::health`].
+//! clean stop, a second one exits at once), serving `/metrics`, `/healthz` and `/readyz`, the
+//! Redis PING behind readiness, and the Redis permission check at start. Does not own flags
+//! (the binary's `cli::worker` turns them into a [`WorkerConfig`]) nor the pipeline
+//! (`worker::pipeline`), which reports the group and producer state to [`Metrics::health`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::engine::service::{EngineConfig, WalletService};
+use crate::engine::store;
 use crate::worker::health;
 use crate::worker::kafka;
 use crate::worker::metrics::{self, Metrics};
@@ -37,12 +38,21 @@ pub fn run(
         };
         log::info!("librdkafka property {key}={shown}");
     }
+    let tls = engine.redis_tls.clone();
     let service = WalletService::connect(redis_url, config.threads as u32, engine)
         .map_err(|e| e.to_string())?;
+    // Before anything is consumed: a user missing a permission fails here, naming it, not at
+    // the first transfer.
+    service.check_permissions().map_err(|e| e.to_string())?;
+    log::info!(
+        "redis {}: connected, the user may run every command the worker sends",
+        store::redact_url(redis_url)
+    );
     let metrics = Metrics::new();
+    let redis_client = store::client(redis_url, &tls).map_err(|e| e.to_string())?;
     metrics
         .health()
-        .set_redis_check(health::redis_ping_check(redis_url)?);
+        .set_redis_check(health::redis_ping_check_on(redis_client));
     let _server = match metrics_addr {
         None => None,
         Some(addr) => {

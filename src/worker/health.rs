@@ -227,8 +227,16 @@ pub fn redis_ping_check(
     redis_url: &str,
 ) -> Result<impl Fn() -> Result<(), String> + Send + Sync + 'static, String> {
     let client = redis::Client::open(redis_url).map_err(|e| format!("bad Redis URL: {e}"))?;
+    Ok(redis_ping_check_on(client))
+}
+
+/// [`redis_ping_check`] over a client already built, e.g. with TLS files by
+/// `engine::store::client`.
+pub fn redis_ping_check_on(
+    client: redis::Client,
+) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
     let conn: Mutex<Option<redis::Connection>> = Mutex::new(None);
-    Ok(move || {
+    move || {
         let mut conn = conn.lock();
         let result = ping(&client, &mut conn);
         if result.is_err() {
@@ -236,7 +244,7 @@ pub fn redis_ping_check(
             *conn = None;
         }
         result
-    })
+    }
 }
 
 fn ping(client: &redis::Client, conn: &mut Option<redis::Connection>) -> Result<(), String> {

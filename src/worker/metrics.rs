@@ -74,6 +74,15 @@ pub struct Metrics {
 #[derive(Debug)]
 struct Inner {
     registry: Registry,
+    transfer: TransferMetrics,
+    pipeline: PipelineMetrics,
+    readiness: ReadinessMetrics,
+    health: Health,
+}
+
+/// What the transfers themselves did: outcomes, latencies, locks, stages.
+#[derive(Debug)]
+struct TransferMetrics {
     transfers: IntCounterVec,
     duplicates: IntCounter,
     transfer_latency: Histogram,
@@ -81,23 +90,32 @@ struct Inner {
     lock_attempts: IntCounter,
     lock_timeouts: IntCounter,
     watch_conflicts: IntCounter,
+    locks_without_ttl: IntCounter,
+    stage_latency: HistogramVec,
+}
+
+/// What the Kafka pipeline did: dead letters, retries, offsets, lag, what it holds.
+#[derive(Debug)]
+struct PipelineMetrics {
     dlq: IntCounter,
     in_flight_jobs: IntGauge,
     retries: IntCounterVec,
     committed_offset: IntGaugeVec,
     consumer_lag: IntGaugeVec,
     results_published: IntCounter,
-    stage_latency: HistogramVec,
     backlog_bytes: IntGauge,
     parked_jobs: IntGauge,
     retrying_jobs: IntGauge,
     retry_oldest_age: Gauge,
-    locks_without_ttl: IntCounter,
+}
+
+/// Whether the worker is ready, and which check fails.
+#[derive(Debug)]
+struct ReadinessMetrics {
     ready: IntGauge,
     ready_check: IntGaugeVec,
     assigned_partitions: IntGauge,
     group_joining: IntGauge,
-    health: Health,
 }
 
 /// The stages of one message's way through the worker, for `wallet_stage_seconds`.
@@ -205,149 +223,36 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         let inner = Inner {
-            transfers: counter_vec(
-                &r,
-                "wallet_transfers_total",
-                "Transfer outcomes answered, duplicates included, by status and failure reason (\"\" for none).",
-                &["status", "reason"],
-            ),
-            duplicates: counter(
-                &r,
-                "wallet_duplicates_total",
-                "Transfer requests answered from an earlier record, with no new effect.",
-            ),
-            transfer_latency: histogram(
-                &r,
-                "wallet_transfer_latency_seconds",
-                "Wall time of one transfer call, duplicates included.",
-                &TRANSFER_LATENCY_BUCKETS_S,
-            ),
-            lock_wait: histogram(
-                &r,
-                "wallet_lock_wait_seconds",
-                "Time from the first lock attempt until the wallet locks were held, for transfers that took locks.",
-                &LOCK_WAIT_BUCKETS_S,
-            ),
-            lock_attempts: counter(
-                &r,
-                "wallet_lock_attempts_total",
-                "SET NX rounds sent to take wallet locks.",
-            ),
-            lock_timeouts: counter(
-                &r,
-                "wallet_lock_timeouts_total",
-                "Transfers that gave up waiting for wallet locks (transient; retried).",
-            ),
-            watch_conflicts: counter(
-                &r,
-                "wallet_watch_conflicts_total",
-                "Transactions aborted because a watched key changed, and retried.",
-            ),
-            dlq: counter(
-                &r,
-                "wallet_dlq_total",
-                "Messages sent to the dead-letter topic.",
-            ),
-            in_flight_jobs: gauge(
-                &r,
-                "wallet_in_flight_jobs",
-                "Jobs consumed and not yet done.",
-            ),
-            retries: counter_vec(
-                &r,
-                "wallet_retries_total",
-                "Jobs retried after a transient error, by cause.",
-                &["cause"],
-            ),
-            committed_offset: gauge_vec(
-                &r,
-                "wallet_committed_offset",
-                "Last offset committed, by partition (the next offset to consume).",
-                &["partition"],
-            ),
-            consumer_lag: gauge_vec(
-                &r,
-                "wallet_consumer_lag",
-                "Messages behind the partition's high watermark, by partition.",
-                &["partition"],
-            ),
-            results_published: counter(
-                &r,
-                "wallet_results_published_total",
-                "Result messages delivered to the completed topic.",
-            ),
-            stage_latency: histogram_vec(
-                &r,
-                "wallet_stage_seconds",
-                "Time a message spends in each stage of the worker: queue_wait (request timestamp to a pool thread), transfer (Redis), ack (result handed to the producer until acknowledged).",
-                &["stage"],
-                &STAGE_BUCKETS_S,
-            ),
-            backlog_bytes: gauge(
-                &r,
-                "wallet_backlog_bytes",
-                "Bytes of requests consumed and held by the worker but not running: the backlog, jobs parked behind their key, and jobs waiting to retry. The consumer pauses at the backlog bound.",
-            ),
-            parked_jobs: gauge(
-                &r,
-                "wallet_parked_jobs",
-                "Jobs waiting for an earlier job of the same key (sender) to finish (per-key order).",
-            ),
-            retrying_jobs: gauge(
-                &r,
-                "wallet_retrying_jobs",
-                "Jobs waiting in the delay queue to be tried again after a transient error or a failed result delivery.",
-            ),
-            retry_oldest_age: float_gauge(
-                &r,
-                "wallet_retry_oldest_age_seconds",
-                "How long the longest-retrying waiting job has been failing; 0 when none waits.",
-            ),
-            locks_without_ttl: counter(
-                &r,
-                "wallet_locks_without_ttl_total",
-                "Distinct wallet locks found held with no ttl (never released by themselves; see wallet locks).",
-            ),
-            ready: gauge(
-                &r,
-                "wallet_ready",
-                "1 when the worker is ready (/readyz answers 200): partitions assigned or a join in progress, Redis answering PING, the result producer not fatal; checked at each scrape.",
-            ),
-            ready_check: gauge_vec(
-                &r,
-                "wallet_ready_check",
-                "1 when this part of readiness passes (check = group, redis, producer), 0 when it fails; checked at each scrape.",
-                &["check"],
-            ),
-            assigned_partitions: gauge(
-                &r,
-                "wallet_assigned_partitions",
-                "Partitions of the requests topic assigned to this worker by the last completed group join.",
-            ),
-            group_joining: gauge(
-                &r,
-                "wallet_group_joining",
-                "1 while a consumer group join (or rejoin after a revoke) is in progress, 0 once partitions are assigned.",
-            ),
-            health: Health::new(),
+            transfer: transfer_metrics(&r),
+            pipeline: pipeline_metrics(&r),
+            readiness: readiness_metrics(&r),
             registry: r,
+            health: Health::new(),
         };
         for stage in Stage::ALL {
-            inner.stage_latency.with_label_values(&[stage.as_str()]);
+            inner
+                .transfer
+                .stage_latency
+                .with_label_values(&[stage.as_str()]);
         }
         for cause in RETRY_CAUSES {
-            inner.retries.with_label_values(&[cause]);
+            inner.pipeline.retries.with_label_values(&[cause]);
         }
         for check in Check::ALL {
-            inner.ready_check.with_label_values(&[check.as_str()]);
+            inner
+                .readiness
+                .ready_check
+                .with_label_values(&[check.as_str()]);
         }
         // Create the expected outcome series at zero, so rates and alerts see them before the
         // first occurrence.
         inner
+            .transfer
             .transfers
             .with_label_values(&[Status::Completed.as_str(), ""]);
         for reason in FailureReason::ALL {
             inner
+                .transfer
                 .transfers
                 .with_label_values(&[Status::Failed.as_str(), reason.as_str()]);
         }
@@ -362,25 +267,39 @@ impl Metrics {
         let inner = &self.inner;
         let reason = outcome.reason.map_or("", FailureReason::as_str);
         inner
+            .transfer
             .transfers
             .with_label_values(&[outcome.status.as_str(), reason])
             .inc();
         if outcome.duplicate {
-            inner.duplicates.inc();
+            inner.transfer.duplicates.inc();
         }
         let stats = &outcome.stats;
-        inner.transfer_latency.observe(seconds(stats.elapsed_us));
+        inner
+            .transfer
+            .transfer_latency
+            .observe(seconds(stats.elapsed_us));
         if stats.lock.attempts > 0 {
-            inner.lock_wait.observe(seconds(stats.lock.wait_us));
-            inner.lock_attempts.inc_by(u64::from(stats.lock.attempts));
+            inner
+                .transfer
+                .lock_wait
+                .observe(seconds(stats.lock.wait_us));
+            inner
+                .transfer
+                .lock_attempts
+                .inc_by(u64::from(stats.lock.attempts));
         }
-        inner.watch_conflicts.inc_by(u64::from(stats.watch_retries));
+        inner
+            .transfer
+            .watch_conflicts
+            .inc_by(u64::from(stats.watch_retries));
     }
 
     /// Counts a FAILED answer that the engine did not record (`invalid_request`,
     /// `idempotency_conflict`): it has no outcome, latency or lock costs to report.
     pub fn record_failure(&self, reason: FailureReason) {
         self.inner
+            .transfer
             .transfers
             .with_label_values(&[Status::Failed.as_str(), reason.as_str()])
             .inc();
@@ -388,7 +307,7 @@ impl Metrics {
 
     /// Counts a transfer that ran out of lock retries.
     pub fn record_lock_timeout(&self) {
-        self.inner.lock_timeouts.inc();
+        self.inner.transfer.lock_timeouts.inc();
     }
 
     /// Counts a job retried after a transient error. `cause` is a short fixed name such as
@@ -402,28 +321,33 @@ impl Metrics {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
             "retry cause {cause:?} is not a short snake_case name"
         );
-        self.inner.retries.with_label_values(&[cause]).inc();
+        self.inner
+            .pipeline
+            .retries
+            .with_label_values(&[cause])
+            .inc();
     }
 
     /// Counts a message sent to the dead-letter topic.
     pub fn record_dlq(&self) {
-        self.inner.dlq.inc();
+        self.inner.pipeline.dlq.inc();
     }
 
     /// Counts a result message delivered to the completed topic.
     pub fn record_published(&self) {
-        self.inner.results_published.inc();
+        self.inner.pipeline.results_published.inc();
     }
 
     /// Sets the number of jobs consumed and not yet done.
     pub fn set_in_flight(&self, jobs: i64) {
         debug_assert!(jobs >= 0);
-        self.inner.in_flight_jobs.set(jobs);
+        self.inner.pipeline.in_flight_jobs.set(jobs);
     }
 
     /// Records the time one message spent in `stage`, in microseconds.
     pub fn record_stage(&self, stage: Stage, duration_us: u64) {
         self.inner
+            .transfer
             .stage_latency
             .with_label_values(&[stage.as_str()])
             .observe(seconds(duration_us));
@@ -432,21 +356,22 @@ impl Metrics {
     /// Sets what the worker holds without running it: bytes, parked jobs, retrying jobs, and
     /// the age of the oldest retry in seconds.
     pub fn set_held(&self, bytes: usize, parked: usize, retrying: usize, oldest_retry_s: f64) {
-        self.inner.backlog_bytes.set(bytes as i64);
-        self.inner.parked_jobs.set(parked as i64);
-        self.inner.retrying_jobs.set(retrying as i64);
-        self.inner.retry_oldest_age.set(oldest_retry_s);
+        self.inner.pipeline.backlog_bytes.set(bytes as i64);
+        self.inner.pipeline.parked_jobs.set(parked as i64);
+        self.inner.pipeline.retrying_jobs.set(retrying as i64);
+        self.inner.pipeline.retry_oldest_age.set(oldest_retry_s);
     }
 
     /// Counts a lock found held with no ttl (call once per distinct key).
     pub fn record_lock_without_ttl(&self) {
-        self.inner.locks_without_ttl.inc();
+        self.inner.transfer.locks_without_ttl.inc();
     }
 
     /// Sets the last committed position (next offset to consume) of `partition`.
     pub fn set_committed(&self, partition: i32, offset: i64) {
         debug_assert!(offset >= 0);
         self.inner
+            .pipeline
             .committed_offset
             .with_label_values(&[&partition.to_string()])
             .set(offset);
@@ -456,6 +381,7 @@ impl Metrics {
     pub fn set_lag(&self, partition: i32, lag: i64) {
         debug_assert!(lag >= 0);
         self.inner
+            .pipeline
             .consumer_lag
             .with_label_values(&[&partition.to_string()])
             .set(lag);
@@ -466,8 +392,16 @@ impl Metrics {
     pub fn forget_partition(&self, partition: i32) {
         let label = partition.to_string();
         // Absent series (never set) are fine: there is nothing to drop.
-        let _ = self.inner.committed_offset.remove_label_values(&[&label]);
-        let _ = self.inner.consumer_lag.remove_label_values(&[&label]);
+        let _ = self
+            .inner
+            .pipeline
+            .committed_offset
+            .remove_label_values(&[&label]);
+        let _ = self
+            .inner
+            .pipeline
+            .consumer_lag
+            .remove_label_values(&[&label]);
     }
 
     /// The readiness inputs of this worker: the pipeline reports the group and a fatal producer
@@ -482,17 +416,22 @@ impl Metrics {
     pub fn check_readiness(&self) -> Readiness {
         let inner = &self.inner;
         let readiness = inner.health.check();
-        inner.ready.set(i64::from(readiness.is_ready()));
+        inner.readiness.ready.set(i64::from(readiness.is_ready()));
         for check in Check::ALL {
             inner
+                .readiness
                 .ready_check
                 .with_label_values(&[check.as_str()])
                 .set(i64::from(readiness.passes(check)));
         }
         inner
+            .readiness
             .assigned_partitions
             .set(i64::try_from(readiness.assigned_partitions).unwrap_or(i64::MAX));
-        inner.group_joining.set(i64::from(readiness.joining));
+        inner
+            .readiness
+            .group_joining
+            .set(i64::from(readiness.joining));
         readiness
     }
 
@@ -518,6 +457,7 @@ impl Metrics {
             .map(|stage| {
                 let h = self
                     .inner
+                    .transfer
                     .stage_latency
                     .with_label_values(&[stage.as_str()]);
                 let proto = h.metric();
@@ -539,11 +479,11 @@ impl Metrics {
     pub fn summary(&self) -> MetricsSummary {
         let inner = &self.inner;
         let mut summary = MetricsSummary {
-            duplicates: inner.duplicates.get(),
-            dlq: inner.dlq.get(),
+            duplicates: inner.transfer.duplicates.get(),
+            dlq: inner.pipeline.dlq.get(),
             ..MetricsSummary::default()
         };
-        for family in inner.transfers.collect() {
+        for family in inner.transfer.transfers.collect() {
             for metric in family.get_metric() {
                 let count = metric.get_counter().get_value() as u64;
                 summary.processed += count;
@@ -556,12 +496,12 @@ impl Metrics {
                 }
             }
         }
-        for family in inner.retries.collect() {
+        for family in inner.pipeline.retries.collect() {
             for metric in family.get_metric() {
                 summary.retries += metric.get_counter().get_value() as u64;
             }
         }
-        for family in inner.consumer_lag.collect() {
+        for family in inner.pipeline.consumer_lag.collect() {
             for metric in family.get_metric() {
                 summary.lag_total += metric.get_gauge().get_value() as i64;
             }
@@ -569,6 +509,148 @@ impl Metrics {
         debug_assert!(summary.failed <= summary.processed);
         debug_assert!(summary.duplicates <= summary.processed);
         summary
+    }
+}
+
+/// Registers the transfer metrics in `r`.
+fn transfer_metrics(r: &Registry) -> TransferMetrics {
+    TransferMetrics {
+        transfers: counter_vec(
+            r,
+            "wallet_transfers_total",
+            "Transfer outcomes answered, duplicates included, by status and failure reason (\"\" for none).",
+            &["status", "reason"],
+        ),
+        duplicates: counter(
+            r,
+            "wallet_duplicates_total",
+            "Transfer requests answered from an earlier record, with no new effect.",
+        ),
+        transfer_latency: histogram(
+            r,
+            "wallet_transfer_latency_seconds",
+            "Wall time of one transfer call, duplicates included.",
+            &TRANSFER_LATENCY_BUCKETS_S,
+        ),
+        lock_wait: histogram(
+            r,
+            "wallet_lock_wait_seconds",
+            "Time from the first lock attempt until the wallet locks were held, for transfers that took locks.",
+            &LOCK_WAIT_BUCKETS_S,
+        ),
+        lock_attempts: counter(
+            r,
+            "wallet_lock_attempts_total",
+            "SET NX rounds sent to take wallet locks.",
+        ),
+        lock_timeouts: counter(
+            r,
+            "wallet_lock_timeouts_total",
+            "Transfers that gave up waiting for wallet locks (transient; retried).",
+        ),
+        watch_conflicts: counter(
+            r,
+            "wallet_watch_conflicts_total",
+            "Transactions aborted because a watched key changed, and retried.",
+        ),
+        locks_without_ttl: counter(
+            r,
+            "wallet_locks_without_ttl_total",
+            "Distinct wallet locks found held with no ttl (never released by themselves; see wallet locks).",
+        ),
+        stage_latency: histogram_vec(
+            r,
+            "wallet_stage_seconds",
+            "Time a message spends in each stage of the worker: queue_wait (request timestamp to a pool thread), transfer (Redis), ack (result handed to the producer until acknowledged).",
+            &["stage"],
+            &STAGE_BUCKETS_S,
+        ),
+    }
+}
+
+/// Registers the pipeline metrics in `r`.
+fn pipeline_metrics(r: &Registry) -> PipelineMetrics {
+    PipelineMetrics {
+        dlq: counter(
+            r,
+            "wallet_dlq_total",
+            "Messages sent to the dead-letter topic.",
+        ),
+        in_flight_jobs: gauge(
+            r,
+            "wallet_in_flight_jobs",
+            "Jobs consumed and not yet done.",
+        ),
+        retries: counter_vec(
+            r,
+            "wallet_retries_total",
+            "Jobs retried after a transient error, by cause.",
+            &["cause"],
+        ),
+        committed_offset: gauge_vec(
+            r,
+            "wallet_committed_offset",
+            "Last offset committed, by partition (the next offset to consume).",
+            &["partition"],
+        ),
+        consumer_lag: gauge_vec(
+            r,
+            "wallet_consumer_lag",
+            "Messages behind the partition's high watermark, by partition.",
+            &["partition"],
+        ),
+        results_published: counter(
+            r,
+            "wallet_results_published_total",
+            "Result messages delivered to the completed topic.",
+        ),
+        backlog_bytes: gauge(
+            r,
+            "wallet_backlog_bytes",
+            "Bytes of requests consumed and held by the worker but not running: the backlog, jobs parked behind their key, and jobs waiting to retry. The consumer pauses at the backlog bound.",
+        ),
+        parked_jobs: gauge(
+            r,
+            "wallet_parked_jobs",
+            "Jobs waiting for an earlier job of the same key (sender) to finish (per-key order).",
+        ),
+        retrying_jobs: gauge(
+            r,
+            "wallet_retrying_jobs",
+            "Jobs waiting in the delay queue to be tried again after a transient error or a failed result delivery.",
+        ),
+        retry_oldest_age: float_gauge(
+            r,
+            "wallet_retry_oldest_age_seconds",
+            "How long the longest-retrying waiting job has been failing; 0 when none waits.",
+        ),
+    }
+}
+
+/// Registers the readiness metrics in `r`.
+fn readiness_metrics(r: &Registry) -> ReadinessMetrics {
+    ReadinessMetrics {
+        ready: gauge(
+            r,
+            "wallet_ready",
+            "1 when the worker is ready (/readyz answers 200): partitions assigned or a join in progress, Redis answering PING, the result producer not fatal; checked at each scrape.",
+        ),
+        ready_check: gauge_vec(
+            r,
+            "wallet_ready_check",
+            "1 when this part of readiness passes (check = group, redis, producer), 0 when it fails; checked at each scrape.",
+            &["check"],
+        ),
+        assigned_partitions: gauge(
+            r,
+            "wallet_assigned_partitions",
+            "Partitions of the requests topic assigned to this worker by the last completed group join.",
+        ),
+        group_joining: gauge(
+            r,
+            "wallet_group_joining",
+            "1 while a consumer group join (or rejoin after a revoke) is in progress, 0 once partitions are assigned.",
+        ),
     }
 }
 

@@ -17,4 +17,5 @@ mod produce;
 mod seed;
 mod semantics;
 mod shutdown;
+mod tls;
 mod worker;

@@ -103,6 +103,8 @@ pub struct RedisServer {
     child: Proc,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// A TLS listener beside the plain port, and an ACL file (see [`RedisServer::start_tls`]).
+    tls: Option<tls::TlsListener>,
 }
 
 impl RedisServer {
@@ -112,6 +114,7 @@ impl RedisServer {
             child: Proc::default(),
             port: 0,
             dir,
+            tls: None,
         };
         server.spawn_on_free_port();
         server
@@ -120,6 +123,9 @@ impl RedisServer {
     fn spawn_on_free_port(&mut self) {
         for _ in 0..5 {
             self.port = free_port();
+            if let Some(tls) = &mut self.tls {
+                tls.port = free_port();
+            }
             if self.spawn() {
                 return;
             }
@@ -147,6 +153,12 @@ impl RedisServer {
                 "always",
             ])
             .args(["--daemonize", "no", "--protected-mode", "yes"])
+            .args(
+                self.tls
+                    .as_ref()
+                    .map(|t| t.server_args(self.dir.path()))
+                    .unwrap_or_default(),
+            )
             .stdout(Stdio::from(log.try_clone().expect("clone log")))
             .stderr(Stdio::from(log))
             .spawn()
@@ -370,5 +382,7 @@ pub fn lock_keys(conn: &mut redis::Connection) -> Vec<String> {
 }
 
 pub mod stack;
+
+pub mod tls;
 
 pub mod faults;

@@ -28,6 +28,9 @@ pub struct Stack {
     pub tansu: Tansu,
     pub topics: Topics,
     pub partitions: i32,
+    /// The global flags that point the `wallet` binary at Redis: `--redis-url` with the plain
+    /// URL, unless a test replaces them (with a `rediss://` URL and TLS files, say).
+    pub redis_args: Vec<String>,
     producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
 }
 
@@ -68,6 +71,7 @@ impl Stack {
             .create()
             .expect("test producer");
         Stack {
+            redis_args: vec!["--redis-url".into(), redis.url()],
             redis,
             tansu,
             topics,
@@ -82,12 +86,9 @@ impl Stack {
 
     /// The arguments that point the `wallet` binary at this stack.
     pub fn global_args(&self) -> Vec<String> {
-        vec![
-            "--redis-url".into(),
-            self.redis.url(),
-            "--brokers".into(),
-            self.tansu.brokers(),
-        ]
+        let mut args = self.redis_args.clone();
+        args.extend(["--brokers".into(), self.tansu.brokers()]);
+        args
     }
 
     /// Runs `wallet COMMAND ARGS... --requests-topic .. --results-topic ..` against this stack
