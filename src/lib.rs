@@ -92,6 +92,7 @@
 //! | `lock.retries_max` | 10 | retries before [`TransferError::LockTimeout`] |
 //! | `watch_retries_max` | 16 | transactions aborted by concurrent changes before [`TransferError::WatchConflicts`] |
 //! | `outcome_ttl_ms` | `None` | expiry of outcome records; `None` keeps them for ever |
+//! | `redis_tls` | none | CA, client certificate and key files for a `rediss://` URL ([`engine::store::RedisTls`]) |
 //!
 //! Change them with the `with_*` setters; the config structs are `#[non_exhaustive]`, so a
 //! struct literal does not compile outside this crate and a new setting never breaks yours:
@@ -108,7 +109,9 @@
 //! ```
 //!
 //! A setting out of its range is a [`SettingError`] naming it (`lock.ttl_ms`), returned by
-//! `connect` (as [`ServiceError::Config`]) before anything is opened. The worker's settings
+//! `connect` (as [`ServiceError::Config`]) before anything is opened. `wallet worker` also
+//! checks at start that its Redis user has every permission the worker needs
+//! ([`WalletService::check_permissions`]); an embedded worker should call it too. The worker's settings
 //! are `worker::WorkerConfig`, built the same way.
 //!
 //! # Errors and retries
