@@ -55,6 +55,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // The engine the worker runs transfers on: one Redis connection per transfer thread.
     let service =
         WalletService::connect(&redis_url, config.threads as u32, EngineConfig::default())?;
+    // As `wallet worker` does: fail now, naming what to grant, if the Redis user lacks a
+    // permission the worker needs (rather than on the first transfer).
+    service.check_permissions()?;
     let run = format!("{:x}", std::process::id());
     let (alice, bob) = (format!("alice_{run}"), format!("bob_{run}"));
     service.create_wallet(&NewWallet::new(
