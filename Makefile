@@ -10,12 +10,13 @@ WITH_STACK = set -a; [ -f $(DEV)/env ] && source $(DEV)/env; set +a;
 USERS ?= 100
 ARGS ?=
 
-.PHONY: help test fault-test mutants demo deps build up down status seed run-worker run-producer bench fmt lint ci
+.PHONY: help test fault-test mutants demo deps build up down status seed run-worker run-producer bench fmt lint package ci
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 test: ## every test: unit, property, doc, and integration against real redis-server and tansu
+	$(CARGO) build --examples # tests/it/examples.rs runs the built examples
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 
@@ -61,9 +62,13 @@ bench: build ## engine benchmark (ARGS="--direct" by default)
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-lint: ## formatting check and clippy, as CI runs them
+lint: ## formatting check, clippy and the docs, as CI runs them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+
+package: ## the crate as it would be published: cargo publish --dry-run (packs, builds the package alone; uploads nothing)
+	$(CARGO) publish --dry-run --allow-dirty
 
 ci: ## what CI runs
 	bash .ci/run

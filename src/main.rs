@@ -1,5 +1,8 @@
 //! `wallet`: the command-line front end of the transfer engine. See `wallet --help`.
 
+// The doc comments of the flags are clap's help text, written for a terminal
+// (`[default: ...]`, `redis://[user:password@]host`), not rustdoc links.
+#[allow(rustdoc::broken_intra_doc_links)]
 mod cli;
 
 use std::process::ExitCode;

@@ -131,31 +131,29 @@ pub fn run(global: &GlobalOpts, args: BenchArgs) -> Result<(), Failure> {
 
 /// The settings of a direct run from the flags.
 fn direct_config(args: &BenchArgs, progress: bool) -> DirectConfig {
-    DirectConfig {
-        threads: args.threads,
-        transfers: args.transfers,
-        wallets: args.wallets,
-        hot: args.hot,
-        transient_retries: args.transient_retries,
-        progress,
-        cleanup: args.cleanup,
-    }
+    DirectConfig::default()
+        .with_threads(args.threads)
+        .with_transfers(args.transfers)
+        .with_wallets(args.wallets)
+        .with_hot(args.hot)
+        .with_transient_retries(args.transient_retries)
+        .with_progress(progress)
+        .with_cleanup(args.cleanup)
 }
 
 /// The settings of an end-to-end run from the flags.
 fn e2e_config(args: &BenchArgs, brokers: &str, progress: bool) -> E2eConfig {
-    E2eConfig {
-        kafka: KafkaConfig::new(brokers),
-        requests_topic: args.requests_topic.clone(),
-        results_topic: args.results_topic.clone(),
-        transfers: args.transfers,
-        wallets: args.wallets,
-        hot: args.hot,
-        timeout: Duration::from_secs(args.timeout_s),
-        rate: args.rate,
-        progress,
-        cleanup: args.cleanup,
-    }
+    E2eConfig::default()
+        .with_kafka(KafkaConfig::new(brokers))
+        .with_requests_topic(args.requests_topic.clone())
+        .with_results_topic(args.results_topic.clone())
+        .with_transfers(args.transfers)
+        .with_wallets(args.wallets)
+        .with_hot(args.hot)
+        .with_timeout(Duration::from_secs(args.timeout_s))
+        .with_rate(args.rate)
+        .with_progress(progress)
+        .with_cleanup(args.cleanup)
 }
 
 #[cfg(test)]
@@ -195,10 +193,7 @@ mod tests {
         assert_eq!(config.transfers, DirectConfig::default().transfers);
         assert_eq!(
             config,
-            E2eConfig {
-                transfers: config.transfers,
-                ..E2eConfig::default()
-            }
+            E2eConfig::default().with_transfers(config.transfers)
         );
     }
 

@@ -211,20 +211,20 @@ impl GlobalOpts {
     /// The engine settings from the lock and Redis TLS flags, checked; the error names the
     /// flag.
     pub fn engine_config(&self) -> Result<EngineConfig, Failure> {
-        let config = EngineConfig {
-            lock: LockConfig {
-                ttl_ms: self.lock_ttl_ms,
-                retry_delay_ms_base: self.lock_retry_delay_ms,
-                retry_delay_ms_max: self.lock_retry_delay_ms_max,
-                retries_max: self.lock_retries,
-            },
-            redis_tls: RedisTls {
-                ca_file: self.redis_ca_file.clone(),
-                client_cert_file: self.redis_client_cert.clone(),
-                client_key_file: self.redis_client_key.clone(),
-            },
-            ..EngineConfig::default()
-        };
+        let config = EngineConfig::default()
+            .with_lock(
+                LockConfig::default()
+                    .with_ttl_ms(self.lock_ttl_ms)
+                    .with_retry_delay_ms_base(self.lock_retry_delay_ms)
+                    .with_retry_delay_ms_max(self.lock_retry_delay_ms_max)
+                    .with_retries_max(self.lock_retries),
+            )
+            .with_redis_tls(
+                RedisTls::default()
+                    .with_ca_file(self.redis_ca_file.clone())
+                    .with_client_cert_file(self.redis_client_cert.clone())
+                    .with_client_key_file(self.redis_client_key.clone()),
+            );
         // The flag ranges check each value alone; the library's rules also relate them (the
         // first retry delay must not exceed the cap).
         config.validate().map_err(flag_error)?;

@@ -81,10 +81,7 @@ pub struct TransferArgs {
 /// Publishes the request; with --wait, prints the result (exit 1 if FAILED or none came).
 pub fn run(global: &GlobalOpts, args: TransferArgs) -> Result<(), Failure> {
     let request = request(&args)?;
-    let kafka = KafkaConfig {
-        brokers: global.brokers.clone(),
-        properties: args.kafka_properties.clone(),
-    };
+    let kafka = KafkaConfig::new(&global.brokers).with_properties(args.kafka_properties.clone());
     let timeout = Duration::from_secs(args.timeout_s);
     let started = Instant::now();
     // Subscribed before the request is published, so its result cannot be missed.

@@ -79,25 +79,20 @@ pub struct WorkerArgs {
 impl WorkerArgs {
     /// The worker settings from the flags, checked; an error names the flag and the rule.
     pub fn to_config(&self, brokers: &str) -> Result<WorkerConfig, Failure> {
-        let config = WorkerConfig {
-            kafka: KafkaConfig {
-                brokers: brokers.to_string(),
-                properties: self.kafka_properties.clone(),
-            },
-            group_id: self.group.clone(),
-            requests_topic: self.requests_topic.clone(),
-            results_topic: self.results_topic.clone(),
-            dlq_topic: self.dlq_topic.clone(),
-            threads: self.threads,
-            partitions: self.partitions,
-            replication: self.replication,
-            commit_interval_ms: self.commit_interval_ms,
-            session_timeout_ms: self.session_timeout_ms,
-            max_poll_interval_ms: self.max_poll_interval_ms,
-            retry_delay_ms_max: self.retry_delay_ms_max,
-            shutdown_timeout_ms: self.shutdown_timeout_ms,
-            ..WorkerConfig::default()
-        };
+        let config = WorkerConfig::default()
+            .with_kafka(KafkaConfig::new(brokers).with_properties(self.kafka_properties.clone()))
+            .with_group_id(self.group.clone())
+            .with_requests_topic(self.requests_topic.clone())
+            .with_results_topic(self.results_topic.clone())
+            .with_dlq_topic(self.dlq_topic.clone())
+            .with_threads(self.threads)
+            .with_partitions(self.partitions)
+            .with_replication(self.replication)
+            .with_commit_interval_ms(self.commit_interval_ms)
+            .with_session_timeout_ms(self.session_timeout_ms)
+            .with_max_poll_interval_ms(self.max_poll_interval_ms)
+            .with_retry_delay_ms_max(self.retry_delay_ms_max)
+            .with_shutdown_timeout_ms(self.shutdown_timeout_ms);
         config.validate().map_err(flag_error)?;
         Ok(config)
     }

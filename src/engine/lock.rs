@@ -13,11 +13,14 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::engine::backoff::Backoff;
-use crate::engine::setting::SettingError;
+use crate::engine::setting::{SettingError, setters};
 use crate::engine::store::{PooledConn, keys};
 
 /// Lock settings. Defaults are the original worker's: ttl 10 s, base delay 100 ms, 10 retries.
+/// Change them with the `with_*` setters (the struct is `#[non_exhaustive]`):
+/// `LockConfig::default().with_ttl_ms(5_000)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LockConfig {
     /// How long a lock lives if its holder never releases it.
     pub ttl_ms: u64,
@@ -40,8 +43,16 @@ impl Default for LockConfig {
     }
 }
 
-/// Hard limits that no configuration may exceed.
+setters!(LockConfig {
+    with_ttl_ms => ttl_ms: u64,
+    with_retry_delay_ms_base => retry_delay_ms_base: u64,
+    with_retry_delay_ms_max => retry_delay_ms_max: u64,
+    with_retries_max => retries_max: u32,
+});
+
+/// Longest lock ttl any configuration may set (10 minutes); also caps a retry delay.
 pub const LOCK_TTL_MS_LIMIT: u64 = 10 * 60 * 1000;
+/// Most lock retries any configuration may set.
 pub const LOCK_RETRIES_LIMIT: u32 = 1_000;
 /// Most wallets one lock may cover.
 pub const LOCK_KEYS_LIMIT: usize = 16;
@@ -82,6 +93,7 @@ impl LockConfig {
 
 /// What one acquisition cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LockStats {
     /// SET NX rounds sent; 1 means the lock was free at once.
     pub attempts: u32,
@@ -91,8 +103,12 @@ pub struct LockStats {
     pub round_trips: u32,
 }
 
+/// Why the locks were not taken. Both are transient: the transfer maps them to
+/// [`crate::TransferError::LockTimeout`] and [`crate::TransferError::Redis`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LockError {
+    /// Another holder kept some key through every retry.
     #[error(
         "could not lock {keys:?} after {} attempts over {} ms ({})",
         stats.attempts, stats.wait_us / 1000,
@@ -103,12 +119,15 @@ pub enum LockError {
         }
     )]
     Timeout {
+        /// Every key asked for, sorted.
         keys: Vec<String>,
+        /// What the attempts cost.
         stats: LockStats,
         /// Keys found held with no ttl at the last attempt: they never expire by themselves and
         /// need an operator (`wallet locks`).
         no_ttl: Vec<String>,
     },
+    /// Redis failed; keys taken so far were given back (or expire by their ttl).
     #[error("redis error while locking: {0}")]
     Redis(#[from] redis::RedisError),
 }
@@ -333,6 +352,7 @@ impl LockGuard {
         self.conn.as_mut().expect("connection present until drop")
     }
 
+    /// The lock keys held, sorted.
     pub fn keys(&self) -> &[String] {
         &self.keys
     }
@@ -342,6 +362,7 @@ impl LockGuard {
         &self.token
     }
 
+    /// What taking the locks cost.
     pub fn stats(&self) -> LockStats {
         self.stats
     }
@@ -420,6 +441,7 @@ pub enum Admission {
 }
 
 impl StuckLocks {
+    /// Whether an acquisition of `keys` may go ahead, fail fast, or probe a stuck key once.
     pub fn admit(&self, keys: &[String]) -> Admission {
         let mut stuck = self.keys.lock();
         if stuck.is_empty() {

@@ -18,41 +18,71 @@ pub const USER_ID_LEN_LIMIT: usize = 64;
 /// Longest transfer id or idempotency key.
 pub const KEY_LEN_LIMIT: usize = 128;
 
-/// A validated transfer request: every field obeys its rule.
+/// A validated transfer request: every field obeys its rule. Built by
+/// [`TransferRequest::new`] in code or by [`decode`] from the wire, which apply the same rules
+/// (the struct is `#[non_exhaustive]`, so it cannot be built around them).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TransferRequest {
+    /// The client's id for this transfer, echoed in the result (the result's Kafka key):
+    /// `^[A-Za-z0-9_.:-]{1,128}$`.
     pub transfer_id: String,
+    /// The sender's wallet id (the request's Kafka key): `^[A-Za-z0-9_-]{1,64}$`.
     pub from_user: String,
+    /// The receiver's wallet id: `^[A-Za-z0-9_-]{1,64}$`.
     pub to_user: String,
+    /// What moves: `0 < amount <= AMOUNT_LIMIT`, in cents.
     pub amount: Amount,
+    /// The currency both wallets must hold; `USD` when the wire request leaves it out.
     pub currency: Currency,
+    /// What makes the request happen once: every request with this key gets the first
+    /// one's answer. The `transfer_id` when not given.
     pub idempotency_key: String,
 }
 
 /// The result message on `wallet.transfer.completed`, in the original system's JSON shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransferCompleted {
+    /// The request's `transfer_id` (also the message key).
     pub transfer_id: String,
+    /// COMPLETED or FAILED.
     pub status: Status,
     /// Seconds since the Unix epoch, with milliseconds.
     pub processed_at: f64,
+    /// The sender, as requested.
     pub from_user: String,
+    /// The receiver, as requested.
     pub to_user: String,
+    /// The amount as text with two decimals (`"100.50"`).
     pub amount: String,
+    /// The currency code, as requested.
     pub currency: String,
+    /// The request's idempotency key.
     pub idempotency_key: String,
+    /// Why it failed; `null` when COMPLETED.
     pub reason: Option<FailureReason>,
+    /// True when an earlier message with the same idempotency key was answered and this one
+    /// changed nothing (see [`crate::TransferOutcome::duplicate`]).
     pub duplicate: bool,
 }
 
+/// The status of an answered transfer, `"COMPLETED"` or `"FAILED"` on the wire.
+///
+/// Not `#[non_exhaustive]`: the wire format has exactly these two statuses, and a third would
+/// be a change of the wire format, which the compatibility policy (README, "Compatibility")
+/// keeps stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Status {
+    /// The money moved.
     Completed,
+    /// Nothing moved; [`TransferCompleted::reason`] (or [`crate::TransferOutcome::reason`])
+    /// says why.
     Failed,
 }
 
 impl Status {
+    /// The wire text: `"COMPLETED"` or `"FAILED"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Completed => "COMPLETED",
@@ -60,6 +90,7 @@ impl Status {
         }
     }
 
+    /// Parses the wire text written by [`Status::as_str`]; `None` for anything else.
     pub fn parse(text: &str) -> Option<Status> {
         match text {
             "COMPLETED" => Some(Status::Completed),
@@ -69,35 +100,97 @@ impl Status {
     }
 }
 
-/// Why a transfer failed. The first five are business outcomes recorded in Redis; the others
-/// are answered but never recorded (validation is deterministic; a lock timeout is transient).
+/// Why a transfer failed: the `reason` of a FAILED answer, snake_case on the wire.
+///
+/// The first six are business outcomes, recorded in Redis with the request's idempotency key,
+/// so a replay gets the same answer. `InvalidRequest` and `IdempotencyConflict` are answered
+/// but never recorded (validation is deterministic; a conflict leaves the first record alone).
+/// Infrastructure trouble (Redis down, a lock held too long) is never a `FailureReason`: it is
+/// a transient [`crate::TransferError`], retried and never answered.
+///
+/// The enum is `#[non_exhaustive]`: new reasons may come in a minor release, so a `match` on
+/// it needs a wildcard arm. Without one it does not compile:
+///
+/// ```compile_fail,E0004
+/// use wallet_transfer::FailureReason;
+///
+/// fn advice(reason: FailureReason) -> &'static str {
+///     match reason {
+///         FailureReason::InsufficientFunds => "top up the sender",
+///         FailureReason::SameUser => "pick another receiver",
+///         FailureReason::WalletNotFound => "create the wallet first",
+///         FailureReason::WalletInactive => "reactivate the wallet",
+///         FailureReason::CurrencyMismatch => "send in the wallets' currency",
+///         FailureReason::BalanceLimit => "the receiver is full",
+///         FailureReason::InvalidRequest => "fix the request",
+///         FailureReason::IdempotencyConflict => "use a fresh idempotency key",
+///         FailureReason::LegacyLockTimeout => "ask again with a fresh idempotency key",
+///     }
+/// }
+/// ```
+///
+/// With the wildcard arm it does:
+///
+/// ```
+/// use wallet_transfer::FailureReason;
+///
+/// fn advice(reason: FailureReason) -> &'static str {
+///     match reason {
+///         FailureReason::InsufficientFunds => "top up the sender",
+///         FailureReason::InvalidRequest => "fix the request",
+///         _ => "see the reason's documentation",
+///     }
+/// }
+/// assert_eq!(advice(FailureReason::SameUser), "see the reason's documentation");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FailureReason {
+    /// The sender's balance is below the amount. Recorded.
     InsufficientFunds,
+    /// Sender and receiver are the same wallet. Recorded.
     SameUser,
+    /// The sender's or the receiver's wallet does not exist. Recorded.
     WalletNotFound,
+    /// The sender's or the receiver's wallet is frozen or closed. Recorded.
     WalletInactive,
+    /// A wallet holds another currency than the request's. Recorded.
     CurrencyMismatch,
+    /// The request names a `transfer_id` but breaks a field rule (see
+    /// [`crate::engine::message::decode`]). Answered, not recorded.
     InvalidRequest,
-    LockTimeout,
+    /// `"lock_timeout"`: only in records and results written by the original Python system,
+    /// which answered a lock timeout with a FAILED result. This engine never gives it: a lock
+    /// timeout is the transient [`crate::TransferError::LockTimeout`], retried and never
+    /// answered. It is kept so that such an old record or result still reads (a replay of a
+    /// request recorded this way gets that recorded answer back), and it is not in
+    /// [`FailureReason::ALL`].
+    #[serde(rename = "lock_timeout")]
+    LegacyLockTimeout,
+    /// The idempotency key was used before for a different request. Answered, not recorded;
+    /// the library reports it as [`crate::TransferError::IdempotencyConflict`].
     IdempotencyConflict,
+    /// The credit would take the receiver past [`crate::engine::money::BALANCE_LIMIT`].
+    /// Recorded.
     BalanceLimit,
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 9] = [
+    /// Every reason this engine answers with, in declaration order.
+    /// [`FailureReason::LegacyLockTimeout`] is left out: it is only read, never given.
+    pub const ALL: [FailureReason; 8] = [
         FailureReason::InsufficientFunds,
         FailureReason::SameUser,
         FailureReason::WalletNotFound,
         FailureReason::WalletInactive,
         FailureReason::CurrencyMismatch,
         FailureReason::InvalidRequest,
-        FailureReason::LockTimeout,
         FailureReason::IdempotencyConflict,
         FailureReason::BalanceLimit,
     ];
 
+    /// The wire text, such as `"insufficient_funds"`.
     pub fn as_str(self) -> &'static str {
         match self {
             FailureReason::InsufficientFunds => "insufficient_funds",
@@ -106,14 +199,19 @@ impl FailureReason {
             FailureReason::WalletInactive => "wallet_inactive",
             FailureReason::CurrencyMismatch => "currency_mismatch",
             FailureReason::InvalidRequest => "invalid_request",
-            FailureReason::LockTimeout => "lock_timeout",
+            FailureReason::LegacyLockTimeout => "lock_timeout",
             FailureReason::IdempotencyConflict => "idempotency_conflict",
             FailureReason::BalanceLimit => "balance_limit",
         }
     }
 
+    /// Parses the wire text written by [`FailureReason::as_str`], the legacy `"lock_timeout"`
+    /// included; `None` for anything else.
     pub fn parse(text: &str) -> Option<FailureReason> {
-        FailureReason::ALL.into_iter().find(|r| r.as_str() == text)
+        FailureReason::ALL
+            .into_iter()
+            .chain([FailureReason::LegacyLockTimeout])
+            .find(|r| r.as_str() == text)
     }
 }
 
@@ -127,7 +225,9 @@ impl std::fmt::Display for FailureReason {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {rule}")]
 pub struct FieldError {
+    /// The field, by its wire name (`amount`, `from_user`, ...).
     pub field: &'static str,
+    /// The rule it broke and what was given.
     pub rule: String,
 }
 
@@ -142,17 +242,24 @@ impl FieldError {
 
 /// Input that cannot be answered with a result: it goes to the dead-letter topic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PoisonError {
+    /// Over [`PAYLOAD_BYTES_LIMIT`]; the length in bytes.
     #[error("payload is {0} bytes, over the limit of {PAYLOAD_BYTES_LIMIT}")]
     TooLarge(usize),
+    /// Empty or only whitespace.
     #[error("payload is empty")]
     Empty,
+    /// Not JSON; the parser's message.
     #[error("payload is not JSON: {0}")]
     NotJson(String),
+    /// JSON, but not an object.
     #[error("payload is JSON but not an object")]
     NotObject,
+    /// No `transfer_id`, so there is nothing to address a result to.
     #[error("transfer_id is missing")]
     NoTransferId,
+    /// A field of the wrong JSON type (a producer that does not speak this format).
     #[error("{0}")]
     WrongType(FieldError),
 }
@@ -160,10 +267,13 @@ pub enum PoisonError {
 /// What a payload turned out to be.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
+    /// A valid request: run it.
     Request(TransferRequest),
     /// It names a transfer but breaks a field rule: answer FAILED, reason `invalid_request`.
     Invalid {
+        /// The FAILED `invalid_request` answer, echoing what was sent (cut to sane lengths).
         echo: TransferCompleted,
+        /// The first rule broken.
         error: FieldError,
     },
 }
@@ -220,11 +330,17 @@ pub fn decode(payload: &[u8]) -> Result<Decoded, PoisonError> {
 /// A request whose fields have the right JSON types but are not yet checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawRequest {
+    /// `transfer_id`, present (without it the payload is poison).
     pub transfer_id: String,
+    /// `from_user`, if sent.
     pub from_user: Option<String>,
+    /// `to_user`, if sent.
     pub to_user: Option<String>,
+    /// `amount` as text (a JSON number is taken by its text), if sent.
     pub amount: Option<String>,
+    /// `currency`, if sent.
     pub currency: Option<String>,
+    /// `idempotency_key`, if sent.
     pub idempotency_key: Option<String>,
 }
 
@@ -535,6 +651,32 @@ mod tests {
         assert_eq!(v["reason"], "invalid_request");
         assert_eq!(v["duplicate"], false);
         assert_eq!(v["idempotency_key"], "tx_1");
+    }
+
+    #[test]
+    fn every_reason_round_trips_and_the_legacy_lock_timeout_still_reads() {
+        for reason in FailureReason::ALL {
+            assert_eq!(FailureReason::parse(reason.as_str()), Some(reason));
+            let json = serde_json::to_string(&reason).unwrap();
+            assert_eq!(json, format!("\"{}\"", reason.as_str()));
+        }
+        assert!(!FailureReason::ALL.contains(&FailureReason::LegacyLockTimeout));
+        assert_eq!(
+            FailureReason::parse("lock_timeout"),
+            Some(FailureReason::LegacyLockTimeout)
+        );
+        // A FAILED result of the original Python system still reads.
+        let old: TransferCompleted = serde_json::from_str(
+            r#"{"transfer_id":"tx_1","status":"FAILED","processed_at":1764170000.123,"from_user":"user_1","to_user":"user_2","amount":"100.50","currency":"USD","idempotency_key":"tx_1","reason":"lock_timeout","duplicate":false}"#,
+        )
+        .unwrap();
+        assert_eq!(old.reason, Some(FailureReason::LegacyLockTimeout));
+        assert!(
+            serde_json::to_string(&old)
+                .unwrap()
+                .contains(r#""reason":"lock_timeout""#)
+        );
+        assert_eq!(FailureReason::parse("lock_stuck"), None);
     }
 
     #[test]

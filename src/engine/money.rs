@@ -33,24 +33,33 @@ pub struct Amount(i64);
 
 /// Why a text is not an amount. The message names the rule that was broken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AmountError {
+    /// The text is empty.
     #[error("must not be empty")]
     Empty,
+    /// The text is longer than any amount; its length in bytes.
     #[error("too long ({0} bytes, at most {AMOUNT_TEXT_LEN_LIMIT})")]
     TooLong(usize),
+    /// Not the strict form (a sign `+`, an exponent, spaces, a leading `.`, ...).
     #[error("must be digits with an optional '.' and one or two decimals, got {0:?}")]
     Malformed(String),
+    /// Three or more decimals: amounts are whole cents.
     #[error("at most 2 decimals, got {0}")]
     TooManyDecimals(String),
+    /// A transfer amount of zero or less.
     #[error("must be greater than 0, got {0}")]
     NotPositive(String),
+    /// A transfer amount over [`AMOUNT_LIMIT`], or digits beyond the `i64` range.
     #[error("must be at most {AMOUNT_LIMIT}, got {0}")]
     TooLarge(String),
+    /// [`Amount::checked_add`] or [`Amount::checked_sub`] left the `i64` range.
     #[error("arithmetic overflow")]
     Overflow,
 }
 
 impl Amount {
+    /// Zero.
     pub const ZERO: Amount = Amount(0);
 
     /// An amount of `minor` minor units (cents).
@@ -63,10 +72,12 @@ impl Amount {
         self.0
     }
 
+    /// True below zero (a balance never is, unless the ledger is corrupt).
     pub fn is_negative(self) -> bool {
         self.0 < 0
     }
 
+    /// The sum, or [`AmountError::Overflow`]; never wraps.
     pub fn checked_add(self, other: Amount) -> Result<Amount, AmountError> {
         self.0
             .checked_add(other.0)
@@ -74,6 +85,7 @@ impl Amount {
             .ok_or(AmountError::Overflow)
     }
 
+    /// The difference, or [`AmountError::Overflow`]; never wraps.
     pub fn checked_sub(self, other: Amount) -> Result<Amount, AmountError> {
         self.0
             .checked_sub(other.0)
@@ -158,17 +170,24 @@ impl FromStr for Amount {
     }
 }
 
-/// The currencies a wallet may hold.
+/// The currencies a wallet may hold, by their ISO 4217 codes. `#[non_exhaustive]`: more may
+/// come in a minor release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub enum Currency {
+    /// US dollar, the default of a request that names none.
     USD,
+    /// Euro.
     EUR,
+    /// Pound sterling.
     GBP,
 }
 
 impl Currency {
+    /// Every currency, in declaration order.
     pub const ALL: [Currency; 3] = [Currency::USD, Currency::EUR, Currency::GBP];
 
+    /// The ISO 4217 code, as on the wire and in Redis (`"USD"`).
     pub fn as_str(self) -> &'static str {
         match self {
             Currency::USD => "USD",
@@ -178,6 +197,7 @@ impl Currency {
     }
 }
 
+/// A text that names no [`Currency`]; holds the text (cut to 16 characters).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("must be one of USD, EUR, GBP, got {0:?}")]
 pub struct CurrencyError(pub String);

@@ -88,9 +88,11 @@ pub enum Phase {
 pub struct Need {
     /// The command as an ACL rule names it after `+`: `hgetall`, `script|load`.
     pub acl: &'static str,
-    /// The probe: the command and its arguments, [`KEY`] standing for the probe key.
+    /// The probe: the command and its arguments, `KEY` standing for the probe key.
     pub args: &'static [&'static str],
+    /// The kind of key it touches, if any (for the `~pattern` it needs).
     pub key: Option<KeyKind>,
+    /// Whether the probe runs directly or queued behind MULTI.
     pub phase: Phase,
     /// Where the engine sends it.
     pub used_by: &'static str,
@@ -299,6 +301,7 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// The reply as text: an error with its code, or the value.
     pub fn from_value(value: &redis::Value) -> Reply {
         match value {
             redis::Value::ServerError(e) => {
@@ -314,6 +317,7 @@ impl Reply {
 /// What one reply says about one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// The user may send it.
     Granted,
     /// `NOPERM` for the command itself.
     CommandRefused,
@@ -348,9 +352,17 @@ pub fn judge(phase: Phase, reply: &Reply) -> Verdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Missing {
     /// The command is not granted (`+acl`).
-    Command { need: Need },
+    Command {
+        /// The command.
+        need: Need,
+    },
     /// The command is granted but not on this kind of key (`~pattern`).
-    KeyPattern { need: Need, kind: KeyKind },
+    KeyPattern {
+        /// The command.
+        need: Need,
+        /// The kind of key it may not touch.
+        kind: KeyKind,
+    },
 }
 
 impl std::fmt::Display for Missing {
@@ -415,10 +427,15 @@ pub fn missing(needs: &[Need], replies: &[Reply]) -> Result<Vec<Missing>, Permis
     Ok(found)
 }
 
+/// Why the permission check failed: permissions are missing (it names each), or the check
+/// itself could not run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PermissionError {
+    /// The user lacks these permissions.
     #[error("{}", describe_missing(missing, *unchecked))]
     Missing {
+        /// Every permission missing, with the ACL rule that grants it.
         missing: Vec<Missing>,
         /// Probes not sent because MULTI was refused.
         unchecked: usize,
@@ -426,9 +443,17 @@ pub enum PermissionError {
     #[error(
         "Redis permission check: {command} answered {reply:?} where QUEUED or NOPERM was expected"
     )]
-    Unexpected { command: String, reply: String },
+    /// A probe got an answer the check does not understand.
+    Unexpected {
+        /// The probe.
+        command: String,
+        /// What Redis answered.
+        reply: String,
+    },
+    /// Redis failed.
     #[error("Redis permission check: redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// No pooled connection in time.
     #[error("Redis permission check: redis pool: {0}")]
     Pool(#[from] r2d2::Error),
 }

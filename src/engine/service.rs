@@ -8,12 +8,30 @@
 use std::sync::Arc;
 
 use crate::engine::lock::{LocalLocks, LockConfig, StuckLocks};
-use crate::engine::setting::SettingError;
+use crate::engine::setting::{SettingError, setters};
 use crate::engine::store::{self, Pool, RedisTls, StoreError};
 
-/// Engine settings.
+/// Engine settings. `Default` gives the documented defaults (those of the `wallet` binary's
+/// flags); change them with the `with_*` setters, which keep compiling when settings are
+/// added (the struct is `#[non_exhaustive]`):
+///
+/// ```
+/// use wallet_transfer::EngineConfig;
+/// use wallet_transfer::engine::lock::LockConfig;
+///
+/// let config = EngineConfig::default()
+///     .with_lock(LockConfig::default().with_ttl_ms(5_000).with_retries_max(20))
+///     .with_outcome_ttl_ms(Some(7 * 24 * 3600 * 1000));
+/// assert_eq!(config.validate(), Ok(()));
+/// assert_eq!(config.lock.ttl_ms, 5_000);
+/// ```
+///
+/// [`WalletService::connect`] validates the settings; [`EngineConfig::validate`] checks them
+/// alone, and its [`SettingError`] names the setting by its path (`lock.ttl_ms`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EngineConfig {
+    /// The wallet locks: lifetime and retries (see [`LockConfig`]).
     pub lock: LockConfig,
     /// Times a transfer goes back to WATCH after EXEC found a watched key changed.
     pub watch_retries_max: u32,
@@ -35,6 +53,13 @@ impl Default for EngineConfig {
         }
     }
 }
+
+setters!(EngineConfig {
+    with_lock => lock: LockConfig,
+    with_watch_retries_max => watch_retries_max: u32,
+    with_outcome_ttl_ms => outcome_ttl_ms: Option<u64>,
+    with_redis_tls => redis_tls: RedisTls,
+});
 
 /// Upper bound for `watch_retries_max`.
 pub const WATCH_RETRIES_LIMIT: u32 = 1_000;
@@ -77,6 +102,12 @@ impl WalletService {
     /// Connects to `redis_url` with a pool of `pool_size` connections (over TLS with the files
     /// of `config.redis_tls` for a `rediss://` URL) and checks that Redis answers a PING.
     ///
+    /// The URL may carry AUTH (`rediss://user:password@host:6380/0`); errors name it without
+    /// the password. The PING runs on one connection opened now, so a wrong URL, refused
+    /// credentials or a Redis that is down fail here, at once. Size the pool to the threads
+    /// that call the service at the same time: a transfer holds one connection for its whole
+    /// run.
+    ///
     /// It does not check the user's other permissions: the operator tools connect with users
     /// of their own. The worker calls [`WalletService::check_permissions`] next.
     pub fn connect(
@@ -89,7 +120,8 @@ impl WalletService {
         WalletService::with_pool(pool, config)
     }
 
-    /// Uses an existing pool.
+    /// Uses an existing pool (from [`crate::engine::store::connect_pool`], or one shared with
+    /// another service).
     pub fn with_pool(pool: Pool, config: EngineConfig) -> Result<WalletService, ServiceError> {
         config.validate()?;
         Ok(WalletService {
@@ -101,10 +133,12 @@ impl WalletService {
         })
     }
 
+    /// The settings this service runs with.
     pub fn config(&self) -> &EngineConfig {
         &self.config
     }
 
+    /// The Redis pool, for reads of your own alongside the engine's (the tools use it).
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
@@ -127,10 +161,15 @@ impl WalletService {
     }
 }
 
+/// Why a [`WalletService`] could not be made. Neither is transient in the sense of
+/// [`crate::TransferError::is_transient`]: fix the setting, or start Redis and connect again.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServiceError {
+    /// A setting broke its rule; the error names it.
     #[error("invalid engine setting: {0}")]
     Config(#[from] SettingError),
+    /// The pool could not be built: a bad URL, Redis unreachable, or a pool of size 0.
     #[error(transparent)]
     Store(#[from] StoreError),
 }

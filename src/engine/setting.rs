@@ -12,11 +12,14 @@ use std::fmt;
 /// (`lock.ttl_ms`, `threads`); `rule` says what is allowed and what was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettingError {
+    /// The setting's path in the config types, such as `lock.ttl_ms`.
     pub setting: &'static str,
+    /// What is allowed and what was given.
     pub rule: String,
 }
 
 impl SettingError {
+    /// An error for `setting` with the `rule` it broke.
     pub fn new(setting: &'static str, rule: impl Into<String>) -> SettingError {
         SettingError {
             setting,
@@ -40,6 +43,28 @@ impl SettingError {
         Ok(())
     }
 }
+
+/// Builder-style setters for a config struct: `with_<field>(value) -> Self` for each field
+/// named, so that embedders write `EngineConfig::default().with_watch_retries_max(4)` and keep
+/// compiling when fields are added (the config structs are `#[non_exhaustive]`, so they cannot
+/// be built with a struct literal outside this crate). Each setter's doc points at its field.
+///
+/// `setters!(Type { with_a => a: A, with_b => b: B })`.
+macro_rules! setters {
+    ($ty:ident { $($setter:ident => $field:ident: $value:ty),* $(,)? }) => {
+        impl $ty {
+            $(
+                #[doc = concat!("Sets [`", stringify!($ty), "::", stringify!($field), "`].")]
+                #[must_use]
+                pub fn $setter(mut self, value: $value) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+pub(crate) use setters;
 
 impl fmt::Display for SettingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

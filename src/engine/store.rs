@@ -45,6 +45,7 @@ pub struct RedisManager {
 }
 
 impl RedisManager {
+    /// A manager for `url` (`redis://` or `rediss://`, with AUTH); opens nothing yet.
     pub fn new(url: &str) -> Result<RedisManager, redis::RedisError> {
         Ok(RedisManager {
             client: redis::Client::open(url)?,
@@ -58,8 +59,10 @@ impl RedisManager {
 }
 
 /// Files for TLS to Redis (`rediss://` URLs), all PEM. With none set, a `rediss://` URL trusts
-/// the system's root certificates and sends no client certificate.
+/// the system's root certificates and sends no client certificate. `#[non_exhaustive]`:
+/// `RedisTls::default().with_ca_file(Some(path))`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RedisTls {
     /// CA certificates to trust instead of the system's roots: for a server whose certificate
     /// a private CA signed.
@@ -70,6 +73,12 @@ pub struct RedisTls {
     /// The private key of `client_cert_file`.
     pub client_key_file: Option<PathBuf>,
 }
+
+crate::engine::setting::setters!(RedisTls {
+    with_ca_file => ca_file: Option<PathBuf>,
+    with_client_cert_file => client_cert_file: Option<PathBuf>,
+    with_client_key_file => client_key_file: Option<PathBuf>,
+});
 
 impl RedisTls {
     /// True when any file is set (the URL must then be `rediss://`).
@@ -192,7 +201,10 @@ impl r2d2::ManageConnection for RedisManager {
     }
 }
 
+/// The engine's Redis pool; cheap to clone (it is shared).
 pub type Pool = r2d2::Pool<RedisManager>;
+/// A connection borrowed from the [`Pool`]; it goes back when dropped (or is discarded when
+/// tainted).
 pub type PooledConn = r2d2::PooledConnection<RedisManager>;
 
 /// Builds a pool of at most `size_max` connections to `url` and checks that Redis answers.
@@ -264,34 +276,76 @@ fn connect_error(url: &str, e: redis::RedisError) -> StoreError {
     StoreError::Unreachable { url, detail }
 }
 
+/// Why the pool could not be built.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
+    /// A pool of zero connections was asked for.
     #[error("the Redis pool needs at least one connection")]
     PoolSize,
+    /// The URL does not parse.
     #[error("invalid Redis URL {url}: {detail}")]
-    BadUrl { url: String, detail: String },
+    BadUrl {
+        /// The URL, password redacted.
+        url: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A TLS file (CA, client certificate or key) cannot be read or is not PEM.
     #[error("cannot use the TLS file {path}: {detail}")]
-    TlsFile { path: String, detail: String },
+    TlsFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The TLS files do not make a TLS setup together (a key that does not match its
+    /// certificate, ...).
     #[error("cannot use the Redis TLS files (CA, client certificate and key): {detail}")]
-    TlsFiles { detail: String },
+    TlsFiles {
+        /// What is wrong.
+        detail: String,
+    },
+    /// The first connection or its PING failed: Redis is down or unreachable.
     #[error(
         "cannot reach Redis at {url}: {detail} (is redis-server running? check --redis-url / REDIS_URL)"
     )]
-    Unreachable { url: String, detail: String },
+    Unreachable {
+        /// The URL, password redacted.
+        url: String,
+        /// The connection error.
+        detail: String,
+    },
+    /// The TLS handshake failed in a way with a known fix (a private CA, a client certificate).
     #[error("cannot reach Redis at {url}: {detail} ({hint})")]
     Tls {
+        /// The URL, password redacted.
         url: String,
+        /// The handshake error.
         detail: String,
+        /// What to do about it.
         hint: &'static str,
     },
+    /// Redis refused the user and password.
     #[error(
         "Redis at {url} refused the credentials: {detail} (check the user and password in --redis-url / REDIS_URL)"
     )]
-    Refused { url: String, detail: String },
+    Refused {
+        /// The URL, password redacted.
+        url: String,
+        /// Redis's answer.
+        detail: String,
+    },
+    /// The user may not run PING (an ACL without `+ping`).
     #[error(
         "Redis at {url} does not let this user run PING: {detail} (grant +ping; README, \"Redis permissions\")"
     )]
-    Denied { url: String, detail: String },
+    Denied {
+        /// The URL, password redacted.
+        url: String,
+        /// Redis's answer.
+        detail: String,
+    },
 }
 
 /// `redis://user:secret@host:6379/0` -> `redis://user:***@host:6379/0`. Secrets never reach logs.
@@ -354,21 +408,28 @@ pub fn scan_each<E: From<redis::RedisError>>(
 /// Key names of the Redis data model (ARCHITECTURE.md, "Redis data model"), kept compatible with the original
 /// Python system.
 pub mod keys {
+    /// The set of every user id.
     pub const USERS_ALL: &str = "users:all";
+    /// The set of every wallet id; the audit walks it.
     pub const WALLETS_ALL: &str = "wallets:all";
 
+    /// `user:{id}`: the user's hash (name, email, created_at, status).
     pub fn user(id: &str) -> String {
         format!("user:{id}")
     }
+    /// `wallet:{id}`: the wallet's hash (balance, opening_balance, currency, status, version).
     pub fn wallet(id: &str) -> String {
         format!("wallet:{id}")
     }
+    /// `wallet:{id}:history`: the stream of the wallet's debits, credits and deposits.
     pub fn history(id: &str) -> String {
         format!("wallet:{id}:history")
     }
+    /// `lock:{id}`: the wallet's lock, holding its owner's token, with a ttl.
     pub fn lock(id: &str) -> String {
         format!("lock:{id}")
     }
+    /// `transfer:{idempotency_key}`: the outcome record of a request.
     pub fn outcome(idempotency_key: &str) -> String {
         format!("transfer:{idempotency_key}")
     }

@@ -24,7 +24,7 @@
 //! client's pipelined commands one after another, so the lock cannot change hands between our
 //! SET and our WATCH); after an aborted EXEC by reading them again (MGET) with the new WATCH.
 //!
-//! //! Owns the outcome record (`transfer:{key}`) and [`TransferOutcome`]/[`TransferError`]. Does not
+//! Owns the outcome record (`transfer:{key}`) and [`TransferOutcome`]/[`TransferError`]. Does not
 //! know about Kafka; the worker turns outcomes into result messages.
 
 use std::collections::HashMap;
@@ -40,19 +40,33 @@ use crate::engine::wallet::{
 };
 
 /// What happened to a transfer request, as recorded under its idempotency key.
+///
+/// Not `#[non_exhaustive]`: it is data the engine returns and tests build, so adding a field
+/// is a breaking change, made only in a minor release (README, "Compatibility").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferOutcome {
+    /// The `transfer_id` of the request that produced the record (for a duplicate: the first
+    /// request's, not this one's).
     pub transfer_id: String,
+    /// The idempotency key the outcome is recorded under (`transfer:{key}`).
     pub idempotency_key: String,
+    /// COMPLETED, or FAILED with a [`TransferOutcome::reason`].
     pub status: Status,
+    /// Why it failed; `None` when COMPLETED.
     pub reason: Option<FailureReason>,
+    /// The sender.
     pub from_user: String,
+    /// The receiver.
     pub to_user: String,
+    /// The amount requested (moved when COMPLETED).
     pub amount: Amount,
+    /// The currency code requested.
     pub currency: String,
+    /// When the outcome was decided, in milliseconds since the Unix epoch.
     pub processed_at_ms: u64,
-    /// Balances right after a COMPLETED transfer.
+    /// The sender's balance right after a COMPLETED transfer.
     pub from_balance_after: Option<Amount>,
+    /// The receiver's balance right after a COMPLETED transfer.
     pub to_balance_after: Option<Amount>,
     /// True when a *different* message with the same idempotency key was answered before and
     /// nothing was done now. A redelivery of the message that produced the outcome (same
@@ -68,7 +82,9 @@ pub struct TransferOutcome {
 
 /// Cost of one `transfer` call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TransferStats {
+    /// What taking the Redis locks cost.
     pub lock: LockStats,
     /// Time queued behind other threads of this process for the same wallets, microseconds.
     pub local_wait_us: u64,
@@ -87,8 +103,11 @@ pub struct TransferStats {
 /// idempotency key: the first is answered as the original, the second as a duplicate.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Origin {
+    /// The topic the request was consumed from.
     pub topic: String,
+    /// Its partition.
     pub partition: i32,
+    /// Its offset in the partition.
     pub offset: i64,
 }
 
@@ -130,7 +149,31 @@ impl TransferOutcome {
     }
 }
 
+/// Why [`WalletService::transfer`] gave no outcome. Business failures are not errors: they are
+/// FAILED outcomes. An error is either transient, or needs an operator; ask
+/// [`TransferError::is_transient`], which is the one retry rule:
+///
+/// ```no_run
+/// # use wallet_transfer::{TransferRequest, WalletService, TransferOutcome, TransferError};
+/// # fn run(service: &WalletService, request: &TransferRequest) -> Result<TransferOutcome, TransferError> {
+/// let mut attempt = 0;
+/// loop {
+///     match service.transfer(request) {
+///         Err(e) if e.is_transient() && attempt < 10 => {
+///             // Same request, same idempotency key: it cannot happen twice.
+///             attempt += 1;
+///             std::thread::sleep(std::time::Duration::from_millis(100 << attempt.min(5)));
+///         }
+///         other => return other,
+///     }
+/// }
+/// # }
+/// ```
+///
+/// `#[non_exhaustive]`: new kinds of error may come in a minor release; they will answer
+/// `is_transient` correctly, so a caller that decides by it needs no change.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransferError {
     /// The locks stayed taken through every retry. Transient: try again later.
     #[error(transparent)]
@@ -152,17 +195,28 @@ pub enum TransferError {
         "idempotency key {key:?} was already used for a different request (recorded fingerprint {recorded}, this one {this})"
     )]
     IdempotencyConflict {
+        /// The idempotency key.
         key: String,
+        /// Fingerprint of the request recorded under it.
         recorded: String,
+        /// Fingerprint of this request.
         this: String,
         /// The outcome recorded for the first request, untouched.
         original: Box<TransferOutcome>,
     },
     /// Stored data that cannot be read. Needs an operator; retrying will not help.
     #[error("corrupt record {key}: {detail}")]
-    Corrupt { key: String, detail: String },
+    Corrupt {
+        /// The Redis key that does not read.
+        key: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// Redis failed (down, paused past the I/O timeout, out of memory, ...). Transient; nothing
+    /// was written, or the whole transaction was (a retry is then answered from the record).
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// No pooled connection became free in time, or none could be opened. Transient.
     #[error("redis pool: {0}")]
     Pool(#[from] r2d2::Error),
 }
@@ -814,6 +868,30 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v))
             .collect();
         assert_eq!(parse_outcome("transfer:t1", &fields).unwrap(), failed);
+    }
+
+    #[test]
+    fn a_lock_timeout_recorded_by_the_original_system_still_reads() {
+        let fields: HashMap<String, String> = [
+            ("transfer_id", "tx_old"),
+            ("status", "FAILED"),
+            ("reason", "lock_timeout"),
+            ("from_user", "a"),
+            ("to_user", "b"),
+            ("amount", "10.00"),
+            ("currency", "USD"),
+            ("processed_at", "1764170000.123"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let old = parse_outcome("transfer:tx_old", &fields).unwrap();
+        assert_eq!(old.status, Status::Failed);
+        assert_eq!(old.reason, Some(FailureReason::LegacyLockTimeout));
+        assert_eq!(
+            old.to_message().reason,
+            Some(FailureReason::LegacyLockTimeout)
+        );
     }
 
     #[test]

@@ -10,28 +10,42 @@ use crate::engine::money::{Amount, Currency};
 use crate::engine::service::WalletService;
 use crate::engine::store::{Conn, keys};
 
-/// A wallet as stored in `wallet:{id}`.
+/// A wallet as stored in `wallet:{id}`. Data the engine returns; not `#[non_exhaustive]`, so
+/// a new field comes only in a minor release (README, "Compatibility").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wallet {
+    /// The wallet id (the same as the user id).
     pub wallet_id: String,
+    /// The owner.
     pub user_id: String,
+    /// The balance now.
     pub balance: Amount,
+    /// The balance it was created with.
     pub opening_balance: Amount,
+    /// The only currency it takes.
     pub currency: Currency,
+    /// Only an active wallet sends, receives or takes deposits.
     pub status: WalletStatus,
+    /// Creation time, Unix seconds as text (the original system's format).
     pub created_at: String,
     /// +1 on every balance change.
     pub version: u64,
 }
 
+/// A wallet's `status` field. Not `#[non_exhaustive]`: these are the values the stored data
+/// model (shared with the original system) has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WalletStatus {
+    /// Sends, receives and takes deposits.
     Active,
+    /// Set by an operator: transfers on it fail `wallet_inactive`.
     Frozen,
+    /// Set by an operator: transfers on it fail `wallet_inactive`.
     Closed,
 }
 
 impl WalletStatus {
+    /// The stored text: `active`, `frozen` or `closed`.
     pub fn as_str(self) -> &'static str {
         match self {
             WalletStatus::Active => "active",
@@ -40,6 +54,7 @@ impl WalletStatus {
         }
     }
 
+    /// Parses the stored text; `None` for anything else.
     pub fn parse(text: &str) -> Option<WalletStatus> {
         match text {
             "active" => Some(WalletStatus::Active),
@@ -50,38 +65,96 @@ impl WalletStatus {
     }
 }
 
-/// A user and wallet to create.
+/// A user and wallet to create, for [`WalletService::create_wallet`]:
+///
+/// ```
+/// use wallet_transfer::{Amount, Currency, NewWallet};
+///
+/// let alice = NewWallet::new("alice", Amount::parse("100.00")?, Currency::USD)
+///     .with_full_name("Alice Liddell")
+///     .with_email("alice@example.com");
+/// assert_eq!(alice.user_id, "alice");
+/// # Ok::<(), wallet_transfer::engine::money::AmountError>(())
+/// ```
+///
+/// `#[non_exhaustive]`: build it with [`NewWallet::new`] and the `with_*` setters.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NewWallet {
+    /// The user id, which is also the wallet id: `^[A-Za-z0-9_-]{1,64}$`.
     pub user_id: String,
+    /// The user's name, stored in `user:{id}`; free text.
     pub full_name: String,
+    /// The user's email, stored in `user:{id}`; free text, not checked.
     pub email: String,
+    /// The balance the wallet starts with; not negative. The ledger audit counts it in.
     pub opening_balance: Amount,
+    /// The wallet's currency; transfers must be in it.
     pub currency: Currency,
+}
+
+impl NewWallet {
+    /// A wallet for `user_id` with its opening balance and currency; the user's name is the id
+    /// and the email is empty until set.
+    pub fn new(user_id: &str, opening_balance: Amount, currency: Currency) -> NewWallet {
+        NewWallet {
+            user_id: user_id.to_string(),
+            full_name: user_id.to_string(),
+            email: String::new(),
+            opening_balance,
+            currency,
+        }
+    }
+
+    /// Sets [`NewWallet::full_name`].
+    #[must_use]
+    pub fn with_full_name(mut self, full_name: &str) -> NewWallet {
+        self.full_name = full_name.to_string();
+        self
+    }
+
+    /// Sets [`NewWallet::email`].
+    #[must_use]
+    pub fn with_email(mut self, email: &str) -> NewWallet {
+        self.email = email.to_string();
+        self
+    }
 }
 
 /// One entry of `wallet:{id}:history`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
+    /// The stream entry id (`<ms>-<seq>`).
     pub stream_id: String,
+    /// The transfer (or the deposit, `dep_<uuid>`) that made it.
     pub transfer_id: String,
     /// The idempotency key of the transfer (or the id of the deposit) that made this entry;
     /// `None` on entries written before the key was recorded.
     pub idempotency_key: Option<String>,
+    /// Debit, credit or deposit.
     pub kind: HistoryKind,
+    /// The amount, always positive; [`HistoryKind::signed`] gives the change.
     pub amount: Amount,
+    /// The wallet's balance right after this entry.
     pub balance_after: Amount,
+    /// When, in milliseconds since the Unix epoch.
     pub at_ms: u64,
 }
 
+/// What a history entry did to the balance. Not `#[non_exhaustive]`: the values of the stored
+/// data model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HistoryKind {
+    /// Money sent by a transfer.
     Debit,
+    /// Money received by a transfer.
     Credit,
+    /// Money put in by [`WalletService::deposit`].
     Deposit,
 }
 
 impl HistoryKind {
+    /// The stored text: `debit`, `credit` or `deposit`.
     pub fn as_str(self) -> &'static str {
         match self {
             HistoryKind::Debit => "debit",
@@ -99,25 +172,45 @@ impl HistoryKind {
     }
 }
 
+/// Why a wallet operation (create, read, deposit, history) failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WalletError {
+    /// No wallet with this id.
     #[error("wallet {0:?} does not exist")]
     NotFound(String),
+    /// The wallet is frozen or closed.
     #[error("wallet {id:?} is {status}, not active")]
-    Inactive { id: String, status: &'static str },
+    Inactive {
+        /// The wallet id.
+        id: String,
+        /// Its status (`frozen`, `closed`).
+        status: &'static str,
+    },
+    /// An argument broke its rule (an id, a negative opening balance, an amount).
     #[error(transparent)]
     Invalid(#[from] FieldError),
+    /// Stored data that cannot be read. Needs an operator.
     #[error("corrupt record {key}: {detail}")]
-    Corrupt { key: String, detail: String },
+    Corrupt {
+        /// The Redis key that does not read.
+        key: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A deposit's transaction kept aborting on concurrent changes; nothing was written.
     #[error("gave up after {0} concurrent changes to the wallet; try again")]
     Contended(u32),
+    /// The deposit would take the balance past [`crate::engine::money::BALANCE_LIMIT`].
     #[error(
         "the deposit would take the balance past {}",
         crate::engine::money::BALANCE_LIMIT
     )]
     Overflow,
+    /// Redis failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// No pooled connection became free in time, or none could be opened.
     #[error("redis pool: {0}")]
     Pool(#[from] r2d2::Error),
 }
@@ -201,6 +294,11 @@ impl WalletService {
 
     /// Adds `amount` to an active wallet, with a `deposit` history entry, atomically
     /// (WATCH/MULTI/EXEC). Returns the new balance.
+    ///
+    /// Unlike a transfer, a deposit has no idempotency key: each call is a new deposit. After
+    /// [`WalletError::Contended`] nothing was written and it may be called again; after a
+    /// `Redis` error the transaction may or may not have run, so read the wallet's
+    /// [`WalletService::history`] before depositing again.
     pub fn deposit(&self, user_id: &str, amount: Amount) -> Result<Amount, WalletError> {
         check_user_id("user_id", user_id)?;
         if amount.minor() <= 0 || amount > crate::engine::money::AMOUNT_LIMIT {

@@ -58,7 +58,9 @@ pub type RawHistory = Vec<(String, Fields)>;
 /// why it could not be read (a key of the wrong type).
 #[derive(Debug, Clone)]
 pub struct WalletRead {
+    /// HGETALL of `wallet:{id}` (empty when there is none).
     pub hash: Result<Fields, String>,
+    /// XRANGE of `wallet:{id}:history`.
     pub history: Result<RawHistory, String>,
 }
 
@@ -68,6 +70,7 @@ pub struct WalletRead {
 pub struct Snapshot {
     /// The wallets come from `wallets:all` (so a missing one is a violation).
     pub listed: bool,
+    /// (wallet id, what was read of it).
     pub wallets: Vec<(String, WalletRead)>,
     /// (idempotency key, HGETALL of `transfer:{key}`; empty when there is none).
     pub outcomes: Vec<(String, Fields)>,
@@ -86,6 +89,7 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// True when there is nothing to read again.
     pub fn is_empty(&self) -> bool {
         self.histories.is_empty() && self.wallets.is_empty() && self.outcomes.is_empty()
     }
@@ -109,7 +113,9 @@ impl Plan {
 pub struct Reread {
     /// The history entries after the snapshot's last one (or why they could not be read).
     pub histories: Vec<(String, Result<RawHistory, String>)>,
+    /// The wallets the scan did not read, whole.
     pub wallets: Vec<(String, WalletRead)>,
+    /// (idempotency key, HGETALL of `transfer:{key}`).
     pub outcomes: Vec<(String, Fields)>,
 }
 
@@ -123,6 +129,7 @@ pub enum ViolationKind {
     WalletCorrupt,
     /// The history is not a stream, or an entry does not parse.
     HistoryUnreadable,
+    /// A balance below zero.
     NegativeBalance,
     /// balance != opening_balance + history.
     BalanceMismatch,
@@ -136,6 +143,7 @@ pub enum ViolationKind {
     RepeatedEntry,
     /// A debit or credit of a COMPLETED transfer in a wallet (or of a kind) it does not name.
     UnexpectedEntry,
+    /// A COMPLETED transfer's debit or credit is of another amount than the outcome's.
     AmountMismatch,
     /// Money moved into or out of a wallet of another currency.
     CurrencyMismatch,
@@ -150,6 +158,7 @@ pub enum ViolationKind {
 }
 
 impl ViolationKind {
+    /// The snake_case name, as printed and serialized.
     pub fn as_str(self) -> &'static str {
         match self {
             ViolationKind::WalletMissing => "wallet_missing",
@@ -176,12 +185,15 @@ impl ViolationKind {
 /// concerns. Shown as one line: `kind key=K transfer_id=T wallets=A,B: detail`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Violation {
+    /// What is broken.
     pub kind: ViolationKind,
     /// The transfer's idempotency key (a deposit's id), when the violation is about one.
     pub idempotency_key: Option<String>,
+    /// The transfer's id, when the violation is about one.
     pub transfer_id: Option<String>,
     /// The wallets involved: sender first for a transfer.
     pub wallets: Vec<String>,
+    /// What was found, in words.
     pub detail: String,
 }
 
@@ -228,11 +240,15 @@ impl fmt::Display for Violation {
 /// The totals of one currency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CurrencyTotals {
+    /// The currency code.
     pub currency: String,
+    /// The sum of the balances in it.
     #[serde(serialize_with = "as_text")]
     pub balance: Amount,
+    /// The sum of the opening balances.
     #[serde(serialize_with = "as_text")]
     pub opening: Amount,
+    /// The sum of the deposits.
     #[serde(serialize_with = "as_text")]
     pub deposits: Amount,
     /// Transfer entries written during the scan after a wallet's snapshot, for transfers the
@@ -244,17 +260,22 @@ pub struct CurrencyTotals {
 /// What `audit` found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct AuditReport {
+    /// Wallets checked.
     pub wallets_checked: u64,
     /// Outcome records (`transfer:*`) read.
     pub transfers_checked: u64,
+    /// Of those, COMPLETED ones.
     pub transfers_completed: u64,
+    /// History entries read over all wallets.
     pub history_entries: u64,
     /// Sums over every currency: meaningful only when all wallets hold one currency. The
     /// invariant is checked per currency, in `currencies`.
     #[serde(serialize_with = "as_text")]
     pub total_balance: Amount,
+    /// The sum of every opening balance, over every currency.
     #[serde(serialize_with = "as_text")]
     pub total_opening: Amount,
+    /// The sum of every deposit, over every currency.
     #[serde(serialize_with = "as_text")]
     pub total_deposits: Amount,
     /// The totals per currency, by currency code.
@@ -266,6 +287,7 @@ pub struct AuditReport {
     pub unsettled: u64,
     /// Every violation found; at most [`VIOLATIONS_LISTED_MAX`] are listed.
     pub violations_total: u64,
+    /// The violations listed, each naming its keys; empty when the ledger is sound.
     pub violations: Vec<Violation>,
 }
 
@@ -274,6 +296,7 @@ fn as_text<S: serde::Serializer>(a: &Amount, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl AuditReport {
+    /// True when the ledger is sound: no violation.
     pub fn is_ok(&self) -> bool {
         self.violations_total == 0
     }
@@ -353,6 +376,7 @@ struct Sums {
 /// What one check of everything read found.
 #[derive(Debug, Default)]
 pub struct Findings {
+    /// Every violation found, confirmed or not.
     pub violations: Vec<Violation>,
     /// What to read again to confirm or clear the findings not yet confirmed.
     pub plan: Plan,

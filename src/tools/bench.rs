@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use crate::engine::message::{FailureReason, FieldError, Status, TransferRequest};
 use crate::engine::money::{Amount, Currency};
 use crate::engine::service::WalletService;
-use crate::engine::setting::SettingError;
+use crate::engine::setting::{SettingError, setters};
 use crate::engine::store::keys;
 use crate::engine::transfer::TransferOutcome;
 use crate::engine::wallet::{NewWallet, WalletError};
@@ -34,9 +34,13 @@ use crate::tools::latency::{self, StageSplit, StageSummary, WallClock};
 use crate::tools::results::{ReadError, ReadMessage, Start, TopicReader};
 use crate::worker::kafka::{self, KafkaConfig};
 
+/// Most threads of a direct run.
 pub const BENCH_THREADS_LIMIT: usize = 256;
+/// Most transfers of one run.
 pub const BENCH_TRANSFERS_LIMIT: u64 = 10_000_000;
+/// Fewest wallets of a run (one pair).
 pub const BENCH_WALLETS_MIN: u32 = 2;
+/// Most wallets of a run.
 pub const BENCH_WALLETS_LIMIT: u32 = 1_000_000;
 /// Retries of one request after a transient error, at most.
 pub const BENCH_TRANSIENT_RETRIES_LIMIT: u32 = 100;
@@ -52,8 +56,10 @@ const WARNINGS_MAX: u32 = 5;
 /// are recorded as this.
 const LATENCY_US_MAX: u64 = 3_600_000_000;
 
-/// Settings of a direct run.
+/// Settings of a direct run. `Default` plus the `with_*` setters (the struct is
+/// `#[non_exhaustive]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DirectConfig {
     /// Threads calling `transfer`; the pool should hold as many connections.
     pub threads: usize,
@@ -85,6 +91,16 @@ impl Default for DirectConfig {
     }
 }
 
+setters!(DirectConfig {
+    with_threads => threads: usize,
+    with_transfers => transfers: u64,
+    with_wallets => wallets: u32,
+    with_hot => hot: bool,
+    with_transient_retries => transient_retries: u32,
+    with_progress => progress: bool,
+    with_cleanup => cleanup: bool,
+});
+
 impl DirectConfig {
     /// Checks the settings against their limits; the error names the setting and the rule.
     pub fn validate(&self) -> Result<(), SettingError> {
@@ -105,20 +121,30 @@ impl DirectConfig {
     }
 }
 
+/// Why a bench run could not finish (a money check that fails is not an error: see
+/// [`BenchReport::balance`]).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BenchError {
+    /// A setting broke its rule.
     #[error("invalid bench setting: {0}")]
     Config(#[from] SettingError),
+    /// Preparing the run failed (creating wallets, a worker that does not answer, ...).
     #[error("bench setup: {0}")]
     Setup(String),
+    /// A wallet operation failed.
     #[error(transparent)]
     Wallet(#[from] WalletError),
+    /// Redis failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// No pooled connection in time.
     #[error("redis pool: {0}")]
     Pool(#[from] r2d2::Error),
+    /// Publishing requests or reading results failed.
     #[error("kafka: {0}")]
     Kafka(String),
+    /// Not every result arrived in time.
     #[error("timed out: {0}")]
     Timeout(String),
 }
@@ -126,11 +152,17 @@ pub enum BenchError {
 /// Latency percentiles of a run, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LatencySummary {
+    /// Latencies recorded.
     pub samples: u64,
+    /// Their mean.
     pub mean_ms: f64,
+    /// Median.
     pub p50_ms: f64,
+    /// 90th percentile.
     pub p90_ms: f64,
+    /// 99th percentile.
     pub p99_ms: f64,
+    /// The longest.
     pub max_ms: f64,
 }
 
@@ -169,6 +201,7 @@ pub struct EngineFigures {
 }
 
 impl EngineFigures {
+    /// Counts a fresh outcome's costs; a duplicate cost nothing and is skipped.
     pub fn add_outcome(&mut self, o: &TransferOutcome) {
         if o.duplicate {
             return;
@@ -182,6 +215,7 @@ impl EngineFigures {
         self.round_trips += u64::from(o.stats.round_trips);
     }
 
+    /// Adds another thread's figures.
     pub fn merge(&mut self, other: &EngineFigures) {
         self.fresh += other.fresh;
         self.lock_first_try += other.lock_first_try;
@@ -195,10 +229,12 @@ impl EngineFigures {
         ratio(self.lock_first_try, self.fresh)
     }
 
+    /// Mean lock wait of a fresh outcome, in milliseconds.
     pub fn lock_wait_mean_ms(&self) -> f64 {
         ratio(self.lock_wait_us, self.fresh) / 1000.0
     }
 
+    /// Mean Redis round trips of a fresh outcome.
     pub fn round_trips_mean(&self) -> f64 {
         ratio(self.round_trips, self.fresh)
     }
@@ -215,14 +251,18 @@ fn ratio(part: u64, whole: u64) -> f64 {
 /// The sum of the run's wallet balances before and after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BalanceCheck {
+    /// Wallets of the run.
     pub wallets: u32,
+    /// The sum of their balances before the run.
     pub before: Amount,
+    /// The sum after (must equal `before`: transfers move money, never make it).
     pub after: Amount,
     /// Wallets whose balance ended below zero (must be 0).
     pub negative: u32,
 }
 
 impl BalanceCheck {
+    /// True when the sum is unchanged and no balance went negative.
     pub fn ok(&self) -> bool {
         self.before == self.after && self.negative == 0
     }
@@ -235,8 +275,11 @@ pub struct BenchReport {
     pub mode: &'static str,
     /// The wallet prefix of this run, `bench_<6 hex>` (direct) or `e2e_<6 hex>`.
     pub run: String,
+    /// Threads calling the engine (direct), or the worker's (e2e: not known, 0).
     pub threads: usize,
+    /// Wallets of the run.
     pub wallets: u32,
+    /// Every transfer went between one hot pair.
     pub hot: bool,
     /// Requests per second the e2e publisher was held to; `None`: all at once (or direct).
     pub publish_rate: Option<u32>,
@@ -246,6 +289,7 @@ pub struct BenchReport {
     pub elapsed: Duration,
     /// Per request, from the first call until its final answer, bench retries included.
     pub latency: LatencySummary,
+    /// The engine's own costs (direct mode).
     pub engine: Option<EngineFigures>,
     /// Answers by `STATUS` or `STATUS:reason`; answers taken from an earlier record (after a
     /// transient error whose write had landed) get a ` (duplicate)` suffix.
@@ -254,6 +298,7 @@ pub struct BenchReport {
     pub errors: BTreeMap<String, u64>,
     /// Transient errors that the bench retried, by kind.
     pub transient_retries: BTreeMap<String, u64>,
+    /// The money check over the run's wallets.
     pub balance: Option<BalanceCheck>,
     /// Keys deleted after the run, when cleanup was asked for.
     pub cleaned_keys: Option<u64>,
@@ -275,11 +320,14 @@ fn p50_p99(l: &LatencySummary) -> Value {
 /// kept.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RedisCost {
+    /// Commands Redis ran (INFO excluded).
     pub commands: u64,
+    /// Change of `used_memory`.
     pub used_memory_delta_bytes: i64,
 }
 
 impl RedisCost {
+    /// Commands and bytes kept per transfer.
     pub fn per_transfer(&self, transfers: u64) -> (f64, f64) {
         let n = transfers.max(1) as f64;
         (
@@ -323,6 +371,7 @@ fn parse_used_memory(info: &str) -> i64 {
 }
 
 impl BenchReport {
+    /// Requests finished per second of the transfer phase.
     pub fn transfers_per_s(&self) -> f64 {
         let s = self.elapsed.as_secs_f64();
         if s > 0.0 {
@@ -790,8 +839,10 @@ fn run_threads(
     total
 }
 
-/// Settings of an end-to-end run through Kafka and a running worker.
+/// Settings of an end-to-end run through Kafka and a running worker. `Default` plus the
+/// `with_*` setters (the struct is `#[non_exhaustive]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct E2eConfig {
     /// Brokers and extra librdkafka properties.
     pub kafka: KafkaConfig,
@@ -831,6 +882,19 @@ impl Default for E2eConfig {
         }
     }
 }
+
+setters!(E2eConfig {
+    with_kafka => kafka: KafkaConfig,
+    with_requests_topic => requests_topic: String,
+    with_results_topic => results_topic: String,
+    with_transfers => transfers: u64,
+    with_wallets => wallets: u32,
+    with_hot => hot: bool,
+    with_timeout => timeout: Duration,
+    with_rate => rate: Option<u32>,
+    with_progress => progress: bool,
+    with_cleanup => cleanup: bool,
+});
 
 impl E2eConfig {
     /// Checks the settings against their limits; the error names the setting and the rule.

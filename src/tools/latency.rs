@@ -39,6 +39,7 @@ pub struct WallClock {
 }
 
 impl WallClock {
+    /// A clock whose origin is now.
     pub fn now() -> WallClock {
         let origin_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -70,8 +71,11 @@ pub fn legs(sent_ms: i64, processed_ms: i64, produced_ms: i64, received_ms: i64)
 /// Percentiles of each leg over a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StageSummary {
+    /// From publishing the request until its outcome was recorded.
     pub to_worker: LatencySummary,
+    /// From the outcome until the worker produced the result.
     pub in_worker: LatencySummary,
+    /// From the result's production until the bench received it.
     pub result_back: LatencySummary,
 }
 
@@ -90,12 +94,14 @@ impl Default for StageSplit {
 }
 
 impl StageSplit {
+    /// Records one request's legs (see [`legs`]).
     pub fn record(&mut self, legs_ms: [u64; 3]) {
         for (h, ms) in self.legs.iter_mut().zip(legs_ms) {
             h.saturating_record((ms * 1_000).clamp(1, LEG_US_LIMIT));
         }
     }
 
+    /// Percentiles of each leg so far.
     pub fn summary(&self) -> StageSummary {
         StageSummary {
             to_worker: LatencySummary::from_histogram_us(&self.legs[0]),

@@ -35,22 +35,38 @@ use crate::worker::kafka::KafkaConfig;
 /// Keys read per pipelined round trip.
 pub const BATCH: usize = 500;
 
+/// Why an operator tool failed to run. A ledger problem is not an error: the audit reports it
+/// in [`AuditReport::violations`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpsError {
+    /// Redis failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Redis answered something of another shape than expected.
     #[error("redis reply: {0}")]
     Reply(#[from] redis::ParsingError),
+    /// No pooled connection in time.
     #[error("redis pool: {0}")]
     Pool(#[from] r2d2::Error),
+    /// A record that cannot be read.
     #[error("corrupt record {key}: {detail}")]
-    Corrupt { key: String, detail: String },
+    Corrupt {
+        /// The Redis key.
+        key: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A Kafka client failed.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// A wallet operation failed.
     #[error(transparent)]
     Wallet(#[from] crate::engine::wallet::WalletError),
+    /// Reading a topic failed.
     #[error(transparent)]
     Read(#[from] crate::tools::results::ReadError),
+    /// Anything else, said in words.
     #[error("{0}")]
     Other(String),
 }
@@ -86,13 +102,17 @@ fn scan_keys(
 /// One row of `wallet snapshot`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SnapshotRow {
+    /// The wallet id.
     pub id: String,
     /// `full_name` of `user:{id}`, empty when there is none.
     pub name: String,
     /// `"5234.50"`; empty when the wallet hash is missing.
     pub balance: String,
+    /// As stored.
     pub currency: String,
+    /// As stored.
     pub status: String,
+    /// As stored.
     pub version: String,
 }
 
@@ -148,6 +168,7 @@ pub fn snapshot(
 /// One held `lock:*` key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LockInfo {
+    /// The lock key, `lock:{wallet id}`.
     pub key: String,
     /// The owner token (`None` if the key vanished or is not a string).
     pub owner: Option<String>,
@@ -370,7 +391,9 @@ fn read_hashes(conn: &mut PooledConn, keys: &[String]) -> Result<Vec<Fields>, Op
 /// Where a request landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Delivered {
+    /// The partition.
     pub partition: i32,
+    /// The offset in it.
     pub offset: i64,
 }
 

@@ -33,16 +33,27 @@ const FETCH_MESSAGE_BYTES_MAX: &str = "10000000";
 /// How long the broker may hold a fetch of a prompt reader (see [`TopicReader::open_prompt`]).
 const PROMPT_FETCH_WAIT_MS: &str = "2";
 
+/// Why a topic could not be read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReadError {
+    /// The topic does not exist.
     #[error(
         "topic {topic} does not exist at {brokers} (the worker creates its topics when it \
          starts; check the topic name)"
     )]
-    NoSuchTopic { topic: String, brokers: String },
+    NoSuchTopic {
+        /// The topic.
+        topic: String,
+        /// The bootstrap servers asked.
+        brokers: String,
+    },
+    /// A consumer call failed.
     #[error("kafka: {what}: {source}")]
     Kafka {
+        /// What was being done.
         what: String,
+        /// The client's error.
         #[source]
         source: KafkaError,
     },
@@ -65,9 +76,13 @@ pub enum Start {
 /// One message as read, copied out of the consumer.
 #[derive(Debug, Clone)]
 pub struct ReadMessage {
+    /// The partition.
     pub partition: i32,
+    /// The offset in it.
     pub offset: i64,
+    /// The message key, if any.
     pub key: Option<Vec<u8>>,
+    /// The payload (empty for none).
     pub payload: Vec<u8>,
     /// Headers with their values as (lossy) UTF-8; a header without a value maps to "".
     pub headers: HashMap<String, String>,
@@ -172,6 +187,7 @@ impl TopicReader {
         })
     }
 
+    /// The topic read.
     pub fn topic(&self) -> &str {
         &self.topic
     }

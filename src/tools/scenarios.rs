@@ -22,26 +22,42 @@ use crate::worker::kafka::KafkaConfig;
 /// What one scenario did and whether it held.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScenarioReport {
+    /// 1 to 6.
     pub number: u32,
+    /// One of [`SCENARIO_NAMES`].
     pub name: &'static str,
+    /// Balances before, `(wallet id, amount)`.
     pub before: Vec<(String, String)>,
+    /// Balances after.
     pub after: Vec<(String, String)>,
+    /// Every request and its result.
     pub transfers: Vec<TransferLine>,
+    /// What had to happen, in words.
     pub expectation: String,
+    /// True when it did.
     pub passed: bool,
+    /// What did not hold; empty when passed.
     pub problems: Vec<String>,
 }
 
+/// One request of a scenario and its result.
 #[derive(Debug, Clone, Serialize)]
 pub struct TransferLine {
+    /// The request's transfer id.
     pub transfer_id: String,
+    /// The sender.
     pub from_user: String,
+    /// The receiver.
     pub to_user: String,
+    /// The amount, as text.
     pub amount: String,
+    /// COMPLETED or FAILED.
     pub status: String,
+    /// Why it failed.
     pub reason: Option<String>,
 }
 
+/// The six scenarios of `wallet produce`, by number (1-based).
 pub const SCENARIO_NAMES: [&str; 6] = [
     "concurrent overspend",
     "hot sender",
@@ -53,11 +69,17 @@ pub const SCENARIO_NAMES: [&str; 6] = [
 
 /// Everything a scenario needs.
 pub struct Runner<'a> {
+    /// The engine, to create wallets and read balances.
     pub service: &'a WalletService,
+    /// The brokers.
     pub kafka: &'a KafkaConfig,
+    /// Where the worker reads requests.
     pub requests_topic: &'a str,
+    /// Where the worker publishes results.
     pub results_topic: &'a str,
+    /// How long to wait for each scenario's results.
     pub timeout: Duration,
+    /// Prefix of this run's wallet and transfer ids, so runs never collide.
     pub run_id: String,
 }
 

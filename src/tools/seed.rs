@@ -52,14 +52,20 @@ impl std::fmt::Display for SeedReport {
     }
 }
 
+/// Why seeding failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SeedError {
+    /// The number of users is out of range.
     #[error("users must be between 1 and {SEED_USERS_MAX}, got {0}")]
     Users(u32),
+    /// Creating a wallet failed.
     #[error(transparent)]
     Wallet(#[from] WalletError),
+    /// Redis failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// No pooled connection in time.
     #[error("redis pool: {0}")]
     Pool(#[from] r2d2::Error),
 }

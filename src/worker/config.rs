@@ -4,16 +4,38 @@
 //!
 //! Owns every number the pipeline runs by. Does not read flags or the environment (`cli`).
 
-use crate::engine::setting::SettingError;
+use crate::engine::setting::{SettingError, setters};
 use crate::worker::kafka::{self, KafkaConfig};
 
-/// Worker settings. `Default` gives the documented defaults.
+/// Worker settings. `Default` gives the documented defaults (those of `wallet worker`'s
+/// flags, README "Configuration"); change them with the `with_*` setters, which keep
+/// compiling when settings are added (the struct is `#[non_exhaustive]`):
+///
+/// ```
+/// use wallet_transfer::worker::WorkerConfig;
+/// use wallet_transfer::worker::kafka::KafkaConfig;
+///
+/// let config = WorkerConfig::default()
+///     .with_kafka(KafkaConfig::new("broker-1:9092,broker-2:9092"))
+///     .with_group_id("payments".to_string())
+///     .with_threads(16);
+/// assert_eq!(config.validate(), Ok(()));
+/// ```
+///
+/// [`crate::worker::Worker::new`] validates them; the [`SettingError`] of
+/// [`WorkerConfig::validate`] names the setting by its field name.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WorkerConfig {
+    /// The brokers and extra librdkafka properties of every client the worker makes.
     pub kafka: KafkaConfig,
+    /// Consumer group of the requests topic; workers in one group share its partitions.
     pub group_id: String,
+    /// Where requests are consumed from (`wallet.transfer.requested`).
     pub requests_topic: String,
+    /// Where results are published (`wallet.transfer.completed`, key = transfer_id).
     pub results_topic: String,
+    /// Where input that cannot be answered goes (`wallet.transfer.dlq`).
     pub dlq_topic: String,
     /// Transfer threads (and Redis connections).
     pub threads: usize,
@@ -21,7 +43,9 @@ pub struct WorkerConfig {
     pub partitions: i32,
     /// Replication factor for topics the worker creates.
     pub replication: i32,
+    /// Period of the offset commits (they also run on revoke and at shutdown).
     pub commit_interval_ms: u64,
+    /// How long the group waits for a silent worker before giving its partitions to others.
     pub session_timeout_ms: u64,
     /// librdkafka's `max.poll.interval.ms`, which is also the rebalance timeout the group
     /// coordinator is given: the longest a rebalance may wait for members to rejoin.
@@ -67,10 +91,33 @@ impl Default for WorkerConfig {
     }
 }
 
+// One setter per field: embedders cannot set a field that has none (the struct is
+// #[non_exhaustive]), so a new field gets its line here.
+setters!(WorkerConfig {
+    with_kafka => kafka: KafkaConfig,
+    with_group_id => group_id: String,
+    with_requests_topic => requests_topic: String,
+    with_results_topic => results_topic: String,
+    with_dlq_topic => dlq_topic: String,
+    with_threads => threads: usize,
+    with_partitions => partitions: i32,
+    with_replication => replication: i32,
+    with_commit_interval_ms => commit_interval_ms: u64,
+    with_session_timeout_ms => session_timeout_ms: u64,
+    with_max_poll_interval_ms => max_poll_interval_ms: u64,
+    with_revoke_timeout_ms => revoke_timeout_ms: u64,
+    with_flush_timeout_ms => flush_timeout_ms: u64,
+    with_retry_delay_ms_max => retry_delay_ms_max: u64,
+    with_backlog_bytes_max => backlog_bytes_max: usize,
+    with_summary_interval_ms => summary_interval_ms: u64,
+    with_shutdown_timeout_ms => shutdown_timeout_ms: u64,
+});
+
 /// Upper bound on `threads`.
 pub const THREADS_LIMIT: usize = 256;
-/// Bounds on `backlog_bytes_max`: at least one largest request, at most 1 GiB.
+/// Lower bound on `backlog_bytes_max`: one largest request.
 pub const BACKLOG_BYTES_MIN: usize = crate::engine::message::PAYLOAD_BYTES_LIMIT;
+/// Upper bound on `backlog_bytes_max`: 1 GiB.
 pub const BACKLOG_BYTES_LIMIT: usize = 1024 * 1024 * 1024;
 /// Largest dead-letter payload: the decode cap, so every request the worker could have read is
 /// forwarded whole; a bigger poison payload is cut to this size and marked with the header

@@ -26,20 +26,31 @@ pub type RedisCheck = dyn Fn() -> Result<(), String> + Send + Sync;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupState {
     /// A join (or rejoin after a revoke) is in progress since then.
-    Joining { since: Instant },
+    Joining {
+        /// When the join began.
+        since: Instant,
+    },
     /// The last join ended with this many partitions of the requests topic.
-    Assigned { partitions: usize },
+    Assigned {
+        /// Partitions of the requests topic the worker holds.
+        partitions: usize,
+    },
 }
 
 /// The parts of readiness, in the order they are reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Check {
+    /// The consumer group gave the worker partitions (or a join is in progress).
     Group,
+    /// Redis answers PING.
     Redis,
+    /// The result producer is not in a fatal state.
     Producer,
 }
 
 impl Check {
+    /// Every check, in the order they are reported.
     pub const ALL: [Check; 3] = [Check::Group, Check::Redis, Check::Producer];
 
     /// The `check` label of `wallet_ready_check`, and the prefix of its reason in `/readyz`.
@@ -64,10 +75,12 @@ pub struct Readiness {
 }
 
 impl Readiness {
+    /// True when every check passes.
     pub fn is_ready(&self) -> bool {
         self.failing.is_empty()
     }
 
+    /// True when `check` passes.
     pub fn passes(&self, check: Check) -> bool {
         self.failing.iter().all(|(c, _)| *c != check)
     }
@@ -155,10 +168,12 @@ impl Health {
         *self.inner.redis_check.lock() = Some(Arc::new(check));
     }
 
+    /// The group state last reported by the pipeline.
     pub fn group(&self) -> GroupState {
         *self.inner.group.lock()
     }
 
+    /// The fatal producer error, once there is one.
     pub fn fatal(&self) -> Option<String> {
         self.inner.fatal.lock().clone()
     }

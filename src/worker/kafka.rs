@@ -20,13 +20,17 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-/// Default topic names, the original system's.
+/// Default requests topic, the original system's.
 pub const TOPIC_REQUESTS: &str = "wallet.transfer.requested";
+/// Default results topic, the original system's.
 pub const TOPIC_RESULTS: &str = "wallet.transfer.completed";
+/// Default dead-letter topic.
 pub const TOPIC_DLQ: &str = "wallet.transfer.dlq";
 
-/// Where the brokers are and what extra librdkafka properties every client gets.
+/// Where the brokers are and what extra librdkafka properties every client gets:
+/// `KafkaConfig::new("host:9092").with_property("security.protocol", "SASL_SSL")`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KafkaConfig {
     /// `host:port[,host:port...]`
     pub brokers: String,
@@ -35,11 +39,27 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// The brokers (`host:port[,host:port...]`), no extra properties.
     pub fn new(brokers: &str) -> KafkaConfig {
         KafkaConfig {
             brokers: brokers.to_string(),
             properties: Vec::new(),
         }
+    }
+
+    /// Adds an extra librdkafka property (`sasl.username`, `ssl.ca.location`, ...), applied
+    /// after the worker's own. Secret values (see [`is_secret_property`]) are never logged.
+    #[must_use]
+    pub fn with_property(mut self, key: &str, value: &str) -> KafkaConfig {
+        self.properties.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Replaces the extra librdkafka properties.
+    #[must_use]
+    pub fn with_properties(mut self, properties: Vec<(String, String)>) -> KafkaConfig {
+        self.properties = properties;
+        self
     }
 
     /// Whether an extra property sets `key`.
@@ -102,21 +122,39 @@ pub fn wait<F: Future>(future: F, timeout: Duration) -> Option<F::Output> {
     }
 }
 
+/// Why creating topics or reading their settings failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AdminError {
+    /// The client could not be made, or a request failed.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// The brokers refused to create a topic (other than "it exists").
     #[error("creating topic {topic}: {code}")]
     Topic {
+        /// The topic.
         topic: String,
+        /// The brokers' error code.
         code: RDKafkaErrorCode,
     },
+    /// A topic's config could not be read.
     #[error("reading the config of topic {topic}: {detail}")]
-    Config { topic: String, detail: String },
+    Config {
+        /// The topic.
+        topic: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// No answer within the admin timeout.
     #[error(
         "the brokers at {brokers} did not answer within {timeout_ms} ms (is the broker running? check --brokers / KAFKA_BROKERS)"
     )]
-    Timeout { brokers: String, timeout_ms: u64 },
+    Timeout {
+        /// The bootstrap servers asked.
+        brokers: String,
+        /// How long they were given.
+        timeout_ms: u64,
+    },
 }
 
 /// Time allowed for admin requests.
@@ -125,11 +163,14 @@ pub const ADMIN_TIMEOUT_MS: u64 = 30_000;
 /// A topic to create when missing, with topic configs to set at creation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec<'a> {
+    /// The topic name.
     pub name: &'a str,
+    /// Topic configs set at creation (`max.message.bytes`, `retention.ms`, ...).
     pub configs: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> TopicSpec<'a> {
+    /// A topic with the brokers' default configs.
     pub fn new(name: &'a str) -> TopicSpec<'a> {
         TopicSpec {
             name,

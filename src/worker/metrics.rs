@@ -120,6 +120,7 @@ struct ReadinessMetrics {
 
 /// The stages of one message's way through the worker, for `wallet_stage_seconds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Stage {
     /// From the request message's timestamp to a pool thread taking it up.
     QueueWait,
@@ -130,8 +131,10 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage, in the order a message goes through them.
     pub const ALL: [Stage; 3] = [Stage::QueueWait, Stage::Transfer, Stage::Ack];
 
+    /// The `stage` label of `wallet_stage_seconds`.
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::QueueWait => "queue_wait",
@@ -144,6 +147,7 @@ impl Stage {
 /// Totals for a one-line progress log. `Display` prints
 /// `processed=.. failed=.. duplicates=.. dlq=.. retries=.. lag=..`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MetricsSummary {
     /// Outcomes answered, duplicates included.
     pub processed: u64,
@@ -471,6 +475,7 @@ impl Metrics {
         StageBuckets { counts }
     }
 
+    /// The totals of the one-line summary log, read from the counters now.
     pub fn summary(&self) -> MetricsSummary {
         let inner = &self.inner;
         let mut summary = MetricsSummary {

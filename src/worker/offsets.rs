@@ -38,19 +38,30 @@ pub const IN_FLIGHT_LIMIT: usize = 1 << 20;
 
 /// A finished offset that the tracker did not hand out. Nothing is changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum OffsetError {
     /// The partition is not tracked: never started, or forgotten on revoke. Expected for jobs
     /// that complete after their partition was lost; their commit belongs to the new owner.
     #[error(
         "partition {partition} is not tracked (never started, or forgotten on revoke); finished offset {offset} ignored"
     )]
-    UnknownPartition { partition: i32, offset: i64 },
+    UnknownPartition {
+        /// The partition.
+        partition: i32,
+        /// The offset finished.
+        offset: i64,
+    },
     /// The partition is tracked but the offset is not in flight: never started (a gap), or
     /// finished twice. A bug in the caller.
     #[error(
         "offset {offset} on partition {partition} is not in flight (never started, or finished twice); ignored"
     )]
-    NotInFlight { partition: i32, offset: i64 },
+    NotInFlight {
+        /// The partition.
+        partition: i32,
+        /// The offset finished.
+        offset: i64,
+    },
 }
 
 /// One partition's bookkeeping.
@@ -86,6 +97,7 @@ pub struct OffsetTracker {
 }
 
 impl OffsetTracker {
+    /// A tracker with no partitions.
     pub fn new() -> OffsetTracker {
         OffsetTracker::default()
     }

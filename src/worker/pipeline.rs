@@ -54,14 +54,20 @@ use crate::worker::pool::{self, DeliveryContext, PoolThread};
 use crate::worker::retry::RetryQueue;
 use crate::worker::warnings::Warnings;
 
+/// Why the worker did not start, or stopped on its own.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WorkerError {
+    /// A setting broke its rule; the error names it.
     #[error("invalid worker setting: {0}")]
     Config(#[from] SettingError),
+    /// A Kafka client could not be made or subscribed.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// The topics could not be created or checked.
     #[error("creating topics: {0}")]
     Admin(#[from] kafka::AdminError),
+    /// A transfer thread panicked (a bug); its job stays uncommitted and is redone.
     #[error("a transfer thread panicked")]
     ThreadPanicked,
     /// A permanent error (the broker refuses our messages for good, a fatal idempotent
@@ -72,8 +78,12 @@ pub enum WorkerError {
 
 /// What a run did, returned when the worker stops.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerReport {
+    /// Requests answered, COMPLETED or FAILED, duplicates included (the
+    /// `wallet_transfers_total` count of this run).
     pub processed: u64,
+    /// Messages sent to the dead-letter topic.
     pub dead_lettered: u64,
     /// Offsets committed at the end, per partition.
     pub committed: Vec<(i32, i64)>,
@@ -289,13 +299,38 @@ impl Shared {
     }
 }
 
-/// The worker. Build it, keep its [`Worker::shutdown_handle`], then [`Worker::run`] it.
+/// The worker. Build it, keep its [`Worker::shutdown_handle`], then [`Worker::run`] it:
+///
+/// ```no_run
+/// use std::sync::atomic::Ordering;
+/// use wallet_transfer::worker::metrics::Metrics;
+/// use wallet_transfer::worker::{Worker, WorkerConfig};
+/// use wallet_transfer::{EngineConfig, WalletService};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = WorkerConfig::default().with_threads(4);
+/// let service = WalletService::connect("redis://127.0.0.1:6379", 4, EngineConfig::default())?;
+/// let worker = Worker::new(config, service, Metrics::new())?;
+/// let stop = worker.shutdown_handle();
+/// let running = std::thread::spawn(move || worker.run());
+/// // ... later, from anywhere (a signal handler, an admin endpoint):
+/// stop.store(true, Ordering::SeqCst);
+/// let report = running.join().expect("worker thread")?;
+/// println!("{} answered", report.processed);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// See `examples/worker.rs` for a whole program.
 pub struct Worker {
     shared: Arc<Shared>,
     service: WalletService,
 }
 
 impl Worker {
+    /// A worker over `service` with `config` (validated here), counting into `metrics`
+    /// (serve them with [`crate::worker::metrics::serve`], or not). Connects to nothing yet:
+    /// [`Worker::run`] creates the topics, subscribes and starts the threads.
     pub fn new(
         config: WorkerConfig,
         service: WalletService,

@@ -66,13 +66,11 @@ fn ledger(redis: &RedisServer) -> WalletService {
         &[("a1", "100.00"), ("a2", "50.00"), ("a3", "0.00")],
     );
     service
-        .create_wallet(&NewWallet {
-            user_id: "e1".into(),
-            full_name: "Test e1".into(),
-            email: "e1@example.com".into(),
-            opening_balance: Amount::parse("20.00").unwrap(),
-            currency: Currency::EUR,
-        })
+        .create_wallet(
+            &NewWallet::new("e1", Amount::parse("20.00").unwrap(), Currency::EUR)
+                .with_full_name("Test e1")
+                .with_email("e1@example.com"),
+        )
         .unwrap();
     let moves = [
         ("a1", "a2", "10.00"),

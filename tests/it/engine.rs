@@ -55,15 +55,13 @@ fn transfer_retrying(service: &WalletService, request: &TransferRequest) -> Tran
 
 /// Lock settings that let many racing threads wait their turn.
 fn patient() -> EngineConfig {
-    EngineConfig {
-        lock: LockConfig {
-            ttl_ms: 10_000,
-            retry_delay_ms_base: 2,
-            retry_delay_ms_max: 20,
-            retries_max: 1_000,
-        },
-        ..EngineConfig::default()
-    }
+    EngineConfig::default().with_lock(
+        LockConfig::default()
+            .with_ttl_ms(10_000)
+            .with_retry_delay_ms_base(2)
+            .with_retry_delay_ms_max(20)
+            .with_retries_max(1_000),
+    )
 }
 
 fn assert_no_locks(redis: &RedisServer) {
@@ -539,15 +537,13 @@ fn overspend_races_let_only_what_fits_through() {
 #[test]
 fn a_stalled_holder_whose_lock_expired_cannot_overwrite() {
     let redis = RedisServer::start();
-    let short = EngineConfig {
-        lock: LockConfig {
-            ttl_ms: 300,
-            retry_delay_ms_base: 20,
-            retry_delay_ms_max: 50,
-            retries_max: 200,
-        },
-        ..EngineConfig::default()
-    };
+    let short = EngineConfig::default().with_lock(
+        LockConfig::default()
+            .with_ttl_ms(300)
+            .with_retry_delay_ms_base(20)
+            .with_retry_delay_ms_max(50)
+            .with_retries_max(200),
+    );
     let base = redis.service(4, short);
     create_wallets(&base, &[("a", "100.00"), ("b", "0"), ("c", "0")]);
 
@@ -602,13 +598,7 @@ fn a_stalled_holder_whose_lock_expired_cannot_overwrite() {
 #[test]
 fn a_lock_that_changes_hands_before_exec_aborts_it_and_the_new_holders_lock_survives() {
     let redis = RedisServer::start();
-    let short = EngineConfig {
-        lock: LockConfig {
-            ttl_ms: 200,
-            ..LockConfig::default()
-        },
-        ..EngineConfig::default()
-    };
+    let short = EngineConfig::default().with_lock(LockConfig::default().with_ttl_ms(200));
     let base = redis.service(2, short);
     create_wallets(&base, &[("a", "100.00"), ("b", "0")]);
     let url = redis.url();
@@ -663,10 +653,7 @@ fn a_lock_that_changes_hands_before_exec_aborts_it_and_the_new_holders_lock_surv
 #[test]
 fn watch_conflicts_are_retried_up_to_their_limit_then_reported_as_transient() {
     let redis = RedisServer::start();
-    let limited = EngineConfig {
-        watch_retries_max: 2,
-        ..EngineConfig::default()
-    };
+    let limited = EngineConfig::default().with_watch_retries_max(2);
     let base = redis.service(2, limited);
     create_wallets(&base, &[("a", "100.00"), ("b", "0")]);
     let url = redis.url();
@@ -722,15 +709,13 @@ fn watch_conflicts_are_retried_up_to_their_limit_then_reported_as_transient() {
 #[test]
 fn a_lock_held_by_another_times_out_without_recording_anything() {
     let redis = RedisServer::start();
-    let quick = EngineConfig {
-        lock: LockConfig {
-            ttl_ms: 10_000,
-            retry_delay_ms_base: 5,
-            retry_delay_ms_max: 10,
-            retries_max: 3,
-        },
-        ..EngineConfig::default()
-    };
+    let quick = EngineConfig::default().with_lock(
+        LockConfig::default()
+            .with_ttl_ms(10_000)
+            .with_retry_delay_ms_base(5)
+            .with_retry_delay_ms_max(10)
+            .with_retries_max(3),
+    );
     let service = redis.service(2, quick);
     create_wallets(&service, &[("a", "100.00"), ("b", "0")]);
     let mut conn = redis.conn();

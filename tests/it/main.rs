@@ -8,6 +8,7 @@ mod support;
 mod audit;
 mod bench_e2e;
 mod engine;
+mod examples;
 mod faults;
 mod kafka;
 mod monitoring;

@@ -194,19 +194,14 @@ fn an_outcome_ttl_shorter_than_the_requests_retention_is_refused_at_start() {
         1,
     )
     .unwrap();
-    let engine = EngineConfig {
-        outcome_ttl_ms: Some(3_600_000),
-        ..EngineConfig::default()
-    };
+    let engine = EngineConfig::default().with_outcome_ttl_ms(Some(3_600_000));
     let service = stack.redis.service(2, engine);
-    let config = WorkerConfig {
-        kafka: stack.kafka(),
-        requests_topic: topic,
-        results_topic: stack.topics.results.clone(),
-        dlq_topic: stack.topics.dlq.clone(),
-        group_id: stack.topics.group.clone(),
-        ..WorkerConfig::default()
-    };
+    let config = WorkerConfig::default()
+        .with_kafka(stack.kafka())
+        .with_requests_topic(topic)
+        .with_results_topic(stack.topics.results.clone())
+        .with_dlq_topic(stack.topics.dlq.clone())
+        .with_group_id(stack.topics.group.clone());
     let worker = Worker::new(config, service, Metrics::new()).unwrap();
     let stop: Arc<AtomicBool> = worker.shutdown_handle();
     let result = worker.run();

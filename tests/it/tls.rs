@@ -324,25 +324,15 @@ fn tls_errors_say_what_to_set_and_never_show_the_password() {
             .to_string()
     };
     // The system's roots do not know the test CA.
-    let no_ca = EngineConfig {
-        redis_tls: wallet_transfer::engine::store::RedisTls {
-            ca_file: None,
-            ..redis.tls_files()
-        },
-        ..EngineConfig::default()
-    };
+    let no_ca = EngineConfig::default().with_redis_tls(redis.tls_files().with_ca_file(None));
     let mut errors = Vec::new();
     let e = connect(no_ca);
     assert!(e.contains("--redis-ca-file / REDIS_CA_FILE"), "{e}");
     errors.push(e);
     // The server asks for a client certificate.
-    let no_client_cert = EngineConfig {
-        redis_tls: wallet_transfer::engine::store::RedisTls {
-            ca_file: redis.tls_files().ca_file,
-            ..Default::default()
-        },
-        ..EngineConfig::default()
-    };
+    let no_client_cert = EngineConfig::default().with_redis_tls(
+        wallet_transfer::engine::store::RedisTls::default().with_ca_file(redis.tls_files().ca_file),
+    );
     let e = connect(no_client_cert);
     assert!(e.contains("--redis-client-cert"), "{e}");
     errors.push(e);
@@ -352,23 +342,18 @@ fn tls_errors_say_what_to_set_and_never_show_the_password() {
     assert!(e.contains("refused the credentials"), "{e}");
     errors.push(e);
     // A CA file that holds no certificate, or TLS files with a plain URL.
-    let not_pem = EngineConfig {
-        redis_tls: wallet_transfer::engine::store::RedisTls {
-            ca_file: redis.tls_files().client_key_file,
-            ..redis.tls_files()
-        },
-        ..EngineConfig::default()
-    };
+    let not_pem = EngineConfig::default().with_redis_tls(
+        redis
+            .tls_files()
+            .with_ca_file(redis.tls_files().client_key_file),
+    );
     let e = connect(not_pem);
     assert!(e.contains("no PEM CERTIFICATE block"), "{e}");
     errors.push(e);
     let plain = wallet_transfer::WalletService::connect(
         &format!("redis://{WORKER_USER}:{password}@127.0.0.1:{}", redis.port),
         1,
-        EngineConfig {
-            redis_tls: redis.tls_files(),
-            ..EngineConfig::default()
-        },
+        EngineConfig::default().with_redis_tls(redis.tls_files()),
     );
     let e = match plain {
         Err(ServiceError::Store(e)) => e.to_string(),

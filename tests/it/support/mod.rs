@@ -354,12 +354,14 @@ impl Tansu {
 pub fn create_wallets(service: &WalletService, wallets: &[(&str, &str)]) {
     let new: Vec<NewWallet> = wallets
         .iter()
-        .map(|(id, balance)| NewWallet {
-            user_id: id.to_string(),
-            full_name: format!("Test {id}"),
-            email: format!("{id}@example.com"),
-            opening_balance: Amount::parse(balance).expect("test balance"),
-            currency: Currency::USD,
+        .map(|(id, balance)| {
+            NewWallet::new(
+                id,
+                Amount::parse(balance).expect("test balance"),
+                Currency::USD,
+            )
+            .with_full_name(&format!("Test {id}"))
+            .with_email(&format!("{id}@example.com"))
         })
         .collect();
     let created = service.create_wallets(&new).expect("create wallets");

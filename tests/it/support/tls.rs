@@ -104,11 +104,10 @@ impl RedisServer {
 
     /// The test CA and the client certificate the server accepts.
     pub fn tls_files(&self) -> RedisTls {
-        RedisTls {
-            ca_file: Some(self.file("ca.crt")),
-            client_cert_file: Some(self.file("client.crt")),
-            client_key_file: Some(self.file("client.key")),
-        }
+        RedisTls::default()
+            .with_ca_file(Some(self.file("ca.crt")))
+            .with_client_cert_file(Some(self.file("client.crt")))
+            .with_client_key_file(Some(self.file("client.key")))
     }
 
     /// The `wallet` global flags for those files.
@@ -132,10 +131,7 @@ impl RedisServer {
         password: &str,
         pool_size: u32,
     ) -> Result<WalletService, wallet_transfer::engine::service::ServiceError> {
-        let config = EngineConfig {
-            redis_tls: self.tls_files(),
-            ..EngineConfig::default()
-        };
+        let config = EngineConfig::default().with_redis_tls(self.tls_files());
         WalletService::connect(&self.tls_url(user, password), pool_size, config)
     }
 }
