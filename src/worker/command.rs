@@ -64,7 +64,11 @@ pub fn run(
     };
     let worker = Worker::new(config, service, metrics).map_err(|e| e.to_string())?;
     install_signals(worker.shutdown_handle())?;
-    worker.run().map(drop).map_err(|e| e.to_string())
+    let result = worker.run();
+    // The worker's final line is logged; what librdkafka's closing threads may still say
+    // after it (brokers down) would only bury it.
+    log::set_max_level(log::LevelFilter::Off);
+    result.map(drop).map_err(|e| e.to_string())
 }
 
 /// First SIGINT/SIGTERM sets `shutdown`; a second one exits at once with [`EXIT_FORCED`].

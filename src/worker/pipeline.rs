@@ -570,8 +570,14 @@ impl Worker {
                 "nothing was committed at the end; uncommitted messages are redelivered and answered from their records"
             );
         }
-        // Closing the consumer and the producer waits for the brokers; not ours to wait for.
-        std::thread::spawn(move || drop((producer, consumer)));
+        // Closing the consumer and the producer talks to the brokers: wait for it only as long
+        // as the deadline allows (so that what it logs comes before the final line when it can).
+        let (closed_tx, closed_rx) = crossbeam_channel::bounded::<()>(1);
+        std::thread::spawn(move || {
+            drop((producer, consumer));
+            let _ = closed_tx.send(());
+        });
+        let _ = closed_rx.recv_timeout(self.shared.time_left());
         let summary = self.shared.metrics.summary();
         let report = WorkerReport {
             processed: summary.processed,
