@@ -31,7 +31,9 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::engine::lock::{self, Admission, LockError, LockGuard, LockStats};
-use crate::engine::message::{FailureReason, Status, TransferCompleted, TransferRequest, now_ms};
+use crate::engine::message::{
+    FailureReason, Status, TransferCompleted, TransferRequest, fingerprint, now_ms,
+};
 use crate::engine::money::{Amount, BALANCE_LIMIT};
 use crate::engine::service::WalletService;
 use crate::engine::store::{Conn, keys};
@@ -699,8 +701,9 @@ fn new_outcome(
 
 /// The `transfer:{key}` hash fields for an outcome, in the compact format (ARCHITECTURE.md,
 /// "Redis data model"): short names, amounts and times as integers (listpack stores them in a
-/// few bytes), empty fields left out. The idempotency key is not stored: it is the key's name.
-/// The transfer id is stored only when it differs from the idempotency key.
+/// few bytes), empty fields left out. What the record can recompute is not stored: the
+/// idempotency key (the key's name), the transfer id when it is the idempotency key, and the
+/// request fingerprint (from `f`, `t`, `a`, `c`).
 fn outcome_fields(o: &TransferOutcome) -> Vec<(&'static str, String)> {
     let mut fields = Vec::with_capacity(11);
     if o.transfer_id != o.idempotency_key {
@@ -722,7 +725,9 @@ fn outcome_fields(o: &TransferOutcome) -> Vec<(&'static str, String)> {
             fields.push((name, after.minor().to_string()));
         }
     }
-    if !o.request_hash.is_empty() {
+    // The fingerprint is not stored when it is the one of the recorded fields (always, for an
+    // outcome the transfer made); `parse_outcome` recomputes it.
+    if o.request_hash != fingerprint(&o.from_user, &o.to_user, o.amount, &o.currency) {
         fields.push(("h", o.request_hash.clone()));
     }
     if let Some(origin) = &o.origin {
@@ -827,6 +832,14 @@ pub fn parse_outcome(
         .map_err(|e| e.to_string())
     }
     .map_err(|e| corrupt(format!("processed_at: {e}")))?;
+    let (from_user, to_user) = (field(n.from_user)?, field(n.to_user)?);
+    let amount = amount(n.amount, &field(n.amount)?)?;
+    let currency = field(n.currency)?;
+    let request_hash = match f.get(n.request_hash) {
+        Some(hash) => hash.clone(),
+        None if compact => fingerprint(&from_user, &to_user, amount, &currency),
+        None => String::new(),
+    };
     let idempotency_key = match f.get("idempotency_key") {
         Some(k) if !compact => k.clone(),
         _ => key.trim_start_matches("transfer:").to_string(),
@@ -840,16 +853,16 @@ pub fn parse_outcome(
         idempotency_key,
         status,
         reason,
-        from_user: field(n.from_user)?,
-        to_user: field(n.to_user)?,
-        amount: amount(n.amount, &field(n.amount)?)?,
-        currency: field(n.currency)?,
+        from_user,
+        to_user,
+        amount,
+        currency,
         processed_at_ms,
         from_balance_after: opt_amount(n.from_balance_after)?,
         to_balance_after: opt_amount(n.to_balance_after)?,
         duplicate: false,
         origin: f.get(n.origin).and_then(|o| Origin::parse(o)),
-        request_hash: f.get(n.request_hash).cloned().unwrap_or_default(),
+        request_hash,
         stats: TransferStats::default(),
     })
 }
@@ -1006,6 +1019,15 @@ mod tests {
         assert_eq!(failed.reason, Some(FailureReason::InsufficientFunds));
         assert_eq!(failed.from_balance_after, None);
         assert!(parse_outcome("transfer:x", &hash(&[("s", "COMPLETED")])).is_err());
+        // The request's own fingerprint is not stored, and is recomputed.
+        let r = req("a", "b", "12.30");
+        let o = new_outcome(&r, &Err(FailureReason::SameUser), &r.fingerprint(), None);
+        let fields: HashMap<String, String> = outcome_fields(&o)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert!(!fields.contains_key("h"), "{fields:?}");
+        assert_eq!(parse_outcome("transfer:t1", &fields).unwrap(), o);
     }
 
     #[test]
