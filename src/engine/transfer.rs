@@ -784,6 +784,29 @@ const LONG: OutcomeNames = OutcomeNames {
     origin: "origin",
 };
 
+/// An amount of an outcome record: cents in the compact format, decimal text in the long one.
+fn outcome_amount(compact: bool, text: &str) -> Result<Amount, String> {
+    if compact {
+        text.parse::<i64>()
+            .map(Amount::from_minor)
+            .map_err(|e| e.to_string())
+    } else {
+        Amount::parse(text).map_err(|e| e.to_string())
+    }
+}
+
+/// `processed_at` of an outcome record, in ms: ms in the compact format, seconds with three
+/// decimals in the long one.
+fn outcome_time_ms(compact: bool, text: &str) -> Result<u64, String> {
+    if compact {
+        text.parse::<u64>().map_err(|e| e.to_string())
+    } else {
+        text.parse::<f64>()
+            .map(|s| (s * 1000.0).round() as u64)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Parses a `transfer:{key}` hash as written by the transfer, in either format: the compact
 /// one (field `s`) or the original long one (field `status`, also the Python system's).
 pub fn parse_outcome(
@@ -801,15 +824,8 @@ pub fn parse_outcome(
             .cloned()
             .ok_or_else(|| corrupt(format!("missing field {name}")))
     };
-    let amount = |name: &str, text: &str| -> Result<Amount, TransferError> {
-        let parsed = if compact {
-            text.parse::<i64>()
-                .map(Amount::from_minor)
-                .map_err(|e| e.to_string())
-        } else {
-            Amount::parse(text).map_err(|e| e.to_string())
-        };
-        parsed.map_err(|e| corrupt(format!("{name}: {e}")))
+    let amount = |name: &str, text: &str| {
+        outcome_amount(compact, text).map_err(|e| corrupt(format!("{name}: {e}")))
     };
     let opt_amount = |name: &str| match f.get(name).map(String::as_str) {
         None | Some("") => Ok(None),
@@ -822,16 +838,8 @@ pub fn parse_outcome(
         None | Some("") => None,
         Some(r) => Some(FailureReason::parse(r).ok_or_else(|| corrupt(format!("reason {r:?}")))?),
     };
-    let processed = field(n.processed_at)?;
-    let processed_at_ms = if compact {
-        processed.parse::<u64>().map_err(|e| e.to_string())
-    } else {
-        (processed
-            .parse::<f64>()
-            .map(|s| (s * 1000.0).round() as u64))
-        .map_err(|e| e.to_string())
-    }
-    .map_err(|e| corrupt(format!("processed_at: {e}")))?;
+    let processed_at_ms = outcome_time_ms(compact, &field(n.processed_at)?)
+        .map_err(|e| corrupt(format!("processed_at: {e}")))?;
     let (from_user, to_user) = (field(n.from_user)?, field(n.to_user)?);
     let amount = amount(n.amount, &field(n.amount)?)?;
     let currency = field(n.currency)?;
