@@ -1,5 +1,6 @@
 //! `wallet status KEY`: prints the outcome recorded under an idempotency key, as a table or a
-//! JSON object; exit 1 when none is recorded.
+//! JSON object; exit 1 when none is recorded. `wallet status` without a key: what the store
+//! holds (memory, outcome records, the oldest record's age; `ops::store_stats`).
 //!
 //! Owns the KEY check, the field names and their order in the output. Does not own how an
 //! outcome is stored or read (`engine::transfer`, `WalletService::transfer_outcome`).
@@ -10,6 +11,7 @@ use serde_json::Value;
 use wallet_transfer::Amount;
 use wallet_transfer::engine::message::check_key;
 use wallet_transfer::engine::transfer::TransferOutcome;
+use wallet_transfer::tools::ops::{self, StoreStats};
 
 use crate::cli::{Failure, GlobalOpts, json_out, new_table, print_out};
 
@@ -18,12 +20,16 @@ use crate::cli::{Failure, GlobalOpts, json_out, new_table, print_out};
     after_help = "Exit 1 when no outcome is recorded under the key (never processed, or its \
                   record expired). Amounts in major units, processed_at in seconds since the \
                   Unix epoch.\n\
+                  Without KEY: Redis used_memory, the number of outcome records (SCAN, at most \
+                  1,000,000 counted) and the age of the oldest of the first 10,000 met (a \
+                  sample, not the oldest of all).\n\
                   Example: wallet status req_tx_1 --json"
 )]
 pub struct StatusArgs {
-    /// The idempotency key of the request (its transfer_id unless one was given)
+    /// The idempotency key of the request (its transfer_id unless one was given); without it,
+    /// what the store holds
     #[arg(value_name = "KEY")]
-    pub key: String,
+    pub key: Option<String>,
 
     /// Print the outcome as one JSON object instead of a table
     #[arg(long)]
@@ -32,19 +38,57 @@ pub struct StatusArgs {
 
 /// Prints the outcome recorded under the key.
 pub fn run(global: &GlobalOpts, args: StatusArgs) -> Result<(), Failure> {
-    check_key("KEY", &args.key).map_err(|e| Failure::usage(e.to_string()))?;
+    let Some(key) = &args.key else {
+        return store(global, args.json);
+    };
+    check_key("KEY", key).map_err(|e| Failure::usage(e.to_string()))?;
     let service = global.connect(1)?;
-    let Some(outcome) = service.transfer_outcome(&args.key)? else {
+    let Some(outcome) = service.transfer_outcome(key)? else {
         return Err(Failure::runtime(format!(
-            "no outcome recorded under idempotency key {:?} (never processed, or its record \
-             expired)",
-            args.key
+            "no outcome recorded under idempotency key {key:?} (never processed, or its record \
+             expired)"
         )));
     };
     if args.json {
         return json_out(&outcome_json(&outcome));
     }
     print_out(&format!("{}\n", outcome_table(&outcome)))
+}
+
+/// Prints what the store holds.
+fn store(global: &GlobalOpts, json: bool) -> Result<(), Failure> {
+    let service = global.connect(1)?;
+    let stats = ops::store_stats(&service)?;
+    if json {
+        return json_out(&serde_json::to_value(&stats).expect("plain data"));
+    }
+    print_out(&format!("{}\n", store_table(&stats)))
+}
+
+/// The store's figures as a field/value table.
+fn store_table(stats: &StoreStats) -> Table {
+    let mut table = new_table(&["field", "value"]);
+    let records = if stats.outcome_records_exact {
+        stats.outcome_records.to_string()
+    } else {
+        format!("at least {}", stats.outcome_records)
+    };
+    let oldest = match stats.oldest_sampled_age_ms {
+        Some(ms) => format!(
+            "{:.1} s (oldest of {} sampled)",
+            ms as f64 / 1000.0,
+            stats.sampled
+        ),
+        None => "-".to_string(),
+    };
+    for (field, value) in [
+        ("used_memory", format!("{} bytes", stats.used_memory_bytes)),
+        ("outcome records", records),
+        ("oldest record age", oldest),
+    ] {
+        table.add_row(vec![field.to_string(), value]);
+    }
+    table
 }
 
 fn amount_text(a: Option<Amount>) -> Option<String> {
@@ -131,7 +175,7 @@ mod tests {
     #[test]
     fn a_bad_key_is_a_usage_error_before_any_connection() {
         let args = StatusArgs {
-            key: "no spaces".into(),
+            key: Some("no spaces".into()),
             json: false,
         };
         let e = run(&test_global(), args).unwrap_err();
@@ -148,6 +192,21 @@ mod tests {
         assert!(value["to_balance_after"].is_null());
         assert!(value["reason"].is_null());
         assert_eq!(value.as_object().unwrap().len(), 11);
+    }
+
+    #[test]
+    fn the_store_table_says_when_the_count_stopped_and_the_age_is_a_sample() {
+        let stats = StoreStats {
+            used_memory_bytes: 1_234,
+            outcome_records: 1_000_000,
+            outcome_records_exact: false,
+            sampled: 1_000,
+            oldest_sampled_age_ms: Some(61_500),
+        };
+        let text = store_table(&stats).to_string();
+        assert!(text.contains("1234 bytes"), "{text}");
+        assert!(text.contains("at least 1000000"), "{text}");
+        assert!(text.contains("61.5 s (oldest of 1000 sampled)"), "{text}");
     }
 
     #[test]

@@ -458,21 +458,26 @@ impl TransferRequest {
     /// A stable fingerprint of what the request asks for (not its ids). The same idempotency
     /// key arriving with another fingerprint is an `idempotency_conflict`.
     pub fn fingerprint(&self) -> String {
-        let canonical = format!(
-            "{}\n{}\n{}\n{}",
-            self.from_user,
-            self.to_user,
-            self.amount.minor(),
-            self.currency
-        );
-        // FNV-1a, 64 bit: stable across builds and platforms, unlike std's DefaultHasher.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in canonical.bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        format!("{hash:016x}")
+        fingerprint(
+            &self.from_user,
+            &self.to_user,
+            self.amount,
+            self.currency.as_str(),
+        )
     }
+}
+
+/// [`TransferRequest::fingerprint`] from its parts: a recorded outcome holds all of them, so
+/// its fingerprint is recomputed rather than stored (ARCHITECTURE.md, "Redis data model").
+pub fn fingerprint(from_user: &str, to_user: &str, amount: Amount, currency: &str) -> String {
+    let canonical = format!("{from_user}\n{to_user}\n{}\n{currency}", amount.minor());
+    // FNV-1a, 64 bit: stable across builds and platforms, unlike std's DefaultHasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in canonical.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
 }
 
 /// `^[A-Za-z0-9_-]{1,64}$`: the rule for user and wallet ids.

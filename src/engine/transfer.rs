@@ -31,7 +31,9 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::engine::lock::{self, Admission, LockError, LockGuard, LockStats};
-use crate::engine::message::{FailureReason, Status, TransferCompleted, TransferRequest, now_ms};
+use crate::engine::message::{
+    FailureReason, Status, TransferCompleted, TransferRequest, fingerprint, now_ms,
+};
 use crate::engine::money::{Amount, BALANCE_LIMIT};
 use crate::engine::service::WalletService;
 use crate::engine::store::{Conn, keys};
@@ -697,44 +699,122 @@ fn new_outcome(
     }
 }
 
-/// The `transfer:{key}` hash fields for an outcome.
+/// The `transfer:{key}` hash fields for an outcome, in the compact format (ARCHITECTURE.md,
+/// "Redis data model"): short names, amounts and times as integers (listpack stores them in a
+/// few bytes), empty fields left out. What the record can recompute is not stored: the
+/// idempotency key (the key's name), the transfer id when it is the idempotency key, and the
+/// request fingerprint (from `f`, `t`, `a`, `c`).
 fn outcome_fields(o: &TransferOutcome) -> Vec<(&'static str, String)> {
-    let opt = |a: Option<Amount>| a.map(|a| a.to_string()).unwrap_or_default();
-    vec![
-        ("transfer_id", o.transfer_id.clone()),
-        ("idempotency_key", o.idempotency_key.clone()),
-        ("status", o.status.as_str().to_string()),
-        (
-            "reason",
-            o.reason.map(|r| r.as_str()).unwrap_or("").to_string(),
-        ),
-        ("from_user", o.from_user.clone()),
-        ("to_user", o.to_user.clone()),
-        ("amount", o.amount.to_string()),
-        ("currency", o.currency.clone()),
-        (
-            "processed_at",
-            format!(
-                "{}.{:03}",
-                o.processed_at_ms / 1000,
-                o.processed_at_ms % 1000
-            ),
-        ),
-        ("from_balance_after", opt(o.from_balance_after)),
-        ("to_balance_after", opt(o.to_balance_after)),
-        ("request_hash", o.request_hash.clone()),
-        (
-            "origin",
-            o.origin.as_ref().map(Origin::encode).unwrap_or_default(),
-        ),
-    ]
+    let mut fields = Vec::with_capacity(11);
+    if o.transfer_id != o.idempotency_key {
+        fields.push(("id", o.transfer_id.clone()));
+    }
+    fields.push(("s", o.status.as_str().to_string()));
+    if let Some(reason) = o.reason {
+        fields.push(("r", reason.as_str().to_string()));
+    }
+    fields.extend([
+        ("f", o.from_user.clone()),
+        ("t", o.to_user.clone()),
+        ("a", o.amount.minor().to_string()),
+        ("c", o.currency.clone()),
+        ("p", o.processed_at_ms.to_string()),
+    ]);
+    for (name, after) in [("fb", o.from_balance_after), ("tb", o.to_balance_after)] {
+        if let Some(after) = after {
+            fields.push((name, after.minor().to_string()));
+        }
+    }
+    // The fingerprint is not stored when it is the one of the recorded fields (always, for an
+    // outcome the transfer made); `parse_outcome` recomputes it.
+    if o.request_hash != fingerprint(&o.from_user, &o.to_user, o.amount, &o.currency) {
+        fields.push(("h", o.request_hash.clone()));
+    }
+    if let Some(origin) = &o.origin {
+        fields.push(("g", origin.encode()));
+    }
+    fields
 }
 
-/// Parses a `transfer:{key}` hash as written by the transfer.
+/// The field names of one format of the outcome record.
+struct OutcomeNames {
+    transfer_id: &'static str,
+    status: &'static str,
+    reason: &'static str,
+    from_user: &'static str,
+    to_user: &'static str,
+    amount: &'static str,
+    currency: &'static str,
+    processed_at: &'static str,
+    from_balance_after: &'static str,
+    to_balance_after: &'static str,
+    request_hash: &'static str,
+    origin: &'static str,
+}
+
+/// The compact format: amounts in cents, `processed_at` in milliseconds.
+const COMPACT: OutcomeNames = OutcomeNames {
+    transfer_id: "id",
+    status: "s",
+    reason: "r",
+    from_user: "f",
+    to_user: "t",
+    amount: "a",
+    currency: "c",
+    processed_at: "p",
+    from_balance_after: "fb",
+    to_balance_after: "tb",
+    request_hash: "h",
+    origin: "g",
+};
+
+/// The original (long) format: amounts as decimal text, `processed_at` in seconds.
+const LONG: OutcomeNames = OutcomeNames {
+    transfer_id: "transfer_id",
+    status: "status",
+    reason: "reason",
+    from_user: "from_user",
+    to_user: "to_user",
+    amount: "amount",
+    currency: "currency",
+    processed_at: "processed_at",
+    from_balance_after: "from_balance_after",
+    to_balance_after: "to_balance_after",
+    request_hash: "request_hash",
+    origin: "origin",
+};
+
+/// An amount of an outcome record: cents in the compact format, decimal text in the long one.
+fn outcome_amount(compact: bool, text: &str) -> Result<Amount, String> {
+    if compact {
+        text.parse::<i64>()
+            .map(Amount::from_minor)
+            .map_err(|e| e.to_string())
+    } else {
+        Amount::parse(text).map_err(|e| e.to_string())
+    }
+}
+
+/// `processed_at` of an outcome record, in ms: ms in the compact format, seconds with three
+/// decimals in the long one.
+fn outcome_time_ms(compact: bool, text: &str) -> Result<u64, String> {
+    if compact {
+        text.parse::<u64>().map_err(|e| e.to_string())
+    } else {
+        text.parse::<f64>()
+            .map(|s| (s * 1000.0).round() as u64)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Parses a `transfer:{key}` hash as written by the transfer, in either format: the compact
+/// one (field `s`) or the original long one (field `status`, also the Python system's).
 pub fn parse_outcome(
     key: &str,
     f: &HashMap<String, String>,
 ) -> Result<TransferOutcome, TransferError> {
+    let compact = f.contains_key(COMPACT.status);
+    let n = if compact { &COMPACT } else { &LONG };
     let corrupt = |detail: String| TransferError::Corrupt {
         key: key.to_string(),
         detail,
@@ -744,43 +824,53 @@ pub fn parse_outcome(
             .cloned()
             .ok_or_else(|| corrupt(format!("missing field {name}")))
     };
-    let opt_amount = |name: &str| -> Result<Option<Amount>, TransferError> {
-        match f.get(name).map(String::as_str) {
-            None | Some("") => Ok(None),
-            Some(text) => Amount::parse(text)
-                .map(Some)
-                .map_err(|e| corrupt(format!("{name}: {e}"))),
-        }
+    let amount = |name: &str, text: &str| {
+        outcome_amount(compact, text).map_err(|e| corrupt(format!("{name}: {e}")))
     };
-    let status_text = field("status")?;
+    let opt_amount = |name: &str| match f.get(name).map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(text) => amount(name, text).map(Some),
+    };
+    let status_text = field(n.status)?;
     let status =
         Status::parse(&status_text).ok_or_else(|| corrupt(format!("status {status_text:?}")))?;
-    let reason = match f.get("reason").map(String::as_str) {
+    let reason = match f.get(n.reason).map(String::as_str) {
         None | Some("") => None,
         Some(r) => Some(FailureReason::parse(r).ok_or_else(|| corrupt(format!("reason {r:?}")))?),
     };
-    let processed_at_ms = field("processed_at")?
-        .parse::<f64>()
-        .map(|s| (s * 1000.0).round() as u64)
+    let processed_at_ms = outcome_time_ms(compact, &field(n.processed_at)?)
         .map_err(|e| corrupt(format!("processed_at: {e}")))?;
+    let (from_user, to_user) = (field(n.from_user)?, field(n.to_user)?);
+    let amount = amount(n.amount, &field(n.amount)?)?;
+    let currency = field(n.currency)?;
+    let request_hash = match f.get(n.request_hash) {
+        Some(hash) => hash.clone(),
+        None if compact => fingerprint(&from_user, &to_user, amount, &currency),
+        None => String::new(),
+    };
+    let idempotency_key = match f.get("idempotency_key") {
+        Some(k) if !compact => k.clone(),
+        _ => key.trim_start_matches("transfer:").to_string(),
+    };
     Ok(TransferOutcome {
-        transfer_id: field("transfer_id")?,
-        idempotency_key: f
-            .get("idempotency_key")
-            .cloned()
-            .unwrap_or_else(|| key.trim_start_matches("transfer:").to_string()),
+        transfer_id: match f.get(n.transfer_id) {
+            Some(id) => id.clone(),
+            None if compact => idempotency_key.clone(),
+            None => field(n.transfer_id)?,
+        },
+        idempotency_key,
         status,
         reason,
-        from_user: field("from_user")?,
-        to_user: field("to_user")?,
-        amount: Amount::parse(&field("amount")?).map_err(|e| corrupt(format!("amount: {e}")))?,
-        currency: field("currency")?,
+        from_user,
+        to_user,
+        amount,
+        currency,
         processed_at_ms,
-        from_balance_after: opt_amount("from_balance_after")?,
-        to_balance_after: opt_amount("to_balance_after")?,
+        from_balance_after: opt_amount(n.from_balance_after)?,
+        to_balance_after: opt_amount(n.to_balance_after)?,
         duplicate: false,
-        origin: f.get("origin").and_then(|o| Origin::parse(o)),
-        request_hash: f.get("request_hash").cloned().unwrap_or_default(),
+        origin: f.get(n.origin).and_then(|o| Origin::parse(o)),
+        request_hash,
         stats: TransferStats::default(),
     })
 }
@@ -868,6 +958,84 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v))
             .collect();
         assert_eq!(parse_outcome("transfer:t1", &fields).unwrap(), failed);
+    }
+
+    fn hash(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_long_and_the_compact_outcome_formats_read_the_same() {
+        let long = hash(&[
+            ("transfer_id", "tx_1"),
+            ("idempotency_key", "req_1"),
+            ("status", "COMPLETED"),
+            ("reason", ""),
+            ("from_user", "a"),
+            ("to_user", "b"),
+            ("amount", "12.30"),
+            ("currency", "USD"),
+            ("processed_at", "1764170000.123"),
+            ("from_balance_after", "87.70"),
+            ("to_balance_after", "12.30"),
+            ("request_hash", "5afc84f9b2d512c3"),
+            ("origin", "wallet.transfer.requested:5:42"),
+        ]);
+        let compact = hash(&[
+            ("id", "tx_1"),
+            ("s", "COMPLETED"),
+            ("f", "a"),
+            ("t", "b"),
+            ("a", "1230"),
+            ("c", "USD"),
+            ("p", "1764170000123"),
+            ("fb", "8770"),
+            ("tb", "1230"),
+            ("h", "5afc84f9b2d512c3"),
+            ("g", "wallet.transfer.requested:5:42"),
+        ]);
+        let old = parse_outcome("transfer:req_1", &long).unwrap();
+        let new = parse_outcome("transfer:req_1", &compact).unwrap();
+        assert_eq!(old, new);
+        assert_eq!(new.transfer_id, "tx_1");
+        assert_eq!(new.idempotency_key, "req_1");
+        assert_eq!(new.amount, Amount::from_minor(1230));
+        assert_eq!(new.from_balance_after, Some(Amount::from_minor(8770)));
+        assert_eq!(new.processed_at_ms, 1_764_170_000_123);
+        assert_eq!(new.origin.as_ref().map(|o| o.offset), Some(42));
+        // What the transfer writes is the compact format, and it reads back whole.
+        let written: HashMap<String, String> = outcome_fields(&new)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(written, compact);
+        // A FAILED one: the reason in `r`, no balances, the transfer id from the key.
+        let failed = hash(&[
+            ("s", "FAILED"),
+            ("r", "insufficient_funds"),
+            ("f", "a"),
+            ("t", "b"),
+            ("a", "1230"),
+            ("c", "USD"),
+            ("p", "1764170000123"),
+        ]);
+        let failed = parse_outcome("transfer:tx_2", &failed).unwrap();
+        assert_eq!(failed.transfer_id, "tx_2");
+        assert_eq!(failed.reason, Some(FailureReason::InsufficientFunds));
+        assert_eq!(failed.from_balance_after, None);
+        assert!(parse_outcome("transfer:x", &hash(&[("s", "COMPLETED")])).is_err());
+        // The request's own fingerprint is not stored, and is recomputed.
+        let r = req("a", "b", "12.30");
+        let o = new_outcome(&r, &Err(FailureReason::SameUser), &r.fingerprint(), None);
+        let fields: HashMap<String, String> = outcome_fields(&o)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert!(!fields.contains_key("h"), "{fields:?}");
+        assert_eq!(parse_outcome("transfer:t1", &fields).unwrap(), o);
     }
 
     #[test]

@@ -137,7 +137,8 @@ pub struct HistoryEntry {
     pub amount: Amount,
     /// The wallet's balance right after this entry.
     pub balance_after: Amount,
-    /// When, in milliseconds since the Unix epoch.
+    /// When, in milliseconds since the Unix epoch: the stream id's time for compact entries,
+    /// the `at` field for entries in the long format.
     pub at_ms: u64,
 }
 
@@ -160,6 +161,25 @@ impl HistoryKind {
             HistoryKind::Debit => "debit",
             HistoryKind::Credit => "credit",
             HistoryKind::Deposit => "deposit",
+        }
+    }
+
+    /// The one-letter code of the compact history format: `d`, `c` or `p`.
+    pub fn code(self) -> &'static str {
+        match self {
+            HistoryKind::Debit => "d",
+            HistoryKind::Credit => "c",
+            HistoryKind::Deposit => "p",
+        }
+    }
+
+    /// Parses [`HistoryKind::code`]; `None` for anything else.
+    pub fn from_code(code: &str) -> Option<HistoryKind> {
+        match code {
+            "d" => Some(HistoryKind::Debit),
+            "c" => Some(HistoryKind::Credit),
+            "p" => Some(HistoryKind::Deposit),
+            _ => None,
         }
     }
 
@@ -389,7 +409,11 @@ pub(crate) struct Mover<'a> {
     pub idempotency_key: &'a str,
 }
 
-/// Appends a history entry (XADD) to a pipeline, inside the caller's MULTI.
+/// Appends a history entry (XADD) to a pipeline, inside the caller's MULTI, in the compact
+/// format (ARCHITECTURE.md, "Redis data model"): `t` transfer id, `k` idempotency key (empty
+/// when it is the transfer id), `d` kind (`d` debit, `c` credit, `p` deposit), `a` amount and
+/// `b` balance after in cents. Every entry has the same fields in the same order, so a stream
+/// node stores the names once. The time is the stream id's (set by Redis in the transaction).
 pub(crate) fn add_history(
     pipe: &mut redis::Pipeline,
     wallet_id: &str,
@@ -398,21 +422,79 @@ pub(crate) fn add_history(
     amount: Amount,
     balance_after: Amount,
 ) {
+    let key = if mover.idempotency_key == mover.transfer_id {
+        ""
+    } else {
+        mover.idempotency_key
+    };
     pipe.cmd("XADD")
         .arg(keys::history(wallet_id))
         .arg("*")
-        .arg("transfer_id")
+        .arg("t")
         .arg(mover.transfer_id)
-        .arg("idempotency_key")
-        .arg(mover.idempotency_key)
-        .arg("kind")
-        .arg(kind.as_str())
-        .arg("amount")
-        .arg(amount.to_string())
-        .arg("balance_after")
-        .arg(balance_after.to_string())
-        .arg("at")
-        .arg(now_ms());
+        .arg("k")
+        .arg(key)
+        .arg("d")
+        .arg(kind.code())
+        .arg("a")
+        .arg(amount.minor())
+        .arg("b")
+        .arg(balance_after.minor());
+}
+
+/// Parses one history entry in either format: the compact one (field `d`) or the original
+/// long one (`transfer_id`, `idempotency_key` when recorded, `kind`, `amount`,
+/// `balance_after`, `at`). Errors name the field.
+pub fn parse_history_fields(
+    stream_id: &str,
+    f: &HashMap<String, String>,
+) -> Result<HistoryEntry, String> {
+    let field = |name: &str| f.get(name).ok_or_else(|| format!("missing field {name}"));
+    if let Some(code) = f.get("d") {
+        let kind = HistoryKind::from_code(code).ok_or_else(|| format!("unknown kind {code:?}"))?;
+        let cents = |name: &str| {
+            field(name)?
+                .parse::<i64>()
+                .map(Amount::from_minor)
+                .map_err(|e| format!("{name}: {e}"))
+        };
+        let transfer_id = field("t")?.clone();
+        let key = f.get("k").filter(|k| !k.is_empty()).unwrap_or(&transfer_id);
+        return Ok(HistoryEntry {
+            idempotency_key: Some(key.clone()),
+            kind,
+            amount: cents("a")?,
+            balance_after: cents("b")?,
+            at_ms: stream_id_ms(stream_id),
+            stream_id: stream_id.to_string(),
+            transfer_id,
+        });
+    }
+    let kind = match field("kind")?.as_str() {
+        "debit" => HistoryKind::Debit,
+        "credit" => HistoryKind::Credit,
+        "deposit" => HistoryKind::Deposit,
+        other => return Err(format!("unknown kind {other:?}")),
+    };
+    let amount = |name: &str| Amount::parse(field(name)?).map_err(|e| format!("{name}: {e}"));
+    Ok(HistoryEntry {
+        transfer_id: field("transfer_id")?.clone(),
+        idempotency_key: f.get("idempotency_key").cloned(),
+        kind,
+        amount: amount("amount")?,
+        balance_after: amount("balance_after")?,
+        at_ms: field("at")?.parse().unwrap_or(0),
+        stream_id: stream_id.to_string(),
+    })
+}
+
+/// The milliseconds part of a stream id (`<ms>-<seq>`); 0 when it has none.
+fn stream_id_ms(stream_id: &str) -> u64 {
+    stream_id
+        .split('-')
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(0)
 }
 
 fn parse_history(
@@ -420,31 +502,9 @@ fn parse_history(
     stream_id: String,
     f: &HashMap<String, String>,
 ) -> Result<HistoryEntry, WalletError> {
-    let corrupt = |detail: String| WalletError::Corrupt {
+    parse_history_fields(&stream_id, f).map_err(|detail| WalletError::Corrupt {
         key: format!("{key} {stream_id}"),
         detail,
-    };
-    let field = |name: &str| {
-        f.get(name)
-            .cloned()
-            .ok_or_else(|| corrupt(format!("missing field {name}")))
-    };
-    let kind = match field("kind")?.as_str() {
-        "debit" => HistoryKind::Debit,
-        "credit" => HistoryKind::Credit,
-        "deposit" => HistoryKind::Deposit,
-        other => return Err(corrupt(format!("unknown kind {other:?}"))),
-    };
-    let amount =
-        |name: &str| Amount::parse(&field(name)?).map_err(|e| corrupt(format!("{name}: {e}")));
-    Ok(HistoryEntry {
-        transfer_id: field("transfer_id")?,
-        idempotency_key: f.get("idempotency_key").cloned(),
-        kind,
-        amount: amount("amount")?,
-        balance_after: amount("balance_after")?,
-        at_ms: field("at")?.parse().unwrap_or(0),
-        stream_id,
     })
 }
 
@@ -508,4 +568,91 @@ pub(crate) fn parse_wallet(
         },
     };
     Ok(Some(wallet))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_long_and_the_compact_history_formats_read_the_same() {
+        let long = fields(&[
+            ("transfer_id", "tx_1"),
+            ("idempotency_key", "tx_1"),
+            ("kind", "debit"),
+            ("amount", "11.44"),
+            ("balance_after", "999988.56"),
+            ("at", "1795751339956"),
+        ]);
+        let compact = fields(&[
+            ("t", "tx_1"),
+            ("k", ""),
+            ("d", "d"),
+            ("a", "1144"),
+            ("b", "99998856"),
+        ]);
+        let old = parse_history_fields("1795751339956-0", &long).unwrap();
+        let new = parse_history_fields("1795751339956-0", &compact).unwrap();
+        assert_eq!(old, new);
+        assert_eq!(new.idempotency_key.as_deref(), Some("tx_1"));
+        assert_eq!(new.at_ms, 1_795_751_339_956);
+        // A key other than the transfer id is kept; an old entry without one has none.
+        let keyed = fields(&[
+            ("t", "tx_2"),
+            ("k", "req_2"),
+            ("d", "c"),
+            ("a", "1"),
+            ("b", "2"),
+        ]);
+        let keyed = parse_history_fields("5-1", &keyed).unwrap();
+        assert_eq!(keyed.idempotency_key.as_deref(), Some("req_2"));
+        assert_eq!(keyed.kind, HistoryKind::Credit);
+        let mut legacy = long.clone();
+        legacy.remove("idempotency_key");
+        assert_eq!(
+            parse_history_fields("1-0", &legacy)
+                .unwrap()
+                .idempotency_key,
+            None
+        );
+        let bad = fields(&[("t", "tx"), ("k", ""), ("d", "x"), ("a", "1"), ("b", "2")]);
+        assert!(parse_history_fields("1-0", &bad).is_err());
+    }
+
+    #[test]
+    fn the_compact_history_entry_has_the_same_fields_for_every_kind() {
+        let mut pipe = redis::pipe();
+        let mover = Mover {
+            transfer_id: "tx_1",
+            idempotency_key: "tx_1",
+        };
+        for kind in [HistoryKind::Debit, HistoryKind::Deposit] {
+            add_history(
+                &mut pipe,
+                "a",
+                &mover,
+                kind,
+                Amount::from_minor(5),
+                Amount::ZERO,
+            );
+        }
+        let packed: Vec<String> = pipe
+            .cmd_iter()
+            .map(|c| String::from_utf8_lossy(&c.get_packed_command()).into_owned())
+            .collect();
+        let names = |p: &str| -> Vec<String> {
+            // `*N`, then `$len` and the text of each argument: XADD key * name value ...
+            let args: Vec<&str> = p.split("\r\n").skip(2).step_by(2).collect();
+            args[3..].iter().step_by(2).map(|s| s.to_string()).collect()
+        };
+        assert_eq!(names(&packed[0]), ["t", "k", "d", "a", "b"]);
+        assert_eq!(names(&packed[0]), names(&packed[1]));
+    }
 }

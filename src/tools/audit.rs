@@ -37,7 +37,7 @@ use crate::engine::message::Status;
 use crate::engine::money::Amount;
 use crate::engine::store::keys;
 use crate::engine::transfer::{TransferOutcome, parse_outcome};
-use crate::engine::wallet::{HistoryKind, Wallet, parse_wallet};
+use crate::engine::wallet::{HistoryKind, Wallet, parse_history_fields, parse_wallet};
 
 /// Most violations listed one by one; after that they are only counted.
 pub const VIOLATIONS_LISTED_MAX: usize = 1_000;
@@ -1022,18 +1022,26 @@ fn parse_late(history: &RawHistory) -> Vec<Entry> {
         .collect()
 }
 
-/// One history stream entry: transfer_id, kind, amount, and idempotency_key when recorded.
+/// One history stream entry, in either format ([`parse_history_fields`]): transfer id, kind,
+/// amount, and the idempotency key when recorded. The long format needs only `transfer_id`,
+/// `kind` and `amount` here (the original system's entries may lack the rest).
 fn parse_entry(stream_id: &str, f: &Fields) -> Option<Entry> {
-    let kind = match f.get("kind")?.as_str() {
-        "debit" => HistoryKind::Debit,
-        "credit" => HistoryKind::Credit,
-        "deposit" => HistoryKind::Deposit,
-        _ => return None,
+    let (transfer_id, key, kind, amount) = if f.contains_key("d") {
+        let e = parse_history_fields(stream_id, f).ok()?;
+        (e.transfer_id, e.idempotency_key, e.kind, e.amount)
+    } else {
+        let kind = match f.get("kind")?.as_str() {
+            "debit" => HistoryKind::Debit,
+            "credit" => HistoryKind::Credit,
+            "deposit" => HistoryKind::Deposit,
+            _ => return None,
+        };
+        let amount = Amount::parse(f.get("amount")?).ok()?;
+        let key = f.get("idempotency_key").filter(|k| !k.is_empty()).cloned();
+        (f.get("transfer_id")?.clone(), key, kind, amount)
     };
-    let amount = Amount::parse(f.get("amount")?).ok()?;
-    let transfer_id = f.get("transfer_id")?.clone();
-    let mover = match f.get("idempotency_key").filter(|k| !k.is_empty()) {
-        Some(key) => Mover::Key(key.clone()),
+    let mover = match key {
+        Some(key) => Mover::Key(key),
         None => Mover::Legacy(transfer_id.clone()),
     };
     Some(Entry {
@@ -1306,6 +1314,47 @@ mod tests {
         assert_eq!(r.currencies[0].currency, "USD");
         assert_eq!(r.currencies[0].in_flight, Amount::ZERO);
         assert_eq!((r.settle_passes, r.unsettled), (0, 0));
+    }
+
+    /// A history entry in the compact format the engine writes now.
+    fn compact(n: u32, id: &str, kind: &str, cents: &str) -> (String, Fields) {
+        let e = fields(&[("t", id), ("k", ""), ("d", kind), ("a", cents), ("b", "0")]);
+        (format!("1-{n}"), e)
+    }
+
+    #[test]
+    fn compact_records_and_long_ones_audit_alike() {
+        let mut a = Auditor::default();
+        let t1 = fields(&[
+            ("s", "COMPLETED"),
+            ("f", "a"),
+            ("t", "b"),
+            ("a", "1000"),
+            ("c", "USD"),
+            ("p", "1700000000000"),
+        ]);
+        add_outcomes(
+            &mut a,
+            &[
+                ("t1", t1),
+                ("t2", outcome("t2", "COMPLETED", "a", "b", "1.00")),
+            ],
+        );
+        let a_history = vec![
+            compact(1, "t1", "d", "1000"),
+            entry(2, "t2", "debit", "1.00"),
+        ];
+        add_wallet(&mut a, "a", wallet("89.00", "100.00", 2), a_history);
+        let b_history = vec![
+            entry(3, "t2", "credit", "1.00"),
+            compact(4, "t1", "c", "1000"),
+            compact(5, "d1", "p", "500"),
+        ];
+        add_wallet(&mut a, "b", wallet("16.00", "0.00", 3), b_history);
+        let r = settle_quiet(a);
+        assert!(r.is_ok(), "{:?}", lines(&r));
+        assert_eq!((r.transfers_checked, r.transfers_completed), (2, 2));
+        assert_eq!(r.total_deposits.to_string(), "5.00");
     }
 
     #[test]

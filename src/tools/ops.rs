@@ -163,6 +163,100 @@ pub fn snapshot(
 }
 
 // ---------------------------------------------------------------------------------------------
+// store
+
+/// Most outcome records [`store_stats`] counts (SCAN stops there).
+pub const STORE_COUNT_LIMIT: u64 = 1_000_000;
+
+/// Outcome records [`store_stats`] reads for the oldest one's age.
+pub const STORE_SAMPLE_LIMIT: usize = 10_000;
+
+/// What the store holds, for `wallet status` without a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreStats {
+    /// `used_memory` of `INFO memory`, bytes.
+    pub used_memory_bytes: u64,
+    /// `transfer:*` hashes counted by SCAN, at most [`STORE_COUNT_LIMIT`].
+    pub outcome_records: u64,
+    /// False when the count stopped at [`STORE_COUNT_LIMIT`] (there are more).
+    pub outcome_records_exact: bool,
+    /// Records whose `processed_at` was read: the first [`STORE_SAMPLE_LIMIT`] the SCAN met,
+    /// which is hash order, not age order.
+    pub sampled: u64,
+    /// Age of the oldest record of the sample, milliseconds; `None` with no record.
+    pub oldest_sampled_age_ms: Option<u64>,
+}
+
+/// Memory, the number of outcome records (SCAN, bounded by [`STORE_COUNT_LIMIT`]) and the age
+/// of the oldest of a sample of them (the first [`STORE_SAMPLE_LIMIT`] met; records of either
+/// format, ARCHITECTURE.md, "Redis data model"). Reads only.
+pub fn store_stats(service: &WalletService) -> Result<StoreStats, OpsError> {
+    let mut conn = service.pool().get()?;
+    let info: String = redis::cmd("INFO").arg("memory").query(&mut conn.redis)?;
+    let used_memory_bytes = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
+        .unwrap_or(0);
+    let mut seen = std::collections::HashSet::new();
+    let mut sample = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(keys::outcome("*"))
+            .arg("COUNT")
+            .arg(store::SCAN_COUNT)
+            .arg("TYPE")
+            .arg("hash")
+            .query(&mut conn.redis)?;
+        for key in batch {
+            if sample.len() < STORE_SAMPLE_LIMIT && !seen.contains(&key) {
+                sample.push(key.clone());
+            }
+            seen.insert(key);
+        }
+        cursor = next;
+        if cursor == 0 || seen.len() as u64 >= STORE_COUNT_LIMIT {
+            break;
+        }
+    }
+    let oldest = oldest_processed_at(&mut conn, &sample)?;
+    Ok(StoreStats {
+        used_memory_bytes,
+        outcome_records: seen.len() as u64,
+        outcome_records_exact: cursor == 0,
+        sampled: sample.len() as u64,
+        oldest_sampled_age_ms: oldest.map(|at| crate::engine::message::now_ms().saturating_sub(at)),
+    })
+}
+
+/// The earliest `processed_at` (ms) of the outcome records `keys`, read with HMGET of the
+/// field of either format (`p` in ms, `processed_at` in seconds); records that vanished or do
+/// not parse are skipped.
+fn oldest_processed_at(conn: &mut PooledConn, keys: &[String]) -> Result<Option<u64>, OpsError> {
+    let mut oldest: Option<u64> = None;
+    for batch in keys.chunks(BATCH) {
+        let mut pipe = redis::pipe();
+        for key in batch {
+            pipe.cmd("HMGET").arg(key).arg("p").arg("processed_at");
+        }
+        let times: Vec<(Option<String>, Option<String>)> = pipe.query(&mut conn.redis)?;
+        for (compact, long) in times {
+            let at = match (compact, long) {
+                (Some(ms), _) => ms.parse::<u64>().ok(),
+                (None, Some(s)) => s.parse::<f64>().ok().map(|s| (s * 1000.0).round() as u64),
+                (None, None) => None,
+            };
+            if let Some(at) = at {
+                oldest = Some(oldest.map_or(at, |t| t.min(at)));
+            }
+        }
+    }
+    Ok(oldest)
+}
+
+// ---------------------------------------------------------------------------------------------
 // locks
 
 /// One held `lock:*` key.

@@ -182,7 +182,7 @@ fn a_deleted_credit_is_named_by_the_audit() {
         .unwrap();
     let (credit, _) = history
         .iter()
-        .find(|(_, f)| f["idempotency_key"] == "t1" && f["kind"] == "credit")
+        .find(|(_, f)| f["t"] == "t1" && f["d"] == "c")
         .expect("t1's credit");
     let balance: String = redis::cmd("HGET")
         .arg("wallet:a3")
@@ -230,7 +230,12 @@ fn a_move_into_a_wallet_of_another_currency_is_named_by_the_audit() {
     let mut conn = redis.conn();
     redis::cmd("HSET")
         .arg("transfer:t_fx")
-        .arg(&[("status", "COMPLETED"), ("reason", "")])
+        .arg(&[("s", "COMPLETED")])
+        .query::<()>(&mut conn)
+        .unwrap();
+    redis::cmd("HDEL")
+        .arg("transfer:t_fx")
+        .arg("r")
         .query::<()>(&mut conn)
         .unwrap();
     apply_by_hand(&mut conn, "t_fx", "a1", "e1", "5.00");

@@ -91,8 +91,9 @@ fn a_transfer_moves_the_exact_amount_and_records_it() {
         .arg("transfer:tx_1")
         .query(&mut conn)
         .unwrap();
-    assert_eq!(record["status"], "COMPLETED");
-    assert_eq!(record["amount"], "100.55");
+    // The compact format (ARCHITECTURE.md, "Redis data model"): short names, cents.
+    assert_eq!(record["s"], "COMPLETED");
+    assert_eq!(record["a"], "10055");
     let ttl: i64 = redis::cmd("TTL")
         .arg("transfer:tx_1")
         .query(&mut conn)

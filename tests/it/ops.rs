@@ -105,6 +105,14 @@ fn audit_passes_on_a_sound_ledger_and_names_a_corrupted_wallet() {
         1,
         "no outcome recorded",
     );
+    // Without a key: what the store holds (every record counted, the oldest one's age).
+    let out = wallet(&["--redis-url", &url, "status", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let store: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(store["outcome_records"], 4, "{store}");
+    assert_eq!(store["outcome_records_exact"], true, "{store}");
+    assert!(store["used_memory_bytes"].as_u64().unwrap() > 0, "{store}");
+    assert!(store["oldest_sampled_age_ms"].as_u64().is_some(), "{store}");
 
     // Corrupt one balance behind the engine's back.
     let mut conn = redis.conn();
