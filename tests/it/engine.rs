@@ -707,6 +707,66 @@ fn watch_conflicts_are_retried_up_to_their_limit_then_reported_as_transient() {
     assert_eq!(base.balance("b").unwrap(), amount("1.00"));
 }
 
+/// A lock found without a ttl makes transfers on its wallet fail fast (`lock_stuck`); once the
+/// lock has a ttl again (a live holder), the next probe times out as an ordinary lock timeout,
+/// and once it is gone the transfer goes through.
+#[test]
+fn a_stuck_lock_fails_fast_and_is_probed_until_it_is_an_ordinary_lock_again() {
+    let redis = RedisServer::start();
+    let quick = EngineConfig::default().with_lock(
+        LockConfig::default()
+            .with_retries_max(1)
+            .with_retry_delay_ms_base(10)
+            .with_retry_delay_ms_max(10),
+    );
+    let service = redis.service(2, quick);
+    create_wallets(&service, &[("a", "100.00"), ("b", "0")]);
+    let mut conn = redis.conn();
+    let set = |conn: &mut redis::Connection, ttl_ms: Option<u64>| {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg("lock:b").arg("someone-else");
+        if let Some(ms) = ttl_ms {
+            cmd.arg("PX").arg(ms);
+        }
+        cmd.query::<()>(conn).unwrap();
+    };
+    set(&mut conn, None);
+    let request = usd("t1", "a", "b", "1.00");
+    match service.transfer(&request) {
+        Err(TransferError::LockTimeout(lock::LockError::Timeout { no_ttl, .. })) => {
+            assert_eq!(no_ttl, ["lock:b"]);
+        }
+        other => panic!("the first attempt finds the lock without a ttl: {other:?}"),
+    }
+    match service.transfer(&request) {
+        Err(e @ TransferError::LockStuck(_)) => assert!(e.is_transient()),
+        other => panic!("known stuck: fail fast, got {other:?}"),
+    }
+    // Due for a recheck, still without a ttl: the probe (one attempt) says stuck again.
+    std::thread::sleep(Duration::from_millis(lock::STUCK_RECHECK_MS + 50));
+    match service.transfer(&request) {
+        Err(TransferError::LockStuck(key)) => assert_eq!(key, "lock:b"),
+        other => panic!("the probe finds it still stuck: {other:?}"),
+    }
+    // A live holder now: the probe after the recheck interval is an ordinary timeout.
+    set(&mut conn, Some(60_000));
+    std::thread::sleep(Duration::from_millis(lock::STUCK_RECHECK_MS + 50));
+    match service.transfer(&request) {
+        Err(TransferError::LockTimeout(lock::LockError::Timeout { no_ttl, .. })) => {
+            assert!(no_ttl.is_empty());
+        }
+        other => panic!("a held lock with a ttl times out as usual: {other:?}"),
+    }
+    redis::cmd("DEL")
+        .arg("lock:b")
+        .query::<()>(&mut conn)
+        .unwrap();
+    assert_eq!(
+        service.transfer(&request).unwrap().status,
+        Status::Completed
+    );
+}
+
 #[test]
 fn a_lock_held_by_another_times_out_without_recording_anything() {
     let redis = RedisServer::start();
