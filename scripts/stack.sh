@@ -50,7 +50,8 @@ case "$cmd" in
     for name in worker tansu redis; do
       if running "$name"; then
         kill "$(cat "$dir/$name.pid")" 2>/dev/null || true
-        for _ in $(seq 1 100); do running "$name" || break; sleep 0.1; done
+        # The worker stops within its --shutdown-timeout-ms (10 s by default); then SIGKILL.
+        for _ in $(seq 1 150); do running "$name" || break; sleep 0.1; done
         running "$name" && kill -9 "$(cat "$dir/$name.pid")" 2>/dev/null || true
         echo "stopped $name"
       fi
