@@ -4,6 +4,7 @@
 //!
 //! Owns every number the pipeline runs by. Does not read flags or the environment (`cli`).
 
+use crate::engine::backoff::Backoff;
 use crate::engine::setting::{SettingError, setters};
 use crate::worker::kafka::{self, KafkaConfig};
 
@@ -182,6 +183,26 @@ const _: () = assert!(RETRY_DELAY_MS_BASE > 0 && PRODUCE_RETRY_DELAY_MS_BASE > 0
 const _: () = assert!(WAIT_STEP_MS < POLL_MS);
 
 impl WorkerConfig {
+    /// Delays between tries of a job that hit a transient error or whose answer was not
+    /// delivered: from `RETRY_DELAY_MS_BASE`, doubling, capped at `retry_delay_ms_max`.
+    pub fn retry_backoff(&self) -> Backoff {
+        Backoff {
+            first_ms: RETRY_DELAY_MS_BASE,
+            max_ms: self.retry_delay_ms_max,
+            jitter_ms: 0,
+        }
+    }
+
+    /// Delays between attempts to hand an answer to a producer that refused it (queue full):
+    /// from `PRODUCE_RETRY_DELAY_MS_BASE`, doubling, capped at `retry_delay_ms_max`.
+    pub fn produce_backoff(&self) -> Backoff {
+        Backoff {
+            first_ms: PRODUCE_RETRY_DELAY_MS_BASE,
+            max_ms: self.retry_delay_ms_max,
+            jitter_ms: 0,
+        }
+    }
+
     /// How long joining the group may wait before it is taken as hung: any legitimate join
     /// completes within the rebalance timeout, and a lost member is dropped after its session.
     pub fn join_stuck_ms(&self) -> u64 {
@@ -239,6 +260,15 @@ impl WorkerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_double_from_their_base_up_to_the_configured_cap() {
+        let c = WorkerConfig::default().with_retry_delay_ms_max(300);
+        let retry: Vec<u64> = (0..4).map(|a| c.retry_backoff().base_delay_ms(a)).collect();
+        assert_eq!(retry, [50, 100, 200, 300]);
+        assert_eq!(c.produce_backoff().base_delay_ms(0), PRODUCE_RETRY_DELAY_MS_BASE);
+        assert_eq!(c.produce_backoff().base_delay_ms(20), 300);
+    }
 
     #[test]
     fn the_defaults_pass_their_own_rules() {

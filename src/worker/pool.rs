@@ -22,14 +22,13 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 
-use crate::engine::backoff::Backoff;
 use crate::engine::lock::LockError;
 use crate::engine::message::{Decoded, FailureReason, RawRequest, TransferCompleted, decode};
 use crate::engine::service::WalletService;
 use crate::engine::transfer::{Origin, TransferError, TransferOutcome};
 use crate::worker::config::{
-    DLQ_ERROR_BYTES_LIMIT, DLQ_KEY_BYTES_LIMIT, DLQ_PAYLOAD_BYTES_LIMIT,
-    PRODUCE_RETRY_DELAY_MS_BASE, RETRY_DELAY_MS_BASE, RETRY_TICK_MS, WAIT_STEP_MS, WorkerConfig,
+    DLQ_ERROR_BYTES_LIMIT, DLQ_KEY_BYTES_LIMIT, DLQ_PAYLOAD_BYTES_LIMIT, RETRY_TICK_MS,
+    WAIT_STEP_MS, WorkerConfig,
 };
 use crate::worker::metrics::Stage;
 use crate::worker::pipeline::{Job, NO_TTL_REPORTED_LIMIT, Shared};
@@ -157,12 +156,11 @@ impl PoolThread {
             }
             Err(e) if e.is_transient() => {
                 self.note_transient(&e);
-                let delay_ms = Backoff {
-                    first_ms: RETRY_DELAY_MS_BASE,
-                    max_ms: self.shared.config.retry_delay_ms_max,
-                    jitter_ms: 0,
-                }
-                .base_delay_ms(job.transient_failures);
+                let delay_ms = self
+                    .shared
+                    .config
+                    .retry_backoff()
+                    .base_delay_ms(job.transient_failures);
                 self.shared.warnings.warn(e.kind(), || {
                     format!(
                         "transfer {}: {e}; retry {} in {delay_ms} ms",
@@ -249,12 +247,7 @@ impl PoolThread {
                 });
                 self.shared.metrics.record_retry("kafka_produce");
             }
-            let delay_ms = Backoff {
-                first_ms: PRODUCE_RETRY_DELAY_MS_BASE,
-                max_ms: self.shared.config.retry_delay_ms_max,
-                jitter_ms: 0,
-            }
-            .base_delay_ms(attempt);
+            let delay_ms = self.shared.config.produce_backoff().base_delay_ms(attempt);
             if !sleep_unless_shutdown(&self.shared, delay_ms) {
                 // The engine has recorded the outcome; the redelivered message will be
                 // answered from it by whoever owns the partition next.
@@ -405,12 +398,11 @@ impl ProducerContext for DeliveryContext {
             Err((e, _)) => {
                 self.shared.delivery_failing.store(true, Ordering::SeqCst);
                 job.publish_failures += 1;
-                let delay_ms = Backoff {
-                    first_ms: RETRY_DELAY_MS_BASE,
-                    max_ms: self.shared.config.retry_delay_ms_max,
-                    jitter_ms: 0,
-                }
-                .base_delay_ms(job.publish_failures - 1);
+                let delay_ms = self
+                    .shared
+                    .config
+                    .retry_backoff()
+                    .base_delay_ms(job.publish_failures - 1);
                 self.shared.warnings.warn("delivery", || {
                     format!(
                         "publishing the answer to partition {} offset {} failed: {e}; retry {} in {delay_ms} ms (no new jobs until deliveries succeed)",
