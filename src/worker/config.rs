@@ -155,6 +155,9 @@ pub const POLL_MS: u64 = 100;
 pub const FETCH_WAIT_MS: u64 = 2;
 /// Interval of librdkafka's statistics (lag per partition, group join state).
 pub const STATS_INTERVAL_MS: u64 = 5_000;
+/// How often the consumer loop refreshes the gauges of what the worker holds (in flight, held
+/// bytes, parked, retrying, oldest retry).
+pub const HELD_REPORT_INTERVAL_MS: u64 = 100;
 /// Poll timeout while the backlog holds jobs the channel had no room for.
 pub const BUSY_POLL_MS: u64 = 1;
 /// How long the result producer gathers messages into one request (librdkafka `linger.ms`):
@@ -266,7 +269,10 @@ mod tests {
         let c = WorkerConfig::default().with_retry_delay_ms_max(300);
         let retry: Vec<u64> = (0..4).map(|a| c.retry_backoff().base_delay_ms(a)).collect();
         assert_eq!(retry, [50, 100, 200, 300]);
-        assert_eq!(c.produce_backoff().base_delay_ms(0), PRODUCE_RETRY_DELAY_MS_BASE);
+        assert_eq!(
+            c.produce_backoff().base_delay_ms(0),
+            PRODUCE_RETRY_DELAY_MS_BASE
+        );
         assert_eq!(c.produce_backoff().base_delay_ms(20), 300);
     }
 

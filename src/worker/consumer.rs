@@ -19,7 +19,7 @@ use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::worker::config::{BUSY_POLL_MS, POLL_MS, WAIT_STEP_MS};
+use crate::worker::config::{BUSY_POLL_MS, HELD_REPORT_INTERVAL_MS, POLL_MS, WAIT_STEP_MS};
 use crate::worker::metrics::{Metrics, Stage, StageBuckets};
 use crate::worker::pipeline::{Job, Shared};
 
@@ -41,6 +41,7 @@ pub(crate) fn consume(
     let config = &shared.config;
     let mut paused = false;
     let mut last_commit = Instant::now();
+    let mut last_report = Instant::now();
     let mut summary = SummaryLog::new();
     while !shared.shutdown.load(Ordering::SeqCst) {
         if shared
@@ -66,7 +67,12 @@ pub(crate) fn consume(
             POLL_MS
         };
         poll_into_backlog(shared, consumer, poll_ms);
-        report_held(shared, held_bytes);
+        // Gauges, not decisions: a few times a second is enough (the loop turns every 1 ms
+        // while jobs wait, and the oldest retry is a scan of the delay queue).
+        if last_report.elapsed() >= Duration::from_millis(HELD_REPORT_INTERVAL_MS) {
+            report_held(shared, held_bytes);
+            last_report = Instant::now();
+        }
         if last_commit.elapsed() >= Duration::from_millis(config.commit_interval_ms) {
             committer.commit_due(shared, consumer);
             last_commit = Instant::now();
