@@ -367,7 +367,9 @@ impl ClientContext for DeliveryContext {
             self.shared
                 .fail(format!("the result producer hit a fatal error: {reason}"));
         } else {
-            log::warn!("result producer: {error}: {reason}");
+            self.shared.warnings.warn("producer_error", || {
+                format!("result producer: {error}: {reason}")
+            });
         }
     }
 }
