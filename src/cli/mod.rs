@@ -31,6 +31,7 @@ mod transfer;
 mod worker;
 
 use wallet_transfer::engine::lock::{LOCK_RETRIES_LIMIT, LOCK_TTL_MS_LIMIT, LockConfig};
+use wallet_transfer::engine::retention::HISTORY_MAX_ENTRIES_LIMIT;
 use wallet_transfer::engine::store::{RedisTls, redact_url};
 use wallet_transfer::tools::bench::DirectConfig;
 use wallet_transfer::{EngineConfig, SettingError, WalletService};
@@ -205,6 +206,36 @@ pub struct GlobalOpts {
         help_heading = "Lock"
     )]
     pub lock_retries: u32,
+
+    /// Most history entries each wallet keeps in Redis (1 to 1000000000), or `all`; older ones
+    /// are trimmed into the wallet's checkpoint, which keeps the audit exact. The worker
+    /// publishes every entry to the ledger topic, where `wallet history` finds the trimmed ones
+    #[arg(
+        long,
+        env = "HISTORY_MAX_ENTRIES",
+        value_name = "N|all",
+        default_value = "1000",
+        value_parser = parse_history_max_entries,
+        global = true,
+        help_heading = "Retention"
+    )]
+    pub history_max_entries: HistoryMaxEntries,
+}
+
+/// `--history-max-entries`: a bound, or `all` (no bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryMaxEntries(pub Option<u64>);
+
+fn parse_history_max_entries(text: &str) -> Result<HistoryMaxEntries, String> {
+    if text == "all" {
+        return Ok(HistoryMaxEntries(None));
+    }
+    match text.parse::<u64>() {
+        Ok(n) if (1..=HISTORY_MAX_ENTRIES_LIMIT).contains(&n) => Ok(HistoryMaxEntries(Some(n))),
+        _ => Err(format!(
+            "must be a whole number from 1 to {HISTORY_MAX_ENTRIES_LIMIT}, or `all` to keep every entry, got {text:?}"
+        )),
+    }
 }
 
 impl GlobalOpts {
@@ -219,6 +250,7 @@ impl GlobalOpts {
                     .with_retry_delay_ms_max(self.lock_retry_delay_ms_max)
                     .with_retries_max(self.lock_retries),
             )
+            .with_history_max_entries(self.history_max_entries.0)
             .with_redis_tls(
                 RedisTls::default()
                     .with_ca_file(self.redis_ca_file.clone())
@@ -296,13 +328,14 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 /// (`LockConfig`, `EngineConfig`, `WorkerConfig`, `DirectConfig`, `E2eConfig`): its flag, or
 /// `None` for a setting no flag sets (the command line always passes the library's default, so
 /// an error about one is a bug in the defaults, not a user mistake).
-pub const SETTING_FLAGS: [(&str, Option<&str>); 28] = [
+pub const SETTING_FLAGS: [(&str, Option<&str>); 29] = [
     ("lock.ttl_ms", Some("--lock-ttl-ms")),
     ("lock.retry_delay_ms_base", Some("--lock-retry-delay-ms")),
     ("lock.retry_delay_ms_max", Some("--lock-retry-delay-ms-max")),
     ("lock.retries_max", Some("--lock-retries")),
     ("watch_retries_max", None),
     ("outcome_ttl_ms", None),
+    ("history_max_entries", Some("--history-max-entries")),
     ("redis_tls.client_cert_file", Some("--redis-client-cert")),
     ("redis_tls.client_key_file", Some("--redis-client-key")),
     ("threads", Some("--threads")),
@@ -634,8 +667,11 @@ mod tests {
         ),
     ];
 
-    const ENGINE_CASES: [Case<EngineConfig>; 5] = [
+    const ENGINE_CASES: [Case<EngineConfig>; 6] = [
         ("lock.ttl_ms", Some("--lock-ttl-ms"), |c| c.lock.ttl_ms = 0),
+        ("history_max_entries", Some("--history-max-entries"), |c| {
+            c.history_max_entries = Some(0)
+        }),
         ("watch_retries_max", None, |c| c.watch_retries_max = 1_001),
         ("outcome_ttl_ms", None, |c| c.outcome_ttl_ms = Some(0)),
         (

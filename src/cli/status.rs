@@ -165,6 +165,8 @@ mod tests {
             processed_at_ms: 1_700_000_000_123,
             from_balance_after: (status == Status::Completed).then_some(Amount::from_minor(1)),
             to_balance_after: None,
+            from_version_after: None,
+            to_version_after: None,
             duplicate: false,
             origin: None,
             request_hash: "h".into(),

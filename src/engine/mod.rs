@@ -10,6 +10,7 @@ pub mod lock;
 pub mod message;
 pub mod money;
 pub mod permissions;
+pub mod retention;
 pub mod service;
 pub mod setting;
 pub mod store;

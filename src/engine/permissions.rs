@@ -280,13 +280,51 @@ pub const OUTCOME_NEEDS: [Need; 2] = [
     ),
 ];
 
+/// The history trim (`EngineConfig::history_max_entries`): the script and what it sends.
+pub const TRIM_NEEDS: [Need; 5] = [
+    queued(
+        "eval",
+        &["EVAL", "return 0", "1", KEY],
+        KeyKind::History,
+        "retention.rs add_trim (the trim script)",
+    ),
+    queued(
+        "xlen",
+        &["XLEN", KEY],
+        KeyKind::History,
+        "retention.rs TRIM_LUA",
+    ),
+    queued(
+        "xrange",
+        &["XRANGE", KEY, "-", "+", "COUNT", "1"],
+        KeyKind::History,
+        "retention.rs TRIM_LUA",
+    ),
+    queued(
+        "xtrim",
+        &["XTRIM", KEY, "MAXLEN", "1000"],
+        KeyKind::History,
+        "retention.rs TRIM_LUA",
+    ),
+    queued(
+        "hincrby",
+        &["HINCRBY", KEY, "hc", "0"],
+        KeyKind::Wallet,
+        "retention.rs TRIM_LUA (the checkpoint)",
+    ),
+];
+
 /// What the worker needs with these settings: [`WORKER_NEEDS`], the outcome record's HSET,
-/// and its PEXPIRE when outcome records expire. Direct probes first.
-pub fn worker_needs(outcome_ttl: bool) -> Vec<Need> {
+/// its PEXPIRE when outcome records expire, and [`TRIM_NEEDS`] when histories are trimmed.
+/// Direct probes first.
+pub fn worker_needs(outcome_ttl: bool, history_trim: bool) -> Vec<Need> {
     let mut needs = WORKER_NEEDS.to_vec();
     needs.push(OUTCOME_NEEDS[0]);
     if outcome_ttl {
         needs.push(OUTCOME_NEEDS[1]);
+    }
+    if history_trim {
+        needs.extend(TRIM_NEEDS);
     }
     needs
 }
@@ -484,7 +522,10 @@ impl WalletService {
     /// The worker calls it at start, after [`WalletService::connect`]; the operator tools do not
     /// (they may run as other users).
     pub fn check_permissions(&self) -> Result<(), PermissionError> {
-        let needs = worker_needs(self.config.outcome_ttl_ms.is_some());
+        let needs = worker_needs(
+            self.config.outcome_ttl_ms.is_some(),
+            self.config.history_max_entries.is_some(),
+        );
         let split = needs
             .iter()
             .take_while(|n| n.phase == Phase::Direct)
@@ -562,13 +603,13 @@ mod tests {
 
     #[test]
     fn every_command_granted_is_nothing_missing() {
-        let needs = worker_needs(true);
+        let needs = worker_needs(true, true);
         assert_eq!(missing(&needs, &replies_all_granted(&needs)).unwrap(), []);
     }
 
     #[test]
     fn a_refused_command_is_named_once_with_what_to_grant() {
-        let needs = worker_needs(false);
+        let needs = worker_needs(false, true);
         let mut replies = replies_all_granted(&needs);
         replies[index(&needs, "hgetall", Some(KeyKind::Wallet))] = noperm_command("hgetall");
         replies[index(&needs, "hgetall", Some(KeyKind::Outcome))] = noperm_command("hgetall");
@@ -583,7 +624,7 @@ mod tests {
 
     #[test]
     fn a_refused_key_names_its_pattern_and_the_command_that_met_it() {
-        let needs = worker_needs(false);
+        let needs = worker_needs(false, true);
         let mut replies = replies_all_granted(&needs);
         replies[index(&needs, "watch", Some(KeyKind::Lock))] = noperm_key();
         replies[index(&needs, "set", None)] = noperm_key();
@@ -633,7 +674,7 @@ mod tests {
 
     #[test]
     fn a_queued_probe_must_answer_queued() {
-        let needs = worker_needs(false);
+        let needs = worker_needs(false, true);
         let mut replies = replies_all_granted(&needs);
         let xadd = index(&needs, "xadd", None);
         replies[xadd] = Reply::Error("ERR wrong number of arguments for 'xadd' command".into());
@@ -645,7 +686,7 @@ mod tests {
 
     #[test]
     fn unanswered_probes_are_not_judged_and_are_counted_as_unchecked() {
-        let needs = worker_needs(false);
+        let needs = worker_needs(false, true);
         let mut replies = replies_all_granted(&needs);
         let multi = index(&needs, "multi", None);
         replies.truncate(multi + 1);
@@ -670,8 +711,8 @@ mod tests {
 
     #[test]
     fn the_direct_probes_come_first_and_end_with_multi() {
-        for ttl in [false, true] {
-            let needs = worker_needs(ttl);
+        for (ttl, trim) in [(false, false), (true, false), (false, true), (true, true)] {
+            let needs = worker_needs(ttl, trim);
             let direct = needs
                 .iter()
                 .take_while(|n| n.phase == Phase::Direct)
@@ -683,12 +724,17 @@ mod tests {
                 ttl,
                 "PEXPIRE only with an outcome ttl"
             );
+            assert_eq!(
+                needs.iter().any(|n| n.acl == "eval"),
+                trim,
+                "EVAL only with a history trim"
+            );
         }
     }
 
     #[test]
     fn probes_name_the_probe_keys_in_their_patterns() {
-        for need in worker_needs(true) {
+        for need in worker_needs(true, true) {
             let packed = String::from_utf8_lossy(&need.probe().get_packed_command()).into_owned();
             if let Some(kind) = need.key.filter(|_| need.args.contains(&KEY)) {
                 let key = kind.probe_key();

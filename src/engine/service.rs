@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use crate::engine::lock::{LocalLocks, LockConfig, StuckLocks};
+use crate::engine::retention::HISTORY_MAX_ENTRIES_LIMIT;
 use crate::engine::setting::{SettingError, setters};
 use crate::engine::store::{self, Pool, RedisTls, StoreError};
 
@@ -38,6 +39,12 @@ pub struct EngineConfig {
     /// Expiry of outcome records; `None` (the default) keeps them for ever, so a replay at any
     /// time gets the original answer.
     pub outcome_ttl_ms: Option<u64>,
+    /// Most history entries a wallet keeps in Redis; older ones are trimmed into the wallet's
+    /// checkpoint, which keeps its balance auditable (see [`crate::engine::retention`]). The
+    /// worker also publishes every entry to the ledger topic, where trimmed ones stay; entries
+    /// made by the library alone are gone from Redis once trimmed. `None` keeps every entry
+    /// (memory grows with every transfer).
+    pub history_max_entries: Option<u64>,
     /// TLS files for a `rediss://` URL (a private CA, a client certificate); used by
     /// [`WalletService::connect`] only.
     pub redis_tls: RedisTls,
@@ -49,6 +56,7 @@ impl Default for EngineConfig {
             lock: LockConfig::default(),
             watch_retries_max: 16,
             outcome_ttl_ms: None,
+            history_max_entries: Some(HISTORY_MAX_ENTRIES_DEFAULT),
             redis_tls: RedisTls::default(),
         }
     }
@@ -58,8 +66,12 @@ setters!(EngineConfig {
     with_lock => lock: LockConfig,
     with_watch_retries_max => watch_retries_max: u32,
     with_outcome_ttl_ms => outcome_ttl_ms: Option<u64>,
+    with_history_max_entries => history_max_entries: Option<u64>,
     with_redis_tls => redis_tls: RedisTls,
 });
+
+/// Default of `history_max_entries`: the last 1,000 entries of each wallet stay in Redis.
+pub const HISTORY_MAX_ENTRIES_DEFAULT: u64 = 1_000;
 
 /// Upper bound for `watch_retries_max`.
 pub const WATCH_RETRIES_LIMIT: u32 = 1_000;
@@ -79,6 +91,9 @@ impl EngineConfig {
                 "outcome_ttl_ms",
                 "must be positive when set, got 0",
             ));
+        }
+        if let Some(n) = self.history_max_entries {
+            SettingError::check_range("history_max_entries", n, 1, HISTORY_MAX_ENTRIES_LIMIT)?;
         }
         self.redis_tls.validate()?;
         Ok(())

@@ -35,6 +35,7 @@ use crate::engine::message::{
     FailureReason, Status, TransferCompleted, TransferRequest, fingerprint, now_ms,
 };
 use crate::engine::money::{Amount, BALANCE_LIMIT};
+use crate::engine::retention;
 use crate::engine::service::WalletService;
 use crate::engine::store::{Conn, keys};
 use crate::engine::wallet::{
@@ -70,6 +71,13 @@ pub struct TransferOutcome {
     pub from_balance_after: Option<Amount>,
     /// The receiver's balance right after a COMPLETED transfer.
     pub to_balance_after: Option<Amount>,
+    /// The sender's wallet version right after a COMPLETED transfer: the number of its debit
+    /// entry in the wallet's history (see [`crate::engine::retention`]). `None` in records
+    /// written before versions were recorded.
+    pub from_version_after: Option<u64>,
+    /// The receiver's wallet version right after a COMPLETED transfer (its credit entry's
+    /// number).
+    pub to_version_after: Option<u64>,
     /// True when a *different* message with the same idempotency key was answered before and
     /// nothing was done now. A redelivery of the message that produced the outcome (same
     /// [`Origin`]) is answered as the original, with `duplicate` false.
@@ -445,7 +453,14 @@ impl WalletService {
             read.from.as_ref().map_or(0, |w| w.version),
             read.to.as_ref().map_or(0, |w| w.version),
         );
-        let outcome = new_outcome(call.request, &decision, &call.fingerprint, call.origin);
+        let outcome = new_outcome(
+            call.request,
+            &decision,
+            versions,
+            &call.fingerprint,
+            call.origin,
+        );
+        let trims = Trims::due(&read, decision.is_ok(), self.config.history_max_entries);
         if let Some(hook) = &self.before_exec {
             hook(&call.request.idempotency_key);
         }
@@ -456,18 +471,23 @@ impl WalletService {
             versions,
             &outcome,
             self.config.outcome_ttl_ms,
+            &trims,
         );
         call.stats.round_trips += 1;
-        let exec: Option<(u32,)> = pipe
+        let exec: Option<Vec<i64>> = pipe
             .query(&mut guard.conn().redis)
             .inspect_err(|_| guard.conn().taint())?;
-        let Some((deleted,)) = exec else {
+        let Some(replies) = exec else {
             return Ok(None);
         };
         guard.released_by_exec();
+        let (deleted, trimmed) = replies.split_last().expect("the DEL reply comes last");
+        for (wallet, reply) in trims.wallets(call.request).zip(trimmed) {
+            retention::report_trim(wallet, *reply);
+        }
         // Our locks were WATCHed with our token, so the DEL can only find them ours; one that
         // merely expired inside the transaction is the only way to delete fewer.
-        debug_assert_eq!(deleted as usize, call.lock_keys.len());
+        debug_assert_eq!(*deleted as usize, call.lock_keys.len());
         Ok(Some(outcome))
     }
 
@@ -541,29 +561,73 @@ fn lost_lock<'k>(
         .map(|(k, _)| k.as_str())
 }
 
+/// Which wallets' histories the transaction trims (see [`crate::engine::retention`]).
+struct Trims {
+    /// The most entries a wallet keeps, when they are bounded.
+    max_entries: u64,
+    from: bool,
+    to: bool,
+}
+
+impl Trims {
+    /// The trims due after this transfer (none unless it completes), from the versions and
+    /// checkpoints read under WATCH. Pure.
+    fn due(read: &WatchedRead, completes: bool, history_max_entries: Option<u64>) -> Trims {
+        let max_entries = history_max_entries.unwrap_or(u64::MAX);
+        let due = |w: &Option<Wallet>| {
+            completes
+                && history_max_entries.is_some()
+                && w.as_ref()
+                    .is_some_and(|w| retention::trim_due(w.version + 1, &w.checkpoint, max_entries))
+        };
+        Trims {
+            max_entries,
+            from: due(&read.from),
+            to: due(&read.to),
+        }
+    }
+
+    /// The wallets trimmed, in the order of their replies.
+    fn wallets<'r>(&self, request: &'r TransferRequest) -> impl Iterator<Item = &'r str> {
+        [(self.from, &request.from_user), (self.to, &request.to_user)]
+            .into_iter()
+            .filter(|(due, _)| *due)
+            .map(|(_, id)| id.as_str())
+    }
+}
+
 /// Step 6 as one MULTI/EXEC pipeline: for a COMPLETED decision each wallet's balance and
-/// version (one HSET: the version read under WATCH, plus one) and its history entry; always the
-/// outcome record (one HSET, with its ttl if any) and the DEL of our locks, whose reply is the
-/// transaction's only one. Pure: builds, does not send.
+/// version (one HSET: the version read under WATCH, plus one), its history entry and, when
+/// due, the trim of its history; always the outcome record (one HSET, with its ttl if any)
+/// and the DEL of our locks. Replies: each trim's count, then the DEL's. Pure: builds, does
+/// not send.
 fn transaction(
     call: &Call<'_>,
     decision: &Result<(Amount, Amount), FailureReason>,
     versions: (u64, u64),
     outcome: &TransferOutcome,
     outcome_ttl_ms: Option<u64>,
+    trims: &Trims,
 ) -> redis::Pipeline {
     let request = call.request;
     let mut pipe = redis::pipe();
     pipe.atomic();
     if let Ok((from_after, to_after)) = decision {
-        for (id, kind, after, version) in [
+        for (id, kind, after, version, trim) in [
             (
                 &request.from_user,
                 HistoryKind::Debit,
                 *from_after,
                 versions.0,
+                trims.from,
             ),
-            (&request.to_user, HistoryKind::Credit, *to_after, versions.1),
+            (
+                &request.to_user,
+                HistoryKind::Credit,
+                *to_after,
+                versions.1,
+                trims.to,
+            ),
         ] {
             pipe.cmd("HSET")
                 .arg(keys::wallet(id))
@@ -578,6 +642,9 @@ fn transaction(
             };
             add_history(&mut pipe, id, &mover, kind, request.amount, after);
             pipe.ignore();
+            if trim {
+                retention::add_trim(&mut pipe, id, trims.max_entries);
+            }
         }
     }
     let record = pipe.cmd("HSET").arg(&call.outcome_key);
@@ -673,6 +740,7 @@ fn unwatch(conn: &mut Conn) {
 fn new_outcome(
     request: &TransferRequest,
     decision: &Result<(Amount, Amount), FailureReason>,
+    versions: (u64, u64),
     fingerprint: &str,
     origin: Option<&Origin>,
 ) -> TransferOutcome {
@@ -680,6 +748,7 @@ fn new_outcome(
         Ok((f, t)) => (Status::Completed, None, Some(*f), Some(*t)),
         Err(reason) => (Status::Failed, Some(*reason), None, None),
     };
+    let completed = decision.is_ok();
     TransferOutcome {
         transfer_id: request.transfer_id.clone(),
         idempotency_key: request.idempotency_key.clone(),
@@ -692,6 +761,8 @@ fn new_outcome(
         processed_at_ms: now_ms(),
         from_balance_after: from_after,
         to_balance_after: to_after,
+        from_version_after: completed.then_some(versions.0 + 1),
+        to_version_after: completed.then_some(versions.1 + 1),
         duplicate: false,
         origin: origin.cloned(),
         request_hash: fingerprint.to_string(),
@@ -723,6 +794,11 @@ fn outcome_fields(o: &TransferOutcome) -> Vec<(&'static str, String)> {
     for (name, after) in [("fb", o.from_balance_after), ("tb", o.to_balance_after)] {
         if let Some(after) = after {
             fields.push((name, after.minor().to_string()));
+        }
+    }
+    for (name, version) in [("fv", o.from_version_after), ("tv", o.to_version_after)] {
+        if let Some(version) = version {
+            fields.push((name, version.to_string()));
         }
     }
     // The fingerprint is not stored when it is the one of the recorded fields (always, for an
@@ -807,6 +883,16 @@ fn outcome_time_ms(compact: bool, text: &str) -> Result<u64, String> {
     }
 }
 
+/// An optional wallet version of an outcome record (`fv`, `tv`). Pure.
+fn outcome_version(f: &HashMap<String, String>, name: &str) -> Result<Option<u64>, String> {
+    f.get(name)
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{name} {v:?} is not a whole number"))
+        })
+        .transpose()
+}
+
 /// Parses a `transfer:{key}` hash as written by the transfer, in either format: the compact
 /// one (field `s`) or the original long one (field `status`, also the Python system's).
 pub fn parse_outcome(
@@ -868,6 +954,8 @@ pub fn parse_outcome(
         processed_at_ms,
         from_balance_after: opt_amount(n.from_balance_after)?,
         to_balance_after: opt_amount(n.to_balance_after)?,
+        from_version_after: outcome_version(f, "fv").map_err(corrupt)?,
+        to_version_after: outcome_version(f, "tv").map_err(corrupt)?,
         duplicate: false,
         origin: f.get(n.origin).and_then(|o| Origin::parse(o)),
         request_hash,
@@ -890,6 +978,7 @@ mod tests {
             status,
             created_at: String::new(),
             version: 0,
+            checkpoint: Default::default(),
         }
     }
 
@@ -943,8 +1032,13 @@ mod tests {
         let o = new_outcome(
             &r,
             &Ok((Amount::from_minor(1), Amount::from_minor(2))),
+            (6, 0),
             "abc",
             None,
+        );
+        assert_eq!(
+            (o.from_version_after, o.to_version_after),
+            (Some(7), Some(1))
         );
         let fields: HashMap<String, String> = outcome_fields(&o)
             .into_iter()
@@ -952,7 +1046,13 @@ mod tests {
             .collect();
         let back = parse_outcome("transfer:t1", &fields).unwrap();
         assert_eq!(back, o);
-        let failed = new_outcome(&r, &Err(FailureReason::InsufficientFunds), "abc", None);
+        let failed = new_outcome(
+            &r,
+            &Err(FailureReason::InsufficientFunds),
+            (0, 0),
+            "abc",
+            None,
+        );
         let fields: HashMap<String, String> = outcome_fields(&failed)
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
@@ -1029,7 +1129,13 @@ mod tests {
         assert!(parse_outcome("transfer:x", &hash(&[("s", "COMPLETED")])).is_err());
         // The request's own fingerprint is not stored, and is recomputed.
         let r = req("a", "b", "12.30");
-        let o = new_outcome(&r, &Err(FailureReason::SameUser), &r.fingerprint(), None);
+        let o = new_outcome(
+            &r,
+            &Err(FailureReason::SameUser),
+            (0, 0),
+            &r.fingerprint(),
+            None,
+        );
         let fields: HashMap<String, String> = outcome_fields(&o)
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
@@ -1103,11 +1209,24 @@ mod tests {
         let r = req("a", "b", "1.00");
         let c = call(&r);
         let ok = Ok((Amount::from_minor(0), Amount::from_minor(100)));
-        let done = transaction(&c, &ok, (4, 9), &new_outcome(&r, &ok, "f", None), None);
+        let none = Trims {
+            max_entries: 10,
+            from: false,
+            to: false,
+        };
+        let outcome = new_outcome(&r, &ok, (4, 9), "f", None);
+        let done = transaction(&c, &ok, (4, 9), &outcome, None, &none);
         assert_eq!(
             commands(&done),
             ["HSET", "XADD", "HSET", "XADD", "HSET", "DEL"]
         );
+        let receiver = Trims { to: true, ..none };
+        let trimmed = transaction(&c, &ok, (4, 9), &outcome, None, &receiver);
+        assert_eq!(
+            commands(&trimmed),
+            ["HSET", "XADD", "HSET", "XADD", "EVAL", "HSET", "DEL"]
+        );
+        assert_eq!(receiver.wallets(&r).collect::<Vec<_>>(), ["b"]);
         let packed = String::from_utf8_lossy(&done.get_packed_pipeline()).into_owned();
         assert!(
             packed.contains("version\r\n$1\r\n5\r\n"),
@@ -1118,8 +1237,9 @@ mod tests {
             "the receiver's 9 -> 10"
         );
         let failed = Err(FailureReason::InsufficientFunds);
-        let outcome = new_outcome(&r, &failed, "f", None);
-        let ttl = transaction(&c, &failed, (4, 9), &outcome, Some(5_000));
+        let outcome = new_outcome(&r, &failed, (0, 0), "f", None);
+        let ttl = transaction(&c, &failed, (4, 9), &outcome, Some(5_000), &none);
+        assert_eq!(commands(&ttl), ["HSET", "PEXPIRE", "DEL"]);
         assert_eq!(commands(&ttl), ["HSET", "PEXPIRE", "DEL"]);
     }
 
@@ -1153,7 +1273,7 @@ mod tests {
     #[test]
     fn a_result_message_carries_the_processing_time_in_seconds() {
         let r = req("a", "b", "1.00");
-        let mut o = new_outcome(&r, &Err(FailureReason::SameUser), "f", None);
+        let mut o = new_outcome(&r, &Err(FailureReason::SameUser), (0, 0), "f", None);
         o.processed_at_ms = 1_764_170_000_123;
         let m = o.to_message();
         assert!(

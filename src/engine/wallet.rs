@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use crate::engine::message::{FieldError, check_user_id, now_ms};
 use crate::engine::money::{Amount, Currency};
+use crate::engine::retention::{self, Checkpoint};
 use crate::engine::service::WalletService;
 use crate::engine::store::{Conn, keys};
 
@@ -28,8 +29,11 @@ pub struct Wallet {
     pub status: WalletStatus,
     /// Creation time, Unix seconds as text (the original system's format).
     pub created_at: String,
-    /// +1 on every balance change.
+    /// +1 on every balance change: the number of history entries it has ever had.
     pub version: u64,
+    /// The entries trimmed from its Redis history and their sum (see
+    /// [`crate::engine::retention`]); zero until the first trim.
+    pub checkpoint: Checkpoint,
 }
 
 /// A wallet's `status` field. Not `#[non_exhaustive]`: these are the values the stored data
@@ -332,46 +336,9 @@ impl WalletService {
             .into());
         }
         let mut conn = self.pool.get()?;
-        let key = keys::wallet(user_id);
         let deposit_id = format!("dep_{}", uuid::Uuid::new_v4().simple());
         for _ in 0..=self.config.watch_retries_max {
-            let result = (|| {
-                redis::cmd("WATCH").arg(&key).query::<()>(&mut conn.redis)?;
-                let wallet = read_wallet(&mut conn, user_id)?
-                    .ok_or_else(|| WalletError::NotFound(user_id.to_string()))?;
-                if wallet.status != WalletStatus::Active {
-                    return Err(WalletError::Inactive {
-                        id: user_id.to_string(),
-                        status: wallet.status.as_str(),
-                    });
-                }
-                let balance = wallet
-                    .balance
-                    .checked_add(amount)
-                    .ok()
-                    .filter(|b| *b <= crate::engine::money::BALANCE_LIMIT)
-                    .ok_or(WalletError::Overflow)?;
-                let mut pipe = redis::pipe();
-                pipe.atomic()
-                    .hset(&key, "balance", balance.to_string())
-                    .ignore()
-                    .hincr(&key, "version", 1)
-                    .ignore();
-                let mover = Mover {
-                    transfer_id: &deposit_id,
-                    idempotency_key: &deposit_id,
-                };
-                add_history(
-                    &mut pipe,
-                    user_id,
-                    &mover,
-                    HistoryKind::Deposit,
-                    amount,
-                    balance,
-                );
-                let done: Option<Vec<String>> = pipe.query(&mut conn.redis)?;
-                Ok(done.map(|_| balance))
-            })();
+            let result = self.deposit_once(&mut conn, user_id, amount, &deposit_id);
             match result {
                 Ok(Some(balance)) => return Ok(balance),
                 Ok(None) => continue,
@@ -387,7 +354,67 @@ impl WalletService {
         Err(WalletError::Contended(self.config.watch_retries_max))
     }
 
-    /// Every history entry of `user_id`'s wallet, oldest first.
+    /// One WATCHed attempt of [`WalletService::deposit`]: the new balance, or `None` when the
+    /// wallet changed before EXEC.
+    fn deposit_once(
+        &self,
+        conn: &mut Conn,
+        user_id: &str,
+        amount: Amount,
+        deposit_id: &str,
+    ) -> Result<Option<Amount>, WalletError> {
+        let key = keys::wallet(user_id);
+        redis::cmd("WATCH").arg(&key).query::<()>(&mut conn.redis)?;
+        let wallet = read_wallet(conn, user_id)?
+            .ok_or_else(|| WalletError::NotFound(user_id.to_string()))?;
+        if wallet.status != WalletStatus::Active {
+            return Err(WalletError::Inactive {
+                id: user_id.to_string(),
+                status: wallet.status.as_str(),
+            });
+        }
+        let balance = wallet
+            .balance
+            .checked_add(amount)
+            .ok()
+            .filter(|b| *b <= crate::engine::money::BALANCE_LIMIT)
+            .ok_or(WalletError::Overflow)?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(&key, "balance", balance.to_string())
+            .ignore()
+            .hincr(&key, "version", 1)
+            .ignore();
+        let mover = Mover {
+            transfer_id: deposit_id,
+            idempotency_key: deposit_id,
+        };
+        add_history(
+            &mut pipe,
+            user_id,
+            &mover,
+            HistoryKind::Deposit,
+            amount,
+            balance,
+        );
+        pipe.ignore();
+        let trim = self
+            .config
+            .history_max_entries
+            .filter(|max| retention::trim_due(wallet.version + 1, &wallet.checkpoint, *max));
+        if let Some(max_entries) = trim {
+            retention::add_trim(&mut pipe, user_id, max_entries);
+        }
+        let done: Option<Vec<i64>> = pipe.query(&mut conn.redis)?;
+        if let Some(reply) = done.as_ref().and_then(|r| r.first()) {
+            retention::report_trim(user_id, *reply);
+        }
+        Ok(done.map(|_| balance))
+    }
+
+    /// The history entries of `user_id`'s wallet that Redis keeps (the last
+    /// `history_max_entries`; the wallet's [`Wallet::checkpoint`] sums the older ones), oldest
+    /// first.
     pub fn history(&self, user_id: &str) -> Result<Vec<HistoryEntry>, WalletError> {
         let mut conn = self.pool.get()?;
         let key = keys::history(user_id);
@@ -566,6 +593,7 @@ pub(crate) fn parse_wallet(
                 .parse()
                 .map_err(|_| corrupt(format!("version {v:?} is not a whole number")))?,
         },
+        checkpoint: Checkpoint::from_fields(f).map_err(corrupt)?,
     };
     Ok(Some(wallet))
 }

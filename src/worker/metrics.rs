@@ -903,6 +903,8 @@ mod tests {
             processed_at_ms: 1_764_170_000_123,
             from_balance_after: None,
             to_balance_after: None,
+            from_version_after: None,
+            to_version_after: None,
             duplicate,
             origin: None,
             request_hash: String::new(),

@@ -14,6 +14,7 @@ mod kafka;
 mod monitoring;
 mod ops;
 mod produce;
+mod retention;
 mod seed;
 mod semantics;
 mod shutdown;

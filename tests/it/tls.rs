@@ -98,7 +98,7 @@ fn the_acl_line_is_in_the_readme_and_grants_exactly_what_the_check_asks() {
     let rules = worker_rules("x");
     let granted: HashSet<&str> = rules.iter().filter_map(|r| r.strip_prefix('+')).collect();
     let patterns: HashSet<&str> = rules.iter().filter_map(|r| r.strip_prefix('~')).collect();
-    let needs = permissions::worker_needs(false);
+    let needs = permissions::worker_needs(false, true);
     let asked: HashSet<&str> = needs.iter().map(|n| n.acl).collect();
     let kinds: HashSet<&str> = needs
         .iter()
@@ -222,7 +222,7 @@ fn each_permission_left_out_of_the_acl_line_is_named_by_the_check_and_nothing_is
         .check_permissions()
         .expect("the ACL line grants everything the worker needs");
 
-    let needs = permissions::worker_needs(false);
+    let needs = permissions::worker_needs(false, true);
     let queued = needs.iter().filter(|n| n.phase == Phase::Queued).count();
     let rules = worker_rules(&password);
     let droppable = rules

@@ -466,6 +466,8 @@ fn the_fault_checker_reports_lost_doubled_and_disagreeing_requests() {
         processed_at_ms: 0,
         from_balance_after: None,
         to_balance_after: None,
+        from_version_after: None,
+        to_version_after: None,
         duplicate: false,
         origin: None,
         request_hash: String::new(),

@@ -1,0 +1,196 @@
+//! History retention in Redis (ARCHITECTURE.md, "Retention"): a wallet keeps at most
+//! `history_max_entries` entries in its `wallet:{id}:history` stream; older ones are trimmed
+//! and their sum is kept in the wallet's checkpoint, in the same transaction as the trim.
+//!
+//! The checkpoint is two fields of `wallet:{id}`: `hc`, the number of entries trimmed so far,
+//! and `hb`, their signed sum in cents (both absent until the first trim). With them the
+//! ledger invariants still hold exactly over the window Redis keeps:
+//!
+//! ```text
+//! balance = opening_balance + hb + signed sum of the retained entries
+//! version = hc + number of retained entries
+//! ```
+//!
+//! Entry number `n` of a wallet (1-based, counted since its creation) is the one that made its
+//! version `n`; it has been trimmed when `n <= hc`. Transfer outcomes record the versions they
+//! made (`fv`, `tv`), so the audit knows which of their entries were trimmed.
+//!
+//! The trim runs as a script inside the transfer's (or deposit's) MULTI/EXEC, so the entries,
+//! the checkpoint and the balance change commit together or not at all. `XADD ... MAXLEN ~`
+//! cannot be used: it drops entries without saying what they held, and the checkpoint could
+//! not be kept exact. The script runs only when a wallet holds `history_max_entries` plus
+//! [`trim_slack`] entries (known from the version and `hc` read under WATCH), so its cost is
+//! spread over many transfers; one run trims at most [`HISTORY_TRIM_BATCH_LIMIT`] entries, so
+//! a long history left by an older version is cut down over several transfers without
+//! blocking Redis.
+//!
+//! The entries trimmed from Redis stay in the ledger topic (`wallet.ledger`) when the worker
+//! made them; `wallet history` reads both.
+//!
+//! Owns the checkpoint fields, the trim script and when it runs. Does not own the history
+//! entry format (`wallet`) or the transaction around it (`transfer`, `wallet::deposit`).
+
+use std::collections::HashMap;
+
+use crate::engine::money::Amount;
+use crate::engine::store::keys;
+
+/// Most entries one trim removes (one script run inside a transaction).
+pub const HISTORY_TRIM_BATCH_LIMIT: u64 = 1_000;
+/// Upper bound for the `history_max_entries` setting.
+pub const HISTORY_MAX_ENTRIES_LIMIT: u64 = 1_000_000_000;
+
+/// Checkpoint field: the number of history entries trimmed from Redis.
+pub const CHECKPOINT_ENTRIES_FIELD: &str = "hc";
+/// Checkpoint field: the signed sum, in cents, of the trimmed entries.
+pub const CHECKPOINT_NET_FIELD: &str = "hb";
+
+/// What a wallet's trimmed history summed to: the moves before the window Redis keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Entries trimmed (`hc`): the window starts at entry number `entries + 1`.
+    pub entries: u64,
+    /// Their signed sum (`hb`): credits and deposits minus debits.
+    pub net: Amount,
+}
+
+impl Checkpoint {
+    /// Reads the checkpoint fields of a `wallet:{id}` hash; absent fields are zero. The error
+    /// names the field.
+    pub fn from_fields(f: &HashMap<String, String>) -> Result<Checkpoint, String> {
+        let entries = match f.get(CHECKPOINT_ENTRIES_FIELD) {
+            None => 0,
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("{CHECKPOINT_ENTRIES_FIELD} {v:?} is not a whole number"))?,
+        };
+        let net = match f.get(CHECKPOINT_NET_FIELD) {
+            None => Amount::ZERO,
+            Some(v) => v.parse::<i64>().map(Amount::from_minor).map_err(|_| {
+                format!("{CHECKPOINT_NET_FIELD} {v:?} is not a whole number of cents")
+            })?,
+        };
+        Ok(Checkpoint { entries, net })
+    }
+}
+
+/// Entries a wallet may hold beyond `max_entries` before a trim runs: an eighth, at least 1.
+/// Pure.
+pub fn trim_slack(max_entries: u64) -> u64 {
+    (max_entries / 8).max(1)
+}
+
+/// Whether a wallet whose version becomes `version_after` should be trimmed now. Pure.
+pub fn trim_due(version_after: u64, checkpoint: &Checkpoint, max_entries: u64) -> bool {
+    version_after.saturating_sub(checkpoint.entries) > max_entries + trim_slack(max_entries)
+}
+
+/// The trim, as one script: reads the oldest entries beyond `keep` (at most the batch limit),
+/// sums them in cents (either history format), trims exactly those and adds them to the
+/// checkpoint. Returns the number trimmed, or -1 (writing nothing) when an entry cannot be
+/// read, so that a damaged entry is never summed wrongly (the audit names it). A batch whose
+/// sum would leave the integers a Lua number holds exactly (2^53 cents) stops before that
+/// entry; the next trim goes on from there.
+const TRIM_LUA: &str = r#"
+local keep = tonumber(ARGV[1])
+local batch = tonumber(ARGV[2])
+local len = redis.call('XLEN', KEYS[2])
+local excess = len - keep
+if excess <= 0 then return 0 end
+if excess > batch then excess = batch end
+local entries = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', excess)
+local net = 0
+local summed = 0
+for _, entry in ipairs(entries) do
+  local f = entry[2]
+  local kind, cents
+  for i = 1, #f, 2 do
+    local name, value = f[i], f[i + 1]
+    if name == 'd' or name == 'kind' then
+      kind = value
+    elseif name == 'a' then
+      if not string.match(value, '^%d+$') then return -1 end
+      cents = tonumber(value)
+    elseif name == 'amount' then
+      local whole, frac = string.match(value, '^(%d+)%.?(%d?%d?)$')
+      if not whole then return -1 end
+      cents = tonumber(whole) * 100 + tonumber(string.sub(frac .. '00', 1, 2))
+    end
+  end
+  if not cents then return -1 end
+  if math.abs(net) + cents > 9007199254740991 then break end
+  if kind == 'd' or kind == 'debit' then
+    net = net - cents
+  elseif kind == 'c' or kind == 'p' or kind == 'credit' or kind == 'deposit' then
+    net = net + cents
+  else
+    return -1
+  end
+  summed = summed + 1
+end
+if summed == 0 then return -1 end
+redis.call('XTRIM', KEYS[2], 'MAXLEN', len - summed)
+redis.call('HINCRBY', KEYS[1], 'hc', summed)
+redis.call('HINCRBY', KEYS[1], 'hb', string.format('%d', net))
+return summed
+"#;
+
+/// Adds the trim of `wallet_id`'s history down to `max_entries` to a pipeline, inside the
+/// caller's MULTI, after its XADD. Its reply is the number trimmed (or -1, see the script).
+/// EVAL, not EVALSHA: a script cache emptied by a restart would fail the command inside the
+/// transaction; the body is sent only when a trim is due.
+pub(crate) fn add_trim(pipe: &mut redis::Pipeline, wallet_id: &str, max_entries: u64) {
+    pipe.cmd("EVAL")
+        .arg(TRIM_LUA)
+        .arg(2)
+        .arg(keys::wallet(wallet_id))
+        .arg(keys::history(wallet_id))
+        .arg(max_entries)
+        .arg(HISTORY_TRIM_BATCH_LIMIT);
+}
+
+/// Logs a trim that could not run because an entry is unreadable (reply -1).
+pub(crate) fn report_trim(wallet_id: &str, reply: i64) {
+    if reply < 0 {
+        log::warn!(
+            "history of wallet {wallet_id} not trimmed: one of its oldest entries cannot be read (run wallet audit; its history stays whole until the entry is repaired)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trim_is_due_only_past_the_slack() {
+        let none = Checkpoint::default();
+        assert!(!trim_due(100, &none, 100));
+        assert!(!trim_due(112, &none, 100), "slack is 100/8 = 12");
+        assert!(trim_due(113, &none, 100));
+        let trimmed = Checkpoint {
+            entries: 13,
+            net: Amount::ZERO,
+        };
+        assert!(!trim_due(113, &trimmed, 100), "100 retained");
+        assert_eq!(trim_slack(1), 1);
+        assert!(trim_due(3, &none, 1));
+    }
+
+    #[test]
+    fn a_checkpoint_reads_absent_fields_as_zero_and_names_a_bad_one() {
+        let mut f = HashMap::new();
+        assert_eq!(Checkpoint::from_fields(&f), Ok(Checkpoint::default()));
+        f.insert("hc".to_string(), "3".to_string());
+        f.insert("hb".to_string(), "-250".to_string());
+        assert_eq!(
+            Checkpoint::from_fields(&f),
+            Ok(Checkpoint {
+                entries: 3,
+                net: Amount::from_minor(-250)
+            })
+        );
+        f.insert("hb".to_string(), "2.50".to_string());
+        assert!(Checkpoint::from_fields(&f).unwrap_err().starts_with("hb"));
+    }
+}

@@ -1,0 +1,143 @@
+//! History retention against a real redis-server: a wallet keeps its last entries, the trimmed
+//! ones are summed into its checkpoint in the same transaction, and an unreadable entry is
+//! never summed.
+
+use redis::Commands;
+
+use crate::support::{RedisServer, create_wallets};
+use wallet_transfer::engine::retention::{Checkpoint, trim_slack};
+use wallet_transfer::{Amount, Currency, EngineConfig, TransferRequest, WalletService};
+
+fn usd(id: &str, from: &str, to: &str, amount: &str) -> TransferRequest {
+    TransferRequest::new(id, from, to, amount, Currency::USD).expect("valid request")
+}
+
+/// balance = opening + checkpoint + retained entries, and version = trimmed + retained, for
+/// `id` as Redis holds it now; returns the checkpoint.
+fn assert_window_adds_up(service: &WalletService, id: &str) -> Checkpoint {
+    let wallet = service.wallet(id).unwrap().expect("wallet exists");
+    let retained = service.history(id).unwrap();
+    let moved = retained.iter().fold(Amount::ZERO, |sum, e| {
+        sum.checked_add(e.kind.signed(e.amount)).unwrap()
+    });
+    let expected = wallet
+        .opening_balance
+        .checked_add(wallet.checkpoint.net)
+        .and_then(|b| b.checked_add(moved))
+        .unwrap();
+    assert_eq!(wallet.balance, expected, "{id}: {wallet:?}");
+    assert_eq!(
+        wallet.version,
+        wallet.checkpoint.entries + retained.len() as u64,
+        "{id}: version = trimmed + retained"
+    );
+    if let Some(last) = retained.last() {
+        assert_eq!(last.balance_after, wallet.balance, "{id}: newest entry");
+    }
+    wallet.checkpoint
+}
+
+#[test]
+fn a_wallet_keeps_its_last_entries_and_its_checkpoint_sums_the_trimmed_ones() {
+    let redis = RedisServer::start();
+    let max = 4;
+    let service = redis.service(
+        2,
+        EngineConfig::default().with_history_max_entries(Some(max)),
+    );
+    create_wallets(&service, &[("a", "100.00"), ("b", "100.00")]);
+    for i in 0..40 {
+        let (from, to) = if i % 3 == 0 { ("b", "a") } else { ("a", "b") };
+        service
+            .transfer(&usd(&format!("t{i}"), from, to, &format!("1.{i:02}")))
+            .unwrap();
+        if i % 7 == 0 {
+            service.deposit("a", Amount::from_minor(5)).unwrap();
+        }
+        let len: u64 = redis.conn().xlen("wallet:a:history").unwrap();
+        assert!(
+            len <= max + trim_slack(max),
+            "after t{i}: {len} entries kept"
+        );
+    }
+    for id in ["a", "b"] {
+        let checkpoint = assert_window_adds_up(&service, id);
+        assert!(checkpoint.entries >= 30, "{id} trimmed only {checkpoint:?}");
+    }
+    let total = service
+        .balance("a")
+        .unwrap()
+        .checked_add(service.balance("b").unwrap())
+        .unwrap();
+    assert_eq!(
+        total,
+        Amount::parse("200.30").unwrap(),
+        "6 deposits of 0.05"
+    );
+}
+
+#[test]
+fn a_trim_sums_entries_of_the_long_format_and_never_an_unreadable_one() {
+    let redis = RedisServer::start();
+    let max = 2;
+    let service = redis.service(
+        2,
+        EngineConfig::default().with_history_max_entries(Some(max)),
+    );
+    create_wallets(&service, &[("a", "10.00"), ("b", "10.00"), ("c", "10.00")]);
+    let mut conn = redis.conn();
+    // Two entries in the original long format (as the Python system wrote them), matching a
+    // balance moved by hand from 10.00 to 12.25.
+    for (kind, amount, after) in [("credit", "3.00", "13.00"), ("debit", "0.75", "12.25")] {
+        let _: String = redis::cmd("XADD")
+            .arg("wallet:a:history")
+            .arg("*")
+            .arg(&[
+                ("transfer_id", "old"),
+                ("kind", kind),
+                ("amount", amount),
+                ("balance_after", after),
+                ("at", "1"),
+            ])
+            .query(&mut conn)
+            .unwrap();
+    }
+    let _: () = conn
+        .hset_multiple("wallet:a", &[("balance", "12.25"), ("version", "2")])
+        .unwrap();
+    // c's oldest entry cannot be read: its amount is not a number.
+    let _: String = redis::cmd("XADD")
+        .arg("wallet:c:history")
+        .arg("*")
+        .arg(&[
+            ("t", "bad"),
+            ("k", ""),
+            ("d", "c"),
+            ("a", "x"),
+            ("b", "1000"),
+        ])
+        .query(&mut conn)
+        .unwrap();
+    let _: () = conn.hset("wallet:c", "version", "1").unwrap();
+    for i in 0..6 {
+        service
+            .transfer(&usd(&format!("a{i}"), "a", "b", "0.01"))
+            .unwrap();
+        service
+            .transfer(&usd(&format!("c{i}"), "c", "b", "0.01"))
+            .unwrap();
+    }
+    let a = assert_window_adds_up(&service, "a");
+    assert!(a.entries >= 2, "the long entries were trimmed: {a:?}");
+    let c = service.wallet("c").unwrap().unwrap();
+    assert_eq!(
+        c.checkpoint,
+        Checkpoint::default(),
+        "nothing summed past a bad entry"
+    );
+    let kept: u64 = conn.xlen("wallet:c:history").unwrap();
+    assert_eq!(
+        kept, 7,
+        "c's history stays whole until the entry is repaired"
+    );
+}
