@@ -2,14 +2,19 @@
 //! `history_max_entries` entries in its `wallet:{id}:history` stream; older ones are trimmed
 //! and their sum is kept in the wallet's checkpoint, in the same transaction as the trim.
 //!
-//! The checkpoint is two fields of `wallet:{id}`: `hc`, the number of entries trimmed so far,
-//! and `hb`, their signed sum in cents (both absent until the first trim). With them the
-//! ledger invariants still hold exactly over the window Redis keeps:
+//! The checkpoint is three fields of `wallet:{id}`: `hc`, the number of entries trimmed so far,
+//! `hb`, their signed sum in cents, and `hd`, the part of that sum that came from deposits (all
+//! absent until the first trim). With them the ledger invariants still hold exactly over the
+//! window Redis keeps:
 //!
 //! ```text
-//! balance = opening_balance + hb + signed sum of the retained entries
-//! version = hc + number of retained entries
+//! balance = opening_balance + hb + signed sum of the retained entries      (per wallet)
+//! version = hc + number of retained entries                                (per wallet)
+//! sum of balances = openings + sum of hd + retained deposits               (per currency)
 //! ```
+//!
+//! The last one is what catches money created by editing a balance and its checkpoint
+//! together: transfers move money between wallets, so only deposits change the total.
 //!
 //! Entry number `n` of a wallet (1-based, counted since its creation) is the one that made its
 //! version `n`; it has been trimmed when `n <= hc`. Transfer outcomes record the versions they
@@ -44,6 +49,8 @@ pub const HISTORY_MAX_ENTRIES_LIMIT: u64 = 1_000_000_000;
 pub const CHECKPOINT_ENTRIES_FIELD: &str = "hc";
 /// Checkpoint field: the signed sum, in cents, of the trimmed entries.
 pub const CHECKPOINT_NET_FIELD: &str = "hb";
+/// Checkpoint field: the sum, in cents, of the trimmed deposits.
+pub const CHECKPOINT_DEPOSITS_FIELD: &str = "hd";
 
 /// What a wallet's trimmed history summed to: the moves before the window Redis keeps.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,6 +59,8 @@ pub struct Checkpoint {
     pub entries: u64,
     /// Their signed sum (`hb`): credits and deposits minus debits.
     pub net: Amount,
+    /// The deposits among them (`hd`).
+    pub deposits: Amount,
 }
 
 impl Checkpoint {
@@ -64,13 +73,18 @@ impl Checkpoint {
                 .parse()
                 .map_err(|_| format!("{CHECKPOINT_ENTRIES_FIELD} {v:?} is not a whole number"))?,
         };
-        let net = match f.get(CHECKPOINT_NET_FIELD) {
-            None => Amount::ZERO,
-            Some(v) => v.parse::<i64>().map(Amount::from_minor).map_err(|_| {
-                format!("{CHECKPOINT_NET_FIELD} {v:?} is not a whole number of cents")
-            })?,
+        let cents = |name: &str| match f.get(name) {
+            None => Ok(Amount::ZERO),
+            Some(v) => v
+                .parse::<i64>()
+                .map(Amount::from_minor)
+                .map_err(|_| format!("{name} {v:?} is not a whole number of cents")),
         };
-        Ok(Checkpoint { entries, net })
+        Ok(Checkpoint {
+            entries,
+            net: cents(CHECKPOINT_NET_FIELD)?,
+            deposits: cents(CHECKPOINT_DEPOSITS_FIELD)?,
+        })
     }
 }
 
@@ -100,6 +114,7 @@ if excess <= 0 then return 0 end
 if excess > batch then excess = batch end
 local entries = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', excess)
 local net = 0
+local deposits = 0
 local summed = 0
 for _, entry in ipairs(entries) do
   local f = entry[2]
@@ -121,8 +136,11 @@ for _, entry in ipairs(entries) do
   if math.abs(net) + cents > 9007199254740991 then break end
   if kind == 'd' or kind == 'debit' then
     net = net - cents
-  elseif kind == 'c' or kind == 'p' or kind == 'credit' or kind == 'deposit' then
+  elseif kind == 'c' or kind == 'credit' then
     net = net + cents
+  elseif kind == 'p' or kind == 'deposit' then
+    net = net + cents
+    deposits = deposits + cents
   else
     return -1
   end
@@ -132,6 +150,7 @@ if summed == 0 then return -1 end
 redis.call('XTRIM', KEYS[2], 'MAXLEN', len - summed)
 redis.call('HINCRBY', KEYS[1], 'hc', summed)
 redis.call('HINCRBY', KEYS[1], 'hb', string.format('%d', net))
+if deposits > 0 then redis.call('HINCRBY', KEYS[1], 'hd', string.format('%d', deposits)) end
 return summed
 "#;
 
@@ -170,7 +189,7 @@ mod tests {
         assert!(trim_due(113, &none, 100));
         let trimmed = Checkpoint {
             entries: 13,
-            net: Amount::ZERO,
+            ..Checkpoint::default()
         };
         assert!(!trim_due(113, &trimmed, 100), "100 retained");
         assert_eq!(trim_slack(1), 1);
@@ -183,11 +202,13 @@ mod tests {
         assert_eq!(Checkpoint::from_fields(&f), Ok(Checkpoint::default()));
         f.insert("hc".to_string(), "3".to_string());
         f.insert("hb".to_string(), "-250".to_string());
+        f.insert("hd".to_string(), "100".to_string());
         assert_eq!(
             Checkpoint::from_fields(&f),
             Ok(Checkpoint {
                 entries: 3,
-                net: Amount::from_minor(-250)
+                net: Amount::from_minor(-250),
+                deposits: Amount::from_minor(100),
             })
         );
         f.insert("hb".to_string(), "2.50".to_string());
