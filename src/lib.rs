@@ -68,7 +68,17 @@
 //! - **No deadlock.** The wallets' locks are taken in sorted order, all or none, with a ttl,
 //!   and released on every path out (errors and panics included) after checking the owner.
 //! - **Records do not expire** unless you set [`EngineConfig::outcome_ttl_ms`]: a replay at any
-//!   time gets the original answer.
+//!   time gets the original answer. With a ttl, the rule is yours to keep: **never retry or
+//!   replay a request after its record's ttl**, or the money moves again. (The worker keeps it
+//!   for you: its ttl covers the requests topic's retention plus a margin, so a record
+//!   outlives every redelivery of its request.)
+//! - **History is a window, balances stay exact.** A wallet keeps its last
+//!   [`EngineConfig::history_max_entries`] history entries in Redis (1,000 by default); older
+//!   ones are summed into its checkpoint in the same transaction
+//!   ([`engine::retention`]), so `balance = opening + checkpoint + retained entries` still
+//!   holds and the audit checks it. The worker also publishes every entry to the ledger
+//!   topic; entries made through the library alone are gone from Redis once trimmed, so set
+//!   `history_max_entries` to `None` if Redis is your only copy.
 //! - **Redeliveries are not duplicates.** [`WalletService::transfer_from`] takes the Kafka
 //!   message ([`engine::transfer::Origin`]) a request came in; a redelivery of that same
 //!   message is answered as the original (`duplicate: false`). The worker uses it; without
@@ -91,7 +101,8 @@
 //! | `lock.retry_delay_ms_max` | 2000 | cap on one wait |
 //! | `lock.retries_max` | 10 | retries before [`TransferError::LockTimeout`] |
 //! | `watch_retries_max` | 16 | transactions aborted by concurrent changes before [`TransferError::WatchConflicts`] |
-//! | `outcome_ttl_ms` | `None` | expiry of outcome records; `None` keeps them for ever |
+//! | `outcome_ttl_ms` | `None` | expiry of outcome records; `None` keeps them for ever (the worker derives one from the requests topic) |
+//! | `history_max_entries` | `Some(1000)` | history entries a wallet keeps in Redis; `None` keeps all |
 //! | `redis_tls` | none | CA, client certificate and key files for a `rediss://` URL ([`engine::store::RedisTls`]) |
 //!
 //! Change them with the `with_*` setters; the config structs are `#[non_exhaustive]`, so a

@@ -220,6 +220,47 @@ pub struct GlobalOpts {
         help_heading = "Retention"
     )]
     pub history_max_entries: HistoryMaxEntries,
+
+    /// How long an outcome record (the answer kept under an idempotency key) lives, in
+    /// milliseconds; `auto`: the worker takes the requests topic's retention.ms plus
+    /// --outcome-ttl-margin-ms (for ever when the topic keeps its messages for ever), other
+    /// commands keep records for ever; `forever`: never expire. A redelivery or retry after a
+    /// record expired would move the money again, so the worker refuses a ttl shorter than
+    /// the topic's retention plus the margin
+    #[arg(
+        long,
+        env = "OUTCOME_TTL_MS",
+        value_name = "MS|auto|forever",
+        default_value = "auto",
+        value_parser = parse_outcome_ttl,
+        global = true,
+        help_heading = "Retention"
+    )]
+    pub outcome_ttl: OutcomeTtl,
+}
+
+/// `--outcome-ttl-ms`: how long outcome records live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeTtl {
+    /// Derived by the worker from the requests topic; for ever elsewhere.
+    Auto,
+    /// Never expire.
+    Forever,
+    /// Expire after this many milliseconds.
+    Ms(u64),
+}
+
+fn parse_outcome_ttl(text: &str) -> Result<OutcomeTtl, String> {
+    match text {
+        "auto" => Ok(OutcomeTtl::Auto),
+        "forever" => Ok(OutcomeTtl::Forever),
+        _ => match text.parse::<u64>() {
+            Ok(ms) if ms > 0 => Ok(OutcomeTtl::Ms(ms)),
+            _ => Err(format!(
+                "must be a positive number of milliseconds, `auto` (the requests topic's retention plus the margin) or `forever`, got {text:?}"
+            )),
+        },
+    }
 }
 
 /// `--history-max-entries`: a bound, or `all` (no bound).
@@ -251,6 +292,10 @@ impl GlobalOpts {
                     .with_retries_max(self.lock_retries),
             )
             .with_history_max_entries(self.history_max_entries.0)
+            .with_outcome_ttl_ms(match self.outcome_ttl {
+                OutcomeTtl::Ms(ms) => Some(ms),
+                OutcomeTtl::Auto | OutcomeTtl::Forever => None,
+            })
             .with_redis_tls(
                 RedisTls::default()
                     .with_ca_file(self.redis_ca_file.clone())
@@ -328,13 +373,14 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 /// (`LockConfig`, `EngineConfig`, `WorkerConfig`, `DirectConfig`, `E2eConfig`): its flag, or
 /// `None` for a setting no flag sets (the command line always passes the library's default, so
 /// an error about one is a bug in the defaults, not a user mistake).
-pub const SETTING_FLAGS: [(&str, Option<&str>); 29] = [
+pub const SETTING_FLAGS: [(&str, Option<&str>); 30] = [
     ("lock.ttl_ms", Some("--lock-ttl-ms")),
     ("lock.retry_delay_ms_base", Some("--lock-retry-delay-ms")),
     ("lock.retry_delay_ms_max", Some("--lock-retry-delay-ms-max")),
     ("lock.retries_max", Some("--lock-retries")),
     ("watch_retries_max", None),
-    ("outcome_ttl_ms", None),
+    ("outcome_ttl_ms", Some("--outcome-ttl-ms")),
+    ("outcome_ttl_margin_ms", Some("--outcome-ttl-margin-ms")),
     ("history_max_entries", Some("--history-max-entries")),
     ("redis_tls.client_cert_file", Some("--redis-client-cert")),
     ("redis_tls.client_key_file", Some("--redis-client-key")),
@@ -673,7 +719,9 @@ mod tests {
             c.history_max_entries = Some(0)
         }),
         ("watch_retries_max", None, |c| c.watch_retries_max = 1_001),
-        ("outcome_ttl_ms", None, |c| c.outcome_ttl_ms = Some(0)),
+        ("outcome_ttl_ms", Some("--outcome-ttl-ms"), |c| {
+            c.outcome_ttl_ms = Some(0)
+        }),
         (
             "redis_tls.client_key_file",
             Some("--redis-client-key"),
@@ -686,8 +734,13 @@ mod tests {
         ),
     ];
 
-    const WORKER_CASES: [Case<WorkerConfig>; 17] = [
+    const WORKER_CASES: [Case<WorkerConfig>; 18] = [
         ("threads", Some("--threads"), |c| c.threads = 0),
+        (
+            "outcome_ttl_margin_ms",
+            Some("--outcome-ttl-margin-ms"),
+            |c| c.outcome_ttl_margin_ms = u64::MAX,
+        ),
         ("backlog_bytes_max", None, |c| c.backlog_bytes_max = 1),
         ("partitions", Some("--partitions"), |c| c.partitions = 0),
         ("replication", Some("--replication"), |c| c.replication = 0),

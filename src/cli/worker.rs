@@ -8,7 +8,7 @@ use clap::Args;
 use wallet_transfer::worker::WorkerConfig;
 use wallet_transfer::worker::kafka::{self, KafkaConfig};
 
-use crate::cli::{Failure, GlobalOpts, flag_error};
+use crate::cli::{Failure, GlobalOpts, OutcomeTtl, flag_error};
 
 /// Where the metrics endpoint listens when none is given.
 pub const METRICS_ADDR_DEFAULT: &str = "127.0.0.1:9898";
@@ -67,6 +67,11 @@ pub struct WorkerArgs {
     /// uncommitted for the next owner (keep it under the orchestrator's kill timeout)
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = defaults().shutdown_timeout_ms)]
     pub shutdown_timeout_ms: u64,
+    /// How much longer than the requests topic's retention an outcome record lives, in
+    /// milliseconds: the longest consumer lag it covers. With --outcome-ttl-ms auto the ttl is
+    /// the retention plus this; a ttl set by hand must be at least that
+    #[arg(long, env = "OUTCOME_TTL_MARGIN_MS", default_value_t = defaults().outcome_ttl_margin_ms)]
+    pub outcome_ttl_margin_ms: u64,
     /// Address of the Prometheus endpoint (`/metrics`); `off` disables it
     #[arg(long, env = "METRICS_ADDR", default_value = METRICS_ADDR_DEFAULT)]
     pub metrics_addr: String,
@@ -92,7 +97,8 @@ impl WorkerArgs {
             .with_session_timeout_ms(self.session_timeout_ms)
             .with_max_poll_interval_ms(self.max_poll_interval_ms)
             .with_retry_delay_ms_max(self.retry_delay_ms_max)
-            .with_shutdown_timeout_ms(self.shutdown_timeout_ms);
+            .with_shutdown_timeout_ms(self.shutdown_timeout_ms)
+            .with_outcome_ttl_margin_ms(self.outcome_ttl_margin_ms);
         config.validate().map_err(flag_error)?;
         Ok(config)
     }
@@ -101,7 +107,9 @@ impl WorkerArgs {
 /// Runs the worker until SIGINT/SIGTERM.
 pub fn run(global: &GlobalOpts, args: WorkerArgs) -> Result<(), Failure> {
     let engine = global.engine_config()?;
-    let config = args.to_config(&global.brokers)?;
+    let config = args
+        .to_config(&global.brokers)?
+        .with_outcome_ttl_auto(global.outcome_ttl == OutcomeTtl::Auto);
     let metrics_addr = (args.metrics_addr != "off").then_some(args.metrics_addr.as_str());
     wallet_transfer::worker::command::run(config, &global.redis_url, engine, metrics_addr)
         .map_err(Failure::runtime)

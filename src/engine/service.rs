@@ -37,7 +37,9 @@ pub struct EngineConfig {
     /// Times a transfer goes back to WATCH after EXEC found a watched key changed.
     pub watch_retries_max: u32,
     /// Expiry of outcome records; `None` (the default) keeps them for ever, so a replay at any
-    /// time gets the original answer.
+    /// time gets the original answer. With a ttl, a request must never be retried or replayed
+    /// after it: its record would be gone and the money would move again. The worker derives
+    /// its ttl from the requests topic's retention plus a margin, and refuses a shorter one.
     pub outcome_ttl_ms: Option<u64>,
     /// Most history entries a wallet keeps in Redis; older ones are trimmed into the wallet's
     /// checkpoint, which keeps its balance auditable (see [`crate::engine::retention`]). The

@@ -1127,7 +1127,10 @@ mod tests {
         assert_eq!(failed.reason, Some(FailureReason::InsufficientFunds));
         assert_eq!(failed.from_balance_after, None);
         assert!(parse_outcome("transfer:x", &hash(&[("s", "COMPLETED")])).is_err());
-        // The request's own fingerprint is not stored, and is recomputed.
+    }
+
+    #[test]
+    fn the_request_s_own_fingerprint_is_not_stored_and_is_recomputed() {
         let r = req("a", "b", "12.30");
         let o = new_outcome(
             &r,

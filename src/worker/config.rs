@@ -66,6 +66,16 @@ pub struct WorkerConfig {
     /// can finish finishes, what is answered and acknowledged is committed, the rest is
     /// abandoned (left uncommitted for the next owner).
     pub shutdown_timeout_ms: u64,
+    /// When the engine's `outcome_ttl_ms` is not set: true (the default) derives it at start
+    /// from the requests topic's `retention.ms` plus [`WorkerConfig::outcome_ttl_margin_ms`]
+    /// (records kept for ever when the topic keeps its messages for ever); false keeps outcome
+    /// records for ever.
+    pub outcome_ttl_auto: bool,
+    /// How much longer than the requests topic's retention an outcome record lives: the
+    /// longest consumer lag it covers. A request can be redelivered until it leaves the topic;
+    /// its record must outlive that, or the money would move again. Also the lower bound of
+    /// an outcome ttl set by hand.
+    pub outcome_ttl_margin_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -88,6 +98,8 @@ impl Default for WorkerConfig {
             backlog_bytes_max: 32 * 1024 * 1024,
             summary_interval_ms: 10_000,
             shutdown_timeout_ms: 10_000,
+            outcome_ttl_auto: true,
+            outcome_ttl_margin_ms: 24 * 3_600_000,
         }
     }
 }
@@ -112,7 +124,15 @@ setters!(WorkerConfig {
     with_backlog_bytes_max => backlog_bytes_max: usize,
     with_summary_interval_ms => summary_interval_ms: u64,
     with_shutdown_timeout_ms => shutdown_timeout_ms: u64,
+    with_outcome_ttl_auto => outcome_ttl_auto: bool,
+    with_outcome_ttl_margin_ms => outcome_ttl_margin_ms: u64,
 });
+
+/// Upper bound on `outcome_ttl_margin_ms`: 30 days.
+pub const OUTCOME_TTL_MARGIN_MS_LIMIT: u64 = 30 * 24 * 3_600_000;
+/// `retention.ms` of the requests topic when the worker creates it (Kafka's default, 7 days):
+/// set explicitly, so that the outcome ttl derived from it is what the topic really keeps.
+pub const REQUESTS_RETENTION_MS_DEFAULT: u64 = 7 * 24 * 3_600_000;
 
 /// Upper bound on `threads`.
 pub const THREADS_LIMIT: usize = 256;
@@ -235,6 +255,12 @@ impl WorkerConfig {
         ] {
             SettingError::check_range(setting, ms, 1, INTERVAL_MS_LIMIT)?;
         }
+        SettingError::check_range(
+            "outcome_ttl_margin_ms",
+            self.outcome_ttl_margin_ms,
+            0,
+            OUTCOME_TTL_MARGIN_MS_LIMIT,
+        )?;
         if self.max_poll_interval_ms < self.session_timeout_ms
             || self.max_poll_interval_ms <= self.revoke_timeout_ms
         {

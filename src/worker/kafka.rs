@@ -220,8 +220,9 @@ pub fn ensure_topics(
     Ok(())
 }
 
-/// The `retention.ms` of `topic` as the brokers report it (`-1`: kept for ever).
-pub fn topic_retention_ms(kafka: &KafkaConfig, topic: &str) -> Result<i64, AdminError> {
+/// The `retention.ms` of `topic` as the brokers report it (`-1`: kept for ever); `None` when
+/// they do not report it (tansu, for a topic created without it).
+pub fn topic_retention_ms(kafka: &KafkaConfig, topic: &str) -> Result<Option<i64>, AdminError> {
     let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
     let options =
         AdminOptions::new().request_timeout(Some(Duration::from_millis(ADMIN_TIMEOUT_MS)));
@@ -244,14 +245,10 @@ pub fn topic_retention_ms(kafka: &KafkaConfig, topic: &str) -> Result<i64, Admin
             topic: topic.to_string(),
             detail: code.to_string(),
         })?;
-    let value = described
-        .get("retention.ms")
-        .and_then(|e| e.value.clone())
-        .ok_or_else(|| AdminError::Config {
-            topic: topic.to_string(),
-            detail: "retention.ms is not reported".into(),
-        })?;
-    value.parse().map_err(|e| AdminError::Config {
+    let Some(value) = described.get("retention.ms").and_then(|e| e.value.clone()) else {
+        return Ok(None);
+    };
+    value.parse().map(Some).map_err(|e| AdminError::Config {
         topic: topic.to_string(),
         detail: format!("retention.ms {value:?}: {e}"),
     })

@@ -42,8 +42,8 @@ use rdkafka::producer::ThreadedProducer;
 use crate::engine::service::WalletService;
 use crate::engine::setting::SettingError;
 use crate::worker::config::{
-    CHANNEL_JOBS_PER_THREAD, DLQ_MESSAGE_BYTES_LIMIT, FETCH_WAIT_MS, RESULT_LINGER_MS,
-    STATS_INTERVAL_MS, WAIT_STEP_MS, WARN_INTERVAL_MS, WorkerConfig,
+    CHANNEL_JOBS_PER_THREAD, DLQ_MESSAGE_BYTES_LIMIT, FETCH_WAIT_MS, REQUESTS_RETENTION_MS_DEFAULT,
+    RESULT_LINGER_MS, STATS_INTERVAL_MS, WAIT_STEP_MS, WARN_INTERVAL_MS, WorkerConfig,
 };
 use crate::worker::consumer::{self, Committer, ConsumerCtx, Exit};
 use crate::worker::kafka::{self, TopicSpec};
@@ -367,10 +367,10 @@ impl Worker {
     }
 
     /// Runs until the shutdown handle is set (or a permanent error stops it). Blocking.
-    pub fn run(self) -> Result<WorkerReport, WorkerError> {
-        let config = &self.shared.config;
+    pub fn run(mut self) -> Result<WorkerReport, WorkerError> {
         self.ensure_topics()?;
-        self.check_outcome_ttl()?;
+        self.settle_outcome_ttl()?;
+        let config = &self.shared.config;
         let (redo_tx, redo_rx) = crossbeam_channel::unbounded::<Job>();
         let producer = Arc::new(self.result_producer()?);
         let mut consumer = Arc::new(self.subscribe()?);
@@ -439,10 +439,11 @@ impl Worker {
     fn ensure_topics(&self) -> Result<(), WorkerError> {
         let config = &self.shared.config;
         let dlq_bytes = DLQ_MESSAGE_BYTES_LIMIT.to_string();
+        let requests_retention = REQUESTS_RETENTION_MS_DEFAULT.to_string();
         kafka::ensure_topics(
             &config.kafka,
             &[
-                TopicSpec::new(&config.requests_topic),
+                TopicSpec::new(&config.requests_topic).with("retention.ms", &requests_retention),
                 TopicSpec::new(&config.results_topic),
                 TopicSpec::new(&config.dlq_topic).with("max.message.bytes", &dlq_bytes),
             ],
@@ -452,24 +453,52 @@ impl Worker {
         Ok(())
     }
 
-    /// Refuses an outcome ttl shorter than the requests topic's retention: a request
-    /// redelivered after its record expired would move the money again.
-    fn check_outcome_ttl(&self) -> Result<(), WorkerError> {
-        let Some(ttl_ms) = self.service.config().outcome_ttl_ms else {
-            return Ok(());
-        };
+    /// Settles how long outcome records live, from the requests topic's `retention.ms` (read
+    /// from the brokers): an engine ttl set by hand must cover it plus the margin (refused
+    /// otherwise: a request redelivered after its record expired would move the money
+    /// again); with none set and `outcome_ttl_auto`, the ttl becomes exactly that (records
+    /// are kept for ever when the topic keeps its messages for ever).
+    fn settle_outcome_ttl(&mut self) -> Result<(), WorkerError> {
         let config = &self.shared.config;
-        let retention_ms = kafka::topic_retention_ms(&config.kafka, &config.requests_topic)
+        let set = self.service.config().outcome_ttl_ms;
+        if set.is_none() && !config.outcome_ttl_auto {
+            log::info!("outcome records are kept for ever (outcome ttl: forever)");
+            return Ok(());
+        }
+        let reported = kafka::topic_retention_ms(&config.kafka, &config.requests_topic)
             .map_err(|e| {
                 SettingError::new(
                     "outcome_ttl_ms",
                     format!(
-                        "cannot be checked against the retention of {}: {e}; without that check a redelivery after the record expired would move the money again",
+                        "cannot be checked against the retention of {}: {e}; without that check a redelivery after the record expired would move the money again (set the ttl to forever to run without it)",
                         config.requests_topic
                     ),
                 )
             })?;
-        outcome_ttl_rule(ttl_ms, retention_ms, &config.requests_topic)?;
+        let Some(retention_ms) = reported else {
+            return unreported_retention(set, &config.requests_topic);
+        };
+        let margin_ms = config.outcome_ttl_margin_ms;
+        if let Some(ttl_ms) = set {
+            outcome_ttl_rule(ttl_ms, retention_ms, margin_ms, &config.requests_topic)?;
+            return Ok(());
+        }
+        let Some(ttl_ms) = auto_outcome_ttl_ms(retention_ms, margin_ms) else {
+            log::info!(
+                "outcome records are kept for ever: {} keeps its messages for ever (retention.ms -1)",
+                config.requests_topic
+            );
+            return Ok(());
+        };
+        self.service.config.outcome_ttl_ms = Some(ttl_ms);
+        // The records now expire: the user needs PEXPIRE too.
+        self.service
+            .check_permissions()
+            .map_err(|e| WorkerError::Fatal(e.to_string()))?;
+        log::info!(
+            "outcome records expire after {ttl_ms} ms: the retention of {} ({retention_ms} ms) plus the margin ({margin_ms} ms)",
+            config.requests_topic
+        );
         Ok(())
     }
 
@@ -625,27 +654,58 @@ fn join_until(threads: Vec<JoinHandle<()>>, deadline: Instant) -> (bool, usize) 
     }
 }
 
-/// The outcome ttl must cover the requests topic's retention (`-1`: kept for ever, so no ttl
-/// is long enough). Pure.
-pub(crate) fn outcome_ttl_rule(
-    ttl_ms: u64,
-    retention_ms: i64,
-    topic: &str,
-) -> Result<(), SettingError> {
-    if retention_ms < 0 || ttl_ms < retention_ms as u64 {
-        let retention = if retention_ms < 0 {
-            "unlimited".to_string()
-        } else {
-            format!("{retention_ms} ms")
-        };
+/// The requests topic's retention is not reported: a ttl set by hand cannot be checked and is
+/// refused; the derived one keeps records for ever (the safe side: a record that outlives its
+/// request costs memory, one that dies before it could let the money move again).
+fn unreported_retention(set: Option<u64>, topic: &str) -> Result<(), WorkerError> {
+    if let Some(ttl_ms) = set {
         return Err(SettingError::new(
             "outcome_ttl_ms",
             format!(
-                "must be at least the retention.ms of {topic} ({retention}), got {ttl_ms}: a request redelivered after its outcome record expired would move the money again"
+                "{ttl_ms} cannot be checked: the brokers do not report the retention.ms of {topic}; set retention.ms on the topic, or keep records for ever"
             ),
-        ));
+        )
+        .into());
     }
+    log::warn!(
+        "outcome records are kept for ever: the brokers do not report the retention.ms of {topic}, so no ttl can be derived from it (set retention.ms on the topic, or --outcome-ttl-ms); Redis memory grows with every request"
+    );
     Ok(())
+}
+
+/// The outcome ttl derived from the requests topic's retention: retention plus margin, or
+/// `None` (kept for ever) when the topic keeps its messages for ever (`-1`). Pure.
+pub(crate) fn auto_outcome_ttl_ms(retention_ms: i64, margin_ms: u64) -> Option<u64> {
+    u64::try_from(retention_ms)
+        .ok()
+        .map(|r| r.saturating_add(margin_ms))
+}
+
+/// The outcome ttl must cover the requests topic's retention plus the margin (`-1`: kept for
+/// ever, so no ttl is long enough). Pure.
+pub(crate) fn outcome_ttl_rule(
+    ttl_ms: u64,
+    retention_ms: i64,
+    margin_ms: u64,
+    topic: &str,
+) -> Result<(), SettingError> {
+    match auto_outcome_ttl_ms(retention_ms, margin_ms) {
+        Some(least_ms) if ttl_ms >= least_ms => Ok(()),
+        least => {
+            let least = match least {
+                Some(ms) => format!(
+                    "{ms} ms: its retention.ms ({retention_ms}) plus the margin ({margin_ms})"
+                ),
+                None => "forever: it keeps its messages for ever".to_string(),
+            };
+            Err(SettingError::new(
+                "outcome_ttl_ms",
+                format!(
+                    "must cover the requests topic {topic}, at least {least}; got {ttl_ms}: a request redelivered after its outcome record expired would move the money again"
+                ),
+            ))
+        }
+    }
 }
 
 /// A job for unit tests: key `k`, a payload of `payload_len` bytes.
@@ -706,15 +766,24 @@ mod tests {
     }
 
     #[test]
-    fn an_outcome_ttl_must_cover_the_topic_retention() {
+    fn an_outcome_ttl_must_cover_the_topic_retention_plus_the_margin() {
         let week_ms = 7 * 24 * 3_600_000;
-        assert!(outcome_ttl_rule(week_ms as u64, week_ms, "t").is_ok());
-        let e = outcome_ttl_rule(1_000, week_ms, "t").unwrap_err();
+        let day_ms = 24 * 3_600_000;
+        assert!(outcome_ttl_rule(week_ms as u64 + day_ms, week_ms, day_ms, "t").is_ok());
+        let e = outcome_ttl_rule(week_ms as u64, week_ms, day_ms, "t").unwrap_err();
         assert_eq!(e.setting, "outcome_ttl_ms");
         assert!(e.rule.contains("move the money again"), "{e}");
+        assert!(e.rule.contains("plus the margin (86400000)"), "{e}");
         assert!(
-            outcome_ttl_rule(u64::MAX, -1, "t").is_err(),
+            outcome_ttl_rule(u64::MAX, -1, day_ms, "t").is_err(),
             "unlimited retention"
         );
+    }
+
+    #[test]
+    fn the_derived_outcome_ttl_is_the_retention_plus_the_margin_or_for_ever() {
+        assert_eq!(auto_outcome_ttl_ms(60_000, 1_000), Some(61_000));
+        assert_eq!(auto_outcome_ttl_ms(-1, 1_000), None);
+        assert_eq!(auto_outcome_ttl_ms(i64::MAX, u64::MAX), Some(u64::MAX));
     }
 }

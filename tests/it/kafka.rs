@@ -26,6 +26,6 @@ fn a_topic_created_with_a_retention_reports_it() {
     kafka::ensure_topics(&config, &[topic], 1, 1).expect("create topic");
     assert_eq!(
         kafka::topic_retention_ms(&config, "t.kept").expect("describe configs"),
-        3_600_000
+        Some(3_600_000)
     );
 }

@@ -214,3 +214,35 @@ fn an_outcome_ttl_shorter_than_the_requests_retention_is_refused_at_start() {
         other => panic!("want a refused outcome ttl, got {other:?}"),
     }
 }
+
+/// Left to its defaults, the worker gives outcome records the requests topic's retention plus
+/// the margin, read from the broker at start: a record outlives every redelivery of its request.
+#[test]
+fn a_worker_left_to_its_defaults_keeps_outcome_records_for_the_topic_retention_plus_the_margin() {
+    let mut stack = Stack::start(1);
+    let topic = format!("{}_hour", stack.topics.requests);
+    let hour_ms: u64 = 3_600_000;
+    kafka::ensure_topics(
+        &stack.kafka(),
+        &[TopicSpec::new(&topic).with("retention.ms", &hour_ms.to_string())],
+        1,
+        1,
+    )
+    .unwrap();
+    stack.topics.requests = topic;
+    let ids = faults::wallets(&stack, "rt", 2, "100.00");
+    let request = TransferRequest::new("rt_1", &ids[0], &ids[1], "1.00", Currency::USD).unwrap();
+    stack.publish_requests(std::slice::from_ref(&request));
+    let margin_ms: u64 = 120_000;
+    let _worker = stack.spawn_worker(&["--outcome-ttl-margin-ms", &margin_ms.to_string()]);
+    wait_recorded(&stack, std::slice::from_ref(&request), 1, 60_000);
+    let pttl_ms: i64 = redis::cmd("PTTL")
+        .arg(format!("transfer:{}", request.idempotency_key))
+        .query(&mut stack.redis.conn())
+        .unwrap();
+    let ttl_ms = (hour_ms + margin_ms) as i64;
+    assert!(
+        pttl_ms <= ttl_ms && pttl_ms > ttl_ms - 60_000,
+        "the record lives retention + margin = {ttl_ms} ms, has {pttl_ms} ms left"
+    );
+}
