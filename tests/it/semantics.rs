@@ -245,4 +245,17 @@ fn a_worker_left_to_its_defaults_keeps_outcome_records_for_the_topic_retention_p
         pttl_ms <= ttl_ms && pttl_ms > ttl_ms - 60_000,
         "the record lives retention + margin = {ttl_ms} ms, has {pttl_ms} ms left"
     );
+    // Inside the retention, the request sent again is answered from its record.
+    stack.publish_requests(std::slice::from_ref(&request));
+    let answers = results_by_id(&stack, &[request.transfer_id.clone()], 2, 30_000);
+    let answers = &answers[&request.transfer_id];
+    assert_eq!(answers[0].status, Status::Completed);
+    assert!(answers[1].duplicate, "{answers:?}");
+    assert_eq!(answers[1].status, Status::Completed);
+    let service = stack.redis.service(1, EngineConfig::default());
+    assert_eq!(
+        service.balance(&ids[1]).unwrap().to_string(),
+        "101.00",
+        "moved once"
+    );
 }
