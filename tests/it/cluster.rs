@@ -258,8 +258,8 @@ fn after_a_primary_is_killed_refresh_finds_the_promoted_replica() {
     };
     let promoted = pools.primary_for_slot(slot).unwrap();
     assert_eq!(port_of(&promoted), replica);
-    assert_eq!(refreshed.added, [promoted.clone()]);
-    assert_eq!(refreshed.removed, [dead.clone()]);
+    assert_eq!(refreshed.added, std::slice::from_ref(&promoted));
+    assert_eq!(refreshed.removed, std::slice::from_ref(&dead));
     assert!(!pools.primaries().contains(&dead));
     assert_eq!(get(&pools, &key).unwrap().as_deref(), Some("42"));
     redis.wait_for_promotion(replica);
