@@ -37,10 +37,10 @@ deps: ## install redis-server and tansu when missing
 build:
 	$(CARGO) build --release --quiet
 
-up: build ## keep a local redis-server + tansu running (pids, logs and env under .dev/)
-	scripts/stack.sh up $(DEV)
+up: build ## keep a local redis-server + tansu running (pids, logs and env under .dev/); CLUSTER=1 adds a 3-primary Redis Cluster on ports 7000-7002
+	scripts/stack.sh up $(DEV) $(if $(filter 1 yes true,$(CLUSTER)),--cluster,)
 
-down: ## stop the local stack (and a worker started by run-worker)
+down: ## stop the local stack (and a worker started by run-worker, and the cluster of CLUSTER=1)
 	scripts/stack.sh down $(DEV)
 
 status: ## what of the local stack is running

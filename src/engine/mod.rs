@@ -6,6 +6,7 @@
 //! Does not own message transport (`worker`) or operator tooling (`tools`).
 
 pub mod backoff;
+pub mod cluster;
 pub mod lock;
 pub mod message;
 pub mod money;

@@ -7,6 +7,7 @@ mod support;
 
 mod audit;
 mod bench_e2e;
+mod cluster;
 mod engine;
 mod examples;
 mod faults;

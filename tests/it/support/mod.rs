@@ -381,6 +381,8 @@ pub fn lock_keys(conn: &mut redis::Connection) -> Vec<String> {
     redis::cmd("KEYS").arg("lock:*").query(conn).expect("KEYS")
 }
 
+pub mod cluster;
+
 pub mod stack;
 
 pub mod tls;

@@ -1,0 +1,373 @@
+//! A Redis Cluster of plain `redis-server` processes on free loopback ports, in one temporary
+//! folder: created with `redis-cli --cluster create`, waited on until every node says
+//! `cluster_state:ok` with all slots assigned, and killed when dropped. Helpers kill a primary
+//! and wait for its replica's promotion, and migrate a slot step by step (so tests can provoke
+//! MOVED and ASK).
+//!
+//! No persistence (`--save ''`, no AOF): a killed node is not started again; its replica
+//! takes over.
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{Proc, START_TIMEOUT_MS, find_binary, wait_until};
+
+/// How long the cluster may take to agree after `redis-cli --cluster create`.
+pub const CLUSTER_OK_TIMEOUT_MS: u64 = 30_000;
+/// How long a replica may take to be promoted after its primary was killed (node timeout
+/// 1 s, then the election).
+pub const FAILOVER_TIMEOUT_MS: u64 = 30_000;
+/// `cluster-node-timeout`: a node silent this long is failing; short, so failovers are quick.
+const NODE_TIMEOUT_MS: u64 = 1_000;
+/// Nodes in one test cluster, at most.
+const NODES_LIMIT: usize = 12;
+/// The cluster bus listens on the data port plus this.
+const BUS_PORT_OFFSET: u16 = 10_000;
+
+/// One node: its process and port.
+struct Node {
+    child: Proc,
+    port: u16,
+}
+
+pub struct RedisCluster {
+    nodes: Vec<Node>,
+    dir: tempfile::TempDir,
+}
+
+/// A port that is free, and whose cluster bus port (+10000) is free too.
+fn free_node_port() -> u16 {
+    for _ in 0..100 {
+        let port = super::free_port();
+        if port < u16::MAX - BUS_PORT_OFFSET
+            && TcpListener::bind(("127.0.0.1", port + BUS_PORT_OFFSET)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port p with p + {BUS_PORT_OFFSET} free too, in 100 tries");
+}
+
+fn addr(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// A plain connection to a node, with short timeouts (for polling).
+fn node_conn(port: u16) -> redis::RedisResult<redis::Connection> {
+    let conn = redis::Client::open(format!("redis://{}", addr(port)))?
+        .get_connection_with_timeout(Duration::from_millis(500))?;
+    conn.set_read_timeout(Some(Duration::from_millis(2_000)))?;
+    Ok(conn)
+}
+
+/// The `field:value` lines of an INFO-like reply.
+fn info_field(text: &str, field: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+}
+
+impl RedisCluster {
+    /// `primaries` primaries with `replicas_per_primary` replicas each, every slot assigned,
+    /// every node agreeing.
+    pub fn start(primaries: usize, replicas_per_primary: usize) -> RedisCluster {
+        let count = primaries * (1 + replicas_per_primary);
+        assert!(
+            primaries >= 3 && count <= NODES_LIMIT,
+            "redis-cli --cluster create needs 3 primaries or more; at most {NODES_LIMIT} nodes"
+        );
+        let mut cluster = RedisCluster {
+            nodes: Vec::with_capacity(count),
+            dir: tempfile::tempdir().expect("temporary folder for the cluster"),
+        };
+        for _ in 0..count {
+            let node = cluster.spawn_node();
+            cluster.nodes.push(node);
+        }
+        cluster.create(replicas_per_primary);
+        cluster.wait_ok(CLUSTER_OK_TIMEOUT_MS);
+        cluster.wait_replicas_linked(primaries * replicas_per_primary);
+        cluster
+    }
+
+    /// A node on a free port, answering PING; retried on another port when the port was
+    /// taken in between.
+    fn spawn_node(&self) -> Node {
+        for _ in 0..5 {
+            let port = free_node_port();
+            if let Some(child) = self.spawn_on(port) {
+                return Node { child, port };
+            }
+        }
+        panic!("no cluster node started on any of 5 free ports");
+    }
+
+    fn spawn_on(&self, port: u16) -> Option<Proc> {
+        let bin = find_binary(
+            "REDIS_SERVER_BIN",
+            "redis-server",
+            "apt-get install -y redis-server",
+        );
+        let node_dir = self.dir.path().join(port.to_string());
+        std::fs::create_dir_all(&node_dir).expect("node folder");
+        let log = std::fs::File::create(node_dir.join("redis.log")).expect("node log");
+        let mut child = Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dir", node_dir.to_str().expect("utf-8 temp path")])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+            .stdout(Stdio::from(log.try_clone().expect("clone log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn redis-server");
+        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return None;
+            }
+            let pong = node_conn(port)
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok();
+            if pong {
+                return Some(Proc(Some(child)));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster node on port {port} did not answer within {START_TIMEOUT_MS} ms"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis-cli --cluster create` over every node.
+    fn create(&self, replicas_per_primary: usize) {
+        let bin = find_binary(
+            "REDIS_CLI_BIN",
+            "redis-cli",
+            "apt-get install -y redis-tools",
+        );
+        let out = Command::new(bin)
+            .arg("--cluster")
+            .arg("create")
+            .args(self.nodes.iter().map(|n| addr(n.port)))
+            .args(["--cluster-replicas", &replicas_per_primary.to_string()])
+            .arg("--cluster-yes")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Waits until every running node says `cluster_state:ok`, all slots assigned, and knows
+    /// every running node.
+    pub fn wait_ok(&self, timeout_ms: u64) {
+        let ports = self.ports();
+        wait_until("cluster_state:ok on every node", timeout_ms, || {
+            ports.iter().all(|&port| {
+                let info = self.cluster_info(port).unwrap_or_default();
+                info_field(&info, "cluster_state").as_deref() == Some("ok")
+                    && info_field(&info, "cluster_slots_assigned").as_deref() == Some("16384")
+            })
+        });
+    }
+
+    /// Waits until `count` replicas have their replication link up.
+    fn wait_replicas_linked(&self, count: usize) {
+        wait_until(
+            "every replica linked to its primary",
+            CLUSTER_OK_TIMEOUT_MS,
+            || {
+                let linked = self
+                    .ports()
+                    .into_iter()
+                    .filter(|&port| {
+                        let info = self.info(port, "replication").unwrap_or_default();
+                        info_field(&info, "role").as_deref() == Some("slave")
+                            && info_field(&info, "master_link_status").as_deref() == Some("up")
+                    })
+                    .count();
+                linked == count
+            },
+        );
+    }
+
+    fn cluster_info(&self, port: u16) -> redis::RedisResult<String> {
+        redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query(&mut node_conn(port)?)
+    }
+
+    fn info(&self, port: u16, section: &str) -> redis::RedisResult<String> {
+        redis::cmd("INFO").arg(section).query(&mut node_conn(port)?)
+    }
+
+    /// Ports of the nodes still running.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.0.is_some())
+            .map(|n| n.port)
+            .collect()
+    }
+
+    /// `127.0.0.1:PORT` of every running node, for `ClusterPools::connect`.
+    pub fn seeds(&self) -> Vec<String> {
+        self.ports().into_iter().map(addr).collect()
+    }
+
+    /// A plain connection to the node on `port`.
+    pub fn conn(&self, port: u16) -> redis::Connection {
+        node_conn(port).unwrap_or_else(|e| panic!("connect to cluster node {port}: {e}"))
+    }
+
+    /// The node's id (`CLUSTER MYID`).
+    pub fn node_id(&self, port: u16) -> String {
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut self.conn(port))
+            .expect("CLUSTER MYID")
+    }
+
+    /// The port of the primary that serves `slot`, as the running node `asked` sees it
+    /// (`CLUSTER SHARDS` would do too; `CLUSTER NODES` works on every Redis 7).
+    pub fn owner_of(&self, asked: u16, slot: u16) -> Option<u16> {
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query(&mut node_conn(asked).ok()?)
+            .ok()?;
+        nodes.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let primary = fields.get(2)?.contains("master") && !fields[2].contains("fail");
+            let serves = fields.iter().skip(8).any(|r| slot_in(r, slot));
+            if !(primary && serves) {
+                return None;
+            }
+            let port = fields[1].split(['@', ',']).next()?.rsplit_once(':')?.1;
+            port.parse().ok()
+        })
+    }
+
+    /// Ports of the running primaries (nodes whose `ROLE` is master).
+    pub fn primary_ports(&self) -> Vec<u16> {
+        self.ports()
+            .into_iter()
+            .filter(|&port| {
+                let info = self.info(port, "replication").unwrap_or_default();
+                info_field(&info, "role").as_deref() == Some("master")
+            })
+            .collect()
+    }
+
+    /// The running replica of the primary on `port`.
+    pub fn replica_of(&self, port: u16) -> Option<u16> {
+        let id = self.node_id(port);
+        self.ports().into_iter().find(|&p| {
+            let nodes: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query(&mut self.conn(p))
+                .unwrap_or_default();
+            nodes.lines().any(|l| {
+                l.contains("myself") && l.contains("slave") && l.split(' ').nth(3) == Some(&id)
+            })
+        })
+    }
+
+    /// SIGKILL for the node on `port`; it is not started again.
+    pub fn kill(&mut self, port: u16) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no cluster node on port {port}"));
+        node.child.kill();
+    }
+
+    /// Waits until the replica on `replica_port` says it is a primary and every running node
+    /// says `cluster_state:ok` again.
+    pub fn wait_for_promotion(&self, replica_port: u16) {
+        wait_until(
+            &format!("the replica on {replica_port} to be promoted"),
+            FAILOVER_TIMEOUT_MS,
+            || self.primary_ports().contains(&replica_port),
+        );
+        self.wait_ok(FAILOVER_TIMEOUT_MS);
+    }
+
+    /// First step of a slot migration: `to` imports `slot`, `from` migrates it. From now on
+    /// `from` answers ASK for keys of the slot it no longer holds.
+    pub fn begin_migration(&self, slot: u16, from: u16, to: u16) {
+        let setslot = |port: u16, state: &str, other: u16| {
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(state)
+                .arg(self.node_id(other))
+                .query::<()>(&mut self.conn(port))
+                .unwrap_or_else(|e| panic!("CLUSTER SETSLOT {slot} {state} on {port}: {e}"));
+        };
+        setslot(to, "IMPORTING", from);
+        setslot(from, "MIGRATING", to);
+    }
+
+    /// Moves `keys` (all in a slot being migrated) from `from` to `to` with MIGRATE.
+    pub fn migrate_keys(&self, from: u16, to: u16, keys: &[&str]) {
+        redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(to)
+            .arg("")
+            .arg(0)
+            .arg(5_000)
+            .arg("KEYS")
+            .arg(keys)
+            .query::<String>(&mut self.conn(from))
+            .unwrap_or_else(|e| panic!("MIGRATE {keys:?} from {from} to {to}: {e}"));
+    }
+
+    /// Last step: `slot` belongs to `to`, told to every running primary; waits until all
+    /// nodes agree (cluster_state ok).
+    pub fn end_migration(&self, slot: u16, to: u16) {
+        let owner = self.node_id(to);
+        for port in std::iter::once(to).chain(self.primary_ports()) {
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(&owner)
+                .query::<()>(&mut self.conn(port))
+                .unwrap_or_else(|e| panic!("CLUSTER SETSLOT {slot} NODE on {port}: {e}"));
+        }
+        let ports = self.ports();
+        wait_until(
+            &format!("every node to see slot {slot} on {to}"),
+            CLUSTER_OK_TIMEOUT_MS,
+            || ports.iter().all(|&p| self.owner_of(p, slot) == Some(to)),
+        );
+    }
+
+    /// The log of the node on `port`.
+    pub fn log(&self, port: u16) -> String {
+        std::fs::read_to_string(self.dir.path().join(port.to_string()).join("redis.log"))
+            .unwrap_or_default()
+    }
+}
+
+/// True when a `CLUSTER NODES` slot field (`5`, `0-5460`; `[...]` migration notes are not
+/// ranges) holds `slot`.
+fn slot_in(field: &str, slot: u16) -> bool {
+    if field.starts_with('[') {
+        return false;
+    }
+    let (start, end) = field.split_once('-').unwrap_or((field, field));
+    match (start.parse::<u16>(), end.parse::<u16>()) {
+        (Ok(s), Ok(e)) => s <= slot && slot <= e,
+        _ => false,
+    }
+}
