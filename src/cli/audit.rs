@@ -7,19 +7,23 @@
 
 use clap::Args;
 use wallet_transfer::Amount;
-use wallet_transfer::tools::ops::{self, AuditReport};
+use wallet_transfer::tools::ops::{self, AuditReport, AuditSettings};
 
 use crate::cli::{Failure, GlobalOpts, json_out, print_out};
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Checks: each wallet: balance = opening_balance + signed sum of its history, \
-                  no negative balance, version = number of history entries. Each transfer \
-                  (entries counted per idempotency key, kind and wallet): a COMPLETED \
+    after_help = "Checks: each wallet: balance = opening_balance + checkpoint (hb, the sum of \
+                  the entries trimmed from its history) + signed sum of its retained history, \
+                  no negative balance, version = entries trimmed (hc) + retained entries. Each \
+                  transfer (entries counted per idempotency key, kind and wallet): a COMPLETED \
                   transfer:* record has exactly one debit on its sender and one credit on its \
-                  receiver, of its amount, in wallets of its currency; a FAILED one has none; \
-                  no debit or credit without a record. Each deposit id appears once. Per \
-                  currency: total of balances = openings + deposits. Safe on a live ledger: \
+                  receiver, of its amount, in wallets of its currency, at the entry numbers it \
+                  recorded, unless trimmed (then checked only through the checkpoint); a FAILED \
+                  one has none; no debit or credit without a record (with --outcome-ttl-ms, one \
+                  older than the ttl counts as outcome expired). Each deposit id appears once \
+                  in the retained windows. Per currency: total of balances = openings + \
+                  deposits (trimmed, hd, and retained). Safe on a live ledger: \
                   each wallet is read whole in one MULTI/EXEC, and a finding that transfers \
                   finishing during the scan could cause is read again before it counts. Reads \
                   with SCAN/SSCAN and pipelining; changes nothing. Amounts in major units.\n\
@@ -31,12 +35,21 @@ pub struct AuditArgs {
     /// Print the report as one JSON object instead of a summary
     #[arg(long)]
     pub json: bool,
+
+    /// The outcome ttl the workers write outcome records with: a debit or credit older than
+    /// this without its outcome counts as "outcome expired", not as a violation (default:
+    /// none, every entry needs its outcome)
+    #[arg(long, env = "AUDIT_OUTCOME_TTL_MS", value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub outcome_ttl_ms: Option<u64>,
 }
 
 /// Audits the ledger; exit 1 if any invariant is broken.
 pub fn run(global: &GlobalOpts, args: AuditArgs) -> Result<(), Failure> {
     let service = global.connect(1)?;
-    let report = ops::audit(&service)?;
+    let settings = AuditSettings {
+        outcome_ttl_ms: args.outcome_ttl_ms,
+    };
+    let report = ops::audit_with(&service, &settings)?;
     if args.json {
         json_out(&report)?;
     } else {
@@ -65,21 +78,40 @@ pub fn run(global: &GlobalOpts, args: AuditArgs) -> Result<(), Failure> {
 /// The counts and totals (one line per currency), one per line.
 fn summary(report: &AuditReport) -> String {
     let mut out = format!(
-        "wallets checked: {}\ntransfers checked: {} ({} completed)\nhistory entries: {}\n",
+        "wallets checked: {}\ntransfers checked: {} ({} completed)\nhistory entries: {}\n\
+         horizon: {}\n",
         report.wallets_checked,
         report.transfers_checked,
         report.transfers_completed,
         report.history_entries,
+        report.horizon,
     );
+    if let Some(ttl) = report.outcome_ttl_ms {
+        out.push_str(&format!(
+            "outcome ttl: {ttl} ms; entries whose outcome expired (not violations): {}\n",
+            report.outcomes_expired
+        ));
+    }
     for c in &report.currencies {
         let in_flight = if c.in_flight == Amount::ZERO {
             String::new()
         } else {
             format!("; in flight during the audit {}", c.in_flight)
         };
+        let trimmed = if c.trimmed_deposits == Amount::ZERO {
+            String::new()
+        } else {
+            format!(", {} of them trimmed", c.trimmed_deposits)
+        };
         out.push_str(&format!(
-            "total balance {}: {} (openings {} + deposits {}{in_flight})\n",
+            "total balance {}: {} (openings {} + deposits {}{trimmed}{in_flight})\n",
             c.currency, c.balance, c.opening, c.deposits
+        ));
+    }
+    if report.outcome_scans > 1 {
+        out.push_str(&format!(
+            "outcome scans: {} (a window moved during the audit)\n",
+            report.outcome_scans
         ));
     }
     if report.settle_passes > 0 {
@@ -104,6 +136,7 @@ mod tests {
             balance: Amount::from_minor(balance),
             opening: Amount::from_minor(opening),
             deposits: Amount::from_minor(deposits),
+            trimmed_deposits: Amount::ZERO,
             in_flight: Amount::ZERO,
         };
         let mut report = AuditReport {
@@ -111,6 +144,7 @@ mod tests {
             transfers_checked: 5,
             transfers_completed: 4,
             history_entries: 11,
+            horizon: "every history is whole".into(),
             currencies: vec![
                 totals("EUR", 100, 100, 0),
                 totals("USD", 30_000, 25_000, 5_000),
@@ -121,10 +155,14 @@ mod tests {
         assert_eq!(
             summary(&report),
             "wallets checked: 3\ntransfers checked: 5 (4 completed)\nhistory entries: 11\n\
+             horizon: every history is whole\n\
              total balance EUR: 1.00 (openings 1.00 + deposits 0.00)\n\
              total balance USD: 300.00 (openings 250.00 + deposits 50.00)\nviolations: 1\n"
         );
         report.settle_passes = 2;
+        report.outcome_ttl_ms = Some(60_000);
+        report.outcomes_expired = 4;
+        report.currencies[1].trimmed_deposits = Amount::from_minor(1_000);
         report.currencies[1].in_flight = Amount::from_minor(-250);
         let text = summary(&report);
         assert!(
@@ -132,7 +170,16 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("(openings 250.00 + deposits 50.00; in flight during the audit -2.50)"),
+            text.contains(
+                "(openings 250.00 + deposits 50.00, 10.00 of them trimmed; in flight during the \
+                 audit -2.50)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "outcome ttl: 60000 ms; entries whose outcome expired (not violations): 4\n"
+            ),
             "{text}"
         );
     }

@@ -1,32 +1,49 @@
 //! The ledger audit's checks: what [`crate::tools::ops::audit`] read, turned into violations.
 //!
-//! Owns the ledger invariants and how they are checked, without I/O:
+//! Owns the ledger invariants and how they are checked, without I/O. A wallet's history may be
+//! trimmed (`crate::engine::retention`): Redis keeps its last entries (the *window*) and the
+//! wallet's checkpoint (`hc` entries trimmed, `hb` their signed sum, `hd` their deposits).
+//! Moves before the window are checked only through the checkpoint, and the report says so
+//! (its horizon):
 //!
-//! - per wallet: it parses; no negative balance; balance = opening_balance + signed sum of its
-//!   history; version = number of history entries;
+//! - per wallet: it parses; no negative balance; balance = opening_balance + `hb` + signed sum
+//!   of the window; version = `hc` + entries in the window;
 //! - per transfer (history entries counted per idempotency key, kind and wallet, never kept in
 //!   a map that overwrites): every COMPLETED outcome has exactly one debit on its sender and
-//!   one credit on its receiver, of its amount, in wallets of its currency; a FAILED outcome has
-//!   no entries; no transfer entry exists without an outcome. Entries written before the
-//!   idempotency key was recorded match the outcome by its transfer_id instead;
-//! - per deposit: its id appears once;
-//! - per currency: the total of balances = openings + deposits.
+//!   one credit on its receiver, of its amount, in wallets of its currency; an entry whose
+//!   number (the version the outcome recorded, `fv`/`tv`) is at most the wallet's `hc` was
+//!   trimmed and is counted before the window; one after it is in the window once, at that
+//!   number (`misplaced_entry` otherwise). An outcome without versions (older records) may
+//!   lack an entry only when the wallet was trimmed and the outcome is older than the window's
+//!   first entry. A FAILED outcome has no entries; no transfer entry exists without an outcome
+//!   (unless [`AuditSettings::outcome_ttl_ms`] says the outcome expired: then it is counted).
+//!   Entries written before the idempotency key was recorded match the outcome by its
+//!   transfer_id instead;
+//! - per deposit: its id appears once in the windows;
+//! - per currency: the total of balances = openings + deposits (the checkpoints' `hd` and the
+//!   windows' deposits). This is what catches a balance and its `hb` edited together.
 //!
 //! Owns, too, how a live ledger is judged ([`Auditor::settle`]). The full scan reads every
 //! outcome record, then each wallet whole (hash and history at one moment), so the wallets are
 //! read at different moments while transfers run. Those snapshots are the *cut*: each wallet
 //! is checked and summed as read, and the transfers checked are those with an entry in a
-//! snapshot or an outcome in the scan. A transfer that finished during the scan can look half
-//! done; such a finding (a missing entry, an entry without an outcome) counts only once the
-//! part that could be late was read after the part that proves it: a history after the
-//! outcome that names it, an outcome after the entries that need it (an outcome and its
-//! entries are written in one transaction, and histories only grow). Until then the audit
-//! asks for that part again ([`Plan`]): the history after the snapshot's last entry, or the
-//! outcome record; later entries count only for transfers of the cut, and the totals take them
-//! as money in flight. Bounded by [`SETTLE_PASSES_LIMIT`] and the re-read limits.
+//! snapshot (in its window or its checkpoint) or an outcome in the scan. A transfer that
+//! finished during the scan can look half done; such a finding (a missing entry, an entry
+//! without an outcome) counts only once the part that could be late was read after the part
+//! that proves it: a history after the outcome that names it, an outcome after the entries
+//! that need it (an outcome and its entries are written in one transaction, and versions only
+//! grow). Until then the audit asks for that part again ([`Plan`]): the wallet's hash and its
+//! history after the snapshot's last entry, or the outcome record; later entries count only
+//! for transfers of the cut, and the totals take them as money in flight (from the outcome
+//! when the entry was trimmed before the re-read). A transfer whose entries all came after
+//! their wallets' snapshots is not in the cut. When a snapshot's window starts after the
+//! audit began, a transfer made during the scan may sit in its checkpoint unseen: the caller
+//! then scans the outcomes again ([`Auditor::needs_outcome_rescan`]). Bounded by
+//! [`SETTLE_PASSES_LIMIT`] and the re-read limits.
 //!
 //! Does not read Redis: `ops::audit` does the reads and hands them over as a [`Snapshot`] (the
-//! full scan) or a [`Reread`] (one MULTI/EXEC per pass). Does not change data.
+//! full scan) or a [`Reread`] (one MULTI/EXEC per pass). Does not change data. Does not check
+//! the trimmed entries themselves (they are gone from Redis; the ledger topic keeps them).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -47,6 +64,16 @@ pub const SETTLE_PASSES_LIMIT: u32 = 8;
 pub const REREAD_WALLETS_LIMIT: usize = 500;
 /// Most outcome records read again in one pass (the rest wait for the next pass).
 pub const REREAD_OUTCOMES_LIMIT: usize = 2_000;
+
+/// How the audit judges what the engine may have let go: the caller's settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AuditSettings {
+    /// The `outcome_ttl_ms` the engine writes outcome records with. A debit or credit older
+    /// than this (by its stream id, against the audit's start) whose outcome is gone counts
+    /// as "outcome expired", not as a violation. `None` (the default): every entry needs its
+    /// outcome.
+    pub outcome_ttl_ms: Option<u64>,
+}
 
 /// A hash as HGETALL returns it.
 pub type Fields = HashMap<String, String>;
@@ -111,8 +138,10 @@ impl Plan {
 /// What a [`Plan`] read, all at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Reread {
-    /// The history entries after the snapshot's last one (or why they could not be read).
-    pub histories: Vec<(String, Result<RawHistory, String>)>,
+    /// Per wallet planned in [`Plan::histories`]: its hash (for the checkpoint and version
+    /// now) and the history entries after the snapshot's last one, each or why it could not
+    /// be read.
+    pub histories: Vec<(String, WalletRead)>,
     /// The wallets the scan did not read, whole.
     pub wallets: Vec<(String, WalletRead)>,
     /// (idempotency key, HGETALL of `transfer:{key}`).
@@ -131,9 +160,9 @@ pub enum ViolationKind {
     HistoryUnreadable,
     /// A balance below zero.
     NegativeBalance,
-    /// balance != opening_balance + history.
+    /// balance != opening_balance + checkpoint (`hb`) + retained history.
     BalanceMismatch,
-    /// version != number of history entries.
+    /// version != entries trimmed (`hc`) + retained history entries.
     VersionMismatch,
     /// A `transfer:*` record does not parse.
     OutcomeCorrupt,
@@ -145,6 +174,9 @@ pub enum ViolationKind {
     UnexpectedEntry,
     /// A COMPLETED transfer's debit or credit is of another amount than the outcome's.
     AmountMismatch,
+    /// A COMPLETED transfer's debit or credit is not the entry number (wallet version) its
+    /// outcome recorded (`fv`, `tv`).
+    MisplacedEntry,
     /// Money moved into or out of a wallet of another currency.
     CurrencyMismatch,
     /// A FAILED transfer has history entries.
@@ -153,7 +185,8 @@ pub enum ViolationKind {
     EntryWithoutOutcome,
     /// A deposit id appears more than once.
     RepeatedDeposit,
-    /// The total of balances != openings + deposits, in one currency.
+    /// The total of balances != openings + deposits (trimmed `hd` + retained), in one
+    /// currency.
     TotalsMismatch,
 }
 
@@ -172,6 +205,7 @@ impl ViolationKind {
             ViolationKind::RepeatedEntry => "repeated_entry",
             ViolationKind::UnexpectedEntry => "unexpected_entry",
             ViolationKind::AmountMismatch => "amount_mismatch",
+            ViolationKind::MisplacedEntry => "misplaced_entry",
             ViolationKind::CurrencyMismatch => "currency_mismatch",
             ViolationKind::FailedWithEntries => "failed_with_entries",
             ViolationKind::EntryWithoutOutcome => "entry_without_outcome",
@@ -248,9 +282,12 @@ pub struct CurrencyTotals {
     /// The sum of the opening balances.
     #[serde(serialize_with = "as_text")]
     pub opening: Amount,
-    /// The sum of the deposits.
+    /// The sum of the deposits: trimmed ones (`trimmed_deposits`) and retained ones.
     #[serde(serialize_with = "as_text")]
     pub deposits: Amount,
+    /// The deposits trimmed from the histories: the sum of the checkpoints' `hd`.
+    #[serde(serialize_with = "as_text")]
+    pub trimmed_deposits: Amount,
     /// Transfer entries written during the scan after a wallet's snapshot, for transfers the
     /// snapshots show in part: balance + in_flight = opening + deposits.
     #[serde(serialize_with = "as_text")]
@@ -266,8 +303,26 @@ pub struct AuditReport {
     pub transfers_checked: u64,
     /// Of those, COMPLETED ones.
     pub transfers_completed: u64,
-    /// History entries read over all wallets.
+    /// History entries read over all wallets (the retained windows).
     pub history_entries: u64,
+    /// The horizon, in words: what was checked entry by entry and what only through the
+    /// checkpoints.
+    pub horizon: String,
+    /// Wallets whose history was trimmed (a checkpoint with `hc` > 0).
+    pub wallets_with_checkpoint: u64,
+    /// Entries trimmed over all wallets: the sum of `hc`.
+    pub entries_trimmed: u64,
+    /// Debits and credits of COMPLETED outcomes that lie before their wallet's window: checked
+    /// only through the checkpoint (their amounts are in `hb`, their count in `hc`).
+    pub entries_before_window: u64,
+    /// The outcome ttl the audit was told of ([`AuditSettings::outcome_ttl_ms`]).
+    pub outcome_ttl_ms: Option<u64>,
+    /// Debits and credits without an outcome, older than the outcome ttl: their outcome
+    /// expired. Not violations.
+    pub outcomes_expired: u64,
+    /// Times the outcome records were scanned: 2 when a wallet's window had moved past the
+    /// audit's start, so a transfer made during the scan may hide in a checkpoint.
+    pub outcome_scans: u32,
     /// Sums over every currency: meaningful only when all wallets hold one currency. The
     /// invariant is checked per currency, in `currencies`.
     #[serde(serialize_with = "as_text")]
@@ -319,6 +374,8 @@ struct Entry {
     transfer_id: String,
     kind: HistoryKind,
     amount: Amount,
+    /// Its number in the wallet (the version it made), when known.
+    number: Option<u64>,
 }
 
 /// One wallet: its snapshot from the full scan (checked on its own and summed), and the
@@ -331,6 +388,11 @@ struct WalletView {
     epoch: u64,
     /// `None` when the hash is missing or corrupt.
     wallet: Option<Wallet>,
+    /// The snapshot's (checkpoint entries `hc`, version) when its hash and history were both
+    /// read: entries `hc + 1 ..= version` are its window.
+    window: Option<(u64, u64)>,
+    /// The stream id time (ms) of the snapshot's first retained entry.
+    first_ms: Option<u64>,
     entries: Vec<Entry>,
     /// Entries in the snapshot's stream, readable or not.
     stream_len: u64,
@@ -342,6 +404,8 @@ struct WalletView {
     /// Entries after the snapshot, from the latest re-read, and when that was (0: never).
     late: Vec<Entry>,
     late_epoch: u64,
+    /// Entries trimmed (`hc`) as the latest re-read found them.
+    late_trimmed: Option<u64>,
 }
 
 impl WalletView {
@@ -360,7 +424,10 @@ enum OutcomeState {
 
 #[derive(Debug)]
 struct OutcomeView {
+    /// When it was last read.
     epoch: u64,
+    /// When it was first read as it is: it existed then.
+    first_epoch: u64,
     state: OutcomeState,
 }
 
@@ -370,6 +437,7 @@ struct Sums {
     balance: i128,
     opening: i128,
     deposits: i128,
+    trimmed_deposits: i128,
     in_flight: i128,
 }
 
@@ -382,6 +450,10 @@ pub struct Findings {
     pub plan: Plan,
     /// Violations among `violations` that are not confirmed.
     pub unconfirmed: u64,
+    /// Debits and credits of COMPLETED outcomes found before their wallet's window.
+    pub before_window: u64,
+    /// Debits and credits without an outcome, older than the outcome ttl.
+    pub expired: u64,
     totals: BTreeMap<&'static str, Sums>,
 }
 
@@ -396,12 +468,30 @@ struct Seen<'a> {
 /// Outcomes that claim one group of entries: (idempotency key, outcome).
 type Claimants<'a> = Vec<(&'a str, &'a TransferOutcome)>;
 
-/// The transfers checked: entries by what moved them, the outcomes claiming each group, and
-/// the entries among them read after their wallet's snapshot.
+/// The transfers checked: entries by what moved them, the outcomes claiming each group, the
+/// entries among them read after their wallet's snapshot, the money of those made after the
+/// snapshot and trimmed before the re-read (wallet, signed amount), and the groups claimed
+/// only by transfers made after every snapshot they touch (not in the cut).
 struct Cut<'a> {
     groups: BTreeMap<Mover, Vec<Seen<'a>>>,
     claims: BTreeMap<Mover, Claimants<'a>>,
     late: Vec<Seen<'a>>,
+    trimmed_late: Vec<(&'a str, Amount)>,
+    after: BTreeSet<Mover>,
+}
+
+/// Where a COMPLETED outcome's debit or credit stands against what was read of its wallet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Trimmed before the snapshot (number <= `hc`): in the checkpoint, not in the window.
+    BeforeWindow,
+    /// An outcome without versions, older than the window of a trimmed wallet: trimmed if
+    /// missing.
+    MaybeBeforeWindow,
+    /// Made after the snapshot and trimmed before the re-read: money in flight, no entry.
+    TrimmedSince,
+    /// In the window, or made after the snapshot; its number when the outcome recorded it.
+    Window(Option<u64>),
 }
 
 /// The audit's state: every wallet and outcome record as read. Fed with [`Auditor::ingest`]
@@ -413,9 +503,36 @@ pub struct Auditor {
     outcomes: BTreeMap<String, OutcomeView>,
     /// Counts reads, in the order they happened.
     epoch: u64,
+    settings: AuditSettings,
+    /// When the scan started (Redis time, ms); `None`: unknown.
+    started_ms: Option<u64>,
 }
 
 impl Auditor {
+    /// An auditor for a scan that started at `started_ms` (Redis time, ms): entries older
+    /// than that were written before the outcome scan began.
+    pub fn new(settings: AuditSettings, started_ms: u64) -> Auditor {
+        Auditor {
+            settings,
+            started_ms: Some(started_ms),
+            ..Auditor::default()
+        }
+    }
+
+    /// Whether a wallet's window (as its snapshot shows it) starts at or after the scan's
+    /// start: then entries trimmed from it may be of transfers made during the scan, whose
+    /// outcomes the outcome scan may have missed. The caller then scans the outcomes again
+    /// ([`Auditor::ingest`]), so every transfer with money in a snapshot has its outcome read.
+    pub fn needs_outcome_rescan(&self) -> bool {
+        self.wallets.values().any(|v| match v.window {
+            Some((trimmed, _)) if trimmed > 0 => match (v.first_ms, self.started_ms) {
+                (Some(first), Some(start)) => first >= start,
+                _ => true,
+            },
+            _ => false,
+        })
+    }
+
     /// Takes in the next part of the full scan, read after every part before it.
     pub fn ingest(&mut self, snapshot: Snapshot) {
         self.epoch += 1;
@@ -429,23 +546,24 @@ impl Auditor {
     /// Takes in what a [`Plan`] read, at one moment after everything before.
     pub fn ingest_reread(&mut self, reread: Reread) {
         self.epoch += 1;
-        for (id, history) in reread.histories {
+        for (id, read) in reread.histories {
             let Some(view) = self.wallets.get_mut(&id) else {
                 continue;
             };
-            view.late = history.map_or_else(|_| Vec::new(), |h| parse_late(&h));
+            let (now, late) = parse_late(&id, read);
+            view.late = late;
+            view.late_trimmed = now.map(|w| w.checkpoint.entries);
             view.late_epoch = self.epoch;
         }
         for (id, read) in reread.wallets {
             if self.wallets.get(&id).is_some_and(|v| v.scanned) {
                 continue;
             }
+            let (wallet, late) = parse_late(&id, read);
             let view = WalletView {
-                wallet: read
-                    .hash
-                    .ok()
-                    .and_then(|f| parse_wallet(&id, &f).ok().flatten()),
-                late: read.history.map_or_else(|_| Vec::new(), |h| parse_late(&h)),
+                late_trimmed: wallet.as_ref().map(|w| w.checkpoint.entries),
+                wallet,
+                late,
                 late_epoch: self.epoch,
                 ..WalletView::default()
             };
@@ -465,7 +583,20 @@ impl Auditor {
                 }
             };
             let epoch = self.epoch;
-            self.outcomes.insert(key, OutcomeView { epoch, state });
+            match self.outcomes.get_mut(&key) {
+                // A record once read stays as read: it existed then (a later read may find
+                // it expired, or the same).
+                Some(old) if matches!(old.state, OutcomeState::Read(_)) => old.epoch = epoch,
+                _ => {
+                    let first_epoch = epoch;
+                    let view = OutcomeView {
+                        epoch,
+                        first_epoch,
+                        state,
+                    };
+                    self.outcomes.insert(key, view);
+                }
+            }
         }
     }
 
@@ -473,7 +604,7 @@ impl Auditor {
     pub fn check(&self) -> Findings {
         let cut = self.cut();
         let mut out = Findings {
-            totals: self.totals(&cut.late),
+            totals: self.totals(&cut),
             ..Findings::default()
         };
         for view in self.wallets.values() {
@@ -521,6 +652,7 @@ impl Auditor {
                 balance: amount(s.balance),
                 opening: amount(s.opening),
                 deposits: amount(s.deposits),
+                trimmed_deposits: amount(s.trimmed_deposits),
                 in_flight: amount(s.in_flight),
             })
             .collect();
@@ -533,6 +665,9 @@ impl Auditor {
         let (checked, completed) =
             outcomes.fold((0, 0), |(n, c), done| (n + 1, c + u64::from(done)));
         let scanned = || self.wallets.values().filter(|v| v.scanned);
+        let trimmed = || scanned().filter_map(|v| v.window).map(|(hc, _)| hc);
+        let (with_checkpoint, entries_trimmed) =
+            (trimmed().filter(|n| *n > 0).count() as u64, trimmed().sum());
         let mut violations = findings.violations;
         let violations_total = violations.len() as u64;
         violations.truncate(VIOLATIONS_LISTED_MAX);
@@ -541,6 +676,13 @@ impl Auditor {
             transfers_checked: checked,
             transfers_completed: completed,
             history_entries: scanned().map(|v| v.stream_len).sum(),
+            horizon: horizon(with_checkpoint, entries_trimmed, findings.before_window),
+            wallets_with_checkpoint: with_checkpoint,
+            entries_trimmed,
+            entries_before_window: findings.before_window,
+            outcome_ttl_ms: self.settings.outcome_ttl_ms,
+            outcomes_expired: findings.expired,
+            outcome_scans: 1,
             total_balance: sum(|s| s.balance),
             total_opening: sum(|s| s.opening),
             total_deposits: sum(|s| s.deposits),
@@ -552,27 +694,34 @@ impl Auditor {
         }
     }
 
-    /// Per currency: balances, openings and deposits of the snapshots that parse, and the
-    /// `late` entries as money in flight.
-    fn totals(&self, late: &[Seen<'_>]) -> BTreeMap<&'static str, Sums> {
+    /// Per currency: balances, openings and deposits (the checkpoints' `hd` and the retained
+    /// ones) of the snapshots that parse, and as money in flight the cut's entries made after
+    /// their wallet's snapshot (read late, or trimmed since).
+    fn totals(&self, cut: &Cut<'_>) -> BTreeMap<&'static str, Sums> {
         let mut out: BTreeMap<&'static str, Sums> = BTreeMap::new();
         for view in self.wallets.values().filter(|v| v.scanned) {
             let Some(w) = &view.wallet else { continue };
             let sums = out.entry(w.currency.as_str()).or_default();
             sums.balance += i128::from(w.balance.minor());
             sums.opening += i128::from(w.opening_balance.minor());
-            sums.deposits += view
-                .entries
-                .iter()
-                .filter(|e| e.kind == HistoryKind::Deposit)
-                .map(|e| i128::from(e.amount.minor()))
-                .sum::<i128>();
+            let trimmed = i128::from(w.checkpoint.deposits.minor());
+            sums.trimmed_deposits += trimmed;
+            sums.deposits += trimmed
+                + view
+                    .entries
+                    .iter()
+                    .filter(|e| e.kind == HistoryKind::Deposit)
+                    .map(|e| i128::from(e.amount.minor()))
+                    .sum::<i128>();
         }
-        for s in late {
-            let Some(w) = self.wallets.get(s.wallet).and_then(|v| v.wallet.as_ref()) else {
+        let late = cut
+            .late
+            .iter()
+            .map(|s| (s.wallet, s.entry.kind.signed(s.entry.amount)));
+        for (wallet, signed) in late.chain(cut.trimmed_late.iter().copied()) {
+            let Some(w) = self.wallets.get(wallet).and_then(|v| v.wallet.as_ref()) else {
                 continue;
             };
-            let signed = s.entry.kind.signed(s.entry.amount);
             out.entry(w.currency.as_str()).or_default().in_flight += i128::from(signed.minor());
         }
         out
@@ -609,7 +758,8 @@ impl Auditor {
     }
 
     /// The transfers of the cut: the debits and credits of the snapshots, grouped by what moved
-    /// them, the outcomes claiming each group, and the later entries of those groups.
+    /// them, the outcomes claiming each group, and the later entries of those groups (and of
+    /// transfers whose money a snapshot holds only in its checkpoint).
     fn cut(&self) -> Cut<'_> {
         let mut groups: BTreeMap<Mover, Vec<Seen<'_>>> = BTreeMap::new();
         let transfers = |v: &'_ [Entry]| -> Vec<usize> {
@@ -628,11 +778,14 @@ impl Auditor {
             }
         }
         let claims = self.claims(&groups);
+        let after = self.after_the_cut(&groups, &claims);
+        let in_cut =
+            |m: &Mover| groups.contains_key(m) || (claims.contains_key(m) && !after.contains(m));
         let mut late = Vec::new();
         for (id, view) in &self.wallets {
             for i in transfers(&view.late) {
                 let (wallet, entry, epoch) = (id.as_str(), &view.late[i], view.late_epoch);
-                if groups.contains_key(&entry.mover) || claims.contains_key(&entry.mover) {
+                if in_cut(&entry.mover) {
                     late.push(Seen {
                         wallet,
                         entry,
@@ -641,6 +794,7 @@ impl Auditor {
                 }
             }
         }
+        let trimmed_late = self.trimmed_late(claims.iter().filter(|(m, _)| in_cut(m)));
         for s in &late {
             groups.entry(s.entry.mover.clone()).or_default().push(*s);
         }
@@ -648,7 +802,128 @@ impl Auditor {
             groups,
             claims,
             late,
+            trimmed_late,
+            after,
         }
+    }
+
+    /// The groups without entries in the snapshots whose COMPLETED outcomes were all made
+    /// after the snapshots of both their wallets: not in the cut.
+    fn after_the_cut(
+        &self,
+        groups: &BTreeMap<Mover, Vec<Seen<'_>>>,
+        claims: &BTreeMap<Mover, Claimants<'_>>,
+    ) -> BTreeSet<Mover> {
+        let scan_end = self
+            .wallets
+            .values()
+            .filter(|v| v.scanned)
+            .map(|v| v.epoch)
+            .max();
+        claims
+            .iter()
+            .filter(|(mover, _)| !groups.contains_key(*mover))
+            .filter(|(_, claimants)| {
+                claimants.iter().all(|(key, o)| {
+                    let first = self.outcomes.get(*key).map_or(0, |v| v.first_epoch);
+                    self.after_snapshots(o, first, scan_end.unwrap_or(0))
+                })
+            })
+            .map(|(mover, _)| mover.clone())
+            .collect()
+    }
+
+    /// Whether COMPLETED `o`, first read at `first_epoch`, was made after the snapshots of
+    /// both its wallets: each of its entries has a number beyond its snapshot's version, and
+    /// each snapshot was read before the outcome (a snapshot read after it had to hold the
+    /// entry). A wallet the scan did not read counts when the outcome was first read after
+    /// the whole scan (`scan_end`).
+    fn after_snapshots(&self, o: &TransferOutcome, first_epoch: u64, scan_end: u64) -> bool {
+        let sides = [
+            (o.from_user.as_str(), o.from_version_after),
+            (o.to_user.as_str(), o.to_version_after),
+        ];
+        o.status == Status::Completed
+            && sides.iter().all(|(wallet, number)| {
+                let Some(n) = number else { return false };
+                match self.wallets.get(*wallet) {
+                    Some(v) if v.scanned => {
+                        v.epoch < first_epoch && v.window.is_some_and(|(_, version)| *n > version)
+                    }
+                    _ => first_epoch > scan_end,
+                }
+            })
+    }
+
+    /// The money of the cut's entries made after their wallet's snapshot and trimmed before
+    /// the re-read: (wallet, signed amount), from their outcome.
+    fn trimmed_late<'a: 'b, 'b>(
+        &'a self,
+        claims: impl Iterator<Item = (&'b Mover, &'b Claimants<'a>)>,
+    ) -> Vec<(&'a str, Amount)> {
+        let mut out = Vec::new();
+        for (_, claimants) in claims {
+            for &(_, o) in claimants
+                .iter()
+                .filter(|(_, o)| o.status == Status::Completed)
+            {
+                for (wallet, number, kind) in sides(o) {
+                    if self.place(wallet, number, o.processed_at_ms) == Place::TrimmedSince {
+                        out.push((wallet, kind.signed(o.amount)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Where `wallet`'s entry number `number` of an outcome decided at `processed_at_ms`
+    /// stands against the wallet's snapshot and latest re-read.
+    fn place(&self, wallet: &str, number: Option<u64>, processed_at_ms: u64) -> Place {
+        let Some(view) = self.wallets.get(wallet) else {
+            return Place::Window(number);
+        };
+        let Some(n) = number else {
+            // No version recorded: older than the window when decided before its first entry.
+            return match view.window {
+                Some((trimmed, _))
+                    if trimmed > 0 && view.first_ms.is_none_or(|first| processed_at_ms < first) =>
+                {
+                    Place::MaybeBeforeWindow
+                }
+                _ => Place::Window(None),
+            };
+        };
+        match view.window {
+            Some((trimmed, _)) if n <= trimmed => return Place::BeforeWindow,
+            Some((_, version)) if n <= version => return Place::Window(Some(n)),
+            _ => {}
+        }
+        if view.late_trimmed.is_some_and(|trimmed| n <= trimmed) {
+            Place::TrimmedSince
+        } else {
+            Place::Window(Some(n))
+        }
+    }
+
+    /// What `completed` expect of each (kind, wallet) slot, by where each entry stands.
+    fn expected<'a>(
+        &self,
+        completed: &[(&'a str, &'a TransferOutcome)],
+    ) -> BTreeMap<Slot<'a>, Expected> {
+        let mut out: BTreeMap<Slot<'a>, Expected> = BTreeMap::new();
+        for (_, o) in completed {
+            for (wallet, number, kind) in sides(o) {
+                let e = out.entry((rank(kind), wallet)).or_default();
+                match self.place(wallet, number, o.processed_at_ms) {
+                    Place::BeforeWindow => e.before += 1,
+                    Place::MaybeBeforeWindow => e.optional.push(o.amount),
+                    Place::TrimmedSince => e.since += 1,
+                    Place::Window(n) => e.required.push((o.amount, n)),
+                }
+            }
+        }
+        out
     }
 
     /// The outcomes that claim each group: by idempotency key, or, when no entry carries the
@@ -688,6 +963,9 @@ impl Auditor {
             {
                 continue; // reported as corrupt
             }
+            if cut.after.contains(mover) {
+                continue; // made after the snapshots: the next audit checks it
+            }
             let seen = cut.groups.get(mover).map_or(&[][..], Vec::as_slice);
             let claimants = cut.claims.get(mover).map_or(&[][..], Vec::as_slice);
             let name = Name::of(mover, seen, claimants);
@@ -717,10 +995,11 @@ impl Auditor {
         let outcome_epoch = completed
             .iter()
             .filter_map(|(key, _)| self.outcomes.get(*key))
-            .map(|o| o.epoch)
+            .map(|o| o.first_epoch)
             .max()
             .unwrap_or(0);
-        for (violation, short) in check_slots(completed, seen, name) {
+        let expected = self.expected(completed);
+        for (violation, short) in check_slots(expected, seen, name, &mut out.before_window) {
             if let Some(wallet) = short
                 && !self.history_read_since(wallet, outcome_epoch)
             {
@@ -766,6 +1045,8 @@ impl Auditor {
             let detail = format!("a FAILED transfer has history entries: {}", places(seen));
             out.violations
                 .push(name.violation(ViolationKind::FailedWithEntries, detail));
+        } else if self.outcome_expired(seen) {
+            out.expired += seen.len() as u64;
         } else {
             let outcome = match mover {
                 Mover::Key(key) => keys::outcome(key),
@@ -795,6 +1076,17 @@ impl Auditor {
             out.violations
                 .push(name.violation(ViolationKind::CurrencyMismatch, detail));
         }
+    }
+
+    /// Whether every entry of `seen` is older than the outcome ttl allows its outcome to live
+    /// (by its stream id, against the scan's start).
+    fn outcome_expired(&self, seen: &[Seen<'_>]) -> bool {
+        let (Some(ttl), Some(start)) = (self.settings.outcome_ttl_ms, self.started_ms) else {
+            return false;
+        };
+        let cutoff = start.saturating_sub(ttl);
+        seen.iter()
+            .all(|s| stream_ms(&s.entry.stream_id).is_some_and(|ms| ms < cutoff))
     }
 
     /// Whether `wallet`'s history was read at or after `epoch` (or cannot be read at all).
@@ -866,24 +1158,48 @@ impl Name {
     }
 }
 
-/// Expected against seen debits and credits of a group claimed by COMPLETED `completed`:
-/// per (kind, wallet), as many entries as outcomes, of their amounts. Each violation comes
-/// with the wallet that lacks an entry, when that is what it is.
+/// A debit (0) or credit (1) slot in a wallet.
+type Slot<'a> = (u8, &'a str);
+
+fn rank(kind: HistoryKind) -> u8 {
+    u8::from(kind != HistoryKind::Debit)
+}
+
+/// The debit and credit of an outcome: (wallet, entry number, kind).
+fn sides(o: &TransferOutcome) -> [(&str, Option<u64>, HistoryKind); 2] {
+    [
+        (
+            o.from_user.as_str(),
+            o.from_version_after,
+            HistoryKind::Debit,
+        ),
+        (o.to_user.as_str(), o.to_version_after, HistoryKind::Credit),
+    ]
+}
+
+/// What a group's COMPLETED outcomes expect of one slot.
+#[derive(Debug, Default)]
+struct Expected {
+    /// Entries to see: amount, and entry number when the outcome recorded it.
+    required: Vec<(Amount, Option<u64>)>,
+    /// Entries of outcomes without versions, older than the window: trimmed if not seen.
+    optional: Vec<Amount>,
+    /// Entries trimmed before the snapshot (in its checkpoint).
+    before: usize,
+    /// Entries made after the snapshot and trimmed before the re-read.
+    since: usize,
+}
+
+/// Expected against seen debits and credits of a group claimed by COMPLETED outcomes: per
+/// (kind, wallet), as many entries as outcomes expect in the window, of their amounts, at
+/// their numbers. Each violation comes with the wallet that lacks an entry, when that is what
+/// it is; `before_window` counts the entries accepted as trimmed.
 fn check_slots<'a>(
-    completed: &[(&'a str, &'a TransferOutcome)],
+    mut expected: BTreeMap<Slot<'a>, Expected>,
     seen: &[Seen<'a>],
     name: &Name,
+    before_window: &mut u64,
 ) -> Vec<(Violation, Option<&'a str>)> {
-    type Slot<'a> = (u8, &'a str);
-    let rank = |kind: HistoryKind| u8::from(kind != HistoryKind::Debit);
-    let mut expected: BTreeMap<Slot<'a>, Vec<Amount>> = BTreeMap::new();
-    for (_, o) in completed {
-        expected
-            .entry((0, &o.from_user))
-            .or_default()
-            .push(o.amount);
-        expected.entry((1, &o.to_user)).or_default().push(o.amount);
-    }
     let mut observed: BTreeMap<Slot<'a>, Vec<Seen<'a>>> = BTreeMap::new();
     for s in seen {
         observed
@@ -891,98 +1207,174 @@ fn check_slots<'a>(
             .or_default()
             .push(*s);
     }
-    let slots: BTreeSet<Slot<'a>> = expected.keys().chain(observed.keys()).copied().collect();
+    for slot in observed.keys() {
+        expected.entry(*slot).or_default();
+    }
     let mut out = Vec::new();
-    for slot in slots {
-        let mut want = expected.get(&slot).cloned().unwrap_or_default();
-        let got = observed.get(&slot).map_or(&[][..], Vec::as_slice);
-        let mut amounts: Vec<Amount> = got.iter().map(|s| s.entry.amount).collect();
-        want.sort();
-        amounts.sort();
-        let (kind, history) = (
-            ["debit", "credit"][usize::from(slot.0)],
-            keys::history(slot.1),
-        );
-        let (what, detail) = if got.len() < want.len() {
-            let detail = format!(
-                "{} {kind}(s) in {history}, the outcome says {}",
-                got.len(),
-                list(&want)
-            );
-            (ViolationKind::MissingEntry, detail)
-        } else if got.len() > want.len() && want.is_empty() {
-            let detail = format!("the outcome moves no money through this: {}", places(got));
-            (ViolationKind::UnexpectedEntry, detail)
-        } else if got.len() > want.len() {
-            let times = got.len();
-            let detail = format!(
-                "{kind} applied {times} times, expected {}: {}",
-                want.len(),
-                places(got)
-            );
-            (ViolationKind::RepeatedEntry, detail)
-        } else if amounts != want {
-            let detail = format!(
-                "{kind} in {history} is {}, the outcome says {}",
-                list(&amounts),
-                list(&want)
-            );
-            (ViolationKind::AmountMismatch, detail)
-        } else {
-            continue;
-        };
-        let short = (what == ViolationKind::MissingEntry).then_some(slot.1);
-        out.push((name.violation(what, detail), short));
+    for (slot, want) in &expected {
+        let got = observed.get(slot).map_or(&[][..], Vec::as_slice);
+        match judge_slot(*slot, want, got, name) {
+            Ok(trimmed) => *before_window += trimmed,
+            Err(found) => out.push(found),
+        }
     }
     out
+}
+
+/// One slot: the entries seen against those expected. `Ok` with the number of entries
+/// accepted as trimmed before the window, or the violation (with the wallet when an entry is
+/// missing).
+fn judge_slot<'a>(
+    slot: Slot<'a>,
+    want: &Expected,
+    got: &[Seen<'a>],
+    name: &Name,
+) -> Result<u64, (Violation, Option<&'a str>)> {
+    let (kind, wallet) = (["debit", "credit"][usize::from(slot.0)], slot.1);
+    let history = keys::history(wallet);
+    let (need, most) = (
+        want.required.len(),
+        want.required.len() + want.optional.len(),
+    );
+    let trimmed = want.before + want.since;
+    let note = match trimmed {
+        0 => String::new(),
+        n => format!(
+            " (and {n} trimmed into the checkpoint of {})",
+            keys::wallet(wallet)
+        ),
+    };
+    let required: Vec<Amount> = sorted(want.required.iter().map(|r| r.0));
+    let amounts: Vec<Amount> = sorted(got.iter().map(|s| s.entry.amount));
+    let (what, detail) = if got.len() < need {
+        let detail = format!(
+            "{} {kind}(s) in {history}, the outcome says {}{note}",
+            got.len(),
+            list(&required)
+        );
+        (ViolationKind::MissingEntry, detail)
+    } else if got.len() > most && most + trimmed == 0 {
+        let detail = format!("the outcome moves no money through this: {}", places(got));
+        (ViolationKind::UnexpectedEntry, detail)
+    } else if got.len() > most {
+        let (times, expected) = (got.len() + trimmed, most + trimmed);
+        let detail = format!(
+            "{kind} applied {times} times, expected {expected}: {}{note}",
+            places(got)
+        );
+        (ViolationKind::RepeatedEntry, detail)
+    } else if !amounts_fit(&amounts, &required, &want.optional) {
+        let all = sorted(required.iter().chain(&want.optional).copied());
+        let detail = format!(
+            "{kind} in {history} is {}, the outcome says {}",
+            list(&amounts),
+            list(&all)
+        );
+        (ViolationKind::AmountMismatch, detail)
+    } else if let Some(detail) = misplaced(kind, wallet, want, got) {
+        (ViolationKind::MisplacedEntry, detail)
+    } else {
+        return Ok((want.before + most - got.len()) as u64);
+    };
+    let short = (what == ViolationKind::MissingEntry).then_some(wallet);
+    Err((name.violation(what, detail), short))
+}
+
+/// Whether the amounts seen are those required, or (when some may have been trimmed) each is
+/// one of those expected.
+fn amounts_fit(amounts: &[Amount], required: &[Amount], optional: &[Amount]) -> bool {
+    if optional.is_empty() {
+        return amounts == required;
+    }
+    let mut pool: Vec<Amount> = required.iter().chain(optional).copied().collect();
+    amounts
+        .iter()
+        .all(|a| match pool.iter().position(|p| p == a) {
+            Some(i) => {
+                pool.swap_remove(i);
+                true
+            }
+            None => false,
+        })
+}
+
+/// The one entry of a slot that one outcome expects, when it is not the entry number the
+/// outcome recorded.
+fn misplaced(kind: &str, wallet: &str, want: &Expected, got: &[Seen<'_>]) -> Option<String> {
+    let ([(_, Some(n))], [seen], []) = (&want.required[..], got, &want.optional[..]) else {
+        return None;
+    };
+    let m = seen.entry.number?;
+    (m != *n).then(|| {
+        format!(
+            "{kind} {} in {} {} is entry {m} of {}, the outcome says entry {n}",
+            seen.entry.amount,
+            keys::history(wallet),
+            seen.entry.stream_id,
+            keys::wallet(wallet)
+        )
+    })
+}
+
+fn sorted(amounts: impl Iterator<Item = Amount>) -> Vec<Amount> {
+    let mut v: Vec<Amount> = amounts.collect();
+    v.sort();
+    v
 }
 
 /// Parses one wallet read and finds what is wrong with the wallet on its own.
 fn wallet_view(id: &str, read: WalletRead, listed: bool, epoch: u64) -> WalletView {
     let mut problems = Vec::new();
-    let (entries, stream_len, last_id) = match read.history {
-        Ok(history) => {
-            let entries = parse_entries(id, &history, &mut problems);
-            let last_id = history.last().map(|(stream_id, _)| stream_id.clone());
-            (entries, Some(history.len() as u64), last_id)
-        }
-        Err(e) => {
-            let detail = format!("{}: not a readable stream: {e}", keys::history(id));
-            let kind = ViolationKind::HistoryUnreadable;
-            problems.push(Violation::wallet(kind, id, detail));
-            (Vec::new(), None, None)
-        }
-    };
     let key = keys::wallet(id);
     let parsed = read
         .hash
         .map_err(|e| format!("{key}: {e}"))
         .and_then(|f| parse_wallet(id, &f).map_err(|e| e.to_string()));
-    let wallet = match parsed {
-        Ok(Some(w)) => Some(w),
-        Ok(None) => {
-            if listed || stream_len > Some(0) {
-                let entries = stream_len.unwrap_or(0);
-                let detail = format!(
-                    "{key} does not exist (listed in wallets:all: {listed}, history entries: \
-                     {entries})"
-                );
-                problems.push(Violation::wallet(ViolationKind::WalletMissing, id, detail));
-            }
-            None
+    let (wallet, corrupt) = match parsed {
+        Ok(w) => (w, None),
+        Err(e) => (
+            None,
+            Some(Violation::wallet(ViolationKind::WalletCorrupt, id, e)),
+        ),
+    };
+    let first = wallet.as_ref().map(|w| w.checkpoint.entries + 1);
+    let (entries, stream_len, last_id, first_ms) = match &read.history {
+        Ok(history) => {
+            let entries = parse_entries(id, history, first, &mut problems);
+            let last_id = history.last().map(|(stream_id, _)| stream_id.clone());
+            let first_ms = history
+                .first()
+                .and_then(|(stream_id, _)| stream_ms(stream_id));
+            (entries, Some(history.len() as u64), last_id, first_ms)
         }
         Err(e) => {
-            problems.push(Violation::wallet(ViolationKind::WalletCorrupt, id, e));
-            None
+            let detail = format!("{}: not a readable stream: {e}", keys::history(id));
+            let kind = ViolationKind::HistoryUnreadable;
+            problems.push(Violation::wallet(kind, id, detail));
+            (Vec::new(), None, None, None)
         }
     };
+    if wallet.is_none() && corrupt.is_none() && (listed || stream_len > Some(0)) {
+        let entries = stream_len.unwrap_or(0);
+        let detail = format!(
+            "{key} does not exist (listed in wallets:all: {listed}, history entries: {entries})"
+        );
+        problems.push(Violation::wallet(ViolationKind::WalletMissing, id, detail));
+    }
+    problems.extend(corrupt);
     if let Some(w) = &wallet {
         problems.extend(balance_violations(id, w, &entries, stream_len));
     }
+    let window = wallet
+        .as_ref()
+        .filter(|_| stream_len.is_some())
+        .map(|w| (w.checkpoint.entries, w.version));
     WalletView {
         scanned: true,
         epoch,
         wallet,
+        window,
+        first_ms,
         last_id,
         entries,
         stream_len: stream_len.unwrap_or(0),
@@ -992,11 +1384,18 @@ fn wallet_view(id: &str, read: WalletRead, listed: bool, epoch: u64) -> WalletVi
     }
 }
 
-/// The readable entries of one history; each unreadable one is a violation.
-fn parse_entries(id: &str, history: &RawHistory, problems: &mut Vec<Violation>) -> Vec<Entry> {
+/// The readable entries of one history, numbered from `first` when known; each unreadable
+/// one is a violation.
+fn parse_entries(
+    id: &str,
+    history: &RawHistory,
+    first: Option<u64>,
+    problems: &mut Vec<Violation>,
+) -> Vec<Entry> {
     let mut entries = Vec::with_capacity(history.len());
-    for (stream_id, fields) in history {
-        match parse_entry(stream_id, fields) {
+    for (i, (stream_id, fields)) in history.iter().enumerate() {
+        let number = first.map(|f| f + i as u64);
+        match parse_entry(stream_id, fields, number) {
             Some(e) => entries.push(e),
             None => {
                 let detail = format!(
@@ -1014,18 +1413,38 @@ fn parse_entries(id: &str, history: &RawHistory, problems: &mut Vec<Violation>) 
     entries
 }
 
-/// The readable entries read after a snapshot (an unreadable one was never in the cut).
-fn parse_late(history: &RawHistory) -> Vec<Entry> {
-    history
+/// A re-read wallet: its hash as it is now, and the readable entries read (an unreadable one
+/// was never in the cut), numbered back from the version (the last entry made it).
+fn parse_late(id: &str, read: WalletRead) -> (Option<Wallet>, Vec<Entry>) {
+    let wallet = read
+        .hash
+        .ok()
+        .and_then(|f| parse_wallet(id, &f).ok().flatten());
+    let Ok(history) = read.history else {
+        return (wallet, Vec::new());
+    };
+    let first = wallet
+        .as_ref()
+        .and_then(|w| (w.version + 1).checked_sub(history.len() as u64));
+    let entries = history
         .iter()
-        .filter_map(|(stream_id, fields)| parse_entry(stream_id, fields))
-        .collect()
+        .enumerate()
+        .filter_map(|(i, (stream_id, fields))| {
+            parse_entry(stream_id, fields, first.map(|f| f + i as u64))
+        })
+        .collect();
+    (wallet, entries)
+}
+
+/// The time (ms) of a stream id `ms-seq`.
+fn stream_ms(stream_id: &str) -> Option<u64> {
+    stream_id.split('-').next()?.parse().ok()
 }
 
 /// One history stream entry, in either format ([`parse_history_fields`]): transfer id, kind,
 /// amount, and the idempotency key when recorded. The long format needs only `transfer_id`,
 /// `kind` and `amount` here (the original system's entries may lack the rest).
-fn parse_entry(stream_id: &str, f: &Fields) -> Option<Entry> {
+fn parse_entry(stream_id: &str, f: &Fields, number: Option<u64>) -> Option<Entry> {
     let (transfer_id, key, kind, amount) = if f.contains_key("d") {
         let e = parse_history_fields(stream_id, f).ok()?;
         (e.transfer_id, e.idempotency_key, e.kind, e.amount)
@@ -1050,12 +1469,13 @@ fn parse_entry(stream_id: &str, f: &Fields) -> Option<Entry> {
         transfer_id,
         kind,
         amount,
+        number,
     })
 }
 
 /// The per-wallet invariants: no negative balance; when the history was read (`stream_len`),
-/// version = number of entries, and when every entry was readable, balance = opening +
-/// history.
+/// version = entries trimmed (`hc`) + retained entries, and when every retained entry was
+/// readable, balance = opening + checkpoint (`hb`) + retained history.
 fn balance_violations(
     id: &str,
     w: &Wallet,
@@ -1080,9 +1500,15 @@ fn balance_violations(
         .map(|e| i128::from(e.kind.signed(e.amount).minor()))
         .sum();
     let readable = entries.len() as u64 == stream_len;
-    if readable && i128::from(w.opening_balance.minor()) + net != i128::from(w.balance.minor()) {
+    let (cp, trimmed) = (&w.checkpoint, i128::from(w.checkpoint.net.minor()));
+    let opening = i128::from(w.opening_balance.minor());
+    if readable && opening + trimmed + net != i128::from(w.balance.minor()) {
+        let checkpoint = match cp.entries {
+            0 if cp.net == Amount::ZERO => String::new(),
+            n => format!(" + checkpoint {} ({n} trimmed)", cp.net),
+        };
         let detail = format!(
-            "{key}: balance {} != opening {} + history {}",
+            "{key}: balance {} != opening {}{checkpoint} + history {}",
             w.balance,
             w.opening_balance,
             amount(net)
@@ -1093,9 +1519,13 @@ fn balance_violations(
             detail,
         ));
     }
-    if w.version != stream_len {
+    if u128::from(w.version) != u128::from(cp.entries) + u128::from(stream_len) {
+        let trimmed = match cp.entries {
+            0 => String::new(),
+            n => format!("{n} trimmed + "),
+        };
         let detail = format!(
-            "{key}: version {} != {stream_len} history entries",
+            "{key}: version {} != {trimmed}{stream_len} history entries",
             w.version
         );
         out.push(Violation::wallet(
@@ -1126,6 +1556,19 @@ fn totals_violations(totals: &BTreeMap<&'static str, Sums>) -> Vec<Violation> {
             Violation::ledger(ViolationKind::TotalsMismatch, detail)
         })
         .collect()
+}
+
+/// The report's horizon in words.
+fn horizon(wallets: u64, trimmed: u64, before_window: u64) -> String {
+    if wallets == 0 {
+        return "every history is whole: every move was checked entry by entry".to_string();
+    }
+    format!(
+        "{wallets} wallet(s) have a checkpoint, {trimmed} entries trimmed in all: moves before \
+         each window ({before_window} debits and credits of recorded transfers among them) were \
+         checked only through the checkpoints (hc entries, hb sum, hd deposits), not entry by \
+         entry"
+    )
 }
 
 /// A sum as an [`Amount`], clamped to its range (sums of valid balances never reach it).
@@ -1523,7 +1966,7 @@ mod tests {
             let want = BTreeMap::from([("b".to_string(), None)]);
             assert_eq!(plan.histories, want, "{plan:?}");
             Reread {
-                histories: vec![("b".into(), Ok(Vec::new()))],
+                histories: vec![("b".into(), read(wallet("0.00", "0.00", 0), Vec::new()))],
                 ..Reread::default()
             }
         });
@@ -1691,15 +2134,21 @@ mod tests {
     /// Answers as the ledger is after t2 and t3 (b pays a 1.00, after the scan).
     fn after_t2(plan: &Plan) -> Reread {
         let histories = plan.histories.iter().map(|(id, after)| {
-            let late = match (id.as_str(), after) {
-                ("a", None) => vec![
-                    entry(1, "t2", "debit", "10.00"),
-                    entry(3, "t3", "credit", "1.00"),
-                ],
-                ("b", Some(last)) if last == "1-2" => vec![entry(4, "t3", "debit", "1.00")],
+            let (hash, late) = match (id.as_str(), after) {
+                ("a", None) => (
+                    wallet("91.00", "100.00", 2),
+                    vec![
+                        entry(1, "t2", "debit", "10.00"),
+                        entry(3, "t3", "credit", "1.00"),
+                    ],
+                ),
+                ("b", Some(last)) if last == "1-2" => (
+                    wallet("9.00", "0.00", 2),
+                    vec![entry(4, "t3", "debit", "1.00")],
+                ),
                 other => panic!("unexpected history read {other:?}"),
             };
-            (id.clone(), Ok(late))
+            (id.clone(), read(hash, late))
         });
         let t2 = outcome("t2", "COMPLETED", "a", "b", "10.00");
         Reread {
@@ -1840,5 +2289,359 @@ mod tests {
         assert_eq!(r.violations.len(), VIOLATIONS_LISTED_MAX);
         assert_eq!(r.violations_total, VIOLATIONS_LISTED_MAX as u64 + 3);
         assert!(!r.is_ok());
+    }
+
+    // ---- retention: checkpoints (hc, hb, hd) and the versions outcomes record (fv, tv) ----
+
+    /// A wallet hash with a checkpoint: `hc` entries trimmed, summing to `hb` cents, `hd` of
+    /// them deposits.
+    fn trimmed(balance: &str, opening: &str, version: u64, hc: u64, hb: i64, hd: i64) -> Fields {
+        let mut f = wallet(balance, opening, version);
+        f.insert("hc".into(), hc.to_string());
+        f.insert("hb".into(), hb.to_string());
+        f.insert("hd".into(), hd.to_string());
+        f
+    }
+
+    /// A COMPLETED outcome that made version `fv` of its sender and `tv` of its receiver.
+    fn versioned(id: &str, from: &str, to: &str, amount: &str, fv: u64, tv: u64) -> Fields {
+        let mut o = outcome(id, "COMPLETED", from, to, amount);
+        o.insert("fv".into(), fv.to_string());
+        o.insert("tv".into(), tv.to_string());
+        o
+    }
+
+    /// An entry whose stream id says it was written at `ms`.
+    fn timed(ms: u64, n: u32, id: &str, kind: &str, amount: &str) -> (String, Fields) {
+        let (_, f) = entry(n, id, kind, amount);
+        (format!("{ms}-{n}"), f)
+    }
+
+    /// a (opening 100.00): d1 deposit 3.00 (1), t1 debit 10.00 (2), t2 debit 5.00 (3), t3 debit
+    /// 1.00 (4); its first two trimmed. b (opening 0): t1 (1), t2 (2), t3 (3) credits; its
+    /// first trimmed. The hashes are given, the outcomes read first.
+    fn trimmed_ledger(a_hash: Fields, b_hash: Fields, outcomes: &[(&str, Fields)]) -> Auditor {
+        let mut a = Auditor::default();
+        add_outcomes(&mut a, outcomes);
+        let a_history = vec![
+            entry(3, "t2", "debit", "5.00"),
+            entry(4, "t3", "debit", "1.00"),
+        ];
+        add_wallet(&mut a, "a", a_hash, a_history);
+        let b_history = vec![
+            entry(2, "t2", "credit", "5.00"),
+            entry(3, "t3", "credit", "1.00"),
+        ];
+        add_wallet(&mut a, "b", b_hash, b_history);
+        a
+    }
+
+    fn trimmed_outcomes() -> Vec<(&'static str, Fields)> {
+        vec![
+            ("t1", versioned("t1", "a", "b", "10.00", 2, 1)),
+            ("t2", versioned("t2", "a", "b", "5.00", 3, 2)),
+            ("t3", versioned("t3", "a", "b", "1.00", 4, 3)),
+        ]
+    }
+
+    fn sound_a() -> Fields {
+        trimmed("87.00", "100.00", 4, 2, -700, 300)
+    }
+
+    fn sound_b() -> Fields {
+        trimmed("16.00", "0.00", 3, 1, 1000, 0)
+    }
+
+    #[test]
+    fn a_trimmed_ledger_audits_clean_and_counts_the_moves_before_the_window() {
+        let r = settle_quiet(trimmed_ledger(sound_a(), sound_b(), &trimmed_outcomes()));
+        assert!(r.is_ok(), "{:?}", lines(&r));
+        assert_eq!((r.wallets_with_checkpoint, r.entries_trimmed), (2, 3));
+        assert_eq!(r.entries_before_window, 2, "t1's debit and credit");
+        assert_eq!(r.history_entries, 4);
+        let usd = &r.currencies[0];
+        assert_eq!(
+            (usd.deposits.to_string(), usd.trimmed_deposits.to_string()),
+            ("3.00".into(), "3.00".into())
+        );
+        assert!(
+            r.horizon
+                .starts_with("2 wallet(s) have a checkpoint, 3 entries trimmed"),
+            "{}",
+            r.horizon
+        );
+        assert!(
+            r.horizon.contains("only through the checkpoints"),
+            "{}",
+            r.horizon
+        );
+        assert_eq!(settle_quiet(sound()).horizon, horizon(0, 0, 0));
+    }
+
+    #[test]
+    fn a_doctored_checkpoint_is_named_and_money_created_with_its_balance_breaks_the_totals() {
+        // hb changed by hand: the wallet no longer adds up.
+        let doctored = trimmed("87.00", "100.00", 4, 2, -600, 300);
+        let r = settle_quiet(trimmed_ledger(doctored, sound_b(), &trimmed_outcomes()));
+        assert_eq!(
+            lines(&r),
+            [
+                "balance_mismatch wallets=a: wallet:a: balance 87.00 != opening 100.00 + checkpoint \
+              -6.00 (2 trimmed) + history -6.00"
+            ]
+        );
+        // hb and the balance changed together: the wallet adds up, the currency does not.
+        let created = trimmed("88.00", "100.00", 4, 2, -600, 300);
+        let r = settle_quiet(trimmed_ledger(created, sound_b(), &trimmed_outcomes()));
+        assert_eq!(
+            lines(&r),
+            ["totals_mismatch: USD: total balance 104.00 != openings 100.00 + deposits 3.00"]
+        );
+        // hc changed: the version rule.
+        let moved = trimmed("87.00", "100.00", 4, 3, -700, 300);
+        let r = settle_quiet(trimmed_ledger(moved, sound_b(), &trimmed_outcomes()));
+        let l = lines(&r);
+        assert!(
+            l.contains(
+                &"version_mismatch wallets=a: wallet:a: version 4 != 3 trimmed + 2 history \
+                         entries"
+                    .to_string()
+            ),
+            "{l:?}"
+        );
+    }
+
+    #[test]
+    fn an_entry_after_the_checkpoint_must_be_in_the_window_once_at_its_number() {
+        // t3's debit is missing from a's window (balance and version moved to match).
+        let mut a = Auditor::default();
+        add_outcomes(&mut a, &trimmed_outcomes());
+        let history = vec![entry(3, "t2", "debit", "5.00")];
+        add_wallet(
+            &mut a,
+            "a",
+            trimmed("88.00", "100.00", 3, 2, -700, 300),
+            history,
+        );
+        let history = vec![
+            entry(2, "t2", "credit", "5.00"),
+            entry(3, "t3", "credit", "1.00"),
+        ];
+        add_wallet(&mut a, "b", sound_b(), history);
+        let l = lines(&settle_quiet(a));
+        assert!(
+            l.contains(
+                &"missing_entry key=t3 wallets=a,b: 0 debit(s) in wallet:a:history, the \
+                         outcome says 1.00"
+                    .to_string()
+            ),
+            "{l:?}"
+        );
+        // t2 and t3 recorded the other way round: each entry is not the one its outcome made.
+        let mut swapped = trimmed_outcomes();
+        swapped[1].1.insert("fv".into(), "4".into());
+        swapped[2].1.insert("fv".into(), "3".into());
+        let r = settle_quiet(trimmed_ledger(sound_a(), sound_b(), &swapped));
+        assert_eq!(
+            lines(&r),
+            [
+                "misplaced_entry key=t2 wallets=a,b: debit 5.00 in wallet:a:history 1-3 is entry 3 \
+                 of wallet:a, the outcome says entry 4",
+                "misplaced_entry key=t3 wallets=a,b: debit 1.00 in wallet:a:history 1-4 is entry 4 \
+                 of wallet:a, the outcome says entry 3",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_trimmed_entry_applied_again_inside_the_window_is_a_repeated_entry() {
+        let mut a = Auditor::default();
+        add_outcomes(&mut a, &trimmed_outcomes());
+        let history = vec![
+            entry(3, "t2", "debit", "5.00"),
+            entry(4, "t3", "debit", "1.00"),
+            entry(5, "t1", "debit", "10.00"),
+        ];
+        add_wallet(
+            &mut a,
+            "a",
+            trimmed("77.00", "100.00", 5, 2, -700, 300),
+            history,
+        );
+        add_wallet(
+            &mut a,
+            "b",
+            sound_b(),
+            vec![
+                entry(2, "t2", "credit", "5.00"),
+                entry(3, "t3", "credit", "1.00"),
+            ],
+        );
+        let l = lines(&settle_quiet(a));
+        assert!(
+            l.contains(
+                &"repeated_entry key=t1 wallets=a,b: debit applied 2 times, expected 1: \
+                         debit 10.00 in wallet:a:history 1-5 (and 1 trimmed into the checkpoint of \
+                         wallet:a)"
+                    .to_string()
+            ),
+            "{l:?}"
+        );
+    }
+
+    #[test]
+    fn an_outcome_without_versions_may_lack_only_entries_older_than_the_window() {
+        // a's window starts at 2000 ms; t_old (decided at 1000 ms) is trimmed on both sides.
+        let ledger = |processed_at: &str| {
+            let mut a = Auditor::default();
+            let mut old = outcome("t_old", "COMPLETED", "a", "b", "10.00");
+            old.insert("processed_at".into(), processed_at.into());
+            add_outcomes(&mut a, &[("t_old", old)]);
+            let history = vec![timed(2000, 1, "d1", "deposit", "1.00")];
+            add_wallet(
+                &mut a,
+                "a",
+                trimmed("91.00", "100.00", 2, 1, -1000, 0),
+                history,
+            );
+            let history = vec![timed(2000, 2, "d2", "deposit", "1.00")];
+            add_wallet(
+                &mut a,
+                "b",
+                trimmed("11.00", "0.00", 2, 1, 1000, 0),
+                history,
+            );
+            settle_quiet(a)
+        };
+        let r = ledger("1.000");
+        assert!(r.is_ok(), "{:?}", lines(&r));
+        assert_eq!(r.entries_before_window, 2);
+        // Decided after the windows started: its entries had to be in them.
+        let r = ledger("3.000");
+        let kinds: Vec<ViolationKind> = r.violations.iter().map(|v| v.kind).collect();
+        assert_eq!(
+            kinds,
+            [ViolationKind::MissingEntry, ViolationKind::MissingEntry]
+        );
+    }
+
+    #[test]
+    fn entries_older_than_the_outcome_ttl_without_an_outcome_count_as_expired() {
+        let ledger = |settings: AuditSettings| {
+            let mut a = Auditor::new(settings, 100_000);
+            add_outcomes(&mut a, &[]);
+            let history = vec![
+                timed(1_000, 1, "old", "debit", "1.00"),
+                timed(95_000, 2, "new", "debit", "1.00"),
+            ];
+            add_wallet(&mut a, "a", wallet("98.00", "100.00", 2), history);
+            let history = vec![
+                timed(1_000, 1, "old", "credit", "1.00"),
+                timed(95_000, 2, "new", "credit", "1.00"),
+            ];
+            add_wallet(&mut a, "b", wallet("2.00", "0.00", 2), history);
+            a.settle(|plan| {
+                Ok::<_, ()>(Reread {
+                    outcomes: plan
+                        .outcomes
+                        .iter()
+                        .map(|k| (k.clone(), Fields::new()))
+                        .collect(),
+                    ..Reread::default()
+                })
+            })
+            .unwrap()
+        };
+        let strict = ledger(AuditSettings::default());
+        let kinds: Vec<ViolationKind> = strict.violations.iter().map(|v| v.kind).collect();
+        assert_eq!(kinds, [ViolationKind::EntryWithoutOutcome; 2]);
+        let ttl = AuditSettings {
+            outcome_ttl_ms: Some(10_000),
+        };
+        let r = ledger(ttl);
+        assert_eq!((r.outcomes_expired, r.outcome_ttl_ms), (2, Some(10_000)));
+        assert_eq!(
+            lines(&r),
+            [
+                "entry_without_outcome key=new wallets=a,b: no transfer:new for debit 1.00 in \
+              wallet:a:history 95000-2, credit 1.00 in wallet:b:history 95000-2"
+            ]
+        );
+    }
+
+    /// Live, with trims: t (a pays b 10.00, versions 1 and 6) ran after the outcome scan,
+    /// between a's snapshot and b's; by b's snapshot b's window (3 deposits at 1600 ms) had
+    /// moved past t's credit, into the checkpoint. The scan started at 1000 ms.
+    fn hidden_in_a_checkpoint() -> Auditor {
+        let mut a = Auditor::new(AuditSettings::default(), 1_000);
+        add_outcomes(&mut a, &[]);
+        add_wallet(&mut a, "a", wallet("100.00", "100.00", 0), Vec::new());
+        let history = (7..=9).map(|n| timed(1_600, n, &format!("d{n}"), "deposit", "1.00"));
+        add_wallet(
+            &mut a,
+            "b",
+            trimmed("18.00", "0.00", 9, 6, 1500, 500),
+            history.collect(),
+        );
+        a
+    }
+
+    #[test]
+    fn a_transfer_hidden_in_a_checkpoint_during_the_scan_is_found_by_the_outcome_rescan() {
+        let before = hidden_in_a_checkpoint();
+        let l = checked(&before);
+        assert_eq!(
+            l,
+            ["totals_mismatch: USD: total balance 118.00 != openings 100.00 + deposits 8.00"],
+            "without its outcome, t's credit is money from nowhere"
+        );
+        assert!(before.needs_outcome_rescan());
+        // Rescanned, t's outcome says its debit is a's entry 1: read after a's snapshot.
+        let t = || versioned("t", "a", "b", "10.00", 1, 6);
+        for (a_now, a_history, passes) in [
+            // the debit is there,
+            (
+                wallet("90.00", "100.00", 1),
+                vec![timed(1_500, 1, "t", "debit", "10.00")],
+                1,
+            ),
+            // or already trimmed (two deposits later): its money in flight from the outcome.
+            (
+                trimmed("92.00", "100.00", 3, 2, -900, 100),
+                vec![timed(1_700, 3, "d3", "deposit", "1.00")],
+                1,
+            ),
+        ] {
+            let mut a = hidden_in_a_checkpoint();
+            add_outcomes(&mut a, &[("t", t())]);
+            let r = settle_with(a, |plan| {
+                assert_eq!(plan.histories, BTreeMap::from([("a".to_string(), None)]));
+                Reread {
+                    histories: vec![("a".into(), read(a_now.clone(), a_history.clone()))],
+                    ..Reread::default()
+                }
+            });
+            assert!(r.is_ok(), "{:?}", lines(&r));
+            assert_eq!((r.settle_passes, r.entries_before_window), (passes, 1));
+            assert_eq!(r.currencies[0].in_flight.to_string(), "-10.00");
+        }
+    }
+
+    #[test]
+    fn an_outcome_made_after_the_snapshots_of_both_its_wallets_is_left_to_the_next_audit() {
+        let mut a = Auditor::new(AuditSettings::default(), 1_000);
+        add_outcomes(&mut a, &[]);
+        add_wallet(&mut a, "a", wallet("100.00", "100.00", 0), Vec::new());
+        add_wallet(&mut a, "b", wallet("0.00", "0.00", 0), Vec::new());
+        assert!(!a.needs_outcome_rescan(), "no checkpoint");
+        add_outcomes(&mut a, &[("t", versioned("t", "a", "b", "10.00", 1, 1))]);
+        let r = settle_quiet(a);
+        assert!(r.is_ok(), "{:?}", lines(&r));
+        // Read before the snapshots, the same outcome lacks its entries.
+        let mut a = Auditor::new(AuditSettings::default(), 1_000);
+        add_outcomes(&mut a, &[("t", versioned("t", "a", "b", "10.00", 1, 1))]);
+        add_wallet(&mut a, "a", wallet("100.00", "100.00", 0), Vec::new());
+        add_wallet(&mut a, "b", wallet("0.00", "0.00", 0), Vec::new());
+        assert_eq!(settle_quiet(a).violations.len(), 2);
     }
 }

@@ -26,8 +26,8 @@ use crate::engine::message::TransferRequest;
 use crate::engine::service::WalletService;
 use crate::engine::store::{self, PooledConn, keys};
 pub use crate::tools::audit::{
-    AuditReport, Auditor, CurrencyTotals, Fields, Plan, Reread, Snapshot, VIOLATIONS_LISTED_MAX,
-    Violation, ViolationKind, WalletRead,
+    AuditReport, AuditSettings, Auditor, CurrencyTotals, Fields, Plan, Reread, Snapshot,
+    VIOLATIONS_LISTED_MAX, Violation, ViolationKind, WalletRead,
 };
 pub use crate::tools::results::ResultWatcher;
 use crate::worker::kafka::KafkaConfig;
@@ -326,32 +326,35 @@ pub fn locks(service: &WalletService) -> Result<Vec<LockInfo>, OpsError> {
 // audit
 
 /// Checks the ledger invariants (listed in [`crate::tools::audit`]) over every wallet in
-/// `wallets:all` and every outcome record, on a quiet or a live ledger:
+/// `wallets:all` and every outcome record, on a quiet or a live ledger, strictly (every
+/// debit and credit needs its outcome record): [`audit_with`] and default settings.
+pub fn audit(service: &WalletService) -> Result<AuditReport, OpsError> {
+    audit_with(service, &AuditSettings::default())
+}
+
+/// Checks the ledger invariants with `settings` (the outcome ttl the engine writes with):
 ///
-/// 1. every `transfer:*` record (SCAN, pipelined HGETALL in batches of [`BATCH`]);
+/// 1. Redis `TIME`, the scan's start; every `transfer:*` record (SCAN, pipelined HGETALL in
+///    batches of [`BATCH`]);
 /// 2. then each wallet's hash and history in one MULTI/EXEC (pipelined, [`BATCH`] wallets per
 ///    round trip), so each wallet is seen whole;
-/// 3. then, while transfers finish during the scan, what a finding waits for (a history after
-///    its snapshot, an outcome record) in one MULTI/EXEC per pass, a bounded number of passes
-///    ([`Auditor::settle`]).
+/// 3. when a wallet's window starts after the scan's start (entries made during the scan may
+///    hide in its checkpoint), every `transfer:*` record again, so every transfer with money
+///    in a snapshot has its outcome read;
+/// 4. then, while transfers finish during the scan, what a finding waits for (a wallet's
+///    hash and its history after its snapshot, an outcome record) in one MULTI/EXEC per pass,
+///    a bounded number of passes ([`Auditor::settle`]).
 ///
 /// A Redis error is an `Err`; a broken invariant is a [`Violation`] in the report. The checks
 /// are pure functions over what was read ([`Auditor`]).
-pub fn audit(service: &WalletService) -> Result<AuditReport, OpsError> {
+pub fn audit_with(
+    service: &WalletService,
+    settings: &AuditSettings,
+) -> Result<AuditReport, OpsError> {
     let mut conn = service.pool().get()?;
-    let mut auditor = Auditor::default();
-    let outcome_keys = scan_keys(&mut conn, "transfer:*", Some("hash"))?;
-    for batch in outcome_keys.chunks(BATCH) {
-        let fields = read_hashes(&mut conn, batch)?;
-        let outcomes = batch.iter().zip(fields).map(|(key, fields)| {
-            let key = key.strip_prefix("transfer:").unwrap_or(key);
-            (key.to_string(), fields)
-        });
-        auditor.ingest(Snapshot {
-            outcomes: outcomes.collect(),
-            ..Snapshot::default()
-        });
-    }
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn.redis)?;
+    let mut auditor = Auditor::new(*settings, seconds * 1000 + micros / 1000);
+    scan_outcomes(&mut conn, &mut auditor)?;
     let ids = sscan_all(&mut conn, keys::WALLETS_ALL)?;
     for batch in ids.chunks(BATCH) {
         for wallet in read_each_wallet(&mut conn, batch)? {
@@ -362,7 +365,31 @@ pub fn audit(service: &WalletService) -> Result<AuditReport, OpsError> {
             });
         }
     }
-    auditor.settle(|plan| read_plan(&mut conn, plan))
+    let mut outcome_scans = 1;
+    if auditor.needs_outcome_rescan() {
+        scan_outcomes(&mut conn, &mut auditor)?;
+        outcome_scans += 1;
+    }
+    let mut report = auditor.settle(|plan| read_plan(&mut conn, plan))?;
+    report.outcome_scans = outcome_scans;
+    Ok(report)
+}
+
+/// Every `transfer:*` record, fed to `auditor` batch by batch.
+fn scan_outcomes(conn: &mut PooledConn, auditor: &mut Auditor) -> Result<(), OpsError> {
+    let outcome_keys = scan_keys(conn, "transfer:*", Some("hash"))?;
+    for batch in outcome_keys.chunks(BATCH) {
+        let fields = read_hashes(conn, batch)?;
+        let outcomes = batch.iter().zip(fields).map(|(key, fields)| {
+            let key = key.strip_prefix("transfer:").unwrap_or(key);
+            (key.to_string(), fields)
+        });
+        auditor.ingest(Snapshot {
+            outcomes: outcomes.collect(),
+            ..Snapshot::default()
+        });
+    }
+    Ok(())
 }
 
 /// Each wallet of `ids` in its own MULTI/EXEC (HGETALL, XRANGE), all in one pipelined round
@@ -393,8 +420,8 @@ fn read_each_wallet(
         .collect()
 }
 
-/// Everything `plan` asks for, in one MULTI/EXEC: histories after a stream id (XRANGE with an
-/// exclusive start), whole wallets, outcome records.
+/// Everything `plan` asks for, in one MULTI/EXEC: wallet hashes with their histories after
+/// a stream id (XRANGE with an exclusive start), whole wallets, outcome records.
 fn read_plan(conn: &mut PooledConn, plan: &Plan) -> Result<Reread, OpsError> {
     let mut pipe = redis::pipe();
     pipe.atomic().ignore_errors();
@@ -402,7 +429,8 @@ fn read_plan(conn: &mut PooledConn, plan: &Plan) -> Result<Reread, OpsError> {
         let start = after
             .as_ref()
             .map_or_else(|| "-".to_string(), |a| format!("({a}"));
-        pipe.cmd("XRANGE")
+        pipe.hgetall(keys::wallet(id))
+            .cmd("XRANGE")
             .arg(keys::history(id))
             .arg(start)
             .arg("+");
@@ -414,7 +442,7 @@ fn read_plan(conn: &mut PooledConn, plan: &Plan) -> Result<Reread, OpsError> {
         pipe.hgetall(keys::outcome(key));
     }
     let replies: Vec<redis::Value> = pipe.query(&mut conn.redis).inspect_err(|_| conn.taint())?;
-    let expected = plan.histories.len() + plan.wallets.len() * 2 + plan.outcomes.len();
+    let expected = (plan.histories.len() + plan.wallets.len()) * 2 + plan.outcomes.len();
     if replies.len() != expected {
         let detail = format!("{} replies to {expected} reads", replies.len());
         return Err(OpsError::Other(format!("audit re-read: {detail}")));
@@ -423,8 +451,8 @@ fn read_plan(conn: &mut PooledConn, plan: &Plan) -> Result<Reread, OpsError> {
     let mut next = || replies.next().unwrap_or_default();
     let mut reread = Reread::default();
     for id in plan.histories.keys() {
-        let history = redis::from_redis_value(next()).map_err(|e| e.to_string());
-        reread.histories.push((id.clone(), history));
+        let pair = vec![next(), next()];
+        reread.histories.push((id.clone(), wallet_read(pair)));
     }
     for id in &plan.wallets {
         let pair = vec![next(), next()];

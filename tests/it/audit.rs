@@ -1,7 +1,8 @@
 //! `wallet audit` (the real binary) against a real redis-server: a ledger made by the engine,
 //! then broken by hand with redis commands the way an operator could break it (a transfer
-//! applied twice, a credit deleted, money moved into a wallet of another currency), and a live
-//! ledger audited again and again while a worker runs a `bench --e2e` load.
+//! applied twice, a credit deleted, money moved into a wallet of another currency, a
+//! checkpoint edited), and a live ledger audited again and again while a worker runs a
+//! `bench --e2e` load, with whole histories and with histories trimmed to 4 entries.
 
 use std::collections::HashMap;
 use std::process::{Command, Output, Stdio};
@@ -14,15 +15,26 @@ use wallet_transfer::{
 };
 
 fn audit(url: &str, json: bool) -> Output {
-    let mut args = vec!["--redis-url", url, "audit"];
-    if json {
-        args.push("--json");
-    }
+    audit_with(url, if json { &["--json"] } else { &[] }, &[])
+}
+
+/// `wallet audit ARGS` with environment variables `env`.
+fn audit_with(url: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(WALLET_BIN)
+        .args(["--redis-url", url, "audit"])
         .args(args)
         .env_remove("REDIS_URL")
+        .env_remove("AUDIT_OUTCOME_TTL_MS")
+        .envs(env.iter().copied())
         .output()
         .expect("run wallet audit")
+}
+
+/// `wallet audit --json` exits 0; its report.
+fn clean_report(url: &str) -> serde_json::Value {
+    let out = audit(url, true);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -204,7 +216,7 @@ fn a_deleted_credit_is_named_by_the_audit() {
         .unwrap();
 
     let lines = violations(&url);
-    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines.len(), 3, "{lines:?}");
     assert_eq!(
         lines[0],
         "totals_mismatch: USD: total balance 126.75 != openings 150.00 + deposits 7.25"
@@ -213,6 +225,13 @@ fn a_deleted_credit_is_named_by_the_audit() {
         lines[1],
         "missing_entry key=t1 wallets=a2,a3: 0 credit(s) in wallet:a3:history, the outcome \
          says 30.50"
+    );
+    // The entries after the deleted one moved down a number: t2's debit is no longer the
+    // entry its outcome made.
+    assert!(
+        lines[2].starts_with("misplaced_entry key=t2 wallets=a3,a1: debit 5.00 in wallet:a3:")
+            && lines[2].ends_with("is entry 1 of wallet:a3, the outcome says entry 2"),
+        "{lines:?}"
     );
 }
 
@@ -348,5 +367,269 @@ fn audits_during_a_live_e2e_bench_all_pass() {
     assert_eq!(
         report["settle_passes"], 0,
         "a quiet ledger needs no re-read"
+    );
+}
+
+// ---- histories trimmed into checkpoints (history_max_entries) ----
+
+/// Most history entries each wallet keeps in the trimmed ledgers below.
+const KEPT: u64 = 4;
+
+/// A small xorshift generator: the same load on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Six wallets w0..w5 of 100.00 USD keeping [`KEPT`] entries each, and a random load of 300
+/// transfers (some FAILED for want of funds) and deposits through the engine; returns the
+/// service and the sum of the deposits.
+fn trimmed_ledger(redis: &RedisServer) -> (WalletService, Amount) {
+    let config = EngineConfig::default().with_history_max_entries(Some(KEPT));
+    let service = redis.service(2, config);
+    let ids: Vec<String> = (0..6).map(|i| format!("w{i}")).collect();
+    let wallets: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "100.00")).collect();
+    create_wallets(&service, &wallets);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut deposits = Amount::ZERO;
+    for i in 0..300 {
+        let from = &ids[rng.below(6) as usize];
+        if rng.below(5) == 0 {
+            let amount = Amount::from_minor(1 + rng.below(500) as i64);
+            service.deposit(from, amount).unwrap();
+            deposits = deposits.checked_add(amount).unwrap();
+            continue;
+        }
+        let to = &ids[rng.below(6) as usize];
+        let amount = Amount::from_minor(1 + rng.below(4_000) as i64).to_string();
+        let request = TransferRequest::new(&format!("r{i}"), from, to, &amount, Currency::USD);
+        service.transfer(&request.unwrap()).unwrap();
+    }
+    (service, deposits)
+}
+
+/// The `hc` of `wallet`, which must have been trimmed.
+fn trimmed_count(conn: &mut redis::Connection, wallet: &str) -> u64 {
+    let hc: Option<u64> = redis::cmd("HGET")
+        .arg(format!("wallet:{wallet}"))
+        .arg("hc")
+        .query(conn)
+        .unwrap();
+    let hc = hc.unwrap_or(0);
+    assert!(hc > 0, "{wallet} has a checkpoint");
+    hc
+}
+
+fn hincrby(conn: &mut redis::Connection, wallet: &str, field: &str, by: i64) {
+    redis::cmd("HINCRBY")
+        .arg(format!("wallet:{wallet}"))
+        .arg(field)
+        .arg(by)
+        .query::<()>(conn)
+        .unwrap();
+}
+
+#[test]
+fn a_random_load_with_deposits_and_trimmed_histories_audits_clean() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (_service, deposits) = trimmed_ledger(&redis);
+    let report = clean_report(&url);
+    assert_eq!(report["wallets_with_checkpoint"], 6, "{report}");
+    let field = |name: &str| report[name].as_u64().expect(name);
+    assert!(field("entries_trimmed") > 6 * 10, "{report}");
+    assert!(field("history_entries") <= 6 * (KEPT + 1), "{report}");
+    assert!(field("entries_before_window") > 100, "{report}");
+    let usd = &report["currencies"][0];
+    assert_eq!(usd["deposits"], deposits.to_string(), "{report}");
+    assert_ne!(usd["trimmed_deposits"], "0.00", "{report}");
+    assert!(
+        report["horizon"]
+            .as_str()
+            .unwrap()
+            .contains("checked only through the checkpoints"),
+        "{report}"
+    );
+    let out = audit(&url, false);
+    let summary = text(&out.stdout);
+    assert!(
+        summary.contains("horizon: 6 wallet(s) have a checkpoint"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn a_checkpoint_sum_edited_by_hand_makes_the_audit_fail_and_name_the_wallet() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let _ledger = trimmed_ledger(&redis);
+    let mut conn = redis.conn();
+    trimmed_count(&mut conn, "w2");
+    hincrby(&mut conn, "w2", "hb", 100);
+    let lines = violations(&url);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("balance_mismatch wallets=w2: wallet:w2: balance "),
+        "{lines:?}"
+    );
+    let out = audit(&url, true);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let v = &report["violations"][0];
+    assert_eq!(
+        (&v["kind"], &v["wallets"]),
+        (&"balance_mismatch".into(), &serde_json::json!(["w2"])),
+        "{report}"
+    );
+}
+
+#[test]
+fn money_created_in_a_balance_and_its_checkpoint_together_is_caught_by_the_currency_total() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (service, deposits) = trimmed_ledger(&redis);
+    let mut conn = redis.conn();
+    trimmed_count(&mut conn, "w3");
+    let balance = service.balance("w3").unwrap();
+    let raised = balance.checked_add(Amount::from_minor(100)).unwrap();
+    redis::pipe()
+        .atomic()
+        .hset("wallet:w3", "balance", raised.to_string())
+        .hincr("wallet:w3", "hb", 100)
+        .query::<()>(&mut conn)
+        .unwrap();
+    let lines = violations(&url);
+    let openings = Amount::parse("600.00").unwrap();
+    let total = openings.checked_add(deposits).unwrap();
+    let created = total.checked_add(Amount::from_minor(100)).unwrap();
+    assert_eq!(
+        lines,
+        [format!(
+            "totals_mismatch: USD: total balance {created} != openings {openings} + deposits \
+             {deposits}"
+        )]
+    );
+}
+
+#[test]
+fn a_trimmed_count_edited_by_hand_is_caught_by_the_version_rule() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let _ledger = trimmed_ledger(&redis);
+    let mut conn = redis.conn();
+    let hc = trimmed_count(&mut conn, "w4");
+    hincrby(&mut conn, "w4", "hc", 1);
+    let lines = violations(&url);
+    let version_rule = format!("{} trimmed + ", hc + 1);
+    assert!(
+        lines.iter().any(
+            |l| l.starts_with("version_mismatch wallets=w4: wallet:w4: version ")
+                && l.contains(&version_rule)
+        ),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn an_entry_whose_outcome_expired_counts_as_expired_only_past_the_outcome_ttl() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let _service = ledger(&redis);
+    // t1's record gone, as an outcome ttl would make it go.
+    let mut conn = redis.conn();
+    redis::cmd("DEL")
+        .arg("transfer:t1")
+        .query::<()>(&mut conn)
+        .unwrap();
+    let lines = violations(&url);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("entry_without_outcome key=t1 wallets=a2,a3"),
+        "{lines:?}"
+    );
+    // An hour's ttl: t1's entries are younger, their outcome had to be there.
+    let out = audit_with(&url, &["--outcome-ttl-ms", "3600000"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    // A 1 ms ttl (from the environment): the entries were written before the audit started.
+    let out = audit_with(&url, &["--json"], &[("AUDIT_OUTCOME_TTL_MS", "1")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&report["outcomes_expired"], &report["outcome_ttl_ms"]),
+        (&2.into(), &1.into()),
+        "{report}"
+    );
+}
+
+/// Transfers of the live load with trimmed histories: about 4 s at `--rate 150` over 40
+/// wallets, so each wallet's window of 4 entries moves many times during the run.
+const TRIMMED_LIVE_TRANSFERS: u64 = 600;
+
+#[test]
+fn audits_during_a_live_e2e_bench_with_trimmed_histories_all_pass() {
+    let stack = Stack::start(2);
+    let url = stack.redis.url();
+    let kept = KEPT.to_string();
+    let worker = stack.spawn_worker(&["--history-max-entries", &kept]);
+    let mut bench = Command::new(WALLET_BIN)
+        .args(stack.global_args())
+        .args(["bench", "--e2e", "--json", "--timeout-s", "240"])
+        .args(["--transfers", &TRIMMED_LIVE_TRANSFERS.to_string()])
+        .args(["--wallets", "40", "--rate", "150"])
+        .args(["--requests-topic", &stack.topics.requests])
+        .args(["--results-topic", &stack.topics.results])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn wallet bench");
+    let started = Instant::now();
+    // (entries trimmed, re-read passes, outcome scans) of each audit run during the load.
+    let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+    while bench.try_wait().expect("bench status").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "bench did not end"
+        );
+        let out = audit(&url, true);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "audit {} during the load: {}\nworker log:\n{}",
+            runs.len() + 1,
+            text(&out.stderr),
+            worker.log()
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let field = |name: &str| report[name].as_u64().expect(name);
+        runs.push((
+            field("entries_trimmed"),
+            field("settle_passes"),
+            field("outcome_scans"),
+        ));
+    }
+    assert!(bench.wait().expect("bench status").success());
+    println!(
+        "{} audits in {:?} over trimmed histories: {} read again, {} scanned the outcomes twice",
+        runs.len(),
+        started.elapsed(),
+        runs.iter().filter(|r| r.1 > 0).count(),
+        runs.iter().filter(|r| r.2 > 1).count()
+    );
+    let trimmed_live = runs.iter().filter(|r| r.0 > 0).count();
+    assert!(trimmed_live >= 3, "too few audits saw trims: {runs:?}");
+    let report = clean_report(&url);
+    assert_eq!(
+        report["transfers_checked"],
+        TRIMMED_LIVE_TRANSFERS + 1,
+        "{report}"
+    );
+    assert!(
+        report["entries_before_window"].as_u64().unwrap() > 0,
+        "{report}"
     );
 }
