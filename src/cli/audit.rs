@@ -9,7 +9,7 @@ use clap::Args;
 use wallet_transfer::Amount;
 use wallet_transfer::tools::ops::{self, AuditReport, AuditSettings};
 
-use crate::cli::{Failure, GlobalOpts, json_out, print_out};
+use crate::cli::{Failure, GlobalOpts, OutcomeTtl, json_out, print_out};
 
 #[derive(Debug, Args)]
 #[command(
@@ -20,7 +20,7 @@ use crate::cli::{Failure, GlobalOpts, json_out, print_out};
                   transfer:* record has exactly one debit on its sender and one credit on its \
                   receiver, of its amount, in wallets of its currency, at the entry numbers it \
                   recorded, unless trimmed (then checked only through the checkpoint); a FAILED \
-                  one has none; no debit or credit without a record (with --outcome-ttl-ms, one \
+                  one has none; no debit or credit without a record (with --outcome-ttl-ms MS, one \
                   older than the ttl counts as outcome expired). Each deposit id appears once \
                   in the retained windows. Per currency: total of balances = openings + \
                   deposits (trimmed, hd, and retained). Safe on a live ledger: \
@@ -35,19 +35,18 @@ pub struct AuditArgs {
     /// Print the report as one JSON object instead of a summary
     #[arg(long)]
     pub json: bool,
-
-    /// The outcome ttl the workers write outcome records with: a debit or credit older than
-    /// this without its outcome counts as "outcome expired", not as a violation (default:
-    /// none, every entry needs its outcome)
-    #[arg(long, env = "AUDIT_OUTCOME_TTL_MS", value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub outcome_ttl_ms: Option<u64>,
 }
 
 /// Audits the ledger; exit 1 if any invariant is broken.
 pub fn run(global: &GlobalOpts, args: AuditArgs) -> Result<(), Failure> {
     let service = global.connect(1)?;
     let settings = AuditSettings {
-        outcome_ttl_ms: args.outcome_ttl_ms,
+        // The ttl the workers write records with (the global --outcome-ttl-ms, in ms); with
+        // `auto` or `forever` every entry needs its outcome.
+        outcome_ttl_ms: match global.outcome_ttl {
+            OutcomeTtl::Ms(ms) => Some(ms),
+            OutcomeTtl::Auto | OutcomeTtl::Forever => None,
+        },
     };
     let report = ops::audit_with(&service, &settings)?;
     if args.json {

@@ -226,9 +226,10 @@ pub struct GlobalOpts {
     /// --outcome-ttl-margin-ms (for ever when the topic keeps its messages for ever), other
     /// commands keep records for ever; `forever`: never expire. A redelivery or retry after a
     /// record expired would move the money again, so the worker refuses a ttl shorter than
-    /// the topic's retention plus the margin
+    /// the topic's retention plus the margin. `wallet audit` takes it as the age past which a
+    /// history entry's outcome may have expired (give it the ttl the worker logged at start)
     #[arg(
-        long,
+        long = "outcome-ttl-ms",
         env = "OUTCOME_TTL_MS",
         value_name = "MS|auto|forever",
         default_value = "auto",

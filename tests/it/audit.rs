@@ -24,7 +24,7 @@ fn audit_with(url: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         .args(["--redis-url", url, "audit"])
         .args(args)
         .env_remove("REDIS_URL")
-        .env_remove("AUDIT_OUTCOME_TTL_MS")
+        .env_remove("OUTCOME_TTL_MS")
         .envs(env.iter().copied())
         .output()
         .expect("run wallet audit")
@@ -556,7 +556,7 @@ fn an_entry_whose_outcome_expired_counts_as_expired_only_past_the_outcome_ttl() 
     let out = audit_with(&url, &["--outcome-ttl-ms", "3600000"], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     // A 1 ms ttl (from the environment): the entries were written before the audit started.
-    let out = audit_with(&url, &["--json"], &[("AUDIT_OUTCOME_TTL_MS", "1")]);
+    let out = audit_with(&url, &["--json"], &[("OUTCOME_TTL_MS", "1")]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
