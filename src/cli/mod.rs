@@ -603,6 +603,38 @@ mod tests {
     }
 
     #[test]
+    fn the_retention_flags_reach_the_engine_and_a_bad_value_names_its_rule() {
+        let engine = |flags: &[&str]| {
+            let argv: Vec<&str> = std::iter::once("locks")
+                .chain(flags.iter().copied())
+                .collect();
+            parse(&argv).unwrap().global.engine_config().unwrap()
+        };
+        assert_eq!(
+            engine(&[]).outcome_ttl_ms,
+            None,
+            "auto: decided by the worker"
+        );
+        assert_eq!(
+            engine(&["--outcome-ttl-ms", "5000"]).outcome_ttl_ms,
+            Some(5_000)
+        );
+        assert_eq!(
+            engine(&["--outcome-ttl-ms", "forever"]).outcome_ttl_ms,
+            None
+        );
+        assert_eq!(engine(&[]).history_max_entries, Some(1_000));
+        assert_eq!(
+            engine(&["--history-max-entries", "all"]).history_max_entries,
+            None
+        );
+        for (flag, bad) in [("--outcome-ttl-ms", "0"), ("--history-max-entries", "0")] {
+            let e = parse(&["locks", flag, bad]).unwrap_err().to_string();
+            assert!(e.contains(flag) && e.contains("must be"), "{e}");
+        }
+    }
+
+    #[test]
     fn the_tool_description_covers_every_subcommand() {
         let cli = Cli::command();
         let listed: Vec<&str> = cli
