@@ -25,8 +25,8 @@ const TTL_MS: u64 = 5_000;
 const HISTORY_MAX: u64 = 8;
 /// A sample may differ from the plateau by this share at most.
 const TOLERANCE: f64 = 0.10;
-/// Samples after the warm-up whose median is the plateau.
-const PLATEAU_SAMPLES: usize = 5;
+/// Fewest samples after the warm-up: their median is the plateau.
+const PLATEAU_SAMPLES_MIN: usize = 10;
 
 /// The steady load: `threads` threads sharing `rate_per_s` transfers a second between
 /// `wallets` wallets.
@@ -37,7 +37,7 @@ struct Load {
 }
 
 const LOAD: Load = Load {
-    wallets: 200,
+    wallets: 300,
     threads: 4,
     rate_per_s: 500,
 };
@@ -201,23 +201,38 @@ fn sample_every_second(
     samples
 }
 
-/// The plateau: the median `used_memory` of the first [`PLATEAU_SAMPLES`] samples at or after
-/// `warmup_s`; fails naming the first later sample more than [`TOLERANCE`] away from it.
-/// Pure.
+/// Whether the load ran below [`SLOW_SHARE`] of its target rate over the ttl before sample
+/// `i`: then fewer outcome records are alive, and memory may sit below the plateau without
+/// anything being wrong (the machine is shared). Pure.
+fn slow(samples: &[Sample], i: usize) -> bool {
+    let ttl_s = TTL_MS / 1000;
+    let Some(before) = i.checked_sub(ttl_s as usize).map(|j| &samples[j]) else {
+        return false;
+    };
+    let done = samples[i].transfers - before.transfers;
+    (done as f64) < SLOW_SHARE * (LOAD.rate_per_s * ttl_s) as f64
+}
+
+/// Share of the target rate below which a sample is [`slow`].
+const SLOW_SHARE: f64 = 0.8;
+
+/// The plateau: the median `used_memory` of the samples at or after `warmup_s`. Fails naming
+/// the first of them more than [`TOLERANCE`] above it, or more than [`TOLERANCE`] below it
+/// while the load ran at its rate (see [`slow`]). Pure.
 fn check_plateau(samples: &[Sample], warmup_s: u64) -> Result<i64, String> {
-    let after: Vec<&Sample> = samples.iter().filter(|s| s.t_s >= warmup_s).collect();
-    if after.len() < PLATEAU_SAMPLES * 2 {
+    let after: Vec<usize> = (0..samples.len())
+        .filter(|&i| samples[i].t_s >= warmup_s)
+        .collect();
+    if after.len() < PLATEAU_SAMPLES_MIN {
         return Err(format!("only {} samples after the warm-up", after.len()));
     }
-    let mut first: Vec<i64> = after[..PLATEAU_SAMPLES]
-        .iter()
-        .map(|s| s.used_memory)
-        .collect();
-    first.sort_unstable();
-    let plateau = first[PLATEAU_SAMPLES / 2];
-    for s in &after {
+    let mut used: Vec<i64> = after.iter().map(|&i| samples[i].used_memory).collect();
+    used.sort_unstable();
+    let plateau = used[used.len() / 2];
+    for &i in &after {
+        let s = &samples[i];
         let off = (s.used_memory - plateau) as f64 / plateau as f64;
-        if off.abs() > TOLERANCE {
+        if off > TOLERANCE || (off < -TOLERANCE && !slow(samples, i)) {
             return Err(format!(
                 "at t = {} s ({} transfers) used_memory is {} bytes, {:+.1}% from the plateau of \
                  {plateau} bytes (tolerance {:.0}%)",
@@ -249,6 +264,11 @@ fn memory_reaches_a_plateau_under_steady_load_with_retention() {
         .with_outcome_ttl_ms(Some(TTL_MS))
         .with_history_max_entries(Some(HISTORY_MAX));
     let samples = run_load(config, warmup, measure);
+    let slow_at: Vec<u64> = (0..samples.len())
+        .filter(|&i| slow(&samples, i))
+        .map(|i| samples[i].t_s)
+        .collect();
+    println!("samples taken while the load ran below 80% of its rate: t = {slow_at:?}");
     let plateau = check_plateau(&samples, warmup.as_secs()).unwrap_or_else(|e| panic!("{e}"));
     assert_sensitive(&samples, warmup.as_secs(), plateau);
 }
@@ -276,51 +296,84 @@ fn assert_sensitive(samples: &[Sample], warmup_s: u64, plateau: i64) {
     );
 }
 
-/// The same load without retention: outcome records kept for ever, histories uncapped. The
-/// plateau check fails: memory grows with every transfer. Ignored by default (it proves the
-/// check can fail, not a property of the code); run it with `-- --ignored`.
+/// The same load with outcome records kept for ever: the plateau check fails, memory grows
+/// with every transfer. Ignored by default (it shows that the check can fail, not a property of
+/// the code); run it with `-- --ignored`.
 #[test]
 #[ignore]
-fn memory_keeps_growing_without_retention() {
+fn memory_keeps_growing_without_the_outcome_ttl() {
+    expect_growth(EngineConfig::default().with_history_max_entries(Some(HISTORY_MAX)));
+}
+
+/// The same load with every history entry kept. A wallet's first stream node is preallocated
+/// (4 KB), so the growth shows once wallets fill it (about 90 entries, 27 s at this load): it
+/// needs `FAULT_SCALE=full`. Ignored by default, like the one above.
+#[test]
+#[ignore]
+fn memory_keeps_growing_with_history_uncapped() {
+    expect_growth(
+        EngineConfig::default()
+            .with_outcome_ttl_ms(Some(TTL_MS))
+            .with_history_max_entries(None),
+    );
+}
+
+fn expect_growth(config: EngineConfig) {
     let (warmup, measure) = durations();
-    let config = EngineConfig::default()
-        .with_outcome_ttl_ms(None)
-        .with_history_max_entries(None);
     let samples = run_load(config, warmup, measure);
     let e = check_plateau(&samples, warmup.as_secs()).expect_err("memory should keep growing");
     println!("as expected: {e}");
 }
 
-fn synthetic(used: impl Fn(u64) -> i64) -> Vec<Sample> {
+fn synthetic(rate: impl Fn(u64) -> u64, used: impl Fn(u64) -> i64) -> Vec<Sample> {
+    let mut transfers = 0;
     (0..30)
-        .map(|t_s| Sample {
-            t_s,
-            transfers: t_s * 1_000,
-            used_memory: used(t_s),
-            dataset: 0,
-            keys: 0,
+        .map(|t_s| {
+            transfers += rate(t_s);
+            Sample {
+                t_s,
+                transfers,
+                used_memory: used(t_s),
+                dataset: 0,
+                keys: 0,
+            }
         })
         .collect()
 }
 
 #[test]
 fn the_plateau_check_passes_a_flat_curve_and_fails_a_growing_one() {
-    let flat = synthetic(|t| {
-        if t < 10 {
-            1_000 * t as i64
-        } else {
-            10_000 + (t % 3) as i64 * 300
-        }
-    });
+    let full = |_| LOAD.rate_per_s;
+    let wavy = |t: u64| 10_000 + (t % 3) as i64 * 300;
+    let flat = synthetic(full, |t| if t < 10 { 1_000 * t as i64 } else { wavy(t) });
     assert_eq!(check_plateau(&flat, 10), Ok(10_300));
-    let growing = synthetic(|t| 10_000 + 200 * t as i64);
+    let growing = synthetic(full, |t| 10_000 + 200 * t as i64);
     let e = check_plateau(&growing, 10).unwrap_err();
-    assert!(e.starts_with("at t = 19 s"), "{e}");
-    assert!(
-        check_plateau(&flat, 25)
-            .unwrap_err()
-            .contains("only 5 samples")
-    );
+    assert!(e.starts_with("at t = 10 s"), "{e}");
+    let e = check_plateau(&flat, 25).unwrap_err();
+    assert!(e.contains("only 5 samples"), "{e}");
+    // A dip while the load is slow (fewer live records) is allowed; a dip at full rate is not,
+    // and a rise never is.
+    let dip = |t: u64| {
+        if (20..23).contains(&t) {
+            8_000
+        } else {
+            wavy(t)
+        }
+    };
+    let slow_rate = |t: u64| {
+        if (15..23).contains(&t) {
+            100
+        } else {
+            LOAD.rate_per_s
+        }
+    };
+    assert_eq!(check_plateau(&synthetic(slow_rate, dip), 10), Ok(10_300));
+    let e = check_plateau(&synthetic(full, dip), 10).unwrap_err();
+    assert!(e.starts_with("at t = 20 s"), "{e}");
+    let rise = |t: u64| if t == 20 { 11_500 } else { wavy(t) };
+    let e = check_plateau(&synthetic(slow_rate, rise), 10).unwrap_err();
+    assert!(e.starts_with("at t = 20 s"), "{e}");
 }
 
 #[test]
