@@ -3,10 +3,12 @@
 //! A run creates its own wallets under a unique prefix (`bench_<6 hex>_<i>`), moves money
 //! between them and checks afterwards that the sum of their balances did not change. The
 //! [`BenchReport`] is mode-neutral: the direct mode ([`run_direct`]) calls
-//! [`WalletService::transfer`] from a pool of threads and fills in every figure; the
-//! end-to-end mode ([`run_e2e`]) publishes requests to a running worker through Kafka, waits
-//! for their results and fills in the figures it can see (throughput, publish-to-result
-//! latency, outcomes), leaving the engine figures (`engine`) empty.
+//! [`WalletService::transfer`] from a pool of threads and fills in every figure, including
+//! what the run left in Redis ([`Retained`]: outcome records, history kept and trimmed,
+//! `used_memory` before and after); the end-to-end mode ([`run_e2e`]) publishes requests to
+//! a running worker through Kafka, waits for their results and fills in the figures it can
+//! see (throughput, publish-to-result latency, outcomes), leaving the engine figures
+//! (`engine`) empty.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
