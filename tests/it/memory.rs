@@ -332,6 +332,7 @@ fn expect_growth(config: EngineConfig) {
     let (warmup, measure) = durations();
     let samples = run_load(config, warmup, measure);
     let e = check_plateau(&samples, warmup.as_secs()).expect_err("memory should keep growing");
+    assert!(e.starts_with("at t = "), "not a verdict on growth: {e}");
     println!("as expected: {e}");
 }
 
