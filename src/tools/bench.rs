@@ -3,10 +3,12 @@
 //! A run creates its own wallets under a unique prefix (`bench_<6 hex>_<i>`), moves money
 //! between them and checks afterwards that the sum of their balances did not change. The
 //! [`BenchReport`] is mode-neutral: the direct mode ([`run_direct`]) calls
-//! [`WalletService::transfer`] from a pool of threads and fills in every figure; the
-//! end-to-end mode ([`run_e2e`]) publishes requests to a running worker through Kafka, waits
-//! for their results and fills in the figures it can see (throughput, publish-to-result
-//! latency, outcomes), leaving the engine figures (`engine`) empty.
+//! [`WalletService::transfer`] from a pool of threads and fills in every figure, including
+//! what the run left in Redis ([`Retained`]: outcome records, history kept and trimmed,
+//! `used_memory` before and after); the end-to-end mode ([`run_e2e`]) publishes requests to
+//! a running worker through Kafka, waits for their results and fills in the figures it can
+//! see (throughput, publish-to-result latency, outcomes), leaving the engine figures
+//! (`engine`) empty.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -25,6 +27,7 @@ use serde_json::{Value, json};
 
 use crate::engine::message::{FailureReason, FieldError, Status, TransferRequest};
 use crate::engine::money::{Amount, Currency};
+use crate::engine::retention::CHECKPOINT_ENTRIES_FIELD;
 use crate::engine::service::WalletService;
 use crate::engine::setting::{SettingError, setters};
 use crate::engine::store::keys;
@@ -304,6 +307,8 @@ pub struct BenchReport {
     pub cleaned_keys: Option<u64>,
     /// What Redis itself counted over the transfer phase (direct mode).
     pub redis: Option<RedisCost>,
+    /// What the run left in Redis (direct mode).
+    pub retained: Option<Retained>,
     /// Where the requests spent their time, from the messages' timestamps (e2e mode).
     pub stages: Option<StageSummary>,
     /// The broker's own latency for a plain message with the same client settings (e2e mode).
@@ -335,6 +340,121 @@ impl RedisCost {
             self.used_memory_delta_bytes as f64 / n,
         )
     }
+}
+
+/// What the run left in Redis, read after its transfer phase: the outcome records of its
+/// requests (and how many of them expire), the history entries its wallets keep, the entries
+/// trimmed into their checkpoints, and `used_memory` before and after (direct mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retained {
+    /// Outcome records of the run's requests that exist (`transfer:{id}`).
+    pub outcome_records: u64,
+    /// Those of them with a ttl (`EngineConfig::outcome_ttl_ms`).
+    pub outcome_records_with_ttl: u64,
+    /// History entries kept in Redis: the sum of XLEN over the run's wallets.
+    pub history_entries: u64,
+    /// History entries trimmed into checkpoints: the sum of `hc` over the run's wallets.
+    pub history_trimmed: u64,
+    /// `used_memory` before the transfer phase, in bytes.
+    pub used_memory_before: i64,
+    /// `used_memory` after it, in bytes.
+    pub used_memory_after: i64,
+}
+
+impl Retained {
+    /// The figures as JSON, with the bytes kept per transfer of a run of `transfers`.
+    fn to_json(self, transfers: u64) -> Value {
+        let delta = self.used_memory_after - self.used_memory_before;
+        json!({
+            "outcome_records": self.outcome_records,
+            "outcome_records_with_ttl": self.outcome_records_with_ttl,
+            "history_entries": self.history_entries,
+            "history_trimmed": self.history_trimmed,
+            "used_memory_before": self.used_memory_before,
+            "used_memory_after": self.used_memory_after,
+            "bytes_per_transfer": delta as f64 / transfers.max(1) as f64,
+        })
+    }
+
+    fn rows(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "outcome records kept".into(),
+                format!(
+                    "{} ({} with ttl)",
+                    self.outcome_records, self.outcome_records_with_ttl
+                ),
+            ),
+            (
+                "history entries kept".into(),
+                self.history_entries.to_string(),
+            ),
+            (
+                "history entries trimmed".into(),
+                self.history_trimmed.to_string(),
+            ),
+            (
+                "redis used_memory before".into(),
+                self.used_memory_before.to_string(),
+            ),
+            (
+                "redis used_memory after".into(),
+                self.used_memory_after.to_string(),
+            ),
+        ]
+    }
+}
+
+/// Counts the outcome records among `keys` and those with a ttl, by PTTL (-2: no key, -1: no
+/// ttl), pipelined in batches; `bar` advances per key. Returns (records, with ttl).
+fn count_outcome_records(
+    service: &WalletService,
+    keys: impl Iterator<Item = String>,
+    bar: &ProgressBar,
+) -> Result<(u64, u64), BenchError> {
+    let mut conn = service.pool().get()?;
+    let (mut records, mut with_ttl) = (0, 0);
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut keys = keys.peekable();
+    while keys.peek().is_some() {
+        batch.clear();
+        batch.extend(keys.by_ref().take(BATCH));
+        let mut pipe = redis::pipe();
+        for key in &batch {
+            pipe.cmd("PTTL").arg(key);
+        }
+        let ttls: Vec<i64> = pipe.query(&mut conn.redis)?;
+        records += ttls.iter().filter(|&&t| t != -2).count() as u64;
+        with_ttl += ttls.iter().filter(|&&t| t >= 0).count() as u64;
+        bar.inc(batch.len() as u64);
+    }
+    Ok((records, with_ttl))
+}
+
+/// Sums XLEN of the histories of `ids` and their checkpoints' `hc`, pipelined in batches;
+/// `bar` advances per wallet. Returns (entries kept, entries trimmed).
+fn count_history(
+    service: &WalletService,
+    ids: &[String],
+    bar: &ProgressBar,
+) -> Result<(u64, u64), BenchError> {
+    let mut conn = service.pool().get()?;
+    let (mut kept, mut trimmed) = (0, 0);
+    for chunk in ids.chunks(BATCH) {
+        let mut pipe = redis::pipe();
+        for id in chunk {
+            pipe.xlen(keys::history(id))
+                .hget(keys::wallet(id), CHECKPOINT_ENTRIES_FIELD);
+        }
+        // XLEN then HGET per wallet; a missing history or checkpoint counts 0.
+        let replies: Vec<Option<u64>> = pipe.query(&mut conn.redis)?;
+        for pair in replies.chunks(2) {
+            kept += pair[0].unwrap_or(0);
+            trimmed += pair.get(1).copied().flatten().unwrap_or(0);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    Ok((kept, trimmed))
 }
 
 /// Redis's command count (INFO itself excluded) and used memory right now.
@@ -440,6 +560,7 @@ impl BenchReport {
             },
             "engine": engine,
             "redis": redis,
+            "retained": self.retained.map(|r| r.to_json(self.transfers)),
             "stages_ms": self.stages.map(|st| json!({
                 "to_worker": p50_p99(&st.to_worker),
                 "in_worker": p50_p99(&st.in_worker),
@@ -480,6 +601,7 @@ impl BenchReport {
             rows.push(("redis commands/transfer".into(), format!("{commands:.2}")));
             rows.push(("redis bytes kept/transfer".into(), format!("{bytes:.0}")));
         }
+        rows.extend(self.retained.iter().flat_map(Retained::rows));
         rows.extend(self.count_rows());
         rows.extend(self.balance.iter().flat_map(balance_rows));
         if let Some(n) = self.cleaned_keys {
@@ -787,6 +909,11 @@ pub fn run_direct(
         commands: commands_after.saturating_sub(commands_before),
         used_memory_delta_bytes: memory_after - memory_before,
     };
+    let retained = Retained {
+        used_memory_before: memory_before,
+        used_memory_after: memory_after,
+        ..read_retained(service, &run, config.transfers, config.progress)?
+    };
     let end = run.end(service, config.cleanup)?;
     Ok(BenchReport {
         mode: "direct",
@@ -805,8 +932,39 @@ pub fn run_direct(
         balance: Some(end.balance),
         cleaned_keys: end.cleaned_keys,
         redis: Some(redis),
+        retained: Some(retained),
         stages: None,
         broker_floor: None,
+    })
+}
+
+/// Reads what the run left in Redis: its outcome records (`transfers` requests) and its
+/// wallets' histories and checkpoints, with a progress bar when `progress`. Memory figures
+/// are left at 0 for the caller.
+fn read_retained(
+    service: &WalletService,
+    run: &Run,
+    transfers: u64,
+    progress: bool,
+) -> Result<Retained, BenchError> {
+    let bar = progress_bar(transfers + run.ids.len() as u64, progress);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{elapsed_precise} [{wide_bar}] {pos}/{len} keys read for the retained figures",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let prefix = run.transfer_prefix();
+    let outcome_keys = (0..transfers).map(|n| keys::outcome(&format!("{prefix}{n}")));
+    let (outcome_records, outcome_records_with_ttl) =
+        count_outcome_records(service, outcome_keys, &bar)?;
+    let (history_entries, history_trimmed) = count_history(service, &run.ids, &bar)?;
+    bar.finish_and_clear();
+    Ok(Retained {
+        outcome_records,
+        outcome_records_with_ttl,
+        history_entries,
+        history_trimmed,
+        ..Retained::default()
     })
 }
 
@@ -1046,6 +1204,7 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
         balance: Some(end.balance),
         cleaned_keys: end.cleaned_keys,
         redis: None,
+        retained: None,
         stages: Some(read.stages.summary()),
         broker_floor: Some(floor),
     })
@@ -1600,6 +1759,14 @@ mod tests {
                 commands: 1_400,
                 used_memory_delta_bytes: 40_000,
             }),
+            retained: Some(Retained {
+                outcome_records: 4,
+                outcome_records_with_ttl: 3,
+                history_entries: 6,
+                history_trimmed: 2,
+                used_memory_before: 1_000_000,
+                used_memory_after: 1_040_000,
+            }),
             stages: None,
             broker_floor: None,
         }
@@ -1618,6 +1785,10 @@ mod tests {
         assert_eq!(j["transfers_per_s"], 2.0);
         assert_eq!(j["engine"]["round_trips_per_transfer"], 4.0);
         assert_eq!(j["redis"]["commands_per_transfer"], 350.0);
+        assert_eq!(j["retained"]["outcome_records_with_ttl"], 3);
+        assert_eq!(j["retained"]["history_trimmed"], 2);
+        assert_eq!(j["retained"]["used_memory_after"], 1_040_000);
+        assert_eq!(j["retained"]["bytes_per_transfer"], 10_000.0);
         assert_eq!(j["outcomes"]["COMPLETED"], 4);
         assert_eq!(j["balance"]["ok"], true);
         let table = r.to_table().to_string();
@@ -1663,6 +1834,11 @@ mod tests {
                 "round trips/transfer",
                 "redis commands/transfer",
                 "redis bytes kept/transfer",
+                "outcome records kept",
+                "history entries kept",
+                "history entries trimmed",
+                "redis used_memory before",
+                "redis used_memory after",
                 "outcome COMPLETED",
                 "error redis",
                 "transient retries",
@@ -1678,6 +1854,8 @@ mod tests {
         assert_eq!(rows["elapsed s"], "2.000");
         assert_eq!(rows["round trips/transfer"], "4.00");
         assert_eq!(rows["balance check"], "OK (0 negative)");
+        assert_eq!(rows["outcome records kept"], "4 (3 with ttl)");
+        assert_eq!(rows["redis used_memory after"], "1040000");
     }
 
     #[test]

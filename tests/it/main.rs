@@ -12,6 +12,7 @@ mod engine;
 mod examples;
 mod faults;
 mod kafka;
+mod memory;
 mod monitoring;
 mod ops;
 mod produce;
