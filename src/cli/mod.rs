@@ -328,7 +328,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 /// (`LockConfig`, `EngineConfig`, `WorkerConfig`, `DirectConfig`, `E2eConfig`): its flag, or
 /// `None` for a setting no flag sets (the command line always passes the library's default, so
 /// an error about one is a bug in the defaults, not a user mistake).
-pub const SETTING_FLAGS: [(&str, Option<&str>); 29] = [
+pub const SETTING_FLAGS: [(&str, Option<&str>); 30] = [
     ("lock.ttl_ms", Some("--lock-ttl-ms")),
     ("lock.retry_delay_ms_base", Some("--lock-retry-delay-ms")),
     ("lock.retry_delay_ms_max", Some("--lock-retry-delay-ms-max")),
@@ -343,6 +343,7 @@ pub const SETTING_FLAGS: [(&str, Option<&str>); 29] = [
     ("requests_topic", Some("--requests-topic")),
     ("results_topic", Some("--results-topic")),
     ("dlq_topic", Some("--dlq-topic")),
+    ("ledger_topic", Some("--ledger-topic")),
     ("partitions", Some("--partitions")),
     ("replication", Some("--replication")),
     ("commit_interval_ms", Some("--commit-interval-ms")),
@@ -686,7 +687,7 @@ mod tests {
         ),
     ];
 
-    const WORKER_CASES: [Case<WorkerConfig>; 17] = [
+    const WORKER_CASES: [Case<WorkerConfig>; 19] = [
         ("threads", Some("--threads"), |c| c.threads = 0),
         ("backlog_bytes_max", None, |c| c.backlog_bytes_max = 1),
         ("partitions", Some("--partitions"), |c| c.partitions = 0),
@@ -723,6 +724,10 @@ mod tests {
             c.results_topic.clear()
         }),
         ("dlq_topic", Some("--dlq-topic"), |c| c.dlq_topic.clear()),
+        ("ledger_topic", Some("--ledger-topic"), |c| c.ledger_topic.clear()),
+        ("ledger_topic", Some("--ledger-topic"), |c| {
+            c.ledger_topic = c.requests_topic.clone()
+        }),
         ("group_id", Some("--group"), |c| c.group_id.clear()),
     ];
 
