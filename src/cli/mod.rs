@@ -1,6 +1,7 @@
 //! The `wallet` command line: what the tool is, the options every subcommand shares, and the
 //! dispatch to one file per subcommand (`seed.rs`, `bench.rs`, `worker.rs`, `snapshot.rs`,
-//! `status.rs`, `deposit.rs`, `locks.rs`, `audit.rs`, `transfer.rs`, `produce.rs`, `top.rs`).
+//! `status.rs`, `deposit.rs`, `locks.rs`, `audit.rs`, `transfer.rs`, `produce.rs`, `top.rs`,
+//! `history.rs`).
 //!
 //! Owns [`Cli`], [`GlobalOpts`] (Redis, Kafka and lock flags), the [`Command`] list, the
 //! [`Failure`] type and its exit codes, the stdout helpers ([`print_out`], [`json_out`],
@@ -21,6 +22,7 @@ use clap::{Args, Parser, Subcommand};
 mod audit;
 mod bench;
 mod deposit;
+mod history;
 mod locks;
 mod produce;
 mod seed;
@@ -47,6 +49,7 @@ and of its Kafka worker.
   run       worker (consume transfer requests from Kafka, move the money, publish results)
   send      transfer (one request), produce (the six race scenarios end to end)
   inspect   snapshot (every wallet), status (the outcome of an idempotency key),
+            history (a wallet's entries, from Redis and the ledger topic),
             locks (held wallet locks), audit (the ledger invariants)
   watch     top (live view of running workers from their /metrics)
   change    deposit (add money to a wallet), seed (create demo users)
@@ -302,6 +305,9 @@ pub enum Command {
     Produce(produce::ProduceArgs),
     /// Live view of running workers from their /metrics: transfers/s, latency, lag, retries
     Top(top::TopArgs),
+    /// A wallet's history entries, oldest first: recent ones from Redis, trimmed ones from the
+    /// ledger topic
+    History(history::HistoryArgs),
 }
 
 /// Runs the parsed command line.
@@ -319,6 +325,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Transfer(args) => transfer::run(global, args),
         Command::Produce(args) => produce::run(global, args),
         Command::Top(args) => top::run(global, args),
+        Command::History(args) => history::run(global, args),
     }
 }
 
@@ -546,9 +553,9 @@ mod tests {
 
     use super::*;
 
-    const SUBCOMMANDS: [&str; 11] = [
+    const SUBCOMMANDS: [&str; 12] = [
         "seed", "bench", "worker", "snapshot", "status", "deposit", "locks", "audit", "transfer",
-        "produce", "top",
+        "produce", "top", "history",
     ];
 
     #[test]

@@ -10,6 +10,7 @@ mod bench_e2e;
 mod engine;
 mod examples;
 mod faults;
+mod history;
 mod kafka;
 mod monitoring;
 mod ops;
