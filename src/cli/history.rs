@@ -287,7 +287,7 @@ fn read_ledger(
         Duration::from_secs(args.timeout_s),
         |m| found.add(&args.id, m.key.as_deref(), &m.payload, wanted),
         |read, total| {
-            let pct = if total == 0 { 100 } else { read * 100 / total };
+            let pct = (read * 100).checked_div(total).unwrap_or(100);
             eprintln!("reading ledger topic {topic}: {read} of {total} messages ({pct}%)");
         },
     )

@@ -731,7 +731,9 @@ mod tests {
             c.results_topic.clear()
         }),
         ("dlq_topic", Some("--dlq-topic"), |c| c.dlq_topic.clear()),
-        ("ledger_topic", Some("--ledger-topic"), |c| c.ledger_topic.clear()),
+        ("ledger_topic", Some("--ledger-topic"), |c| {
+            c.ledger_topic.clear()
+        }),
         ("ledger_topic", Some("--ledger-topic"), |c| {
             c.ledger_topic = c.requests_topic.clone()
         }),

@@ -240,7 +240,10 @@ pub fn read_to_end(
     let deadline = Instant::now() + timeout;
     let reader = TopicReader::open(kafka, topic, Start::Beginning)?;
     let mut ends = reader.high_watermarks()?;
-    let total: u64 = ends.values().map(|(low, high)| (high - low).max(0) as u64).sum();
+    let total: u64 = ends
+        .values()
+        .map(|(low, high)| (high - low).max(0) as u64)
+        .sum();
     ends.retain(|_, (low, high)| low < high);
     let (mut read, mut reported) = (0u64, Instant::now());
     while !ends.is_empty() {
@@ -298,7 +301,9 @@ impl TopicReader {
             .map_err(kafka_error(format!("positions in {}", self.topic)))?;
         for e in positions.elements() {
             if let Offset::Offset(at) = e.offset()
-                && ends.get(&e.partition()).is_some_and(|(_, high)| at >= *high)
+                && ends
+                    .get(&e.partition())
+                    .is_some_and(|(_, high)| at >= *high)
             {
                 ends.remove(&e.partition());
             }

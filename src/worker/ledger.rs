@@ -244,7 +244,11 @@ mod tests {
             from_version_after: None,
             ..completed()
         };
-        assert!(entries_for(&old).unwrap_err().contains("no wallet versions"));
+        assert!(
+            entries_for(&old)
+                .unwrap_err()
+                .contains("no wallet versions")
+        );
     }
 
     #[test]

@@ -66,7 +66,10 @@ fn assert_chain(h: &Value, gap: Option<u64>, gap_amount: Amount) -> usize {
     let version = h["version"].as_u64().unwrap();
     let trimmed = h["trimmed_from_redis"].as_u64().unwrap();
     let entries = h["entries"].as_array().unwrap();
-    let versions: Vec<u64> = entries.iter().map(|e| e["version"].as_u64().unwrap()).collect();
+    let versions: Vec<u64> = entries
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
     let want: Vec<u64> = (1..=version).filter(|v| Some(*v) != gap).collect();
     assert_eq!(versions, want, "{}", h["wallet_id"]);
     let mut balance = amount(&h["opening_balance"]);
@@ -82,7 +85,11 @@ fn assert_chain(h: &Value, gap: Option<u64>, gap_amount: Amount) -> usize {
         let source = if v <= trimmed { "ledger" } else { "redis" };
         assert_eq!(e["source"], source, "version {v} (trimmed {trimmed})");
     }
-    assert_eq!(balance, amount(&h["balance"]), "the newest entry is the balance");
+    assert_eq!(
+        balance,
+        amount(&h["balance"]),
+        "the newest entry is the balance"
+    );
     entries.iter().filter(|e| e["source"] == "ledger").count()
 }
 
@@ -90,7 +97,10 @@ fn assert_chain(h: &Value, gap: Option<u64>, gap_amount: Amount) -> usize {
 fn history_returns_entries_older_than_the_redis_window_from_the_ledger_topic() {
     let stack = Stack::start(2);
     let service = stack.redis.service(1, EngineConfig::default());
-    create_wallets(&service, &[("a", "1000.00"), ("b", "1000.00"), ("c", "5.00")]);
+    create_wallets(
+        &service,
+        &[("a", "1000.00"), ("b", "1000.00"), ("c", "5.00")],
+    );
     let worker = stack.spawn_worker(&["--history-max-entries", "4"]);
     let first = transfers("h1_", 12);
     run(&stack, &worker, &first, 24);
@@ -104,8 +114,14 @@ fn history_returns_entries_older_than_the_redis_window_from_the_ledger_topic() {
     assert_eq!(b["version"], 24);
     assert_eq!(b["missing"], serde_json::json!([]));
     let from_ledger = assert_chain(&b, None, Amount::ZERO);
-    assert!(from_ledger >= 19, "b: {from_ledger} entries from the ledger");
-    println!("b: {from_ledger} of 24 entries from the ledger, ledger {}", b["ledger"]);
+    assert!(
+        from_ledger >= 19,
+        "b: {from_ledger} entries from the ledger"
+    );
+    println!(
+        "b: {from_ledger} of 24 entries from the ledger, ledger {}",
+        b["ledger"]
+    );
 
     let a = history_json(&stack, "a", &[]);
     assert_eq!(a["version"], 25);
@@ -129,11 +145,20 @@ fn history_returns_entries_older_than_the_redis_window_from_the_ledger_topic() {
 
     // A wallet never trimmed needs no Kafka at all.
     let out = Command::new(WALLET_BIN)
-        .args(["--redis-url", &stack.redis.url(), "--brokers", "127.0.0.1:1"])
+        .args([
+            "--redis-url",
+            &stack.redis.url(),
+            "--brokers",
+            "127.0.0.1:1",
+        ])
         .args(["history", "c", "--json"])
         .output()
         .expect("run wallet history");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A ledger topic that does not exist is named, with what to do.
     let out = Command::new(WALLET_BIN)
         .args(stack.global_args())

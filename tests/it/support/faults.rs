@@ -447,8 +447,18 @@ fn outcome_entries_violations(
 ) -> Vec<String> {
     let mut violations = Vec::new();
     let sides = [
-        (HistoryKind::Debit, &o.from_user, o.from_version_after, o.from_balance_after),
-        (HistoryKind::Credit, &o.to_user, o.to_version_after, o.to_balance_after),
+        (
+            HistoryKind::Debit,
+            &o.from_user,
+            o.from_version_after,
+            o.from_balance_after,
+        ),
+        (
+            HistoryKind::Credit,
+            &o.to_user,
+            o.to_version_after,
+            o.to_balance_after,
+        ),
     ];
     for (kind, wallet, version, balance) in sides {
         let of_kind: Vec<&LedgerEntry> = entries.iter().filter(|e| e.kind == kind).collect();
@@ -764,7 +774,11 @@ fn the_ledger_checker_reports_missing_differing_and_orphan_entries() {
 
     let mut changed = entries[0].clone();
     changed.at_ms += 1;
-    let differing = [message(&entries[0]), message(&changed), message(&entries[1])];
+    let differing = [
+        message(&entries[0]),
+        message(&changed),
+        message(&entries[1]),
+    ];
     let found = check_ledger(&completed, &differing);
     assert_eq!(found.violations.len(), 1, "{:?}", found.violations);
     assert!(found.violations[0].contains("copies differ"));
@@ -776,7 +790,11 @@ fn the_ledger_checker_reports_missing_differing_and_orphan_entries() {
     let mut wrong = entries[1].clone();
     wrong.balance_after = Amount::from_minor(1);
     let found = check_ledger(&completed, &[message(&entries[0]), message(&wrong)]);
-    assert!(found.violations[0].contains("disagrees"), "{:?}", found.violations);
+    assert!(
+        found.violations[0].contains("disagrees"),
+        "{:?}",
+        found.violations
+    );
 
     let mut orphan = entries[0].clone();
     orphan.idempotency_key = "t2".into();
