@@ -6,7 +6,7 @@
 //! REDIS_URL=redis://127.0.0.1:6379 KAFKA_BROKERS=127.0.0.1:9092 cargo run --example worker
 //! ```
 //!
-//! Topic and group names come from `TOPIC_REQUESTS`, `TOPIC_RESULTS`, `TOPIC_DLQ` and
+//! Topic and group names come from `TOPIC_REQUESTS`, `TOPIC_RESULTS`, `TOPIC_DLQ`, `TOPIC_LEDGER` and
 //! `KAFKA_GROUP` when set (else the defaults of `wallet worker`); the worker creates its
 //! topics when they are missing. To show the worker at work, the program publishes one request
 //! and waits for its result with the crate's tools (`wallet_transfer::tools`); in production,
@@ -46,6 +46,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .with_requests_topic(env("TOPIC_REQUESTS", &defaults.requests_topic))
         .with_results_topic(env("TOPIC_RESULTS", &defaults.results_topic))
         .with_dlq_topic(env("TOPIC_DLQ", &defaults.dlq_topic))
+        .with_ledger_topic(env("TOPIC_LEDGER", &defaults.ledger_topic))
         .with_group_id(env("KAFKA_GROUP", &defaults.group_id))
         .with_threads(2)
         .with_partitions(1);

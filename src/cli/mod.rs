@@ -1,6 +1,7 @@
 //! The `wallet` command line: what the tool is, the options every subcommand shares, and the
 //! dispatch to one file per subcommand (`seed.rs`, `bench.rs`, `worker.rs`, `snapshot.rs`,
-//! `status.rs`, `deposit.rs`, `locks.rs`, `audit.rs`, `transfer.rs`, `produce.rs`, `top.rs`).
+//! `status.rs`, `deposit.rs`, `locks.rs`, `audit.rs`, `transfer.rs`, `produce.rs`, `top.rs`,
+//! `history.rs`).
 //!
 //! Owns [`Cli`], [`GlobalOpts`] (Redis, Kafka and lock flags), the [`Command`] list, the
 //! [`Failure`] type and its exit codes, the stdout helpers ([`print_out`], [`json_out`],
@@ -21,6 +22,7 @@ use clap::{Args, Parser, Subcommand};
 mod audit;
 mod bench;
 mod deposit;
+mod history;
 mod locks;
 mod produce;
 mod seed;
@@ -47,6 +49,7 @@ and of its Kafka worker.
   run       worker (consume transfer requests from Kafka, move the money, publish results)
   send      transfer (one request), produce (the six race scenarios end to end)
   inspect   snapshot (every wallet), status (the outcome of an idempotency key),
+            history (a wallet's entries, from Redis and the ledger topic),
             locks (held wallet locks), audit (the ledger invariants)
   watch     top (live view of running workers from their /metrics)
   change    deposit (add money to a wallet), seed (create demo users)
@@ -348,6 +351,9 @@ pub enum Command {
     Produce(produce::ProduceArgs),
     /// Live view of running workers from their /metrics: transfers/s, latency, lag, retries
     Top(top::TopArgs),
+    /// A wallet's history entries, oldest first: recent ones from Redis, trimmed ones from the
+    /// ledger topic
+    History(history::HistoryArgs),
 }
 
 /// Runs the parsed command line.
@@ -365,6 +371,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Transfer(args) => transfer::run(global, args),
         Command::Produce(args) => produce::run(global, args),
         Command::Top(args) => top::run(global, args),
+        Command::History(args) => history::run(global, args),
     }
 }
 
@@ -374,7 +381,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 /// (`LockConfig`, `EngineConfig`, `WorkerConfig`, `DirectConfig`, `E2eConfig`): its flag, or
 /// `None` for a setting no flag sets (the command line always passes the library's default, so
 /// an error about one is a bug in the defaults, not a user mistake).
-pub const SETTING_FLAGS: [(&str, Option<&str>); 30] = [
+pub const SETTING_FLAGS: [(&str, Option<&str>); 31] = [
     ("lock.ttl_ms", Some("--lock-ttl-ms")),
     ("lock.retry_delay_ms_base", Some("--lock-retry-delay-ms")),
     ("lock.retry_delay_ms_max", Some("--lock-retry-delay-ms-max")),
@@ -390,6 +397,7 @@ pub const SETTING_FLAGS: [(&str, Option<&str>); 30] = [
     ("requests_topic", Some("--requests-topic")),
     ("results_topic", Some("--results-topic")),
     ("dlq_topic", Some("--dlq-topic")),
+    ("ledger_topic", Some("--ledger-topic")),
     ("partitions", Some("--partitions")),
     ("replication", Some("--replication")),
     ("commit_interval_ms", Some("--commit-interval-ms")),
@@ -592,9 +600,9 @@ mod tests {
 
     use super::*;
 
-    const SUBCOMMANDS: [&str; 11] = [
+    const SUBCOMMANDS: [&str; 12] = [
         "seed", "bench", "worker", "snapshot", "status", "deposit", "locks", "audit", "transfer",
-        "produce", "top",
+        "produce", "top", "history",
     ];
 
     #[test]
@@ -767,7 +775,7 @@ mod tests {
         ),
     ];
 
-    const WORKER_CASES: [Case<WorkerConfig>; 18] = [
+    const WORKER_CASES: [Case<WorkerConfig>; 20] = [
         ("threads", Some("--threads"), |c| c.threads = 0),
         (
             "outcome_ttl_margin_ms",
@@ -809,6 +817,12 @@ mod tests {
             c.results_topic.clear()
         }),
         ("dlq_topic", Some("--dlq-topic"), |c| c.dlq_topic.clear()),
+        ("ledger_topic", Some("--ledger-topic"), |c| {
+            c.ledger_topic.clear()
+        }),
+        ("ledger_topic", Some("--ledger-topic"), |c| {
+            c.ledger_topic = c.requests_topic.clone()
+        }),
         ("group_id", Some("--group"), |c| c.group_id.clear()),
     ];
 

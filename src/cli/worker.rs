@@ -40,6 +40,11 @@ pub struct WorkerArgs {
     /// Topic for input that cannot be understood (dead letters), with the error in a header
     #[arg(long, env = "TOPIC_DLQ", default_value_t = defaults().dlq_topic)]
     pub dlq_topic: String,
+    /// Topic every history entry of a completed transfer is published to (key = wallet id),
+    /// created with retention.ms=-1: the durable ledger `wallet history` reads trimmed entries
+    /// from. Written at least once: readers deduplicate by wallet and version
+    #[arg(long, env = "TOPIC_LEDGER", default_value_t = defaults().ledger_topic)]
+    pub ledger_topic: String,
     /// Partitions for the topics the worker creates when they are missing
     #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = defaults().partitions)]
     pub partitions: i32,
@@ -90,6 +95,7 @@ impl WorkerArgs {
             .with_requests_topic(self.requests_topic.clone())
             .with_results_topic(self.results_topic.clone())
             .with_dlq_topic(self.dlq_topic.clone())
+            .with_ledger_topic(self.ledger_topic.clone())
             .with_threads(self.threads)
             .with_partitions(self.partitions)
             .with_replication(self.replication)
@@ -148,12 +154,15 @@ mod tests {
             "g",
             "--commit-interval-ms",
             "250",
+            "--ledger-topic",
+            "ledger_1",
             "-X",
             "client.id=w1",
         ]);
         let config = args.to_config("k:1").unwrap();
         assert_eq!((config.threads, config.group_id.as_str()), (3, "g"));
         assert_eq!(config.commit_interval_ms, 250);
+        assert_eq!(config.ledger_topic, "ledger_1");
         assert_eq!(config.kafka.brokers, "k:1");
         assert_eq!(
             config.kafka.properties,

@@ -429,6 +429,59 @@ impl WalletService {
     }
 }
 
+/// A wallet and the newest entries of its Redis history, read in one transaction (so a trim
+/// cannot fall between them): see [`WalletService::history_window`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryWindow {
+    /// The wallet, with its version and checkpoint.
+    pub wallet: Wallet,
+    /// Entries its Redis history holds (XLEN): versions `checkpoint.entries + 1 ..= version`
+    /// when the two add up (`wallet audit` checks that they do).
+    pub retained: u64,
+    /// The newest of them, at most the number asked for, oldest first.
+    pub newest: Vec<HistoryEntry>,
+}
+
+impl WalletService {
+    /// `user_id`'s wallet and the newest `newest_max` entries Redis keeps of its history,
+    /// read atomically (MULTI/EXEC); `None` when the wallet does not exist.
+    pub fn history_window(
+        &self,
+        user_id: &str,
+        newest_max: u64,
+    ) -> Result<Option<HistoryWindow>, WalletError> {
+        type Raw = Vec<(String, HashMap<String, String>)>;
+        let mut conn = self.pool.get()?;
+        let key = keys::history(user_id);
+        let (fields, retained, raw): (HashMap<String, String>, u64, Raw) = redis::pipe()
+            .atomic()
+            .cmd("HGETALL")
+            .arg(keys::wallet(user_id))
+            .cmd("XLEN")
+            .arg(&key)
+            .cmd("XREVRANGE")
+            .arg(&key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(newest_max)
+            .query(&mut conn.redis)?;
+        let Some(wallet) = parse_wallet(user_id, &fields)? else {
+            return Ok(None);
+        };
+        let mut newest = raw
+            .into_iter()
+            .map(|(stream_id, fields)| parse_history(&key, stream_id, &fields))
+            .collect::<Result<Vec<_>, _>>()?;
+        newest.reverse();
+        Ok(Some(HistoryWindow {
+            wallet,
+            retained,
+            newest,
+        }))
+    }
+}
+
 /// What moved the money of a history entry: a transfer (its id and idempotency key) or a
 /// deposit (its id, twice).
 pub(crate) struct Mover<'a> {

@@ -1131,6 +1131,7 @@ fn results_reader(config: &E2eConfig) -> Result<TopicReader, BenchError> {
         |e| match e {
             ReadError::NoSuchTopic { topic, .. } => missing_topic(config, &topic),
             ReadError::Kafka { what, source } => BenchError::Kafka(format!("{what}: {source}")),
+            other @ ReadError::Timeout { .. } => BenchError::Kafka(other.to_string()),
         },
     )
 }

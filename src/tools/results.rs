@@ -1,4 +1,5 @@
-//! The one reader of the worker's output topics (results, and the dead-letter topic), for
+//! The one reader of the worker's output topics (results, the dead-letter topic and the ledger
+//! topic), for
 //! everything outside the worker: `wallet transfer --wait`, `wallet produce`, `wallet bench
 //! --e2e` and the integration tests.
 //!
@@ -9,6 +10,8 @@
 //!   that need more than results: the bench (receipt times for latency), the tests (dead
 //!   letters with their headers, every message of a run).
 //! - [`ResultWatcher`]: started before publishing; waits for the results of given transfer ids.
+//! - [`read_to_end`]: a bounded read of a whole topic, to the end it had when the read began
+//!   (`wallet history` over the ledger topic, the fault checker).
 //!
 //! Owns: how a topic is read (no consumer group is joined, nothing is committed, partitions are
 //! assigned with explicit offsets) and how a result message is parsed. Does not own: publishing
@@ -47,6 +50,21 @@ pub enum ReadError {
         topic: String,
         /// The bootstrap servers asked.
         brokers: String,
+    },
+    /// A bounded read did not reach the end it was given in time.
+    #[error(
+        "reading {topic} to its end took longer than {timeout_ms} ms ({read} of {total} \
+         messages read; the brokers may be slow or away: try again, or allow more time)"
+    )]
+    Timeout {
+        /// The topic.
+        topic: String,
+        /// The time allowed.
+        timeout_ms: u64,
+        /// Messages read by then.
+        read: u64,
+        /// Messages there were to read.
+        total: u64,
     },
     /// A consumer call failed.
     #[error("kafka: {what}: {source}")]
@@ -128,6 +146,7 @@ impl ReadMessage {
 pub struct TopicReader {
     consumer: BaseConsumer,
     topic: String,
+    partitions: i32,
 }
 
 impl TopicReader {
@@ -184,6 +203,7 @@ impl TopicReader {
         Ok(TopicReader {
             consumer,
             topic: topic.to_string(),
+            partitions,
         })
     }
 
@@ -198,6 +218,97 @@ impl TopicReader {
         let message = self.consumer.poll(wait)?;
         let received = Instant::now();
         Some(message.map(|m| ReadMessage::copy(&m, received)))
+    }
+}
+
+/// How often [`read_to_end`] reports its progress.
+pub const SCAN_PROGRESS_INTERVAL_MS: u64 = 2_000;
+
+/// Reads every partition of `topic` from its beginning to its high watermark as read when the
+/// call starts (what is published afterwards is not read), handing each message to `each`.
+/// Bounded twice: by those watermarks, and by `timeout` (then [`ReadError::Timeout`] says how
+/// far it got). `progress` gets (messages read, messages to read) every
+/// [`SCAN_PROGRESS_INTERVAL_MS`]. Returns the number of messages read. Consumer errors (a broker
+/// away for a moment) are retried until the timeout.
+pub fn read_to_end(
+    kafka: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+    mut each: impl FnMut(&ReadMessage),
+    mut progress: impl FnMut(u64, u64),
+) -> Result<u64, ReadError> {
+    let deadline = Instant::now() + timeout;
+    let reader = TopicReader::open(kafka, topic, Start::Beginning)?;
+    let mut ends = reader.high_watermarks()?;
+    let total: u64 = ends
+        .values()
+        .map(|(low, high)| (high - low).max(0) as u64)
+        .sum();
+    ends.retain(|_, (low, high)| low < high);
+    let (mut read, mut reported) = (0u64, Instant::now());
+    while !ends.is_empty() {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return Err(ReadError::Timeout {
+                topic: topic.to_string(),
+                timeout_ms: timeout.as_millis() as u64,
+                read,
+                total,
+            });
+        };
+        match reader.next(left.min(Duration::from_millis(POLL_SLICE_MS))) {
+            Some(Ok(m)) => {
+                let high = ends.get(&m.partition).map(|(_, high)| *high);
+                if high.is_some_and(|high| m.offset < high) {
+                    each(&m);
+                    read += 1;
+                }
+                if high.is_some_and(|high| m.offset + 1 >= high) {
+                    ends.remove(&m.partition);
+                }
+            }
+            Some(Err(e)) => log::debug!("reading {topic}: {e}"),
+            // Nothing came: a partition whose position passed its end (a gap in its offsets)
+            // is done too.
+            None => reader.drop_reached(&mut ends)?,
+        }
+        if reported.elapsed() >= Duration::from_millis(SCAN_PROGRESS_INTERVAL_MS) {
+            progress(read, total);
+            reported = Instant::now();
+        }
+    }
+    Ok(read)
+}
+
+impl TopicReader {
+    /// The (low, high) watermarks of every partition, now.
+    pub fn high_watermarks(&self) -> Result<HashMap<i32, (i64, i64)>, ReadError> {
+        let timeout = Duration::from_millis(kafka::ADMIN_TIMEOUT_MS);
+        (0..self.partitions)
+            .map(|p| {
+                self.consumer
+                    .fetch_watermarks(&self.topic, p, timeout)
+                    .map(|w| (p, w))
+                    .map_err(kafka_error(format!("watermarks of {} [{p}]", self.topic)))
+            })
+            .collect()
+    }
+
+    /// Removes from `ends` the partitions this reader's position has reached.
+    fn drop_reached(&self, ends: &mut HashMap<i32, (i64, i64)>) -> Result<(), ReadError> {
+        let positions = self
+            .consumer
+            .position()
+            .map_err(kafka_error(format!("positions in {}", self.topic)))?;
+        for e in positions.elements() {
+            if let Offset::Offset(at) = e.offset()
+                && ends
+                    .get(&e.partition())
+                    .is_some_and(|(_, high)| at >= *high)
+            {
+                ends.remove(&e.partition());
+            }
+        }
+        Ok(())
     }
 }
 

@@ -38,6 +38,9 @@ pub struct WorkerConfig {
     pub results_topic: String,
     /// Where input that cannot be answered goes (`wallet.transfer.dlq`).
     pub dlq_topic: String,
+    /// Where every history entry of a COMPLETED transfer is published (`wallet.ledger`, key =
+    /// wallet id; `worker::ledger`). Created with `retention.ms=-1`: it is the durable ledger.
+    pub ledger_topic: String,
     /// Transfer threads (and Redis connections).
     pub threads: usize,
     /// Partitions for topics the worker creates.
@@ -86,6 +89,7 @@ impl Default for WorkerConfig {
             requests_topic: kafka::TOPIC_REQUESTS.to_string(),
             results_topic: kafka::TOPIC_RESULTS.to_string(),
             dlq_topic: kafka::TOPIC_DLQ.to_string(),
+            ledger_topic: kafka::TOPIC_LEDGER.to_string(),
             threads: 8,
             partitions: 6,
             replication: 1,
@@ -112,6 +116,7 @@ setters!(WorkerConfig {
     with_requests_topic => requests_topic: String,
     with_results_topic => results_topic: String,
     with_dlq_topic => dlq_topic: String,
+    with_ledger_topic => ledger_topic: String,
     with_threads => threads: usize,
     with_partitions => partitions: i32,
     with_replication => replication: i32,
@@ -276,10 +281,25 @@ impl WorkerConfig {
             ("requests_topic", &self.requests_topic),
             ("results_topic", &self.results_topic),
             ("dlq_topic", &self.dlq_topic),
+            ("ledger_topic", &self.ledger_topic),
             ("group_id", &self.group_id),
         ] {
             if topic.is_empty() {
                 return Err(SettingError::new(setting, "must not be empty"));
+            }
+        }
+        for (setting, topic) in [
+            ("requests_topic", &self.requests_topic),
+            ("results_topic", &self.results_topic),
+            ("dlq_topic", &self.dlq_topic),
+        ] {
+            if *topic == self.ledger_topic {
+                return Err(SettingError::new(
+                    "ledger_topic",
+                    format!(
+                        "must differ from {setting} (both are {topic:?}): the ledger topic holds only ledger entries"
+                    ),
+                ));
             }
         }
         Ok(())
@@ -309,7 +329,14 @@ mod tests {
 
     #[test]
     fn each_broken_rule_names_its_setting() {
-        let cases: [(&str, WorkerConfig); 5] = [
+        let cases: [(&str, WorkerConfig); 6] = [
+            (
+                "ledger_topic",
+                WorkerConfig {
+                    ledger_topic: kafka::TOPIC_RESULTS.to_string(),
+                    ..WorkerConfig::default()
+                },
+            ),
             (
                 "threads",
                 WorkerConfig {

@@ -26,6 +26,9 @@ pub const TOPIC_REQUESTS: &str = "wallet.transfer.requested";
 pub const TOPIC_RESULTS: &str = "wallet.transfer.completed";
 /// Default dead-letter topic.
 pub const TOPIC_DLQ: &str = "wallet.transfer.dlq";
+/// Default ledger topic: every history entry a transfer made, key = wallet id, kept for ever
+/// (`worker::ledger`).
+pub const TOPIC_LEDGER: &str = "wallet.ledger";
 
 /// Where the brokers are and what extra librdkafka properties every client gets:
 /// `KafkaConfig::new("host:9092").with_property("security.protocol", "SASL_SSL")`.

@@ -103,6 +103,7 @@ struct PipelineMetrics {
     committed_offset: IntGaugeVec,
     consumer_lag: IntGaugeVec,
     results_published: IntCounter,
+    ledger_published: IntCounter,
     backlog_bytes: IntGauge,
     parked_jobs: IntGauge,
     retrying_jobs: IntGauge,
@@ -336,6 +337,11 @@ impl Metrics {
     /// Counts a result message delivered to the completed topic.
     pub fn record_published(&self) {
         self.inner.pipeline.results_published.inc();
+    }
+
+    /// Counts a ledger entry delivered to the ledger topic (republished copies included).
+    pub fn record_ledger_published(&self) {
+        self.inner.pipeline.ledger_published.inc();
     }
 
     /// Sets the number of jobs consumed and not yet done.
@@ -603,6 +609,11 @@ fn pipeline_metrics(r: &Registry) -> PipelineMetrics {
             r,
             "wallet_results_published_total",
             "Result messages delivered to the completed topic.",
+        ),
+        ledger_published: counter(
+            r,
+            "wallet_ledger_entries_published_total",
+            "Ledger entries delivered to the ledger topic, copies republished after a redelivery included.",
         ),
         backlog_bytes: gauge(
             r,

@@ -2,7 +2,7 @@
 //! consumer thread; `pool`: transfer threads, delivery reports, retry timer), per-key order
 //! (`keyed`), the delay queue of retries (`retry`), its settings (`config`), the offset
 //! watermark arithmetic it commits by (`offsets`), Kafka client settings and topic admin
-//! (`kafka`), Prometheus metrics (`metrics`), readiness (`health`), and the process around it
+//! (`kafka`), the ledger topic's entries (`ledger`), Prometheus metrics (`metrics`), readiness (`health`), and the process around it
 //! (`command`: signals, the metrics and health endpoint). Behind the `worker` feature.
 //!
 //! Owns message transport and delivery discipline. Does not own any transfer logic: every
@@ -14,6 +14,7 @@ mod consumer;
 pub mod health;
 pub mod kafka;
 mod keyed;
+pub mod ledger;
 pub mod metrics;
 pub mod offsets;
 pub mod pipeline;

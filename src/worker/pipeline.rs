@@ -9,13 +9,15 @@
 //!                  the job rides along as delivery opaque; then the next parked job of its key
 //!                  transient error: the job waits in the delay queue, holding its key, no thread
 //! retry timer:     due jobs from the delay queue back to the pool
-//! producer thread: acknowledged -> tracker.finish; failed -> delay queue; permanent -> stop
+//!                  (a COMPLETED original also publishes its two ledger entries, key = wallet)
+//! producer thread: all of a job's messages acknowledged -> tracker.finish;
+//!                  one failed -> delay queue (redone from the record); permanent -> stop
 //! consumer thread: every commit interval, on revoke and on shutdown: commit (synchronously)
 //!                  the contiguous watermark of each partition (never past an unfinished one)
 //! ```
 //!
-//! A message counts as done only once its result (or dead letter) is acknowledged by the
-//! brokers, so a crash at any point leaves its offset uncommitted and it is delivered again;
+//! A message counts as done only once its result (or dead letter) and its ledger entries are
+//! acknowledged by the brokers, so a crash at any point leaves its offset uncommitted and it is delivered again;
 //! the engine answers the redelivery from its record (ARCHITECTURE.md, "Offsets"). Requests
 //! with the same key run one at a time in offset order (`worker::keyed`). What the worker holds
 //! without running it (backlog, parked, retrying) is bounded in bytes: at the bound the consumer
@@ -377,11 +379,12 @@ impl Worker {
         let committer = Committer::start(self.shared.clone());
         self.watch_for_stop();
         log::info!(
-            "worker up: group {} consuming {} with {} transfer threads; results to {}, dead letters to {}",
+            "worker up: group {} consuming {} with {} transfer threads; results to {}, ledger entries to {}, dead letters to {}",
             config.group_id,
             config.requests_topic,
             config.threads,
             config.results_topic,
+            config.ledger_topic,
             config.dlq_topic
         );
         let timer = pool::spawn_retry_timer(self.shared.clone(), redo_tx);
@@ -435,7 +438,8 @@ impl Worker {
     }
 
     /// Creates the topics that are missing; the dead-letter topic with a message size that
-    /// fits the largest dead letter.
+    /// fits the largest dead letter, the ledger topic kept for ever (`retention.ms=-1`: it is
+    /// the durable ledger; Redis keeps only each wallet's last entries).
     fn ensure_topics(&self) -> Result<(), WorkerError> {
         let config = &self.shared.config;
         let dlq_bytes = DLQ_MESSAGE_BYTES_LIMIT.to_string();
@@ -446,6 +450,7 @@ impl Worker {
                 TopicSpec::new(&config.requests_topic).with("retention.ms", &requests_retention),
                 TopicSpec::new(&config.results_topic),
                 TopicSpec::new(&config.dlq_topic).with("max.message.bytes", &dlq_bytes),
+                TopicSpec::new(&config.ledger_topic).with("retention.ms", "-1"),
             ],
             config.partitions,
             config.replication,

@@ -4,19 +4,27 @@
 //! pool thread:  job -> decode -> transfer_from -> answer -> produce (job as delivery opaque)
 //!               -> the next parked job of the same key, if any, on the same thread
 //!               transient error -> delay queue (the job keeps its key; the thread moves on)
-//! delivery:     acknowledged -> offset finished; failed -> delay queue; permanent -> stop
+//! delivery:     every message of the answer acknowledged -> offset finished;
+//!               any failed -> (once all have reported) delay queue; permanent -> stop
 //! retry timer:  due jobs from the delay queue -> redo channel -> pool
 //! ```
 //!
-//! Owns turning a job into an answer (result or dead letter), publishing it, and what happens to
-//! a job that cannot be answered yet. Does not poll, commit or handle rebalances
+//! An answer is one message (a result or a dead letter), or three: the result of a COMPLETED
+//! transfer answered as the original comes with its two ledger entries (`worker::ledger`). The
+//! job's offset is finished only when all of them are acknowledged; when one fails, the whole
+//! job is redone from its record once every message has reported, publishing identical copies
+//! again (the ledger is written at least once; readers deduplicate by wallet and version).
+//!
+//! Owns turning a job into an answer (result or dead letter, and ledger entries), publishing
+//! it, and what happens to a job that cannot be answered yet. Does not poll, commit or handle rebalances
 //! (`worker::consumer`) and holds no transfer logic (`engine::transfer`).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -30,12 +38,14 @@ use crate::worker::config::{
     DLQ_ERROR_BYTES_LIMIT, DLQ_KEY_BYTES_LIMIT, DLQ_PAYLOAD_BYTES_LIMIT, RETRY_TICK_MS,
     WAIT_STEP_MS, WorkerConfig,
 };
+use crate::worker::ledger::{self, LedgerEntry};
 use crate::worker::metrics::Stage;
 use crate::worker::pipeline::{Job, NO_TTL_REPORTED_LIMIT, Shared};
 
-/// What a job produces: a result message or a dead letter.
+/// What a job produces: a result message (with the ledger entries of a COMPLETED original)
+/// or a dead letter.
 pub(crate) enum Answer {
-    Result(TransferCompleted),
+    Result(TransferCompleted, Vec<LedgerEntry>),
     DeadLetter(String),
 }
 
@@ -125,7 +135,7 @@ impl PoolThread {
                 self.shared
                     .metrics
                     .record_failure(FailureReason::InvalidRequest);
-                return Attempt::Answered(Answer::Result(echo));
+                return Attempt::Answered(Answer::Result(echo, Vec::new()));
             }
             Ok(Decoded::Request(request)) => request,
         };
@@ -142,7 +152,9 @@ impl PoolThread {
         match result {
             Ok(outcome) => {
                 self.shared.metrics.record_outcome(&outcome);
-                Attempt::Answered(Answer::Result(answer_for(&request.transfer_id, &outcome)))
+                let entries = self.ledger_entries(&outcome);
+                let result = answer_for(&request.transfer_id, &outcome);
+                Attempt::Answered(Answer::Result(result, entries))
             }
             Err(TransferError::IdempotencyConflict { key, .. }) => {
                 log::warn!(
@@ -152,7 +164,7 @@ impl PoolThread {
                 self.shared
                     .metrics
                     .record_failure(FailureReason::IdempotencyConflict);
-                Attempt::Answered(Answer::Result(conflict_answer(&request)))
+                Attempt::Answered(Answer::Result(conflict_answer(&request), Vec::new()))
             }
             Err(e) if e.is_transient() => {
                 self.note_transient(&e);
@@ -180,6 +192,19 @@ impl PoolThread {
         }
     }
 
+    /// The ledger entries to publish with the answer to `outcome` (`ledger::entries_for`). A
+    /// COMPLETED record without versions (written before they were recorded) has none that can
+    /// be numbered: its result is published alone and the gap is logged, never filled with
+    /// guesses.
+    fn ledger_entries(&self, outcome: &TransferOutcome) -> Vec<LedgerEntry> {
+        ledger::entries_for(outcome).unwrap_or_else(|e| {
+            self.shared.warnings.warn("ledger_unnumbered", || {
+                format!("{e}: its ledger entries are not published; wallet history shows the versions missing")
+            });
+            Vec::new()
+        })
+    }
+
     /// Counts a transient error by cause; a lock held with no ttl is logged and counted once.
     fn note_transient(&self, e: &TransferError) {
         self.shared.metrics.record_retry(e.kind());
@@ -198,9 +223,11 @@ impl PoolThread {
         }
     }
 
-    /// Hands the answer to the producer with the job as delivery opaque; the delivery report
-    /// marks the offset done (or queues a retry). Retries while the producer's queue is full,
-    /// until shutdown; a message the producer refuses for good stops the worker.
+    /// Hands the answer's messages (`messages`: the result or dead letter, then any ledger
+    /// entries) to the producer, each with a [`Part`] of one shared [`Delivery`] as delivery
+    /// opaque; the delivery reports finish the offset once all are acknowledged, or queue the
+    /// job to be redone. A message the producer refuses for good stops the worker; one still
+    /// unsent at shutdown leaves the job uncommitted.
     fn publish(&self, answer: Answer, mut job: Job) {
         if failpoint("results-unacked") {
             return;
@@ -215,9 +242,32 @@ impl PoolThread {
             });
             self.shared.metrics.record_dlq();
         }
-        let out = outgoing(&self.shared.config, &answer, &job);
+        let config = &self.shared.config;
+        let out = messages(config, &answer, &job);
+        let first = if job.dead_lettered {
+            PartKind::DeadLetter
+        } else {
+            PartKind::Result
+        };
         job.handed_at = Some(Instant::now());
-        let mut opaque = Box::new(job);
+        let delivery = Arc::new(Delivery::new(job, out.len()));
+        for (i, message) in out.iter().enumerate() {
+            let kind = if i == 0 { first } else { PartKind::Ledger };
+            let part = Box::new(Part {
+                delivery: delivery.clone(),
+                kind,
+            });
+            if !self.send(message, part) {
+                return;
+            }
+        }
+    }
+
+    /// Hands one message to the producer, retrying while its queue is full, until shutdown.
+    /// False when the producer refused it for good (the worker stops) or it was abandoned at
+    /// shutdown: the job then never finishes and stays uncommitted.
+    fn send(&self, out: &Outgoing<'_>, part: Box<Part>) -> bool {
+        let mut opaque = part;
         let mut attempt: u32 = 0;
         loop {
             let mut record = BaseRecord::with_opaque_to(out.topic, opaque)
@@ -227,15 +277,16 @@ impl PoolThread {
                 record = record.headers(h.clone());
             }
             let Err((e, record)) = self.producer.send(record) else {
-                return;
+                return true;
             };
             opaque = record.delivery_opaque;
+            let (partition, offset) = (opaque.delivery.partition, opaque.delivery.offset);
             if is_permanent(&e) {
                 self.shared.fail(format!(
-                    "the producer refuses the answer to partition {} offset {} for {}: {e}",
-                    opaque.partition, opaque.offset, out.topic
+                    "the producer refuses the answer to partition {partition} offset {offset} for {}: {e}",
+                    out.topic
                 ));
-                return;
+                return false;
             }
             attempt += 1;
             if !matches!(
@@ -252,11 +303,9 @@ impl PoolThread {
                 // The engine has recorded the outcome; the redelivered message will be
                 // answered from it by whoever owns the partition next.
                 log::warn!(
-                    "abandoning the answer to partition {} offset {} at shutdown; it stays uncommitted",
-                    opaque.partition,
-                    opaque.offset
+                    "abandoning the answer to partition {partition} offset {offset} at shutdown; it stays uncommitted"
                 );
-                return;
+                return false;
             }
         }
     }
@@ -356,6 +405,62 @@ fn sleep_unless_shutdown(shared: &Shared, ms: u64) -> bool {
     !shared.shutdown.load(Ordering::SeqCst)
 }
 
+/// One job's answer on its way to the brokers: the job, and how many of its messages have not
+/// reported yet. Shared by the [`Part`]s riding as delivery opaques.
+pub(crate) struct Delivery {
+    partition: i32,
+    offset: i64,
+    handed_at: Option<Instant>,
+    /// Taken by the last report.
+    job: Mutex<Option<Job>>,
+    /// Messages whose delivery report has not come yet.
+    pending: AtomicUsize,
+    /// The first failed delivery among them.
+    failure: Mutex<Option<String>>,
+}
+
+impl Delivery {
+    fn new(job: Job, messages: usize) -> Delivery {
+        assert!(messages > 0, "an answer has at least one message");
+        Delivery {
+            partition: job.partition,
+            offset: job.offset,
+            handed_at: job.handed_at,
+            job: Mutex::new(Some(job)),
+            pending: AtomicUsize::new(messages),
+            failure: Mutex::new(None),
+        }
+    }
+
+    /// Notes a failed delivery (the first one is kept).
+    fn fail(&self, why: String) {
+        self.failure.lock().get_or_insert(why);
+    }
+
+    /// Counts one report; the last one gets the job back, with the first failure if any.
+    fn reported(&self) -> Option<(Job, Option<String>)> {
+        if self.pending.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return None;
+        }
+        let job = self.job.lock().take()?;
+        Some((job, self.failure.lock().take()))
+    }
+}
+
+/// Which message of an answer a delivery report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PartKind {
+    Result,
+    DeadLetter,
+    Ledger,
+}
+
+/// The delivery opaque of one message: its answer's [`Delivery`] and what it is.
+pub(crate) struct Part {
+    delivery: Arc<Delivery>,
+    kind: PartKind,
+}
+
 /// Delivery reports and client errors of the result producer, run on its polling thread.
 pub(crate) struct DeliveryContext {
     pub shared: Arc<Shared>,
@@ -375,47 +480,75 @@ impl ClientContext for DeliveryContext {
 }
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Box<Job>;
+    type DeliveryOpaque = Box<Part>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, job: Box<Job>) {
-        let mut job = *job;
+    fn delivery(&self, result: &DeliveryResult<'_>, part: Box<Part>) {
+        let Part { delivery, kind } = *part;
+        let what = match kind {
+            PartKind::Ledger => "a ledger entry of",
+            _ => "the answer to",
+        };
         match result {
-            Ok(_) => {
-                self.shared.delivery_failing.store(false, Ordering::SeqCst);
-                if !job.dead_lettered {
-                    self.shared.metrics.record_published();
-                }
-                if let Some(handed) = job.handed_at {
-                    let us = handed.elapsed().as_micros() as u64;
-                    self.shared.metrics.record_stage(Stage::Ack, us);
-                }
-                if let Err(e) = self.shared.tracker.lock().finish(job.partition, job.offset) {
-                    log::debug!("{e}");
-                }
+            Ok(_) => self.acknowledged(&delivery, kind),
+            Err((e, _)) if is_permanent(e) => {
+                delivery.fail(e.to_string());
+                self.shared.fail(format!(
+                    "the brokers refuse {what} partition {} offset {} for good: {e}",
+                    delivery.partition, delivery.offset
+                ));
             }
-            Err((e, _)) if is_permanent(e) => self.shared.fail(format!(
-                "the brokers refuse the answer to partition {} offset {} for good: {e}",
-                job.partition, job.offset
-            )),
             Err((e, _)) => {
                 self.shared.delivery_failing.store(true, Ordering::SeqCst);
-                job.publish_failures += 1;
-                let delay_ms = self
-                    .shared
-                    .config
-                    .retry_backoff()
-                    .base_delay_ms(job.publish_failures - 1);
-                self.shared.warnings.warn("delivery", || {
-                    format!(
-                        "publishing the answer to partition {} offset {} failed: {e}; retry {} in {delay_ms} ms (no new jobs until deliveries succeed)",
-                        job.partition, job.offset, job.publish_failures
-                    )
-                });
-                self.shared.metrics.record_retry("kafka_produce");
-                // Redone from the record: the engine answers it, nothing moves twice.
-                schedule_retry(&self.shared, job, delay_ms);
+                delivery.fail(format!("publishing {what} it failed: {e}"));
             }
         }
+        if let Some((job, failure)) = delivery.reported() {
+            self.settle(job, failure);
+        }
+    }
+}
+
+impl DeliveryContext {
+    /// One message of an answer reached the brokers.
+    fn acknowledged(&self, delivery: &Delivery, kind: PartKind) {
+        self.shared.delivery_failing.store(false, Ordering::SeqCst);
+        match kind {
+            PartKind::Result => self.shared.metrics.record_published(),
+            PartKind::Ledger => self.shared.metrics.record_ledger_published(),
+            PartKind::DeadLetter => {}
+        }
+        if kind != PartKind::Ledger
+            && let Some(handed) = delivery.handed_at
+        {
+            let us = handed.elapsed().as_micros() as u64;
+            self.shared.metrics.record_stage(Stage::Ack, us);
+        }
+    }
+
+    /// Every message of the job's answer has reported: its offset is finished when all were
+    /// acknowledged; otherwise the job is redone from its record after a backoff (the engine
+    /// answers it, nothing moves twice; the messages are published again, identical).
+    fn settle(&self, mut job: Job, failure: Option<String>) {
+        let Some(failure) = failure else {
+            if let Err(e) = self.shared.tracker.lock().finish(job.partition, job.offset) {
+                log::debug!("{e}");
+            }
+            return;
+        };
+        job.publish_failures += 1;
+        let delay_ms = self
+            .shared
+            .config
+            .retry_backoff()
+            .base_delay_ms(job.publish_failures - 1);
+        self.shared.warnings.warn("delivery", || {
+            format!(
+                "partition {} offset {}: {failure}; retry {} in {delay_ms} ms (no new jobs until deliveries succeed)",
+                job.partition, job.offset, job.publish_failures
+            )
+        });
+        self.shared.metrics.record_retry("kafka_produce");
+        schedule_retry(&self.shared, job, delay_ms);
     }
 }
 
@@ -451,7 +584,7 @@ pub(crate) struct Outgoing<'a> {
 /// `DLQ_ERROR_BYTES_LIMIT`, so it always fits the dead-letter topic. Pure.
 pub(crate) fn outgoing<'a>(config: &'a WorkerConfig, answer: &Answer, job: &Job) -> Outgoing<'a> {
     match answer {
-        Answer::Result(result) => Outgoing {
+        Answer::Result(result, _) => Outgoing {
             topic: &config.results_topic,
             key: result.transfer_id.clone().into_bytes(),
             payload: serde_json::to_vec(result).expect("result serialises"),
@@ -489,6 +622,25 @@ pub(crate) fn outgoing<'a>(config: &'a WorkerConfig, answer: &Answer, job: &Job)
             }
         }
     }
+}
+
+/// Every message of the answer to `job`: the answer itself ([`outgoing`]), then the ledger
+/// entries of a COMPLETED original, each keyed by its wallet id, to the ledger topic. Pure.
+pub(crate) fn messages<'a>(
+    config: &'a WorkerConfig,
+    answer: &Answer,
+    job: &Job,
+) -> Vec<Outgoing<'a>> {
+    let mut out = vec![outgoing(config, answer, job)];
+    if let Answer::Result(_, entries) = answer {
+        out.extend(entries.iter().map(|entry| Outgoing {
+            topic: &config.ledger_topic,
+            key: entry.key().to_vec(),
+            payload: entry.to_json(),
+            headers: None,
+        }));
+    }
+    out
 }
 
 /// The longest prefix of `text` of at most `bytes` bytes that ends on a character boundary.
@@ -560,6 +712,59 @@ mod tests {
         assert_eq!(header(&headers, "truncated").as_deref(), Some("1048400"));
         let error = header(&headers, "error").unwrap();
         assert!(error.len() <= DLQ_ERROR_BYTES_LIMIT && error.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn a_completed_original_is_published_with_its_ledger_entries_keyed_by_wallet() {
+        let config = WorkerConfig::default();
+        let result = RawRequest {
+            transfer_id: "tx_1".into(),
+            from_user: None,
+            to_user: None,
+            amount: None,
+            currency: None,
+            idempotency_key: None,
+        }
+        .echo_failed();
+        let entry = |wallet: &str, version| LedgerEntry {
+            wallet_id: wallet.into(),
+            version,
+            kind: crate::engine::wallet::HistoryKind::Debit,
+            amount: crate::Amount::from_minor(1),
+            balance_after: crate::Amount::from_minor(9),
+            currency: "USD".into(),
+            transfer_id: "tx_1".into(),
+            idempotency_key: "tx_1".into(),
+            at_ms: 1,
+        };
+        let answer = Answer::Result(result, vec![entry("a", 4), entry("b", 7)]);
+        let out = messages(&config, &answer, &job(0, 1, 10));
+        let routed: Vec<(&str, &[u8])> = out.iter().map(|o| (o.topic, &o.key[..])).collect();
+        assert_eq!(
+            routed,
+            [
+                (config.results_topic.as_str(), &b"tx_1"[..]),
+                (config.ledger_topic.as_str(), b"a"),
+                (config.ledger_topic.as_str(), b"b"),
+            ]
+        );
+        assert_eq!(out[2].payload, entry("b", 7).to_json());
+        let dead = messages(&config, &Answer::DeadLetter("x".into()), &job(0, 1, 10));
+        assert_eq!(dead.len(), 1, "a dead letter has no ledger entries");
+    }
+
+    #[test]
+    fn a_delivery_gives_the_job_back_at_its_last_report_with_the_first_failure() {
+        let delivery = Delivery::new(job(2, 9, 1), 3);
+        assert!(delivery.reported().is_none());
+        delivery.fail("first".into());
+        delivery.fail("second".into());
+        assert!(delivery.reported().is_none());
+        let (job, failure) = delivery.reported().expect("the last report");
+        assert_eq!((job.partition, job.offset), (2, 9));
+        assert_eq!(failure.as_deref(), Some("first"));
+        let clean = Delivery::new(self::job(0, 1, 1), 1);
+        assert!(clean.reported().expect("one message").1.is_none());
     }
 
     #[test]

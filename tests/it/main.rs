@@ -11,6 +11,7 @@ mod cluster;
 mod engine;
 mod examples;
 mod faults;
+mod history;
 mod kafka;
 mod memory;
 mod monitoring;

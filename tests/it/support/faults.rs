@@ -2,9 +2,10 @@
 //! replayable seed (`FAULT_SEED`), waiting until every request has an outcome, and the
 //! exactly-once checker that each fault test ends with.
 //!
-//! The checker adds only what needs the run's requests and the results topic (lost requests,
-//! effects counted from the histories, results agreeing with the records); the ledger itself is
-//! checked by the operator tools, `ops::audit` and `ops::locks`.
+//! The checker adds only what needs the run's requests and the output topics (lost requests,
+//! effects counted from the histories, results agreeing with the records, the ledger topic
+//! holding each COMPLETED transfer's two entries); the ledger in Redis itself is checked by the
+//! operator tools, `ops::audit` and `ops::locks`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -12,7 +13,8 @@ use std::time::{Duration, Instant};
 use rand::{RngExt, SeedableRng};
 use wallet_transfer::engine::wallet::HistoryKind;
 use wallet_transfer::tools::ops;
-use wallet_transfer::tools::results::ReadMessage;
+use wallet_transfer::tools::results::{self, ReadMessage};
+use wallet_transfer::worker::ledger::LedgerEntry;
 use wallet_transfer::{
     Amount, Currency, EngineConfig, FailureReason, Status, TransferCompleted, TransferOutcome,
     TransferRequest, WalletService,
@@ -173,6 +175,10 @@ pub struct FaultReport {
     /// Requests with more than one effect (more history entries than their outcome allows).
     pub doubled: usize,
     pub audit_ok: bool,
+    /// Distinct (wallet, version) entries in the ledger topic.
+    pub ledger_entries: usize,
+    /// Ledger messages beyond the first copy of their entry (republished after a redelivery).
+    pub ledger_copies: usize,
     /// From the end of the last fault until every request had an outcome.
     pub recovery: Option<Duration>,
     pub violations: Vec<String>,
@@ -181,20 +187,30 @@ pub struct FaultReport {
 impl FaultReport {
     pub fn header() -> String {
         format!(
-            "| {:<34} | {:>8} | {:>8} | {:>5} | {:>7} | {:>5} | {:>10} |",
-            "fault", "injected", "requests", "lost", "doubled", "audit", "recovery"
+            "| {:<34} | {:>8} | {:>8} | {:>5} | {:>7} | {:>5} | {:>7} | {:>6} | {:>10} |",
+            "fault",
+            "injected",
+            "requests",
+            "lost",
+            "doubled",
+            "audit",
+            "ledger",
+            "copies",
+            "recovery"
         )
     }
 
     pub fn row(&self) -> String {
         format!(
-            "| {:<34} | {:>8} | {:>8} | {:>5} | {:>7} | {:>5} | {:>10} |",
+            "| {:<34} | {:>8} | {:>8} | {:>5} | {:>7} | {:>5} | {:>7} | {:>6} | {:>10} |",
             self.fault,
             self.injected,
             self.requests,
             self.lost,
             self.doubled,
             if self.audit_ok { "ok" } else { "FAIL" },
+            self.ledger_entries,
+            self.ledger_copies,
             match self.recovery {
                 Some(d) => format!("{:.1} s", d.as_secs_f64()),
                 None => "timeout".to_string(),
@@ -230,7 +246,7 @@ impl FaultReport {
 ///   so any FAILED would have been caused by the fault).
 ///
 /// And for the whole ledger, the operator tools' own checks: `ops::audit` has no violations,
-/// and `ops::locks` finds no lock without a ttl.
+/// and `ops::locks` finds no lock without a ttl; and the ledger topic (see [`check_ledger`]).
 pub fn check(
     stack: &Stack,
     fault: &str,
@@ -246,10 +262,14 @@ pub fn check(
     let audit = ops::audit(&service).expect("audit reads redis");
     let effects = effects_by_transfer(stack, &service);
     let (mut lost, mut doubled, mut failed) = (0, 0, 0);
+    let mut completed: HashMap<String, TransferOutcome> = HashMap::new();
     for r in requests {
         let outcome = service
             .transfer_outcome(&r.idempotency_key)
             .expect("read outcome");
+        if let Some(o) = outcome.as_ref().filter(|o| o.status == Status::Completed) {
+            completed.insert(r.idempotency_key.clone(), o.clone());
+        }
         let entries = effects.get(&r.transfer_id).map_or(&[][..], Vec::as_slice);
         let answers = by_id.get(&r.transfer_id).map_or(&[][..], Vec::as_slice);
         let found = check_request(r, outcome.as_ref(), entries, answers, no_failures);
@@ -266,6 +286,15 @@ pub fn check(
     for lock in locks.iter().filter(|l| l.is_problem()) {
         violations.push(format!("{} has no ttl", lock.key));
     }
+    let ledger = read_ledger(stack, &completed, LEDGER_WAIT_MS);
+    let found = check_ledger(&completed, &ledger);
+    println!(
+        "{fault}: ledger topic: {} entries for {} COMPLETED transfers, {} republished copies",
+        found.entries,
+        completed.len(),
+        found.copies
+    );
+    violations.extend(found.violations);
     FaultReport {
         fault: fault.to_string(),
         injected,
@@ -273,9 +302,188 @@ pub fn check(
         lost,
         doubled,
         audit_ok: audit.is_ok(),
+        ledger_entries: found.entries,
+        ledger_copies: found.copies,
         recovery,
         violations,
     }
+}
+
+/// Longest wait for the ledger topic to hold the entries of every COMPLETED outcome.
+const LEDGER_WAIT_MS: u64 = 60_000;
+
+/// The (wallet, version) entries a COMPLETED outcome must have in the ledger topic.
+fn wanted_entries(outcomes: &HashMap<String, TransferOutcome>) -> HashSet<(String, u64)> {
+    outcomes
+        .values()
+        .flat_map(|o| {
+            [
+                o.from_version_after.map(|v| (o.from_user.clone(), v)),
+                o.to_version_after.map(|v| (o.to_user.clone(), v)),
+            ]
+        })
+        .flatten()
+        .collect()
+}
+
+/// Every message of the ledger topic, read to its end again and again until the entries of
+/// every outcome in `completed` are there, or `timeout_ms` passes (the checker then reports
+/// what is missing). A republication after a redelivery may land after the result a test
+/// waited for.
+fn read_ledger(
+    stack: &Stack,
+    completed: &HashMap<String, TransferOutcome>,
+    timeout_ms: u64,
+) -> Vec<ReadMessage> {
+    let wanted = wanted_entries(completed);
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    loop {
+        let mut messages = Vec::new();
+        let read = results::read_to_end(
+            &stack.kafka(),
+            &stack.topics.ledger,
+            Duration::from_millis(30_000),
+            |m| messages.push(m.clone()),
+            |_, _| {},
+        );
+        if let Err(e) = &read {
+            println!("reading the ledger topic: {e}");
+        }
+        let present: HashSet<(String, u64)> = messages
+            .iter()
+            .filter_map(|m| LedgerEntry::parse(&m.payload).ok())
+            .map(|e| (e.wallet_id, e.version))
+            .collect();
+        if (read.is_ok() && wanted.is_subset(&present)) || Instant::now() >= deadline {
+            return messages;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What [`check_ledger`] found.
+pub struct LedgerFindings {
+    /// Distinct (wallet, version) entries.
+    pub entries: usize,
+    /// Messages beyond the first copy of their entry.
+    pub copies: usize,
+    pub violations: Vec<String>,
+}
+
+/// The ledger topic against the COMPLETED outcomes of the run (by idempotency key):
+///
+/// - every message is a ledger entry keyed by its wallet;
+/// - copies of one (wallet, version) are byte-identical (republished, never recomputed);
+/// - every COMPLETED outcome has exactly one distinct debit (on its sender, at its `fv`, with
+///   its `from_balance_after`) and one distinct credit (receiver, `tv`, `to_balance_after`),
+///   both of its amount, currency, transfer id and key;
+/// - no entry exists for a key without a COMPLETED outcome.
+pub fn check_ledger(
+    completed: &HashMap<String, TransferOutcome>,
+    messages: &[ReadMessage],
+) -> LedgerFindings {
+    let mut violations = Vec::new();
+    let mut by_identity: HashMap<(String, u64), Vec<&[u8]>> = HashMap::new();
+    let mut by_key: HashMap<String, Vec<LedgerEntry>> = HashMap::new();
+    for m in messages {
+        let entry = match LedgerEntry::parse(&m.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                violations.push(format!(
+                    "ledger partition {} offset {} is not an entry: {e}",
+                    m.partition, m.offset
+                ));
+                continue;
+            }
+        };
+        if m.key.as_deref() != Some(entry.key()) {
+            violations.push(format!(
+                "ledger entry {} v{} keyed {:?}",
+                entry.wallet_id, entry.version, m.key
+            ));
+        }
+        let copies = by_identity
+            .entry((entry.wallet_id.clone(), entry.version))
+            .or_default();
+        if copies.is_empty() {
+            by_key
+                .entry(entry.idempotency_key.clone())
+                .or_default()
+                .push(entry);
+        } else if copies[0] != m.payload.as_slice() {
+            violations.push(format!(
+                "ledger entry {} v{}: copies differ: {} vs {}",
+                entry.wallet_id,
+                entry.version,
+                String::from_utf8_lossy(copies[0]),
+                String::from_utf8_lossy(&m.payload)
+            ));
+        }
+        copies.push(&m.payload);
+    }
+    for (key, outcome) in completed {
+        let entries = by_key.remove(key).unwrap_or_default();
+        violations.extend(outcome_entries_violations(key, outcome, &entries));
+    }
+    for (key, entries) in by_key {
+        violations.push(format!(
+            "{key}: {} ledger entries but no COMPLETED outcome",
+            entries.len()
+        ));
+    }
+    LedgerFindings {
+        entries: by_identity.len(),
+        copies: by_identity.values().map(|c| c.len() - 1).sum(),
+        violations,
+    }
+}
+
+/// The distinct ledger entries of one COMPLETED outcome: one debit and one credit that agree
+/// with it.
+fn outcome_entries_violations(
+    key: &str,
+    o: &TransferOutcome,
+    entries: &[LedgerEntry],
+) -> Vec<String> {
+    let mut violations = Vec::new();
+    let sides = [
+        (
+            HistoryKind::Debit,
+            &o.from_user,
+            o.from_version_after,
+            o.from_balance_after,
+        ),
+        (
+            HistoryKind::Credit,
+            &o.to_user,
+            o.to_version_after,
+            o.to_balance_after,
+        ),
+    ];
+    for (kind, wallet, version, balance) in sides {
+        let of_kind: Vec<&LedgerEntry> = entries.iter().filter(|e| e.kind == kind).collect();
+        let [entry] = of_kind[..] else {
+            violations.push(format!(
+                "{key}: {} distinct {} entries in the ledger topic, want 1",
+                of_kind.len(),
+                kind.as_str()
+            ));
+            continue;
+        };
+        let agrees = entry.wallet_id == *wallet
+            && Some(entry.version) == version
+            && Some(entry.balance_after) == balance
+            && entry.amount == o.amount
+            && entry.currency == o.currency
+            && entry.transfer_id == o.transfer_id;
+        if !agrees {
+            violations.push(format!(
+                "{key}: ledger {} {entry:?} disagrees with the record (wallet {wallet}, version {version:?}, balance {balance:?})",
+                kind.as_str()
+            ));
+        }
+    }
+    violations
 }
 
 /// The result messages per transfer id; a message that is not a result is a violation.
@@ -523,4 +731,76 @@ fn the_fault_checker_reports_lost_doubled_and_disagreeing_requests() {
     };
     let found = check_request(&r, Some(&failed), &[], &[failed.to_message()], true);
     assert_eq!(found.violations.len(), 2, "{:?}", found.violations);
+}
+
+/// The ledger checker is itself checked: identical copies are counted, not reported; a copy
+/// that differs, a missing side, a wrong balance and an entry without an outcome are.
+#[test]
+fn the_ledger_checker_reports_missing_differing_and_orphan_entries() {
+    let outcome = TransferOutcome {
+        transfer_id: "t1".into(),
+        idempotency_key: "t1".into(),
+        status: Status::Completed,
+        reason: None,
+        from_user: "a".into(),
+        to_user: "b".into(),
+        amount: Amount::from_minor(1_000),
+        currency: "USD".into(),
+        processed_at_ms: 5,
+        from_balance_after: Some(Amount::from_minor(9_000)),
+        to_balance_after: Some(Amount::from_minor(11_000)),
+        from_version_after: Some(3),
+        to_version_after: Some(8),
+        duplicate: false,
+        origin: None,
+        request_hash: String::new(),
+        stats: Default::default(),
+    };
+    let entries = wallet_transfer::worker::ledger::entries_for(&outcome).expect("entries");
+    let message = |e: &LedgerEntry| ReadMessage {
+        partition: 0,
+        offset: 0,
+        key: Some(e.key().to_vec()),
+        payload: e.to_json(),
+        headers: HashMap::new(),
+        received: Instant::now(),
+        timestamp_ms: None,
+    };
+    let completed = HashMap::from([("t1".to_string(), outcome)]);
+    let sound: Vec<ReadMessage> = entries.iter().chain(&entries[..1]).map(message).collect();
+    let found = check_ledger(&completed, &sound);
+    assert!(found.violations.is_empty(), "{:?}", found.violations);
+    assert_eq!((found.entries, found.copies), (2, 1));
+
+    let mut changed = entries[0].clone();
+    changed.at_ms += 1;
+    let differing = [
+        message(&entries[0]),
+        message(&changed),
+        message(&entries[1]),
+    ];
+    let found = check_ledger(&completed, &differing);
+    assert_eq!(found.violations.len(), 1, "{:?}", found.violations);
+    assert!(found.violations[0].contains("copies differ"));
+
+    let found = check_ledger(&completed, &[message(&entries[0])]);
+    assert_eq!(found.violations.len(), 1, "{:?}", found.violations);
+    assert!(found.violations[0].contains("0 distinct credit"));
+
+    let mut wrong = entries[1].clone();
+    wrong.balance_after = Amount::from_minor(1);
+    let found = check_ledger(&completed, &[message(&entries[0]), message(&wrong)]);
+    assert!(
+        found.violations[0].contains("disagrees"),
+        "{:?}",
+        found.violations
+    );
+
+    let mut orphan = entries[0].clone();
+    orphan.idempotency_key = "t2".into();
+    orphan.version = 4;
+    let all = [message(&entries[0]), message(&entries[1]), message(&orphan)];
+    let found = check_ledger(&completed, &all);
+    assert_eq!(found.violations.len(), 1, "{:?}", found.violations);
+    assert!(found.violations[0].contains("no COMPLETED outcome"));
 }

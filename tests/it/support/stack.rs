@@ -20,6 +20,8 @@ pub struct Topics {
     pub requests: String,
     pub results: String,
     pub dlq: String,
+    /// Created by the workers (with `retention.ms=-1`), not by the stack.
+    pub ledger: String,
     pub group: String,
 }
 
@@ -49,6 +51,7 @@ impl Stack {
             requests: format!("req_{suffix}"),
             results: format!("res_{suffix}"),
             dlq: format!("dlq_{suffix}"),
+            ledger: format!("ledger_{suffix}"),
             group: format!("group_{suffix}"),
         };
         let config = KafkaConfig::new(&tansu.brokers());
@@ -120,6 +123,7 @@ impl Stack {
             ("--requests-topic", self.topics.requests.as_str()),
             ("--results-topic", self.topics.results.as_str()),
             ("--dlq-topic", self.topics.dlq.as_str()),
+            ("--ledger-topic", self.topics.ledger.as_str()),
             ("--group", self.topics.group.as_str()),
             ("--session-timeout-ms", "6000"),
             ("--metrics-addr", metrics_addr.as_str()),
