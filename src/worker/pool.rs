@@ -253,6 +253,9 @@ impl PoolThread {
         let delivery = Arc::new(Delivery::new(job, out.len()));
         for (i, message) in out.iter().enumerate() {
             let kind = if i == 0 { first } else { PartKind::Ledger };
+            if kind == PartKind::Ledger && failpoint("ledger-unacked") {
+                continue;
+            }
             let part = Box::new(Part {
                 delivery: delivery.clone(),
                 kind,
@@ -314,6 +317,8 @@ impl PoolThread {
 /// Test-only failure injection (feature `test-hooks`, never in a normal build): with
 /// `WALLET_FAILPOINT=results-unacked` the worker hands no answer to the producer, as if every
 /// delivery were lost before its acknowledgement; offsets then never pass those messages.
+/// With `ledger-unacked` the results go out but the ledger entries never do, so no offset of a
+/// COMPLETED transfer may be committed.
 #[cfg(feature = "test-hooks")]
 fn failpoint(name: &str) -> bool {
     std::env::var("WALLET_FAILPOINT").is_ok_and(|v| v == name)

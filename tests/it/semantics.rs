@@ -264,3 +264,43 @@ fn a_worker_left_to_its_defaults_keeps_outcome_records_for_the_topic_retention_p
         "moved once"
     );
 }
+
+/// A worker whose ledger entries are never acknowledged (the `ledger-unacked` failpoint)
+/// delivers every result but may commit no offset of a COMPLETED transfer, even at a clean
+/// stop; the next worker answers the redelivered requests from their records and publishes the
+/// entries, each transfer's debit and credit exactly once as distinct entries.
+#[test]
+fn a_request_is_committed_only_once_its_ledger_entries_are_acknowledged() {
+    let stack = Stack::start(2);
+    let ids = faults::wallets(&stack, "lu", 6, "1000.00");
+    let mut rng = faults::rng(11);
+    let requests = faults::requests(&ids, 20, "lu", 1..10_000, &mut rng);
+    stack.publish_requests(&requests);
+    let mut doomed = stack.spawn_worker_env(&[], &[("WALLET_FAILPOINT", "ledger-unacked")]);
+    let tids: Vec<String> = requests.iter().map(|r| r.transfer_id.clone()).collect();
+    results_by_id(&stack, &tids, 1, 60_000);
+    doomed.signal("TERM");
+    assert_eq!(doomed.wait_exit(30_000), Some(0), "{}", doomed.log());
+    let committed = stack.committed();
+    assert!(
+        committed.values().all(|o| *o == 0),
+        "an offset was committed before its ledger entries were acknowledged: {committed:?}"
+    );
+    let _worker = stack.spawn_worker(&[]);
+    results_by_id(&stack, &tids, 2, 60_000);
+    let mut log = stack.reader(&stack.topics.results);
+    wait_until("both workers' results", 30_000, || {
+        log.drain_tolerant(100);
+        log.messages.len() >= 2 * requests.len()
+    });
+    faults::check(
+        &stack,
+        "ledger entries unacknowledged, clean stop",
+        1,
+        &requests,
+        &log.messages,
+        None,
+        true,
+    )
+    .print_and_assert();
+}
