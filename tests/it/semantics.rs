@@ -247,7 +247,12 @@ fn a_worker_left_to_its_defaults_keeps_outcome_records_for_the_topic_retention_p
     );
     // Inside the retention, the request sent again is answered from its record.
     stack.publish_requests(std::slice::from_ref(&request));
-    let answers = results_by_id(&stack, &[request.transfer_id.clone()], 2, 30_000);
+    let answers = results_by_id(
+        &stack,
+        std::slice::from_ref(&request.transfer_id),
+        2,
+        30_000,
+    );
     let answers = &answers[&request.transfer_id];
     assert_eq!(answers[0].status, Status::Completed);
     assert!(answers[1].duplicate, "{answers:?}");
