@@ -164,12 +164,28 @@ fn with_redirects<T>(
     }
 }
 
-/// True for errors that say the slot map is stale or a slot is moving. Pure.
+/// True for errors that say the slot map may be stale: a redirect or a moving slot (also
+/// inside a pipeline or a transaction, where redis-rs reports the first failed command's
+/// kind), a primary that became a replica, or a node that does not answer (failing over?).
+/// Pure.
 fn redirected(e: &TransferError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind as S};
     match e {
         TransferError::Redis(e) => {
             Redirect::parse(e).is_some()
-                || matches!(e.code(), Some("TRYAGAIN" | "CLUSTERDOWN" | "EXECABORT"))
+                || e.kind() == ErrorKind::Io
+                || matches!(
+                    e.kind(),
+                    ErrorKind::Server(
+                        S::Moved
+                            | S::Ask
+                            | S::TryAgain
+                            | S::ClusterDown
+                            | S::ExecAbort
+                            | S::ReadOnly
+                            | S::MasterDown
+                    )
+                )
         }
         TransferError::Cluster(e) => e.is_transient(),
         _ => false,
@@ -707,11 +723,15 @@ impl<'a> Cross<'a> {
             return Ok(());
         }
         locks.abandon();
-        Err(TransferError::Redis(redis::RedisError::from(
-            std::io::Error::other(format!(
-                "failpoint {here:?}: the transfer stopped as a crash would (test hook); its locks expire by their ttl"
-            )),
-        )))
+        // A client-side error (not I/O: that would count as a node failing over and run the
+        // transfer again at once); transient, like the crash it stands for.
+        Err(TransferError::Redis(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "failpoint",
+            format!(
+                "{here:?}: the transfer stopped as a crash would (test hook); its locks expire by their ttl"
+            ),
+        ))))
     }
 }
 
@@ -836,7 +856,10 @@ fn scan_pending(
         for key in &batch {
             pipe.hget(key, "s");
         }
-        let states: Vec<Option<String>> = pipe.query(&mut conn.redis)?;
+        let states: Vec<Option<String>> = match batch.is_empty() {
+            true => Vec::new(),
+            false => pipe.query(&mut conn.redis)?,
+        };
         report.records_scanned += batch.len() as u64;
         for (key, state) in batch.into_iter().zip(states) {
             if state.as_deref() == Some(Status::Pending.as_str()) && !pending.contains(&key) {
