@@ -19,7 +19,7 @@ use crate::engine::transfer::TransferError;
 /// `ARGV[1]`; returns 1 when it did, 0 when the lock was not ours (nothing deleted).
 const RELEASE_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-for i = 1, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('DEL', unpack(KEYS))
 return 1
 "#;
 
@@ -38,13 +38,19 @@ impl ShardLock {
         self.conn.as_mut().expect("connection present until drop")
     }
 
-    /// Releases now, if still ours, and deletes `also` (keys of the same slot) with it:
-    /// one round trip, which also clears any WATCH on the connection. Returns whether the
-    /// lock was still ours.
-    pub(crate) fn release_with(&mut self, also: &[&str]) -> redis::RedisResult<bool> {
+    /// Releases now, if still ours, and deletes `also` (keys of the same slot) with it, in
+    /// one round trip; `unwatch` first clears a WATCH the connection may still have. Returns
+    /// whether the lock was still ours.
+    pub(crate) fn release_with(
+        &mut self,
+        also: &[&str],
+        unwatch: bool,
+    ) -> redis::RedisResult<bool> {
         self.held = false;
         let mut pipe = redis::pipe();
-        pipe.cmd("UNWATCH").ignore();
+        if unwatch {
+            pipe.cmd("UNWATCH").ignore();
+        }
         pipe.cmd("EVAL")
             .arg(RELEASE_LUA)
             .arg(1 + also.len())
@@ -64,7 +70,7 @@ impl ShardLock {
 impl Drop for ShardLock {
     fn drop(&mut self) {
         if self.held {
-            let _ = self.release_with(&[]);
+            let _ = self.release_with(&[], true);
         }
     }
 }
@@ -125,7 +131,7 @@ impl ShardLocks {
 /// key order, all or none per attempt; retries with backoff as `config` says. Behind each
 /// `SET NX PX`, in the same round trip, `then(wallet, pipe)` adds that shard's WATCH and
 /// reads; their replies come back per lock, in key order, from the attempt that took every
-/// lock. Each attempt starts with UNWATCH, so a WATCH an earlier attempt left is cleared.
+/// lock. Each retry starts with UNWATCH, so a WATCH an earlier attempt left is cleared.
 pub(crate) fn acquire(
     pools: &ClusterPools,
     wallets: &[&str],
@@ -180,7 +186,9 @@ fn attempt(
     for i in 0..held.locks.len() {
         let lock = &mut held.locks[i];
         let mut pipe = redis::pipe();
-        pipe.cmd("UNWATCH").ignore();
+        if held.stats.attempts > 1 {
+            pipe.cmd("UNWATCH").ignore();
+        }
         pipe.cmd("SET")
             .arg(&lock.key)
             .arg(&lock.token)
@@ -196,7 +204,7 @@ fn attempt(
         if replies.remove(0) == redis::Value::Nil {
             for taken in held.locks[..i].iter_mut().filter(|l| l.held) {
                 held.stats.round_trips += 1;
-                taken.release_with(&[])?;
+                taken.release_with(&[], true)?;
             }
             return Ok(None);
         }

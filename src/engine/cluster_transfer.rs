@@ -84,8 +84,8 @@ const REDIRECT_BACKOFF: Backoff = Backoff {
 const COMPLETE_LUA: &str = r#"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 redis.call('DEL', KEYS[2])
-if redis.call('HGET', KEYS[1], 's') ~= 'PENDING' then return 0 end
-if redis.call('HGET', KEYS[1], 'x') ~= ARGV[2] then return 0 end
+local record = redis.call('HMGET', KEYS[1], 's', 'x')
+if record[1] ~= 'PENDING' or record[2] ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 's', 'COMPLETED', 'tb', ARGV[3], 'tv', ARGV[4])
 redis.call('HDEL', KEYS[1], 'x')
 if tonumber(ARGV[5]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
@@ -451,7 +451,7 @@ impl<'a> Cross<'a> {
         };
         self.failpoint(locks, Failpoint::AfterDebit)?;
         let x = locks.token().to_string();
-        let done = self.finish(locks, pending, x, read)?;
+        let done = self.finish(locks, pending, x, read, false)?;
         self.stats.elapsed_us = self.started.elapsed().as_micros() as u64;
         Ok(Pass::Done(Some(Box::new(TransferOutcome {
             stats: self.stats,
@@ -487,7 +487,7 @@ impl<'a> Cross<'a> {
                     detail: format!("a PENDING record without its {PENDING_TOKEN_FIELD} field"),
                 })?;
             self.finished_pending = true;
-            self.finish(locks, record, x, read)?
+            self.finish(locks, record, x, read, true)?
         } else {
             record
         };
@@ -598,19 +598,24 @@ impl<'a> Cross<'a> {
     }
 
     /// Steps 3 and 4 for the PENDING `pending` whose run token is `x`, from `read` (the
-    /// receiver's WATCH still on): the credit unless its marker says it was done, then the
-    /// record COMPLETED and both locks released (the marker with the receiver's).
+    /// receiver's WATCH still on; the sender's too when `sender_watching`, i.e. unless step 2
+    /// just ran): the credit unless its marker says it was done, then the record COMPLETED
+    /// and both locks released (the marker with the receiver's).
     fn finish(
         &mut self,
         locks: &mut ShardLocks,
         pending: TransferOutcome,
         x: String,
         read: CrossRead,
+        sender_watching: bool,
     ) -> Result<TransferOutcome, TransferError> {
-        let (to_after, to_version) = self.credit(locks, &x, read.to, read.marker)?;
+        let credit = self.credit(locks, &x, read.to, read.marker)?;
+        let ((to_after, to_version), receiver_watching) = credit;
         self.failpoint(locks, Failpoint::AfterCredit)?;
         let mut pipe = redis::pipe();
-        pipe.cmd("UNWATCH").ignore();
+        if sender_watching {
+            pipe.cmd("UNWATCH").ignore();
+        }
         pipe.cmd("EVAL")
             .arg(COMPLETE_LUA)
             .arg(2)
@@ -631,7 +636,10 @@ impl<'a> Cross<'a> {
             // Only when our lock expired and another run completed it: read it again.
             return Err(TransferError::LockLost(locks.key(self.from())));
         }
-        let _ = locks.of(self.to()).release_with(&[&self.marker_key]);
+        let marker = self.marker_key.as_str();
+        let _ = locks
+            .of(self.to())
+            .release_with(&[marker], receiver_watching);
         Ok(TransferOutcome {
             status: Status::Completed,
             to_balance_after: Some(to_after),
@@ -643,17 +651,18 @@ impl<'a> Cross<'a> {
     /// Step 3 on the receiver's shard, under the WATCH of the last read: the credit, its
     /// history entry (and trim when due) and the marker `x tb tv`; skipped when the marker
     /// already holds this `x`. A nil EXEC reads the receiver's side again (bounded). Returns
-    /// the receiver's balance and version after the credit.
+    /// the receiver's balance and version after the credit, and whether the connection still
+    /// WATCHes (the credit was skipped, so no EXEC cleared it).
     fn credit(
         &mut self,
         locks: &mut ShardLocks,
         x: &str,
         mut to: Option<Wallet>,
         mut marker: Option<String>,
-    ) -> Result<(Amount, u64), TransferError> {
+    ) -> Result<((Amount, u64), bool), TransferError> {
         for _ in 0..=self.svc.config.watch_retries_max {
             if let Some(done) = marker.as_deref().and_then(|m| parse_marker(m, x)) {
-                return Ok(done);
+                return Ok((done, true));
             }
             let receiver = to.as_ref().ok_or_else(|| self.receiver_gone())?;
             let after = receiver
@@ -675,7 +684,7 @@ impl<'a> Cross<'a> {
                 if trim {
                     retention::report_trim(self.to(), replies.first().copied().unwrap_or(0));
                 }
-                return Ok((after, version));
+                return Ok(((after, version), false));
             }
             (to, marker) = self.reread_receiver(locks)?;
         }

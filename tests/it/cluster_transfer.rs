@@ -582,8 +582,24 @@ fn cross_slot_business_failures_are_recorded_on_the_senders_shard() {
     assert_eq!(check_ledger(&ledger, 2, 1_000), (0, 3));
 }
 
+/// Commands run so far, summed over every primary (`INFO commandstats`, INFO left out).
+fn commands(redis: &RedisCluster) -> u64 {
+    redis
+        .primary_ports()
+        .into_iter()
+        .map(|port| {
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query(&mut redis.conn(port))
+                .unwrap();
+            wallet_transfer::tools::bench::parse_command_calls(&info)
+        })
+        .sum()
+}
+
 /// Two wallets of one slot: today's algorithm, one transaction on the slot's primary (two
-/// round trips, no marker); a cross-slot one costs six.
+/// round trips, at most 14 commands, as on one Redis; no marker); a cross-slot one costs six
+/// round trips and at most 27 commands (20 sent, 7 more run inside the two scripts).
 #[test]
 fn same_slot_transfers_stay_one_transaction() {
     let redis = RedisCluster::start(3, 0);
@@ -595,14 +611,24 @@ fn same_slot_transfers_stay_one_transaction() {
         &[a.clone(), b.clone(), c.clone(), d.clone()],
         "10.00",
     );
+    // Warm the pools, so no connection handshake lands in the counts.
+    for (id, from, to) in [("w1", &a, &b), ("w2", &c, &d), ("w3", &d, &c)] {
+        service.transfer(&usd(id, from, to, "0.01")).unwrap();
+    }
+    let before = commands(&redis);
     let same = service.transfer(&usd("same", &a, &b, "1.00")).unwrap();
+    let same_commands = commands(&redis) - before;
     assert_eq!(same.status, Status::Completed);
     assert_eq!(same.stats.round_trips, 2, "{:?}", same.stats);
+    assert!(same_commands <= 14, "{same_commands} commands");
+    let before = commands(&redis);
     let cross = service.transfer(&usd("cross", &c, &d, "1.00")).unwrap();
+    let cross_commands = commands(&redis) - before;
     assert_eq!(cross.status, Status::Completed);
     assert_eq!(cross.stats.round_trips, 6, "{:?}", cross.stats);
+    assert!(cross_commands <= 27, "{cross_commands} commands");
     println!(
-        "round trips: same-slot {}, cross-slot {}",
+        "same-slot: {} round trips, {same_commands} commands; cross-slot: {} round trips, {cross_commands} commands",
         same.stats.round_trips, cross.stats.round_trips
     );
     check_ledger(&read_ledger(&redis), 4, 4_000);
