@@ -1,6 +1,6 @@
 //! Transfers on a Redis Cluster (ARCHITECTURE.md, "Redis Cluster"): a transfer whose wallets
 //! share a hash slot runs today's algorithm on the slot's primary
-//! ([`WalletService::transfer_one_slot`]); one whose wallets are in different slots runs as
+//! (`WalletService::transfer_one_slot`); one whose wallets are in different slots runs as
 //! idempotent steps under both wallets' locks, each lock on its wallet's shard:
 //!
 //! ```text

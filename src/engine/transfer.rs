@@ -1347,6 +1347,28 @@ mod tests {
     }
 
     #[test]
+    fn the_idempotency_key_is_read_from_either_record_name() {
+        assert_eq!(idempotency_key_of("transfer:req_1"), "req_1");
+        assert_eq!(idempotency_key_of("transfer:{user_1}:req:1"), "req:1");
+        let r = req("a", "b", "1.00");
+        let mut o = new_outcome(
+            &r,
+            &Ok((Amount::ZERO, Amount::from_minor(100))),
+            (0, 0),
+            &r.fingerprint(),
+            None,
+        );
+        o.status = Status::Pending;
+        let fields: HashMap<String, String> = outcome_fields(&o)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(fields["s"], "PENDING");
+        let back = parse_outcome("transfer:{a}:t1", &fields).unwrap();
+        assert_eq!(back, o, "a PENDING record reads back, in the sender's slot");
+    }
+
+    #[test]
     fn an_origin_round_trips_through_its_text() {
         let o = Origin {
             topic: "wallet.transfer.requested".into(),
