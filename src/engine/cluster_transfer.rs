@@ -525,6 +525,7 @@ impl<'a> Cross<'a> {
             return Ok(Pass::Aborted);
         }
         locks.released_by_step(self.from());
+        self.svc.wait_replicas(locks.conn(self.from()))?;
         self.stats.elapsed_us = self.started.elapsed().as_micros() as u64;
         Ok(Pass::Done(Some(Box::new(TransferOutcome {
             stats: self.stats,
@@ -558,6 +559,7 @@ impl<'a> Cross<'a> {
         if trim {
             retention::report_trim(self.from(), replies.first().copied().unwrap_or(0));
         }
+        self.svc.wait_replicas(locks.conn(self.from()))?;
         Ok(Some(pending))
     }
 
@@ -636,6 +638,9 @@ impl<'a> Cross<'a> {
             // Only when our lock expired and another run completed it: read it again.
             return Err(TransferError::LockLost(locks.key(self.from())));
         }
+        // The marker goes only once COMPLETED is as durable as asked: a failover that lost
+        // the completion but kept the marker's deletion would credit twice.
+        self.svc.wait_replicas(locks.conn(self.from()))?;
         let marker = self.marker_key.as_str();
         let _ = locks
             .of(self.to())
@@ -684,6 +689,7 @@ impl<'a> Cross<'a> {
                 if trim {
                     retention::report_trim(self.to(), replies.first().copied().unwrap_or(0));
                 }
+                self.svc.wait_replicas(locks.conn(self.to()))?;
                 return Ok(((after, version), false));
             }
             (to, marker) = self.reread_receiver(locks)?;

@@ -52,8 +52,16 @@ pub struct EngineConfig {
     /// (memory grows with every transfer).
     pub history_max_entries: Option<u64>,
     /// TLS files for a `rediss://` URL (a private CA, a client certificate); used by
-    /// [`WalletService::connect`] only.
+    /// [`WalletService::connect`] and [`WalletService::connect_cluster`].
     pub redis_tls: RedisTls,
+    /// Replicas that must acknowledge each write step before the transfer goes on or answers:
+    /// `WAIT n` [`WAIT_REPLICAS_TIMEOUT_MS`] on the connection that wrote, after the one-slot
+    /// transaction and after each cross-slot step. Fewer acknowledgements in time is
+    /// [`crate::TransferError::ReplicasBehind`], transient: the write stays on the primary and
+    /// a retry of the request is answered from its record (or finishes a PENDING one). `None`
+    /// (the default) waits for none: an answered transfer can then be lost when a primary
+    /// fails before its replica has it.
+    pub wait_replicas: Option<u32>,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +72,7 @@ impl Default for EngineConfig {
             outcome_ttl_ms: None,
             history_max_entries: Some(HISTORY_MAX_ENTRIES_DEFAULT),
             redis_tls: RedisTls::default(),
+            wait_replicas: None,
         }
     }
 }
@@ -74,7 +83,13 @@ setters!(EngineConfig {
     with_outcome_ttl_ms => outcome_ttl_ms: Option<u64>,
     with_history_max_entries => history_max_entries: Option<u64>,
     with_redis_tls => redis_tls: RedisTls,
+    with_wait_replicas => wait_replicas: Option<u32>,
 });
+
+/// How long one `WAIT` for replicas may block (see [`EngineConfig::wait_replicas`]).
+pub const WAIT_REPLICAS_TIMEOUT_MS: u64 = 1_000;
+/// Upper bound for `wait_replicas`.
+pub const WAIT_REPLICAS_LIMIT: u32 = 16;
 
 /// Default of `history_max_entries`: the last 1,000 entries of each wallet stay in Redis.
 pub const HISTORY_MAX_ENTRIES_DEFAULT: u64 = 1_000;
@@ -100,6 +115,9 @@ impl EngineConfig {
         }
         if let Some(n) = self.history_max_entries {
             SettingError::check_range("history_max_entries", n, 1, HISTORY_MAX_ENTRIES_LIMIT)?;
+        }
+        if let Some(n) = self.wait_replicas {
+            SettingError::check_range("wait_replicas", n, 1, WAIT_REPLICAS_LIMIT)?;
         }
         self.redis_tls.validate()?;
         Ok(())

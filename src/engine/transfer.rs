@@ -241,6 +241,20 @@ pub enum TransferError {
     /// Transient when [`ClusterError::is_transient`] says so.
     #[error("redis cluster: {0}")]
     Cluster(#[from] ClusterError),
+    /// Fewer replicas than [`crate::EngineConfig::wait_replicas`] acknowledged a write in
+    /// time. The write is on the primary: retry the request (it is answered from its record,
+    /// or a PENDING one is finished), and check the replicas (`INFO replication`). Transient.
+    #[error(
+        "only {acked} of {wanted} replicas acknowledged the write within {timeout_ms} ms (it is on the primary; retry the request, and check the replicas' links: INFO replication)"
+    )]
+    ReplicasBehind {
+        /// Replicas that acknowledged.
+        acked: u32,
+        /// Replicas asked for.
+        wanted: u32,
+        /// How long the WAIT blocked.
+        timeout_ms: u64,
+    },
     /// The call needs what this mode of the service does not have (say, a lookup by
     /// idempotency key alone on a Redis Cluster, where the record lives in the sender's
     /// slot). Not transient: the error names the call to use instead.
@@ -258,7 +272,8 @@ impl TransferError {
             | TransferError::LockLost(_)
             | TransferError::WatchConflicts(_)
             | TransferError::Redis(_)
-            | TransferError::Pool(_) => true,
+            | TransferError::Pool(_)
+            | TransferError::ReplicasBehind { .. } => true,
             TransferError::Cluster(e) => e.is_transient(),
             TransferError::IdempotencyConflict { .. }
             | TransferError::Corrupt { .. }
@@ -281,6 +296,7 @@ impl TransferError {
             TransferError::Pool(_) => "redis_pool",
             TransferError::Cluster(_) => "redis_cluster",
             TransferError::WrongMode(_) => "wrong_mode",
+            TransferError::ReplicasBehind { .. } => "replicas_behind",
         }
     }
 }
@@ -515,6 +531,7 @@ impl WalletService {
             return Ok(None);
         };
         guard.released_by_exec();
+        self.wait_replicas(guard.conn())?;
         let (deleted, trimmed) = replies.split_last().expect("the DEL reply comes last");
         for (wallet, reply) in trims.wallets(call.request).zip(trimmed) {
             retention::report_trim(wallet, *reply);
@@ -523,6 +540,29 @@ impl WalletService {
         // merely expired inside the transaction is the only way to delete fewer.
         debug_assert_eq!(*deleted as usize, call.lock_keys.len());
         Ok(Some(outcome))
+    }
+
+    /// `WAIT n timeout` on the connection that just wrote, when
+    /// [`crate::EngineConfig::wait_replicas`] asks for `n` replicas; an error when fewer
+    /// acknowledged in time.
+    pub(crate) fn wait_replicas(&self, conn: &mut Conn) -> Result<(), TransferError> {
+        let Some(wanted) = self.config.wait_replicas else {
+            return Ok(());
+        };
+        let timeout_ms = crate::engine::service::WAIT_REPLICAS_TIMEOUT_MS;
+        let acked: u32 = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(timeout_ms)
+            .query(&mut conn.redis)
+            .inspect_err(|_| conn.taint())?;
+        if acked < wanted {
+            return Err(TransferError::ReplicasBehind {
+                acked,
+                wanted,
+                timeout_ms,
+            });
+        }
+        Ok(())
     }
 
     /// A connection to the Redis that holds `wallet_id`'s keys: the pool's on one Redis, its

@@ -669,3 +669,81 @@ fn a_moved_slot_refreshes_the_map_and_the_transfer_completes_once() {
     );
     assert_eq!(check_ledger(&read_ledger(&redis), 2, 2_000), (1, 0));
 }
+
+/// `wait_replicas`: on 3 primaries without replicas no write is acknowledged within the
+/// WAIT timeout, so a transfer returns the transient `ReplicasBehind` after its first write
+/// (a cross-slot one left PENDING, which a replay without the wait finishes; a same-slot one
+/// COMPLETED on the primary); with one replica per primary every step is acknowledged.
+#[test]
+fn wait_replicas_fails_without_an_acknowledgement_and_passes_with_one_replica() {
+    let zero = EngineConfig::default().with_wait_replicas(Some(0));
+    assert_eq!(zero.validate().unwrap_err().setting, "wait_replicas");
+    let waiting = config().with_wait_replicas(Some(1));
+    let redis = RedisCluster::start(3, 0);
+    let service = connect(&redis, waiting.clone());
+    let (from, to) = pair("wr", false);
+    let (a, b) = pair("ws", true);
+    create(
+        &service,
+        &[from.clone(), to.clone(), a.clone(), b.clone()],
+        "10.00",
+    );
+    let request = usd("wr_tx", &from, &to, "1.00");
+    let started = std::time::Instant::now();
+    let e = service
+        .transfer(&request)
+        .expect_err("no replica to acknowledge");
+    assert!(
+        matches!(
+            e,
+            TransferError::ReplicasBehind {
+                acked: 0,
+                wanted: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.is_transient() && e.to_string().contains("retry the request"),
+        "{e}"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1_000));
+    let record = service
+        .transfer_outcome_of(&from, "wr_tx")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        record.status,
+        Status::Pending,
+        "the debit is on the primary"
+    );
+    let same = service.transfer(&usd("ws_tx", &a, &b, "1.00")).unwrap_err();
+    assert!(
+        matches!(same, TransferError::ReplicasBehind { .. }),
+        "{same}"
+    );
+    let record = service.transfer_outcome_of(&a, "ws_tx").unwrap().unwrap();
+    assert_eq!(record.status, Status::Completed);
+    let plain = connect(&redis, config());
+    assert_eq!(
+        transfer_retrying(&plain, &request).status,
+        Status::Completed
+    );
+    assert_eq!(check_ledger(&read_ledger(&redis), 4, 4_000), (2, 0));
+    drop(redis);
+
+    let redis = RedisCluster::start(3, 1);
+    let service = connect(&redis, waiting);
+    create(
+        &service,
+        &[from.clone(), to.clone(), a.clone(), b.clone()],
+        "10.00",
+    );
+    for request in [usd("c", &from, &to, "1.00"), usd("s", &a, &b, "1.00")] {
+        assert_eq!(
+            service.transfer(&request).unwrap().status,
+            Status::Completed
+        );
+    }
+}
