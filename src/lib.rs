@@ -104,6 +104,7 @@
 //! | `outcome_ttl_ms` | `None` | expiry of outcome records; `None` keeps them for ever (the worker derives one from the requests topic) |
 //! | `history_max_entries` | `Some(1000)` | history entries a wallet keeps in Redis; `None` keeps all |
 //! | `redis_tls` | none | CA, client certificate and key files for a `rediss://` URL ([`engine::store::RedisTls`]) |
+//! | `wait_replicas` | `None` | replicas that must acknowledge each write (`WAIT n 1000`) before the transfer answers; fewer is [`TransferError::ReplicasBehind`] |
 //!
 //! Change them with the `with_*` setters; the config structs are `#[non_exhaustive]`, so a
 //! struct literal does not compile outside this crate and a new setting never breaks yours:

@@ -1,5 +1,6 @@
 //! Redis Cluster: hash slots, the key names of cluster mode, the slot map, MOVED/ASK redirects,
-//! and one connection pool per primary (issue 11, the foundation; nothing uses it yet).
+//! and one connection pool per primary (issue 11, the foundation under
+//! `WalletService::connect_cluster`).
 //!
 //! Owns: the slot of a key (CRC16/XMODEM of its hash tag, mod 16384, as Redis and redis-rs
 //! compute it), the spelling of every key in cluster mode, reading the slot map from
@@ -7,10 +8,10 @@
 //! primary, opened with the same TLS and AUTH handling as a single Redis (`store::client`,
 //! `store::connect_pool_tls`), replaced when a refresh finds that a slot range moved.
 //!
-//! Does not: run transfers, deposits or audits on a cluster (the engine still talks to one
-//! Redis through `store::Pool`), retry on a redirect by itself (a caller sees the redirect,
-//! refreshes the map and retries the step as a transient error), read from replicas, or
-//! change the standalone key names of `store::keys`.
+//! Does not: run transfers, deposits or audits on a cluster (`cluster_transfer`,
+//! `cluster_wallet` and `wallet` do, through `service::Backend`), retry on a redirect by itself
+//! (a caller sees the redirect, refreshes the map and retries the step as a transient error),
+//! read from replicas, or change the standalone key names of `store::keys`.
 //!
 //! # Key names in cluster mode
 //!
@@ -35,7 +36,12 @@
 //! A transfer between two wallets of the same slot stays one transaction; one whose wallets
 //! are in different slots needs the steps of the design note below.
 //!
-//! # Redis Cluster (in progress): what comes next
+//! # Redis Cluster (in progress): the plan and where it stands
+//!
+//! Steps 1 to 4 are done (ARCHITECTURE.md, "Redis Cluster", has the protocol as built: the
+//! service holds a `Backend`, the key names come from `keyspace::KeySpace`, the cross-slot
+//! steps are in `cluster_transfer`, recovery is `WalletService::recover`); the CLI flags, the
+//! worker's sweep and step 5 are not.
 //!
 //! 1. **The store chooses.** `EngineConfig` gets the choice between a Redis URL and cluster
 //!    seeds (`--redis-cluster HOST:PORT,...`, env `REDIS_CLUSTER`); the service holds either a

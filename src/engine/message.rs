@@ -66,11 +66,20 @@ pub struct TransferCompleted {
     pub duplicate: bool,
 }
 
-/// The status of an answered transfer, `"COMPLETED"` or `"FAILED"` on the wire.
+/// The status of a transfer: `"COMPLETED"` or `"FAILED"` on the wire; a recorded outcome may
+/// also be `"PENDING"` (Redis Cluster only).
 ///
-/// Not `#[non_exhaustive]`: the wire format has exactly these two statuses, and a third would
-/// be a change of the wire format, which the compatibility policy (README, "Compatibility")
-/// keeps stable.
+/// Answers carry only the first two: [`crate::WalletService::transfer`] never returns a
+/// PENDING outcome (it finishes the transfer first), so no result message says PENDING.
+/// PENDING is the state of an outcome record of a cross-slot transfer on a Redis Cluster
+/// between the debit and the completion (ARCHITECTURE.md, "Redis Cluster"); it is read only
+/// by [`crate::WalletService::transfer_outcome_of`] and the recovery. Readers older than it
+/// cannot meet it: they know no cluster key names (and would take the unknown status for a
+/// corrupt record, never for a completed one). Every comparison with
+/// [`Status::Completed`] counts it as not completed.
+///
+/// Not `#[non_exhaustive]`: the values of the stored data model; a new one comes only in a
+/// minor release (README, "Compatibility").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Status {
@@ -79,22 +88,28 @@ pub enum Status {
     /// Nothing moved; [`TransferCompleted::reason`] (or [`crate::TransferOutcome::reason`])
     /// says why.
     Failed,
+    /// Recorded only, never answered: a cross-slot transfer on a Redis Cluster has debited the
+    /// sender and has yet to credit the receiver (or to record that it did). The next
+    /// delivery of the request, or [`crate::WalletService::recover`], finishes it.
+    Pending,
 }
 
 impl Status {
-    /// The wire text: `"COMPLETED"` or `"FAILED"`.
+    /// The wire text: `"COMPLETED"`, `"FAILED"` or (records only) `"PENDING"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Completed => "COMPLETED",
             Status::Failed => "FAILED",
+            Status::Pending => "PENDING",
         }
     }
 
-    /// Parses the wire text written by [`Status::as_str`]; `None` for anything else.
+    /// Parses the text written by [`Status::as_str`]; `None` for anything else.
     pub fn parse(text: &str) -> Option<Status> {
         match text {
             "COMPLETED" => Some(Status::Completed),
             "FAILED" => Some(Status::Failed),
+            "PENDING" => Some(Status::Pending),
             _ => None,
         }
     }

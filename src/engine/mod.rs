@@ -7,6 +7,10 @@
 
 pub mod backoff;
 pub mod cluster;
+pub(crate) mod cluster_lock;
+pub mod cluster_transfer;
+pub(crate) mod cluster_wallet;
+pub mod keyspace;
 pub mod lock;
 pub mod message;
 pub mod money;

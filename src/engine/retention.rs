@@ -37,8 +37,8 @@
 
 use std::collections::HashMap;
 
+use crate::engine::keyspace::KeySpace;
 use crate::engine::money::Amount;
-use crate::engine::store::keys;
 
 /// Most entries one trim removes (one script run inside a transaction).
 pub const HISTORY_TRIM_BATCH_LIMIT: u64 = 1_000;
@@ -158,12 +158,19 @@ return summed
 /// caller's MULTI, after its XADD. Its reply is the number trimmed (or -1, see the script).
 /// EVAL, not EVALSHA: a script cache emptied by a restart would fail the command inside the
 /// transaction; the body is sent only when a trim is due.
-pub(crate) fn add_trim(pipe: &mut redis::Pipeline, wallet_id: &str, max_entries: u64) {
+/// The keys are named as in `space` (one Redis, or a cluster, where both are in the wallet's
+/// slot).
+pub(crate) fn add_trim_in(
+    space: KeySpace,
+    pipe: &mut redis::Pipeline,
+    wallet_id: &str,
+    max_entries: u64,
+) {
     pipe.cmd("EVAL")
         .arg(TRIM_LUA)
         .arg(2)
-        .arg(keys::wallet(wallet_id))
-        .arg(keys::history(wallet_id))
+        .arg(space.wallet(wallet_id))
+        .arg(space.history(wallet_id))
         .arg(max_entries)
         .arg(HISTORY_TRIM_BATCH_LIMIT);
 }

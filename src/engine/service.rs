@@ -1,12 +1,16 @@
-//! The embeddable engine: [`WalletService`], a blocking handle over an r2d2 Redis pool that
-//! creates wallets, deposits, reads balances and runs transfers.
+//! The embeddable engine: [`WalletService`], a blocking handle over an r2d2 Redis pool (one
+//! Redis) or one pool per primary (a Redis Cluster) that creates wallets, deposits, reads
+//! balances and runs transfers.
 //!
-//! Owns the engine's settings and shared state (pool, in-process lock queue, test hooks).
-//! The operations live beside their own concepts: wallets in `wallet`, the transfer algorithm
-//! in `transfer`. Cheap to clone; share one per process.
+//! Owns the engine's settings and shared state (the backend, in-process lock queue, test
+//! hooks). Does not own the operations: they live beside their own concepts (wallets in
+//! `wallet` and `cluster_wallet`, the transfer algorithm in `transfer` and
+//! `cluster_transfer`). Cheap to clone; share one per process.
 
 use std::sync::Arc;
 
+use crate::engine::cluster::{ClusterError, ClusterPools};
+use crate::engine::keyspace::KeySpace;
 use crate::engine::lock::{LocalLocks, LockConfig, StuckLocks};
 use crate::engine::retention::HISTORY_MAX_ENTRIES_LIMIT;
 use crate::engine::setting::{SettingError, setters};
@@ -48,8 +52,16 @@ pub struct EngineConfig {
     /// (memory grows with every transfer).
     pub history_max_entries: Option<u64>,
     /// TLS files for a `rediss://` URL (a private CA, a client certificate); used by
-    /// [`WalletService::connect`] only.
+    /// [`WalletService::connect`] and [`WalletService::connect_cluster`].
     pub redis_tls: RedisTls,
+    /// Replicas that must acknowledge each write step before the transfer goes on or answers:
+    /// `WAIT n` [`WAIT_REPLICAS_TIMEOUT_MS`] on the connection that wrote, after the one-slot
+    /// transaction and after each cross-slot step. Fewer acknowledgements in time is
+    /// [`crate::TransferError::ReplicasBehind`], transient: the write stays on the primary and
+    /// a retry of the request is answered from its record (or finishes a PENDING one). `None`
+    /// (the default) waits for none: an answered transfer can then be lost when a primary
+    /// fails before its replica has it.
+    pub wait_replicas: Option<u32>,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +72,7 @@ impl Default for EngineConfig {
             outcome_ttl_ms: None,
             history_max_entries: Some(HISTORY_MAX_ENTRIES_DEFAULT),
             redis_tls: RedisTls::default(),
+            wait_replicas: None,
         }
     }
 }
@@ -70,7 +83,13 @@ setters!(EngineConfig {
     with_outcome_ttl_ms => outcome_ttl_ms: Option<u64>,
     with_history_max_entries => history_max_entries: Option<u64>,
     with_redis_tls => redis_tls: RedisTls,
+    with_wait_replicas => wait_replicas: Option<u32>,
 });
+
+/// How long one `WAIT` for replicas may block (see [`EngineConfig::wait_replicas`]).
+pub const WAIT_REPLICAS_TIMEOUT_MS: u64 = 1_000;
+/// Upper bound for `wait_replicas`.
+pub const WAIT_REPLICAS_LIMIT: u32 = 16;
 
 /// Default of `history_max_entries`: the last 1,000 entries of each wallet stay in Redis.
 pub const HISTORY_MAX_ENTRIES_DEFAULT: u64 = 1_000;
@@ -97,6 +116,9 @@ impl EngineConfig {
         if let Some(n) = self.history_max_entries {
             SettingError::check_range("history_max_entries", n, 1, HISTORY_MAX_ENTRIES_LIMIT)?;
         }
+        if let Some(n) = self.wait_replicas {
+            SettingError::check_range("wait_replicas", n, 1, WAIT_REPLICAS_LIMIT)?;
+        }
         self.redis_tls.validate()?;
         Ok(())
     }
@@ -105,14 +127,36 @@ impl EngineConfig {
 /// A test-only pause point inside a transfer, between the WATCHed read and EXEC.
 pub type Hook = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// Where a cross-slot transfer on a Redis Cluster stops as if the process had crashed (tests
+/// only, feature `test-hooks`; ARCHITECTURE.md, "Redis Cluster"). The transfer returns a
+/// transient error there and leaves its locks to expire by their ttl, as a crash would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failpoint {
+    /// Right after step 2: the sender debited, the outcome PENDING, no credit yet.
+    AfterDebit,
+    /// Right after step 3: the receiver credited (its marker written), the outcome still
+    /// PENDING.
+    AfterCredit,
+}
+
+/// What the service talks to: one Redis or a Redis Cluster.
+#[derive(Clone)]
+pub(crate) enum Backend {
+    /// One Redis, the original key names.
+    Standalone(Pool),
+    /// A Redis Cluster, one pool per primary, the cluster key names.
+    Cluster(Arc<ClusterPools>),
+}
+
 /// The transfer engine. Blocking; safe to share between threads (clone it).
 #[derive(Clone)]
 pub struct WalletService {
-    pub(crate) pool: Pool,
+    pub(crate) backend: Backend,
     pub(crate) config: EngineConfig,
     pub(crate) local_locks: Arc<LocalLocks>,
     pub(crate) stuck_locks: Arc<StuckLocks>,
     pub(crate) before_exec: Option<Hook>,
+    pub(crate) failpoint: Option<Failpoint>,
 }
 
 impl WalletService {
@@ -140,13 +184,46 @@ impl WalletService {
     /// Uses an existing pool (from [`crate::engine::store::connect_pool`], or one shared with
     /// another service).
     pub fn with_pool(pool: Pool, config: EngineConfig) -> Result<WalletService, ServiceError> {
+        WalletService::with_backend(Backend::Standalone(pool), config)
+    }
+
+    /// Connects to a Redis Cluster: reads the slot map from the first of `seeds`
+    /// (`HOST:PORT`) that answers and opens a pool of `pool_size` connections to each primary.
+    /// `template_url` gives the scheme and credentials for every node (`redis://`,
+    /// `rediss://user:password@`; its host is not used) and `config.redis_tls` the TLS files,
+    /// as for one Redis (see [`ClusterPools::connect`]).
+    ///
+    /// Size `pool_size` to twice the threads that call the service at once: a cross-slot
+    /// transfer holds a connection to each wallet's primary, two to the same primary when
+    /// both wallets' slots live there.
+    pub fn connect_cluster(
+        seeds: &[String],
+        template_url: &str,
+        pool_size: u32,
+        config: EngineConfig,
+    ) -> Result<WalletService, ServiceError> {
+        config.validate()?;
+        let pools = ClusterPools::connect(seeds, template_url, &config.redis_tls, pool_size)?;
+        WalletService::with_cluster(Arc::new(pools), config)
+    }
+
+    /// Uses existing cluster pools (shared with another service, say).
+    pub fn with_cluster(
+        pools: Arc<ClusterPools>,
+        config: EngineConfig,
+    ) -> Result<WalletService, ServiceError> {
+        WalletService::with_backend(Backend::Cluster(pools), config)
+    }
+
+    fn with_backend(backend: Backend, config: EngineConfig) -> Result<WalletService, ServiceError> {
         config.validate()?;
         Ok(WalletService {
-            pool,
+            backend,
             config,
             local_locks: Arc::new(LocalLocks::default()),
             stuck_locks: Arc::new(StuckLocks::default()),
             before_exec: None,
+            failpoint: None,
         })
     }
 
@@ -155,9 +232,50 @@ impl WalletService {
         &self.config
     }
 
-    /// The Redis pool, for reads of your own alongside the engine's (the tools use it).
+    /// The Redis pool of a service on one Redis, for reads of your own alongside the
+    /// engine's (the tools use it).
+    ///
+    /// # Panics
+    ///
+    /// On a service made by [`WalletService::connect_cluster`]: a cluster has one pool per
+    /// primary, see [`WalletService::cluster`]. Code that may run in either mode asks
+    /// [`WalletService::standalone_pool`], which says `None` instead.
     pub fn pool(&self) -> &Pool {
-        &self.pool
+        self.standalone_pool().expect(
+            "WalletService::pool() on a Redis Cluster service: use cluster() (one pool per primary) or standalone_pool()",
+        )
+    }
+
+    /// The Redis pool when the service talks to one Redis; `None` on a cluster.
+    pub fn standalone_pool(&self) -> Option<&Pool> {
+        match &self.backend {
+            Backend::Standalone(pool) => Some(pool),
+            Backend::Cluster(_) => None,
+        }
+    }
+
+    /// The cluster's pools and slot map when the service talks to a Redis Cluster; `None` on
+    /// one Redis.
+    pub fn cluster(&self) -> Option<&Arc<ClusterPools>> {
+        match &self.backend {
+            Backend::Standalone(_) => None,
+            Backend::Cluster(pools) => Some(pools),
+        }
+    }
+
+    /// The key names this service writes.
+    pub fn key_space(&self) -> KeySpace {
+        match self.backend {
+            Backend::Standalone(_) => KeySpace::Standalone,
+            Backend::Cluster(_) => KeySpace::Cluster,
+        }
+    }
+
+    /// Test hook: cross-slot transfers on a cluster stop at `failpoint` (see [`Failpoint`]);
+    /// `None` turns it off.
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub fn set_failpoint(&mut self, failpoint: Option<Failpoint>) {
+        self.failpoint = failpoint;
     }
 
     /// Test hook: `hook(idempotency_key)` runs after the WATCHed read and before EXEC.
@@ -189,4 +307,8 @@ pub enum ServiceError {
     /// The pool could not be built: a bad URL, Redis unreachable, or a pool of size 0.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The cluster's map or pools could not be had: no seed answered, a bad address or
+    /// template URL.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }

@@ -30,16 +30,18 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use crate::engine::cluster::ClusterError;
+use crate::engine::keyspace::KeySpace;
 use crate::engine::lock::{self, Admission, LockError, LockGuard, LockStats};
 use crate::engine::message::{
     FailureReason, Status, TransferCompleted, TransferRequest, fingerprint, now_ms,
 };
 use crate::engine::money::{Amount, BALANCE_LIMIT};
 use crate::engine::retention;
-use crate::engine::service::WalletService;
-use crate::engine::store::{Conn, keys};
+use crate::engine::service::{Backend, WalletService};
+use crate::engine::store::{Conn, PooledConn};
 use crate::engine::wallet::{
-    HistoryKind, Mover, Wallet, WalletError, WalletStatus, add_history, parse_wallet,
+    HistoryKind, Mover, Wallet, WalletError, WalletStatus, add_history_in, parse_wallet,
 };
 
 /// What happened to a transfer request, as recorded under its idempotency key.
@@ -142,8 +144,14 @@ impl Origin {
 }
 
 impl TransferOutcome {
-    /// The result message for this outcome.
+    /// The result message for this outcome. A PENDING outcome is never answered (the
+    /// transfer finishes it first); debug builds assert it.
     pub fn to_message(&self) -> TransferCompleted {
+        debug_assert_ne!(
+            self.status,
+            Status::Pending,
+            "a PENDING outcome is never answered"
+        );
         TransferCompleted {
             transfer_id: self.transfer_id.clone(),
             status: self.status,
@@ -229,6 +237,29 @@ pub enum TransferError {
     /// No pooled connection became free in time, or none could be opened. Transient.
     #[error("redis pool: {0}")]
     Pool(#[from] r2d2::Error),
+    /// A Redis Cluster's map or a node's pool could not be had (mid-failover, a node down).
+    /// Transient when [`ClusterError::is_transient`] says so.
+    #[error("redis cluster: {0}")]
+    Cluster(#[from] ClusterError),
+    /// Fewer replicas than [`crate::EngineConfig::wait_replicas`] acknowledged a write in
+    /// time. The write is on the primary: retry the request (it is answered from its record,
+    /// or a PENDING one is finished), and check the replicas (`INFO replication`). Transient.
+    #[error(
+        "only {acked} of {wanted} replicas acknowledged the write within {timeout_ms} ms (it is on the primary; retry the request, and check the replicas' links: INFO replication)"
+    )]
+    ReplicasBehind {
+        /// Replicas that acknowledged.
+        acked: u32,
+        /// Replicas asked for.
+        wanted: u32,
+        /// How long the WAIT blocked.
+        timeout_ms: u64,
+    },
+    /// The call needs what this mode of the service does not have (say, a lookup by
+    /// idempotency key alone on a Redis Cluster, where the record lives in the sender's
+    /// slot). Not transient: the error names the call to use instead.
+    #[error("{0}")]
+    WrongMode(&'static str),
 }
 
 impl TransferError {
@@ -241,8 +272,12 @@ impl TransferError {
             | TransferError::LockLost(_)
             | TransferError::WatchConflicts(_)
             | TransferError::Redis(_)
-            | TransferError::Pool(_) => true,
-            TransferError::IdempotencyConflict { .. } | TransferError::Corrupt { .. } => false,
+            | TransferError::Pool(_)
+            | TransferError::ReplicasBehind { .. } => true,
+            TransferError::Cluster(e) => e.is_transient(),
+            TransferError::IdempotencyConflict { .. }
+            | TransferError::Corrupt { .. }
+            | TransferError::WrongMode(_) => false,
         }
     }
 }
@@ -259,6 +294,9 @@ impl TransferError {
             TransferError::Corrupt { .. } => "corrupt",
             TransferError::Redis(_) => "redis",
             TransferError::Pool(_) => "redis_pool",
+            TransferError::Cluster(_) => "redis_cluster",
+            TransferError::WrongMode(_) => "wrong_mode",
+            TransferError::ReplicasBehind { .. } => "replicas_behind",
         }
     }
 }
@@ -268,6 +306,7 @@ impl From<WalletError> for TransferError {
         match e {
             WalletError::Redis(e) => TransferError::Redis(e),
             WalletError::Pool(e) => TransferError::Pool(e),
+            WalletError::Cluster(e) => TransferError::Cluster(e),
             WalletError::Corrupt { key, detail } => TransferError::Corrupt { key, detail },
             other => TransferError::Corrupt {
                 key: String::new(),
@@ -332,11 +371,28 @@ impl WalletService {
         request: &TransferRequest,
         origin: Option<&Origin>,
     ) -> Result<TransferOutcome, TransferError> {
+        match &self.backend {
+            Backend::Standalone(_) => self.transfer_one_slot(request, origin),
+            Backend::Cluster(pools) => {
+                crate::engine::cluster_transfer::transfer(self, pools, request, origin)
+            }
+        }
+    }
+
+    /// Today's algorithm (ARCHITECTURE.md, "The transfer"): both wallets in one Redis, or in
+    /// one hash slot of a cluster (then on the slot's primary, with the cluster key names).
+    pub(crate) fn transfer_one_slot(
+        &self,
+        request: &TransferRequest,
+        origin: Option<&Origin>,
+    ) -> Result<TransferOutcome, TransferError> {
+        let space = self.key_space();
         let mut call = Call {
             request,
             origin,
-            outcome_key: keys::outcome(&request.idempotency_key),
-            lock_keys: lock::lock_keys(&[&request.from_user, &request.to_user]),
+            space,
+            outcome_key: space.outcome(&request.from_user, &request.idempotency_key),
+            lock_keys: space.lock_keys(&[&request.from_user, &request.to_user]),
             fingerprint: request.fingerprint(),
             stats: TransferStats::default(),
             started: Instant::now(),
@@ -392,17 +448,11 @@ impl WalletService {
         if probe {
             config.retries_max = 0;
         }
-        let conn = self.pool.get()?;
+        let conn = self.conn_for_wallet(&call.request.from_user)?;
         let watch = |pipe: &mut redis::Pipeline| {
             // No lock tokens on the first read: the SET NX replies just before the WATCH, in
             // the same pipeline, say the locks are ours (see the module doc).
-            add_watch_and_reads(
-                pipe,
-                call.request,
-                &call.outcome_key,
-                &call.lock_keys,
-                false,
-            );
+            add_watch_and_reads(pipe, call, false);
         };
         let (guard, first_read) =
             match lock::acquire_with(conn, call.lock_keys.clone(), &config, &watch) {
@@ -481,6 +531,7 @@ impl WalletService {
             return Ok(None);
         };
         guard.released_by_exec();
+        self.wait_replicas(guard.conn())?;
         let (deleted, trimmed) = replies.split_last().expect("the DEL reply comes last");
         for (wallet, reply) in trims.wallets(call.request).zip(trimmed) {
             retention::report_trim(wallet, *reply);
@@ -491,13 +542,74 @@ impl WalletService {
         Ok(Some(outcome))
     }
 
-    /// The outcome recorded under `idempotency_key`, if any.
+    /// `WAIT n timeout` on the connection that just wrote, when
+    /// [`crate::EngineConfig::wait_replicas`] asks for `n` replicas; an error when fewer
+    /// acknowledged in time.
+    pub(crate) fn wait_replicas(&self, conn: &mut Conn) -> Result<(), TransferError> {
+        let Some(wanted) = self.config.wait_replicas else {
+            return Ok(());
+        };
+        let timeout_ms = crate::engine::service::WAIT_REPLICAS_TIMEOUT_MS;
+        let acked: u32 = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(timeout_ms)
+            .query(&mut conn.redis)
+            .inspect_err(|_| conn.taint())?;
+        if acked < wanted {
+            return Err(TransferError::ReplicasBehind {
+                acked,
+                wanted,
+                timeout_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// A connection to the Redis that holds `wallet_id`'s keys: the pool's on one Redis, its
+    /// slot's primary on a cluster.
+    pub(crate) fn conn_for_wallet(&self, wallet_id: &str) -> Result<PooledConn, TransferError> {
+        match &self.backend {
+            Backend::Standalone(pool) => Ok(pool.get()?),
+            Backend::Cluster(pools) => Ok(pools.conn_for_key(self.key_space().wallet(wallet_id))?),
+        }
+    }
+
+    /// The outcome recorded under `idempotency_key`, if any, on one Redis.
+    ///
+    /// On a Redis Cluster it is [`TransferError::WrongMode`]: the record lives in the
+    /// sender's hash slot (`transfer:{sender}:key`, so the debit and the record commit in one
+    /// transaction), and the key alone does not say where that is; call
+    /// [`WalletService::transfer_outcome_of`].
     pub fn transfer_outcome(
         &self,
         idempotency_key: &str,
     ) -> Result<Option<TransferOutcome>, TransferError> {
-        let mut conn = self.pool.get()?;
-        let key = keys::outcome(idempotency_key);
+        if let Backend::Cluster(_) = self.backend {
+            return Err(TransferError::WrongMode(
+                "transfer_outcome(key) cannot find a record on a Redis Cluster, where it lives in the sender's slot: call transfer_outcome_of(sender, key)",
+            ));
+        }
+        self.transfer_outcome_of("", idempotency_key)
+    }
+
+    /// The outcome recorded for the request of `sender` with `idempotency_key`, if any, in
+    /// either mode. On a Redis Cluster the record lives in the sender's slot
+    /// (`transfer:{sender}:key`), so the sender is needed to find it; on one Redis it is
+    /// `transfer:key` and the sender is not used.
+    ///
+    /// Unlike [`WalletService::transfer`], this reads the record as it is: a cross-slot
+    /// transfer that stopped halfway reads as [`Status::Pending`] (the next delivery of the
+    /// request, or [`WalletService::recover`], finishes it).
+    pub fn transfer_outcome_of(
+        &self,
+        sender: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<TransferOutcome>, TransferError> {
+        let key = self.key_space().outcome(sender, idempotency_key);
+        let mut conn = match &self.backend {
+            Backend::Standalone(pool) => pool.get()?,
+            Backend::Cluster(pools) => pools.conn_for_key(&key)?,
+        };
         let fields: HashMap<String, String> =
             redis::cmd("HGETALL").arg(&key).query(&mut conn.redis)?;
         if fields.is_empty() {
@@ -511,6 +623,8 @@ impl WalletService {
 struct Call<'a> {
     request: &'a TransferRequest,
     origin: Option<&'a Origin>,
+    /// The key names: standalone, or cluster (one slot).
+    space: KeySpace,
     outcome_key: String,
     /// Sorted and unique (see [`lock::lock_keys`]).
     lock_keys: Vec<String>,
@@ -529,22 +643,37 @@ impl Call<'_> {
         recorded: &HashMap<String, String>,
     ) -> Result<TransferOutcome, TransferError> {
         let original = parse_outcome(&self.outcome_key, recorded)?;
-        if !original.request_hash.is_empty() && original.request_hash != self.fingerprint {
-            return Err(TransferError::IdempotencyConflict {
-                key: original.idempotency_key.clone(),
-                recorded: original.request_hash.clone(),
-                this: self.fingerprint.clone(),
-                original: Box::new(original),
-            });
-        }
         self.stats.elapsed_us = self.started.elapsed().as_micros() as u64;
-        let redelivery = self.origin.is_some() && original.origin.as_ref() == self.origin;
-        Ok(TransferOutcome {
-            duplicate: !redelivery,
-            stats: self.stats,
-            ..original
-        })
+        answer_from_record(original, &self.fingerprint, self.origin, self.stats)
     }
+}
+
+/// The answer to a request whose outcome `original` was recorded before (COMPLETED or
+/// FAILED, never PENDING): the original answer for a redelivery of the message that
+/// produced it, the same answer marked duplicate for any other message, or a conflict when
+/// the key was used for a different request (`fingerprint` is this request's). A record
+/// without a fingerprint (written before fingerprints were recorded) cannot conflict.
+pub(crate) fn answer_from_record(
+    original: TransferOutcome,
+    fingerprint: &str,
+    origin: Option<&Origin>,
+    stats: TransferStats,
+) -> Result<TransferOutcome, TransferError> {
+    debug_assert_ne!(original.status, Status::Pending, "finished before answered");
+    if !original.request_hash.is_empty() && original.request_hash != fingerprint {
+        return Err(TransferError::IdempotencyConflict {
+            key: original.idempotency_key.clone(),
+            recorded: original.request_hash.clone(),
+            this: fingerprint.to_string(),
+            original: Box::new(original),
+        });
+    }
+    let redelivery = origin.is_some() && original.origin.as_ref() == origin;
+    Ok(TransferOutcome {
+        duplicate: !redelivery,
+        stats,
+        ..original
+    })
 }
 
 /// The first lock key whose token is not ours (expired, or taken by another holder). Pure.
@@ -630,7 +759,7 @@ fn transaction(
             ),
         ] {
             pipe.cmd("HSET")
-                .arg(keys::wallet(id))
+                .arg(call.space.wallet(id))
                 .arg("balance")
                 .arg(after.to_string())
                 .arg("version")
@@ -640,10 +769,18 @@ fn transaction(
                 transfer_id: &request.transfer_id,
                 idempotency_key: &request.idempotency_key,
             };
-            add_history(&mut pipe, id, &mover, kind, request.amount, after);
+            add_history_in(
+                call.space,
+                &mut pipe,
+                id,
+                &mover,
+                kind,
+                request.amount,
+                after,
+            );
             pipe.ignore();
             if trim {
-                retention::add_trim(&mut pipe, id, trims.max_entries);
+                retention::add_trim_in(call.space, &mut pipe, id, trims.max_entries);
             }
         }
     }
@@ -670,15 +807,10 @@ struct WatchedRead {
 
 /// Adds step 4 to a pipeline: WATCH the wallets, the outcome key and the lock keys, then read
 /// them. Four replies follow (the WATCH reply is ignored); [`parse_watched`] reads them.
-fn add_watch_and_reads(
-    pipe: &mut redis::Pipeline,
-    request: &TransferRequest,
-    outcome_key: &str,
-    lock_keys: &[String],
-    with_tokens: bool,
-) {
-    let from_key = keys::wallet(&request.from_user);
-    let to_key = keys::wallet(&request.to_user);
+fn add_watch_and_reads(pipe: &mut redis::Pipeline, call: &Call<'_>, with_tokens: bool) {
+    let (request, outcome_key, lock_keys) = (call.request, &call.outcome_key, &call.lock_keys);
+    let from_key = call.space.wallet(&request.from_user);
+    let to_key = call.space.wallet(&request.to_user);
     pipe.cmd("WATCH")
         .arg(&from_key)
         .arg(&to_key)
@@ -720,13 +852,7 @@ fn parse_watched(
 /// Step 4 on its own, for a retry after EXEC found a watched key changed.
 fn watch_and_read(conn: &mut Conn, call: &Call<'_>) -> Result<WatchedRead, TransferError> {
     let mut pipe = redis::pipe();
-    add_watch_and_reads(
-        &mut pipe,
-        call.request,
-        &call.outcome_key,
-        &call.lock_keys,
-        true,
-    );
+    add_watch_and_reads(&mut pipe, call, true);
     let replies: Vec<redis::Value> = pipe.query(&mut conn.redis)?;
     parse_watched(replies, call.request)
 }
@@ -737,7 +863,7 @@ fn unwatch(conn: &mut Conn) {
     }
 }
 
-fn new_outcome(
+pub(crate) fn new_outcome(
     request: &TransferRequest,
     decision: &Result<(Amount, Amount), FailureReason>,
     versions: (u64, u64),
@@ -775,7 +901,7 @@ fn new_outcome(
 /// few bytes), empty fields left out. What the record can recompute is not stored: the
 /// idempotency key (the key's name), the transfer id when it is the idempotency key, and the
 /// request fingerprint (from `f`, `t`, `a`, `c`).
-fn outcome_fields(o: &TransferOutcome) -> Vec<(&'static str, String)> {
+pub(crate) fn outcome_fields(o: &TransferOutcome) -> Vec<(&'static str, String)> {
     let mut fields = Vec::with_capacity(11);
     if o.transfer_id != o.idempotency_key {
         fields.push(("id", o.transfer_id.clone()));
@@ -893,6 +1019,19 @@ fn outcome_version(f: &HashMap<String, String>, name: &str) -> Result<Option<u64
         .transpose()
 }
 
+/// The idempotency key in an outcome record's key: `transfer:KEY` (one Redis) or
+/// `transfer:{SENDER}:KEY` (a cluster; keys cannot hold braces, so a brace is a tag). Pure.
+fn idempotency_key_of(record_key: &str) -> &str {
+    let rest = record_key.trim_start_matches("transfer:");
+    match rest
+        .strip_prefix('{')
+        .and_then(|tagged| tagged.split_once("}:"))
+    {
+        Some((_sender, key)) => key,
+        None => rest,
+    }
+}
+
 /// Parses a `transfer:{key}` hash as written by the transfer, in either format: the compact
 /// one (field `s`) or the original long one (field `status`, also the Python system's).
 pub fn parse_outcome(
@@ -936,7 +1075,7 @@ pub fn parse_outcome(
     };
     let idempotency_key = match f.get("idempotency_key") {
         Some(k) if !compact => k.clone(),
-        _ => key.trim_start_matches("transfer:").to_string(),
+        _ => idempotency_key_of(key).to_string(),
     };
     Ok(TransferOutcome {
         transfer_id: match f.get(n.transfer_id) {
@@ -1190,7 +1329,8 @@ mod tests {
         Call {
             request,
             origin: None,
-            outcome_key: keys::outcome(&request.idempotency_key),
+            space: KeySpace::Standalone,
+            outcome_key: crate::engine::store::keys::outcome(&request.idempotency_key),
             lock_keys: lock::lock_keys(&[&request.from_user, &request.to_user]),
             fingerprint: request.fingerprint(),
             stats: TransferStats::default(),
@@ -1244,6 +1384,28 @@ mod tests {
         let ttl = transaction(&c, &failed, (4, 9), &outcome, Some(5_000), &none);
         assert_eq!(commands(&ttl), ["HSET", "PEXPIRE", "DEL"]);
         assert_eq!(commands(&ttl), ["HSET", "PEXPIRE", "DEL"]);
+    }
+
+    #[test]
+    fn the_idempotency_key_is_read_from_either_record_name() {
+        assert_eq!(idempotency_key_of("transfer:req_1"), "req_1");
+        assert_eq!(idempotency_key_of("transfer:{user_1}:req:1"), "req:1");
+        let r = req("a", "b", "1.00");
+        let mut o = new_outcome(
+            &r,
+            &Ok((Amount::ZERO, Amount::from_minor(100))),
+            (0, 0),
+            &r.fingerprint(),
+            None,
+        );
+        o.status = Status::Pending;
+        let fields: HashMap<String, String> = outcome_fields(&o)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(fields["s"], "PENDING");
+        let back = parse_outcome("transfer:{a}:t1", &fields).unwrap();
+        assert_eq!(back, o, "a PENDING record reads back, in the sender's slot");
     }
 
     #[test]

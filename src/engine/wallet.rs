@@ -1,15 +1,19 @@
 //! Wallets and users in Redis: creating them, reading them, deposits, and the history stream.
 //!
 //! Owns the shape of the `user:{id}` and `wallet:{id}` hashes and of `wallet:{id}:history`
-//! entries (ARCHITECTURE.md, "Redis data model"). Does not move money between wallets; that is `transfer`.
+//! entries (ARCHITECTURE.md, "Redis data model"), in either key space (one Redis, or a
+//! cluster, where `cluster_wallet` creates them). Does not move money between wallets; that
+//! is `transfer`.
 
 use std::collections::HashMap;
 
+use crate::engine::cluster::ClusterError;
+use crate::engine::keyspace::KeySpace;
 use crate::engine::message::{FieldError, check_user_id, now_ms};
 use crate::engine::money::{Amount, Currency};
 use crate::engine::retention::{self, Checkpoint};
-use crate::engine::service::WalletService;
-use crate::engine::store::{Conn, keys};
+use crate::engine::service::{Backend, WalletService};
+use crate::engine::store::{Conn, PooledConn, keys};
 
 /// A wallet as stored in `wallet:{id}`. Data the engine returns; not `#[non_exhaustive]`, so
 /// a new field comes only in a minor release (README, "Compatibility").
@@ -237,6 +241,10 @@ pub enum WalletError {
     /// No pooled connection became free in time, or none could be opened.
     #[error("redis pool: {0}")]
     Pool(#[from] r2d2::Error),
+    /// A Redis Cluster's map or a node's pool could not be had (mid-failover, a node down):
+    /// retry later.
+    #[error("redis cluster: {0}")]
+    Cluster(#[from] ClusterError),
 }
 
 const CREATE_LUA: &str = r#"
@@ -274,7 +282,13 @@ impl WalletService {
                 .into());
             }
         }
-        let mut conn = self.pool.get()?;
+        let pool = match &self.backend {
+            Backend::Standalone(pool) => pool,
+            Backend::Cluster(pools) => {
+                return crate::engine::cluster_wallet::create_wallets(pools, wallets);
+            }
+        };
+        let mut conn = pool.get()?;
         let script = redis::Script::new(CREATE_LUA);
         // Make sure EVALSHA will find it inside the pipeline.
         script.prepare_invoke().load(&mut conn.redis)?;
@@ -305,8 +319,17 @@ impl WalletService {
 
     /// The wallet of `user_id`, or `None` when there is none.
     pub fn wallet(&self, user_id: &str) -> Result<Option<Wallet>, WalletError> {
-        let mut conn = self.pool.get()?;
-        read_wallet(&mut conn, user_id)
+        let mut conn = self.wallet_conn(user_id)?;
+        read_wallet_in(self.key_space(), &mut conn, user_id)
+    }
+
+    /// A connection to the Redis that holds `user_id`'s keys: the pool's on one Redis, its
+    /// slot's primary on a cluster.
+    fn wallet_conn(&self, user_id: &str) -> Result<PooledConn, WalletError> {
+        match &self.backend {
+            Backend::Standalone(pool) => Ok(pool.get()?),
+            Backend::Cluster(pools) => Ok(pools.conn_for_key(self.key_space().wallet(user_id))?),
+        }
     }
 
     /// The balance of `user_id`'s wallet.
@@ -335,7 +358,7 @@ impl WalletService {
             }
             .into());
         }
-        let mut conn = self.pool.get()?;
+        let mut conn = self.wallet_conn(user_id)?;
         let deposit_id = format!("dep_{}", uuid::Uuid::new_v4().simple());
         for _ in 0..=self.config.watch_retries_max {
             let result = self.deposit_once(&mut conn, user_id, amount, &deposit_id);
@@ -363,9 +386,10 @@ impl WalletService {
         amount: Amount,
         deposit_id: &str,
     ) -> Result<Option<Amount>, WalletError> {
-        let key = keys::wallet(user_id);
+        let space = self.key_space();
+        let key = space.wallet(user_id);
         redis::cmd("WATCH").arg(&key).query::<()>(&mut conn.redis)?;
-        let wallet = read_wallet(conn, user_id)?
+        let wallet = read_wallet_in(space, conn, user_id)?
             .ok_or_else(|| WalletError::NotFound(user_id.to_string()))?;
         if wallet.status != WalletStatus::Active {
             return Err(WalletError::Inactive {
@@ -389,7 +413,8 @@ impl WalletService {
             transfer_id: deposit_id,
             idempotency_key: deposit_id,
         };
-        add_history(
+        add_history_in(
+            space,
             &mut pipe,
             user_id,
             &mover,
@@ -403,7 +428,7 @@ impl WalletService {
             .history_max_entries
             .filter(|max| retention::trim_due(wallet.version + 1, &wallet.checkpoint, *max));
         if let Some(max_entries) = trim {
-            retention::add_trim(&mut pipe, user_id, max_entries);
+            retention::add_trim_in(space, &mut pipe, user_id, max_entries);
         }
         let done: Option<Vec<i64>> = pipe.query(&mut conn.redis)?;
         if let Some(reply) = done.as_ref().and_then(|r| r.first()) {
@@ -416,8 +441,8 @@ impl WalletService {
     /// `history_max_entries`; the wallet's [`Wallet::checkpoint`] sums the older ones), oldest
     /// first.
     pub fn history(&self, user_id: &str) -> Result<Vec<HistoryEntry>, WalletError> {
-        let mut conn = self.pool.get()?;
-        let key = keys::history(user_id);
+        let mut conn = self.wallet_conn(user_id)?;
+        let key = self.key_space().history(user_id);
         let raw: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
             .arg(&key)
             .arg("-")
@@ -451,12 +476,12 @@ impl WalletService {
         newest_max: u64,
     ) -> Result<Option<HistoryWindow>, WalletError> {
         type Raw = Vec<(String, HashMap<String, String>)>;
-        let mut conn = self.pool.get()?;
-        let key = keys::history(user_id);
+        let mut conn = self.wallet_conn(user_id)?;
+        let key = self.key_space().history(user_id);
         let (fields, retained, raw): (HashMap<String, String>, u64, Raw) = redis::pipe()
             .atomic()
             .cmd("HGETALL")
-            .arg(keys::wallet(user_id))
+            .arg(self.key_space().wallet(user_id))
             .cmd("XLEN")
             .arg(&key)
             .cmd("XREVRANGE")
@@ -494,7 +519,9 @@ pub(crate) struct Mover<'a> {
 /// when it is the transfer id), `d` kind (`d` debit, `c` credit, `p` deposit), `a` amount and
 /// `b` balance after in cents. Every entry has the same fields in the same order, so a stream
 /// node stores the names once. The time is the stream id's (set by Redis in the transaction).
-pub(crate) fn add_history(
+/// The stream is named as in `space` (one Redis, or a cluster).
+pub(crate) fn add_history_in(
+    space: KeySpace,
     pipe: &mut redis::Pipeline,
     wallet_id: &str,
     mover: &Mover<'_>,
@@ -508,7 +535,7 @@ pub(crate) fn add_history(
         mover.idempotency_key
     };
     pipe.cmd("XADD")
-        .arg(keys::history(wallet_id))
+        .arg(space.history(wallet_id))
         .arg("*")
         .arg("t")
         .arg(mover.transfer_id)
@@ -588,10 +615,15 @@ fn parse_history(
     })
 }
 
-/// Reads and parses `wallet:{id}`; `None` when the key does not exist.
-pub(crate) fn read_wallet(conn: &mut Conn, user_id: &str) -> Result<Option<Wallet>, WalletError> {
+/// Reads and parses the wallet's hash, named as in `space`; `None` when the key does not
+/// exist.
+pub(crate) fn read_wallet_in(
+    space: KeySpace,
+    conn: &mut Conn,
+    user_id: &str,
+) -> Result<Option<Wallet>, WalletError> {
     let fields: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(keys::wallet(user_id))
+        .arg(space.wallet(user_id))
         .query(&mut conn.redis)?;
     parse_wallet(user_id, &fields)
 }
@@ -715,7 +747,8 @@ mod tests {
             idempotency_key: "tx_1",
         };
         for kind in [HistoryKind::Debit, HistoryKind::Deposit] {
-            add_history(
+            add_history_in(
+                KeySpace::Standalone,
                 &mut pipe,
                 "a",
                 &mover,

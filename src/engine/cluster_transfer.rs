@@ -1,0 +1,949 @@
+//! Transfers on a Redis Cluster (ARCHITECTURE.md, "Redis Cluster"): a transfer whose wallets
+//! share a hash slot runs today's algorithm on the slot's primary
+//! (`WalletService::transfer_one_slot`); one whose wallets are in different slots runs as
+//! idempotent steps under both wallets' locks, each lock on its wallet's shard:
+//!
+//! ```text
+//! lock   SET lock:{a} NX PX, SET lock:{b} NX PX in sorted key order, each pipelined with its
+//!        shard's WATCH and reads                                        2 round trips
+//! 1. read   sender: WATCH wallet:{s} transfer:{s}:k lock:{s}; HGETALL wallet, outcome
+//!           receiver: WATCH wallet:{r} credit:{r}:k lock:{r}; HGETALL wallet, GET marker
+//!           recorded COMPLETED/FAILED: answer it; PENDING: finish it (3, 4), then answer;
+//!           decide (pure `decide`); a business failure: MULTI outcome FAILED, DEL lock:{s}
+//! 2. debit  sender's shard: MULTI balance+version, XADD, trim when due,
+//!           outcome PENDING (with `x`, this run's token) EXEC                1 round trip
+//! 3. credit receiver's shard, unless credit:{r}:k holds this `x`: MULTI balance+version,
+//!           XADD, trim when due, SET credit:{r}:k "x tb tv" EXEC              1 round trip
+//! 4. done   sender's shard: one script: our lock and our PENDING? then COMPLETED with
+//!           tb/tv, ttl, DEL lock:{s}                                        1 round trip
+//! unlock    receiver's shard: our lock? then DEL lock:{r} and the marker     1 round trip
+//! ```
+//!
+//! Six round trips when nothing is contended (one Redis: two). A nil EXEC (a watched key
+//! changed: a deposit, a lock that expired) goes back to the reads of that shard, bounded by
+//! `watch_retries_max`, with the lock tokens read again and checked. MOVED, ASK, TRYAGAIN,
+//! CLUSTERDOWN and EXECABORT (a queued command redirected) refresh the slot map and run the
+//! call again from the top, at most [`REDIRECT_RETRIES_LIMIT`] times, then return the error
+//! (transient): every step is idempotent by what it WATCHes, the PENDING record and the
+//! marker, so running from the top finishes what a first run left.
+//!
+//! The marker holds the PENDING record's `x` (the token of the run that debited), so a
+//! marker left by an older transfer with the same key never passes for this one's credit.
+//! It is deleted only under the receiver's lock after step 4, so it lives exactly while the
+//! outcome may be PENDING (a crash between step 4 and the unlock leaves it, harmless: the
+//! outcome is COMPLETED and nobody credits again). A PENDING record has no ttl; step 4 gives
+//! the COMPLETED record the outcome ttl.
+//!
+//! Owns the cross-slot steps, the PENDING record's extra field and the marker, recovery
+//! ([`WalletService::recover`]) and the redirect retries of cluster transfers. Does not own
+//! the business decision or the outcome encoding (`transfer`), the history entry and trim
+//! (`wallet`, `retention`), or the shard locks (`cluster_lock`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::engine::backoff::Backoff;
+use crate::engine::cluster::{ClusterPools, Redirect, keys};
+use crate::engine::cluster_lock::{self, ShardLocks};
+use crate::engine::keyspace::KeySpace;
+use crate::engine::lock::{Admission, LockError};
+use crate::engine::message::{FailureReason, Status, TransferRequest};
+use crate::engine::money::Amount;
+use crate::engine::retention;
+use crate::engine::service::{Backend, Failpoint, WalletService};
+use crate::engine::store::PooledConn;
+use crate::engine::transfer::{
+    Origin, TransferError, TransferOutcome, TransferStats, answer_from_record, decide, new_outcome,
+    outcome_fields, parse_outcome,
+};
+use crate::engine::wallet::{HistoryKind, Mover, Wallet, add_history_in, parse_wallet};
+
+/// Times one cluster transfer runs again from the top after a redirect (MOVED, ASK,
+/// TRYAGAIN, CLUSTERDOWN), each after refreshing the slot map; then the error is returned,
+/// transient, for the caller to retry later.
+pub const REDIRECT_RETRIES_LIMIT: u32 = 5;
+/// Most PENDING outcomes one [`WalletService::recover`] call finishes.
+pub const RECOVER_LIMIT: usize = 100_000;
+/// Errors listed in a [`RecoverReport`] (the rest are counted).
+pub const RECOVER_ERRORS_LISTED_LIMIT: usize = 20;
+/// Keys asked for per SCAN step of the recovery.
+const RECOVER_SCAN_COUNT: usize = 1_000;
+/// The PENDING record's field with the token of the run that debited (the marker holds it).
+const PENDING_TOKEN_FIELD: &str = "x";
+/// Delays between runs after a redirect.
+const REDIRECT_BACKOFF: Backoff = Backoff {
+    first_ms: 20,
+    max_ms: 1_000,
+    jitter_ms: 20,
+};
+
+/// Step 4: `KEYS[1]` the outcome, `KEYS[2]` the sender's lock; `ARGV` token, `x`, tb, tv,
+/// ttl in ms (0: none). -1 when the lock is not ours (nothing written), 0 when the record is
+/// not this PENDING any more (the lock deleted), 1 when it became COMPLETED.
+const COMPLETE_LUA: &str = r#"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+redis.call('DEL', KEYS[2])
+local record = redis.call('HMGET', KEYS[1], 's', 'x')
+if record[1] ~= 'PENDING' or record[2] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 's', 'COMPLETED', 'tb', ARGV[3], 'tv', ARGV[4])
+redis.call('HDEL', KEYS[1], 'x')
+if tonumber(ARGV[5]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
+return 1
+"#;
+
+/// What one [`WalletService::recover`] call found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoverReport {
+    /// Primaries whose keys were scanned.
+    pub primaries_scanned: usize,
+    /// Outcome records looked at.
+    pub records_scanned: u64,
+    /// Records found PENDING.
+    pub pending_found: u64,
+    /// PENDING records this call finished (credit unless done, then COMPLETED).
+    pub finished: u64,
+    /// PENDING records finished by someone else (a transfer, another recovery) before this
+    /// call held their locks.
+    pub already_final: u64,
+    /// PENDING records that could not be finished now (locks busy, a node down): run again.
+    pub failed: u64,
+    /// The first [`RECOVER_ERRORS_LISTED_LIMIT`] failures, `key: error`.
+    pub errors: Vec<String>,
+    /// True when the scan stopped at the limit: run again for the rest.
+    pub limit_reached: bool,
+}
+
+/// Whether a run answers a request or only finishes what a record left PENDING.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A request: a fresh transfer, or the answer from its record (finished first).
+    Request,
+    /// The recovery: finishes a PENDING record, never starts a transfer.
+    Recover,
+}
+
+/// A transfer on a Redis Cluster: one slot or cross-slot, run again from the top after a
+/// redirect (see the module doc).
+pub(crate) fn transfer(
+    svc: &WalletService,
+    pools: &Arc<ClusterPools>,
+    request: &TransferRequest,
+    origin: Option<&Origin>,
+) -> Result<TransferOutcome, TransferError> {
+    let one_slot = keys::wallet_slot(&request.from_user) == keys::wallet_slot(&request.to_user);
+    with_redirects(pools, || {
+        if one_slot {
+            return svc.transfer_one_slot(request, origin);
+        }
+        let mut run = Cross::new(svc, pools, request, origin, Mode::Request);
+        run.run()
+            .map(|answer| answer.expect("a request always gets an answer"))
+    })
+}
+
+/// Runs `f` again after a redirect (refreshing the map first), at most
+/// [`REDIRECT_RETRIES_LIMIT`] times.
+fn with_redirects<T>(
+    pools: &ClusterPools,
+    mut f: impl FnMut() -> Result<T, TransferError>,
+) -> Result<T, TransferError> {
+    let mut attempt = 0;
+    loop {
+        match f() {
+            Err(e) if redirected(&e) && attempt < REDIRECT_RETRIES_LIMIT => {
+                if let Err(refresh) = pools.refresh() {
+                    log::debug!("slot map refresh after {e} failed: {refresh}");
+                }
+                std::thread::sleep(Duration::from_millis(REDIRECT_BACKOFF.delay_ms(attempt)));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// True for errors that say the slot map may be stale: a redirect or a moving slot (also
+/// inside a pipeline or a transaction, where redis-rs reports the first failed command's
+/// kind), a primary that became a replica, or a node that does not answer (failing over?).
+/// Pure.
+fn redirected(e: &TransferError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind as S};
+    match e {
+        TransferError::Redis(e) => {
+            Redirect::parse(e).is_some()
+                || e.kind() == ErrorKind::Io
+                || matches!(
+                    e.kind(),
+                    ErrorKind::Server(
+                        S::Moved
+                            | S::Ask
+                            | S::TryAgain
+                            | S::ClusterDown
+                            | S::ExecAbort
+                            | S::ReadOnly
+                            | S::MasterDown
+                    )
+                )
+        }
+        TransferError::Cluster(e) => e.is_transient(),
+        _ => false,
+    }
+}
+
+/// Step 1's reads, on both shards, under WATCH.
+struct CrossRead {
+    from: Option<Wallet>,
+    to: Option<Wallet>,
+    recorded: HashMap<String, String>,
+    /// The credit marker's value, when there is one.
+    marker: Option<String>,
+    /// The lock tokens (sender, receiver), read again after a nil EXEC; `None` on the first
+    /// read, which the SET NX replies just before it vouch for.
+    tokens: Option<(Option<String>, Option<String>)>,
+}
+
+/// What one pass over a read ended in.
+enum Pass {
+    /// The answer (`None`: the recovery had nothing to finish); boxed, as it is large and
+    /// the other variant empty.
+    Done(Option<Box<TransferOutcome>>),
+    /// A watched key changed before EXEC: read again.
+    Aborted,
+}
+
+/// One cross-slot run: the request, its keys and what it has cost.
+struct Cross<'a> {
+    svc: &'a WalletService,
+    pools: &'a ClusterPools,
+    request: &'a TransferRequest,
+    origin: Option<&'a Origin>,
+    mode: Mode,
+    outcome_key: String,
+    marker_key: String,
+    fingerprint: String,
+    stats: TransferStats,
+    started: Instant,
+    /// Set when this run finished a PENDING record it found (the recovery counts them).
+    finished_pending: bool,
+}
+
+impl<'a> Cross<'a> {
+    fn new(
+        svc: &'a WalletService,
+        pools: &'a ClusterPools,
+        request: &'a TransferRequest,
+        origin: Option<&'a Origin>,
+        mode: Mode,
+    ) -> Cross<'a> {
+        Cross {
+            svc,
+            pools,
+            request,
+            origin,
+            mode,
+            outcome_key: keys::outcome(&request.from_user, &request.idempotency_key),
+            marker_key: keys::credit_marker(&request.to_user, &request.idempotency_key),
+            fingerprint: request.fingerprint(),
+            stats: TransferStats::default(),
+            started: Instant::now(),
+            finished_pending: false,
+        }
+    }
+
+    fn from(&self) -> &'a str {
+        &self.request.from_user
+    }
+
+    fn to(&self) -> &'a str {
+        &self.request.to_user
+    }
+
+    /// Locks, reads, and passes over the read until one ends (bounded).
+    fn run(&mut self) -> Result<Option<TransferOutcome>, TransferError> {
+        let _local = self.svc.local_locks.lock(&[self.from(), self.to()]);
+        let (mut locks, mut read) = self.lock_and_read()?;
+        let mut aborts = 0;
+        loop {
+            if let Pass::Done(answer) = self.pass(&mut locks, read)? {
+                return Ok(answer.map(|a| *a));
+            }
+            aborts += 1;
+            self.stats.watch_retries = aborts;
+            if aborts > self.svc.config.watch_retries_max {
+                return Err(TransferError::WatchConflicts(aborts));
+            }
+            read = self.reread(&mut locks)?;
+        }
+    }
+
+    /// Both locks, each with its shard's WATCH and reads in the same round trip. A lock
+    /// known to be held with no ttl fails fast (see `lock::StuckLocks`).
+    fn lock_and_read(&mut self) -> Result<(ShardLocks, CrossRead), TransferError> {
+        let lock_keys = KeySpace::Cluster.lock_keys(&[self.from(), self.to()]);
+        let stuck = &self.svc.stuck_locks;
+        let mut config = self.svc.config.lock.clone();
+        let probe = match stuck.admit(&lock_keys) {
+            Admission::Refused(key) => return Err(TransferError::LockStuck(key)),
+            Admission::Probe => true,
+            Admission::Normal => false,
+        };
+        if probe {
+            config.retries_max = 0;
+        }
+        let then = |wallet: &str, pipe: &mut redis::Pipeline| {
+            if wallet == self.from() {
+                self.add_sender_reads(pipe, false);
+            } else {
+                self.add_receiver_reads(pipe, false);
+            }
+        };
+        let wallets = [self.from(), self.to()];
+        let (locks, replies) = match cluster_lock::acquire(self.pools, &wallets, &config, &then) {
+            Ok(acquired) => acquired,
+            Err(TransferError::LockTimeout(LockError::Timeout { no_ttl, .. }))
+                if probe && !no_ttl.is_empty() =>
+            {
+                return Err(TransferError::LockStuck(no_ttl[0].clone()));
+            }
+            Err(TransferError::LockTimeout(timeout)) => {
+                if let LockError::Timeout { no_ttl, .. } = &timeout {
+                    if no_ttl.is_empty() && probe {
+                        stuck.clear(&lock_keys);
+                    }
+                    stuck.record(no_ttl);
+                }
+                return Err(TransferError::LockTimeout(timeout));
+            }
+            Err(other) => return Err(other),
+        };
+        if probe {
+            stuck.clear(&lock_keys);
+        }
+        self.stats.lock = locks.stats();
+        self.stats.round_trips += locks.stats().round_trips;
+        let sender_first = keys::lock(self.from()) < keys::lock(self.to());
+        let [first, second]: [Vec<redis::Value>; 2] =
+            replies.try_into().expect("one reply list per lock");
+        let (sender, receiver) = if sender_first {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        let read = self.parse_read(sender, receiver)?;
+        Ok((locks, read))
+    }
+
+    /// The sender's shard: WATCH its wallet, the outcome and its lock, then read the wallet
+    /// and the outcome (and the lock's token when asked).
+    fn add_sender_reads(&self, pipe: &mut redis::Pipeline, with_token: bool) {
+        let wallet = keys::wallet(self.from());
+        let lock = keys::lock(self.from());
+        pipe.cmd("WATCH")
+            .arg(&wallet)
+            .arg(&self.outcome_key)
+            .arg(&lock)
+            .ignore()
+            .hgetall(&wallet)
+            .hgetall(&self.outcome_key);
+        if with_token {
+            pipe.get(&lock);
+        }
+    }
+
+    /// The receiver's shard: WATCH its wallet, the credit marker and its lock, then read the
+    /// wallet and the marker (and the lock's token when asked).
+    fn add_receiver_reads(&self, pipe: &mut redis::Pipeline, with_token: bool) {
+        let wallet = keys::wallet(self.to());
+        let lock = keys::lock(self.to());
+        pipe.cmd("WATCH")
+            .arg(&wallet)
+            .arg(&self.marker_key)
+            .arg(&lock)
+            .ignore()
+            .hgetall(&wallet)
+            .get(&self.marker_key);
+        if with_token {
+            pipe.get(&lock);
+        }
+    }
+
+    /// Step 1's replies of both shards (each with the lock token at the end, or not).
+    fn parse_read(
+        &self,
+        sender: Vec<redis::Value>,
+        receiver: Vec<redis::Value>,
+    ) -> Result<CrossRead, TransferError> {
+        type Hash = HashMap<String, String>;
+        let corrupt = |e: redis::ParsingError| TransferError::Corrupt {
+            key: format!(
+                "{} / {}",
+                keys::wallet(self.from()),
+                keys::wallet(self.to())
+            ),
+            detail: format!("unexpected reply to the watched read: {e}"),
+        };
+        let with_tokens = sender.len() == 3;
+        let values = redis::Value::Array(sender.into_iter().chain(receiver).collect());
+        let (from, recorded, from_token, to, marker, to_token): (
+            Hash,
+            Hash,
+            Option<String>,
+            Hash,
+            Option<String>,
+            Option<String>,
+        ) = if with_tokens {
+            redis::from_redis_value(values).map_err(corrupt)?
+        } else {
+            let (from, recorded, to, marker): (Hash, Hash, Hash, Option<String>) =
+                redis::from_redis_value(values).map_err(corrupt)?;
+            (from, recorded, None, to, marker, None)
+        };
+        Ok(CrossRead {
+            from: parse_wallet(self.from(), &from)?,
+            to: parse_wallet(self.to(), &to)?,
+            recorded,
+            marker,
+            tokens: with_tokens.then_some((from_token, to_token)),
+        })
+    }
+
+    /// Step 1 again on both shards, lock tokens included, after a nil EXEC.
+    fn reread(&mut self, locks: &mut ShardLocks) -> Result<CrossRead, TransferError> {
+        let mut sender = redis::pipe();
+        self.add_sender_reads(&mut sender, true);
+        let mut receiver = redis::pipe();
+        self.add_receiver_reads(&mut receiver, true);
+        self.stats.round_trips += 2;
+        let sender: Vec<redis::Value> = query(locks.conn(self.from()), &sender)?;
+        let receiver: Vec<redis::Value> = query(locks.conn(self.to()), &receiver)?;
+        self.parse_read(sender, receiver)
+    }
+
+    /// One pass over a read: the recorded answer, a PENDING finished, a FAILED recorded, or
+    /// a fresh debit and its completion.
+    fn pass(&mut self, locks: &mut ShardLocks, read: CrossRead) -> Result<Pass, TransferError> {
+        if let Some((from_token, to_token)) = &read.tokens {
+            for (wallet, token) in [(self.from(), from_token), (self.to(), to_token)] {
+                if token.as_deref() != Some(locks.token()) {
+                    return Err(TransferError::LockLost(locks.key(wallet)));
+                }
+            }
+        }
+        if !read.recorded.is_empty() {
+            let answer = self.pass_recorded(locks, read)?;
+            return Ok(Pass::Done(answer.map(Box::new)));
+        }
+        if self.mode == Mode::Recover {
+            return Ok(Pass::Done(None));
+        }
+        let versions = (
+            read.from.as_ref().map_or(0, |w| w.version),
+            read.to.as_ref().map_or(0, |w| w.version),
+        );
+        let after = match decide(self.request, read.from.as_ref(), read.to.as_ref()) {
+            Ok(after) => after,
+            Err(reason) => return self.record_failed(locks, reason, versions),
+        };
+        let Some(pending) = self.debit(locks, &read, after, versions)? else {
+            return Ok(Pass::Aborted);
+        };
+        self.failpoint(locks, Failpoint::AfterDebit)?;
+        let x = locks.token().to_string();
+        let done = self.finish(locks, pending, x, read, false)?;
+        self.stats.elapsed_us = self.started.elapsed().as_micros() as u64;
+        Ok(Pass::Done(Some(Box::new(TransferOutcome {
+            stats: self.stats,
+            ..done
+        }))))
+    }
+
+    /// A recorded outcome: answered as it is when final, finished first when PENDING (not
+    /// for a different request with the same key: that is a conflict, and the PENDING stays
+    /// for its own request or the recovery).
+    fn pass_recorded(
+        &mut self,
+        locks: &mut ShardLocks,
+        read: CrossRead,
+    ) -> Result<Option<TransferOutcome>, TransferError> {
+        let record = parse_outcome(&self.outcome_key, &read.recorded)?;
+        let record = if record.status == Status::Pending {
+            let theirs = !record.request_hash.is_empty() && record.request_hash != self.fingerprint;
+            if theirs && self.mode == Mode::Request {
+                return Err(TransferError::IdempotencyConflict {
+                    key: record.idempotency_key.clone(),
+                    recorded: record.request_hash.clone(),
+                    this: self.fingerprint.clone(),
+                    original: Box::new(record),
+                });
+            }
+            let x = read
+                .recorded
+                .get(PENDING_TOKEN_FIELD)
+                .cloned()
+                .ok_or_else(|| TransferError::Corrupt {
+                    key: self.outcome_key.clone(),
+                    detail: format!("a PENDING record without its {PENDING_TOKEN_FIELD} field"),
+                })?;
+            self.finished_pending = true;
+            self.finish(locks, record, x, read, true)?
+        } else {
+            record
+        };
+        self.stats.elapsed_us = self.started.elapsed().as_micros() as u64;
+        match self.mode {
+            Mode::Recover => Ok(Some(record)),
+            Mode::Request => {
+                answer_from_record(record, &self.fingerprint, self.origin, self.stats).map(Some)
+            }
+        }
+    }
+
+    /// A business failure: the FAILED outcome on the sender's shard, with the sender's lock
+    /// deleted in the same transaction (the receiver's is released on drop).
+    fn record_failed(
+        &mut self,
+        locks: &mut ShardLocks,
+        reason: FailureReason,
+        versions: (u64, u64),
+    ) -> Result<Pass, TransferError> {
+        let decision = Err(reason);
+        let fp = &self.fingerprint;
+        let outcome = new_outcome(self.request, &decision, versions, fp, self.origin);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        add_outcome(&mut pipe, &self.outcome_key, &outcome, None);
+        if let Some(ttl_ms) = self.svc.config.outcome_ttl_ms {
+            pipe.pexpire(&self.outcome_key, ttl_ms as i64).ignore();
+        }
+        pipe.del(keys::lock(self.from())).ignore();
+        self.before_exec();
+        self.stats.round_trips += 1;
+        let exec: Option<Vec<redis::Value>> = query(locks.conn(self.from()), &pipe)?;
+        if exec.is_none() {
+            return Ok(Pass::Aborted);
+        }
+        locks.released_by_step(self.from());
+        self.svc.wait_replicas(locks.conn(self.from()))?;
+        self.stats.elapsed_us = self.started.elapsed().as_micros() as u64;
+        Ok(Pass::Done(Some(Box::new(TransferOutcome {
+            stats: self.stats,
+            ..outcome
+        }))))
+    }
+
+    /// Step 2 on the sender's shard: the debit, its history entry (and trim when due) and
+    /// the PENDING record with this run's token in `x`. `None` when EXEC aborted.
+    fn debit(
+        &mut self,
+        locks: &mut ShardLocks,
+        read: &CrossRead,
+        after: (Amount, Amount),
+        versions: (u64, u64),
+    ) -> Result<Option<TransferOutcome>, TransferError> {
+        let fp = &self.fingerprint;
+        let mut pending = new_outcome(self.request, &Ok(after), versions, fp, self.origin);
+        pending.status = Status::Pending;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let sender = read.from.as_ref().expect("decided: the sender exists");
+        let trim = self.add_move(&mut pipe, sender, HistoryKind::Debit, after.0);
+        add_outcome(&mut pipe, &self.outcome_key, &pending, Some(locks.token()));
+        self.before_exec();
+        self.stats.round_trips += 1;
+        let exec: Option<Vec<i64>> = query(locks.conn(self.from()), &pipe)?;
+        let Some(replies) = exec else {
+            return Ok(None);
+        };
+        if trim {
+            retention::report_trim(self.from(), replies.first().copied().unwrap_or(0));
+        }
+        self.svc.wait_replicas(locks.conn(self.from()))?;
+        Ok(Some(pending))
+    }
+
+    /// Adds one wallet's side of a move to a MULTI: balance and version (one HSET), the
+    /// history entry and, when due, the trim. Returns whether a trim was added (its reply is
+    /// the transaction's first counted one).
+    fn add_move(
+        &self,
+        pipe: &mut redis::Pipeline,
+        wallet: &Wallet,
+        kind: HistoryKind,
+        after: Amount,
+    ) -> bool {
+        let id = match kind {
+            HistoryKind::Debit => self.from(),
+            _ => self.to(),
+        };
+        pipe.cmd("HSET")
+            .arg(keys::wallet(id))
+            .arg("balance")
+            .arg(after.to_string())
+            .arg("version")
+            .arg(wallet.version + 1)
+            .ignore();
+        let mover = Mover {
+            transfer_id: &self.request.transfer_id,
+            idempotency_key: &self.request.idempotency_key,
+        };
+        let amount = self.request.amount;
+        add_history_in(KeySpace::Cluster, pipe, id, &mover, kind, amount, after);
+        pipe.ignore();
+        let max = self.svc.config.history_max_entries;
+        let due = max.filter(|m| retention::trim_due(wallet.version + 1, &wallet.checkpoint, *m));
+        if let Some(max_entries) = due {
+            retention::add_trim_in(KeySpace::Cluster, pipe, id, max_entries);
+        }
+        due.is_some()
+    }
+
+    /// Steps 3 and 4 for the PENDING `pending` whose run token is `x`, from `read` (the
+    /// receiver's WATCH still on; the sender's too when `sender_watching`, i.e. unless step 2
+    /// just ran): the credit unless its marker says it was done, then the record COMPLETED
+    /// and both locks released (the marker with the receiver's).
+    fn finish(
+        &mut self,
+        locks: &mut ShardLocks,
+        pending: TransferOutcome,
+        x: String,
+        read: CrossRead,
+        sender_watching: bool,
+    ) -> Result<TransferOutcome, TransferError> {
+        let credit = self.credit(locks, &x, read.to, read.marker)?;
+        let ((to_after, to_version), receiver_watching) = credit;
+        self.failpoint(locks, Failpoint::AfterCredit)?;
+        let mut pipe = redis::pipe();
+        if sender_watching {
+            pipe.cmd("UNWATCH").ignore();
+        }
+        pipe.cmd("EVAL")
+            .arg(COMPLETE_LUA)
+            .arg(2)
+            .arg(&self.outcome_key)
+            .arg(keys::lock(self.from()))
+            .arg(locks.token())
+            .arg(&x)
+            .arg(to_after.minor())
+            .arg(to_version)
+            .arg(self.svc.config.outcome_ttl_ms.unwrap_or(0));
+        self.stats.round_trips += 2;
+        let (completed,): (i64,) = query(locks.conn(self.from()), &pipe)?;
+        if completed < 0 {
+            return Err(TransferError::LockLost(locks.key(self.from())));
+        }
+        locks.released_by_step(self.from());
+        if completed == 0 {
+            // Only when our lock expired and another run completed it: read it again.
+            return Err(TransferError::LockLost(locks.key(self.from())));
+        }
+        // The marker goes only once COMPLETED is as durable as asked: a failover that lost
+        // the completion but kept the marker's deletion would credit twice.
+        self.svc.wait_replicas(locks.conn(self.from()))?;
+        let marker = self.marker_key.as_str();
+        let _ = locks
+            .of(self.to())
+            .release_with(&[marker], receiver_watching);
+        Ok(TransferOutcome {
+            status: Status::Completed,
+            to_balance_after: Some(to_after),
+            to_version_after: Some(to_version),
+            ..pending
+        })
+    }
+
+    /// Step 3 on the receiver's shard, under the WATCH of the last read: the credit, its
+    /// history entry (and trim when due) and the marker `x tb tv`; skipped when the marker
+    /// already holds this `x`. A nil EXEC reads the receiver's side again (bounded). Returns
+    /// the receiver's balance and version after the credit, and whether the connection still
+    /// WATCHes (the credit was skipped, so no EXEC cleared it).
+    fn credit(
+        &mut self,
+        locks: &mut ShardLocks,
+        x: &str,
+        mut to: Option<Wallet>,
+        mut marker: Option<String>,
+    ) -> Result<((Amount, u64), bool), TransferError> {
+        for _ in 0..=self.svc.config.watch_retries_max {
+            if let Some(done) = marker.as_deref().and_then(|m| parse_marker(m, x)) {
+                return Ok((done, true));
+            }
+            let receiver = to.as_ref().ok_or_else(|| self.receiver_gone())?;
+            let after = receiver
+                .balance
+                .checked_add(self.request.amount)
+                .map_err(|e| TransferError::Corrupt {
+                    key: keys::wallet(self.to()),
+                    detail: format!("the PENDING credit does not fit the balance: {e}"),
+                })?;
+            let version = receiver.version + 1;
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            let trim = self.add_move(&mut pipe, receiver, HistoryKind::Credit, after);
+            let value = format!("{x} {} {version}", after.minor());
+            pipe.set(&self.marker_key, value).ignore();
+            self.stats.round_trips += 1;
+            let exec: Option<Vec<i64>> = query(locks.conn(self.to()), &pipe)?;
+            if let Some(replies) = exec {
+                if trim {
+                    retention::report_trim(self.to(), replies.first().copied().unwrap_or(0));
+                }
+                self.svc.wait_replicas(locks.conn(self.to()))?;
+                return Ok(((after, version), false));
+            }
+            (to, marker) = self.reread_receiver(locks)?;
+        }
+        Err(TransferError::WatchConflicts(
+            self.svc.config.watch_retries_max,
+        ))
+    }
+
+    /// The receiver's side of step 1 again, its lock token checked.
+    fn reread_receiver(
+        &mut self,
+        locks: &mut ShardLocks,
+    ) -> Result<(Option<Wallet>, Option<String>), TransferError> {
+        let mut pipe = redis::pipe();
+        self.add_receiver_reads(&mut pipe, true);
+        self.stats.round_trips += 1;
+        let (to, marker, token): (HashMap<String, String>, Option<String>, Option<String>) =
+            query(locks.conn(self.to()), &pipe)?;
+        if token.as_deref() != Some(locks.token()) {
+            return Err(TransferError::LockLost(locks.key(self.to())));
+        }
+        Ok((parse_wallet(self.to(), &to)?, marker))
+    }
+
+    fn receiver_gone(&self) -> TransferError {
+        TransferError::Corrupt {
+            key: keys::wallet(self.to()),
+            detail: format!(
+                "the receiver's wallet is gone while {} still waits for its credit of {} (PENDING): restore the wallet, then run recover",
+                self.outcome_key, self.request.amount
+            ),
+        }
+    }
+
+    fn before_exec(&self) {
+        if let Some(hook) = &self.svc.before_exec {
+            hook(&self.request.idempotency_key);
+        }
+    }
+
+    /// Stops here, as a crash would, when the tests set this failpoint: the locks are left
+    /// to expire by their ttl and the connections are thrown away.
+    fn failpoint(&self, locks: &mut ShardLocks, here: Failpoint) -> Result<(), TransferError> {
+        if self.svc.failpoint != Some(here) {
+            return Ok(());
+        }
+        locks.abandon();
+        // A client-side error (not I/O: that would count as a node failing over and run the
+        // transfer again at once); transient, like the crash it stands for.
+        Err(TransferError::Redis(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "failpoint",
+            format!(
+                "{here:?}: the transfer stopped as a crash would (test hook); its locks expire by their ttl"
+            ),
+        ))))
+    }
+}
+
+/// Adds the outcome record to a MULTI: one HSET of its fields (and `x` for a PENDING one).
+fn add_outcome(pipe: &mut redis::Pipeline, key: &str, outcome: &TransferOutcome, x: Option<&str>) {
+    let record = pipe.cmd("HSET").arg(key);
+    for (field, value) in outcome_fields(outcome) {
+        record.arg(field).arg(value);
+    }
+    if let Some(x) = x {
+        record.arg(PENDING_TOKEN_FIELD).arg(x);
+    }
+    record.ignore();
+}
+
+/// Runs a pipeline on a shard's connection; an error leaves the connection's state unknown,
+/// so it is thrown away.
+fn query<T: redis::FromRedisValue>(
+    conn: &mut PooledConn,
+    pipe: &redis::Pipeline,
+) -> Result<T, TransferError> {
+    pipe.query(&mut conn.redis).map_err(|e| {
+        conn.taint();
+        TransferError::Redis(e)
+    })
+}
+
+/// The receiver's balance and version after the credit, from a marker `x tb tv` that holds
+/// this run's `x`; `None` for another transfer's marker (or one that does not read). Pure.
+fn parse_marker(marker: &str, x: &str) -> Option<(Amount, u64)> {
+    let mut parts = marker.split(' ');
+    if parts.next()? != x {
+        return None;
+    }
+    let balance = parts.next()?.parse::<i64>().ok()?;
+    let version = parts.next()?.parse::<u64>().ok()?;
+    Some((Amount::from_minor(balance), version))
+}
+
+impl WalletService {
+    /// Finishes cross-slot transfers that stopped halfway (ARCHITECTURE.md, "Redis Cluster"):
+    /// scans every primary for outcome records, and for each PENDING one (at most `limit`,
+    /// itself at most [`RECOVER_LIMIT`]) takes both wallets' locks and runs the steps still to
+    /// do: the credit unless its marker says it was done, then COMPLETED. Safe to run any
+    /// number of times, from any number of processes, while transfers run: a record finished
+    /// in between is counted in [`RecoverReport::already_final`] and left alone.
+    ///
+    /// On one Redis nothing is ever PENDING: the report is empty. A failure to reach a
+    /// primary is an error; a PENDING record that cannot be finished now (its locks busy) is
+    /// counted in [`RecoverReport::failed`] with its error: run again later.
+    pub fn recover(&self, limit: usize) -> Result<RecoverReport, TransferError> {
+        let Backend::Cluster(pools) = &self.backend else {
+            return Ok(RecoverReport::default());
+        };
+        let limit = limit.min(RECOVER_LIMIT);
+        let mut report = RecoverReport::default();
+        let mut pending = Vec::new();
+        for primary in pools.primaries() {
+            let mut conn = pools.conn_for_addr(&primary)?;
+            report.primaries_scanned += 1;
+            scan_pending(&mut conn, limit, &mut pending, &mut report)?;
+        }
+        report.pending_found = pending.len() as u64;
+        for key in pending {
+            match self.recover_one(pools, &key) {
+                Ok(true) => report.finished += 1,
+                Ok(false) => report.already_final += 1,
+                Err(e) => {
+                    report.failed += 1;
+                    if report.errors.len() < RECOVER_ERRORS_LISTED_LIMIT {
+                        report.errors.push(format!("{key}: {e}"));
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Finishes the PENDING record `key` (true), or finds it final already (false).
+    fn recover_one(&self, pools: &ClusterPools, key: &str) -> Result<bool, TransferError> {
+        with_redirects(pools, || {
+            let mut conn = pools.conn_for_key(key)?;
+            let fields: HashMap<String, String> =
+                redis::cmd("HGETALL").arg(key).query(&mut conn.redis)?;
+            drop(conn);
+            if fields.is_empty() {
+                return Ok(false);
+            }
+            let record = parse_outcome(key, &fields)?;
+            if record.status != Status::Pending {
+                return Ok(false);
+            }
+            let request = request_of(key, &record)?;
+            let mut run = Cross::new(self, pools, &request, None, Mode::Recover);
+            run.run()?;
+            Ok(run.finished_pending)
+        })
+    }
+}
+
+/// Walks one primary's keys with `SCAN MATCH transfer:{*}:* TYPE hash` and collects the
+/// PENDING records (their `s` read in one pipelined round trip per batch) into `pending`,
+/// until it holds `limit`.
+fn scan_pending(
+    conn: &mut PooledConn,
+    limit: usize,
+    pending: &mut Vec<String>,
+    report: &mut RecoverReport,
+) -> Result<(), TransferError> {
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("transfer:{*}:*")
+            .arg("COUNT")
+            .arg(RECOVER_SCAN_COUNT)
+            .arg("TYPE")
+            .arg("hash")
+            .query(&mut conn.redis)?;
+        let mut pipe = redis::pipe();
+        for key in &batch {
+            pipe.hget(key, "s");
+        }
+        let states: Vec<Option<String>> = match batch.is_empty() {
+            true => Vec::new(),
+            false => pipe.query(&mut conn.redis)?,
+        };
+        report.records_scanned += batch.len() as u64;
+        for (key, state) in batch.into_iter().zip(states) {
+            if state.as_deref() == Some(Status::Pending.as_str()) && !pending.contains(&key) {
+                if pending.len() >= limit {
+                    report.limit_reached = true;
+                    return Ok(());
+                }
+                pending.push(key);
+            }
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// The request a PENDING record was made for, rebuilt from it (the recovery has no other).
+fn request_of(key: &str, record: &TransferOutcome) -> Result<TransferRequest, TransferError> {
+    let corrupt = |detail: String| TransferError::Corrupt {
+        key: key.to_string(),
+        detail,
+    };
+    let currency = record
+        .currency
+        .parse()
+        .map_err(|e| corrupt(format!("currency: {e}")))?;
+    let request = TransferRequest::new(
+        &record.transfer_id,
+        &record.from_user,
+        &record.to_user,
+        &record.amount.to_string(),
+        currency,
+    )
+    .and_then(|r| r.with_idempotency_key(&record.idempotency_key))
+    .map_err(|e| corrupt(format!("the recorded request does not validate: {e}")))?;
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_counts_only_for_its_own_run() {
+        assert_eq!(
+            parse_marker("abc 1250 7", "abc"),
+            Some((Amount::from_minor(1250), 7))
+        );
+        assert_eq!(parse_marker("abc 1250 7", "abd"), None);
+        assert_eq!(parse_marker("abc x 7", "abc"), None);
+        assert_eq!(parse_marker("", "abc"), None);
+    }
+
+    #[test]
+    fn redirects_and_a_moving_slot_are_retried_other_errors_are_not() {
+        let server = |wire: &[u8]| {
+            TransferError::Redis(
+                redis::parse_redis_value(wire)
+                    .unwrap()
+                    .extract_error()
+                    .unwrap_err(),
+            )
+        };
+        assert!(redirected(&server(b"-MOVED 3999 127.0.0.1:6381\r\n")));
+        assert!(redirected(&server(b"-ASK 3999 127.0.0.1:6381\r\n")));
+        assert!(redirected(&server(b"-TRYAGAIN Multiple keys request\r\n")));
+        assert!(redirected(&server(b"-CLUSTERDOWN The cluster is down\r\n")));
+        assert!(!redirected(&server(b"-ERR unknown command\r\n")));
+        assert!(!redirected(&TransferError::WatchConflicts(3)));
+    }
+}

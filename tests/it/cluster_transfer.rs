@@ -1,0 +1,749 @@
+//! Transfers on a real Redis Cluster (3 primaries, `support::cluster`): random load across
+//! shards from several "processes" with overspend races, a crash at each failpoint finished
+//! by a replay and by `recover`, business failures recorded on the sender's shard, same-slot
+//! transfers in one transaction, and a stale slot map (MOVED) during a transfer. After each,
+//! the ledger is read from every primary and checked: money conserved, no negative balance,
+//! every COMPLETED outcome one debit and one credit, nothing PENDING, no marker, no lock left.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rand::{RngExt, SeedableRng};
+use wallet_transfer::engine::cluster::keys;
+use wallet_transfer::engine::lock::LockConfig;
+use wallet_transfer::engine::service::Failpoint;
+use wallet_transfer::engine::wallet::{HistoryKind, parse_history_fields};
+use wallet_transfer::{
+    Amount, Currency, EngineConfig, FailureReason, NewWallet, Status, TransferError,
+    TransferOutcome, TransferRequest, WalletService,
+};
+
+use crate::support::cluster::RedisCluster;
+
+const POOL_SIZE: u32 = 8;
+
+fn connect(redis: &RedisCluster, config: EngineConfig) -> WalletService {
+    WalletService::connect_cluster(&redis.seeds(), "redis://", POOL_SIZE, config)
+        .expect("connect to the test cluster")
+}
+
+/// Locks that expire soon (a crashed transfer's are left to expire) and patient retries.
+fn config() -> EngineConfig {
+    EngineConfig::default()
+        .with_lock(
+            LockConfig::default()
+                .with_ttl_ms(1_000)
+                .with_retry_delay_ms_base(2)
+                .with_retry_delay_ms_max(20)
+                .with_retries_max(1_000),
+        )
+        .with_history_max_entries(None)
+}
+
+fn usd(id: &str, from: &str, to: &str, amount: &str) -> TransferRequest {
+    TransferRequest::new(id, from, to, amount, Currency::USD).expect("valid request")
+}
+
+fn create(service: &WalletService, ids: &[String], balance: &str) {
+    let new: Vec<NewWallet> = ids
+        .iter()
+        .map(|id| NewWallet::new(id, Amount::parse(balance).unwrap(), Currency::USD))
+        .collect();
+    assert_eq!(service.create_wallets(&new).unwrap(), ids.len());
+}
+
+/// Retries transient errors as the worker does (bounded).
+fn transfer_retrying(service: &WalletService, request: &TransferRequest) -> TransferOutcome {
+    let mut last = String::new();
+    for _ in 0..100 {
+        match service.transfer(request) {
+            Ok(outcome) => return outcome,
+            Err(e) if e.is_transient() => {
+                last = e.to_string();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => panic!("{}: {e}", request.transfer_id),
+        }
+    }
+    panic!(
+        "{}: still failing after 100 tries: {last}",
+        request.transfer_id
+    )
+}
+
+/// Two wallet ids (`{prefix}_N`) in different slots, or in the same slot.
+fn pair(prefix: &str, same_slot: bool) -> (String, String) {
+    let a = format!("{prefix}_0");
+    let slot = keys::wallet_slot(&a);
+    let b = (1..100_000)
+        .map(|n| format!("{prefix}_{n}"))
+        .find(|b| (keys::wallet_slot(b) == slot) == same_slot)
+        .expect("a second id");
+    (a, b)
+}
+
+/// Every key of one kind on every primary (`SCAN MATCH pattern TYPE type`).
+fn scan(redis: &RedisCluster, pattern: &str, type_: &str) -> Vec<(u16, String)> {
+    let mut found = Vec::new();
+    for port in redis.primary_ports() {
+        let mut conn = redis.conn(port);
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1_000)
+                .arg("TYPE")
+                .arg(type_)
+                .query(&mut conn)
+                .expect("SCAN");
+            found.extend(batch.into_iter().map(|k| (port, k)));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// What the ledger holds, read from every primary.
+#[derive(Debug, PartialEq, Eq)]
+struct Ledger {
+    /// Wallet id -> (balance, opening) in cents.
+    wallets: BTreeMap<String, (i64, i64)>,
+    /// (wallet, idempotency key, kind code) -> entries.
+    entries: HashMap<(String, String, &'static str), u32>,
+    /// Outcome key -> (status, sender, receiver, amount in cents).
+    outcomes: BTreeMap<String, (String, String, String, i64)>,
+    markers: Vec<String>,
+    locks: Vec<String>,
+}
+
+fn read_ledger(redis: &RedisCluster) -> Ledger {
+    let mut ledger = Ledger {
+        wallets: BTreeMap::new(),
+        entries: HashMap::new(),
+        outcomes: BTreeMap::new(),
+        markers: scan(redis, "credit:{*}:*", "string")
+            .into_iter()
+            .map(|k| k.1)
+            .collect(),
+        locks: scan(redis, "lock:{*}", "string")
+            .into_iter()
+            .map(|k| k.1)
+            .collect(),
+    };
+    let cents = |f: &HashMap<String, String>, name: &str| -> i64 {
+        let text = f
+            .get(name)
+            .unwrap_or_else(|| panic!("field {name} in {f:?}"));
+        Amount::parse(text)
+            .map(|a| a.minor())
+            .unwrap_or_else(|_| text.parse().unwrap())
+    };
+    for (port, key) in scan(redis, "wallet:{*}", "hash") {
+        let f: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query(&mut redis.conn(port))
+            .unwrap();
+        let id = key
+            .trim_start_matches("wallet:{")
+            .trim_end_matches('}')
+            .to_string();
+        ledger
+            .wallets
+            .insert(id, (cents(&f, "balance"), cents(&f, "opening_balance")));
+    }
+    for (port, key) in scan(redis, "wallet:{*}:history", "stream") {
+        let id = key
+            .trim_start_matches("wallet:{")
+            .trim_end_matches("}:history");
+        let raw: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query(&mut redis.conn(port))
+            .unwrap();
+        for (stream_id, fields) in raw {
+            let e = parse_history_fields(&stream_id, &fields).expect("a readable entry");
+            let k = (id.to_string(), e.idempotency_key.unwrap(), e.kind.code());
+            *ledger.entries.entry(k).or_default() += 1;
+        }
+    }
+    for (port, key) in scan(redis, "transfer:{*}:*", "hash") {
+        let f: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query(&mut redis.conn(port))
+            .unwrap();
+        let record = (
+            f["s"].clone(),
+            f["f"].clone(),
+            f["t"].clone(),
+            f["a"].parse().expect("an amount in cents"),
+        );
+        ledger.outcomes.insert(key, record);
+    }
+    ledger
+}
+
+/// The invariants; returns what they counted: (completed, failed) outcomes.
+fn check_ledger(ledger: &Ledger, wallets: usize, total_cents: i64) -> (usize, usize) {
+    assert_eq!(
+        ledger.wallets.len(),
+        wallets,
+        "every wallet found on some primary"
+    );
+    let sum: i64 = ledger.wallets.values().map(|(b, _)| b).sum();
+    assert_eq!(sum, total_cents, "money conserved");
+    let opening: i64 = ledger.wallets.values().map(|(_, o)| o).sum();
+    assert_eq!(opening, total_cents);
+    for (id, (balance, _)) in &ledger.wallets {
+        assert!(*balance >= 0, "{id} went negative: {balance}");
+    }
+    let (mut completed, mut failed) = (0, 0);
+    for (key, (status, from, to, _)) in &ledger.outcomes {
+        let k = key.split_once("}:").unwrap().1.to_string();
+        let count = |w: &str, kind: HistoryKind| {
+            ledger
+                .entries
+                .get(&(w.to_string(), k.clone(), kind.code()))
+                .copied()
+        };
+        let (debits, credits) = (
+            count(from, HistoryKind::Debit),
+            count(to, HistoryKind::Credit),
+        );
+        match status.as_str() {
+            "COMPLETED" => {
+                completed += 1;
+                assert_eq!(
+                    (debits, credits),
+                    (Some(1), Some(1)),
+                    "{key}: one debit, one credit"
+                );
+            }
+            "FAILED" => {
+                failed += 1;
+                assert_eq!((debits, credits), (None, None), "{key}: FAILED moved money");
+            }
+            other => panic!("{key} left {other}"),
+        }
+    }
+    let moves = ledger.entries.values().map(|n| *n as usize).sum::<usize>();
+    assert_eq!(
+        moves,
+        2 * completed,
+        "no history entry without a COMPLETED outcome"
+    );
+    assert!(
+        ledger.markers.is_empty(),
+        "markers left: {:?}",
+        ledger.markers
+    );
+    assert!(ledger.locks.is_empty(), "locks left: {:?}", ledger.locks);
+    // Each balance is its opening plus its entries.
+    let mut net: HashMap<&str, i64> = HashMap::new();
+    for (key, (status, from, to, amount)) in &ledger.outcomes {
+        if status == "COMPLETED" {
+            *net.entry(from).or_default() -= amount;
+            *net.entry(to).or_default() += amount;
+        }
+        let _ = key;
+    }
+    for (id, (balance, opening)) in &ledger.wallets {
+        assert_eq!(
+            *balance,
+            opening + net.get(id.as_str()).unwrap_or(&0),
+            "{id}"
+        );
+    }
+    (completed, failed)
+}
+
+/// Random transfers over 300 wallets on 3 primaries from 4 "processes" (each its own
+/// service: its own pools and in-process queue), half of them among 6 hot wallets in both
+/// directions with amounts that overspend, a tenth between wallets of one slot, a tenth
+/// re-sent; one more process crashes
+/// transfers at both failpoints while another runs `recover` in a loop. Afterwards, over
+/// every primary: money conserved, no negative balance, each COMPLETED outcome exactly one
+/// debit and one credit, nothing PENDING, no marker and no lock left.
+#[test]
+fn random_load_across_shards_moves_money_exactly_once() {
+    const WALLETS: usize = 300;
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 150;
+    let redis = RedisCluster::start(3, 0);
+    let base = connect(&redis, config());
+    // The last 20 wallets are 10 pairs that share a slot, for same-slot transfers.
+    let mut ids: Vec<String> = (0..WALLETS - 20).map(|i| format!("w{i}")).collect();
+    for k in 0..10 {
+        let (a, b) = pair(&format!("p{k}"), true);
+        ids.extend([a, b]);
+    }
+    let ids = Arc::new(ids);
+    create(&base, &ids, "100.00");
+    let seed: u64 = rand::random();
+    println!("cluster load seed {seed}");
+    let done = Arc::new(AtomicBool::new(false));
+    let recoverer = {
+        let service = connect(&redis, config());
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut finished = 0;
+            while !done.load(Ordering::SeqCst) {
+                finished += service.recover(1_000).expect("recover").finished;
+            }
+            finished
+        })
+    };
+    let crasher = {
+        let mut service = connect(&redis, config());
+        let ids = ids.clone();
+        std::thread::spawn(move || crash_some(&mut service, &ids, seed))
+    };
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let service = connect(&redis, config());
+            let ids = ids.clone();
+            std::thread::spawn(move || load(&service, &ids, seed + t as u64, t, PER_THREAD))
+        })
+        .collect();
+    let mut cross = 0;
+    let mut all = 0;
+    for w in workers {
+        let (c, n) = w.join().unwrap();
+        cross += c;
+        all += n;
+    }
+    let crashed = crasher.join().unwrap();
+    done.store(true, Ordering::SeqCst);
+    let recovered_while_loaded = recoverer.join().unwrap();
+    // Crashed transfers' locks expire in 1 s; the last sweep finishes what is left.
+    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    let last = base.recover(1_000).unwrap();
+    assert_eq!(last.failed, 0, "{last:?}");
+    let ledger = read_ledger(&redis);
+    let (completed, failed) = check_ledger(&ledger, WALLETS, WALLETS as i64 * 10_000);
+    println!(
+        "{all} transfers, {cross} cross-slot ({:.0}%); {completed} COMPLETED, {failed} FAILED outcomes; {crashed} crashed, {recovered_while_loaded} recovered under load, {} by the last sweep",
+        100.0 * cross as f64 / all as f64,
+        last.finished
+    );
+    assert!(cross * 2 > all, "most transfers are cross-slot");
+    assert!(cross < all, "some are same-slot");
+    assert!(failed > 0, "the hot wallets overspent");
+    let again = base.recover(1_000).unwrap();
+    assert_eq!((again.pending_found, again.finished), (0, 0));
+}
+
+/// One process's share of the load; returns (cross-slot, all) requests sent.
+fn load(
+    service: &WalletService,
+    ids: &[String],
+    seed: u64,
+    thread: usize,
+    count: usize,
+) -> (usize, usize) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut sent: Vec<(TransferRequest, TransferOutcome)> = Vec::new();
+    let mut cross = 0;
+    for i in 0..count {
+        let hot = rng.random_bool(0.5);
+        let pick = |rng: &mut rand::rngs::StdRng| match hot {
+            true => ids[rng.random_range(0..6)].clone(),
+            false => ids[rng.random_range(0..ids.len())].clone(),
+        };
+        let (from, to) = if rng.random_bool(0.1) {
+            // A same-slot pair (the last 20 wallets), either direction.
+            let p = ids.len() - 20 + 2 * rng.random_range(0..10);
+            let d = usize::from(rng.random_bool(0.5));
+            (ids[p + d].clone(), ids[p + 1 - d].clone())
+        } else {
+            let from = pick(&mut rng);
+            let mut to = pick(&mut rng);
+            while to == from {
+                to = pick(&mut rng);
+            }
+            (from, to)
+        };
+        let cents = rng.random_range(1..6_000);
+        let amount = format!("{}.{:02}", cents / 100, cents % 100);
+        let request = usd(&format!("t{thread}_{i}"), &from, &to, &amount);
+        cross += usize::from(keys::wallet_slot(&from) != keys::wallet_slot(&to));
+        let outcome = transfer_retrying(service, &request);
+        assert!(!outcome.duplicate);
+        assert_ne!(outcome.status, Status::Pending);
+        sent.push((request, outcome));
+        if rng.random_bool(0.1) {
+            let (request, first) = &sent[rng.random_range(0..sent.len())];
+            let replay = transfer_retrying(service, request);
+            assert!(replay.duplicate);
+            assert_eq!(
+                (replay.status, replay.reason, replay.to_balance_after),
+                (first.status, first.reason, first.to_balance_after)
+            );
+        }
+    }
+    (cross, count)
+}
+
+/// Cross-slot transfers that stop at a failpoint (alternating), not retried: their PENDING
+/// records are left to the recovery. Returns how many crashed.
+fn crash_some(service: &mut WalletService, ids: &[String], seed: u64) -> usize {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xc4a5);
+    let mut crashed = 0;
+    for i in 0..20 {
+        let from = ids[rng.random_range(0..ids.len())].clone();
+        let to = ids[rng.random_range(0..ids.len())].clone();
+        if keys::wallet_slot(&from) == keys::wallet_slot(&to) {
+            continue;
+        }
+        let point = [Failpoint::AfterDebit, Failpoint::AfterCredit][i % 2];
+        service.set_failpoint(Some(point));
+        match service.transfer(&usd(&format!("crash_{i}"), &from, &to, "0.01")) {
+            Err(e) if e.to_string().contains("failpoint") => crashed += 1,
+            Err(e) => assert!(e.is_transient(), "{e}"),
+            Ok(o) => assert_ne!(o.status, Status::Pending),
+        }
+    }
+    crashed
+}
+
+/// The state a crash at `point` leaves, checked: the record PENDING, the sender debited, the
+/// receiver credited only after step 3, no answer given.
+fn crash_at(redis: &RedisCluster, point: Failpoint, tag: &str) -> (TransferRequest, Ledger) {
+    let mut crashing = connect(redis, config());
+    crashing.set_failpoint(Some(point));
+    let (from, to) = pair(tag, false);
+    create(&crashing, &[from.clone(), to.clone()], "10.00");
+    let request = usd(&format!("{tag}_tx"), &from, &to, "2.50");
+    let e = crashing
+        .transfer(&request)
+        .expect_err("the failpoint stops it");
+    assert!(
+        e.is_transient() && e.to_string().contains("failpoint"),
+        "{e}"
+    );
+    let record = crashing
+        .transfer_outcome_of(&from, &request.idempotency_key)
+        .unwrap()
+        .expect("a record");
+    assert_eq!(record.status, Status::Pending);
+    assert_eq!(
+        crashing.balance(&from).unwrap(),
+        Amount::parse("7.50").unwrap()
+    );
+    let credited = point == Failpoint::AfterCredit;
+    let to_balance = if credited { "12.50" } else { "10.00" };
+    assert_eq!(
+        crashing.balance(&to).unwrap(),
+        Amount::parse(to_balance).unwrap()
+    );
+    let ledger = read_ledger(redis);
+    assert_eq!(ledger.markers.len(), usize::from(credited));
+    let held = |id: &str| ledger.locks.contains(&keys::lock(id));
+    assert!(
+        held(&from) && held(&to),
+        "a crash leaves its locks to expire"
+    );
+    assert!(matches!(
+        crashing.transfer_outcome(&request.idempotency_key),
+        Err(TransferError::WrongMode(_))
+    ));
+    (request, ledger)
+}
+
+/// A crash after step 2 and one after step 3, each finished by the next delivery of its
+/// request (once its locks expired): COMPLETED, money moved once; a further replay changes
+/// nothing.
+#[test]
+fn a_replay_finishes_a_transfer_that_crashed_after_the_debit_or_the_credit() {
+    let redis = RedisCluster::start(3, 0);
+    let service = connect(&redis, config());
+    for (point, tag) in [
+        (Failpoint::AfterDebit, "rd"),
+        (Failpoint::AfterCredit, "rc"),
+    ] {
+        let (request, _) = crash_at(&redis, point, tag);
+        let outcome = transfer_retrying(&service, &request);
+        assert_eq!(outcome.status, Status::Completed, "{point:?}");
+        assert_eq!(
+            outcome.from_balance_after,
+            Some(Amount::parse("7.50").unwrap())
+        );
+        assert_eq!(
+            outcome.to_balance_after,
+            Some(Amount::parse("12.50").unwrap())
+        );
+        let before = read_ledger(&redis);
+        let again = transfer_retrying(&service, &request);
+        assert_eq!((again.status, again.duplicate), (Status::Completed, true));
+        assert_eq!(read_ledger(&redis), before, "a replay moved something");
+    }
+    let ledger = read_ledger(&redis);
+    let (completed, _) = check_ledger(&ledger, 4, 4_000);
+    assert_eq!(completed, 2);
+}
+
+/// The same two crashes finished by `recover` (no request needed); a second `recover` finds
+/// nothing and changes nothing; the request sent afterwards is answered from its record.
+#[test]
+fn recover_finishes_crashed_transfers_once() {
+    let redis = RedisCluster::start(3, 0);
+    let service = connect(&redis, config());
+    let mut requests = Vec::new();
+    for (point, tag) in [
+        (Failpoint::AfterDebit, "vd"),
+        (Failpoint::AfterCredit, "vc"),
+    ] {
+        requests.push(crash_at(&redis, point, tag).0);
+    }
+    let report = loop {
+        // Until the crashed runs' locks expire, their records are busy (counted, retried).
+        let report = service.recover(100).unwrap();
+        if report.failed == 0 {
+            break report;
+        }
+        assert!(
+            report.errors.iter().all(|e| e.contains("lock")),
+            "{report:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(
+        (report.pending_found, report.finished),
+        (2, 2),
+        "{report:?}"
+    );
+    let ledger = read_ledger(&redis);
+    check_ledger(&ledger, 4, 4_000);
+    let second = service.recover(100).unwrap();
+    assert_eq!(
+        (second.pending_found, second.finished),
+        (0, 0),
+        "{second:?}"
+    );
+    assert_eq!(second.records_scanned, 2);
+    assert_eq!(
+        read_ledger(&redis),
+        ledger,
+        "a second recover changed something"
+    );
+    for request in &requests {
+        let answer = transfer_retrying(&service, request);
+        assert_eq!((answer.status, answer.duplicate), (Status::Completed, true));
+    }
+    assert_eq!(read_ledger(&redis), ledger);
+}
+
+/// Cross-slot business failures are decided from both shards' reads and recorded FAILED in
+/// the sender's slot; a replay gets the same answer; nothing moves.
+#[test]
+fn cross_slot_business_failures_are_recorded_on_the_senders_shard() {
+    let redis = RedisCluster::start(3, 0);
+    let service = connect(&redis, config());
+    let (from, to) = pair("bf", false);
+    create(&service, &[from.clone(), to.clone()], "5.00");
+    let (_, missing) = pair("nobody", false);
+    let cases = [
+        (
+            usd("poor", &from, &to, "5.01"),
+            FailureReason::InsufficientFunds,
+        ),
+        (
+            usd("lost", &from, &missing, "1.00"),
+            FailureReason::WalletNotFound,
+        ),
+        (
+            TransferRequest::new("eur", &from, &to, "1.00", Currency::EUR).unwrap(),
+            FailureReason::CurrencyMismatch,
+        ),
+    ];
+    for (request, reason) in &cases {
+        let outcome = transfer_retrying(&service, request);
+        assert_eq!(
+            (outcome.status, outcome.reason),
+            (Status::Failed, Some(*reason))
+        );
+        let replay = transfer_retrying(&service, request);
+        assert_eq!((replay.reason, replay.duplicate), (Some(*reason), true));
+        let record = service
+            .transfer_outcome_of(&from, &request.idempotency_key)
+            .unwrap();
+        assert_eq!(record.map(|r| r.status), Some(Status::Failed));
+    }
+    let ledger = read_ledger(&redis);
+    assert_eq!(check_ledger(&ledger, 2, 1_000), (0, 3));
+}
+
+/// Commands run so far, summed over every primary (`INFO commandstats`, INFO left out).
+fn commands(redis: &RedisCluster) -> u64 {
+    redis
+        .primary_ports()
+        .into_iter()
+        .map(|port| {
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query(&mut redis.conn(port))
+                .unwrap();
+            wallet_transfer::tools::bench::parse_command_calls(&info)
+        })
+        .sum()
+}
+
+/// Two wallets of one slot: today's algorithm, one transaction on the slot's primary (two
+/// round trips, at most 14 commands, as on one Redis; no marker); a cross-slot one costs six
+/// round trips and at most 27 commands (20 sent, 7 more run inside the two scripts).
+#[test]
+fn same_slot_transfers_stay_one_transaction() {
+    let redis = RedisCluster::start(3, 0);
+    let service = connect(&redis, config());
+    let (a, b) = pair("ss", true);
+    let (c, d) = pair("xs", false);
+    create(
+        &service,
+        &[a.clone(), b.clone(), c.clone(), d.clone()],
+        "10.00",
+    );
+    // Warm the pools, so no connection handshake lands in the counts.
+    for (id, from, to) in [("w1", &a, &b), ("w2", &c, &d), ("w3", &d, &c)] {
+        service.transfer(&usd(id, from, to, "0.01")).unwrap();
+    }
+    let before = commands(&redis);
+    let same = service.transfer(&usd("same", &a, &b, "1.00")).unwrap();
+    let same_commands = commands(&redis) - before;
+    assert_eq!(same.status, Status::Completed);
+    assert_eq!(same.stats.round_trips, 2, "{:?}", same.stats);
+    assert!(same_commands <= 14, "{same_commands} commands");
+    let before = commands(&redis);
+    let cross = service.transfer(&usd("cross", &c, &d, "1.00")).unwrap();
+    let cross_commands = commands(&redis) - before;
+    assert_eq!(cross.status, Status::Completed);
+    assert_eq!(cross.stats.round_trips, 6, "{:?}", cross.stats);
+    assert!(cross_commands <= 27, "{cross_commands} commands");
+    println!(
+        "same-slot: {} round trips, {same_commands} commands; cross-slot: {} round trips, {cross_commands} commands",
+        same.stats.round_trips, cross.stats.round_trips
+    );
+    check_ledger(&read_ledger(&redis), 4, 4_000);
+}
+
+/// The sender's slot moves to another primary after the service read the map: the first
+/// command there answers MOVED, the map is refreshed and the transfer runs again, once.
+#[test]
+fn a_moved_slot_refreshes_the_map_and_the_transfer_completes_once() {
+    let redis = RedisCluster::start(3, 0);
+    let service = connect(&redis, config());
+    let (from, to) = pair("mv", false);
+    create(&service, &[from.clone(), to.clone()], "10.00");
+    let slot = keys::wallet_slot(&from);
+    let pools = service.cluster().expect("a cluster service");
+    let port = |addr: String| addr.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
+    let owner = port(pools.primary_for_slot(slot).unwrap());
+    let target = redis
+        .primary_ports()
+        .into_iter()
+        .find(|p| *p != owner)
+        .unwrap();
+    redis.begin_migration(slot, owner, target);
+    let (wallet, user) = (keys::wallet(&from), keys::user(&from));
+    redis.migrate_keys(owner, target, &[wallet.as_str(), user.as_str()]);
+    redis.end_migration(slot, target);
+    assert_eq!(
+        pools.primary_for_slot(slot).map(port),
+        Some(owner),
+        "the map is stale"
+    );
+    let outcome = transfer_retrying(&service, &usd("moved", &from, &to, "3.00"));
+    assert_eq!(outcome.status, Status::Completed);
+    assert_eq!(
+        pools.primary_for_slot(slot).map(port),
+        Some(target),
+        "refreshed"
+    );
+    assert_eq!(check_ledger(&read_ledger(&redis), 2, 2_000), (1, 0));
+}
+
+/// `wait_replicas`: on 3 primaries without replicas no write is acknowledged within the
+/// WAIT timeout, so a transfer returns the transient `ReplicasBehind` after its first write
+/// (a cross-slot one left PENDING, which a replay without the wait finishes; a same-slot one
+/// COMPLETED on the primary); with one replica per primary every step is acknowledged.
+#[test]
+fn wait_replicas_fails_without_an_acknowledgement_and_passes_with_one_replica() {
+    let zero = EngineConfig::default().with_wait_replicas(Some(0));
+    assert_eq!(zero.validate().unwrap_err().setting, "wait_replicas");
+    let waiting = config().with_wait_replicas(Some(1));
+    let redis = RedisCluster::start(3, 0);
+    let service = connect(&redis, waiting.clone());
+    let (from, to) = pair("wr", false);
+    let (a, b) = pair("ws", true);
+    create(
+        &service,
+        &[from.clone(), to.clone(), a.clone(), b.clone()],
+        "10.00",
+    );
+    let request = usd("wr_tx", &from, &to, "1.00");
+    let started = std::time::Instant::now();
+    let e = service
+        .transfer(&request)
+        .expect_err("no replica to acknowledge");
+    assert!(
+        matches!(
+            e,
+            TransferError::ReplicasBehind {
+                acked: 0,
+                wanted: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.is_transient() && e.to_string().contains("retry the request"),
+        "{e}"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1_000));
+    let record = service
+        .transfer_outcome_of(&from, "wr_tx")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        record.status,
+        Status::Pending,
+        "the debit is on the primary"
+    );
+    let same = service.transfer(&usd("ws_tx", &a, &b, "1.00")).unwrap_err();
+    assert!(
+        matches!(same, TransferError::ReplicasBehind { .. }),
+        "{same}"
+    );
+    let record = service.transfer_outcome_of(&a, "ws_tx").unwrap().unwrap();
+    assert_eq!(record.status, Status::Completed);
+    let plain = connect(&redis, config());
+    assert_eq!(
+        transfer_retrying(&plain, &request).status,
+        Status::Completed
+    );
+    assert_eq!(check_ledger(&read_ledger(&redis), 4, 4_000), (2, 0));
+    drop(redis);
+
+    let redis = RedisCluster::start(3, 1);
+    let service = connect(&redis, waiting);
+    create(
+        &service,
+        &[from.clone(), to.clone(), a.clone(), b.clone()],
+        "10.00",
+    );
+    for request in [usd("c", &from, &to, "1.00"), usd("s", &a, &b, "1.00")] {
+        assert_eq!(
+            service.transfer(&request).unwrap().status,
+            Status::Completed
+        );
+    }
+}
