@@ -117,6 +117,18 @@ pub struct GlobalOpts {
     )]
     pub redis_url: String,
 
+    /// Redis Cluster seed nodes, comma-separated host:port, instead of a single Redis: the
+    /// commands then find every primary from them (--redis-url still gives the scheme, user
+    /// and password: redis://user:pass@ignored, rediss:// for TLS)
+    #[arg(
+        long,
+        env = "REDIS_CLUSTER",
+        value_name = "HOST:PORT,...",
+        value_parser = parse_cluster_seeds,
+        global = true
+    )]
+    pub redis_cluster: Option<ClusterSeeds>,
+
     /// CA certificate (PEM) to trust for a rediss:// URL instead of the system's roots: for a
     /// Redis whose certificate a private CA signed
     #[arg(
@@ -267,6 +279,36 @@ fn parse_outcome_ttl(text: &str) -> Result<OutcomeTtl, String> {
     }
 }
 
+/// `--redis-cluster`: the seed nodes, at least one, at most [`CLUSTER_SEEDS_LIMIT`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSeeds(pub Vec<String>);
+
+/// Most seed nodes `--redis-cluster` takes.
+pub const CLUSTER_SEEDS_LIMIT: usize = 64;
+
+fn parse_cluster_seeds(text: &str) -> Result<ClusterSeeds, String> {
+    let seeds: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if seeds.is_empty() || seeds.len() > CLUSTER_SEEDS_LIMIT {
+        return Err(format!(
+            "must list 1 to {CLUSTER_SEEDS_LIMIT} nodes as host:port,host:port, got {text:?}"
+        ));
+    }
+    if let Some(bad) = seeds.iter().find(|s| {
+        s.rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+    }) {
+        return Err(format!(
+            "{bad:?} is not host:port (a node of the cluster, e.g. 10.0.0.5:7000)"
+        ));
+    }
+    Ok(ClusterSeeds(seeds))
+}
+
 /// `--history-max-entries`: a bound, or `all` (no bound).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryMaxEntries(pub Option<u64>);
@@ -312,16 +354,38 @@ impl GlobalOpts {
         Ok(config)
     }
 
-    /// A service over a pool of `pool_size` connections to --redis-url.
+    /// A service over a pool of `pool_size` connections to --redis-url, or, with
+    /// --redis-cluster, a pool of that size per primary.
     pub fn connect(&self, pool_size: u32) -> Result<WalletService, Failure> {
         let config = self.engine_config()?;
         log::debug!(
-            "redis {} (pool {pool_size}), kafka {}, {:?}",
+            "redis {} (pool {pool_size}), cluster {:?}, kafka {}, {:?}",
             redact_url(&self.redis_url),
+            self.redis_cluster,
             self.brokers,
             config
         );
+        if let Some(seeds) = &self.redis_cluster {
+            return Ok(WalletService::connect_cluster(
+                &seeds.0,
+                &self.redis_url,
+                pool_size,
+                config,
+            )?);
+        }
         Ok(WalletService::connect(&self.redis_url, pool_size, config)?)
+    }
+
+    /// Refuses --redis-cluster for a command that runs on a single Redis only (so far): a
+    /// usage error naming the command, before any connection.
+    pub fn single_redis_only(&self, command: &str) -> Result<(), Failure> {
+        if self.redis_cluster.is_none() {
+            return Ok(());
+        }
+        Err(Failure::usage(format!(
+            "wallet {command} does not run on a Redis Cluster yet: drop --redis-cluster (or REDIS_CLUSTER) and give it one Redis with --redis-url; commands that run on a cluster: {}",
+            CLUSTER_COMMANDS.join(", ")
+        )))
     }
 }
 
@@ -356,9 +420,36 @@ pub enum Command {
     History(history::HistoryArgs),
 }
 
+/// The commands that run on a Redis Cluster (`--redis-cluster`); the others refuse it.
+pub const CLUSTER_COMMANDS: [&str; 3] = ["deposit", "history", "transfer"];
+
+impl Command {
+    /// The subcommand's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Seed(_) => "seed",
+            Command::Bench(_) => "bench",
+            Command::Worker(_) => "worker",
+            Command::Snapshot(_) => "snapshot",
+            Command::Status(_) => "status",
+            Command::Deposit(_) => "deposit",
+            Command::Locks(_) => "locks",
+            Command::Audit(_) => "audit",
+            Command::Transfer(_) => "transfer",
+            Command::Produce(_) => "produce",
+            Command::Top(_) => "top",
+            Command::History(_) => "history",
+        }
+    }
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), Failure> {
     let global = &cli.global;
+    let name = cli.command.name();
+    if !CLUSTER_COMMANDS.contains(&name) {
+        global.single_redis_only(name)?;
+    }
     match cli.command {
         Command::Seed(args) => seed::run(global, args),
         Command::Bench(args) => bench::run(global, args),
@@ -608,6 +699,34 @@ mod tests {
     #[test]
     fn command_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn cluster_seeds_are_host_port_pairs_and_commands_not_ready_refuse_them() {
+        let seeds = |text: &str| parse(&["deposit", "u", "1.00", "--redis-cluster", text]);
+        let ok = seeds("10.0.0.1:7000, 10.0.0.2:7001").unwrap();
+        assert_eq!(
+            ok.global.redis_cluster,
+            Some(ClusterSeeds(vec![
+                "10.0.0.1:7000".into(),
+                "10.0.0.2:7001".into()
+            ]))
+        );
+        for bad in ["", "10.0.0.1", ":7000", "h:port", "h:70000"] {
+            let e = seeds(bad).unwrap_err().to_string();
+            assert!(e.contains("--redis-cluster"), "{bad:?}: {e}");
+        }
+        let audit = parse(&["audit", "--redis-cluster", "h:1"]).unwrap();
+        let e = run(audit).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.to_string()
+                .starts_with("wallet audit does not run on a Redis Cluster yet"),
+            "{e}"
+        );
+        for name in CLUSTER_COMMANDS {
+            assert!(SUBCOMMANDS.contains(&name), "{name}");
+        }
     }
 
     #[test]

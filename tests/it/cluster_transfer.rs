@@ -747,3 +747,38 @@ fn wait_replicas_fails_without_an_acknowledgement_and_passes_with_one_replica() 
         );
     }
 }
+
+/// The `wallet` binary on a cluster: `deposit` and `history` take --redis-cluster (the URL
+/// gives only the scheme), and a command that does not run on a cluster yet refuses it with a
+/// usage error before touching anything.
+#[test]
+fn the_wallet_command_deposits_on_a_cluster_and_refuses_what_it_cannot_do_there() {
+    let redis = RedisCluster::start(3, 0);
+    let service = connect(&redis, config());
+    create(&service, &["cli_a".to_string()], "10.00");
+    let seeds = redis.seeds().join(",");
+    let wallet = |args: &[&str]| {
+        std::process::Command::new(crate::support::stack::WALLET_BIN)
+            .args(args)
+            .args(["--redis-cluster", &seeds, "--redis-url", "redis://"])
+            .env_remove("REDIS_CLUSTER")
+            .output()
+            .expect("run wallet")
+    };
+    let out = wallet(&["deposit", "cli_a", "2.50"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(service.balance("cli_a").unwrap().to_string(), "12.50");
+    let out = wallet(&["history", "cli_a", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("deposit"),
+        "{out:?}"
+    );
+    let out = wallet(&["audit"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not run on a Redis Cluster yet"),
+        "{stderr}"
+    );
+}
