@@ -10,8 +10,8 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::builder::RangedI64ValueParser;
-use clap::{ArgGroup, Args};
-use wallet_transfer::tools::bench::{self, DirectConfig, E2eConfig};
+use clap::{ArgGroup, Args, ValueEnum};
+use wallet_transfer::tools::bench::{self, DirectConfig, E2eConfig, Pairs};
 use wallet_transfer::worker::kafka::KafkaConfig;
 
 use crate::cli::{Failure, GlobalOpts, flag_error, print_out};
@@ -33,6 +33,10 @@ fn e2e() -> E2eConfig {
                   run left in Redis: its outcome records (and how many expire), the history \
                   entries its wallets keep and those trimmed into checkpoints, and used_memory \
                   before and after (bytes kept per transfer).\n\
+                  On a Redis Cluster (--redis-cluster, --direct only) Redis's figures are \
+                  summed over every primary and also given per primary (commands, cpu), and \
+                  the transfers are split by path: same-slot (one transaction) and cross-slot \
+                  (the steps); --pairs same-slot or cross-slot measures one path alone.\n\
                   Example: wallet bench --direct --threads 8 --transfers 50000"
 )]
 pub struct BenchArgs {
@@ -88,6 +92,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub hot: bool,
 
+    /// Which sender/receiver pairs: random; same-slot (ids that hash to one slot: the
+    /// one-transaction path on a cluster); cross-slot (ids in different slots: the steps)
+    /// (--direct only)
+    #[arg(long, value_name = "KIND", value_enum, default_value_t = PairsArg::Random)]
+    pub pairs: PairsArg,
+
     /// Retries of a request after a transient error (lock timeout, lost lock, WATCH conflicts,
     /// Redis or pool error), same request and idempotency key (0 to 100; --direct only)
     #[arg(long, value_name = "N", default_value_t = direct().transient_retries,
@@ -104,6 +114,27 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// `--pairs`: the library's [`Pairs`] as a flag value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PairsArg {
+    /// Uniform random distinct pairs
+    Random,
+    /// Pairs whose ids hash to the same slot
+    SameSlot,
+    /// Pairs whose ids hash to different slots
+    CrossSlot,
+}
+
+impl From<PairsArg> for Pairs {
+    fn from(arg: PairsArg) -> Pairs {
+        match arg {
+            PairsArg::Random => Pairs::Random,
+            PairsArg::SameSlot => Pairs::SameSlot,
+            PairsArg::CrossSlot => Pairs::CrossSlot,
+        }
+    }
+}
+
 /// Runs the benchmark in the chosen mode and prints its report; exit 1 if the balance check
 /// failed.
 pub fn run(global: &GlobalOpts, args: BenchArgs) -> Result<(), Failure> {
@@ -113,6 +144,11 @@ pub fn run(global: &GlobalOpts, args: BenchArgs) -> Result<(), Failure> {
     );
     let progress = !args.json && std::io::stderr().is_terminal();
     let report = if args.e2e {
+        if global.redis_cluster.is_some() {
+            return Err(Failure::usage(
+                "wallet bench --e2e does not run on a Redis Cluster yet (the worker does not): use --direct with --redis-cluster, or --e2e with one Redis (--redis-url)",
+            ));
+        }
         let config = e2e_config(&args, &global.brokers, progress);
         config.validate().map_err(flag_error)?;
         let service = global.connect(2)?;
@@ -120,8 +156,11 @@ pub fn run(global: &GlobalOpts, args: BenchArgs) -> Result<(), Failure> {
     } else {
         let config = direct_config(&args, progress);
         config.validate().map_err(flag_error)?;
-        // At most BENCH_THREADS_LIMIT once validated, so the cast keeps the value.
-        let service = global.connect(config.threads as u32)?;
+        // At most BENCH_THREADS_LIMIT once validated, so the cast keeps the value. On a
+        // cluster a cross-slot transfer holds a connection on each wallet's primary, two on
+        // one primary when both slots live there: twice the threads per primary.
+        let per_thread = if global.redis_cluster.is_some() { 2 } else { 1 };
+        let service = global.connect(config.threads as u32 * per_thread)?;
         bench::run_direct(&service, &config)?
     };
     if args.json {
@@ -139,6 +178,7 @@ fn direct_config(args: &BenchArgs, progress: bool) -> DirectConfig {
         .with_transfers(args.transfers)
         .with_wallets(args.wallets)
         .with_hot(args.hot)
+        .with_pairs(args.pairs.into())
         .with_transient_retries(args.transient_retries)
         .with_progress(progress)
         .with_cleanup(args.cleanup)
@@ -224,6 +264,17 @@ mod tests {
         let args = bench_args(&["--direct", "--threads", "3", "--transient-retries", "0"]);
         let config = direct_config(&args, false);
         assert_eq!((config.threads, config.transient_retries), (3, 0));
+        assert_eq!(config.pairs, Pairs::Random);
+        for (flag, pairs) in [
+            ("random", Pairs::Random),
+            ("same-slot", Pairs::SameSlot),
+            ("cross-slot", Pairs::CrossSlot),
+        ] {
+            let args = bench_args(&["--direct", "--pairs", flag]);
+            assert_eq!(direct_config(&args, false).pairs, pairs);
+            assert_eq!(pairs.as_str(), flag, "the flag spells the library's name");
+        }
+        assert!(parse(&["bench", "--direct", "--pairs", "nearby"]).is_err());
     }
 
     #[test]
@@ -277,5 +328,17 @@ mod tests {
         let (_, help) = crate::cli::subcommand_help("bench");
         let opening = wallet_transfer::Amount::from_minor(bench::BENCH_OPENING_CENTS);
         assert!(help.contains(&format!("{opening} each")), "{help}");
+    }
+
+    #[test]
+    fn e2e_refuses_a_cluster_before_connecting() {
+        let cli = parse(&["bench", "--e2e", "--redis-cluster", "127.0.0.1:1"]).unwrap();
+        let e = crate::cli::run(cli).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.to_string()
+                .contains("--e2e does not run on a Redis Cluster"),
+            "{e}"
+        );
     }
 }

@@ -421,7 +421,7 @@ pub enum Command {
 }
 
 /// The commands that run on a Redis Cluster (`--redis-cluster`); the others refuse it.
-pub const CLUSTER_COMMANDS: [&str; 3] = ["deposit", "history", "transfer"];
+pub const CLUSTER_COMMANDS: [&str; 4] = ["bench", "deposit", "history", "transfer"];
 
 impl Command {
     /// The subcommand's name, as typed.

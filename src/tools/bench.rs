@@ -25,12 +25,13 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{Value, json};
 
+use crate::engine::cluster::{self, ClusterError, ClusterPools, SLOT_COUNT};
 use crate::engine::message::{FailureReason, FieldError, Status, TransferRequest};
 use crate::engine::money::{Amount, Currency};
 use crate::engine::retention::CHECKPOINT_ENTRIES_FIELD;
 use crate::engine::service::WalletService;
 use crate::engine::setting::{SettingError, setters};
-use crate::engine::store::keys;
+use crate::engine::store::{self, PooledConn, keys};
 use crate::engine::transfer::TransferOutcome;
 use crate::engine::wallet::{NewWallet, WalletError};
 use crate::tools::latency::{self, StageSplit, StageSummary, WallClock};
@@ -72,6 +73,8 @@ pub struct DirectConfig {
     pub wallets: u32,
     /// Every transfer goes from the first wallet to the second: one hot pair.
     pub hot: bool,
+    /// Which pairs the transfers are drawn from (see [`Pairs`]).
+    pub pairs: Pairs,
     /// Retries of one request after a transient error (same request, same idempotency key).
     pub transient_retries: u32,
     /// Draws a progress bar on stderr (indicatif hides it when stderr is not a terminal).
@@ -87,6 +90,7 @@ impl Default for DirectConfig {
             transfers: 50_000,
             wallets: 10_000,
             hot: false,
+            pairs: Pairs::Random,
             transient_retries: 5,
             progress: false,
             cleanup: false,
@@ -99,6 +103,7 @@ setters!(DirectConfig {
     with_transfers => transfers: u64,
     with_wallets => wallets: u32,
     with_hot => hot: bool,
+    with_pairs => pairs: Pairs,
     with_transient_retries => transient_retries: u32,
     with_progress => progress: bool,
     with_cleanup => cleanup: bool,
@@ -124,6 +129,47 @@ impl DirectConfig {
     }
 }
 
+/// Which sender/receiver pairs a direct run draws its transfers from. On a Redis Cluster the
+/// engine takes the one-transaction path when both wallets hash to one slot and the
+/// cross-slot steps otherwise (ARCHITECTURE.md, "Redis Cluster"); `SameSlot` and `CrossSlot`
+/// measure the two paths apart. On one Redis every transfer is one transaction whatever the
+/// pairs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Pairs {
+    /// Uniform random distinct pairs among ids `<run>_<i>`: two random ids share a slot with
+    /// probability 1/16384, so on a cluster nearly every transfer is cross-slot, whatever
+    /// the number of primaries.
+    #[default]
+    Random,
+    /// Pairs of ids that hash to the same slot, found without hash tags: candidate ids
+    /// `<run>_<i>` are bucketed by slot and two candidates of one slot make a pair
+    /// (see [`same_slot_ids`]). Transfers go either way within a random pair.
+    SameSlot,
+    /// Uniform random distinct pairs whose ids hash to different slots (a pair drawn in one
+    /// slot is drawn again).
+    CrossSlot,
+}
+
+impl Pairs {
+    /// `random`, `same-slot` or `cross-slot`, as the `--pairs` flag spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pairs::Random => "random",
+            Pairs::SameSlot => "same-slot",
+            Pairs::CrossSlot => "cross-slot",
+        }
+    }
+
+    /// How the mode row of the report names the pairs.
+    fn describe(self) -> &'static str {
+        match self {
+            Pairs::Random => "uniform random pairs",
+            Pairs::SameSlot => "same-slot pairs",
+            Pairs::CrossSlot => "cross-slot pairs",
+        }
+    }
+}
+
 /// Why a bench run could not finish (a money check that fails is not an error: see
 /// [`BenchReport::balance`]).
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +187,9 @@ pub enum BenchError {
     /// Redis failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The Redis Cluster's map or a primary's pool failed.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// No pooled connection in time.
     #[error("redis pool: {0}")]
     Pool(#[from] r2d2::Error),
@@ -284,6 +333,8 @@ pub struct BenchReport {
     pub wallets: u32,
     /// Every transfer went between one hot pair.
     pub hot: bool,
+    /// Which pairs the transfers were drawn from (e2e: always random).
+    pub pairs: Pairs,
     /// Requests per second the e2e publisher was held to; `None`: all at once (or direct).
     pub publish_rate: Option<u32>,
     /// Requests finished (answered or given up).
@@ -307,8 +358,10 @@ pub struct BenchReport {
     pub cleaned_keys: Option<u64>,
     /// What Redis itself counted over the transfer phase (direct mode).
     pub redis: Option<RedisCost>,
-    /// What the run left in Redis (direct mode).
+    /// What the run left in Redis (direct mode), summed over every primary on a cluster.
     pub retained: Option<Retained>,
+    /// On a Redis Cluster (direct mode): each primary's costs and each transfer path's.
+    pub cluster: Option<ClusterFigures>,
     /// Where the requests spent their time, from the messages' timestamps (e2e mode).
     pub stages: Option<StageSummary>,
     /// The broker's own latency for a plain message with the same client settings (e2e mode).
@@ -339,6 +392,144 @@ impl RedisCost {
             self.commands as f64 / n,
             self.used_memory_delta_bytes as f64 / n,
         )
+    }
+}
+
+/// One transfer path's share of a run on a Redis Cluster: its requests and what the engine
+/// reported about them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathFigures {
+    /// Requests whose wallets took this path (by their slots), answered or not.
+    pub transfers: u64,
+    /// The engine's figures over the fresh outcomes of these requests.
+    pub engine: EngineFigures,
+}
+
+/// One primary's costs over the transfer phase of a run, from its `INFO commandstats`,
+/// `INFO cpu` and `INFO memory` before and after.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeCost {
+    /// The primary, `host:port`.
+    pub addr: String,
+    /// Commands it ran (INFO excluded; commands inside scripts and transactions included).
+    pub commands: u64,
+    /// Microseconds it spent inside those commands (`usec=` of `INFO commandstats`).
+    pub command_usec: u64,
+    /// CPU it used, system plus user, in microseconds (`used_cpu_sys` + `used_cpu_user`):
+    /// the commands and everything around them (reading, parsing, replying).
+    pub cpu_us: u64,
+    /// Change of its `used_memory`.
+    pub used_memory_delta_bytes: i64,
+}
+
+/// What a direct run on a Redis Cluster measured per primary and per transfer path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterFigures {
+    /// Every primary of the map at the start of the run, sorted by address.
+    pub primaries: Vec<NodeCost>,
+    /// Transfers whose wallets share a slot: one transaction on the slot's primary.
+    pub same_slot: PathFigures,
+    /// Transfers whose wallets are in different slots: the cross-slot steps.
+    pub cross_slot: PathFigures,
+}
+
+impl ClusterFigures {
+    /// (commands, command µs, cpu µs) summed over the primaries, per transfer of a run of
+    /// `transfers`.
+    pub fn per_transfer(&self, transfers: u64) -> (f64, f64, f64) {
+        let n = transfers.max(1) as f64;
+        let sum = |f: fn(&NodeCost) -> u64| self.primaries.iter().map(f).sum::<u64>() as f64 / n;
+        (
+            sum(|p| p.commands),
+            sum(|p| p.command_usec),
+            sum(|p| p.cpu_us),
+        )
+    }
+
+    /// The path every one of `transfers` requests took, when they all took one: then Redis's
+    /// own counts per transfer are that path's.
+    pub fn only_path(&self, transfers: u64) -> Option<&'static str> {
+        if transfers == 0 {
+            None
+        } else if self.same_slot.transfers == transfers {
+            Some("same-slot")
+        } else if self.cross_slot.transfers == transfers {
+            Some("cross-slot")
+        } else {
+            None
+        }
+    }
+
+    fn to_json(&self, transfers: u64) -> Value {
+        let (commands, usec, cpu) = self.per_transfer(transfers);
+        let only = self.only_path(transfers);
+        let path = |name: &str, p: &PathFigures| {
+            json!({
+                "transfers": p.transfers,
+                "fresh_outcomes": p.engine.fresh,
+                "round_trips_per_transfer": p.engine.round_trips_mean(),
+                "watch_retries_total": p.engine.watch_retries,
+                "commands_per_transfer": (only == Some(name)).then_some(commands),
+                "cpu_us_per_transfer": (only == Some(name)).then_some(cpu),
+            })
+        };
+        let primaries: Vec<Value> = self
+            .primaries
+            .iter()
+            .map(|p| {
+                json!({
+                    "addr": p.addr,
+                    "commands": p.commands,
+                    "command_usec": p.command_usec,
+                    "cpu_us": p.cpu_us,
+                    "used_memory_delta_bytes": p.used_memory_delta_bytes,
+                })
+            })
+            .collect();
+        json!({
+            "primaries": primaries,
+            "commands_per_transfer": commands,
+            "command_usec_per_transfer": usec,
+            "cpu_us_per_transfer": cpu,
+            "paths": {
+                "same_slot": path("same-slot", &self.same_slot),
+                "cross_slot": path("cross-slot", &self.cross_slot),
+            },
+        })
+    }
+
+    fn rows(&self, transfers: u64) -> Vec<(String, String)> {
+        let (commands, usec, cpu) = self.per_transfer(transfers);
+        let mut rows = vec![("cluster primaries".into(), self.primaries.len().to_string())];
+        for (name, p) in [
+            ("same-slot", &self.same_slot),
+            ("cross-slot", &self.cross_slot),
+        ] {
+            let mut text = format!(
+                "{} ({:.2} round trips each",
+                p.transfers,
+                p.engine.round_trips_mean()
+            );
+            if self.only_path(transfers) == Some(name) {
+                text.push_str(&format!(", {commands:.2} redis commands"));
+            }
+            text.push(')');
+            rows.push((format!("{name} transfers"), text));
+        }
+        rows.push(("redis cpu us/transfer".into(), format!("{cpu:.1}")));
+        rows.push(("redis command us/transfer".into(), format!("{usec:.1}")));
+        for p in &self.primaries {
+            let n = transfers.max(1) as f64;
+            rows.push((
+                format!("primary {}", p.addr),
+                format!(
+                    "{} commands, {:.1} cpu us/transfer",
+                    p.commands,
+                    p.cpu_us as f64 / n
+                ),
+            ));
+        }
+        rows
     }
 }
 
@@ -438,49 +629,169 @@ fn count_history(
     ids: &[String],
     bar: &ProgressBar,
 ) -> Result<(u64, u64), BenchError> {
-    let mut conn = service.pool().get()?;
+    let space = service.key_space();
     let (mut kept, mut trimmed) = (0, 0);
-    for chunk in ids.chunks(BATCH) {
-        let mut pipe = redis::pipe();
-        for id in chunk {
-            pipe.xlen(keys::history(id))
-                .hget(keys::wallet(id), CHECKPOINT_ENTRIES_FIELD);
+    for (mut conn, ids) in by_node(service, ids)? {
+        for chunk in ids.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.xlen(space.history(id))
+                    .hget(space.wallet(id), CHECKPOINT_ENTRIES_FIELD);
+            }
+            // XLEN then HGET per wallet; a missing history or checkpoint counts 0.
+            let replies: Vec<Option<u64>> = pipe.query(&mut conn.redis)?;
+            for pair in replies.chunks(2) {
+                kept += pair[0].unwrap_or(0);
+                trimmed += pair.get(1).copied().flatten().unwrap_or(0);
+            }
+            bar.inc(chunk.len() as u64);
         }
-        // XLEN then HGET per wallet; a missing history or checkpoint counts 0.
-        let replies: Vec<Option<u64>> = pipe.query(&mut conn.redis)?;
-        for pair in replies.chunks(2) {
-            kept += pair[0].unwrap_or(0);
-            trimmed += pair.get(1).copied().flatten().unwrap_or(0);
-        }
-        bar.inc(chunk.len() as u64);
     }
     Ok((kept, trimmed))
 }
 
-/// Redis's command count (INFO itself excluded) and used memory right now.
-fn redis_counters(service: &WalletService) -> Result<(u64, i64), BenchError> {
-    let mut conn = service.pool().get()?;
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut conn.redis)?;
-    let memory: String = redis::cmd("INFO").arg("memory").query(&mut conn.redis)?;
-    Ok((parse_command_calls(&stats), parse_used_memory(&memory)))
+/// Counts the outcome records of run `run` on every primary of a cluster and those with a
+/// ttl: `SCAN MATCH transfer:{<run>_*}:<run>_t*` (the sender is in the key, and the bench
+/// does not record who sent what), then PTTL of each batch, pipelined. `bar` advances per
+/// record. Returns (records, with ttl).
+fn count_outcome_records_cluster(
+    pools: &ClusterPools,
+    run: &str,
+    bar: &ProgressBar,
+) -> Result<(u64, u64), BenchError> {
+    let pattern = format!("transfer:{{{run}_*}}:{run}_t*");
+    let (mut records, mut with_ttl) = (0, 0);
+    for addr in pools.primaries() {
+        let mut conn = pools.conn_for_addr(&addr)?;
+        store::scan_each(&mut conn, None, &pattern, Some("hash"), |conn, batch| {
+            let mut pipe = redis::pipe();
+            for key in &batch {
+                pipe.cmd("PTTL").arg(key);
+            }
+            let ttls: Vec<i64> = pipe.query(&mut conn.redis)?;
+            records += ttls.iter().filter(|&&t| t != -2).count() as u64;
+            with_ttl += ttls.iter().filter(|&&t| t >= 0).count() as u64;
+            bar.inc(batch.len() as u64);
+            Ok::<_, BenchError>(())
+        })?;
+    }
+    Ok((records, with_ttl))
+}
+
+/// `ids` grouped by the Redis that holds their keys, each group with a connection to it:
+/// one group on one Redis; one per primary (of the known map) on a cluster.
+fn by_node<'a>(
+    service: &WalletService,
+    ids: &'a [String],
+) -> Result<Vec<(PooledConn, Vec<&'a str>)>, BenchError> {
+    let Some(pools) = service.cluster() else {
+        let all = ids.iter().map(String::as_str).collect();
+        return Ok(vec![(service.pool().get()?, all)]);
+    };
+    let mut groups: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for id in ids {
+        let slot = cluster::keys::wallet_slot(id);
+        let addr = pools
+            .primary_for_slot(slot)
+            .ok_or(ClusterError::SlotUncovered(slot))?;
+        groups.entry(addr).or_default().push(id);
+    }
+    groups
+        .into_iter()
+        .map(|(addr, ids)| Ok((pools.conn_for_addr(&addr)?, ids)))
+        .collect()
+}
+
+/// One Redis's counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counters {
+    commands: u64,
+    command_usec: u64,
+    used_memory: i64,
+    cpu_us: u64,
+}
+
+/// The counters of `INFO commandstats memory cpu`. Pure.
+fn parse_counters(info: &str) -> Counters {
+    let cpu_s = |field: &str| -> f64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(field)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    Counters {
+        commands: parse_command_calls(info),
+        command_usec: sum_cmdstat_field(info, "usec="),
+        used_memory: parse_used_memory(info),
+        cpu_us: ((cpu_s("used_cpu_sys:") + cpu_s("used_cpu_user:")) * 1e6).round() as u64,
+    }
+}
+
+/// Every Redis the service talks to, `(address, counters)`: one Redis (named `redis`), or
+/// every primary of a cluster's map, sorted. One INFO call each.
+fn node_counters(service: &WalletService) -> Result<Vec<(String, Counters)>, BenchError> {
+    let read = |conn: &mut PooledConn| -> Result<Counters, BenchError> {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .arg("memory")
+            .arg("cpu")
+            .query(&mut conn.redis)?;
+        Ok(parse_counters(&info))
+    };
+    match service.cluster() {
+        None => Ok(vec![("redis".into(), read(&mut service.pool().get()?)?)]),
+        Some(pools) => pools
+            .primaries()
+            .into_iter()
+            .map(|addr| {
+                let counters = read(&mut pools.conn_for_addr(&addr)?)?;
+                Ok((addr, counters))
+            })
+            .collect(),
+    }
+}
+
+/// Each node's costs between `before` and `after` (matched by address; a node missing
+/// after, say failed over, counts nothing).
+fn node_costs(before: &[(String, Counters)], after: &[(String, Counters)]) -> Vec<NodeCost> {
+    before
+        .iter()
+        .map(|(addr, b)| {
+            let a = after
+                .iter()
+                .find(|(x, _)| x == addr)
+                .map_or(*b, |(_, a)| *a);
+            NodeCost {
+                addr: addr.clone(),
+                commands: a.commands.saturating_sub(b.commands),
+                command_usec: a.command_usec.saturating_sub(b.command_usec),
+                cpu_us: a.cpu_us.saturating_sub(b.cpu_us),
+                used_memory_delta_bytes: a.used_memory - b.used_memory,
+            }
+        })
+        .collect()
+}
+
+/// Sums the number after `field` (`calls=`, `usec=`) over the `cmdstat_*` lines of `INFO
+/// commandstats`, leaving out INFO itself. Pure.
+fn sum_cmdstat_field(info: &str, field: &str) -> u64 {
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
+        .filter_map(|l| {
+            l.split(field)
+                .nth(1)?
+                .split(',')
+                .next()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 /// Sums `calls=` over the `cmdstat_*` lines of `INFO commandstats`, leaving out INFO itself:
 /// the commands Redis has run. Pure.
 pub fn parse_command_calls(info: &str) -> u64 {
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    sum_cmdstat_field(info, "calls=")
 }
 
 /// `used_memory:` of `INFO memory`. Pure.
@@ -512,8 +823,22 @@ impl BenchReport {
         }
     }
 
-    /// The figures as one JSON object.
+    /// The figures as one JSON object. A run on one Redis with random pairs has neither
+    /// `pairs` nor `cluster`, as before they existed.
     pub fn to_json(&self) -> Value {
+        let mut value = self.base_json();
+        if let Value::Object(map) = &mut value {
+            if self.pairs != Pairs::Random || self.cluster.is_some() {
+                map.insert("pairs".into(), self.pairs.as_str().into());
+            }
+            if let Some(c) = &self.cluster {
+                map.insert("cluster".into(), c.to_json(self.transfers));
+            }
+        }
+        value
+    }
+
+    fn base_json(&self) -> Value {
         let engine = self.engine.map(|e| {
             json!({
                 "fresh_outcomes": e.fresh,
@@ -601,6 +926,9 @@ impl BenchReport {
             rows.push(("redis commands/transfer".into(), format!("{commands:.2}")));
             rows.push(("redis bytes kept/transfer".into(), format!("{bytes:.0}")));
         }
+        if let Some(c) = &self.cluster {
+            rows.extend(c.rows(self.transfers));
+        }
         rows.extend(self.retained.iter().flat_map(Retained::rows));
         rows.extend(self.count_rows());
         rows.extend(self.balance.iter().flat_map(balance_rows));
@@ -614,7 +942,7 @@ impl BenchReport {
         let pairs = if self.hot {
             "one hot pair"
         } else {
-            "uniform random pairs"
+            self.pairs.describe()
         };
         let mut rows = vec![
             ("mode".into(), format!("{}, {pairs}", self.mode)),
@@ -748,6 +1076,8 @@ fn answer_name(status: Status, reason: Option<FailureReason>, duplicate: bool) -
 struct Tally {
     latency_us: Histogram<u64>,
     engine: EngineFigures,
+    /// By path: same-slot, cross-slot (by the wallets' slots; one Redis too).
+    paths: [PathFigures; 2],
     outcomes: BTreeMap<String, u64>,
     errors: BTreeMap<String, u64>,
     retries: BTreeMap<String, u64>,
@@ -760,6 +1090,7 @@ impl Tally {
             latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
                 .expect("constant histogram bounds are valid"),
             engine: EngineFigures::default(),
+            paths: [PathFigures::default(); 2],
             outcomes: BTreeMap::new(),
             errors: BTreeMap::new(),
             retries: BTreeMap::new(),
@@ -778,6 +1109,10 @@ impl Tally {
             .add(&other.latency_us)
             .expect("histograms share their bounds");
         self.engine.merge(&other.engine);
+        for (mine, theirs) in self.paths.iter_mut().zip(other.paths) {
+            mine.transfers += theirs.transfers;
+            mine.engine.merge(&theirs.engine);
+        }
         for (target, source) in [
             (&mut self.outcomes, other.outcomes),
             (&mut self.errors, other.errors),
@@ -800,6 +1135,7 @@ struct Run {
     /// The prefix, `{mode}_<6 hex>`.
     name: String,
     ids: Vec<String>,
+    pairs: Pairs,
     before: BalanceSum,
     created_at: Instant,
 }
@@ -812,10 +1148,16 @@ struct RunEnd {
 }
 
 impl Run {
-    /// Creates `wallets` wallets `{mode}_<6 hex>_<i>`; fails if any of them already existed.
-    fn create(service: &WalletService, mode: &str, wallets: u32) -> Result<Run, BenchError> {
+    /// Creates `wallets` wallets `{mode}_<6 hex>_<i>` (which `i`: see [`run_ids`]); fails if
+    /// any of them already existed.
+    fn create(
+        service: &WalletService,
+        mode: &str,
+        wallets: u32,
+        pairs: Pairs,
+    ) -> Result<Run, BenchError> {
         let name = format!("{mode}_{:06x}", rand::rng().random_range(0..0x100_0000u32));
-        let ids: Vec<String> = (0..wallets).map(|i| format!("{name}_{i}")).collect();
+        let ids = run_ids(&name, wallets, pairs);
         let created_at = Instant::now();
         log::info!("{name}: creating {} wallets", ids.len());
         let created = create_bench_wallets(service, &ids)?;
@@ -830,6 +1172,7 @@ impl Run {
         Ok(Run {
             name,
             ids,
+            pairs,
             before,
             created_at,
         })
@@ -847,7 +1190,7 @@ impl Run {
         n: u64,
         hot: bool,
     ) -> Result<TransferRequest, FieldError> {
-        let (from, to) = pick_pair(rng, self.ids.len(), hot);
+        let (from, to) = pick_pair(rng, &self.ids, hot, self.pairs);
         let amount = Amount::from_minor(rng.random_range(1..=BENCH_AMOUNT_CENTS_MAX));
         TransferRequest::new(
             &format!("{}{n}", self.transfer_prefix()),
@@ -888,7 +1231,7 @@ pub fn run_direct(
     config: &DirectConfig,
 ) -> Result<BenchReport, BenchError> {
     config.validate()?;
-    let run = Run::create(service, "bench", config.wallets)?;
+    let run = Run::create(service, "bench", config.wallets, config.pairs)?;
     log::info!(
         "{}: {} wallets of {} each ready in {:.2}s; running {} transfers on {} threads",
         run.name,
@@ -899,21 +1242,28 @@ pub fn run_direct(
         config.threads
     );
     let bar = progress_bar(config.transfers, config.progress);
-    let (commands_before, memory_before) = redis_counters(service)?;
+    let before = node_counters(service)?;
     let started = Instant::now();
     let total = run_threads(service, config, &run, &bar);
     let elapsed = started.elapsed();
     bar.finish_and_clear();
-    let (commands_after, memory_after) = redis_counters(service)?;
+    let nodes = node_costs(&before, &node_counters(service)?);
+    let memory_before: i64 = before.iter().map(|(_, c)| c.used_memory).sum();
+    let memory_delta: i64 = nodes.iter().map(|n| n.used_memory_delta_bytes).sum();
     let redis = RedisCost {
-        commands: commands_after.saturating_sub(commands_before),
-        used_memory_delta_bytes: memory_after - memory_before,
+        commands: nodes.iter().map(|n| n.commands).sum(),
+        used_memory_delta_bytes: memory_delta,
     };
     let retained = Retained {
         used_memory_before: memory_before,
-        used_memory_after: memory_after,
+        used_memory_after: memory_before + memory_delta,
         ..read_retained(service, &run, config.transfers, config.progress)?
     };
+    let cluster = service.cluster().map(|_| ClusterFigures {
+        primaries: nodes,
+        same_slot: total.paths[0],
+        cross_slot: total.paths[1],
+    });
     let end = run.end(service, config.cleanup)?;
     Ok(BenchReport {
         mode: "direct",
@@ -922,6 +1272,7 @@ pub fn run_direct(
         threads: config.threads,
         wallets: config.wallets,
         hot: config.hot,
+        pairs: config.pairs,
         transfers: total.finished,
         elapsed,
         latency: LatencySummary::from_histogram_us(&total.latency_us),
@@ -933,6 +1284,7 @@ pub fn run_direct(
         cleaned_keys: end.cleaned_keys,
         redis: Some(redis),
         retained: Some(retained),
+        cluster,
         stages: None,
         broker_floor: None,
     })
@@ -954,9 +1306,13 @@ fn read_retained(
         bar.set_style(style.progress_chars("=> "));
     }
     let prefix = run.transfer_prefix();
-    let outcome_keys = (0..transfers).map(|n| keys::outcome(&format!("{prefix}{n}")));
-    let (outcome_records, outcome_records_with_ttl) =
-        count_outcome_records(service, outcome_keys, &bar)?;
+    let (outcome_records, outcome_records_with_ttl) = match service.cluster() {
+        None => {
+            let outcome_keys = (0..transfers).map(|n| keys::outcome(&format!("{prefix}{n}")));
+            count_outcome_records(service, outcome_keys, &bar)?
+        }
+        Some(pools) => count_outcome_records_cluster(pools, &run.name, &bar)?,
+    };
     let (history_entries, history_trimmed) = count_history(service, &run.ids, &bar)?;
     bar.finish_and_clear();
     Ok(Retained {
@@ -1147,7 +1503,7 @@ fn stamp(origin: Instant) -> u64 {
 /// the run creates its wallets there and checks their balance sum afterwards.
 pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchReport, BenchError> {
     config.validate()?;
-    let run = Run::create(service, "e2e", config.wallets)?;
+    let run = Run::create(service, "e2e", config.wallets, Pairs::Random)?;
     // Requests are built up front so that publishing measures Kafka, not request building.
     let mut rng = rand::rng();
     let requests: Vec<TransferRequest> = (0..config.transfers)
@@ -1194,6 +1550,7 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
         threads: 0,
         wallets: config.wallets,
         hot: config.hot,
+        pairs: Pairs::Random,
         publish_rate: config.rate,
         transfers: total.finished,
         elapsed: read.last.saturating_duration_since(read.origin),
@@ -1206,6 +1563,7 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
         cleaned_keys: end.cleaned_keys,
         redis: None,
         retained: None,
+        cluster: None,
         stages: Some(read.stages.summary()),
         broker_floor: Some(floor),
     })
@@ -1556,9 +1914,13 @@ fn transfer(
         }
     };
     tally.latency(started.elapsed());
+    let slot = cluster::keys::wallet_slot;
+    let path = &mut tally.paths[usize::from(slot(&request.from_user) != slot(&request.to_user))];
+    path.transfers += 1;
     match result {
         Ok(outcome) => {
             tally.engine.add_outcome(&outcome);
+            path.engine.add_outcome(&outcome);
             count(&mut tally.outcomes, outcome_name(&outcome));
         }
         Err(e) => {
@@ -1568,14 +1930,98 @@ fn transfer(
     }
 }
 
-/// The wallet indexes of one transfer: the hot pair, or a uniform random distinct pair.
-fn pick_pair(rng: &mut impl rand::Rng, wallets: usize, hot: bool) -> (usize, usize) {
+/// Draws of a cross-slot pair before falling back to the first two wallets (which
+/// [`run_ids`] puts in different slots).
+const CROSS_SLOT_DRAWS_LIMIT: u32 = 1_000;
+
+/// The wallet indexes of one transfer: the hot pair (the first two wallets), or a pair of the
+/// kind `pairs` asks for among `ids` (built by [`run_ids`] for the same `pairs`).
+fn pick_pair(rng: &mut impl rand::Rng, ids: &[String], hot: bool, pairs: Pairs) -> (usize, usize) {
     if hot {
         return (0, 1);
     }
+    match pairs {
+        Pairs::Random => uniform_pair(rng, ids.len()),
+        Pairs::SameSlot => {
+            let k = rng.random_range(0..ids.len() / 2);
+            if rng.random_bool(0.5) {
+                (2 * k, 2 * k + 1)
+            } else {
+                (2 * k + 1, 2 * k)
+            }
+        }
+        Pairs::CrossSlot => {
+            let slot = |i: usize| cluster::keys::wallet_slot(&ids[i]);
+            (0..CROSS_SLOT_DRAWS_LIMIT)
+                .map(|_| uniform_pair(rng, ids.len()))
+                .find(|&(from, to)| slot(from) != slot(to))
+                .unwrap_or((0, 1))
+        }
+    }
+}
+
+/// A uniform random pair of distinct indexes below `wallets` (at least 2).
+fn uniform_pair(rng: &mut impl rand::Rng, wallets: usize) -> (usize, usize) {
     let from = rng.random_range(0..wallets);
     let to = rng.random_range(0..wallets - 1);
     (from, if to >= from { to + 1 } else { to })
+}
+
+/// The `wallets` ids of run `name` (at least 2) for `pairs`. `Random`: `<name>_<i>` for `i`
+/// below `wallets`. `SameSlot`: the pairs of [`same_slot_ids`], `ids[2k]` and `ids[2k + 1]`
+/// in one slot; an odd count ends with a lone wallet that no transfer draws. `CrossSlot`:
+/// `<name>_<i>` in order, skipping the candidates for the second id that share the first
+/// one's slot, so that the first two wallets (the hot pair, the fallback of
+/// [`pick_pair`]) are in different slots. Pure and deterministic.
+pub fn run_ids(name: &str, wallets: u32, pairs: Pairs) -> Vec<String> {
+    let n = wallets as usize;
+    match pairs {
+        Pairs::Random => (0..n).map(|i| format!("{name}_{i}")).collect(),
+        Pairs::SameSlot => {
+            let (mut ids, next) = same_slot_ids(name, n / 2);
+            if n % 2 == 1 {
+                ids.push(format!("{name}_{next}"));
+            }
+            ids
+        }
+        Pairs::CrossSlot => {
+            let slot = cluster::keys::wallet_slot(&format!("{name}_0"));
+            let mut ids = Vec::with_capacity(n);
+            // Candidates 0, 1, 2, ...; while only the first is taken, those in its slot are
+            // skipped (1 in 16384 is; the loop ends because some candidate's slot differs).
+            for id in (0u64..).map(|i| format!("{name}_{i}")) {
+                if ids.len() == n {
+                    break;
+                }
+                if ids.len() != 1 || cluster::keys::wallet_slot(&id) != slot {
+                    ids.push(id);
+                }
+            }
+            ids
+        }
+    }
+}
+
+/// `pairs` pairs of ids of run `name` that hash to the same slot, without hash tags: the
+/// candidates `<name>_<i>`, `i` = 0, 1, 2, ..., are bucketed by slot, and a candidate whose
+/// slot already holds a waiting one makes a pair with it (`ids[2k]`, `ids[2k + 1]`). At
+/// most 16,384 candidates wait at once, so `2 * pairs + 16384` candidates always suffice
+/// (about `sqrt(2 * 16384 * pairs)` for few pairs). Returns the ids and the first candidate
+/// number not looked at. Pure and deterministic.
+pub fn same_slot_ids(name: &str, pairs: usize) -> (Vec<String>, u64) {
+    let mut waiting: Vec<Option<String>> = vec![None; usize::from(SLOT_COUNT)];
+    let mut ids = Vec::with_capacity(pairs * 2);
+    let mut next = 0u64;
+    while ids.len() < pairs * 2 {
+        let id = format!("{name}_{next}");
+        next += 1;
+        let slot = usize::from(cluster::keys::wallet_slot(&id));
+        match waiting[slot].take() {
+            Some(first) => ids.extend([first, id]),
+            None => waiting[slot] = Some(id),
+        }
+    }
+    (ids, next)
 }
 
 /// Creates one wallet per id with the bench opening balance; returns how many were new.
@@ -1605,37 +2051,47 @@ struct BalanceSum {
 /// Sums the balances of `ids`, reading them in pipelined batches. A missing or unreadable
 /// balance is an error.
 fn sum_balances(service: &WalletService, ids: &[String]) -> Result<BalanceSum, BenchError> {
-    let mut conn = service.pool().get()?;
+    let space = service.key_space();
     let mut sum = Amount::ZERO;
     let mut negative = 0;
-    for chunk in ids.chunks(BATCH) {
-        let mut pipe = redis::pipe();
-        for id in chunk {
-            pipe.hget(keys::wallet(id), "balance");
-        }
-        let balances: Vec<Option<String>> = pipe.query(&mut conn.redis)?;
-        for (id, text) in chunk.iter().zip(balances) {
-            let text = text.ok_or_else(|| {
-                BenchError::Setup(format!(
-                    "wallet {id} has no balance (deleted during the run?)"
-                ))
-            })?;
-            let balance = Amount::parse(&text)
-                .map_err(|e| BenchError::Setup(format!("wallet {id} balance {text:?}: {e}")))?;
-            if balance.is_negative() {
-                negative += 1;
+    for (mut conn, ids) in by_node(service, ids)? {
+        for chunk in ids.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.hget(space.wallet(id), "balance");
             }
-            sum = sum
-                .checked_add(balance)
-                .map_err(|_| BenchError::Setup("balance sum overflows".into()))?;
+            let balances: Vec<Option<String>> = pipe.query(&mut conn.redis)?;
+            for (id, text) in chunk.iter().zip(balances) {
+                let balance = parse_balance(id, text)?;
+                if balance.is_negative() {
+                    negative += 1;
+                }
+                sum = sum
+                    .checked_add(balance)
+                    .map_err(|_| BenchError::Setup("balance sum overflows".into()))?;
+            }
         }
     }
     Ok(BalanceSum { sum, negative })
 }
 
+/// The balance of wallet `id` read as `text`; a missing or unreadable one is an error.
+fn parse_balance(id: &str, text: Option<String>) -> Result<Amount, BenchError> {
+    let text = text.ok_or_else(|| {
+        BenchError::Setup(format!(
+            "wallet {id} has no balance (deleted during the run?)"
+        ))
+    })?;
+    Amount::parse(&text)
+        .map_err(|e| BenchError::Setup(format!("wallet {id} balance {text:?}: {e}")))
+}
+
 /// Deletes the run's keys: wallets with their histories, users, outcome records, and the ids
 /// in `users:all` / `wallets:all`. Returns how many keys were deleted.
 fn cleanup(service: &WalletService, run: &str, ids: &[String]) -> Result<u64, BenchError> {
+    if let Some(pools) = service.cluster() {
+        return cleanup_cluster(pools, run);
+    }
     let mut conn = service.pool().get()?;
     let mut deleted = 0;
     for pattern in [
@@ -1652,6 +2108,37 @@ fn cleanup(service: &WalletService, run: &str, ids: &[String]) -> Result<u64, Be
             .srem(keys::WALLETS_ALL, chunk)
             .ignore()
             .query::<()>(&mut conn.redis)?;
+    }
+    Ok(deleted)
+}
+
+/// Deletes the run's keys on every primary of a cluster: wallets with their histories,
+/// users, outcome records, and any credit marker or lock left behind (there is no
+/// `users:all`/`wallets:all` on a cluster). Each key alone, pipelined per SCAN batch (a
+/// batch spans slots). Returns how many keys were deleted.
+fn cleanup_cluster(pools: &ClusterPools, run: &str) -> Result<u64, BenchError> {
+    let tag = format!("{{{run}_*}}");
+    let patterns = [
+        format!("wallet:{tag}*"),
+        format!("user:{tag}"),
+        format!("transfer:{tag}:*"),
+        format!("credit:{tag}:*"),
+        format!("lock:{tag}"),
+    ];
+    let mut deleted = 0;
+    for addr in pools.primaries() {
+        let mut conn = pools.conn_for_addr(&addr)?;
+        for pattern in &patterns {
+            store::scan_each(&mut conn, None, pattern, None, |conn, batch| {
+                let mut pipe = redis::pipe();
+                for key in &batch {
+                    pipe.cmd("UNLINK").arg(key);
+                }
+                let counts: Vec<u64> = pipe.query(&mut conn.redis)?;
+                deleted += counts.iter().sum::<u64>();
+                Ok::<_, BenchError>(())
+            })?;
+        }
     }
     Ok(deleted)
 }
@@ -1736,6 +2223,7 @@ mod tests {
             threads: 8,
             wallets: 10,
             hot: false,
+            pairs: Pairs::Random,
             transfers: 4,
             elapsed: Duration::from_secs(2),
             latency: LatencySummary::default(),
@@ -1768,6 +2256,7 @@ mod tests {
                 used_memory_before: 1_000_000,
                 used_memory_after: 1_040_000,
             }),
+            cluster: None,
             stages: None,
             broker_floor: None,
         }
@@ -1949,5 +2438,149 @@ mod tests {
             used_memory_delta_bytes: 40_000,
         };
         assert_eq!(cost.per_transfer(100), (14.0, 400.0));
+    }
+
+    #[test]
+    fn same_slot_ids_pair_up_in_one_slot_and_cross_slot_ids_start_apart() {
+        let slot = cluster::keys::wallet_slot;
+        let (ids, next) = same_slot_ids("bench_abcdef", 50);
+        assert_eq!(ids.len(), 100);
+        assert!(next <= 2 * 50 + u64::from(SLOT_COUNT), "{next}");
+        for pair in ids.chunks(2) {
+            assert_eq!(slot(&pair[0]), slot(&pair[1]), "{pair:?}");
+        }
+        let unique: std::collections::BTreeSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        let odd = run_ids("bench_abcdef", 7, Pairs::SameSlot);
+        assert_eq!(odd.len(), 7);
+        assert_eq!(odd[..6], ids[..6]);
+        assert_eq!(
+            odd[6],
+            format!("bench_abcdef_{}", same_slot_ids("bench_abcdef", 3).1)
+        );
+        assert_eq!(
+            run_ids("r", 3, Pairs::Random),
+            ["r_0", "r_1", "r_2"].map(String::from)
+        );
+        for name in ["a", "b", "bench_000001", "bench_ffffff"] {
+            let ids = run_ids(name, 5, Pairs::CrossSlot);
+            assert_eq!(ids.len(), 5);
+            assert_ne!(slot(&ids[0]), slot(&ids[1]), "{ids:?}");
+        }
+    }
+
+    #[test]
+    fn pairs_are_drawn_as_asked() {
+        let slot = cluster::keys::wallet_slot;
+        let mut rng = rand::rng();
+        for pairs in [Pairs::Random, Pairs::SameSlot, Pairs::CrossSlot] {
+            let ids = run_ids("bench_123456", 41, pairs);
+            assert_eq!(pick_pair(&mut rng, &ids, true, pairs), (0, 1));
+            for _ in 0..2_000 {
+                let (from, to) = pick_pair(&mut rng, &ids, false, pairs);
+                assert!(from != to && from < ids.len() && to < ids.len());
+                match pairs {
+                    Pairs::Random => {}
+                    Pairs::SameSlot => {
+                        assert_eq!(from / 2, to / 2);
+                        assert!(from < 40, "the lone wallet is never drawn");
+                    }
+                    Pairs::CrossSlot => assert_ne!(slot(&ids[from]), slot(&ids[to])),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn counters_come_from_one_info_reply() {
+        let info = "# Commandstats\r\ncmdstat_set:calls=4,usec=10,usec_per_call=2.50,rejected_calls=0,failed_calls=0\r\ncmdstat_info:calls=9,usec=100,usec_per_call=11.1\r\n# Memory\r\nused_memory:2048\r\n# CPU\r\nused_cpu_sys:1.250000\r\nused_cpu_user:0.500001\r\nused_cpu_sys_children:9.0\r\n";
+        let c = parse_counters(info);
+        assert_eq!(
+            c,
+            Counters {
+                commands: 4,
+                command_usec: 10,
+                used_memory: 2048,
+                cpu_us: 1_750_001,
+            }
+        );
+        let before = [("n1".to_string(), c), ("n2".to_string(), c)];
+        let mut later = c;
+        later.commands += 6;
+        later.cpu_us += 300;
+        later.used_memory -= 48;
+        let costs = node_costs(&before, &[("n1".to_string(), later)]);
+        assert_eq!(costs[0].commands, 6);
+        assert_eq!(costs[0].cpu_us, 300);
+        assert_eq!(costs[0].used_memory_delta_bytes, -48);
+        assert_eq!(
+            costs[1],
+            NodeCost {
+                addr: "n2".into(),
+                ..NodeCost::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_cluster_report_splits_the_paths_and_names_each_primary() {
+        let path = |transfers, round_trips| PathFigures {
+            transfers,
+            engine: EngineFigures {
+                fresh: transfers,
+                round_trips,
+                ..EngineFigures::default()
+            },
+        };
+        let node = |addr: &str, commands, cpu_us| NodeCost {
+            addr: addr.into(),
+            commands,
+            command_usec: commands,
+            cpu_us,
+            used_memory_delta_bytes: 0,
+        };
+        let mut r = BenchReport {
+            pairs: Pairs::CrossSlot,
+            cluster: Some(ClusterFigures {
+                primaries: vec![node("h:1", 60, 400), node("h:2", 20, 400)],
+                same_slot: path(0, 0),
+                cross_slot: path(4, 24),
+            }),
+            ..report()
+        };
+        let j = r.to_json();
+        assert_eq!(j["pairs"], "cross-slot");
+        assert_eq!(j["cluster"]["cpu_us_per_transfer"], 200.0);
+        assert_eq!(
+            j["cluster"]["paths"]["cross_slot"]["round_trips_per_transfer"],
+            6.0
+        );
+        assert_eq!(
+            j["cluster"]["paths"]["cross_slot"]["commands_per_transfer"],
+            20.0
+        );
+        assert_eq!(
+            j["cluster"]["paths"]["same_slot"]["commands_per_transfer"],
+            Value::Null
+        );
+        assert_eq!(j["cluster"]["primaries"][1]["addr"], "h:2");
+        let rows: BTreeMap<String, String> = r.rows().into_iter().collect();
+        assert_eq!(rows["mode"], "direct, cross-slot pairs");
+        assert_eq!(
+            rows["cross-slot transfers"],
+            "4 (6.00 round trips each, 20.00 redis commands)"
+        );
+        assert_eq!(rows["same-slot transfers"], "0 (0.00 round trips each)");
+        assert_eq!(rows["primary h:1"], "60 commands, 100.0 cpu us/transfer");
+        // Mixed paths: Redis's count cannot be split, so no path gets it.
+        r.cluster.as_mut().unwrap().same_slot = path(1, 2);
+        r.cluster.as_mut().unwrap().cross_slot = path(3, 18);
+        assert_eq!(
+            r.to_json()["cluster"]["paths"]["cross_slot"]["commands_per_transfer"],
+            Value::Null
+        );
+        // One Redis with random pairs: the JSON is what it was before pairs and clusters.
+        let plain = report().to_json();
+        assert!(plain.get("pairs").is_none() && plain.get("cluster").is_none());
     }
 }
