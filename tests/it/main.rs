@@ -6,6 +6,7 @@
 mod support;
 
 mod audit;
+mod bench_cluster;
 mod bench_e2e;
 mod cluster;
 mod cluster_transfer;
