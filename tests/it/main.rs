@@ -8,6 +8,7 @@ mod support;
 mod audit;
 mod bench_e2e;
 mod cluster;
+mod cluster_ops;
 mod cluster_transfer;
 mod engine;
 mod examples;
