@@ -28,7 +28,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use serde::Serialize;
 
-use crate::engine::cluster::{self, ClusterError};
+use crate::engine::cluster::{self, ClusterError, ClusterPools};
 use crate::engine::keyspace::KeySpace;
 use crate::engine::message::TransferRequest;
 use crate::engine::service::WalletService;
@@ -463,13 +463,16 @@ pub fn audit_with(
     service: &WalletService,
     settings: &AuditSettings,
 ) -> Result<AuditReport, OpsError> {
+    if let Some(pools) = service.cluster() {
+        return audit_cluster(pools, settings);
+    }
     let mut conn = service.pool().get()?;
     let (seconds, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn.redis)?;
     let mut auditor = Auditor::new(*settings, seconds * 1000 + micros / 1000);
     scan_outcomes(&mut conn, &mut auditor)?;
     let ids = sscan_all(&mut conn, keys::WALLETS_ALL)?;
     for batch in ids.chunks(BATCH) {
-        for wallet in read_each_wallet(&mut conn, batch)? {
+        for wallet in read_each_wallet(&mut conn, KeySpace::Standalone, batch)? {
             auditor.ingest(Snapshot {
                 listed: true,
                 wallets: vec![wallet],
@@ -508,6 +511,7 @@ fn scan_outcomes(conn: &mut PooledConn, auditor: &mut Auditor) -> Result<(), Ops
 /// trip.
 fn read_each_wallet(
     conn: &mut PooledConn,
+    space: KeySpace,
     ids: &[String],
 ) -> Result<Vec<(String, WalletRead)>, OpsError> {
     let mut pipe = redis::pipe();
@@ -515,7 +519,7 @@ fn read_each_wallet(
     for id in ids {
         // The commands inside MULTI answer QUEUED; EXEC answers their replies.
         pipe.cmd("MULTI").ignore();
-        add_wallet_reads(&mut pipe, id, true);
+        add_wallet_reads(&mut pipe, space, id, true);
         pipe.cmd("EXEC");
     }
     // An error may leave the connection inside MULTI: it must not go back to the pool.
@@ -525,7 +529,7 @@ fn read_each_wallet(
         .map(|(id, reply)| {
             let pair = match reply {
                 redis::Value::Array(pair) if pair.len() == 2 => pair,
-                other => return Err(unexpected(&keys::wallet(id), &other)),
+                other => return Err(unexpected(&space.wallet(id), &other)),
             };
             Ok((id.clone(), wallet_read(pair)))
         })
@@ -548,7 +552,7 @@ fn read_plan(conn: &mut PooledConn, plan: &Plan) -> Result<Reread, OpsError> {
             .arg("+");
     }
     for id in &plan.wallets {
-        add_wallet_reads(&mut pipe, id, false);
+        add_wallet_reads(&mut pipe, KeySpace::Standalone, id, false);
     }
     for key in &plan.outcomes {
         pipe.hgetall(keys::outcome(key));
@@ -578,12 +582,12 @@ fn read_plan(conn: &mut PooledConn, plan: &Plan) -> Result<Reread, OpsError> {
 }
 
 /// HGETALL of the wallet, XRANGE of its history; their replies ignored when `queued`.
-fn add_wallet_reads(pipe: &mut redis::Pipeline, id: &str, queued: bool) {
-    pipe.hgetall(keys::wallet(id));
+fn add_wallet_reads(pipe: &mut redis::Pipeline, space: KeySpace, id: &str, queued: bool) {
+    pipe.hgetall(space.wallet(id));
     if queued {
         pipe.ignore();
     }
-    pipe.cmd("XRANGE").arg(keys::history(id)).arg("-").arg("+");
+    pipe.cmd("XRANGE").arg(space.history(id)).arg("-").arg("+");
     if queued {
         pipe.ignore();
     }
@@ -617,6 +621,178 @@ fn read_hashes(conn: &mut PooledConn, keys: &[String]) -> Result<Vec<Fields>, Op
         pipe.hgetall(key);
     }
     Ok(pipe.query(&mut conn.redis)?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// audit on a Redis Cluster
+
+/// Most credit markers the cluster audit reads (they live only while a transfer is PENDING or
+/// just completed, so a few per transfer in flight).
+pub const MARKERS_LIMIT: usize = 100_000;
+
+/// The audit on a Redis Cluster ([`Auditor::across_shards`]): Redis `TIME` of the first
+/// primary; every `transfer:{*}:*` record of every primary; then every `wallet:{id}` of
+/// every primary, each with its history in one MULTI/EXEC on its primary (pipelined,
+/// [`BATCH`] wallets per round trip); the credit markers; every outcome record again (every
+/// entry's record exists before the entry: a debit is written with its PENDING record, a
+/// credit after it); then the bounded re-reads of [`Auditor::settle`], each pass reading the
+/// outcomes first and the histories after them, shard by shard.
+fn audit_cluster(pools: &ClusterPools, settings: &AuditSettings) -> Result<AuditReport, OpsError> {
+    let primaries: Vec<String> = pools
+        .primaries()
+        .into_iter()
+        .take(PRIMARIES_LIMIT)
+        .collect();
+    let first = primaries.first().ok_or_else(|| {
+        OpsError::Other("the Redis Cluster's slot map names no primary".to_string())
+    })?;
+    let (seconds, micros): (u64, u64) =
+        redis::cmd("TIME").query(&mut pools.conn_for_addr(first)?.redis)?;
+    let mut auditor = Auditor::across_shards(*settings, seconds * 1000 + micros / 1000);
+    scan_cluster_outcomes(pools, &primaries, &mut auditor)?;
+    for addr in &primaries {
+        let mut conn = pools.conn_for_addr(addr)?;
+        let ids = cluster_wallet_ids(&mut conn)?;
+        for batch in ids.chunks(BATCH) {
+            for wallet in read_each_wallet(&mut conn, KeySpace::Cluster, batch)? {
+                auditor.ingest(Snapshot {
+                    listed: true,
+                    wallets: vec![wallet],
+                    outcomes: Vec::new(),
+                });
+            }
+        }
+    }
+    auditor.ingest_markers(scan_markers(pools, &primaries)?);
+    scan_cluster_outcomes(pools, &primaries, &mut auditor)?;
+    let mut report = auditor.settle(|plan| read_plan_cluster(pools, plan))?;
+    report.outcome_scans = 2;
+    Ok(report)
+}
+
+/// Every `transfer:{sender}:key` record of every primary, fed keyed `{sender}:key`.
+fn scan_cluster_outcomes(
+    pools: &ClusterPools,
+    primaries: &[String],
+    auditor: &mut Auditor,
+) -> Result<(), OpsError> {
+    for addr in primaries {
+        let mut conn = pools.conn_for_addr(addr)?;
+        let found = scan_keys(&mut conn, "transfer:{*}:*", Some("hash"))?;
+        for batch in found.chunks(BATCH) {
+            let fields = read_hashes(&mut conn, batch)?;
+            let outcomes = batch.iter().zip(fields).map(|(key, fields)| {
+                let id = key.strip_prefix("transfer:").unwrap_or(key);
+                (id.to_string(), fields)
+            });
+            auditor.ingest(Snapshot {
+                outcomes: outcomes.collect(),
+                ..Snapshot::default()
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Every `credit:{receiver}:key` marker of every primary (at most [`MARKERS_LIMIT`]):
+/// (receiver, idempotency key, value).
+fn scan_markers(
+    pools: &ClusterPools,
+    primaries: &[String],
+) -> Result<Vec<(String, String, String)>, OpsError> {
+    let mut out = Vec::new();
+    for addr in primaries {
+        let mut conn = pools.conn_for_addr(addr)?;
+        let found = scan_keys(&mut conn, "credit:{*}:*", Some("string"))?;
+        let room = MARKERS_LIMIT.saturating_sub(out.len());
+        for batch in found[..found.len().min(room)].chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for key in batch {
+                pipe.get(key);
+            }
+            let values: Vec<Option<String>> = pipe.query(&mut conn.redis)?;
+            for (key, value) in batch.iter().zip(values) {
+                let parsed = key
+                    .strip_prefix("credit:{")
+                    .and_then(|rest| rest.split_once("}:"));
+                if let (Some((receiver, k)), Some(value)) = (parsed, value) {
+                    out.push((receiver.to_string(), k.to_string(), value));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What `plan` asks for on a cluster: the outcome records first (grouped by primary, one
+/// pipelined round trip each), then each wallet's hash and history after its snapshot in one
+/// MULTI/EXEC on its primary.
+fn read_plan_cluster(pools: &ClusterPools, plan: &Plan) -> Result<Reread, OpsError> {
+    let mut reread = Reread::default();
+    let outcome_keys: Vec<String> = plan.outcomes.iter().map(|id| keys::outcome(id)).collect();
+    for (addr, group) in by_primary(pools, outcome_keys.iter().map(String::as_str))? {
+        let mut conn = pools.conn_for_addr(&addr)?;
+        let batch: Vec<String> = group.iter().map(|k| k.to_string()).collect();
+        for (key, fields) in batch.iter().zip(read_hashes(&mut conn, &batch)?) {
+            let id = key.strip_prefix("transfer:").unwrap_or(key);
+            reread.outcomes.push((id.to_string(), fields));
+        }
+    }
+    let space = KeySpace::Cluster;
+    let ids = plan.histories.keys().chain(&plan.wallets);
+    let wallet_keys: Vec<String> = ids.map(|id| space.wallet(id)).collect();
+    for (addr, group) in by_primary(pools, wallet_keys.iter().map(String::as_str))? {
+        let mut conn = pools.conn_for_addr(&addr)?;
+        for key in group {
+            let id = cluster_wallet_id(key).unwrap_or(key);
+            let after = plan.histories.get(id).cloned().flatten();
+            let read = read_wallet_after(&mut conn, id, after.as_deref())?;
+            match plan.histories.contains_key(id) {
+                true => reread.histories.push((id.to_string(), read)),
+                false => reread.wallets.push((id.to_string(), read)),
+            }
+        }
+    }
+    Ok(reread)
+}
+
+/// `keys` grouped by the primary the known slot map gives each.
+fn by_primary<'a>(
+    pools: &ClusterPools,
+    keys: impl Iterator<Item = &'a str>,
+) -> Result<std::collections::BTreeMap<String, Vec<&'a str>>, OpsError> {
+    let mut out: std::collections::BTreeMap<String, Vec<&'a str>> = Default::default();
+    for key in keys {
+        let slot = cluster::hash_slot(key.as_bytes());
+        let addr = pools
+            .primary_for_slot(slot)
+            .ok_or(ClusterError::SlotUncovered(slot))?;
+        out.entry(addr).or_default().push(key);
+    }
+    Ok(out)
+}
+
+/// One cluster wallet's hash and its history after stream id `after` (all of it with
+/// `None`), in one MULTI/EXEC on its primary.
+fn read_wallet_after(
+    conn: &mut PooledConn,
+    id: &str,
+    after: Option<&str>,
+) -> Result<WalletRead, OpsError> {
+    let space = KeySpace::Cluster;
+    let start = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
+    let mut pipe = redis::pipe();
+    pipe.atomic().ignore_errors();
+    pipe.hgetall(space.wallet(id))
+        .cmd("XRANGE")
+        .arg(space.history(id))
+        .arg(start)
+        .arg("+");
+    let replies: Vec<redis::Value> = pipe.query(&mut conn.redis).inspect_err(|_| conn.taint())?;
+    if replies.len() != 2 {
+        return Err(unexpected(&space.wallet(id), &redis::Value::Array(replies)));
+    }
+    Ok(wallet_read(replies))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -166,13 +166,19 @@ fn locks_show_their_shard_and_status_finds_a_record_by_its_sender() {
     assert!(text(&out).1.contains("--from SENDER"), "{out:?}");
 }
 
-/// `wallet recover` finishes a transfer that crashed after its debit (once its locks
-/// expired): it says it finished one, the money moved once; a second run finds nothing.
+/// A transfer that crashed after its debit is PENDING: `wallet audit` counts its 2.50 as in
+/// flight and stays clean; `wallet recover` (once the locks expired) finishes it, the money
+/// moved once, the audit is clean with nothing in flight, and a second recover finds nothing.
+/// One that crashed after its credit is PENDING with nothing in flight.
 #[test]
-fn recover_finishes_a_crashed_transfer_and_a_second_run_finds_nothing() {
+fn a_crashed_transfer_is_in_flight_for_the_audit_until_recover_finishes_it() {
     let redis = RedisCluster::start(3, 0);
     let service = connect(&redis, 1_000);
     let request = crash(&redis, Failpoint::AfterDebit, "rv", 1_000);
+    let report = json(&wallet(&redis, &["audit", "--json"]));
+    assert_eq!(report["violations_total"], 0, "{report}");
+    assert_eq!(report["pending_transfers"], 1, "{report}");
+    assert_eq!(report["currencies"][0]["in_flight"], "2.50", "{report}");
     wait_for_locks_to_expire(&redis);
     let out = wallet(&redis, &["recover"]);
     let (stdout, stderr) = text(&out);
@@ -196,6 +202,102 @@ fn recover_finishes_a_crashed_transfer_and_a_second_run_finds_nothing() {
         (Some(0), Some(0))
     );
     assert_eq!(again["primaries_scanned"], 3);
+    let report = json(&wallet(&redis, &["audit", "--json"]));
+    assert_eq!(report["violations_total"], 0, "{report}");
+    assert!(report.get("pending_transfers").is_none(), "{report}");
+    assert_eq!(report["currencies"][0]["in_flight"], "0.00", "{report}");
+
+    crash(&redis, Failpoint::AfterCredit, "rc", 1_000);
+    let out = wallet(&redis, &["audit"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("PENDING transfers (cross-slot"), "{stdout}");
+    assert!(
+        !stdout.contains("in flight during"),
+        "credited already: {stdout}"
+    );
+}
+
+/// Random transfers between seeded wallets from four "processes" (most of them cross-slot,
+/// with overspend races) and deposits: `wallet audit` on the cluster is clean and the total
+/// holds; then one wallet's balance edited by hand on its primary fails it, naming the
+/// wallet.
+#[test]
+fn audit_on_a_cluster_is_clean_after_random_load_and_names_a_doctored_balance() {
+    let redis = RedisCluster::start(3, 0);
+    let out = wallet(&redis, &["seed", "--users", "30", "--rng-seed", "7"]);
+    assert!(out.status.success(), "{out:?}");
+    let ids: Vec<String> = (1..=30).map(|n| format!("user_{n}")).collect();
+    let snapshot = json(&wallet(&redis, &["snapshot", "--json"]));
+    assert_eq!(snapshot.as_array().map(Vec::len), Some(30), "{snapshot}");
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let service = connect(&redis, 5_000);
+            let pairs = random_pairs(&ids, t, 60);
+            std::thread::spawn(move || load(&service, &pairs, t))
+        })
+        .collect();
+    let cross: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(
+        cross * 2 > 240,
+        "most transfers are cross-slot: {cross} of 240"
+    );
+    let out = wallet(&redis, &["audit"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("wallets checked: 30\n"), "{stdout}");
+    assert!(stdout.contains("violations: 0\n"), "{stdout}");
+
+    let victim = "user_3";
+    let port = redis
+        .owner_of(redis.ports()[0], keys::wallet_slot(victim))
+        .expect("an owner");
+    let service = connect(&redis, 5_000);
+    let doctored = Amount::from_minor(service.balance(victim).unwrap().minor() + 100);
+    let _: () = redis::cmd("HSET")
+        .arg(keys::wallet(victim))
+        .arg("balance")
+        .arg(doctored.to_string())
+        .query(&mut redis.conn(port))
+        .expect("doctor the balance");
+    let out = wallet(&redis, &["audit"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("balance_mismatch") && l.contains(victim)),
+        "{stderr}"
+    );
+}
+
+/// One process's share: its transfers (retried while transient, as the worker would) and a
+/// deposit every tenth; returns how many were cross-slot.
+fn load(service: &WalletService, pairs: &[(String, String)], t: u64) -> usize {
+    let mut cross = 0;
+    for (i, (from, to)) in pairs.iter().enumerate() {
+        cross += usize::from(keys::wallet_slot(from) != keys::wallet_slot(to));
+        let amount = ["1.00", "25.50", "400.00", "3000.00"][i % 4];
+        let request = usd(&format!("ld_{t}_{i}"), from, to, amount);
+        let done = (0..100).any(|_| match service.transfer(&request) {
+            Ok(o) => o.status != Status::Pending,
+            Err(e) => {
+                assert!(e.is_transient(), "{e}");
+                false
+            }
+        });
+        assert!(
+            done,
+            "{}: still transient after 100 tries",
+            request.transfer_id
+        );
+        if i % 10 == 0 {
+            service
+                .deposit(from, Amount::parse("5.00").unwrap())
+                .unwrap();
+        }
+    }
+    cross
 }
 
 /// On a single Redis a transfer is never PENDING: `wallet recover` says so and exits 0.
@@ -215,7 +317,7 @@ fn recover_on_a_single_redis_has_nothing_to_do() {
     );
 }
 
-#[allow(dead_code)]
+/// `n` (sender, receiver) pairs of distinct wallets, reproducible from `seed`.
 fn random_pairs(ids: &[String], seed: u64, n: usize) -> Vec<(String, String)> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..n)
