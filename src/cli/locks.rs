@@ -136,7 +136,7 @@ mod tests {
             slot: Some(866),
             ..lock("lock:{a}", Some(500))
         };
-        let text = locks_table(&[sharded.clone()]).to_string();
+        let text = locks_table(std::slice::from_ref(&sharded)).to_string();
         assert!(text.contains("primary") && text.contains("slot"), "{text}");
         let row = text.lines().find(|l| l.contains("lock:{a}")).unwrap();
         assert!(

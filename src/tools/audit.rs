@@ -41,6 +41,11 @@
 //! then scans the outcomes again ([`Auditor::needs_outcome_rescan`]). Bounded by
 //! [`SETTLE_PASSES_LIMIT`] and the re-read limits.
 //!
+//! On a Redis Cluster ([`Auditor::across_shards`]) outcome records are keyed `{sender}:key`,
+//! a PENDING outcome (a cross-slot transfer between debit and completion) needs its debit once
+//! and its credit at most once, its credit still to do counts as in flight, and credit
+//! markers whose transfer is not PENDING are reported as leftovers, not violations.
+//!
 //! Does not read Redis: `ops::audit` does the reads and hands them over as a [`Snapshot`] (the
 //! full scan) or a [`Reread`] (one MULTI/EXEC per pass). Does not change data. Does not check
 //! the trimmed entries themselves (they are gone from Redis; the ledger topic keeps them).
