@@ -27,6 +27,18 @@ use crate::cli::{Failure, GlobalOpts, OutcomeTtl, json_out, print_out};
                   each wallet is read whole in one MULTI/EXEC, and a finding that transfers \
                   finishing during the scan could cause is read again before it counts. Reads \
                   with SCAN/SSCAN and pipelining; changes nothing. Amounts in major units.\n\
+                  With --redis-cluster: every primary is scanned (wallet:{ID}, \
+                  transfer:{SENDER}:KEY, credit:{RECEIVER}:KEY); each wallet is read whole in \
+                  one MULTI/EXEC on its primary, the outcome records are scanned before and \
+                  again after the wallets, and a finding is re-read (outcomes first, then \
+                  histories, bounded passes) as on one Redis, so it is meant to be safe while \
+                  transfers run; a finding that stays unsettled after the passes is reported: \
+                  run it again in a quieter moment before acting on it. A PENDING record (a \
+                  cross-slot transfer between its debit and its completion) must have its \
+                  debit once and its credit at most once; a credit still to do counts as in \
+                  flight (balances + in flight = openings + deposits). Credit markers whose \
+                  transfer is not PENDING are listed as leftovers, not violations (a crash \
+                  after a completion leaves one). wallet recover finishes PENDING records.\n\
                   Exit 0 when sound, 1 with one line per violation on stderr, naming the \
                   idempotency key and the wallets (--json: in the report's violations).\n\
                   Example: wallet audit --json"
@@ -107,9 +119,24 @@ fn summary(report: &AuditReport) -> String {
             c.currency, c.balance, c.opening, c.deposits
         ));
     }
+    if report.pending_transfers > 0 {
+        out.push_str(&format!(
+            "PENDING transfers (cross-slot, credit counted in flight until done; wallet \
+             recover finishes them): {}\n",
+            report.pending_transfers
+        ));
+    }
+    if report.leftover_markers > 0 {
+        out.push_str(&format!(
+            "leftover credit markers (not violations): {} ({})\n",
+            report.leftover_markers,
+            report.leftover_marker_keys.join(", ")
+        ));
+    }
     if report.outcome_scans > 1 {
         out.push_str(&format!(
-            "outcome scans: {} (a window moved during the audit)\n",
+            "outcome scans: {} (again after the wallets: a window moved during the audit, or a \
+             Redis Cluster)\n",
             report.outcome_scans
         ));
     }

@@ -1,5 +1,7 @@
 //! `wallet locks`: lists the held wallet locks (`lock:*`) with owner token and remaining ttl,
-//! and fails (exit 1) when any has no ttl, since such a lock blocks its wallet for ever.
+//! and fails (exit 1) when any has no ttl, since such a lock blocks its wallet for ever. On a
+//! Redis Cluster (`--redis-cluster`) it scans every primary and shows each lock's shard: the
+//! primary's address and the slot.
 //!
 //! Owns the table and the failure message. Does not own reading the locks or what counts as a
 //! problem (`tools::ops::locks`, `LockInfo::is_problem`), nor deleting any.
@@ -16,6 +18,9 @@ use crate::cli::{Failure, GlobalOpts, json_out, new_table, print_out};
                   never released by itself and blocks its wallet for ever: such locks are \
                   flagged and the exit code is 1 (delete one with redis-cli DEL lock:<id> once \
                   its holder is known to be gone).\n\
+                  With --redis-cluster: every primary is scanned and each lock shows its shard, \
+                  the primary (HOST:PORT) and the hash slot (delete one there with redis-cli -c \
+                  -h HOST -p PORT DEL 'lock:{<id>}').\n\
                   Example: wallet locks --json"
 )]
 pub struct LocksArgs {
@@ -43,11 +48,16 @@ pub fn run(global: &GlobalOpts, args: LocksArgs) -> Result<(), Failure> {
     }
 }
 
-/// One line per lock; a lock without ttl says so.
+/// One line per lock; a lock without ttl says so. Locks of a cluster also show their shard.
 fn locks_table(locks: &[LockInfo]) -> Table {
-    let mut table = new_table(&["key", "owner", "ttl ms", "problem"]);
+    let sharded = locks.iter().any(|l| l.primary.is_some());
+    let mut header = vec!["key", "owner", "ttl ms", "problem"];
+    if sharded {
+        header.extend(["primary", "slot"]);
+    }
+    let mut table = new_table(&header);
     for l in locks {
-        table.add_row(vec![
+        let mut row = vec![
             l.key.clone(),
             l.owner.clone().unwrap_or_else(|| "-".into()),
             l.ttl_ms.map_or_else(|| "none".into(), |t| t.to_string()),
@@ -56,7 +66,12 @@ fn locks_table(locks: &[LockInfo]) -> Table {
             } else {
                 String::new()
             },
-        ]);
+        ];
+        if sharded {
+            row.push(l.primary.clone().unwrap_or_else(|| "-".into()));
+            row.push(l.slot.map_or_else(|| "-".into(), |s| s.to_string()));
+        }
+        table.add_row(row);
     }
     table
 }
@@ -86,6 +101,8 @@ mod tests {
             key: key.into(),
             owner: Some("tok".into()),
             ttl_ms,
+            primary: None,
+            slot: None,
         }
     }
 
@@ -109,5 +126,26 @@ mod tests {
         );
         assert!(problems(&locks[..1]).is_none());
         assert!(problems(&[]).is_none());
+        assert!(!text.contains("slot"), "one Redis shows no shard: {text}");
+    }
+
+    #[test]
+    fn locks_of_a_cluster_show_their_primary_and_slot() {
+        let sharded = LockInfo {
+            primary: Some("127.0.0.1:7001".into()),
+            slot: Some(866),
+            ..lock("lock:{a}", Some(500))
+        };
+        let text = locks_table(std::slice::from_ref(&sharded)).to_string();
+        assert!(text.contains("primary") && text.contains("slot"), "{text}");
+        let row = text.lines().find(|l| l.contains("lock:{a}")).unwrap();
+        assert!(
+            row.contains("127.0.0.1:7001") && row.contains("866"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&sharded).unwrap();
+        assert_eq!(json["slot"], 866);
+        let plain = serde_json::to_value(lock("lock:a", Some(1))).unwrap();
+        assert!(plain.get("primary").is_none(), "{plain}");
     }
 }

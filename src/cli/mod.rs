@@ -1,7 +1,7 @@
 //! The `wallet` command line: what the tool is, the options every subcommand shares, and the
 //! dispatch to one file per subcommand (`seed.rs`, `bench.rs`, `worker.rs`, `snapshot.rs`,
 //! `status.rs`, `deposit.rs`, `locks.rs`, `audit.rs`, `transfer.rs`, `produce.rs`, `top.rs`,
-//! `history.rs`).
+//! `history.rs`, `recover.rs`).
 //!
 //! Owns [`Cli`], [`GlobalOpts`] (Redis, Kafka and lock flags), the [`Command`] list, the
 //! [`Failure`] type and its exit codes, the stdout helpers ([`print_out`], [`json_out`],
@@ -25,6 +25,7 @@ mod deposit;
 mod history;
 mod locks;
 mod produce;
+mod recover;
 mod seed;
 mod snapshot;
 mod status;
@@ -52,7 +53,8 @@ and of its Kafka worker.
             history (a wallet's entries, from Redis and the ledger topic),
             locks (held wallet locks), audit (the ledger invariants)
   watch     top (live view of running workers from their /metrics)
-  change    deposit (add money to a wallet), seed (create demo users)
+  change    deposit (add money to a wallet), seed (create demo users),
+            recover (finish cross-slot transfers a crash left PENDING on a Redis Cluster)
   measure   bench (throughput and latency, in-process or through Kafka)
 
 Every option can also be set through the environment variable shown with it.";
@@ -418,10 +420,15 @@ pub enum Command {
     /// A wallet's history entries, oldest first: recent ones from Redis, trimmed ones from the
     /// ledger topic
     History(history::HistoryArgs),
+    /// Finish the cross-slot transfers a crash left PENDING on a Redis Cluster
+    Recover(recover::RecoverArgs),
 }
 
 /// The commands that run on a Redis Cluster (`--redis-cluster`); the others refuse it.
-pub const CLUSTER_COMMANDS: [&str; 4] = ["bench", "deposit", "history", "transfer"];
+pub const CLUSTER_COMMANDS: [&str; 10] = [
+    "audit", "bench", "deposit", "history", "locks", "recover", "seed", "snapshot", "status",
+    "transfer",
+];
 
 impl Command {
     /// The subcommand's name, as typed.
@@ -439,6 +446,7 @@ impl Command {
             Command::Produce(_) => "produce",
             Command::Top(_) => "top",
             Command::History(_) => "history",
+            Command::Recover(_) => "recover",
         }
     }
 }
@@ -463,6 +471,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Produce(args) => produce::run(global, args),
         Command::Top(args) => top::run(global, args),
         Command::History(args) => history::run(global, args),
+        Command::Recover(args) => recover::run(global, args),
     }
 }
 
@@ -691,9 +700,9 @@ mod tests {
 
     use super::*;
 
-    const SUBCOMMANDS: [&str; 12] = [
+    const SUBCOMMANDS: [&str; 13] = [
         "seed", "bench", "worker", "snapshot", "status", "deposit", "locks", "audit", "transfer",
-        "produce", "top", "history",
+        "produce", "top", "history", "recover",
     ];
 
     #[test]
@@ -716,14 +725,20 @@ mod tests {
             let e = seeds(bad).unwrap_err().to_string();
             assert!(e.contains("--redis-cluster"), "{bad:?}: {e}");
         }
-        let audit = parse(&["audit", "--redis-cluster", "h:1"]).unwrap();
-        let e = run(audit).unwrap_err();
-        assert_eq!(e.exit_code(), 2);
-        assert!(
-            e.to_string()
-                .starts_with("wallet audit does not run on a Redis Cluster yet"),
-            "{e}"
-        );
+        // A command not ported yet (if any is left) refuses the flag before connecting.
+        if let Some(name) = SUBCOMMANDS
+            .iter()
+            .find(|n| !CLUSTER_COMMANDS.contains(n) && **n != "top")
+        {
+            let e = parse(&[name, "--redis-cluster", "h:1"])
+                .map(run)
+                .map(Result::unwrap_err);
+            if let Ok(e) = e {
+                assert_eq!(e.exit_code(), 2);
+                let start = format!("wallet {name} does not run on a Redis Cluster yet");
+                assert!(e.to_string().starts_with(&start), "{e}");
+            }
+        }
         for name in CLUSTER_COMMANDS {
             assert!(SUBCOMMANDS.contains(&name), "{name}");
         }

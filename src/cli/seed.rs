@@ -17,7 +17,9 @@ use crate::cli::{Failure, GlobalOpts, print_out};
 #[derive(Debug, Args)]
 #[command(
     after_help = "Existing wallets are never changed: seeding twice creates nothing the second \
-                  time.\nExample: wallet seed --users 100 --reset"
+                  time. With --redis-cluster each wallet is written on its slot's primary, and \
+                  --reset scans every primary (credit markers included).\n\
+                  Example: wallet seed --users 100 --reset"
 )]
 pub struct SeedArgs {
     /// Number of users to create, user_1..user_N (1 to 1000000)
@@ -39,10 +41,11 @@ pub struct SeedArgs {
 pub fn run(global: &GlobalOpts, args: SeedArgs) -> Result<(), Failure> {
     let service = global.connect(1)?;
     if args.reset {
-        log::warn!(
-            "--reset: deleting every wallet, user, transfer record and lock in {}",
-            redact_url(&global.redis_url)
-        );
+        let place = match &global.redis_cluster {
+            Some(seeds) => format!("the Redis Cluster of {}", seeds.0.join(",")),
+            None => redact_url(&global.redis_url),
+        };
+        log::warn!("--reset: deleting every wallet, user, transfer record and lock in {place}");
     }
     let bar = progress_bar(u64::from(args.users));
     let report =

@@ -1,6 +1,8 @@
 //! `wallet status KEY`: prints the outcome recorded under an idempotency key, as a table or a
 //! JSON object; exit 1 when none is recorded. `wallet status` without a key: what the store
-//! holds (memory, outcome records, the oldest record's age; `ops::store_stats`).
+//! holds (memory, outcome records, the oldest record's age; `ops::store_stats`). On a Redis
+//! Cluster the record lives in the sender's slot (`transfer:{SENDER}:KEY`), so KEY needs
+//! `--from SENDER` there; without a key every primary is summed.
 //!
 //! Owns the KEY check, the field names and their order in the output. Does not own how an
 //! outcome is stored or read (`engine::transfer`, `WalletService::transfer_outcome`).
@@ -9,7 +11,7 @@ use clap::Args;
 use comfy_table::Table;
 use serde_json::Value;
 use wallet_transfer::Amount;
-use wallet_transfer::engine::message::check_key;
+use wallet_transfer::engine::message::{check_key, check_user_id};
 use wallet_transfer::engine::transfer::TransferOutcome;
 use wallet_transfer::tools::ops::{self, StoreStats};
 
@@ -23,13 +25,23 @@ use crate::cli::{Failure, GlobalOpts, json_out, new_table, print_out};
                   Without KEY: Redis used_memory, the number of outcome records (SCAN, at most \
                   1,000,000 counted) and the age of the oldest of the first 10,000 met (a \
                   sample, not the oldest of all).\n\
-                  Example: wallet status req_tx_1 --json"
+                  With --redis-cluster: the record of KEY lives in its sender's hash slot \
+                  (transfer:{SENDER}:KEY; an idempotency key is unique per sender there), so \
+                  give --from SENDER; a cross-slot transfer a crash stopped halfway shows as \
+                  PENDING (wallet recover finishes it). Without KEY, every primary is summed.\n\
+                  Examples:\n  wallet status req_tx_1 --json\n  \
+                  wallet status req_tx_1 --from user_1 --redis-cluster 10.0.0.1:7000"
 )]
 pub struct StatusArgs {
     /// The idempotency key of the request (its transfer_id unless one was given); without it,
     /// what the store holds
     #[arg(value_name = "KEY")]
     pub key: Option<String>,
+
+    /// The request's sender (from_user): where the record lives on a Redis Cluster; needed
+    /// there with KEY, not used on one Redis
+    #[arg(long, value_name = "SENDER", requires = "key")]
+    pub from: Option<String>,
 
     /// Print the outcome as one JSON object instead of a table
     #[arg(long)]
@@ -42,8 +54,21 @@ pub fn run(global: &GlobalOpts, args: StatusArgs) -> Result<(), Failure> {
         return store(global, args.json);
     };
     check_key("KEY", key).map_err(|e| Failure::usage(e.to_string()))?;
+    let sender = match (&args.from, global.redis_cluster.is_some()) {
+        (Some(from), _) => {
+            check_user_id("--from", from).map_err(|e| Failure::usage(e.to_string()))?;
+            from.as_str()
+        }
+        (None, true) => {
+            return Err(Failure::usage(format!(
+                "on a Redis Cluster the record of {key:?} lives in its sender's slot: add \
+                 --from SENDER (the request's from_user)"
+            )));
+        }
+        (None, false) => "",
+    };
     let service = global.connect(1)?;
-    let Some(outcome) = service.transfer_outcome(key)? else {
+    let Some(outcome) = service.transfer_outcome_of(sender, key)? else {
         return Err(Failure::runtime(format!(
             "no outcome recorded under idempotency key {key:?} (never processed, or its record \
              expired)"
@@ -91,6 +116,12 @@ fn store_table(stats: &StoreStats) -> Table {
     table
 }
 
+/// Seconds since the Unix epoch, as the result message says it (read from the record, so a
+/// PENDING one, which is never answered, shows too).
+fn processed_at(outcome: &TransferOutcome) -> f64 {
+    outcome.processed_at_ms as f64 / 1000.0
+}
+
 fn amount_text(a: Option<Amount>) -> Option<String> {
     a.map(|a| a.to_string())
 }
@@ -106,7 +137,7 @@ fn outcome_json(outcome: &TransferOutcome) -> Value {
         "to_user": outcome.to_user,
         "amount": outcome.amount.to_string(),
         "currency": outcome.currency,
-        "processed_at": outcome.to_message().processed_at,
+        "processed_at": processed_at(outcome),
         "from_balance_after": amount_text(outcome.from_balance_after),
         "to_balance_after": amount_text(outcome.to_balance_after),
     })
@@ -128,10 +159,7 @@ fn outcome_table(outcome: &TransferOutcome) -> Table {
         ("to_user", outcome.to_user.clone()),
         ("amount", outcome.amount.to_string()),
         ("currency", outcome.currency.clone()),
-        (
-            "processed_at",
-            format!("{:.3}", outcome.to_message().processed_at),
-        ),
+        ("processed_at", format!("{:.3}", processed_at(outcome))),
         (
             "from_balance_after",
             or_dash(amount_text(outcome.from_balance_after)),
@@ -178,11 +206,28 @@ mod tests {
     fn a_bad_key_is_a_usage_error_before_any_connection() {
         let args = StatusArgs {
             key: Some("no spaces".into()),
+            from: None,
             json: false,
         };
         let e = run(&test_global(), args).unwrap_err();
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().starts_with("KEY"), "{e}");
+    }
+
+    #[test]
+    fn a_key_on_a_cluster_needs_its_sender_before_any_connection() {
+        let cli = crate::cli::parse(&["status", "k1", "--redis-cluster", "h:1"]).unwrap();
+        let e = crate::cli::run(cli).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("add --from SENDER"), "{e}");
+        assert!(
+            crate::cli::parse(&["status", "--from", "u"]).is_err(),
+            "--from needs KEY"
+        );
+        let cli = crate::cli::parse(&["status", "k1", "--from", "a b"]).unwrap();
+        let e = crate::cli::run(cli).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().starts_with("--from"), "{e}");
     }
 
     #[test]

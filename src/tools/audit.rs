@@ -41,6 +41,11 @@
 //! then scans the outcomes again ([`Auditor::needs_outcome_rescan`]). Bounded by
 //! [`SETTLE_PASSES_LIMIT`] and the re-read limits.
 //!
+//! On a Redis Cluster ([`Auditor::across_shards`]) outcome records are keyed `{sender}:key`,
+//! a PENDING outcome (a cross-slot transfer between debit and completion) needs its debit once
+//! and its credit at most once, its credit still to do counts as in flight, and credit
+//! markers whose transfer is not PENDING are reported as leftovers, not violations.
+//!
 //! Does not read Redis: `ops::audit` does the reads and hands them over as a [`Snapshot`] (the
 //! full scan) or a [`Reread`] (one MULTI/EXEC per pass). Does not change data. Does not check
 //! the trimmed entries themselves (they are gone from Redis; the ledger topic keeps them).
@@ -58,6 +63,8 @@ use crate::engine::wallet::{HistoryKind, Wallet, parse_history_fields, parse_wal
 
 /// Most violations listed one by one; after that they are only counted.
 pub const VIOLATIONS_LISTED_MAX: usize = 1_000;
+/// Most leftover credit markers listed by key; after that they are only counted.
+pub const LEFTOVER_MARKERS_LISTED_MAX: usize = 100;
 /// Most re-read passes after the full scan; what is still unconfirmed after them is reported.
 pub const SETTLE_PASSES_LIMIT: u32 = 8;
 /// Most wallet histories read again in one pass (the rest wait for the next pass).
@@ -340,10 +347,26 @@ pub struct AuditReport {
     pub settle_passes: u32,
     /// Findings still unconfirmed when the passes ran out (reported among the violations).
     pub unsettled: u64,
+    /// PENDING outcomes read (Redis Cluster only: cross-slot transfers between their debit
+    /// and their completion); their credits still to do count as in flight.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub pending_transfers: u64,
+    /// Credit markers (`credit:{receiver}:key`) whose transfer is not PENDING: left by a
+    /// crash after the completion, or read between a completion and its unlock. Harmless,
+    /// not violations (`wallet recover` does not need them).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub leftover_markers: u64,
+    /// The first [`LEFTOVER_MARKERS_LISTED_MAX`] of them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leftover_marker_keys: Vec<String>,
     /// Every violation found; at most [`VIOLATIONS_LISTED_MAX`] are listed.
     pub violations_total: u64,
     /// The violations listed, each naming its keys; empty when the ledger is sound.
     pub violations: Vec<Violation>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn as_text<S: serde::Serializer>(a: &Amount, s: S) -> Result<S::Ok, S::Error> {
@@ -506,6 +529,11 @@ pub struct Auditor {
     settings: AuditSettings,
     /// When the scan started (Redis time, ms); `None`: unknown.
     started_ms: Option<u64>,
+    /// A Redis Cluster: outcomes are keyed `{sender}:key`, a re-read reads the outcomes
+    /// before the histories (two moments, not one), and credit markers are known.
+    across_shards: bool,
+    /// Credit markers of cross-slot transfers: (receiver, idempotency key) -> value.
+    markers: BTreeMap<(String, String), String>,
 }
 
 impl Auditor {
@@ -516,6 +544,29 @@ impl Auditor {
             settings,
             started_ms: Some(started_ms),
             ..Auditor::default()
+        }
+    }
+
+    /// An auditor for a Redis Cluster (see [`Auditor::new`]): outcome records are fed keyed
+    /// `{sender}:key` (their name without `transfer:`), a [`Reread`] is taken as its outcomes
+    /// read first and its histories after them (each shard reads at its own moment), and
+    /// PENDING outcomes of cross-slot transfers are expected: their debit once, their credit
+    /// at most once, the credit still to do counted as money in flight. The caller scans the
+    /// outcomes again after the wallets (every entry's outcome exists before the entry, so
+    /// the second scan finds it).
+    pub fn across_shards(settings: AuditSettings, started_ms: u64) -> Auditor {
+        Auditor {
+            across_shards: true,
+            ..Auditor::new(settings, started_ms)
+        }
+    }
+
+    /// Takes in the credit markers read (`credit:{receiver}:key` -> value), for the report:
+    /// a marker whose transfer is not PENDING is a leftover (a crash after the completion,
+    /// or a transfer between its completion and its unlock), not a violation.
+    pub fn ingest_markers(&mut self, markers: Vec<(String, String, String)>) {
+        for (receiver, key, value) in markers {
+            self.markers.insert((receiver, key), value);
         }
     }
 
@@ -544,7 +595,12 @@ impl Auditor {
     }
 
     /// Takes in what a [`Plan`] read, at one moment after everything before.
-    pub fn ingest_reread(&mut self, reread: Reread) {
+    pub fn ingest_reread(&mut self, mut reread: Reread) {
+        if self.across_shards {
+            // The outcomes were read before the histories: an earlier moment.
+            self.epoch += 1;
+            self.ingest_outcomes(std::mem::take(&mut reread.outcomes));
+        }
         self.epoch += 1;
         for (id, read) in reread.histories {
             let Some(view) = self.wallets.get_mut(&id) else {
@@ -607,6 +663,7 @@ impl Auditor {
             totals: self.totals(&cut),
             ..Findings::default()
         };
+        self.pending_in_flight(&cut, &mut out.totals);
         for view in self.wallets.values() {
             out.violations.extend(view.problems.iter().cloned());
         }
@@ -671,7 +728,13 @@ impl Auditor {
         let mut violations = findings.violations;
         let violations_total = violations.len() as u64;
         violations.truncate(VIOLATIONS_LISTED_MAX);
+        let (mut leftover_marker_keys, pending_transfers) = self.leftover_markers();
+        let leftover_markers = leftover_marker_keys.len() as u64;
+        leftover_marker_keys.truncate(LEFTOVER_MARKERS_LISTED_MAX);
         AuditReport {
+            pending_transfers,
+            leftover_markers,
+            leftover_marker_keys,
             wallets_checked: scanned().count() as u64,
             transfers_checked: checked,
             transfers_completed: completed,
@@ -725,6 +788,56 @@ impl Auditor {
             out.entry(w.currency.as_str()).or_default().in_flight += i128::from(signed.minor());
         }
         out
+    }
+
+    /// The credits PENDING outcomes of the cut still have to do, as money in flight (in the
+    /// sender's currency): a PENDING whose receiver shows no credit for it (in its snapshot or
+    /// read after it) has its amount between the two wallets.
+    fn pending_in_flight(&self, cut: &Cut<'_>, totals: &mut BTreeMap<&'static str, Sums>) {
+        for (mover, claimants) in &cut.claims {
+            if cut.after.contains(mover) {
+                continue;
+            }
+            for (_, o) in claimants
+                .iter()
+                .filter(|(_, o)| o.status == Status::Pending)
+            {
+                let seen = cut.groups.get(mover).map_or(&[][..], Vec::as_slice);
+                let credited = seen
+                    .iter()
+                    .any(|s| s.entry.kind == HistoryKind::Credit && s.wallet == o.to_user);
+                let sender = self
+                    .wallets
+                    .get(&o.from_user)
+                    .and_then(|v| v.wallet.as_ref());
+                if let (false, Some(w)) = (credited, sender) {
+                    let sums = totals.entry(w.currency.as_str()).or_default();
+                    sums.in_flight += i128::from(o.amount.minor());
+                }
+            }
+        }
+    }
+
+    /// Markers whose transfer is not PENDING (`credit:{receiver}:key`), sorted; and the
+    /// number of PENDING outcomes read.
+    fn leftover_markers(&self) -> (Vec<String>, u64) {
+        let pending: BTreeSet<(&str, &str)> = self
+            .outcomes
+            .values()
+            .filter_map(|v| match &v.state {
+                OutcomeState::Read(o) if o.status == Status::Pending => {
+                    Some((o.to_user.as_str(), o.idempotency_key.as_str()))
+                }
+                _ => None,
+            })
+            .collect();
+        let leftovers = self
+            .markers
+            .keys()
+            .filter(|(r, k)| !pending.contains(&(r.as_str(), k.as_str())))
+            .map(|(r, k)| format!("credit:{{{r}}}:{k}"))
+            .collect();
+        (leftovers, pending.len() as u64)
     }
 
     /// A deposit id that appears more than once in the snapshots.
@@ -915,6 +1028,10 @@ impl Auditor {
         for (_, o) in completed {
             for (wallet, number, kind) in sides(o) {
                 let e = out.entry((rank(kind), wallet)).or_default();
+                if o.status == Status::Pending && kind == HistoryKind::Credit {
+                    e.pending.push(o.amount); // done or not: at most once
+                    continue;
+                }
                 match self.place(wallet, number, o.processed_at_ms) {
                     Place::BeforeWindow => e.before += 1,
                     Place::MaybeBeforeWindow => e.optional.push(o.amount),
@@ -937,7 +1054,7 @@ impl Auditor {
             let OutcomeState::Read(o) = &view.state else {
                 continue;
             };
-            let by_key = Mover::Key(key.clone());
+            let by_key = Mover::Key(mover_key(key).to_string());
             let legacy = Mover::Legacy(o.transfer_id.clone());
             let mover = if !groups.contains_key(&by_key) && groups.contains_key(&legacy) {
                 legacy
@@ -954,12 +1071,15 @@ impl Auditor {
     /// Every group of entries against the outcomes that claim it.
     fn check_transfers(&self, cut: &Cut<'_>, out: &mut Findings) {
         let movers: BTreeSet<&Mover> = cut.groups.keys().chain(cut.claims.keys()).collect();
+        let corrupt: BTreeSet<&str> = self
+            .outcomes
+            .iter()
+            .filter(|(_, v)| matches!(v.state, OutcomeState::Corrupt(_)))
+            .map(|(id, _)| mover_key(id))
+            .collect();
         for mover in movers {
             if let Mover::Key(key) = mover
-                && let Some(OutcomeView {
-                    state: OutcomeState::Corrupt(_),
-                    ..
-                }) = self.outcomes.get(key)
+                && corrupt.contains(key.as_str())
             {
                 continue; // reported as corrupt
             }
@@ -969,10 +1089,11 @@ impl Auditor {
             let seen = cut.groups.get(mover).map_or(&[][..], Vec::as_slice);
             let claimants = cut.claims.get(mover).map_or(&[][..], Vec::as_slice);
             let name = Name::of(mover, seen, claimants);
+            // PENDING (cross-slot, between debit and completion) moves money too.
             let completed: Claimants<'_> = claimants
                 .iter()
                 .copied()
-                .filter(|(_, o)| o.status == Status::Completed)
+                .filter(|(_, o)| matches!(o.status, Status::Completed | Status::Pending))
                 .collect();
             if completed.is_empty() {
                 self.check_unclaimed(mover, seen, claimants, &name, out);
@@ -1049,6 +1170,7 @@ impl Auditor {
             out.expired += seen.len() as u64;
         } else {
             let outcome = match mover {
+                Mover::Key(key) if self.across_shards => format!("transfer:{{SENDER}}:{key}"),
                 Mover::Key(key) => keys::outcome(key),
                 Mover::Legacy(id) => format!("outcome with transfer_id {id}"),
             };
@@ -1056,11 +1178,16 @@ impl Auditor {
             out.violations
                 .push(name.violation(ViolationKind::EntryWithoutOutcome, detail));
             let entries_epoch = seen.iter().map(|s| s.epoch).max().unwrap_or(0);
-            if let Mover::Key(key) = mover
-                && self.outcomes.get(key).map_or(0, |o| o.epoch) < entries_epoch
-            {
-                out.plan.outcomes.insert(key.clone());
-                out.unconfirmed += 1;
+            if let Mover::Key(key) = mover {
+                let stale = self
+                    .outcome_ids(key, seen)
+                    .into_iter()
+                    .filter(|id| self.outcomes.get(id).map_or(0, |o| o.epoch) < entries_epoch);
+                let stale: Vec<String> = stale.collect();
+                if !stale.is_empty() {
+                    out.plan.outcomes.extend(stale);
+                    out.unconfirmed += 1;
+                }
             }
         }
         let currencies: BTreeSet<&str> = seen
@@ -1076,6 +1203,21 @@ impl Auditor {
             out.violations
                 .push(name.violation(ViolationKind::CurrencyMismatch, detail));
         }
+    }
+
+    /// The outcome records that could claim entries moved by `key`: `transfer:{key}` on one
+    /// Redis; on a cluster the record of each debited wallet (`{sender}:key`). A group of
+    /// credits alone names no sender: it is not read again, the caller's second outcome scan
+    /// (after every wallet) read every record that existed when the credit did.
+    fn outcome_ids(&self, key: &str, seen: &[Seen<'_>]) -> Vec<String> {
+        if !self.across_shards {
+            return vec![key.to_string()];
+        }
+        let debited = seen.iter().filter(|s| s.entry.kind == HistoryKind::Debit);
+        unique(debited.map(|s| s.wallet))
+            .into_iter()
+            .map(|w| format!("{{{w}}}:{key}"))
+            .collect()
     }
 
     /// Whether every entry of `seen` is older than the outcome ttl allows its outcome to live
@@ -1161,6 +1303,18 @@ impl Name {
 /// A debit (0) or credit (1) slot in a wallet.
 type Slot<'a> = (u8, &'a str);
 
+/// The idempotency key of an outcome as the auditor holds it: `key` on one Redis,
+/// `{sender}:key` on a cluster (keys cannot hold braces, so a leading tag is a sender).
+fn mover_key(outcome_id: &str) -> &str {
+    match outcome_id
+        .strip_prefix('{')
+        .and_then(|tagged| tagged.split_once("}:"))
+    {
+        Some((_sender, key)) => key,
+        None => outcome_id,
+    }
+}
+
 fn rank(kind: HistoryKind) -> u8 {
     u8::from(kind != HistoryKind::Debit)
 }
@@ -1188,6 +1342,8 @@ struct Expected {
     before: usize,
     /// Entries made after the snapshot and trimmed before the re-read.
     since: usize,
+    /// Credits of PENDING outcomes: each may be done (once) or not yet.
+    pending: Vec<Amount>,
 }
 
 /// Expected against seen debits and credits of a group claimed by COMPLETED outcomes: per
@@ -1234,7 +1390,7 @@ fn judge_slot<'a>(
     let history = keys::history(wallet);
     let (need, most) = (
         want.required.len(),
-        want.required.len() + want.optional.len(),
+        want.required.len() + want.optional.len() + want.pending.len(),
     );
     let trimmed = want.before + want.since;
     let note = match trimmed {
@@ -1263,8 +1419,18 @@ fn judge_slot<'a>(
             places(got)
         );
         (ViolationKind::RepeatedEntry, detail)
-    } else if !amounts_fit(&amounts, &required, &want.optional) {
-        let all = sorted(required.iter().chain(&want.optional).copied());
+    } else if !amounts_fit(
+        &amounts,
+        &required,
+        &[&want.optional[..], &want.pending].concat(),
+    ) {
+        let all = sorted(
+            required
+                .iter()
+                .chain(&want.optional)
+                .chain(&want.pending)
+                .copied(),
+        );
         let detail = format!(
             "{kind} in {history} is {}, the outcome says {}",
             list(&amounts),
@@ -1274,7 +1440,8 @@ fn judge_slot<'a>(
     } else if let Some(detail) = misplaced(kind, wallet, want, got) {
         (ViolationKind::MisplacedEntry, detail)
     } else {
-        return Ok((want.before + most - got.len()) as u64);
+        let absent = (most - got.len()).saturating_sub(want.pending.len());
+        return Ok((want.before + absent) as u64);
     };
     let short = (what == ViolationKind::MissingEntry).then_some(wallet);
     Err((name.violation(what, detail), short))

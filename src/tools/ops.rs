@@ -10,6 +10,12 @@
 //! Everything here reads with SCAN/SSCAN and pipelined batches, never `KEYS`, so it is safe on a
 //! large production database. Nothing here changes data. The `wallet snapshot`, `locks`, `audit`
 //! and `transfer` commands are thin wrappers around these functions.
+//!
+//! On a Redis Cluster (a service from `WalletService::connect_cluster`) every view scans each
+//! primary (`ClusterPools::primaries`) with the cluster key names (`KeySpace::Cluster`:
+//! `wallet:{id}`, `lock:{id}`, `transfer:{sender}:key`, `credit:{receiver}:key`); there is no
+//! `wallets:all` there. Does not: write, finish PENDING transfers (`WalletService::recover`),
+//! or read replicas.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -22,6 +28,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use serde::Serialize;
 
+use crate::engine::cluster::{self, ClusterError, ClusterPools};
+use crate::engine::keyspace::KeySpace;
 use crate::engine::message::TransferRequest;
 use crate::engine::service::WalletService;
 use crate::engine::store::{self, PooledConn, keys};
@@ -49,6 +57,9 @@ pub enum OpsError {
     /// No pooled connection in time.
     #[error("redis pool: {0}")]
     Pool(#[from] r2d2::Error),
+    /// A Redis Cluster node could not be reached, or its slot map read.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// A record that cannot be read.
     #[error("corrupt record {key}: {detail}")]
     Corrupt {
@@ -69,6 +80,30 @@ pub enum OpsError {
     /// Anything else, said in words.
     #[error("{0}")]
     Other(String),
+}
+
+/// Most primaries a view scans (a cluster's map holds at most [`cluster::NODES_LIMIT`] nodes).
+pub const PRIMARIES_LIMIT: usize = cluster::NODES_LIMIT;
+
+/// One connection to each primary of a cluster, with its address, sorted by address; or the
+/// one Redis, without an address.
+pub(crate) fn each_primary(
+    service: &WalletService,
+) -> Result<Vec<(Option<String>, PooledConn)>, OpsError> {
+    let Some(pools) = service.cluster() else {
+        return Ok(vec![(None, service.pool().get()?)]);
+    };
+    let mut out = Vec::new();
+    for addr in pools.primaries().into_iter().take(PRIMARIES_LIMIT) {
+        let conn = pools.conn_for_addr(&addr)?;
+        out.push((Some(addr), conn));
+    }
+    Ok(out)
+}
+
+/// The wallet id in a cluster wallet key `wallet:{id}`; `None` for any other key.
+fn cluster_wallet_id(key: &str) -> Option<&str> {
+    key.strip_prefix("wallet:{")?.strip_suffix('}')
 }
 
 /// Every member of a set, read with SSCAN; sorted, without repeats.
@@ -116,50 +151,72 @@ pub struct SnapshotRow {
     pub version: String,
 }
 
-/// Every wallet in `wallets:all` whose id starts with `prefix`, sorted by id. Fields are shown
-/// as stored (a corrupt field is shown, not rejected); a wallet id without a hash gets the
-/// status `missing`.
+/// Every wallet in `wallets:all` (on a cluster: every `wallet:{id}` hash of every primary)
+/// whose id starts with `prefix`, sorted by id. Fields are shown as stored (a corrupt field is
+/// shown, not rejected); a wallet id without a hash gets the status `missing`.
 pub fn snapshot(
     service: &WalletService,
     prefix: Option<&str>,
 ) -> Result<Vec<SnapshotRow>, OpsError> {
-    let mut conn = service.pool().get()?;
-    let ids: Vec<String> = sscan_all(&mut conn, keys::WALLETS_ALL)?
-        .into_iter()
-        .filter(|id| prefix.is_none_or(|p| id.starts_with(p)))
-        .collect();
-    let mut rows = Vec::with_capacity(ids.len());
-    for batch in ids.chunks(BATCH) {
-        let mut pipe = redis::pipe();
-        for id in batch {
-            pipe.hgetall(keys::wallet(id))
-                .cmd("HGET")
-                .arg(keys::user(id))
-                .arg("full_name");
-        }
-        let replies: Vec<redis::Value> = pipe.query(&mut conn.redis)?;
-        for (id, pair) in batch.iter().zip(replies.chunks(2)) {
-            let wallet: HashMap<String, String> = redis::from_redis_value(pair[0].clone())?;
-            let name: Option<String> = redis::from_redis_value(pair[1].clone())?;
-            let get = |f: &str| wallet.get(f).cloned().unwrap_or_default();
-            rows.push(SnapshotRow {
-                id: id.clone(),
-                name: name.unwrap_or_default(),
-                balance: get("balance"),
-                currency: get("currency"),
-                status: if wallet.is_empty() {
-                    "missing".to_string()
-                } else {
-                    get("status")
-                },
-                version: wallet
-                    .get("version")
-                    .cloned()
-                    .unwrap_or_else(|| "0".to_string()),
-            });
+    let space = service.key_space();
+    let mut rows = Vec::new();
+    for (addr, mut conn) in each_primary(service)? {
+        let ids = match addr {
+            None => sscan_all(&mut conn, keys::WALLETS_ALL)?,
+            Some(_) => cluster_wallet_ids(&mut conn)?,
+        };
+        let ids: Vec<String> = ids
+            .into_iter()
+            .filter(|id| prefix.is_none_or(|p| id.starts_with(p)))
+            .collect();
+        for batch in ids.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for id in batch {
+                pipe.hgetall(space.wallet(id))
+                    .cmd("HGET")
+                    .arg(space.user(id))
+                    .arg("full_name");
+            }
+            let replies: Vec<redis::Value> = pipe.query(&mut conn.redis)?;
+            for (id, pair) in batch.iter().zip(replies.chunks(2)) {
+                rows.push(snapshot_row(id, pair)?);
+            }
         }
     }
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(rows)
+}
+
+/// The ids of every `wallet:{id}` hash on one cluster primary (SCAN), sorted.
+fn cluster_wallet_ids(conn: &mut PooledConn) -> Result<Vec<String>, OpsError> {
+    let found = scan_keys(conn, "wallet:{*}", Some("hash"))?;
+    Ok(found
+        .iter()
+        .filter_map(|key| cluster_wallet_id(key))
+        .map(str::to_string)
+        .collect())
+}
+
+/// One row from the (HGETALL wallet, HGET user full_name) replies.
+fn snapshot_row(id: &str, pair: &[redis::Value]) -> Result<SnapshotRow, OpsError> {
+    let wallet: HashMap<String, String> = redis::from_redis_value(pair[0].clone())?;
+    let name: Option<String> = redis::from_redis_value(pair[1].clone())?;
+    let get = |f: &str| wallet.get(f).cloned().unwrap_or_default();
+    Ok(SnapshotRow {
+        id: id.to_string(),
+        name: name.unwrap_or_default(),
+        balance: get("balance"),
+        currency: get("currency"),
+        status: if wallet.is_empty() {
+            "missing".to_string()
+        } else {
+            get("status")
+        },
+        version: wallet
+            .get("version")
+            .cloned()
+            .unwrap_or_else(|| "0".to_string()),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -189,46 +246,75 @@ pub struct StoreStats {
 
 /// Memory, the number of outcome records (SCAN, bounded by [`STORE_COUNT_LIMIT`]) and the age
 /// of the oldest of a sample of them (the first [`STORE_SAMPLE_LIMIT`] met; records of either
-/// format, ARCHITECTURE.md, "Redis data model"). Reads only.
+/// format, ARCHITECTURE.md, "Redis data model"). On a cluster: memory and records summed over
+/// every primary, the limits over all of them. Reads only.
 pub fn store_stats(service: &WalletService) -> Result<StoreStats, OpsError> {
-    let mut conn = service.pool().get()?;
-    let info: String = redis::cmd("INFO").arg("memory").query(&mut conn.redis)?;
-    let used_memory_bytes = info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
-        .unwrap_or(0);
+    let pattern = match service.key_space() {
+        KeySpace::Standalone => keys::outcome("*"),
+        KeySpace::Cluster => "transfer:{*}:*".to_string(),
+    };
+    let mut stats = StoreStats {
+        used_memory_bytes: 0,
+        outcome_records: 0,
+        outcome_records_exact: true,
+        sampled: 0,
+        oldest_sampled_age_ms: None,
+    };
+    let mut oldest: Option<u64> = None;
+    for (_, mut conn) in each_primary(service)? {
+        let info: String = redis::cmd("INFO").arg("memory").query(&mut conn.redis)?;
+        stats.used_memory_bytes += info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let room = STORE_COUNT_LIMIT.saturating_sub(stats.outcome_records);
+        let sample_room = STORE_SAMPLE_LIMIT.saturating_sub(stats.sampled as usize);
+        let (count, exact, sample) = count_outcomes(&mut conn, &pattern, room, sample_room)?;
+        stats.outcome_records += count;
+        stats.outcome_records_exact &= exact;
+        stats.sampled += sample.len() as u64;
+        if let Some(at) = oldest_processed_at(&mut conn, &sample)? {
+            oldest = Some(oldest.map_or(at, |t| t.min(at)));
+        }
+    }
+    let now = crate::engine::message::now_ms();
+    stats.oldest_sampled_age_ms = oldest.map(|at| now.saturating_sub(at));
+    Ok(stats)
+}
+
+/// Outcome records matching `pattern` on one node: (count up to `limit`, whether the SCAN
+/// finished, the first `sample_limit` keys met).
+fn count_outcomes(
+    conn: &mut PooledConn,
+    pattern: &str,
+    limit: u64,
+    sample_limit: usize,
+) -> Result<(u64, bool, Vec<String>), OpsError> {
     let mut seen = std::collections::HashSet::new();
     let mut sample = Vec::new();
     let mut cursor: u64 = 0;
-    loop {
+    while (seen.len() as u64) < limit {
         let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(keys::outcome("*"))
+            .arg(pattern)
             .arg("COUNT")
             .arg(store::SCAN_COUNT)
             .arg("TYPE")
             .arg("hash")
             .query(&mut conn.redis)?;
         for key in batch {
-            if sample.len() < STORE_SAMPLE_LIMIT && !seen.contains(&key) {
+            if sample.len() < sample_limit && !seen.contains(&key) {
                 sample.push(key.clone());
             }
             seen.insert(key);
         }
         cursor = next;
-        if cursor == 0 || seen.len() as u64 >= STORE_COUNT_LIMIT {
-            break;
+        if cursor == 0 {
+            return Ok((seen.len() as u64, true, sample));
         }
     }
-    let oldest = oldest_processed_at(&mut conn, &sample)?;
-    Ok(StoreStats {
-        used_memory_bytes,
-        outcome_records: seen.len() as u64,
-        outcome_records_exact: cursor == 0,
-        sampled: sample.len() as u64,
-        oldest_sampled_age_ms: oldest.map(|at| crate::engine::message::now_ms().saturating_sub(at)),
-    })
+    Ok((seen.len() as u64, false, sample))
 }
 
 /// The earliest `processed_at` (ms) of the outcome records `keys`, read with HMGET of the
@@ -269,6 +355,13 @@ pub struct LockInfo {
     /// Remaining time to live in milliseconds; `None` when the lock has no expiry (PTTL -1),
     /// which is a problem: such a lock is never released by itself.
     pub ttl_ms: Option<i64>,
+    /// On a Redis Cluster: the primary that holds the lock (`HOST:PORT`); `None` on one Redis
+    /// (and left out of the JSON there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// On a Redis Cluster: the lock's hash slot (its wallet's); `None` on one Redis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u16>,
 }
 
 impl LockInfo {
@@ -279,10 +372,27 @@ impl LockInfo {
 }
 
 /// Every `lock:*` key with its owner token and remaining ttl, sorted by key. Keys that expired
-/// between SCAN and the read are left out.
+/// between SCAN and the read are left out. On a cluster: every `lock:{id}` of every primary,
+/// each with its shard (the primary's address and the slot).
 pub fn locks(service: &WalletService) -> Result<Vec<LockInfo>, OpsError> {
-    let mut conn = service.pool().get()?;
-    let found = scan_keys(&mut conn, "lock:*", None)?;
+    let mut out = Vec::new();
+    for (addr, mut conn) in each_primary(service)? {
+        let pattern = if addr.is_some() { "lock:{*}" } else { "lock:*" };
+        for mut lock in locks_on(&mut conn, pattern)? {
+            if addr.is_some() {
+                lock.slot = Some(cluster::hash_slot(lock.key.as_bytes()));
+                lock.primary = addr.clone();
+            }
+            out.push(lock);
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+/// The locks matching `pattern` on one node, without their shard.
+fn locks_on(conn: &mut PooledConn, pattern: &str) -> Result<Vec<LockInfo>, OpsError> {
+    let found = scan_keys(conn, pattern, None)?;
     let mut out = Vec::with_capacity(found.len());
     for batch in found.chunks(BATCH) {
         let mut pipe = redis::pipe();
@@ -316,6 +426,8 @@ pub fn locks(service: &WalletService) -> Result<Vec<LockInfo>, OpsError> {
                 key: key.clone(),
                 owner: owner_of.get(key).cloned().flatten(),
                 ttl_ms: (*pttl >= 0).then_some(*pttl),
+                primary: None,
+                slot: None,
             });
         }
     }
@@ -351,13 +463,16 @@ pub fn audit_with(
     service: &WalletService,
     settings: &AuditSettings,
 ) -> Result<AuditReport, OpsError> {
+    if let Some(pools) = service.cluster() {
+        return audit_cluster(pools, settings);
+    }
     let mut conn = service.pool().get()?;
     let (seconds, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn.redis)?;
     let mut auditor = Auditor::new(*settings, seconds * 1000 + micros / 1000);
     scan_outcomes(&mut conn, &mut auditor)?;
     let ids = sscan_all(&mut conn, keys::WALLETS_ALL)?;
     for batch in ids.chunks(BATCH) {
-        for wallet in read_each_wallet(&mut conn, batch)? {
+        for wallet in read_each_wallet(&mut conn, KeySpace::Standalone, batch)? {
             auditor.ingest(Snapshot {
                 listed: true,
                 wallets: vec![wallet],
@@ -396,6 +511,7 @@ fn scan_outcomes(conn: &mut PooledConn, auditor: &mut Auditor) -> Result<(), Ops
 /// trip.
 fn read_each_wallet(
     conn: &mut PooledConn,
+    space: KeySpace,
     ids: &[String],
 ) -> Result<Vec<(String, WalletRead)>, OpsError> {
     let mut pipe = redis::pipe();
@@ -403,7 +519,7 @@ fn read_each_wallet(
     for id in ids {
         // The commands inside MULTI answer QUEUED; EXEC answers their replies.
         pipe.cmd("MULTI").ignore();
-        add_wallet_reads(&mut pipe, id, true);
+        add_wallet_reads(&mut pipe, space, id, true);
         pipe.cmd("EXEC");
     }
     // An error may leave the connection inside MULTI: it must not go back to the pool.
@@ -413,7 +529,7 @@ fn read_each_wallet(
         .map(|(id, reply)| {
             let pair = match reply {
                 redis::Value::Array(pair) if pair.len() == 2 => pair,
-                other => return Err(unexpected(&keys::wallet(id), &other)),
+                other => return Err(unexpected(&space.wallet(id), &other)),
             };
             Ok((id.clone(), wallet_read(pair)))
         })
@@ -436,7 +552,7 @@ fn read_plan(conn: &mut PooledConn, plan: &Plan) -> Result<Reread, OpsError> {
             .arg("+");
     }
     for id in &plan.wallets {
-        add_wallet_reads(&mut pipe, id, false);
+        add_wallet_reads(&mut pipe, KeySpace::Standalone, id, false);
     }
     for key in &plan.outcomes {
         pipe.hgetall(keys::outcome(key));
@@ -466,12 +582,12 @@ fn read_plan(conn: &mut PooledConn, plan: &Plan) -> Result<Reread, OpsError> {
 }
 
 /// HGETALL of the wallet, XRANGE of its history; their replies ignored when `queued`.
-fn add_wallet_reads(pipe: &mut redis::Pipeline, id: &str, queued: bool) {
-    pipe.hgetall(keys::wallet(id));
+fn add_wallet_reads(pipe: &mut redis::Pipeline, space: KeySpace, id: &str, queued: bool) {
+    pipe.hgetall(space.wallet(id));
     if queued {
         pipe.ignore();
     }
-    pipe.cmd("XRANGE").arg(keys::history(id)).arg("-").arg("+");
+    pipe.cmd("XRANGE").arg(space.history(id)).arg("-").arg("+");
     if queued {
         pipe.ignore();
     }
@@ -505,6 +621,178 @@ fn read_hashes(conn: &mut PooledConn, keys: &[String]) -> Result<Vec<Fields>, Op
         pipe.hgetall(key);
     }
     Ok(pipe.query(&mut conn.redis)?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// audit on a Redis Cluster
+
+/// Most credit markers the cluster audit reads (they live only while a transfer is PENDING or
+/// just completed, so a few per transfer in flight).
+pub const MARKERS_LIMIT: usize = 100_000;
+
+/// The audit on a Redis Cluster ([`Auditor::across_shards`]): Redis `TIME` of the first
+/// primary; every `transfer:{*}:*` record of every primary; then every `wallet:{id}` of
+/// every primary, each with its history in one MULTI/EXEC on its primary (pipelined,
+/// [`BATCH`] wallets per round trip); the credit markers; every outcome record again (every
+/// entry's record exists before the entry: a debit is written with its PENDING record, a
+/// credit after it); then the bounded re-reads of [`Auditor::settle`], each pass reading the
+/// outcomes first and the histories after them, shard by shard.
+fn audit_cluster(pools: &ClusterPools, settings: &AuditSettings) -> Result<AuditReport, OpsError> {
+    let primaries: Vec<String> = pools
+        .primaries()
+        .into_iter()
+        .take(PRIMARIES_LIMIT)
+        .collect();
+    let first = primaries.first().ok_or_else(|| {
+        OpsError::Other("the Redis Cluster's slot map names no primary".to_string())
+    })?;
+    let (seconds, micros): (u64, u64) =
+        redis::cmd("TIME").query(&mut pools.conn_for_addr(first)?.redis)?;
+    let mut auditor = Auditor::across_shards(*settings, seconds * 1000 + micros / 1000);
+    scan_cluster_outcomes(pools, &primaries, &mut auditor)?;
+    for addr in &primaries {
+        let mut conn = pools.conn_for_addr(addr)?;
+        let ids = cluster_wallet_ids(&mut conn)?;
+        for batch in ids.chunks(BATCH) {
+            for wallet in read_each_wallet(&mut conn, KeySpace::Cluster, batch)? {
+                auditor.ingest(Snapshot {
+                    listed: true,
+                    wallets: vec![wallet],
+                    outcomes: Vec::new(),
+                });
+            }
+        }
+    }
+    auditor.ingest_markers(scan_markers(pools, &primaries)?);
+    scan_cluster_outcomes(pools, &primaries, &mut auditor)?;
+    let mut report = auditor.settle(|plan| read_plan_cluster(pools, plan))?;
+    report.outcome_scans = 2;
+    Ok(report)
+}
+
+/// Every `transfer:{sender}:key` record of every primary, fed keyed `{sender}:key`.
+fn scan_cluster_outcomes(
+    pools: &ClusterPools,
+    primaries: &[String],
+    auditor: &mut Auditor,
+) -> Result<(), OpsError> {
+    for addr in primaries {
+        let mut conn = pools.conn_for_addr(addr)?;
+        let found = scan_keys(&mut conn, "transfer:{*}:*", Some("hash"))?;
+        for batch in found.chunks(BATCH) {
+            let fields = read_hashes(&mut conn, batch)?;
+            let outcomes = batch.iter().zip(fields).map(|(key, fields)| {
+                let id = key.strip_prefix("transfer:").unwrap_or(key);
+                (id.to_string(), fields)
+            });
+            auditor.ingest(Snapshot {
+                outcomes: outcomes.collect(),
+                ..Snapshot::default()
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Every `credit:{receiver}:key` marker of every primary (at most [`MARKERS_LIMIT`]):
+/// (receiver, idempotency key, value).
+fn scan_markers(
+    pools: &ClusterPools,
+    primaries: &[String],
+) -> Result<Vec<(String, String, String)>, OpsError> {
+    let mut out = Vec::new();
+    for addr in primaries {
+        let mut conn = pools.conn_for_addr(addr)?;
+        let found = scan_keys(&mut conn, "credit:{*}:*", Some("string"))?;
+        let room = MARKERS_LIMIT.saturating_sub(out.len());
+        for batch in found[..found.len().min(room)].chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for key in batch {
+                pipe.get(key);
+            }
+            let values: Vec<Option<String>> = pipe.query(&mut conn.redis)?;
+            for (key, value) in batch.iter().zip(values) {
+                let parsed = key
+                    .strip_prefix("credit:{")
+                    .and_then(|rest| rest.split_once("}:"));
+                if let (Some((receiver, k)), Some(value)) = (parsed, value) {
+                    out.push((receiver.to_string(), k.to_string(), value));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What `plan` asks for on a cluster: the outcome records first (grouped by primary, one
+/// pipelined round trip each), then each wallet's hash and history after its snapshot in one
+/// MULTI/EXEC on its primary.
+fn read_plan_cluster(pools: &ClusterPools, plan: &Plan) -> Result<Reread, OpsError> {
+    let mut reread = Reread::default();
+    let outcome_keys: Vec<String> = plan.outcomes.iter().map(|id| keys::outcome(id)).collect();
+    for (addr, group) in by_primary(pools, outcome_keys.iter().map(String::as_str))? {
+        let mut conn = pools.conn_for_addr(&addr)?;
+        let batch: Vec<String> = group.iter().map(|k| k.to_string()).collect();
+        for (key, fields) in batch.iter().zip(read_hashes(&mut conn, &batch)?) {
+            let id = key.strip_prefix("transfer:").unwrap_or(key);
+            reread.outcomes.push((id.to_string(), fields));
+        }
+    }
+    let space = KeySpace::Cluster;
+    let ids = plan.histories.keys().chain(&plan.wallets);
+    let wallet_keys: Vec<String> = ids.map(|id| space.wallet(id)).collect();
+    for (addr, group) in by_primary(pools, wallet_keys.iter().map(String::as_str))? {
+        let mut conn = pools.conn_for_addr(&addr)?;
+        for key in group {
+            let id = cluster_wallet_id(key).unwrap_or(key);
+            let after = plan.histories.get(id).cloned().flatten();
+            let read = read_wallet_after(&mut conn, id, after.as_deref())?;
+            match plan.histories.contains_key(id) {
+                true => reread.histories.push((id.to_string(), read)),
+                false => reread.wallets.push((id.to_string(), read)),
+            }
+        }
+    }
+    Ok(reread)
+}
+
+/// `keys` grouped by the primary the known slot map gives each.
+fn by_primary<'a>(
+    pools: &ClusterPools,
+    keys: impl Iterator<Item = &'a str>,
+) -> Result<std::collections::BTreeMap<String, Vec<&'a str>>, OpsError> {
+    let mut out: std::collections::BTreeMap<String, Vec<&'a str>> = Default::default();
+    for key in keys {
+        let slot = cluster::hash_slot(key.as_bytes());
+        let addr = pools
+            .primary_for_slot(slot)
+            .ok_or(ClusterError::SlotUncovered(slot))?;
+        out.entry(addr).or_default().push(key);
+    }
+    Ok(out)
+}
+
+/// One cluster wallet's hash and its history after stream id `after` (all of it with
+/// `None`), in one MULTI/EXEC on its primary.
+fn read_wallet_after(
+    conn: &mut PooledConn,
+    id: &str,
+    after: Option<&str>,
+) -> Result<WalletRead, OpsError> {
+    let space = KeySpace::Cluster;
+    let start = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
+    let mut pipe = redis::pipe();
+    pipe.atomic().ignore_errors();
+    pipe.hgetall(space.wallet(id))
+        .cmd("XRANGE")
+        .arg(space.history(id))
+        .arg(start)
+        .arg("+");
+    let replies: Vec<redis::Value> = pipe.query(&mut conn.redis).inspect_err(|_| conn.taint())?;
+    if replies.len() != 2 {
+        return Err(unexpected(&space.wallet(id), &redis::Value::Array(replies)));
+    }
+    Ok(wallet_read(replies))
 }
 
 // ---------------------------------------------------------------------------------------------

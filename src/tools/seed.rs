@@ -3,7 +3,9 @@
 //!
 //! Owns the shape of seeded users (name, email, balance range) and the key patterns a reset
 //! deletes. Creating a wallet goes through [`WalletService::create_wallets`], so seeding never
-//! overwrites an existing wallet: running it twice creates nothing the second time.
+//! overwrites an existing wallet: running it twice creates nothing the second time. On a
+//! Redis Cluster the wallets land on their slots' primaries and a reset scans every primary.
+//! Does not: change existing wallets, or run while workers do (a reset deletes their locks).
 
 use rand::{RngExt, SeedableRng};
 
@@ -24,6 +26,11 @@ const CREATE_CHUNK: u32 = 10_000;
 /// Every key of the data model (ARCHITECTURE.md, "Redis data model"), as SCAN patterns. `wallet:*` covers
 /// `wallet:{id}:history` too.
 pub const DATA_MODEL_PATTERNS: [&str; 4] = ["user:*", "wallet:*", "transfer:*", "lock:*"];
+
+/// The keys of the data model on a Redis Cluster (`cluster::keys`): the same families with
+/// hash tags, plus the credit markers of cross-slot transfers.
+pub const CLUSTER_DATA_MODEL_PATTERNS: [&str; 5] =
+    ["user:*", "wallet:*", "transfer:*", "lock:*", "credit:*"];
 
 /// What one seed run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +75,9 @@ pub enum SeedError {
     /// No pooled connection in time.
     #[error("redis pool: {0}")]
     Pool(#[from] r2d2::Error),
+    /// A Redis Cluster primary could not be reached.
+    #[error(transparent)]
+    Cluster(#[from] crate::engine::cluster::ClusterError),
 }
 
 /// The user id of seeded user number `n` (1-based).
@@ -149,8 +159,20 @@ pub fn seed_with_progress(
 /// `transfer:*`, `lock:*`, `users:all`, `wallets:all`) with SCAN + UNLINK, so Redis never
 /// blocks on a KEYS over a large database. Returns how many keys were deleted.
 ///
-/// Destructive, and unsafe while workers run: it deletes their locks too.
+/// Destructive, and unsafe while workers run: it deletes their locks too. On a Redis Cluster
+/// it does the same on every primary ([`CLUSTER_DATA_MODEL_PATTERNS`]), one key per UNLINK
+/// (keys of one SCAN batch sit in different slots).
 pub fn reset_data_model(service: &WalletService) -> Result<u64, SeedError> {
+    if let Some(pools) = service.cluster() {
+        let mut deleted = 0;
+        for addr in pools.primaries() {
+            let mut conn = pools.conn_for_addr(&addr)?;
+            for pattern in CLUSTER_DATA_MODEL_PATTERNS {
+                deleted += unlink_each_matching(&mut conn, pattern)?;
+            }
+        }
+        return Ok(deleted);
+    }
     let mut conn = service.pool().get()?;
     let mut deleted = 0;
     for pattern in DATA_MODEL_PATTERNS {
@@ -171,6 +193,22 @@ pub(crate) fn unlink_matching(conn: &mut Conn, pattern: &str) -> redis::RedisRes
         deleted += redis::cmd("UNLINK")
             .arg(&batch)
             .query::<u64>(&mut conn.redis)?;
+        Ok::<_, redis::RedisError>(())
+    })?;
+    Ok(deleted)
+}
+
+/// UNLINKs every key matching `pattern` one by one (pipelined per SCAN step), as a cluster
+/// node needs. Returns how many keys were deleted.
+fn unlink_each_matching(conn: &mut Conn, pattern: &str) -> redis::RedisResult<u64> {
+    let mut deleted = 0;
+    store::scan_each(conn, None, pattern, None, |conn, batch| {
+        let mut pipe = redis::pipe();
+        for key in &batch {
+            pipe.cmd("UNLINK").arg(key);
+        }
+        let counts: Vec<u64> = pipe.query(&mut conn.redis)?;
+        deleted += counts.iter().sum::<u64>();
         Ok::<_, redis::RedisError>(())
     })?;
     Ok(deleted)

@@ -9,6 +9,7 @@ mod audit;
 mod bench_cluster;
 mod bench_e2e;
 mod cluster;
+mod cluster_ops;
 mod cluster_transfer;
 mod engine;
 mod examples;
