@@ -9,6 +9,7 @@ mod audit;
 mod bench_e2e;
 mod cluster;
 mod cluster_transfer;
+mod cluster_worker;
 mod engine;
 mod examples;
 mod faults;
