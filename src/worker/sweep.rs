@@ -58,6 +58,11 @@ fn sweep(shared: &Shared, service: &WalletService) {
             }
             Err(e) => {
                 shared.metrics.record_recover_run(Err(()));
+                // A primary that stopped answering (failed over, say): the next sweep scans
+                // the primaries of a fresh map.
+                if let Some(pools) = service.cluster() {
+                    let _ = pools.refresh();
+                }
                 shared.warnings.warn("recover_sweep", || {
                     format!(
                         "recovery sweep failed: {e}; the next sweep tries again in {interval_ms} ms"
