@@ -18,9 +18,8 @@ use crate::worker::pool::sleep_unless_shutdown;
 /// is 0 (off).
 pub(crate) fn spawn(shared: Arc<Shared>, service: WalletService) -> Option<JoinHandle<()>> {
     let interval_ms = shared.config.recover_interval_ms;
-    if service.cluster().is_none() {
-        return None;
-    }
+    // One Redis: transfers are one transaction there, never PENDING.
+    service.cluster()?;
     if interval_ms == 0 {
         log::warn!(
             "recovery sweep off (--recover-interval-ms 0): a cross-slot transfer left PENDING by a crash is finished only when its request is delivered again, or by wallet recover"
