@@ -146,7 +146,7 @@ pub fn run(global: &GlobalOpts, args: BenchArgs) -> Result<(), Failure> {
     let report = if args.e2e {
         if global.redis_cluster.is_some() {
             return Err(Failure::usage(
-                "wallet bench --e2e does not run on a Redis Cluster yet (the worker does not): use --direct with --redis-cluster, or --e2e with one Redis (--redis-url)",
+                "wallet bench --e2e does not run on a Redis Cluster yet (its wallet set-up and checks read one Redis): use --direct with --redis-cluster, or --e2e with one Redis (--redis-url)",
             ));
         }
         let config = e2e_config(&args, &global.brokers, progress);

@@ -35,6 +35,7 @@ mod worker;
 
 use wallet_transfer::engine::lock::{LOCK_RETRIES_LIMIT, LOCK_TTL_MS_LIMIT, LockConfig};
 use wallet_transfer::engine::retention::HISTORY_MAX_ENTRIES_LIMIT;
+use wallet_transfer::engine::service::WAIT_REPLICAS_LIMIT;
 use wallet_transfer::engine::store::{RedisTls, redact_url};
 use wallet_transfer::tools::bench::DirectConfig;
 use wallet_transfer::{EngineConfig, SettingError, WalletService};
@@ -255,6 +256,23 @@ pub struct GlobalOpts {
         help_heading = "Retention"
     )]
     pub outcome_ttl: OutcomeTtl,
+
+    /// Replicas that must acknowledge each write step (Redis WAIT) before a transfer goes on
+    /// or is answered, 0 to 16. With 0 (the default) a primary that fails before its replica
+    /// has a step loses it although it was answered: on one Redis the transfer is undone
+    /// after it was reported done; on a Redis Cluster a cross-slot transfer can then be
+    /// credited twice, or its credit survive a lost debit (money created). Set 1 (or more)
+    /// with a replica per primary; a WAIT that times out is retried, never answered
+    #[arg(
+        long,
+        env = "WAIT_REPLICAS",
+        value_name = "N",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(WAIT_REPLICAS_LIMIT)),
+        global = true,
+        help_heading = "Durability"
+    )]
+    pub wait_replicas: u32,
 }
 
 /// `--outcome-ttl-ms`: how long outcome records live.
@@ -340,6 +358,7 @@ impl GlobalOpts {
                     .with_retries_max(self.lock_retries),
             )
             .with_history_max_entries(self.history_max_entries.0)
+            .with_wait_replicas((self.wait_replicas > 0).then_some(self.wait_replicas))
             .with_outcome_ttl_ms(match self.outcome_ttl {
                 OutcomeTtl::Ms(ms) => Some(ms),
                 OutcomeTtl::Auto | OutcomeTtl::Forever => None,
@@ -377,18 +396,6 @@ impl GlobalOpts {
         }
         Ok(WalletService::connect(&self.redis_url, pool_size, config)?)
     }
-
-    /// Refuses --redis-cluster for a command that runs on a single Redis only (so far): a
-    /// usage error naming the command, before any connection.
-    pub fn single_redis_only(&self, command: &str) -> Result<(), Failure> {
-        if self.redis_cluster.is_none() {
-            return Ok(());
-        }
-        Err(Failure::usage(format!(
-            "wallet {command} does not run on a Redis Cluster yet: drop --redis-cluster (or REDIS_CLUSTER) and give it one Redis with --redis-url; commands that run on a cluster: {}",
-            CLUSTER_COMMANDS.join(", ")
-        )))
-    }
 }
 
 /// The subcommands. Each variant's doc comment is its one-line summary in `wallet --help`;
@@ -424,40 +431,9 @@ pub enum Command {
     Recover(recover::RecoverArgs),
 }
 
-/// The commands that run on a Redis Cluster (`--redis-cluster`); the others refuse it.
-pub const CLUSTER_COMMANDS: [&str; 10] = [
-    "audit", "bench", "deposit", "history", "locks", "recover", "seed", "snapshot", "status",
-    "transfer",
-];
-
-impl Command {
-    /// The subcommand's name, as typed.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Command::Seed(_) => "seed",
-            Command::Bench(_) => "bench",
-            Command::Worker(_) => "worker",
-            Command::Snapshot(_) => "snapshot",
-            Command::Status(_) => "status",
-            Command::Deposit(_) => "deposit",
-            Command::Locks(_) => "locks",
-            Command::Audit(_) => "audit",
-            Command::Transfer(_) => "transfer",
-            Command::Produce(_) => "produce",
-            Command::Top(_) => "top",
-            Command::History(_) => "history",
-            Command::Recover(_) => "recover",
-        }
-    }
-}
-
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), Failure> {
     let global = &cli.global;
-    let name = cli.command.name();
-    if !CLUSTER_COMMANDS.contains(&name) {
-        global.single_redis_only(name)?;
-    }
     match cli.command {
         Command::Seed(args) => seed::run(global, args),
         Command::Bench(args) => bench::run(global, args),
@@ -481,7 +457,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 /// (`LockConfig`, `EngineConfig`, `WorkerConfig`, `DirectConfig`, `E2eConfig`): its flag, or
 /// `None` for a setting no flag sets (the command line always passes the library's default, so
 /// an error about one is a bug in the defaults, not a user mistake).
-pub const SETTING_FLAGS: [(&str, Option<&str>); 31] = [
+pub const SETTING_FLAGS: [(&str, Option<&str>); 34] = [
     ("lock.ttl_ms", Some("--lock-ttl-ms")),
     ("lock.retry_delay_ms_base", Some("--lock-retry-delay-ms")),
     ("lock.retry_delay_ms_max", Some("--lock-retry-delay-ms-max")),
@@ -490,6 +466,7 @@ pub const SETTING_FLAGS: [(&str, Option<&str>); 31] = [
     ("outcome_ttl_ms", Some("--outcome-ttl-ms")),
     ("outcome_ttl_margin_ms", Some("--outcome-ttl-margin-ms")),
     ("history_max_entries", Some("--history-max-entries")),
+    ("wait_replicas", Some("--wait-replicas")),
     ("redis_tls.client_cert_file", Some("--redis-client-cert")),
     ("redis_tls.client_key_file", Some("--redis-client-key")),
     ("threads", Some("--threads")),
@@ -509,6 +486,8 @@ pub const SETTING_FLAGS: [(&str, Option<&str>); 31] = [
     ("flush_timeout_ms", None),
     ("summary_interval_ms", None),
     ("shutdown_timeout_ms", Some("--shutdown-timeout-ms")),
+    ("recover_interval_ms", Some("--recover-interval-ms")),
+    ("recover_batch", Some("--recover-batch")),
     ("transfers", Some("--transfers")),
     ("wallets", Some("--wallets")),
     ("transient_retries", Some("--transient-retries")),
@@ -711,7 +690,7 @@ mod tests {
     }
 
     #[test]
-    fn cluster_seeds_are_host_port_pairs_and_commands_not_ready_refuse_them() {
+    fn cluster_seeds_are_host_port_pairs() {
         let seeds = |text: &str| parse(&["deposit", "u", "1.00", "--redis-cluster", text]);
         let ok = seeds("10.0.0.1:7000, 10.0.0.2:7001").unwrap();
         assert_eq!(
@@ -724,23 +703,6 @@ mod tests {
         for bad in ["", "10.0.0.1", ":7000", "h:port", "h:70000"] {
             let e = seeds(bad).unwrap_err().to_string();
             assert!(e.contains("--redis-cluster"), "{bad:?}: {e}");
-        }
-        // A command not ported yet (if any is left) refuses the flag before connecting.
-        if let Some(name) = SUBCOMMANDS
-            .iter()
-            .find(|n| !CLUSTER_COMMANDS.contains(n) && **n != "top")
-        {
-            let e = parse(&[name, "--redis-cluster", "h:1"])
-                .map(run)
-                .map(Result::unwrap_err);
-            if let Ok(e) = e {
-                assert_eq!(e.exit_code(), 2);
-                let start = format!("wallet {name} does not run on a Redis Cluster yet");
-                assert!(e.to_string().starts_with(&start), "{e}");
-            }
-        }
-        for name in CLUSTER_COMMANDS {
-            assert!(SUBCOMMANDS.contains(&name), "{name}");
         }
     }
 
@@ -888,7 +850,10 @@ mod tests {
         ),
     ];
 
-    const ENGINE_CASES: [Case<EngineConfig>; 6] = [
+    const ENGINE_CASES: [Case<EngineConfig>; 7] = [
+        ("wait_replicas", Some("--wait-replicas"), |c| {
+            c.wait_replicas = Some(0)
+        }),
         ("lock.ttl_ms", Some("--lock-ttl-ms"), |c| c.lock.ttl_ms = 0),
         ("history_max_entries", Some("--history-max-entries"), |c| {
             c.history_max_entries = Some(0)
@@ -909,7 +874,7 @@ mod tests {
         ),
     ];
 
-    const WORKER_CASES: [Case<WorkerConfig>; 20] = [
+    const WORKER_CASES: [Case<WorkerConfig>; 22] = [
         ("threads", Some("--threads"), |c| c.threads = 0),
         (
             "outcome_ttl_margin_ms",
@@ -958,6 +923,12 @@ mod tests {
             c.ledger_topic = c.requests_topic.clone()
         }),
         ("group_id", Some("--group"), |c| c.group_id.clear()),
+        ("recover_interval_ms", Some("--recover-interval-ms"), |c| {
+            c.recover_interval_ms = u64::MAX
+        }),
+        ("recover_batch", Some("--recover-batch"), |c| {
+            c.recover_batch = 0
+        }),
     ];
 
     const DIRECT_CASES: [Case<DirectConfig>; 4] = [

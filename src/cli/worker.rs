@@ -6,6 +6,7 @@
 
 use clap::Args;
 use wallet_transfer::worker::WorkerConfig;
+use wallet_transfer::worker::command::RedisTarget;
 use wallet_transfer::worker::kafka::{self, KafkaConfig};
 
 use crate::cli::{Failure, GlobalOpts, OutcomeTtl, flag_error};
@@ -22,6 +23,8 @@ fn defaults() -> WorkerConfig {
     after_help = "Stops cleanly on SIGINT/SIGTERM: in-flight transfers finish, results are \
                   flushed and offsets committed; a second signal exits at once.\n\
                   Metrics: curl http://127.0.0.1:9898/metrics\n\
+                  On a Redis Cluster: wallet worker --redis-cluster 10.0.0.5:7000,10.0.0.6:7000 \
+                  --wait-replicas 1 (a replica per primary; see --wait-replicas for what 0 risks)\n\
                   Example: wallet worker --threads 8 --group wallet-transfer-worker"
 )]
 pub struct WorkerArgs {
@@ -77,6 +80,15 @@ pub struct WorkerArgs {
     /// the retention plus this; a ttl set by hand must be at least that
     #[arg(long, env = "OUTCOME_TTL_MARGIN_MS", default_value_t = defaults().outcome_ttl_margin_ms)]
     pub outcome_ttl_margin_ms: u64,
+    /// On a Redis Cluster: how often, in milliseconds, the worker sweeps for cross-slot
+    /// transfers a crash left half done (PENDING) and finishes them; 0 turns the sweep off
+    /// (the next delivery of such a request still finishes it; `wallet recover` too). No
+    /// sweep runs on one Redis
+    #[arg(long, env = "RECOVER_INTERVAL_MS", default_value_t = defaults().recover_interval_ms)]
+    pub recover_interval_ms: u64,
+    /// Most PENDING transfers one recovery sweep finishes (1-100000)
+    #[arg(long, env = "RECOVER_BATCH", default_value_t = defaults().recover_batch)]
+    pub recover_batch: usize,
     /// Address of the Prometheus endpoint (`/metrics`); `off` disables it
     #[arg(long, env = "METRICS_ADDR", default_value = METRICS_ADDR_DEFAULT)]
     pub metrics_addr: String,
@@ -104,7 +116,9 @@ impl WorkerArgs {
             .with_max_poll_interval_ms(self.max_poll_interval_ms)
             .with_retry_delay_ms_max(self.retry_delay_ms_max)
             .with_shutdown_timeout_ms(self.shutdown_timeout_ms)
-            .with_outcome_ttl_margin_ms(self.outcome_ttl_margin_ms);
+            .with_outcome_ttl_margin_ms(self.outcome_ttl_margin_ms)
+            .with_recover_interval_ms(self.recover_interval_ms)
+            .with_recover_batch(self.recover_batch);
         config.validate().map_err(flag_error)?;
         Ok(config)
     }
@@ -117,7 +131,16 @@ pub fn run(global: &GlobalOpts, args: WorkerArgs) -> Result<(), Failure> {
         .to_config(&global.brokers)?
         .with_outcome_ttl_auto(global.outcome_ttl == OutcomeTtl::Auto);
     let metrics_addr = (args.metrics_addr != "off").then_some(args.metrics_addr.as_str());
-    wallet_transfer::worker::command::run(config, &global.redis_url, engine, metrics_addr)
+    let redis = match &global.redis_cluster {
+        None => RedisTarget::Single {
+            url: global.redis_url.clone(),
+        },
+        Some(seeds) => RedisTarget::Cluster {
+            seeds: seeds.0.clone(),
+            template_url: global.redis_url.clone(),
+        },
+    };
+    wallet_transfer::worker::command::run(config, &redis, engine, metrics_addr)
         .map_err(Failure::runtime)
 }
 

@@ -20,13 +20,42 @@ use crate::worker::{Worker, WorkerConfig};
 /// Exit code when a second signal cuts the clean shutdown short.
 pub const EXIT_FORCED: i32 = 130;
 
+/// The Redis a worker runs on: one Redis, or a Redis Cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One Redis at this URL (`redis://`, `rediss://`, with AUTH).
+    Single {
+        /// The URL; logged without its password.
+        url: String,
+    },
+    /// A Redis Cluster: its slot map is read from the first of `seeds` that answers.
+    Cluster {
+        /// `HOST:PORT` of some nodes of the cluster.
+        seeds: Vec<String>,
+        /// Scheme and credentials for every node (its host is not used).
+        template_url: String,
+    },
+}
+
+impl RedisTarget {
+    /// How the target is named in logs: the URL without its password, or the seeds.
+    pub fn describe(&self) -> String {
+        match self {
+            RedisTarget::Single { url } => format!("redis {}", store::redact_url(url)),
+            RedisTarget::Cluster { seeds, .. } => {
+                format!("redis cluster (seeds {})", seeds.join(","))
+            }
+        }
+    }
+}
+
 /// Runs a worker until SIGINT/SIGTERM. Errors are one-line messages for the user.
 ///
 /// `metrics_addr` is where `/metrics`, `/healthz` and `/readyz` are served, `None` for nowhere. `config` must have passed
 /// [`WorkerConfig::validate`] (the caller maps a [`crate::SettingError`] to its own names).
 pub fn run(
     config: WorkerConfig,
-    redis_url: &str,
+    redis: &RedisTarget,
     engine: EngineConfig,
     metrics_addr: Option<&str>,
 ) -> Result<(), String> {
@@ -38,21 +67,8 @@ pub fn run(
         };
         log::info!("librdkafka property {key}={shown}");
     }
-    let tls = engine.redis_tls.clone();
-    let service = WalletService::connect(redis_url, config.threads as u32, engine)
-        .map_err(|e| e.to_string())?;
-    // Before anything is consumed: a user missing a permission fails here, naming it, not at
-    // the first transfer.
-    service.check_permissions().map_err(|e| e.to_string())?;
-    log::info!(
-        "redis {}: connected, the user may run every command the worker sends",
-        store::redact_url(redis_url)
-    );
     let metrics = Metrics::new();
-    let redis_client = store::client(redis_url, &tls).map_err(|e| e.to_string())?;
-    metrics
-        .health()
-        .set_redis_check(health::redis_ping_check_on(redis_client));
+    let service = connect(&config, redis, engine, &metrics)?;
     let _server = match metrics_addr {
         None => None,
         Some(addr) => {
@@ -69,6 +85,75 @@ pub fn run(
     // after it (brokers down) would only bury it.
     log::set_max_level(log::LevelFilter::Off);
     result.map(drop).map_err(|e| e.to_string())
+}
+
+/// Connects the engine to `redis`, checks the user's permissions (on one Redis) and installs
+/// the readiness check: a PING to the Redis, or to every primary of the cluster.
+fn connect(
+    config: &WorkerConfig,
+    redis: &RedisTarget,
+    engine: EngineConfig,
+    metrics: &Metrics,
+) -> Result<WalletService, String> {
+    let tls = engine.redis_tls.clone();
+    let wait = engine.wait_replicas;
+    let service = match redis {
+        RedisTarget::Single { url } => WalletService::connect(url, config.threads as u32, engine),
+        // A cross-slot transfer holds a connection to each wallet's primary (two to one
+        // primary when both slots live there); the sweep and the readiness check one more.
+        RedisTarget::Cluster {
+            seeds,
+            template_url,
+        } => WalletService::connect_cluster(
+            seeds,
+            template_url,
+            config.threads as u32 * 2 + 2,
+            engine,
+        ),
+    }
+    .map_err(|e| format!("{}: {e}", redis.describe()))?;
+    match redis {
+        RedisTarget::Single { url } => {
+            // Before anything is consumed: a user missing a permission fails here, naming
+            // it, not at the first transfer.
+            service.check_permissions().map_err(|e| e.to_string())?;
+            log::info!(
+                "{}: connected, the user may run every command the worker sends",
+                redis.describe()
+            );
+            let client = store::client(url, &tls).map_err(|e| e.to_string())?;
+            let check = health::redis_ping_check_on(client);
+            metrics.health().set_redis_check(check);
+        }
+        RedisTarget::Cluster { .. } => {
+            let pools = service
+                .cluster()
+                .expect("connect_cluster gives a cluster service");
+            log::info!(
+                "{}: connected to {} primaries ({}); permissions are not checked on a cluster: grant the ACL of deploy/redis-acl.conf on every node, or a missing one shows at the first transfer that needs it",
+                redis.describe(),
+                pools.primaries().len(),
+                pools.primaries().join(", ")
+            );
+            let check = health::cluster_ping_check(pools.clone());
+            metrics.health().set_redis_check(check);
+        }
+    }
+    log_durability(redis, wait);
+    Ok(service)
+}
+
+/// Says what a failover may cost with the chosen `--wait-replicas`.
+fn log_durability(redis: &RedisTarget, wait_replicas: Option<u32>) {
+    match (redis, wait_replicas) {
+        (_, Some(n)) => log::info!(
+            "every write step waits for {n} replica(s) (WAIT) before the transfer goes on or is answered"
+        ),
+        (RedisTarget::Cluster { .. }, None) => log::warn!(
+            "--wait-replicas 0: a primary failover can lose steps already answered; across shards that can credit a transfer twice or create money (set --wait-replicas 1 with a replica per primary)"
+        ),
+        (RedisTarget::Single { .. }, None) => {}
+    }
 }
 
 /// First SIGINT/SIGTERM sets `shutdown`; a second one exits at once with [`EXIT_FORCED`].

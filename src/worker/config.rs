@@ -79,6 +79,17 @@ pub struct WorkerConfig {
     /// its record must outlive that, or the money would move again. Also the lower bound of
     /// an outcome ttl set by hand.
     pub outcome_ttl_margin_ms: u64,
+    /// On a Redis Cluster, how often the worker sweeps for cross-slot transfers left PENDING
+    /// (a worker that crashed between the steps) and finishes them with
+    /// [`crate::WalletService::recover`]; 0 turns the sweep off. A PENDING transfer is also
+    /// finished by the next delivery of its request; the sweep covers requests that never come
+    /// back (their offset was committed by a worker that then lost its step). No sweep runs on
+    /// one Redis, where transfers are one transaction and never PENDING.
+    pub recover_interval_ms: u64,
+    /// Most PENDING records one sweep finishes (at most
+    /// [`crate::engine::cluster_transfer::RECOVER_LIMIT`]); a sweep that stops at the limit
+    /// runs again at once.
+    pub recover_batch: usize,
 }
 
 impl Default for WorkerConfig {
@@ -104,6 +115,8 @@ impl Default for WorkerConfig {
             shutdown_timeout_ms: 10_000,
             outcome_ttl_auto: true,
             outcome_ttl_margin_ms: 24 * 3_600_000,
+            recover_interval_ms: 10_000,
+            recover_batch: 1_000,
         }
     }
 }
@@ -131,6 +144,8 @@ setters!(WorkerConfig {
     with_shutdown_timeout_ms => shutdown_timeout_ms: u64,
     with_outcome_ttl_auto => outcome_ttl_auto: bool,
     with_outcome_ttl_margin_ms => outcome_ttl_margin_ms: u64,
+    with_recover_interval_ms => recover_interval_ms: u64,
+    with_recover_batch => recover_batch: usize,
 });
 
 /// Upper bound on `outcome_ttl_margin_ms`: 30 days.
@@ -266,6 +281,18 @@ impl WorkerConfig {
             0,
             OUTCOME_TTL_MARGIN_MS_LIMIT,
         )?;
+        SettingError::check_range(
+            "recover_interval_ms",
+            self.recover_interval_ms,
+            0,
+            INTERVAL_MS_LIMIT,
+        )?;
+        SettingError::check_range(
+            "recover_batch",
+            self.recover_batch,
+            1,
+            crate::engine::cluster_transfer::RECOVER_LIMIT,
+        )?;
         if self.max_poll_interval_ms < self.session_timeout_ms
             || self.max_poll_interval_ms <= self.revoke_timeout_ms
         {
@@ -277,6 +304,11 @@ impl WorkerConfig {
                 ),
             ));
         }
+        self.validate_names()
+    }
+
+    /// The rules of the topic and group names: none empty, the ledger topic its own.
+    fn validate_names(&self) -> Result<(), SettingError> {
         for (setting, topic) in [
             ("requests_topic", &self.requests_topic),
             ("results_topic", &self.results_topic),

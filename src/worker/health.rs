@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::engine::cluster::ClusterPools;
+
 /// How a Redis check reports: `Err` carries a one-line reason without secrets.
 pub type RedisCheck = dyn Fn() -> Result<(), String> + Send + Sync;
 
@@ -244,6 +246,52 @@ pub fn redis_ping_check_on(
             *conn = None;
         }
         result
+    }
+}
+
+/// The Redis check on a Redis Cluster: a PING to every primary of the known slot map, each on
+/// a connection of that primary's pool (I/O timeouts of the engine's pools). A primary that
+/// does not answer fails the check, naming it, and the slot map is read again, so that a
+/// replica promoted in its place is pinged by the next check.
+pub fn cluster_ping_check(
+    pools: Arc<ClusterPools>,
+) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+    move || {
+        let primaries = pools.primaries();
+        if primaries.is_empty() {
+            let _ = pools.refresh();
+            return Err("the slot map names no primary (the cluster is down?)".to_string());
+        }
+        let failing: Vec<String> = primaries
+            .iter()
+            .filter_map(|addr| ping_primary(&pools, addr).err())
+            .collect();
+        if failing.is_empty() {
+            return Ok(());
+        }
+        // A failed primary's slots move to its replica: read the map again for the next check.
+        let _ = pools.refresh();
+        Err(format!(
+            "{} of {} primaries do not answer PING: {}",
+            failing.len(),
+            primaries.len(),
+            failing.join("; ")
+        ))
+    }
+}
+
+fn ping_primary(pools: &ClusterPools, addr: &str) -> Result<(), String> {
+    let mut conn = pools
+        .conn_for_addr(addr)
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let reply: Result<String, _> = redis::cmd("PING").query(&mut conn.redis);
+    match reply {
+        Ok(pong) if pong == "PONG" => Ok(()),
+        Ok(other) => Err(format!("{addr}: PING answered {other:?}")),
+        Err(e) => {
+            conn.taint();
+            Err(format!("{addr}: PING failed: {e}"))
+        }
     }
 }
 

@@ -77,7 +77,16 @@ struct Inner {
     transfer: TransferMetrics,
     pipeline: PipelineMetrics,
     readiness: ReadinessMetrics,
+    recovery: RecoverMetrics,
     health: Health,
+}
+
+/// What the recovery sweep (on a Redis Cluster) did.
+#[derive(Debug)]
+struct RecoverMetrics {
+    runs: IntCounterVec,
+    finished: IntCounter,
+    unfinished: IntCounter,
 }
 
 /// What the transfers themselves did: outcomes, latencies, locks, stages.
@@ -227,6 +236,7 @@ impl Metrics {
             transfer: transfer_metrics(&r),
             pipeline: pipeline_metrics(&r),
             readiness: readiness_metrics(&r),
+            recovery: recover_metrics(&r),
             registry: r,
             health: Health::new(),
         };
@@ -238,6 +248,9 @@ impl Metrics {
         }
         for cause in RETRY_CAUSES {
             inner.pipeline.retries.with_label_values(&[cause]);
+        }
+        for result in ["ok", "error"] {
+            inner.recovery.runs.with_label_values(&[result]);
         }
         for check in Check::ALL {
             inner
@@ -327,6 +340,21 @@ impl Metrics {
             .retries
             .with_label_values(&[cause])
             .inc();
+    }
+
+    /// Counts one run of the recovery sweep: `Ok((finished, unfinished))` are the PENDING
+    /// records it finished and those it could not finish now; `Err` a run that failed (a
+    /// primary down, say).
+    pub fn record_recover_run(&self, result: Result<(u64, u64), ()>) {
+        let recovery = &self.inner.recovery;
+        match result {
+            Ok((finished, unfinished)) => {
+                recovery.runs.with_label_values(&["ok"]).inc();
+                recovery.finished.inc_by(finished);
+                recovery.unfinished.inc_by(unfinished);
+            }
+            Err(()) => recovery.runs.with_label_values(&["error"]).inc(),
+        }
     }
 
     /// Counts a message sent to the dead-letter topic.
@@ -634,6 +662,28 @@ fn pipeline_metrics(r: &Registry) -> PipelineMetrics {
             r,
             "wallet_retry_oldest_age_seconds",
             "How long the longest-retrying waiting job has been failing; 0 when none waits.",
+        ),
+    }
+}
+
+/// Registers the recovery sweep's metrics in `r`.
+fn recover_metrics(r: &Registry) -> RecoverMetrics {
+    RecoverMetrics {
+        runs: counter_vec(
+            r,
+            "wallet_recover_runs_total",
+            "Runs of the recovery sweep of cross-slot transfers left PENDING (Redis Cluster only), by result (ok, error).",
+            &["result"],
+        ),
+        finished: counter(
+            r,
+            "wallet_recover_finished_total",
+            "PENDING cross-slot transfers the recovery sweep finished (credit unless done, then COMPLETED).",
+        ),
+        unfinished: counter(
+            r,
+            "wallet_recover_unfinished_total",
+            "PENDING cross-slot transfers a sweep could not finish then (locks busy, a node down); the next sweep or delivery tries again.",
         ),
     }
 }

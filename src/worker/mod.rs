@@ -2,7 +2,8 @@
 //! consumer thread; `pool`: transfer threads, delivery reports, retry timer), per-key order
 //! (`keyed`), the delay queue of retries (`retry`), its settings (`config`), the offset
 //! watermark arithmetic it commits by (`offsets`), Kafka client settings and topic admin
-//! (`kafka`), the ledger topic's entries (`ledger`), Prometheus metrics (`metrics`), readiness (`health`), and the process around it
+//! (`kafka`), the ledger topic's entries (`ledger`), Prometheus metrics (`metrics`), readiness (`health`), the recovery sweep of
+//! cross-slot transfers left PENDING on a Redis Cluster (`sweep`), and the process around it
 //! (`command`: signals, the metrics and health endpoint). Behind the `worker` feature.
 //!
 //! Owns message transport and delivery discipline. Does not own any transfer logic: every
@@ -20,6 +21,7 @@ pub mod offsets;
 pub mod pipeline;
 mod pool;
 mod retry;
+mod sweep;
 mod warnings;
 
 pub use config::WorkerConfig;

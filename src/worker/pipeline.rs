@@ -54,6 +54,7 @@ use crate::worker::metrics::Metrics;
 use crate::worker::offsets::OffsetTracker;
 use crate::worker::pool::{self, DeliveryContext, PoolThread};
 use crate::worker::retry::RetryQueue;
+use crate::worker::sweep;
 use crate::worker::warnings::Warnings;
 
 /// Why the worker did not start, or stopped on its own.
@@ -389,6 +390,7 @@ impl Worker {
         );
         let timer = pool::spawn_retry_timer(self.shared.clone(), redo_tx);
         let (job_tx, threads) = self.spawn_pool(&producer, redo_rx);
+        let sweeper = sweep::spawn(self.shared.clone(), self.service.clone());
         while let Exit::JoinStuck = consumer::consume(&self.shared, &consumer, &job_tx, &committer)
         {
             log::warn!(
@@ -412,7 +414,11 @@ impl Worker {
             config.shutdown_timeout_ms
         );
         drop(job_tx);
-        let all: Vec<_> = threads.into_iter().chain(std::iter::once(timer)).collect();
+        let all: Vec<_> = threads
+            .into_iter()
+            .chain(std::iter::once(timer))
+            .chain(sweeper)
+            .collect();
         let (panicked, running) = join_until(all, deadline);
         if running > 0 {
             log::warn!(

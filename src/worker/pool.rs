@@ -399,7 +399,7 @@ fn retry_timer(shared: &Shared, redo: &Sender<Job>) {
 }
 
 /// Sleeps `ms` in short steps; false when shutdown was asked meanwhile.
-fn sleep_unless_shutdown(shared: &Shared, ms: u64) -> bool {
+pub(crate) fn sleep_unless_shutdown(shared: &Shared, ms: u64) -> bool {
     let deadline = Instant::now() + Duration::from_millis(ms);
     while Instant::now() < deadline {
         if shared.shutdown.load(Ordering::SeqCst) {

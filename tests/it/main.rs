@@ -11,6 +11,7 @@ mod bench_e2e;
 mod cluster;
 mod cluster_ops;
 mod cluster_transfer;
+mod cluster_worker;
 mod engine;
 mod examples;
 mod faults;

@@ -180,7 +180,7 @@ impl RedisCluster {
     }
 
     /// Waits until `count` replicas have their replication link up.
-    fn wait_replicas_linked(&self, count: usize) {
+    pub fn wait_replicas_linked(&self, count: usize) {
         wait_until(
             "every replica linked to its primary",
             CLUSTER_OK_TIMEOUT_MS,
@@ -288,6 +288,20 @@ impl RedisCluster {
             .find(|n| n.port == port)
             .unwrap_or_else(|| panic!("no cluster node on port {port}"));
         node.child.kill();
+    }
+
+    /// Starts the killed node on `port` again, with its cluster config (`nodes.conf`) and no
+    /// data: the cluster makes it a replica of the node that took its slots.
+    pub fn start_again(&mut self, port: u16) {
+        let child = self
+            .spawn_on(port)
+            .unwrap_or_else(|| panic!("cluster node on port {port} did not start again"));
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no cluster node on port {port}"));
+        node.child = child;
     }
 
     /// Waits until the replica on `replica_port` says it is a primary and every running node

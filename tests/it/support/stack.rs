@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
+use super::cluster::RedisCluster;
 use super::{RedisServer, Tansu, free_port, wait_until};
 use wallet_transfer::TransferCompleted;
 use wallet_transfer::tools::results::{ReadMessage, Start, TopicReader};
@@ -25,8 +26,10 @@ pub struct Topics {
     pub group: String,
 }
 
-pub struct Stack {
-    pub redis: RedisServer,
+/// `R` is the Redis the stack runs on: a [`RedisServer`] (the default), or a
+/// [`RedisCluster`] for [`Stack::start_on_cluster`] (workers then get `--redis-cluster`).
+pub struct Stack<R = RedisServer> {
+    pub redis: R,
     pub tansu: Tansu,
     pub topics: Topics,
     pub partitions: i32,
@@ -46,6 +49,27 @@ impl Stack {
     }
 
     pub fn start_on(redis: RedisServer, tansu: Tansu, partitions: i32) -> Stack {
+        let redis_args = vec!["--redis-url".into(), redis.url()];
+        Stack::with_redis(redis, redis_args, tansu, partitions)
+    }
+}
+
+impl Stack<RedisCluster> {
+    /// A stack whose Redis is `cluster`: the `wallet` binary gets `--redis-cluster` with every
+    /// node as a seed (a killed one is skipped by the client).
+    pub fn start_on_cluster(cluster: RedisCluster, tansu: Tansu, partitions: i32) -> Self {
+        let redis_args = vec![
+            "--redis-cluster".into(),
+            cluster.seeds().join(","),
+            "--redis-url".into(),
+            "redis://".into(),
+        ];
+        Stack::with_redis(cluster, redis_args, tansu, partitions)
+    }
+}
+
+impl<R> Stack<R> {
+    fn with_redis(redis: R, redis_args: Vec<String>, tansu: Tansu, partitions: i32) -> Self {
         let suffix = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         let topics = Topics {
             requests: format!("req_{suffix}"),
@@ -74,7 +98,7 @@ impl Stack {
             .create()
             .expect("test producer");
         Stack {
-            redis_args: vec!["--redis-url".into(), redis.url()],
+            redis_args,
             redis,
             tansu,
             topics,

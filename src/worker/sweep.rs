@@ -1,0 +1,105 @@
+//! The recovery sweep: on a Redis Cluster, a thread that finishes cross-slot transfers left
+//! PENDING between their steps (a worker that crashed there) every
+//! [`WorkerConfig::recover_interval_ms`](crate::worker::WorkerConfig::recover_interval_ms).
+//!
+//! Owns when the sweep runs, how it is logged and counted. Does not own the recovery itself
+//! ([`WalletService::recover`]: safe any number of times, concurrently with transfers and
+//! with other workers' sweeps, each record finished once by its step markers).
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::engine::cluster_transfer::RecoverReport;
+use crate::engine::service::WalletService;
+use crate::worker::pipeline::Shared;
+use crate::worker::pool::sleep_unless_shutdown;
+
+/// Starts the sweep; `None` on one Redis (nothing is ever PENDING there) or when the interval
+/// is 0 (off).
+pub(crate) fn spawn(shared: Arc<Shared>, service: WalletService) -> Option<JoinHandle<()>> {
+    let interval_ms = shared.config.recover_interval_ms;
+    // One Redis: transfers are one transaction there, never PENDING.
+    service.cluster()?;
+    if interval_ms == 0 {
+        log::warn!(
+            "recovery sweep off (--recover-interval-ms 0): a cross-slot transfer left PENDING by a crash is finished only when its request is delivered again, or by wallet recover"
+        );
+        return None;
+    }
+    log::info!(
+        "recovery sweep every {interval_ms} ms, at most {} PENDING transfers a run",
+        shared.config.recover_batch
+    );
+    let thread = std::thread::Builder::new()
+        .name("recover-sweep".into())
+        .spawn(move || sweep(&shared, &service))
+        .expect("spawn the recovery sweep thread");
+    Some(thread)
+}
+
+/// Runs a sweep every interval until shutdown; one that stopped at its limit and finished
+/// something runs again at once.
+fn sweep(shared: &Shared, service: &WalletService) {
+    let interval_ms = shared.config.recover_interval_ms;
+    let mut again_now = false;
+    while again_now || sleep_unless_shutdown(shared, interval_ms) {
+        again_now = false;
+        match service.recover(shared.config.recover_batch) {
+            Ok(report) => {
+                shared
+                    .metrics
+                    .record_recover_run(Ok((report.finished, report.failed)));
+                log_report(shared, &report);
+                again_now = report.limit_reached
+                    && report.finished > 0
+                    && !shared.past_deadline()
+                    && !shared.shutdown.load(std::sync::atomic::Ordering::SeqCst);
+            }
+            Err(e) => {
+                shared.metrics.record_recover_run(Err(()));
+                // A primary that stopped answering (failed over, say): the next sweep scans
+                // the primaries of a fresh map.
+                if let Some(pools) = service.cluster() {
+                    let _ = pools.refresh();
+                }
+                shared.warnings.warn("recover_sweep", || {
+                    format!(
+                        "recovery sweep failed: {e}; the next sweep tries again in {interval_ms} ms"
+                    )
+                });
+            }
+        }
+    }
+}
+
+fn log_report(shared: &Shared, report: &RecoverReport) {
+    if report.pending_found == 0 {
+        log::debug!(
+            "recovery sweep: {} outcome records on {} primaries, none PENDING",
+            report.records_scanned,
+            report.primaries_scanned
+        );
+        return;
+    }
+    log::info!(
+        "recovery sweep: {} PENDING found, {} finished, {} already finished by a delivery, {} not finishable now{}",
+        report.pending_found,
+        report.finished,
+        report.already_final,
+        report.failed,
+        if report.limit_reached {
+            " (stopped at --recover-batch)"
+        } else {
+            ""
+        }
+    );
+    if report.failed > 0 {
+        shared.warnings.warn("recover_unfinished", || {
+            format!(
+                "recovery sweep could not finish {} PENDING transfers (retried by the next sweep): {}",
+                report.failed,
+                report.errors.join("; ")
+            )
+        });
+    }
+}

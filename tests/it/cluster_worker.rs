@@ -1,0 +1,585 @@
+//! The worker (the real `wallet worker` binary) on a real Redis Cluster (`support::cluster`)
+//! with tansu: random cross-slot load, the recovery sweep, a primary SIGKILLed under load
+//! (with `--wait-replicas 1`, and with 0, reported), slots migrated under load, and `wallet
+//! produce`. Each ends by reading every primary with the engine's API: every request has
+//! exactly one effect (history entries counted by idempotency key per wallet) and at least one
+//! result, money is conserved, no balance is negative, nothing is PENDING.
+//!
+//! Short by default; `FAULT_SCALE=full` for bigger sizes.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use wallet_transfer::engine::cluster::keys;
+use wallet_transfer::engine::cluster_transfer::RECOVER_LIMIT;
+use wallet_transfer::engine::lock::LockConfig;
+use wallet_transfer::engine::service::Failpoint;
+use wallet_transfer::engine::wallet::HistoryKind;
+use wallet_transfer::{
+    Amount, Currency, EngineConfig, NewWallet, Status, TransferCompleted, TransferRequest,
+    WalletService,
+};
+
+use crate::support::cluster::RedisCluster;
+use crate::support::faults::{rng, seed, size};
+use crate::support::stack::{Stack, TopicLog, WorkerProcess};
+use crate::support::{Tansu, wait_until};
+
+const PARTITIONS: i32 = 4;
+/// Time for a run's requests to be answered, failover included.
+const ANSWER_TIMEOUT_MS: u64 = 180_000;
+
+fn cluster_stack(replicas_per_primary: usize) -> Stack<RedisCluster> {
+    Stack::start_on_cluster(
+        RedisCluster::start(3, replicas_per_primary),
+        Tansu::start_persistent(),
+        PARTITIONS,
+    )
+}
+
+/// The test's own view of the cluster, with the engine's API (locks short, for the crashes).
+fn service(stack: &Stack<RedisCluster>) -> WalletService {
+    let config = EngineConfig::default()
+        .with_lock(LockConfig::default().with_ttl_ms(1_000))
+        .with_history_max_entries(None);
+    WalletService::connect_cluster(&stack.redis.seeds(), "redis://", 4, config)
+        .expect("connect to the test cluster")
+}
+
+/// A run's wallets and requests.
+struct Load {
+    wallets: Vec<String>,
+    requests: Vec<TransferRequest>,
+    total: Amount,
+}
+
+/// `wallets` wallets of 100.00 and `count` random transfers between them (1 cent to 30.00,
+/// so some overspend), both directions on the same wallets.
+fn load(service: &WalletService, prefix: &str, wallets: usize, count: usize, test: &str) -> Load {
+    let mut rng = rng(seed(test));
+    let ids = wallet_ids(prefix, wallets);
+    let new: Vec<NewWallet> = ids
+        .iter()
+        .map(|id| NewWallet::new(id, Amount::parse("100.00").unwrap(), Currency::USD))
+        .collect();
+    assert_eq!(service.create_wallets(&new).unwrap(), ids.len());
+    let requests = (0..count)
+        .map(|i| {
+            let from = rng.random_range(0..ids.len());
+            let to = (from + rng.random_range(1..ids.len())) % ids.len();
+            let amount = Amount::from_minor(rng.random_range(1..3_000)).to_string();
+            TransferRequest::new(
+                &format!("{prefix}t{i}"),
+                &ids[from],
+                &ids[to],
+                &amount,
+                Currency::USD,
+            )
+            .expect("valid request")
+        })
+        .collect::<Vec<_>>();
+    let total = Amount::from_minor(10_000 * wallets as i64);
+    let cross = requests
+        .iter()
+        .filter(|r| keys::wallet_slot(&r.from_user) != keys::wallet_slot(&r.to_user))
+        .count();
+    println!(
+        "{test}: {count} requests over {wallets} wallets, {cross} cross-slot ({:.0}%)",
+        100.0 * cross as f64 / count.max(1) as f64
+    );
+    Load {
+        wallets: ids,
+        requests,
+        total,
+    }
+}
+
+/// `n` wallet ids in pairs: each odd one in the slot of the one before it, so some transfers
+/// are same-slot (one transaction) and most cross-slot.
+fn wallet_ids(prefix: &str, n: usize) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::with_capacity(n);
+    for i in 0..n {
+        if i % 2 == 0 {
+            ids.push(format!("{prefix}w{i}"));
+            continue;
+        }
+        let slot = keys::wallet_slot(&ids[i - 1]);
+        let twin = (0..1_000_000)
+            .map(|k| format!("{prefix}w{i}_{k}"))
+            .find(|id| keys::wallet_slot(id) == slot)
+            .expect("an id in the same slot within a million tries");
+        ids.push(twin);
+    }
+    ids
+}
+
+/// Reads results until every request has one, or the timeout; returns them by transfer id.
+fn wait_results(
+    results: &mut TopicLog,
+    requests: &[TransferRequest],
+    timeout_ms: u64,
+) -> HashMap<String, Vec<TransferCompleted>> {
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    loop {
+        let answered = answers(results);
+        let all = requests
+            .iter()
+            .all(|r| answered.contains_key(&r.transfer_id));
+        if all || Instant::now() >= deadline {
+            return answered;
+        }
+        results.drain_tolerant(200);
+    }
+}
+
+fn answers(results: &TopicLog) -> HashMap<String, Vec<TransferCompleted>> {
+    let mut answered: HashMap<String, Vec<TransferCompleted>> = HashMap::new();
+    for m in &results.messages {
+        if let Ok(r) = m.result() {
+            answered.entry(r.transfer_id.clone()).or_default().push(r);
+        }
+    }
+    answered
+}
+
+/// What the check over every primary found.
+#[derive(Debug, Default)]
+struct Verdict {
+    requests: usize,
+    completed: usize,
+    failed: usize,
+    /// Answered COMPLETED (or not answered at all) with no recorded debit and credit.
+    lost: usize,
+    /// More than one debit or credit for one idempotency key.
+    doubled: usize,
+    /// A debit without its credit, or a credit without its debit, or effects of a FAILED one.
+    one_sided: usize,
+    no_result: usize,
+    /// A result whose status differs from the record.
+    disagreeing: usize,
+    pending: u64,
+    negative: usize,
+    total_before: i64,
+    total_after: i64,
+}
+
+impl Verdict {
+    fn clean(&self) -> bool {
+        self.lost == 0
+            && self.doubled == 0
+            && self.one_sided == 0
+            && self.no_result == 0
+            && self.disagreeing == 0
+            && self.pending == 0
+            && self.negative == 0
+            && self.total_before == self.total_after
+    }
+}
+
+/// History entries per (wallet, idempotency key, kind), read from each wallet's primary.
+fn effects(service: &WalletService, wallets: &[String]) -> HashMap<(String, String, bool), usize> {
+    let mut count = HashMap::new();
+    for id in wallets {
+        for e in service.history(id).expect("history") {
+            let key = e.idempotency_key.unwrap_or(e.transfer_id);
+            let debit = match e.kind {
+                HistoryKind::Debit => true,
+                HistoryKind::Credit => false,
+                HistoryKind::Deposit => continue,
+            };
+            *count.entry((id.clone(), key, debit)).or_insert(0) += 1;
+        }
+    }
+    count
+}
+
+/// Checks every request of `load` with the engine's API over every primary.
+fn verdict(
+    service: &WalletService,
+    load: &Load,
+    answered: &HashMap<String, Vec<TransferCompleted>>,
+) -> Verdict {
+    // The test's own map may predate a failover or a migration.
+    let pools = service.cluster().expect("a cluster service");
+    pools.refresh().expect("read the slot map again");
+    let found = service
+        .recover(RECOVER_LIMIT)
+        .unwrap_or_else(|e| panic!("scan every primary for PENDING: {e}"));
+    let effects = effects(service, &load.wallets);
+    let mut v = Verdict {
+        requests: load.requests.len(),
+        pending: found.pending_found,
+        total_before: load.total.minor(),
+        ..Verdict::default()
+    };
+    for r in &load.requests {
+        check_request(service, r, &effects, answered.get(&r.transfer_id), &mut v);
+    }
+    for id in &load.wallets {
+        let balance = service.balance(id).expect("balance");
+        v.negative += usize::from(balance.is_negative());
+        v.total_after += balance.minor();
+    }
+    v
+}
+
+fn check_request(
+    service: &WalletService,
+    r: &TransferRequest,
+    effects: &HashMap<(String, String, bool), usize>,
+    results: Option<&Vec<TransferCompleted>>,
+    v: &mut Verdict,
+) {
+    let key = &r.idempotency_key;
+    let get = |wallet: &str, debit| {
+        effects
+            .get(&(wallet.to_string(), key.clone(), debit))
+            .copied()
+            .unwrap_or(0)
+    };
+    let (debits, credits) = (get(&r.from_user, true), get(&r.to_user, false));
+    let record = service
+        .transfer_outcome_of(&r.from_user, key)
+        .expect("outcome record")
+        .map(|o| o.status);
+    let said_completed = results.is_some_and(|rs| rs.iter().any(|m| m.status == Status::Completed));
+    v.no_result += usize::from(results.is_none());
+    v.doubled += usize::from(debits > 1 || credits > 1);
+    match record {
+        Some(Status::Completed) => v.completed += 1,
+        Some(Status::Failed) => v.failed += 1,
+        _ => {}
+    }
+    let effect_missing = debits == 0 || credits == 0;
+    if (record.is_none() || said_completed) && effect_missing {
+        v.lost += 1;
+    }
+    let one_sided =
+        (debits == 0) != (credits == 0) || (record == Some(Status::Failed) && debits + credits > 0);
+    v.one_sided += usize::from(one_sided);
+    if let (Some(rs), Some(status)) = (results, record) {
+        v.disagreeing += usize::from(rs.iter().any(|m| m.status != status));
+    }
+}
+
+fn print_verdict(test: &str, v: &Verdict) {
+    println!(
+        "{test}: {} requests: {} completed, {} failed; lost {}, doubled {}, one-sided {}, without result {}, result disagreeing {}, pending {}, negative {}, money {} -> {} (delta {})",
+        v.requests,
+        v.completed,
+        v.failed,
+        v.lost,
+        v.doubled,
+        v.one_sided,
+        v.no_result,
+        v.disagreeing,
+        v.pending,
+        v.negative,
+        Amount::from_minor(v.total_before),
+        Amount::from_minor(v.total_after),
+        Amount::from_minor(v.total_after - v.total_before)
+    );
+}
+
+fn assert_clean(test: &str, v: &Verdict, worker: &WorkerProcess) {
+    print_verdict(test, v);
+    assert!(
+        v.clean() && v.completed + v.failed == v.requests,
+        "{test}: {v:?}; worker log tail:\n{}",
+        tail(&worker.log(), 40)
+    );
+}
+
+/// The worker's retries by cause, those above zero: `redis_cluster 12, replicas_behind 3`.
+fn retries(worker: &WorkerProcess) -> String {
+    let text = worker.metrics();
+    let causes: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("wallet_retries_total{cause=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .filter(|(_, n)| n.trim() != "0")
+        .map(|(cause, n)| format!("{cause} {}", n.trim()))
+        .collect();
+    if causes.is_empty() {
+        "none".to_string()
+    } else {
+        causes.join(", ")
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[test]
+fn the_worker_on_a_cluster_answers_random_cross_slot_load_once_each() {
+    let test = "cluster_worker::load";
+    let stack = cluster_stack(0);
+    let service = service(&stack);
+    let load = load(&service, "cl_", 16, size(300, 3_000), test);
+    let worker = stack.spawn_worker(&[]);
+    let mut results = stack.reader(&stack.topics.results);
+    let started = Instant::now();
+    stack.publish_requests(&load.requests);
+    let answered = wait_results(&mut results, &load.requests, ANSWER_TIMEOUT_MS);
+    println!("{test}: answered in {} ms", started.elapsed().as_millis());
+    assert_clean(test, &verdict(&service, &load, &answered), &worker);
+    assert_eq!(
+        worker.metric("wallet_ready_check{check=\"redis\"}"),
+        1.0,
+        "the readiness check pings every primary"
+    );
+    assert!(
+        worker.log().contains("connected to 3 primaries"),
+        "{}",
+        worker.log()
+    );
+}
+
+/// Leaves `n` cross-slot transfers PENDING, as a worker crashing after step 2 would.
+fn crash_after_debit(service: &WalletService, load: &Load, n: usize) -> Vec<TransferRequest> {
+    let mut crashing = service.clone();
+    crashing.set_failpoint(Some(Failpoint::AfterDebit));
+    let left: Vec<TransferRequest> = load
+        .requests
+        .iter()
+        .filter(|r| keys::wallet_slot(&r.from_user) != keys::wallet_slot(&r.to_user))
+        .take(n)
+        .cloned()
+        .collect();
+    for r in &left {
+        let e = crashing.transfer(r).expect_err("stopped at the failpoint");
+        assert!(e.is_transient(), "{e}");
+    }
+    left
+}
+
+#[test]
+fn the_recovery_sweep_finishes_transfers_a_crash_left_pending() {
+    let test = "cluster_worker::sweep";
+    let stack = cluster_stack(0);
+    let service = service(&stack);
+    let mut load = load(&service, "cs_", 8, 40, test);
+    let pending = crash_after_debit(&service, &load, 10);
+    // Only the crashed requests: none is delivered to the worker, so only the sweep can
+    // finish them.
+    load.requests = pending;
+    let status = |r: &TransferRequest| {
+        service
+            .transfer_outcome_of(&r.from_user, &r.idempotency_key)
+            .unwrap()
+            .map(|o| o.status)
+    };
+    assert!(
+        load.requests
+            .iter()
+            .all(|r| status(r) == Some(Status::Pending))
+    );
+    let worker = stack.spawn_worker(&["--recover-interval-ms", "200"]);
+    wait_until("the sweep to finish every PENDING transfer", 30_000, || {
+        load.requests
+            .iter()
+            .all(|r| status(r) == Some(Status::Completed))
+    });
+    assert!(worker.metric("wallet_recover_finished_total") >= load.requests.len() as f64);
+    assert!(
+        worker.log().contains("recovery sweep: "),
+        "{}",
+        worker.log()
+    );
+    // Effects and money, as for requests (their results are never published: no delivery).
+    let v = verdict(&service, &load, &HashMap::new());
+    print_verdict(test, &v);
+    assert_eq!(
+        (
+            v.completed,
+            v.lost,
+            v.doubled,
+            v.one_sided,
+            v.pending,
+            v.negative
+        ),
+        (load.requests.len(), 0, 0, 0, 0, 0),
+        "{v:?}"
+    );
+    assert_eq!(v.total_before, v.total_after);
+}
+
+/// Figures of one failover run.
+struct Failover {
+    verdict: Verdict,
+}
+
+/// Kills the primary that serves the most of the load's wallets once a quarter of the results
+/// are in, waits for its replica's promotion, starts the killed node again (it comes back as
+/// the new primary's replica, so `WAIT 1` can be met again) and waits for every result.
+fn failover_run(test: &str, wait_replicas: &str, prefix: &str) -> (Failover, WorkerProcess) {
+    let mut stack = cluster_stack(1);
+    let service = service(&stack);
+    let load = load(&service, prefix, 16, size(400, 4_000), test);
+    let victim = busiest_primary(&stack.redis, &load.wallets);
+    let replica = stack
+        .redis
+        .replica_of(victim)
+        .expect("the victim's replica");
+    let worker = stack.spawn_worker(&["--wait-replicas", wait_replicas]);
+    let mut results = stack.reader(&stack.topics.results);
+    let (first, second) = load.requests.split_at(load.requests.len() / 2);
+    stack.publish_requests(first);
+    results.read_until(load.requests.len() / 4, ANSWER_TIMEOUT_MS);
+    let killed = Instant::now();
+    stack.redis.kill(victim);
+    // The second half runs into the dead primary and the election.
+    stack.publish_requests(second);
+    stack.redis.wait_for_promotion(replica);
+    let promoted_ms = killed.elapsed().as_millis();
+    stack.redis.start_again(victim);
+    stack.redis.wait_replicas_linked(3);
+    let answered = wait_results(&mut results, &load.requests, ANSWER_TIMEOUT_MS);
+    let answered_ms = killed.elapsed().as_millis();
+    let failover = Failover {
+        verdict: verdict(&service, &load, &answered),
+    };
+    println!(
+        "{test}: primary {victim} killed after {} results; replica {replica} promoted in {promoted_ms} ms; every request answered {answered_ms} ms after the kill; retries: {}",
+        load.requests.len() / 4,
+        retries(&worker)
+    );
+    print_verdict(test, &failover.verdict);
+    (failover, worker)
+}
+
+/// The primary serving the slots of most of `wallets`.
+fn busiest_primary(cluster: &RedisCluster, wallets: &[String]) -> u16 {
+    let asked = cluster.primary_ports()[0];
+    let mut served: HashMap<u16, usize> = HashMap::new();
+    for id in wallets {
+        let owner = cluster
+            .owner_of(asked, keys::wallet_slot(id))
+            .expect("slot owner");
+        *served.entry(owner).or_default() += 1;
+    }
+    served
+        .into_iter()
+        .max_by_key(|(port, n)| (*n, *port))
+        .map(|(port, _)| port)
+        .expect("a primary")
+}
+
+#[test]
+fn a_primary_killed_under_load_with_wait_replicas_1_loses_and_doubles_nothing() {
+    let test = "cluster_worker::failover_wait_1";
+    let (run, worker) = failover_run(test, "1", "f1_");
+    assert_clean(test, &run.verdict, &worker);
+}
+
+/// With `--wait-replicas 0` a failover may lose steps that were answered: only what holds
+/// whatever Redis loses is asserted (every request answered, the worker up); the rest is
+/// reported.
+#[test]
+fn a_primary_killed_under_load_with_wait_replicas_0_is_reported() {
+    let test = "cluster_worker::failover_wait_0";
+    let (run, mut worker) = failover_run(test, "0", "f0_");
+    let v = &run.verdict;
+    assert_eq!(v.no_result, 0, "every request is answered: {v:?}");
+    assert!(worker.is_running(), "{}", tail(&worker.log(), 40));
+    assert!(
+        worker
+            .log()
+            .contains("--wait-replicas 0: a primary failover can lose"),
+        "the worker warns at start"
+    );
+    println!(
+        "{test}: {} (not asserted: with --wait-replicas 0 nothing guarantees it)",
+        if v.clean() {
+            "this run lost and doubled nothing"
+        } else {
+            "this run broke the invariants above"
+        }
+    );
+}
+
+/// Moves every key of `slot` from `from` to `to` (a migration begun), ten at a time: from
+/// then on `from` answers ASK for them.
+fn move_keys(cluster: &RedisCluster, slot: u16, from: u16, to: u16) {
+    for _ in 0..1_000 {
+        let batch: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(10)
+            .query(&mut cluster.conn(from))
+            .expect("CLUSTER GETKEYSINSLOT");
+        if batch.is_empty() {
+            return;
+        }
+        let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+        cluster.migrate_keys(from, to, &refs);
+    }
+    panic!("slot {slot} still had keys on {from} after 1000 batches");
+}
+
+#[test]
+fn slots_migrated_under_load_lose_and_double_nothing() {
+    let test = "cluster_worker::reshard";
+    let stack = cluster_stack(0);
+    let service = service(&stack);
+    let load = load(&service, "rs_", 16, size(400, 4_000), test);
+    let worker = stack.spawn_worker(&[]);
+    let mut results = stack.reader(&stack.topics.results);
+    let primaries = stack.redis.primary_ports();
+    let chunks: Vec<&[TransferRequest]> = load.requests.chunks(load.requests.len() / 12).collect();
+    let mut published = 0;
+    let mut moved = 0;
+    for (i, pair) in chunks.chunks(2).enumerate() {
+        let slot = keys::wallet_slot(&load.wallets[i % load.wallets.len()]);
+        let asked = primaries[0];
+        let from = stack.redis.owner_of(asked, slot).expect("slot owner");
+        let to = primaries[(primaries.iter().position(|&p| p == from).unwrap() + 1) % 3];
+        // A chunk runs while the slot is MIGRATING and its keys move (TRYAGAIN, ASK), the
+        // next one while and after the slot changes hands (MOVED). Keys move at once, as
+        // `redis-cli --cluster reshard` does: a transaction over a slot whose keys are split
+        // between two nodes gets TRYAGAIN until they are all on one.
+        stack.redis.begin_migration(slot, from, to);
+        stack.publish_requests(pair[0]);
+        published += pair[0].len();
+        move_keys(&stack.redis, slot, from, to);
+        if let Some(next) = pair.get(1) {
+            stack.publish_requests(next);
+            published += next.len();
+        }
+        stack.redis.end_migration(slot, to);
+        moved += 1;
+        // Keep the load overlapping the next migration without running away from it.
+        results.read_until(published.saturating_sub(pair[0].len()), ANSWER_TIMEOUT_MS);
+    }
+    stack.publish_requests(&load.requests[published..]);
+    let during = published;
+    let answered = wait_results(&mut results, &load.requests, ANSWER_TIMEOUT_MS);
+    println!(
+        "{test}: {moved} wallets' slots migrated while {} of {} requests were published; retries: {}",
+        during,
+        load.requests.len(),
+        retries(&worker)
+    );
+    assert_clean(test, &verdict(&service, &load, &answered), &worker);
+}
+
+#[test]
+fn produce_runs_its_six_scenarios_against_a_worker_on_a_cluster() {
+    let stack = cluster_stack(0);
+    let worker = stack.spawn_worker(&[]);
+    let out = stack.wallet("produce", &["--timeout", "120"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "{text}\nworker log tail:\n{}",
+        tail(&worker.log(), 40)
+    );
+}
