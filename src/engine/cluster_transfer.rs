@@ -489,6 +489,11 @@ impl<'a> Cross<'a> {
             self.finished_pending = true;
             self.finish(locks, record, x, read, true)?
         } else {
+            // Its last write may have missed the replicas (this may be the retry after a
+            // failed WAIT): make sure they have it before answering.
+            let lock_key = locks.key(self.from());
+            self.svc
+                .wait_replicas_before_answer(locks.conn(self.from()), &lock_key)?;
             record
         };
         self.stats.elapsed_us = self.started.elapsed().as_micros() as u64;

@@ -490,6 +490,7 @@ impl WalletService {
         // 5. Re-check under WATCH: another delivery may have finished in between.
         if !read.recorded.is_empty() {
             unwatch(guard.conn());
+            self.wait_replicas_before_answer(guard.conn(), &call.lock_keys[0])?;
             return call.replay(&read.recorded).map(Some);
         }
         if let Some(tokens) = &read.lock_tokens
@@ -540,6 +541,28 @@ impl WalletService {
         // merely expired inside the transaction is the only way to delete fewer.
         debug_assert_eq!(*deleted as usize, call.lock_keys.len());
         Ok(Some(outcome))
+    }
+
+    /// Before answering from a record when [`crate::EngineConfig::wait_replicas`] is set: the
+    /// write that made the record may not have reached the replicas (its own WAIT failed and
+    /// this is the retry), and WAIT covers only a connection's own writes. So write once on the
+    /// record's shard (PEXPIRE of our own lock, `lock_key`, to the lock ttl: harmless, we hold
+    /// it) and WAIT for that: replication is in order, so everything the primary did before is
+    /// on the replicas too when it returns.
+    pub(crate) fn wait_replicas_before_answer(
+        &self,
+        conn: &mut Conn,
+        lock_key: &str,
+    ) -> Result<(), TransferError> {
+        if self.config.wait_replicas.is_none() {
+            return Ok(());
+        }
+        redis::cmd("PEXPIRE")
+            .arg(lock_key)
+            .arg(self.config.lock.ttl_ms)
+            .query::<i64>(&mut conn.redis)
+            .inspect_err(|_| conn.taint())?;
+        self.wait_replicas(conn)
     }
 
     /// `WAIT n timeout` on the connection that just wrote, when

@@ -673,7 +673,8 @@ fn a_moved_slot_refreshes_the_map_and_the_transfer_completes_once() {
 /// `wait_replicas`: on 3 primaries without replicas no write is acknowledged within the
 /// WAIT timeout, so a transfer returns the transient `ReplicasBehind` after its first write
 /// (a cross-slot one left PENDING, which a replay without the wait finishes; a same-slot one
-/// COMPLETED on the primary); with one replica per primary every step is acknowledged.
+/// COMPLETED on the primary), and a replay answered from the record fails the same way until
+/// a replica has it; with one replica per primary every step is acknowledged.
 #[test]
 fn wait_replicas_fails_without_an_acknowledgement_and_passes_with_one_replica() {
     let zero = EngineConfig::default().with_wait_replicas(Some(0));
@@ -725,10 +726,21 @@ fn wait_replicas_fails_without_an_acknowledgement_and_passes_with_one_replica() 
     );
     let record = service.transfer_outcome_of(&a, "ws_tx").unwrap().unwrap();
     assert_eq!(record.status, Status::Completed);
+    // The retry finds the record, but no replica has it: it must not be answered either.
+    let again = service.transfer(&usd("ws_tx", &a, &b, "1.00")).unwrap_err();
+    assert!(
+        matches!(again, TransferError::ReplicasBehind { .. }),
+        "a replay answered what no replica has: {again}"
+    );
     let plain = connect(&redis, config());
     assert_eq!(
         transfer_retrying(&plain, &request).status,
         Status::Completed
+    );
+    let again = service.transfer(&request).unwrap_err();
+    assert!(
+        matches!(again, TransferError::ReplicasBehind { .. }),
+        "a replay of a cross-slot record answered what no replica has: {again}"
     );
     assert_eq!(check_ledger(&read_ledger(&redis), 4, 4_000), (2, 0));
     drop(redis);
