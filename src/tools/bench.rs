@@ -1972,7 +1972,7 @@ fn uniform_pair(rng: &mut impl rand::Rng, wallets: usize) -> (usize, usize) {
 /// in one slot; an odd count ends with a lone wallet that no transfer draws. `CrossSlot`:
 /// `<name>_<i>` in order, skipping the candidates for the second id that share the first
 /// one's slot, so that the first two wallets (the hot pair, the fallback of
-/// [`pick_pair`]) are in different slots. Pure and deterministic.
+/// `pick_pair`) are in different slots. Pure and deterministic.
 pub fn run_ids(name: &str, wallets: u32, pairs: Pairs) -> Vec<String> {
     let n = wallets as usize;
     match pairs {
