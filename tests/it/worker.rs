@@ -364,9 +364,16 @@ fn two_workers_in_one_group_share_the_partitions() {
     let (ids, opening) = wallets(&stack, 40, seed);
     let first = stack.spawn_worker(&[]);
     let second = stack.spawn_worker(&[]);
-    // Both must have joined before the load, so both get partitions.
+    // Both must hold partitions before the load: each one's latest assignment change is an
+    // assignment of some partitions (not a revoke, not an empty set).
+    let holds_partitions = |log: String| {
+        log.lines()
+            .rev()
+            .find(|l| l.contains("] assigned") || l.contains("} revoked"))
+            .is_some_and(|l| l.contains("] assigned") && !l.contains("partitions [] assigned"))
+    };
     wait_until("both workers assigned", 60_000, || {
-        first.log().contains("assigned") && second.log().contains("assigned")
+        holds_partitions(first.log()) && holds_partitions(second.log())
     });
     let requests = random_requests(&ids, 1_000, "s", seed);
     stack.publish_requests(&requests);
