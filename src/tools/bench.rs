@@ -446,6 +446,12 @@ impl ClusterFigures {
         )
     }
 
+    /// Whether the engine ran in this process (a direct run), so the paths have engine
+    /// figures; an e2e run's engine is the worker's.
+    fn engine_ran(&self) -> bool {
+        self.same_slot.engine.fresh + self.cross_slot.engine.fresh > 0
+    }
+
     /// The path every one of `transfers` requests took, when they all took one: then Redis's
     /// own counts per transfer are that path's.
     pub fn only_path(&self, transfers: u64) -> Option<&'static str> {
@@ -463,11 +469,12 @@ impl ClusterFigures {
     fn to_json(&self, transfers: u64) -> Value {
         let (commands, usec, cpu) = self.per_transfer(transfers);
         let only = self.only_path(transfers);
+        let engine = self.engine_ran();
         let path = |name: &str, p: &PathFigures| {
             json!({
                 "transfers": p.transfers,
                 "fresh_outcomes": p.engine.fresh,
-                "round_trips_per_transfer": p.engine.round_trips_mean(),
+                "round_trips_per_transfer": engine.then(|| p.engine.round_trips_mean()),
                 "watch_retries_total": p.engine.watch_retries,
                 "commands_per_transfer": (only == Some(name)).then_some(commands),
                 "cpu_us_per_transfer": (only == Some(name)).then_some(cpu),
@@ -505,15 +512,21 @@ impl ClusterFigures {
             ("same-slot", &self.same_slot),
             ("cross-slot", &self.cross_slot),
         ] {
-            let mut text = format!(
-                "{} ({:.2} round trips each",
-                p.transfers,
-                p.engine.round_trips_mean()
-            );
-            if self.only_path(transfers) == Some(name) {
-                text.push_str(&format!(", {commands:.2} redis commands"));
+            // An e2e run has no engine figures (the engine runs in the worker).
+            let mut parts = Vec::new();
+            if self.engine_ran() {
+                parts.push(format!(
+                    "{:.2} round trips each",
+                    p.engine.round_trips_mean()
+                ));
             }
-            text.push(')');
+            if self.only_path(transfers) == Some(name) {
+                parts.push(format!("{commands:.2} redis commands"));
+            }
+            let mut text = p.transfers.to_string();
+            if !parts.is_empty() {
+                text.push_str(&format!(" ({})", parts.join(", ")));
+            }
             rows.push((format!("{name} transfers"), text));
         }
         rows.push(("redis cpu us/transfer".into(), format!("{cpu:.1}")));
@@ -1513,13 +1526,7 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
         })
         .collect::<Result<_, _>>()?;
     let reader = results_reader(config)?;
-    let producer: ThreadedProducer<DeliveryCounter> = config
-        .kafka
-        .client_config()
-        .set("linger.ms", BENCH_LINGER_MS)
-        .set("enable.idempotence", "true")
-        .create_with_context(DeliveryCounter::default())
-        .map_err(|e| BenchError::Kafka(format!("producer: {e}")))?;
+    let producer = bench_producer(config)?;
     log::info!(
         "{}: {} wallets ready in {:.2}s; publishing {} requests to {}, reading {}",
         run.name,
@@ -1541,7 +1548,13 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
         floor_rate,
         config.timeout,
     )?;
+    // On a cluster, each primary's counters around the transfer phase (the worker's work).
+    let before = service
+        .cluster()
+        .map(|_| node_counters(service))
+        .transpose()?;
     let read = publish_and_read(&producer, &reader, config, &run, &requests)?;
+    let cluster = e2e_cluster_figures(service, before, &requests)?;
     let end = run.end(service, config.cleanup)?;
     let total = read.tally;
     Ok(BenchReport {
@@ -1563,10 +1576,49 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
         cleaned_keys: end.cleaned_keys,
         redis: None,
         retained: None,
-        cluster: None,
+        cluster,
         stages: Some(read.stages.summary()),
         broker_floor: Some(floor),
     })
+}
+
+/// The e2e run's producer: a short linger, idempotent, counting failed deliveries.
+fn bench_producer(config: &E2eConfig) -> Result<ThreadedProducer<DeliveryCounter>, BenchError> {
+    config
+        .kafka
+        .client_config()
+        .set("linger.ms", BENCH_LINGER_MS)
+        .set("enable.idempotence", "true")
+        .create_with_context(DeliveryCounter::default())
+        .map_err(|e| BenchError::Kafka(format!("producer: {e}")))
+}
+
+/// On a Redis Cluster (`before` holds each primary's counters from the start of the
+/// transfer phase): each primary's costs over that phase, which are the worker's (and
+/// whatever else ran there meanwhile), and the requests split by path from their wallets'
+/// slots. The engine figures stay empty: the engine runs in the worker.
+fn e2e_cluster_figures(
+    service: &WalletService,
+    before: Option<Vec<(String, Counters)>>,
+    requests: &[TransferRequest],
+) -> Result<Option<ClusterFigures>, BenchError> {
+    let Some(before) = before else {
+        return Ok(None);
+    };
+    let slot = cluster::keys::wallet_slot;
+    let cross = requests
+        .iter()
+        .filter(|r| slot(&r.from_user) != slot(&r.to_user))
+        .count() as u64;
+    let path = |transfers| PathFigures {
+        transfers,
+        ..PathFigures::default()
+    };
+    Ok(Some(ClusterFigures {
+        primaries: node_costs(&before, &node_counters(service)?),
+        same_slot: path(requests.len() as u64 - cross),
+        cross_slot: path(cross),
+    }))
 }
 
 /// The bench producer's `linger.ms`: short, so the publish leg is the broker's, not batching's.

@@ -2,7 +2,8 @@
 //! timed: the report accounts for every transfer on each path, Redis's command count per
 //! transfer is in the range of the path it measured, and the money is conserved by the
 //! engine's own balances of every wallet the run created (found by scanning every primary,
-//! not from the report).
+//! not from the report). And `wallet bench --e2e --redis-cluster` against a worker on the
+//! cluster: every transfer answered, one outcome record each, money conserved, none PENDING.
 
 use std::process::Command;
 
@@ -10,8 +11,9 @@ use serde_json::Value;
 use wallet_transfer::tools::bench::BENCH_OPENING_CENTS;
 use wallet_transfer::{Amount, EngineConfig, WalletService};
 
+use crate::support::Tansu;
 use crate::support::cluster::RedisCluster;
-use crate::support::stack::WALLET_BIN;
+use crate::support::stack::{Stack, WALLET_BIN};
 
 const TRANSFERS: u64 = 240;
 const WALLETS: u64 = 120;
@@ -85,7 +87,7 @@ fn check_accounted(r: &Value) {
 fn check_conserved(redis: &RedisCluster, service: &WalletService, r: &Value) {
     let run = r["run"].as_str().unwrap();
     let wallets = scan_all(redis, &format!("wallet:{{{run}_*}}"));
-    assert_eq!(wallets.len() as u64, WALLETS, "{wallets:?}");
+    assert_eq!(wallets.len() as u64, count(&r["wallets"]), "{wallets:?}");
     let mut sum = Amount::ZERO;
     for (_, key) in &wallets {
         let id = key
@@ -96,7 +98,7 @@ fn check_conserved(redis: &RedisCluster, service: &WalletService, r: &Value) {
         assert!(!balance.is_negative(), "{id}: {balance}");
         sum = sum.checked_add(balance).unwrap();
     }
-    let opening = Amount::from_minor(BENCH_OPENING_CENTS * WALLETS as i64);
+    let opening = Amount::from_minor(BENCH_OPENING_CENTS * wallets.len() as i64);
     assert_eq!(sum, opening, "run {run}");
     for leftover in ["lock", "credit"] {
         let keys = scan_all(redis, &format!("{leftover}:{{{run}_*}}*"));
@@ -161,5 +163,71 @@ fn cluster_bench_accounts_for_every_transfer_on_each_path() {
         cross["cluster"]["paths"]["cross_slot"]["commands_per_transfer"],
         same["cluster"]["paths"]["same_slot"]["round_trips_per_transfer"],
         cross["cluster"]["paths"]["cross_slot"]["round_trips_per_transfer"],
+    );
+}
+
+/// `bench --e2e` on a cluster: the worker (`--redis-cluster`) answers every request, the
+/// report splits them by path and gives each primary's figures, and the primaries hold one
+/// outcome record per request, no PENDING one, and the money the run's wallets opened with.
+#[test]
+fn e2e_bench_on_a_cluster_accounts_for_every_transfer() {
+    let stack = Stack::start_on_cluster(RedisCluster::start(3, 0), Tansu::start_persistent(), 2);
+    let worker = stack.spawn_worker(&[]);
+    let transfers = 300;
+    let out = stack.wallet(
+        "bench",
+        &[
+            "--e2e",
+            "--transfers",
+            &transfers.to_string(),
+            "--wallets",
+            "40",
+            "--json",
+            "--timeout-s",
+            "240",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {}\nworker log:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr),
+        worker.log()
+    );
+    let r: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(r["mode"], "e2e", "{r}");
+    assert_eq!(count(&r["transfers"]), transfers, "{r}");
+    assert_eq!(r["errors"], serde_json::json!({}), "{r}");
+    let answered: u64 = r["outcomes"].as_object().unwrap().values().map(count).sum();
+    assert_eq!(answered, transfers, "{r}");
+    let paths = &r["cluster"]["paths"];
+    let by_path =
+        count(&paths["same_slot"]["transfers"]) + count(&paths["cross_slot"]["transfers"]);
+    assert_eq!(by_path, transfers, "{r}");
+    assert!(
+        paths["cross_slot"]["round_trips_per_transfer"].is_null(),
+        "{r}"
+    );
+    let primaries = r["cluster"]["primaries"].as_array().unwrap();
+    assert_eq!(primaries.len(), 3, "{r}");
+    assert!(count(&r["cluster"]["primaries"][0]["commands"]) > 0, "{r}");
+    assert_eq!(r["balance"]["ok"], true, "{r}");
+    let run = r["run"].as_str().unwrap();
+    let records = scan_all(&stack.redis, &format!("transfer:{{{run}_*}}:{run}_t*"));
+    assert_eq!(records.len() as u64, transfers, "run {run}");
+    let service = WalletService::connect_cluster(
+        &stack.redis.seeds(),
+        "redis://",
+        2,
+        EngineConfig::default(),
+    )
+    .expect("connect to the test cluster");
+    check_conserved(&stack.redis, &service, &r);
+    println!(
+        "e2e on a cluster: {} transfers/s, {} cross-slot of {transfers}, redis commands/transfer {}",
+        r["transfers_per_s"],
+        paths["cross_slot"]["transfers"],
+        r["cluster"]["commands_per_transfer"]
     );
 }

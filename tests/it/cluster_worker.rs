@@ -1,7 +1,8 @@
 //! The worker (the real `wallet worker` binary) on a real Redis Cluster (`support::cluster`)
 //! with tansu: random cross-slot load, the recovery sweep, a primary SIGKILLed under load
-//! (with `--wait-replicas 1`, and with 0, reported), slots migrated under load, and `wallet
-//! produce`. Each ends by reading every primary with the engine's API: every request has
+//! (with `--wait-replicas 1`, and with 0, reported), slots migrated under load, `wallet
+//! produce`, and the fault suite's kill loop (the worker SIGKILLed at random moments and
+//! restarted, with the fault suite's table row, audit and ledger topic check). Each ends by reading every primary with the engine's API: every request has
 //! exactly one effect (history entries counted by idempotency key per wallet) and at least one
 //! result, money is conserved, no balance is negative, nothing is PENDING.
 //!
@@ -16,13 +17,17 @@ use wallet_transfer::engine::cluster_transfer::RECOVER_LIMIT;
 use wallet_transfer::engine::lock::LockConfig;
 use wallet_transfer::engine::service::Failpoint;
 use wallet_transfer::engine::wallet::HistoryKind;
+use wallet_transfer::tools::ops;
+use wallet_transfer::tools::results::ReadMessage;
 use wallet_transfer::{
-    Amount, Currency, EngineConfig, NewWallet, Status, TransferCompleted, TransferRequest,
-    WalletService,
+    Amount, Currency, EngineConfig, NewWallet, Status, TransferCompleted, TransferOutcome,
+    TransferRequest, WalletService,
 };
 
 use crate::support::cluster::RedisCluster;
-use crate::support::faults::{rng, seed, size};
+use crate::support::faults::{
+    FaultReport, LEDGER_WAIT_MS, check_ledger, read_ledger, rng, seed, size,
+};
 use crate::support::stack::{Stack, TopicLog, WorkerProcess};
 use crate::support::{Tansu, wait_until};
 
@@ -582,4 +587,162 @@ fn produce_runs_its_six_scenarios_against_a_worker_on_a_cluster() {
         "{text}\nworker log tail:\n{}",
         tail(&worker.log(), 40)
     );
+}
+
+/// How many of `requests` have an outcome record (PENDING included), read through the engine
+/// on each sender's primary: real progress, unlike the results topic. 0 while a read fails.
+fn recorded(service: &WalletService, requests: &[TransferRequest]) -> usize {
+    let mut found = 0;
+    for r in requests {
+        match service.transfer_outcome_of(&r.from_user, &r.idempotency_key) {
+            Ok(Some(_)) => found += 1,
+            Ok(None) => {}
+            Err(_) => return 0,
+        }
+    }
+    found
+}
+
+/// The fault suite's kill loop (`faults.rs`, test 1) on a 3-primary cluster: the requests
+/// published in `kills + 1` chunks, and while each of the first `kills` is being processed
+/// the worker (`flags`) is SIGKILLed at a random moment (after a random 10-90% of the chunk
+/// is recorded, plus 0-20 ms) and started again; then the last chunk, every result awaited
+/// and the run checked over every primary. Publishing by chunks keeps every kill inside
+/// work in flight (a worker in a debug build clears a few hundred requests in about a
+/// second). Returns the fault suite's row.
+fn kill_loop(test: &str, prefix: &str, flags: &[&str]) -> FaultReport {
+    let n = size(600, 5_000);
+    let kills = size(3, 6);
+    let stack = cluster_stack(0);
+    let service = service(&stack);
+    let load = load(&service, prefix, 16, n, test);
+    let mut rng = rng(seed(&format!("{test} kill points")));
+    let mut worker = stack.spawn_worker(flags);
+    let mut results = stack.reader(&stack.topics.results);
+    let chunks: Vec<&[TransferRequest]> = load.requests.chunks(n.div_ceil(kills + 1)).collect();
+    let mut published = 0;
+    for chunk in &chunks[..kills] {
+        stack.publish_requests(chunk);
+        let point = chunk.len() * rng.random_range(10..90) / 100;
+        published += chunk.len();
+        // Only the chunk is read: each poll is one read per request.
+        wait_until(&format!("{point} recorded outcomes"), 300_000, || {
+            recorded(&service, chunk) >= point
+        });
+        // A random moment: not a synchronisation.
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..20)));
+        worker.signal("KILL");
+        worker.wait_exit(10_000);
+        let pending = load
+            .requests
+            .iter()
+            .filter_map(|r| {
+                let o = service.transfer_outcome_of(&r.from_user, &r.idempotency_key);
+                o.expect("outcome record")
+            })
+            .filter(|o| o.status == Status::Pending)
+            .count();
+        println!(
+            "{test}: killed with {} of {published} published requests recorded, {pending} PENDING",
+            recorded(&service, &load.requests)
+        );
+        // As in faults.rs: restart once the dead member's session (6 s) has expired, or tansu
+        // can leave the new member without partitions for good.
+        std::thread::sleep(Duration::from_millis(7_000));
+        worker = stack.spawn_worker(flags);
+    }
+    for chunk in &chunks[kills..] {
+        stack.publish_requests(chunk);
+    }
+    let restarted = Instant::now();
+    let answered = wait_results(&mut results, &load.requests, ANSWER_TIMEOUT_MS);
+    let all = answered.len() == load.requests.len();
+    let recovery = (all && recorded(&service, &load.requests) == n).then(|| restarted.elapsed());
+    results.drain_tolerant(1_000);
+    let v = verdict(&service, &load, &answers(&results));
+    print_verdict(test, &v);
+    println!("{test}: retries: {}", retries(&worker));
+    let run = KillRun {
+        kills,
+        recovery,
+        verdict: v,
+    };
+    kill_report(&stack, &service, test, &load, &run, &results.messages)
+}
+
+/// What a kill loop did and found.
+struct KillRun {
+    kills: usize,
+    recovery: Option<Duration>,
+    verdict: Verdict,
+}
+
+/// The fault suite's row for a kill loop on a cluster: the verdict over every primary, the
+/// audit across shards, no lock without a ttl, and the ledger topic against the COMPLETED
+/// records (read with `transfer_outcome_of`, on each sender's primary).
+fn kill_report(
+    stack: &Stack<RedisCluster>,
+    service: &WalletService,
+    test: &str,
+    load: &Load,
+    run: &KillRun,
+    results: &[ReadMessage],
+) -> FaultReport {
+    let v = &run.verdict;
+    let mut violations = Vec::new();
+    if !(v.clean() && v.completed + v.failed == v.requests) {
+        violations.push(format!("verdict: {v:?}"));
+    }
+    for m in results.iter().filter(|m| m.result().is_err()) {
+        violations.push(format!(
+            "results partition {} offset {} is not a result",
+            m.partition, m.offset
+        ));
+    }
+    let audit = ops::audit(service).expect("audit reads every primary");
+    violations.extend(audit.violations.iter().map(|x| format!("audit: {x}")));
+    let locks = ops::locks(service).expect("locks read every primary");
+    for lock in locks.iter().filter(|l| l.is_problem()) {
+        violations.push(format!("{} has no ttl", lock.key));
+    }
+    let completed: HashMap<String, TransferOutcome> = load
+        .requests
+        .iter()
+        .filter_map(|r| {
+            let outcome = service
+                .transfer_outcome_of(&r.from_user, &r.idempotency_key)
+                .expect("outcome record");
+            outcome
+                .filter(|o| o.status == Status::Completed)
+                .map(|o| (r.idempotency_key.clone(), o))
+        })
+        .collect();
+    let ledger = check_ledger(&completed, &read_ledger(stack, &completed, LEDGER_WAIT_MS));
+    println!(
+        "{test}: ledger topic: {} entries for {} COMPLETED transfers, {} republished copies",
+        ledger.entries,
+        completed.len(),
+        ledger.copies
+    );
+    violations.extend(ledger.violations);
+    FaultReport {
+        fault: "worker SIGKILL + restart, cluster".into(),
+        injected: run.kills,
+        requests: v.requests,
+        lost: v.lost + v.no_result,
+        doubled: v.doubled,
+        audit_ok: audit.is_ok(),
+        ledger_entries: ledger.entries,
+        ledger_copies: ledger.copies,
+        recovery: run.recovery,
+        violations,
+    }
+}
+
+/// The fault suite's kill loop on a cluster, with the worker's recovery sweep every second
+/// (a transfer killed between its steps is also finished by its redelivery).
+#[test]
+fn the_kill_loop_on_a_cluster_loses_nothing_and_doubles_nothing() {
+    let flags = ["--recover-interval-ms", "1000", "--lock-ttl-ms", "2000"];
+    kill_loop("cluster_worker::kill_loop", "kl_", &flags).print_and_assert();
 }

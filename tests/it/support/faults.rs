@@ -310,7 +310,7 @@ pub fn check(
 }
 
 /// Longest wait for the ledger topic to hold the entries of every COMPLETED outcome.
-const LEDGER_WAIT_MS: u64 = 60_000;
+pub const LEDGER_WAIT_MS: u64 = 60_000;
 
 /// The (wallet, version) entries a COMPLETED outcome must have in the ledger topic.
 fn wanted_entries(outcomes: &HashMap<String, TransferOutcome>) -> HashSet<(String, u64)> {
@@ -330,8 +330,8 @@ fn wanted_entries(outcomes: &HashMap<String, TransferOutcome>) -> HashSet<(Strin
 /// every outcome in `completed` are there, or `timeout_ms` passes (the checker then reports
 /// what is missing). A republication after a redelivery may land after the result a test
 /// waited for.
-fn read_ledger(
-    stack: &Stack,
+pub fn read_ledger<R>(
+    stack: &Stack<R>,
     completed: &HashMap<String, TransferOutcome>,
     timeout_ms: u64,
 ) -> Vec<ReadMessage> {
