@@ -8,8 +8,8 @@
 #       next two; the cluster bus on each port + 10000), in DIR/cluster/PORT, created with
 #       `redis-cli --cluster create` and kept across down/up (AOF and nodes.conf in its folder;
 #       delete DIR/cluster to start empty). DIR/env gets REDIS_CLUSTER=127.0.0.1:7000,... beside
-#       REDIS_URL: the engine cannot use a cluster yet (issue 11), so the commands keep the single
-#       Redis. `make up CLUSTER=1`.
+#       REDIS_URL; every `wallet` command reads REDIS_CLUSTER and then runs on the cluster
+#       (REDIS_URL gives only the scheme). `make up CLUSTER=1`.
 # Logs go to DIR/redis.log and DIR/tansu.log (DIR/cluster/PORT/redis.log). Used by `make
 # up/down` (DIR=.dev) and `make demo`.
 set -euo pipefail
