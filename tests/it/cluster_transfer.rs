@@ -789,3 +789,40 @@ fn the_wallet_command_deposits_on_a_cluster_and_audits_it() {
     let out = wallet(&["audit"]);
     assert!(out.status.success(), "{out:?}");
 }
+
+/// AUTH on a cluster: the template URL's user and password reach every primary's pool, a
+/// transfer runs as that user, and a wrong password is refused at connect without being shown.
+#[test]
+fn a_cluster_with_acl_users_is_reached_with_the_url_s_credentials() {
+    let redis = RedisCluster::start(3, 0);
+    for port in redis.ports() {
+        let mut conn = crate::support::cluster::node_conn(port).unwrap();
+        let _: () = redis::cmd("ACL")
+            .arg(&["SETUSER", "teller", "on", ">s3cret-pw", "~*", "+@all"])
+            .query(&mut conn)
+            .unwrap();
+        // No way in without credentials from now on.
+        let _: () = redis::cmd("ACL")
+            .arg(&["SETUSER", "default", "off"])
+            .query(&mut conn)
+            .unwrap();
+    }
+    let service = WalletService::connect_cluster(
+        &redis.seeds(),
+        "redis://teller:s3cret-pw@ignored",
+        POOL_SIZE,
+        config(),
+    )
+    .expect("the URL's credentials reach every primary");
+    let ids = ["auth_a".to_string(), "auth_b".to_string()];
+    create(&service, &ids, "10.00");
+    let outcome = transfer_retrying(&service, &usd("auth_tx", &ids[0], &ids[1], "1.00"));
+    assert_eq!(outcome.status, Status::Completed);
+    let refused =
+        WalletService::connect_cluster(&redis.seeds(), "redis://teller:wrong-pw@x", 2, config());
+    let e = refused
+        .err()
+        .expect("a wrong password is refused")
+        .to_string();
+    assert!(!e.contains("wrong-pw"), "the password is not shown: {e}");
+}

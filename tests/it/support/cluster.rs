@@ -54,7 +54,7 @@ fn addr(port: u16) -> String {
 }
 
 /// A plain connection to a node, with short timeouts (for polling).
-fn node_conn(port: u16) -> redis::RedisResult<redis::Connection> {
+pub fn node_conn(port: u16) -> redis::RedisResult<redis::Connection> {
     let conn = redis::Client::open(format!("redis://{}", addr(port)))?
         .get_connection_with_timeout(Duration::from_millis(500))?;
     conn.set_read_timeout(Some(Duration::from_millis(2_000)))?;
