@@ -31,7 +31,7 @@ use crate::engine::money::{Amount, Currency};
 use crate::engine::retention::CHECKPOINT_ENTRIES_FIELD;
 use crate::engine::service::WalletService;
 use crate::engine::setting::{SettingError, setters};
-use crate::engine::store::{self, PooledConn, keys};
+use crate::engine::store::{self, Conn, PooledConn, keys};
 use crate::engine::transfer::TransferOutcome;
 use crate::engine::wallet::{NewWallet, WalletError};
 use crate::tools::latency::{self, StageSplit, StageSummary, WallClock};
@@ -623,16 +623,24 @@ fn count_outcome_records(
     while keys.peek().is_some() {
         batch.clear();
         batch.extend(keys.by_ref().take(BATCH));
-        let mut pipe = redis::pipe();
-        for key in &batch {
-            pipe.cmd("PTTL").arg(key);
-        }
-        let ttls: Vec<i64> = pipe.query(&mut conn.redis)?;
-        records += ttls.iter().filter(|&&t| t != -2).count() as u64;
-        with_ttl += ttls.iter().filter(|&&t| t >= 0).count() as u64;
+        let (found, ttl) = count_ttls(&mut conn, &batch)?;
+        records += found;
+        with_ttl += ttl;
         bar.inc(batch.len() as u64);
     }
     Ok((records, with_ttl))
+}
+
+/// PTTL of `keys` in one pipeline: (how many exist, how many of them have a ttl).
+fn count_ttls(conn: &mut Conn, keys: &[String]) -> Result<(u64, u64), BenchError> {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("PTTL").arg(key);
+    }
+    let ttls: Vec<i64> = pipe.query(&mut conn.redis)?;
+    let existing = ttls.iter().filter(|&&t| t != -2).count() as u64;
+    let with_ttl = ttls.iter().filter(|&&t| t >= 0).count() as u64;
+    Ok((existing, with_ttl))
 }
 
 /// Sums XLEN of the histories of `ids` and their checkpoints' `hc`, pipelined in batches;
@@ -677,13 +685,9 @@ fn count_outcome_records_cluster(
     for addr in pools.primaries() {
         let mut conn = pools.conn_for_addr(&addr)?;
         store::scan_each(&mut conn, None, &pattern, Some("hash"), |conn, batch| {
-            let mut pipe = redis::pipe();
-            for key in &batch {
-                pipe.cmd("PTTL").arg(key);
-            }
-            let ttls: Vec<i64> = pipe.query(&mut conn.redis)?;
-            records += ttls.iter().filter(|&&t| t != -2).count() as u64;
-            with_ttl += ttls.iter().filter(|&&t| t >= 0).count() as u64;
+            let (found, ttl) = count_ttls(conn, &batch)?;
+            records += found;
+            with_ttl += ttl;
             bar.inc(batch.len() as u64);
             Ok::<_, BenchError>(())
         })?;
