@@ -9,8 +9,7 @@
 use std::collections::BTreeMap;
 
 use crate::engine::cluster::{ClusterPools, keys};
-use crate::engine::message::now_ms;
-use crate::engine::wallet::{CREATE_BATCH_LIMIT, NewWallet, WalletError};
+use crate::engine::wallet::{NewWallet, WalletError, create_in_batches};
 
 /// The creation of one wallet and its user, never overwriting an existing wallet: both keys
 /// are in the wallet's slot, so the script runs on one node.
@@ -26,7 +25,7 @@ return 1
 
 /// Creates `wallets` (checked by the caller) on their primaries: grouped by the primary the
 /// known map gives each wallet's slot, one pipelined round trip per batch of
-/// [`CREATE_BATCH_LIMIT`]. Returns how many were created (existing ones are skipped). A
+/// [`crate::engine::wallet::CREATE_BATCH_LIMIT`]. Returns how many were created (existing ones are skipped). A
 /// MOVED reply (the map is stale) refreshes the map and is returned as a Redis error: call
 /// again, the creation is idempotent.
 pub(crate) fn create_wallets(
@@ -42,33 +41,17 @@ pub(crate) fn create_wallets(
         by_primary.entry(primary).or_default().push(w);
     }
     let script = redis::Script::new(CREATE_CLUSTER_LUA);
-    let created_at = (now_ms() / 1000).to_string();
     let mut created = 0;
     for (primary, group) in by_primary {
         let mut conn = pools.conn_for_addr(&primary)?;
-        script.prepare_invoke().load(&mut conn.redis)?;
-        for batch in group.chunks(CREATE_BATCH_LIMIT) {
-            let mut pipe = redis::pipe();
-            for w in batch {
-                pipe.cmd("EVALSHA")
-                    .arg(script.get_hash())
-                    .arg(2)
-                    .arg(keys::wallet(&w.user_id))
-                    .arg(keys::user(&w.user_id))
-                    .arg(&w.user_id)
-                    .arg(&w.full_name)
-                    .arg(&w.email)
-                    .arg(w.opening_balance.to_string())
-                    .arg(w.currency.as_str())
-                    .arg(&created_at);
+        created += create_in_batches(&mut conn, &script, &group, |w| {
+            vec![keys::wallet(&w.user_id), keys::user(&w.user_id)]
+        })
+        .inspect_err(|e| {
+            if crate::engine::cluster::Redirect::parse(e).is_some() {
+                let _ = pools.refresh();
             }
-            let flags: Vec<u32> = pipe.query(&mut conn.redis).inspect_err(|e| {
-                if crate::engine::cluster::Redirect::parse(e).is_some() {
-                    let _ = pools.refresh();
-                }
-            })?;
-            created += flags.iter().filter(|f| **f == 1).count();
-        }
+        })?;
     }
     Ok(created)
 }

@@ -290,30 +290,13 @@ impl WalletService {
         };
         let mut conn = pool.get()?;
         let script = redis::Script::new(CREATE_LUA);
-        // Make sure EVALSHA will find it inside the pipeline.
-        script.prepare_invoke().load(&mut conn.redis)?;
-        let created_at = (now_ms() / 1000).to_string();
-        let mut created = 0;
-        for batch in wallets.chunks(CREATE_BATCH_LIMIT) {
-            let mut pipe = redis::pipe();
-            for w in batch {
-                pipe.cmd("EVALSHA")
-                    .arg(script.get_hash())
-                    .arg(4)
-                    .arg(keys::wallet(&w.user_id))
-                    .arg(keys::user(&w.user_id))
-                    .arg(keys::USERS_ALL)
-                    .arg(keys::WALLETS_ALL)
-                    .arg(&w.user_id)
-                    .arg(&w.full_name)
-                    .arg(&w.email)
-                    .arg(w.opening_balance.to_string())
-                    .arg(w.currency.as_str())
-                    .arg(&created_at);
-            }
-            let flags: Vec<u32> = pipe.query(&mut conn.redis)?;
-            created += flags.iter().filter(|f| **f == 1).count();
-        }
+        let all = [keys::USERS_ALL.to_string(), keys::WALLETS_ALL.to_string()];
+        let wallets: Vec<&NewWallet> = wallets.iter().collect();
+        let created = create_in_batches(&mut conn, &script, &wallets, |w| {
+            let mut k = vec![keys::wallet(&w.user_id), keys::user(&w.user_id)];
+            k.extend(all.iter().cloned());
+            k
+        })?;
         Ok(created)
     }
 
@@ -505,6 +488,40 @@ impl WalletService {
             newest,
         }))
     }
+}
+
+/// Runs a create script (`script`, keys from `keys_of`, then the wallet's fields and the
+/// creation time as arguments) for every wallet on one connection, pipelined in batches of
+/// [`CREATE_BATCH_LIMIT`]; the script answers 1 for a wallet it created. Returns how many.
+pub(crate) fn create_in_batches(
+    conn: &mut Conn,
+    script: &redis::Script,
+    wallets: &[&NewWallet],
+    keys_of: impl Fn(&NewWallet) -> Vec<String>,
+) -> Result<usize, redis::RedisError> {
+    // Make sure EVALSHA will find it inside the pipeline.
+    script.prepare_invoke().load(&mut conn.redis)?;
+    let created_at = (now_ms() / 1000).to_string();
+    let mut created = 0;
+    for batch in wallets.chunks(CREATE_BATCH_LIMIT) {
+        let mut pipe = redis::pipe();
+        for w in batch {
+            let keys = keys_of(w);
+            pipe.cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(keys.len())
+                .arg(&keys)
+                .arg(&w.user_id)
+                .arg(&w.full_name)
+                .arg(&w.email)
+                .arg(w.opening_balance.to_string())
+                .arg(w.currency.as_str())
+                .arg(&created_at);
+        }
+        let flags: Vec<u32> = pipe.query(&mut conn.redis)?;
+        created += flags.iter().filter(|f| **f == 1).count();
+    }
+    Ok(created)
 }
 
 /// What moved the money of a history entry: a transfer (its id and idempotency key) or a
