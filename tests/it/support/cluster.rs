@@ -290,6 +290,26 @@ impl RedisCluster {
         node.child.kill();
     }
 
+    /// SIGSTOP for the node on `port`: it keeps its connections but answers nothing, so a
+    /// primary whose replica is paused gets no acknowledgement for `WAIT` (a replica cut off,
+    /// without the cut). [`RedisCluster::resume`] sends SIGCONT; the SIGKILL on drop ends a
+    /// paused node too.
+    pub fn pause(&self, port: u16) {
+        self.node(port).child.signal("STOP");
+    }
+
+    /// SIGCONT for a node paused by [`RedisCluster::pause`].
+    pub fn resume(&self, port: u16) {
+        self.node(port).child.signal("CONT");
+    }
+
+    fn node(&self, port: u16) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no cluster node on port {port}"))
+    }
+
     /// Starts the killed node on `port` again, with its cluster config (`nodes.conf`) and no
     /// data: the cluster makes it a replica of the node that took its slots.
     pub fn start_again(&mut self, port: u16) {
