@@ -456,6 +456,14 @@ impl<'a> Cross<'a> {
             read.from.as_ref().map_or(0, |w| w.version),
             read.to.as_ref().map_or(0, |w| w.version),
         );
+        // No record: a request older than the records live is not applied (expiry.rs); the
+        // locks are released on drop.
+        if let Some(expired) = self.svc.expired_answer(self.request, versions, self.origin) {
+            return Ok(Pass::Done(Some(Box::new(TransferOutcome {
+                stats: self.stats,
+                ..expired
+            }))));
+        }
         let after = match decide(self.request, read.from.as_ref(), read.to.as_ref()) {
             Ok(after) => after,
             Err(reason) => return self.record_failed(locks, reason, versions),
