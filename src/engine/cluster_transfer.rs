@@ -59,7 +59,7 @@ use crate::engine::cluster_lock::{self, ShardLocks};
 use crate::engine::keyspace::KeySpace;
 use crate::engine::lock::{Admission, LockError};
 use crate::engine::message::{FailureReason, Status, TransferRequest};
-use crate::engine::money::Amount;
+use crate::engine::money::{Amount, BALANCE_LIMIT};
 use crate::engine::retention;
 use crate::engine::service::{Backend, Failpoint, WalletService};
 use crate::engine::store::PooledConn;
@@ -67,7 +67,9 @@ use crate::engine::transfer::{
     Origin, TransferError, TransferOutcome, TransferStats, answer_from_record, decide, new_outcome,
     outcome_fields, parse_outcome,
 };
-use crate::engine::wallet::{HistoryKind, Mover, Wallet, add_history_in, parse_wallet};
+use crate::engine::wallet::{
+    HistoryKind, Mover, Wallet, WalletStatus, add_history_in, parse_wallet,
+};
 
 /// Times one cluster transfer runs again from the top after a redirect (MOVED, ASK,
 /// TRYAGAIN, CLUSTERDOWN), each after refreshing the slot map; then the error is returned,
@@ -718,6 +720,7 @@ impl<'a> Cross<'a> {
                     key: keys::wallet(self.to()),
                     detail: format!("the PENDING credit does not fit the balance: {e}"),
                 })?;
+            self.warn_if_receiver_changed(receiver, after);
             let version = receiver.version + 1;
             let mut pipe = redis::pipe();
             pipe.atomic();
@@ -754,6 +757,26 @@ impl<'a> Cross<'a> {
             return Err(TransferError::LockLost(locks.key(self.to())));
         }
         Ok((parse_wallet(self.to(), &to)?, marker))
+    }
+
+    /// The rule for a receiver that changed after the decision (ARCHITECTURE.md, "Redis
+    /// Cluster", "PENDING"): the credit is made as decided, since the decision was taken under
+    /// both locks and the sender's money has left, and the run says so, naming the rule it
+    /// finished past: a receiver frozen or closed since, or a credit past `BALANCE_LIMIT`
+    /// (deposits in between; arithmetic stays exact, as the limit is at most half of `i64`).
+    fn warn_if_receiver_changed(&self, receiver: &Wallet, after: Amount) {
+        let inactive = receiver.status != WalletStatus::Active;
+        let past_limit = after > BALANCE_LIMIT;
+        if inactive || past_limit {
+            log::warn!(
+                "transfer {} ({} -> {}, {}): finishing its credit as decided although the receiver changed since the decision: status {}, balance after {after} (limit {BALANCE_LIMIT}); a decided cross-slot transfer is never left half done",
+                self.outcome_key,
+                self.from(),
+                self.to(),
+                self.request.amount,
+                receiver.status.as_str()
+            );
+        }
     }
 
     fn receiver_gone(&self) -> TransferError {

@@ -999,3 +999,91 @@ fn a_pending_record_is_not_finished_before_the_senders_replica_has_it() {
     assert_eq!(done.status, Status::Completed);
     check_ledger(&read_ledger(&redis), 2, 2_000);
 }
+
+/// Sets `field` of wallet `id`'s hash to `value` on its primary, as an operator would.
+fn set_wallet_field(redis: &RedisCluster, id: &str, field: &str, value: &str) {
+    let key = keys::wallet(id);
+    let port = redis
+        .owner_of(redis.primary_ports()[0], keys::wallet_slot(id))
+        .expect("the wallet's primary");
+    redis::cmd("HSET")
+        .arg(&key)
+        .arg(field)
+        .arg(value)
+        .query::<()>(&mut redis.conn(port))
+        .unwrap();
+}
+
+/// The rule for a PENDING transfer whose receiver changed between the decision and the
+/// credit (ARCHITECTURE.md, "Redis Cluster", "PENDING"): it is finished as decided. A
+/// receiver frozen since, or one whose balance moved so that the credit passes
+/// `BALANCE_LIMIT`, is credited (the sender's money has left; the run logs that it finished
+/// past the rule). A receiver deleted since leaves the transfer PENDING with an error that is
+/// not transient and says what to do; once the wallet is restored, `recover` finishes it.
+#[test]
+fn a_pending_transfer_is_finished_as_decided_after_the_receiver_changed() {
+    let redis = RedisCluster::start(3, 0);
+    let service = connect(&redis, config());
+
+    let (frozen, _) = crash_at(&redis, Failpoint::AfterDebit, "fz");
+    set_wallet_field(&redis, &frozen.to_user, "status", "frozen");
+    assert_eq!(
+        transfer_retrying(&service, &frozen).status,
+        Status::Completed
+    );
+    assert_eq!(
+        service.balance(&frozen.to_user).unwrap(),
+        Amount::parse("12.50").unwrap()
+    );
+
+    let (full, _) = crash_at(&redis, Failpoint::AfterDebit, "lm");
+    let near = wallet_transfer::engine::money::BALANCE_LIMIT
+        .checked_sub(Amount::parse("1.00").unwrap())
+        .unwrap();
+    set_wallet_field(&redis, &full.to_user, "balance", &near.to_string());
+    assert_eq!(transfer_retrying(&service, &full).status, Status::Completed);
+    assert_eq!(
+        service.balance(&full.to_user).unwrap(),
+        near.checked_add(Amount::parse("2.50").unwrap()).unwrap(),
+        "credited as decided, past the limit"
+    );
+
+    let (gone, _) = crash_at(&redis, Failpoint::AfterDebit, "dl");
+    let receiver = service
+        .wallet(&gone.to_user)
+        .unwrap()
+        .expect("the receiver");
+    let port = redis
+        .owner_of(redis.primary_ports()[0], keys::wallet_slot(&gone.to_user))
+        .unwrap();
+    let saved: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(keys::wallet(&gone.to_user))
+        .query(&mut redis.conn(port))
+        .unwrap();
+    redis::cmd("DEL")
+        .arg(keys::wallet(&gone.to_user))
+        .query::<()>(&mut redis.conn(port))
+        .unwrap();
+    let e = loop {
+        match service.transfer(&gone) {
+            Err(e) if e.is_transient() => std::thread::sleep(std::time::Duration::from_millis(50)),
+            other => break other.expect_err("no receiver to credit"),
+        }
+    };
+    assert!(e.to_string().contains("restore the wallet"), "{e}");
+    let record = service
+        .transfer_outcome_of(&gone.from_user, &gone.idempotency_key)
+        .unwrap();
+    assert_eq!(record.map(|r| r.status), Some(Status::Pending));
+    let report = service.recover(100).unwrap();
+    assert_eq!((report.finished, report.failed), (0, 1), "{report:?}");
+    for (field, value) in &saved {
+        set_wallet_field(&redis, &gone.to_user, field, value);
+    }
+    let report = service.recover(100).unwrap();
+    assert_eq!((report.finished, report.failed), (1, 0), "{report:?}");
+    assert_eq!(
+        service.balance(&gone.to_user).unwrap(),
+        receiver.balance.checked_add(gone.amount).unwrap()
+    );
+}
