@@ -388,3 +388,5 @@ pub mod stack;
 pub mod tls;
 
 pub mod faults;
+
+pub mod partition;
