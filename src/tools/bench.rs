@@ -1559,11 +1559,7 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
         .map(|_| node_counters(service))
         .transpose()?;
     let read = publish_and_read(&producer, &reader, config, &run, &requests)?;
-    // A primary may have failed over during the run: the counters and the balance sum go to
-    // the primaries of now (a failed node's counters count nothing, see `node_costs`).
-    if let Some(Err(e)) = service.cluster().map(|pools| pools.refresh()) {
-        log::warn!("reading the slot map again after the run: {e}");
-    }
+    refresh_map(service);
     let cluster = e2e_cluster_figures(service, before, &requests)?;
     let end = run.end(service, config.cleanup)?;
     let total = read.tally;
@@ -1590,6 +1586,15 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
         stages: Some(read.stages.summary()),
         broker_floor: Some(floor),
     })
+}
+
+/// On a cluster, reads the slot map again: a primary may have failed over during the run, so
+/// the counters and the balance sum go to the primaries of now (a failed node's counters
+/// count nothing, see `node_costs`).
+fn refresh_map(service: &WalletService) {
+    if let Some(Err(e)) = service.cluster().map(|pools| pools.refresh()) {
+        log::warn!("reading the slot map again after the run: {e}");
+    }
 }
 
 /// The e2e run's producer: a short linger, idempotent, counting failed deliveries.

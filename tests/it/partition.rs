@@ -32,7 +32,7 @@ use crate::support::Tansu;
 use crate::support::cluster::{FAILOVER_TIMEOUT_MS, RedisCluster};
 use crate::support::faults::{FaultReport, full_scale};
 use crate::support::partition::{Partition, Subnet};
-use crate::support::stack::{Finished, Stack, TopicLog};
+use crate::support::stack::{Finished, Stack, TopicLog, WalletProcess};
 
 /// `cluster-node-timeout`: how long the isolated primary keeps serving, and about when its
 /// replica is promoted (plus the election).
@@ -119,21 +119,7 @@ fn cut_run(test: &str, wait_replicas: &str, cut_s: u64) -> CutRun {
         "1000",
     ]);
     let transfers = RATE * (LEAD_S + cut_s + TAIL_S);
-    let mut bench = stack.spawn_wallet(
-        "bench",
-        &[
-            "--e2e",
-            "--rate",
-            &RATE.to_string(),
-            "--transfers",
-            &transfers.to_string(),
-            "--wallets",
-            &WALLETS.to_string(),
-            "--json",
-            "--timeout-s",
-            &BENCH_TIMEOUT_S.to_string(),
-        ],
-    );
+    let mut bench = spawn_bench(&stack, transfers);
     let mut results = stack.reader(&stack.topics.results);
     // The load flows: the warm-up and half the lead answered.
     results.read_until((RATE * LEAD_S / 2) as usize, BENCH_TIMEOUT_S * 1_000);
@@ -147,10 +133,6 @@ fn cut_run(test: &str, wait_replicas: &str, cut_s: u64) -> CutRun {
     let mut v = verdict(&service, &load, &answers(&results));
     v.no_result += missing;
     print_verdict(test, &v);
-    let audit_violations = wallet_transfer::tools::ops::audit(&service)
-        .expect("audit reads every primary")
-        .violations
-        .len();
     let run = KillRun {
         kills: 1,
         recovery,
@@ -158,6 +140,11 @@ fn cut_run(test: &str, wait_replicas: &str, cut_s: u64) -> CutRun {
     };
     let mut report = kill_report(&stack, &service, test, &load, &run, &results.messages);
     report.fault = format!("primary cut off {cut_s} s, --wait-replicas {wait_replicas}");
+    let audit_violations = report
+        .violations
+        .iter()
+        .filter(|v| v.starts_with("audit: "))
+        .count();
     println!(
         "{test}: primary {} cut off for {} ms, replica {} promoted after {} ms; {pending} PENDING after the drain; retries: {}",
         cut.victim,
@@ -183,6 +170,25 @@ fn cut_run(test: &str, wait_replicas: &str, cut_s: u64) -> CutRun {
         bench: finished,
         bench_balance,
     }
+}
+
+/// `wallet bench --e2e --rate RATE` of `transfers` requests against the stack's worker.
+fn spawn_bench(stack: &Stack<RedisCluster>, transfers: u64) -> WalletProcess {
+    stack.spawn_wallet(
+        "bench",
+        &[
+            "--e2e",
+            "--rate",
+            &RATE.to_string(),
+            "--transfers",
+            &transfers.to_string(),
+            "--wallets",
+            &WALLETS.to_string(),
+            "--json",
+            "--timeout-s",
+            &BENCH_TIMEOUT_S.to_string(),
+        ],
+    )
 }
 
 /// What a cut did.
