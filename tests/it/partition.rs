@@ -89,7 +89,7 @@ impl CutRun {
             v.requests,
             v.lost,
             v.doubled,
-            self.money_delta(),
+            signed(self.money_delta()),
             if self.audit_violations == 0 {
                 "clean".to_string()
             } else {
@@ -99,6 +99,15 @@ impl CutRun {
                 .code
                 .map_or("killed".into(), |c| format!("exit {c}"))
         )
+    }
+}
+
+/// `+1.00`, `-1.00`, `0.00`.
+fn signed(amount: Amount) -> String {
+    if amount.minor() > 0 {
+        format!("+{amount}")
+    } else {
+        amount.to_string()
     }
 }
 
@@ -406,7 +415,7 @@ fn a_primary_cut_off_with_wait_replicas_0_is_reported() {
             run.cut.as_secs(),
             run.verdict.lost,
             run.verdict.doubled,
-            run.money_delta()
+            signed(run.money_delta())
         );
     }
 }
