@@ -28,7 +28,7 @@ use crate::cli::{Failure, GlobalOpts, OutcomeTtl, json_out, print_out};
                   finishing during the scan could cause is read again before it counts. Reads \
                   with SCAN/SSCAN and pipelining; changes nothing. Amounts in major units.\n\
                   With --redis-cluster: every primary is scanned (wallet:{ID}, \
-                  transfer:{SENDER}:KEY, credit:{RECEIVER}:KEY); each wallet is read whole in \
+                  transfer:{SENDER}:KEY, credit:{RECEIVER}:SENDER:KEY); each wallet is read whole in \
                   one MULTI/EXEC on its primary, the outcome records are scanned before and \
                   again after the wallets, and a finding is re-read (outcomes first, then \
                   histories, bounded passes) as on one Redis, so it is meant to be safe while \

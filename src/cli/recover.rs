@@ -16,7 +16,7 @@ use crate::cli::{Failure, GlobalOpts, json_out, print_out};
     after_help = "Scans every primary for outcome records (transfer:{SENDER}:KEY) that are \
                   PENDING, i.e. a cross-slot transfer stopped between its debit and its \
                   completion, and finishes each under both wallets' locks: the credit unless \
-                  its marker (credit:{RECEIVER}:KEY) says it was done, then COMPLETED. Safe any \
+                  its marker (credit:{RECEIVER}:SENDER:KEY) says it was done, then COMPLETED. Safe any \
                   number of times and while workers run: a record finished by someone else in \
                   between counts as already final. A record whose locks are busy (a transfer \
                   still running, or a crashed one whose locks have not expired yet) counts as \

@@ -26,7 +26,7 @@
 //! | `lock:{id}` | its lock |
 //! | `user:{id}` | its user's hash |
 //! | `transfer:{sender}:idempotency_key` | the outcome record, in the sender's slot |
-//! | `credit:{receiver}:idempotency_key` | the step marker of a cross-slot credit, in the receiver's slot |
+//! | `credit:{receiver}:sender:idempotency_key` | the step marker of a cross-slot credit, in the receiver's slot |
 //!
 //! (Here `{id}` is literal: the braces are in the key, `wallet:{user_1}`; in `store::keys` the
 //! same spelling means "the id", `wallet:user_1`.) User ids cannot hold `{` or `}` (message
@@ -53,7 +53,7 @@
 //! 3. **Cross-slot transfers** run as idempotent steps under both wallets' locks, each lock on
 //!    its wallet's shard: (1) on the sender's shard, WATCH sender and outcome, MULTI with the
 //!    debit, its history entry and a PENDING outcome that carries the credit still to do;
-//!    (2) on the receiver's shard, WATCH receiver and the `credit:{receiver}:key` marker, MULTI
+//!    (2) on the receiver's shard, WATCH receiver and the `credit:{receiver}:sender:key` marker, MULTI
 //!    with the credit, its history entry and the marker; (3) on the sender's shard the outcome
 //!    becomes COMPLETED. Business failures are decided before step 1 from reads under WATCH on
 //!    both shards and recorded as today. A MOVED or ASK (see [`Redirect`]) refreshes the map
@@ -148,11 +148,32 @@ pub mod keys {
     pub fn outcome(sender: &str, idempotency_key: &str) -> String {
         format!("transfer:{}:{idempotency_key}", tag(sender))
     }
-    /// `credit:{receiver}:idempotency_key`: the marker of a cross-slot credit, written with
-    /// the credit in the receiver's slot, so the credit step runs once however often it is
-    /// tried.
-    pub fn credit_marker(receiver: &str, idempotency_key: &str) -> String {
-        format!("credit:{}:{idempotency_key}", tag(receiver))
+    /// `credit:{receiver}:sender:idempotency_key`: the marker of a cross-slot credit, written
+    /// with the credit in the receiver's slot, so the credit step runs once however often it
+    /// is tried. It names the whole transfer (sender and key, as the outcome record does), so
+    /// another sender's transfer with the same key to the same receiver never reads,
+    /// overwrites or deletes it. Sender ids hold no `:` (`[A-Za-z0-9_-]`), so the name parses
+    /// back unambiguously ([`parse_credit_marker`]).
+    pub fn credit_marker(receiver: &str, sender: &str, idempotency_key: &str) -> String {
+        assert!(
+            !sender.contains(':'),
+            "sender id {sender:?} holds a ':' (validated ids never do)"
+        );
+        format!("credit:{}:{sender}:{idempotency_key}", tag(receiver))
+    }
+    /// The pattern that matches every credit marker (`SCAN MATCH`).
+    pub const CREDIT_MARKER_PATTERN: &str = "credit:{*}:*";
+    /// (receiver, sender, idempotency key) of a [`credit_marker`] key; `None` for any other
+    /// key. Pure.
+    pub fn parse_credit_marker(key: &str) -> Option<(&str, &str, &str)> {
+        let (receiver, rest) = key.strip_prefix("credit:{")?.split_once("}:")?;
+        let (sender, idempotency_key) = rest.split_once(':')?;
+        let valid = |s: &str| !s.is_empty() && !s.contains(['{', '}']);
+        (valid(receiver) && valid(sender) && !idempotency_key.is_empty()).then_some((
+            receiver,
+            sender,
+            idempotency_key,
+        ))
     }
     /// The slot of every key of wallet `id`.
     pub fn wallet_slot(id: &str) -> u16 {
@@ -817,14 +838,21 @@ mod tests {
             keys::lock("user_1"),
             keys::user("user_1"),
             keys::outcome("user_1", "req:tx.1"),
-            keys::credit_marker("user_1", "req:tx.1"),
+            keys::credit_marker("user_1", "user_2", "req:tx.1"),
         ] {
             assert_eq!(hash_slot(key.as_bytes()), slot, "{key}");
         }
         assert_eq!(keys::wallet("user_1"), "wallet:{user_1}");
         assert_eq!(keys::history("u"), "wallet:{u}:history");
         assert_eq!(keys::outcome("a", "k"), "transfer:{a}:k");
-        assert_eq!(keys::credit_marker("b", "k"), "credit:{b}:k");
+        assert_eq!(keys::credit_marker("b", "a", "k:1"), "credit:{b}:a:k:1");
+        assert_eq!(
+            keys::parse_credit_marker("credit:{b}:a:k:1"),
+            Some(("b", "a", "k:1"))
+        );
+        // The format before the sender was in the name, and other keys, are not markers.
+        assert_eq!(keys::parse_credit_marker("credit:{b}:k"), None);
+        assert_eq!(keys::parse_credit_marker("transfer:{b}:a:k"), None);
         // Standalone names stay as they were.
         assert_eq!(
             crate::engine::store::keys::wallet("user_1"),

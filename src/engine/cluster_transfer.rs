@@ -7,13 +7,13 @@
 //! lock   SET lock:{a} NX PX, SET lock:{b} NX PX in sorted key order, each pipelined with its
 //!        shard's WATCH and reads                                        2 round trips
 //! 1. read   sender: WATCH wallet:{s} transfer:{s}:k lock:{s}; HGETALL wallet, outcome
-//!           receiver: WATCH wallet:{r} credit:{r}:k lock:{r}; HGETALL wallet, GET marker
+//!           receiver: WATCH wallet:{r} credit:{r}:s:k lock:{r}; HGETALL wallet, GET marker
 //!           recorded COMPLETED/FAILED: answer it; PENDING: finish it (3, 4), then answer;
 //!           decide (pure `decide`); a business failure: MULTI outcome FAILED, DEL lock:{s}
 //! 2. debit  sender's shard: MULTI balance+version, XADD, trim when due,
 //!           outcome PENDING (with `x`, this run's token) EXEC                1 round trip
-//! 3. credit receiver's shard, unless credit:{r}:k holds this `x`: MULTI balance+version,
-//!           XADD, trim when due, SET credit:{r}:k "x tb tv" EXEC              1 round trip
+//! 3. credit receiver's shard, unless credit:{r}:s:k holds this `x`: MULTI balance+version,
+//!           XADD, trim when due, SET credit:{r}:s:k "x tb tv" EXEC            1 round trip
 //! 4. done   sender's shard: one script: our lock and our PENDING? then COMPLETED with
 //!           tb/tv, ttl, DEL lock:{s}                                        1 round trip
 //! unlock    receiver's shard: our lock? then DEL lock:{r} and the marker     1 round trip
@@ -27,8 +27,18 @@
 //! (transient): every step is idempotent by what it WATCHes, the PENDING record and the
 //! marker, so running from the top finishes what a first run left.
 //!
-//! The marker holds the PENDING record's `x` (the token of the run that debited), so a
-//! marker left by an older transfer with the same key never passes for this one's credit.
+//! The marker is named after the whole transfer, sender and key (`credit:{r}:s:k`, as the
+//! outcome record `transfer:{s}:k` is), so another sender's transfer with the same key to the
+//! same receiver never reads, overwrites or deletes it. It holds the PENDING record's `x` (the
+//! token of the run that debited), so a marker left by an older transfer with the same key
+//! never passes for this one's credit.
+//!
+//! With `wait_replicas`, nothing is answered or built on that the replicas may not have: each
+//! step WAITs after its write, and a run that finds an earlier run's write (a PENDING record
+//! to finish, a marker that says the credit was done) first makes sure the replicas have it
+//! (`wait_replicas_before_answer` on that shard) before acting on it. An earlier run's WAIT may
+//! have failed: a primary cut off from its replica keeps serving until it is failed over, and
+//! what only it held is gone then.
 //! It is deleted only under the receiver's lock after step 4, so it lives exactly while the
 //! outcome may be PENDING (a crash between step 4 and the unlock leaves it, harmless: the
 //! outcome is COMPLETED and nobody credits again). A PENDING record has no ttl; step 4 gives
@@ -244,7 +254,11 @@ impl<'a> Cross<'a> {
             origin,
             mode,
             outcome_key: keys::outcome(&request.from_user, &request.idempotency_key),
-            marker_key: keys::credit_marker(&request.to_user, &request.idempotency_key),
+            marker_key: keys::credit_marker(
+                &request.to_user,
+                &request.from_user,
+                &request.idempotency_key,
+            ),
             fingerprint: request.fingerprint(),
             stats: TransferStats::default(),
             started: Instant::now(),
@@ -442,6 +456,14 @@ impl<'a> Cross<'a> {
             read.from.as_ref().map_or(0, |w| w.version),
             read.to.as_ref().map_or(0, |w| w.version),
         );
+        // No record: a request older than the records live is not applied (expiry.rs); the
+        // locks are released on drop.
+        if let Some(expired) = self.svc.expired_answer(self.request, versions, self.origin) {
+            return Ok(Pass::Done(Some(Box::new(TransferOutcome {
+                stats: self.stats,
+                ..expired
+            }))));
+        }
         let after = match decide(self.request, read.from.as_ref(), read.to.as_ref()) {
             Ok(after) => after,
             Err(reason) => return self.record_failed(locks, reason, versions),
@@ -486,6 +508,13 @@ impl<'a> Cross<'a> {
                     key: self.outcome_key.clone(),
                     detail: format!("a PENDING record without its {PENDING_TOKEN_FIELD} field"),
                 })?;
+            // The debit and the PENDING record were written by an earlier run, whose WAIT may
+            // have failed (a primary cut off from its replica keeps serving for a while):
+            // finishing on a record no replica has would credit a transfer whose debit a
+            // failover drops, and the next delivery would debit and credit it again.
+            let lock_key = locks.key(self.from());
+            self.svc
+                .wait_replicas_before_answer(locks.conn(self.from()), &lock_key)?;
             self.finished_pending = true;
             self.finish(locks, record, x, read, true)?
         } else {
@@ -672,6 +701,13 @@ impl<'a> Cross<'a> {
     ) -> Result<((Amount, u64), bool), TransferError> {
         for _ in 0..=self.svc.config.watch_retries_max {
             if let Some(done) = marker.as_deref().and_then(|m| parse_marker(m, x)) {
+                // The credit was applied by an earlier run, whose own WAIT may have failed
+                // (this may be its retry, or the sweep): make sure the replicas have it before
+                // step 4 builds an answer on it, or a failover could lose a credit that was
+                // answered COMPLETED.
+                let lock_key = locks.key(self.to());
+                self.svc
+                    .wait_replicas_before_answer(locks.conn(self.to()), &lock_key)?;
                 return Ok((done, true));
             }
             let receiver = to.as_ref().ok_or_else(|| self.receiver_gone())?;

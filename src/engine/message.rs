@@ -38,6 +38,11 @@ pub struct TransferRequest {
     /// What makes the request happen once: every request with this key gets the first
     /// one's answer. The `transfer_id` when not given.
     pub idempotency_key: String,
+    /// When the request was made (ms since the Unix epoch; the worker gives the Kafka
+    /// message's timestamp), if known. A request older than the outcome ttl for which no
+    /// outcome is recorded is not applied: it is answered FAILED `expired`
+    /// (`engine::expiry`). Not part of the request's fingerprint.
+    pub requested_at_ms: Option<u64>,
 }
 
 /// The result message on `wallet.transfer.completed`, in the original system's JSON shape.
@@ -140,6 +145,7 @@ impl Status {
 ///         FailureReason::InvalidRequest => "fix the request",
 ///         FailureReason::IdempotencyConflict => "use a fresh idempotency key",
 ///         FailureReason::LegacyLockTimeout => "ask again with a fresh idempotency key",
+///         FailureReason::Expired => "look the transfer up in the ledger",
 ///     }
 /// }
 /// ```
@@ -189,12 +195,17 @@ pub enum FailureReason {
     /// The credit would take the receiver past [`crate::engine::money::BALANCE_LIMIT`].
     /// Recorded.
     BalanceLimit,
+    /// The request is older than the outcome ttl ([`crate::EngineConfig::outcome_ttl_ms`])
+    /// and no outcome is recorded for it, so it was not applied: an earlier delivery may have
+    /// applied it and its record expired since (look the transfer up in the sender's history
+    /// or the ledger topic). Answered, not recorded (`engine::expiry`).
+    Expired,
 }
 
 impl FailureReason {
     /// Every reason this engine answers with, in declaration order.
     /// [`FailureReason::LegacyLockTimeout`] is left out: it is only read, never given.
-    pub const ALL: [FailureReason; 8] = [
+    pub const ALL: [FailureReason; 9] = [
         FailureReason::InsufficientFunds,
         FailureReason::SameUser,
         FailureReason::WalletNotFound,
@@ -203,6 +214,7 @@ impl FailureReason {
         FailureReason::InvalidRequest,
         FailureReason::IdempotencyConflict,
         FailureReason::BalanceLimit,
+        FailureReason::Expired,
     ];
 
     /// The wire text, such as `"insufficient_funds"`.
@@ -217,6 +229,7 @@ impl FailureReason {
             FailureReason::LegacyLockTimeout => "lock_timeout",
             FailureReason::IdempotencyConflict => "idempotency_conflict",
             FailureReason::BalanceLimit => "balance_limit",
+            FailureReason::Expired => "expired",
         }
     }
 
@@ -396,6 +409,7 @@ impl RawRequest {
             amount,
             currency,
             idempotency_key,
+            requested_at_ms: None,
         })
     }
 
@@ -455,6 +469,13 @@ impl TransferRequest {
         check_key("idempotency_key", key)?;
         self.idempotency_key = key.to_string();
         Ok(self)
+    }
+
+    /// The same request, made at `at_ms` (ms since the Unix epoch): see
+    /// [`TransferRequest::requested_at_ms`].
+    pub fn with_requested_at_ms(mut self, at_ms: u64) -> TransferRequest {
+        self.requested_at_ms = Some(at_ms);
+        self
     }
 
     /// The request as JSON for `wallet.transfer.requested`.

@@ -10,6 +10,7 @@ pub mod cluster;
 pub(crate) mod cluster_lock;
 pub mod cluster_transfer;
 pub(crate) mod cluster_wallet;
+pub mod expiry;
 pub mod keyspace;
 pub mod lock;
 pub mod message;

@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::engine::cluster::ClusterError;
+use crate::engine::expiry::{self, Freshness};
 use crate::engine::keyspace::KeySpace;
 use crate::engine::lock::{self, Admission, LockError, LockGuard, LockStats};
 use crate::engine::message::{
@@ -499,11 +500,16 @@ impl WalletService {
             unwatch(guard.conn());
             return Err(TransferError::LockLost(lost.to_string()));
         }
-        let decision = decide(call.request, read.from.as_ref(), read.to.as_ref());
         let versions = (
             read.from.as_ref().map_or(0, |w| w.version),
             read.to.as_ref().map_or(0, |w| w.version),
         );
+        // No record: a request older than the records live is not applied (expiry.rs).
+        if let Some(expired) = self.expired_answer(call.request, versions, call.origin) {
+            unwatch(guard.conn());
+            return Ok(Some(expired));
+        }
+        let decision = decide(call.request, read.from.as_ref(), read.to.as_ref());
         let outcome = new_outcome(
             call.request,
             &decision,
@@ -541,6 +547,33 @@ impl WalletService {
         // merely expired inside the transaction is the only way to delete fewer.
         debug_assert_eq!(*deleted as usize, call.lock_keys.len());
         Ok(Some(outcome))
+    }
+
+    /// The FAILED `expired` answer (not recorded, nothing written) to a request for which no
+    /// outcome is recorded and that is too old to be applied, or stamped too far ahead
+    /// (ARCHITECTURE.md, "Retention"; `expiry.rs`); `None` when it may be applied.
+    pub(crate) fn expired_answer(
+        &self,
+        request: &TransferRequest,
+        versions: (u64, u64),
+        origin: Option<&Origin>,
+    ) -> Option<TransferOutcome> {
+        let ttl_ms = self.config.outcome_ttl_ms;
+        match expiry::freshness(request.requested_at_ms, expiry::now_ms(), ttl_ms) {
+            Freshness::Fresh => None,
+            stale => {
+                log::warn!(
+                    "transfer {} ({} -> {}, key {:?}): not applied, {stale:?} under an outcome ttl of {ttl_ms:?} ms and no outcome recorded; answered FAILED expired",
+                    request.transfer_id,
+                    request.from_user,
+                    request.to_user,
+                    request.idempotency_key
+                );
+                let decision = Err(FailureReason::Expired);
+                let fp = request.fingerprint();
+                Some(new_outcome(request, &decision, versions, &fp, origin))
+            }
+        }
     }
 
     /// Before answering from a record when [`crate::EngineConfig::wait_replicas`] is set: the

@@ -351,7 +351,7 @@ pub struct AuditReport {
     /// and their completion); their credits still to do count as in flight.
     #[serde(skip_serializing_if = "is_zero")]
     pub pending_transfers: u64,
-    /// Credit markers (`credit:{receiver}:key`) whose transfer is not PENDING: left by a
+    /// Credit markers (`credit:{receiver}:sender:key`) whose transfer is not PENDING: left by a
     /// crash after the completion, or read between a completion and its unlock. Harmless,
     /// not violations (`wallet recover` does not need them).
     #[serde(skip_serializing_if = "is_zero")]
@@ -532,8 +532,22 @@ pub struct Auditor {
     /// A Redis Cluster: outcomes are keyed `{sender}:key`, a re-read reads the outcomes
     /// before the histories (two moments, not one), and credit markers are known.
     across_shards: bool,
-    /// Credit markers of cross-slot transfers: (receiver, idempotency key) -> value.
-    markers: BTreeMap<(String, String), String>,
+    /// Credit markers of cross-slot transfers: (receiver, sender, idempotency key) -> value.
+    markers: BTreeMap<(String, String, String), String>,
+}
+
+/// A credit marker as read from a cluster (`credit:{receiver}:sender:key`, see
+/// `engine::cluster::keys::credit_marker`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditMarker {
+    /// The wallet credited.
+    pub receiver: String,
+    /// The sender of the transfer the credit belongs to.
+    pub sender: String,
+    /// The transfer's idempotency key.
+    pub idempotency_key: String,
+    /// The marker's value: the run token, the receiver's balance and version after.
+    pub value: String,
 }
 
 impl Auditor {
@@ -561,12 +575,13 @@ impl Auditor {
         }
     }
 
-    /// Takes in the credit markers read (`credit:{receiver}:key` -> value), for the report:
+    /// Takes in the credit markers read (`credit:{receiver}:sender:key` -> value), for the report:
     /// a marker whose transfer is not PENDING is a leftover (a crash after the completion,
     /// or a transfer between its completion and its unlock), not a violation.
-    pub fn ingest_markers(&mut self, markers: Vec<(String, String, String)>) {
-        for (receiver, key, value) in markers {
-            self.markers.insert((receiver, key), value);
+    pub fn ingest_markers(&mut self, markers: Vec<CreditMarker>) {
+        for m in markers {
+            let transfer = (m.receiver, m.sender, m.idempotency_key);
+            self.markers.insert(transfer, m.value);
         }
     }
 
@@ -818,24 +833,26 @@ impl Auditor {
         }
     }
 
-    /// Markers whose transfer is not PENDING (`credit:{receiver}:key`), sorted; and the
+    /// Markers whose transfer is not PENDING (`credit:{receiver}:sender:key`), sorted; and the
     /// number of PENDING outcomes read.
     fn leftover_markers(&self) -> (Vec<String>, u64) {
-        let pending: BTreeSet<(&str, &str)> = self
+        let pending: BTreeSet<(&str, &str, &str)> = self
             .outcomes
             .values()
             .filter_map(|v| match &v.state {
-                OutcomeState::Read(o) if o.status == Status::Pending => {
-                    Some((o.to_user.as_str(), o.idempotency_key.as_str()))
-                }
+                OutcomeState::Read(o) if o.status == Status::Pending => Some((
+                    o.to_user.as_str(),
+                    o.from_user.as_str(),
+                    o.idempotency_key.as_str(),
+                )),
                 _ => None,
             })
             .collect();
         let leftovers = self
             .markers
             .keys()
-            .filter(|(r, k)| !pending.contains(&(r.as_str(), k.as_str())))
-            .map(|(r, k)| format!("credit:{{{r}}}:{k}"))
+            .filter(|(r, s, k)| !pending.contains(&(r.as_str(), s.as_str(), k.as_str())))
+            .map(|(r, s, k)| crate::engine::cluster::keys::credit_marker(r, s, k))
             .collect();
         (leftovers, pending.len() as u64)
     }

@@ -13,7 +13,7 @@
 //!
 //! On a Redis Cluster (a service from `WalletService::connect_cluster`) every view scans each
 //! primary (`ClusterPools::primaries`) with the cluster key names (`KeySpace::Cluster`:
-//! `wallet:{id}`, `lock:{id}`, `transfer:{sender}:key`, `credit:{receiver}:key`); there is no
+//! `wallet:{id}`, `lock:{id}`, `transfer:{sender}:key`, `credit:{receiver}:sender:key`); there is no
 //! `wallets:all` there. Does not: write, finish PENDING transfers (`WalletService::recover`),
 //! or read replicas.
 
@@ -34,8 +34,8 @@ use crate::engine::message::TransferRequest;
 use crate::engine::service::WalletService;
 use crate::engine::store::{self, PooledConn, keys};
 pub use crate::tools::audit::{
-    AuditReport, AuditSettings, Auditor, CurrencyTotals, Fields, Plan, Reread, Snapshot,
-    VIOLATIONS_LISTED_MAX, Violation, ViolationKind, WalletRead,
+    AuditReport, AuditSettings, Auditor, CreditMarker, CurrencyTotals, Fields, Plan, Reread,
+    Snapshot, VIOLATIONS_LISTED_MAX, Violation, ViolationKind, WalletRead,
 };
 pub use crate::tools::results::ResultWatcher;
 use crate::worker::kafka::KafkaConfig;
@@ -694,16 +694,16 @@ fn scan_cluster_outcomes(
     Ok(())
 }
 
-/// Every `credit:{receiver}:key` marker of every primary (at most [`MARKERS_LIMIT`]):
-/// (receiver, idempotency key, value).
-fn scan_markers(
-    pools: &ClusterPools,
-    primaries: &[String],
-) -> Result<Vec<(String, String, String)>, OpsError> {
+/// Every `credit:{receiver}:sender:key` marker of every primary (at most [`MARKERS_LIMIT`]).
+fn scan_markers(pools: &ClusterPools, primaries: &[String]) -> Result<Vec<CreditMarker>, OpsError> {
     let mut out = Vec::new();
     for addr in primaries {
         let mut conn = pools.conn_for_addr(addr)?;
-        let found = scan_keys(&mut conn, "credit:{*}:*", Some("string"))?;
+        let found = scan_keys(
+            &mut conn,
+            cluster::keys::CREDIT_MARKER_PATTERN,
+            Some("string"),
+        )?;
         let room = MARKERS_LIMIT.saturating_sub(out.len());
         for batch in found[..found.len().min(room)].chunks(BATCH) {
             let mut pipe = redis::pipe();
@@ -712,11 +712,14 @@ fn scan_markers(
             }
             let values: Vec<Option<String>> = pipe.query(&mut conn.redis)?;
             for (key, value) in batch.iter().zip(values) {
-                let parsed = key
-                    .strip_prefix("credit:{")
-                    .and_then(|rest| rest.split_once("}:"));
-                if let (Some((receiver, k)), Some(value)) = (parsed, value) {
-                    out.push((receiver.to_string(), k.to_string(), value));
+                let parsed = cluster::keys::parse_credit_marker(key);
+                if let (Some((receiver, sender, k)), Some(value)) = (parsed, value) {
+                    out.push(CreditMarker {
+                        receiver: receiver.to_string(),
+                        sender: sender.to_string(),
+                        idempotency_key: k.to_string(),
+                        value,
+                    });
                 }
             }
         }

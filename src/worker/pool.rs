@@ -30,8 +30,11 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 
+use crate::engine::expiry::{self, Freshness};
 use crate::engine::lock::LockError;
-use crate::engine::message::{Decoded, FailureReason, RawRequest, TransferCompleted, decode};
+use crate::engine::message::{
+    Decoded, FailureReason, RawRequest, TransferCompleted, TransferRequest, decode,
+};
 use crate::engine::service::WalletService;
 use crate::engine::transfer::{Origin, TransferError, TransferOutcome};
 use crate::worker::config::{
@@ -138,6 +141,10 @@ impl PoolThread {
                 return Attempt::Answered(Answer::Result(echo, Vec::new()));
             }
             Ok(Decoded::Request(request)) => request,
+        };
+        let request = match dated(request, job.timestamp_ms, self.service.config()) {
+            Ok(request) => request,
+            Err(poison) => return Attempt::Answered(Answer::DeadLetter(poison)),
         };
         let origin = Origin {
             topic: self.shared.config.requests_topic.clone(),
@@ -664,8 +671,30 @@ fn answer_for(transfer_id: &str, outcome: &TransferOutcome) -> TransferCompleted
     message
 }
 
+/// The request with its message's timestamp as its time (`engine::expiry`), or the
+/// dead-letter error of a message stamped further ahead of this machine's clock than the
+/// allowance: its producer's clock is wrong, and it would outlive its outcome record.
+fn dated(
+    request: TransferRequest,
+    timestamp_ms: Option<i64>,
+    config: &crate::EngineConfig,
+) -> Result<TransferRequest, String> {
+    let Some(at_ms) = timestamp_ms.and_then(|t| u64::try_from(t).ok()) else {
+        return Ok(request);
+    };
+    let ttl_ms = config.outcome_ttl_ms;
+    match expiry::freshness(Some(at_ms), expiry::now_ms(), ttl_ms) {
+        Freshness::Ahead { ahead_ms } => Err(format!(
+            "message timestamp {at_ms} is {ahead_ms} ms ahead of this worker's clock, more than the {} ms allowed under an outcome ttl of {} ms: a request from the future could be delivered again after its outcome record expired; fix the producer's clock and publish it again",
+            ttl_ms.map_or(0, expiry::clock_allowance_ms),
+            ttl_ms.unwrap_or(0)
+        )),
+        _ => Ok(request.with_requested_at_ms(at_ms)),
+    }
+}
+
 /// The FAILED `idempotency_conflict` answer to a request whose key was used for another.
-fn conflict_answer(request: &crate::engine::message::TransferRequest) -> TransferCompleted {
+fn conflict_answer(request: &TransferRequest) -> TransferCompleted {
     let mut echo = RawRequest {
         transfer_id: request.transfer_id.clone(),
         from_user: Some(request.from_user.clone()),

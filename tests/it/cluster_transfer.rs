@@ -826,3 +826,176 @@ fn a_cluster_with_acl_users_is_reached_with_the_url_s_credentials() {
         .to_string();
     assert!(!e.contains("wrong-pw"), "the password is not shown: {e}");
 }
+
+/// Two wallet ids whose slots are served by two different primaries (so a WAIT on one
+/// primary says nothing of the other).
+fn pair_across_primaries(redis: &RedisCluster, prefix: &str) -> (String, String) {
+    let primary = |id: &str| redis.owner_of(redis.primary_ports()[0], keys::wallet_slot(id));
+    let a = format!("{prefix}_0");
+    let b = (1..100_000)
+        .map(|n| format!("{prefix}_{n}"))
+        .find(|b| primary(b) != primary(&a))
+        .expect("a second id on another primary");
+    (a, b)
+}
+
+/// Wallet ids `{prefix}_N`, one per slot asked for: `n` ids in `n` different slots.
+fn ids_in_different_slots(prefix: &str, n: usize) -> Vec<String> {
+    let mut slots = std::collections::HashSet::new();
+    (0..100_000)
+        .map(|i| format!("{prefix}_{i}"))
+        .filter(|id| slots.insert(keys::wallet_slot(id)))
+        .take(n)
+        .collect()
+}
+
+/// The same idempotency key from two senders to one receiver, each cross-slot: the first
+/// stops right after its credit (its marker written, its record PENDING), the second runs to
+/// the end, then the first is finished, once by a replay and once by `recover`. Each
+/// transfer credits the receiver once. (With the marker named after the receiver and the key
+/// only, the second took the first's marker for a stale one, overwrote it and deleted it at
+/// its unlock, and the first was credited a second time when finished: r = 130 of 120.)
+#[test]
+fn the_same_key_from_two_senders_to_one_receiver_credits_each_transfer_once() {
+    let redis = RedisCluster::start(3, 0);
+    let service = connect(&redis, config());
+    for (tag, by_recover) in [("kr", false), ("kv", true)] {
+        let ids = ids_in_different_slots(tag, 3);
+        let (s1, s2, r) = (&ids[0], &ids[1], &ids[2]);
+        create(&service, &ids, "100.00");
+        let request = |tx: &str, from: &str| {
+            usd(tx, from, r, "10.00")
+                .with_idempotency_key(&format!("{tag}_shared_key"))
+                .expect("a valid key")
+        };
+        let (first, second) = (request("t1", s1), request("t2", s2));
+        let mut crashing = connect(&redis, config());
+        crashing.set_failpoint(Some(Failpoint::AfterCredit));
+        let e = crashing
+            .transfer(&first)
+            .expect_err("the failpoint stops it");
+        assert!(e.to_string().contains("failpoint"), "{e}");
+        assert_eq!(
+            service.balance(r).unwrap(),
+            Amount::parse("110.00").unwrap()
+        );
+        let done = transfer_retrying(&service, &second);
+        assert_eq!((done.status, done.duplicate), (Status::Completed, false));
+        if by_recover {
+            let report = loop {
+                let report = service.recover(100).unwrap();
+                if report.failed == 0 {
+                    break report;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            };
+            assert_eq!(report.finished, 1, "{report:?}");
+        }
+        let replay = transfer_retrying(&service, &first);
+        assert_eq!(replay.status, Status::Completed);
+        for (id, expected) in [(s1, "90.00"), (s2, "90.00"), (r, "120.00")] {
+            assert_eq!(
+                service.balance(id).unwrap(),
+                Amount::parse(expected).unwrap(),
+                "{id} after two transfers of 10.00 with one key from two senders ({tag})"
+            );
+        }
+    }
+    let ledger = read_ledger(&redis);
+    assert!(
+        ledger.markers.is_empty(),
+        "markers left: {:?}",
+        ledger.markers
+    );
+    assert!(ledger.locks.is_empty(), "locks left: {:?}", ledger.locks);
+    let total: i64 = ledger.wallets.values().map(|(b, _)| b).sum();
+    assert_eq!(total, 6 * 10_000, "money conserved");
+    let report = wallet_transfer::tools::ops::audit(&service).expect("the audit runs");
+    assert_eq!(report.violations_total, 0, "{report:?}");
+}
+
+/// `wait_replicas` on the credit a marker says was done: the receiver's primary has its
+/// replica paused, so step 3 is applied but its WAIT fails (`ReplicasBehind`). The retry
+/// finds the PENDING record and the marker; it must not answer COMPLETED while no replica
+/// has the credit (a failover would lose a credit answered as done), and it answers once the
+/// replica is back. (Before, the retry skipped the credit without a WAIT on the receiver's
+/// shard and answered COMPLETED at once.)
+#[test]
+fn a_credit_found_done_is_not_answered_before_the_receivers_replica_has_it() {
+    let redis = RedisCluster::start(3, 1);
+    let service = connect(&redis, config().with_wait_replicas(Some(1)));
+    let (from, to) = pair_across_primaries(&redis, "wc");
+    create(&service, &[from.clone(), to.clone()], "10.00");
+    let receiver_primary = redis
+        .owner_of(redis.primary_ports()[0], keys::wallet_slot(&to))
+        .expect("the receiver's primary");
+    let replica = redis
+        .replica_of(receiver_primary)
+        .expect("the receiver's primary has a replica");
+    let request = usd("wc_tx", &from, &to, "1.00");
+    redis.pause(replica);
+    let first = service.transfer(&request);
+    let retry = service.transfer(&request);
+    redis.resume(replica);
+    assert!(
+        matches!(first, Err(TransferError::ReplicasBehind { .. })),
+        "step 3's WAIT had no replica: {first:?}"
+    );
+    assert!(
+        matches!(retry, Err(TransferError::ReplicasBehind { .. })),
+        "the retry answered a credit no replica has: {retry:?}"
+    );
+    let done = transfer_retrying(&service, &request);
+    assert_eq!(done.status, Status::Completed);
+    assert_eq!(
+        service.balance(&to).unwrap(),
+        Amount::parse("11.00").unwrap()
+    );
+    check_ledger(&read_ledger(&redis), 2, 2_000);
+}
+
+/// `wait_replicas` on a PENDING record found by a replay: the sender's primary has its
+/// replica paused, so step 2 (the debit and the PENDING record) is applied but its WAIT
+/// fails. The retry finds the PENDING record; it must not credit the receiver on a debit no
+/// replica has (a failover would drop the debit and the record, and the next delivery would
+/// debit and credit again: money created). Once the replica is back it finishes, once.
+#[test]
+fn a_pending_record_is_not_finished_before_the_senders_replica_has_it() {
+    let redis = RedisCluster::start(3, 1);
+    let service = connect(&redis, config().with_wait_replicas(Some(1)));
+    let (from, to) = pair_across_primaries(&redis, "wp");
+    create(&service, &[from.clone(), to.clone()], "10.00");
+    let sender_primary = redis
+        .owner_of(redis.primary_ports()[0], keys::wallet_slot(&from))
+        .expect("the sender's primary");
+    let replica = redis.replica_of(sender_primary).expect("a replica");
+    let request = usd("wp_tx", &from, &to, "1.00");
+    redis.pause(replica);
+    let first = service.transfer(&request);
+    let retry = service.transfer(&request);
+    let recovered = service.recover(100);
+    let receiver_balance = service.balance(&to);
+    redis.resume(replica);
+    assert!(
+        matches!(first, Err(TransferError::ReplicasBehind { .. })),
+        "step 2's WAIT had no replica: {first:?}"
+    );
+    assert!(
+        matches!(retry, Err(TransferError::ReplicasBehind { .. })),
+        "the retry finished a PENDING no replica has: {retry:?}"
+    );
+    assert_eq!(
+        receiver_balance.unwrap(),
+        Amount::parse("10.00").unwrap(),
+        "credited on a debit no replica has"
+    );
+    let recovered = recovered.expect("recover runs");
+    assert_eq!(
+        (recovered.finished, recovered.failed),
+        (0, 1),
+        "the sweep finished a PENDING no replica has: {recovered:?}"
+    );
+    let done = transfer_retrying(&service, &request);
+    assert_eq!(done.status, Status::Completed);
+    check_ledger(&read_ledger(&redis), 2, 2_000);
+}

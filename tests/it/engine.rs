@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+use crate::on_every_topology;
+use crate::support::topology::Bed;
 use crate::support::{RedisServer, create_wallets, lock_keys, total};
 use rand::{RngExt, SeedableRng};
 use wallet_transfer::engine::lock::{self, LockConfig};
@@ -68,54 +70,252 @@ fn assert_no_locks(redis: &RedisServer) {
     assert_eq!(lock_keys(&mut redis.conn()), Vec::<String>::new());
 }
 
-#[test]
-fn a_transfer_moves_the_exact_amount_and_records_it() {
-    let redis = RedisServer::start();
-    let service = redis.service(2, EngineConfig::default());
-    create_wallets(&service, &[("user_1", "5234.50"), ("user_2", "10.00")]);
+fn a_transfer_moves_the_exact_amount_and_records_it(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("user_1", "5234.50"), ("user_2", "10.00")]);
+    let (u1, u2) = (bed.id("user_1"), bed.id("user_2"));
 
-    let outcome = service
-        .transfer(&usd("tx_1", "user_1", "user_2", "100.55"))
-        .unwrap();
+    let outcome = service.transfer(&usd("tx_1", &u1, &u2, "100.55")).unwrap();
     assert_eq!(outcome.status, Status::Completed);
     assert_eq!(outcome.reason, None);
     assert!(!outcome.duplicate);
-    assert_eq!(service.balance("user_1").unwrap(), amount("5133.95"));
-    assert_eq!(service.balance("user_2").unwrap(), amount("110.55"));
+    assert_eq!(service.balance(&u1).unwrap(), amount("5133.95"));
+    assert_eq!(service.balance(&u2).unwrap(), amount("110.55"));
     assert_eq!(outcome.from_balance_after, Some(amount("5133.95")));
     assert_eq!(outcome.to_balance_after, Some(amount("110.55")));
 
     // The record is in Redis, readable by redis-cli, with no expiry.
-    let mut conn = redis.conn();
+    let record_key = bed.keys().outcome(&u1, "tx_1");
+    let mut conn = bed.conn_for(&record_key);
     let record: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg("transfer:tx_1")
+        .arg(&record_key)
         .query(&mut conn)
         .unwrap();
     // The compact format (ARCHITECTURE.md, "Redis data model"): short names, cents.
     assert_eq!(record["s"], "COMPLETED");
     assert_eq!(record["a"], "10055");
-    let ttl: i64 = redis::cmd("TTL")
-        .arg("transfer:tx_1")
-        .query(&mut conn)
-        .unwrap();
+    let ttl: i64 = redis::cmd("TTL").arg(&record_key).query(&mut conn).unwrap();
     assert_eq!(ttl, -1, "outcome records do not expire by default");
+    let wallet_key = bed.keys().wallet(&u1);
     let wallet: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg("wallet:user_1")
-        .query(&mut conn)
+        .arg(&wallet_key)
+        .query(&mut bed.conn_for(&wallet_key))
         .unwrap();
     assert_eq!(wallet["balance"], "5133.95");
     assert_eq!(wallet["version"], "1");
 
-    let history = service.history("user_1").unwrap();
+    let history = service.history(&u1).unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].transfer_id, "tx_1");
     assert_eq!(history[0].balance_after, amount("5133.95"));
     assert_eq!(
-        outcome.stats.round_trips, 2,
+        outcome.stats.round_trips,
+        bed.uncontended_round_trips(),
         "uncontended transfer round trips"
     );
-    assert_no_locks(&redis);
+    assert_eq!(bed.locks(), Vec::<String>::new());
 }
+on_every_topology!(
+    a_transfer_moves_the_exact_amount_and_records_it,
+    EngineConfig::default()
+);
+
+fn insufficient_funds_leaves_both_balances_and_is_recorded(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "5.00")]);
+    let (a, b) = (bed.id("a"), bed.id("b"));
+
+    let request = usd("tx_big", &a, &b, "100.01");
+    let outcome = service.transfer(&request).unwrap();
+    assert_eq!(outcome.status, Status::Failed);
+    assert_eq!(outcome.reason, Some(FailureReason::InsufficientFunds));
+    assert_eq!(service.balance(&a).unwrap(), amount("100.00"));
+    assert_eq!(service.balance(&b).unwrap(), amount("5.00"));
+
+    // Money arrives; the replay still gets the recorded answer, not a new attempt.
+    service.deposit(&a, amount("1000")).unwrap();
+    let replay = service.transfer(&request).unwrap();
+    assert!(replay.duplicate);
+    assert_eq!(replay.reason, Some(FailureReason::InsufficientFunds));
+    assert_eq!(service.balance(&b).unwrap(), amount("5.00"));
+    assert_eq!(bed.locks(), Vec::<String>::new());
+}
+on_every_topology!(
+    insufficient_funds_leaves_both_balances_and_is_recorded,
+    EngineConfig::default()
+);
+
+fn same_user_and_unknown_wallets_fail_with_their_reasons(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "100.00")]);
+    let (a, ghost) = (bed.id("a"), bed.id("ghost"));
+
+    let same = service.transfer(&usd("tx_s", &a, &a, "1")).unwrap();
+    assert_eq!(same.reason, Some(FailureReason::SameUser));
+    let unknown = service.transfer(&usd("tx_u", &a, &ghost, "1")).unwrap();
+    assert_eq!(unknown.reason, Some(FailureReason::WalletNotFound));
+    let unknown = service.transfer(&usd("tx_v", &ghost, &a, "1")).unwrap();
+    assert_eq!(unknown.reason, Some(FailureReason::WalletNotFound));
+    assert_eq!(service.balance(&a).unwrap(), amount("100.00"));
+    assert!(service.wallet(&ghost).unwrap().is_none());
+    assert_eq!(bed.locks(), Vec::<String>::new());
+}
+on_every_topology!(
+    same_user_and_unknown_wallets_fail_with_their_reasons,
+    EngineConfig::default()
+);
+
+fn frozen_wallets_and_other_currencies_are_refused(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "0"), ("c", "0")]);
+    let (a, b, c) = (bed.id("a"), bed.id("b"), bed.id("c"));
+    let frozen_key = bed.keys().wallet(&c);
+    redis::cmd("HSET")
+        .arg(&frozen_key)
+        .arg("status")
+        .arg("frozen")
+        .query::<()>(&mut bed.conn_for(&frozen_key))
+        .unwrap();
+
+    let frozen = service.transfer(&usd("t1", &a, &c, "1")).unwrap();
+    assert_eq!(frozen.reason, Some(FailureReason::WalletInactive));
+    let euros = TransferRequest::new("t2", &a, &b, "1", Currency::EUR).unwrap();
+    let mismatch = service.transfer(&euros).unwrap();
+    assert_eq!(mismatch.reason, Some(FailureReason::CurrencyMismatch));
+    assert_eq!(service.balance(&a).unwrap(), amount("100.00"));
+}
+on_every_topology!(
+    frozen_wallets_and_other_currencies_are_refused,
+    EngineConfig::default()
+);
+
+fn the_idempotency_key_defaults_to_the_transfer_id_and_duplicates_move_money_once(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "0")]);
+    let (a, b) = (bed.id("a"), bed.id("b"));
+
+    let json =
+        format!(r#"{{"transfer_id":"tx_42","from_user":"{a}","to_user":"{b}","amount":"30"}}"#);
+    let Ok(Decoded::Request(request)) = decode(json.as_bytes()) else {
+        panic!("valid request")
+    };
+    let first = service.transfer(&request).unwrap();
+    assert_eq!(first.status, Status::Completed);
+    let recorded = service
+        .transfer_outcome_of(&a, "tx_42")
+        .unwrap()
+        .expect("recorded under tx_42");
+    assert_eq!(recorded.transfer_id, "tx_42");
+
+    for _ in 0..3 {
+        let again = service.transfer(&request).unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.status, Status::Completed);
+        assert_eq!(again.processed_at_ms, first.processed_at_ms);
+        assert_eq!(again.from_balance_after, first.from_balance_after);
+    }
+    assert_eq!(service.balance(&a).unwrap(), amount("70.00"));
+    assert_eq!(service.balance(&b).unwrap(), amount("30.00"));
+    assert_eq!(service.history(&a).unwrap().len(), 1);
+}
+on_every_topology!(
+    the_idempotency_key_defaults_to_the_transfer_id_and_duplicates_move_money_once,
+    EngineConfig::default()
+);
+
+fn a_key_reused_for_a_different_request_is_refused_and_the_record_kept(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "0"), ("c", "0")]);
+    let (a, b, c) = (bed.id("a"), bed.id("b"), bed.id("c"));
+
+    let first = usd("t1", &a, &b, "10").with_idempotency_key("k1").unwrap();
+    service.transfer(&first).unwrap();
+    let record_key = bed.keys().outcome(&a, "k1");
+    let mut conn = bed.conn_for(&record_key);
+    let before: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&record_key)
+        .query(&mut conn)
+        .unwrap();
+
+    for other in [
+        usd("t2", &a, &b, "11").with_idempotency_key("k1").unwrap(),
+        usd("t3", &a, &c, "10").with_idempotency_key("k1").unwrap(),
+    ] {
+        match service.transfer(&other) {
+            Err(e @ TransferError::IdempotencyConflict { .. }) => assert!(!e.is_transient()),
+            other => panic!("expected an idempotency conflict, got {other:?}"),
+        }
+    }
+    let after: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&record_key)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(before, after);
+    assert_eq!(service.balance(&a).unwrap(), amount("90.00"));
+    assert_eq!(service.balance(&c).unwrap(), Amount::ZERO);
+}
+on_every_topology!(
+    a_key_reused_for_a_different_request_is_refused_and_the_record_kept,
+    EngineConfig::default()
+);
+
+/// Records written before fingerprints were recorded have none: a later request with the key
+/// is answered from the record (a duplicate), not refused as a conflict, and nothing moves.
+fn a_record_without_a_fingerprint_answers_a_replay_instead_of_a_conflict(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "0")]);
+    let (a, b) = (bed.id("a"), bed.id("b"));
+    service.transfer(&usd("t1", &a, &b, "10")).unwrap();
+    let record_key = bed.keys().outcome(&a, "t1");
+    redis::cmd("HDEL")
+        .arg(&record_key)
+        .arg("request_hash")
+        .arg("h")
+        .query::<()>(&mut bed.conn_for(&record_key))
+        .unwrap();
+    let replay = service.transfer(&usd("t1", &a, &b, "10.00")).unwrap();
+    assert!(replay.duplicate);
+    assert_eq!(replay.status, Status::Completed);
+    assert_eq!(service.balance(&a).unwrap(), amount("90.00"));
+    assert_eq!(service.balance(&b).unwrap(), amount("10.00"));
+}
+on_every_topology!(
+    a_record_without_a_fingerprint_answers_a_replay_instead_of_a_conflict,
+    EngineConfig::default()
+);
+
+/// A redelivery of the message that produced an outcome is answered as the original; another
+/// message (or a library call without an origin) with the same key is a duplicate.
+fn the_same_origin_is_answered_as_the_original_and_another_is_a_duplicate(bed: &Bed) {
+    use wallet_transfer::engine::transfer::Origin;
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "0")]);
+    let (a, b) = (bed.id("a"), bed.id("b"));
+    let request = usd("t1", &a, &b, "10");
+    let origin = |offset| Origin {
+        topic: "requests".into(),
+        partition: 3,
+        offset,
+    };
+    let first = service.transfer_from(&request, Some(&origin(7))).unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(first.origin, Some(origin(7)));
+    let redelivered = service.transfer_from(&request, Some(&origin(7))).unwrap();
+    assert!(!redelivered.duplicate, "the same message again");
+    assert_eq!(redelivered.processed_at_ms, first.processed_at_ms);
+    assert!(
+        service
+            .transfer_from(&request, Some(&origin(8)))
+            .unwrap()
+            .duplicate
+    );
+    assert!(service.transfer(&request).unwrap().duplicate);
+    assert_eq!(service.balance(&a).unwrap(), amount("90.00"));
+}
+on_every_topology!(
+    the_same_origin_is_answered_as_the_original_and_another_is_a_duplicate,
+    EngineConfig::default()
+);
 
 /// What an uncontended transfer costs Redis, counted by Redis itself (`INFO commandstats`):
 /// at most 14 commands in 2 round trips. A replay takes its locks and gives them back.
@@ -145,66 +345,6 @@ fn an_uncontended_transfer_costs_at_most_fourteen_commands() {
 }
 
 #[test]
-fn insufficient_funds_leaves_both_balances_and_is_recorded() {
-    let redis = RedisServer::start();
-    let service = redis.service(2, EngineConfig::default());
-    create_wallets(&service, &[("a", "100.00"), ("b", "5.00")]);
-
-    let request = usd("tx_big", "a", "b", "100.01");
-    let outcome = service.transfer(&request).unwrap();
-    assert_eq!(outcome.status, Status::Failed);
-    assert_eq!(outcome.reason, Some(FailureReason::InsufficientFunds));
-    assert_eq!(service.balance("a").unwrap(), amount("100.00"));
-    assert_eq!(service.balance("b").unwrap(), amount("5.00"));
-
-    // Money arrives; the replay still gets the recorded answer, not a new attempt.
-    service.deposit("a", amount("1000")).unwrap();
-    let replay = service.transfer(&request).unwrap();
-    assert!(replay.duplicate);
-    assert_eq!(replay.reason, Some(FailureReason::InsufficientFunds));
-    assert_eq!(service.balance("b").unwrap(), amount("5.00"));
-    assert_no_locks(&redis);
-}
-
-#[test]
-fn same_user_and_unknown_wallets_fail_with_their_reasons() {
-    let redis = RedisServer::start();
-    let service = redis.service(2, EngineConfig::default());
-    create_wallets(&service, &[("a", "100.00")]);
-
-    let same = service.transfer(&usd("tx_s", "a", "a", "1")).unwrap();
-    assert_eq!(same.reason, Some(FailureReason::SameUser));
-    let unknown = service.transfer(&usd("tx_u", "a", "ghost", "1")).unwrap();
-    assert_eq!(unknown.reason, Some(FailureReason::WalletNotFound));
-    let unknown = service.transfer(&usd("tx_v", "ghost", "a", "1")).unwrap();
-    assert_eq!(unknown.reason, Some(FailureReason::WalletNotFound));
-    assert_eq!(service.balance("a").unwrap(), amount("100.00"));
-    assert!(service.wallet("ghost").unwrap().is_none());
-    assert_no_locks(&redis);
-}
-
-#[test]
-fn frozen_wallets_and_other_currencies_are_refused() {
-    let redis = RedisServer::start();
-    let service = redis.service(2, EngineConfig::default());
-    create_wallets(&service, &[("a", "100.00"), ("b", "0"), ("c", "0")]);
-    let mut conn = redis.conn();
-    redis::cmd("HSET")
-        .arg("wallet:c")
-        .arg("status")
-        .arg("frozen")
-        .query::<()>(&mut conn)
-        .unwrap();
-
-    let frozen = service.transfer(&usd("t1", "a", "c", "1")).unwrap();
-    assert_eq!(frozen.reason, Some(FailureReason::WalletInactive));
-    let euros = TransferRequest::new("t2", "a", "b", "1", Currency::EUR).unwrap();
-    let mismatch = service.transfer(&euros).unwrap();
-    assert_eq!(mismatch.reason, Some(FailureReason::CurrencyMismatch));
-    assert_eq!(service.balance("a").unwrap(), amount("100.00"));
-}
-
-#[test]
 fn invalid_amounts_and_currencies_are_rejected_before_redis() {
     for (amount, field) in [("0", "amount"), ("-5", "amount"), ("1.234", "amount")] {
         let e = TransferRequest::new("t", "a", "b", amount, Currency::USD).unwrap_err();
@@ -214,126 +354,6 @@ fn invalid_amounts_and_currencies_are_rejected_before_redis() {
     assert!(
         matches!(decode(json.as_bytes()), Ok(Decoded::Invalid { error, .. }) if error.field == "currency")
     );
-}
-
-#[test]
-fn the_idempotency_key_defaults_to_the_transfer_id_and_duplicates_move_money_once() {
-    let redis = RedisServer::start();
-    let service = redis.service(2, EngineConfig::default());
-    create_wallets(&service, &[("a", "100.00"), ("b", "0")]);
-
-    let json = r#"{"transfer_id":"tx_42","from_user":"a","to_user":"b","amount":"30"}"#;
-    let Ok(Decoded::Request(request)) = decode(json.as_bytes()) else {
-        panic!("valid request")
-    };
-    let first = service.transfer(&request).unwrap();
-    assert_eq!(first.status, Status::Completed);
-    let recorded = service
-        .transfer_outcome("tx_42")
-        .unwrap()
-        .expect("recorded under tx_42");
-    assert_eq!(recorded.transfer_id, "tx_42");
-
-    for _ in 0..3 {
-        let again = service.transfer(&request).unwrap();
-        assert!(again.duplicate);
-        assert_eq!(again.status, Status::Completed);
-        assert_eq!(again.processed_at_ms, first.processed_at_ms);
-        assert_eq!(again.from_balance_after, first.from_balance_after);
-    }
-    assert_eq!(service.balance("a").unwrap(), amount("70.00"));
-    assert_eq!(service.balance("b").unwrap(), amount("30.00"));
-    assert_eq!(service.history("a").unwrap().len(), 1);
-}
-
-#[test]
-fn a_key_reused_for_a_different_request_is_refused_and_the_record_kept() {
-    let redis = RedisServer::start();
-    let service = redis.service(2, EngineConfig::default());
-    create_wallets(&service, &[("a", "100.00"), ("b", "0"), ("c", "0")]);
-
-    let first = usd("t1", "a", "b", "10")
-        .with_idempotency_key("k1")
-        .unwrap();
-    service.transfer(&first).unwrap();
-    let mut conn = redis.conn();
-    let before: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg("transfer:k1")
-        .query(&mut conn)
-        .unwrap();
-
-    for other in [
-        usd("t2", "a", "b", "11")
-            .with_idempotency_key("k1")
-            .unwrap(),
-        usd("t3", "a", "c", "10")
-            .with_idempotency_key("k1")
-            .unwrap(),
-    ] {
-        match service.transfer(&other) {
-            Err(e @ TransferError::IdempotencyConflict { .. }) => assert!(!e.is_transient()),
-            other => panic!("expected an idempotency conflict, got {other:?}"),
-        }
-    }
-    let after: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg("transfer:k1")
-        .query(&mut conn)
-        .unwrap();
-    assert_eq!(before, after);
-    assert_eq!(service.balance("a").unwrap(), amount("90.00"));
-    assert_eq!(service.balance("c").unwrap(), Amount::ZERO);
-}
-
-/// Records written before fingerprints were recorded have none: a later request with the key
-/// is answered from the record (a duplicate), not refused as a conflict, and nothing moves.
-#[test]
-fn a_record_without_a_fingerprint_answers_a_replay_instead_of_a_conflict() {
-    let redis = RedisServer::start();
-    let service = redis.service(2, EngineConfig::default());
-    create_wallets(&service, &[("a", "100.00"), ("b", "0")]);
-    let first = usd("t1", "a", "b", "10");
-    service.transfer(&first).unwrap();
-    let mut conn = redis.conn();
-    redis::cmd("HDEL")
-        .arg("transfer:t1")
-        .arg("request_hash")
-        .query::<()>(&mut conn)
-        .unwrap();
-    let replay = service.transfer(&usd("t1", "a", "b", "10.00")).unwrap();
-    assert!(replay.duplicate);
-    assert_eq!(replay.status, Status::Completed);
-    assert_eq!(service.balance("a").unwrap(), amount("90.00"));
-    assert_eq!(service.balance("b").unwrap(), amount("10.00"));
-}
-
-/// A redelivery of the message that produced an outcome is answered as the original; another
-/// message (or a library call without an origin) with the same key is a duplicate.
-#[test]
-fn the_same_origin_is_answered_as_the_original_and_another_is_a_duplicate() {
-    use wallet_transfer::engine::transfer::Origin;
-    let redis = RedisServer::start();
-    let service = redis.service(2, EngineConfig::default());
-    create_wallets(&service, &[("a", "100.00"), ("b", "0")]);
-    let request = usd("t1", "a", "b", "10");
-    let origin = |offset| Origin {
-        topic: "requests".into(),
-        partition: 3,
-        offset,
-    };
-    let first = service.transfer_from(&request, Some(&origin(7))).unwrap();
-    assert!(!first.duplicate);
-    assert_eq!(first.origin, Some(origin(7)));
-    let redelivered = service.transfer_from(&request, Some(&origin(7))).unwrap();
-    assert!(!redelivered.duplicate, "the same message again");
-    assert_eq!(redelivered.processed_at_ms, first.processed_at_ms);
-    assert!(
-        service
-            .transfer_from(&request, Some(&origin(8)))
-            .unwrap()
-            .duplicate
-    );
-    assert!(service.transfer(&request).unwrap().duplicate);
-    assert_eq!(service.balance("a").unwrap(), amount("90.00"));
 }
 
 #[test]
@@ -439,66 +459,56 @@ fn random_load_keeps_the_ledger_exact() {
     assert_no_locks(&redis);
 }
 
-#[test]
-fn a_hot_pair_completes_every_transfer() {
-    let redis = RedisServer::start();
-    let service = redis.service(64, patient());
-    create_wallets(&service, &[("a", "1000.00"), ("b", "0")]);
+fn a_hot_pair_completes_every_transfer(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "1000.00"), ("b", "0")]);
+    let (a, b) = (bed.id("a"), bed.id("b"));
     let requests = (0..200)
-        .map(|i| usd(&format!("h{i}"), "a", "b", "1.25"))
+        .map(|i| usd(&format!("h{i}"), &a, &b, "1.25"))
         .collect();
-    let outcomes = race(&service, requests);
+    let outcomes = race(service, requests);
     assert!(outcomes.iter().all(|o| o.status == Status::Completed));
-    assert_eq!(service.balance("a").unwrap(), amount("750.00"));
-    assert_eq!(service.balance("b").unwrap(), amount("250.00"));
-    assert_no_locks(&redis);
+    assert_eq!(service.balance(&a).unwrap(), amount("750.00"));
+    assert_eq!(service.balance(&b).unwrap(), amount("250.00"));
+    assert_eq!(bed.locks(), Vec::<String>::new());
 }
+on_every_topology!(a_hot_pair_completes_every_transfer, patient());
 
-#[test]
-fn both_directions_at_once_do_not_deadlock() {
-    let redis = RedisServer::start();
-    let service = redis.service(64, patient());
-    create_wallets(&service, &[("a", "500.00"), ("b", "500.00")]);
+fn both_directions_at_once_do_not_deadlock(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "500.00"), ("b", "500.00")]);
+    let (a, b) = (bed.id("a"), bed.id("b"));
     let requests = (0..100)
         .flat_map(|i| {
             [
-                usd(&format!("ab{i}"), "a", "b", "2.00"),
-                usd(&format!("ba{i}"), "b", "a", "0.50"),
+                usd(&format!("ab{i}"), &a, &b, "2.00"),
+                usd(&format!("ba{i}"), &b, &a, "0.50"),
             ]
         })
         .collect();
-    let outcomes = race(&service, requests);
+    let outcomes = race(service, requests);
     assert_eq!(outcomes.len(), 200);
     assert!(outcomes.iter().all(|o| o.status == Status::Completed));
-    assert_eq!(service.balance("a").unwrap(), amount("350.00"));
-    assert_eq!(service.balance("b").unwrap(), amount("650.00"));
-    assert_no_locks(&redis);
+    assert_eq!(service.balance(&a).unwrap(), amount("350.00"));
+    assert_eq!(service.balance(&b).unwrap(), amount("650.00"));
+    assert_eq!(bed.locks(), Vec::<String>::new());
 }
+on_every_topology!(both_directions_at_once_do_not_deadlock, patient());
 
-#[test]
-fn overspend_races_let_only_what_fits_through() {
-    let redis = RedisServer::start();
-    let service = redis.service(8, patient());
-    create_wallets(
-        &service,
-        &[
-            ("p", "100.00"),
-            ("q", "0"),
-            ("payer", "5234.50"),
-            ("r1", "0"),
-            ("r2", "0"),
-            ("r3", "0"),
-            ("r4", "0"),
-            ("r5", "0"),
-        ],
-    );
+fn overspend_races_let_only_what_fits_through(bed: &Bed) {
+    let service = &bed.service;
+    let mut wallets = vec![("p", "100.00"), ("q", "0"), ("payer", "5234.50")];
+    let receivers = ["r1", "r2", "r3", "r4", "r5"];
+    wallets.extend(receivers.iter().map(|r| (*r, "0")));
+    bed.create(&wallets);
+    let (p, q, payer) = (bed.id("p"), bed.id("q"), bed.id("payer"));
 
     let outcomes = race(
-        &service,
+        service,
         ["50.00", "60.00", "70.00"]
             .iter()
             .enumerate()
-            .map(|(i, a)| usd(&format!("o{i}"), "p", "q", a))
+            .map(|(i, a)| usd(&format!("o{i}"), &p, &q, a))
             .collect(),
     );
     let ok: Vec<_> = outcomes
@@ -514,14 +524,16 @@ fn overspend_races_let_only_what_fits_through() {
     );
     let spent = ok[0].amount;
     assert_eq!(
-        service.balance("p").unwrap(),
+        service.balance(&p).unwrap(),
         amount("100.00").checked_sub(spent).unwrap()
     );
 
     let outcomes = race(
-        &service,
-        (1..=5)
-            .map(|i| usd(&format!("f{i}"), "payer", &format!("r{i}"), "1500.00"))
+        service,
+        receivers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| usd(&format!("f{i}"), &payer, &bed.id(r), "1500.00"))
             .collect(),
     );
     let ok = outcomes
@@ -529,9 +541,10 @@ fn overspend_races_let_only_what_fits_through() {
         .filter(|o| o.status == Status::Completed)
         .count();
     assert_eq!(ok, 3);
-    assert_eq!(service.balance("payer").unwrap(), amount("734.50"));
-    assert_no_locks(&redis);
+    assert_eq!(service.balance(&payer).unwrap(), amount("734.50"));
+    assert_eq!(bed.locks(), Vec::<String>::new());
 }
+on_every_topology!(overspend_races_let_only_what_fits_through, patient());
 
 /// The lock expires under a stalled holder and another transfer on the same wallet completes;
 /// the stalled one must not overwrite it. WATCH on the wallet and lock keys is what stops it.

@@ -14,6 +14,7 @@ mod cluster_transfer;
 mod cluster_worker;
 mod engine;
 mod examples;
+mod expiry;
 mod faults;
 mod history;
 mod kafka;

@@ -15,6 +15,7 @@ use wallet_transfer::worker::metrics::Metrics;
 use wallet_transfer::worker::{Worker, WorkerConfig, WorkerError};
 use wallet_transfer::{
     Currency, EngineConfig, FailureReason, Status, TransferCompleted, TransferRequest,
+    WalletService,
 };
 
 /// Reads results until every id in `ids` has at least `per_id` of them; returns them by id.
@@ -303,4 +304,72 @@ fn a_request_is_committed_only_once_its_ledger_entries_are_acknowledged() {
         true,
     )
     .print_and_assert();
+}
+
+/// A group rewound after the records expired (issue 20): the requests topic keeps 10 s and the
+/// worker derives a 10 s outcome ttl from it (margin 0). Every request is answered COMPLETED;
+/// once every record has expired, a worker of a new group (which starts from the earliest
+/// offset, as a reset to earliest would) is handed every request again and answers each FAILED
+/// `expired`: no balance changes, no record written. (Without the age rule it moved all the
+/// money a second time.)
+#[test]
+fn a_group_rewound_after_the_records_expired_moves_no_money() {
+    let mut stack = Stack::start(1);
+    let topic = format!("{}_short", stack.topics.requests);
+    let retention_ms: u64 = 10_000;
+    kafka::ensure_topics(
+        &stack.kafka(),
+        &[TopicSpec::new(&topic).with("retention.ms", &retention_ms.to_string())],
+        1,
+        1,
+    )
+    .unwrap();
+    stack.topics.requests = topic;
+    let ids = faults::wallets(&stack, "rw", 4, "100.00");
+    let mut rng = faults::rng(20);
+    let requests = faults::requests(&ids, 12, "rw", 1..1_000, &mut rng);
+    let margin = ["--outcome-ttl-margin-ms", "0"];
+    let mut first = stack.spawn_worker(&margin);
+    wait_until("the first worker's partition", 60_000, || {
+        first.metric("wallet_assigned_partitions") >= 1.0
+    });
+    stack.publish_requests(&requests);
+    let tids: Vec<String> = requests.iter().map(|r| r.transfer_id.clone()).collect();
+    let answers = results_by_id(&stack, &tids, 1, 60_000);
+    assert!(
+        answers
+            .values()
+            .all(|a| a[0].reason != Some(FailureReason::Expired)),
+        "a first delivery was too old: {answers:?}"
+    );
+    first.signal("TERM");
+    assert_eq!(first.wait_exit(30_000), Some(0), "{}", first.log());
+    let service = stack.redis.service(1, EngineConfig::default());
+    let balances = |s: &WalletService| -> Vec<String> {
+        ids.iter()
+            .map(|id| s.balance(id).unwrap().to_string())
+            .collect()
+    };
+    let after_first = balances(&service);
+    wait_until("every outcome record to expire", 60_000, || {
+        faults::recorded(&stack, &requests) == 0
+    });
+    let group = format!("{}_rewound", stack.topics.group);
+    let _second = stack.spawn_worker(&[margin[0], margin[1], "--group", &group]);
+    let answers = results_by_id(&stack, &tids, 2, 60_000);
+    for id in &tids {
+        let again = &answers[id][1];
+        assert_eq!(
+            (again.status, again.reason),
+            (Status::Failed, Some(FailureReason::Expired)),
+            "{id}: {:?}",
+            answers[id]
+        );
+    }
+    assert_eq!(balances(&service), after_first, "a rewind moved money");
+    assert_eq!(
+        faults::recorded(&stack, &requests),
+        0,
+        "an expired request wrote a record"
+    );
 }

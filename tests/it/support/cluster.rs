@@ -258,11 +258,7 @@ impl RedisCluster {
 
     /// The address the node on `port` listens on and connects from.
     pub fn ip(&self, port: u16) -> &str {
-        self.nodes
-            .iter()
-            .find(|n| n.port == port)
-            .map(|n| n.ip.as_str())
-            .unwrap_or_else(|| panic!("no cluster node on port {port}"))
+        &self.node(port).ip
     }
 
     /// A plain connection to the node on `port`, with short timeouts, or the error.
@@ -350,6 +346,26 @@ impl RedisCluster {
             .find(|n| n.port == port)
             .unwrap_or_else(|| panic!("no cluster node on port {port}"));
         node.child.kill();
+    }
+
+    /// SIGSTOP for the node on `port`: it keeps its connections but answers nothing, so a
+    /// primary whose replica is paused gets no acknowledgement for `WAIT` (a replica cut off,
+    /// without the cut). [`RedisCluster::resume`] sends SIGCONT; the SIGKILL on drop ends a
+    /// paused node too.
+    pub fn pause(&self, port: u16) {
+        self.node(port).child.signal("STOP");
+    }
+
+    /// SIGCONT for a node paused by [`RedisCluster::pause`].
+    pub fn resume(&self, port: u16) {
+        self.node(port).child.signal("CONT");
+    }
+
+    fn node(&self, port: u16) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no cluster node on port {port}"))
     }
 
     /// Starts the killed node on `port` again, with its cluster config (`nodes.conf`) and no

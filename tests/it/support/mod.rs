@@ -390,3 +390,5 @@ pub mod tls;
 pub mod faults;
 
 pub mod partition;
+
+pub mod topology;
