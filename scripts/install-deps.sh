@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a fresh Debian machine, skipping what is there:
-#   redis-server and prometheus (Debian packages: prometheus and promtool run the monitoring
-#   tests) and the tansu broker (crates.io, pinned).
+#   redis-server, prometheus (Debian packages: prometheus and promtool run the monitoring
+#   tests) and iptables (the partition tests), and the tansu broker (crates.io, pinned).
 # A cold build of tansu takes 20-25 minutes on 2 cores; it is skipped when a tansu binary is
 # already on PATH, in ~/.cargo/bin, or named by TANSU_BIN.
 set -euo pipefail
@@ -11,7 +11,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 # Build dependencies of the crate itself: librdkafka is compiled with TLS (SASL_SSL/SSL) support.
 missing=()
-for pkg in pkg-config libssl-dev openssl; do
+# iptables: the partition tests (tests/it/partition.rs) cut node-to-node traffic with it.
+for pkg in pkg-config libssl-dev openssl iptables; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

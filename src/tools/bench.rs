@@ -26,6 +26,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{Value, json};
 
 use crate::engine::cluster::{self, ClusterError, ClusterPools, SLOT_COUNT};
+use crate::engine::cluster_transfer::REDIRECT_RETRIES_LIMIT;
 use crate::engine::message::{FailureReason, FieldError, Status, TransferRequest};
 use crate::engine::money::{Amount, Currency};
 use crate::engine::retention::CHECKPOINT_ENTRIES_FIELD;
@@ -1558,6 +1559,7 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
         .map(|_| node_counters(service))
         .transpose()?;
     let read = publish_and_read(&producer, &reader, config, &run, &requests)?;
+    refresh_map(service);
     let cluster = e2e_cluster_figures(service, before, &requests)?;
     let end = run.end(service, config.cleanup)?;
     let total = read.tally;
@@ -1584,6 +1586,15 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
         stages: Some(read.stages.summary()),
         broker_floor: Some(floor),
     })
+}
+
+/// On a cluster, reads the slot map again: a primary may have failed over during the run, so
+/// the counters and the balance sum go to the primaries of now (a failed node's counters
+/// count nothing, see `node_costs`).
+fn refresh_map(service: &WalletService) {
+    if let Some(Err(e)) = service.cluster().map(|pools| pools.refresh()) {
+        log::warn!("reading the slot map again after the run: {e}");
+    }
 }
 
 /// The e2e run's producer: a short linger, idempotent, counting failed deliveries.
@@ -2105,8 +2116,50 @@ struct BalanceSum {
 }
 
 /// Sums the balances of `ids`, reading them in pipelined batches. A missing or unreadable
-/// balance is an error.
+/// balance is an error. On a cluster, an error that says the known slot map is stale (a
+/// failover or a slot migration during the run: MOVED, ASK, TRYAGAIN, CLUSTERDOWN, READONLY,
+/// a primary that does not answer) reads the map again and sums again, at most
+/// [`REDIRECT_RETRIES_LIMIT`] times.
 fn sum_balances(service: &WalletService, ids: &[String]) -> Result<BalanceSum, BenchError> {
+    let mut attempt = 0;
+    loop {
+        match sum_balances_once(service, ids) {
+            Err(e) if attempt < REDIRECT_RETRIES_LIMIT && stale_map(service, &e) => {
+                log::info!("summing the balances: {e}; reading the slot map again");
+                if let Some(Err(refresh)) = service.cluster().map(|pools| pools.refresh()) {
+                    log::info!("slot map refresh failed: {refresh}");
+                }
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// True when `e`, met on a cluster, may come from a stale slot map. Pure but for the mode.
+fn stale_map(service: &WalletService, e: &BenchError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind as S};
+    if service.cluster().is_none() {
+        return false;
+    }
+    match e {
+        BenchError::Redis(e) => {
+            cluster::Redirect::parse(e).is_some()
+                || e.kind() == ErrorKind::Io
+                || matches!(
+                    e.kind(),
+                    ErrorKind::Server(
+                        S::TryAgain | S::ClusterDown | S::ReadOnly | S::MasterDown | S::Ask
+                    )
+                )
+        }
+        BenchError::Cluster(e) => e.is_transient(),
+        _ => false,
+    }
+}
+
+fn sum_balances_once(service: &WalletService, ids: &[String]) -> Result<BalanceSum, BenchError> {
     let space = service.key_space();
     let mut sum = Amount::ZERO;
     let mut negative = 0;

@@ -44,7 +44,7 @@ fn cluster_stack(replicas_per_primary: usize) -> Stack<RedisCluster> {
 }
 
 /// The test's own view of the cluster, with the engine's API (locks short, for the crashes).
-fn service(stack: &Stack<RedisCluster>) -> WalletService {
+pub(crate) fn service(stack: &Stack<RedisCluster>) -> WalletService {
     let config = EngineConfig::default()
         .with_lock(LockConfig::default().with_ttl_ms(1_000))
         .with_history_max_entries(None);
@@ -53,10 +53,10 @@ fn service(stack: &Stack<RedisCluster>) -> WalletService {
 }
 
 /// A run's wallets and requests.
-struct Load {
-    wallets: Vec<String>,
-    requests: Vec<TransferRequest>,
-    total: Amount,
+pub(crate) struct Load {
+    pub(crate) wallets: Vec<String>,
+    pub(crate) requests: Vec<TransferRequest>,
+    pub(crate) total: Amount,
 }
 
 /// `wallets` wallets of 100.00 and `count` random transfers between them (1 cent to 30.00,
@@ -120,7 +120,7 @@ fn wallet_ids(prefix: &str, n: usize) -> Vec<String> {
 }
 
 /// Reads results until every request has one, or the timeout; returns them by transfer id.
-fn wait_results(
+pub(crate) fn wait_results(
     results: &mut TopicLog,
     requests: &[TransferRequest],
     timeout_ms: u64,
@@ -138,7 +138,7 @@ fn wait_results(
     }
 }
 
-fn answers(results: &TopicLog) -> HashMap<String, Vec<TransferCompleted>> {
+pub(crate) fn answers(results: &TopicLog) -> HashMap<String, Vec<TransferCompleted>> {
     let mut answered: HashMap<String, Vec<TransferCompleted>> = HashMap::new();
     for m in &results.messages {
         if let Ok(r) = m.result() {
@@ -150,27 +150,27 @@ fn answers(results: &TopicLog) -> HashMap<String, Vec<TransferCompleted>> {
 
 /// What the check over every primary found.
 #[derive(Debug, Default)]
-struct Verdict {
-    requests: usize,
-    completed: usize,
-    failed: usize,
+pub(crate) struct Verdict {
+    pub(crate) requests: usize,
+    pub(crate) completed: usize,
+    pub(crate) failed: usize,
     /// Answered COMPLETED (or not answered at all) with no recorded debit and credit.
-    lost: usize,
+    pub(crate) lost: usize,
     /// More than one debit or credit for one idempotency key.
-    doubled: usize,
+    pub(crate) doubled: usize,
     /// A debit without its credit, or a credit without its debit, or effects of a FAILED one.
-    one_sided: usize,
-    no_result: usize,
+    pub(crate) one_sided: usize,
+    pub(crate) no_result: usize,
     /// A result whose status differs from the record.
-    disagreeing: usize,
-    pending: u64,
-    negative: usize,
-    total_before: i64,
-    total_after: i64,
+    pub(crate) disagreeing: usize,
+    pub(crate) pending: u64,
+    pub(crate) negative: usize,
+    pub(crate) total_before: i64,
+    pub(crate) total_after: i64,
 }
 
 impl Verdict {
-    fn clean(&self) -> bool {
+    pub(crate) fn clean(&self) -> bool {
         self.lost == 0
             && self.doubled == 0
             && self.one_sided == 0
@@ -200,7 +200,7 @@ fn effects(service: &WalletService, wallets: &[String]) -> HashMap<(String, Stri
 }
 
 /// Checks every request of `load` with the engine's API over every primary.
-fn verdict(
+pub(crate) fn verdict(
     service: &WalletService,
     load: &Load,
     answered: &HashMap<String, Vec<TransferCompleted>>,
@@ -268,7 +268,7 @@ fn check_request(
     }
 }
 
-fn print_verdict(test: &str, v: &Verdict) {
+pub(crate) fn print_verdict(test: &str, v: &Verdict) {
     println!(
         "{test}: {} requests: {} completed, {} failed; lost {}, doubled {}, one-sided {}, without result {}, result disagreeing {}, pending {}, negative {}, money {} -> {} (delta {})",
         v.requests,
@@ -297,7 +297,7 @@ fn assert_clean(test: &str, v: &Verdict, worker: &WorkerProcess) {
 }
 
 /// The worker's retries by cause, those above zero: `redis_cluster 12, replicas_behind 3`.
-fn retries(worker: &WorkerProcess) -> String {
+pub(crate) fn retries(worker: &WorkerProcess) -> String {
     let text = worker.metrics();
     let causes: Vec<String> = text
         .lines()
@@ -313,7 +313,7 @@ fn retries(worker: &WorkerProcess) -> String {
     }
 }
 
-fn tail(text: &str, lines: usize) -> String {
+pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -671,16 +671,16 @@ fn kill_loop(test: &str, prefix: &str, flags: &[&str]) -> FaultReport {
 }
 
 /// What a kill loop did and found.
-struct KillRun {
-    kills: usize,
-    recovery: Option<Duration>,
-    verdict: Verdict,
+pub(crate) struct KillRun {
+    pub(crate) kills: usize,
+    pub(crate) recovery: Option<Duration>,
+    pub(crate) verdict: Verdict,
 }
 
 /// The fault suite's row for a kill loop on a cluster: the verdict over every primary, the
 /// audit across shards, no lock without a ttl, and the ledger topic against the COMPLETED
 /// records (read with `transfer_outcome_of`, on each sender's primary).
-fn kill_report(
+pub(crate) fn kill_report(
     stack: &Stack<RedisCluster>,
     service: &WalletService,
     test: &str,

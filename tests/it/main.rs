@@ -21,6 +21,7 @@ mod kafka;
 mod memory;
 mod monitoring;
 mod ops;
+mod partition;
 mod produce;
 mod retention;
 mod seed;

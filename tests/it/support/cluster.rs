@@ -4,6 +4,12 @@
 //! and wait for its replica's promotion, and migrate a slot step by step (so tests can provoke
 //! MOVED and ASK).
 //!
+//! Nodes listen on 127.0.0.1 ([`RedisCluster::start`]), or each on an address of its own
+//! ([`RedisCluster::start_on_addresses`]: `--bind`, `--cluster-announce-ip` and
+//! `--bind-source-addr`, so node-to-node traffic, cluster bus and replication, goes between
+//! the nodes' own addresses and a partition can cut it with iptables, see
+//! `support::partition`). Nodes are told apart by port: the ports of one cluster differ.
+//!
 //! No persistence (`--save ''`, no AOF): a killed node is not started again; its replica
 //! takes over.
 
@@ -19,46 +25,55 @@ pub const CLUSTER_OK_TIMEOUT_MS: u64 = 30_000;
 /// 1 s, then the election).
 pub const FAILOVER_TIMEOUT_MS: u64 = 30_000;
 /// `cluster-node-timeout`: a node silent this long is failing; short, so failovers are quick.
-const NODE_TIMEOUT_MS: u64 = 1_000;
+pub const NODE_TIMEOUT_MS: u64 = 1_000;
+/// The address of every node of [`RedisCluster::start`].
+const LOOPBACK: &str = "127.0.0.1";
 /// Nodes in one test cluster, at most.
 const NODES_LIMIT: usize = 12;
 /// The cluster bus listens on the data port plus this.
 const BUS_PORT_OFFSET: u16 = 10_000;
 
-/// One node: its process and port.
+/// One node: its process, address and port.
 struct Node {
     child: Proc,
+    ip: String,
     port: u16,
 }
 
 pub struct RedisCluster {
     nodes: Vec<Node>,
     dir: tempfile::TempDir,
+    node_timeout_ms: u64,
 }
 
-/// A port that is free, and whose cluster bus port (+10000) is free too.
-fn free_node_port() -> u16 {
+/// A port free on `ip`, whose cluster bus port (+10000) is free too, and not in `taken`.
+fn free_node_port(ip: &str, taken: &[u16]) -> u16 {
     for _ in 0..100 {
-        let port = super::free_port();
+        let port = TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("bind an ephemeral port on {ip}: {e}"));
         if port < u16::MAX - BUS_PORT_OFFSET
-            && TcpListener::bind(("127.0.0.1", port + BUS_PORT_OFFSET)).is_ok()
+            && !taken.contains(&port)
+            && TcpListener::bind((ip, port + BUS_PORT_OFFSET)).is_ok()
         {
             return port;
         }
     }
-    panic!("no free port p with p + {BUS_PORT_OFFSET} free too, in 100 tries");
+    panic!("no free port p on {ip} with p + {BUS_PORT_OFFSET} free too, in 100 tries");
 }
 
-fn addr(port: u16) -> String {
-    format!("127.0.0.1:{port}")
-}
-
-/// A plain connection to a node, with short timeouts (for polling).
-pub fn node_conn(port: u16) -> redis::RedisResult<redis::Connection> {
-    let conn = redis::Client::open(format!("redis://{}", addr(port)))?
+/// A plain connection to the node at `addr` (`host:port`), with short timeouts (for polling).
+pub fn conn_to(addr: &str) -> redis::RedisResult<redis::Connection> {
+    let conn = redis::Client::open(format!("redis://{addr}"))?
         .get_connection_with_timeout(Duration::from_millis(500))?;
     conn.set_read_timeout(Some(Duration::from_millis(2_000)))?;
     Ok(conn)
+}
+
+/// A plain connection to a node of a [`RedisCluster::start`] cluster (on 127.0.0.1).
+pub fn node_conn(port: u16) -> redis::RedisResult<redis::Connection> {
+    conn_to(&format!("{LOOPBACK}:{port}"))
 }
 
 /// The `field:value` lines of an INFO-like reply.
@@ -73,16 +88,32 @@ impl RedisCluster {
     /// every node agreeing.
     pub fn start(primaries: usize, replicas_per_primary: usize) -> RedisCluster {
         let count = primaries * (1 + replicas_per_primary);
+        let ips = vec![LOOPBACK.to_string(); count];
+        RedisCluster::start_on_addresses(primaries, replicas_per_primary, &ips, NODE_TIMEOUT_MS)
+    }
+
+    /// As [`RedisCluster::start`], node `i` on `ips[i]` (one per node), with
+    /// `cluster-node-timeout` `node_timeout_ms`. Which nodes become primaries is
+    /// `redis-cli --cluster create`'s choice: ask [`RedisCluster::primary_ports`].
+    pub fn start_on_addresses(
+        primaries: usize,
+        replicas_per_primary: usize,
+        ips: &[String],
+        node_timeout_ms: u64,
+    ) -> RedisCluster {
+        let count = primaries * (1 + replicas_per_primary);
         assert!(
-            primaries >= 3 && count <= NODES_LIMIT,
-            "redis-cli --cluster create needs 3 primaries or more; at most {NODES_LIMIT} nodes"
+            primaries >= 3 && count <= NODES_LIMIT && ips.len() == count,
+            "redis-cli --cluster create needs 3 primaries or more; at most {NODES_LIMIT} nodes, \
+             one address each"
         );
         let mut cluster = RedisCluster {
             nodes: Vec::with_capacity(count),
             dir: tempfile::tempdir().expect("temporary folder for the cluster"),
+            node_timeout_ms,
         };
-        for _ in 0..count {
-            let node = cluster.spawn_node();
+        for ip in ips {
+            let node = cluster.spawn_node(ip);
             cluster.nodes.push(node);
         }
         cluster.create(replicas_per_primary);
@@ -91,19 +122,24 @@ impl RedisCluster {
         cluster
     }
 
-    /// A node on a free port, answering PING; retried on another port when the port was
-    /// taken in between.
-    fn spawn_node(&self) -> Node {
+    /// A node on `ip` and a free port, answering PING; retried on another port when the port
+    /// was taken in between.
+    fn spawn_node(&self, ip: &str) -> Node {
+        let taken: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
         for _ in 0..5 {
-            let port = free_node_port();
-            if let Some(child) = self.spawn_on(port) {
-                return Node { child, port };
+            let port = free_node_port(ip, &taken);
+            if let Some(child) = self.spawn_on(ip, port) {
+                return Node {
+                    child,
+                    ip: ip.to_string(),
+                    port,
+                };
             }
         }
-        panic!("no cluster node started on any of 5 free ports");
+        panic!("no cluster node started on {ip} on any of 5 free ports");
     }
 
-    fn spawn_on(&self, port: u16) -> Option<Proc> {
+    fn spawn_on(&self, ip: &str, port: u16) -> Option<Proc> {
         let bin = find_binary(
             "REDIS_SERVER_BIN",
             "redis-server",
@@ -113,12 +149,16 @@ impl RedisCluster {
         std::fs::create_dir_all(&node_dir).expect("node folder");
         let log = std::fs::File::create(node_dir.join("redis.log")).expect("node log");
         let mut child = Command::new(bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &port.to_string(), "--bind", ip])
+            .args(["--cluster-announce-ip", ip, "--bind-source-addr", ip])
+            // Protected mode lets only 127.0.0.1 and ::1 in without a password, so nodes on
+            // other loopback addresses could not replicate; every address here is loopback.
+            .args(["--protected-mode", "no"])
             .args(["--dir", node_dir.to_str().expect("utf-8 temp path")])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", "nodes.conf"])
-            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+            .args(["--cluster-node-timeout", &self.node_timeout_ms.to_string()])
             .stdout(Stdio::from(log.try_clone().expect("clone log")))
             .stderr(Stdio::from(log))
             .spawn()
@@ -128,7 +168,7 @@ impl RedisCluster {
             if let Ok(Some(_)) = child.try_wait() {
                 return None;
             }
-            let pong = node_conn(port)
+            let pong = conn_to(&format!("{ip}:{port}"))
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
                 .is_ok();
             if pong {
@@ -152,7 +192,7 @@ impl RedisCluster {
         let out = Command::new(bin)
             .arg("--cluster")
             .arg("create")
-            .args(self.nodes.iter().map(|n| addr(n.port)))
+            .args(self.nodes.iter().map(|n| self.addr(n.port)))
             .args(["--cluster-replicas", &replicas_per_primary.to_string()])
             .arg("--cluster-yes")
             .stdin(Stdio::null())
@@ -202,11 +242,28 @@ impl RedisCluster {
     fn cluster_info(&self, port: u16) -> redis::RedisResult<String> {
         redis::cmd("CLUSTER")
             .arg("INFO")
-            .query(&mut node_conn(port)?)
+            .query(&mut self.try_conn(port)?)
     }
 
     fn info(&self, port: u16, section: &str) -> redis::RedisResult<String> {
-        redis::cmd("INFO").arg(section).query(&mut node_conn(port)?)
+        redis::cmd("INFO")
+            .arg(section)
+            .query(&mut self.try_conn(port)?)
+    }
+
+    /// `IP:PORT` of the node on `port`.
+    pub fn addr(&self, port: u16) -> String {
+        format!("{}:{port}", self.ip(port))
+    }
+
+    /// The address the node on `port` listens on and connects from.
+    pub fn ip(&self, port: u16) -> &str {
+        &self.node(port).ip
+    }
+
+    /// A plain connection to the node on `port`, with short timeouts, or the error.
+    pub fn try_conn(&self, port: u16) -> redis::RedisResult<redis::Connection> {
+        conn_to(&self.addr(port))
     }
 
     /// Ports of the nodes still running.
@@ -218,14 +275,15 @@ impl RedisCluster {
             .collect()
     }
 
-    /// `127.0.0.1:PORT` of every running node, for `ClusterPools::connect`.
+    /// `IP:PORT` of every running node, for `ClusterPools::connect`.
     pub fn seeds(&self) -> Vec<String> {
-        self.ports().into_iter().map(addr).collect()
+        self.ports().into_iter().map(|p| self.addr(p)).collect()
     }
 
     /// A plain connection to the node on `port`.
     pub fn conn(&self, port: u16) -> redis::Connection {
-        node_conn(port).unwrap_or_else(|e| panic!("connect to cluster node {port}: {e}"))
+        self.try_conn(port)
+            .unwrap_or_else(|e| panic!("connect to cluster node {port}: {e}"))
     }
 
     /// The node's id (`CLUSTER MYID`).
@@ -241,7 +299,7 @@ impl RedisCluster {
     pub fn owner_of(&self, asked: u16, slot: u16) -> Option<u16> {
         let nodes: String = redis::cmd("CLUSTER")
             .arg("NODES")
-            .query(&mut node_conn(asked).ok()?)
+            .query(&mut self.try_conn(asked).ok()?)
             .ok()?;
         nodes.lines().find_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
@@ -313,8 +371,9 @@ impl RedisCluster {
     /// Starts the killed node on `port` again, with its cluster config (`nodes.conf`) and no
     /// data: the cluster makes it a replica of the node that took its slots.
     pub fn start_again(&mut self, port: u16) {
+        let ip = self.ip(port).to_string();
         let child = self
-            .spawn_on(port)
+            .spawn_on(&ip, port)
             .unwrap_or_else(|| panic!("cluster node on port {port} did not start again"));
         let node = self
             .nodes
@@ -354,7 +413,7 @@ impl RedisCluster {
     /// Moves `keys` (all in a slot being migrated) from `from` to `to` with MIGRATE.
     pub fn migrate_keys(&self, from: u16, to: u16, keys: &[&str]) {
         redis::cmd("MIGRATE")
-            .arg("127.0.0.1")
+            .arg(self.ip(to))
             .arg(to)
             .arg("")
             .arg(0)

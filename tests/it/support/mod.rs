@@ -389,4 +389,6 @@ pub mod tls;
 
 pub mod faults;
 
+pub mod partition;
+
 pub mod topology;

@@ -131,6 +131,28 @@ impl<R> Stack<R> {
             .unwrap_or_else(|e| panic!("run wallet {command}: {e}"))
     }
 
+    /// Starts `wallet COMMAND ARGS... --requests-topic .. --results-topic ..` against this
+    /// stack in the background, its output in files; see [`WalletProcess::wait`].
+    pub fn spawn_wallet(&self, command: &str, args: &[&str]) -> WalletProcess {
+        let dir = tempfile::tempdir().expect("folder for the command's output");
+        let file = |name: &str| std::fs::File::create(dir.path().join(name)).expect(name);
+        let child = Command::new(WALLET_BIN)
+            .args(self.global_args())
+            .arg(command)
+            .args(args)
+            .args(["--requests-topic", &self.topics.requests])
+            .args(["--results-topic", &self.topics.results])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file("stdout")))
+            .stderr(Stdio::from(file("stderr")))
+            .spawn()
+            .unwrap_or_else(|e| panic!("run wallet {command}: {e}"));
+        WalletProcess {
+            child: Some(child),
+            dir,
+        }
+    }
+
     /// Starts a worker process; `extra` are more `worker` flags.
     pub fn spawn_worker(&self, extra: &[&str]) -> WorkerProcess {
         self.spawn_worker_env(extra, &[])
@@ -292,6 +314,57 @@ pub fn result_of(m: &ReadMessage) -> TransferCompleted {
             String::from_utf8_lossy(&m.payload)
         )
     })
+}
+
+/// A `wallet` command running in the background ([`Stack::spawn_wallet`]); killed on drop.
+pub struct WalletProcess {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+/// How a background `wallet` command ended.
+pub struct Finished {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl WalletProcess {
+    /// Waits for the exit, or panics after `timeout_ms` (the process is then killed).
+    pub fn wait(&mut self, timeout_ms: u64) -> Finished {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wallet command did not exit within {timeout_ms} ms; stderr:\n{}",
+                self.output("stderr")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        self.child = None;
+        Finished {
+            code: status.code(),
+            stdout: self.output("stdout"),
+            stderr: self.output("stderr"),
+        }
+    }
+
+    fn output(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for WalletProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// A running `wallet worker` process; killed on drop.
