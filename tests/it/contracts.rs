@@ -255,7 +255,11 @@ fn outcome(
     };
     TransferOutcome {
         transfer_id: key.clone(),
-        idempotency_key: if n % 2 == 0 { key } else { format!("req_{n}") },
+        idempotency_key: if n.is_multiple_of(2) {
+            key
+        } else {
+            format!("req_{n}")
+        },
         status,
         reason,
         from_user: user("f"),
@@ -264,7 +268,7 @@ fn outcome(
         currency: Currency::ALL[n % 3].as_str().to_string(),
         processed_at_ms: 1_764_170_000_123 + n as u64,
         from_balance_after: completed.then(|| Amount::from_minor((n as i64) * 7)),
-        to_balance_after: completed.then(|| BALANCE_LIMIT),
+        to_balance_after: completed.then_some(BALANCE_LIMIT),
         from_version_after: completed.then_some(1 + n as u64),
         to_version_after: completed.then_some(2 + n as u64),
         duplicate,
