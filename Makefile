@@ -9,8 +9,11 @@ WALLET := target/release/wallet
 WITH_STACK = set -a; [ -f $(DEV)/env ] && source $(DEV)/env; set +a;
 USERS ?= 100
 ARGS ?=
+# The pinned AsyncAPI CLI (contracts/package.json), with its usage metrics off: a config file
+# of our own instead of ~/.asyncapi-analytics, so nothing is sent and nothing is written home.
+ASYNCAPI := ASYNCAPI_METRICS_CONFIG_PATH=$(CURDIR)/contracts/asyncapi-analytics.json contracts/node_modules/.bin/asyncapi
 
-.PHONY: help test fault-test mutants demo deps build up down status seed run-worker run-producer bench fmt lint package ci
+.PHONY: help test fault-test mutants demo deps contracts contracts-check build up down status seed run-worker run-producer bench fmt lint package ci
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -33,6 +36,16 @@ demo: ## the whole system on this machine: install, start, seed, work, audit, st
 
 deps: ## install redis-server and tansu when missing
 	scripts/install-deps.sh
+
+contracts: contracts-check ## render asyncapi.yaml to contracts/html/index.html: one file, open it in a browser, no server
+	$(ASYNCAPI) generate fromTemplate asyncapi.yaml contracts/node_modules/@asyncapi/html-template \
+	  -o contracts/html --force-write -p singleFile=true \
+	  -p 'config={"show":{"sidebar":true},"expand":{"messageExamples":true}}'
+	@echo "contracts: open contracts/html/index.html"
+
+contracts-check: ## validate asyncapi.yaml with the AsyncAPI CLI (installs it first when missing)
+	scripts/install-deps.sh contracts
+	$(ASYNCAPI) validate asyncapi.yaml --fail-severity warn
 
 build:
 	$(CARGO) build --release --quiet

@@ -179,6 +179,15 @@
 //! library API, and says how in `CHANGELOG.md`. The Rust version tested is the
 //! `rust-version` of `Cargo.toml` (1.95). See the README, "Compatibility".
 //!
+//! The wire format is written down for teams that do not read Rust as an AsyncAPI 3.0
+//! document, [`ASYNCAPI_YAML`] (`asyncapi.yaml` in the repository): every topic the worker
+//! reads or writes, its message key and headers, and a JSON Schema of every payload. The
+//! crate's own types are that contract in Rust: [`TransferRequest::to_json`] writes
+//! `TransferRequested`, [`TransferCompleted`] (serde) is `TransferCompleted`, the worker's
+//! `worker::ledger::LedgerEntry` is `LedgerEntry`, and `worker::config` names the
+//! dead-letter headers. The repository's tests check every message of a real run, and these
+//! types, against the document.
+//!
 //! # Modules
 //!
 //! - [`engine`]: money ([`engine::money`]), the wire format ([`engine::message`]), the Redis
@@ -203,6 +212,12 @@ pub mod engine;
 pub mod tools;
 #[cfg(feature = "worker")]
 pub mod worker;
+
+/// The wire contract, `asyncapi.yaml` (AsyncAPI 3.0): the topics, keys, headers and payload
+/// schemas of the worker's messages, for a caller that serves it, renders it or validates
+/// messages against it. The same document as the repository's; see the crate docs,
+/// "Compatibility".
+pub const ASYNCAPI_YAML: &str = include_str!("../asyncapi.yaml");
 
 pub use engine::lock::LockConfig;
 pub use engine::message::{FailureReason, Status, TransferCompleted, TransferRequest};

@@ -1,10 +1,11 @@
 //! The wire format: transfer requests and results as JSON, and the validation that turns a
 //! request's bytes into a typed [`TransferRequest`].
 //!
-//! Owns the JSON shapes of ARCHITECTURE.md, "Wire format" and the rules for ids. Decoding sorts input three
-//! ways: a valid request; a request that names a `transfer_id` but breaks a field rule (it gets a
-//! FAILED result with reason `invalid_request`); and poison that cannot be answered at all (it
-//! goes to the dead-letter topic). Does not touch Redis or Kafka.
+//! Owns the JSON shapes of ARCHITECTURE.md, "Wire format" (their schemas are `asyncapi.yaml`'s
+//! `TransferRequested`, `TransferRequestRules` and `TransferCompleted`) and the rules for ids.
+//! Decoding sorts input three ways: a valid request; a request that names a `transfer_id` but
+//! breaks a field rule (it gets a FAILED result with reason `invalid_request`); and poison that
+//! cannot be answered at all (it goes to the dead-letter topic). Does not touch Redis or Kafka.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -413,7 +414,10 @@ impl RawRequest {
         })
     }
 
-    /// A FAILED `invalid_request` result that echoes what was sent, cut to sane lengths.
+    /// A FAILED `invalid_request` result that echoes what was sent, cut to sane lengths. The
+    /// amount is echoed only when it is a plain decimal number ([`echo_amount`]); otherwise it
+    /// is `"0.00"`, so that every result carries a number in `amount` (the original system's
+    /// result model reads it as a decimal and refuses anything else).
     pub fn echo_failed(&self) -> TransferCompleted {
         let cut = |s: &Option<String>| {
             s.as_deref()
@@ -428,7 +432,7 @@ impl RawRequest {
             processed_at: now_seconds(),
             from_user: cut(&self.from_user),
             to_user: cut(&self.to_user),
-            amount: cut(&self.amount),
+            amount: echo_amount(self.amount.as_deref()),
             currency: self
                 .currency
                 .as_deref()
@@ -441,6 +445,22 @@ impl RawRequest {
             reason: Some(FailureReason::InvalidRequest),
             duplicate: false,
         }
+    }
+}
+
+/// The `amount` of an `invalid_request` answer: the amount as sent when it is a plain decimal
+/// number (`-?digits[.digits]`, at most [`KEY_LEN_LIMIT`] characters), else `"0.00"` (not
+/// sent, not a number, an exponent, too long). asyncapi.yaml, `TransferCompleted`, says so.
+pub fn echo_amount(sent: Option<&str>) -> String {
+    let plain = |text: &str| {
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        let (whole, fraction) = digits.split_once('.').unwrap_or((digits, "0"));
+        let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        text.len() <= KEY_LEN_LIMIT && all_digits(whole) && all_digits(fraction)
+    };
+    match sent {
+        Some(text) if plain(text) => text.to_string(),
+        _ => "0.00".to_string(),
     }
 }
 
@@ -692,6 +712,31 @@ mod tests {
         assert_eq!(v["reason"], "invalid_request");
         assert_eq!(v["duplicate"], false);
         assert_eq!(v["idempotency_key"], "tx_1");
+    }
+
+    #[test]
+    fn an_invalid_request_echoes_its_amount_only_when_it_is_a_plain_decimal() {
+        for kept in ["1.234", "-5", "0", "007.5", "100.505"] {
+            assert_eq!(echo_amount(Some(kept)), kept);
+        }
+        let long = "1".repeat(KEY_LEN_LIMIT + 1);
+        for replaced in [
+            None,
+            Some(""),
+            Some("abc"),
+            Some("1e3"),
+            Some("5."),
+            Some(".5"),
+        ] {
+            assert_eq!(echo_amount(replaced), "0.00", "{replaced:?}");
+        }
+        assert_eq!(echo_amount(Some(&long)), "0.00");
+        let e = invalid(r#"{"transfer_id":"t","from_user":"a","to_user":"b","amount":"ten"}"#);
+        assert_eq!(e.field, "amount");
+        match decode(br#"{"transfer_id":"t","from_user":"a","to_user":"b","amount":"ten"}"#) {
+            Ok(Decoded::Invalid { echo, .. }) => assert_eq!(echo.amount, "0.00"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -160,6 +160,18 @@ pub const THREADS_LIMIT: usize = 256;
 pub const BACKLOG_BYTES_MIN: usize = crate::engine::message::PAYLOAD_BYTES_LIMIT;
 /// Upper bound on `backlog_bytes_max`: 1 GiB.
 pub const BACKLOG_BYTES_LIMIT: usize = 1024 * 1024 * 1024;
+/// The dead-letter header that says why the request cannot be answered (asyncapi.yaml,
+/// `DeadLetterHeaders`; cut to [`DLQ_ERROR_BYTES_LIMIT`]).
+pub const DLQ_HEADER_ERROR: &str = "error";
+/// The dead-letter header naming the topic the request came from.
+pub const DLQ_HEADER_SOURCE_TOPIC: &str = "source_topic";
+/// The dead-letter header with the request's partition, in decimal.
+pub const DLQ_HEADER_SOURCE_PARTITION: &str = "source_partition";
+/// The dead-letter header with the request's offset, in decimal.
+pub const DLQ_HEADER_SOURCE_OFFSET: &str = "source_offset";
+/// The dead-letter header present only when the payload was cut to
+/// [`DLQ_PAYLOAD_BYTES_LIMIT`]: the request's full length in bytes, in decimal.
+pub const DLQ_HEADER_TRUNCATED: &str = "truncated";
 /// Largest dead-letter payload: the decode cap, so every request the worker could have read is
 /// forwarded whole; a bigger poison payload is cut to this size and marked with the header
 /// `truncated` (its full length).

@@ -19,9 +19,9 @@
 //! with a crashed worker). A redelivery after a crash therefore republishes identical copies.
 //! Readers deduplicate by (wallet_id, version); two copies that differ are a bug, never a choice.
 //!
-//! Owns the entry format, which outcomes get entries, and the parser. Does not publish
-//! (`worker::pool`), read the topic (`tools::results`) or own the Redis history format
-//! (`engine::wallet`).
+//! Owns the entry format (its schema is `asyncapi.yaml`'s `LedgerEntry`), which outcomes get
+//! entries, and the parser. Does not publish (`worker::pool`), read the topic
+//! (`tools::results`) or own the Redis history format (`engine::wallet`).
 
 use serde::{Deserialize, Serialize};
 

@@ -38,8 +38,9 @@ use crate::engine::message::{
 use crate::engine::service::WalletService;
 use crate::engine::transfer::{Origin, TransferError, TransferOutcome};
 use crate::worker::config::{
-    DLQ_ERROR_BYTES_LIMIT, DLQ_KEY_BYTES_LIMIT, DLQ_PAYLOAD_BYTES_LIMIT, RETRY_TICK_MS,
-    WAIT_STEP_MS, WorkerConfig,
+    DLQ_ERROR_BYTES_LIMIT, DLQ_HEADER_ERROR, DLQ_HEADER_SOURCE_OFFSET, DLQ_HEADER_SOURCE_PARTITION,
+    DLQ_HEADER_SOURCE_TOPIC, DLQ_HEADER_TRUNCATED, DLQ_KEY_BYTES_LIMIT, DLQ_PAYLOAD_BYTES_LIMIT,
+    RETRY_TICK_MS, WAIT_STEP_MS, WorkerConfig,
 };
 use crate::worker::ledger::{self, LedgerEntry};
 use crate::worker::metrics::Stage;
@@ -608,10 +609,13 @@ pub(crate) fn outgoing<'a>(config: &'a WorkerConfig, answer: &Answer, job: &Job)
             let full_len = job.payload.len().to_string();
             let mut headers = OwnedHeaders::new();
             for (key, value) in [
-                ("error", truncate_utf8(error, DLQ_ERROR_BYTES_LIMIT)),
-                ("source_topic", config.requests_topic.as_str()),
-                ("source_partition", &partition),
-                ("source_offset", &offset),
+                (
+                    DLQ_HEADER_ERROR,
+                    truncate_utf8(error, DLQ_ERROR_BYTES_LIMIT),
+                ),
+                (DLQ_HEADER_SOURCE_TOPIC, config.requests_topic.as_str()),
+                (DLQ_HEADER_SOURCE_PARTITION, &partition),
+                (DLQ_HEADER_SOURCE_OFFSET, &offset),
             ] {
                 headers = headers.insert(Header {
                     key,
@@ -620,7 +624,7 @@ pub(crate) fn outgoing<'a>(config: &'a WorkerConfig, answer: &Answer, job: &Job)
             }
             if job.payload.len() > DLQ_PAYLOAD_BYTES_LIMIT {
                 headers = headers.insert(Header {
-                    key: "truncated",
+                    key: DLQ_HEADER_TRUNCATED,
                     value: Some(&full_len),
                 });
             }

@@ -12,6 +12,7 @@ mod cluster;
 mod cluster_ops;
 mod cluster_transfer;
 mod cluster_worker;
+mod contracts;
 mod engine;
 mod examples;
 mod expiry;
