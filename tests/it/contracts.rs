@@ -81,8 +81,9 @@ fn violations(name: &str, value: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Panics with the violations when `value` does not match schema `name`.
-fn assert_matches(name: &str, what: &str, value: &Value) {
+/// Panics with the violations when `value` does not match schema `name` (also used by
+/// `semantics::` for the `expired` answers, which need a rewound group to appear).
+pub(crate) fn assert_matches(name: &str, what: &str, value: &Value) {
     let found = violations(name, value);
     assert!(found.is_empty(), "{what} breaks {name}: {found:?}\n{value}");
 }
@@ -746,10 +747,14 @@ fn every_message_of_a_real_run_matches_its_channel_schema() {
             .collect::<HashSet<String>>()
     };
     assert_eq!(seen.statuses, all(&["COMPLETED", "FAILED"]));
+    // Every reason but `expired`, which needs a group rewound past the outcome ttl: its real
+    // answers are checked against the schema in
+    // `semantics::a_group_rewound_after_the_records_expired_moves_no_money`.
     assert_eq!(
         seen.reasons,
         FailureReason::ALL
             .iter()
+            .filter(|r| **r != FailureReason::Expired)
             .map(|r| r.as_str().to_string())
             .collect()
     );

@@ -365,6 +365,8 @@ fn a_group_rewound_after_the_records_expired_moves_no_money() {
             "{id}: {:?}",
             answers[id]
         );
+        let wire = serde_json::to_value(again).expect("a result serialises");
+        crate::contracts::assert_matches("TransferCompleted", "an expired answer", &wire);
     }
     assert_eq!(balances(&service), after_first, "a rewind moved money");
     assert_eq!(
