@@ -73,7 +73,7 @@ fn transfer_retrying(service: &WalletService, request: &TransferRequest) -> Tran
 }
 
 /// Two wallet ids (`{prefix}_N`) in different slots, or in the same slot.
-fn pair(prefix: &str, same_slot: bool) -> (String, String) {
+pub(crate) fn pair(prefix: &str, same_slot: bool) -> (String, String) {
     let a = format!("{prefix}_0");
     let slot = keys::wallet_slot(&a);
     let b = (1..100_000)

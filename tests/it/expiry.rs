@@ -4,13 +4,13 @@
 //! from the record; a fresh one is applied. The worker's end of it (a group rewound after
 //! the records expired) is in `semantics::`.
 
-use wallet_transfer::engine::cluster::keys;
 use wallet_transfer::engine::expiry;
 use wallet_transfer::{
     Amount, Currency, EngineConfig, FailureReason, NewWallet, Status, TransferRequest,
     WalletService,
 };
 
+use crate::cluster_transfer::pair;
 use crate::support::RedisServer;
 use crate::support::cluster::RedisCluster;
 
@@ -19,17 +19,6 @@ const TTL_MS: u64 = 3_600_000;
 
 fn amount(text: &str) -> Amount {
     Amount::parse(text).expect("an amount")
-}
-
-/// Two wallet ids of one slot (`same_slot`) or of two.
-fn pair(prefix: &str, same_slot: bool) -> (String, String) {
-    let a = format!("{prefix}_0");
-    let slot = keys::wallet_slot(&a);
-    let b = (1..100_000)
-        .map(|n| format!("{prefix}_{n}"))
-        .find(|b| (keys::wallet_slot(b) == slot) == same_slot)
-        .expect("a second id");
-    (a, b)
 }
 
 /// The checks on one service: an old request with no record is refused and writes nothing;
