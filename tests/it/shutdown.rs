@@ -162,9 +162,13 @@ fn a_long_broker_outage_under_load_costs_few_log_lines_and_little_cpu() {
         cpu * 100.0
     );
     assert!(lines < 100, "{lines} log lines during the outage");
+    // A retry loop that spins costs a whole core (100%); a quiet worker finishing what it had
+    // fetched while librdkafka reconnects measured 12-22%, more on a machine busy with other
+    // work. Half a core tells the two apart whatever the load (issue 22: no assertion on the
+    // machine's speed).
     assert!(
-        cpu < 0.20,
-        "worker CPU {:.1}% during the outage",
+        cpu < 0.50,
+        "worker CPU {:.1}% of a core during the outage: something spins",
         cpu * 100.0
     );
     stack.tansu.start_again();
