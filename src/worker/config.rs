@@ -184,6 +184,9 @@ pub const RETRY_TICK_MS: u64 = 50;
 pub const INTERVAL_MS_LIMIT: u64 = 60 * 60 * 1000;
 /// Base delay of a job's transient retries; doubles per retry up to `retry_delay_ms_max`.
 pub const RETRY_DELAY_MS_BASE: u64 = 50;
+/// Jitter of a job's retry delays: a random 0..=this many ms is added to each, so jobs that
+/// failed together (Redis away) do not all come back in the same instant.
+pub const RETRY_JITTER_MS: u64 = RETRY_DELAY_MS_BASE;
 /// Base delay of a refused produce call; doubles per retry up to `retry_delay_ms_max`.
 pub const PRODUCE_RETRY_DELAY_MS_BASE: u64 = 5;
 /// Poll timeout of the consumer loop: the longest a shutdown or commit waits for it.
@@ -227,22 +230,24 @@ const _: () = assert!(WAIT_STEP_MS < POLL_MS);
 
 impl WorkerConfig {
     /// Delays between tries of a job that hit a transient error or whose answer was not
-    /// delivered: from `RETRY_DELAY_MS_BASE`, doubling, capped at `retry_delay_ms_max`.
+    /// delivered: from `RETRY_DELAY_MS_BASE`, doubling per failure, capped at
+    /// `retry_delay_ms_max`, plus up to `RETRY_JITTER_MS` of jitter.
     pub fn retry_backoff(&self) -> Backoff {
         Backoff {
             first_ms: RETRY_DELAY_MS_BASE,
             max_ms: self.retry_delay_ms_max,
-            jitter_ms: 0,
+            jitter_ms: RETRY_JITTER_MS,
         }
     }
 
     /// Delays between attempts to hand an answer to a producer that refused it (queue full):
-    /// from `PRODUCE_RETRY_DELAY_MS_BASE`, doubling, capped at `retry_delay_ms_max`.
+    /// from `PRODUCE_RETRY_DELAY_MS_BASE`, doubling, capped at `retry_delay_ms_max`, plus up
+    /// to `PRODUCE_RETRY_DELAY_MS_BASE` of jitter.
     pub fn produce_backoff(&self) -> Backoff {
         Backoff {
             first_ms: PRODUCE_RETRY_DELAY_MS_BASE,
             max_ms: self.retry_delay_ms_max,
-            jitter_ms: 0,
+            jitter_ms: PRODUCE_RETRY_DELAY_MS_BASE,
         }
     }
 

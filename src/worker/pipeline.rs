@@ -135,6 +135,13 @@ impl Job {
         }
     }
 
+    /// Transient failures of every cause so far (transfer errors and failed deliveries): the
+    /// attempt number of its backoff.
+    pub fn failures(&self) -> u32 {
+        self.transient_failures
+            .saturating_add(self.publish_failures)
+    }
+
     /// Memory it holds, for the bound on what the worker holds (payload, key, bookkeeping).
     pub fn size(&self) -> usize {
         self.payload.len() + self.key.as_ref().map_or(0, Vec::len) + 64

@@ -107,9 +107,9 @@ impl PoolThread {
                     .metrics
                     .record_stage(Stage::QueueWait, waited_ms * 1_000);
             }
-            match self.attempt(&job) {
+            let mut job = job;
+            match self.attempt(&mut job) {
                 Attempt::Answered(answer) => {
-                    let mut job = job;
                     if job.holds_key {
                         // Answered: the key passes to its next job. A redo of this answer (a
                         // failed delivery) must not release the key again.
@@ -126,8 +126,8 @@ impl PoolThread {
         }
     }
 
-    /// One try at answering a job.
-    fn attempt(&self, job: &Job) -> Attempt {
+    /// One try at answering a job; a transient error counts one more failure on it.
+    fn attempt(&self, job: &mut Job) -> Attempt {
         let request = match decode(&job.payload) {
             Err(poison) => return Attempt::Answered(Answer::DeadLetter(poison.to_string())),
             Ok(Decoded::Invalid { echo, error }) => {
@@ -168,16 +168,13 @@ impl PoolThread {
             }
             Err(e) if e.is_transient() => {
                 self.note_transient(&e);
-                let delay_ms = self
-                    .shared
-                    .config
-                    .retry_backoff()
-                    .base_delay_ms(job.transient_failures);
+                job.transient_failures += 1;
+                let delay_ms = retry_delay_ms(&self.shared.config, job);
                 self.shared.warnings.warn(e.kind(), || {
                     format!(
                         "transfer {}: {e}; retry {} in {delay_ms} ms",
                         request.transfer_id,
-                        job.transient_failures + 1
+                        job.failures()
                     )
                 });
                 Attempt::Retry(delay_ms)
@@ -301,7 +298,7 @@ impl PoolThread {
                 });
                 self.shared.metrics.record_retry("kafka_produce");
             }
-            let delay_ms = self.shared.config.produce_backoff().base_delay_ms(attempt);
+            let delay_ms = self.shared.config.produce_backoff().delay_ms(attempt);
             if !sleep_unless_shutdown(&self.shared, delay_ms) {
                 // The engine has recorded the outcome; the redelivered message will be
                 // answered from it by whoever owns the partition next.
@@ -327,6 +324,15 @@ fn failpoint(name: &str) -> bool {
 #[cfg(not(feature = "test-hooks"))]
 fn failpoint(_name: &str) -> bool {
     false
+}
+
+/// The delay before the next try of `job`, whose latest failure is already counted on it:
+/// `retry_backoff` at attempt `failures - 1`, so it doubles with every failure of any transient
+/// cause (a transfer error or a failed delivery), up to `retry_delay_ms_max`, plus jitter.
+pub(crate) fn retry_delay_ms(config: &WorkerConfig, job: &Job) -> u64 {
+    config
+        .retry_backoff()
+        .delay_ms(job.failures().saturating_sub(1))
 }
 
 /// Queues `job` to be tried again in `delay_ms`; at shutdown it is abandoned instead (it stays
@@ -541,15 +547,13 @@ impl DeliveryContext {
             return;
         };
         job.publish_failures += 1;
-        let delay_ms = self
-            .shared
-            .config
-            .retry_backoff()
-            .base_delay_ms(job.publish_failures - 1);
+        let delay_ms = retry_delay_ms(&self.shared.config, &job);
         self.shared.warnings.warn("delivery", || {
             format!(
                 "partition {} offset {}: {failure}; retry {} in {delay_ms} ms (no new jobs until deliveries succeed)",
-                job.partition, job.offset, job.publish_failures
+                job.partition,
+                job.offset,
+                job.failures()
             )
         });
         self.shared.metrics.record_retry("kafka_produce");
@@ -770,6 +774,42 @@ mod tests {
         assert_eq!(failure.as_deref(), Some("first"));
         let clean = Delivery::new(self::job(0, 1, 1), 1);
         assert!(clean.reported().expect("one message").1.is_none());
+    }
+
+    #[test]
+    fn retry_delays_double_per_failure_of_any_cause_up_to_the_cap_with_jitter() {
+        let config = WorkerConfig::default().with_retry_delay_ms_max(2_000);
+        let jitter = crate::worker::config::RETRY_JITTER_MS;
+        let mut j = job(0, 1, 1);
+        let mut bases = Vec::new();
+        for failure in 0..9 {
+            // Transfer errors first, then failed deliveries: one schedule for both.
+            if failure < 5 {
+                j.transient_failures += 1;
+            } else {
+                j.publish_failures += 1;
+            }
+            let base = config.retry_backoff().base_delay_ms(failure);
+            for _ in 0..50 {
+                let delay = retry_delay_ms(&config, &j);
+                assert!(
+                    (base..=base + jitter).contains(&delay),
+                    "failure {}: {delay} ms outside {base}..={}",
+                    failure + 1,
+                    base + jitter
+                );
+            }
+            bases.push(base);
+        }
+        assert_eq!(
+            bases,
+            [50, 100, 200, 400, 800, 1_600, 2_000, 2_000, 2_000],
+            "doubling from the base to the cap"
+        );
+        // Jitter spreads jobs that failed together.
+        let spread: std::collections::HashSet<u64> =
+            (0..200).map(|_| retry_delay_ms(&config, &j)).collect();
+        assert!(spread.len() > 1, "jitter: {spread:?}");
     }
 
     #[test]

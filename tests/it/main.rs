@@ -17,6 +17,7 @@ mod examples;
 mod faults;
 mod history;
 mod kafka;
+mod lifecycle;
 mod memory;
 mod monitoring;
 mod ops;
