@@ -21,6 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::worker::config::{BUSY_POLL_MS, HELD_REPORT_INTERVAL_MS, POLL_MS, WAIT_STEP_MS};
 use crate::worker::metrics::{Metrics, Stage, StageBuckets};
+use crate::worker::offsets::Start;
 use crate::worker::pipeline::{Job, Shared};
 
 /// Why the consumer loop returned.
@@ -120,6 +121,12 @@ fn poll_into_backlog(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, poll
             job.timestamp_ms = message.timestamp().to_millis();
             job.generation = shared.generations.lock().current();
             shared.backlog.lock().push(job);
+            seek_back_failpoint(
+                consumer,
+                message.topic(),
+                message.partition(),
+                message.offset(),
+            );
         }
         Some(Err(e)) => {
             shared.metrics.record_retry("kafka_consume");
@@ -130,6 +137,39 @@ fn poll_into_backlog(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, poll
         None => {}
     }
 }
+
+/// Test-only failure injection (feature `test-hooks`, never in a normal build): with
+/// `WALLET_FAILPOINT_SEEK_BACK=AT:TO` the consumer, once it has polled offset `AT` of a
+/// partition, seeks that partition back to offset `TO` (once per process), as a fetch that goes
+/// back would: the messages from `TO` on come again.
+#[cfg(feature = "test-hooks")]
+fn seek_back_failpoint(
+    consumer: &BaseConsumer<ConsumerCtx>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    let Ok(spec) = std::env::var("WALLET_FAILPOINT_SEEK_BACK") else {
+        return;
+    };
+    let Some((at, to)) = spec
+        .split_once(':')
+        .and_then(|(at, to)| Some((at.parse::<i64>().ok()?, to.parse::<i64>().ok()?)))
+    else {
+        return;
+    };
+    if offset != at || DONE.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let result = consumer.seek(topic, partition, Offset::Offset(to), Duration::from_secs(5));
+    log::warn!(
+        "failpoint: seeking partition {partition} back from offset {offset} to {to}: {result:?}"
+    );
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn seek_back_failpoint(_: &BaseConsumer<ConsumerCtx>, _: &str, _: i32, _: i64) {}
 
 /// The periodic one-line summary: totals and the rate since the previous line.
 struct SummaryLog {
@@ -186,7 +226,11 @@ fn dispatch(shared: &Shared, job_tx: &Sender<Job>) -> usize {
             break;
         };
         // Started in offset order, parked or not, so the watermark never passes a parked job.
-        shared.tracker.lock().start(job.partition, job.offset);
+        let start = shared.tracker.lock().start(job.partition, job.offset);
+        if let Start::Redelivery { started_max } = start {
+            skip_redelivery(shared, &job, started_max);
+            continue;
+        }
         let admitted = shared.gate.lock().admit(job);
         if let Some(mut job) = admitted {
             job.holds_key = job.key.is_some();
@@ -196,6 +240,18 @@ fn dispatch(shared: &Shared, job_tx: &Sender<Job>) -> usize {
         }
     }
     backlog.jobs.len()
+}
+
+/// A message at or below the highest offset started on its partition came again (the fetch
+/// went back): it is in flight, finished, or was committed before, so it is not run again.
+fn skip_redelivery(shared: &Shared, job: &Job, started_max: i64) {
+    shared.metrics.record_redelivery_skipped();
+    shared.warnings.warn("fetch_went_back", || {
+        format!(
+            "partition {} offset {} fetched again after offset {started_max} was started (the fetch went back); skipping what was started already",
+            job.partition, job.offset
+        )
+    });
 }
 
 fn set_paused(consumer: &BaseConsumer<ConsumerCtx>, paused: bool) {

@@ -113,6 +113,7 @@ struct PipelineMetrics {
     consumer_lag: IntGaugeVec,
     results_published: IntCounter,
     ledger_published: IntCounter,
+    redeliveries_skipped: IntCounter,
     backlog_bytes: IntGauge,
     parked_jobs: IntGauge,
     retrying_jobs: IntGauge,
@@ -370,6 +371,12 @@ impl Metrics {
     /// Counts a ledger entry delivered to the ledger topic (republished copies included).
     pub fn record_ledger_published(&self) {
         self.inner.pipeline.ledger_published.inc();
+    }
+
+    /// Counts a message fetched again at or below an offset already started on its partition
+    /// (the fetch went back), skipped because it is in flight, finished or committed before.
+    pub fn record_redelivery_skipped(&self) {
+        self.inner.pipeline.redeliveries_skipped.inc();
     }
 
     /// Sets the number of jobs consumed and not yet done.
@@ -642,6 +649,11 @@ fn pipeline_metrics(r: &Registry) -> PipelineMetrics {
             r,
             "wallet_ledger_entries_published_total",
             "Ledger entries delivered to the ledger topic, copies republished after a redelivery included.",
+        ),
+        redeliveries_skipped: counter(
+            r,
+            "wallet_redeliveries_skipped_total",
+            "Messages fetched again at or below an offset already started on their partition (the fetch went back: a seek or an offset reset), skipped: each is in flight, answered, or was committed before.",
         ),
         backlog_bytes: gauge(
             r,
