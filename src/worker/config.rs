@@ -54,7 +54,9 @@ pub struct WorkerConfig {
     /// librdkafka's `max.poll.interval.ms`, which is also the rebalance timeout the group
     /// coordinator is given: the longest a rebalance may wait for members to rejoin.
     pub max_poll_interval_ms: u64,
-    /// Time allowed, on revoke, for in-flight jobs of the revoked partitions to finish.
+    /// Time allowed for a revoke, from the moment it begins (shortened by a stop's deadline):
+    /// in-flight jobs of the revoked partitions get the first three quarters of it to finish,
+    /// the commit of their watermark the last quarter.
     pub revoke_timeout_ms: u64,
     /// Time allowed, on shutdown, for the producer to deliver what is queued.
     pub flush_timeout_ms: u64,
@@ -211,6 +213,11 @@ pub const RESULT_LINGER_MS: u64 = 1;
 pub const CHANNEL_JOBS_PER_THREAD: usize = 2;
 /// Step of the waits that watch the shutdown flag or a revoke's in-flight jobs.
 pub const WAIT_STEP_MS: u64 = 10;
+/// The share of a bounded revoke or stop kept for its commit: the last `1/COMMIT_SHARE_DIVISOR`
+/// of the time. A revoke waits for its running jobs for the first three quarters of
+/// `revoke_timeout_ms` and commits in the last; a stop joins its threads in the first half of
+/// the time left, flushes the producer in the third quarter and commits in the last.
+pub const COMMIT_SHARE_DIVISOR: u32 = 4;
 
 const _: () = assert!(
     BUSY_POLL_MS < POLL_MS,
@@ -249,6 +256,11 @@ impl WorkerConfig {
             max_ms: self.retry_delay_ms_max,
             jitter_ms: PRODUCE_RETRY_DELAY_MS_BASE,
         }
+    }
+
+    /// `revoke_timeout_ms` as a duration.
+    pub fn revoke_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.revoke_timeout_ms)
     }
 
     /// How long joining the group may wait before it is taken as hung: any legitimate join

@@ -43,11 +43,13 @@ use rdkafka::producer::ThreadedProducer;
 
 use crate::engine::service::WalletService;
 use crate::engine::setting::SettingError;
+use crate::worker::commit::Committer;
 use crate::worker::config::{
-    CHANNEL_JOBS_PER_THREAD, DLQ_MESSAGE_BYTES_LIMIT, FETCH_WAIT_MS, REQUESTS_RETENTION_MS_DEFAULT,
-    RESULT_LINGER_MS, STATS_INTERVAL_MS, WAIT_STEP_MS, WARN_INTERVAL_MS, WorkerConfig,
+    CHANNEL_JOBS_PER_THREAD, COMMIT_SHARE_DIVISOR, DLQ_MESSAGE_BYTES_LIMIT, FETCH_WAIT_MS,
+    REQUESTS_RETENTION_MS_DEFAULT, RESULT_LINGER_MS, STATS_INTERVAL_MS, WAIT_STEP_MS,
+    WARN_INTERVAL_MS, WorkerConfig,
 };
-use crate::worker::consumer::{self, Committer, ConsumerCtx, Exit};
+use crate::worker::consumer::{self, ConsumerCtx, Exit};
 use crate::worker::kafka::{self, TopicSpec};
 use crate::worker::keyed::{KeyGate, Keyed};
 use crate::worker::metrics::Metrics;
@@ -285,6 +287,11 @@ impl Shared {
             .get_or_insert_with(|| Instant::now() + timeout)
     }
 
+    /// The stop deadline, once a stop has begun.
+    pub fn stop_deadline(&self) -> Option<Instant> {
+        *self.stop_deadline.lock()
+    }
+
     /// Time left until the stop deadline (the full timeout when no stop has begun).
     pub fn time_left(&self) -> Duration {
         match *self.stop_deadline.lock() {
@@ -383,8 +390,8 @@ impl Worker {
         let config = &self.shared.config;
         let (redo_tx, redo_rx) = crossbeam_channel::unbounded::<Job>();
         let producer = Arc::new(self.result_producer()?);
-        let mut consumer = Arc::new(self.subscribe()?);
         let committer = Committer::start(self.shared.clone());
+        let mut consumer = self.subscribe(&committer)?;
         self.watch_for_stop();
         log::info!(
             "worker up: group {} consuming {} with {} transfer threads; results to {}, ledger entries to {}, dead letters to {}",
@@ -407,18 +414,23 @@ impl Worker {
             );
             // Join with the new member before the old one leaves: a coordinator that left the
             // old join hanging (tansu) completes it once another member arrives.
-            let fresh = Arc::new(self.subscribe()?);
+            let fresh = self.subscribe(&committer)?;
             let stale = std::mem::replace(&mut consumer, fresh);
             // Closing the stale member talks to the coordinator: not on this thread.
             std::thread::spawn(move || drop(stale));
         }
         // Shutdown, all of it within the stop deadline: no new jobs; the pool finishes what it
         // can, the producer delivers what it can, the watermark of what was acknowledged is
-        // committed; whatever is left stays uncommitted for the partitions' next owner.
+        // committed; whatever is left stays uncommitted for the partitions' next owner. Each
+        // step has its share of the time left, so a thread that never returns cannot leave the
+        // final commit without time.
         let deadline = self.shared.begin_stop();
+        let (join_by, flush_by) = stop_phases(Instant::now(), deadline);
         log::info!(
             "shutting down: finishing in-flight jobs (at most {} ms)",
-            config.shutdown_timeout_ms
+            join_by
+                .saturating_duration_since(Instant::now())
+                .as_millis()
         );
         drop(job_tx);
         let all: Vec<_> = threads
@@ -426,13 +438,13 @@ impl Worker {
             .chain(std::iter::once(timer))
             .chain(sweeper)
             .collect();
-        let (panicked, running) = join_until(all, deadline);
+        let (panicked, running) = join_until(all, join_by);
         if running > 0 {
             log::warn!(
-                "{running} threads still busy at the stop deadline (a Redis or broker call that does not return); leaving them"
+                "{running} threads still busy at their share of the stop deadline (a Redis or broker call that does not return); leaving them"
             );
         }
-        self.finish(producer, consumer, &committer, panicked)
+        self.finish(producer, consumer, &committer, flush_by, panicked)
     }
 
     /// Starts the stop clock as soon as the shutdown handle is set (a signal), not when the
@@ -562,8 +574,12 @@ impl Worker {
         (job_tx, pool)
     }
 
-    /// A consumer in the group, subscribed to the requests topic.
-    fn subscribe(&self) -> Result<BaseConsumer<ConsumerCtx>, WorkerError> {
+    /// A consumer in the group, subscribed to the requests topic, committing through
+    /// `committer`.
+    fn subscribe(
+        &self,
+        committer: &Committer,
+    ) -> Result<Arc<BaseConsumer<ConsumerCtx>>, WorkerError> {
         let config = &self.shared.config;
         *self.shared.join_wait_since.lock() = None;
         self.shared.metrics.health().set_joining();
@@ -586,28 +602,35 @@ impl Worker {
             .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string())
             .create_with_context(ConsumerCtx {
                 shared: self.shared.clone(),
+                committer: committer.clone(),
+                consumer: std::sync::OnceLock::new(),
             })?;
+        let consumer = Arc::new(consumer);
+        let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         consumer.subscribe(&[&config.requests_topic])?;
         Ok(consumer)
     }
 
-    /// After the pool has stopped (or the deadline passed): flush the producer and commit the
-    /// final watermark, each bounded by the time left; report what was left.
+    /// After the pool has stopped (or its share of the time is over): flush the producer until
+    /// `flush_by` and commit the final watermark in the time left; report what was left.
     fn finish(
         &self,
         producer: Arc<ThreadedProducer<DeliveryContext>>,
         consumer: Arc<BaseConsumer<ConsumerCtx>>,
         committer: &Committer,
+        flush_by: Instant,
         panicked: bool,
     ) -> Result<WorkerReport, WorkerError> {
         use rdkafka::producer::Producer;
-        let flush =
-            Duration::from_millis(self.shared.config.flush_timeout_ms).min(self.shared.time_left());
+        let flush = Duration::from_millis(self.shared.config.flush_timeout_ms)
+            .min(flush_by.saturating_duration_since(Instant::now()));
         if let Err(e) = producer.flush(flush) {
             log::warn!("producer flush: {e}; undelivered results stay uncommitted and are redone");
         }
+        let positions = self.shared.tracker.lock().positions();
+        let deadline = Instant::now() + self.shared.time_left();
         let committed = committer
-            .commit_all(&self.shared, &consumer, self.shared.time_left())
+            .commit_by(&consumer, positions, deadline)
             .unwrap_or_else(|| {
                 log::warn!("the final commit did not finish by the stop deadline; uncommitted messages are redelivered and answered from their records");
                 Vec::new()
@@ -654,6 +677,15 @@ impl Worker {
         }
         Ok(report)
     }
+}
+
+/// How a stop shares the time left until its `deadline`: the threads are joined until the
+/// first returned instant (half of it), the producer is flushed until the second (a quarter),
+/// and the final commit has the last quarter. Pure.
+pub(crate) fn stop_phases(now: Instant, deadline: Instant) -> (Instant, Instant) {
+    let left = deadline.saturating_duration_since(now);
+    let share = left / COMMIT_SHARE_DIVISOR;
+    (now + left - 2 * share, now + left - share)
 }
 
 /// Joins the threads that finish by `deadline`; the others are left running (detached).
@@ -781,6 +813,25 @@ mod tests {
         assert_eq!(g.abandoned(0), 2);
         g.revoke(&HashSet::from([0]));
         assert_eq!(g.abandoned(0), 0, "a new revoke counts afresh");
+    }
+
+    #[test]
+    fn a_stop_keeps_a_quarter_of_the_time_left_for_the_final_commit() {
+        let now = Instant::now();
+        let (join_by, flush_by) = stop_phases(now, now + Duration::from_secs(10));
+        assert_eq!(join_by - now, Duration::from_secs(5));
+        assert_eq!(flush_by - now, Duration::from_millis(7_500));
+        // Later in the stop (a revoke took time), the shares are of what is left.
+        let (join_by, flush_by) = stop_phases(now, now + Duration::from_secs(2));
+        assert_eq!(
+            (join_by - now, flush_by - now),
+            (Duration::from_secs(1), Duration::from_millis(1_500))
+        );
+        // Past the deadline: nothing is left for anyone.
+        assert_eq!(
+            stop_phases(now + Duration::from_secs(1), now),
+            (now + Duration::from_secs(1), now + Duration::from_secs(1))
+        );
     }
 
     #[test]

@@ -136,3 +136,147 @@ fn a_fetch_that_goes_back_while_jobs_are_in_flight_is_skipped_not_a_crash() {
             .all(|m| result_of(m).status == Status::Completed)
     );
 }
+
+/// Creates `ids` with 100.00 each.
+fn wallets_of(stack: &Stack, ids: &[String]) {
+    let pairs: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "100.00")).collect();
+    create_wallets(&stack.redis.service(2, EngineConfig::default()), &pairs);
+}
+
+/// `count` requests of 0.01 between the `senders` in turn, ids `{prefix}{i}`.
+fn transfers(senders: &[String], prefix: &str, count: usize) -> Vec<TransferRequest> {
+    (0..count)
+        .map(|i| {
+            let (from, to) = (
+                &senders[i % senders.len()],
+                &senders[(i + 1) % senders.len()],
+            );
+            TransferRequest::new(&format!("{prefix}{i}"), from, to, "0.01", Currency::USD).unwrap()
+        })
+        .collect()
+}
+
+/// Locks `wallet` as another owner would, for five minutes.
+fn lock_as_another_owner(conn: &mut redis::Connection, wallet: &str) {
+    redis::cmd("SET")
+        .arg(format!("lock:{wallet}"))
+        .arg("another-owner")
+        .arg("PX")
+        .arg(300_000)
+        .query::<()>(conn)
+        .unwrap();
+}
+
+/// Issue 25, item 2: SIGTERM during a revoke still commits the revoked partition. Worker A
+/// (commits every 10 min, so only a revoke or its stop commits) answers 300 requests, then
+/// holds 4 more whose senders' wallets another owner has locked (each stays in its lock
+/// retries, running). Worker B joins the group; while A's revoke waits for the 4, A gets
+/// SIGTERM. A must commit offset 300 before it goes, and B must answer only the 4. Before,
+/// A skipped the revoke's commit ("left to the shutdown commit"), forgot the partition, ended
+/// `committed []`, and B answered all 304 again.
+#[test]
+fn sigterm_during_a_revoke_still_commits_the_revoked_partition() {
+    let stack = Stack::start(1);
+    let free: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+    let held: Vec<String> = (0..4).map(|i| format!("h{i}")).collect();
+    wallets_of(&stack, &[free.clone(), held.clone()].concat());
+    let n = 300;
+    let flags = [
+        "--commit-interval-ms",
+        "600000",
+        "--threads",
+        "8",
+        "--lock-retries",
+        "30",
+        "--lock-retry-delay-ms-max",
+        "500",
+        "--shutdown-timeout-ms",
+        "10000",
+    ];
+    let mut a = stack.spawn_worker(&flags);
+    stack.publish_requests(&transfers(&free, "a", n));
+    wait_until("A answered the first 300", 120_000, || {
+        a.metric("wallet_results_published_total") as usize == n
+    });
+    assert!(stack.committed().is_empty(), "nothing committed yet");
+    let mut conn = stack.redis.conn();
+    for h in &held {
+        lock_as_another_owner(&mut conn, h);
+    }
+    let held_requests: Vec<TransferRequest> = held
+        .iter()
+        .map(|h| TransferRequest::new(&format!("held_{h}"), h, "f0", "1", Currency::USD).unwrap())
+        .collect();
+    stack.publish_requests(&held_requests);
+    wait_until("A runs the 4 held requests", 60_000, || {
+        a.metric("wallet_in_flight_jobs") as usize == held.len()
+    });
+    let b = stack.spawn_worker(&flags);
+    wait_until("A's revoke waits for its running jobs", 60_000, || {
+        a.log()
+            .contains("being revoked: waiting for their 4 started jobs")
+    });
+    a.signal("TERM");
+    assert_eq!(a.wait_exit(20_000), Some(0), "{}", a.log());
+    let log = a.log();
+    assert!(
+        log.contains(&format!("revoked: positions [(0, {n})] committed")),
+        "{log}"
+    );
+    assert_eq!(stack.committed().get(&0), Some(&(n as i64)), "{log}");
+    for h in &held {
+        redis::cmd("DEL")
+            .arg(format!("lock:{h}"))
+            .query::<()>(&mut conn)
+            .unwrap();
+    }
+    wait_until("B answered the 4 held requests", 120_000, || {
+        stack.committed().get(&0) == Some(&(n as i64 + 4))
+    });
+    assert_eq!(
+        b.metric("wallet_results_published_total"),
+        4.0,
+        "B answers only what A had not answered and acknowledged"
+    );
+    let mut results = stack.reader(&stack.topics.results);
+    let read = results.read_until(n + 4, 60_000).to_vec();
+    let ids: std::collections::HashSet<String> =
+        read.iter().map(|m| result_of(m).transfer_id).collect();
+    assert_eq!(ids.len(), n + 4);
+}
+
+/// Issue 25, item 3: the final commit keeps its share of the stop deadline. A worker (commits
+/// every 10 min, stop deadline 4 s) answers 50 requests; then Redis is frozen (SIGSTOP) with a
+/// 51st request on a transfer thread, which stays in its Redis call past the deadline (the
+/// engine's I/O timeout is 5 s). Its SIGTERM must still commit offset 50. Before, joining the
+/// threads took the whole deadline and the final commit got 0 ms: `committed []`.
+#[test]
+fn a_thread_stuck_at_the_stop_deadline_leaves_the_final_commit_its_share() {
+    let stack = Stack::start(1);
+    let ids: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+    wallets_of(&stack, &ids);
+    let flags = [
+        "--commit-interval-ms",
+        "600000",
+        "--shutdown-timeout-ms",
+        "4000",
+    ];
+    let mut worker = stack.spawn_worker(&flags);
+    let n = 50;
+    stack.publish_requests(&transfers(&ids, "c", n));
+    wait_until("50 answered", 120_000, || {
+        worker.metric("wallet_results_published_total") as usize == n
+    });
+    stack.redis.pause();
+    stack.publish_requests(&transfers(&ids, "frozen", 1));
+    wait_until("the 51st on a thread", 60_000, || {
+        worker.metric("wallet_in_flight_jobs") == 1.0
+    });
+    worker.signal("TERM");
+    let exit = worker.wait_exit(4_000 + 2_000);
+    stack.redis.resume();
+    assert_eq!(exit, Some(0), "{}", worker.log());
+    let log = worker.log();
+    assert!(log.contains(&format!("committed [(0, {n})]")), "{log}");
+    assert_eq!(stack.committed().get(&0), Some(&(n as i64)), "{log}");
+}
