@@ -468,7 +468,7 @@ fn stop_partitions(shared: &Shared, revoked: &HashSet<i32>) -> (usize, usize) {
     let retrying = shared.retries.lock().drop_partitions(revoked);
     let mut generations = shared.generations.lock();
     for job in parked.iter().chain(&retrying) {
-        generations.abandon(job.partition);
+        generations.abandon(job);
     }
     (undispatched, parked.len() + retrying.len())
 }

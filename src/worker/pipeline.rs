@@ -195,12 +195,21 @@ impl Backlog {
 
 /// Assignment generations: a revoke starts a new one, and a job consumed before its
 /// partition's latest revoke is stale: it is abandoned wherever it is met (channel, delay
-/// queue, gate), staying uncommitted for the partition's next owner.
+/// queue, gate, a failed delivery), staying uncommitted for the partition's next owner.
+///
+/// A revoke waits until its partitions' in-flight offsets are finished or abandoned, so only
+/// jobs of the assignment it takes away may count as its abandoned ones: a job of an older
+/// assignment (consumed before the revoke before it, whose offsets the tracker has forgotten)
+/// met late is abandoned without being counted, or it would end the wait while a job of the
+/// current assignment still runs.
 #[derive(Debug, Default)]
 pub(crate) struct Generations {
     current: u64,
     revoked_at: HashMap<i32, u64>,
-    /// Stale jobs of each partition abandoned since its latest revoke began.
+    /// The revoke before the latest one, per partition: jobs consumed from it on are those of
+    /// the assignment the latest revoke takes away.
+    revoked_before: HashMap<i32, u64>,
+    /// Abandoned jobs of the assignment each partition's latest revoke takes away.
     abandoned: HashMap<i32, usize>,
 }
 
@@ -219,17 +228,37 @@ impl Generations {
     pub fn revoke(&mut self, partitions: &HashSet<i32>) {
         self.current += 1;
         for p in partitions {
-            self.revoked_at.insert(*p, self.current);
+            let before = self.revoked_at.insert(*p, self.current).unwrap_or(0);
+            self.revoked_before.insert(*p, before);
             self.abandoned.insert(*p, 0);
         }
     }
 
-    pub fn abandon(&mut self, partition: i32) {
-        *self.abandoned.entry(partition).or_default() += 1;
+    /// Notes that the stale `job` was dropped; counted for its partition's latest revoke only
+    /// when it belongs to the assignment that revoke takes away.
+    pub fn abandon(&mut self, job: &Job) {
+        let since = self
+            .revoked_before
+            .get(&job.partition)
+            .copied()
+            .unwrap_or(0);
+        if job.generation >= since {
+            *self.abandoned.entry(job.partition).or_default() += 1;
+        }
     }
 
+    /// Abandoned jobs of the assignment `partition`'s latest revoke takes away.
     pub fn abandoned(&self, partition: i32) -> usize {
         self.abandoned.get(&partition).copied().unwrap_or(0)
+    }
+
+    /// Abandons `job` if it is stale; true when it was.
+    pub fn abandon_if_stale(&mut self, job: &Job) -> bool {
+        let stale = self.is_stale(job);
+        if stale {
+            self.abandon(job);
+        }
+        stale
     }
 }
 
@@ -265,6 +294,28 @@ pub(crate) struct Shared {
 pub(crate) const NO_TTL_REPORTED_LIMIT: usize = 10_000;
 
 impl Shared {
+    /// The state of a worker that has not started: no partitions, no jobs, no stop.
+    pub fn new(config: WorkerConfig, metrics: Metrics) -> Arc<Shared> {
+        Arc::new(Shared {
+            config,
+            tracker: Mutex::new(OffsetTracker::new()),
+            backlog: Mutex::new(Backlog::default()),
+            gate: Mutex::new(KeyGate::default()),
+            retries: Mutex::new(RetryQueue::default()),
+            retry_wake: Condvar::new(),
+            generations: Mutex::new(Generations::default()),
+            assignment_changed: AtomicBool::new(false),
+            join_wait_since: Mutex::new(None),
+            metrics,
+            shutdown: Arc::new(AtomicBool::new(false)),
+            fatal: Mutex::new(None),
+            no_ttl_reported: Mutex::new(HashSet::new()),
+            stop_deadline: Mutex::new(None),
+            delivery_failing: AtomicBool::new(false),
+            warnings: Warnings::new(WARN_INTERVAL_MS),
+        })
+    }
+
     /// Stops the worker on a permanent error: the first reason is kept and reported by
     /// [`Worker::run`].
     pub fn fail(&self, reason: String) {
@@ -355,24 +406,7 @@ impl Worker {
     ) -> Result<Worker, WorkerError> {
         config.validate()?;
         Ok(Worker {
-            shared: Arc::new(Shared {
-                config,
-                tracker: Mutex::new(OffsetTracker::new()),
-                backlog: Mutex::new(Backlog::default()),
-                gate: Mutex::new(KeyGate::default()),
-                retries: Mutex::new(RetryQueue::default()),
-                retry_wake: Condvar::new(),
-                generations: Mutex::new(Generations::default()),
-                assignment_changed: AtomicBool::new(false),
-                join_wait_since: Mutex::new(None),
-                metrics,
-                shutdown: Arc::new(AtomicBool::new(false)),
-                fatal: Mutex::new(None),
-                no_ttl_reported: Mutex::new(HashSet::new()),
-                stop_deadline: Mutex::new(None),
-                delivery_failing: AtomicBool::new(false),
-                warnings: Warnings::new(WARN_INTERVAL_MS),
-            }),
+            shared: Shared::new(config, metrics),
             service,
         })
     }
@@ -808,8 +842,8 @@ mod tests {
         let mut fresh = job(0, 2, 1);
         fresh.generation = g.current();
         assert!(!g.is_stale(&fresh), "consumed after the revoke");
-        g.abandon(0);
-        g.abandon(0);
+        g.abandon(&old);
+        g.abandon(&old);
         assert_eq!(g.abandoned(0), 2);
         g.revoke(&HashSet::from([0]));
         assert_eq!(g.abandoned(0), 0, "a new revoke counts afresh");
@@ -832,6 +866,30 @@ mod tests {
             stop_phases(now + Duration::from_secs(1), now),
             (now + Duration::from_secs(1), now + Duration::from_secs(1))
         );
+    }
+
+    /// ABA: a job of the first assignment of partition 0, met after the partition came back and
+    /// was revoked again, must not count for the second revoke, or its wait would end while
+    /// the second assignment's job still runs.
+    #[test]
+    fn a_job_of_an_older_assignment_never_counts_for_a_later_revoke() {
+        let mut g = Generations::default();
+        let mut first = job(0, 10, 1);
+        first.generation = g.current();
+        g.revoke(&HashSet::from([0]));
+        // Partition 0 comes back; a job of the second assignment starts.
+        let mut second = job(0, 10, 1);
+        second.generation = g.current();
+        g.revoke(&HashSet::from([0]));
+        assert!(g.is_stale(&first) && g.is_stale(&second));
+        // The first assignment's job is met late (a failed delivery, a retry coming due).
+        assert!(g.abandon_if_stale(&first));
+        assert_eq!(g.abandoned(0), 0, "not one of the second revoke's jobs");
+        assert!(g.abandon_if_stale(&second));
+        assert_eq!(g.abandoned(0), 1);
+        let mut third = job(0, 11, 1);
+        third.generation = g.current();
+        assert!(!g.abandon_if_stale(&third), "consumed after the revoke");
     }
 
     #[test]

@@ -90,13 +90,9 @@ impl PoolThread {
                 // Stopping, and out of time: the job stays uncommitted for the next owner.
                 return;
             }
-            {
-                let mut generations = self.shared.generations.lock();
-                if generations.is_stale(&job) {
-                    // Its partition was revoked: the next owner redoes it.
-                    generations.abandon(job.partition);
-                    continue;
-                }
+            if self.shared.generations.lock().abandon_if_stale(&job) {
+                // Its partition was revoked: the next owner redoes it.
+                continue;
             }
             if job.transient_failures == 0
                 && job.publish_failures == 0
@@ -335,12 +331,23 @@ pub(crate) fn retry_delay_ms(config: &WorkerConfig, job: &Job) -> u64 {
         .delay_ms(job.failures().saturating_sub(1))
 }
 
-/// Queues `job` to be tried again in `delay_ms`; at shutdown it is abandoned instead (it stays
-/// uncommitted and is answered by the next owner).
+/// Queues `job` to be tried again in `delay_ms`; at shutdown, or when its partition was
+/// revoked since it was consumed (a stale job, [`crate::worker::pipeline::Generations`]), it is
+/// abandoned instead (it stays uncommitted and is answered by the next owner). Every path that
+/// puts a job back (a transient error, a failed delivery) comes through here.
 pub(crate) fn schedule_retry(shared: &Shared, mut job: Job, delay_ms: u64) {
     if shared.shutdown.load(Ordering::SeqCst) {
         log::info!(
             "abandoning partition {} offset {} at shutdown; it stays uncommitted",
+            job.partition,
+            job.offset
+        );
+        return;
+    }
+    if shared.generations.lock().abandon_if_stale(&job) {
+        // Consumed before its partition's latest revoke: the next owner redoes it.
+        log::debug!(
+            "partition {} offset {} was revoked while it failed; not retried",
             job.partition,
             job.offset
         );
@@ -810,6 +817,35 @@ mod tests {
         let spread: std::collections::HashSet<u64> =
             (0..200).map(|_| retry_delay_ms(&config, &j)).collect();
         assert!(spread.len() > 1, "jitter: {spread:?}");
+    }
+
+    #[test]
+    fn a_stale_job_is_never_put_back_and_counts_once_for_its_revoke() {
+        use crate::worker::metrics::Metrics;
+        use crate::worker::pipeline::Shared;
+        use std::collections::HashSet;
+        let shared = Shared::new(WorkerConfig::default(), Metrics::new());
+        let mut old = job(0, 5, 10);
+        old.generation = shared.generations.lock().current();
+        shared.generations.lock().revoke(&HashSet::from([0]));
+        let mut fresh = job(0, 6, 10);
+        fresh.generation = shared.generations.lock().current();
+        // A failed delivery of the old job's answer, and a transient error of its transfer.
+        let delivery = DeliveryContext {
+            shared: shared.clone(),
+        };
+        delivery.settle(old.clone(), Some("broker away".into()));
+        schedule_retry(&shared, old, 10);
+        assert_eq!(
+            shared.retries.lock().len(),
+            0,
+            "the old job is not put back"
+        );
+        assert_eq!(shared.generations.lock().abandoned(0), 2);
+        // A job consumed after the revoke is retried as usual.
+        delivery.settle(fresh, Some("broker away".into()));
+        assert_eq!(shared.retries.lock().len(), 1);
+        assert_eq!(shared.generations.lock().abandoned(0), 2);
     }
 
     #[test]
