@@ -191,6 +191,10 @@ pub const RETRY_DELAY_MS_BASE: u64 = 50;
 pub const RETRY_JITTER_MS: u64 = RETRY_DELAY_MS_BASE;
 /// Base delay of a refused produce call; doubles per retry up to `retry_delay_ms_max`.
 pub const PRODUCE_RETRY_DELAY_MS_BASE: u64 = 5;
+/// Tries of one job whose transfer panicked (a bug) before it is dead-lettered.
+pub const PANICS_PER_JOB_LIMIT: u32 = 3;
+/// Bytes of a request logged with a panic of its transfer.
+pub const PANIC_PAYLOAD_LOG_BYTES: usize = 512;
 /// Poll timeout of the consumer loop: the longest a shutdown or commit waits for it.
 pub const POLL_MS: u64 = 100;
 /// Longest time the broker may hold a fetch that found no data (overridable with `-X

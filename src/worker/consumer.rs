@@ -85,10 +85,20 @@ pub(crate) fn consume(
     Exit::Shutdown
 }
 
-/// Sets the gauges of what the worker holds: in flight, held bytes, parked, retrying.
+/// Sets the gauges of what the worker holds: in flight, held bytes, parked, retrying; and tells
+/// readiness each partition's watermark.
 fn report_held(shared: &Shared, held_bytes: usize) {
-    let in_flight = shared.tracker.lock().in_flight_total();
+    let (in_flight, watermarks) = {
+        let tracker = shared.tracker.lock();
+        let watermarks: Vec<(i32, i64, usize)> = tracker
+            .positions()
+            .into_iter()
+            .map(|(p, position)| (p, position, tracker.in_flight(p)))
+            .collect();
+        (tracker.in_flight_total(), watermarks)
+    };
     shared.metrics.set_in_flight(in_flight as i64);
+    shared.metrics.health().set_watermarks(&watermarks);
     let parked = shared.gate.lock().parked();
     let (retrying, oldest_since) = {
         let retries = shared.retries.lock();

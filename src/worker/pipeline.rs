@@ -111,6 +111,9 @@ pub(crate) struct Job {
     pub transient_failures: u32,
     /// Failed deliveries of its answer so far, for the backoff.
     pub publish_failures: u32,
+    /// Tries of its transfer that panicked so far (a bug); at `PANICS_PER_JOB_LIMIT` it is
+    /// dead-lettered.
+    pub panics: u32,
     /// When it first failed, while it is retrying.
     pub retrying_since: Option<Instant>,
     /// Set when its answer went to the dead-letter topic.
@@ -131,17 +134,19 @@ impl Job {
             holds_key: false,
             transient_failures: 0,
             publish_failures: 0,
+            panics: 0,
             retrying_since: None,
             dead_lettered: false,
             handed_at: None,
         }
     }
 
-    /// Transient failures of every cause so far (transfer errors and failed deliveries): the
+    /// Failures of every cause so far (transfer errors, failed deliveries, panics): the
     /// attempt number of its backoff.
     pub fn failures(&self) -> u32 {
         self.transient_failures
             .saturating_add(self.publish_failures)
+            .saturating_add(self.panics)
     }
 
     /// Memory it holds, for the bound on what the worker holds (payload, key, bookkeeping).
@@ -424,6 +429,12 @@ impl Worker {
         let config = &self.shared.config;
         let (redo_tx, redo_rx) = crossbeam_channel::unbounded::<Job>();
         let producer = Arc::new(self.result_producer()?);
+        // A watermark that stands still with work for as long as Kafka lets a consumer go
+        // without polling is reported as a stall (readiness, `wallet_watermark_stalled_seconds`).
+        self.shared
+            .metrics
+            .health()
+            .set_stall_limit(Duration::from_millis(config.max_poll_interval_ms));
         let committer = Committer::start(self.shared.clone());
         let mut consumer = self.subscribe(&committer)?;
         self.watch_for_stop();

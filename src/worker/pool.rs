@@ -19,6 +19,7 @@
 //! it, and what happens to a job that cannot be answered yet. Does not poll, commit or handle rebalances
 //! (`worker::consumer`) and holds no transfer logic (`engine::transfer`).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -35,8 +36,8 @@ use crate::engine::message::{Decoded, FailureReason, RawRequest, TransferComplet
 use crate::engine::service::WalletService;
 use crate::engine::transfer::{Origin, TransferError, TransferOutcome};
 use crate::worker::config::{
-    DLQ_ERROR_BYTES_LIMIT, DLQ_KEY_BYTES_LIMIT, DLQ_PAYLOAD_BYTES_LIMIT, RETRY_TICK_MS,
-    WAIT_STEP_MS, WorkerConfig,
+    DLQ_ERROR_BYTES_LIMIT, DLQ_KEY_BYTES_LIMIT, DLQ_PAYLOAD_BYTES_LIMIT, PANIC_PAYLOAD_LOG_BYTES,
+    PANICS_PER_JOB_LIMIT, RETRY_TICK_MS, WAIT_STEP_MS, WorkerConfig,
 };
 use crate::worker::ledger::{self, LedgerEntry};
 use crate::worker::metrics::Stage;
@@ -94,8 +95,7 @@ impl PoolThread {
                 // Its partition was revoked: the next owner redoes it.
                 continue;
             }
-            if job.transient_failures == 0
-                && job.publish_failures == 0
+            if job.failures() == 0
                 && let Some(ts) = job.timestamp_ms
             {
                 let waited_ms = crate::engine::message::now_ms().saturating_sub(ts.max(0) as u64);
@@ -104,7 +104,11 @@ impl PoolThread {
                     .record_stage(Stage::QueueWait, waited_ms * 1_000);
             }
             let mut job = job;
-            match self.attempt(&mut job) {
+            // A panic in a transfer (a bug) costs this job a try, not the thread: the thread
+            // would take the job's key and its partition's watermark down with it.
+            let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| self.attempt(&mut job)))
+                .unwrap_or_else(|panic| self.panicked(&mut job, panic.as_ref()));
+            match attempt {
                 Attempt::Answered(answer) => {
                     if job.holds_key {
                         // Answered: the key passes to its next job. A redo of this answer (a
@@ -122,6 +126,34 @@ impl PoolThread {
         }
     }
 
+    /// A try at `job` panicked: logged with the job, counted, and retried after the backoff,
+    /// or dead-lettered once it has panicked `PANICS_PER_JOB_LIMIT` times (its key passes on
+    /// and its offset is committed; an outcome the transfer recorded stays in Redis).
+    fn panicked(&self, job: &mut Job, panic: &(dyn std::any::Any + Send)) -> Attempt {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string());
+        job.panics += 1;
+        self.shared.metrics.record_thread_panic();
+        let payload =
+            String::from_utf8_lossy(&job.payload[..job.payload.len().min(PANIC_PAYLOAD_LOG_BYTES)]);
+        log::error!(
+            "a transfer panicked ({} of {PANICS_PER_JOB_LIMIT}) on partition {} offset {}, request {payload}: {what}",
+            job.panics,
+            job.partition,
+            job.offset
+        );
+        if job.panics >= PANICS_PER_JOB_LIMIT {
+            return Attempt::Answered(Answer::DeadLetter(format!(
+                "the transfer panicked {} times: {what}",
+                job.panics
+            )));
+        }
+        Attempt::Retry(retry_delay_ms(&self.shared.config, job))
+    }
+
     /// One try at answering a job; a transient error counts one more failure on it.
     fn attempt(&self, job: &mut Job) -> Attempt {
         let request = match decode(&job.payload) {
@@ -135,6 +167,7 @@ impl PoolThread {
             }
             Ok(Decoded::Request(request)) => request,
         };
+        panic_failpoint(&request.transfer_id);
         let origin = Origin {
             topic: self.shared.config.requests_topic.clone(),
             partition: job.partition,
@@ -321,6 +354,18 @@ fn failpoint(name: &str) -> bool {
 fn failpoint(_name: &str) -> bool {
     false
 }
+
+/// Test-only (feature `test-hooks`): with `WALLET_FAILPOINT_PANIC=ID` the transfer of request
+/// `ID` panics, as a bug in the engine would.
+#[cfg(feature = "test-hooks")]
+fn panic_failpoint(transfer_id: &str) {
+    if std::env::var("WALLET_FAILPOINT_PANIC").is_ok_and(|v| v == transfer_id) {
+        panic!("failpoint: the transfer of {transfer_id} panics");
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn panic_failpoint(_transfer_id: &str) {}
 
 /// The delay before the next try of `job`, whose latest failure is already counted on it:
 /// `retry_backoff` at attempt `failures - 1`, so it doubles with every failure of any transient

@@ -230,19 +230,27 @@ fn sigterm_during_a_revoke_still_commits_the_revoked_partition() {
             .query::<()>(&mut conn)
             .unwrap();
     }
-    wait_until("B answered the 4 held requests", 120_000, || {
-        stack.committed().get(&0) == Some(&(n as i64 + 4))
-    });
+    let mut results = stack.reader(&stack.topics.results);
+    let mut ids = std::collections::HashSet::new();
+    wait_until(
+        "every request answered, the 4 held ones by B",
+        120_000,
+        || {
+            results.drain_tolerant(100);
+            ids = results
+                .messages
+                .iter()
+                .map(|m| result_of(m).transfer_id)
+                .collect();
+            ids.len() == n + 4
+        },
+    );
     assert_eq!(
         b.metric("wallet_results_published_total"),
         4.0,
         "B answers only what A had not answered and acknowledged"
     );
-    let mut results = stack.reader(&stack.topics.results);
-    let read = results.read_until(n + 4, 60_000).to_vec();
-    let ids: std::collections::HashSet<String> =
-        read.iter().map(|m| result_of(m).transfer_id).collect();
-    assert_eq!(ids.len(), n + 4);
+    assert_eq!(results.messages.len(), n + 4, "one result per request");
 }
 
 /// Issue 25, item 3: the final commit keeps its share of the stop deadline. A worker (commits
@@ -279,4 +287,115 @@ fn a_thread_stuck_at_the_stop_deadline_leaves_the_final_commit_its_share() {
     let log = worker.log();
     assert!(log.contains(&format!("committed [(0, {n})]")), "{log}");
     assert_eq!(stack.committed().get(&0), Some(&(n as i64)), "{log}");
+}
+
+/// Issue 25, item 6: a transfer that panics costs its job a try, not the thread. The transfer
+/// of `boom` panics every time (hook `WALLET_FAILPOINT_PANIC`); the requests of the same
+/// sender after it must still be answered and the commit must reach the end: `boom` is tried
+/// three times (`wallet_thread_panics_total` 3), then dead-lettered with the panic in its
+/// error header. Before, the panic killed the thread: the sender's key stayed busy, so the
+/// requests behind `boom` were never run and the watermark stayed at `boom`.
+#[test]
+fn a_panicking_transfer_is_caught_counted_and_dead_lettered_and_its_key_goes_on() {
+    let stack = Stack::start(1);
+    let ids: Vec<String> = ["pa", "pb", "pc"].iter().map(|s| s.to_string()).collect();
+    wallets_of(&stack, &ids);
+    let mut worker = stack.spawn_worker_env(&[], &[("WALLET_FAILPOINT_PANIC", "boom")]);
+    let request = |id: &str, from: &str, to: &str| {
+        TransferRequest::new(id, from, to, "1", Currency::USD).unwrap()
+    };
+    stack.publish_requests(&[
+        request("before", "pa", "pb"),
+        request("boom", "pa", "pb"),
+        request("after", "pa", "pc"),
+        request("other", "pb", "pc"),
+    ]);
+    wait_until("every offset committed", 60_000, || {
+        stack.committed().get(&0) == Some(&4)
+    });
+    assert!(worker.is_running(), "{}", worker.log());
+    assert_eq!(worker.metric("wallet_thread_panics_total"), 3.0);
+    let mut dlq = stack.reader(&stack.topics.dlq);
+    let dead = dlq.read_until(1, 30_000).to_vec();
+    assert!(
+        dead[0].headers["error"].contains("the transfer panicked 3 times"),
+        "{:?}",
+        dead[0].headers
+    );
+    let mut results = stack.reader(&stack.topics.results);
+    let read = results.read_until(3, 30_000).to_vec();
+    let ids: std::collections::HashSet<String> =
+        read.iter().map(|m| result_of(m).transfer_id).collect();
+    assert_eq!(
+        ids,
+        ["before", "after", "other"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+    let log = worker.log();
+    assert!(
+        log.contains("a transfer panicked (3 of 3) on partition 0 offset 1"),
+        "{log}"
+    );
+}
+
+/// GET `path` on the worker's metrics port: the status line and the body.
+fn http_get(worker: &crate::support::stack::WorkerProcess, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", worker.metrics_port))
+        .expect("connect to the worker's metrics port");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// Issue 25, item 6: a partition whose watermark stands still while it has work is reported.
+/// One request's sender is locked by another owner, so its offset never finishes; with
+/// `--max-poll-interval-ms 16000` (the stall limit) `/readyz` must say `progress: partition 0
+/// has not committed past offset 0`, not before 16 s, and `wallet_watermark_stalled_seconds`
+/// must show it; once the lock is gone the worker is ready again. Before, readiness knew
+/// nothing of progress: a stuck partition looked ready for ever.
+#[test]
+fn a_partition_stalled_with_work_is_not_ready_until_it_moves() {
+    let stack = Stack::start(1);
+    let ids: Vec<String> = ["sa", "sb"].iter().map(|s| s.to_string()).collect();
+    wallets_of(&stack, &ids);
+    let worker = stack.spawn_worker(&["--lock-retries", "0", "--max-poll-interval-ms", "16000"]);
+    let mut conn = stack.redis.conn();
+    lock_as_another_owner(&mut conn, "sa");
+    let started = std::time::Instant::now();
+    stack.publish_requests(&[TransferRequest::new("st", "sa", "sb", "1", Currency::USD).unwrap()]);
+    let mut readyz = String::new();
+    wait_until("/readyz reports the stall", 90_000, || {
+        readyz = http_get(&worker, "/readyz");
+        readyz.contains("progress: partition 0 has not committed past offset 0")
+    });
+    let elapsed_ms = started.elapsed().as_millis();
+    assert!(
+        readyz.starts_with("HTTP/1.0 503") || readyz.starts_with("HTTP/1.1 503"),
+        "{readyz}"
+    );
+    assert!(
+        elapsed_ms >= 16_000,
+        "reported after {elapsed_ms} ms, before the limit"
+    );
+    assert_eq!(
+        worker.metric(r#"wallet_ready_check{check="progress"}"#),
+        0.0
+    );
+    assert!(worker.metric(r#"wallet_watermark_stalled_seconds{partition="0"}"#) > 16.0);
+    redis::cmd("DEL")
+        .arg("lock:sa")
+        .query::<()>(&mut conn)
+        .unwrap();
+    wait_until("ready again once the offset is done", 60_000, || {
+        http_get(&worker, "/readyz").ends_with("ready\n")
+            && worker.metric(r#"wallet_ready_check{check="progress"}"#) == 1.0
+    });
+    assert_eq!(
+        worker.metric(r#"wallet_watermark_stalled_seconds{partition="0"}"#),
+        0.0
+    );
 }
