@@ -195,6 +195,10 @@ pub const PRODUCE_RETRY_DELAY_MS_BASE: u64 = 5;
 pub const PANICS_PER_JOB_LIMIT: u32 = 3;
 /// Bytes of a request logged with a panic of its transfer.
 pub const PANIC_PAYLOAD_LOG_BYTES: usize = 512;
+/// How long the deliveries of answers may fail because their topic does not exist (with none
+/// acknowledged meanwhile) before the worker takes the topic as deleted and stops on a
+/// permanent error; a topic created a little late is waited for.
+pub const TOPIC_MISSING_MS_LIMIT: u64 = 60_000;
 /// Poll timeout of the consumer loop: the longest a shutdown or commit waits for it.
 pub const POLL_MS: u64 = 100;
 /// Longest time the broker may hold a fetch that found no data (overridable with `-X

@@ -291,6 +291,9 @@ pub(crate) struct Shared {
     pub stop_deadline: Mutex<Option<Instant>>,
     /// Set while result deliveries fail (the brokers are away): no new jobs are dispatched.
     pub delivery_failing: AtomicBool,
+    /// Since when deliveries have failed because their topic does not exist (none acknowledged
+    /// since); see `TOPIC_MISSING_MS_LIMIT`.
+    pub topic_missing_since: Mutex<Option<Instant>>,
     /// Warnings that could repeat once per message during an outage.
     pub warnings: Warnings,
 }
@@ -317,6 +320,7 @@ impl Shared {
             no_ttl_reported: Mutex::new(HashSet::new()),
             stop_deadline: Mutex::new(None),
             delivery_failing: AtomicBool::new(false),
+            topic_missing_since: Mutex::new(None),
             warnings: Warnings::new(WARN_INTERVAL_MS),
         })
     }

@@ -37,7 +37,7 @@ use crate::engine::service::WalletService;
 use crate::engine::transfer::{Origin, TransferError, TransferOutcome};
 use crate::worker::config::{
     DLQ_ERROR_BYTES_LIMIT, DLQ_KEY_BYTES_LIMIT, DLQ_PAYLOAD_BYTES_LIMIT, PANIC_PAYLOAD_LOG_BYTES,
-    PANICS_PER_JOB_LIMIT, RETRY_TICK_MS, WAIT_STEP_MS, WorkerConfig,
+    PANICS_PER_JOB_LIMIT, RETRY_TICK_MS, TOPIC_MISSING_MS_LIMIT, WAIT_STEP_MS, WorkerConfig,
 };
 use crate::worker::ledger::{self, LedgerEntry};
 use crate::worker::metrics::Stage;
@@ -563,6 +563,13 @@ impl ProducerContext for DeliveryContext {
             Err((e, _)) => {
                 self.shared.delivery_failing.store(true, Ordering::SeqCst);
                 delivery.fail(format!("publishing {what} it failed: {e}"));
+                if is_topic_missing(e) {
+                    let reason = format!(
+                        "{what} partition {} offset {} cannot be delivered: {e}",
+                        delivery.partition, delivery.offset
+                    );
+                    self.topic_missing(&reason, Instant::now());
+                }
             }
         }
         if let Some((job, failure)) = delivery.reported() {
@@ -572,9 +579,27 @@ impl ProducerContext for DeliveryContext {
 }
 
 impl DeliveryContext {
+    /// A delivery failed at `now` because its topic does not exist. A topic that is still
+    /// missing `TOPIC_MISSING_MS_LIMIT` after the first such failure (with no delivery
+    /// acknowledged since) was deleted, not created late: no retry can deliver there, so the
+    /// worker stops on a permanent error. True when it did.
+    fn topic_missing(&self, reason: &str, now: Instant) -> bool {
+        let since = *self.shared.topic_missing_since.lock().get_or_insert(now);
+        let missing = now.saturating_duration_since(since);
+        if missing < Duration::from_millis(TOPIC_MISSING_MS_LIMIT) {
+            return false;
+        }
+        self.shared.fail(format!(
+            "{reason}; its topic has been missing for {} s (deleted?): create it again, then restart the worker",
+            missing.as_secs()
+        ));
+        true
+    }
+
     /// One message of an answer reached the brokers.
     fn acknowledged(&self, delivery: &Delivery, kind: PartKind) {
         self.shared.delivery_failing.store(false, Ordering::SeqCst);
+        *self.shared.topic_missing_since.lock() = None;
         match kind {
             PartKind::Result => self.shared.metrics.record_published(),
             PartKind::Ledger => self.shared.metrics.record_ledger_published(),
@@ -627,6 +652,18 @@ pub(crate) fn is_permanent(e: &KafkaError) -> bool {
                 | RDKafkaErrorCode::PolicyViolation
                 | RDKafkaErrorCode::UnsupportedForMessageFormat
                 | RDKafkaErrorCode::Fatal
+        )
+    )
+}
+
+/// Delivery errors that say the topic does not exist (deleted, or not created yet). Pure.
+pub(crate) fn is_topic_missing(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopicId
         )
     )
 }
@@ -891,6 +928,42 @@ mod tests {
         delivery.settle(fresh, Some("broker away".into()));
         assert_eq!(shared.retries.lock().len(), 1);
         assert_eq!(shared.generations.lock().abandoned(0), 2);
+    }
+
+    #[test]
+    fn a_topic_missing_past_the_bound_stops_the_worker_and_an_ack_resets_the_clock() {
+        use crate::worker::metrics::Metrics;
+        use crate::worker::pipeline::Shared;
+        let missing = KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition);
+        assert!(is_topic_missing(&missing));
+        assert!(is_topic_missing(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::UnknownTopic
+        )));
+        assert!(!is_topic_missing(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut
+        )));
+        let shared = Shared::new(WorkerConfig::default(), Metrics::new());
+        let ctx = DeliveryContext {
+            shared: shared.clone(),
+        };
+        let t0 = Instant::now();
+        let limit = Duration::from_millis(TOPIC_MISSING_MS_LIMIT);
+        assert!(!ctx.topic_missing("r", t0));
+        assert!(
+            !ctx.topic_missing("r", t0 + limit / 2),
+            "created late, maybe"
+        );
+        // An acknowledged delivery in between: the topic is there, the clock starts again.
+        ctx.acknowledged(&Delivery::new(job(0, 1, 1), 1), PartKind::Result);
+        assert!(!ctx.topic_missing("r", t0 + limit));
+        assert!(shared.fatal.lock().is_none());
+        assert!(
+            ctx.topic_missing("r", t0 + 2 * limit),
+            "missing for a whole bound"
+        );
+        let fatal = shared.fatal.lock().clone().expect("the worker stops");
+        assert!(fatal.contains("missing for 60 s (deleted?)"), "{fatal}");
+        assert!(shared.shutdown.load(Ordering::SeqCst));
     }
 
     #[test]
