@@ -20,8 +20,8 @@ test: ## every test: unit, property, doc, and integration against real redis-ser
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 
-fault-test: ## the fault suite at full size (tests/it/faults.rs; `make test` runs it short); FAULT_SEED=n replays
-	FAULT_SCALE=full $(CARGO) test --release --test it faults:: memory:: -- --test-threads 1 --nocapture
+fault-test: ## the fault suite at full size (tests/it/faults.rs, the memory plateau, the worker's long steady run; `make test` runs them short); FAULT_SEED=n replays
+	FAULT_SCALE=full $(CARGO) test --release --test it -- faults:: memory:: lifecycle::a_long_steady_load --test-threads 1 --nocapture
 
 mutants: ## mutation testing of the guarantee-bearing files (hours; FILE=src/engine/transfer.rs for one; TESTS='engine:: semantics::' to narrow the tests)
 	$(CARGO) install cargo-mutants --locked --version 27.1.0 --quiet 2>/dev/null || true

@@ -453,3 +453,81 @@ fn an_answer_whose_topic_was_deleted_stops_the_worker_within_the_bound() {
     );
     assert_eq!(stack.committed().get(&0), Some(&1), "nothing past d2");
 }
+
+/// Resident memory of a process in KiB (`VmRSS` from /proc), 0 when it is gone.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The median of `values`. Pure.
+fn median(values: &[u64]) -> u64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted[sorted.len() / 2]
+}
+
+/// Issue 25, item 5: a long steady load with a fetch that goes back in the middle. Requests
+/// arrive at a steady rate over 3 partitions (100/s for 20 s; 200/s for 5 minutes under
+/// `FAULT_SCALE=full`, `make fault-test`); once one partition has been consumed to a third of
+/// its share, the worker's consumer seeks it back by half of that (hook
+/// `WALLET_FAILPOINT_SEEK_BACK`). In the end every request has exactly one result, the commit
+/// reaches the end, the audit is clean, the worker is alive, and its resident memory is flat:
+/// the median of the last third of the load is within 10% plus 8 MiB of the median of the
+/// middle third (the first third warms up; the worker's memory is bounded by
+/// `backlog_bytes_max` and the in-flight limit, never by the number of messages).
+#[test]
+fn a_long_steady_load_with_a_fetch_that_goes_back_ends_answered_alive_and_flat() {
+    use crate::support::faults::full_scale;
+    let partitions = 3;
+    let stack = Stack::start(partitions);
+    let ids: Vec<String> = (0..200).map(|i| format!("l{i}")).collect();
+    let pairs: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "1000000.00")).collect();
+    let service = stack.redis.service(2, EngineConfig::default());
+    create_wallets(&service, &pairs);
+    let (rate_per_s, seconds) = if full_scale() { (200, 300) } else { (100, 20) };
+    let total = rate_per_s * seconds;
+    let at = total / partitions as usize / 3;
+    let seek = format!("{at}:{}", at / 2);
+    let mut worker = stack.spawn_worker_env(&[], &[("WALLET_FAILPOINT_SEEK_BACK", seek.as_str())]);
+    let requests = transfers(&ids, "l", total);
+    let started = std::time::Instant::now();
+    let mut rss = Vec::new();
+    for (second, batch) in requests.chunks(rate_per_s).enumerate() {
+        stack.publish_requests(batch);
+        rss.push(rss_kib(worker.pid()));
+        let due = started + std::time::Duration::from_secs(second as u64 + 1);
+        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait); // pacing the load, not waiting for a condition
+        }
+    }
+    wait_until("every request answered and committed", 600_000, || {
+        assert!(worker.is_running(), "the worker died:\n{}", worker.log());
+        stack.committed().values().sum::<i64>() == total as i64
+    });
+    let skipped = worker.metric("wallet_redeliveries_skipped_total");
+    assert!(skipped > 0.0, "the fetch went back: {}", worker.log());
+    assert_eq!(
+        worker.metric("wallet_results_published_total") as usize,
+        total,
+        "one result per request, none for a message fetched again"
+    );
+    let audit = wallet_transfer::tools::ops::audit(&service).expect("audit reads redis");
+    assert!(audit.is_ok(), "{:?}", audit.violations);
+    let third = rss.len() / 3;
+    let (middle, last) = (median(&rss[third..2 * third]), median(&rss[2 * third..]));
+    println!(
+        "{total} requests at {rate_per_s}/s, {skipped} fetched again and skipped; worker RSS KiB per second: {rss:?}; middle third median {middle}, last third median {last}"
+    );
+    assert!(
+        last <= middle + middle / 10 + 8 * 1024,
+        "worker memory grows under steady load: {middle} KiB -> {last} KiB"
+    );
+    assert!(worker.is_running());
+    worker.signal("TERM");
+    assert_eq!(worker.wait_exit(15_000), Some(0), "{}", worker.log());
+}
