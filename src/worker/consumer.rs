@@ -1,11 +1,13 @@
 //! The consumer thread: polls requests into the backlog, dispatches them to the pool through
-//! the key gate, pauses and resumes fetching by the bytes the worker holds, commits the
-//! watermark, and handles rebalances (librdkafka runs the callbacks on this thread, inside
+//! the key gate (skipping messages fetched again), pauses and resumes fetching by the bytes the
+//! worker holds, asks for commits of the watermark, reports each partition's watermark to
+//! readiness, and handles rebalances (librdkafka runs the callbacks on this thread, inside
 //! `poll`).
 //!
 //! Owns the poll loop, the dispatch order (offset order per partition, per-key order through
-//! `worker::keyed`), commits, and what a revoke stops and waits for. Does not run transfers or
-//! publish (`worker::pool`) and does not compute positions (`worker::offsets`).
+//! `worker::keyed`), when commits are asked for, and what a revoke (or a rebalance error) stops,
+//! waits for and commits. Does not run transfers or publish (`worker::pool`), run commits
+//! (`worker::commit`) or compute positions (`worker::offsets`).
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;

@@ -12,8 +12,9 @@
 //!                  (a COMPLETED original also publishes its two ledger entries, key = wallet)
 //! producer thread: all of a job's messages acknowledged -> tracker.finish;
 //!                  one failed -> delay queue (redone from the record); permanent -> stop
-//! consumer thread: every commit interval, on revoke and on shutdown: commit (synchronously)
-//!                  the contiguous watermark of each partition (never past an unfinished one)
+//! consumer thread: every commit interval, on revoke and on shutdown: the committer thread
+//!                  commits (synchronously, in the order asked) the contiguous watermark of
+//!                  each partition (never past an unfinished one, never backwards)
 //! ```
 //!
 //! A message counts as done only once its result (or dead letter) and its ledger entries are
@@ -72,7 +73,8 @@ pub enum WorkerError {
     /// The topics could not be created or checked.
     #[error("creating topics: {0}")]
     Admin(#[from] kafka::AdminError),
-    /// A transfer thread panicked (a bug); its job stays uncommitted and is redone.
+    /// A worker thread panicked outside a transfer (a bug; a transfer that panics is caught,
+    /// retried and dead-lettered at its third panic); its job stays uncommitted and is redone.
     #[error("a transfer thread panicked")]
     ThreadPanicked,
     /// A permanent error (the broker refuses our messages for good, a fatal idempotent

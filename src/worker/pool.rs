@@ -4,6 +4,7 @@
 //! pool thread:  job -> decode -> transfer_from -> answer -> produce (job as delivery opaque)
 //!               -> the next parked job of the same key, if any, on the same thread
 //!               transient error -> delay queue (the job keeps its key; the thread moves on)
+//!               panic -> caught, counted; delay queue, or dead letter at the third
 //! delivery:     every message of the answer acknowledged -> offset finished;
 //!               any failed -> (once all have reported) delay queue; permanent -> stop
 //! retry timer:  due jobs from the delay queue -> redo channel -> pool
@@ -16,7 +17,8 @@
 //! again (the ledger is written at least once; readers deduplicate by wallet and version).
 //!
 //! Owns turning a job into an answer (result or dead letter, and ledger entries), publishing
-//! it, and what happens to a job that cannot be answered yet. Does not poll, commit or handle rebalances
+//! it, what happens to a job that cannot be answered yet (the backoff of its retries; a stale
+//! job is never put back), and a transfer that panics. Does not poll, commit or handle rebalances
 //! (`worker::consumer`) and holds no transfer logic (`engine::transfer`).
 
 use std::panic::AssertUnwindSafe;
