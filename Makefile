@@ -23,8 +23,8 @@ test: ## every test: unit, property, doc, and integration against real redis-ser
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 
-fault-test: ## the fault suite at full size (faults, shutdown, memory, cluster_worker, partition; `make test` runs it short); FAULT_SEED=n replays; needs root for iptables
-	FAULT_SCALE=full $(CARGO) test --release --test it -- faults:: shutdown:: memory:: cluster_worker:: partition:: --test-threads 1 --nocapture
+fault-test: ## the fault suite at full size (faults, shutdown, memory, cluster_worker, partition, the worker's long steady run; `make test` runs them short); FAULT_SEED=n replays; needs root for iptables
+	FAULT_SCALE=full $(CARGO) test --release --test it -- faults:: shutdown:: memory:: cluster_worker:: partition:: lifecycle::a_long_steady_load --test-threads 1 --nocapture
 
 mutants: ## mutation testing of the guarantee-bearing files (hours; FILE=src/engine/transfer.rs for one; TESTS='engine:: semantics::' to narrow the tests)
 	$(CARGO) install cargo-mutants --locked --version 27.1.0 --quiet 2>/dev/null || true

@@ -54,7 +54,9 @@ pub struct WorkerConfig {
     /// librdkafka's `max.poll.interval.ms`, which is also the rebalance timeout the group
     /// coordinator is given: the longest a rebalance may wait for members to rejoin.
     pub max_poll_interval_ms: u64,
-    /// Time allowed, on revoke, for in-flight jobs of the revoked partitions to finish.
+    /// Time allowed for a revoke, from the moment it begins (shortened by a stop's deadline):
+    /// in-flight jobs of the revoked partitions get the first three quarters of it to finish,
+    /// the commit of their watermark the last quarter.
     pub revoke_timeout_ms: u64,
     /// Time allowed, on shutdown, for the producer to deliver what is queued.
     pub flush_timeout_ms: u64,
@@ -196,8 +198,19 @@ pub const RETRY_TICK_MS: u64 = 50;
 pub const INTERVAL_MS_LIMIT: u64 = 60 * 60 * 1000;
 /// Base delay of a job's transient retries; doubles per retry up to `retry_delay_ms_max`.
 pub const RETRY_DELAY_MS_BASE: u64 = 50;
+/// Jitter of a job's retry delays: a random 0..=this many ms is added to each, so jobs that
+/// failed together (Redis away) do not all come back in the same instant.
+pub const RETRY_JITTER_MS: u64 = RETRY_DELAY_MS_BASE;
 /// Base delay of a refused produce call; doubles per retry up to `retry_delay_ms_max`.
 pub const PRODUCE_RETRY_DELAY_MS_BASE: u64 = 5;
+/// Tries of one job whose transfer panicked (a bug) before it is dead-lettered.
+pub const PANICS_PER_JOB_LIMIT: u32 = 3;
+/// Bytes of a request logged with a panic of its transfer.
+pub const PANIC_PAYLOAD_LOG_BYTES: usize = 512;
+/// How long the deliveries of answers may fail because their topic does not exist (with none
+/// acknowledged meanwhile) before the worker takes the topic as deleted and stops on a
+/// permanent error; a topic created a little late is waited for.
+pub const TOPIC_MISSING_MS_LIMIT: u64 = 60_000;
 /// Poll timeout of the consumer loop: the longest a shutdown or commit waits for it.
 pub const POLL_MS: u64 = 100;
 /// Longest time the broker may hold a fetch that found no data (overridable with `-X
@@ -220,6 +233,11 @@ pub const RESULT_LINGER_MS: u64 = 1;
 pub const CHANNEL_JOBS_PER_THREAD: usize = 2;
 /// Step of the waits that watch the shutdown flag or a revoke's in-flight jobs.
 pub const WAIT_STEP_MS: u64 = 10;
+/// The share of a bounded revoke or stop kept for its commit: the last `1/COMMIT_SHARE_DIVISOR`
+/// of the time. A revoke waits for its running jobs for the first three quarters of
+/// `revoke_timeout_ms` and commits in the last; a stop joins its threads in the first half of
+/// the time left, flushes the producer in the third quarter and commits in the last.
+pub const COMMIT_SHARE_DIVISOR: u32 = 4;
 
 const _: () = assert!(
     BUSY_POLL_MS < POLL_MS,
@@ -239,23 +257,30 @@ const _: () = assert!(WAIT_STEP_MS < POLL_MS);
 
 impl WorkerConfig {
     /// Delays between tries of a job that hit a transient error or whose answer was not
-    /// delivered: from `RETRY_DELAY_MS_BASE`, doubling, capped at `retry_delay_ms_max`.
+    /// delivered: from `RETRY_DELAY_MS_BASE`, doubling per failure, capped at
+    /// `retry_delay_ms_max`, plus up to `RETRY_JITTER_MS` of jitter.
     pub fn retry_backoff(&self) -> Backoff {
         Backoff {
             first_ms: RETRY_DELAY_MS_BASE,
             max_ms: self.retry_delay_ms_max,
-            jitter_ms: 0,
+            jitter_ms: RETRY_JITTER_MS,
         }
     }
 
     /// Delays between attempts to hand an answer to a producer that refused it (queue full):
-    /// from `PRODUCE_RETRY_DELAY_MS_BASE`, doubling, capped at `retry_delay_ms_max`.
+    /// from `PRODUCE_RETRY_DELAY_MS_BASE`, doubling, capped at `retry_delay_ms_max`, plus up
+    /// to `PRODUCE_RETRY_DELAY_MS_BASE` of jitter.
     pub fn produce_backoff(&self) -> Backoff {
         Backoff {
             first_ms: PRODUCE_RETRY_DELAY_MS_BASE,
             max_ms: self.retry_delay_ms_max,
-            jitter_ms: 0,
+            jitter_ms: PRODUCE_RETRY_DELAY_MS_BASE,
         }
+    }
+
+    /// `revoke_timeout_ms` as a duration.
+    pub fn revoke_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.revoke_timeout_ms)
     }
 
     /// How long joining the group may wait before it is taken as hung: any legitimate join

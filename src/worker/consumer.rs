@@ -1,26 +1,31 @@
 //! The consumer thread: polls requests into the backlog, dispatches them to the pool through
-//! the key gate, pauses and resumes fetching by the bytes the worker holds, commits the
-//! watermark, and handles rebalances (librdkafka runs the callbacks on this thread, inside
+//! the key gate (skipping messages fetched again), pauses and resumes fetching by the bytes the
+//! worker holds, asks for commits of the watermark, reports each partition's watermark to
+//! readiness, and handles rebalances (librdkafka runs the callbacks on this thread, inside
 //! `poll`).
 //!
 //! Owns the poll loop, the dispatch order (offset order per partition, per-key order through
-//! `worker::keyed`), commits, and what a revoke stops and waits for. Does not run transfers or
-//! publish (`worker::pool`) and does not compute positions (`worker::offsets`).
+//! `worker::keyed`), when commits are asked for, and what a revoke (or a rebalance error) stops,
+//! waits for and commits. Does not run transfers or publish (`worker::pool`), run commits
+//! (`worker::commit`) or compute positions (`worker::offsets`).
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
-use rdkafka::{Offset, TopicPartitionList};
 
-use crate::worker::config::{BUSY_POLL_MS, HELD_REPORT_INTERVAL_MS, POLL_MS, WAIT_STEP_MS};
+use crate::worker::commit::Committer;
+use crate::worker::config::{
+    BUSY_POLL_MS, COMMIT_SHARE_DIVISOR, HELD_REPORT_INTERVAL_MS, POLL_MS, WAIT_STEP_MS,
+};
 use crate::worker::metrics::{Metrics, Stage, StageBuckets};
+use crate::worker::offsets::Start;
 use crate::worker::pipeline::{Job, Shared};
 
 /// Why the consumer loop returned.
@@ -82,10 +87,20 @@ pub(crate) fn consume(
     Exit::Shutdown
 }
 
-/// Sets the gauges of what the worker holds: in flight, held bytes, parked, retrying.
+/// Sets the gauges of what the worker holds: in flight, held bytes, parked, retrying; and tells
+/// readiness each partition's watermark.
 fn report_held(shared: &Shared, held_bytes: usize) {
-    let in_flight = shared.tracker.lock().in_flight_total();
+    let (in_flight, watermarks) = {
+        let tracker = shared.tracker.lock();
+        let watermarks: Vec<(i32, i64, usize)> = tracker
+            .positions()
+            .into_iter()
+            .map(|(p, position)| (p, position, tracker.in_flight(p)))
+            .collect();
+        (tracker.in_flight_total(), watermarks)
+    };
     shared.metrics.set_in_flight(in_flight as i64);
+    shared.metrics.health().set_watermarks(&watermarks);
     let parked = shared.gate.lock().parked();
     let (retrying, oldest_since) = {
         let retries = shared.retries.lock();
@@ -120,6 +135,12 @@ fn poll_into_backlog(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, poll
             job.timestamp_ms = message.timestamp().to_millis();
             job.generation = shared.generations.lock().current();
             shared.backlog.lock().push(job);
+            seek_back_failpoint(
+                consumer,
+                message.topic(),
+                message.partition(),
+                message.offset(),
+            );
         }
         Some(Err(e)) => {
             shared.metrics.record_retry("kafka_consume");
@@ -130,6 +151,41 @@ fn poll_into_backlog(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, poll
         None => {}
     }
 }
+
+/// Test-only failure injection (feature `test-hooks`, never in a normal build): with
+/// `WALLET_FAILPOINT_SEEK_BACK=AT:TO` the consumer, once it has polled offset `AT` of a
+/// partition, seeks that partition back to offset `TO` (once per process), as a fetch that goes
+/// back would: the messages from `TO` on come again.
+#[cfg(feature = "test-hooks")]
+fn seek_back_failpoint(
+    consumer: &BaseConsumer<ConsumerCtx>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) {
+    use rdkafka::Offset;
+    use std::sync::atomic::AtomicBool;
+    static DONE: AtomicBool = AtomicBool::new(false);
+    let Ok(spec) = std::env::var("WALLET_FAILPOINT_SEEK_BACK") else {
+        return;
+    };
+    let Some((at, to)) = spec
+        .split_once(':')
+        .and_then(|(at, to)| Some((at.parse::<i64>().ok()?, to.parse::<i64>().ok()?)))
+    else {
+        return;
+    };
+    if offset != at || DONE.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let result = consumer.seek(topic, partition, Offset::Offset(to), Duration::from_secs(5));
+    log::warn!(
+        "failpoint: seeking partition {partition} back from offset {offset} to {to}: {result:?}"
+    );
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn seek_back_failpoint(_: &BaseConsumer<ConsumerCtx>, _: &str, _: i32, _: i64) {}
 
 /// The periodic one-line summary: totals and the rate since the previous line.
 struct SummaryLog {
@@ -186,7 +242,11 @@ fn dispatch(shared: &Shared, job_tx: &Sender<Job>) -> usize {
             break;
         };
         // Started in offset order, parked or not, so the watermark never passes a parked job.
-        shared.tracker.lock().start(job.partition, job.offset);
+        let start = shared.tracker.lock().start(job.partition, job.offset);
+        if let Start::Redelivery { started_max } = start {
+            skip_redelivery(shared, &job, started_max);
+            continue;
+        }
         let admitted = shared.gate.lock().admit(job);
         if let Some(mut job) = admitted {
             job.holds_key = job.key.is_some();
@@ -196,6 +256,18 @@ fn dispatch(shared: &Shared, job_tx: &Sender<Job>) -> usize {
         }
     }
     backlog.jobs.len()
+}
+
+/// A message at or below the highest offset started on its partition came again (the fetch
+/// went back): it is in flight, finished, or was committed before, so it is not run again.
+fn skip_redelivery(shared: &Shared, job: &Job, started_max: i64) {
+    shared.metrics.record_redelivery_skipped();
+    shared.warnings.warn("fetch_went_back", || {
+        format!(
+            "partition {} offset {} fetched again after offset {started_max} was started (the fetch went back); skipping what was started already",
+            job.partition, job.offset
+        )
+    });
 }
 
 fn set_paused(consumer: &BaseConsumer<ConsumerCtx>, paused: bool) {
@@ -213,119 +285,14 @@ fn set_paused(consumer: &BaseConsumer<ConsumerCtx>, paused: bool) {
     }
 }
 
-/// Commits on a thread of its own, one commit at a time, so that a group coordinator that is
-/// away blocks that thread (for librdkafka's request timeouts), never the consumer thread.
-pub(crate) struct Committer {
-    orders: crossbeam_channel::Sender<CommitOrder>,
-    /// Set when a commit failed: the next one covers every partition, not only those that moved.
-    failed: Arc<AtomicBool>,
-}
-
-/// One commit for the committer thread; `reply` gets the positions committed (none when the
-/// commit failed).
-struct CommitOrder {
-    consumer: Arc<BaseConsumer<ConsumerCtx>>,
-    positions: Vec<(i32, i64)>,
-    reply: Option<crossbeam_channel::Sender<Vec<(i32, i64)>>>,
-}
-
-impl Committer {
-    pub fn start(shared: Arc<Shared>) -> Committer {
-        let (orders, rx) = crossbeam_channel::bounded::<CommitOrder>(1);
-        let failed = Arc::new(AtomicBool::new(false));
-        let failed_in = failed.clone();
-        std::thread::Builder::new()
-            .name("committer".into())
-            .spawn(move || {
-                for order in rx {
-                    let ok = commit(&shared, &order.consumer, &order.positions);
-                    failed_in.store(!ok, Ordering::SeqCst);
-                    if let Some(reply) = order.reply {
-                        let _ = reply.send(if ok { order.positions } else { Vec::new() });
-                    }
-                }
-            })
-            .expect("spawn committer");
-        Committer { orders, failed }
-    }
-
-    /// Hands the partitions whose watermark moved (or, after a failed commit, every partition)
-    /// to the committer, unless a commit is still under way.
-    pub fn commit_due(&self, shared: &Shared, consumer: &Arc<BaseConsumer<ConsumerCtx>>) {
-        if self.orders.is_full() {
-            return;
-        }
-        let positions = if self.failed.swap(false, Ordering::SeqCst) {
-            shared.tracker.lock().positions()
-        } else {
-            shared.tracker.lock().commits_due()
-        };
-        if positions.is_empty() {
-            return;
-        }
-        let order = CommitOrder {
-            consumer: consumer.clone(),
-            positions,
-            reply: None,
-        };
-        if self.orders.try_send(order).is_err() {
-            self.failed.store(true, Ordering::SeqCst);
-        }
-    }
-
-    /// Commits the watermark of every tracked partition, waiting at most `wait`: the positions
-    /// committed, none when the commit failed or did not finish in time.
-    pub fn commit_all(
-        &self,
-        shared: &Shared,
-        consumer: &Arc<BaseConsumer<ConsumerCtx>>,
-        wait: Duration,
-    ) -> Option<Vec<(i32, i64)>> {
-        let deadline = Instant::now() + wait;
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        let order = CommitOrder {
-            consumer: consumer.clone(),
-            positions: shared.tracker.lock().positions(),
-            reply: Some(reply),
-        };
-        self.orders.send_deadline(order, deadline).ok()?;
-        answer.recv_deadline(deadline).ok()
-    }
-}
-
-/// Commits `positions` synchronously (one round trip to the group coordinator, bounded by
-/// librdkafka's request timeouts), so success is known here and only confirmed positions
-/// reach the metrics.
-fn commit(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, positions: &[(i32, i64)]) -> bool {
-    if positions.is_empty() {
-        return true;
-    }
-    let topic = &shared.config.requests_topic;
-    let mut tpl = TopicPartitionList::new();
-    for &(partition, position) in positions {
-        tpl.add_partition_offset(topic, partition, Offset::Offset(position))
-            .expect("valid offset");
-    }
-    match consumer.commit(&tpl, CommitMode::Sync) {
-        Ok(()) => {
-            for &(partition, position) in positions {
-                shared.metrics.set_committed(partition, position);
-            }
-            log::debug!("committed {positions:?}");
-            true
-        }
-        Err(e) => {
-            shared.warnings.warn("commit", || {
-                format!("commit {positions:?}: {e}; the next commit retries them")
-            });
-            false
-        }
-    }
-}
-
-/// Rebalance and statistics callbacks, run on the consumer thread inside `poll`.
+/// Rebalance and statistics callbacks, run on the consumer thread inside `poll` (and on the
+/// thread that drops the consumer, whose close revokes what it holds).
 pub(crate) struct ConsumerCtx {
     pub shared: Arc<Shared>,
+    pub committer: Committer,
+    /// The consumer this context belongs to, set once it exists, so that a revoke can hand
+    /// its commit to the committer thread.
+    pub consumer: OnceLock<Weak<BaseConsumer<ConsumerCtx>>>,
 }
 
 impl ClientContext for ConsumerCtx {
@@ -357,17 +324,75 @@ impl ClientContext for ConsumerCtx {
 }
 
 impl ConsumerContext for ConsumerCtx {
-    /// On revoke: stop dispatching the revoked partitions, stop their parked jobs and retries,
-    /// let their running jobs finish (bounded), commit their watermark, then let them go.
+    /// On revoke, and on a rebalance error (librdkafka then drops the whole assignment): stop
+    /// dispatching the partitions, stop their parked jobs and retries, let their running jobs
+    /// finish (bounded), commit their watermark, then let them go.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else {
-            return;
+        let assigned = || {
+            let mut partitions: Vec<i32> = consumer
+                .assignment()
+                .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
+                .unwrap_or_default();
+            partitions.extend(
+                self.shared
+                    .tracker
+                    .lock()
+                    .positions()
+                    .iter()
+                    .map(|(p, _)| *p),
+            );
+            partitions
         };
+        if let Some(revoked) = revoked_by(rebalance, assigned) {
+            self.revoke(consumer, &revoked);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.shared.metrics.health().set_assigned(tpl.count());
+            self.shared.delivery_failing.store(false, Ordering::SeqCst);
+            let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            log::info!("partitions {partitions:?} assigned");
+            self.shared.assignment_changed.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The partitions a rebalance takes away: those revoked, or on a rebalance error every
+/// partition held (`assigned`: the assignment and what the tracker still holds), which
+/// librdkafka unassigns; `None` for an assignment. Pure.
+fn revoked_by(
+    rebalance: &Rebalance<'_>,
+    assigned: impl FnOnce() -> Vec<i32>,
+) -> Option<HashSet<i32>> {
+    match rebalance {
+        Rebalance::Assign(_) => None,
+        Rebalance::Revoke(tpl) => Some(tpl.elements().iter().map(|e| e.partition()).collect()),
+        Rebalance::Error(e) => {
+            let held: HashSet<i32> = assigned().into_iter().collect();
+            log::warn!("rebalance error: {e}; librdkafka drops the assignment: revoking {held:?}");
+            Some(held)
+        }
+    }
+}
+
+impl ConsumerCtx {
+    /// Revokes `revoked`: stops their jobs that are not running, waits (bounded) for the
+    /// running ones, commits their watermark (stop or no stop), and forgets them.
+    fn revoke(&self, consumer: &BaseConsumer<Self>, revoked: &HashSet<i32>) {
         let shared = &self.shared;
+        let began = Instant::now();
         shared.metrics.health().set_joining();
-        let revoked: HashSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-        let (undispatched, stopped) = stop_partitions(shared, &revoked);
-        let settled = wait_for_running(shared, &revoked);
+        let (undispatched, stopped) = stop_partitions(shared, revoked);
+        let running: usize = {
+            let tracker = shared.tracker.lock();
+            revoked.iter().map(|p| tracker.in_flight(*p)).sum()
+        };
+        log::info!(
+            "partitions {revoked:?} being revoked: waiting for their {running} started jobs"
+        );
+        let settled = wait_for_running(shared, revoked, began);
         let positions: Vec<(i32, i64)> = {
             let tracker = shared.tracker.lock();
             revoked
@@ -375,16 +400,18 @@ impl ConsumerContext for ConsumerCtx {
                 .filter_map(|p| tracker.commit_position(*p).map(|o| (*p, o)))
                 .collect()
         };
-        let commit_state = if shared.shutdown.load(Ordering::SeqCst) {
-            // Leaving at shutdown: `commit_all` commits these positions.
-            "left to the shutdown commit"
-        } else if commit(shared, consumer, &positions) {
-            "committed"
-        } else {
-            "not committed (the next owner redoes them; idempotency answers)"
+        let commit_by = revoke_deadlines(
+            began,
+            shared.config.revoke_timeout(),
+            shared.stop_deadline(),
+        )
+        .1;
+        let commit_state = match self.commit_revoked(consumer, positions.clone(), commit_by) {
+            Some(_) => "committed",
+            None => "not committed (the next owner redoes them; idempotency answers)",
         };
         let mut tracker = shared.tracker.lock();
-        for p in &revoked {
+        for p in revoked {
             tracker.forget(*p);
             shared.metrics.forget_partition(*p);
         }
@@ -398,15 +425,36 @@ impl ConsumerContext for ConsumerCtx {
         );
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            self.shared.metrics.health().set_assigned(tpl.count());
-            self.shared.delivery_failing.store(false, Ordering::SeqCst);
-            let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            log::info!("partitions {partitions:?} assigned");
-            self.shared.assignment_changed.store(true, Ordering::SeqCst);
+    /// Commits a revoke's positions, after every commit asked for before it, by `deadline`.
+    /// While the consumer is being dropped (its close revokes) the commit runs on this thread.
+    fn commit_revoked(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        positions: Vec<(i32, i64)>,
+        deadline: Instant,
+    ) -> Option<Vec<(i32, i64)>> {
+        match self.consumer.get().and_then(Weak::upgrade) {
+            Some(consumer) => self.committer.commit_by(&consumer, positions, deadline),
+            None => self
+                .committer
+                .commit_now(&self.shared, consumer, &positions),
         }
     }
+}
+
+/// When a revoke that began at `began` stops waiting for its running jobs, and when its commit
+/// must be done: `revoke_timeout` after it began, or the stop deadline if that comes first; the
+/// last `1/COMMIT_SHARE_DIVISOR` of that time is the commit's. Pure.
+pub(crate) fn revoke_deadlines(
+    began: Instant,
+    revoke_timeout: Duration,
+    stop_deadline: Option<Instant>,
+) -> (Instant, Instant) {
+    let end = stop_deadline.map_or(began + revoke_timeout, |stop| {
+        (began + revoke_timeout).min(stop)
+    });
+    let share = end.saturating_duration_since(began) / COMMIT_SHARE_DIVISOR;
+    (end - share, end)
 }
 
 /// `queue_wait 3/9, transfer 1/2, ack 2/5` (p50/p99 in ms per stage; `-` when none). Pure.
@@ -432,17 +480,15 @@ fn stop_partitions(shared: &Shared, revoked: &HashSet<i32>) -> (usize, usize) {
     let retrying = shared.retries.lock().drop_partitions(revoked);
     let mut generations = shared.generations.lock();
     for job in parked.iter().chain(&retrying) {
-        generations.abandon(job.partition);
+        generations.abandon(job);
     }
     (undispatched, parked.len() + retrying.len())
 }
 
-/// Waits (bounded by the revoke timeout) until every started job of `revoked` is finished or
-/// abandoned. Returns false when the time ran out.
-fn wait_for_running(shared: &Shared, revoked: &HashSet<i32>) -> bool {
-    // Bounded by the revoke timeout, and by the stop deadline when the worker is stopping.
-    let deadline = Instant::now()
-        + Duration::from_millis(shared.config.revoke_timeout_ms).min(shared.time_left());
+/// Waits until every started job of `revoked` is finished or abandoned, at most until the
+/// revoke's wait ends ([`revoke_deadlines`], looked at again each step: a stop that begins
+/// meanwhile shortens it). Returns false when the time ran out.
+fn wait_for_running(shared: &Shared, revoked: &HashSet<i32>, began: Instant) -> bool {
     let busy = || {
         let tracker = shared.tracker.lock();
         let generations = shared.generations.lock();
@@ -451,10 +497,15 @@ fn wait_for_running(shared: &Shared, revoked: &HashSet<i32>) -> bool {
             .any(|p| tracker.in_flight(*p) > generations.abandoned(*p))
     };
     while busy() {
-        if Instant::now() >= deadline {
+        let (wait_until, _) = revoke_deadlines(
+            began,
+            shared.config.revoke_timeout(),
+            shared.stop_deadline(),
+        );
+        if Instant::now() >= wait_until {
             log::warn!(
                 "revoke: jobs of {revoked:?} still running after {} ms; their offsets stay uncommitted",
-                shared.config.revoke_timeout_ms
+                began.elapsed().as_millis()
             );
             return false;
         }
@@ -474,6 +525,42 @@ mod tests {
         assert!(should_pause(false, 1_000, max));
         assert!(should_pause(true, 501, max), "stays paused above half");
         assert!(!should_pause(true, 500, max), "resumes at half");
+    }
+
+    #[test]
+    fn a_revoke_waits_three_quarters_of_its_timeout_and_commits_in_the_last() {
+        let began = Instant::now();
+        let s = Duration::from_secs;
+        // No stop: the whole revoke timeout (15 s), not the shutdown timeout (10 s).
+        let (wait, commit) = revoke_deadlines(began, s(15), None);
+        assert_eq!(wait - began, Duration::from_millis(11_250));
+        assert_eq!(commit - began, s(15));
+        // A stop due in 4 s shortens both; the commit keeps its quarter.
+        let (wait, commit) = revoke_deadlines(began, s(15), Some(began + s(4)));
+        assert_eq!((wait - began, commit - began), (s(3), s(4)));
+        // A stop due after the revoke timeout changes nothing.
+        assert_eq!(
+            revoke_deadlines(began, s(15), Some(began + s(60))),
+            revoke_deadlines(began, s(15), None)
+        );
+    }
+
+    #[test]
+    fn a_rebalance_error_revokes_everything_held() {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        let error = Rebalance::Error(KafkaError::Rebalance(RDKafkaErrorCode::Fail));
+        assert_eq!(
+            revoked_by(&error, || vec![2, 0, 2]),
+            Some(HashSet::from([0, 2]))
+        );
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition("t", 1);
+        assert_eq!(
+            revoked_by(&Rebalance::Revoke(&tpl), || vec![0, 1, 2]),
+            Some(HashSet::from([1])),
+            "a revoke names its partitions"
+        );
+        assert_eq!(revoked_by(&Rebalance::Assign(&tpl), Vec::new), None);
     }
 
     #[test]

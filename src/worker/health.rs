@@ -1,19 +1,24 @@
 //! Liveness and readiness of a worker, answered on the metrics port as `/healthz` and `/readyz`.
 //!
 //! Owns [`Health`], a small thread-safe handle that the pipeline tells about the consumer group
-//! (joining, partitions assigned) and about a fatal producer error, and that runs a Redis check
-//! on demand; and [`Readiness`], the verdict of one check with a reason per failing part. Does
+//! (joining, partitions assigned), about a fatal producer error and about each partition's
+//! watermark, and that runs a Redis check on demand; and [`Readiness`], the verdict of one check with a reason per failing part. Does
 //! not own the HTTP endpoint (`metrics::serve`) nor the Redis client behind the check (the
 //! process, `command`, installs it with [`Health::set_redis_check`]).
 //!
-//! A worker is ready when all three hold:
+//! A worker is ready when all four hold:
 //! - **group**: partitions are assigned, or a join of the consumer group is in progress (a new
 //!   worker starts joining, so it is ready from the start until a join ends with nothing);
 //! - **redis**: the Redis check answers (a PING with a short timeout); ready when none is set;
-//! - **producer**: the result producer has not reported a fatal error (that state is final).
+//! - **producer**: the result producer has not reported a fatal error (that state is final);
+//! - **progress**: no partition's watermark (its commit position) has stood still for longer
+//!   than the stall limit while it has jobs in flight (a job that never finishes: a lock held
+//!   for ever, a job lost to a bug); the pipeline sets the limit to `max_poll_interval_ms`,
+//!   the bound Kafka itself puts on a consumer that stops polling.
 //!
 //! Liveness (`/healthz`) is the process answering at all: it has no inputs here.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,11 +54,13 @@ pub enum Check {
     Redis,
     /// The result producer is not in a fatal state.
     Producer,
+    /// No partition's watermark stands still past the stall limit while it has work.
+    Progress,
 }
 
 impl Check {
     /// Every check, in the order they are reported.
-    pub const ALL: [Check; 3] = [Check::Group, Check::Redis, Check::Producer];
+    pub const ALL: [Check; 4] = [Check::Group, Check::Redis, Check::Producer, Check::Progress];
 
     /// The `check` label of `wallet_ready_check`, and the prefix of its reason in `/readyz`.
     pub fn as_str(self) -> &'static str {
@@ -61,6 +68,7 @@ impl Check {
             Check::Group => "group",
             Check::Redis => "redis",
             Check::Producer => "producer",
+            Check::Progress => "progress",
         }
     }
 }
@@ -111,6 +119,51 @@ struct Inner {
     group: Mutex<GroupState>,
     fatal: Mutex<Option<String>>,
     redis_check: Mutex<Option<Arc<RedisCheck>>>,
+    watermarks: Mutex<BTreeMap<i32, Watermark>>,
+    /// How long a watermark may stand still with work in flight; `None`: no progress check.
+    stall_limit: Mutex<Option<Duration>>,
+}
+
+/// A partition's watermark as the pipeline last reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermark {
+    /// The commit position (next offset to consume).
+    pub position: i64,
+    /// Jobs in flight on the partition.
+    pub in_flight: usize,
+    /// Since when the position has stood still with jobs in flight (when it last moved, or
+    /// when work last appeared on an idle partition).
+    pub still_since: Instant,
+}
+
+impl Watermark {
+    /// The watermark after a report of `position` and `in_flight` at `now`, given the one
+    /// before (`None` for a partition not reported before). Pure.
+    pub fn next(before: Option<Watermark>, position: i64, in_flight: usize, now: Instant) -> Self {
+        let still_since = match before {
+            Some(b) if b.position == position && b.in_flight > 0 && in_flight > 0 => b.still_since,
+            _ => now,
+        };
+        Watermark {
+            position,
+            in_flight,
+            still_since,
+        }
+    }
+
+    /// How long it has stood still with work at `now`, when that is longer than `limit`. Pure.
+    pub fn stalled(&self, now: Instant, limit: Duration) -> Option<Duration> {
+        let still = now.saturating_duration_since(self.still_since);
+        (self.in_flight > 0 && still > limit).then_some(still)
+    }
+
+    /// How long it has stood still with work at `now` (0 without work). Pure.
+    pub fn still_for(&self, now: Instant) -> Duration {
+        if self.in_flight == 0 {
+            return Duration::ZERO;
+        }
+        now.saturating_duration_since(self.still_since)
+    }
 }
 
 impl std::fmt::Debug for Health {
@@ -119,6 +172,7 @@ impl std::fmt::Debug for Health {
             .field("group", &*self.inner.group.lock())
             .field("fatal", &*self.inner.fatal.lock())
             .field("redis_check", &self.inner.redis_check.lock().is_some())
+            .field("watermarks", &*self.inner.watermarks.lock())
             .finish()
     }
 }
@@ -139,6 +193,8 @@ impl Health {
                 }),
                 fatal: Mutex::new(None),
                 redis_check: Mutex::new(None),
+                watermarks: Mutex::new(BTreeMap::new()),
+                stall_limit: Mutex::new(None),
             }),
         }
     }
@@ -170,6 +226,62 @@ impl Health {
         *self.inner.redis_check.lock() = Some(Arc::new(check));
     }
 
+    /// Sets how long a partition's watermark may stand still while it has jobs in flight
+    /// before readiness fails (the progress check runs only once this is set).
+    pub fn set_stall_limit(&self, limit: Duration) {
+        *self.inner.stall_limit.lock() = Some(limit);
+    }
+
+    /// The partitions' watermarks now, `(partition, position, jobs in flight)`; a partition
+    /// not in the list is no longer held and is forgotten.
+    pub fn set_watermarks(&self, partitions: &[(i32, i64, usize)]) {
+        let now = Instant::now();
+        let mut watermarks = self.inner.watermarks.lock();
+        let next: BTreeMap<i32, Watermark> = partitions
+            .iter()
+            .map(|&(p, position, in_flight)| {
+                let before = watermarks.get(&p).copied();
+                (p, Watermark::next(before, position, in_flight, now))
+            })
+            .collect();
+        *watermarks = next;
+    }
+
+    /// The watermarks last reported, by partition.
+    pub fn watermarks(&self) -> BTreeMap<i32, Watermark> {
+        self.inner.watermarks.lock().clone()
+    }
+
+    /// Why progress is not ready: every partition stalled past the limit. Pure but for the
+    /// clock.
+    fn progress_failure(&self) -> Option<String> {
+        let limit = (*self.inner.stall_limit.lock())?;
+        let now = Instant::now();
+        let stalled: Vec<String> = self
+            .inner
+            .watermarks
+            .lock()
+            .iter()
+            .filter_map(|(p, w)| {
+                w.stalled(now, limit).map(|still| {
+                    format!(
+                        "partition {p} has not committed past offset {} for {} s with {} jobs in flight",
+                        w.position,
+                        still.as_secs(),
+                        w.in_flight
+                    )
+                })
+            })
+            .collect();
+        (!stalled.is_empty()).then(|| {
+            format!(
+                "{} (longer than {} s: a lock held for ever, a job retrying, a lost job; see the log)",
+                stalled.join(", "),
+                limit.as_secs()
+            )
+        })
+    }
+
     /// The group state last reported by the pipeline.
     pub fn group(&self) -> GroupState {
         *self.inner.group.lock()
@@ -194,6 +306,9 @@ impl Health {
         }
         if let Some(reason) = self.fatal() {
             failing.push((Check::Producer, format!("fatal error: {reason}")));
+        }
+        if let Some(reason) = self.progress_failure() {
+            failing.push((Check::Progress, reason));
         }
         let (assigned_partitions, joining) = match group {
             GroupState::Assigned { partitions } => (partitions, false),
@@ -434,6 +549,55 @@ mod tests {
         assert!(!error.contains("hunter2"), "{error}");
         assert!(started.elapsed() < REDIS_CHECK_TIMEOUT * 4);
         assert!(redis_ping_check("nonsense://x").is_err());
+    }
+
+    #[test]
+    fn a_watermark_standing_still_with_work_past_the_limit_is_a_stall() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let w = Watermark::next(None, 10, 2, t0);
+        // Still at 10 with work: the clock keeps running from t0.
+        let w = Watermark::next(Some(w), 10, 1, t0 + s(20));
+        assert_eq!(w.still_since, t0);
+        assert_eq!(w.stalled(t0 + s(31), s(30)), Some(s(31)));
+        assert_eq!(w.stalled(t0 + s(30), s(30)), None, "not past the limit yet");
+        // It moves: the clock starts again.
+        let moved = Watermark::next(Some(w), 11, 1, t0 + s(40));
+        assert_eq!(moved.stalled(t0 + s(60), s(30)), None);
+        // Idle: never a stall, however long; work arriving starts the clock.
+        let idle = Watermark::next(Some(moved), 11, 0, t0 + s(41));
+        assert_eq!(idle.stalled(t0 + s(500), s(30)), None);
+        assert_eq!(idle.still_for(t0 + s(500)), Duration::ZERO);
+        let busy = Watermark::next(Some(idle), 11, 3, t0 + s(600));
+        assert_eq!(busy.still_since, t0 + s(600));
+    }
+
+    #[test]
+    fn a_stalled_partition_fails_the_progress_check_and_a_forgotten_one_does_not() {
+        let health = Health::new();
+        health.set_watermarks(&[(0, 5, 1), (1, 9, 0)]);
+        assert!(health.check().is_ready(), "no limit set: no progress check");
+        health.set_stall_limit(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(5));
+        let readiness = health.check();
+        assert_eq!(
+            readiness
+                .failing
+                .iter()
+                .map(|(c, _)| *c)
+                .collect::<Vec<_>>(),
+            vec![Check::Progress]
+        );
+        let text = readiness.describe();
+        assert!(
+            text.starts_with(
+                "not ready: progress: partition 0 has not committed past offset 5 for"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("partition 1"), "idle: {text}");
+        health.set_watermarks(&[(1, 9, 0)]);
+        assert!(health.check().is_ready(), "partition 0 was revoked");
     }
 
     #[test]

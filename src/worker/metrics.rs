@@ -22,8 +22,8 @@ use std::thread::JoinHandle;
 
 use prometheus::core::{Collector, Metric as _};
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::engine::message::{FailureReason, Status};
@@ -76,6 +76,7 @@ struct Inner {
     registry: Registry,
     transfer: TransferMetrics,
     pipeline: PipelineMetrics,
+    anomalies: AnomalyMetrics,
     readiness: ReadinessMetrics,
     recovery: RecoverMetrics,
     health: Health,
@@ -119,10 +120,18 @@ struct PipelineMetrics {
     retry_oldest_age: Gauge,
 }
 
+/// What should not happen but is survived: a fetch that went back, a transfer that panicked.
+#[derive(Debug)]
+struct AnomalyMetrics {
+    redeliveries_skipped: IntCounter,
+    thread_panics: IntCounter,
+}
+
 /// Whether the worker is ready, and which check fails.
 #[derive(Debug)]
 struct ReadinessMetrics {
     ready: IntGauge,
+    watermark_stalled: GaugeVec,
     ready_check: IntGaugeVec,
     assigned_partitions: IntGauge,
     group_joining: IntGauge,
@@ -235,6 +244,7 @@ impl Metrics {
         let inner = Inner {
             transfer: transfer_metrics(&r),
             pipeline: pipeline_metrics(&r),
+            anomalies: anomaly_metrics(&r),
             readiness: readiness_metrics(&r),
             recovery: recover_metrics(&r),
             registry: r,
@@ -372,6 +382,18 @@ impl Metrics {
         self.inner.pipeline.ledger_published.inc();
     }
 
+    /// Counts a message fetched again at or below an offset already started on its partition
+    /// (the fetch went back), skipped because it is in flight, finished or committed before.
+    pub fn record_redelivery_skipped(&self) {
+        self.inner.anomalies.redeliveries_skipped.inc();
+    }
+
+    /// Counts a transfer that panicked on a transfer thread (caught; the job is retried or
+    /// dead-lettered).
+    pub fn record_thread_panic(&self) {
+        self.inner.anomalies.thread_panics.inc();
+    }
+
     /// Sets the number of jobs consumed and not yet done.
     pub fn set_in_flight(&self, jobs: i64) {
         debug_assert!(jobs >= 0);
@@ -436,6 +458,11 @@ impl Metrics {
             .pipeline
             .consumer_lag
             .remove_label_values(&[&label]);
+        let _ = self
+            .inner
+            .readiness
+            .watermark_stalled
+            .remove_label_values(&[&label]);
     }
 
     /// The readiness inputs of this worker: the pipeline reports the group and a fatal producer
@@ -466,6 +493,14 @@ impl Metrics {
             .readiness
             .group_joining
             .set(i64::from(readiness.joining));
+        let now = std::time::Instant::now();
+        for (partition, watermark) in inner.health.watermarks() {
+            inner
+                .readiness
+                .watermark_stalled
+                .with_label_values(&[&partition.to_string()])
+                .set(watermark.still_for(now).as_secs_f64());
+        }
         readiness
     }
 
@@ -666,6 +701,22 @@ fn pipeline_metrics(r: &Registry) -> PipelineMetrics {
     }
 }
 
+/// Registers the metrics of what should not happen but is survived in `r`.
+fn anomaly_metrics(r: &Registry) -> AnomalyMetrics {
+    AnomalyMetrics {
+        redeliveries_skipped: counter(
+            r,
+            "wallet_redeliveries_skipped_total",
+            "Messages fetched again at or below an offset already started on their partition (the fetch went back: a seek or an offset reset), skipped: each is in flight, answered, or was committed before.",
+        ),
+        thread_panics: counter(
+            r,
+            "wallet_thread_panics_total",
+            "Transfers that panicked on a transfer thread (a bug): caught and logged with the request; the job is retried, and dead-lettered after its third panic.",
+        ),
+    }
+}
+
 /// Registers the recovery sweep's metrics in `r`.
 fn recover_metrics(r: &Registry) -> RecoverMetrics {
     RecoverMetrics {
@@ -699,8 +750,14 @@ fn readiness_metrics(r: &Registry) -> ReadinessMetrics {
         ready_check: gauge_vec(
             r,
             "wallet_ready_check",
-            "1 when this part of readiness passes (check = group, redis, producer), 0 when it fails; checked at each scrape.",
+            "1 when this part of readiness passes (check = group, redis, producer, progress), 0 when it fails; checked at each scrape.",
             &["check"],
+        ),
+        watermark_stalled: float_gauge_vec(
+            r,
+            "wallet_watermark_stalled_seconds",
+            "How long the partition's commit position has stood still while it has jobs in flight, by partition; 0 when it moves or has no work. Past the stall limit (max_poll_interval_ms) the progress check of readiness fails.",
+            &["partition"],
         ),
         assigned_partitions: gauge(
             r,
@@ -745,6 +802,10 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
 
 fn float_gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
     register(registry, Gauge::new(name, help))
+}
+
+fn float_gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    register(registry, GaugeVec::new(Opts::new(name, help), labels))
 }
 
 fn histogram_vec(

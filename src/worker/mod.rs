@@ -1,5 +1,6 @@
 //! The Kafka worker: the pipeline (`pipeline`: the worker and its shared state; `consumer`: the
-//! consumer thread; `pool`: transfer threads, delivery reports, retry timer), per-key order
+//! consumer thread; `commit`: the committer thread; `pool`: transfer threads, delivery reports,
+//! retry timer), per-key order
 //! (`keyed`), the delay queue of retries (`retry`), its settings (`config`), the offset
 //! watermark arithmetic it commits by (`offsets`), Kafka client settings and topic admin
 //! (`kafka`), the ledger topic's entries (`ledger`), Prometheus metrics (`metrics`), readiness (`health`), the recovery sweep of
@@ -10,6 +11,7 @@
 //! transfer goes through [`crate::WalletService::transfer`].
 
 pub mod command;
+mod commit;
 pub mod config;
 mod consumer;
 pub mod health;

@@ -22,9 +22,12 @@
 //! consumer thread (`start`, positions, `forget` on revoke) and the producer's delivery callback
 //! (`finish`, once a result or dead letter is acknowledged).
 //!
-//! Misuse is split in two. Starting offsets out of order is a bug in the consumer loop and
-//! panics (`assert!`), because a position computed from a wrong order could commit past work
-//! that was never done. Finishing an offset that is not in flight returns an [`OffsetError`] in
+//! An offset at or below the highest one started on its partition is a redelivery, not a new
+//! start: a fetch that went back (a seek, an offset reset, a broker serving an earlier batch)
+//! hands the consumer messages it has already started. Each of them is in flight (it will
+//! finish), finished, or below where this partition's tracking began (committed before), so
+//! [`OffsetTracker::start`] changes nothing and answers [`Start::Redelivery`]: the caller skips
+//! it. Finishing an offset that is not in flight returns an [`OffsetError`] in
 //! every build and changes nothing: after a lost partition (session timeout) the worker forgets
 //! it while jobs still run, so late completions are expected, and the caller decides whether a
 //! given error is benign (see [`OffsetError::UnknownPartition`]) or worth a loud log.
@@ -61,6 +64,22 @@ pub enum OffsetError {
         partition: i32,
         /// The offset finished.
         offset: i64,
+    },
+}
+
+/// What [`OffsetTracker::start`] made of an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+#[must_use = "a redelivery must not be run as a new job"]
+pub enum Start {
+    /// The offset is now in flight.
+    Started,
+    /// The offset is not above `started_max`, the highest one started on its partition: the
+    /// message was started before (in flight or finished) or lies below where the tracking
+    /// began. Nothing changed; skip it.
+    Redelivery {
+        /// The highest offset started on the partition.
+        started_max: i64,
     },
 }
 
@@ -102,14 +121,15 @@ impl OffsetTracker {
         OffsetTracker::default()
     }
 
-    /// Records that `offset` on `partition` was handed to a pool thread.
+    /// Records that `offset` on `partition` was handed to a pool thread, unless it is not above
+    /// every offset started before on this partition (since the last
+    /// [`forget`](Self::forget)): then it is a redelivery and nothing changes.
     ///
     /// # Panics
     ///
-    /// If `offset` is negative or `i64::MAX`, if it is not above every offset started before on
-    /// this partition (since the last [`forget`](Self::forget)), or if more than
-    /// [`IN_FLIGHT_LIMIT`] offsets would be in flight.
-    pub fn start(&mut self, partition: i32, offset: i64) {
+    /// If `offset` is negative or `i64::MAX`, or if more than [`IN_FLIGHT_LIMIT`] offsets would
+    /// be in flight.
+    pub fn start(&mut self, partition: i32, offset: i64) -> Start {
         assert!(
             (0..i64::MAX).contains(&offset),
             "offset {offset} on partition {partition} is outside 0..i64::MAX"
@@ -120,11 +140,11 @@ impl OffsetTracker {
         );
         match self.partitions.get_mut(&partition) {
             Some(state) => {
-                assert!(
-                    offset > state.started_max,
-                    "offset {offset} started on partition {partition} after offset {}: starts must increase",
-                    state.started_max
-                );
+                if offset <= state.started_max {
+                    return Start::Redelivery {
+                        started_max: state.started_max,
+                    };
+                }
                 state.started_max = offset;
                 let inserted = state.unfinished.insert(offset);
                 assert!(inserted);
@@ -141,6 +161,7 @@ impl OffsetTracker {
             }
         }
         self.in_flight_total += 1;
+        Start::Started
     }
 
     /// Records that the job for `offset` on `partition` is done (its result published, or the
@@ -236,6 +257,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Starts an offset that must be new.
+    fn start(tracker: &mut OffsetTracker, partition: i32, offset: i64) {
+        assert_eq!(tracker.start(partition, offset), Start::Started);
+    }
+
     #[test]
     fn untracked_partition_has_no_position_and_is_idle() {
         let mut tracker = OffsetTracker::new();
@@ -251,7 +277,7 @@ mod tests {
     #[test]
     fn first_start_sets_the_position_without_making_a_commit_due() {
         let mut tracker = OffsetTracker::new();
-        tracker.start(3, 40);
+        start(&mut tracker, 3, 40);
         assert_eq!(tracker.commit_position(3), Some(40));
         assert!(!tracker.is_idle(3));
         assert!(tracker.commits_due().is_empty());
@@ -262,7 +288,7 @@ mod tests {
     fn position_is_the_next_offset_to_consume() {
         let mut tracker = OffsetTracker::new();
         for offset in 0..3 {
-            tracker.start(0, offset);
+            start(&mut tracker, 0, offset);
         }
         tracker.finish(0, 0).unwrap();
         assert_eq!(tracker.commit_position(0), Some(1));
@@ -281,7 +307,7 @@ mod tests {
     fn an_unfinished_offset_holds_back_later_finished_ones() {
         let mut tracker = OffsetTracker::new();
         for offset in 10..=13 {
-            tracker.start(0, offset);
+            start(&mut tracker, 0, offset);
         }
         for offset in [13, 12, 11] {
             tracker.finish(0, offset).unwrap();
@@ -295,8 +321,8 @@ mod tests {
     #[test]
     fn gaps_between_started_offsets_do_not_block() {
         let mut tracker = OffsetTracker::new();
-        tracker.start(0, 5);
-        tracker.start(0, 9);
+        start(&mut tracker, 0, 5);
+        start(&mut tracker, 0, 9);
         tracker.finish(0, 5).unwrap();
         assert_eq!(
             tracker.commit_position(0),
@@ -306,17 +332,17 @@ mod tests {
         tracker.finish(0, 9).unwrap();
         assert_eq!(tracker.commit_position(0), Some(10));
         // Nothing in flight: a new start past a gap moves the position to it.
-        tracker.start(0, 20);
+        start(&mut tracker, 0, 20);
         assert_eq!(tracker.commit_position(0), Some(20));
     }
 
     #[test]
     fn commits_due_reports_each_advance_once_sorted_by_partition() {
         let mut tracker = OffsetTracker::new();
-        tracker.start(2, 100);
-        tracker.start(1, 7);
-        tracker.start(1, 8);
-        tracker.start(0, 0);
+        start(&mut tracker, 2, 100);
+        start(&mut tracker, 1, 7);
+        start(&mut tracker, 1, 8);
+        start(&mut tracker, 0, 0);
         assert!(tracker.commits_due().is_empty());
 
         tracker.finish(2, 100).unwrap();
@@ -341,8 +367,8 @@ mod tests {
                 offset: 1
             })
         );
-        tracker.start(0, 5);
-        tracker.start(0, 9);
+        start(&mut tracker, 0, 5);
+        start(&mut tracker, 0, 9);
         for offset in [4, 7, 10] {
             assert_eq!(
                 tracker.finish(0, offset),
@@ -367,34 +393,44 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "starts must increase")]
-    fn starting_below_an_earlier_offset_panics() {
+    fn a_fetch_that_goes_back_is_a_redelivery_and_changes_nothing() {
         let mut tracker = OffsetTracker::new();
-        tracker.start(0, 5);
-        tracker.start(0, 4);
-    }
-
-    #[test]
-    #[should_panic(expected = "starts must increase")]
-    fn starting_the_same_offset_twice_panics() {
-        let mut tracker = OffsetTracker::new();
-        tracker.start(0, 5);
-        tracker.finish(0, 5).unwrap();
-        tracker.start(0, 5);
+        for offset in 10..=14 {
+            assert_eq!(tracker.start(0, offset), Start::Started);
+        }
+        tracker.finish(0, 10).unwrap();
+        tracker.finish(0, 12).unwrap();
+        let redelivery = Start::Redelivery { started_max: 14 };
+        // Below the first start (committed before), finished, in flight, the latest: all again.
+        for offset in [3, 9, 10, 11, 12, 14] {
+            assert_eq!(tracker.start(0, offset), redelivery, "offset {offset}");
+        }
+        assert_eq!(tracker.in_flight(0), 3, "11, 13 and 14 still run");
+        assert_eq!(tracker.commit_position(0), Some(11));
+        assert_eq!(
+            tracker.start(0, 15),
+            Start::Started,
+            "then on past the old end"
+        );
+        for offset in [11, 13, 14, 15] {
+            tracker.finish(0, offset).unwrap();
+        }
+        assert_eq!(tracker.commit_position(0), Some(16));
+        assert_eq!(tracker.in_flight_total(), 0);
     }
 
     #[test]
     #[should_panic(expected = "outside")]
     fn starting_a_negative_offset_panics() {
-        OffsetTracker::new().start(0, -1);
+        let _ = OffsetTracker::new().start(0, -1);
     }
 
     #[test]
     fn forget_drops_the_partition_and_allows_a_fresh_start() {
         let mut tracker = OffsetTracker::new();
-        tracker.start(0, 10);
-        tracker.start(0, 11);
-        tracker.start(1, 3);
+        start(&mut tracker, 0, 10);
+        start(&mut tracker, 0, 11);
+        start(&mut tracker, 1, 3);
         assert_eq!(tracker.in_flight_total(), 3);
 
         assert_eq!(tracker.forget(0), 2);
@@ -406,7 +442,7 @@ mod tests {
         ));
 
         // Reassigned: the consumer resumes from the last commit, below what was started before.
-        tracker.start(0, 8);
+        start(&mut tracker, 0, 8);
         assert_eq!(tracker.commit_position(0), Some(8));
         assert!(tracker.commits_due().is_empty());
         assert_eq!(
@@ -421,7 +457,7 @@ mod tests {
         let mut tracker = OffsetTracker::new();
         const WINDOW: i64 = 16;
         for offset in 0..100_000 {
-            tracker.start(0, offset);
+            start(&mut tracker, 0, offset);
             if offset >= WINDOW {
                 // Finish out of order inside the window: the oldest but one, then the oldest.
                 let oldest = offset - WINDOW;
@@ -473,7 +509,7 @@ mod tests {
             const BYSTANDER: i32 = 8;
             let mut tracker = OffsetTracker::new();
             // Another partition with one offset that never finishes: must stay unaffected.
-            tracker.start(BYSTANDER, 0);
+            start(&mut tracker, BYSTANDER, 0);
 
             let count = offsets.len();
             let mut started_count = 0;
@@ -514,7 +550,7 @@ mod tests {
                 // and maybe some more.
                 let start_until = (index + 1).max(started_count + lookahead[step]).min(count);
                 while started_count < start_until {
-                    tracker.start(PARTITION, offsets[started_count]);
+                    start(&mut tracker, PARTITION, offsets[started_count]);
                     started_count += 1;
                     check(&mut tracker, started_count, &finished)?;
                 }

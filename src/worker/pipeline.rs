@@ -12,8 +12,9 @@
 //!                  (a COMPLETED original also publishes its two ledger entries, key = wallet)
 //! producer thread: all of a job's messages acknowledged -> tracker.finish;
 //!                  one failed -> delay queue (redone from the record); permanent -> stop
-//! consumer thread: every commit interval, on revoke and on shutdown: commit (synchronously)
-//!                  the contiguous watermark of each partition (never past an unfinished one)
+//! consumer thread: every commit interval, on revoke and on shutdown: the committer thread
+//!                  commits (synchronously, in the order asked) the contiguous watermark of
+//!                  each partition (never past an unfinished one, never backwards)
 //! ```
 //!
 //! A message counts as done only once its result (or dead letter) and its ledger entries are
@@ -43,11 +44,13 @@ use rdkafka::producer::ThreadedProducer;
 
 use crate::engine::service::WalletService;
 use crate::engine::setting::SettingError;
+use crate::worker::commit::Committer;
 use crate::worker::config::{
-    CHANNEL_JOBS_PER_THREAD, DLQ_MESSAGE_BYTES_LIMIT, FETCH_WAIT_MS, REQUESTS_RETENTION_MS_DEFAULT,
-    RESULT_LINGER_MS, STATS_INTERVAL_MS, WAIT_STEP_MS, WARN_INTERVAL_MS, WorkerConfig,
+    CHANNEL_JOBS_PER_THREAD, COMMIT_SHARE_DIVISOR, DLQ_MESSAGE_BYTES_LIMIT, FETCH_WAIT_MS,
+    REQUESTS_RETENTION_MS_DEFAULT, RESULT_LINGER_MS, STATS_INTERVAL_MS, WAIT_STEP_MS,
+    WARN_INTERVAL_MS, WorkerConfig,
 };
-use crate::worker::consumer::{self, Committer, ConsumerCtx, Exit};
+use crate::worker::consumer::{self, ConsumerCtx, Exit};
 use crate::worker::kafka::{self, TopicSpec};
 use crate::worker::keyed::{KeyGate, Keyed};
 use crate::worker::metrics::Metrics;
@@ -70,7 +73,8 @@ pub enum WorkerError {
     /// The topics could not be created or checked.
     #[error("creating topics: {0}")]
     Admin(#[from] kafka::AdminError),
-    /// A transfer thread panicked (a bug); its job stays uncommitted and is redone.
+    /// A worker thread panicked outside a transfer (a bug; a transfer that panics is caught,
+    /// retried and dead-lettered at its third panic); its job stays uncommitted and is redone.
     #[error("a transfer thread panicked")]
     ThreadPanicked,
     /// A permanent error (the broker refuses our messages for good, a fatal idempotent
@@ -109,6 +113,9 @@ pub(crate) struct Job {
     pub transient_failures: u32,
     /// Failed deliveries of its answer so far, for the backoff.
     pub publish_failures: u32,
+    /// Tries of its transfer that panicked so far (a bug); at `PANICS_PER_JOB_LIMIT` it is
+    /// dead-lettered.
+    pub panics: u32,
     /// When it first failed, while it is retrying.
     pub retrying_since: Option<Instant>,
     /// Set when its answer went to the dead-letter topic.
@@ -129,10 +136,19 @@ impl Job {
             holds_key: false,
             transient_failures: 0,
             publish_failures: 0,
+            panics: 0,
             retrying_since: None,
             dead_lettered: false,
             handed_at: None,
         }
+    }
+
+    /// Failures of every cause so far (transfer errors, failed deliveries, panics): the
+    /// attempt number of its backoff.
+    pub fn failures(&self) -> u32 {
+        self.transient_failures
+            .saturating_add(self.publish_failures)
+            .saturating_add(self.panics)
     }
 
     /// Memory it holds, for the bound on what the worker holds (payload, key, bookkeeping).
@@ -186,12 +202,21 @@ impl Backlog {
 
 /// Assignment generations: a revoke starts a new one, and a job consumed before its
 /// partition's latest revoke is stale: it is abandoned wherever it is met (channel, delay
-/// queue, gate), staying uncommitted for the partition's next owner.
+/// queue, gate, a failed delivery), staying uncommitted for the partition's next owner.
+///
+/// A revoke waits until its partitions' in-flight offsets are finished or abandoned, so only
+/// jobs of the assignment it takes away may count as its abandoned ones: a job of an older
+/// assignment (consumed before the revoke before it, whose offsets the tracker has forgotten)
+/// met late is abandoned without being counted, or it would end the wait while a job of the
+/// current assignment still runs.
 #[derive(Debug, Default)]
 pub(crate) struct Generations {
     current: u64,
     revoked_at: HashMap<i32, u64>,
-    /// Stale jobs of each partition abandoned since its latest revoke began.
+    /// The revoke before the latest one, per partition: jobs consumed from it on are those of
+    /// the assignment the latest revoke takes away.
+    revoked_before: HashMap<i32, u64>,
+    /// Abandoned jobs of the assignment each partition's latest revoke takes away.
     abandoned: HashMap<i32, usize>,
 }
 
@@ -210,17 +235,37 @@ impl Generations {
     pub fn revoke(&mut self, partitions: &HashSet<i32>) {
         self.current += 1;
         for p in partitions {
-            self.revoked_at.insert(*p, self.current);
+            let before = self.revoked_at.insert(*p, self.current).unwrap_or(0);
+            self.revoked_before.insert(*p, before);
             self.abandoned.insert(*p, 0);
         }
     }
 
-    pub fn abandon(&mut self, partition: i32) {
-        *self.abandoned.entry(partition).or_default() += 1;
+    /// Notes that the stale `job` was dropped; counted for its partition's latest revoke only
+    /// when it belongs to the assignment that revoke takes away.
+    pub fn abandon(&mut self, job: &Job) {
+        let since = self
+            .revoked_before
+            .get(&job.partition)
+            .copied()
+            .unwrap_or(0);
+        if job.generation >= since {
+            *self.abandoned.entry(job.partition).or_default() += 1;
+        }
     }
 
+    /// Abandoned jobs of the assignment `partition`'s latest revoke takes away.
     pub fn abandoned(&self, partition: i32) -> usize {
         self.abandoned.get(&partition).copied().unwrap_or(0)
+    }
+
+    /// Abandons `job` if it is stale; true when it was.
+    pub fn abandon_if_stale(&mut self, job: &Job) -> bool {
+        let stale = self.is_stale(job);
+        if stale {
+            self.abandon(job);
+        }
+        stale
     }
 }
 
@@ -248,6 +293,9 @@ pub(crate) struct Shared {
     pub stop_deadline: Mutex<Option<Instant>>,
     /// Set while result deliveries fail (the brokers are away): no new jobs are dispatched.
     pub delivery_failing: AtomicBool,
+    /// Since when deliveries have failed because their topic does not exist (none acknowledged
+    /// since); see `TOPIC_MISSING_MS_LIMIT`.
+    pub topic_missing_since: Mutex<Option<Instant>>,
     /// Warnings that could repeat once per message during an outage.
     pub warnings: Warnings,
 }
@@ -256,6 +304,29 @@ pub(crate) struct Shared {
 pub(crate) const NO_TTL_REPORTED_LIMIT: usize = 10_000;
 
 impl Shared {
+    /// The state of a worker that has not started: no partitions, no jobs, no stop.
+    pub fn new(config: WorkerConfig, metrics: Metrics) -> Arc<Shared> {
+        Arc::new(Shared {
+            config,
+            tracker: Mutex::new(OffsetTracker::new()),
+            backlog: Mutex::new(Backlog::default()),
+            gate: Mutex::new(KeyGate::default()),
+            retries: Mutex::new(RetryQueue::default()),
+            retry_wake: Condvar::new(),
+            generations: Mutex::new(Generations::default()),
+            assignment_changed: AtomicBool::new(false),
+            join_wait_since: Mutex::new(None),
+            metrics,
+            shutdown: Arc::new(AtomicBool::new(false)),
+            fatal: Mutex::new(None),
+            no_ttl_reported: Mutex::new(HashSet::new()),
+            stop_deadline: Mutex::new(None),
+            delivery_failing: AtomicBool::new(false),
+            topic_missing_since: Mutex::new(None),
+            warnings: Warnings::new(WARN_INTERVAL_MS),
+        })
+    }
+
     /// Stops the worker on a permanent error: the first reason is kept and reported by
     /// [`Worker::run`].
     pub fn fail(&self, reason: String) {
@@ -276,6 +347,11 @@ impl Shared {
             .stop_deadline
             .lock()
             .get_or_insert_with(|| Instant::now() + timeout)
+    }
+
+    /// The stop deadline, once a stop has begun.
+    pub fn stop_deadline(&self) -> Option<Instant> {
+        *self.stop_deadline.lock()
     }
 
     /// Time left until the stop deadline (the full timeout when no stop has begun).
@@ -341,24 +417,7 @@ impl Worker {
     ) -> Result<Worker, WorkerError> {
         config.validate()?;
         Ok(Worker {
-            shared: Arc::new(Shared {
-                config,
-                tracker: Mutex::new(OffsetTracker::new()),
-                backlog: Mutex::new(Backlog::default()),
-                gate: Mutex::new(KeyGate::default()),
-                retries: Mutex::new(RetryQueue::default()),
-                retry_wake: Condvar::new(),
-                generations: Mutex::new(Generations::default()),
-                assignment_changed: AtomicBool::new(false),
-                join_wait_since: Mutex::new(None),
-                metrics,
-                shutdown: Arc::new(AtomicBool::new(false)),
-                fatal: Mutex::new(None),
-                no_ttl_reported: Mutex::new(HashSet::new()),
-                stop_deadline: Mutex::new(None),
-                delivery_failing: AtomicBool::new(false),
-                warnings: Warnings::new(WARN_INTERVAL_MS),
-            }),
+            shared: Shared::new(config, metrics),
             service,
         })
     }
@@ -376,8 +435,14 @@ impl Worker {
         let config = &self.shared.config;
         let (redo_tx, redo_rx) = crossbeam_channel::unbounded::<Job>();
         let producer = Arc::new(self.result_producer()?);
-        let mut consumer = Arc::new(self.subscribe()?);
+        // A watermark that stands still with work for as long as Kafka lets a consumer go
+        // without polling is reported as a stall (readiness, `wallet_watermark_stalled_seconds`).
+        self.shared
+            .metrics
+            .health()
+            .set_stall_limit(Duration::from_millis(config.max_poll_interval_ms));
         let committer = Committer::start(self.shared.clone());
+        let mut consumer = self.subscribe(&committer)?;
         self.watch_for_stop();
         log::info!(
             "worker up: group {} consuming {} with {} transfer threads; results to {}, ledger entries to {}, dead letters to {}",
@@ -400,18 +465,23 @@ impl Worker {
             );
             // Join with the new member before the old one leaves: a coordinator that left the
             // old join hanging (tansu) completes it once another member arrives.
-            let fresh = Arc::new(self.subscribe()?);
+            let fresh = self.subscribe(&committer)?;
             let stale = std::mem::replace(&mut consumer, fresh);
             // Closing the stale member talks to the coordinator: not on this thread.
             std::thread::spawn(move || drop(stale));
         }
         // Shutdown, all of it within the stop deadline: no new jobs; the pool finishes what it
         // can, the producer delivers what it can, the watermark of what was acknowledged is
-        // committed; whatever is left stays uncommitted for the partitions' next owner.
+        // committed; whatever is left stays uncommitted for the partitions' next owner. Each
+        // step has its share of the time left, so a thread that never returns cannot leave the
+        // final commit without time.
         let deadline = self.shared.begin_stop();
+        let (join_by, flush_by) = stop_phases(Instant::now(), deadline);
         log::info!(
             "shutting down: finishing in-flight jobs (at most {} ms)",
-            config.shutdown_timeout_ms
+            join_by
+                .saturating_duration_since(Instant::now())
+                .as_millis()
         );
         drop(job_tx);
         let all: Vec<_> = threads
@@ -419,13 +489,13 @@ impl Worker {
             .chain(std::iter::once(timer))
             .chain(sweeper)
             .collect();
-        let (panicked, running) = join_until(all, deadline);
+        let (panicked, running) = join_until(all, join_by);
         if running > 0 {
             log::warn!(
-                "{running} threads still busy at the stop deadline (a Redis or broker call that does not return); leaving them"
+                "{running} threads still busy at their share of the stop deadline (a Redis or broker call that does not return); leaving them"
             );
         }
-        self.finish(producer, consumer, &committer, panicked)
+        self.finish(producer, consumer, &committer, flush_by, panicked)
     }
 
     /// Starts the stop clock as soon as the shutdown handle is set (a signal), not when the
@@ -555,8 +625,12 @@ impl Worker {
         (job_tx, pool)
     }
 
-    /// A consumer in the group, subscribed to the requests topic.
-    fn subscribe(&self) -> Result<BaseConsumer<ConsumerCtx>, WorkerError> {
+    /// A consumer in the group, subscribed to the requests topic, committing through
+    /// `committer`.
+    fn subscribe(
+        &self,
+        committer: &Committer,
+    ) -> Result<Arc<BaseConsumer<ConsumerCtx>>, WorkerError> {
         let config = &self.shared.config;
         *self.shared.join_wait_since.lock() = None;
         self.shared.metrics.health().set_joining();
@@ -579,28 +653,35 @@ impl Worker {
             .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string())
             .create_with_context(ConsumerCtx {
                 shared: self.shared.clone(),
+                committer: committer.clone(),
+                consumer: std::sync::OnceLock::new(),
             })?;
+        let consumer = Arc::new(consumer);
+        let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         consumer.subscribe(&[&config.requests_topic])?;
         Ok(consumer)
     }
 
-    /// After the pool has stopped (or the deadline passed): flush the producer and commit the
-    /// final watermark, each bounded by the time left; report what was left.
+    /// After the pool has stopped (or its share of the time is over): flush the producer until
+    /// `flush_by` and commit the final watermark in the time left; report what was left.
     fn finish(
         &self,
         producer: Arc<ThreadedProducer<DeliveryContext>>,
         consumer: Arc<BaseConsumer<ConsumerCtx>>,
         committer: &Committer,
+        flush_by: Instant,
         panicked: bool,
     ) -> Result<WorkerReport, WorkerError> {
         use rdkafka::producer::Producer;
-        let flush =
-            Duration::from_millis(self.shared.config.flush_timeout_ms).min(self.shared.time_left());
+        let flush = Duration::from_millis(self.shared.config.flush_timeout_ms)
+            .min(flush_by.saturating_duration_since(Instant::now()));
         if let Err(e) = producer.flush(flush) {
             log::warn!("producer flush: {e}; undelivered results stay uncommitted and are redone");
         }
+        let positions = self.shared.tracker.lock().positions();
+        let deadline = Instant::now() + self.shared.time_left();
         let committed = committer
-            .commit_all(&self.shared, &consumer, self.shared.time_left())
+            .commit_by(&consumer, positions, deadline)
             .unwrap_or_else(|| {
                 log::warn!("the final commit did not finish by the stop deadline; uncommitted messages are redelivered and answered from their records");
                 Vec::new()
@@ -647,6 +728,15 @@ impl Worker {
         }
         Ok(report)
     }
+}
+
+/// How a stop shares the time left until its `deadline`: the threads are joined until the
+/// first returned instant (half of it), the producer is flushed until the second (a quarter),
+/// and the final commit has the last quarter. Pure.
+pub(crate) fn stop_phases(now: Instant, deadline: Instant) -> (Instant, Instant) {
+    let left = deadline.saturating_duration_since(now);
+    let share = left / COMMIT_SHARE_DIVISOR;
+    (now + left - 2 * share, now + left - share)
 }
 
 /// Joins the threads that finish by `deadline`; the others are left running (detached).
@@ -769,11 +859,54 @@ mod tests {
         let mut fresh = job(0, 2, 1);
         fresh.generation = g.current();
         assert!(!g.is_stale(&fresh), "consumed after the revoke");
-        g.abandon(0);
-        g.abandon(0);
+        g.abandon(&old);
+        g.abandon(&old);
         assert_eq!(g.abandoned(0), 2);
         g.revoke(&HashSet::from([0]));
         assert_eq!(g.abandoned(0), 0, "a new revoke counts afresh");
+    }
+
+    #[test]
+    fn a_stop_keeps_a_quarter_of_the_time_left_for_the_final_commit() {
+        let now = Instant::now();
+        let (join_by, flush_by) = stop_phases(now, now + Duration::from_secs(10));
+        assert_eq!(join_by - now, Duration::from_secs(5));
+        assert_eq!(flush_by - now, Duration::from_millis(7_500));
+        // Later in the stop (a revoke took time), the shares are of what is left.
+        let (join_by, flush_by) = stop_phases(now, now + Duration::from_secs(2));
+        assert_eq!(
+            (join_by - now, flush_by - now),
+            (Duration::from_secs(1), Duration::from_millis(1_500))
+        );
+        // Past the deadline: nothing is left for anyone.
+        assert_eq!(
+            stop_phases(now + Duration::from_secs(1), now),
+            (now + Duration::from_secs(1), now + Duration::from_secs(1))
+        );
+    }
+
+    /// ABA: a job of the first assignment of partition 0, met after the partition came back and
+    /// was revoked again, must not count for the second revoke, or its wait would end while
+    /// the second assignment's job still runs.
+    #[test]
+    fn a_job_of_an_older_assignment_never_counts_for_a_later_revoke() {
+        let mut g = Generations::default();
+        let mut first = job(0, 10, 1);
+        first.generation = g.current();
+        g.revoke(&HashSet::from([0]));
+        // Partition 0 comes back; a job of the second assignment starts.
+        let mut second = job(0, 10, 1);
+        second.generation = g.current();
+        g.revoke(&HashSet::from([0]));
+        assert!(g.is_stale(&first) && g.is_stale(&second));
+        // The first assignment's job is met late (a failed delivery, a retry coming due).
+        assert!(g.abandon_if_stale(&first));
+        assert_eq!(g.abandoned(0), 0, "not one of the second revoke's jobs");
+        assert!(g.abandon_if_stale(&second));
+        assert_eq!(g.abandoned(0), 1);
+        let mut third = job(0, 11, 1);
+        third.generation = g.current();
+        assert!(!g.abandon_if_stale(&third), "consumed after the revoke");
     }
 
     #[test]

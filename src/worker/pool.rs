@@ -4,6 +4,7 @@
 //! pool thread:  job -> decode -> transfer_from -> answer -> produce (job as delivery opaque)
 //!               -> the next parked job of the same key, if any, on the same thread
 //!               transient error -> delay queue (the job keeps its key; the thread moves on)
+//!               panic -> caught, counted; delay queue, or dead letter at the third
 //! delivery:     every message of the answer acknowledged -> offset finished;
 //!               any failed -> (once all have reported) delay queue; permanent -> stop
 //! retry timer:  due jobs from the delay queue -> redo channel -> pool
@@ -16,9 +17,11 @@
 //! again (the ledger is written at least once; readers deduplicate by wallet and version).
 //!
 //! Owns turning a job into an answer (result or dead letter, and ledger entries), publishing
-//! it, and what happens to a job that cannot be answered yet. Does not poll, commit or handle rebalances
+//! it, what happens to a job that cannot be answered yet (the backoff of its retries; a stale
+//! job is never put back), and a transfer that panics. Does not poll, commit or handle rebalances
 //! (`worker::consumer`) and holds no transfer logic (`engine::transfer`).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -40,7 +43,8 @@ use crate::engine::transfer::{Origin, TransferError, TransferOutcome};
 use crate::worker::config::{
     DLQ_ERROR_BYTES_LIMIT, DLQ_HEADER_ERROR, DLQ_HEADER_SOURCE_OFFSET, DLQ_HEADER_SOURCE_PARTITION,
     DLQ_HEADER_SOURCE_TOPIC, DLQ_HEADER_TRUNCATED, DLQ_KEY_BYTES_LIMIT, DLQ_PAYLOAD_BYTES_LIMIT,
-    RETRY_TICK_MS, WAIT_STEP_MS, WorkerConfig,
+    PANIC_PAYLOAD_LOG_BYTES, PANICS_PER_JOB_LIMIT, RETRY_TICK_MS, TOPIC_MISSING_MS_LIMIT,
+    WAIT_STEP_MS, WorkerConfig,
 };
 use crate::worker::ledger::{self, LedgerEntry};
 use crate::worker::metrics::Stage;
@@ -94,16 +98,11 @@ impl PoolThread {
                 // Stopping, and out of time: the job stays uncommitted for the next owner.
                 return;
             }
-            {
-                let mut generations = self.shared.generations.lock();
-                if generations.is_stale(&job) {
-                    // Its partition was revoked: the next owner redoes it.
-                    generations.abandon(job.partition);
-                    continue;
-                }
+            if self.shared.generations.lock().abandon_if_stale(&job) {
+                // Its partition was revoked: the next owner redoes it.
+                continue;
             }
-            if job.transient_failures == 0
-                && job.publish_failures == 0
+            if job.failures() == 0
                 && let Some(ts) = job.timestamp_ms
             {
                 let waited_ms = crate::engine::message::now_ms().saturating_sub(ts.max(0) as u64);
@@ -111,9 +110,13 @@ impl PoolThread {
                     .metrics
                     .record_stage(Stage::QueueWait, waited_ms * 1_000);
             }
-            match self.attempt(&job) {
+            let mut job = job;
+            // A panic in a transfer (a bug) costs this job a try, not the thread: the thread
+            // would take the job's key and its partition's watermark down with it.
+            let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| self.attempt(&mut job)))
+                .unwrap_or_else(|panic| self.panicked(&mut job, panic.as_ref()));
+            match attempt {
                 Attempt::Answered(answer) => {
-                    let mut job = job;
                     if job.holds_key {
                         // Answered: the key passes to its next job. A redo of this answer (a
                         // failed delivery) must not release the key again.
@@ -130,8 +133,36 @@ impl PoolThread {
         }
     }
 
-    /// One try at answering a job.
-    fn attempt(&self, job: &Job) -> Attempt {
+    /// A try at `job` panicked: logged with the job, counted, and retried after the backoff,
+    /// or dead-lettered once it has panicked `PANICS_PER_JOB_LIMIT` times (its key passes on
+    /// and its offset is committed; an outcome the transfer recorded stays in Redis).
+    fn panicked(&self, job: &mut Job, panic: &(dyn std::any::Any + Send)) -> Attempt {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string());
+        job.panics += 1;
+        self.shared.metrics.record_thread_panic();
+        let payload =
+            String::from_utf8_lossy(&job.payload[..job.payload.len().min(PANIC_PAYLOAD_LOG_BYTES)]);
+        log::error!(
+            "a transfer panicked ({} of {PANICS_PER_JOB_LIMIT}) on partition {} offset {}, request {payload}: {what}",
+            job.panics,
+            job.partition,
+            job.offset
+        );
+        if job.panics >= PANICS_PER_JOB_LIMIT {
+            return Attempt::Answered(Answer::DeadLetter(format!(
+                "the transfer panicked {} times: {what}",
+                job.panics
+            )));
+        }
+        Attempt::Retry(retry_delay_ms(&self.shared.config, job))
+    }
+
+    /// One try at answering a job; a transient error counts one more failure on it.
+    fn attempt(&self, job: &mut Job) -> Attempt {
         let request = match decode(&job.payload) {
             Err(poison) => return Attempt::Answered(Answer::DeadLetter(poison.to_string())),
             Ok(Decoded::Invalid { echo, error }) => {
@@ -143,6 +174,7 @@ impl PoolThread {
             }
             Ok(Decoded::Request(request)) => request,
         };
+        panic_failpoint(&request.transfer_id);
         let request = match dated(request, job.timestamp_ms, self.service.config()) {
             Ok(request) => request,
             Err(poison) => return Attempt::Answered(Answer::DeadLetter(poison)),
@@ -176,16 +208,13 @@ impl PoolThread {
             }
             Err(e) if e.is_transient() => {
                 self.note_transient(&e);
-                let delay_ms = self
-                    .shared
-                    .config
-                    .retry_backoff()
-                    .base_delay_ms(job.transient_failures);
+                job.transient_failures += 1;
+                let delay_ms = retry_delay_ms(&self.shared.config, job);
                 self.shared.warnings.warn(e.kind(), || {
                     format!(
                         "transfer {}: {e}; retry {} in {delay_ms} ms",
                         request.transfer_id,
-                        job.transient_failures + 1
+                        job.failures()
                     )
                 });
                 Attempt::Retry(delay_ms)
@@ -309,7 +338,7 @@ impl PoolThread {
                 });
                 self.shared.metrics.record_retry("kafka_produce");
             }
-            let delay_ms = self.shared.config.produce_backoff().base_delay_ms(attempt);
+            let delay_ms = self.shared.config.produce_backoff().delay_ms(attempt);
             if !sleep_unless_shutdown(&self.shared, delay_ms) {
                 // The engine has recorded the outcome; the redelivered message will be
                 // answered from it by whoever owns the partition next.
@@ -337,12 +366,44 @@ fn failpoint(_name: &str) -> bool {
     false
 }
 
-/// Queues `job` to be tried again in `delay_ms`; at shutdown it is abandoned instead (it stays
-/// uncommitted and is answered by the next owner).
+/// Test-only (feature `test-hooks`): with `WALLET_FAILPOINT_PANIC=ID` the transfer of request
+/// `ID` panics, as a bug in the engine would.
+#[cfg(feature = "test-hooks")]
+fn panic_failpoint(transfer_id: &str) {
+    if std::env::var("WALLET_FAILPOINT_PANIC").is_ok_and(|v| v == transfer_id) {
+        panic!("failpoint: the transfer of {transfer_id} panics");
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn panic_failpoint(_transfer_id: &str) {}
+
+/// The delay before the next try of `job`, whose latest failure is already counted on it:
+/// `retry_backoff` at attempt `failures - 1`, so it doubles with every failure of any transient
+/// cause (a transfer error or a failed delivery), up to `retry_delay_ms_max`, plus jitter.
+pub(crate) fn retry_delay_ms(config: &WorkerConfig, job: &Job) -> u64 {
+    config
+        .retry_backoff()
+        .delay_ms(job.failures().saturating_sub(1))
+}
+
+/// Queues `job` to be tried again in `delay_ms`; at shutdown, or when its partition was
+/// revoked since it was consumed (a stale job, [`crate::worker::pipeline::Generations`]), it is
+/// abandoned instead (it stays uncommitted and is answered by the next owner). Every path that
+/// puts a job back (a transient error, a failed delivery) comes through here.
 pub(crate) fn schedule_retry(shared: &Shared, mut job: Job, delay_ms: u64) {
     if shared.shutdown.load(Ordering::SeqCst) {
         log::info!(
             "abandoning partition {} offset {} at shutdown; it stays uncommitted",
+            job.partition,
+            job.offset
+        );
+        return;
+    }
+    if shared.generations.lock().abandon_if_stale(&job) {
+        // Consumed before its partition's latest revoke: the next owner redoes it.
+        log::debug!(
+            "partition {} offset {} was revoked while it failed; not retried",
             job.partition,
             job.offset
         );
@@ -513,6 +574,13 @@ impl ProducerContext for DeliveryContext {
             Err((e, _)) => {
                 self.shared.delivery_failing.store(true, Ordering::SeqCst);
                 delivery.fail(format!("publishing {what} it failed: {e}"));
+                if is_topic_missing(e) {
+                    let reason = format!(
+                        "{what} partition {} offset {} cannot be delivered: {e}",
+                        delivery.partition, delivery.offset
+                    );
+                    self.topic_missing(&reason, Instant::now());
+                }
             }
         }
         if let Some((job, failure)) = delivery.reported() {
@@ -522,9 +590,27 @@ impl ProducerContext for DeliveryContext {
 }
 
 impl DeliveryContext {
+    /// A delivery failed at `now` because its topic does not exist. A topic that is still
+    /// missing `TOPIC_MISSING_MS_LIMIT` after the first such failure (with no delivery
+    /// acknowledged since) was deleted, not created late: no retry can deliver there, so the
+    /// worker stops on a permanent error. True when it did.
+    fn topic_missing(&self, reason: &str, now: Instant) -> bool {
+        let since = *self.shared.topic_missing_since.lock().get_or_insert(now);
+        let missing = now.saturating_duration_since(since);
+        if missing < Duration::from_millis(TOPIC_MISSING_MS_LIMIT) {
+            return false;
+        }
+        self.shared.fail(format!(
+            "{reason}; its topic has been missing for {} s (deleted?): create it again, then restart the worker",
+            missing.as_secs()
+        ));
+        true
+    }
+
     /// One message of an answer reached the brokers.
     fn acknowledged(&self, delivery: &Delivery, kind: PartKind) {
         self.shared.delivery_failing.store(false, Ordering::SeqCst);
+        *self.shared.topic_missing_since.lock() = None;
         match kind {
             PartKind::Result => self.shared.metrics.record_published(),
             PartKind::Ledger => self.shared.metrics.record_ledger_published(),
@@ -549,15 +635,13 @@ impl DeliveryContext {
             return;
         };
         job.publish_failures += 1;
-        let delay_ms = self
-            .shared
-            .config
-            .retry_backoff()
-            .base_delay_ms(job.publish_failures - 1);
+        let delay_ms = retry_delay_ms(&self.shared.config, &job);
         self.shared.warnings.warn("delivery", || {
             format!(
                 "partition {} offset {}: {failure}; retry {} in {delay_ms} ms (no new jobs until deliveries succeed)",
-                job.partition, job.offset, job.publish_failures
+                job.partition,
+                job.offset,
+                job.failures()
             )
         });
         self.shared.metrics.record_retry("kafka_produce");
@@ -579,6 +663,18 @@ pub(crate) fn is_permanent(e: &KafkaError) -> bool {
                 | RDKafkaErrorCode::PolicyViolation
                 | RDKafkaErrorCode::UnsupportedForMessageFormat
                 | RDKafkaErrorCode::Fatal
+        )
+    )
+}
+
+/// Delivery errors that say the topic does not exist (deleted, or not created yet). Pure.
+pub(crate) fn is_topic_missing(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopicId
         )
     )
 }
@@ -803,6 +899,107 @@ mod tests {
         assert_eq!(failure.as_deref(), Some("first"));
         let clean = Delivery::new(self::job(0, 1, 1), 1);
         assert!(clean.reported().expect("one message").1.is_none());
+    }
+
+    #[test]
+    fn retry_delays_double_per_failure_of_any_cause_up_to_the_cap_with_jitter() {
+        let config = WorkerConfig::default().with_retry_delay_ms_max(2_000);
+        let jitter = crate::worker::config::RETRY_JITTER_MS;
+        let mut j = job(0, 1, 1);
+        let mut bases = Vec::new();
+        for failure in 0..9 {
+            // Transfer errors first, then failed deliveries: one schedule for both.
+            if failure < 5 {
+                j.transient_failures += 1;
+            } else {
+                j.publish_failures += 1;
+            }
+            let base = config.retry_backoff().base_delay_ms(failure);
+            for _ in 0..50 {
+                let delay = retry_delay_ms(&config, &j);
+                assert!(
+                    (base..=base + jitter).contains(&delay),
+                    "failure {}: {delay} ms outside {base}..={}",
+                    failure + 1,
+                    base + jitter
+                );
+            }
+            bases.push(base);
+        }
+        assert_eq!(
+            bases,
+            [50, 100, 200, 400, 800, 1_600, 2_000, 2_000, 2_000],
+            "doubling from the base to the cap"
+        );
+        // Jitter spreads jobs that failed together.
+        let spread: std::collections::HashSet<u64> =
+            (0..200).map(|_| retry_delay_ms(&config, &j)).collect();
+        assert!(spread.len() > 1, "jitter: {spread:?}");
+    }
+
+    #[test]
+    fn a_stale_job_is_never_put_back_and_counts_once_for_its_revoke() {
+        use crate::worker::metrics::Metrics;
+        use crate::worker::pipeline::Shared;
+        use std::collections::HashSet;
+        let shared = Shared::new(WorkerConfig::default(), Metrics::new());
+        let mut old = job(0, 5, 10);
+        old.generation = shared.generations.lock().current();
+        shared.generations.lock().revoke(&HashSet::from([0]));
+        let mut fresh = job(0, 6, 10);
+        fresh.generation = shared.generations.lock().current();
+        // A failed delivery of the old job's answer, and a transient error of its transfer.
+        let delivery = DeliveryContext {
+            shared: shared.clone(),
+        };
+        delivery.settle(old.clone(), Some("broker away".into()));
+        schedule_retry(&shared, old, 10);
+        assert_eq!(
+            shared.retries.lock().len(),
+            0,
+            "the old job is not put back"
+        );
+        assert_eq!(shared.generations.lock().abandoned(0), 2);
+        // A job consumed after the revoke is retried as usual.
+        delivery.settle(fresh, Some("broker away".into()));
+        assert_eq!(shared.retries.lock().len(), 1);
+        assert_eq!(shared.generations.lock().abandoned(0), 2);
+    }
+
+    #[test]
+    fn a_topic_missing_past_the_bound_stops_the_worker_and_an_ack_resets_the_clock() {
+        use crate::worker::metrics::Metrics;
+        use crate::worker::pipeline::Shared;
+        let missing = KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition);
+        assert!(is_topic_missing(&missing));
+        assert!(is_topic_missing(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::UnknownTopic
+        )));
+        assert!(!is_topic_missing(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut
+        )));
+        let shared = Shared::new(WorkerConfig::default(), Metrics::new());
+        let ctx = DeliveryContext {
+            shared: shared.clone(),
+        };
+        let t0 = Instant::now();
+        let limit = Duration::from_millis(TOPIC_MISSING_MS_LIMIT);
+        assert!(!ctx.topic_missing("r", t0));
+        assert!(
+            !ctx.topic_missing("r", t0 + limit / 2),
+            "created late, maybe"
+        );
+        // An acknowledged delivery in between: the topic is there, the clock starts again.
+        ctx.acknowledged(&Delivery::new(job(0, 1, 1), 1), PartKind::Result);
+        assert!(!ctx.topic_missing("r", t0 + limit));
+        assert!(shared.fatal.lock().is_none());
+        assert!(
+            ctx.topic_missing("r", t0 + 2 * limit),
+            "missing for a whole bound"
+        );
+        let fatal = shared.fatal.lock().clone().expect("the worker stops");
+        assert!(fatal.contains("missing for 60 s (deleted?)"), "{fatal}");
+        assert!(shared.shutdown.load(Ordering::SeqCst));
     }
 
     #[test]

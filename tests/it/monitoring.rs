@@ -322,7 +322,7 @@ fn promtool_checks_the_rules_and_their_tests_cover_every_alert() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 9, "{alerts:?}");
+    assert_eq!(alerts.len(), 11, "{alerts:?}");
     for alert in &alerts {
         let cases: Vec<&str> = tests
             .split("- eval_time:")

@@ -1,0 +1,533 @@
+//! The worker under rebalances, stops, retries and long runs (issue 25): retries that back
+//! off, a fetch that goes back, commits that survive a stop during a revoke, the final
+//! commit's share of the stop deadline, stale jobs, thread panics and stalled partitions. Real
+//! redis-server, real tansu, the real `wallet worker` binary; test hooks (feature
+//! `test-hooks`) only where a fault cannot be caused from outside.
+
+use crate::support::create_wallets;
+use crate::support::stack::{Stack, result_of};
+use crate::support::wait_until;
+use wallet_transfer::{Currency, EngineConfig, Status, TransferRequest};
+
+/// Issue 25, item 1: the transient retries of one stuck request back off. Its sender's wallet
+/// is locked by another owner and the worker tries each lock once (`--lock-retries 0`), so
+/// every try is one `lock_timeout` retry. The delays before tries 2..=8 are at least
+/// 50, 100, ..., 1,600 and 2,000 ms (doubling from 50 ms, capped at `--retry-delay-ms-max`),
+/// so the eighth try cannot come before 5,150 ms: a slower machine only makes it later.
+/// Without the backoff (every delay 50 ms) eight tries came within half a second.
+#[test]
+fn the_retries_of_a_stuck_request_double_up_to_the_cap() {
+    let stack = Stack::start(1);
+    let service = stack.redis.service(2, EngineConfig::default());
+    create_wallets(&service, &[("stuck_from", "100.00"), ("stuck_to", "0")]);
+    let worker = stack.spawn_worker(&["--lock-retries", "0", "--retry-delay-ms-max", "2000"]);
+    let mut conn = stack.redis.conn();
+    redis::cmd("SET")
+        .arg("lock:stuck_from")
+        .arg("another-owner")
+        .arg("PX")
+        .arg(300_000)
+        .query::<()>(&mut conn)
+        .unwrap();
+    let retries = || worker.metric(r#"wallet_retries_total{cause="lock_timeout"}"#) as u64;
+    let started = std::time::Instant::now();
+    let request = TransferRequest::new("stuck", "stuck_from", "stuck_to", "5", Currency::USD);
+    stack.publish_requests(&[request.unwrap()]);
+    let tries = 8;
+    wait_until("eight tries of the stuck request", 120_000, || {
+        retries() >= tries
+    });
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let least_ms: u64 = [50, 100, 200, 400, 800, 1_600, 2_000].iter().sum();
+    println!("{tries} tries of one stuck request took {elapsed_ms} ms (at least {least_ms})");
+    assert!(
+        elapsed_ms >= least_ms,
+        "{tries} tries within {elapsed_ms} ms: the retries do not back off (at least {least_ms} ms)"
+    );
+    redis::cmd("DEL")
+        .arg("lock:stuck_from")
+        .query::<()>(&mut conn)
+        .unwrap();
+    let mut results = stack.reader(&stack.topics.results);
+    let read = results.read_until(1, 60_000).to_vec();
+    assert_eq!(result_of(&read[0]).status, Status::Completed);
+    wait_until("the stuck request's offset committed", 30_000, || {
+        stack.committed().get(&0) == Some(&1)
+    });
+}
+
+/// Issue 25, item 5: a fetch that goes back is taken as redeliveries, never as a crash. The
+/// worker's consumer (hook `WALLET_FAILPOINT_SEEK_BACK`) seeks its partition back to offset 0
+/// once it has polled the last request, while the first request (its sender's wallet locked
+/// by another owner) is still in flight. Every message fetched again is skipped (in flight or
+/// answered); once the lock is gone each request has exactly one result and the commit reaches
+/// the end. Before: the consumer thread panicked in `OffsetTracker::start` ("starts must
+/// increase") and the worker died.
+#[test]
+fn a_fetch_that_goes_back_while_jobs_are_in_flight_is_skipped_not_a_crash() {
+    let stack = Stack::start(1);
+    let service = stack.redis.service(2, EngineConfig::default());
+    let mut wallets = vec![("held".to_string(), "100.00".to_string())];
+    wallets.extend((0..10).map(|i| (format!("s{i}"), "100.00".to_string())));
+    let pairs: Vec<(&str, &str)> = wallets
+        .iter()
+        .map(|(w, b)| (w.as_str(), b.as_str()))
+        .collect();
+    create_wallets(&service, &pairs);
+    let mut conn = stack.redis.conn();
+    redis::cmd("SET")
+        .arg("lock:held")
+        .arg("another-owner")
+        .arg("PX")
+        .arg(300_000)
+        .query::<()>(&mut conn)
+        .unwrap();
+    let n: i64 = 20;
+    let mut requests = vec![TransferRequest::new("rw0", "held", "s0", "1", Currency::USD).unwrap()];
+    requests.extend((1..n).map(|i| {
+        let (from, to) = (format!("s{}", i % 10), format!("s{}", (i + 1) % 10));
+        TransferRequest::new(&format!("rw{i}"), &from, &to, "1", Currency::USD).unwrap()
+    }));
+    stack.publish_requests(&requests);
+    let seek = format!("{}:0", n - 1);
+    let mut worker = stack.spawn_worker_env(
+        &["--lock-retries", "0"],
+        &[("WALLET_FAILPOINT_SEEK_BACK", seek.as_str())],
+    );
+    wait_until("the messages fetched again skipped", 60_000, || {
+        assert!(worker.is_running(), "the worker died:\n{}", worker.log());
+        worker.metric("wallet_redeliveries_skipped_total") >= n as f64
+    });
+    assert!(
+        worker.log().contains("failpoint: seeking partition 0 back"),
+        "{}",
+        worker.log()
+    );
+    assert_eq!(
+        worker.metric("wallet_redeliveries_skipped_total"),
+        n as f64,
+        "every message from offset 0 to {} came again once",
+        n - 1
+    );
+    assert!(
+        stack.committed().get(&0).is_none_or(|c| *c == 0),
+        "nothing committed past the held request at offset 0"
+    );
+    redis::cmd("DEL")
+        .arg("lock:held")
+        .query::<()>(&mut conn)
+        .unwrap();
+    wait_until("every offset committed", 60_000, || {
+        stack.committed().get(&0) == Some(&n)
+    });
+    assert!(worker.is_running(), "{}", worker.log());
+    let mut results = stack.reader(&stack.topics.results);
+    let read = results.read_until(n as usize, 60_000).to_vec();
+    let ids: std::collections::HashSet<String> =
+        read.iter().map(|m| result_of(m).transfer_id).collect();
+    assert_eq!(ids.len(), n as usize);
+    assert_eq!(
+        worker.metric("wallet_results_published_total"),
+        n as f64,
+        "one result per request: nothing fetched again was answered again"
+    );
+    assert!(
+        read.iter()
+            .all(|m| result_of(m).status == Status::Completed)
+    );
+}
+
+/// Creates `ids` with 100.00 each.
+fn wallets_of(stack: &Stack, ids: &[String]) {
+    let pairs: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "100.00")).collect();
+    create_wallets(&stack.redis.service(2, EngineConfig::default()), &pairs);
+}
+
+/// `count` requests of 0.01 between the `senders` in turn, ids `{prefix}{i}`.
+fn transfers(senders: &[String], prefix: &str, count: usize) -> Vec<TransferRequest> {
+    (0..count)
+        .map(|i| {
+            let (from, to) = (
+                &senders[i % senders.len()],
+                &senders[(i + 1) % senders.len()],
+            );
+            TransferRequest::new(&format!("{prefix}{i}"), from, to, "0.01", Currency::USD).unwrap()
+        })
+        .collect()
+}
+
+/// Locks `wallet` as another owner would, for five minutes.
+fn lock_as_another_owner(conn: &mut redis::Connection, wallet: &str) {
+    redis::cmd("SET")
+        .arg(format!("lock:{wallet}"))
+        .arg("another-owner")
+        .arg("PX")
+        .arg(300_000)
+        .query::<()>(conn)
+        .unwrap();
+}
+
+/// Issue 25, item 2: SIGTERM during a revoke still commits the revoked partition. Worker A
+/// (commits every 10 min, so only a revoke or its stop commits) answers 300 requests, then
+/// holds 4 more whose senders' wallets another owner has locked (each stays in its lock
+/// retries, running). Worker B joins the group; while A's revoke waits for the 4, A gets
+/// SIGTERM. A must commit offset 300 before it goes, and B must answer only the 4. Before,
+/// A skipped the revoke's commit ("left to the shutdown commit"), forgot the partition, ended
+/// `committed []`, and B answered all 304 again.
+#[test]
+fn sigterm_during_a_revoke_still_commits_the_revoked_partition() {
+    let stack = Stack::start(1);
+    let free: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+    let held: Vec<String> = (0..4).map(|i| format!("h{i}")).collect();
+    wallets_of(&stack, &[free.clone(), held.clone()].concat());
+    let n = 300;
+    let flags = [
+        "--commit-interval-ms",
+        "600000",
+        "--threads",
+        "8",
+        "--lock-retries",
+        "30",
+        "--lock-retry-delay-ms-max",
+        "500",
+        "--shutdown-timeout-ms",
+        "10000",
+    ];
+    let mut a = stack.spawn_worker(&flags);
+    stack.publish_requests(&transfers(&free, "a", n));
+    wait_until("A answered the first 300", 120_000, || {
+        a.metric("wallet_results_published_total") as usize == n
+    });
+    assert!(stack.committed().is_empty(), "nothing committed yet");
+    let mut conn = stack.redis.conn();
+    for h in &held {
+        lock_as_another_owner(&mut conn, h);
+    }
+    let held_requests: Vec<TransferRequest> = held
+        .iter()
+        .map(|h| TransferRequest::new(&format!("held_{h}"), h, "f0", "1", Currency::USD).unwrap())
+        .collect();
+    stack.publish_requests(&held_requests);
+    wait_until("A runs the 4 held requests", 60_000, || {
+        a.metric("wallet_in_flight_jobs") as usize == held.len()
+    });
+    let b = stack.spawn_worker(&flags);
+    wait_until("A's revoke waits for its running jobs", 60_000, || {
+        a.log()
+            .contains("being revoked: waiting for their 4 started jobs")
+    });
+    a.signal("TERM");
+    assert_eq!(a.wait_exit(20_000), Some(0), "{}", a.log());
+    let log = a.log();
+    assert!(
+        log.contains(&format!("revoked: positions [(0, {n})] committed")),
+        "{log}"
+    );
+    assert_eq!(stack.committed().get(&0), Some(&(n as i64)), "{log}");
+    for h in &held {
+        redis::cmd("DEL")
+            .arg(format!("lock:{h}"))
+            .query::<()>(&mut conn)
+            .unwrap();
+    }
+    let mut results = stack.reader(&stack.topics.results);
+    let mut ids = std::collections::HashSet::new();
+    wait_until(
+        "every request answered, the 4 held ones by B",
+        120_000,
+        || {
+            results.drain_tolerant(100);
+            ids = results
+                .messages
+                .iter()
+                .map(|m| result_of(m).transfer_id)
+                .collect();
+            ids.len() == n + 4
+        },
+    );
+    assert_eq!(
+        b.metric("wallet_results_published_total"),
+        4.0,
+        "B answers only what A had not answered and acknowledged"
+    );
+    assert_eq!(results.messages.len(), n + 4, "one result per request");
+}
+
+/// Issue 25, item 3: the final commit keeps its share of the stop deadline. A worker (commits
+/// every 10 min, stop deadline 4 s) answers 50 requests; then Redis is frozen (SIGSTOP) with a
+/// 51st request on a transfer thread, which stays in its Redis call past the deadline (the
+/// engine's I/O timeout is 5 s). Its SIGTERM must still commit offset 50. Before, joining the
+/// threads took the whole deadline and the final commit got 0 ms: `committed []`.
+#[test]
+fn a_thread_stuck_at_the_stop_deadline_leaves_the_final_commit_its_share() {
+    let stack = Stack::start(1);
+    let ids: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+    wallets_of(&stack, &ids);
+    let flags = [
+        "--commit-interval-ms",
+        "600000",
+        "--shutdown-timeout-ms",
+        "4000",
+    ];
+    let mut worker = stack.spawn_worker(&flags);
+    let n = 50;
+    stack.publish_requests(&transfers(&ids, "c", n));
+    wait_until("50 answered", 120_000, || {
+        worker.metric("wallet_results_published_total") as usize == n
+    });
+    stack.redis.pause();
+    stack.publish_requests(&transfers(&ids, "frozen", 1));
+    wait_until("the 51st on a thread", 60_000, || {
+        worker.metric("wallet_in_flight_jobs") == 1.0
+    });
+    worker.signal("TERM");
+    let exit = worker.wait_exit(4_000 + 2_000);
+    stack.redis.resume();
+    assert_eq!(exit, Some(0), "{}", worker.log());
+    let log = worker.log();
+    assert!(log.contains(&format!("committed [(0, {n})]")), "{log}");
+    assert_eq!(stack.committed().get(&0), Some(&(n as i64)), "{log}");
+}
+
+/// Issue 25, item 6: a transfer that panics costs its job a try, not the thread. The transfer
+/// of `boom` panics every time (hook `WALLET_FAILPOINT_PANIC`); the requests of the same
+/// sender after it must still be answered and the commit must reach the end: `boom` is tried
+/// three times (`wallet_thread_panics_total` 3), then dead-lettered with the panic in its
+/// error header. Before, the panic killed the thread: the sender's key stayed busy, so the
+/// requests behind `boom` were never run and the watermark stayed at `boom`.
+#[test]
+fn a_panicking_transfer_is_caught_counted_and_dead_lettered_and_its_key_goes_on() {
+    let stack = Stack::start(1);
+    let ids: Vec<String> = ["pa", "pb", "pc"].iter().map(|s| s.to_string()).collect();
+    wallets_of(&stack, &ids);
+    let mut worker = stack.spawn_worker_env(&[], &[("WALLET_FAILPOINT_PANIC", "boom")]);
+    let request = |id: &str, from: &str, to: &str| {
+        TransferRequest::new(id, from, to, "1", Currency::USD).unwrap()
+    };
+    stack.publish_requests(&[
+        request("before", "pa", "pb"),
+        request("boom", "pa", "pb"),
+        request("after", "pa", "pc"),
+        request("other", "pb", "pc"),
+    ]);
+    wait_until("every offset committed", 60_000, || {
+        stack.committed().get(&0) == Some(&4)
+    });
+    assert!(worker.is_running(), "{}", worker.log());
+    assert_eq!(worker.metric("wallet_thread_panics_total"), 3.0);
+    let mut dlq = stack.reader(&stack.topics.dlq);
+    let dead = dlq.read_until(1, 30_000).to_vec();
+    assert!(
+        dead[0].headers["error"].contains("the transfer panicked 3 times"),
+        "{:?}",
+        dead[0].headers
+    );
+    let mut results = stack.reader(&stack.topics.results);
+    let read = results.read_until(3, 30_000).to_vec();
+    let ids: std::collections::HashSet<String> =
+        read.iter().map(|m| result_of(m).transfer_id).collect();
+    assert_eq!(
+        ids,
+        ["before", "after", "other"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+    let log = worker.log();
+    assert!(
+        log.contains("a transfer panicked (3 of 3) on partition 0 offset 1"),
+        "{log}"
+    );
+}
+
+/// GET `path` on the worker's metrics port: the status line and the body.
+fn http_get(worker: &crate::support::stack::WorkerProcess, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", worker.metrics_port))
+        .expect("connect to the worker's metrics port");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// Issue 25, item 6: a partition whose watermark stands still while it has work is reported.
+/// One request's sender is locked by another owner, so its offset never finishes; with
+/// `--max-poll-interval-ms 16000` (the stall limit) `/readyz` must say `progress: partition 0
+/// has not committed past offset 0`, not before 16 s, and `wallet_watermark_stalled_seconds`
+/// must show it; once the lock is gone the worker is ready again. Before, readiness knew
+/// nothing of progress: a stuck partition looked ready for ever.
+#[test]
+fn a_partition_stalled_with_work_is_not_ready_until_it_moves() {
+    let stack = Stack::start(1);
+    let ids: Vec<String> = ["sa", "sb"].iter().map(|s| s.to_string()).collect();
+    wallets_of(&stack, &ids);
+    let worker = stack.spawn_worker(&["--lock-retries", "0", "--max-poll-interval-ms", "16000"]);
+    let mut conn = stack.redis.conn();
+    lock_as_another_owner(&mut conn, "sa");
+    let started = std::time::Instant::now();
+    stack.publish_requests(&[TransferRequest::new("st", "sa", "sb", "1", Currency::USD).unwrap()]);
+    let mut readyz = String::new();
+    wait_until("/readyz reports the stall", 90_000, || {
+        readyz = http_get(&worker, "/readyz");
+        readyz.contains("progress: partition 0 has not committed past offset 0")
+    });
+    let elapsed_ms = started.elapsed().as_millis();
+    assert!(
+        readyz.starts_with("HTTP/1.0 503") || readyz.starts_with("HTTP/1.1 503"),
+        "{readyz}"
+    );
+    assert!(
+        elapsed_ms >= 16_000,
+        "reported after {elapsed_ms} ms, before the limit"
+    );
+    assert_eq!(
+        worker.metric(r#"wallet_ready_check{check="progress"}"#),
+        0.0
+    );
+    assert!(worker.metric(r#"wallet_watermark_stalled_seconds{partition="0"}"#) > 16.0);
+    redis::cmd("DEL")
+        .arg("lock:sa")
+        .query::<()>(&mut conn)
+        .unwrap();
+    wait_until("ready again once the offset is done", 60_000, || {
+        http_get(&worker, "/readyz").ends_with("ready\n")
+            && worker.metric(r#"wallet_ready_check{check="progress"}"#) == 1.0
+    });
+    assert_eq!(
+        worker.metric(r#"wallet_watermark_stalled_seconds{partition="0"}"#),
+        0.0
+    );
+}
+
+/// Deletes `topic` from the stack's brokers.
+fn delete_topic(stack: &Stack, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use wallet_transfer::worker::kafka;
+    let admin: AdminClient<DefaultClientContext> = stack
+        .kafka()
+        .client_config()
+        .create()
+        .expect("admin client");
+    let deleted = kafka::wait(
+        admin.delete_topics(&[topic], &AdminOptions::new()),
+        std::time::Duration::from_secs(30),
+    )
+    .expect("delete topics answered")
+    .expect("delete topics");
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+}
+
+/// Issue 25, item 6: an answer that can never be delivered because its topic was deleted is
+/// not retried for ever: once deliveries have failed for a missing topic for
+/// `TOPIC_MISSING_MS_LIMIT` (60 s) the worker stops on a permanent error naming it (exit 1),
+/// committing nothing past the unanswered request.
+///
+/// Ignored: on tansu 0.6 deleting a topic breaks the broker and the client rather than the
+/// topic. tansu panics (tansu-storage lite.rs:503) and resets every connection, and librdkafka
+/// crashes (SIGSEGV in rd_kafka_metadata_cache_find, on the metadata tansu then returns) in 2
+/// of 4 runs, with the binary of main as with this one; the worker never sees "unknown topic".
+/// The rule itself is unit-tested
+/// (`pool::tests::a_topic_missing_past_the_bound_stops_the_worker_and_an_ack_resets_the_clock`).
+/// Run it against Apache Kafka with `cargo test --test it -- --ignored topic_was_deleted`.
+#[test]
+#[ignore = "tansu 0.6 panics and librdkafka segfaults when a topic is deleted; see the doc comment"]
+fn an_answer_whose_topic_was_deleted_stops_the_worker_within_the_bound() {
+    let stack = Stack::start(1);
+    let ids: Vec<String> = ["da", "db"].iter().map(|s| s.to_string()).collect();
+    wallets_of(&stack, &ids);
+    let mut worker = stack.spawn_worker(&[]);
+    let request = |id: &str| TransferRequest::new(id, "da", "db", "1", Currency::USD).unwrap();
+    stack.publish_requests(&[request("d1")]);
+    wait_until("the first answered and committed", 60_000, || {
+        stack.committed().get(&0) == Some(&1)
+    });
+    delete_topic(&stack, &stack.topics.results);
+    stack.publish_requests(&[request("d2")]);
+    assert_eq!(worker.wait_exit(180_000), Some(1), "{}", worker.log());
+    let log = worker.log();
+    assert!(
+        log.contains("missing for") && log.contains("(deleted?)"),
+        "{log}"
+    );
+    assert_eq!(stack.committed().get(&0), Some(&1), "nothing past d2");
+}
+
+/// Resident memory of a process in KiB (`VmRSS` from /proc), 0 when it is gone.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The median of `values`. Pure.
+fn median(values: &[u64]) -> u64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted[sorted.len() / 2]
+}
+
+/// Issue 25, item 5: a long steady load with a fetch that goes back in the middle. Requests
+/// arrive at a steady rate over 3 partitions (100/s for 20 s; 200/s for 5 minutes under
+/// `FAULT_SCALE=full`, `make fault-test`); once one partition has been consumed to a third of
+/// its share, the worker's consumer seeks it back by half of that (hook
+/// `WALLET_FAILPOINT_SEEK_BACK`). In the end every request has exactly one result, the commit
+/// reaches the end, the audit is clean, the worker is alive, and its resident memory is flat:
+/// the median of the last third of the load is within 10% plus 8 MiB of the median of the
+/// middle third (the first third warms up; the worker's memory is bounded by
+/// `backlog_bytes_max` and the in-flight limit, never by the number of messages).
+#[test]
+fn a_long_steady_load_with_a_fetch_that_goes_back_ends_answered_alive_and_flat() {
+    use crate::support::faults::full_scale;
+    let partitions = 3;
+    let stack = Stack::start(partitions);
+    let ids: Vec<String> = (0..200).map(|i| format!("l{i}")).collect();
+    let pairs: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "1000000.00")).collect();
+    let service = stack.redis.service(2, EngineConfig::default());
+    create_wallets(&service, &pairs);
+    let (rate_per_s, seconds) = if full_scale() { (200, 300) } else { (100, 20) };
+    let total = rate_per_s * seconds;
+    let at = total / partitions as usize / 3;
+    let seek = format!("{at}:{}", at / 2);
+    let mut worker = stack.spawn_worker_env(&[], &[("WALLET_FAILPOINT_SEEK_BACK", seek.as_str())]);
+    let requests = transfers(&ids, "l", total);
+    let started = std::time::Instant::now();
+    let mut rss = Vec::new();
+    for (second, batch) in requests.chunks(rate_per_s).enumerate() {
+        stack.publish_requests(batch);
+        rss.push(rss_kib(worker.pid()));
+        let due = started + std::time::Duration::from_secs(second as u64 + 1);
+        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait); // pacing the load, not waiting for a condition
+        }
+    }
+    wait_until("every request answered and committed", 600_000, || {
+        assert!(worker.is_running(), "the worker died:\n{}", worker.log());
+        stack.committed().values().sum::<i64>() == total as i64
+    });
+    let skipped = worker.metric("wallet_redeliveries_skipped_total");
+    assert!(skipped > 0.0, "the fetch went back: {}", worker.log());
+    assert_eq!(
+        worker.metric("wallet_results_published_total") as usize,
+        total,
+        "one result per request, none for a message fetched again"
+    );
+    let audit = wallet_transfer::tools::ops::audit(&service).expect("audit reads redis");
+    assert!(audit.is_ok(), "{:?}", audit.violations);
+    let third = rss.len() / 3;
+    let (middle, last) = (median(&rss[third..2 * third]), median(&rss[2 * third..]));
+    println!(
+        "{total} requests at {rate_per_s}/s, {skipped} fetched again and skipped; worker RSS KiB per second: {rss:?}; middle third median {middle}, last third median {last}"
+    );
+    assert!(
+        last <= middle + middle / 10 + 8 * 1024,
+        "worker memory grows under steady load: {middle} KiB -> {last} KiB"
+    );
+    assert!(worker.is_running());
+    worker.signal("TERM");
+    assert_eq!(worker.wait_exit(15_000), Some(0), "{}", worker.log());
+}
