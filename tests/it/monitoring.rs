@@ -472,7 +472,7 @@ fn prometheus_scrapes_a_worker_under_load_and_every_dashboard_query_returns_data
             assert_eq!(rule["health"], "ok", "{rule}\n{}", prometheus.log());
         }
     }
-    assert_eq!(evaluated, 9);
+    assert_eq!(evaluated, 11);
     let firing = prometheus.api("/api/v1/alerts");
     let firing: Vec<&Value> = firing["alerts"]
         .as_array()
