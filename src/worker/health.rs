@@ -435,6 +435,11 @@ fn ping(client: &redis::Client, conn: &mut Option<redis::Connection>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The checks that fail, in `Check::ALL` order.
+    fn failing(readiness: &Readiness) -> Vec<Check> {
+        readiness.failing.iter().map(|(c, _)| *c).collect()
+    }
     use std::sync::atomic::{AtomicBool, Ordering};
 
     #[test]
@@ -517,11 +522,7 @@ mod tests {
         health.set_assigned(0);
         let readiness = health.check();
         assert_eq!(
-            readiness
-                .failing
-                .iter()
-                .map(|(c, _)| *c)
-                .collect::<Vec<_>>(),
+            failing(&readiness),
             vec![Check::Group, Check::Producer],
             "reported in Check::ALL order"
         );
@@ -580,14 +581,7 @@ mod tests {
         health.set_stall_limit(Duration::ZERO);
         std::thread::sleep(Duration::from_millis(5));
         let readiness = health.check();
-        assert_eq!(
-            readiness
-                .failing
-                .iter()
-                .map(|(c, _)| *c)
-                .collect::<Vec<_>>(),
-            vec![Check::Progress]
-        );
+        assert_eq!(failing(&readiness), vec![Check::Progress]);
         let text = readiness.describe();
         assert!(
             text.starts_with(
