@@ -406,6 +406,28 @@ impl Redirect {
     }
 }
 
+/// True for a Redis error that says the slot map may be stale: a redirect or a moving slot
+/// (also inside a pipeline or a transaction, where redis-rs reports the first failed
+/// command's kind), a primary that became a replica, or a node that does not answer (failing
+/// over?). Callers read the map again ([`ClusterPools::refresh`]) and run the call again. Pure.
+pub fn map_may_be_stale(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind as S};
+    Redirect::parse(e).is_some()
+        || e.kind() == ErrorKind::Io
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                S::Moved
+                    | S::Ask
+                    | S::TryAgain
+                    | S::ClusterDown
+                    | S::ExecAbort
+                    | S::ReadOnly
+                    | S::MasterDown
+            )
+        )
+}
+
 /// Sends `ASKING` on `conn`: the next command on it may touch a slot this node is importing
 /// (after an ASK redirect to it).
 pub fn asking(conn: &mut Conn) -> Result<(), redis::RedisError> {

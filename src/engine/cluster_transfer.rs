@@ -54,7 +54,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::backoff::Backoff;
-use crate::engine::cluster::{ClusterPools, Redirect, keys};
+use crate::engine::cluster::{self, ClusterPools, keys};
 use crate::engine::cluster_lock::{self, ShardLocks};
 use crate::engine::keyspace::KeySpace;
 use crate::engine::lock::{Admission, LockError};
@@ -176,29 +176,11 @@ fn with_redirects<T>(
     }
 }
 
-/// True for errors that say the slot map may be stale: a redirect or a moving slot (also
-/// inside a pipeline or a transaction, where redis-rs reports the first failed command's
-/// kind), a primary that became a replica, or a node that does not answer (failing over?).
-/// Pure.
+/// True for errors that say the slot map may be stale ([`cluster::map_may_be_stale`], or a
+/// cluster error that may pass). Pure.
 fn redirected(e: &TransferError) -> bool {
-    use redis::{ErrorKind, ServerErrorKind as S};
     match e {
-        TransferError::Redis(e) => {
-            Redirect::parse(e).is_some()
-                || e.kind() == ErrorKind::Io
-                || matches!(
-                    e.kind(),
-                    ErrorKind::Server(
-                        S::Moved
-                            | S::Ask
-                            | S::TryAgain
-                            | S::ClusterDown
-                            | S::ExecAbort
-                            | S::ReadOnly
-                            | S::MasterDown
-                    )
-                )
-        }
+        TransferError::Redis(e) => cluster::map_may_be_stale(e),
         TransferError::Cluster(e) => e.is_transient(),
         _ => false,
     }

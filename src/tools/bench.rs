@@ -2137,23 +2137,12 @@ fn sum_balances(service: &WalletService, ids: &[String]) -> Result<BalanceSum, B
     }
 }
 
-/// True when `e`, met on a cluster, may come from a stale slot map. Pure but for the mode.
+/// True when `e`, met on a cluster, may come from a stale slot map
+/// ([`cluster::map_may_be_stale`]). Pure but for the mode.
 fn stale_map(service: &WalletService, e: &BenchError) -> bool {
-    use redis::{ErrorKind, ServerErrorKind as S};
-    if service.cluster().is_none() {
-        return false;
-    }
     match e {
-        BenchError::Redis(e) => {
-            cluster::Redirect::parse(e).is_some()
-                || e.kind() == ErrorKind::Io
-                || matches!(
-                    e.kind(),
-                    ErrorKind::Server(
-                        S::TryAgain | S::ClusterDown | S::ReadOnly | S::MasterDown | S::Ask
-                    )
-                )
-        }
+        _ if service.cluster().is_none() => false,
+        BenchError::Redis(e) => cluster::map_may_be_stale(e),
         BenchError::Cluster(e) => e.is_transient(),
         _ => false,
     }
