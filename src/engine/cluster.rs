@@ -27,6 +27,7 @@
 //! | `user:{id}` | its user's hash |
 //! | `transfer:{sender}:idempotency_key` | the outcome record, in the sender's slot |
 //! | `credit:{receiver}:sender:idempotency_key` | the step marker of a cross-slot credit, in the receiver's slot |
+//! | `claim:idempotency_key` | which request holds the key (`key_claim`), in the key's own slot |
 //!
 //! (Here `{id}` is literal: the braces are in the key, `wallet:{user_1}`; in `store::keys` the
 //! same spelling means "the id", `wallet:user_1`.) User ids cannot hold `{` or `}` (message
@@ -68,7 +69,8 @@
 //! Open questions noticed while building this: `users:all` and `wallets:all` are single keys
 //! in one slot, so creating a wallet can no longer add it to them in the same transaction (scan
 //! every primary for `wallet:{*}` instead, or write the sets in a second step); and an outcome
-//! keyed by sender makes an idempotency key unique per sender, not globally, in cluster mode.
+//! keyed by sender cannot see another sender's use of a key (answered by `key_claim`: every
+//! cluster transfer claims its key first).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -175,6 +177,18 @@ pub mod keys {
             idempotency_key,
         ))
     }
+    /// `claim:idempotency_key`: which request holds the key (`key_claim`), in the key's own
+    /// slot (no hash tag: keys hold no braces), so every sender's request for the key meets
+    /// it.
+    pub fn claim(idempotency_key: &str) -> String {
+        assert!(
+            !idempotency_key.contains(['{', '}']),
+            "idempotency key {idempotency_key:?} holds a brace (validated keys never do)"
+        );
+        format!("claim:{idempotency_key}")
+    }
+    /// The pattern that matches every claim (`SCAN MATCH`).
+    pub const CLAIM_PATTERN: &str = "claim:*";
     /// The slot of every key of wallet `id`.
     pub fn wallet_slot(id: &str) -> u16 {
         super::hash_slot(id.as_bytes())

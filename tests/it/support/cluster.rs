@@ -313,6 +313,16 @@ impl RedisCluster {
         })
     }
 
+    /// Deletes every key on every primary (FLUSHALL, replicated), so the next bed on this
+    /// cluster starts from nothing.
+    pub fn flush(&self) {
+        for port in self.primary_ports() {
+            redis::cmd("FLUSHALL")
+                .query::<()>(&mut self.conn(port))
+                .expect("FLUSHALL");
+        }
+    }
+
     /// Ports of the running primaries (nodes whose `ROLE` is master).
     pub fn primary_ports(&self) -> Vec<u16> {
         self.ports()
