@@ -888,6 +888,184 @@ on_every_topology!(
     quick_lock(3)
 );
 
+/// Deletes `id`'s wallet hash as an operator would (no lock taken); returns its fields.
+fn delete_wallet(conn: &mut redis::Connection, wallet_key: &str) -> HashMap<String, String> {
+    let saved: HashMap<String, String> = redis::cmd("HGETALL").arg(wallet_key).query(conn).unwrap();
+    redis::cmd("DEL").arg(wallet_key).query::<()>(conn).unwrap();
+    saved
+}
+
+/// A receiver whose wallet was deleted after it took part in a transfer: a transfer to it
+/// fails `wallet_not_found`, is recorded FAILED (a replay gets the same answer), moves nothing
+/// and leaves no lock.
+fn a_transfer_to_a_deleted_receiver_moves_nothing_and_is_recorded(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "0")]);
+    let (a, b) = (bed.id("a"), bed.id("b"));
+    assert_eq!(
+        service.transfer(&usd("t1", &a, &b, "10")).unwrap().status,
+        Status::Completed
+    );
+    let wallet_b = bed.keys().wallet(&b);
+    delete_wallet(&mut bed.conn_for(&wallet_b), &wallet_b);
+
+    let request = usd("t2", &a, &b, "10");
+    let gone = service.transfer(&request).unwrap();
+    assert_eq!(
+        (gone.status, gone.reason, gone.duplicate),
+        (Status::Failed, Some(FailureReason::WalletNotFound), false)
+    );
+    let recorded = service.transfer_outcome_of(&a, "t2").unwrap().unwrap();
+    assert_eq!(recorded.reason, Some(FailureReason::WalletNotFound));
+    let replay = service.transfer(&request).unwrap();
+    assert!(replay.duplicate);
+    assert_eq!(replay.reason, Some(FailureReason::WalletNotFound));
+    assert_eq!(service.balance(&a).unwrap(), amount("90.00"));
+    assert_eq!(service.history(&a).unwrap().len(), 1);
+    assert!(service.wallet(&b).unwrap().is_none());
+    assert_eq!(bed.locks(), Vec::<String>::new());
+}
+on_every_topology!(
+    a_transfer_to_a_deleted_receiver_moves_nothing_and_is_recorded,
+    EngineConfig::default()
+);
+
+/// The receiver's wallet deleted while a transfer to it waits for its EXEC (an operator's DEL
+/// takes no lock). In one slot the EXEC aborts and the transfer is recorded FAILED
+/// `wallet_not_found`, nothing moved. Across slots the decision was taken at the read, so the
+/// debit goes through and the transfer stays PENDING with an error that is not transient
+/// (ARCHITECTURE.md, "A receiver that changed after the decision"); once the wallet is
+/// restored, `recover` credits it once. Either way no money is made or lost, nothing stays
+/// PENDING after the recovery, and the audit is clean.
+fn a_receiver_deleted_before_exec_is_credited_once_or_not_at_all(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "0")]);
+    let (a, b) = (bed.id("a"), bed.id("b"));
+    let wallet_b = bed.keys().wallet(&b);
+    let conn = Mutex::new(bed.conn_for(&wallet_b));
+    let saved = Arc::new(Mutex::new(HashMap::new()));
+    let (hook_key, hook_saved) = (wallet_b.clone(), saved.clone());
+    let mut deleting = service.as_separate_process();
+    deleting.set_before_exec_hook(Arc::new(move |_key: &str| {
+        let mut saved = hook_saved.lock().unwrap();
+        if saved.is_empty() {
+            *saved = delete_wallet(&mut conn.lock().unwrap(), &hook_key);
+        }
+    }));
+    let request = usd("t1", &a, &b, "10.00");
+    let cross = bed.topology == Topology::ClusterCrossSlot;
+    match deleting.transfer(&request) {
+        Ok(o) if !cross => assert_eq!(o.reason, Some(FailureReason::WalletNotFound)),
+        Err(e) if cross => {
+            assert!(
+                !e.is_transient() && e.to_string().contains("restore the wallet"),
+                "{e}"
+            );
+            let record = service.transfer_outcome_of(&a, "t1").unwrap().unwrap();
+            assert_eq!(record.status, Status::Pending);
+        }
+        other => panic!("{:?}: {other:?}", bed.topology),
+    }
+    assert!(service.wallet(&b).unwrap().is_none(), "the hook deleted b");
+    let mut conn = bed.conn_for(&wallet_b);
+    for (field, value) in saved.lock().unwrap().iter() {
+        redis::cmd("HSET")
+            .arg(&wallet_b)
+            .arg(field)
+            .arg(value)
+            .query::<()>(&mut conn)
+            .unwrap();
+    }
+    let report = service.recover(100).unwrap();
+    assert_eq!(report.finished, u64::from(cross), "{report:?}");
+    let replay = transfer_retrying(service, &request);
+    assert!(replay.duplicate);
+    let (a_after, b_after) = if cross {
+        ("90.00", "10.00")
+    } else {
+        ("100.00", "0.00")
+    };
+    assert_eq!(service.balance(&a).unwrap(), amount(a_after));
+    assert_eq!(service.balance(&b).unwrap(), amount(b_after));
+    assert_eq!(service.history(&b).unwrap().len(), usize::from(cross));
+    assert_eq!(service.recover(100).unwrap().pending_found, 0);
+    let audit = ops::audit(service).expect("audit reads redis");
+    assert!(audit.is_ok(), "{:?}", audit.violations);
+    assert_eq!(bed.locks(), Vec::<String>::new());
+}
+on_every_topology!(
+    a_receiver_deleted_before_exec_is_credited_once_or_not_at_all,
+    short_lock()
+);
+
+// One topology (a cluster, wallets in different slots): only a cross-slot transfer can be
+// PENDING.
+/// A transfer crashed after its debit (PENDING) and a new request with the same key from the
+/// same sender but another body (another amount, another receiver): each is refused
+/// `idempotency_conflict` and moves nothing (it does not finish the PENDING one either); the
+/// PENDING transfer is then finished once by its own replay, and a second replay and the
+/// recovery change nothing.
+#[test]
+fn a_new_request_reusing_a_pending_key_moves_nothing_and_the_pending_one_finishes_once() {
+    use crate::support::cluster::RedisCluster;
+    use wallet_transfer::engine::service::Failpoint;
+    let cluster = RedisCluster::start(3, 0);
+    let config = EngineConfig::default().with_lock(
+        LockConfig::default()
+            .with_ttl_ms(500)
+            .with_retry_delay_ms_base(10)
+            .with_retry_delay_ms_max(50)
+            .with_retries_max(200),
+    );
+    let bed = Bed::on_cluster(&cluster, false, config);
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "100.00"), ("c", "100.00")]);
+    let (a, b, c) = (bed.id("a"), bed.id("b"), bed.id("c"));
+    let with_key = |r: TransferRequest| r.with_idempotency_key("k1").unwrap();
+    let original = with_key(usd("t1", &a, &b, "10.00"));
+    let mut crashing = service.as_separate_process();
+    crashing.set_failpoint(Some(Failpoint::AfterDebit));
+    let e = crashing
+        .transfer(&original)
+        .expect_err("the failpoint stops it");
+    assert!(e.to_string().contains("failpoint"), "{e}");
+
+    for request in [
+        with_key(usd("t2", &a, &b, "11.00")),
+        with_key(usd("t3", &a, &c, "10.00")),
+    ] {
+        // The crashed run's locks expire by their ttl; the lock retries wait for them.
+        match service.transfer(&request) {
+            Err(e @ TransferError::IdempotencyConflict { .. }) => assert!(!e.is_transient()),
+            other => panic!(
+                "{}: expected an idempotency conflict, got {other:?}",
+                request.transfer_id
+            ),
+        }
+        let record = service.transfer_outcome_of(&a, "k1").unwrap().unwrap();
+        assert_eq!(
+            record.status,
+            Status::Pending,
+            "the new request finished it"
+        );
+        for (id, balance) in [(&a, "90.00"), (&b, "100.00"), (&c, "100.00")] {
+            assert_eq!(service.balance(id).unwrap(), amount(balance), "{id}");
+        }
+    }
+    let done = transfer_retrying(service, &original);
+    assert_eq!(done.status, Status::Completed);
+    let replay = transfer_retrying(service, &original);
+    assert!(replay.duplicate);
+    assert_eq!(service.recover(100).unwrap().pending_found, 0);
+    for (id, balance) in [(&a, "90.00"), (&b, "110.00"), (&c, "100.00")] {
+        assert_eq!(service.balance(id).unwrap(), amount(balance), "{id}");
+    }
+    assert_eq!(service.history(&b).unwrap().len(), 1, "b credited once");
+    let audit = ops::audit(service).expect("audit reads redis");
+    assert!(audit.is_ok(), "{:?}", audit.violations);
+    assert_eq!(bed.locks(), Vec::<String>::new());
+}
+
 // One topology: `lock::acquire` and its guard are one Redis's lock API; a cluster's locks
 // (`cluster_lock`) are crate-private, and every test above checks they are all given back.
 #[test]
