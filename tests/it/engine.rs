@@ -1,5 +1,8 @@
-//! The transfer engine against a real redis-server: the original system's cases, races,
-//! random load with a full ledger audit, a stalled lock holder, and lock release on every path.
+//! The transfer engine on every topology (`on_every_topology!`: one redis-server, a 3-primary
+//! cluster with the wallets in one slot and in a slot each): the original system's cases,
+//! races, random load with a full ledger audit, stalled lock holders, locks changing hands,
+//! stuck and busy locks, receivers deleted, and a PENDING key reused (cross-slot only). Two
+//! tests stay on one topology and say why; crashes and replicas are in `cluster_transfer`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Barrier, Mutex};
