@@ -168,11 +168,12 @@ impl<'c> Bed<'c> {
     }
 
     /// Most commands Redis runs for an uncontended transfer: 14 in one slot; 27 across (20
-    /// sent, 7 more inside the two scripts).
+    /// sent, 7 more inside the two scripts); on a cluster one more, the key's claim.
     pub fn uncontended_commands_max(&self) -> u64 {
         match self.topology {
-            Topology::ClusterCrossSlot => 27,
-            _ => 14,
+            Topology::OneRedis => 14,
+            Topology::ClusterSameSlot => 1 + 14,
+            Topology::ClusterCrossSlot => 1 + 27,
         }
     }
 
