@@ -239,6 +239,12 @@ impl RedisCluster {
         );
     }
 
+    /// What node `port` says its `cluster_state` is (`ok`, `fail`); `None` when it does not
+    /// answer.
+    pub fn cluster_state(&self, port: u16) -> Option<String> {
+        info_field(&self.cluster_info(port).ok()?, "cluster_state")
+    }
+
     fn cluster_info(&self, port: u16) -> redis::RedisResult<String> {
         redis::cmd("CLUSTER")
             .arg("INFO")
