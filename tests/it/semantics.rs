@@ -14,7 +14,7 @@ use wallet_transfer::worker::kafka::{self, TopicSpec};
 use wallet_transfer::worker::metrics::Metrics;
 use wallet_transfer::worker::{Worker, WorkerConfig, WorkerError};
 use wallet_transfer::{
-    Currency, EngineConfig, FailureReason, Status, TransferCompleted, TransferRequest,
+    Amount, Currency, EngineConfig, FailureReason, Status, TransferCompleted, TransferRequest,
     WalletService,
 };
 
@@ -374,4 +374,52 @@ fn a_group_rewound_after_the_records_expired_moves_no_money() {
         0,
         "an expired request wrote a record"
     );
+}
+
+/// A result whose delivery fails (hook `WALLET_FAILPOINT_DELIVERY_FAILS`: the first delivery
+/// of `df_0`'s result is reported failed after the broker took it) is redone: the job runs
+/// again, is answered from its record as the original (`duplicate: false`), and its result
+/// is published a second time; the money moves once and every offset is committed in the
+/// end. (With a failed delivery counted as done, the result went out once and was never
+/// redone: a real lost delivery would have lost the answer.)
+#[test]
+fn a_result_whose_delivery_fails_is_published_again_and_the_money_moves_once() {
+    let stack = Stack::start(1);
+    let ids = faults::wallets(&stack, "df", 4, "100.00");
+    let requests: Vec<TransferRequest> = (0..4)
+        .map(|i| {
+            let (from, to) = (&ids[i], &ids[(i + 1) % ids.len()]);
+            TransferRequest::new(&format!("df_{i}"), from, to, "10.00", Currency::USD)
+        })
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let failing = requests[0].transfer_id.clone();
+    let _worker = stack.spawn_worker_env(&[], &[("WALLET_FAILPOINT_DELIVERY_FAILS", &failing)]);
+    stack.publish_requests(&requests);
+    let all: Vec<String> = requests.iter().map(|r| r.transfer_id.clone()).collect();
+    results_by_id(&stack, &all, 1, 60_000);
+    let twice = results_by_id(&stack, std::slice::from_ref(&failing), 2, 60_000);
+    let answers = &twice[&failing];
+    assert_eq!(
+        answers.len(),
+        2,
+        "published once more after the failed delivery: {answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.status == Status::Completed && !a.duplicate),
+        "the redo is the original answer again: {answers:?}"
+    );
+    let service = stack.redis.service(2, EngineConfig::default());
+    for id in &ids {
+        assert_eq!(
+            service.balance(id).unwrap(),
+            Amount::parse("100.00").unwrap()
+        );
+    }
+    wait_until("every offset committed", 30_000, || {
+        stack.committed().values().sum::<i64>() == requests.len() as i64
+    });
+    assert!(ops::audit(&service).unwrap().is_ok());
 }
