@@ -81,6 +81,61 @@ fn requests_of_one_sender_complete_in_the_order_they_were_published() {
     assert!(ops::audit(&service).unwrap().is_ok());
 }
 
+/// Per-sender order holds while a request waits in the retry queue: the sender's first
+/// request meets a receiver locked by someone else (a lock with a 2 s ttl), times out on the
+/// lock (transient) and waits to be retried; the sender's second request, to a free receiver,
+/// must wait behind it. The sender can pay only one: the first must be the one. (With the
+/// sender's key released before the retry was scheduled, the second ran meanwhile and won.)
+#[test]
+fn a_senders_later_request_waits_while_its_first_one_is_retried() {
+    let stack = Stack::start(1);
+    let service = stack.redis.service(2, EngineConfig::default());
+    create_wallets(
+        &service,
+        &[("rq_s", "10.00"), ("rq_busy", "0"), ("rq_free", "0")],
+    );
+    redis::cmd("SET")
+        .arg("lock:rq_busy")
+        .arg("held-by-someone-else")
+        .arg("PX")
+        .arg(2_000)
+        .query::<()>(&mut stack.redis.conn())
+        .unwrap();
+    let requests: Vec<TransferRequest> = [("rq_1", "rq_busy"), ("rq_2", "rq_free")]
+        .iter()
+        .map(|(id, to)| TransferRequest::new(id, "rq_s", to, "10.00", Currency::USD))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    stack.publish_requests(&requests);
+    let worker = stack.spawn_worker(&[
+        "--threads",
+        "4",
+        "--lock-retries",
+        "1",
+        "--lock-retry-delay-ms",
+        "10",
+    ]);
+    let ids: Vec<String> = requests.iter().map(|r| r.transfer_id.clone()).collect();
+    let results = results_by_id(&stack, &ids, 1, 60_000);
+    let retried: f64 = worker
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("wallet_retries_total{cause=\"lock_timeout\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        retried >= 1.0,
+        "the first request was retried:\n{}",
+        worker.log()
+    );
+    let (first, second) = (&results["rq_1"][0], &results["rq_2"][0]);
+    assert_eq!(
+        (first.status, second.reason),
+        (Status::Completed, Some(FailureReason::InsufficientFunds)),
+        "the sender's later request overtook the one being retried: {first:?} {second:?}"
+    );
+}
+
 /// A worker whose answers are all lost before their ack (the `results-unacked` failpoint)
 /// records outcomes that are never acknowledged; it is killed, and a second worker answers the redelivered
 /// messages from the records: as the original (`duplicate: false`), once each. A real re-send
