@@ -136,6 +136,16 @@ fn on_cluster(name: &'static str, same_slot: bool) {
         return;
     };
     let cluster = RedisCluster::start(3, 1);
+    for port in cluster.ports() {
+        // A node that comes back as a replica after a losing failover resyncs in full: at once,
+        // not after the default 5 s wait for more replicas to share the transfer.
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("repl-diskless-sync-delay")
+            .arg(0)
+            .query::<()>(&mut cluster.conn(port))
+            .expect("CONFIG SET repl-diskless-sync-delay");
+    }
     for seed in seeds {
         let bed = Bed::on_cluster(&cluster, same_slot, config(true));
         Sim::new(&bed, Some(&cluster), name, seed).run(ops);
@@ -208,6 +218,10 @@ struct Sim<'b, 'c> {
     model: Model,
     /// Bodies whose run stopped at a failpoint: the favourite targets of a key's re-use.
     crashed: Vec<usize>,
+    /// What the run went through (crashes, stalls, errors, partitions), for its summary line.
+    counts: std::collections::BTreeMap<&'static str, u32>,
+    /// No trace lines for answers (the final replays: a wrong one fails with its own text).
+    quiet: bool,
     started: Instant,
 }
 
@@ -247,6 +261,8 @@ impl<'b, 'c> Sim<'b, 'c> {
             rng,
             model: Model::new(key_rule(bed.topology), ids, opening),
             crashed: Vec::new(),
+            counts: Default::default(),
+            quiet: false,
             started: Instant::now(),
         }
     }
@@ -263,11 +279,12 @@ impl<'b, 'c> Sim<'b, 'c> {
         }
         self.finish();
         println!(
-            "simulation {}: seed {} clean: {} requests, {} deposits, {:.1} s",
+            "simulation {}: seed {} clean: {} requests, {} deposits, {:?}, {:.1} s",
             self.name,
             self.seed,
             self.model.bodies.len(),
             self.model.deposits.len(),
+            self.counts,
             self.started.elapsed().as_secs_f64()
         );
     }
@@ -391,23 +408,39 @@ impl<'b, 'c> Sim<'b, 'c> {
         }
     }
 
-    /// A partition episode around a random wallet's primary: one or two transfers touching
-    /// it (small amounts, so they are decided COMPLETED), sometimes a `recover` in between,
+    /// A partition episode around an active wallet's primary: one transfer from it and one
+    /// to it (in a random order), each with a wallet on another primary when there is one,
+    /// of at most 1.00 (so they are decided COMPLETED); sometimes a `recover` in between;
     /// three times in four a failover that loses what the replica did not get.
     fn partition_op(&mut self) -> Op {
-        let wallet = self.wallet();
-        let transfers = (0..self.rng.random_range(1..=2))
-            .map(|_| {
-                let other = self.other_than(wallet);
-                let cents = self.rng.random_range(
-                    1..=self.model.opening_cents[wallet].min(self.model.opening_cents[other]) / 8,
-                );
-                match self.rng.random_bool(0.5) {
-                    true => (wallet, other, cents),
-                    false => (other, wallet, cents),
-                }
-            })
+        let active: Vec<usize> = (0..self.model.wallets.len())
+            .filter(|w| !self.model.frozen.contains(w))
             .collect();
+        let pool = if active.len() >= 2 {
+            active
+        } else {
+            (0..self.model.wallets.len()).collect()
+        };
+        let wallet = pool[self.rng.random_range(0..pool.len())];
+        let primary = |w: usize| self.primary_of(w);
+        let apart: Vec<usize> = pool
+            .iter()
+            .copied()
+            .filter(|&w| primary(w) != primary(wallet))
+            .collect();
+        let others = match apart.is_empty() {
+            true => pool.iter().copied().filter(|&w| w != wallet).collect(),
+            false => apart,
+        };
+        let mut pick = || others[self.rng.random_range(0..others.len())];
+        let (out, inn) = (pick(), pick());
+        let mut transfers = vec![(wallet, out, 0), (inn, wallet, 0)];
+        if self.rng.random_bool(0.5) {
+            transfers.reverse();
+        }
+        for t in &mut transfers {
+            t.2 = self.rng.random_range(1..=100);
+        }
         let recover = self.rng.random_bool(0.3);
         let loss = self.rng.random_bool(0.75);
         Op::Partition {
@@ -416,6 +449,16 @@ impl<'b, 'c> Sim<'b, 'c> {
             recover,
             loss,
         }
+    }
+
+    /// The port of the primary that serves wallet `w` now (which wallets share a primary
+    /// stays the same through failovers: a failover moves whole slot ranges).
+    fn primary_of(&self, w: usize) -> Option<u16> {
+        let cluster = self.cluster?;
+        cluster.owner_of(
+            cluster.primary_ports()[0],
+            keys::wallet_slot(&self.model.wallets[w]),
+        )
     }
 
     /// A new request body `from -> to`, under a key of its own or `key`; an earlier body
@@ -460,7 +503,13 @@ impl<'b, 'c> Sim<'b, 'c> {
         body: usize,
         result: Result<wallet_transfer::TransferOutcome, wallet_transfer::TransferError>,
     ) {
+        if let Err(e) = &result
+            && e.is_transient()
+        {
+            *self.counts.entry(e.kind()).or_default() += 1;
+        }
         match self.model.record(body, &result) {
+            Ok(_) if self.quiet => {}
             Ok(text) => self.model.trace.push(format!("    body {body} -> {text}")),
             Err(broken) => self.fail(&[broken]),
         }
@@ -506,6 +555,7 @@ impl<'b, 'c> Sim<'b, 'c> {
                 self.attempt(b, &crashing);
                 if self.model.bodies[b].first.is_none() {
                     self.crashed.push(b);
+                    *self.counts.entry("crashed").or_default() += 1;
                 }
             }
             Op::Stall {
@@ -603,6 +653,8 @@ impl<'b, 'c> Sim<'b, 'c> {
         self.model
             .trace
             .push(format!("    body {slow} stalled before EXEC: {reached}"));
+        let stall = if reached { "stalled" } else { "not_stalled" };
+        *self.counts.entry(stall).or_default() += 1;
         self.attempt(fast, &self.bed.service.clone());
         let _ = done_tx.try_send(());
         let result = handle.join().expect("the stalled transfer's thread");
@@ -618,15 +670,12 @@ impl<'b, 'c> Sim<'b, 'c> {
         loss: bool,
     ) {
         let cluster = self.cluster.expect("partitions run on a cluster");
-        let slot = keys::wallet_slot(&self.model.wallets[wallet]);
-        let primary = cluster
-            .owner_of(cluster.primary_ports()[0], slot)
-            .expect("the wallet's primary");
+        let primary = self.primary_of(wallet).expect("the wallet's primary");
         let replica = cluster
             .replica_of(primary)
             .expect("a replica of the primary");
         wait_caught_up(cluster, primary, replica);
-        cluster.pause(replica);
+        cut_replica(cluster, primary, replica);
         for &(from, to, cents) in transfers {
             let b = self.body(from, to, cents, None);
             let service = self.bed.service.clone();
@@ -651,6 +700,12 @@ impl<'b, 'c> Sim<'b, 'c> {
         self.model
             .trace
             .push(format!("    partition of {primary} ended, loss: {loss}"));
+        let end = if loss {
+            "failovers_losing"
+        } else {
+            "partitions_healed"
+        };
+        *self.counts.entry(end).or_default() += 1;
     }
 
     /// Retries every unanswered request until answered, runs `recover` until nothing is
@@ -672,6 +727,7 @@ impl<'b, 'c> Sim<'b, 'c> {
         let mut found = self.model.check_answers();
         found.extend(self.recover_all());
         self.model.trace.push("end: every request replayed".into());
+        self.quiet = true;
         for body in 0..self.model.bodies.len() {
             if self.model.bodies[body].first.is_some() {
                 self.attempt(body, &service);
@@ -763,6 +819,19 @@ fn replication(cluster: &RedisCluster, port: u16, field: &str) -> Option<String>
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
         .map(|v| v.trim().to_string())
+}
+
+/// Cuts `replica` off from `primary`: paused (SIGSTOP), and its replication link closed by the
+/// primary, so nothing the primary writes from now on reaches it, not even into its socket
+/// buffer (a paused replica alone would still receive the bytes and apply them on SIGCONT).
+fn cut_replica(cluster: &RedisCluster, primary: u16, replica: u16) {
+    cluster.pause(replica);
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query::<u64>(&mut cluster.conn(primary))
+        .expect("CLIENT KILL TYPE replica");
 }
 
 /// Waits until `replica` follows `primary` with its link up and holds all it wrote.
