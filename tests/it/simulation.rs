@@ -23,7 +23,9 @@
 //! Deterministic in its choices: a seed gives the same operations every time; what the
 //! servers answer may depend on timing (a lock expiring, a WAIT). Sizes: `SIM_SEEDS`,
 //! `SIM_OPS`; `FAULT_SCALE=full` runs many seeds from a random base; `SIM_SEED=n` (or `make
-//! simulate SEED=n`) replays one, `SIM_TOPOLOGY` picks one topology.
+//! simulate SEED=n`, or `FAULT_SEED=n`) replays one, `SIM_TOPOLOGY` picks one topology,
+//! `SIM_TRACE=1` prints every run's operations, `SIM_KEY_RULE=per-sender` holds a cluster to
+//! the old per-sender key rule (to measure other bugs on an engine without the key claim).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,7 +49,7 @@ use crate::support::wait_until;
 /// `FAULT_SCALE=full` (random base).
 const SHORT_SEEDS: u64 = 5;
 const SHORT_OPS: usize = 40;
-const FULL_SEEDS: u64 = 60;
+const FULL_SEEDS: u64 = 30;
 const FULL_OPS: usize = 150;
 /// Operations of the trace shown with a failure.
 const TRACE_SHOWN: usize = 30;
@@ -70,7 +72,7 @@ fn plan(topology: &str) -> Option<(Vec<u64>, usize)> {
     let ops = number("SIM_OPS").map_or(if full_scale() { FULL_OPS } else { SHORT_OPS }, |n| {
         n as usize
     });
-    if let Some(seed) = number("SIM_SEED") {
+    if let Some(seed) = number("SIM_SEED").or_else(|| number("FAULT_SEED")) {
         return Some((vec![seed], ops));
     }
     let count = number("SIM_SEEDS").unwrap_or(if full_scale() {
@@ -268,9 +270,17 @@ impl<'b, 'c> Sim<'b, 'c> {
     }
 
     fn run(mut self, ops: usize) {
-        let partition_at = self.cluster.map(|_| self.rng.random_range(0..ops));
+        // A partition episode per 50 operations (at least one) on a cluster.
+        let episodes = if self.cluster.is_some() {
+            ops.div_ceil(50)
+        } else {
+            0
+        };
+        let partitions: Vec<usize> = (0..episodes)
+            .map(|_| self.rng.random_range(0..ops))
+            .collect();
         for i in 0..ops {
-            let op = match partition_at == Some(i) {
+            let op = match partitions.contains(&i) {
                 true => self.partition_op(),
                 false => self.next_op(),
             };
