@@ -27,6 +27,7 @@
 //! | `user:{id}` | its user's hash |
 //! | `transfer:{sender}:idempotency_key` | the outcome record, in the sender's slot |
 //! | `credit:{receiver}:sender:idempotency_key` | the step marker of a cross-slot credit, in the receiver's slot |
+//! | `claim:idempotency_key` | which request holds the key (`key_claim`), in the key's own slot |
 //!
 //! (Here `{id}` is literal: the braces are in the key, `wallet:{user_1}`; in `store::keys` the
 //! same spelling means "the id", `wallet:user_1`.) User ids cannot hold `{` or `}` (message
@@ -68,7 +69,8 @@
 //! Open questions noticed while building this: `users:all` and `wallets:all` are single keys
 //! in one slot, so creating a wallet can no longer add it to them in the same transaction (scan
 //! every primary for `wallet:{*}` instead, or write the sets in a second step); and an outcome
-//! keyed by sender makes an idempotency key unique per sender, not globally, in cluster mode.
+//! keyed by sender cannot see another sender's use of a key (answered by `key_claim`: every
+//! cluster transfer claims its key first).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -96,6 +98,10 @@ pub const REFRESH_CONNECT_TIMEOUT_MS: u64 = 1_000;
 pub const REFRESH_IO_TIMEOUT_MS: u64 = 2_000;
 /// Connections per primary's pool, at most.
 pub const POOL_SIZE_LIMIT: u32 = 1_024;
+/// Longest a connect waits for every primary to say `cluster_state:ok`.
+pub const CLUSTER_READY_WAIT_MS: u64 = 30_000;
+/// Time between two readiness polls of the primaries.
+pub const CLUSTER_READY_POLL_MS: u64 = 100;
 /// Characters of one node's error kept in a refresh error (so a long list stays readable).
 const NODE_ERROR_CHARS_LIMIT: usize = 200;
 
@@ -175,6 +181,18 @@ pub mod keys {
             idempotency_key,
         ))
     }
+    /// `claim:idempotency_key`: which request holds the key (`key_claim`), in the key's own
+    /// slot (no hash tag: keys hold no braces), so every sender's request for the key meets
+    /// it.
+    pub fn claim(idempotency_key: &str) -> String {
+        assert!(
+            !idempotency_key.contains(['{', '}']),
+            "idempotency key {idempotency_key:?} holds a brace (validated keys never do)"
+        );
+        format!("claim:{idempotency_key}")
+    }
+    /// The pattern that matches every claim (`SCAN MATCH`).
+    pub const CLAIM_PATTERN: &str = "claim:*";
     /// The slot of every key of wallet `id`.
     pub fn wallet_slot(id: &str) -> u16 {
         super::hash_slot(id.as_bytes())
@@ -513,6 +531,18 @@ pub enum ClusterError {
         "more than {NODES_LIMIT} Redis Cluster nodes would have pools; refresh the map (old nodes are dropped then)"
     )]
     TooManyNodes,
+    /// Primaries still said their `cluster_state` was not `ok` after
+    /// [`CLUSTER_READY_WAIT_MS`] (they answer CLUSTERDOWN meanwhile).
+    #[error(
+        "the Redis Cluster is not ready after {waited_ms} ms (just created, failing over, or slots uncovered): {detail}; check `redis-cli -h HOST -p PORT cluster info` and `redis-cli --cluster check HOST:PORT`, then run again"
+    )]
+    NotReady {
+        /// The primaries that did not say `cluster_state:ok`, or why the map could not be
+        /// read.
+        detail: String,
+        /// How long the call waited.
+        waited_ms: u64,
+    },
 }
 
 impl ClusterError {
@@ -523,7 +553,8 @@ impl ClusterError {
             ClusterError::NoMap { .. }
             | ClusterError::SlotUncovered(_)
             | ClusterError::Checkout { .. }
-            | ClusterError::TooManyNodes => true,
+            | ClusterError::TooManyNodes
+            | ClusterError::NotReady { .. } => true,
             ClusterError::Pool { source, .. } => matches!(source, StoreError::Unreachable { .. }),
             _ => false,
         }
@@ -664,8 +695,72 @@ impl ClusterPools {
             }),
             refreshing: Mutex::new(()),
         };
-        pools.refresh()?;
+        pools.wait_until_ready(CLUSTER_READY_WAIT_MS)?;
         Ok(pools)
+    }
+
+    /// Waits until every primary of the map says `cluster_state:ok` (right after
+    /// `redis-cli --cluster create`, or during a failover, some answer CLUSTERDOWN for a
+    /// moment, or do not answer at all), at most `wait_ms`, saying so on the log (stderr)
+    /// once, and reads the map again while it waits, as it may change. A cluster no seed
+    /// answered for ([`ClusterError::NoMap`]) is not waited for: that is a wrong address more
+    /// often than a failover. Polls every [`CLUSTER_READY_POLL_MS`].
+    fn wait_until_ready(&self, wait_ms: u64) -> Result<(), ClusterError> {
+        let started = std::time::Instant::now();
+        let mut waited = false;
+        loop {
+            let not_ready = match self.not_ready() {
+                Ok(nodes) if nodes.is_empty() => {
+                    if waited {
+                        log::warn!(
+                            "the Redis Cluster is ready after {} ms",
+                            started.elapsed().as_millis()
+                        );
+                    }
+                    return Ok(());
+                }
+                Ok(nodes) => format!("{} not saying cluster_state:ok", nodes.join(", ")),
+                Err(e) if e.is_transient() && !matches!(e, ClusterError::NoMap { .. }) => {
+                    e.to_string()
+                }
+                Err(e) => return Err(e),
+            };
+            let waited_ms = started.elapsed().as_millis() as u64;
+            if waited_ms >= wait_ms {
+                return Err(ClusterError::NotReady {
+                    detail: not_ready,
+                    waited_ms,
+                });
+            }
+            if !waited {
+                log::warn!(
+                    "waiting up to {wait_ms} ms for the Redis Cluster: not ready yet (just created, or failing over): {not_ready}"
+                );
+                waited = true;
+            }
+            std::thread::sleep(Duration::from_millis(CLUSTER_READY_POLL_MS));
+        }
+    }
+
+    /// Reads the map, then the primaries that do not say `cluster_state:ok`.
+    fn not_ready(&self) -> Result<Vec<String>, ClusterError> {
+        self.refresh()?;
+        Ok(self
+            .primaries()
+            .into_iter()
+            .filter(|addr| !self.says_ok(addr))
+            .collect())
+    }
+
+    /// True when node `addr` answers `CLUSTER INFO` with `cluster_state:ok`.
+    fn says_ok(&self, addr: &str) -> bool {
+        let Ok(mut conn) = self.conn_for_addr(addr) else {
+            return false;
+        };
+        redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query::<String>(&mut conn.redis)
+            .is_ok_and(|info| info.lines().any(|l| l.trim() == "cluster_state:ok"))
     }
 
     /// Reads the map again from a reachable node (the known primaries, then the replicas,

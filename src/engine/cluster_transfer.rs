@@ -56,6 +56,7 @@ use std::time::{Duration, Instant};
 use crate::engine::backoff::Backoff;
 use crate::engine::cluster::{self, ClusterPools, keys};
 use crate::engine::cluster_lock::{self, ShardLocks};
+use crate::engine::key_claim;
 use crate::engine::keyspace::KeySpace;
 use crate::engine::lock::{Admission, LockError};
 use crate::engine::message::{FailureReason, Status, TransferRequest};
@@ -146,12 +147,19 @@ pub(crate) fn transfer(
 ) -> Result<TransferOutcome, TransferError> {
     let one_slot = keys::wallet_slot(&request.from_user) == keys::wallet_slot(&request.to_user);
     with_redirects(pools, || {
-        if one_slot {
-            return svc.transfer_one_slot(request, origin);
-        }
-        let mut run = Cross::new(svc, pools, request, origin, Mode::Request);
-        run.run()
-            .map(|answer| answer.expect("a request always gets an answer"))
+        // One key, one request, on every topology: a key another request holds is a
+        // conflict before any lock is taken (`key_claim`).
+        key_claim::claim(svc, pools, request)?;
+        let answer = match one_slot {
+            true => svc.transfer_one_slot(request, origin),
+            false => Cross::new(svc, pools, request, origin, Mode::Request)
+                .run()
+                .map(|answer| answer.expect("a request always gets an answer")),
+        };
+        answer.map(|mut outcome| {
+            outcome.stats.round_trips += 1;
+            outcome
+        })
     })
 }
 

@@ -11,6 +11,7 @@ pub(crate) mod cluster_lock;
 pub mod cluster_transfer;
 pub(crate) mod cluster_wallet;
 pub mod expiry;
+pub(crate) mod key_claim;
 pub mod keyspace;
 pub mod lock;
 pub mod message;

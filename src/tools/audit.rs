@@ -55,7 +55,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::engine::message::Status;
+use crate::engine::message::{Status, fingerprint};
 use crate::engine::money::Amount;
 use crate::engine::store::keys;
 use crate::engine::transfer::{TransferOutcome, parse_outcome};
@@ -195,6 +195,9 @@ pub enum ViolationKind {
     /// The total of balances != openings + deposits (trimmed `hd` + retained), in one
     /// currency.
     TotalsMismatch,
+    /// One idempotency key recorded for two different requests (on a Redis Cluster, records
+    /// of two senders): the key rule of `engine::key_claim` was broken.
+    KeyReused,
 }
 
 impl ViolationKind {
@@ -218,6 +221,7 @@ impl ViolationKind {
             ViolationKind::EntryWithoutOutcome => "entry_without_outcome",
             ViolationKind::RepeatedDeposit => "repeated_deposit",
             ViolationKind::TotalsMismatch => "totals_mismatch",
+            ViolationKind::KeyReused => "key_reused",
         }
     }
 }
@@ -692,6 +696,7 @@ impl Auditor {
         }
         out.violations.extend(totals_violations(&out.totals));
         out.violations.extend(self.deposit_violations());
+        out.violations.extend(self.key_reuse_violations());
         self.check_transfers(&cut, &mut out);
         out
     }
@@ -858,6 +863,46 @@ impl Auditor {
     }
 
     /// A deposit id that appears more than once in the snapshots.
+    /// Idempotency keys recorded for more than one request (different fingerprints): one Redis
+    /// cannot hold two (one `transfer:KEY`), a cluster can (`transfer:{sender}:KEY`) when its
+    /// claim failed.
+    fn key_reuse_violations(&self) -> Vec<Violation> {
+        let mut by_key: BTreeMap<&str, Vec<&TransferOutcome>> = BTreeMap::new();
+        for view in self.outcomes.values() {
+            if let OutcomeState::Read(o) = &view.state {
+                by_key.entry(&o.idempotency_key).or_default().push(o);
+            }
+        }
+        by_key
+            .into_iter()
+            .filter(|(_, records)| {
+                let hashes: BTreeSet<String> = records
+                    .iter()
+                    .map(|o| fingerprint(&o.from_user, &o.to_user, o.amount, &o.currency))
+                    .collect();
+                hashes.len() > 1
+            })
+            .map(|(key, records)| Violation {
+                kind: ViolationKind::KeyReused,
+                idempotency_key: Some(key.to_string()),
+                transfer_id: Some(records[0].transfer_id.clone()),
+                wallets: unique(records.iter().map(|o| o.from_user.as_str())),
+                detail: format!(
+                    "{} requests recorded under one key: {}",
+                    records.len(),
+                    records
+                        .iter()
+                        .map(|o| format!(
+                            "{} {} -> {} {}",
+                            o.transfer_id, o.from_user, o.to_user, o.amount
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+            .collect()
+    }
+
     fn deposit_violations(&self) -> Vec<Violation> {
         let mut seen: BTreeMap<&Mover, Vec<Seen<'_>>> = BTreeMap::new();
         for (id, view) in &self.wallets {

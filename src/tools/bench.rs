@@ -2211,7 +2211,7 @@ fn cleanup(service: &WalletService, run: &str, ids: &[String]) -> Result<u64, Be
 }
 
 /// Deletes the run's keys on every primary of a cluster: wallets with their histories,
-/// users, outcome records, and any credit marker or lock left behind (there is no
+/// users, outcome records, the keys' claims, and any credit marker or lock left behind (there is no
 /// `users:all`/`wallets:all` on a cluster). Each key alone, pipelined per SCAN batch (a
 /// batch spans slots). Returns how many keys were deleted.
 fn cleanup_cluster(pools: &ClusterPools, run: &str) -> Result<u64, BenchError> {
@@ -2222,6 +2222,8 @@ fn cleanup_cluster(pools: &ClusterPools, run: &str) -> Result<u64, BenchError> {
         format!("transfer:{tag}:*"),
         format!("credit:{tag}:*"),
         format!("lock:{tag}"),
+        // The claims of the run's idempotency keys (`{run}_t...`, no hash tag).
+        format!("claim:{run}_*"),
     ];
     let mut deleted = 0;
     for addr in pools.primaries() {

@@ -9,6 +9,7 @@
 
 use rand::{RngExt, SeedableRng};
 
+use crate::engine::cluster;
 use crate::engine::money::{Amount, Currency};
 use crate::engine::service::WalletService;
 use crate::engine::store::{self, Conn, keys};
@@ -28,9 +29,15 @@ const CREATE_CHUNK: u32 = 10_000;
 pub const DATA_MODEL_PATTERNS: [&str; 4] = ["user:*", "wallet:*", "transfer:*", "lock:*"];
 
 /// The keys of the data model on a Redis Cluster (`cluster::keys`): the same families with
-/// hash tags, plus the credit markers of cross-slot transfers.
-pub const CLUSTER_DATA_MODEL_PATTERNS: [&str; 5] =
-    ["user:*", "wallet:*", "transfer:*", "lock:*", "credit:*"];
+/// hash tags, plus the credit markers of cross-slot transfers and the idempotency keys' claims.
+pub const CLUSTER_DATA_MODEL_PATTERNS: [&str; 6] = [
+    "user:*",
+    "wallet:*",
+    "transfer:*",
+    "lock:*",
+    "credit:*",
+    cluster::keys::CLAIM_PATTERN,
+];
 
 /// What one seed run did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -328,3 +328,52 @@ fn random_pairs(ids: &[String], seed: u64, n: usize) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// A command started while a primary answers CLUSTERDOWN (as right after `redis-cli --cluster
+/// create`, or during a failover) waits for the cluster, says so on stderr, and succeeds once
+/// it is ready. The cluster is made to fail on purpose: a primary without a replica is
+/// stopped (SIGSTOP) until the others mark it failed, and resumed once `seed` says it waits.
+/// (Before, `seed` failed at once with "ClusterDown: The cluster is down".)
+#[test]
+fn a_command_waits_for_a_cluster_that_is_not_ready_and_says_so() {
+    use std::io::{BufRead, BufReader};
+    let redis = RedisCluster::start(3, 0);
+    let stopped = redis.primary_ports()[0];
+    let others: Vec<String> = redis
+        .primary_ports()
+        .into_iter()
+        .filter(|&p| p != stopped)
+        .map(|p| redis.addr(p))
+        .collect();
+    redis.pause(stopped);
+    let other = redis.primary_ports()[1];
+    wait_until("the others say cluster_state:fail", 20_000, || {
+        redis.cluster_state(other).as_deref() == Some("fail")
+    });
+    let mut seed = std::process::Command::new(WALLET_BIN)
+        .args(["seed", "--users", "5", "--redis-cluster", &others.join(",")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run wallet seed");
+    let mut said = Vec::new();
+    for line in BufReader::new(seed.stderr.take().expect("stderr")).lines() {
+        let line = line.expect("stderr line");
+        said.push(line.clone());
+        if line.contains("waiting up to") {
+            redis.resume(stopped);
+        }
+    }
+    redis.resume(stopped);
+    let out = seed.wait_with_output().expect("seed ends");
+    let said = said.join("\n");
+    assert!(
+        out.status.success(),
+        "seed failed on a cluster that became ready:\n{said}"
+    );
+    assert!(
+        said.contains("waiting up to") && said.contains("is ready after"),
+        "{said}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("5 created"));
+}

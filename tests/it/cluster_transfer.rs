@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rand::{RngExt, SeedableRng};
-use wallet_transfer::engine::cluster::keys;
+use wallet_transfer::engine::cluster::{hash_slot, keys};
 use wallet_transfer::engine::lock::LockConfig;
 use wallet_transfer::engine::service::Failpoint;
 use wallet_transfer::engine::wallet::{HistoryKind, parse_history_fields};
@@ -599,7 +599,8 @@ fn commands(redis: &RedisCluster) -> u64 {
 
 /// Two wallets of one slot: today's algorithm, one transaction on the slot's primary (two
 /// round trips, at most 14 commands, as on one Redis; no marker); a cross-slot one costs six
-/// round trips and at most 27 commands (20 sent, 7 more run inside the two scripts).
+/// round trips and at most 27 commands (20 sent, 7 more run inside the two scripts). On a
+/// cluster each is preceded by the key's claim: one more round trip, one more command.
 #[test]
 fn same_slot_transfers_stay_one_transaction() {
     let redis = RedisCluster::start(3, 0);
@@ -619,14 +620,15 @@ fn same_slot_transfers_stay_one_transaction() {
     let same = service.transfer(&usd("same", &a, &b, "1.00")).unwrap();
     let same_commands = commands(&redis) - before;
     assert_eq!(same.status, Status::Completed);
-    assert_eq!(same.stats.round_trips, 2, "{:?}", same.stats);
-    assert!(same_commands <= 14, "{same_commands} commands");
+    // The key's claim (`key_claim`) is one round trip and one command before each.
+    assert_eq!(same.stats.round_trips, 1 + 2, "{:?}", same.stats);
+    assert!(same_commands <= 1 + 14, "{same_commands} commands");
     let before = commands(&redis);
     let cross = service.transfer(&usd("cross", &c, &d, "1.00")).unwrap();
     let cross_commands = commands(&redis) - before;
     assert_eq!(cross.status, Status::Completed);
-    assert_eq!(cross.stats.round_trips, 6, "{:?}", cross.stats);
-    assert!(cross_commands <= 27, "{cross_commands} commands");
+    assert_eq!(cross.stats.round_trips, 1 + 6, "{:?}", cross.stats);
+    assert!(cross_commands <= 1 + 27, "{cross_commands} commands");
     println!(
         "same-slot: {} round trips, {same_commands} commands; cross-slot: {} round trips, {cross_commands} commands",
         same.stats.round_trips, cross.stats.round_trips
@@ -671,10 +673,11 @@ fn a_moved_slot_refreshes_the_map_and_the_transfer_completes_once() {
 }
 
 /// `wait_replicas`: on 3 primaries without replicas no write is acknowledged within the
-/// WAIT timeout, so a transfer returns the transient `ReplicasBehind` after its first write
-/// (a cross-slot one left PENDING, which a replay without the wait finishes; a same-slot one
-/// COMPLETED on the primary), and a replay answered from the record fails the same way until
-/// a replica has it; with one replica per primary every step is acknowledged.
+/// WAIT timeout, so a transfer returns the transient `ReplicasBehind` after its first write,
+/// the key's claim, before any money moves; a replay answered from a record (written by a
+/// service that does not wait) fails the same way until a replica has it; with one replica
+/// per primary every step is acknowledged. (A WAIT that fails after a step was applied:
+/// `a_credit_found_done_is_...` and `a_pending_record_is_...` below, replicas paused.)
 #[test]
 fn wait_replicas_fails_without_an_acknowledgement_and_passes_with_one_replica() {
     let zero = EngineConfig::default().with_wait_replicas(Some(0));
@@ -710,38 +713,33 @@ fn wait_replicas_fails_without_an_acknowledgement_and_passes_with_one_replica() 
         "{e}"
     );
     assert!(started.elapsed() >= std::time::Duration::from_millis(1_000));
-    let record = service
-        .transfer_outcome_of(&from, "wr_tx")
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        record.status,
-        Status::Pending,
-        "the debit is on the primary"
-    );
+    // The key's claim (`key_claim`) is the first write and waits too: nothing after it ran.
+    assert_eq!(service.transfer_outcome_of(&from, "wr_tx").unwrap(), None);
     let same = service.transfer(&usd("ws_tx", &a, &b, "1.00")).unwrap_err();
     assert!(
         matches!(same, TransferError::ReplicasBehind { .. }),
         "{same}"
     );
-    let record = service.transfer_outcome_of(&a, "ws_tx").unwrap().unwrap();
-    assert_eq!(record.status, Status::Completed);
-    // The retry finds the record, but no replica has it: it must not be answered either.
-    let again = service.transfer(&usd("ws_tx", &a, &b, "1.00")).unwrap_err();
-    assert!(
-        matches!(again, TransferError::ReplicasBehind { .. }),
-        "a replay answered what no replica has: {again}"
-    );
+    assert_eq!(service.transfer_outcome_of(&a, "ws_tx").unwrap(), None);
+    for id in [&from, &to, &a, &b] {
+        assert_eq!(
+            service.balance(id).unwrap(),
+            Amount::parse("10.00").unwrap()
+        );
+    }
     let plain = connect(&redis, config());
-    assert_eq!(
-        transfer_retrying(&plain, &request).status,
-        Status::Completed
-    );
-    let again = service.transfer(&request).unwrap_err();
-    assert!(
-        matches!(again, TransferError::ReplicasBehind { .. }),
-        "a replay of a cross-slot record answered what no replica has: {again}"
-    );
+    for request in [request.clone(), usd("ws_tx", &a, &b, "1.00")] {
+        assert_eq!(
+            transfer_retrying(&plain, &request).status,
+            Status::Completed
+        );
+        // A replay finds the record, but no replica has it: it must not be answered.
+        let again = service.transfer(&request).unwrap_err();
+        assert!(
+            matches!(again, TransferError::ReplicasBehind { .. }),
+            "a replay answered what no replica has: {again}"
+        );
+    }
     assert_eq!(check_ledger(&read_ledger(&redis), 4, 4_000), (2, 0));
     drop(redis);
 
@@ -879,6 +877,16 @@ fn the_same_key_from_two_senders_to_one_receiver_credits_each_transfer_once() {
             service.balance(r).unwrap(),
             Amount::parse("110.00").unwrap()
         );
+        // The key rule refuses the second sender (`key_claim`); the marker must hold even
+        // when the claim is gone (lost at a failover under `wait_replicas` 0), so it is
+        // deleted here and the second transfer runs.
+        match service.transfer(&second) {
+            Err(TransferError::IdempotencyConflict { original, .. }) => {
+                assert_eq!(original.from_user, *s1, "the first request holds the key")
+            }
+            other => panic!("the second sender's reuse of the key: {other:?}"),
+        }
+        forget_claim(&redis, &second.idempotency_key);
         let done = transfer_retrying(&service, &second);
         assert_eq!((done.status, done.duplicate), (Status::Completed, false));
         if by_recover {
@@ -891,6 +899,7 @@ fn the_same_key_from_two_senders_to_one_receiver_credits_each_transfer_once() {
             };
             assert_eq!(report.finished, 1, "{report:?}");
         }
+        forget_claim(&redis, &first.idempotency_key);
         let replay = transfer_retrying(&service, &first);
         assert_eq!(replay.status, Status::Completed);
         for (id, expected) in [(s1, "90.00"), (s2, "90.00"), (r, "120.00")] {
@@ -910,8 +919,23 @@ fn the_same_key_from_two_senders_to_one_receiver_credits_each_transfer_once() {
     assert!(ledger.locks.is_empty(), "locks left: {:?}", ledger.locks);
     let total: i64 = ledger.wallets.values().map(|(b, _)| b).sum();
     assert_eq!(total, 6 * 10_000, "money conserved");
+    // Both requests are recorded under one key, which the key rule forbids: the audit says
+    // so, and nothing else.
     let report = wallet_transfer::tools::ops::audit(&service).expect("the audit runs");
-    assert_eq!(report.violations_total, 0, "{report:?}");
+    let kinds: Vec<&str> = report.violations.iter().map(|v| v.kind.as_str()).collect();
+    assert_eq!(kinds, ["key_reused", "key_reused"], "{report:?}");
+}
+
+/// Deletes the claim of `key` (`key_claim`), as a failover under `wait_replicas` 0 could.
+fn forget_claim(redis: &RedisCluster, key: &str) {
+    let claim = keys::claim(key);
+    let port = redis
+        .owner_of(redis.primary_ports()[0], hash_slot(claim.as_bytes()))
+        .expect("the claim's primary");
+    redis::cmd("DEL")
+        .arg(&claim)
+        .query::<()>(&mut redis.conn(port))
+        .expect("DEL the claim");
 }
 
 /// `wait_replicas` on the credit a marker says was done: the receiver's primary has its

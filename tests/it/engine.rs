@@ -1,13 +1,16 @@
-//! The transfer engine against a real redis-server: the original system's cases, races,
-//! random load with a full ledger audit, a stalled lock holder, and lock release on every path.
+//! The transfer engine on every topology (`on_every_topology!`: one redis-server, a 3-primary
+//! cluster with the wallets in one slot and in a slot each): the original system's cases,
+//! races, random load with a full ledger audit, stalled lock holders, locks changing hands,
+//! stuck and busy locks, receivers deleted, and a PENDING key reused (cross-slot only). Two
+//! tests stay on one topology and say why; crashes and replicas are in `cluster_transfer`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use crate::on_every_topology;
-use crate::support::topology::Bed;
-use crate::support::{RedisServer, create_wallets, lock_keys, total};
+use crate::support::topology::{Bed, Topology};
+use crate::support::{RedisServer, lock_keys, total};
 use rand::{RngExt, SeedableRng};
 use wallet_transfer::engine::lock::{self, LockConfig};
 use wallet_transfer::engine::message::{Decoded, decode};
@@ -317,33 +320,37 @@ on_every_topology!(
     EngineConfig::default()
 );
 
-/// What an uncontended transfer costs Redis, counted by Redis itself (`INFO commandstats`):
-/// at most 14 commands in 2 round trips. A replay takes its locks and gives them back.
-#[test]
-fn an_uncontended_transfer_costs_at_most_fourteen_commands() {
-    let redis = RedisServer::start();
-    let service = redis.service(2, EngineConfig::default());
-    create_wallets(&service, &[("a", "100.00"), ("b", "0")]);
-    let mut conn = redis.conn();
-    let calls = |conn: &mut redis::Connection| -> u64 {
-        let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
-        wallet_transfer::tools::bench::parse_command_calls(&info)
-    };
-    // Warm the pool so no connection handshake (HELLO, CLIENT, PING) lands in the count.
-    service.transfer(&usd("warm", "a", "b", "1.00")).unwrap();
-    let before = calls(&mut conn);
-    let outcome = service.transfer(&usd("t1", "a", "b", "1.00")).unwrap();
-    let used = calls(&mut conn) - before;
+/// What an uncontended transfer costs Redis, counted by Redis itself (`INFO commandstats`,
+/// over every primary): at most 14 commands in 2 round trips in one slot, 27 in 6 across. A
+/// replay takes its locks and gives them back.
+fn an_uncontended_transfer_costs_at_most_its_topology_s_commands(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "0")]);
+    let (a, b) = (bed.id("a"), bed.id("b"));
+    // Warm the pools so no connection handshake (HELLO, CLIENT, PING) lands in the count.
+    service.transfer(&usd("warm", &a, &b, "1.00")).unwrap();
+    let before = bed.commands_run();
+    let outcome = service.transfer(&usd("t1", &a, &b, "1.00")).unwrap();
+    let used = bed.commands_run() - before;
     assert_eq!(outcome.status, Status::Completed);
-    assert_eq!(outcome.stats.round_trips, 2);
-    assert!(used <= 14, "{used} commands for one uncontended transfer");
+    assert_eq!(outcome.stats.round_trips, bed.uncontended_round_trips());
+    assert!(
+        used <= bed.uncontended_commands_max(),
+        "{used} commands for one uncontended transfer ({:?})",
+        bed.topology
+    );
 
-    let replay = service.transfer(&usd("t1", "a", "b", "1.00")).unwrap();
+    let replay = service.transfer(&usd("t1", &a, &b, "1.00")).unwrap();
     assert!(replay.duplicate);
-    assert_no_locks(&redis);
-    assert_eq!(service.balance("b").unwrap(), amount("2.00"));
+    assert_eq!(bed.locks(), Vec::<String>::new());
+    assert_eq!(service.balance(&b).unwrap(), amount("2.00"));
 }
+on_every_topology!(
+    an_uncontended_transfer_costs_at_most_its_topology_s_commands,
+    EngineConfig::default()
+);
 
+// One topology: validation runs before any Redis is asked.
 #[test]
 fn invalid_amounts_and_currencies_are_rejected_before_redis() {
     for (amount, field) in [("0", "amount"), ("-5", "amount"), ("1.234", "amount")] {
@@ -356,27 +363,29 @@ fn invalid_amounts_and_currencies_are_rejected_before_redis() {
     );
 }
 
-#[test]
-fn random_load_keeps_the_ledger_exact() {
+/// Random transfers among 10 wallets from 8 threads (half of them separate "processes"),
+/// some from a wallet to itself: money conserved, one record per request, the audit clean,
+/// one history entry per completed transfer a wallet took part in, no lock left.
+fn random_load_keeps_the_ledger_exact(bed: &Bed) {
     const THREADS: usize = 8;
     const PER_THREAD: usize = 500;
     const WALLETS: usize = 10;
-    let redis = RedisServer::start();
-    let service = redis.service(THREADS as u32, patient());
-    let names: Vec<String> = (0..WALLETS).map(|i| format!("w{i}")).collect();
+    let service = &bed.service;
     let seed: u64 = rand::random();
-    println!("random load seed {seed}");
+    println!("random load seed {seed} ({:?})", bed.topology);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let logical: Vec<String> = (0..WALLETS).map(|i| format!("w{i}")).collect();
     let balances: Vec<String> = (0..WALLETS)
         .map(|_| Amount::from_minor(rng.random_range(0..50_000)).to_string())
         .collect();
-    let pairs: Vec<(&str, &str)> = names
+    let pairs: Vec<(&str, &str)> = logical
         .iter()
         .zip(&balances)
         .map(|(n, b)| (n.as_str(), b.as_str()))
         .collect();
-    create_wallets(&service, &pairs);
-    let opening_total = total(&service, &names);
+    bed.create(&pairs);
+    let names: Vec<String> = logical.iter().map(|n| bed.id(n)).collect();
+    let opening_total = total(service, &names);
 
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {
@@ -413,7 +422,7 @@ fn random_load_keeps_the_ledger_exact() {
         .collect();
 
     assert_eq!(
-        total(&service, &names),
+        total(service, &names),
         opening_total,
         "money is neither made nor lost"
     );
@@ -421,7 +430,7 @@ fn random_load_keeps_the_ledger_exact() {
     for (request, outcome) in &outcomes {
         assert!(!outcome.duplicate);
         let recorded = service
-            .transfer_outcome(&request.idempotency_key)
+            .transfer_outcome_of(&request.from_user, &request.idempotency_key)
             .unwrap()
             .expect("every request has a recorded outcome");
         assert_eq!(recorded.status, outcome.status);
@@ -434,21 +443,17 @@ fn random_load_keeps_the_ledger_exact() {
                 .or_default() += 1;
         }
     }
-    let mut conn = redis.conn();
-    let records: Vec<String> = redis::cmd("KEYS")
-        .arg("transfer:*")
-        .query(&mut conn)
-        .unwrap();
     assert_eq!(
-        records.len(),
+        bed.outcome_records().len(),
         THREADS * PER_THREAD,
         "exactly one record per request"
     );
     // No wallet negative, each balance = opening + history, one version per entry, every
-    // COMPLETED record in both histories: the ledger auditor's checks.
-    let audit = ops::audit(&service).expect("audit reads redis");
+    // COMPLETED record in both histories: the ledger auditor's checks (on a cluster over
+    // every primary, the other bed's wallets included).
+    let audit = ops::audit(service).expect("audit reads redis");
     assert!(audit.is_ok(), "{:?}", audit.violations);
-    assert_eq!(audit.wallets_checked, WALLETS as u64);
+    assert!(audit.wallets_checked >= WALLETS as u64);
     for name in &names {
         assert_eq!(
             service.history(name).unwrap().len(),
@@ -456,8 +461,9 @@ fn random_load_keeps_the_ledger_exact() {
             "{name}: one history entry per completed transfer it took part in"
         );
     }
-    assert_no_locks(&redis);
+    assert_eq!(bed.locks(), Vec::<String>::new());
 }
+on_every_topology!(random_load_keeps_the_ledger_exact, patient());
 
 fn a_hot_pair_completes_every_transfer(bed: &Bed) {
     let service = &bed.service;
@@ -546,24 +552,24 @@ fn overspend_races_let_only_what_fits_through(bed: &Bed) {
 }
 on_every_topology!(overspend_races_let_only_what_fits_through, patient());
 
-/// The lock expires under a stalled holder and another transfer on the same wallet completes;
-/// the stalled one must not overwrite it. WATCH on the wallet and lock keys is what stops it.
-#[test]
-fn a_stalled_holder_whose_lock_expired_cannot_overwrite() {
-    let redis = RedisServer::start();
-    let short = EngineConfig::default().with_lock(
+/// Lock settings whose lock expires under a stalled holder soon, with retries that wait it out.
+fn short_lock() -> EngineConfig {
+    EngineConfig::default().with_lock(
         LockConfig::default()
             .with_ttl_ms(300)
             .with_retry_delay_ms_base(20)
             .with_retry_delay_ms_max(50)
             .with_retries_max(200),
-    );
-    let base = redis.service(4, short);
-    create_wallets(&base, &[("a", "100.00"), ("b", "0"), ("c", "0")]);
+    )
+}
 
+/// Runs `slow` (a -> b, 80.00 of a's 100.00) on a holder that stalls before its EXEC until
+/// `fast` (on a wallet `slow` holds, after its lock expired) has completed; returns what
+/// `slow` got. On a cluster across slots the stall is between the locked read and the debit.
+fn stall_slow_behind(bed: &Bed, fast: &TransferRequest) -> Result<TransferOutcome, TransferError> {
     let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(1);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
-    let mut stalled = base.as_separate_process();
+    let mut stalled = bed.service.as_separate_process();
     stalled.set_before_exec_hook(Arc::new(move |key: &str| {
         if key == "slow" && started_tx.try_send(()).is_ok() {
             // Stall past the lock ttl until the other transfer has completed.
@@ -572,182 +578,249 @@ fn a_stalled_holder_whose_lock_expired_cannot_overwrite() {
                 .expect("the other transfer completes while we stall");
         }
     }));
-    let slow = std::thread::spawn(move || stalled.transfer(&usd("slow", "a", "b", "80.00")));
+    let slow_request = usd("slow", &bed.id("a"), &bed.id("b"), "80.00");
+    let slow = std::thread::spawn(move || stalled.transfer(&slow_request));
     started_rx
         .recv_timeout(Duration::from_secs(10))
         .expect("slow transfer reached EXEC");
-
-    let other = base.as_separate_process();
-    let fast = other.transfer(&usd("fast", "a", "c", "70.00")).unwrap();
-    assert_eq!(fast.status, Status::Completed);
+    let other = bed.service.as_separate_process();
+    let done = other.transfer(fast).unwrap();
+    assert_eq!(done.status, Status::Completed);
     assert!(
-        fast.stats.lock.attempts > 1,
+        done.stats.lock.attempts > 1,
         "the fast one had to wait out the stalled lock"
     );
     done_tx.send(()).unwrap();
+    slow.join().unwrap()
+}
 
-    match slow.join().unwrap() {
+/// The lock expires under a stalled holder and another transfer on the same sender completes;
+/// the stalled one must not overwrite it. WATCH on the wallet and lock keys is what stops it.
+fn a_stalled_holder_whose_lock_expired_cannot_overwrite(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "0"), ("c", "0")]);
+    let (a, b, c) = (bed.id("a"), bed.id("b"), bed.id("c"));
+    match stall_slow_behind(bed, &usd("fast", &a, &c, "70.00")) {
         Err(e @ TransferError::LockLost(_)) => assert!(e.is_transient()),
         Ok(o) => assert_eq!(o.reason, Some(FailureReason::InsufficientFunds)),
         Err(other) => panic!("stalled transfer should fail cleanly, got {other}"),
     }
-    assert_eq!(base.balance("a").unwrap(), amount("30.00"));
-    assert_eq!(base.balance("c").unwrap(), amount("70.00"));
+    assert_eq!(service.balance(&a).unwrap(), amount("30.00"));
+    assert_eq!(service.balance(&c).unwrap(), amount("70.00"));
     assert_eq!(
-        base.balance("b").unwrap(),
+        service.balance(&b).unwrap(),
         Amount::ZERO,
         "the stale write never landed"
     );
 
     // Retried (as the worker does), the request now gets its honest answer.
-    let retried = base.transfer(&usd("slow", "a", "b", "80.00")).unwrap();
+    let retried = transfer_retrying(service, &usd("slow", &a, &b, "80.00"));
     assert_eq!(retried.reason, Some(FailureReason::InsufficientFunds));
-    assert_eq!(base.balance("a").unwrap(), amount("30.00"));
-    assert_no_locks(&redis);
+    assert_eq!(service.balance(&a).unwrap(), amount("30.00"));
+    assert_eq!(bed.locks(), Vec::<String>::new());
 }
+on_every_topology!(
+    a_stalled_holder_whose_lock_expired_cannot_overwrite,
+    short_lock()
+);
+
+/// The same stall with the other transfer on the receiver (c -> b): across slots nothing on
+/// the sender's shard changed but its lock's expiry. No update of b is lost and no money moves
+/// twice: the stalled transfer fails cleanly (or is left PENDING) and its retry, then a replay,
+/// move its 80.00 exactly once.
+fn a_stalled_holder_loses_no_update_of_a_receiver_taken_meanwhile(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "0"), ("c", "100.00")]);
+    let (a, b, c) = (bed.id("a"), bed.id("b"), bed.id("c"));
+    match stall_slow_behind(bed, &usd("fast", &c, &b, "70.00")) {
+        Err(e) => assert!(e.is_transient(), "the stalled transfer: {e}"),
+        Ok(o) => panic!("a stalled holder answered {o:?}"),
+    }
+    assert_eq!(service.balance(&b).unwrap(), amount("70.00"));
+    let retried = transfer_retrying(service, &usd("slow", &a, &b, "80.00"));
+    assert_eq!(retried.status, Status::Completed);
+    let replay = transfer_retrying(service, &usd("slow", &a, &b, "80.00"));
+    assert!(replay.duplicate);
+    for (id, balance) in [(&a, "20.00"), (&b, "150.00"), (&c, "30.00")] {
+        assert_eq!(service.balance(id).unwrap(), amount(balance), "{id}");
+    }
+    let credits: Vec<String> = service
+        .history(&b)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.transfer_id)
+        .collect();
+    assert_eq!(credits, ["fast", "slow"], "b: one credit per transfer");
+    assert_eq!(service.recover(100).unwrap().pending_found, 0);
+    let audit = ops::audit(service).expect("audit reads redis");
+    assert!(audit.is_ok(), "{:?}", audit.violations);
+    assert_eq!(bed.locks(), Vec::<String>::new());
+}
+on_every_topology!(
+    a_stalled_holder_loses_no_update_of_a_receiver_taken_meanwhile,
+    short_lock()
+);
 
 /// The lock keys are WATCHed: a lock that expires and changes hands between a holder's WATCHed
 /// read and its EXEC (and nothing else changes) makes the EXEC abort, so the transaction's DEL
 /// cannot delete the new holder's lock, and the stale holder writes nothing.
-#[test]
-fn a_lock_that_changes_hands_before_exec_aborts_it_and_the_new_holders_lock_survives() {
-    let redis = RedisServer::start();
-    let short = EngineConfig::default().with_lock(LockConfig::default().with_ttl_ms(200));
-    let base = redis.service(2, short);
-    create_wallets(&base, &[("a", "100.00"), ("b", "0")]);
-    let url = redis.url();
-    let mut stalled = base.as_separate_process();
+fn a_lock_that_changes_hands_before_exec_aborts_it_and_the_new_holders_lock_survives(bed: &Bed) {
+    bed.create(&[("a", "100.00"), ("b", "0")]);
+    let (a, b) = (bed.id("a"), bed.id("b"));
+    let lock_a = bed.keys().lock(&a);
+    let conn = Mutex::new(bed.conn_for(&lock_a));
+    let hook_lock = lock_a.clone();
+    let mut stalled = bed.service.as_separate_process();
     stalled.set_before_exec_hook(Arc::new(move |_key: &str| {
-        let mut conn = redis::Client::open(url.as_str())
-            .and_then(|c| c.get_connection())
-            .expect("hook connection");
+        let mut conn = conn.lock().unwrap();
         // Wait (bounded) for our lock to expire, then take it as another holder would.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while redis::cmd("EXISTS")
-            .arg("lock:a")
-            .query::<i64>(&mut conn)
+            .arg(&hook_lock)
+            .query::<i64>(&mut *conn)
             .unwrap()
             == 1
         {
-            assert!(std::time::Instant::now() < deadline, "lock:a never expired");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lock never expired"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         let taken: Option<String> = redis::cmd("SET")
-            .arg("lock:a")
+            .arg(&hook_lock)
             .arg("the-new-holder")
             .arg("NX")
             .arg("PX")
             .arg(30_000)
-            .query(&mut conn)
+            .query(&mut *conn)
             .unwrap();
         assert!(taken.is_some(), "the new holder takes the expired lock");
     }));
-    match stalled.transfer(&usd("t1", "a", "b", "10.00")) {
+    match stalled.transfer(&usd("t1", &a, &b, "10.00")) {
         Err(e @ TransferError::LockLost(_)) => assert!(e.is_transient()),
         other => panic!("the stale holder must lose its lock, got {other:?}"),
     }
-    let mut conn = redis.conn();
-    let lock: Option<String> = redis::cmd("GET").arg("lock:a").query(&mut conn).unwrap();
+    let lock: Option<String> = redis::cmd("GET")
+        .arg(&lock_a)
+        .query(&mut bed.conn_for(&lock_a))
+        .unwrap();
     assert_eq!(
         lock.as_deref(),
         Some("the-new-holder"),
         "the new holder's lock survives"
     );
     assert_eq!(
-        base.balance("a").unwrap(),
+        bed.service.balance(&a).unwrap(),
         amount("100.00"),
         "nothing was written"
     );
-    assert!(base.transfer_outcome("t1").unwrap().is_none());
+    assert!(bed.service.transfer_outcome_of(&a, "t1").unwrap().is_none());
+}
+on_every_topology!(
+    a_lock_that_changes_hands_before_exec_aborts_it_and_the_new_holders_lock_survives,
+    EngineConfig::default().with_lock(LockConfig::default().with_ttl_ms(200))
+);
+
+/// A before-EXEC hook that touches a watched key (the sender's hash: on every topology the
+/// EXEC that writes it) before each of the first `n` EXECs.
+fn meddling(bed: &Bed, n: usize) -> wallet_transfer::engine::service::Hook {
+    let wallet = bed.keys().wallet(&bed.id("a"));
+    let conn = Mutex::new(bed.conn_for(&wallet));
+    let left = std::sync::atomic::AtomicUsize::new(n);
+    Arc::new(move |_key: &str| {
+        let was = left.load(std::sync::atomic::Ordering::SeqCst);
+        if was > 0 {
+            left.store(was - 1, std::sync::atomic::Ordering::SeqCst);
+            redis::cmd("HSET")
+                .arg(&wallet)
+                .arg("touched")
+                .arg(was)
+                .query::<()>(&mut *conn.lock().unwrap())
+                .unwrap();
+        }
+    })
 }
 
 /// EXEC aborts while a watched key keeps changing: the transfer goes back to its WATCHed read
 /// at most `watch_retries_max` times, then gives up with a transient error and writes nothing;
 /// with room for the aborts it completes and reports them.
-#[test]
-fn watch_conflicts_are_retried_up_to_their_limit_then_reported_as_transient() {
-    let redis = RedisServer::start();
-    let limited = EngineConfig::default().with_watch_retries_max(2);
-    let base = redis.service(2, limited);
-    create_wallets(&base, &[("a", "100.00"), ("b", "0")]);
-    let url = redis.url();
-    // Touches a watched key (the receiver's hash) before each of the first `n` EXECs.
-    let meddling = |n: usize| {
-        let url = url.clone();
-        let left = Arc::new(std::sync::atomic::AtomicUsize::new(n));
-        Arc::new(move |_key: &str| {
-            let was = left.load(std::sync::atomic::Ordering::SeqCst);
-            if was > 0 {
-                left.store(was - 1, std::sync::atomic::Ordering::SeqCst);
-                let mut conn = redis::Client::open(url.as_str())
-                    .and_then(|c| c.get_connection())
-                    .expect("hook connection");
-                redis::cmd("HSET")
-                    .arg("wallet:b")
-                    .arg("touched")
-                    .arg(was)
-                    .query::<()>(&mut conn)
-                    .unwrap();
-            }
-        })
-    };
-    let mut always = base.as_separate_process();
-    always.set_before_exec_hook(meddling(100));
-    match always.transfer(&usd("t1", "a", "b", "1.00")) {
+fn watch_conflicts_are_retried_up_to_their_limit_then_reported_as_transient(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "0")]);
+    let (a, b) = (bed.id("a"), bed.id("b"));
+    let mut always = service.as_separate_process();
+    always.set_before_exec_hook(meddling(bed, 100));
+    match always.transfer(&usd("t1", &a, &b, "1.00")) {
         Err(e @ TransferError::WatchConflicts(3)) => assert!(e.is_transient()),
         other => panic!("want 3 aborted transactions (limit 2), got {other:?}"),
     }
-    assert!(base.transfer_outcome("t1").unwrap().is_none());
-    assert_eq!(base.balance("a").unwrap(), amount("100.00"));
-    assert_no_locks(&redis);
+    assert!(service.transfer_outcome_of(&a, "t1").unwrap().is_none());
+    assert_eq!(service.balance(&a).unwrap(), amount("100.00"));
+    assert_eq!(bed.locks(), Vec::<String>::new());
 
-    let mut twice = base.as_separate_process();
-    twice.set_before_exec_hook(meddling(2));
-    let done = twice.transfer(&usd("t2", "a", "b", "1.00")).unwrap();
+    let mut twice = service.as_separate_process();
+    twice.set_before_exec_hook(meddling(bed, 2));
+    let done = twice.transfer(&usd("t2", &a, &b, "1.00")).unwrap();
     assert_eq!(done.status, Status::Completed);
     assert_eq!(done.stats.watch_retries, 2);
+    // An abort costs the read again and an EXEC: one round trip each in one slot; across
+    // slots the read is one per shard.
+    let per_abort = match bed.topology {
+        Topology::ClusterCrossSlot => 3,
+        _ => 2,
+    };
     assert_eq!(
         done.stats.round_trips,
-        2 + 2 * 2,
+        bed.uncontended_round_trips() + 2 * per_abort,
         "each abort costs a read and an EXEC"
     );
-    let replay = twice.transfer(&usd("t2", "a", "b", "1.00")).unwrap();
+    let replay = twice.transfer(&usd("t2", &a, &b, "1.00")).unwrap();
     assert!(replay.duplicate);
     assert!(
         replay.stats.round_trips >= 1,
         "a replay reports what it cost"
     );
-    assert_eq!(base.balance("b").unwrap(), amount("1.00"));
+    assert_eq!(service.balance(&b).unwrap(), amount("1.00"));
+}
+on_every_topology!(
+    watch_conflicts_are_retried_up_to_their_limit_then_reported_as_transient,
+    EngineConfig::default().with_watch_retries_max(2)
+);
+
+/// Lock settings that give up after one retry.
+fn quick_lock(retries_max: u32) -> EngineConfig {
+    EngineConfig::default().with_lock(
+        LockConfig::default()
+            .with_ttl_ms(10_000)
+            .with_retries_max(retries_max)
+            .with_retry_delay_ms_base(5)
+            .with_retry_delay_ms_max(10),
+    )
 }
 
 /// A lock found without a ttl makes transfers on its wallet fail fast (`lock_stuck`); once the
 /// lock has a ttl again (a live holder), the next probe times out as an ordinary lock timeout,
 /// and once it is gone the transfer goes through.
-#[test]
-fn a_stuck_lock_fails_fast_and_is_probed_until_it_is_an_ordinary_lock_again() {
-    let redis = RedisServer::start();
-    let quick = EngineConfig::default().with_lock(
-        LockConfig::default()
-            .with_retries_max(1)
-            .with_retry_delay_ms_base(10)
-            .with_retry_delay_ms_max(10),
-    );
-    let service = redis.service(2, quick);
-    create_wallets(&service, &[("a", "100.00"), ("b", "0")]);
-    let mut conn = redis.conn();
+fn a_stuck_lock_fails_fast_and_is_probed_until_it_is_an_ordinary_lock_again(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "0")]);
+    let (a, b) = (bed.id("a"), bed.id("b"));
+    let lock_b = bed.keys().lock(&b);
+    let mut conn = bed.conn_for(&lock_b);
     let set = |conn: &mut redis::Connection, ttl_ms: Option<u64>| {
         let mut cmd = redis::cmd("SET");
-        cmd.arg("lock:b").arg("someone-else");
+        cmd.arg(&lock_b).arg("someone-else");
         if let Some(ms) = ttl_ms {
             cmd.arg("PX").arg(ms);
         }
         cmd.query::<()>(conn).unwrap();
     };
     set(&mut conn, None);
-    let request = usd("t1", "a", "b", "1.00");
+    let request = usd("t1", &a, &b, "1.00");
     match service.transfer(&request) {
         Err(TransferError::LockTimeout(lock::LockError::Timeout { no_ttl, .. })) => {
-            assert_eq!(no_ttl, ["lock:b"]);
+            assert_eq!(no_ttl, std::slice::from_ref(&lock_b));
         }
         other => panic!("the first attempt finds the lock without a ttl: {other:?}"),
     }
@@ -758,7 +831,7 @@ fn a_stuck_lock_fails_fast_and_is_probed_until_it_is_an_ordinary_lock_again() {
     // Due for a recheck, still without a ttl: the probe (one attempt) says stuck again.
     std::thread::sleep(Duration::from_millis(lock::STUCK_RECHECK_MS + 50));
     match service.transfer(&request) {
-        Err(TransferError::LockStuck(key)) => assert_eq!(key, "lock:b"),
+        Err(TransferError::LockStuck(key)) => assert_eq!(key, lock_b),
         other => panic!("the probe finds it still stuck: {other:?}"),
     }
     // A live holder now: the probe after the recheck interval is an ordinary timeout.
@@ -771,7 +844,7 @@ fn a_stuck_lock_fails_fast_and_is_probed_until_it_is_an_ordinary_lock_again() {
         other => panic!("a held lock with a ttl times out as usual: {other:?}"),
     }
     redis::cmd("DEL")
-        .arg("lock:b")
+        .arg(&lock_b)
         .query::<()>(&mut conn)
         .unwrap();
     assert_eq!(
@@ -779,29 +852,26 @@ fn a_stuck_lock_fails_fast_and_is_probed_until_it_is_an_ordinary_lock_again() {
         Status::Completed
     );
 }
+on_every_topology!(
+    a_stuck_lock_fails_fast_and_is_probed_until_it_is_an_ordinary_lock_again,
+    quick_lock(1)
+);
 
-#[test]
-fn a_lock_held_by_another_times_out_without_recording_anything() {
-    let redis = RedisServer::start();
-    let quick = EngineConfig::default().with_lock(
-        LockConfig::default()
-            .with_ttl_ms(10_000)
-            .with_retry_delay_ms_base(5)
-            .with_retry_delay_ms_max(10)
-            .with_retries_max(3),
-    );
-    let service = redis.service(2, quick);
-    create_wallets(&service, &[("a", "100.00"), ("b", "0")]);
-    let mut conn = redis.conn();
+fn a_lock_held_by_another_times_out_without_recording_anything(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "0")]);
+    let (a, b) = (bed.id("a"), bed.id("b"));
+    let lock_b = bed.keys().lock(&b);
+    let mut conn = bed.conn_for(&lock_b);
     redis::cmd("SET")
-        .arg("lock:b")
+        .arg(&lock_b)
         .arg("someone-else")
         .arg("PX")
         .arg(60_000)
         .query::<()>(&mut conn)
         .unwrap();
 
-    match service.transfer(&usd("t", "a", "b", "1")) {
+    match service.transfer(&usd("t", &a, &b, "1")) {
         Err(e @ TransferError::LockTimeout(_)) => {
             assert!(e.is_transient());
             assert!(e.to_string().contains("after 4 attempts"), "{e}");
@@ -809,18 +879,198 @@ fn a_lock_held_by_another_times_out_without_recording_anything() {
         other => panic!("expected a lock timeout, got {other:?}"),
     }
     assert!(
-        service.transfer_outcome("t").unwrap().is_none(),
+        service.transfer_outcome_of(&a, "t").unwrap().is_none(),
         "a timeout is not an outcome"
     );
-    assert_eq!(
-        lock_keys(&mut conn),
-        vec!["lock:b".to_string()],
-        "lock:a was given back"
-    );
-    let owner: String = redis::cmd("GET").arg("lock:b").query(&mut conn).unwrap();
+    assert_eq!(bed.locks(), vec![lock_b.clone()], "a's lock was given back");
+    let owner: String = redis::cmd("GET").arg(&lock_b).query(&mut conn).unwrap();
     assert_eq!(owner, "someone-else");
 }
+on_every_topology!(
+    a_lock_held_by_another_times_out_without_recording_anything,
+    quick_lock(3)
+);
 
+/// Deletes `id`'s wallet hash as an operator would (no lock taken); returns its fields.
+fn delete_wallet(conn: &mut redis::Connection, wallet_key: &str) -> HashMap<String, String> {
+    let saved: HashMap<String, String> = redis::cmd("HGETALL").arg(wallet_key).query(conn).unwrap();
+    redis::cmd("DEL").arg(wallet_key).query::<()>(conn).unwrap();
+    saved
+}
+
+/// A receiver whose wallet was deleted after it took part in a transfer: a transfer to it
+/// fails `wallet_not_found`, is recorded FAILED (a replay gets the same answer), moves nothing
+/// and leaves no lock.
+fn a_transfer_to_a_deleted_receiver_moves_nothing_and_is_recorded(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "0")]);
+    let (a, b) = (bed.id("a"), bed.id("b"));
+    assert_eq!(
+        service.transfer(&usd("t1", &a, &b, "10")).unwrap().status,
+        Status::Completed
+    );
+    let wallet_b = bed.keys().wallet(&b);
+    delete_wallet(&mut bed.conn_for(&wallet_b), &wallet_b);
+
+    let request = usd("t2", &a, &b, "10");
+    let gone = service.transfer(&request).unwrap();
+    assert_eq!(
+        (gone.status, gone.reason, gone.duplicate),
+        (Status::Failed, Some(FailureReason::WalletNotFound), false)
+    );
+    let recorded = service.transfer_outcome_of(&a, "t2").unwrap().unwrap();
+    assert_eq!(recorded.reason, Some(FailureReason::WalletNotFound));
+    let replay = service.transfer(&request).unwrap();
+    assert!(replay.duplicate);
+    assert_eq!(replay.reason, Some(FailureReason::WalletNotFound));
+    assert_eq!(service.balance(&a).unwrap(), amount("90.00"));
+    assert_eq!(service.history(&a).unwrap().len(), 1);
+    assert!(service.wallet(&b).unwrap().is_none());
+    assert_eq!(bed.locks(), Vec::<String>::new());
+}
+on_every_topology!(
+    a_transfer_to_a_deleted_receiver_moves_nothing_and_is_recorded,
+    EngineConfig::default()
+);
+
+/// The receiver's wallet deleted while a transfer to it waits for its EXEC (an operator's DEL
+/// takes no lock). In one slot the EXEC aborts and the transfer is recorded FAILED
+/// `wallet_not_found`, nothing moved. Across slots the decision was taken at the read, so the
+/// debit goes through and the transfer stays PENDING with an error that is not transient
+/// (ARCHITECTURE.md, "A receiver that changed after the decision"); once the wallet is
+/// restored, `recover` credits it once. Either way no money is made or lost, nothing stays
+/// PENDING after the recovery, and the audit is clean.
+fn a_receiver_deleted_before_exec_is_credited_once_or_not_at_all(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "0")]);
+    let (a, b) = (bed.id("a"), bed.id("b"));
+    let wallet_b = bed.keys().wallet(&b);
+    let conn = Mutex::new(bed.conn_for(&wallet_b));
+    let saved = Arc::new(Mutex::new(HashMap::new()));
+    let (hook_key, hook_saved) = (wallet_b.clone(), saved.clone());
+    let mut deleting = service.as_separate_process();
+    deleting.set_before_exec_hook(Arc::new(move |_key: &str| {
+        let mut saved = hook_saved.lock().unwrap();
+        if saved.is_empty() {
+            *saved = delete_wallet(&mut conn.lock().unwrap(), &hook_key);
+        }
+    }));
+    let request = usd("t1", &a, &b, "10.00");
+    let cross = bed.topology == Topology::ClusterCrossSlot;
+    match deleting.transfer(&request) {
+        Ok(o) if !cross => assert_eq!(o.reason, Some(FailureReason::WalletNotFound)),
+        Err(e) if cross => {
+            assert!(
+                !e.is_transient() && e.to_string().contains("restore the wallet"),
+                "{e}"
+            );
+            let record = service.transfer_outcome_of(&a, "t1").unwrap().unwrap();
+            assert_eq!(record.status, Status::Pending);
+        }
+        other => panic!("{:?}: {other:?}", bed.topology),
+    }
+    assert!(service.wallet(&b).unwrap().is_none(), "the hook deleted b");
+    let mut conn = bed.conn_for(&wallet_b);
+    for (field, value) in saved.lock().unwrap().iter() {
+        redis::cmd("HSET")
+            .arg(&wallet_b)
+            .arg(field)
+            .arg(value)
+            .query::<()>(&mut conn)
+            .unwrap();
+    }
+    let report = service.recover(100).unwrap();
+    assert_eq!(report.finished, u64::from(cross), "{report:?}");
+    let replay = transfer_retrying(service, &request);
+    assert!(replay.duplicate);
+    let (a_after, b_after) = if cross {
+        ("90.00", "10.00")
+    } else {
+        ("100.00", "0.00")
+    };
+    assert_eq!(service.balance(&a).unwrap(), amount(a_after));
+    assert_eq!(service.balance(&b).unwrap(), amount(b_after));
+    assert_eq!(service.history(&b).unwrap().len(), usize::from(cross));
+    assert_eq!(service.recover(100).unwrap().pending_found, 0);
+    let audit = ops::audit(service).expect("audit reads redis");
+    assert!(audit.is_ok(), "{:?}", audit.violations);
+    assert_eq!(bed.locks(), Vec::<String>::new());
+}
+on_every_topology!(
+    a_receiver_deleted_before_exec_is_credited_once_or_not_at_all,
+    short_lock()
+);
+
+// One topology (a cluster, wallets in different slots): only a cross-slot transfer can be
+// PENDING.
+/// A transfer crashed after its debit (PENDING) and a new request with the same key from the
+/// same sender but another body (another amount, another receiver): each is refused
+/// `idempotency_conflict` and moves nothing (it does not finish the PENDING one either); the
+/// PENDING transfer is then finished once by its own replay, and a second replay and the
+/// recovery change nothing.
+#[test]
+fn a_new_request_reusing_a_pending_key_moves_nothing_and_the_pending_one_finishes_once() {
+    use crate::support::cluster::RedisCluster;
+    use wallet_transfer::engine::service::Failpoint;
+    let cluster = RedisCluster::start(3, 0);
+    let config = EngineConfig::default().with_lock(
+        LockConfig::default()
+            .with_ttl_ms(500)
+            .with_retry_delay_ms_base(10)
+            .with_retry_delay_ms_max(50)
+            .with_retries_max(200),
+    );
+    let bed = Bed::on_cluster(&cluster, false, config);
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "100.00"), ("c", "100.00")]);
+    let (a, b, c) = (bed.id("a"), bed.id("b"), bed.id("c"));
+    let with_key = |r: TransferRequest| r.with_idempotency_key("k1").unwrap();
+    let original = with_key(usd("t1", &a, &b, "10.00"));
+    let mut crashing = service.as_separate_process();
+    crashing.set_failpoint(Some(Failpoint::AfterDebit));
+    let e = crashing
+        .transfer(&original)
+        .expect_err("the failpoint stops it");
+    assert!(e.to_string().contains("failpoint"), "{e}");
+
+    for request in [
+        with_key(usd("t2", &a, &b, "11.00")),
+        with_key(usd("t3", &a, &c, "10.00")),
+    ] {
+        // The crashed run's locks expire by their ttl; the lock retries wait for them.
+        match service.transfer(&request) {
+            Err(e @ TransferError::IdempotencyConflict { .. }) => assert!(!e.is_transient()),
+            other => panic!(
+                "{}: expected an idempotency conflict, got {other:?}",
+                request.transfer_id
+            ),
+        }
+        let record = service.transfer_outcome_of(&a, "k1").unwrap().unwrap();
+        assert_eq!(
+            record.status,
+            Status::Pending,
+            "the new request finished it"
+        );
+        for (id, balance) in [(&a, "90.00"), (&b, "100.00"), (&c, "100.00")] {
+            assert_eq!(service.balance(id).unwrap(), amount(balance), "{id}");
+        }
+    }
+    let done = transfer_retrying(service, &original);
+    assert_eq!(done.status, Status::Completed);
+    let replay = transfer_retrying(service, &original);
+    assert!(replay.duplicate);
+    assert_eq!(service.recover(100).unwrap().pending_found, 0);
+    for (id, balance) in [(&a, "90.00"), (&b, "110.00"), (&c, "100.00")] {
+        assert_eq!(service.balance(id).unwrap(), amount(balance), "{id}");
+    }
+    assert_eq!(service.history(&b).unwrap().len(), 1, "b credited once");
+    let audit = ops::audit(service).expect("audit reads redis");
+    assert!(audit.is_ok(), "{:?}", audit.violations);
+    assert_eq!(bed.locks(), Vec::<String>::new());
+}
+
+// One topology: `lock::acquire` and its guard are one Redis's lock API; a cluster's locks
+// (`cluster_lock`) are crate-private, and every test above checks they are all given back.
 #[test]
 fn release_checks_the_token_and_runs_on_every_path() {
     let redis = RedisServer::start();

@@ -19,6 +19,7 @@ mod expiry;
 mod faults;
 mod history;
 mod kafka;
+mod key_rule;
 mod lifecycle;
 mod memory;
 mod monitoring;

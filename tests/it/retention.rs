@@ -1,11 +1,14 @@
-//! History retention against a real redis-server: a wallet keeps its last entries, the trimmed
-//! ones are summed into its checkpoint in the same transaction, and an unreadable entry is
-//! never summed.
+//! History retention on every topology (`on_every_topology!`: one Redis, a cluster in one slot
+//! and across slots): a wallet keeps its last entries, the trimmed ones are summed into its
+//! checkpoint in the same transaction, the audit stays exact across trims, and an unreadable
+//! entry is never summed.
 
 use redis::Commands;
 
-use crate::support::{RedisServer, create_wallets};
+use crate::on_every_topology;
+use crate::support::topology::Bed;
 use wallet_transfer::engine::retention::{Checkpoint, trim_slack};
+use wallet_transfer::tools::ops;
 use wallet_transfer::{Amount, Currency, EngineConfig, TransferRequest, WalletService};
 
 fn usd(id: &str, from: &str, to: &str, amount: &str) -> TransferRequest {
@@ -37,60 +40,63 @@ fn assert_window_adds_up(service: &WalletService, id: &str) -> Checkpoint {
     wallet.checkpoint
 }
 
-#[test]
-fn a_wallet_keeps_its_last_entries_and_its_checkpoint_sums_the_trimmed_ones() {
-    let redis = RedisServer::start();
+/// 40 transfers both ways and 6 deposits with 4 entries kept: the window stays bounded, each
+/// checkpoint sums what was trimmed, and the audit (every primary on a cluster) finds the
+/// ledger exact through the checkpoints.
+fn a_wallet_keeps_its_last_entries_and_its_checkpoint_sums_the_trimmed_ones(bed: &Bed) {
     let max = 4;
-    let service = redis.service(
-        2,
-        EngineConfig::default().with_history_max_entries(Some(max)),
-    );
-    create_wallets(&service, &[("a", "100.00"), ("b", "100.00")]);
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "100.00")]);
+    let (a, b) = (bed.id("a"), bed.id("b"));
+    let history_a = bed.keys().history(&a);
+    let mut conn = bed.conn_for(&history_a);
     for i in 0..40 {
-        let (from, to) = if i % 3 == 0 { ("b", "a") } else { ("a", "b") };
+        let (from, to) = if i % 3 == 0 { (&b, &a) } else { (&a, &b) };
         service
             .transfer(&usd(&format!("t{i}"), from, to, &format!("1.{i:02}")))
             .unwrap();
         if i % 7 == 0 {
-            service.deposit("a", Amount::from_minor(5)).unwrap();
+            service.deposit(&a, Amount::from_minor(5)).unwrap();
         }
-        let len: u64 = redis.conn().xlen("wallet:a:history").unwrap();
+        let len: u64 = conn.xlen(&history_a).unwrap();
         assert!(
             len <= max + trim_slack(max),
             "after t{i}: {len} entries kept"
         );
     }
-    for id in ["a", "b"] {
-        let checkpoint = assert_window_adds_up(&service, id);
+    for id in [&a, &b] {
+        let checkpoint = assert_window_adds_up(service, id);
         assert!(checkpoint.entries >= 30, "{id} trimmed only {checkpoint:?}");
     }
     let total = service
-        .balance("a")
+        .balance(&a)
         .unwrap()
-        .checked_add(service.balance("b").unwrap())
+        .checked_add(service.balance(&b).unwrap())
         .unwrap();
     assert_eq!(
         total,
         Amount::parse("200.30").unwrap(),
         "6 deposits of 0.05"
     );
+    let audit = ops::audit(service).expect("audit reads redis");
+    assert!(audit.is_ok(), "{:?}", audit.violations);
 }
+on_every_topology!(
+    a_wallet_keeps_its_last_entries_and_its_checkpoint_sums_the_trimmed_ones,
+    EngineConfig::default().with_history_max_entries(Some(4))
+);
 
-#[test]
-fn a_trim_sums_entries_of_the_long_format_and_never_an_unreadable_one() {
-    let redis = RedisServer::start();
-    let max = 2;
-    let service = redis.service(
-        2,
-        EngineConfig::default().with_history_max_entries(Some(max)),
-    );
-    create_wallets(&service, &[("a", "10.00"), ("b", "10.00"), ("c", "10.00")]);
-    let mut conn = redis.conn();
+fn a_trim_sums_entries_of_the_long_format_and_never_an_unreadable_one(bed: &Bed) {
+    let service = &bed.service;
+    bed.create(&[("a", "10.00"), ("b", "10.00"), ("c", "10.00")]);
+    let (a, b, c) = (bed.id("a"), bed.id("b"), bed.id("c"));
+    let keys = bed.keys();
+    let mut conn_a = bed.conn_for(&keys.wallet(&a));
     // Two entries in the original long format (as the Python system wrote them), matching a
     // balance moved by hand from 10.00 to 12.25.
     for (kind, amount, after) in [("credit", "3.00", "13.00"), ("debit", "0.75", "12.25")] {
         let _: String = redis::cmd("XADD")
-            .arg("wallet:a:history")
+            .arg(keys.history(&a))
             .arg("*")
             .arg(&[
                 ("transfer_id", "old"),
@@ -99,15 +105,16 @@ fn a_trim_sums_entries_of_the_long_format_and_never_an_unreadable_one() {
                 ("balance_after", after),
                 ("at", "1"),
             ])
-            .query(&mut conn)
+            .query(&mut conn_a)
             .unwrap();
     }
-    let _: () = conn
-        .hset_multiple("wallet:a", &[("balance", "12.25"), ("version", "2")])
+    let _: () = conn_a
+        .hset_multiple(keys.wallet(&a), &[("balance", "12.25"), ("version", "2")])
         .unwrap();
     // c's oldest entry cannot be read: its amount is not a number.
+    let mut conn_c = bed.conn_for(&keys.wallet(&c));
     let _: String = redis::cmd("XADD")
-        .arg("wallet:c:history")
+        .arg(keys.history(&c))
         .arg("*")
         .arg(&[
             ("t", "bad"),
@@ -116,28 +123,35 @@ fn a_trim_sums_entries_of_the_long_format_and_never_an_unreadable_one() {
             ("a", "x"),
             ("b", "1000"),
         ])
-        .query(&mut conn)
+        .query(&mut conn_c)
         .unwrap();
-    let _: () = conn.hset("wallet:c", "version", "1").unwrap();
+    let _: () = conn_c.hset(keys.wallet(&c), "version", "1").unwrap();
     for i in 0..6 {
         service
-            .transfer(&usd(&format!("a{i}"), "a", "b", "0.01"))
+            .transfer(&usd(&format!("a{i}"), &a, &b, "0.01"))
             .unwrap();
         service
-            .transfer(&usd(&format!("c{i}"), "c", "b", "0.01"))
+            .transfer(&usd(&format!("c{i}"), &c, &b, "0.01"))
             .unwrap();
     }
-    let a = assert_window_adds_up(&service, "a");
-    assert!(a.entries >= 2, "the long entries were trimmed: {a:?}");
-    let c = service.wallet("c").unwrap().unwrap();
+    let checkpoint = assert_window_adds_up(service, &a);
+    assert!(
+        checkpoint.entries >= 2,
+        "the long entries were trimmed: {checkpoint:?}"
+    );
+    let wallet_c = service.wallet(&c).unwrap().unwrap();
     assert_eq!(
-        c.checkpoint,
+        wallet_c.checkpoint,
         Checkpoint::default(),
         "nothing summed past a bad entry"
     );
-    let kept: u64 = conn.xlen("wallet:c:history").unwrap();
+    let kept: u64 = conn_c.xlen(keys.history(&c)).unwrap();
     assert_eq!(
         kept, 7,
         "c's history stays whole until the entry is repaired"
     );
 }
+on_every_topology!(
+    a_trim_sums_entries_of_the_long_format_and_never_an_unreadable_one,
+    EngineConfig::default().with_history_max_entries(Some(2))
+);

@@ -239,6 +239,12 @@ impl RedisCluster {
         );
     }
 
+    /// What node `port` says its `cluster_state` is (`ok`, `fail`); `None` when it does not
+    /// answer.
+    pub fn cluster_state(&self, port: u16) -> Option<String> {
+        info_field(&self.cluster_info(port).ok()?, "cluster_state")
+    }
+
     fn cluster_info(&self, port: u16) -> redis::RedisResult<String> {
         redis::cmd("CLUSTER")
             .arg("INFO")
@@ -311,6 +317,16 @@ impl RedisCluster {
             let port = fields[1].split(['@', ',']).next()?.rsplit_once(':')?.1;
             port.parse().ok()
         })
+    }
+
+    /// Deletes every key on every primary (FLUSHALL, replicated), so the next bed on this
+    /// cluster starts from nothing.
+    pub fn flush(&self) {
+        for port in self.primary_ports() {
+            redis::cmd("FLUSHALL")
+                .query::<()>(&mut self.conn(port))
+                .expect("FLUSHALL");
+        }
     }
 
     /// Ports of the running primaries (nodes whose `ROLE` is master).

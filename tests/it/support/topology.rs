@@ -157,12 +157,83 @@ impl<'c> Bed<'c> {
         super::create_wallets(&self.service, &real);
     }
 
-    /// Round trips of an uncontended transfer on this topology: 2 in one slot, 6 across.
+    /// Round trips of an uncontended transfer on this topology: 2 on one Redis; on a cluster
+    /// the key's claim (`key_claim`) and then 2 in one slot, 6 across.
     pub fn uncontended_round_trips(&self) -> u32 {
         match self.topology {
-            Topology::ClusterCrossSlot => 6,
-            _ => 2,
+            Topology::OneRedis => 2,
+            Topology::ClusterSameSlot => 1 + 2,
+            Topology::ClusterCrossSlot => 1 + 6,
         }
+    }
+
+    /// Most commands Redis runs for an uncontended transfer: 14 in one slot; 27 across (20
+    /// sent, 7 more inside the two scripts); on a cluster one more, the key's claim.
+    pub fn uncontended_commands_max(&self) -> u64 {
+        match self.topology {
+            Topology::OneRedis => 14,
+            Topology::ClusterSameSlot => 1 + 14,
+            Topology::ClusterCrossSlot => 1 + 27,
+        }
+    }
+
+    /// A connection to every node that holds keys: the one Redis, or every primary.
+    fn primaries(&self) -> Vec<redis::Connection> {
+        match &self.servers {
+            Servers::One(redis) => vec![redis.conn()],
+            Servers::Cluster(cluster) => cluster
+                .primary_ports()
+                .into_iter()
+                .map(|port| cluster.conn(port))
+                .collect(),
+        }
+    }
+
+    /// Commands Redis has run so far, summed over every primary (`INFO commandstats`, INFO
+    /// left out). On a cluster it counts the other bed's too: count while it is idle.
+    pub fn commands_run(&self) -> u64 {
+        self.primaries()
+            .iter_mut()
+            .map(|conn| {
+                let info: String = redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query(conn)
+                    .expect("INFO commandstats");
+                wallet_transfer::tools::bench::parse_command_calls(&info)
+            })
+            .sum()
+    }
+
+    /// Every key on every primary that matches `pattern` (a SCAN MATCH glob).
+    pub fn scan(&self, pattern: &str) -> BTreeSet<String> {
+        let mut found = BTreeSet::new();
+        for mut conn in self.primaries() {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1_000)
+                    .query(&mut conn)
+                    .expect("SCAN");
+                found.extend(keys);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        found
+    }
+
+    /// The outcome records of every transfer sent by one of this bed's wallets.
+    pub fn outcome_records(&self) -> BTreeSet<String> {
+        let ids: Vec<String> = self.ids.lock().unwrap().values().cloned().collect();
+        let space = self.keys();
+        let patterns: BTreeSet<String> = ids.iter().map(|id| space.outcome(id, "*")).collect();
+        patterns.iter().flat_map(|p| self.scan(p)).collect()
     }
 }
 
@@ -186,6 +257,8 @@ macro_rules! on_every_topology {
             fn cluster() {
                 let cluster = RedisCluster::start(3, 0);
                 for same_slot in [true, false] {
+                    // Idempotency keys are global (`key_claim`): each bed starts from nothing.
+                    cluster.flush();
                     super::$name(&Bed::on_cluster(&cluster, same_slot, $config));
                 }
             }
