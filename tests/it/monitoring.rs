@@ -137,7 +137,7 @@ impl Prometheus {
         std::fs::write(&config_path, config).expect("write prometheus.yml");
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
-        let child = Command::new(tool("PROMETHEUS_BIN", "prometheus"))
+        let child = crate::support::tied(&mut Command::new(tool("PROMETHEUS_BIN", "prometheus")))
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
