@@ -162,6 +162,13 @@ impl PoolThread {
         Attempt::Retry(retry_delay_ms(&self.shared.config, job))
     }
 
+    /// New records get the outcome ttl in force (the ttl watch raises it while running).
+    fn follow_ttl(&mut self) {
+        if let Some(ttl_ms) = self.shared.outcome_ttl.record_ms() {
+            self.service.config.outcome_ttl_ms = Some(ttl_ms);
+        }
+    }
+
     /// One try at answering a job; a transient error counts one more failure on it.
     fn attempt(&mut self, job: &mut Job) -> Attempt {
         let request = match decode(&job.payload) {
@@ -176,12 +183,8 @@ impl PoolThread {
             Ok(Decoded::Request(request)) => request,
         };
         panic_failpoint(&request.transfer_id);
-        // New records get the ttl in force (the ttl watch raises it while running).
-        let ttl = &self.shared.outcome_ttl;
-        if let Some(ttl_ms) = ttl.record_ms() {
-            self.service.config.outcome_ttl_ms = Some(ttl_ms);
-        }
-        let request = match dated(request, job.timestamp_ms, ttl) {
+        self.follow_ttl();
+        let request = match dated(request, job.timestamp_ms, &self.shared.outcome_ttl) {
             Ok(request) => request,
             Err(poison) => return Attempt::Answered(Answer::DeadLetter(poison)),
         };
