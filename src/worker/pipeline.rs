@@ -301,6 +301,9 @@ pub(crate) struct Shared {
     pub warnings: Warnings,
     /// The outcome ttls the transfer threads use: set at start, raised by the ttl watch.
     pub outcome_ttl: LiveTtl,
+    /// The setting that stopped the worker while running (a ttl that no longer covers the
+    /// requests topic): [`Worker::run`] returns it as it would at start.
+    pub fatal_setting: Mutex<Option<SettingError>>,
 }
 
 /// Most lock keys remembered as reported without a ttl; past it they are logged again.
@@ -328,6 +331,7 @@ impl Shared {
             topic_missing_since: Mutex::new(None),
             warnings: Warnings::new(WARN_INTERVAL_MS),
             outcome_ttl: LiveTtl::default(),
+            fatal_setting: Mutex::new(None),
         })
     }
 
@@ -734,6 +738,9 @@ impl Worker {
             report.dead_lettered,
             report.committed
         );
+        if let Some(e) = self.shared.fatal_setting.lock().take() {
+            return Err(WorkerError::Config(e));
+        }
         if let Some(reason) = self.shared.fatal.lock().clone() {
             return Err(WorkerError::Fatal(reason));
         }
@@ -852,7 +859,10 @@ fn recheck_ttl(shared: &Shared, watch: &mut TtlWatch) {
                 shared.outcome_ttl.judge_ms()
             );
         }
-        Recheck::Stop(e) => shared.fail(format!("invalid worker setting: {e}")),
+        Recheck::Stop(e) => {
+            shared.fail(format!("invalid worker setting: {e}"));
+            shared.fatal_setting.lock().get_or_insert(e);
+        }
     }
 }
 
