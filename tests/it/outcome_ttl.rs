@@ -7,6 +7,8 @@
 //! 0.6 answers only that API, and rdkafka 0.39 offers only the older AlterConfigs.
 
 use std::ffi::{CStr, CString};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use crate::support::faults::{self, wait_recorded};
 use crate::support::stack::Stack;
@@ -135,7 +137,17 @@ fn a_compacted_requests_topic_is_refused_unless_records_are_kept_for_ever() {
         .with_dlq_topic(stack.topics.dlq.clone())
         .with_group_id(stack.topics.group.clone());
     let service = stack.redis.service(2, EngineConfig::default());
-    let result = Worker::new(config, service, Metrics::new()).unwrap().run();
+    let worker = Worker::new(config, service, Metrics::new()).unwrap();
+    let stop = worker.shutdown_handle();
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || done_tx.send(worker.run()));
+    // A worker that wrongly starts runs until stopped: stop it and fail.
+    let result = done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| {
+            stop.store(true, Ordering::SeqCst);
+            panic!("the worker started on a compacted requests topic")
+        });
     match result {
         Err(WorkerError::Config(e)) => {
             assert_eq!(e.setting, "outcome_ttl_ms");
