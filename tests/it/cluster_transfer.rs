@@ -687,8 +687,9 @@ fn wait_replicas_fails_without_an_acknowledgement_and_passes_with_one_replica() 
     let service = connect(&redis, waiting.clone());
     let (from, to) = pair("wr", false);
     let (a, b) = pair("ws", true);
+    // Created without the wait: new wallets wait for the replicas too.
     create(
-        &service,
+        &connect(&redis, config()),
         &[from.clone(), to.clone(), a.clone(), b.clone()],
         "10.00",
     );

@@ -652,10 +652,8 @@ fn kill_loop(test: &str, prefix: &str, flags: &[&str]) -> FaultReport {
             "{test}: killed with {} of {published} published requests recorded, {pending} PENDING",
             recorded(&service, &load.requests)
         );
-        // As in faults.rs: restart once the dead member's session (6 s) has expired, or tansu
-        // can leave the new member without partitions for good.
-        std::thread::sleep(Duration::from_millis(7_000));
-        worker = stack.spawn_worker(flags);
+        // Restarted until it holds the partitions (see `spawn_worker_assigned`).
+        worker = stack.spawn_worker_assigned(flags);
     }
     for chunk in &chunks[kills..] {
         stack.publish_requests(chunk);

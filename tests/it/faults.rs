@@ -64,12 +64,9 @@ fn crash_sigkill_and_restart_loses_nothing_and_doubles_nothing() {
         std::thread::sleep(ms(rng.random_range(0..300)));
         worker.signal("KILL");
         worker.wait_exit(10_000);
-        // Restart only once the dead member's session (6 s) has expired: tansu evicts a dead
-        // member lazily and does not rebalance when it does, so a member that joined beside a
-        // not-yet-expired dead one can keep an empty assignment for good. Apache Kafka
-        // rebalances on expiry; this wait is for the test broker.
-        std::thread::sleep(ms(7_000));
-        worker = stack.spawn_worker(&[]);
+        // Restarted until it holds the partitions (tansu and a dead member's session: see
+        // `spawn_worker_assigned`).
+        worker = stack.spawn_worker_assigned(&[]);
     }
     let recovery = wait_for_outcomes(&stack, &mut results, &requests, drain_timeout_ms());
     results.drain_tolerant(1_000);

@@ -82,9 +82,9 @@ fn stop_with_servers_away(away: Away, seed: u64) {
     if matches!(away, Away::Both | Away::Redis) {
         stack.redis.start_again();
     }
-    // The stopped member's session must expire first (tansu keeps it otherwise).
-    std::thread::sleep(ms(7_000));
-    let _worker = stack.spawn_worker(&[]);
+    // Restarted until it holds the partitions (the stopped member's session: see
+    // `spawn_worker_assigned`).
+    let _worker = stack.spawn_worker_assigned(&[]);
     let mut results = stack.reader(&stack.topics.results);
     let recovery = wait_for_outcomes(&stack, &mut results, &requests, 180_000);
     results.drain_tolerant(1_000);

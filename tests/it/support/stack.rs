@@ -17,6 +17,14 @@ use wallet_transfer::worker::kafka::{self, KafkaConfig, TopicSpec};
 pub const WALLET_BIN: &str = env!("CARGO_BIN_EXE_wallet");
 
 /// Topic names unique to one stack, so nothing leaks between tests.
+/// The workers' `--session-timeout-ms` (unless a test gives its own).
+const SESSION_TIMEOUT: &str = "6000";
+const SESSION_TIMEOUT_MS: u64 = 6_000;
+/// How long past the session timeout a restarted worker may wait for its partitions.
+pub const ASSIGNMENT_SLACK_MS: u64 = 4_000;
+/// Starts of a worker that did not get its partitions, at most.
+pub const RESTARTS_FOR_ASSIGNMENT_LIMIT: usize = 3;
+
 pub struct Topics {
     pub requests: String,
     pub results: String,
@@ -37,8 +45,6 @@ pub struct Stack<R = RedisServer> {
     /// URL, unless a test replaces them (with a `rediss://` URL and TLS files, say).
     pub redis_args: Vec<String>,
     producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
-    /// The workers' logs: removed with the stack, so logs do not pile up in /tmp.
-    logs: tempfile::TempDir,
 }
 
 impl Stack {
@@ -100,7 +106,6 @@ impl<R> Stack<R> {
             .create()
             .expect("test producer");
         Stack {
-            logs: tempfile::tempdir().expect("folder for the workers' logs"),
             redis_args,
             redis,
             tansu,
@@ -161,6 +166,31 @@ impl<R> Stack<R> {
         self.spawn_worker_env(extra, &[])
     }
 
+    /// Starts a worker after another member of its group died, and waits until it holds every
+    /// partition (its `wallet_assigned_partitions`), instead of sleeping past the dead
+    /// member's session. tansu evicts a dead member lazily and does not rebalance when it
+    /// does, so a worker that joined beside a not-yet-expired dead one can keep an empty
+    /// assignment for good: one that has no partitions after the session timeout plus
+    /// [`ASSIGNMENT_SLACK_MS`] is started again, at most [`RESTARTS_FOR_ASSIGNMENT_LIMIT`]
+    /// times. (Apache Kafka rebalances on expiry.)
+    pub fn spawn_worker_assigned(&self, extra: &[&str]) -> WorkerProcess {
+        for _ in 0..RESTARTS_FOR_ASSIGNMENT_LIMIT {
+            let worker = self.spawn_worker(extra);
+            let deadline =
+                Instant::now() + Duration::from_millis(SESSION_TIMEOUT_MS + ASSIGNMENT_SLACK_MS);
+            while Instant::now() < deadline {
+                if worker.metric("wallet_assigned_partitions") == f64::from(self.partitions) {
+                    return worker;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        panic!(
+            "no worker got the {} partitions in {RESTARTS_FOR_ASSIGNMENT_LIMIT} starts",
+            self.partitions
+        );
+    }
+
     /// Starts a worker process with more `worker` flags and environment variables.
     pub fn spawn_worker_env(&self, extra: &[&str], env: &[(&str, &str)]) -> WorkerProcess {
         let metrics_port = free_port();
@@ -174,7 +204,7 @@ impl<R> Stack<R> {
             ("--dlq-topic", self.topics.dlq.as_str()),
             ("--ledger-topic", self.topics.ledger.as_str()),
             ("--group", self.topics.group.as_str()),
-            ("--session-timeout-ms", "6000"),
+            ("--session-timeout-ms", SESSION_TIMEOUT),
             ("--metrics-addr", metrics_addr.as_str()),
         ];
         // A flag in `extra` replaces its default (clap refuses a flag given twice).
@@ -184,7 +214,10 @@ impl<R> Stack<R> {
             }
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let log_path = self.logs.path().join(format!(
+        // The log lives as long as the worker (which may outlive the stack): no logs pile up
+        // in /tmp.
+        let log_dir = tempfile::tempdir().expect("folder for the worker's log");
+        let log_path = log_dir.path().join(format!(
             "wallet-worker-{}-{metrics_port}.log",
             self.topics.group
         ));
@@ -204,6 +237,7 @@ impl<R> Stack<R> {
             child: Some(child),
             metrics_port,
             log_path,
+            _log_dir: log_dir,
         }
     }
 
@@ -375,6 +409,8 @@ pub struct WorkerProcess {
     child: Option<Child>,
     pub metrics_port: u16,
     pub log_path: std::path::PathBuf,
+    /// Removed with the worker (after its child is killed).
+    _log_dir: tempfile::TempDir,
 }
 
 impl WorkerProcess {
