@@ -616,16 +616,7 @@ impl<'a> Cross<'a> {
         };
         let amount = self.request.amount;
         let at_ms = now_ms();
-        add_history_in(
-            KeySpace::Cluster,
-            pipe,
-            id,
-            &mover,
-            kind,
-            amount,
-            after,
-            at_ms,
-        );
+        add_history_in(KeySpace::Cluster, pipe, id, &mover, kind, amount, at_ms);
         pipe.ignore();
         let max = self.svc.config.history_max_entries;
         let due = max.filter(|m| retention::trim_due(wallet.version + 1, &wallet.checkpoint, *m));

@@ -161,7 +161,8 @@ if slen > 0 then
 end
 if from_stream == slen and from_stream < excess then
   for _, line in ipairs(redis.call('LRANGE', KEYS[3], 0, excess - from_stream - 1)) do
-    local kind, amount = string.match(line, '^%d+ (%a) (%d+) %-?%d+ %S')
+    local sign, amount = string.match(line, '^[0-9a-z]+([-+^])(%d+) %S')
+    local kind = ({['-'] = 'd', ['+'] = 'c', ['^'] = 'p'})[sign or '']
     local ok = add(kind, tonumber(amount))
     if ok == false then return -1 end
     if ok == nil then break end

@@ -832,7 +832,6 @@ fn transaction(
                 &mover,
                 kind,
                 request.amount,
-                after,
                 outcome.processed_at_ms,
             );
             pipe.ignore();

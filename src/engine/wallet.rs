@@ -7,9 +7,9 @@
 //! A history is a Redis list, `wallet:{id}:log`, one compact line per entry
 //! ([`format_log_entry`]), oldest first: entry number `n` (the one that made version `n`) is at
 //! index `n - hc - 1` once the older stream is gone. A list this small is one listpack with
-//! nothing preallocated (about 100 bytes plus the lines), where a stream's first node
-//! preallocates `stream-node-max-bytes` (4 KB by Redis's default): a wallet with one entry
-//! costs about 4,760 bytes as a stream and about 200 as a list. Histories written before
+//! nothing preallocated, where a stream's first node preallocates `stream-node-max-bytes`
+//! (4 KB by Redis's default): a wallet's hash and history with an entry or two hold about 480
+//! bytes (`bench --direct`'s `wallet_bytes`), about 5,000 with a stream (issue 24). Histories written before
 //! (the `wallet:{id}:history` stream, either entry format) are still read, trimmed first and
 //! moved into the log by `wallet migrate-history`; a wallet's history is the stream's entries
 //! then the log's. A new key name rather than the same key with another type: the
@@ -191,6 +191,25 @@ impl HistoryKind {
             HistoryKind::Debit => "d",
             HistoryKind::Credit => "c",
             HistoryKind::Deposit => "p",
+        }
+    }
+
+    /// The sign of the kind in a log line: `-`, `+` or `^`.
+    pub fn sign(self) -> char {
+        match self {
+            HistoryKind::Debit => '-',
+            HistoryKind::Credit => '+',
+            HistoryKind::Deposit => '^',
+        }
+    }
+
+    /// Parses [`HistoryKind::sign`]; `None` for anything else.
+    pub fn from_sign(sign: char) -> Option<HistoryKind> {
+        match sign {
+            '-' => Some(HistoryKind::Debit),
+            '+' => Some(HistoryKind::Credit),
+            '^' => Some(HistoryKind::Deposit),
+            _ => None,
         }
     }
 
@@ -416,7 +435,6 @@ impl WalletService {
             &mover,
             HistoryKind::Deposit,
             amount,
-            balance,
             now_ms(),
         );
         pipe.ignore();
@@ -440,16 +458,20 @@ impl WalletService {
     pub fn history(&self, user_id: &str) -> Result<Vec<HistoryEntry>, WalletError> {
         let mut conn = self.wallet_conn(user_id)?;
         let space = self.key_space();
-        let (trimmed, stream, log): (Option<u64>, RawHistory, Vec<String>) = redis::pipe()
+        type Read = (HashMap<String, String>, RawHistory, Vec<String>);
+        let (wallet, stream, log): Read = redis::pipe()
             .atomic()
-            .hget(space.wallet(user_id), retention::CHECKPOINT_ENTRIES_FIELD)
+            .hgetall(space.wallet(user_id))
             .cmd("XRANGE")
             .arg(space.history(user_id))
             .arg("-")
             .arg("+")
             .lrange(space.log(user_id), 0, -1)
             .query(&mut conn.redis)?;
-        combine_history(stream, &log, trimmed.unwrap_or(0))
+        let wallet = parse_wallet(user_id, &wallet)?;
+        let trimmed = wallet.as_ref().map_or(0, |w| w.checkpoint.entries);
+        let balance = wallet.map(|w| w.balance);
+        combine_history(stream, &log, trimmed, balance)
             .into_iter()
             .map(|(id, fields)| parse_history(space, user_id, id, &fields))
             .collect()
@@ -500,11 +522,7 @@ impl WalletService {
         };
         let first_line = wallet.checkpoint.entries + stream_len + log_len - log.len() as u64 + 1;
         let mut raw: RawHistory = stream.into_iter().rev().collect();
-        raw.extend(
-            log.iter()
-                .enumerate()
-                .map(|(i, line)| log_entry_fields(line, first_line + i as u64)),
-        );
+        raw.extend(number_log(&log, first_line, Some(wallet.balance)));
         let skip = raw
             .len()
             .saturating_sub(usize::try_from(newest_max).unwrap_or(usize::MAX));
@@ -566,7 +584,6 @@ pub(crate) struct Mover<'a> {
 /// pipeline, inside the caller's MULTI. The time is `at_ms`, the transaction's own (the
 /// outcome record's `p`). The list is named as in `space` (one Redis, or a cluster, where it is
 /// in the wallet's slot).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn add_history_in(
     space: KeySpace,
     pipe: &mut redis::Pipeline,
@@ -574,29 +591,31 @@ pub(crate) fn add_history_in(
     mover: &Mover<'_>,
     kind: HistoryKind,
     amount: Amount,
-    balance_after: Amount,
     at_ms: u64,
 ) {
-    let line = format_log_entry(at_ms, mover, kind, amount, balance_after);
+    let line = format_log_entry(at_ms, mover, kind, amount);
     pipe.cmd("RPUSH").arg(space.log(wallet_id)).arg(line);
 }
 
-/// One entry of `wallet:{id}:log` (ARCHITECTURE.md, "Redis data model"): `<ms> <kind>
-/// <amount> <balance after> <transfer id>[ <idempotency key>]`, the kind as its code (`d`,
-/// `c`, `p`), the amounts in cents, the key only when it is not the transfer id. Ids never
-/// hold a space (their rule is `[A-Za-z0-9_.:-]`). Pure.
+/// One entry of `wallet:{id}:log` (ARCHITECTURE.md, "Redis data model"): `<time><kind><amount>
+/// <transfer id>[ <idempotency key>]`: the time in ms since the Unix epoch written in base 36
+/// (`0-9a-z`, 8 characters until 2059 where decimal takes 13), the kind as one sign (`-`
+/// debit, `+` credit, `^` deposit), the amount in cents, the key only when it is not the
+/// transfer id; `mwyfzdtg-1144 tx_1` is a debit of 11.44. Ids never hold a space (their rule
+/// is `[A-Za-z0-9_.:-]`). The balance after the entry is not stored: it is the wallet's
+/// balance less the entries after it, which readers compute ([`number_log`]). Every byte
+/// counts twice per transfer (issue 24). Pure.
 pub(crate) fn format_log_entry(
     at_ms: u64,
     mover: &Mover<'_>,
     kind: HistoryKind,
     amount: Amount,
-    balance_after: Amount,
 ) -> String {
     let mut line = format!(
-        "{at_ms} {} {} {} {}",
-        kind.code(),
+        "{}{}{} {}",
+        to_base36(at_ms),
+        kind.sign(),
         amount.minor(),
-        balance_after.minor(),
         mover.transfer_id
     );
     if mover.idempotency_key != mover.transfer_id {
@@ -606,61 +625,113 @@ pub(crate) fn format_log_entry(
     line
 }
 
-/// Most fields of a log line: ms, kind, amount, balance, transfer id, idempotency key.
-const LOG_FIELDS_MAX: usize = 6;
+/// `n` in base 36, digits `0-9a-z`. Pure.
+fn to_base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Reads [`to_base36`]'s digits (lowercase only); `None` for anything else. Pure.
+fn from_base36(text: &str) -> Option<u64> {
+    let lower = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase());
+    (lower && !text.is_empty())
+        .then(|| u64::from_str_radix(text, 36).ok())
+        .flatten()
+}
+
+/// Most space-separated parts of a log line: time, kind and amount; transfer id; key.
+const LOG_PARTS_MAX: usize = 3;
 
 /// A history as every reader takes it: (entry id, fields) per entry, oldest first. A stream
 /// entry is its XRANGE reply (stream id `<ms>-<seq>`); a log line is turned into the compact
-/// fields (`t`, `k`, `d`, `a`, `b`) with the id `<ms>-v<n>`, `n` its entry number (see
-/// [`log_entry_fields`]).
+/// fields (`t`, `k`, `d`, `a`, and `b` when the balance is known) with the id `<ms>-v<n>`, `n`
+/// its entry number (see [`number_log`]).
 pub type RawHistory = Vec<(String, HashMap<String, String>)>;
 
-/// A log line as (entry id `<ms>-v<number>`, compact fields), so it parses like a compact
-/// stream entry ([`parse_history_fields`]). A line that does not read is kept whole in a
-/// field `log` (id `0-v<number>`), which no reader accepts: it is reported, never guessed.
-/// Pure.
+/// A log line as (entry id `<ms>-v<number>`, the time in decimal, and compact fields `t`, `k`,
+/// `d`, `a`, without the balance), so it parses like a compact stream entry once `b` is added
+/// ([`number_log`]). A line that does not read is kept whole in a field `log` (id
+/// `0-v<number>`), which no reader accepts: it is reported, never guessed. Pure.
 pub fn log_entry_fields(line: &str, number: u64) -> (String, HashMap<String, String>) {
-    let parts: Vec<&str> = line.splitn(LOG_FIELDS_MAX, ' ').collect();
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let signed = |s: &str| digits(s.strip_prefix('-').unwrap_or(s));
-    let readable = parts.len() >= LOG_FIELDS_MAX - 1
-        && digits(parts[0])
-        && HistoryKind::from_code(parts[1]).is_some()
-        && digits(parts[2])
-        && signed(parts[3])
-        && !parts[4].is_empty()
+    let parts: Vec<&str> = line.splitn(LOG_PARTS_MAX, ' ').collect();
+    let head = parts[0];
+    let sign = head.find(['-', '+', '^']).unwrap_or(head.len());
+    let (time, rest) = head.split_at(sign);
+    let kind = rest.chars().next().and_then(HistoryKind::from_sign);
+    let amount = rest.get(1..).unwrap_or("");
+    let digits = !amount.is_empty() && amount.bytes().all(|b| b.is_ascii_digit());
+    let readable = digits
+        && amount.parse::<i64>().is_ok()
+        && parts.get(1).is_some_and(|t| !t.is_empty())
         && parts
-            .get(5)
+            .get(2)
             .is_none_or(|k| !k.is_empty() && !k.contains(' '));
-    if !readable {
+    let (Some(at_ms), Some(kind), true) = (from_base36(time), kind, readable) else {
         let fields = HashMap::from([("log".to_string(), line.to_string())]);
         return (format!("0-v{number}"), fields);
-    }
+    };
     let fields = [
-        ("t", parts[4]),
-        ("k", parts.get(5).copied().unwrap_or("")),
-        ("d", parts[1]),
-        ("a", parts[2]),
-        ("b", parts[3]),
+        ("t", parts[1]),
+        ("k", parts.get(2).copied().unwrap_or("")),
+        ("d", kind.code()),
+        ("a", amount),
     ];
     let fields = fields
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    (format!("{}-v{number}", parts[0]), fields)
+    (format!("{at_ms}-v{number}"), fields)
+}
+
+/// Log lines as history entries numbered from `first`, each with its balance after (`b`):
+/// `balance_now` for the newest, then back one entry at a time (the newer entry's change
+/// undone). The lines must be the newest of the history, so that `balance_now` follows the
+/// last of them. Without a balance, or above a line that does not read, `b` is left out. Pure.
+pub fn number_log(log: &[String], first: u64, balance_now: Option<Amount>) -> RawHistory {
+    let mut all: RawHistory = log
+        .iter()
+        .enumerate()
+        .map(|(i, line)| log_entry_fields(line, first + i as u64))
+        .collect();
+    let mut balance = balance_now.map(|b| b.minor());
+    for (_, fields) in all.iter_mut().rev() {
+        let Some(after) = balance else { break };
+        let change = match (fields.get("d"), fields.get("a")) {
+            (Some(code), Some(a)) => HistoryKind::from_code(code)
+                .zip(a.parse::<i64>().ok())
+                .map(|(kind, a)| kind.signed(Amount::from_minor(a)).minor()),
+            _ => None,
+        };
+        let Some(change) = change else { break };
+        fields.insert("b".to_string(), after.to_string());
+        balance = after.checked_sub(change);
+    }
+    all
 }
 
 /// A wallet's whole history from its two keys, oldest first: the entries of the older stream
-/// (`stream`), then the log lines (`log`), numbered on from `trimmed` (the checkpoint's `hc`).
-/// Pure.
-pub fn combine_history(stream: RawHistory, log: &[String], trimmed: u64) -> RawHistory {
+/// (`stream`), then the log lines (`log`), numbered on from `trimmed` (the checkpoint's `hc`),
+/// their balances from `balance_now` (see [`number_log`]). Pure.
+pub fn combine_history(
+    stream: RawHistory,
+    log: &[String],
+    trimmed: u64,
+    balance_now: Option<Amount>,
+) -> RawHistory {
     let first = trimmed + stream.len() as u64 + 1;
     let mut all = stream;
-    all.extend(
-        log.iter()
-            .enumerate()
-            .map(|(i, line)| log_entry_fields(line, first + i as u64)),
-    );
+    all.extend(number_log(log, first, balance_now));
     all
 }
 
@@ -874,33 +945,47 @@ mod tests {
             idempotency_key: "tx_1",
         };
         let amount = Amount::from_minor(1144);
-        let after = Amount::from_minor(-5);
-        let line = format_log_entry(1_795_751_339_956, &mover, HistoryKind::Debit, amount, after);
-        assert_eq!(line, "1795751339956 d 1144 -5 tx_1", "the key is left out");
-        let (id, fields) = log_entry_fields(&line, 7);
+        let line = format_log_entry(1_795_751_339_956, &mover, HistoryKind::Debit, amount);
+        assert_eq!(
+            line, "mwyfzdtg-1144 tx_1",
+            "time in base 36, the key left out"
+        );
+        assert_eq!(from_base36("mwyfzdtg"), Some(1_795_751_339_956));
+        let history = number_log(&[line], 7, Some(Amount::from_minor(-5)));
+        let (id, fields) = &history[0];
         assert_eq!(id, "1795751339956-v7");
-        let e = parse_history_fields(&id, &fields).unwrap();
+        let e = parse_history_fields(id, fields).unwrap();
         assert_eq!(
             (e.kind, e.amount, e.balance_after, e.at_ms),
-            (HistoryKind::Debit, amount, after, 1_795_751_339_956)
+            (
+                HistoryKind::Debit,
+                amount,
+                Amount::from_minor(-5),
+                1_795_751_339_956
+            )
         );
         assert_eq!(e.idempotency_key.as_deref(), Some("tx_1"));
         let keyed = Mover {
             transfer_id: "tx_2",
             idempotency_key: "req:2",
         };
-        let line = format_log_entry(5, &keyed, HistoryKind::Deposit, amount, amount);
-        let (id, fields) = log_entry_fields(&line, 1);
+        let line = format_log_entry(5, &keyed, HistoryKind::Deposit, amount);
+        assert_eq!(line, "5^1144 tx_2 req:2");
+        let (id, mut fields) = log_entry_fields(&line, 1);
+        fields.insert("b".into(), "0".into());
         let e = parse_history_fields(&id, &fields).unwrap();
         assert_eq!(e.transfer_id, "tx_2");
         assert_eq!(e.idempotency_key.as_deref(), Some("req:2"));
         for bad in [
             "",
-            "5 x 1 2 t",
-            "5 d 1.00 2 t",
-            "5 d 1 2",
-            "x d 1 2 t",
-            "5 d 1 2 t k extra",
+            "5x1 t",
+            "5-1.00 t",
+            "5-1",
+            "X-1 t",
+            "5-1 t k extra",
+            "5--1 t",
+            "-1 t",
+            "5- t",
         ] {
             let (id, fields) = log_entry_fields(bad, 3);
             assert_eq!(id, "0-v3", "{bad:?}");
@@ -909,18 +994,31 @@ mod tests {
     }
 
     #[test]
+    fn balances_are_read_back_from_the_wallets_and_stop_at_a_line_that_does_not_read() {
+        let log = ["1^500 a", "2-200 b", "bad", "4+50 c"].map(String::from);
+        let history = number_log(&log, 1, Some(Amount::from_minor(350)));
+        let b = |i: usize| history[i].1.get("b").map(String::as_str);
+        assert_eq!((b(3), b(2), b(1), b(0)), (Some("350"), None, None, None));
+        let good = number_log(&log[..2], 1, Some(Amount::from_minor(300)));
+        let b = |i: usize| good[i].1.get("b").map(String::as_str);
+        assert_eq!((b(0), b(1)), (Some("500"), Some("300")));
+        assert!(!number_log(&log[..1], 1, None)[0].1.contains_key("b"));
+    }
+
+    #[test]
     fn a_history_is_the_streams_entries_then_the_logs_numbered_on() {
         let stream = vec![(
             "10-0".to_string(),
             fields(&[("t", "a"), ("k", ""), ("d", "p"), ("a", "1"), ("b", "1")]),
         )];
-        let log = ["20 c 2 3 b".to_string()];
-        let all = combine_history(stream, &log, 4);
+        let log = ["k+2 b".to_string()];
+        let all = combine_history(stream, &log, 4, Some(Amount::from_minor(3)));
         let ids: Vec<&str> = all.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(
             ids,
             ["10-0", "20-v6"],
             "hc 4, one stream entry: the line is entry 6"
         );
+        assert_eq!(all[1].1["b"], "3");
     }
 }

@@ -59,7 +59,7 @@ use crate::engine::message::{Status, fingerprint};
 use crate::engine::money::Amount;
 use crate::engine::store::keys;
 use crate::engine::transfer::{TransferOutcome, parse_outcome};
-use crate::engine::wallet::{HistoryKind, Wallet, parse_history_fields, parse_wallet};
+use crate::engine::wallet::{HistoryKind, Wallet, parse_wallet};
 
 /// How far behind Redis's clock an entry's time may be: a log line carries the time of the
 /// worker that wrote it (a stream entry carried Redis's), so the check whether a window starts
@@ -1501,6 +1501,9 @@ fn judge_slot<'a>(
                 .chain(&want.pending)
                 .copied(),
         );
+        let history = got
+            .first()
+            .map_or(history, |s| entry_key(wallet, &s.entry.stream_id));
         let detail = format!(
             "{kind} in {history} is {}, the outcome says {}",
             list(&amounts),
@@ -1692,13 +1695,17 @@ fn stream_ms(stream_id: &str) -> Option<u64> {
     stream_id.split('-').next()?.parse().ok()
 }
 
-/// One history stream entry, in either format ([`parse_history_fields`]): transfer id, kind,
+/// One history entry, in either format ([`crate::engine::wallet::parse_history_fields`]): transfer id, kind,
 /// amount, and the idempotency key when recorded. The long format needs only `transfer_id`,
 /// `kind` and `amount` here (the original system's entries may lack the rest).
 fn parse_entry(stream_id: &str, f: &Fields, number: Option<u64>) -> Option<Entry> {
-    let (transfer_id, key, kind, amount) = if f.contains_key("d") {
-        let e = parse_history_fields(stream_id, f).ok()?;
-        (e.transfer_id, e.idempotency_key, e.kind, e.amount)
+    let (transfer_id, key, kind, amount) = if let Some(code) = f.get("d") {
+        // The compact fields (a stream entry, or a log line, whose balance the audit needs not).
+        let kind = HistoryKind::from_code(code)?;
+        let amount = Amount::from_minor(f.get("a")?.parse().ok()?);
+        let transfer_id = f.get("t")?.clone();
+        let key = f.get("k").filter(|k| !k.is_empty()).unwrap_or(&transfer_id);
+        (transfer_id.clone(), Some(key.clone()), kind, amount)
     } else {
         let kind = match f.get("kind")?.as_str() {
             "debit" => HistoryKind::Debit,
@@ -2683,7 +2690,7 @@ mod tests {
         let l = lines(&settle_quiet(a));
         assert!(
             l.contains(
-                &"missing_entry key=t3 wallets=a,b: 0 debit(s) in wallet:a:history, the \
+                &"missing_entry key=t3 wallets=a,b: 0 debit(s) in wallet:a:log, the \
                          outcome says 1.00"
                     .to_string()
             ),

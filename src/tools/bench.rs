@@ -558,8 +558,9 @@ pub struct Retained {
     pub outcome_records_with_ttl: u64,
     /// History entries kept in Redis: the sum of the history lengths over the run's wallets.
     pub history_entries: u64,
-    /// What one wallet of the run holds in Redis after it: the mean `MEMORY USAGE` (exact,
-    /// `SAMPLES 0`) of its hash and history keys, over up to [`WALLET_BYTES_SAMPLE`] of them.
+    /// What one wallet of the run with history holds in Redis after it: the mean `MEMORY
+    /// USAGE` (exact, `SAMPLES 0`) of its hash and history keys, over those with history among
+    /// up to [`WALLET_BYTES_SAMPLE`] of the run's wallets.
     pub wallet_bytes: u64,
     /// History entries trimmed into checkpoints: the sum of `hc` over the run's wallets.
     pub history_trimmed: u64,
@@ -603,7 +604,7 @@ impl Retained {
                 self.history_trimmed.to_string(),
             ),
             (
-                "bytes per wallet (hash and history)".into(),
+                "bytes per wallet with history".into(),
                 self.wallet_bytes.to_string(),
             ),
             (
@@ -685,13 +686,14 @@ fn count_history(
 /// Most wallets [`sample_wallet_bytes`] measures.
 pub const WALLET_BYTES_SAMPLE: usize = 100;
 
-/// The mean `MEMORY USAGE ... SAMPLES 0` of the hash, the log and the older stream of up to
-/// [`WALLET_BYTES_SAMPLE`] wallets of `ids`, spread evenly; 0 for no wallets.
+/// The mean `MEMORY USAGE ... SAMPLES 0` of the hash, the log and the older stream of the
+/// wallets with history among up to [`WALLET_BYTES_SAMPLE`] of `ids`, spread evenly; 0 when
+/// none has history.
 fn sample_wallet_bytes(service: &WalletService, ids: &[String]) -> Result<u64, BenchError> {
     let step = ids.len().div_ceil(WALLET_BYTES_SAMPLE).max(1);
     let sample: Vec<String> = ids.iter().step_by(step).cloned().collect();
     let space = service.key_space();
-    let mut total = 0;
+    let (mut total, mut with_history) = (0, 0);
     for (mut conn, ids) in by_node(service, &sample)? {
         let mut pipe = redis::pipe();
         for id in &ids {
@@ -703,10 +705,16 @@ fn sample_wallet_bytes(service: &WalletService, ids: &[String]) -> Result<u64, B
                     .arg(0);
             }
         }
+        // Per wallet: its hash, its log, its stream; nil for a key that does not exist.
         let bytes: Vec<Option<u64>> = pipe.query(&mut conn.redis)?;
-        total += bytes.into_iter().flatten().sum::<u64>();
+        for three in bytes.chunks(3) {
+            if three[1..].iter().any(Option::is_some) {
+                total += three.iter().flatten().sum::<u64>();
+                with_history += 1;
+            }
+        }
     }
-    Ok(total / sample.len().max(1) as u64)
+    Ok(total / u64::max(with_history, 1))
 }
 
 /// Counts the outcome records of run `run` on every primary of a cluster and those with a
@@ -2468,7 +2476,7 @@ mod tests {
                 "outcome records kept",
                 "history entries kept",
                 "history entries trimmed",
-                "bytes per wallet (hash and history)",
+                "bytes per wallet with history",
                 "redis used_memory before",
                 "redis used_memory after",
                 "outcome COMPLETED",

@@ -67,10 +67,21 @@ pub enum MigrateError {
 }
 
 /// One batch: moves the newest compact entries of the stream KEYS[1] (at most ARGV[1]) to the
-/// head of the log KEYS[2], newest first so the oldest ends first; deletes the stream when it
-/// is empty. Returns {moved, left}: left is the number of entries still in the stream, 0 when
+/// head of the log KEYS[2] as log lines (`wallet::format_log_entry`: the stream id's time in
+/// base 36, the kind's sign, the amount, the ids; the stored balance is dropped, readers compute it), newest
+/// first so the oldest ends first; deletes the stream when it is empty. Returns {moved, left}: left is the number of entries still in the stream, 0 when
 /// it was deleted.
 const MIGRATE_LUA: &str = r#"
+local function base36(n)
+  local digits = '0123456789abcdefghijklmnopqrstuvwxyz'
+  local out = ''
+  repeat
+    local d = n % 36
+    out = string.sub(digits, d + 1, d + 1) .. out
+    n = (n - d) / 36
+  until n == 0
+  return out
+end
 local entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', tonumber(ARGV[1]))
 local moved = 0
 for _, entry in ipairs(entries) do
@@ -78,10 +89,11 @@ for _, entry in ipairs(entries) do
   local raw = entry[2]
   for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
   local ms = string.match(entry[1], '^(%d+)%-')
-  if not (ms and f.t and f.d and f.a and f.b) then break end
+  if not (ms and #ms <= 15 and f.t and f.d and f.a) then break end
   if not (string.match(f.d, '^[dcp]$') and string.match(f.a, '^%d+$')
-      and string.match(f.b, '^%-?%d+$') and string.match(f.t, '^%S+$')) then break end
-  local line = ms .. ' ' .. f.d .. ' ' .. f.a .. ' ' .. f.b .. ' ' .. f.t
+      and string.match(f.t, '^%S+$')) then break end
+  local sign = ({d = '-', c = '+', p = '^'})[f.d]
+  local line = base36(tonumber(ms)) .. sign .. f.a .. ' ' .. f.t
   if f.k and f.k ~= '' then
     if not string.match(f.k, '^%S+$') then break end
     line = line .. ' ' .. f.k

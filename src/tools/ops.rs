@@ -31,6 +31,7 @@ use serde::Serialize;
 use crate::engine::cluster::{self, ClusterError, ClusterPools};
 use crate::engine::keyspace::KeySpace;
 use crate::engine::message::TransferRequest;
+use crate::engine::money::Amount;
 use crate::engine::retention::Checkpoint;
 use crate::engine::service::WalletService;
 use crate::engine::store::{self, PooledConn, keys};
@@ -600,7 +601,8 @@ fn add_wallet_reads(pipe: &mut redis::Pipeline, space: KeySpace, id: &str, queue
 }
 
 /// A wallet from its (HGETALL, XRANGE, LRANGE) replies, its history the stream's entries then
-/// the log's ([`combine_history`], numbered from the hash's `hc`); with `after`, only the
+/// the log's ([`combine_history`], numbered from the hash's `hc`, balances back from its
+/// `balance`); with `after`, only the
 /// entries after the one with that id (all of them when it is gone: trimmed, so older than
 /// every entry left). A reply that is an error (a key of another type) is kept as the reason,
 /// for the auditor to report.
@@ -617,7 +619,11 @@ fn wallet_read(replies: Vec<redis::Value>, after: Option<&str>) -> WalletRead {
     let stream: Result<RawHistory, String> =
         redis::from_redis_value(stream).map_err(|e| e.to_string());
     let log: Result<Vec<String>, String> = redis::from_redis_value(log).map_err(|e| e.to_string());
-    let history = stream.and_then(|stream| Ok(combine_history(stream, &log?, trimmed)));
+    let balance = hash
+        .as_ref()
+        .ok()
+        .and_then(|f| Amount::parse(f.get("balance")?).ok());
+    let history = stream.and_then(|stream| Ok(combine_history(stream, &log?, trimmed, balance)));
     let history = history.map(|mut h| {
         if let Some(at) = after.and_then(|a| h.iter().position(|(id, _)| id == a)) {
             h.drain(..=at);

@@ -185,9 +185,13 @@ fn read_ledger(redis: &RedisCluster) -> Ledger {
             .query(&mut redis.conn(port))
             .unwrap();
         for (n, line) in lines.iter().enumerate() {
-            let (entry_id, fields) = log_entry_fields(line, n as u64 + 1);
-            let e = parse_history_fields(&entry_id, &fields).expect("a readable entry");
-            let k = (id.to_string(), e.idempotency_key.unwrap(), e.kind.code());
+            let (_, f) = log_entry_fields(line, n as u64 + 1);
+            let key = [&f["k"], &f["t"]]
+                .into_iter()
+                .find(|k| !k.is_empty())
+                .unwrap();
+            let kind = HistoryKind::from_code(&f["d"]).expect("a readable line");
+            let k = (id.to_string(), key.clone(), kind.code());
             *ledger.entries.entry(k).or_default() += 1;
         }
     }
