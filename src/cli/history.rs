@@ -1,6 +1,6 @@
 //! `wallet history ID`: a wallet's history entries, oldest first, each marked with where it
-//! came from: the entries Redis still keeps (`wallet:{id}:log`, LRANGE, after what an older `wallet:{id}:history` stream still holds) and, for the older
-//! ones it has trimmed (versions up to the checkpoint's `hc`), the ledger topic the worker
+//! came from: the entries Redis still keeps (`wallet:{id}:log`, LRANGE, after what an older
+//! `wallet:{id}:history` stream still holds) and, for the older ones it has trimmed (versions up to the checkpoint's `hc`), the ledger topic the worker
 //! publishes every transfer's entries to (`worker::ledger`).
 //!
 //! ```text
