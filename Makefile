@@ -13,7 +13,7 @@ ARGS ?=
 # of our own instead of ~/.asyncapi-analytics, so nothing is sent and nothing is written home.
 ASYNCAPI := ASYNCAPI_METRICS_CONFIG_PATH=$(CURDIR)/contracts/asyncapi-analytics.json contracts/node_modules/.bin/asyncapi
 
-.PHONY: help test fault-test mutants demo deps contracts contracts-check build up down status seed run-worker run-producer bench fmt lint package ci
+.PHONY: help test fault-test simulate mutants demo deps contracts contracts-check build up down status seed run-worker run-producer bench fmt lint package ci
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -23,8 +23,12 @@ test: ## every test: unit, property, doc, and integration against real redis-ser
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 
-fault-test: ## the fault suite at full size (faults, shutdown, memory, cluster_worker, partition, the worker's long steady run; `make test` runs them short); FAULT_SEED=n replays; needs root for iptables
-	FAULT_SCALE=full $(CARGO) test --release --test it -- faults:: shutdown:: memory:: cluster_worker:: partition:: lifecycle::a_long_steady_load --test-threads 1 --nocapture
+fault-test: ## the fault suite at full size (faults, shutdown, memory, cluster_worker, partition, simulation, the worker's long steady run; `make test` runs them short); FAULT_SEED=n replays; needs root for iptables
+	FAULT_SCALE=full $(CARGO) test --release --test it -- faults:: shutdown:: memory:: cluster_worker:: partition:: simulation:: lifecycle::a_long_steady_load --test-threads 1 --nocapture
+
+simulate: ## replay one seed of the seeded simulation (SEED=n; TOPOLOGY=one-redis|same-slot|cross-slot for one topology; OPS=n operations; SIM_TRACE=1 prints every operation)
+	@test -n "$(SEED)" || { echo "usage: make simulate SEED=n [TOPOLOGY=one-redis|same-slot|cross-slot] [OPS=n]"; exit 2; }
+	SIM_SEED=$(SEED) SIM_TOPOLOGY=$(TOPOLOGY) SIM_OPS=$(OPS) $(CARGO) test --test it -- simulation:: --nocapture
 
 mutants: ## mutation testing of the guarantee-bearing files (hours; FILE=src/engine/transfer.rs for one; TESTS='engine:: semantics::' to narrow the tests)
 	$(CARGO) install cargo-mutants --locked --version 27.1.0 --quiet 2>/dev/null || true

@@ -31,6 +31,7 @@ return 1
 pub(crate) fn create_wallets(
     pools: &ClusterPools,
     wallets: &[NewWallet],
+    wait_replicas: Option<u32>,
 ) -> Result<usize, WalletError> {
     let mut by_primary: BTreeMap<String, Vec<&NewWallet>> = BTreeMap::new();
     for w in wallets {
@@ -52,6 +53,12 @@ pub(crate) fn create_wallets(
                 let _ = pools.refresh();
             }
         })?;
+        crate::engine::wallet::wait_replicas(
+            &mut conn,
+            wait_replicas,
+            "the new wallets",
+            crate::engine::wallet::CREATE_ADVICE,
+        )?;
     }
     Ok(created)
 }

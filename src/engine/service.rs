@@ -312,3 +312,17 @@ pub enum ServiceError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
 }
+
+/// `WAIT wanted WAIT_REPLICAS_TIMEOUT_MS` on `conn`, the connection that just wrote: how many
+/// replicas acknowledged its writes (fewer than `wanted` when the timeout passed). The one
+/// WAIT of the engine: transfers, deposits and new wallets use it.
+pub(crate) fn wait_acked(
+    conn: &mut crate::engine::store::Conn,
+    wanted: u32,
+) -> redis::RedisResult<u32> {
+    redis::cmd("WAIT")
+        .arg(wanted)
+        .arg(WAIT_REPLICAS_TIMEOUT_MS)
+        .query(&mut conn.redis)
+        .inspect_err(|_| conn.taint())
+}

@@ -606,11 +606,7 @@ impl WalletService {
             return Ok(());
         };
         let timeout_ms = crate::engine::service::WAIT_REPLICAS_TIMEOUT_MS;
-        let acked: u32 = redis::cmd("WAIT")
-            .arg(wanted)
-            .arg(timeout_ms)
-            .query(&mut conn.redis)
-            .inspect_err(|_| conn.taint())?;
+        let acked = crate::engine::service::wait_acked(conn, wanted)?;
         if acked < wanted {
             return Err(TransferError::ReplicasBehind {
                 acked,

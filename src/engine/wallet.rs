@@ -277,7 +277,55 @@ pub enum WalletError {
     /// retry later.
     #[error("redis cluster: {0}")]
     Cluster(#[from] ClusterError),
+    /// The write is on the primary, but fewer replicas than
+    /// [`crate::EngineConfig::wait_replicas`] acknowledged it in time: a failover now could
+    /// lose it.
+    #[error(
+        "{what} is written on the primary, but only {acked} of {wanted} replicas acknowledged it within {timeout_ms} ms (a failover now could lose it): {advice}; check the replicas' links (INFO replication)"
+    )]
+    ReplicasBehind {
+        /// What was written (`the deposit`, `the new wallets`).
+        what: &'static str,
+        /// What to do before trying again.
+        advice: &'static str,
+        /// Replicas that acknowledged.
+        acked: u32,
+        /// Replicas asked for.
+        wanted: u32,
+        /// How long the WAIT blocked.
+        timeout_ms: u64,
+    },
 }
+
+/// WAITs for [`crate::EngineConfig::wait_replicas`] replicas on the connection that wrote
+/// `what`, when asked to; [`WalletError::ReplicasBehind`] when fewer acknowledged.
+pub(crate) fn wait_replicas(
+    conn: &mut Conn,
+    wanted: Option<u32>,
+    what: &'static str,
+    advice: &'static str,
+) -> Result<(), WalletError> {
+    let Some(wanted) = wanted else {
+        return Ok(());
+    };
+    let acked = crate::engine::service::wait_acked(conn, wanted)?;
+    if acked < wanted {
+        return Err(WalletError::ReplicasBehind {
+            what,
+            advice,
+            acked,
+            wanted,
+            timeout_ms: crate::engine::service::WAIT_REPLICAS_TIMEOUT_MS,
+        });
+    }
+    Ok(())
+}
+
+/// What to do after a deposit's [`WalletError::ReplicasBehind`]: deposits have no key.
+const DEPOSIT_ADVICE: &str =
+    "read the wallet's history before depositing again (a deposit has no idempotency key)";
+/// What to do after new wallets' [`WalletError::ReplicasBehind`].
+pub(crate) const CREATE_ADVICE: &str = "run it again (creating never overwrites a wallet)";
 
 const CREATE_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -317,7 +365,11 @@ impl WalletService {
         let pool = match &self.backend {
             Backend::Standalone(pool) => pool,
             Backend::Cluster(pools) => {
-                return crate::engine::cluster_wallet::create_wallets(pools, wallets);
+                return crate::engine::cluster_wallet::create_wallets(
+                    pools,
+                    wallets,
+                    self.config.wait_replicas,
+                );
             }
         };
         let mut conn = pool.get()?;
@@ -329,6 +381,12 @@ impl WalletService {
             k.extend(all.iter().cloned());
             k
         })?;
+        wait_replicas(
+            &mut conn,
+            self.config.wait_replicas,
+            "the new wallets",
+            CREATE_ADVICE,
+        )?;
         Ok(created)
     }
 
@@ -378,7 +436,11 @@ impl WalletService {
         for _ in 0..=self.config.watch_retries_max {
             let result = self.deposit_once(&mut conn, user_id, amount, &deposit_id);
             match result {
-                Ok(Some(balance)) => return Ok(balance),
+                Ok(Some(balance)) => {
+                    let wanted = self.config.wait_replicas;
+                    wait_replicas(&mut conn, wanted, "the deposit", DEPOSIT_ADVICE)?;
+                    return Ok(balance);
+                }
                 Ok(None) => continue,
                 Err(e) => {
                     let _ = redis::cmd("UNWATCH").query::<()>(&mut conn.redis);

@@ -366,6 +366,29 @@ fn failpoint(_name: &str) -> bool {
     false
 }
 
+/// Test-only (feature `test-hooks`): with `WALLET_FAILPOINT_DELIVERY_FAILS=ID` the first
+/// acknowledged delivery of the result of request `ID` is reported to the worker as failed (a
+/// transient error, as librdkafka reports a message timed out), once per process: the job
+/// must be redone and its result published again. It fails a delivery the test broker has
+/// taken, so the broker is never upset (tansu 0.6 is, by real timed-out deliveries).
+#[cfg(feature = "test-hooks")]
+fn delivery_failpoint(payload: Option<&[u8]>) -> bool {
+    use std::sync::atomic::AtomicBool;
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    let Ok(id) = std::env::var("WALLET_FAILPOINT_DELIVERY_FAILS") else {
+        return false;
+    };
+    let ours = payload
+        .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+        .is_some_and(|v| v["transfer_id"] == id.as_str());
+    ours && !FIRED.swap(true, Ordering::SeqCst)
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn delivery_failpoint(_payload: Option<&[u8]>) -> bool {
+    false
+}
+
 /// Test-only (feature `test-hooks`): with `WALLET_FAILPOINT_PANIC=ID` the transfer of request
 /// `ID` panics, as a bug in the engine would.
 #[cfg(feature = "test-hooks")]
@@ -563,6 +586,14 @@ impl ProducerContext for DeliveryContext {
             _ => "the answer to",
         };
         match result {
+            Ok(m)
+                if kind == PartKind::Result && delivery_failpoint(rdkafka::Message::payload(m)) =>
+            {
+                self.shared.delivery_failing.store(true, Ordering::SeqCst);
+                delivery.fail(format!(
+                    "publishing {what} it failed: failpoint: reported failed after it was delivered"
+                ));
+            }
             Ok(_) => self.acknowledged(&delivery, kind),
             Err((e, _)) if is_permanent(e) => {
                 delivery.fail(e.to_string());

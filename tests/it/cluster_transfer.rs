@@ -1130,3 +1130,48 @@ fn a_pending_transfer_is_finished_as_decided_after_the_receiver_changed() {
         receiver.balance.checked_add(gone.amount).unwrap()
     );
 }
+
+/// Deposits and new wallets are answered only once the configured replicas have them, as
+/// transfers are: with the wallet's replica paused, a deposit (and a wallet created in that
+/// slot) is written on the primary but refused `ReplicasBehind`, naming what to do (a deposit
+/// has no idempotency key: read the history first); with the replica back both pass. (Before,
+/// they sent no WAIT: a deposit answered on a primary that then failed over was lost.)
+#[test]
+fn deposits_and_new_wallets_wait_for_the_replicas_too() {
+    let redis = RedisCluster::start(3, 1);
+    let waiting = connect(&redis, config().with_wait_replicas(Some(1)));
+    let (id, sibling) = pair("dw", true);
+    create(&waiting, std::slice::from_ref(&id), "10.00");
+    let primary = redis
+        .owner_of(redis.primary_ports()[0], keys::wallet_slot(&id))
+        .expect("the wallet's primary");
+    let replica = redis.replica_of(primary).expect("a replica");
+    redis.pause(replica);
+    let deposit = waiting.deposit(&id, Amount::parse("1.00").unwrap());
+    let created = waiting.create_wallet(&NewWallet::new(&sibling, Amount::ZERO, Currency::USD));
+    redis.resume(replica);
+    match deposit {
+        Err(e @ wallet_transfer::engine::wallet::WalletError::ReplicasBehind { .. }) => {
+            assert!(e.to_string().contains("read the wallet's history"), "{e}")
+        }
+        other => panic!("a deposit no replica has was answered: {other:?}"),
+    }
+    assert!(
+        matches!(
+            created,
+            Err(wallet_transfer::engine::wallet::WalletError::ReplicasBehind { .. })
+        ),
+        "a wallet no replica has was answered: {created:?}"
+    );
+    assert_eq!(
+        waiting.balance(&id).unwrap(),
+        Amount::parse("11.00").unwrap(),
+        "the deposit is on the primary"
+    );
+    assert_eq!(
+        waiting
+            .deposit(&id, Amount::parse("1.00").unwrap())
+            .unwrap(),
+        Amount::parse("12.00").unwrap()
+    );
+}

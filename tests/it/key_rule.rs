@@ -153,3 +153,89 @@ fn a_key_held_by_a_crashed_transfer_is_a_conflict_until_and_after_it_finishes() 
     let audit = wallet_transfer::tools::ops::audit(&bed.service).expect("the audit runs");
     assert_eq!(audit.violations_total, 0, "{audit:?}");
 }
+
+/// The worker's answer to a reused key, end to end on both topologies: a result FAILED
+/// `idempotency_conflict` (not a dead letter), the first request's money moved once.
+fn the_worker_answers_a_reused_key_with_a_conflict_result<R>(
+    stack: &crate::support::stack::Stack<R>,
+    service: &wallet_transfer::WalletService,
+) {
+    crate::support::create_wallets(
+        service,
+        &[("kw_a", "100.00"), ("kw_b", "100.00"), ("kw_c", "100.00")],
+    );
+    let keyed = |id: &str, from: &str, amount: &str| {
+        usd(id, from, "kw_b", amount)
+            .with_idempotency_key("kw_key")
+            .expect("a valid key")
+    };
+    let requests = [
+        keyed("kw_1", "kw_a", "10.00"),
+        keyed("kw_2", "kw_c", "10.00"),
+        keyed("kw_3", "kw_a", "11.00"),
+    ];
+    // The first request is answered before the reuses are sent: requests of different
+    // senders run in parallel, and the first to take the key keeps it.
+    stack.publish_requests(&requests[..1]);
+    let _worker = stack.spawn_worker(&[]);
+    let mut log = stack.reader(&stack.topics.results);
+    log.read_until(1, 60_000);
+    stack.publish_requests(&requests[1..]);
+    // The answers to the reuses come in any order.
+    let mut answers: Vec<_> = log
+        .read_until(requests.len(), 60_000)
+        .iter()
+        .map(crate::support::stack::result_of)
+        .map(|r| (r.transfer_id, r.status, r.reason, r.duplicate))
+        .collect();
+    answers.sort_by(|a, b| a.0.cmp(&b.0));
+    use wallet_transfer::FailureReason::IdempotencyConflict;
+    assert_eq!(
+        answers,
+        [
+            ("kw_1".to_string(), Status::Completed, None, false),
+            (
+                "kw_2".to_string(),
+                Status::Failed,
+                Some(IdempotencyConflict),
+                false
+            ),
+            (
+                "kw_3".to_string(),
+                Status::Failed,
+                Some(IdempotencyConflict),
+                false
+            ),
+        ]
+    );
+    let balances: Vec<Amount> = ["kw_a", "kw_b", "kw_c"]
+        .iter()
+        .map(|id| service.balance(id).unwrap())
+        .collect();
+    assert_eq!(balances, balances_of(&["90.00", "110.00", "100.00"]));
+}
+
+#[test]
+fn the_worker_answers_a_reused_key_with_a_conflict_result_on_one_redis() {
+    let stack = crate::support::stack::Stack::start(1);
+    let service = stack.redis.service(2, EngineConfig::default());
+    the_worker_answers_a_reused_key_with_a_conflict_result(&stack, &service);
+}
+
+#[test]
+fn the_worker_answers_a_reused_key_with_a_conflict_result_on_a_cluster() {
+    let cluster = crate::support::cluster::RedisCluster::start(3, 0);
+    let service = wallet_transfer::WalletService::connect_cluster(
+        &cluster.seeds(),
+        "redis://",
+        2,
+        EngineConfig::default(),
+    )
+    .expect("connect to the test cluster");
+    let stack = crate::support::stack::Stack::start_on_cluster(
+        cluster,
+        crate::support::Tansu::start_persistent(),
+        1,
+    );
+    the_worker_answers_a_reused_key_with_a_conflict_result(&stack, &service);
+}

@@ -454,6 +454,39 @@ fn an_answer_whose_topic_was_deleted_stops_the_worker_within_the_bound() {
     assert_eq!(stack.committed().get(&0), Some(&1), "nothing past d2");
 }
 
+/// An answer the producer refuses for good (here a dead letter larger than the producer's
+/// `message.max.bytes`, set to 1,000 with `-X`: librdkafka refuses it with
+/// MessageSizeTooLarge, which no retry cures) stops the worker (exit 1) with an error that
+/// names the topic and the offset, committing nothing past the unanswered request. Requests
+/// answered before it stay committed.
+#[test]
+fn an_answer_the_producer_refuses_for_good_stops_the_worker_and_commits_nothing_past_it() {
+    let stack = Stack::start(1);
+    let ids: Vec<String> = ["pa", "pb"].iter().map(|s| s.to_string()).collect();
+    wallets_of(&stack, &ids);
+    let mut worker = stack.spawn_worker(&["-X", "message.max.bytes=1000"]);
+    let ok = TransferRequest::new("p1", "pa", "pb", "1", Currency::USD).unwrap();
+    stack.publish_requests(&[ok]);
+    wait_until("the first answered and committed", 60_000, || {
+        stack.committed().get(&0) == Some(&1)
+    });
+    // Not JSON, so dead-lettered with its whole 3,000-byte payload.
+    let big = "not json ".repeat(334).into_bytes();
+    stack.publish(&[(Some("pa".to_string()), big)]);
+    assert_eq!(worker.wait_exit(60_000), Some(1), "{}", worker.log());
+    let log = worker.log();
+    assert!(
+        log.contains("refuses the answer to partition 0 offset 1")
+            && log.contains(&stack.topics.dlq),
+        "{log}"
+    );
+    assert_eq!(
+        stack.committed().get(&0),
+        Some(&1),
+        "nothing past the refused answer"
+    );
+}
+
 /// Resident memory of a process in KiB (`VmRSS` from /proc), 0 when it is gone.
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -30,5 +30,6 @@ mod retention;
 mod seed;
 mod semantics;
 mod shutdown;
+mod simulation;
 mod tls;
 mod worker;

@@ -14,7 +14,7 @@ use wallet_transfer::worker::kafka::{self, TopicSpec};
 use wallet_transfer::worker::metrics::Metrics;
 use wallet_transfer::worker::{Worker, WorkerConfig, WorkerError};
 use wallet_transfer::{
-    Currency, EngineConfig, FailureReason, Status, TransferCompleted, TransferRequest,
+    Amount, Currency, EngineConfig, FailureReason, Status, TransferCompleted, TransferRequest,
     WalletService,
 };
 
@@ -79,6 +79,61 @@ fn requests_of_one_sender_complete_in_the_order_they_were_published() {
         &inversions[..inversions.len().min(5)]
     );
     assert!(ops::audit(&service).unwrap().is_ok());
+}
+
+/// Per-sender order holds while a request waits in the retry queue: the sender's first
+/// request meets a receiver locked by someone else (a lock with a 2 s ttl), times out on the
+/// lock (transient) and waits to be retried; the sender's second request, to a free receiver,
+/// must wait behind it. The sender can pay only one: the first must be the one. (With the
+/// sender's key released before the retry was scheduled, the second ran meanwhile and won.)
+#[test]
+fn a_senders_later_request_waits_while_its_first_one_is_retried() {
+    let stack = Stack::start(1);
+    let service = stack.redis.service(2, EngineConfig::default());
+    create_wallets(
+        &service,
+        &[("rq_s", "10.00"), ("rq_busy", "0"), ("rq_free", "0")],
+    );
+    redis::cmd("SET")
+        .arg("lock:rq_busy")
+        .arg("held-by-someone-else")
+        .arg("PX")
+        .arg(2_000)
+        .query::<()>(&mut stack.redis.conn())
+        .unwrap();
+    let requests: Vec<TransferRequest> = [("rq_1", "rq_busy"), ("rq_2", "rq_free")]
+        .iter()
+        .map(|(id, to)| TransferRequest::new(id, "rq_s", to, "10.00", Currency::USD))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    stack.publish_requests(&requests);
+    let worker = stack.spawn_worker(&[
+        "--threads",
+        "4",
+        "--lock-retries",
+        "1",
+        "--lock-retry-delay-ms",
+        "10",
+    ]);
+    let ids: Vec<String> = requests.iter().map(|r| r.transfer_id.clone()).collect();
+    let results = results_by_id(&stack, &ids, 1, 60_000);
+    let retried: f64 = worker
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("wallet_retries_total{cause=\"lock_timeout\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        retried >= 1.0,
+        "the first request was retried:\n{}",
+        worker.log()
+    );
+    let (first, second) = (&results["rq_1"][0], &results["rq_2"][0]);
+    assert_eq!(
+        (first.status, second.reason),
+        (Status::Completed, Some(FailureReason::InsufficientFunds)),
+        "the sender's later request overtook the one being retried: {first:?} {second:?}"
+    );
 }
 
 /// A worker whose answers are all lost before their ack (the `results-unacked` failpoint)
@@ -374,4 +429,52 @@ fn a_group_rewound_after_the_records_expired_moves_no_money() {
         0,
         "an expired request wrote a record"
     );
+}
+
+/// A result whose delivery fails (hook `WALLET_FAILPOINT_DELIVERY_FAILS`: the first delivery
+/// of `df_0`'s result is reported failed after the broker took it) is redone: the job runs
+/// again, is answered from its record as the original (`duplicate: false`), and its result
+/// is published a second time; the money moves once and every offset is committed in the
+/// end. (With a failed delivery counted as done, the result went out once and was never
+/// redone: a real lost delivery would have lost the answer.)
+#[test]
+fn a_result_whose_delivery_fails_is_published_again_and_the_money_moves_once() {
+    let stack = Stack::start(1);
+    let ids = faults::wallets(&stack, "df", 4, "100.00");
+    let requests: Vec<TransferRequest> = (0..4)
+        .map(|i| {
+            let (from, to) = (&ids[i], &ids[(i + 1) % ids.len()]);
+            TransferRequest::new(&format!("df_{i}"), from, to, "10.00", Currency::USD)
+        })
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let failing = requests[0].transfer_id.clone();
+    let _worker = stack.spawn_worker_env(&[], &[("WALLET_FAILPOINT_DELIVERY_FAILS", &failing)]);
+    stack.publish_requests(&requests);
+    let all: Vec<String> = requests.iter().map(|r| r.transfer_id.clone()).collect();
+    results_by_id(&stack, &all, 1, 60_000);
+    let twice = results_by_id(&stack, std::slice::from_ref(&failing), 2, 60_000);
+    let answers = &twice[&failing];
+    assert_eq!(
+        answers.len(),
+        2,
+        "published once more after the failed delivery: {answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.status == Status::Completed && !a.duplicate),
+        "the redo is the original answer again: {answers:?}"
+    );
+    let service = stack.redis.service(2, EngineConfig::default());
+    for id in &ids {
+        assert_eq!(
+            service.balance(id).unwrap(),
+            Amount::parse("100.00").unwrap()
+        );
+    }
+    wait_until("every offset committed", 30_000, || {
+        stack.committed().values().sum::<i64>() == requests.len() as i64
+    });
+    assert!(ops::audit(&service).unwrap().is_ok());
 }

@@ -391,4 +391,6 @@ pub mod faults;
 
 pub mod partition;
 
+pub mod sim;
+
 pub mod topology;
