@@ -242,11 +242,13 @@ pub struct GlobalOpts {
     pub history_max_entries: HistoryMaxEntries,
 
     /// How long an outcome record (the answer kept under an idempotency key) lives, in
-    /// milliseconds; `auto`: the worker takes the requests topic's retention.ms plus
-    /// --outcome-ttl-margin-ms (for ever when the topic keeps its messages for ever), other
-    /// commands keep records for ever; `forever`: never expire. A redelivery or retry after a
-    /// record expired would move the money again, so the worker refuses a ttl shorter than
-    /// the topic's retention plus the margin. `wallet audit` takes it as the age past which a
+    /// milliseconds; `auto`: the worker takes the requests topic's retention.ms plus its
+    /// segment.ms plus --outcome-ttl-margin-ms (for ever when the topic keeps its messages for
+    /// ever; refused for a topic with cleanup.policy compact: set `forever`), and raises it
+    /// for new records when the retention grows; other commands keep records for ever;
+    /// `forever`: never expire. A redelivery or retry after a record expired would move the
+    /// money again, so the worker refuses a ttl shorter than the topic's retention plus
+    /// segment.ms plus the margin, at start and while running. `wallet audit` takes it as the age past which a
     /// history entry's outcome may have expired (give it the ttl the worker logged at start)
     #[arg(
         long = "outcome-ttl-ms",
@@ -462,7 +464,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 /// (`LockConfig`, `EngineConfig`, `WorkerConfig`, `DirectConfig`, `E2eConfig`): its flag, or
 /// `None` for a setting no flag sets (the command line always passes the library's default, so
 /// an error about one is a bug in the defaults, not a user mistake).
-pub const SETTING_FLAGS: [(&str, Option<&str>); 34] = [
+pub const SETTING_FLAGS: [(&str, Option<&str>); 35] = [
     ("lock.ttl_ms", Some("--lock-ttl-ms")),
     ("lock.retry_delay_ms_base", Some("--lock-retry-delay-ms")),
     ("lock.retry_delay_ms_max", Some("--lock-retry-delay-ms-max")),
@@ -470,6 +472,10 @@ pub const SETTING_FLAGS: [(&str, Option<&str>); 34] = [
     ("watch_retries_max", None),
     ("outcome_ttl_ms", Some("--outcome-ttl-ms")),
     ("outcome_ttl_margin_ms", Some("--outcome-ttl-margin-ms")),
+    (
+        "outcome_ttl_check_interval_ms",
+        Some("--outcome-ttl-check-interval-ms"),
+    ),
     ("history_max_entries", Some("--history-max-entries")),
     ("wait_replicas", Some("--wait-replicas")),
     ("redis_tls.client_cert_file", Some("--redis-client-cert")),
@@ -891,12 +897,17 @@ mod tests {
         ),
     ];
 
-    const WORKER_CASES: [Case<WorkerConfig>; 22] = [
+    const WORKER_CASES: [Case<WorkerConfig>; 23] = [
         ("threads", Some("--threads"), |c| c.threads = 0),
         (
             "outcome_ttl_margin_ms",
             Some("--outcome-ttl-margin-ms"),
             |c| c.outcome_ttl_margin_ms = u64::MAX,
+        ),
+        (
+            "outcome_ttl_check_interval_ms",
+            Some("--outcome-ttl-check-interval-ms"),
+            |c| c.outcome_ttl_check_interval_ms = 0,
         ),
         ("backlog_bytes_max", None, |c| c.backlog_bytes_max = 1),
         ("partitions", Some("--partitions"), |c| c.partitions = 0),

@@ -75,11 +75,18 @@ pub struct WorkerArgs {
     /// uncommitted for the next owner (keep it under the orchestrator's kill timeout)
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = defaults().shutdown_timeout_ms)]
     pub shutdown_timeout_ms: u64,
-    /// How much longer than the requests topic's retention an outcome record lives, in
+    /// How much longer than the requests topic keeps a message an outcome record lives, in
     /// milliseconds: the longest consumer lag it covers. With --outcome-ttl-ms auto the ttl is
-    /// the retention plus this; a ttl set by hand must be at least that
+    /// the topic's retention.ms plus its segment.ms (Kafka deletes whole segments) plus this; a
+    /// ttl set by hand must be at least that
     #[arg(long, env = "OUTCOME_TTL_MARGIN_MS", default_value_t = defaults().outcome_ttl_margin_ms)]
     pub outcome_ttl_margin_ms: u64,
+    /// How often, in milliseconds, the worker reads the requests topic's retention.ms,
+    /// segment.ms and cleanup.policy again (at most 3600000): a derived outcome ttl grows for
+    /// new records when they need more (it never shrinks); a ttl set by hand that no longer
+    /// covers them stops the worker with the error it would give at start
+    #[arg(long, env = "OUTCOME_TTL_CHECK_INTERVAL_MS", default_value_t = defaults().outcome_ttl_check_interval_ms)]
+    pub outcome_ttl_check_interval_ms: u64,
     /// On a Redis Cluster: how often, in milliseconds, the worker sweeps for cross-slot
     /// transfers a crash left half done (PENDING) and finishes them; 0 turns the sweep off
     /// (the next delivery of such a request still finishes it; `wallet recover` too). No
@@ -117,6 +124,7 @@ impl WorkerArgs {
             .with_retry_delay_ms_max(self.retry_delay_ms_max)
             .with_shutdown_timeout_ms(self.shutdown_timeout_ms)
             .with_outcome_ttl_margin_ms(self.outcome_ttl_margin_ms)
+            .with_outcome_ttl_check_interval_ms(self.outcome_ttl_check_interval_ms)
             .with_recover_interval_ms(self.recover_interval_ms)
             .with_recover_batch(self.recover_batch);
         config.validate().map_err(flag_error)?;

@@ -72,15 +72,22 @@ pub struct WorkerConfig {
     /// abandoned (left uncommitted for the next owner).
     pub shutdown_timeout_ms: u64,
     /// When the engine's `outcome_ttl_ms` is not set: true (the default) derives it at start
-    /// from the requests topic's `retention.ms` plus [`WorkerConfig::outcome_ttl_margin_ms`]
-    /// (records kept for ever when the topic keeps its messages for ever); false keeps outcome
-    /// records for ever.
+    /// from the requests topic's `retention.ms` plus `segment.ms` plus
+    /// [`WorkerConfig::outcome_ttl_margin_ms`] (records kept for ever when the topic keeps its
+    /// messages for ever; refused for a topic compacted without deletion), and raises it for
+    /// new records when the topic's retention grows while running; false keeps outcome records
+    /// for ever (`worker::outcome_ttl`).
     pub outcome_ttl_auto: bool,
     /// How much longer than the requests topic's retention an outcome record lives: the
     /// longest consumer lag it covers. A request can be redelivered until it leaves the topic;
     /// its record must outlive that, or the money would move again. Also the lower bound of
     /// an outcome ttl set by hand.
     pub outcome_ttl_margin_ms: u64,
+    /// How often a running worker with an outcome ttl reads the requests topic's
+    /// `retention.ms`, `segment.ms` and `cleanup.policy` again: a derived ttl is raised for new
+    /// records when they need more; a ttl set by hand that no longer covers them stops the
+    /// worker. At most [`crate::worker::outcome_ttl::OUTCOME_TTL_CHECK_INTERVAL_MS_LIMIT`].
+    pub outcome_ttl_check_interval_ms: u64,
     /// On a Redis Cluster, how often the worker sweeps for cross-slot transfers left PENDING
     /// (a worker that crashed between the steps) and finishes them with
     /// [`crate::WalletService::recover`]; 0 turns the sweep off. A PENDING transfer is also
@@ -117,6 +124,8 @@ impl Default for WorkerConfig {
             shutdown_timeout_ms: 10_000,
             outcome_ttl_auto: true,
             outcome_ttl_margin_ms: 24 * 3_600_000,
+            outcome_ttl_check_interval_ms:
+                crate::worker::outcome_ttl::OUTCOME_TTL_CHECK_INTERVAL_MS,
             recover_interval_ms: 10_000,
             recover_batch: 1_000,
         }
@@ -146,6 +155,7 @@ setters!(WorkerConfig {
     with_shutdown_timeout_ms => shutdown_timeout_ms: u64,
     with_outcome_ttl_auto => outcome_ttl_auto: bool,
     with_outcome_ttl_margin_ms => outcome_ttl_margin_ms: u64,
+    with_outcome_ttl_check_interval_ms => outcome_ttl_check_interval_ms: u64,
     with_recover_interval_ms => recover_interval_ms: u64,
     with_recover_batch => recover_batch: usize,
 });
@@ -155,6 +165,10 @@ pub const OUTCOME_TTL_MARGIN_MS_LIMIT: u64 = 30 * 24 * 3_600_000;
 /// `retention.ms` of the requests topic when the worker creates it (Kafka's default, 7 days):
 /// set explicitly, so that the outcome ttl derived from it is what the topic really keeps.
 pub const REQUESTS_RETENTION_MS_DEFAULT: u64 = 7 * 24 * 3_600_000;
+/// `segment.ms` of the requests topic when the worker creates it: 1 day (Kafka's default is 7).
+/// Kafka deletes whole segments, so a message stays up to retention plus this, and so must its
+/// outcome record: set explicitly and short, it keeps the derived ttl at 9 days, not 15.
+pub const REQUESTS_SEGMENT_MS_DEFAULT: u64 = 24 * 3_600_000;
 
 /// Upper bound on `threads`.
 pub const THREADS_LIMIT: usize = 256;
@@ -317,6 +331,12 @@ impl WorkerConfig {
             self.outcome_ttl_margin_ms,
             0,
             OUTCOME_TTL_MARGIN_MS_LIMIT,
+        )?;
+        SettingError::check_range(
+            "outcome_ttl_check_interval_ms",
+            self.outcome_ttl_check_interval_ms,
+            1,
+            crate::worker::outcome_ttl::OUTCOME_TTL_CHECK_INTERVAL_MS_LIMIT,
         )?;
         SettingError::check_range(
             "recover_interval_ms",

@@ -1,5 +1,5 @@
 //! Kafka plumbing shared by the worker, the producer commands and the tests: client settings,
-//! topic creation, and reading a group's committed offsets.
+//! topic creation, reading a topic's retention configs, and reading a group's committed offsets.
 //!
 //! Owns the librdkafka properties every client gets (and the pass-through of extra ones for
 //! SASL/SSL), and the one place where an rdkafka future is waited on (the admin API is only
@@ -19,6 +19,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+
+use crate::worker::outcome_ttl::TopicRetention;
 
 /// Default requests topic, the original system's.
 pub const TOPIC_REQUESTS: &str = "wallet.transfer.requested";
@@ -226,6 +228,14 @@ pub fn ensure_topics(
 /// The `retention.ms` of `topic` as the brokers report it (`-1`: kept for ever); `None` when
 /// they do not report it (tansu, for a topic created without it).
 pub fn topic_retention_ms(kafka: &KafkaConfig, topic: &str) -> Result<Option<i64>, AdminError> {
+    Ok(topic_retention(kafka, topic)?.retention_ms)
+}
+
+/// What bounds how long `topic` keeps a message, as the brokers report it: `retention.ms`,
+/// `segment.ms` and whether `cleanup.policy` compacts without deleting
+/// (`worker::outcome_ttl`). A config the brokers leave out is `None` (tansu reports only the
+/// configs a topic was created or altered with).
+pub fn topic_retention(kafka: &KafkaConfig, topic: &str) -> Result<TopicRetention, AdminError> {
     let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
     let options =
         AdminOptions::new().request_timeout(Some(Duration::from_millis(ADMIN_TIMEOUT_MS)));
@@ -237,23 +247,29 @@ pub fn topic_retention_ms(kafka: &KafkaConfig, topic: &str) -> Result<Option<i64
             timeout_ms: ADMIN_TIMEOUT_MS,
         },
     )??;
+    let config_error = |detail: String| AdminError::Config {
+        topic: topic.to_string(),
+        detail,
+    };
     let described = results
         .into_iter()
         .next()
-        .ok_or_else(|| AdminError::Config {
-            topic: topic.to_string(),
-            detail: "no answer for the topic".into(),
-        })?
-        .map_err(|code| AdminError::Config {
-            topic: topic.to_string(),
-            detail: code.to_string(),
-        })?;
-    let Some(value) = described.get("retention.ms").and_then(|e| e.value.clone()) else {
-        return Ok(None);
+        .ok_or_else(|| config_error("no answer for the topic".into()))?
+        .map_err(|code| config_error(code.to_string()))?;
+    let value = |key: &str| described.get(key).and_then(|e| e.value.clone());
+    let number = |key: &str| -> Result<Option<i64>, AdminError> {
+        value(key)
+            .map(|v| {
+                v.parse()
+                    .map_err(|e| config_error(format!("{key} {v:?}: {e}")))
+            })
+            .transpose()
     };
-    value.parse().map(Some).map_err(|e| AdminError::Config {
-        topic: topic.to_string(),
-        detail: format!("retention.ms {value:?}: {e}"),
+    Ok(TopicRetention {
+        retention_ms: number("retention.ms")?,
+        segment_ms: number("segment.ms")?,
+        compact_only: value("cleanup.policy")
+            .is_some_and(|p| TopicRetention::compact_only_policy(&p)),
     })
 }
 

@@ -3,7 +3,7 @@
 //! retry timer), per-key order
 //! (`keyed`), the delay queue of retries (`retry`), its settings (`config`), the offset
 //! watermark arithmetic it commits by (`offsets`), Kafka client settings and topic admin
-//! (`kafka`), the ledger topic's entries (`ledger`), Prometheus metrics (`metrics`), readiness (`health`), the recovery sweep of
+//! (`kafka`), the outcome ttl the requests topic needs (`outcome_ttl`), the ledger topic's entries (`ledger`), Prometheus metrics (`metrics`), readiness (`health`), the recovery sweep of
 //! cross-slot transfers left PENDING on a Redis Cluster (`sweep`), and the process around it
 //! (`command`: signals, the metrics and health endpoint). Behind the `worker` feature.
 //!
@@ -20,6 +20,7 @@ mod keyed;
 pub mod ledger;
 pub mod metrics;
 pub mod offsets;
+pub mod outcome_ttl;
 pub mod pipeline;
 mod pool;
 mod retry;

@@ -47,14 +47,15 @@ use crate::engine::setting::SettingError;
 use crate::worker::commit::Committer;
 use crate::worker::config::{
     CHANNEL_JOBS_PER_THREAD, COMMIT_SHARE_DIVISOR, DLQ_MESSAGE_BYTES_LIMIT, FETCH_WAIT_MS,
-    REQUESTS_RETENTION_MS_DEFAULT, RESULT_LINGER_MS, STATS_INTERVAL_MS, WAIT_STEP_MS,
-    WARN_INTERVAL_MS, WorkerConfig,
+    REQUESTS_RETENTION_MS_DEFAULT, REQUESTS_SEGMENT_MS_DEFAULT, RESULT_LINGER_MS,
+    STATS_INTERVAL_MS, WAIT_STEP_MS, WARN_INTERVAL_MS, WorkerConfig,
 };
 use crate::worker::consumer::{self, ConsumerCtx, Exit};
 use crate::worker::kafka::{self, TopicSpec};
 use crate::worker::keyed::{KeyGate, Keyed};
 use crate::worker::metrics::Metrics;
 use crate::worker::offsets::OffsetTracker;
+use crate::worker::outcome_ttl::{self, LiveTtl, Recheck, TopicRetention};
 use crate::worker::pool::{self, DeliveryContext, PoolThread};
 use crate::worker::retry::RetryQueue;
 use crate::worker::sweep;
@@ -298,6 +299,11 @@ pub(crate) struct Shared {
     pub topic_missing_since: Mutex<Option<Instant>>,
     /// Warnings that could repeat once per message during an outage.
     pub warnings: Warnings,
+    /// The outcome ttls the transfer threads use: set at start, raised by the ttl watch.
+    pub outcome_ttl: LiveTtl,
+    /// The setting that stopped the worker while running (a ttl that no longer covers the
+    /// requests topic): [`Worker::run`] returns it as it would at start.
+    pub fatal_setting: Mutex<Option<SettingError>>,
 }
 
 /// Most lock keys remembered as reported without a ttl; past it they are logged again.
@@ -324,6 +330,8 @@ impl Shared {
             delivery_failing: AtomicBool::new(false),
             topic_missing_since: Mutex::new(None),
             warnings: Warnings::new(WARN_INTERVAL_MS),
+            outcome_ttl: LiveTtl::default(),
+            fatal_setting: Mutex::new(None),
         })
     }
 
@@ -431,7 +439,7 @@ impl Worker {
     /// Runs until the shutdown handle is set (or a permanent error stops it). Blocking.
     pub fn run(mut self) -> Result<WorkerReport, WorkerError> {
         self.ensure_topics()?;
-        self.settle_outcome_ttl()?;
+        let ttl_watch = self.settle_outcome_ttl()?;
         let config = &self.shared.config;
         let (redo_tx, redo_rx) = crossbeam_channel::unbounded::<Job>();
         let producer = Arc::new(self.result_producer()?);
@@ -456,6 +464,7 @@ impl Worker {
         let timer = pool::spawn_retry_timer(self.shared.clone(), redo_tx);
         let (job_tx, threads) = self.spawn_pool(&producer, redo_rx);
         let sweeper = sweep::spawn(self.shared.clone(), self.service.clone());
+        let ttl_watch = ttl_watch.map(|watch| spawn_ttl_watch(self.shared.clone(), watch));
         while let Exit::JoinStuck = consumer::consume(&self.shared, &consumer, &job_tx, &committer)
         {
             log::warn!(
@@ -488,6 +497,7 @@ impl Worker {
             .into_iter()
             .chain(std::iter::once(timer))
             .chain(sweeper)
+            .chain(ttl_watch)
             .collect();
         let (panicked, running) = join_until(all, join_by);
         if running > 0 {
@@ -513,17 +523,21 @@ impl Worker {
             .expect("spawn stop watch");
     }
 
-    /// Creates the topics that are missing; the dead-letter topic with a message size that
+    /// Creates the topics that are missing; the requests topic with its retention and a
+    /// one-day segment (`outcome_ttl`), the dead-letter topic with a message size that
     /// fits the largest dead letter, the ledger topic kept for ever (`retention.ms=-1`: it is
     /// the durable ledger; Redis keeps only each wallet's last entries).
     fn ensure_topics(&self) -> Result<(), WorkerError> {
         let config = &self.shared.config;
         let dlq_bytes = DLQ_MESSAGE_BYTES_LIMIT.to_string();
         let requests_retention = REQUESTS_RETENTION_MS_DEFAULT.to_string();
+        let requests_segment = REQUESTS_SEGMENT_MS_DEFAULT.to_string();
         kafka::ensure_topics(
             &config.kafka,
             &[
-                TopicSpec::new(&config.requests_topic).with("retention.ms", &requests_retention),
+                TopicSpec::new(&config.requests_topic)
+                    .with("retention.ms", &requests_retention)
+                    .with("segment.ms", &requests_segment),
                 TopicSpec::new(&config.results_topic),
                 TopicSpec::new(&config.dlq_topic).with("max.message.bytes", &dlq_bytes),
                 TopicSpec::new(&config.ledger_topic).with("retention.ms", "-1"),
@@ -534,53 +548,57 @@ impl Worker {
         Ok(())
     }
 
-    /// Settles how long outcome records live, from the requests topic's `retention.ms` (read
-    /// from the brokers): an engine ttl set by hand must cover it plus the margin (refused
-    /// otherwise: a request redelivered after its record expired would move the money
-    /// again); with none set and `outcome_ttl_auto`, the ttl becomes exactly that (records
-    /// are kept for ever when the topic keeps its messages for ever).
-    fn settle_outcome_ttl(&mut self) -> Result<(), WorkerError> {
+    /// Settles how long outcome records live, from the requests topic's `retention.ms`,
+    /// `segment.ms` and `cleanup.policy` (read from the brokers; the rule is
+    /// `worker::outcome_ttl`): an engine ttl set by hand must cover them plus the margin
+    /// (refused otherwise: a request redelivered after its record expired would move the money
+    /// again); with none set and `outcome_ttl_auto`, the ttl becomes exactly that (records are
+    /// kept for ever when the topic keeps its messages for ever; a compacted topic is refused).
+    /// Returns what the ttl watch follows while running, when records expire.
+    fn settle_outcome_ttl(&mut self) -> Result<Option<TtlWatch>, WorkerError> {
         let config = &self.shared.config;
         let set = self.service.config().outcome_ttl_ms;
         if set.is_none() && !config.outcome_ttl_auto {
             log::info!("outcome records are kept for ever (outcome ttl: forever)");
-            return Ok(());
+            return Ok(None);
         }
-        let reported = kafka::topic_retention_ms(&config.kafka, &config.requests_topic)
-            .map_err(|e| {
-                SettingError::new(
-                    "outcome_ttl_ms",
-                    format!(
-                        "cannot be checked against the retention of {}: {e}; without that check a redelivery after the record expired would move the money again (set the ttl to forever to run without it)",
-                        config.requests_topic
-                    ),
-                )
-            })?;
-        let Some(retention_ms) = reported else {
-            return unreported_retention(set, &config.requests_topic);
-        };
+        let topic = &config.requests_topic;
+        let retention = kafka::topic_retention(&config.kafka, topic).map_err(|e| {
+            SettingError::new(
+                "outcome_ttl_ms",
+                format!(
+                    "cannot be checked against the retention of {topic}: {e}; without that check a redelivery after the record expired would move the money again (set the ttl to forever to run without it)"
+                ),
+            )
+        })?;
         let margin_ms = config.outcome_ttl_margin_ms;
         if let Some(ttl_ms) = set {
-            outcome_ttl_rule(ttl_ms, retention_ms, margin_ms, &config.requests_topic)?;
-            return Ok(());
+            outcome_ttl::check_set_ttl(ttl_ms, &retention, margin_ms, topic)?;
+            self.shared.outcome_ttl.start(set);
+            return Ok(Some(TtlWatch {
+                by_hand: true,
+                seen: retention,
+            }));
         }
-        let Some(ttl_ms) = auto_outcome_ttl_ms(retention_ms, margin_ms) else {
-            log::info!(
-                "outcome records are kept for ever: {} keeps its messages for ever (retention.ms -1)",
-                config.requests_topic
-            );
-            return Ok(());
+        let Some(ttl_ms) = outcome_ttl::derive(&retention, margin_ms, topic)? else {
+            kept_for_ever(&retention, topic);
+            return Ok(None);
         };
         self.service.config.outcome_ttl_ms = Some(ttl_ms);
+        self.shared.outcome_ttl.start(Some(ttl_ms));
         // The records now expire: the user needs PEXPIRE too.
         self.service
             .check_permissions()
             .map_err(|e| WorkerError::Fatal(e.to_string()))?;
         log::info!(
-            "outcome records expire after {ttl_ms} ms: the retention of {} ({retention_ms} ms) plus the margin ({margin_ms} ms)",
-            config.requests_topic
+            "outcome records expire after {ttl_ms} ms: the retention of {topic} ({:?} ms) plus a whole segment ({} ms) plus the margin ({margin_ms} ms)",
+            retention.retention_ms,
+            retention.segment_ms_counted()
         );
-        Ok(())
+        Ok(Some(TtlWatch {
+            by_hand: false,
+            seen: retention,
+        }))
     }
 
     /// The idempotent producer of results and dead letters.
@@ -720,6 +738,9 @@ impl Worker {
             report.dead_lettered,
             report.committed
         );
+        if let Some(e) = self.shared.fatal_setting.lock().take() {
+            return Err(WorkerError::Config(e));
+        }
         if let Some(reason) = self.shared.fatal.lock().clone() {
             return Err(WorkerError::Fatal(reason));
         }
@@ -755,56 +776,92 @@ fn join_until(threads: Vec<JoinHandle<()>>, deadline: Instant) -> (bool, usize) 
     }
 }
 
-/// The requests topic's retention is not reported: a ttl set by hand cannot be checked and is
-/// refused; the derived one keeps records for ever (the safe side: a record that outlives its
+/// What the ttl watch follows: whether the ttl was set by hand (checked, never changed) or
+/// derived (raised when the topic needs more), and the topic's configs as last read.
+struct TtlWatch {
+    by_hand: bool,
+    seen: TopicRetention,
+}
+
+/// Derived records kept for ever: the topic keeps its messages for ever, or does not report
+/// its retention (then no ttl can be derived; the safe side: a record that outlives its
 /// request costs memory, one that dies before it could let the money move again).
-fn unreported_retention(set: Option<u64>, topic: &str) -> Result<(), WorkerError> {
-    if let Some(ttl_ms) = set {
-        return Err(SettingError::new(
-            "outcome_ttl_ms",
-            format!(
-                "{ttl_ms} cannot be checked: the brokers do not report the retention.ms of {topic}; set retention.ms on the topic, or keep records for ever"
-            ),
-        )
-        .into());
+fn kept_for_ever(retention: &TopicRetention, topic: &str) {
+    match retention.retention_ms {
+        Some(ms) => log::info!(
+            "outcome records are kept for ever: {topic} keeps its messages for ever (retention.ms {ms})"
+        ),
+        None => log::warn!(
+            "outcome records are kept for ever: the brokers do not report the retention.ms of {topic}, so no ttl can be derived from it (set retention.ms on the topic, or --outcome-ttl-ms); Redis memory grows with every request"
+        ),
     }
-    log::warn!(
-        "outcome records are kept for ever: the brokers do not report the retention.ms of {topic}, so no ttl can be derived from it (set retention.ms on the topic, or --outcome-ttl-ms); Redis memory grows with every request"
-    );
-    Ok(())
 }
 
-/// The outcome ttl derived from the requests topic's retention: retention plus margin, or
-/// `None` (kept for ever) when the topic keeps its messages for ever (`-1`). Pure.
-pub(crate) fn auto_outcome_ttl_ms(retention_ms: i64, margin_ms: u64) -> Option<u64> {
-    u64::try_from(retention_ms)
-        .ok()
-        .map(|r| r.saturating_add(margin_ms))
+/// The ttl watch: reads the requests topic's configs every `outcome_ttl_check_interval_ms`
+/// until a stop begins, and acts on them ([`recheck_ttl`]).
+fn spawn_ttl_watch(shared: Arc<Shared>, mut watch: TtlWatch) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("ttl-watch".into())
+        .spawn(move || {
+            let interval = Duration::from_millis(shared.config.outcome_ttl_check_interval_ms);
+            while sleep_unless_stopping(&shared, interval) {
+                recheck_ttl(&shared, &mut watch);
+            }
+        })
+        .expect("spawn ttl watch")
 }
 
-/// The outcome ttl must cover the requests topic's retention plus the margin (`-1`: kept for
-/// ever, so no ttl is long enough). Pure.
-pub(crate) fn outcome_ttl_rule(
-    ttl_ms: u64,
-    retention_ms: i64,
-    margin_ms: u64,
-    topic: &str,
-) -> Result<(), SettingError> {
-    match auto_outcome_ttl_ms(retention_ms, margin_ms) {
-        Some(least_ms) if ttl_ms >= least_ms => Ok(()),
-        least => {
-            let least = match least {
-                Some(ms) => format!(
-                    "{ms} ms: its retention.ms ({retention_ms}) plus the margin ({margin_ms})"
-                ),
-                None => "forever: it keeps its messages for ever".to_string(),
-            };
-            Err(SettingError::new(
-                "outcome_ttl_ms",
-                format!(
-                    "must cover the requests topic {topic}, at least {least}; got {ttl_ms}: a request redelivered after its outcome record expired would move the money again"
-                ),
-            ))
+/// Sleeps for `interval` in short steps; false as soon as a stop has begun.
+fn sleep_unless_stopping(shared: &Shared, interval: Duration) -> bool {
+    let until = Instant::now() + interval;
+    loop {
+        if shared.shutdown.load(Ordering::SeqCst) || shared.stop_deadline().is_some() {
+            return false;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(WAIT_STEP_MS)));
+    }
+}
+
+/// One look at the requests topic while running: a change is logged; a derived ttl that must
+/// grow is raised for new records (requests stay judged against the ttl the run started
+/// with: records written before still expire after it); a ttl that no longer covers the
+/// topic and may not grow stops the worker. A failed read keeps the ttl in force.
+fn recheck_ttl(shared: &Shared, watch: &mut TtlWatch) {
+    let config = &shared.config;
+    let topic = &config.requests_topic;
+    let retention = match kafka::topic_retention(&config.kafka, topic) {
+        Ok(retention) => retention,
+        Err(e) => {
+            log::warn!(
+                "outcome ttl: cannot read the configs of {topic} again ({e}); keeping the ttl in force"
+            );
+            return;
+        }
+    };
+    if retention != watch.seen {
+        log::info!("{topic} changed: {:?} -> {retention:?}", watch.seen);
+        watch.seen = retention;
+    }
+    let Some(ttl_ms) = shared.outcome_ttl.record_ms() else {
+        return;
+    };
+    let margin_ms = config.outcome_ttl_margin_ms;
+    match outcome_ttl::recheck(ttl_ms, watch.by_hand, &retention, margin_ms, topic) {
+        Recheck::Keep => {}
+        Recheck::Raise { to_ms, why } => {
+            let before = shared.outcome_ttl.raise(to_ms);
+            log::info!(
+                "outcome ttl raised from {before} ms to {to_ms} ms for new records: {topic} now needs {why}; requests are still judged against the {:?} ms this run started with (records written before still expire after it)",
+                shared.outcome_ttl.judge_ms()
+            );
+        }
+        Recheck::Stop(e) => {
+            shared.fail(format!("invalid worker setting: {e}"));
+            shared.fatal_setting.lock().get_or_insert(e);
         }
     }
 }
@@ -907,27 +964,5 @@ mod tests {
         let mut third = job(0, 11, 1);
         third.generation = g.current();
         assert!(!g.abandon_if_stale(&third), "consumed after the revoke");
-    }
-
-    #[test]
-    fn an_outcome_ttl_must_cover_the_topic_retention_plus_the_margin() {
-        let week_ms = 7 * 24 * 3_600_000;
-        let day_ms = 24 * 3_600_000;
-        assert!(outcome_ttl_rule(week_ms as u64 + day_ms, week_ms, day_ms, "t").is_ok());
-        let e = outcome_ttl_rule(week_ms as u64, week_ms, day_ms, "t").unwrap_err();
-        assert_eq!(e.setting, "outcome_ttl_ms");
-        assert!(e.rule.contains("move the money again"), "{e}");
-        assert!(e.rule.contains("plus the margin (86400000)"), "{e}");
-        assert!(
-            outcome_ttl_rule(u64::MAX, -1, day_ms, "t").is_err(),
-            "unlimited retention"
-        );
-    }
-
-    #[test]
-    fn the_derived_outcome_ttl_is_the_retention_plus_the_margin_or_for_ever() {
-        assert_eq!(auto_outcome_ttl_ms(60_000, 1_000), Some(61_000));
-        assert_eq!(auto_outcome_ttl_ms(-1, 1_000), None);
-        assert_eq!(auto_outcome_ttl_ms(i64::MAX, u64::MAX), Some(u64::MAX));
     }
 }

@@ -48,6 +48,7 @@ use crate::worker::config::{
 };
 use crate::worker::ledger::{self, LedgerEntry};
 use crate::worker::metrics::Stage;
+use crate::worker::outcome_ttl::{self, LiveTtl};
 use crate::worker::pipeline::{Job, NO_TTL_REPORTED_LIMIT, Shared};
 
 /// What a job produces: a result message (with the ledger entries of a COMPLETED original)
@@ -74,7 +75,7 @@ pub(crate) struct PoolThread {
 }
 
 impl PoolThread {
-    pub fn run(self) {
+    pub fn run(mut self) {
         loop {
             let job = crossbeam_channel::select! {
                 recv(self.jobs) -> job => match job {
@@ -91,7 +92,7 @@ impl PoolThread {
     }
 
     /// Works `first`, then, while its key has parked jobs, each next one in offset order.
-    fn work(&self, first: Job) {
+    fn work(&mut self, first: Job) {
         let mut next = Some(first);
         while let Some(job) = next.take() {
             if self.shared.past_deadline() {
@@ -161,8 +162,15 @@ impl PoolThread {
         Attempt::Retry(retry_delay_ms(&self.shared.config, job))
     }
 
+    /// New records get the outcome ttl in force (the ttl watch raises it while running).
+    fn follow_ttl(&mut self) {
+        if let Some(ttl_ms) = self.shared.outcome_ttl.record_ms() {
+            self.service.config.outcome_ttl_ms = Some(ttl_ms);
+        }
+    }
+
     /// One try at answering a job; a transient error counts one more failure on it.
-    fn attempt(&self, job: &mut Job) -> Attempt {
+    fn attempt(&mut self, job: &mut Job) -> Attempt {
         let request = match decode(&job.payload) {
             Err(poison) => return Attempt::Answered(Answer::DeadLetter(poison.to_string())),
             Ok(Decoded::Invalid { echo, error }) => {
@@ -175,7 +183,8 @@ impl PoolThread {
             Ok(Decoded::Request(request)) => request,
         };
         panic_failpoint(&request.transfer_id);
-        let request = match dated(request, job.timestamp_ms, self.service.config()) {
+        self.follow_ttl();
+        let request = match dated(request, job.timestamp_ms, &self.shared.outcome_ttl) {
             Ok(request) => request,
             Err(poison) => return Attempt::Answered(Answer::DeadLetter(poison)),
         };
@@ -804,23 +813,27 @@ fn answer_for(transfer_id: &str, outcome: &TransferOutcome) -> TransferCompleted
 
 /// The request with its message's timestamp as its time (`engine::expiry`), or the
 /// dead-letter error of a message stamped further ahead of this machine's clock than the
-/// allowance: its producer's clock is wrong, and it would outlive its outcome record.
+/// allowance: its producer's clock is wrong, and it would outlive its outcome record. After a
+/// raise of the ttl (`worker::outcome_ttl`) the time given is earlier by the raise, so that the
+/// engine, which judges with the raised ttl, judges as if with the ttl the run started with.
 fn dated(
     request: TransferRequest,
     timestamp_ms: Option<i64>,
-    config: &crate::EngineConfig,
+    ttl: &LiveTtl,
 ) -> Result<TransferRequest, String> {
     let Some(at_ms) = timestamp_ms.and_then(|t| u64::try_from(t).ok()) else {
         return Ok(request);
     };
-    let ttl_ms = config.outcome_ttl_ms;
-    match expiry::freshness(Some(at_ms), expiry::now_ms(), ttl_ms) {
+    let (record_ms, judge_ms) = (ttl.record_ms(), ttl.judge_ms());
+    match expiry::freshness(Some(at_ms), expiry::now_ms(), judge_ms) {
         Freshness::Ahead { ahead_ms } => Err(format!(
             "message timestamp {at_ms} is {ahead_ms} ms ahead of this worker's clock, more than the {} ms allowed under an outcome ttl of {} ms: a request from the future could be delivered again after its outcome record expired; fix the producer's clock and publish it again",
-            ttl_ms.map_or(0, expiry::clock_allowance_ms),
-            ttl_ms.unwrap_or(0)
+            judge_ms.map_or(0, expiry::clock_allowance_ms),
+            judge_ms.unwrap_or(0)
         )),
-        _ => Ok(request.with_requested_at_ms(at_ms)),
+        _ => {
+            Ok(request.with_requested_at_ms(outcome_ttl::judged_at_ms(at_ms, record_ms, judge_ms)))
+        }
     }
 }
 

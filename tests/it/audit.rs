@@ -290,7 +290,7 @@ fn audits_during_a_live_e2e_bench_all_pass() {
     assert_clean(&url);
     let logs = tempfile::tempdir().expect("temporary folder");
     let (out_path, err_path) = (logs.path().join("out"), logs.path().join("err"));
-    let mut bench = Command::new(WALLET_BIN)
+    let mut bench = crate::support::tied(&mut Command::new(WALLET_BIN))
         .args(stack.global_args())
         .args(["bench", "--e2e", "--json", "--timeout-s", "240"])
         .args(["--transfers", &LIVE_TRANSFERS.to_string()])
@@ -559,7 +559,7 @@ fn audits_during_a_live_e2e_bench_with_trimmed_histories_all_pass() {
     let url = stack.redis.url();
     let kept = KEPT.to_string();
     let worker = stack.spawn_worker(&["--history-max-entries", &kept]);
-    let mut bench = Command::new(WALLET_BIN)
+    let mut bench = crate::support::tied(&mut Command::new(WALLET_BIN))
         .args(stack.global_args())
         .args(["bench", "--e2e", "--json", "--timeout-s", "240"])
         .args(["--transfers", &TRIMMED_LIVE_TRANSFERS.to_string()])

@@ -350,7 +350,7 @@ fn a_command_waits_for_a_cluster_that_is_not_ready_and_says_so() {
     wait_until("the others say cluster_state:fail", 20_000, || {
         redis.cluster_state(other).as_deref() == Some("fail")
     });
-    let mut seed = std::process::Command::new(WALLET_BIN)
+    let mut seed = crate::support::tied(&mut std::process::Command::new(WALLET_BIN))
         .args(["seed", "--users", "5", "--redis-cluster", &others.join(",")])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

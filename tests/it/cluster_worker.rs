@@ -163,6 +163,8 @@ pub(crate) struct Verdict {
     pub(crate) no_result: usize,
     /// A result whose status differs from the record.
     pub(crate) disagreeing: usize,
+    /// A request whose every answer says `duplicate` (none is the original).
+    pub(crate) duplicate_only: usize,
     pub(crate) pending: u64,
     pub(crate) negative: usize,
     pub(crate) total_before: i64,
@@ -176,6 +178,7 @@ impl Verdict {
             && self.one_sided == 0
             && self.no_result == 0
             && self.disagreeing == 0
+            && self.duplicate_only == 0
             && self.pending == 0
             && self.negative == 0
             && self.total_before == self.total_after
@@ -266,11 +269,13 @@ fn check_request(
     if let (Some(rs), Some(status)) = (results, record) {
         v.disagreeing += usize::from(rs.iter().any(|m| m.status != status));
     }
+    // A request told only that its transfer happened before (every answer `duplicate`).
+    v.duplicate_only += usize::from(results.is_some_and(|rs| rs.iter().all(|m| m.duplicate)));
 }
 
 pub(crate) fn print_verdict(test: &str, v: &Verdict) {
     println!(
-        "{test}: {} requests: {} completed, {} failed; lost {}, doubled {}, one-sided {}, without result {}, result disagreeing {}, pending {}, negative {}, money {} -> {} (delta {})",
+        "{test}: {} requests: {} completed, {} failed; lost {}, doubled {}, one-sided {}, without result {}, result disagreeing {}, only duplicate answers {}, pending {}, negative {}, money {} -> {} (delta {})",
         v.requests,
         v.completed,
         v.failed,
@@ -279,6 +284,7 @@ pub(crate) fn print_verdict(test: &str, v: &Verdict) {
         v.one_sided,
         v.no_result,
         v.disagreeing,
+        v.duplicate_only,
         v.pending,
         v.negative,
         Amount::from_minor(v.total_before),

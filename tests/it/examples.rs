@@ -64,7 +64,7 @@ fn run_example(name: &str, env: &[(&str, String)], timeout_ms: u64) -> Run {
     let dir = tempfile::tempdir().expect("temporary folder");
     let out_path = dir.path().join("stdout");
     let err_path = dir.path().join("stderr");
-    let mut child = Command::new(example_binary(name))
+    let mut child = crate::support::tied(&mut Command::new(example_binary(name)))
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::from(

@@ -24,6 +24,7 @@ mod lifecycle;
 mod memory;
 mod monitoring;
 mod ops;
+mod outcome_ttl;
 mod partition;
 mod produce;
 mod retention;

@@ -272,15 +272,19 @@ fn an_outcome_ttl_shorter_than_the_requests_retention_is_refused_at_start() {
 }
 
 /// Left to its defaults, the worker gives outcome records the requests topic's retention plus
-/// the margin, read from the broker at start: a record outlives every redelivery of its request.
+/// its segment.ms plus the margin, read from the broker at start: a record outlives every redelivery of its request.
 #[test]
-fn a_worker_left_to_its_defaults_keeps_outcome_records_for_the_topic_retention_plus_the_margin() {
+fn a_worker_left_to_its_defaults_keeps_outcome_records_for_the_topic_retention_plus_a_segment_plus_the_margin()
+ {
     let mut stack = Stack::start(1);
     let topic = format!("{}_hour", stack.topics.requests);
     let hour_ms: u64 = 3_600_000;
+    let segment_ms: u64 = 600_000;
     kafka::ensure_topics(
         &stack.kafka(),
-        &[TopicSpec::new(&topic).with("retention.ms", &hour_ms.to_string())],
+        &[TopicSpec::new(&topic)
+            .with("retention.ms", &hour_ms.to_string())
+            .with("segment.ms", &segment_ms.to_string())],
         1,
         1,
     )
@@ -296,10 +300,10 @@ fn a_worker_left_to_its_defaults_keeps_outcome_records_for_the_topic_retention_p
         .arg(format!("transfer:{}", request.idempotency_key))
         .query(&mut stack.redis.conn())
         .unwrap();
-    let ttl_ms = (hour_ms + margin_ms) as i64;
+    let ttl_ms = (hour_ms + segment_ms + margin_ms) as i64;
     assert!(
         pttl_ms <= ttl_ms && pttl_ms > ttl_ms - 60_000,
-        "the record lives retention + margin = {ttl_ms} ms, has {pttl_ms} ms left"
+        "the record lives retention + segment + margin = {ttl_ms} ms, has {pttl_ms} ms left"
     );
     // Inside the retention, the request sent again is answered from its record.
     stack.publish_requests(std::slice::from_ref(&request));
@@ -374,7 +378,9 @@ fn a_group_rewound_after_the_records_expired_moves_no_money() {
     let retention_ms: u64 = 10_000;
     kafka::ensure_topics(
         &stack.kafka(),
-        &[TopicSpec::new(&topic).with("retention.ms", &retention_ms.to_string())],
+        &[TopicSpec::new(&topic)
+            .with("retention.ms", &retention_ms.to_string())
+            .with("segment.ms", "1")],
         1,
         1,
     )

@@ -17,7 +17,7 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Proc, START_TIMEOUT_MS, find_binary, wait_until};
+use super::{Proc, START_TIMEOUT_MS, find_binary, tied, wait_until};
 
 /// How long the cluster may take to agree after `redis-cli --cluster create`.
 pub const CLUSTER_OK_TIMEOUT_MS: u64 = 30_000;
@@ -148,7 +148,7 @@ impl RedisCluster {
         let node_dir = self.dir.path().join(port.to_string());
         std::fs::create_dir_all(&node_dir).expect("node folder");
         let log = std::fs::File::create(node_dir.join("redis.log")).expect("node log");
-        let mut child = Command::new(bin)
+        let mut child = tied(&mut Command::new(bin))
             .args(["--port", &port.to_string(), "--bind", ip])
             .args(["--cluster-announce-ip", ip, "--bind-source-addr", ip])
             // Protected mode lets only 127.0.0.1 and ::1 in without a password, so nodes on

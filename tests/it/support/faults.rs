@@ -574,6 +574,14 @@ fn check_request(
             .iter()
             .filter_map(|a| answer_violation(r, outcome, a)),
     );
+    // A redelivery of the message that made the record is answered as the original: a
+    // request whose every answer says `duplicate` was told its own transfer happened before.
+    if !answers.is_empty() && answers.iter().all(|a| a.duplicate) {
+        violations.push(format!(
+            "{id}: answered only as a duplicate ({} answers, none the original)",
+            answers.len()
+        ));
+    }
     RequestFindings {
         lost: answers.is_empty(),
         doubled,
@@ -714,6 +722,18 @@ fn the_fault_checker_reports_lost_doubled_and_disagreeing_requests() {
     );
     assert!(doubled.doubled && !doubled.lost);
     assert_eq!(doubled.violations.len(), 1, "{:?}", doubled.violations);
+
+    let mut copy = answer.clone();
+    copy.duplicate = true;
+    let only_duplicates = check_request(&r, Some(&outcome), &effects, &[copy.clone()], false);
+    assert_eq!(
+        only_duplicates.violations.len(),
+        1,
+        "{:?}",
+        only_duplicates.violations
+    );
+    let resent = check_request(&r, Some(&outcome), &effects, &[answer.clone(), copy], false);
+    assert!(resent.violations.is_empty(), "{:?}", resent.violations);
 
     let mut other = answer;
     other.status = Status::Failed;

@@ -59,6 +59,29 @@ fn find_binary(env: &str, name: &str, install: &str) -> PathBuf {
         })
 }
 
+/// Ties a child process to the test thread that spawns it: Linux sends it SIGKILL when that
+/// thread ends (`PR_SET_PDEATHSIG`), so a test binary that is killed, or a test that panics
+/// before the child is in its guard, leaves no server, worker or command behind. Every
+/// long-lived child of the suite is spawned through it.
+pub fn tied(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec only async-signal-safe calls are made (prctl, getppid,
+    // _exit), on no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the prctl: nobody would kill this child.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        })
+    }
+}
+
 /// A server child process: signals, and SIGKILL when replaced or dropped.
 #[derive(Default)]
 struct Proc(Option<Child>);
@@ -141,7 +164,7 @@ impl RedisServer {
             "apt-get install -y redis-server",
         );
         let log = std::fs::File::create(self.dir.path().join("redis.log")).expect("redis log");
-        let mut child = Command::new(bin)
+        let mut child = tied(&mut Command::new(bin))
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--dir", self.dir.path().to_str().expect("utf-8 temp path")])
             .args([
@@ -289,7 +312,7 @@ impl Tansu {
             .append(true)
             .open(self.dir.path().join("tansu.log"))
             .expect("tansu log");
-        let mut child = Command::new(bin)
+        let mut child = tied(&mut Command::new(bin))
             .arg("broker")
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", &self.storage])
@@ -394,3 +417,22 @@ pub mod partition;
 pub mod sim;
 
 pub mod topology;
+
+/// [`tied`] holds: a child spawned by a thread that then ends is killed, as a killed test
+/// binary's children are. (Without the hook the `sleep` outlives the thread and this fails.)
+#[test]
+fn a_child_dies_with_the_test_thread_that_spawned_it() {
+    let pid = std::thread::spawn(|| {
+        tied(Command::new("sleep").arg("600"))
+            .spawn()
+            .expect("spawn sleep")
+            .id()
+    })
+    .join()
+    .expect("the spawning thread");
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |stat| stat.split_whitespace().nth(2) == Some("Z"))
+    };
+    wait_until("the child killed with its thread", 10_000, gone);
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use super::cluster::RedisCluster;
-use super::{RedisServer, Tansu, free_port, wait_until};
+use super::{RedisServer, Tansu, free_port, tied, wait_until};
 use wallet_transfer::TransferCompleted;
 use wallet_transfer::tools::results::{ReadMessage, Start, TopicReader};
 use wallet_transfer::worker::kafka::{self, KafkaConfig, TopicSpec};
@@ -37,6 +37,8 @@ pub struct Stack<R = RedisServer> {
     /// URL, unless a test replaces them (with a `rediss://` URL and TLS files, say).
     pub redis_args: Vec<String>,
     producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    /// The workers' logs: removed with the stack, so logs do not pile up in /tmp.
+    logs: tempfile::TempDir,
 }
 
 impl Stack {
@@ -98,6 +100,7 @@ impl<R> Stack<R> {
             .create()
             .expect("test producer");
         Stack {
+            logs: tempfile::tempdir().expect("folder for the workers' logs"),
             redis_args,
             redis,
             tansu,
@@ -136,7 +139,7 @@ impl<R> Stack<R> {
     pub fn spawn_wallet(&self, command: &str, args: &[&str]) -> WalletProcess {
         let dir = tempfile::tempdir().expect("folder for the command's output");
         let file = |name: &str| std::fs::File::create(dir.path().join(name)).expect(name);
-        let child = Command::new(WALLET_BIN)
+        let child = tied(&mut Command::new(WALLET_BIN))
             .args(self.global_args())
             .arg(command)
             .args(args)
@@ -181,12 +184,12 @@ impl<R> Stack<R> {
             }
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let log_path = std::env::temp_dir().join(format!(
+        let log_path = self.logs.path().join(format!(
             "wallet-worker-{}-{metrics_port}.log",
             self.topics.group
         ));
         let log = std::fs::File::create(&log_path).expect("worker log");
-        let child = Command::new(WALLET_BIN)
+        let child = tied(&mut Command::new(WALLET_BIN))
             .args(&args)
             .env(
                 "RUST_LOG",
