@@ -110,7 +110,8 @@ case "$cmd" in
     if [ "$cluster" = yes ]; then cluster_ports_free; fi
     redis_port=$(free_port)
     kafka_port=$(free_port)
-    # stream-node-max-bytes 1024: ~1.2 KB per wallet history instead of ~4.4 KB (README).
+    # stream-node-max-bytes 1024: ~1.1 KB instead of ~4.3 KB per wallet whose history is still
+    # an older stream (histories are lists now; README, "Redis memory").
     redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --appendonly yes \
       --appendfsync everysec --save '' --stream-node-max-bytes 1024 --daemonize no \
       >"$dir/redis.log" 2>&1 &

@@ -1,7 +1,8 @@
 //! `wallet history ID`: a wallet's history entries, oldest first, each marked with where it
-//! came from: the entries Redis still keeps (`wallet:{id}:history`, XRANGE) and, for the older
-//! ones it has trimmed (versions up to the checkpoint's `hc`), the ledger topic the worker
-//! publishes every transfer's entries to (`worker::ledger`).
+//! came from: the entries Redis still keeps (`wallet:{id}:log`, LRANGE, after what an older
+//! `wallet:{id}:history` stream still holds) and, for the older ones it has trimmed (versions
+//! up to the checkpoint's `hc`), the ledger topic the worker publishes every transfer's
+//! entries to (`worker::ledger`).
 //!
 //! ```text
 //! wallet + its newest --limit entries (one MULTI/EXEC) -> versions hc+1..version from Redis

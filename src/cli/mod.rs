@@ -24,6 +24,7 @@ mod bench;
 mod deposit;
 mod history;
 mod locks;
+mod migrate;
 mod produce;
 mod recover;
 mod seed;
@@ -55,7 +56,8 @@ and of its Kafka worker.
             locks (held wallet locks), audit (the ledger invariants)
   watch     top (live view of running workers from their /metrics)
   change    deposit (add money to a wallet), seed (create demo users),
-            recover (finish cross-slot transfers a crash left PENDING on a Redis Cluster)
+            recover (finish cross-slot transfers a crash left PENDING on a Redis Cluster),
+            migrate-history (move histories of the older stream format into lists)
   measure   bench (throughput and latency, in-process or through Kafka)
 
 Every option can also be set through the environment variable shown with it.";
@@ -431,6 +433,8 @@ pub enum Command {
     History(history::HistoryArgs),
     /// Finish the cross-slot transfers a crash left PENDING on a Redis Cluster
     Recover(recover::RecoverArgs),
+    /// Move wallet histories of the older stream format into history lists (frees ~4 KB each)
+    MigrateHistory(migrate::MigrateArgs),
 }
 
 /// Runs the parsed command line.
@@ -450,6 +454,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Top(args) => top::run(global, args),
         Command::History(args) => history::run(global, args),
         Command::Recover(args) => recover::run(global, args),
+        Command::MigrateHistory(args) => migrate::run(global, args),
     }
 }
 
@@ -685,9 +690,21 @@ mod tests {
 
     use super::*;
 
-    const SUBCOMMANDS: [&str; 13] = [
-        "seed", "bench", "worker", "snapshot", "status", "deposit", "locks", "audit", "transfer",
-        "produce", "top", "history", "recover",
+    const SUBCOMMANDS: [&str; 14] = [
+        "seed",
+        "bench",
+        "worker",
+        "snapshot",
+        "status",
+        "deposit",
+        "locks",
+        "audit",
+        "transfer",
+        "produce",
+        "top",
+        "history",
+        "recover",
+        "migrate-history",
     ];
 
     #[test]

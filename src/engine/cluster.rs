@@ -22,7 +22,7 @@
 //! | key | what |
 //! | --- | --- |
 //! | `wallet:{id}` | the wallet's hash |
-//! | `wallet:{id}:history` | its history stream |
+//! | `wallet:{id}:log` | its history list (`wallet:{id}:history`: the stream of the older format, still read) |
 //! | `lock:{id}` | its lock |
 //! | `user:{id}` | its user's hash |
 //! | `transfer:{sender}:idempotency_key` | the outcome record, in the sender's slot |
@@ -138,9 +138,14 @@ pub mod keys {
     pub fn wallet(id: &str) -> String {
         format!("wallet:{}", tag(id))
     }
-    /// `wallet:{id}:history`: the wallet's history stream.
+    /// `wallet:{id}:history`: the wallet's history stream in the older format (read,
+    /// trimmed and migrated, never written).
     pub fn history(id: &str) -> String {
         format!("wallet:{}:history", tag(id))
+    }
+    /// `wallet:{id}:log`: the wallet's history list, one compact line per entry.
+    pub fn log(id: &str) -> String {
+        format!("wallet:{}:log", tag(id))
     }
     /// `lock:{id}`: the wallet's lock.
     pub fn lock(id: &str) -> String {

@@ -10,10 +10,10 @@
 //!           receiver: WATCH wallet:{r} credit:{r}:s:k lock:{r}; HGETALL wallet, GET marker
 //!           recorded COMPLETED/FAILED: answer it; PENDING: finish it (3, 4), then answer;
 //!           decide (pure `decide`); a business failure: MULTI outcome FAILED, DEL lock:{s}
-//! 2. debit  sender's shard: MULTI balance+version, XADD, trim when due,
+//! 2. debit  sender's shard: MULTI balance+version, RPUSH, trim when due,
 //!           outcome PENDING (with `x`, this run's token) EXEC                1 round trip
 //! 3. credit receiver's shard, unless credit:{r}:s:k holds this `x`: MULTI balance+version,
-//!           XADD, trim when due, SET credit:{r}:s:k "x tb tv" EXEC            1 round trip
+//!           RPUSH, trim when due, SET credit:{r}:s:k "x tb tv" EXEC            1 round trip
 //! 4. done   sender's shard: one script: our lock and our PENDING? then COMPLETED with
 //!           tb/tv, ttl, DEL lock:{s}                                        1 round trip
 //! unlock    receiver's shard: our lock? then DEL lock:{r} and the marker     1 round trip
@@ -59,7 +59,7 @@ use crate::engine::cluster_lock::{self, ShardLocks};
 use crate::engine::key_claim;
 use crate::engine::keyspace::KeySpace;
 use crate::engine::lock::{Admission, LockError};
-use crate::engine::message::{FailureReason, Status, TransferRequest};
+use crate::engine::message::{FailureReason, Status, TransferRequest, now_ms};
 use crate::engine::money::{Amount, BALANCE_LIMIT};
 use crate::engine::retention;
 use crate::engine::service::{Backend, Failpoint, WalletService};
@@ -615,7 +615,8 @@ impl<'a> Cross<'a> {
             idempotency_key: &self.request.idempotency_key,
         };
         let amount = self.request.amount;
-        add_history_in(KeySpace::Cluster, pipe, id, &mover, kind, amount, after);
+        let at_ms = now_ms();
+        add_history_in(KeySpace::Cluster, pipe, id, &mover, kind, amount, at_ms);
         pipe.ignore();
         let max = self.svc.config.history_max_entries;
         let due = max.filter(|m| retention::trim_due(wallet.version + 1, &wallet.checkpoint, *m));

@@ -26,11 +26,20 @@ impl KeySpace {
         }
     }
 
-    /// The wallet's history stream.
+    /// The wallet's history stream of the older format (read, trimmed, migrated; never
+    /// written).
     pub fn history(self, id: &str) -> String {
         match self {
             KeySpace::Standalone => keys::history(id),
             KeySpace::Cluster => cluster::keys::history(id),
+        }
+    }
+
+    /// The wallet's history list, where every new entry goes.
+    pub fn log(self, id: &str) -> String {
+        match self {
+            KeySpace::Standalone => keys::log(id),
+            KeySpace::Cluster => cluster::keys::log(id),
         }
     }
 
@@ -80,6 +89,8 @@ mod tests {
         assert_eq!(s.lock_keys(&["b", "a", "b"]), ["lock:a", "lock:b"]);
         let c = KeySpace::Cluster;
         assert_eq!(c.history("a"), "wallet:{a}:history");
+        assert_eq!(c.log("a"), "wallet:{a}:log");
+        assert_eq!(s.log("a"), "wallet:a:log");
         assert_eq!(c.outcome("a", "k"), "transfer:{a}:k");
         // Sorted as keys, not as ids: `lock:{ab}` < `lock:{a}` because `b` < `}`.
         assert_eq!(c.lock_keys(&["a", "ab"]), ["lock:{ab}", "lock:{a}"]);

@@ -38,7 +38,8 @@ use crate::engine::store::keys;
 pub enum KeyKind {
     /// `wallet:{id}`, a hash.
     Wallet,
-    /// `wallet:{id}:history`, a stream.
+    /// A wallet's history: `wallet:{id}:log`, a list, and `wallet:{id}:history`, the stream
+    /// of the older format.
     History,
     /// `transfer:{idempotency_key}`, the outcome record.
     Outcome,
@@ -60,7 +61,7 @@ impl KeyKind {
     pub fn probe_key(self) -> String {
         match self {
             KeyKind::Wallet => keys::wallet(PROBE_ID),
-            KeyKind::History => keys::history(PROBE_ID),
+            KeyKind::History => keys::log(PROBE_ID),
             KeyKind::Outcome => keys::outcome(PROBE_ID),
             KeyKind::Lock => keys::lock(PROBE_ID),
         }
@@ -256,8 +257,8 @@ pub const WORKER_NEEDS: [Need; 18] = [
         "transfer.rs transaction (balance and version)",
     ),
     queued(
-        "xadd",
-        &["XADD", KEY, "*", "kind", "probe"],
+        "rpush",
+        &["RPUSH", KEY, "probe"],
         KeyKind::History,
         "wallet.rs add_history, in transfer.rs transaction",
     ),
@@ -281,7 +282,7 @@ pub const OUTCOME_NEEDS: [Need; 2] = [
 ];
 
 /// The history trim (`EngineConfig::history_max_entries`): the script and what it sends.
-pub const TRIM_NEEDS: [Need; 5] = [
+pub const TRIM_NEEDS: [Need; 9] = [
     queued(
         "eval",
         &["EVAL", "return 0", "1", KEY],
@@ -303,6 +304,30 @@ pub const TRIM_NEEDS: [Need; 5] = [
     queued(
         "xtrim",
         &["XTRIM", KEY, "MAXLEN", "1000"],
+        KeyKind::History,
+        "retention.rs TRIM_LUA",
+    ),
+    queued(
+        "del",
+        &["DEL", KEY],
+        KeyKind::History,
+        "retention.rs TRIM_LUA (an emptied older stream)",
+    ),
+    queued(
+        "llen",
+        &["LLEN", KEY],
+        KeyKind::History,
+        "retention.rs TRIM_LUA",
+    ),
+    queued(
+        "lrange",
+        &["LRANGE", KEY, "0", "0"],
+        KeyKind::History,
+        "retention.rs TRIM_LUA",
+    ),
+    queued(
+        "ltrim",
+        &["LTRIM", KEY, "1", "-1"],
         KeyKind::History,
         "retention.rs TRIM_LUA",
     ),
@@ -687,11 +712,11 @@ mod tests {
     fn a_queued_probe_must_answer_queued() {
         let needs = worker_needs(false, true);
         let mut replies = replies_all_granted(&needs);
-        let xadd = index(&needs, "xadd", None);
-        replies[xadd] = Reply::Error("ERR wrong number of arguments for 'xadd' command".into());
+        let rpush = index(&needs, "rpush", None);
+        replies[rpush] = Reply::Error("ERR wrong number of arguments for 'rpush' command".into());
         let e = missing(&needs, &replies).unwrap_err();
-        assert!(e.to_string().contains("XADD answered"), "{e}");
-        replies[xadd] = Reply::Value("OK".into());
+        assert!(e.to_string().contains("RPUSH answered"), "{e}");
+        replies[rpush] = Reply::Value("OK".into());
         assert!(missing(&needs, &replies).is_err());
     }
 

@@ -1,6 +1,9 @@
 //! History retention in Redis (ARCHITECTURE.md, "Retention"): a wallet keeps at most
-//! `history_max_entries` entries in its `wallet:{id}:history` stream; older ones are trimmed
-//! and their sum is kept in the wallet's checkpoint, in the same transaction as the trim.
+//! `history_max_entries` entries in its history (the `wallet:{id}:log` list, after what is
+//! left of an older `wallet:{id}:history` stream); older ones are trimmed and their sum is kept
+//! in the wallet's checkpoint, in the same transaction as the trim. Entry number `n` is at
+//! index `n - hc - 1` of the whole history (stream entries first), so an LTRIM of the oldest
+//! lines keeps the numbering.
 //!
 //! The checkpoint is three fields of `wallet:{id}`: `hc`, the number of entries trimmed so far,
 //! `hb`, their signed sum in cents, and `hd`, the part of that sum that came from deposits (all
@@ -23,7 +26,7 @@
 //! The trim runs as a script inside the transfer's (or deposit's) MULTI/EXEC, so the entries,
 //! the checkpoint and the balance change commit together or not at all. `XADD ... MAXLEN ~`
 //! cannot be used: it drops entries without saying what they held, and the checkpoint could
-//! not be kept exact. The script runs only when a wallet holds `history_max_entries` plus
+//! not be kept exact (and a list has no such option). The script runs only when a wallet holds `history_max_entries` plus
 //! [`trim_slack`] entries (known from the version and `hc` read under WATCH), so its cost is
 //! spread over many transfers; one run trims at most [`HISTORY_TRIM_BATCH_LIMIT`] entries, so
 //! a long history left by an older version is cut down over several transfers without
@@ -100,40 +103,27 @@ pub fn trim_due(version_after: u64, checkpoint: &Checkpoint, max_entries: u64) -
 }
 
 /// The trim, as one script: reads the oldest entries beyond `keep` (at most the batch limit),
-/// sums them in cents (either history format), trims exactly those and adds them to the
-/// checkpoint. Returns the number trimmed, or -1 (writing nothing) when an entry cannot be
+/// those of the older stream first (either of its entry formats; the stream is deleted once
+/// empty, so its preallocated node goes with it), then the log's, sums them in cents, trims
+/// exactly those (XTRIM, LTRIM) and adds them to the checkpoint. Returns the number trimmed, or -1 (writing nothing) when an entry cannot be
 /// read, so that a damaged entry is never summed wrongly (the audit names it). A batch whose
 /// sum would leave the integers a Lua number holds exactly (2^53 cents) stops before that
 /// entry; the next trim goes on from there.
 const TRIM_LUA: &str = r#"
 local keep = tonumber(ARGV[1])
 local batch = tonumber(ARGV[2])
-local len = redis.call('XLEN', KEYS[2])
-local excess = len - keep
+local slen = redis.call('XLEN', KEYS[2])
+local llen = redis.call('LLEN', KEYS[3])
+local excess = slen + llen - keep
 if excess <= 0 then return 0 end
 if excess > batch then excess = batch end
-local entries = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', excess)
 local net = 0
 local deposits = 0
-local summed = 0
-for _, entry in ipairs(entries) do
-  local f = entry[2]
-  local kind, cents
-  for i = 1, #f, 2 do
-    local name, value = f[i], f[i + 1]
-    if name == 'd' or name == 'kind' then
-      kind = value
-    elseif name == 'a' then
-      if not string.match(value, '^%d+$') then return -1 end
-      cents = tonumber(value)
-    elseif name == 'amount' then
-      local whole, frac = string.match(value, '^(%d+)%.?(%d?%d?)$')
-      if not whole then return -1 end
-      cents = tonumber(whole) * 100 + tonumber(string.sub(frac .. '00', 1, 2))
-    end
-  end
-  if not cents then return -1 end
-  if math.abs(net) + cents > 9007199254740991 then break end
+local from_stream = 0
+local from_log = 0
+local function add(kind, cents)
+  if not cents then return false end
+  if math.abs(net) + cents > 9007199254740991 then return nil end
   if kind == 'd' or kind == 'debit' then
     net = net - cents
   elseif kind == 'c' or kind == 'credit' then
@@ -142,12 +132,51 @@ for _, entry in ipairs(entries) do
     net = net + cents
     deposits = deposits + cents
   else
-    return -1
+    return false
   end
-  summed = summed + 1
+  return true
 end
+if slen > 0 then
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', math.min(excess, slen))) do
+    local f = entry[2]
+    local kind, cents
+    for i = 1, #f, 2 do
+      local name, value = f[i], f[i + 1]
+      if name == 'd' or name == 'kind' then
+        kind = value
+      elseif name == 'a' then
+        if not string.match(value, '^%d+$') then return -1 end
+        cents = tonumber(value)
+      elseif name == 'amount' then
+        local whole, frac = string.match(value, '^(%d+)%.?(%d?%d?)$')
+        if not whole then return -1 end
+        cents = tonumber(whole) * 100 + tonumber(string.sub(frac .. '00', 1, 2))
+      end
+    end
+    local ok = add(kind, cents)
+    if ok == false then return -1 end
+    if ok == nil then break end
+    from_stream = from_stream + 1
+  end
+end
+if from_stream == slen and from_stream < excess then
+  for _, line in ipairs(redis.call('LRANGE', KEYS[3], 0, excess - from_stream - 1)) do
+    local sign, amount = string.match(line, '^[0-9a-z]+([-+^])(%d+) %S')
+    local kind = ({['-'] = 'd', ['+'] = 'c', ['^'] = 'p'})[sign or '']
+    local ok = add(kind, tonumber(amount))
+    if ok == false then return -1 end
+    if ok == nil then break end
+    from_log = from_log + 1
+  end
+end
+local summed = from_stream + from_log
 if summed == 0 then return -1 end
-redis.call('XTRIM', KEYS[2], 'MAXLEN', len - summed)
+if from_stream == slen and slen > 0 then
+  redis.call('DEL', KEYS[2])
+elseif from_stream > 0 then
+  redis.call('XTRIM', KEYS[2], 'MAXLEN', slen - from_stream)
+end
+if from_log > 0 then redis.call('LTRIM', KEYS[3], from_log, -1) end
 redis.call('HINCRBY', KEYS[1], 'hc', summed)
 redis.call('HINCRBY', KEYS[1], 'hb', string.format('%d', net))
 if deposits > 0 then redis.call('HINCRBY', KEYS[1], 'hd', string.format('%d', deposits)) end
@@ -155,7 +184,7 @@ return summed
 "#;
 
 /// Adds the trim of `wallet_id`'s history down to `max_entries` to a pipeline, inside the
-/// caller's MULTI, after its XADD. Its reply is the number trimmed (or -1, see the script).
+/// caller's MULTI, after its history entry (RPUSH). Its reply is the number trimmed (or -1, see the script).
 /// EVAL, not EVALSHA: a script cache emptied by a restart would fail the command inside the
 /// transaction; the body is sent only when a trim is due.
 /// The keys are named as in `space` (one Redis, or a cluster, where both are in the wallet's
@@ -168,9 +197,10 @@ pub(crate) fn add_trim_in(
 ) {
     pipe.cmd("EVAL")
         .arg(TRIM_LUA)
-        .arg(2)
+        .arg(3)
         .arg(space.wallet(wallet_id))
         .arg(space.history(wallet_id))
+        .arg(space.log(wallet_id))
         .arg(max_entries)
         .arg(HISTORY_TRIM_BATCH_LIMIT);
 }

@@ -421,9 +421,15 @@ pub mod keys {
     pub fn wallet(id: &str) -> String {
         format!("wallet:{id}")
     }
-    /// `wallet:{id}:history`: the stream of the wallet's debits, credits and deposits.
+    /// `wallet:{id}:history`: the stream of the wallet's debits, credits and deposits in the older
+    /// format (read, trimmed and migrated, never written: see [`log`]).
     pub fn history(id: &str) -> String {
         format!("wallet:{id}:history")
+    }
+    /// `wallet:{id}:log`: the list of the wallet's debits, credits and deposits, one compact
+    /// line per entry (`wallet::format_log_entry`), oldest first.
+    pub fn log(id: &str) -> String {
+        format!("wallet:{id}:log")
     }
     /// `lock:{id}`: the wallet's lock, holding its owner's token, with a ttl.
     pub fn lock(id: &str) -> String {

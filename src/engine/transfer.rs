@@ -6,7 +6,7 @@
 //! 3. WATCH wallets, outcome, locks; HGETALL both wallets and transfer:{key}         } trip 1
 //! 4. recorded? answer from the record (a replay), release the locks
 //! 5. decide: existence, status, currency, funds, balance limit    (pure: `decide`)
-//! 6. MULTI HSET balance+version x2, XADD x2, HSET outcome, DEL locks EXEC       round trip 2
+//! 6. MULTI HSET balance+version x2, RPUSH x2, HSET outcome, DEL locks EXEC       round trip 2
 //!    nil reply: a watched key changed -> back to 3 (now also reading the lock tokens),
 //!    bounded, locks still held
 //! 7. release: done by the EXEC itself; on every other path the lock guard releases
@@ -828,7 +828,7 @@ fn transaction(
                 &mover,
                 kind,
                 request.amount,
-                after,
+                outcome.processed_at_ms,
             );
             pipe.ignore();
             if trim {
@@ -1413,13 +1413,13 @@ mod tests {
         let done = transaction(&c, &ok, (4, 9), &outcome, None, &none);
         assert_eq!(
             commands(&done),
-            ["HSET", "XADD", "HSET", "XADD", "HSET", "DEL"]
+            ["HSET", "RPUSH", "HSET", "RPUSH", "HSET", "DEL"]
         );
         let receiver = Trims { to: true, ..none };
         let trimmed = transaction(&c, &ok, (4, 9), &outcome, None, &receiver);
         assert_eq!(
             commands(&trimmed),
-            ["HSET", "XADD", "HSET", "XADD", "EVAL", "HSET", "DEL"]
+            ["HSET", "RPUSH", "HSET", "RPUSH", "EVAL", "HSET", "DEL"]
         );
         assert_eq!(receiver.wallets(&r).collect::<Vec<_>>(), ["b"]);
         let packed = String::from_utf8_lossy(&done.get_packed_pipeline()).into_owned();

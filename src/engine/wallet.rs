@@ -1,9 +1,21 @@
-//! Wallets and users in Redis: creating them, reading them, deposits, and the history stream.
+//! Wallets and users in Redis: creating them, reading them, deposits, and the history.
 //!
-//! Owns the shape of the `user:{id}` and `wallet:{id}` hashes and of `wallet:{id}:history`
-//! entries (ARCHITECTURE.md, "Redis data model"), in either key space (one Redis, or a
-//! cluster, where `cluster_wallet` creates them). Does not move money between wallets; that
-//! is `transfer`.
+//! Owns the shape of the `user:{id}` and `wallet:{id}` hashes and of the history entries
+//! (ARCHITECTURE.md, "Redis data model"), in either key space (one Redis, or a cluster, where
+//! `cluster_wallet` creates them). Does not move money between wallets; that is `transfer`.
+//!
+//! A history is a Redis list, `wallet:{id}:log`, one compact line per entry
+//! ([`format_log_entry`]), oldest first: entry number `n` (the one that made version `n`) is at
+//! index `n - hc - 1` once the older stream is gone. A list this small is one listpack with
+//! nothing preallocated, where a stream's first node preallocates `stream-node-max-bytes`
+//! (4 KB by Redis's default): a wallet's hash and history with an entry or two hold about 480
+//! bytes (`bench --direct`'s `wallet_bytes`), about 5,000 with a stream (issue 24). Histories written before
+//! (the `wallet:{id}:history` stream, either entry format) are still read, trimmed first and
+//! moved into the log by `wallet migrate-history`; a wallet's history is the stream's entries
+//! then the log's. A new key name rather than the same key with another type: the
+//! transaction writes without knowing which format a wallet has (no TYPE read under WATCH, no
+//! extra command on the two round trips, no WRONGTYPE inside EXEC), and a reader reads both
+//! keys in one MULTI/EXEC (a missing key reads empty).
 
 use std::collections::HashMap;
 
@@ -132,7 +144,8 @@ impl NewWallet {
 /// One entry of `wallet:{id}:history`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
-    /// The stream entry id (`<ms>-<seq>`).
+    /// The entry's id: the stream entry id (`<ms>-<seq>`) of an entry in the older stream,
+    /// `<ms>-v<n>` for a line of the log, `n` its entry number (the version it made).
     pub stream_id: String,
     /// The transfer (or the deposit, `dep_<uuid>`) that made it.
     pub transfer_id: String,
@@ -145,8 +158,8 @@ pub struct HistoryEntry {
     pub amount: Amount,
     /// The wallet's balance right after this entry.
     pub balance_after: Amount,
-    /// When, in milliseconds since the Unix epoch: the stream id's time for compact entries,
-    /// the `at` field for entries in the long format.
+    /// When, in milliseconds since the Unix epoch: the log line's time, the stream id's for
+    /// compact stream entries, the `at` field for entries in the long format.
     pub at_ms: u64,
 }
 
@@ -178,6 +191,25 @@ impl HistoryKind {
             HistoryKind::Debit => "d",
             HistoryKind::Credit => "c",
             HistoryKind::Deposit => "p",
+        }
+    }
+
+    /// The sign of the kind in a log line: `-`, `+` or `^`.
+    pub fn sign(self) -> char {
+        match self {
+            HistoryKind::Debit => '-',
+            HistoryKind::Credit => '+',
+            HistoryKind::Deposit => '^',
+        }
+    }
+
+    /// Parses [`HistoryKind::sign`]; `None` for anything else.
+    pub fn from_sign(sign: char) -> Option<HistoryKind> {
+        match sign {
+            '-' => Some(HistoryKind::Debit),
+            '+' => Some(HistoryKind::Credit),
+            '^' => Some(HistoryKind::Deposit),
+            _ => None,
         }
     }
 
@@ -465,7 +497,7 @@ impl WalletService {
             &mover,
             HistoryKind::Deposit,
             amount,
-            balance,
+            now_ms(),
         );
         pipe.ignore();
         let trim = self
@@ -484,17 +516,26 @@ impl WalletService {
 
     /// The history entries of `user_id`'s wallet that Redis keeps (the last
     /// `history_max_entries`; the wallet's [`Wallet::checkpoint`] sums the older ones), oldest
-    /// first.
+    /// first: those of the older stream, then the log's, read in one MULTI/EXEC.
     pub fn history(&self, user_id: &str) -> Result<Vec<HistoryEntry>, WalletError> {
         let mut conn = self.wallet_conn(user_id)?;
-        let key = self.key_space().history(user_id);
-        let raw: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-            .arg(&key)
+        let space = self.key_space();
+        type Read = (HashMap<String, String>, RawHistory, Vec<String>);
+        let (wallet, stream, log): Read = redis::pipe()
+            .atomic()
+            .hgetall(space.wallet(user_id))
+            .cmd("XRANGE")
+            .arg(space.history(user_id))
             .arg("-")
             .arg("+")
+            .lrange(space.log(user_id), 0, -1)
             .query(&mut conn.redis)?;
-        raw.into_iter()
-            .map(|(stream_id, fields)| parse_history(&key, stream_id, &fields))
+        let wallet = parse_wallet(user_id, &wallet)?;
+        let trimmed = wallet.as_ref().map_or(0, |w| w.checkpoint.entries);
+        let balance = wallet.map(|w| w.balance);
+        combine_history(stream, &log, trimmed, balance)
+            .into_iter()
+            .map(|(id, fields)| parse_history(space, user_id, id, &fields))
             .collect()
     }
 }
@@ -505,7 +546,7 @@ impl WalletService {
 pub struct HistoryWindow {
     /// The wallet, with its version and checkpoint.
     pub wallet: Wallet,
-    /// Entries its Redis history holds (XLEN): versions `checkpoint.entries + 1 ..= version`
+    /// Entries its Redis history holds (XLEN of the older stream plus LLEN of the log): versions `checkpoint.entries + 1 ..= version`
     /// when the two add up (`wallet audit` checks that they do).
     pub retained: u64,
     /// The newest of them, at most the number asked for, oldest first.
@@ -514,39 +555,47 @@ pub struct HistoryWindow {
 
 impl WalletService {
     /// `user_id`'s wallet and the newest `newest_max` entries Redis keeps of its history,
-    /// read atomically (MULTI/EXEC); `None` when the wallet does not exist.
+    /// read atomically (MULTI/EXEC): the newest of the log and, when the log holds fewer, of
+    /// the older stream; `None` when the wallet does not exist.
     pub fn history_window(
         &self,
         user_id: &str,
         newest_max: u64,
     ) -> Result<Option<HistoryWindow>, WalletError> {
-        type Raw = Vec<(String, HashMap<String, String>)>;
+        type Read = (HashMap<String, String>, u64, u64, RawHistory, Vec<String>);
         let mut conn = self.wallet_conn(user_id)?;
-        let key = self.key_space().history(user_id);
-        let (fields, retained, raw): (HashMap<String, String>, u64, Raw) = redis::pipe()
+        let space = self.key_space();
+        let tail = -isize::try_from(newest_max.max(1)).unwrap_or(isize::MAX);
+        let (fields, stream_len, log_len, stream, log): Read = redis::pipe()
             .atomic()
-            .cmd("HGETALL")
-            .arg(self.key_space().wallet(user_id))
-            .cmd("XLEN")
-            .arg(&key)
+            .hgetall(space.wallet(user_id))
+            .xlen(space.history(user_id))
+            .llen(space.log(user_id))
             .cmd("XREVRANGE")
-            .arg(&key)
+            .arg(space.history(user_id))
             .arg("+")
             .arg("-")
             .arg("COUNT")
             .arg(newest_max)
+            .lrange(space.log(user_id), tail, -1)
             .query(&mut conn.redis)?;
         let Some(wallet) = parse_wallet(user_id, &fields)? else {
             return Ok(None);
         };
-        let mut newest = raw
+        let first_line = wallet.checkpoint.entries + stream_len + log_len - log.len() as u64 + 1;
+        let mut raw: RawHistory = stream.into_iter().rev().collect();
+        raw.extend(number_log(&log, first_line, Some(wallet.balance)));
+        let skip = raw
+            .len()
+            .saturating_sub(usize::try_from(newest_max).unwrap_or(usize::MAX));
+        let newest = raw
             .into_iter()
-            .map(|(stream_id, fields)| parse_history(&key, stream_id, &fields))
+            .skip(skip)
+            .map(|(id, fields)| parse_history(space, user_id, id, &fields))
             .collect::<Result<Vec<_>, _>>()?;
-        newest.reverse();
         Ok(Some(HistoryWindow {
             wallet,
-            retained,
+            retained: stream_len + log_len,
             newest,
         }))
     }
@@ -593,12 +642,10 @@ pub(crate) struct Mover<'a> {
     pub idempotency_key: &'a str,
 }
 
-/// Appends a history entry (XADD) to a pipeline, inside the caller's MULTI, in the compact
-/// format (ARCHITECTURE.md, "Redis data model"): `t` transfer id, `k` idempotency key (empty
-/// when it is the transfer id), `d` kind (`d` debit, `c` credit, `p` deposit), `a` amount and
-/// `b` balance after in cents. Every entry has the same fields in the same order, so a stream
-/// node stores the names once. The time is the stream id's (set by Redis in the transaction).
-/// The stream is named as in `space` (one Redis, or a cluster).
+/// Appends a history entry (RPUSH of one [`format_log_entry`] line to `wallet:{id}:log`) to a
+/// pipeline, inside the caller's MULTI. The time is `at_ms`, the transaction's own (the
+/// outcome record's `p`). The list is named as in `space` (one Redis, or a cluster, where it is
+/// in the wallet's slot).
 pub(crate) fn add_history_in(
     space: KeySpace,
     pipe: &mut redis::Pipeline,
@@ -606,26 +653,148 @@ pub(crate) fn add_history_in(
     mover: &Mover<'_>,
     kind: HistoryKind,
     amount: Amount,
-    balance_after: Amount,
+    at_ms: u64,
 ) {
-    let key = if mover.idempotency_key == mover.transfer_id {
-        ""
-    } else {
-        mover.idempotency_key
+    let line = format_log_entry(at_ms, mover, kind, amount);
+    pipe.cmd("RPUSH").arg(space.log(wallet_id)).arg(line);
+}
+
+/// One entry of `wallet:{id}:log` (ARCHITECTURE.md, "Redis data model"): `<time><kind><amount>
+/// <transfer id>[ <idempotency key>]`: the time in ms since the Unix epoch written in base 36
+/// (`0-9a-z`, 8 characters until 2059 where decimal takes 13), the kind as one sign (`-`
+/// debit, `+` credit, `^` deposit), the amount in cents, the key only when it is not the
+/// transfer id; `mwyfzdtg-1144 tx_1` is a debit of 11.44. Ids never hold a space (their rule
+/// is `[A-Za-z0-9_.:-]`). The balance after the entry is not stored: it is the wallet's
+/// balance less the entries after it, which readers compute ([`number_log`]). Every byte
+/// counts twice per transfer (issue 24). Pure.
+pub(crate) fn format_log_entry(
+    at_ms: u64,
+    mover: &Mover<'_>,
+    kind: HistoryKind,
+    amount: Amount,
+) -> String {
+    let mut line = format!(
+        "{}{}{} {}",
+        to_base36(at_ms),
+        kind.sign(),
+        amount.minor(),
+        mover.transfer_id
+    );
+    if mover.idempotency_key != mover.transfer_id {
+        line.push(' ');
+        line.push_str(mover.idempotency_key);
+    }
+    line
+}
+
+/// `n` in base 36, digits `0-9a-z`. Pure.
+fn to_base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Reads [`to_base36`]'s digits (lowercase only); `None` for anything else. Pure.
+fn from_base36(text: &str) -> Option<u64> {
+    let lower = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase());
+    (lower && !text.is_empty())
+        .then(|| u64::from_str_radix(text, 36).ok())
+        .flatten()
+}
+
+/// Most space-separated parts of a log line: time, kind and amount; transfer id; key.
+const LOG_PARTS_MAX: usize = 3;
+
+/// A history as every reader takes it: (entry id, fields) per entry, oldest first. A stream
+/// entry is its XRANGE reply (stream id `<ms>-<seq>`); a log line is turned into the compact
+/// fields (`t`, `k`, `d`, `a`, and `b` when the balance is known) with the id `<ms>-v<n>`, `n`
+/// its entry number (see [`number_log`]).
+pub type RawHistory = Vec<(String, HashMap<String, String>)>;
+
+/// A log line as (entry id `<ms>-v<number>`, the time in decimal, and compact fields `t`, `k`,
+/// `d`, `a`, without the balance), so it parses like a compact stream entry once `b` is added
+/// ([`number_log`]). A line that does not read is kept whole in a field `log` (id
+/// `0-v<number>`), which no reader accepts: it is reported, never guessed. Pure.
+pub fn log_entry_fields(line: &str, number: u64) -> (String, HashMap<String, String>) {
+    let parts: Vec<&str> = line.splitn(LOG_PARTS_MAX, ' ').collect();
+    let head = parts[0];
+    let sign = head.find(['-', '+', '^']).unwrap_or(head.len());
+    let (time, rest) = head.split_at(sign);
+    let kind = rest.chars().next().and_then(HistoryKind::from_sign);
+    let amount = rest.get(1..).unwrap_or("");
+    let digits = !amount.is_empty() && amount.bytes().all(|b| b.is_ascii_digit());
+    let readable = digits
+        && amount.parse::<i64>().is_ok()
+        && parts.get(1).is_some_and(|t| !t.is_empty())
+        && parts
+            .get(2)
+            .is_none_or(|k| !k.is_empty() && !k.contains(' '));
+    let (Some(at_ms), Some(kind), true) = (from_base36(time), kind, readable) else {
+        let fields = HashMap::from([("log".to_string(), line.to_string())]);
+        return (format!("0-v{number}"), fields);
     };
-    pipe.cmd("XADD")
-        .arg(space.history(wallet_id))
-        .arg("*")
-        .arg("t")
-        .arg(mover.transfer_id)
-        .arg("k")
-        .arg(key)
-        .arg("d")
-        .arg(kind.code())
-        .arg("a")
-        .arg(amount.minor())
-        .arg("b")
-        .arg(balance_after.minor());
+    let fields = [
+        ("t", parts[1]),
+        ("k", parts.get(2).copied().unwrap_or("")),
+        ("d", kind.code()),
+        ("a", amount),
+    ];
+    let fields = fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    (format!("{at_ms}-v{number}"), fields)
+}
+
+/// Log lines as history entries numbered from `first`, each with its balance after (`b`):
+/// `balance_now` for the newest, then back one entry at a time (the newer entry's change
+/// undone). The lines must be the newest of the history, so that `balance_now` follows the
+/// last of them. Without a balance, or above a line that does not read, `b` is left out. Pure.
+pub fn number_log(log: &[String], first: u64, balance_now: Option<Amount>) -> RawHistory {
+    let mut all: RawHistory = log
+        .iter()
+        .enumerate()
+        .map(|(i, line)| log_entry_fields(line, first + i as u64))
+        .collect();
+    let mut balance = balance_now.map(|b| b.minor());
+    for (_, fields) in all.iter_mut().rev() {
+        let Some(after) = balance else { break };
+        let change = match (fields.get("d"), fields.get("a")) {
+            (Some(code), Some(a)) => HistoryKind::from_code(code)
+                .zip(a.parse::<i64>().ok())
+                .map(|(kind, a)| kind.signed(Amount::from_minor(a)).minor()),
+            _ => None,
+        };
+        let Some(change) = change else { break };
+        fields.insert("b".to_string(), after.to_string());
+        balance = after.checked_sub(change);
+    }
+    all
+}
+
+/// A wallet's whole history from its two keys, oldest first: the entries of the older stream
+/// (`stream`), then the log lines (`log`), numbered on from `trimmed` (the checkpoint's `hc`),
+/// their balances from `balance_now` (see [`number_log`]). Pure.
+pub fn combine_history(
+    stream: RawHistory,
+    log: &[String],
+    trimmed: u64,
+    balance_now: Option<Amount>,
+) -> RawHistory {
+    let first = trimmed + stream.len() as u64 + 1;
+    let mut all = stream;
+    all.extend(number_log(log, first, balance_now));
+    all
 }
 
 /// Parses one history entry in either format: the compact one (field `d`) or the original
@@ -636,6 +805,9 @@ pub fn parse_history_fields(
     f: &HashMap<String, String>,
 ) -> Result<HistoryEntry, String> {
     let field = |name: &str| f.get(name).ok_or_else(|| format!("missing field {name}"));
+    if let Some(line) = f.get("log") {
+        return Err(format!("unreadable log line {line:?}"));
+    }
     if let Some(code) = f.get("d") {
         let kind = HistoryKind::from_code(code).ok_or_else(|| format!("unknown kind {code:?}"))?;
         let cents = |name: &str| {
@@ -683,14 +855,24 @@ fn stream_id_ms(stream_id: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Parses one entry of `user_id`'s history, read as [`RawHistory`]; an error names the key
+/// it is in (the log for ids `<ms>-v<n>`, the older stream otherwise) and its id.
 fn parse_history(
-    key: &str,
-    stream_id: String,
+    space: KeySpace,
+    user_id: &str,
+    id: String,
     f: &HashMap<String, String>,
 ) -> Result<HistoryEntry, WalletError> {
-    parse_history_fields(&stream_id, f).map_err(|detail| WalletError::Corrupt {
-        key: format!("{key} {stream_id}"),
-        detail,
+    parse_history_fields(&id, f).map_err(|detail| {
+        let key = if id.contains("-v") {
+            space.log(user_id)
+        } else {
+            space.history(user_id)
+        };
+        WalletError::Corrupt {
+            key: format!("{key} {id}"),
+            detail,
+        }
     })
 }
 
@@ -819,33 +1001,86 @@ mod tests {
     }
 
     #[test]
-    fn the_compact_history_entry_has_the_same_fields_for_every_kind() {
-        let mut pipe = redis::pipe();
+    fn a_log_line_reads_back_as_the_entry_it_was_written_from() {
         let mover = Mover {
             transfer_id: "tx_1",
             idempotency_key: "tx_1",
         };
-        for kind in [HistoryKind::Debit, HistoryKind::Deposit] {
-            add_history_in(
-                KeySpace::Standalone,
-                &mut pipe,
-                "a",
-                &mover,
-                kind,
-                Amount::from_minor(5),
-                Amount::ZERO,
-            );
-        }
-        let packed: Vec<String> = pipe
-            .cmd_iter()
-            .map(|c| String::from_utf8_lossy(&c.get_packed_command()).into_owned())
-            .collect();
-        let names = |p: &str| -> Vec<String> {
-            // `*N`, then `$len` and the text of each argument: XADD key * name value ...
-            let args: Vec<&str> = p.split("\r\n").skip(2).step_by(2).collect();
-            args[3..].iter().step_by(2).map(|s| s.to_string()).collect()
+        let amount = Amount::from_minor(1144);
+        let line = format_log_entry(1_795_751_339_956, &mover, HistoryKind::Debit, amount);
+        assert_eq!(
+            line, "mwyfzdtg-1144 tx_1",
+            "time in base 36, the key left out"
+        );
+        assert_eq!(from_base36("mwyfzdtg"), Some(1_795_751_339_956));
+        let history = number_log(&[line], 7, Some(Amount::from_minor(-5)));
+        let (id, fields) = &history[0];
+        assert_eq!(id, "1795751339956-v7");
+        let e = parse_history_fields(id, fields).unwrap();
+        assert_eq!(
+            (e.kind, e.amount, e.balance_after, e.at_ms),
+            (
+                HistoryKind::Debit,
+                amount,
+                Amount::from_minor(-5),
+                1_795_751_339_956
+            )
+        );
+        assert_eq!(e.idempotency_key.as_deref(), Some("tx_1"));
+        let keyed = Mover {
+            transfer_id: "tx_2",
+            idempotency_key: "req:2",
         };
-        assert_eq!(names(&packed[0]), ["t", "k", "d", "a", "b"]);
-        assert_eq!(names(&packed[0]), names(&packed[1]));
+        let line = format_log_entry(5, &keyed, HistoryKind::Deposit, amount);
+        assert_eq!(line, "5^1144 tx_2 req:2");
+        let (id, mut fields) = log_entry_fields(&line, 1);
+        fields.insert("b".into(), "0".into());
+        let e = parse_history_fields(&id, &fields).unwrap();
+        assert_eq!(e.transfer_id, "tx_2");
+        assert_eq!(e.idempotency_key.as_deref(), Some("req:2"));
+        for bad in [
+            "",
+            "5x1 t",
+            "5-1.00 t",
+            "5-1",
+            "X-1 t",
+            "5-1 t k extra",
+            "5--1 t",
+            "-1 t",
+            "5- t",
+        ] {
+            let (id, fields) = log_entry_fields(bad, 3);
+            assert_eq!(id, "0-v3", "{bad:?}");
+            assert!(parse_history_fields(&id, &fields).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn balances_are_read_back_from_the_wallets_and_stop_at_a_line_that_does_not_read() {
+        let log = ["1^500 a", "2-200 b", "bad", "4+50 c"].map(String::from);
+        let history = number_log(&log, 1, Some(Amount::from_minor(350)));
+        let b = |i: usize| history[i].1.get("b").map(String::as_str);
+        assert_eq!((b(3), b(2), b(1), b(0)), (Some("350"), None, None, None));
+        let good = number_log(&log[..2], 1, Some(Amount::from_minor(300)));
+        let b = |i: usize| good[i].1.get("b").map(String::as_str);
+        assert_eq!((b(0), b(1)), (Some("500"), Some("300")));
+        assert!(!number_log(&log[..1], 1, None)[0].1.contains_key("b"));
+    }
+
+    #[test]
+    fn a_history_is_the_streams_entries_then_the_logs_numbered_on() {
+        let stream = vec![(
+            "10-0".to_string(),
+            fields(&[("t", "a"), ("k", ""), ("d", "p"), ("a", "1"), ("b", "1")]),
+        )];
+        let log = ["k+2 b".to_string()];
+        let all = combine_history(stream, &log, 4, Some(Amount::from_minor(3)));
+        let ids: Vec<&str> = all.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["10-0", "20-v6"],
+            "hc 4, one stream entry: the line is entry 6"
+        );
+        assert_eq!(all[1].1["b"], "3");
     }
 }

@@ -59,8 +59,12 @@ use crate::engine::message::{Status, fingerprint};
 use crate::engine::money::Amount;
 use crate::engine::store::keys;
 use crate::engine::transfer::{TransferOutcome, parse_outcome};
-use crate::engine::wallet::{HistoryKind, Wallet, parse_history_fields, parse_wallet};
+use crate::engine::wallet::{HistoryKind, Wallet, parse_wallet};
 
+/// How far behind Redis's clock an entry's time may be: a log line carries the time of the
+/// worker that wrote it (a stream entry carried Redis's), so the check whether a window starts
+/// after the scan's start leans that far towards a rescan (which only costs a read).
+pub const ENTRY_CLOCK_ALLOWANCE_MS: u64 = 60_000;
 /// Most violations listed one by one; after that they are only counted.
 pub const VIOLATIONS_LISTED_MAX: usize = 1_000;
 /// Most leftover credit markers listed by key; after that they are only counted.
@@ -85,16 +89,18 @@ pub struct AuditSettings {
 /// A hash as HGETALL returns it.
 pub type Fields = HashMap<String, String>;
 
-/// A history stream as XRANGE returns it: (stream id, fields) per entry.
-pub type RawHistory = Vec<(String, Fields)>;
+/// A history as read: (entry id, fields) per entry, the older stream's then the log's
+/// ([`crate::engine::wallet::combine_history`]).
+pub type RawHistory = crate::engine::wallet::RawHistory;
 
-/// One wallet as read: its `wallet:{id}` hash and its `wallet:{id}:history` stream, each or
-/// why it could not be read (a key of the wrong type).
+/// One wallet as read: its `wallet:{id}` hash and its history (`wallet:{id}:history`, the
+/// older stream, then `wallet:{id}:log`), each or why it could not be read (a key of the
+/// wrong type).
 #[derive(Debug, Clone)]
 pub struct WalletRead {
     /// HGETALL of `wallet:{id}` (empty when there is none).
     pub hash: Result<Fields, String>,
-    /// XRANGE of `wallet:{id}:history`.
+    /// XRANGE of `wallet:{id}:history` then LRANGE of `wallet:{id}:log`, as one history.
     pub history: Result<RawHistory, String>,
 }
 
@@ -113,7 +119,7 @@ pub struct Snapshot {
 /// What to read again, in one atomic read, to confirm or clear findings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Wallet histories from just after their snapshot's last stream id (`None`: from the
+    /// Wallet histories from just after their snapshot's last entry id (`None`: from the
     /// start).
     pub histories: BTreeMap<String, Option<String>>,
     /// Wallets the scan did not read (created during it): hash and whole history.
@@ -596,7 +602,9 @@ impl Auditor {
     pub fn needs_outcome_rescan(&self) -> bool {
         self.wallets.values().any(|v| match v.window {
             Some((trimmed, _)) if trimmed > 0 => match (v.first_ms, self.started_ms) {
-                (Some(first), Some(start)) => first >= start,
+                (Some(first), Some(start)) => {
+                    first.saturating_add(ENTRY_CLOCK_ALLOWANCE_MS) >= start
+                }
                 _ => true,
             },
             _ => false,
@@ -1201,7 +1209,7 @@ impl Auditor {
                     "{} of {} in {} (a {} wallet) for a {currency} transfer",
                     s.entry.kind.as_str(),
                     s.entry.amount,
-                    keys::history(s.wallet),
+                    entry_key(s.wallet, &s.entry.stream_id),
                     w.currency.as_str()
                 );
                 out.violations
@@ -1449,7 +1457,7 @@ fn judge_slot<'a>(
     name: &Name,
 ) -> Result<u64, (Violation, Option<&'a str>)> {
     let (kind, wallet) = (["debit", "credit"][usize::from(slot.0)], slot.1);
-    let history = keys::history(wallet);
+    let history = keys::log(wallet);
     let (need, most) = (
         want.required.len(),
         want.required.len() + want.optional.len() + want.pending.len(),
@@ -1493,6 +1501,9 @@ fn judge_slot<'a>(
                 .chain(&want.pending)
                 .copied(),
         );
+        let history = got
+            .first()
+            .map_or(history, |s| entry_key(wallet, &s.entry.stream_id));
         let detail = format!(
             "{kind} in {history} is {}, the outcome says {}",
             list(&amounts),
@@ -1538,7 +1549,7 @@ fn misplaced(kind: &str, wallet: &str, want: &Expected, got: &[Seen<'_>]) -> Opt
         format!(
             "{kind} {} in {} {} is entry {m} of {}, the outcome says entry {n}",
             seen.entry.amount,
-            keys::history(wallet),
+            entry_key(wallet, &seen.entry.stream_id),
             seen.entry.stream_id,
             keys::wallet(wallet)
         )
@@ -1577,7 +1588,11 @@ fn wallet_view(id: &str, read: WalletRead, listed: bool, epoch: u64) -> WalletVi
             (entries, Some(history.len() as u64), last_id, first_ms)
         }
         Err(e) => {
-            let detail = format!("{}: not a readable stream: {e}", keys::history(id));
+            let detail = format!(
+                "{} or {}: not a readable history: {e}",
+                keys::history(id),
+                keys::log(id)
+            );
             let kind = ViolationKind::HistoryUnreadable;
             problems.push(Violation::wallet(kind, id, detail));
             (Vec::new(), None, None, None)
@@ -1629,7 +1644,7 @@ fn parse_entries(
             None => {
                 let detail = format!(
                     "{} {stream_id}: unreadable entry {fields:?}",
-                    keys::history(id)
+                    entry_key(id, stream_id)
                 );
                 problems.push(Violation::wallet(
                     ViolationKind::HistoryUnreadable,
@@ -1665,18 +1680,32 @@ fn parse_late(id: &str, read: WalletRead) -> (Option<Wallet>, Vec<Entry>) {
     (wallet, entries)
 }
 
-/// The time (ms) of a stream id `ms-seq`.
+/// The key an entry of `wallet`'s history is in, by its id: `wallet:{id}:log` for a log line
+/// (`<ms>-v<n>`), `wallet:{id}:history` for an entry of the older stream.
+fn entry_key(wallet: &str, entry_id: &str) -> String {
+    if entry_id.contains("-v") {
+        keys::log(wallet)
+    } else {
+        keys::history(wallet)
+    }
+}
+
+/// The time (ms) of an entry id, `ms-seq` (a stream entry) or `ms-vN` (a log line).
 fn stream_ms(stream_id: &str) -> Option<u64> {
     stream_id.split('-').next()?.parse().ok()
 }
 
-/// One history stream entry, in either format ([`parse_history_fields`]): transfer id, kind,
+/// One history entry, in either format ([`crate::engine::wallet::parse_history_fields`]): transfer id, kind,
 /// amount, and the idempotency key when recorded. The long format needs only `transfer_id`,
 /// `kind` and `amount` here (the original system's entries may lack the rest).
 fn parse_entry(stream_id: &str, f: &Fields, number: Option<u64>) -> Option<Entry> {
-    let (transfer_id, key, kind, amount) = if f.contains_key("d") {
-        let e = parse_history_fields(stream_id, f).ok()?;
-        (e.transfer_id, e.idempotency_key, e.kind, e.amount)
+    let (transfer_id, key, kind, amount) = if let Some(code) = f.get("d") {
+        // The compact fields (a stream entry, or a log line, whose balance the audit needs not).
+        let kind = HistoryKind::from_code(code)?;
+        let amount = Amount::from_minor(f.get("a")?.parse().ok()?);
+        let transfer_id = f.get("t")?.clone();
+        let key = f.get("k").filter(|k| !k.is_empty()).unwrap_or(&transfer_id);
+        (transfer_id.clone(), Some(key.clone()), kind, amount)
     } else {
         let kind = match f.get("kind")?.as_str() {
             "debit" => HistoryKind::Debit,
@@ -1839,7 +1868,7 @@ fn places(seen: &[Seen<'_>]) -> String {
                 "{} {} in {} {}",
                 e.kind.as_str(),
                 e.amount,
-                keys::history(s.wallet),
+                entry_key(s.wallet, &e.stream_id),
                 e.stream_id
             )
         })
@@ -2100,7 +2129,8 @@ mod tests {
         );
         assert_eq!(
             l[2],
-            "history_unreadable wallets=noise: wallet:noise:history: not a readable stream: \
+            "history_unreadable wallets=noise: wallet:noise:history or wallet:noise:log: not a \
+             readable history: \
              WRONGTYPE"
         );
         assert!(
@@ -2180,7 +2210,7 @@ mod tests {
         add_wallet(&mut a, "b", wallet("0.00", "0.00", 0), Vec::new());
         let want = [
             "totals_mismatch: USD: total balance 90.00 != openings 100.00 + deposits 0.00",
-            "missing_entry key=t1 wallets=a,b: 0 credit(s) in wallet:b:history, the outcome \
+            "missing_entry key=t1 wallets=a,b: 0 credit(s) in wallet:b:log, the outcome \
              says 10.00",
         ];
         let r = settle_quiet(a);
@@ -2660,7 +2690,7 @@ mod tests {
         let l = lines(&settle_quiet(a));
         assert!(
             l.contains(
-                &"missing_entry key=t3 wallets=a,b: 0 debit(s) in wallet:a:history, the \
+                &"missing_entry key=t3 wallets=a,b: 0 debit(s) in wallet:a:log, the \
                          outcome says 1.00"
                     .to_string()
             ),

@@ -556,8 +556,12 @@ pub struct Retained {
     pub outcome_records: u64,
     /// Those of them with a ttl (`EngineConfig::outcome_ttl_ms`).
     pub outcome_records_with_ttl: u64,
-    /// History entries kept in Redis: the sum of XLEN over the run's wallets.
+    /// History entries kept in Redis: the sum of the history lengths over the run's wallets.
     pub history_entries: u64,
+    /// What one wallet of the run with history holds in Redis after it: the mean `MEMORY
+    /// USAGE` (exact, `SAMPLES 0`) of its hash and history keys, over those with history among
+    /// up to [`WALLET_BYTES_SAMPLE`] of the run's wallets.
+    pub wallet_bytes: u64,
     /// History entries trimmed into checkpoints: the sum of `hc` over the run's wallets.
     pub history_trimmed: u64,
     /// `used_memory` before the transfer phase, in bytes.
@@ -575,6 +579,7 @@ impl Retained {
             "outcome_records_with_ttl": self.outcome_records_with_ttl,
             "history_entries": self.history_entries,
             "history_trimmed": self.history_trimmed,
+            "wallet_bytes": self.wallet_bytes,
             "used_memory_before": self.used_memory_before,
             "used_memory_after": self.used_memory_after,
             "bytes_per_transfer": delta as f64 / transfers.max(1) as f64,
@@ -597,6 +602,10 @@ impl Retained {
             (
                 "history entries trimmed".into(),
                 self.history_trimmed.to_string(),
+            ),
+            (
+                "bytes per wallet with history".into(),
+                self.wallet_bytes.to_string(),
             ),
             (
                 "redis used_memory before".into(),
@@ -644,7 +653,8 @@ fn count_ttls(conn: &mut Conn, keys: &[String]) -> Result<(u64, u64), BenchError
     Ok((existing, with_ttl))
 }
 
-/// Sums XLEN of the histories of `ids` and their checkpoints' `hc`, pipelined in batches;
+/// Sums the history lengths of `ids` (XLEN of an older stream plus LLEN of the log) and their
+/// checkpoints' `hc`, pipelined in batches;
 /// `bar` advances per wallet. Returns (entries kept, entries trimmed).
 fn count_history(
     service: &WalletService,
@@ -658,18 +668,53 @@ fn count_history(
             let mut pipe = redis::pipe();
             for id in chunk {
                 pipe.xlen(space.history(id))
+                    .llen(space.log(id))
                     .hget(space.wallet(id), CHECKPOINT_ENTRIES_FIELD);
             }
-            // XLEN then HGET per wallet; a missing history or checkpoint counts 0.
+            // XLEN, LLEN then HGET per wallet; a missing history or checkpoint counts 0.
             let replies: Vec<Option<u64>> = pipe.query(&mut conn.redis)?;
-            for pair in replies.chunks(2) {
-                kept += pair[0].unwrap_or(0);
-                trimmed += pair.get(1).copied().flatten().unwrap_or(0);
+            for three in replies.chunks(3) {
+                kept += three[0].unwrap_or(0) + three.get(1).copied().flatten().unwrap_or(0);
+                trimmed += three.get(2).copied().flatten().unwrap_or(0);
             }
             bar.inc(chunk.len() as u64);
         }
     }
     Ok((kept, trimmed))
+}
+
+/// Most wallets [`sample_wallet_bytes`] measures.
+pub const WALLET_BYTES_SAMPLE: usize = 100;
+
+/// The mean `MEMORY USAGE ... SAMPLES 0` of the hash, the log and the older stream of the
+/// wallets with history among up to [`WALLET_BYTES_SAMPLE`] of `ids`, spread evenly; 0 when
+/// none has history.
+fn sample_wallet_bytes(service: &WalletService, ids: &[String]) -> Result<u64, BenchError> {
+    let step = ids.len().div_ceil(WALLET_BYTES_SAMPLE).max(1);
+    let sample: Vec<String> = ids.iter().step_by(step).cloned().collect();
+    let space = service.key_space();
+    let (mut total, mut with_history) = (0, 0);
+    for (mut conn, ids) in by_node(service, &sample)? {
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            for key in [space.wallet(id), space.log(id), space.history(id)] {
+                pipe.cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(key)
+                    .arg("SAMPLES")
+                    .arg(0);
+            }
+        }
+        // Per wallet: its hash, its log, its stream; nil for a key that does not exist.
+        let bytes: Vec<Option<u64>> = pipe.query(&mut conn.redis)?;
+        for three in bytes.chunks(3) {
+            if three[1..].iter().any(Option::is_some) {
+                total += three.iter().flatten().sum::<u64>();
+                with_history += 1;
+            }
+        }
+    }
+    Ok(total / u64::max(with_history, 1))
 }
 
 /// Counts the outcome records of run `run` on every primary of a cluster and those with a
@@ -1332,12 +1377,14 @@ fn read_retained(
         Some(pools) => count_outcome_records_cluster(pools, &run.name, &bar)?,
     };
     let (history_entries, history_trimmed) = count_history(service, &run.ids, &bar)?;
+    let wallet_bytes = sample_wallet_bytes(service, &run.ids)?;
     bar.finish_and_clear();
     Ok(Retained {
         outcome_records,
         outcome_records_with_ttl,
         history_entries,
         history_trimmed,
+        wallet_bytes,
         ..Retained::default()
     })
 }
@@ -2353,6 +2400,7 @@ mod tests {
                 outcome_records_with_ttl: 3,
                 history_entries: 6,
                 history_trimmed: 2,
+                wallet_bytes: 300,
                 used_memory_before: 1_000_000,
                 used_memory_after: 1_040_000,
             }),
@@ -2377,6 +2425,7 @@ mod tests {
         assert_eq!(j["redis"]["commands_per_transfer"], 350.0);
         assert_eq!(j["retained"]["outcome_records_with_ttl"], 3);
         assert_eq!(j["retained"]["history_trimmed"], 2);
+        assert_eq!(j["retained"]["wallet_bytes"], 300);
         assert_eq!(j["retained"]["used_memory_after"], 1_040_000);
         assert_eq!(j["retained"]["bytes_per_transfer"], 10_000.0);
         assert_eq!(j["outcomes"]["COMPLETED"], 4);
@@ -2427,6 +2476,7 @@ mod tests {
                 "outcome records kept",
                 "history entries kept",
                 "history entries trimmed",
+                "bytes per wallet with history",
                 "redis used_memory before",
                 "redis used_memory after",
                 "outcome COMPLETED",

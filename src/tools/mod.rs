@@ -1,6 +1,6 @@
 //! Operator tooling over the engine and the worker's topics: the ledger audit's checks
 //! (`audit`), its reads, snapshots and other read-outs (`ops`), the one reader of the results and dead-letter topics (`results`),
-//! the demo seeder (`seed`), benchmarks (`bench`) and the six race scenarios (`scenarios`).
+//! the demo seeder (`seed`), the history migration (`migrate`), benchmarks (`bench`) and the six race scenarios (`scenarios`).
 //! Behind the `tools` feature.
 //!
 //! Owns nothing the transfer path depends on: a change here cannot change how money moves.
@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod bench;
 pub mod latency;
+pub mod migrate;
 pub mod ops;
 pub mod results;
 pub mod scenarios;

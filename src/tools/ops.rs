@@ -31,8 +31,11 @@ use serde::Serialize;
 use crate::engine::cluster::{self, ClusterError, ClusterPools};
 use crate::engine::keyspace::KeySpace;
 use crate::engine::message::TransferRequest;
+use crate::engine::money::Amount;
+use crate::engine::retention::Checkpoint;
 use crate::engine::service::WalletService;
 use crate::engine::store::{self, PooledConn, keys};
+use crate::engine::wallet::{RawHistory, combine_history};
 pub use crate::tools::audit::{
     AuditReport, AuditSettings, Auditor, CreditMarker, CurrencyTotals, Fields, Plan, Reread,
     Snapshot, VIOLATIONS_LISTED_MAX, Violation, ViolationKind, WalletRead,
@@ -507,8 +510,8 @@ fn scan_outcomes(conn: &mut PooledConn, auditor: &mut Auditor) -> Result<(), Ops
     Ok(())
 }
 
-/// Each wallet of `ids` in its own MULTI/EXEC (HGETALL, XRANGE), all in one pipelined round
-/// trip.
+/// Each wallet of `ids` in its own MULTI/EXEC (HGETALL, XRANGE, LRANGE), all in one pipelined
+/// round trip.
 fn read_each_wallet(
     conn: &mut PooledConn,
     space: KeySpace,
@@ -527,29 +530,23 @@ fn read_each_wallet(
     ids.iter()
         .zip(replies)
         .map(|(id, reply)| {
-            let pair = match reply {
-                redis::Value::Array(pair) if pair.len() == 2 => pair,
+            let replies = match reply {
+                redis::Value::Array(replies) if replies.len() == WALLET_READS => replies,
                 other => return Err(unexpected(&space.wallet(id), &other)),
             };
-            Ok((id.clone(), wallet_read(pair)))
+            Ok((id.clone(), wallet_read(replies, None)))
         })
         .collect()
 }
 
 /// Everything `plan` asks for, in one MULTI/EXEC: wallet hashes with their histories after
-/// a stream id (XRANGE with an exclusive start), whole wallets, outcome records.
+/// an entry id (read whole, the entries up to that one dropped), whole wallets, outcome
+/// records.
 fn read_plan(conn: &mut PooledConn, plan: &Plan) -> Result<Reread, OpsError> {
     let mut pipe = redis::pipe();
     pipe.atomic().ignore_errors();
-    for (id, after) in &plan.histories {
-        let start = after
-            .as_ref()
-            .map_or_else(|| "-".to_string(), |a| format!("({a}"));
-        pipe.hgetall(keys::wallet(id))
-            .cmd("XRANGE")
-            .arg(keys::history(id))
-            .arg(start)
-            .arg("+");
+    for id in plan.histories.keys() {
+        add_wallet_reads(&mut pipe, KeySpace::Standalone, id, false);
     }
     for id in &plan.wallets {
         add_wallet_reads(&mut pipe, KeySpace::Standalone, id, false);
@@ -558,30 +555,36 @@ fn read_plan(conn: &mut PooledConn, plan: &Plan) -> Result<Reread, OpsError> {
         pipe.hgetall(keys::outcome(key));
     }
     let replies: Vec<redis::Value> = pipe.query(&mut conn.redis).inspect_err(|_| conn.taint())?;
-    let expected = (plan.histories.len() + plan.wallets.len()) * 2 + plan.outcomes.len();
+    let expected = (plan.histories.len() + plan.wallets.len()) * WALLET_READS + plan.outcomes.len();
     if replies.len() != expected {
         let detail = format!("{} replies to {expected} reads", replies.len());
         return Err(OpsError::Other(format!("audit re-read: {detail}")));
     }
     let mut replies = replies.into_iter();
-    let mut next = || replies.next().unwrap_or_default();
+    let mut next = |n: usize| replies.by_ref().take(n).collect::<Vec<_>>();
     let mut reread = Reread::default();
-    for id in plan.histories.keys() {
-        let pair = vec![next(), next()];
-        reread.histories.push((id.clone(), wallet_read(pair)));
+    for (id, after) in &plan.histories {
+        let read = wallet_read(next(WALLET_READS), after.as_deref());
+        reread.histories.push((id.clone(), read));
     }
     for id in &plan.wallets {
-        let pair = vec![next(), next()];
-        reread.wallets.push((id.clone(), wallet_read(pair)));
+        reread
+            .wallets
+            .push((id.clone(), wallet_read(next(WALLET_READS), None)));
     }
     for key in &plan.outcomes {
-        let fields: Fields = redis::from_redis_value(next())?;
+        let reply = next(1).pop().unwrap_or_default();
+        let fields: Fields = redis::from_redis_value(reply)?;
         reread.outcomes.push((key.clone(), fields));
     }
     Ok(reread)
 }
 
-/// HGETALL of the wallet, XRANGE of its history; their replies ignored when `queued`.
+/// Replies of [`add_wallet_reads`] per wallet.
+const WALLET_READS: usize = 3;
+
+/// HGETALL of the wallet, XRANGE of its older history stream, LRANGE of its log; their
+/// replies ignored when `queued`.
 fn add_wallet_reads(pipe: &mut redis::Pipeline, space: KeySpace, id: &str, queued: bool) {
     pipe.hgetall(space.wallet(id));
     if queued {
@@ -591,20 +594,43 @@ fn add_wallet_reads(pipe: &mut redis::Pipeline, space: KeySpace, id: &str, queue
     if queued {
         pipe.ignore();
     }
+    pipe.lrange(space.log(id), 0, -1);
+    if queued {
+        pipe.ignore();
+    }
 }
 
-/// A wallet from its (HGETALL, XRANGE) replies; a reply that is an error (a key of another
-/// type) is kept as the reason, for the auditor to report.
-fn wallet_read(pair: Vec<redis::Value>) -> WalletRead {
-    let mut pair = pair.into_iter();
-    let (hash, history) = (
-        pair.next().unwrap_or_default(),
-        pair.next().unwrap_or_default(),
-    );
-    WalletRead {
-        hash: redis::from_redis_value(hash).map_err(|e| e.to_string()),
-        history: redis::from_redis_value(history).map_err(|e| e.to_string()),
-    }
+/// A wallet from its (HGETALL, XRANGE, LRANGE) replies, its history the stream's entries then
+/// the log's ([`combine_history`], numbered from the hash's `hc`, balances back from its
+/// `balance`); with `after`, only the
+/// entries after the one with that id (all of them when it is gone: trimmed, so older than
+/// every entry left). A reply that is an error (a key of another type) is kept as the reason,
+/// for the auditor to report.
+fn wallet_read(replies: Vec<redis::Value>, after: Option<&str>) -> WalletRead {
+    let mut replies = replies.into_iter();
+    let mut next = || replies.next().unwrap_or_default();
+    let (hash, stream, log) = (next(), next(), next());
+    let hash: Result<Fields, String> = redis::from_redis_value(hash).map_err(|e| e.to_string());
+    let trimmed = hash
+        .as_ref()
+        .ok()
+        .and_then(|f| Checkpoint::from_fields(f).ok())
+        .map_or(0, |c| c.entries);
+    let stream: Result<RawHistory, String> =
+        redis::from_redis_value(stream).map_err(|e| e.to_string());
+    let log: Result<Vec<String>, String> = redis::from_redis_value(log).map_err(|e| e.to_string());
+    let balance = hash
+        .as_ref()
+        .ok()
+        .and_then(|f| Amount::parse(f.get("balance")?).ok());
+    let history = stream.and_then(|stream| Ok(combine_history(stream, &log?, trimmed, balance)));
+    let history = history.map(|mut h| {
+        if let Some(at) = after.and_then(|a| h.iter().position(|(id, _)| id == a)) {
+            h.drain(..=at);
+        }
+        h
+    });
+    WalletRead { hash, history }
 }
 
 fn unexpected(key: &str, reply: &redis::Value) -> OpsError {
@@ -775,7 +801,7 @@ fn by_primary<'a>(
     Ok(out)
 }
 
-/// One cluster wallet's hash and its history after stream id `after` (all of it with
+/// One cluster wallet's hash and its history after entry id `after` (all of it with
 /// `None`), in one MULTI/EXEC on its primary.
 fn read_wallet_after(
     conn: &mut PooledConn,
@@ -783,19 +809,14 @@ fn read_wallet_after(
     after: Option<&str>,
 ) -> Result<WalletRead, OpsError> {
     let space = KeySpace::Cluster;
-    let start = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
     let mut pipe = redis::pipe();
     pipe.atomic().ignore_errors();
-    pipe.hgetall(space.wallet(id))
-        .cmd("XRANGE")
-        .arg(space.history(id))
-        .arg(start)
-        .arg("+");
+    add_wallet_reads(&mut pipe, space, id, false);
     let replies: Vec<redis::Value> = pipe.query(&mut conn.redis).inspect_err(|_| conn.taint())?;
-    if replies.len() != 2 {
+    if replies.len() != WALLET_READS {
         return Err(unexpected(&space.wallet(id), &redis::Value::Array(replies)));
     }
-    Ok(wallet_read(replies))
+    Ok(wallet_read(replies, after))
 }
 
 // ---------------------------------------------------------------------------------------------

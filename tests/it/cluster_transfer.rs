@@ -13,7 +13,7 @@ use rand::{RngExt, SeedableRng};
 use wallet_transfer::engine::cluster::{hash_slot, keys};
 use wallet_transfer::engine::lock::LockConfig;
 use wallet_transfer::engine::service::Failpoint;
-use wallet_transfer::engine::wallet::{HistoryKind, parse_history_fields};
+use wallet_transfer::engine::wallet::{HistoryKind, log_entry_fields, parse_history_fields};
 use wallet_transfer::{
     Amount, Currency, EngineConfig, FailureReason, NewWallet, Status, TransferError,
     TransferOutcome, TransferRequest, WalletService,
@@ -173,6 +173,25 @@ fn read_ledger(redis: &RedisCluster) -> Ledger {
         for (stream_id, fields) in raw {
             let e = parse_history_fields(&stream_id, &fields).expect("a readable entry");
             let k = (id.to_string(), e.idempotency_key.unwrap(), e.kind.code());
+            *ledger.entries.entry(k).or_default() += 1;
+        }
+    }
+    for (port, key) in scan(redis, "wallet:{*}:log", "list") {
+        let id = key.trim_start_matches("wallet:{").trim_end_matches("}:log");
+        let lines: Vec<String> = redis::cmd("LRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .query(&mut redis.conn(port))
+            .unwrap();
+        for (n, line) in lines.iter().enumerate() {
+            let (_, f) = log_entry_fields(line, n as u64 + 1);
+            let key = [&f["k"], &f["t"]]
+                .into_iter()
+                .find(|k| !k.is_empty())
+                .unwrap();
+            let kind = HistoryKind::from_code(&f["d"]).expect("a readable line");
+            let k = (id.to_string(), key.clone(), kind.code());
             *ledger.entries.entry(k).or_default() += 1;
         }
     }

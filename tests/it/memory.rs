@@ -1,6 +1,8 @@
 //! Redis memory under steady load: with outcome records expiring and histories capped, memory
 //! reaches a plateau and stays there while transfers go on (issue 15); without them it grows.
-//! Also what `bench --direct` reports as retained after its run.
+//! Also what `bench --direct` reports as retained after its run, and what a wallet and a
+//! transfer cost under Redis's default settings (issue 24: at most 600 bytes per wallet with
+//! history, 300 per transfer on warm wallets).
 //!
 //! The plateau test drives the library (no Kafka) from a few threads at a paced rate, between
 //! a few hundred wallets, and samples `INFO memory` once a second. It runs about 35 s by
@@ -411,4 +413,82 @@ fn bench_direct_reports_what_the_run_left_in_redis() {
     assert_eq!(j["retained"]["outcome_records"], 300, "{j}");
     let table = report.to_table().to_string();
     assert!(table.contains("300 (300 with ttl)"), "{table}");
+}
+
+/// Redis's own defaults for the encodings a wallet's keys use, checked on the server the
+/// memory tests measure (a user's Redis has these unless told otherwise).
+fn assert_redis_defaults(redis: &RedisServer) {
+    let mut conn = redis.conn();
+    for (name, default) in [
+        ("stream-node-max-bytes", "4096"),
+        ("list-max-listpack-size", "-2"),
+    ] {
+        let (_, value): (String, String) = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(value, default, "{name} is not Redis's default");
+    }
+}
+
+/// Most bytes a wallet with a short history holds in Redis (hash and history), under Redis's
+/// defaults (issue 24: a stream's first node made it about 5,000).
+const WALLET_BYTES_MAX: u64 = 600;
+/// Most bytes kept per transfer between wallets that already have history, under Redis's
+/// defaults (issue 24: 354 with streams).
+const WARM_BYTES_PER_TRANSFER_MAX: f64 = 300.0;
+
+#[test]
+fn a_wallet_with_history_costs_at_most_600_bytes_under_redis_defaults() {
+    let redis = RedisServer::start();
+    assert_redis_defaults(&redis);
+    let service = redis.service(3, EngineConfig::default());
+    // One transfer per two wallets: about one history entry each.
+    let run = DirectConfig::default()
+        .with_threads(2)
+        .with_wallets(400)
+        .with_transfers(200);
+    let report = bench::run_direct(&service, &run).expect("bench run");
+    report.check().expect("balance check");
+    let r = report
+        .retained
+        .expect("direct runs report what they retained");
+    assert_eq!(r.history_entries, 400, "{r:?}");
+    let j = report.to_json();
+    assert_eq!(j["retained"]["wallet_bytes"], r.wallet_bytes, "{j}");
+    assert!(
+        r.wallet_bytes > 0 && r.wallet_bytes <= WALLET_BYTES_MAX,
+        "a wallet with one entry holds {} bytes",
+        r.wallet_bytes
+    );
+}
+
+#[test]
+fn warm_wallets_keep_at_most_300_bytes_per_transfer_under_redis_defaults() {
+    let redis = RedisServer::start();
+    assert_redis_defaults(&redis);
+    let service = redis.service(3, EngineConfig::default());
+    // A first run opens the pool's connections (each client's buffers are tens of KB) and
+    // loads the scripts: memory that is not any transfer's.
+    let first = DirectConfig::default()
+        .with_threads(2)
+        .with_wallets(20)
+        .with_transfers(200);
+    bench::run_direct(&service, &first).expect("first bench run");
+    // 400 entries per wallet: the fixed cost of 20 wallets is a few bytes per transfer.
+    let run = DirectConfig::default()
+        .with_threads(2)
+        .with_wallets(20)
+        .with_transfers(4_000);
+    let report = bench::run_direct(&service, &run).expect("bench run");
+    report.check().expect("balance check");
+    let j = report.to_json();
+    let per_transfer = j["retained"]["bytes_per_transfer"]
+        .as_f64()
+        .expect("a figure");
+    assert!(
+        per_transfer <= WARM_BYTES_PER_TRANSFER_MAX,
+        "{per_transfer} bytes kept per transfer: {j}"
+    );
 }

@@ -273,7 +273,7 @@ fn a_worker_whose_user_lacks_one_permission_stops_at_start_naming_it() {
     let mut stack = Stack::start_on(redis, Tansu::start_persistent(), 1);
     let admin = stack.redis.service(2, EngineConfig::default());
     create_wallets(&admin, &[("a", "100.00"), ("b", "0")]);
-    set_user_without(&stack.redis, "no-xadd", &password, "+xadd");
+    set_user_without(&stack.redis, "no-rpush", &password, "+rpush");
     let request = TransferRequest::new("x1", "a", "b", "10.00", Currency::USD).unwrap();
     stack.publish_requests(&[request]);
 
@@ -282,7 +282,7 @@ fn a_worker_whose_user_lacks_one_permission_stops_at_start_naming_it() {
     let files = stack.redis.tls_files();
     let path = |p: Option<std::path::PathBuf>| p.unwrap().to_str().unwrap().to_string();
     let env = [
-        ("REDIS_URL", stack.redis.tls_url("no-xadd", &password)),
+        ("REDIS_URL", stack.redis.tls_url("no-rpush", &password)),
         ("REDIS_CA_FILE", path(files.ca_file)),
         ("REDIS_CLIENT_CERT", path(files.client_cert_file)),
         ("REDIS_CLIENT_KEY", path(files.client_key_file)),
@@ -293,7 +293,7 @@ fn a_worker_whose_user_lacks_one_permission_stops_at_start_naming_it() {
     let log = worker.log();
     assert!(
         log.contains(
-            "the Redis user lacks permissions the worker needs: command XADD (grant +xadd;"
+            "the Redis user lacks permissions the worker needs: command RPUSH (grant +rpush;"
         ),
         "{log}"
     );
