@@ -59,9 +59,13 @@ pub(crate) fn consume(
         let backlog_len = dispatch(shared, job_tx);
         let held_bytes = shared.held_bytes();
         let want_paused = should_pause(paused, held_bytes, config.backlog_bytes_max);
-        if want_paused != paused || shared.assignment_changed.swap(false, Ordering::SeqCst) {
+        let assignment_changed = shared.assignment_changed.swap(false, Ordering::SeqCst);
+        if want_paused != paused || assignment_changed {
             set_paused(consumer, want_paused);
             paused = want_paused;
+        }
+        if assignment_changed {
+            seed_partition_metrics(shared, consumer);
         }
         // With jobs waiting for room in the channel, come back at once to hand them over:
         // the pool, not Kafka, sets the pace then (a full poll timeout here would cap the
@@ -285,6 +289,46 @@ fn set_paused(consumer: &BaseConsumer<ConsumerCtx>, paused: bool) {
     }
 }
 
+/// Longest wait for the committed offsets, and for each partition's watermarks, when a new
+/// assignment's lag and committed offset are exported.
+const ASSIGNMENT_METRICS_TIMEOUT_MS: u64 = 2_000;
+
+/// Exports `wallet_committed_offset` and `wallet_consumer_lag` for every assigned partition
+/// right after an assignment, before any traffic or commit: the committed offset (the low
+/// watermark where the group has none: where it starts reading) and the high watermark minus
+/// it. So an idle worker, or one stuck from its start, shows its lag, and an alert on it can
+/// fire. Bounded by [`ASSIGNMENT_METRICS_TIMEOUT_MS`] per call; a broker that does not answer
+/// leaves the series to the statistics callback.
+fn seed_partition_metrics(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>) {
+    let timeout = Duration::from_millis(ASSIGNMENT_METRICS_TIMEOUT_MS);
+    let Ok(assignment) = consumer.assignment() else {
+        return;
+    };
+    let committed = match consumer.committed_offsets(assignment.clone(), timeout) {
+        Ok(tpl) => tpl,
+        Err(e) => {
+            log::debug!("committed offsets for the lag metrics: {e}");
+            return;
+        }
+    };
+    for e in committed.elements() {
+        let (topic, partition) = (e.topic(), e.partition());
+        let (low, high) = match consumer.fetch_watermarks(topic, partition, timeout) {
+            Ok(marks) => marks,
+            Err(err) => {
+                log::debug!("watermarks of partition {partition} for the lag metrics: {err}");
+                continue;
+            }
+        };
+        let position = match e.offset() {
+            rdkafka::Offset::Offset(o) if o >= 0 => o,
+            _ => low.max(0),
+        };
+        shared.metrics.set_committed(partition, position);
+        shared.metrics.set_lag(partition, (high - position).max(0));
+    }
+}
+
 /// Rebalance and statistics callbacks, run on the consumer thread inside `poll` (and on the
 /// thread that drops the consumer, whose close revokes what it holds).
 pub(crate) struct ConsumerCtx {
@@ -316,8 +360,19 @@ impl ClientContext for ConsumerCtx {
             return;
         };
         for (partition, p) in &topic.partitions {
-            if *partition >= 0 && p.consumer_lag >= 0 {
+            if *partition < 0 {
+                continue;
+            }
+            if p.consumer_lag >= 0 {
                 self.shared.metrics.set_lag(*partition, p.consumer_lag);
+            } else if let (true, Some(start)) =
+                (p.hi_offset >= 0, self.shared.metrics.committed(*partition))
+            {
+                // Nothing committed yet (librdkafka has no lag then): the high watermark
+                // against where the group starts, as exported at the assignment.
+                self.shared
+                    .metrics
+                    .set_lag(*partition, (p.hi_offset - start).max(0));
             }
         }
     }

@@ -433,6 +433,19 @@ impl Metrics {
             .set(offset);
     }
 
+    /// The committed position exported for `partition`, when there is one.
+    pub fn committed(&self, partition: i32) -> Option<i64> {
+        let label = partition.to_string();
+        self.inner
+            .pipeline
+            .committed_offset
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .find(|m| m.get_label().iter().any(|l| l.value() == label))
+            .map(|m| m.get_gauge().get_value() as i64)
+    }
+
     /// Sets how many messages `partition` is behind its high watermark.
     pub fn set_lag(&self, partition: i32, lag: i64) {
         debug_assert!(lag >= 0);

@@ -564,3 +564,68 @@ fn a_long_steady_load_with_a_fetch_that_goes_back_ends_answered_alive_and_flat()
     worker.signal("TERM");
     assert_eq!(worker.wait_exit(15_000), Some(0), "{}", worker.log());
 }
+
+/// The value of `series` (`name{labels}` as rendered) in a worker's metrics text; `None` when
+/// the series is absent.
+fn series_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Issue 24: a worker that has had no traffic exports `wallet_consumer_lag` and
+/// `wallet_committed_offset` for every partition it holds, from the assignment on (they used
+/// to appear only after a partition's first traffic), at 0.
+#[test]
+fn an_idle_worker_exports_lag_and_committed_offset_for_every_assigned_partition() {
+    let stack = Stack::start(3);
+    let worker = stack.spawn_worker_assigned(&[]);
+    let series = |p: i32| {
+        let text = worker.metrics();
+        (
+            series_value(&text, &format!("wallet_consumer_lag{{partition=\"{p}\"}}")),
+            series_value(
+                &text,
+                &format!("wallet_committed_offset{{partition=\"{p}\"}}"),
+            ),
+        )
+    };
+    wait_until("both series for every partition", 20_000, || {
+        (0..3).all(|p| series(p) == (Some(0.0), Some(0.0)))
+    });
+}
+
+/// Issue 24: a worker stuck from its start (its only sender's wallet is locked with no ttl, so
+/// no request is ever answered or committed) shows its lag at once, and the lag grows with
+/// every new request while the committed offset stays where the group starts.
+/// (`WalletPartitionNotCommitting` is the alert on exactly this; monitoring/alerts_test.yml.)
+#[test]
+fn a_worker_stuck_from_its_start_shows_its_lag_growing_and_its_commit_standing_still() {
+    let stack = Stack::start(1);
+    let ids: Vec<String> = ["ls", "lr"].iter().map(|s| s.to_string()).collect();
+    wallets_of(&stack, &ids);
+    redis::cmd("SET")
+        .arg("lock:ls")
+        .arg("left-by-a-dead-process")
+        .query::<()>(&mut stack.redis.conn())
+        .unwrap();
+    let request =
+        |i: usize| TransferRequest::new(&format!("ls{i}"), "ls", "lr", "1", Currency::USD).unwrap();
+    stack.publish_requests(&(0..4).map(request).collect::<Vec<_>>());
+    let worker = stack.spawn_worker_assigned(&["--lock-retries", "1"]);
+    let lag_and_commit = || {
+        let text = worker.metrics();
+        (
+            series_value(&text, "wallet_consumer_lag{partition=\"0\"}"),
+            series_value(&text, "wallet_committed_offset{partition=\"0\"}"),
+        )
+    };
+    wait_until("lag 4, nothing committed", 20_000, || {
+        lag_and_commit() == (Some(4.0), Some(0.0))
+    });
+    stack.publish_requests(&(4..7).map(request).collect::<Vec<_>>());
+    wait_until("lag 7, still nothing committed", 30_000, || {
+        lag_and_commit() == (Some(7.0), Some(0.0))
+    });
+}

@@ -322,7 +322,7 @@ fn promtool_checks_the_rules_and_their_tests_cover_every_alert() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 12, "{alerts:?}");
+    assert_eq!(alerts.len(), 13, "{alerts:?}");
     for alert in &alerts {
         let cases: Vec<&str> = tests
             .split("- eval_time:")
@@ -472,7 +472,7 @@ fn prometheus_scrapes_a_worker_under_load_and_every_dashboard_query_returns_data
             assert_eq!(rule["health"], "ok", "{rule}\n{}", prometheus.log());
         }
     }
-    assert_eq!(evaluated, 12);
+    assert_eq!(evaluated, 13);
     let firing = prometheus.api("/api/v1/alerts");
     let firing: Vec<&Value> = firing["alerts"]
         .as_array()
