@@ -37,40 +37,14 @@
 //! A transfer between two wallets of the same slot stays one transaction; one whose wallets
 //! are in different slots needs the steps of the design note below.
 //!
-//! # Redis Cluster (in progress): the plan and where it stands
+//! # Where the rest of cluster mode lives
 //!
-//! Steps 1 to 4 are done (ARCHITECTURE.md, "Redis Cluster", has the protocol as built: the
-//! service holds a `Backend`, the key names come from `keyspace::KeySpace`, the cross-slot
-//! steps are in `cluster_transfer`, recovery is `WalletService::recover`); the CLI flags, the
-//! worker's sweep and step 5 are not.
-//!
-//! 1. **The store chooses.** `EngineConfig` gets the choice between a Redis URL and cluster
-//!    seeds (`--redis-cluster HOST:PORT,...`, env `REDIS_CLUSTER`); the service holds either a
-//!    `store::Pool` with `store::keys` or a [`ClusterPools`] with [`keys`], behind one small
-//!    trait or enum, so `transfer.rs` asks for "the connection for wallet X" and "the key of
-//!    wallet X" without knowing which.
-//! 2. **Same-slot transfers** (both wallets in one slot): today's WATCH/MULTI/EXEC, unchanged,
-//!    on the owning primary ([`ClusterPools::conn_for_slot`]).
-//! 3. **Cross-slot transfers** run as idempotent steps under both wallets' locks, each lock on
-//!    its wallet's shard: (1) on the sender's shard, WATCH sender and outcome, MULTI with the
-//!    debit, its history entry and a PENDING outcome that carries the credit still to do;
-//!    (2) on the receiver's shard, WATCH receiver and the `credit:{receiver}:sender:key` marker, MULTI
-//!    with the credit, its history entry and the marker; (3) on the sender's shard the outcome
-//!    becomes COMPLETED. Business failures are decided before step 1 from reads under WATCH on
-//!    both shards and recorded as today. A MOVED or ASK (see [`Redirect`]) refreshes the map
-//!    and makes the step a transient error, retried by the caller; an ASK inside MULTI needs
-//!    ASKING before MULTI on the importing node.
-//! 4. **`wallet recover`** (and a periodic sweep in the worker) finishes PENDING outcomes by
-//!    scanning every primary ([`ClusterPools::primaries`]); each step is idempotent by its
-//!    marker, so recovery may run any number of times, concurrently with the worker.
-//! 5. Then `--wait-replicas N` (WAIT after each step), the audit across shards (PENDING money
-//!    counts as in flight) and operator commands that scan every primary.
-//!
-//! Open questions noticed while building this: `users:all` and `wallets:all` are single keys
-//! in one slot, so creating a wallet can no longer add it to them in the same transaction (scan
-//! every primary for `wallet:{*}` instead, or write the sets in a second step); and an outcome
-//! keyed by sender cannot see another sender's use of a key (answered by `key_claim`: every
-//! cluster transfer claims its key first).
+//! The service holds a `Backend` and takes its key names from `keyspace::KeySpace`; the key's
+//! claim is `key_claim`, the cross-slot steps and recovery are `cluster_transfer`, the shard
+//! locks `cluster_lock`, wallets and deposits `cluster_wallet` and `wallet`; the operator tools
+//! scan every primary ([`ClusterPools::primaries`]). ARCHITECTURE.md, "Redis Cluster", has the
+//! protocol as built. `users:all` and `wallets:all` are single keys in one slot, so a cluster
+//! has neither: readers scan every primary for `wallet:{*}`.
 
 use std::collections::HashMap;
 use std::time::Duration;

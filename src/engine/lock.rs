@@ -14,7 +14,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::engine::backoff::Backoff;
 use crate::engine::setting::{SettingError, setters};
-use crate::engine::store::{PooledConn, keys};
+use crate::engine::store::PooledConn;
 
 /// Lock settings. Defaults are the original worker's: ttl 10 s, base delay 100 ms, 10 retries.
 /// Change them with the `with_*` setters (the struct is `#[non_exhaustive]`):
@@ -156,15 +156,7 @@ return extended
 
 /// The sorted, de-duplicated lock keys for a set of wallet ids.
 pub fn lock_keys(wallet_ids: &[&str]) -> Vec<String> {
-    let mut ids: Vec<&str> = wallet_ids.to_vec();
-    ids.sort_unstable();
-    ids.dedup();
-    assert!(!ids.is_empty(), "a lock covers at least one wallet");
-    assert!(
-        ids.len() <= LOCK_KEYS_LIMIT,
-        "too many wallets for one lock"
-    );
-    ids.into_iter().map(keys::lock).collect()
+    crate::engine::keyspace::KeySpace::Standalone.lock_keys(wallet_ids)
 }
 
 /// Takes every key in `keys` (already sorted, see [`lock_keys`]) or none, retrying with backoff.

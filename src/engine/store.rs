@@ -422,7 +422,7 @@ pub mod keys {
         format!("wallet:{id}")
     }
     /// `wallet:{id}:history`: the stream of the wallet's debits, credits and deposits in the older
-    /// format (read, trimmed and migrated, never written: see [`log`]).
+    /// format (read, trimmed and migrated, never written: see [`log()`]).
     pub fn history(id: &str) -> String {
         format!("wallet:{id}:history")
     }

@@ -5,7 +5,7 @@
 //! `cluster_wallet` creates them). Does not move money between wallets; that is `transfer`.
 //!
 //! A history is a Redis list, `wallet:{id}:log`, one compact line per entry
-//! ([`format_log_entry`]), oldest first: entry number `n` (the one that made version `n`) is at
+//! (`format_log_entry`), oldest first: entry number `n` (the one that made version `n`) is at
 //! index `n - hc - 1` once the older stream is gone. A list this small is one listpack with
 //! nothing preallocated, where a stream's first node preallocates `stream-node-max-bytes`
 //! (4 KB by Redis's default): a wallet's hash and history with an entry or two hold about 480

@@ -683,7 +683,7 @@ fn count_history(
     Ok((kept, trimmed))
 }
 
-/// Most wallets [`sample_wallet_bytes`] measures.
+/// Most wallets `sample_wallet_bytes` measures.
 pub const WALLET_BYTES_SAMPLE: usize = 100;
 
 /// The mean `MEMORY USAGE ... SAMPLES 0` of the hash, the log and the older stream of the

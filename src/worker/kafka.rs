@@ -34,13 +34,31 @@ pub const TOPIC_LEDGER: &str = "wallet.ledger";
 
 /// Where the brokers are and what extra librdkafka properties every client gets:
 /// `KafkaConfig::new("host:9092").with_property("security.protocol", "SASL_SSL")`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Its `Debug` shows secret values (see [`is_secret_property`]) as `***`.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KafkaConfig {
     /// `host:port[,host:port...]`
     pub brokers: String,
     /// Extra librdkafka properties (`security.protocol`, `sasl.*`, `ssl.*`, ...), applied last.
     pub properties: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: Vec<(&str, &str)> = self
+            .properties
+            .iter()
+            .map(|(k, v)| match is_secret_property(k) {
+                true => (k.as_str(), "***"),
+                false => (k.as_str(), v.as_str()),
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("properties", &shown)
+            .finish()
+    }
 }
 
 impl KafkaConfig {
@@ -327,6 +345,15 @@ mod tests {
         assert!(parse_property("novalue").is_err());
         assert!(parse_property("=x").is_err());
         assert!(is_secret_property("sasl.password"));
+        let config = KafkaConfig::new("b:9092")
+            .with_property("sasl.password", "s3cret")
+            .with_property("security.protocol", "SASL_SSL");
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("***"),
+            "{shown}"
+        );
+        assert!(shown.contains("SASL_SSL"), "{shown}");
         assert!(!is_secret_property("security.protocol"));
     }
 
