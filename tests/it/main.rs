@@ -13,6 +13,7 @@ mod cluster_ops;
 mod cluster_transfer;
 mod cluster_worker;
 mod contracts;
+mod docs;
 mod engine;
 mod examples;
 mod expiry;
