@@ -17,17 +17,14 @@ use wallet_transfer::engine::cluster_transfer::RECOVER_LIMIT;
 use wallet_transfer::engine::lock::LockConfig;
 use wallet_transfer::engine::service::Failpoint;
 use wallet_transfer::engine::wallet::HistoryKind;
-use wallet_transfer::tools::ops;
 use wallet_transfer::tools::results::ReadMessage;
 use wallet_transfer::{
-    Amount, Currency, EngineConfig, NewWallet, Status, TransferCompleted, TransferOutcome,
-    TransferRequest, WalletService,
+    Amount, Currency, EngineConfig, NewWallet, Status, TransferCompleted, TransferRequest,
+    WalletService,
 };
 
 use crate::support::cluster::RedisCluster;
-use crate::support::faults::{
-    FaultReport, LEDGER_WAIT_MS, check_ledger, read_ledger, rng, seed, size,
-};
+use crate::support::faults::{FaultReport, rng, seed, size};
 use crate::support::stack::{Stack, TopicLog, WorkerProcess};
 use crate::support::{Tansu, wait_until};
 
@@ -681,9 +678,10 @@ pub(crate) struct KillRun {
     pub(crate) verdict: Verdict,
 }
 
-/// The fault suite's row for a kill loop on a cluster: the verdict over every primary, the
-/// audit across shards, no lock without a ttl, and the ledger topic against the COMPLETED
-/// records (read with `transfer_outcome_of`, on each sender's primary).
+/// The fault suite's row for a kill loop on a cluster: the fault suite's own checker
+/// (`faults::check_on`: every request against its record, its history entries and its result
+/// messages, the audit across shards, no lock without a ttl, the ledger topic), plus what only
+/// a cluster can leave behind (the verdict: PENDING records, one-sided transfers, money).
 pub(crate) fn kill_report(
     stack: &Stack<RedisCluster>,
     service: &WalletService,
@@ -692,55 +690,20 @@ pub(crate) fn kill_report(
     run: &KillRun,
     results: &[ReadMessage],
 ) -> FaultReport {
-    let v = &run.verdict;
-    let mut violations = Vec::new();
-    if !(v.clean() && v.completed + v.failed == v.requests) {
-        violations.push(format!("verdict: {v:?}"));
-    }
-    for m in results.iter().filter(|m| m.result().is_err()) {
-        violations.push(format!(
-            "results partition {} offset {} is not a result",
-            m.partition, m.offset
-        ));
-    }
-    let audit = ops::audit(service).expect("audit reads every primary");
-    violations.extend(audit.violations.iter().map(|x| format!("audit: {x}")));
-    let locks = ops::locks(service).expect("locks read every primary");
-    for lock in locks.iter().filter(|l| l.is_problem()) {
-        violations.push(format!("{} has no ttl", lock.key));
-    }
-    let completed: HashMap<String, TransferOutcome> = load
-        .requests
-        .iter()
-        .filter_map(|r| {
-            let outcome = service
-                .transfer_outcome_of(&r.from_user, &r.idempotency_key)
-                .expect("outcome record");
-            outcome
-                .filter(|o| o.status == Status::Completed)
-                .map(|o| (r.idempotency_key.clone(), o))
-        })
-        .collect();
-    let ledger = check_ledger(&completed, &read_ledger(stack, &completed, LEDGER_WAIT_MS));
-    println!(
-        "{test}: ledger topic: {} entries for {} COMPLETED transfers, {} republished copies",
-        ledger.entries,
-        completed.len(),
-        ledger.copies
-    );
-    violations.extend(ledger.violations);
-    FaultReport {
-        fault: "worker SIGKILL + restart, cluster".into(),
+    let checked = crate::support::faults::Run {
+        fault: "worker SIGKILL + restart, cluster",
         injected: run.kills,
-        requests: v.requests,
-        lost: v.lost + v.no_result,
-        doubled: v.doubled,
-        audit_ok: audit.is_ok(),
-        ledger_entries: ledger.entries,
-        ledger_copies: ledger.copies,
+        requests: &load.requests,
+        results,
         recovery: run.recovery,
-        violations,
+        no_failures: false,
+    };
+    let mut report = crate::support::faults::check_on(stack, service, &checked);
+    let v = &run.verdict;
+    if !(v.clean() && v.completed + v.failed == v.requests) {
+        report.violations.push(format!("{test}: verdict: {v:?}"));
     }
+    report
 }
 
 /// The fault suite's kill loop on a cluster, with the worker's recovery sweep every second

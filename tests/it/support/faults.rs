@@ -257,22 +257,48 @@ pub fn check(
     no_failures: bool,
 ) -> FaultReport {
     let service = stack.redis.service(2, EngineConfig::default());
+    let run = Run {
+        fault,
+        injected,
+        requests,
+        results,
+        recovery,
+        no_failures,
+    };
+    check_on(stack, &service, &run)
+}
+
+/// What a fault run did, for [`check_on`].
+pub struct Run<'a> {
+    pub fault: &'a str,
+    pub injected: usize,
+    pub requests: &'a [TransferRequest],
+    pub results: &'a [ReadMessage],
+    pub recovery: Option<Duration>,
+    pub no_failures: bool,
+}
+
+/// [`check`] on any topology: `service` reads the records (`transfer_outcome_of`, on each
+/// sender's shard), the histories of the requests' wallets, the audit and the locks; the one
+/// exactly-once checker of the fault suite and of the cluster's fault tests.
+pub fn check_on<R>(stack: &Stack<R>, service: &WalletService, run: &Run<'_>) -> FaultReport {
+    let (fault, requests) = (run.fault, run.requests);
     let mut violations = Vec::new();
-    let by_id = results_by_id(results, &mut violations);
-    let audit = ops::audit(&service).expect("audit reads redis");
-    let effects = effects_by_transfer(stack, &service);
+    let by_id = results_by_id(run.results, &mut violations);
+    let audit = ops::audit(service).expect("audit reads redis");
+    let effects = effects_by_transfer(service, requests);
     let (mut lost, mut doubled, mut failed) = (0, 0, 0);
     let mut completed: HashMap<String, TransferOutcome> = HashMap::new();
     for r in requests {
         let outcome = service
-            .transfer_outcome(&r.idempotency_key)
+            .transfer_outcome_of(&r.from_user, &r.idempotency_key)
             .expect("read outcome");
         if let Some(o) = outcome.as_ref().filter(|o| o.status == Status::Completed) {
             completed.insert(r.idempotency_key.clone(), o.clone());
         }
         let entries = effects.get(&r.transfer_id).map_or(&[][..], Vec::as_slice);
         let answers = by_id.get(&r.transfer_id).map_or(&[][..], Vec::as_slice);
-        let found = check_request(r, outcome.as_ref(), entries, answers, no_failures);
+        let found = check_request(r, outcome.as_ref(), entries, answers, run.no_failures);
         lost += usize::from(found.lost);
         doubled += usize::from(found.doubled);
         failed += usize::from(outcome.is_some_and(|o| o.status == Status::Failed));
@@ -282,7 +308,7 @@ pub fn check(
         println!("{fault}: {failed} of {} requests FAILED", requests.len());
     }
     violations.extend(audit.violations.iter().map(|v| format!("audit: {v}")));
-    let locks = ops::locks(&service).expect("locks read redis");
+    let locks = ops::locks(service).expect("locks read redis");
     for lock in locks.iter().filter(|l| l.is_problem()) {
         violations.push(format!("{} has no ttl", lock.key));
     }
@@ -297,14 +323,14 @@ pub fn check(
     violations.extend(found.violations);
     FaultReport {
         fault: fault.to_string(),
-        injected,
+        injected: run.injected,
         requests: requests.len(),
         lost,
         doubled,
         audit_ok: audit.is_ok(),
         ledger_entries: found.entries,
         ledger_copies: found.copies,
-        recovery,
+        recovery: run.recovery,
         violations,
     }
 }
@@ -507,19 +533,24 @@ fn results_by_id(
 /// One history entry: (wallet, kind, amount).
 type Effect = (String, HistoryKind, Amount);
 
-/// The history entries of every wallet, per transfer id: how many effects each request had.
-fn effects_by_transfer(stack: &Stack, service: &WalletService) -> HashMap<String, Vec<Effect>> {
-    let wallet_ids: Vec<String> = redis::cmd("SMEMBERS")
-        .arg("wallets:all")
-        .query(&mut stack.redis.conn())
-        .expect("wallets:all");
+/// The history entries of the requests' wallets, per transfer id: how many effects each
+/// request had (an entry in another wallet is the audit's to find).
+fn effects_by_transfer(
+    service: &WalletService,
+    requests: &[TransferRequest],
+) -> HashMap<String, Vec<Effect>> {
+    let wallet_ids: std::collections::BTreeSet<&str> = requests
+        .iter()
+        .flat_map(|r| [r.from_user.as_str(), r.to_user.as_str()])
+        .collect();
     let mut effects: HashMap<String, Vec<Effect>> = HashMap::new();
-    for id in &wallet_ids {
+    for id in wallet_ids {
         for e in service.history(id).expect("history") {
-            effects
-                .entry(e.transfer_id.clone())
-                .or_default()
-                .push((id.clone(), e.kind, e.amount));
+            effects.entry(e.transfer_id.clone()).or_default().push((
+                id.to_string(),
+                e.kind,
+                e.amount,
+            ));
         }
     }
     effects
