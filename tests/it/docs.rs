@@ -114,3 +114,75 @@ fn every_repository_path_the_documents_name_exists() {
     }
     assert!(gone.is_empty(), "named but missing: {gone:?}");
 }
+
+/// The metric names a worker exports: every family the registry renders, with the suffixes a
+/// histogram's series carry.
+fn exported_metric_names() -> BTreeSet<String> {
+    let metrics = wallet_transfer::worker::metrics::Metrics::new();
+    // Per-partition families render only once a partition has a series.
+    metrics.set_committed(0, 0);
+    metrics.set_lag(0, 0);
+    metrics.health().set_watermarks(&[(0, 0, 1)]);
+    // What a scrape does first (the readiness gauges, the stalled watermarks).
+    metrics.check_readiness();
+    let text = metrics.render();
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut words = rest.split_whitespace();
+            let (Some(name), Some(kind)) = (words.next(), words.next()) else {
+                continue;
+            };
+            names.insert(name.to_string());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Every `wallet_...` name in `text` (metric names and prefixes alike).
+fn wallet_names(text: &str) -> BTreeSet<String> {
+    let bytes = text.as_bytes();
+    let mut names = BTreeSet::new();
+    let mut at = 0;
+    while let Some(found) = text[at..].find("wallet_") {
+        let start = at + found;
+        let before = start.checked_sub(1).map(|i| bytes[i]);
+        let end = text[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(text.len(), |n| start + n);
+        if !before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            names.insert(text[start..end].to_string());
+        }
+        at = end;
+    }
+    names
+}
+
+/// The alert rules, the dashboard and `wallet top` query only names the worker exports (a
+/// renamed metric would leave an alert that can never fire, or a panel with no data).
+#[test]
+fn the_alerts_the_dashboard_and_wallet_top_query_only_exported_metrics() {
+    let exported = exported_metric_names();
+    let mut unknown = Vec::new();
+    for path in [
+        "monitoring/alerts.yml",
+        "monitoring/alerts_test.yml",
+        "monitoring/grafana/wallet-transfer.json",
+        "src/cli/top.rs",
+    ] {
+        for name in wallet_names(&read(path)) {
+            if !exported.contains(&name) {
+                unknown.push(format!("{path}: {name}"));
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "not exported by the worker: {unknown:?}"
+    );
+}
