@@ -8,6 +8,9 @@
 use crate::engine::cluster;
 use crate::engine::store::keys;
 
+/// Most wallets one lock may cover.
+pub const LOCK_KEYS_LIMIT: usize = 16;
+
 /// The key names of one mode. Pure functions of the ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeySpace {
@@ -69,14 +72,14 @@ impl KeySpace {
 
     /// The lock keys of `wallet_ids`, sorted as strings and unique: the one order every
     /// locker takes them in.
-    /// At least one and at most [`crate::engine::lock::LOCK_KEYS_LIMIT`] wallets (asserted).
+    /// At least one and at most [`LOCK_KEYS_LIMIT`] wallets (asserted).
     pub fn lock_keys(self, wallet_ids: &[&str]) -> Vec<String> {
         let mut keys: Vec<String> = wallet_ids.iter().map(|id| self.lock(id)).collect();
         keys.sort_unstable();
         keys.dedup();
         assert!(!keys.is_empty(), "a lock covers at least one wallet");
         assert!(
-            keys.len() <= crate::engine::lock::LOCK_KEYS_LIMIT,
+            keys.len() <= LOCK_KEYS_LIMIT,
             "too many wallets for one lock"
         );
         keys

@@ -54,8 +54,8 @@ setters!(LockConfig {
 pub const LOCK_TTL_MS_LIMIT: u64 = 10 * 60 * 1000;
 /// Most lock retries any configuration may set.
 pub const LOCK_RETRIES_LIMIT: u32 = 1_000;
-/// Most wallets one lock may cover.
-pub const LOCK_KEYS_LIMIT: usize = 16;
+/// Most wallets one lock may cover (defined beside the lock keys, `keyspace`).
+pub use crate::engine::keyspace::LOCK_KEYS_LIMIT;
 
 impl LockConfig {
     /// Checks the settings against their limits; the error names the setting and the rule.
