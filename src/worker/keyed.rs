@@ -190,6 +190,7 @@ mod tests {
         assert_eq!(gate.parked_bytes(), 20);
         let a2 = gate.release(&a1).expect("a2 is next");
         assert_eq!(a2.offset, 2);
+        assert_eq!(gate.parked_bytes(), 10, "a3 alone is parked");
         let a3 = gate.release(&a2).expect("a3 is next");
         assert_eq!(a3.offset, 3);
         assert_eq!(gate.release(&a3), None);
@@ -221,6 +222,11 @@ mod tests {
         let dropped = gate.drop_partitions(&HashSet::from([0]));
         assert_eq!(dropped.iter().map(|d| d.offset).collect::<Vec<_>>(), [2]);
         assert_eq!(gate.parked(), 1);
+        assert_eq!(
+            gate.parked_bytes(),
+            10,
+            "the parked job of partition 1 is still held"
+        );
         // The job that was running when its partition went away releases nothing, and a job
         // of the new assignment holds the key.
         let fresh = J {

@@ -157,6 +157,34 @@ mod tests {
     }
 
     #[test]
+    fn jobs_due_at_the_same_time_come_out_in_the_order_they_were_queued() {
+        let t0 = Instant::now();
+        let mut q = RetryQueue::default();
+        assert!(q.is_empty());
+        for job in ["a", "b", "c", "d", "e"] {
+            q.push(t0, 0, t0, 1, job);
+        }
+        assert!(!q.is_empty());
+        let due: Vec<&str> = q.pop_due(t0).into_iter().map(|(j, _)| j).collect();
+        assert_eq!(due, ["a", "b", "c", "d", "e"]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn draining_at_shutdown_returns_every_waiting_job() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(60);
+        let mut q = RetryQueue::default();
+        q.push(later, 0, t0, 3, "x");
+        q.push(later, 1, t0, 4, "y");
+        let mut drained = q.drain();
+        drained.sort();
+        assert_eq!(drained, ["x", "y"], "none is lost, none is due yet");
+        assert!(q.is_empty());
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
     fn a_revoked_partition_stops_retrying() {
         let t0 = Instant::now();
         let mut q = RetryQueue::default();
