@@ -32,7 +32,9 @@ use crate::engine::expiry::{self, Freshness};
 use crate::engine::message::{Status, TransferRequest, fingerprint};
 use crate::engine::money::Amount;
 use crate::engine::service::{WAIT_REPLICAS_TIMEOUT_MS, WalletService};
-use crate::engine::transfer::{TransferError, TransferOutcome, TransferStats, parse_outcome};
+use crate::engine::transfer::{
+    TransferError, TransferOutcome, TransferStats, acked_enough, parse_outcome,
+};
 
 /// How much longer a claim lives than the outcome record it stands for: the record's ttl
 /// starts when the transfer completes, a little after the claim was set, and a PENDING record
@@ -168,14 +170,8 @@ pub(crate) fn claim(
             .map(|(held,)| (held, None)),
     }
     .inspect_err(|_| conn.taint())?;
-    if let (Some(n), Some(acked)) = (wanted, acked)
-        && acked < n
-    {
-        return Err(TransferError::ReplicasBehind {
-            acked,
-            wanted: n,
-            timeout_ms: WAIT_REPLICAS_TIMEOUT_MS,
-        });
+    if let (Some(n), Some(acked)) = (wanted, acked) {
+        acked_enough(acked, n)?;
     }
     let Some(held) = held else {
         return Ok(());
@@ -192,26 +188,30 @@ pub(crate) fn claim(
 
 /// The conflict of `request` with the key's `claimant`: with the claimant's recorded outcome
 /// when it has one (another round trip, on the conflict path only), else with the claimant as
-/// a PENDING outcome (its record is not written yet).
+/// a PENDING outcome (its record is not written yet). A record that cannot be read is that
+/// error (transient, or `Corrupt`), not a guess.
 fn conflict(pools: &ClusterPools, request: &TransferRequest, claimant: &Claimant) -> TransferError {
     let key = &request.idempotency_key;
     let record_key = keys::outcome(&claimant.from_user, key);
-    let recorded: Option<HashMap<String, String>> =
-        pools.conn_for_key(&record_key).ok().and_then(|mut c| {
-            redis::cmd("HGETALL")
-                .arg(&record_key)
-                .query(&mut c.redis)
-                .ok()
-        });
-    let original = recorded
-        .filter(|fields| !fields.is_empty())
-        .and_then(|fields| parse_outcome(&record_key, &fields).ok())
-        .unwrap_or_else(|| claimant.unrecorded_outcome(key));
-    TransferError::IdempotencyConflict {
-        key: key.clone(),
-        recorded: claimant.fingerprint(),
-        this: request.fingerprint(),
-        original: Box::new(original),
+    let read = || -> Result<TransferOutcome, TransferError> {
+        let mut conn = pools.conn_for_key(&record_key)?;
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&record_key)
+            .query(&mut conn.redis)
+            .inspect_err(|_| conn.taint())?;
+        match fields.is_empty() {
+            true => Ok(claimant.unrecorded_outcome(key)),
+            false => parse_outcome(&record_key, &fields),
+        }
+    };
+    match read() {
+        Ok(original) => TransferError::IdempotencyConflict {
+            key: key.clone(),
+            recorded: claimant.fingerprint(),
+            this: request.fingerprint(),
+            original: Box::new(original),
+        },
+        Err(e) => e,
     }
 }
 

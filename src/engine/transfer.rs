@@ -605,16 +605,8 @@ impl WalletService {
         let Some(wanted) = self.config.wait_replicas else {
             return Ok(());
         };
-        let timeout_ms = crate::engine::service::WAIT_REPLICAS_TIMEOUT_MS;
         let acked = crate::engine::service::wait_acked(conn, wanted)?;
-        if acked < wanted {
-            return Err(TransferError::ReplicasBehind {
-                acked,
-                wanted,
-                timeout_ms,
-            });
-        }
-        Ok(())
+        acked_enough(acked, wanted)
     }
 
     /// A connection to the Redis that holds `wallet_id`'s keys: the pool's on one Redis, its
@@ -697,6 +689,19 @@ impl Call<'_> {
         let original = parse_outcome(&self.outcome_key, recorded)?;
         self.stats.elapsed_us = self.started.elapsed().as_micros() as u64;
         answer_from_record(original, &self.fingerprint, self.origin, self.stats)
+    }
+}
+
+/// [`TransferError::ReplicasBehind`] when a WAIT saw fewer than `wanted` replicas acknowledge
+/// (`acked`) within the timeout. Pure.
+pub(crate) fn acked_enough(acked: u32, wanted: u32) -> Result<(), TransferError> {
+    match acked < wanted {
+        true => Err(TransferError::ReplicasBehind {
+            acked,
+            wanted,
+            timeout_ms: crate::engine::service::WAIT_REPLICAS_TIMEOUT_MS,
+        }),
+        false => Ok(()),
     }
 }
 
