@@ -289,22 +289,24 @@ fn set_paused(consumer: &BaseConsumer<ConsumerCtx>, paused: bool) {
     }
 }
 
-/// Longest wait for the committed offsets, and for each partition's watermarks, when a new
-/// assignment's lag and committed offset are exported.
+/// Longest the consumer thread spends exporting a new assignment's lag and committed offset
+/// (the committed offsets and every partition's watermarks, asked of the brokers together).
 const ASSIGNMENT_METRICS_TIMEOUT_MS: u64 = 2_000;
 
 /// Exports `wallet_committed_offset` and `wallet_consumer_lag` for every assigned partition
 /// right after an assignment, before any traffic or commit: the committed offset (the low
 /// watermark where the group has none: where it starts reading) and the high watermark minus
 /// it. So an idle worker, or one stuck from its start, shows its lag, and an alert on it can
-/// fire. Bounded by [`ASSIGNMENT_METRICS_TIMEOUT_MS`] per call; a broker that does not answer
-/// leaves the series to the statistics callback.
+/// fire. Bounded by [`ASSIGNMENT_METRICS_TIMEOUT_MS`] in all (the consumer thread must get
+/// back to polling); a broker that does not answer in time leaves the partitions not yet done
+/// to the statistics callback.
 fn seed_partition_metrics(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>) {
-    let timeout = Duration::from_millis(ASSIGNMENT_METRICS_TIMEOUT_MS);
+    let deadline = Instant::now() + Duration::from_millis(ASSIGNMENT_METRICS_TIMEOUT_MS);
+    let left = || deadline.saturating_duration_since(Instant::now());
     let Ok(assignment) = consumer.assignment() else {
         return;
     };
-    let committed = match consumer.committed_offsets(assignment.clone(), timeout) {
+    let committed = match consumer.committed_offsets(assignment.clone(), left()) {
         Ok(tpl) => tpl,
         Err(e) => {
             log::debug!("committed offsets for the lag metrics: {e}");
@@ -313,7 +315,11 @@ fn seed_partition_metrics(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>)
     };
     for e in committed.elements() {
         let (topic, partition) = (e.topic(), e.partition());
-        let (low, high) = match consumer.fetch_watermarks(topic, partition, timeout) {
+        if left().is_zero() {
+            log::debug!("lag metrics: out of time at partition {partition}");
+            return;
+        }
+        let (low, high) = match consumer.fetch_watermarks(topic, partition, left()) {
             Ok(marks) => marks,
             Err(err) => {
                 log::debug!("watermarks of partition {partition} for the lag metrics: {err}");
