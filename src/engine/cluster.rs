@@ -8,8 +8,8 @@
 //! primary, opened with the same TLS and AUTH handling as a single Redis (`store::client`,
 //! `store::connect_pool_tls`), replaced when a refresh finds that a slot range moved.
 //!
-//! Does not: run transfers, deposits or audits on a cluster (`cluster_transfer`,
-//! `cluster_wallet` and `wallet` do, through `service::Backend`), retry on a redirect by itself
+//! Does not: run transfers, deposits or audits on a cluster (`transfer`, `cluster_transfer`
+//! and `wallet` do, through `topology::Topology`), retry on a redirect by itself
 //! (a caller sees the redirect, refreshes the map and retries the step as a transient error),
 //! read from replicas, or change the standalone key names of `store::keys`.
 //!
@@ -39,10 +39,11 @@
 //!
 //! # Where the rest of cluster mode lives
 //!
-//! The service holds a `Backend` and takes its key names from `keyspace::KeySpace`; the key's
-//! claim is `key_claim`, the cross-slot steps and recovery are `cluster_transfer`, the shard
-//! locks `cluster_lock`, wallets and deposits `cluster_wallet` and `wallet`; the operator tools
-//! scan every primary ([`ClusterPools::primaries`]). ARCHITECTURE.md, "Redis Cluster", has the
+//! The service holds a `topology::Topology` (one Redis, or these pools: its shards are the
+//! primaries) and takes its key names from `keyspace::KeySpace`; the key's claim is
+//! `key_claim`, the cross-slot steps and recovery are `cluster_transfer`, the shard locks
+//! `cluster_lock`, wallets and deposits `wallet`; the operator tools loop over the topology's
+//! shards. ARCHITECTURE.md, "Redis Cluster", has the
 //! protocol as built. `users:all` and `wallets:all` are single keys in one slot, so a cluster
 //! has neither: readers scan every primary for `wallet:{*}`.
 

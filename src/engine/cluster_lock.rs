@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::engine::cluster::{ClusterPools, keys};
 use crate::engine::lock::{LockConfig, LockError, LockStats};
+use crate::engine::outcome::TransferError;
 use crate::engine::store::PooledConn;
-use crate::engine::transfer::TransferError;
 
 /// Deletes `KEYS[1]` (the lock) and then every further key, only while the lock holds
 /// `ARGV[1]`; returns 1 when it did, 0 when the lock was not ours (nothing deleted).

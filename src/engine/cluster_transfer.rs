@@ -61,13 +61,13 @@ use crate::engine::keyspace::KeySpace;
 use crate::engine::lock::{Admission, LockError};
 use crate::engine::message::{FailureReason, Status, TransferRequest, now_ms};
 use crate::engine::money::{Amount, BALANCE_LIMIT};
-use crate::engine::retention;
-use crate::engine::service::{Backend, Failpoint, WalletService};
-use crate::engine::store::PooledConn;
-use crate::engine::transfer::{
+use crate::engine::outcome::{
     Origin, TransferError, TransferOutcome, TransferStats, answer_from_record, decide, new_outcome,
     outcome_fields, parse_outcome,
 };
+use crate::engine::retention;
+use crate::engine::service::{Failpoint, WalletService};
+use crate::engine::store::PooledConn;
 use crate::engine::wallet::{
     HistoryKind, Mover, Wallet, WalletStatus, add_history_in, parse_wallet,
 };
@@ -853,7 +853,7 @@ impl WalletService {
     /// primary is an error; a PENDING record that cannot be finished now (its locks busy) is
     /// counted in [`RecoverReport::failed`] with its error: run again later.
     pub fn recover(&self, limit: usize) -> Result<RecoverReport, TransferError> {
-        let Backend::Cluster(pools) = &self.backend else {
+        let Some(pools) = self.topology.cluster_pools() else {
             return Ok(RecoverReport::default());
         };
         let limit = limit.min(RECOVER_LIMIT);

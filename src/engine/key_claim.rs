@@ -31,10 +31,10 @@ use crate::engine::cluster::{ClusterPools, keys};
 use crate::engine::expiry::{self, Freshness};
 use crate::engine::message::{Status, TransferRequest, fingerprint};
 use crate::engine::money::Amount;
-use crate::engine::service::{WAIT_REPLICAS_TIMEOUT_MS, WalletService};
-use crate::engine::transfer::{
+use crate::engine::outcome::{
     TransferError, TransferOutcome, TransferStats, acked_enough, parse_outcome,
 };
+use crate::engine::service::{WAIT_REPLICAS_TIMEOUT_MS, WalletService};
 
 /// How much longer a claim lives than the outcome record it stands for: the record's ttl
 /// starts when the transfer completes, a little after the claim was set, and a PENDING record

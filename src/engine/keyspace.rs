@@ -3,7 +3,7 @@
 //!
 //! Owns the choice between the two spellings, so the transfer and wallet code ask for "the
 //! wallet key of X" without knowing the mode. Does not own the spellings themselves (they stay
-//! in `store::keys` and `cluster::keys`) or the connections (`service::Backend`).
+//! in `store::keys` and `cluster::keys`) or the connections (`topology::Topology`).
 
 use crate::engine::cluster;
 use crate::engine::store::keys;
@@ -68,6 +68,22 @@ impl KeySpace {
             KeySpace::Standalone => keys::outcome(idempotency_key),
             KeySpace::Cluster => cluster::keys::outcome(sender, idempotency_key),
         }
+    }
+
+    /// The sets every new wallet and user is added to: `users:all` and `wallets:all` on one
+    /// Redis (the original system's indexes); none on a cluster, where one key cannot sit in
+    /// every wallet's slot (readers scan each shard for [`KeySpace::wallet_pattern`]).
+    pub fn wallet_index_sets(self) -> &'static [&'static str] {
+        match self {
+            KeySpace::Standalone => &[keys::USERS_ALL, keys::WALLETS_ALL],
+            KeySpace::Cluster => &[],
+        }
+    }
+
+    /// Whether an outcome record's name holds its sender (a cluster's, which lives in the
+    /// sender's slot), so that the key alone cannot find it.
+    pub fn outcome_needs_sender(self) -> bool {
+        self == KeySpace::Cluster
     }
 
     /// The lock keys of `wallet_ids`, sorted as strings and unique: the one order every

@@ -558,9 +558,9 @@ impl WalletService {
         let (direct, queued) = needs.split_at(split);
         debug_assert!(queued.iter().all(|n| n.phase == Phase::Queued));
         debug_assert_eq!(direct.last().map(|n| n.acl), Some("multi"));
-        let pool = match &self.backend {
-            crate::engine::service::Backend::Standalone(pool) => pool,
-            crate::engine::service::Backend::Cluster(_) => {
+        let pool = match self.topology.one_pool() {
+            Some(pool) => pool,
+            None => {
                 // The probes' keys are the standalone names, spread over slots a node may not
                 // serve; the check on a cluster is later work (issue 11).
                 log::warn!(

@@ -2,9 +2,9 @@
 //! Redis) or one pool per primary (a Redis Cluster) that creates wallets, deposits, reads
 //! balances and runs transfers.
 //!
-//! Owns the engine's settings and shared state (the backend, in-process lock queue, test
+//! Owns the engine's settings and shared state (the topology, in-process lock queue, test
 //! hooks). Does not own the operations: they live beside their own concepts (wallets in
-//! `wallet` and `cluster_wallet`, the transfer algorithm in `transfer` and
+//! `wallet`, the transfer algorithm in `transfer` and
 //! `cluster_transfer`). Cheap to clone; share one per process.
 
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use crate::engine::lock::{LocalLocks, LockConfig, StuckLocks};
 use crate::engine::retention::HISTORY_MAX_ENTRIES_LIMIT;
 use crate::engine::setting::{SettingError, setters};
 use crate::engine::store::{self, Pool, RedisTls, StoreError};
+use crate::engine::topology::Topology;
 
 /// Engine settings. `Default` gives the documented defaults (those of the `wallet` binary's
 /// flags); change them with the `with_*` setters, which keep compiling when settings are
@@ -139,19 +140,10 @@ pub enum Failpoint {
     AfterCredit,
 }
 
-/// What the service talks to: one Redis or a Redis Cluster.
-#[derive(Clone)]
-pub(crate) enum Backend {
-    /// One Redis, the original key names.
-    Standalone(Pool),
-    /// A Redis Cluster, one pool per primary, the cluster key names.
-    Cluster(Arc<ClusterPools>),
-}
-
 /// The transfer engine. Blocking; safe to share between threads (clone it).
 #[derive(Clone)]
 pub struct WalletService {
-    pub(crate) backend: Backend,
+    pub(crate) topology: Topology,
     pub(crate) config: EngineConfig,
     pub(crate) local_locks: Arc<LocalLocks>,
     pub(crate) stuck_locks: Arc<StuckLocks>,
@@ -184,7 +176,7 @@ impl WalletService {
     /// Uses an existing pool (from [`crate::engine::store::connect_pool`], or one shared with
     /// another service).
     pub fn with_pool(pool: Pool, config: EngineConfig) -> Result<WalletService, ServiceError> {
-        WalletService::with_backend(Backend::Standalone(pool), config)
+        WalletService::with_topology(Topology::one(pool), config)
     }
 
     /// Connects to a Redis Cluster: reads the slot map from the first of `seeds`
@@ -212,13 +204,17 @@ impl WalletService {
         pools: Arc<ClusterPools>,
         config: EngineConfig,
     ) -> Result<WalletService, ServiceError> {
-        WalletService::with_backend(Backend::Cluster(pools), config)
+        WalletService::with_topology(Topology::cluster(pools), config)
     }
 
-    fn with_backend(backend: Backend, config: EngineConfig) -> Result<WalletService, ServiceError> {
+    /// Uses an existing [`Topology`] (one Redis or a cluster).
+    pub fn with_topology(
+        topology: Topology,
+        config: EngineConfig,
+    ) -> Result<WalletService, ServiceError> {
         config.validate()?;
         Ok(WalletService {
-            backend,
+            topology,
             config,
             local_locks: Arc::new(LocalLocks::default()),
             stuck_locks: Arc::new(StuckLocks::default()),
@@ -248,27 +244,23 @@ impl WalletService {
 
     /// The Redis pool when the service talks to one Redis; `None` on a cluster.
     pub fn standalone_pool(&self) -> Option<&Pool> {
-        match &self.backend {
-            Backend::Standalone(pool) => Some(pool),
-            Backend::Cluster(_) => None,
-        }
+        self.topology.one_pool()
     }
 
     /// The cluster's pools and slot map when the service talks to a Redis Cluster; `None` on
     /// one Redis.
     pub fn cluster(&self) -> Option<&Arc<ClusterPools>> {
-        match &self.backend {
-            Backend::Standalone(_) => None,
-            Backend::Cluster(pools) => Some(pools),
-        }
+        self.topology.cluster_pools()
+    }
+
+    /// Where the keys live: one Redis or a cluster's shards, their connections and key names.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
     }
 
     /// The key names this service writes.
     pub fn key_space(&self) -> KeySpace {
-        match self.backend {
-            Backend::Standalone(_) => KeySpace::Standalone,
-            Backend::Cluster(_) => KeySpace::Cluster,
-        }
+        self.topology.key_space()
     }
 
     /// Test hook: cross-slot transfers on a cluster stop at `failpoint` (see [`Failpoint`]);

@@ -1,8 +1,9 @@
 //! Wallets and users in Redis: creating them, reading them, deposits, and the history.
 //!
 //! Owns the shape of the `user:{id}` and `wallet:{id}` hashes and of the history entries
-//! (ARCHITECTURE.md, "Redis data model"), in either key space (one Redis, or a cluster, where
-//! `cluster_wallet` creates them). Does not move money between wallets; that is `transfer`.
+//! (ARCHITECTURE.md, "Redis data model"), in either key space: one creation for both, grouped
+//! by shard through `topology` (a cluster's shard is a primary, with no `users:all` or
+//! `wallets:all` index). Does not move money between wallets; that is `transfer`.
 //!
 //! A history is a Redis list, `wallet:{id}:log`, one compact line per entry
 //! (`format_log_entry`), oldest first: entry number `n` (the one that made version `n`) is at
@@ -24,7 +25,7 @@ use crate::engine::keyspace::KeySpace;
 use crate::engine::message::{FieldError, check_user_id, now_ms};
 use crate::engine::money::{Amount, Currency};
 use crate::engine::retention::{self, Checkpoint};
-use crate::engine::service::{Backend, WalletService};
+use crate::engine::service::WalletService;
 use crate::engine::store::{Conn, PooledConn, keys};
 
 /// A wallet as stored in `wallet:{id}`. Data the engine returns; not `#[non_exhaustive]`, so
@@ -334,8 +335,7 @@ redis.call('HSET', KEYS[2], 'user_id', ARGV[1], 'full_name', ARGV[2], 'email', A
 redis.call('HSET', KEYS[1], 'wallet_id', ARGV[1], 'user_id', ARGV[1], 'balance', ARGV[4],
   'opening_balance', ARGV[4], 'currency', ARGV[5], 'status', 'active', 'created_at', ARGV[6],
   'version', 0)
-redis.call('SADD', KEYS[3], ARGV[1])
-redis.call('SADD', KEYS[4], ARGV[1])
+for i = 3, #KEYS do redis.call('SADD', KEYS[i], ARGV[1]) end
 return 1
 "#;
 
@@ -362,31 +362,24 @@ impl WalletService {
                 .into());
             }
         }
-        let pool = match &self.backend {
-            Backend::Standalone(pool) => pool,
-            Backend::Cluster(pools) => {
-                return crate::engine::cluster_wallet::create_wallets(
-                    pools,
-                    wallets,
-                    self.config.wait_replicas,
-                );
-            }
-        };
-        let mut conn = pool.get()?;
+        let (topology, space) = (&self.topology, self.key_space());
         let script = redis::Script::new(CREATE_LUA);
-        let all = [keys::USERS_ALL.to_string(), keys::WALLETS_ALL.to_string()];
-        let wallets: Vec<&NewWallet> = wallets.iter().collect();
-        let created = create_in_batches(&mut conn, &script, &wallets, |w| {
-            let mut k = vec![keys::wallet(&w.user_id), keys::user(&w.user_id)];
-            k.extend(all.iter().cloned());
-            k
-        })?;
-        wait_replicas(
-            &mut conn,
-            self.config.wait_replicas,
-            "the new wallets",
-            CREATE_ADVICE,
-        )?;
+        let mut created = 0;
+        for (shard, group) in topology.by_shard(wallets, |w| space.wallet(&w.user_id))? {
+            let mut conn = topology.conn_for_shard::<WalletError>(&shard)?;
+            created += create_in_batches(&mut conn, &script, &group, |w| {
+                let mut keys = vec![space.wallet(&w.user_id), space.user(&w.user_id)];
+                keys.extend(space.wallet_index_sets().iter().map(|s| s.to_string()));
+                keys
+            })
+            .inspect_err(|e| topology.refresh_after(e))?;
+            wait_replicas(
+                &mut conn,
+                self.config.wait_replicas,
+                "the new wallets",
+                CREATE_ADVICE,
+            )?;
+        }
         Ok(created)
     }
 
@@ -399,10 +392,8 @@ impl WalletService {
     /// A connection to the Redis that holds `user_id`'s keys: the pool's on one Redis, its
     /// slot's primary on a cluster.
     fn wallet_conn(&self, user_id: &str) -> Result<PooledConn, WalletError> {
-        match &self.backend {
-            Backend::Standalone(pool) => Ok(pool.get()?),
-            Backend::Cluster(pools) => Ok(pools.conn_for_key(self.key_space().wallet(user_id))?),
-        }
+        self.topology
+            .conn_for_key(&self.key_space().wallet(user_id))
     }
 
     /// The balance of `user_id`'s wallet.
