@@ -100,11 +100,129 @@ impl KeySpace {
         );
         keys
     }
+
+    /// SCAN pattern of every outcome record (`transfer:KEY`, `transfer:{SENDER}:KEY`).
+    pub fn outcome_pattern(self) -> &'static str {
+        match self {
+            KeySpace::Standalone => "transfer:*",
+            KeySpace::Cluster => "transfer:{*}:*",
+        }
+    }
+
+    /// What follows `transfer:` in an outcome record's name: the key (`KEY`), or on a cluster
+    /// `{SENDER}:KEY`, which the audit keys its records by.
+    pub fn outcome_id(self, record_key: &str) -> &str {
+        record_key.strip_prefix("transfer:").unwrap_or(record_key)
+    }
+
+    /// Whether a transfer's wallets may sit in different hash slots, so that it runs as steps
+    /// with PENDING records and credit markers (a cluster), rather than always as one
+    /// transaction (one Redis).
+    pub fn has_cross_slot_transfers(self) -> bool {
+        self == KeySpace::Cluster
+    }
+
+    /// Whether one MULTI/EXEC may read any keys of this key space (one Redis); on a cluster
+    /// a transaction stays within one hash slot.
+    pub fn one_transaction_reads_any_keys(self) -> bool {
+        self == KeySpace::Standalone
+    }
+
+    /// SCAN pattern of every wallet lock (`lock:ID`, `lock:{ID}`).
+    pub fn lock_pattern(self) -> &'static str {
+        match self {
+            KeySpace::Standalone => "lock:*",
+            KeySpace::Cluster => "lock:{*}",
+        }
+    }
+
+    /// SCAN pattern of the older history streams (`wallet:ID:history`).
+    pub fn history_stream_pattern(self) -> &'static str {
+        match self {
+            KeySpace::Standalone => "wallet:*:history",
+            KeySpace::Cluster => "wallet:{*}:history",
+        }
+    }
+
+    /// How every wallet is listed: SSCAN of `wallets:all` on one Redis, SCAN of `wallet:{*}`
+    /// hashes on each shard of a cluster (which has no index set).
+    pub fn wallet_listing(self) -> WalletListing {
+        match self {
+            KeySpace::Standalone => WalletListing::IndexSet(keys::WALLETS_ALL),
+            KeySpace::Cluster => WalletListing::Scan("wallet:{*}"),
+        }
+    }
+
+    /// The wallet id in a wallet hash's name (`wallet:ID`, `wallet:{ID}`); `None` for any
+    /// other key.
+    pub fn wallet_id_of_key(self, key: &str) -> Option<&str> {
+        let rest = key.strip_prefix("wallet:")?;
+        match self {
+            KeySpace::Standalone => Some(rest).filter(|id| !id.contains(':')),
+            KeySpace::Cluster => rest.strip_prefix('{')?.strip_suffix('}'),
+        }
+    }
+
+    /// SCAN pattern of the credit markers of cross-slot transfers; `None` where there are
+    /// none (one Redis, where every transfer is one transaction).
+    pub fn credit_marker_pattern(self) -> Option<&'static str> {
+        match self {
+            KeySpace::Standalone => None,
+            KeySpace::Cluster => Some(cluster::keys::CREDIT_MARKER_PATTERN),
+        }
+    }
+
+    /// SCAN patterns that together match every key of the data model (users, wallets with
+    /// their histories, outcome records, locks; on a cluster also the credit markers and the
+    /// keys' claims), without the index sets ([`KeySpace::wallet_index_sets`]).
+    pub fn data_model_patterns(self) -> &'static [&'static str] {
+        match self {
+            KeySpace::Standalone => &["user:*", "wallet:*", "transfer:*", "lock:*"],
+            KeySpace::Cluster => &[
+                "user:*",
+                "wallet:*",
+                "transfer:*",
+                "lock:*",
+                "credit:*",
+                cluster::keys::CLAIM_PATTERN,
+            ],
+        }
+    }
+}
+
+/// How a key space lists its wallets (see [`KeySpace::wallet_listing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalletListing {
+    /// Members of this set (one Redis's `wallets:all`).
+    IndexSet(&'static str),
+    /// Hashes whose names match this pattern, on every shard ([`KeySpace::wallet_id_of_key`]
+    /// gives the id).
+    Scan(&'static str),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_patterns_match_the_names_and_give_the_ids_back() {
+        for space in [KeySpace::Standalone, KeySpace::Cluster] {
+            let wallet = space.wallet("user_1");
+            assert_eq!(space.wallet_id_of_key(&wallet), Some("user_1"));
+            assert_eq!(space.wallet_id_of_key(&space.log("user_1")), None);
+            assert_eq!(space.wallet_id_of_key(&space.user("user_1")), None);
+            let outcome = space.outcome("user_1", "k1");
+            let glob = space
+                .outcome_pattern()
+                .replace("{*}", "{user_1}")
+                .replace('*', "k1");
+            assert_eq!(glob, outcome);
+            assert!(space.outcome_id(&outcome).ends_with("k1"));
+            let stream = space.history_stream_pattern().replace('*', "user_1");
+            assert_eq!(stream, space.history("user_1"));
+        }
+        assert_eq!(KeySpace::Cluster.outcome_id("transfer:{a}:k"), "{a}:k");
+    }
 
     #[test]
     fn standalone_names_are_the_original_ones_and_cluster_names_are_tagged() {

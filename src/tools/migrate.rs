@@ -111,17 +111,11 @@ return {moved, left}
 /// a cluster.
 pub fn migrate_histories(service: &WalletService) -> Result<MigrateReport, MigrateError> {
     let mut report = MigrateReport::default();
-    match service.cluster() {
-        None => {
-            let mut conn = service.pool().get()?;
-            migrate_node(&mut conn, "wallet:*:history", &mut report)?;
-        }
-        Some(pools) => {
-            for addr in pools.primaries() {
-                let mut conn = pools.conn_for_addr(&addr)?;
-                migrate_node(&mut conn, "wallet:{*}:history", &mut report)?;
-            }
-        }
+    let topology = service.topology();
+    let pattern = topology.key_space().history_stream_pattern();
+    for shard in topology.shards() {
+        let mut conn = topology.conn_for_shard::<MigrateError>(&shard)?;
+        migrate_node(&mut conn, pattern, &mut report)?;
     }
     Ok(report)
 }

@@ -28,13 +28,14 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use serde::Serialize;
 
-use crate::engine::cluster::{self, ClusterError, ClusterPools};
-use crate::engine::keyspace::KeySpace;
+use crate::engine::cluster::{self, ClusterError};
+use crate::engine::keyspace::{KeySpace, WalletListing};
 use crate::engine::message::TransferRequest;
 use crate::engine::money::Amount;
 use crate::engine::retention::Checkpoint;
 use crate::engine::service::WalletService;
 use crate::engine::store::{self, PooledConn, keys};
+use crate::engine::topology::{Shard, Topology};
 use crate::engine::wallet::{RawHistory, combine_history};
 pub use crate::tools::audit::{
     AuditReport, AuditSettings, Auditor, CreditMarker, CurrencyTotals, Fields, Plan, Reread,
@@ -85,28 +86,33 @@ pub enum OpsError {
     Other(String),
 }
 
-/// Most primaries a view scans (a cluster's map holds at most [`cluster::NODES_LIMIT`] nodes).
-pub const PRIMARIES_LIMIT: usize = cluster::NODES_LIMIT;
+/// Most shards a view scans (a cluster's map holds at most [`cluster::NODES_LIMIT`] nodes).
+pub const PRIMARIES_LIMIT: usize = crate::engine::topology::SHARDS_LIMIT;
 
-/// One connection to each primary of a cluster, with its address, sorted by address; or the
-/// one Redis, without an address.
-pub(crate) fn each_primary(
-    service: &WalletService,
-) -> Result<Vec<(Option<String>, PooledConn)>, OpsError> {
-    let Some(pools) = service.cluster() else {
-        return Ok(vec![(None, service.pool().get()?)]);
-    };
-    let mut out = Vec::new();
-    for addr in pools.primaries().into_iter().take(PRIMARIES_LIMIT) {
-        let conn = pools.conn_for_addr(&addr)?;
-        out.push((Some(addr), conn));
-    }
-    Ok(out)
+/// One connection to each shard of the service's topology (the one Redis, or each primary),
+/// sorted by label.
+pub(crate) fn each_shard(service: &WalletService) -> Result<Vec<(Shard, PooledConn)>, OpsError> {
+    let topology = service.topology();
+    let shards = topology.shards().into_iter();
+    shards
+        .map(|shard| {
+            let conn = topology.conn_for_shard::<OpsError>(&shard)?;
+            Ok((shard, conn))
+        })
+        .collect()
 }
 
-/// The wallet id in a cluster wallet key `wallet:{id}`; `None` for any other key.
-fn cluster_wallet_id(key: &str) -> Option<&str> {
-    key.strip_prefix("wallet:{")?.strip_suffix('}')
+/// The id of every wallet on one shard, sorted: by the key space's listing (the index set on
+/// one Redis, a SCAN of the wallet hashes on a cluster's primary).
+fn wallet_ids(conn: &mut PooledConn, space: KeySpace) -> Result<Vec<String>, OpsError> {
+    match space.wallet_listing() {
+        WalletListing::IndexSet(set) => sscan_all(conn, set),
+        WalletListing::Scan(pattern) => {
+            let found = scan_keys(conn, pattern, Some("hash"))?;
+            let ids = found.iter().filter_map(|key| space.wallet_id_of_key(key));
+            Ok(ids.map(str::to_string).collect())
+        }
+    }
 }
 
 /// Every member of a set, read with SSCAN; sorted, without repeats.
@@ -163,12 +169,8 @@ pub fn snapshot(
 ) -> Result<Vec<SnapshotRow>, OpsError> {
     let space = service.key_space();
     let mut rows = Vec::new();
-    for (addr, mut conn) in each_primary(service)? {
-        let ids = match addr {
-            None => sscan_all(&mut conn, keys::WALLETS_ALL)?,
-            Some(_) => cluster_wallet_ids(&mut conn)?,
-        };
-        let ids: Vec<String> = ids
+    for (_, mut conn) in each_shard(service)? {
+        let ids: Vec<String> = wallet_ids(&mut conn, space)?
             .into_iter()
             .filter(|id| prefix.is_none_or(|p| id.starts_with(p)))
             .collect();
@@ -188,16 +190,6 @@ pub fn snapshot(
     }
     rows.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(rows)
-}
-
-/// The ids of every `wallet:{id}` hash on one cluster primary (SCAN), sorted.
-fn cluster_wallet_ids(conn: &mut PooledConn) -> Result<Vec<String>, OpsError> {
-    let found = scan_keys(conn, "wallet:{*}", Some("hash"))?;
-    Ok(found
-        .iter()
-        .filter_map(|key| cluster_wallet_id(key))
-        .map(str::to_string)
-        .collect())
 }
 
 /// One row from the (HGETALL wallet, HGET user full_name) replies.
@@ -252,10 +244,7 @@ pub struct StoreStats {
 /// format, ARCHITECTURE.md, "Redis data model"). On a cluster: memory and records summed over
 /// every primary, the limits over all of them. Reads only.
 pub fn store_stats(service: &WalletService) -> Result<StoreStats, OpsError> {
-    let pattern = match service.key_space() {
-        KeySpace::Standalone => keys::outcome("*"),
-        KeySpace::Cluster => "transfer:{*}:*".to_string(),
-    };
+    let pattern = service.key_space().outcome_pattern();
     let mut stats = StoreStats {
         used_memory_bytes: 0,
         outcome_records: 0,
@@ -264,7 +253,7 @@ pub fn store_stats(service: &WalletService) -> Result<StoreStats, OpsError> {
         oldest_sampled_age_ms: None,
     };
     let mut oldest: Option<u64> = None;
-    for (_, mut conn) in each_primary(service)? {
+    for (_, mut conn) in each_shard(service)? {
         let info: String = redis::cmd("INFO").arg("memory").query(&mut conn.redis)?;
         stats.used_memory_bytes += info
             .lines()
@@ -272,7 +261,7 @@ pub fn store_stats(service: &WalletService) -> Result<StoreStats, OpsError> {
             .unwrap_or(0);
         let room = STORE_COUNT_LIMIT.saturating_sub(stats.outcome_records);
         let sample_room = STORE_SAMPLE_LIMIT.saturating_sub(stats.sampled as usize);
-        let (count, exact, sample) = count_outcomes(&mut conn, &pattern, room, sample_room)?;
+        let (count, exact, sample) = count_outcomes(&mut conn, pattern, room, sample_room)?;
         stats.outcome_records += count;
         stats.outcome_records_exact &= exact;
         stats.sampled += sample.len() as u64;
@@ -379,12 +368,12 @@ impl LockInfo {
 /// each with its shard (the primary's address and the slot).
 pub fn locks(service: &WalletService) -> Result<Vec<LockInfo>, OpsError> {
     let mut out = Vec::new();
-    for (addr, mut conn) in each_primary(service)? {
-        let pattern = if addr.is_some() { "lock:{*}" } else { "lock:*" };
+    let pattern = service.key_space().lock_pattern();
+    for (shard, mut conn) in each_shard(service)? {
         for mut lock in locks_on(&mut conn, pattern)? {
-            if addr.is_some() {
+            if let Some(addr) = shard.addr() {
                 lock.slot = Some(cluster::hash_slot(lock.key.as_bytes()));
-                lock.primary = addr.clone();
+                lock.primary = Some(addr.to_string());
             }
             out.push(lock);
         }
@@ -447,18 +436,22 @@ pub fn audit(service: &WalletService) -> Result<AuditReport, OpsError> {
     audit_with(service, &AuditSettings::default())
 }
 
-/// Checks the ledger invariants with `settings` (the outcome ttl the engine writes with):
+/// Checks the ledger invariants with `settings` (the outcome ttl the engine writes with), on
+/// any topology, shard by shard (the one Redis is one shard; a cluster's are its primaries):
 ///
-/// 1. Redis `TIME`, the scan's start; every `transfer:*` record (SCAN, pipelined HGETALL in
-///    batches of [`BATCH`]);
+/// 1. Redis `TIME` of the first shard, the scan's start; every outcome record of every shard
+///    (SCAN, pipelined HGETALL in batches of [`BATCH`]);
 /// 2. then each wallet's hash and history in one MULTI/EXEC (pipelined, [`BATCH`] wallets per
-///    round trip), so each wallet is seen whole;
-/// 3. when a wallet's window starts after the scan's start (entries made during the scan may
-///    hide in its checkpoint), every `transfer:*` record again, so every transfer with money
-///    in a snapshot has its outcome read;
-/// 4. then, while transfers finish during the scan, what a finding waits for (a wallet's
-///    hash and its history after its snapshot, an outcome record) in one MULTI/EXEC per pass,
-///    a bounded number of passes ([`Auditor::settle`]).
+///    round trip), so each wallet is seen whole; the wallets are those of the key space's
+///    listing (`wallets:all` on one Redis, the `wallet:{id}` hashes of each primary);
+/// 3. the credit markers of cross-slot transfers, where the key space has them;
+/// 4. every outcome record again, when the wallets were read shard by shard at their own
+///    moments (every entry's record exists before the entry, so the second scan finds it), or
+///    when a wallet's window starts after the scan's start (entries made during the scan may
+///    hide in its checkpoint);
+/// 5. then, while transfers finish during the scan, what a finding waits for (a wallet's
+///    hash and its history after its snapshot, an outcome record), a bounded number of passes
+///    ([`Auditor::settle`], [`read_plan`]).
 ///
 /// A Redis error is an `Err`; a broken invariant is a [`Violation`] in the report. The checks
 /// are pure functions over what was read ([`Auditor`]).
@@ -466,46 +459,68 @@ pub fn audit_with(
     service: &WalletService,
     settings: &AuditSettings,
 ) -> Result<AuditReport, OpsError> {
-    if let Some(pools) = service.cluster() {
-        return audit_cluster(pools, settings);
-    }
-    let mut conn = service.pool().get()?;
+    let topology = service.topology();
+    let space = topology.key_space();
+    let shards = topology.shards();
+    let first = shards
+        .first()
+        .ok_or_else(|| OpsError::Other("the topology names no shard".to_string()))?;
+    let mut conn = topology.conn_for_shard::<OpsError>(first)?;
     let (seconds, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn.redis)?;
-    let mut auditor = Auditor::new(*settings, seconds * 1000 + micros / 1000);
-    scan_outcomes(&mut conn, &mut auditor)?;
-    let ids = sscan_all(&mut conn, keys::WALLETS_ALL)?;
-    for batch in ids.chunks(BATCH) {
-        for wallet in read_each_wallet(&mut conn, KeySpace::Standalone, batch)? {
-            auditor.ingest(Snapshot {
-                listed: true,
-                wallets: vec![wallet],
-                outcomes: Vec::new(),
-            });
+    drop(conn);
+    let started_ms = seconds * 1000 + micros / 1000;
+    let mut auditor = match space.has_cross_slot_transfers() {
+        false => Auditor::new(*settings, started_ms),
+        true => Auditor::across_shards(*settings, started_ms),
+    };
+    scan_outcomes(topology, &shards, &mut auditor)?;
+    for shard in &shards {
+        let mut conn = topology.conn_for_shard::<OpsError>(shard)?;
+        let ids = wallet_ids(&mut conn, space)?;
+        for batch in ids.chunks(BATCH) {
+            for wallet in read_each_wallet(&mut conn, space, batch)? {
+                auditor.ingest(Snapshot {
+                    listed: true,
+                    wallets: vec![wallet],
+                    outcomes: Vec::new(),
+                });
+            }
         }
     }
+    if let Some(pattern) = space.credit_marker_pattern() {
+        auditor.ingest_markers(scan_markers(topology, &shards, pattern)?);
+    }
     let mut outcome_scans = 1;
-    if auditor.needs_outcome_rescan() {
-        scan_outcomes(&mut conn, &mut auditor)?;
+    if space.has_cross_slot_transfers() || auditor.needs_outcome_rescan() {
+        scan_outcomes(topology, &shards, &mut auditor)?;
         outcome_scans += 1;
     }
-    let mut report = auditor.settle(|plan| read_plan(&mut conn, plan))?;
+    let mut report = auditor.settle(|plan| read_plan(topology, plan))?;
     report.outcome_scans = outcome_scans;
     Ok(report)
 }
 
-/// Every `transfer:*` record, fed to `auditor` batch by batch.
-fn scan_outcomes(conn: &mut PooledConn, auditor: &mut Auditor) -> Result<(), OpsError> {
-    let outcome_keys = scan_keys(conn, "transfer:*", Some("hash"))?;
-    for batch in outcome_keys.chunks(BATCH) {
-        let fields = read_hashes(conn, batch)?;
-        let outcomes = batch.iter().zip(fields).map(|(key, fields)| {
-            let key = key.strip_prefix("transfer:").unwrap_or(key);
-            (key.to_string(), fields)
-        });
-        auditor.ingest(Snapshot {
-            outcomes: outcomes.collect(),
-            ..Snapshot::default()
-        });
+/// Every outcome record of every shard, fed to `auditor` batch by batch, keyed by what
+/// follows `transfer:` ([`KeySpace::outcome_id`]).
+fn scan_outcomes(
+    topology: &Topology,
+    shards: &[Shard],
+    auditor: &mut Auditor,
+) -> Result<(), OpsError> {
+    let space = topology.key_space();
+    for shard in shards {
+        let mut conn = topology.conn_for_shard::<OpsError>(shard)?;
+        let found = scan_keys(&mut conn, space.outcome_pattern(), Some("hash"))?;
+        for batch in found.chunks(BATCH) {
+            let fields = read_hashes(&mut conn, batch)?;
+            let outcomes = batch.iter().zip(fields);
+            let outcomes =
+                outcomes.map(|(key, fields)| (space.outcome_id(key).to_string(), fields));
+            auditor.ingest(Snapshot {
+                outcomes: outcomes.collect(),
+                ..Snapshot::default()
+            });
+        }
     }
     Ok(())
 }
@@ -539,45 +554,127 @@ fn read_each_wallet(
         .collect()
 }
 
-/// Everything `plan` asks for, in one MULTI/EXEC: wallet hashes with their histories after
-/// an entry id (read whole, the entries up to that one dropped), whole wallets, outcome
-/// records.
-fn read_plan(conn: &mut PooledConn, plan: &Plan) -> Result<Reread, OpsError> {
-    let mut pipe = redis::pipe();
-    pipe.atomic().ignore_errors();
-    for id in plan.histories.keys() {
-        add_wallet_reads(&mut pipe, KeySpace::Standalone, id, false);
+/// What `plan` asks for. When one transaction can read any keys of the topology (one Redis),
+/// everything in one MULTI/EXEC, at one moment; otherwise (a cluster, where a transaction stays
+/// in one slot) the outcome records first, grouped by shard (one pipelined round trip each),
+/// then each wallet's hash and history in one MULTI/EXEC on its shard: the auditor takes the
+/// outcomes as read at an earlier moment than the histories.
+fn read_plan(topology: &Topology, plan: &Plan) -> Result<Reread, OpsError> {
+    let space = topology.key_space();
+    if space.one_transaction_reads_any_keys() {
+        let shards = topology.shards();
+        assert_eq!(
+            shards.len(),
+            1,
+            "a key space read in one transaction has one shard"
+        );
+        let mut conn = topology.conn_for_shard::<OpsError>(&shards[0])?;
+        return read_plan_at_one_moment(&mut conn, space, plan);
+    }
+    let mut reread = Reread::default();
+    let outcome_keys = plan.outcomes.iter().map(|id| keys::outcome(id));
+    for (shard, batch) in topology.by_shard(outcome_keys, String::clone)? {
+        let mut conn = topology.conn_for_shard::<OpsError>(&shard)?;
+        for (key, fields) in batch.iter().zip(read_hashes(&mut conn, &batch)?) {
+            reread
+                .outcomes
+                .push((space.outcome_id(key).to_string(), fields));
+        }
+    }
+    let ids = plan.histories.keys().chain(&plan.wallets);
+    for (shard, group) in topology.by_shard(ids, |id| space.wallet(id))? {
+        let mut conn = topology.conn_for_shard::<OpsError>(&shard)?;
+        for id in group {
+            let after = plan.histories.get(id).cloned().flatten();
+            let read = read_wallets_at_one_moment(&mut conn, space, &[(id, after.as_deref())])?;
+            let read = read.into_iter().next().expect("one wallet asked, one read");
+            match plan.histories.contains_key(id) {
+                true => reread.histories.push((id.to_string(), read)),
+                false => reread.wallets.push((id.to_string(), read)),
+            }
+        }
+    }
+    Ok(reread)
+}
+
+/// Everything `plan` asks for in one MULTI/EXEC: wallet hashes with their histories after an
+/// entry id (read whole, the entries up to that one dropped), whole wallets, outcome records.
+fn read_plan_at_one_moment(
+    conn: &mut PooledConn,
+    space: KeySpace,
+    plan: &Plan,
+) -> Result<Reread, OpsError> {
+    let mut asked: Vec<(&str, Option<&str>)> = Vec::new();
+    for (id, after) in &plan.histories {
+        asked.push((id, after.as_deref()));
     }
     for id in &plan.wallets {
-        add_wallet_reads(&mut pipe, KeySpace::Standalone, id, false);
+        asked.push((id, None));
     }
-    for key in &plan.outcomes {
-        pipe.hgetall(keys::outcome(key));
+    let outcome_keys: Vec<String> = plan.outcomes.iter().map(|id| keys::outcome(id)).collect();
+    let (reads, outcomes) = read_at_one_moment(conn, space, &asked, &outcome_keys)?;
+    let mut reads = reads.into_iter();
+    let mut reread = Reread::default();
+    for id in plan.histories.keys() {
+        reread
+            .histories
+            .push((id.clone(), reads.next().expect("one read per wallet")));
+    }
+    for id in &plan.wallets {
+        reread
+            .wallets
+            .push((id.clone(), reads.next().expect("one read per wallet")));
+    }
+    for (key, fields) in outcome_keys.iter().zip(outcomes) {
+        reread
+            .outcomes
+            .push((space.outcome_id(key).to_string(), fields));
+    }
+    Ok(reread)
+}
+
+/// Each wallet of `asked` (its hash, and its history after the entry id given, all of it with
+/// `None`), in one MULTI/EXEC.
+fn read_wallets_at_one_moment(
+    conn: &mut PooledConn,
+    space: KeySpace,
+    asked: &[(&str, Option<&str>)],
+) -> Result<Vec<WalletRead>, OpsError> {
+    Ok(read_at_one_moment(conn, space, asked, &[])?.0)
+}
+
+/// The wallets of `asked` and the outcome records `outcome_keys`, in one MULTI/EXEC.
+fn read_at_one_moment(
+    conn: &mut PooledConn,
+    space: KeySpace,
+    asked: &[(&str, Option<&str>)],
+    outcome_keys: &[String],
+) -> Result<(Vec<WalletRead>, Vec<Fields>), OpsError> {
+    let mut pipe = redis::pipe();
+    pipe.atomic().ignore_errors();
+    for (id, _) in asked {
+        add_wallet_reads(&mut pipe, space, id, false);
+    }
+    for key in outcome_keys {
+        pipe.hgetall(key);
     }
     let replies: Vec<redis::Value> = pipe.query(&mut conn.redis).inspect_err(|_| conn.taint())?;
-    let expected = (plan.histories.len() + plan.wallets.len()) * WALLET_READS + plan.outcomes.len();
+    let expected = asked.len() * WALLET_READS + outcome_keys.len();
     if replies.len() != expected {
         let detail = format!("{} replies to {expected} reads", replies.len());
         return Err(OpsError::Other(format!("audit re-read: {detail}")));
     }
     let mut replies = replies.into_iter();
     let mut next = |n: usize| replies.by_ref().take(n).collect::<Vec<_>>();
-    let mut reread = Reread::default();
-    for (id, after) in &plan.histories {
-        let read = wallet_read(next(WALLET_READS), after.as_deref());
-        reread.histories.push((id.clone(), read));
-    }
-    for id in &plan.wallets {
-        reread
-            .wallets
-            .push((id.clone(), wallet_read(next(WALLET_READS), None)));
-    }
-    for key in &plan.outcomes {
-        let reply = next(1).pop().unwrap_or_default();
-        let fields: Fields = redis::from_redis_value(reply)?;
-        reread.outcomes.push((key.clone(), fields));
-    }
-    Ok(reread)
+    let reads = asked
+        .iter()
+        .map(|(_, after)| wallet_read(next(WALLET_READS), *after))
+        .collect();
+    let outcomes = outcome_keys
+        .iter()
+        .map(|_| Ok(redis::from_redis_value(next(1).pop().unwrap_or_default())?))
+        .collect::<Result<Vec<Fields>, OpsError>>()?;
+    Ok((reads, outcomes))
 }
 
 /// Replies of [`add_wallet_reads`] per wallet.
@@ -649,87 +746,20 @@ fn read_hashes(conn: &mut PooledConn, keys: &[String]) -> Result<Vec<Fields>, Op
     Ok(pipe.query(&mut conn.redis)?)
 }
 
-// ---------------------------------------------------------------------------------------------
-// audit on a Redis Cluster
-
-/// Most credit markers the cluster audit reads (they live only while a transfer is PENDING or
-/// just completed, so a few per transfer in flight).
+/// Most credit markers the audit reads (they live only while a cross-slot transfer is PENDING
+/// or just completed, so a few per transfer in flight).
 pub const MARKERS_LIMIT: usize = 100_000;
 
-/// The audit on a Redis Cluster ([`Auditor::across_shards`]): Redis `TIME` of the first
-/// primary; every `transfer:{*}:*` record of every primary; then every `wallet:{id}` of
-/// every primary, each with its history in one MULTI/EXEC on its primary (pipelined,
-/// [`BATCH`] wallets per round trip); the credit markers; every outcome record again (every
-/// entry's record exists before the entry: a debit is written with its PENDING record, a
-/// credit after it); then the bounded re-reads of [`Auditor::settle`], each pass reading the
-/// outcomes first and the histories after them, shard by shard.
-fn audit_cluster(pools: &ClusterPools, settings: &AuditSettings) -> Result<AuditReport, OpsError> {
-    let primaries: Vec<String> = pools
-        .primaries()
-        .into_iter()
-        .take(PRIMARIES_LIMIT)
-        .collect();
-    let first = primaries.first().ok_or_else(|| {
-        OpsError::Other("the Redis Cluster's slot map names no primary".to_string())
-    })?;
-    let (seconds, micros): (u64, u64) =
-        redis::cmd("TIME").query(&mut pools.conn_for_addr(first)?.redis)?;
-    let mut auditor = Auditor::across_shards(*settings, seconds * 1000 + micros / 1000);
-    scan_cluster_outcomes(pools, &primaries, &mut auditor)?;
-    for addr in &primaries {
-        let mut conn = pools.conn_for_addr(addr)?;
-        let ids = cluster_wallet_ids(&mut conn)?;
-        for batch in ids.chunks(BATCH) {
-            for wallet in read_each_wallet(&mut conn, KeySpace::Cluster, batch)? {
-                auditor.ingest(Snapshot {
-                    listed: true,
-                    wallets: vec![wallet],
-                    outcomes: Vec::new(),
-                });
-            }
-        }
-    }
-    auditor.ingest_markers(scan_markers(pools, &primaries)?);
-    scan_cluster_outcomes(pools, &primaries, &mut auditor)?;
-    let mut report = auditor.settle(|plan| read_plan_cluster(pools, plan))?;
-    report.outcome_scans = 2;
-    Ok(report)
-}
-
-/// Every `transfer:{sender}:key` record of every primary, fed keyed `{sender}:key`.
-fn scan_cluster_outcomes(
-    pools: &ClusterPools,
-    primaries: &[String],
-    auditor: &mut Auditor,
-) -> Result<(), OpsError> {
-    for addr in primaries {
-        let mut conn = pools.conn_for_addr(addr)?;
-        let found = scan_keys(&mut conn, "transfer:{*}:*", Some("hash"))?;
-        for batch in found.chunks(BATCH) {
-            let fields = read_hashes(&mut conn, batch)?;
-            let outcomes = batch.iter().zip(fields).map(|(key, fields)| {
-                let id = key.strip_prefix("transfer:").unwrap_or(key);
-                (id.to_string(), fields)
-            });
-            auditor.ingest(Snapshot {
-                outcomes: outcomes.collect(),
-                ..Snapshot::default()
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Every `credit:{receiver}:sender:key` marker of every primary (at most [`MARKERS_LIMIT`]).
-fn scan_markers(pools: &ClusterPools, primaries: &[String]) -> Result<Vec<CreditMarker>, OpsError> {
+/// Every credit marker (`pattern`) of every shard (at most [`MARKERS_LIMIT`]).
+fn scan_markers(
+    topology: &Topology,
+    shards: &[Shard],
+    pattern: &str,
+) -> Result<Vec<CreditMarker>, OpsError> {
     let mut out = Vec::new();
-    for addr in primaries {
-        let mut conn = pools.conn_for_addr(addr)?;
-        let found = scan_keys(
-            &mut conn,
-            cluster::keys::CREDIT_MARKER_PATTERN,
-            Some("string"),
-        )?;
+    for shard in shards {
+        let mut conn = topology.conn_for_shard::<OpsError>(shard)?;
+        let found = scan_keys(&mut conn, pattern, Some("string"))?;
         let room = MARKERS_LIMIT.saturating_sub(out.len());
         for batch in found[..found.len().min(room)].chunks(BATCH) {
             let mut pipe = redis::pipe();
@@ -751,72 +781,6 @@ fn scan_markers(pools: &ClusterPools, primaries: &[String]) -> Result<Vec<Credit
         }
     }
     Ok(out)
-}
-
-/// What `plan` asks for on a cluster: the outcome records first (grouped by primary, one
-/// pipelined round trip each), then each wallet's hash and history after its snapshot in one
-/// MULTI/EXEC on its primary.
-fn read_plan_cluster(pools: &ClusterPools, plan: &Plan) -> Result<Reread, OpsError> {
-    let mut reread = Reread::default();
-    let outcome_keys: Vec<String> = plan.outcomes.iter().map(|id| keys::outcome(id)).collect();
-    for (addr, group) in by_primary(pools, outcome_keys.iter().map(String::as_str))? {
-        let mut conn = pools.conn_for_addr(&addr)?;
-        let batch: Vec<String> = group.iter().map(|k| k.to_string()).collect();
-        for (key, fields) in batch.iter().zip(read_hashes(&mut conn, &batch)?) {
-            let id = key.strip_prefix("transfer:").unwrap_or(key);
-            reread.outcomes.push((id.to_string(), fields));
-        }
-    }
-    let space = KeySpace::Cluster;
-    let ids = plan.histories.keys().chain(&plan.wallets);
-    let wallet_keys: Vec<String> = ids.map(|id| space.wallet(id)).collect();
-    for (addr, group) in by_primary(pools, wallet_keys.iter().map(String::as_str))? {
-        let mut conn = pools.conn_for_addr(&addr)?;
-        for key in group {
-            let id = cluster_wallet_id(key).unwrap_or(key);
-            let after = plan.histories.get(id).cloned().flatten();
-            let read = read_wallet_after(&mut conn, id, after.as_deref())?;
-            match plan.histories.contains_key(id) {
-                true => reread.histories.push((id.to_string(), read)),
-                false => reread.wallets.push((id.to_string(), read)),
-            }
-        }
-    }
-    Ok(reread)
-}
-
-/// `keys` grouped by the primary the known slot map gives each.
-fn by_primary<'a>(
-    pools: &ClusterPools,
-    keys: impl Iterator<Item = &'a str>,
-) -> Result<std::collections::BTreeMap<String, Vec<&'a str>>, OpsError> {
-    let mut out: std::collections::BTreeMap<String, Vec<&'a str>> = Default::default();
-    for key in keys {
-        let slot = cluster::hash_slot(key.as_bytes());
-        let addr = pools
-            .primary_for_slot(slot)
-            .ok_or(ClusterError::SlotUncovered(slot))?;
-        out.entry(addr).or_default().push(key);
-    }
-    Ok(out)
-}
-
-/// One cluster wallet's hash and its history after entry id `after` (all of it with
-/// `None`), in one MULTI/EXEC on its primary.
-fn read_wallet_after(
-    conn: &mut PooledConn,
-    id: &str,
-    after: Option<&str>,
-) -> Result<WalletRead, OpsError> {
-    let space = KeySpace::Cluster;
-    let mut pipe = redis::pipe();
-    pipe.atomic().ignore_errors();
-    add_wallet_reads(&mut pipe, space, id, false);
-    let replies: Vec<redis::Value> = pipe.query(&mut conn.redis).inspect_err(|_| conn.taint())?;
-    if replies.len() != WALLET_READS {
-        return Err(unexpected(&space.wallet(id), &redis::Value::Array(replies)));
-    }
-    Ok(wallet_read(replies, after))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,10 +9,9 @@
 
 use rand::{RngExt, SeedableRng};
 
-use crate::engine::cluster;
 use crate::engine::money::{Amount, Currency};
 use crate::engine::service::WalletService;
-use crate::engine::store::{self, Conn, keys};
+use crate::engine::store::{self, Conn};
 use crate::engine::wallet::{NewWallet, WalletError};
 
 /// Most users one seed run may create.
@@ -23,21 +22,6 @@ pub const OPENING_CENTS_MIN: i64 = 10_000;
 pub const OPENING_CENTS_MAX: i64 = 1_000_000;
 /// Wallets handed to one `create_wallets` call; bounds memory for large seeds.
 const CREATE_CHUNK: u32 = 10_000;
-
-/// Every key of the data model (ARCHITECTURE.md, "Redis data model"), as SCAN patterns. `wallet:*` covers
-/// `wallet:{id}:history` too.
-pub const DATA_MODEL_PATTERNS: [&str; 4] = ["user:*", "wallet:*", "transfer:*", "lock:*"];
-
-/// The keys of the data model on a Redis Cluster (`cluster::keys`): the same families with
-/// hash tags, plus the credit markers of cross-slot transfers and the idempotency keys' claims.
-pub const CLUSTER_DATA_MODEL_PATTERNS: [&str; 6] = [
-    "user:*",
-    "wallet:*",
-    "transfer:*",
-    "lock:*",
-    "credit:*",
-    cluster::keys::CLAIM_PATTERN,
-];
 
 /// What one seed run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,33 +147,30 @@ pub fn seed_with_progress(
 }
 
 /// Deletes every key of the data model (`user:*`, `wallet:*` with the histories,
-/// `transfer:*`, `lock:*`, `users:all`, `wallets:all`) with SCAN + UNLINK, so Redis never
-/// blocks on a KEYS over a large database. Returns how many keys were deleted.
+/// `transfer:*`, `lock:*`; on a cluster also the credit markers and the keys' claims; the
+/// index sets `users:all`, `wallets:all` where the key space has them) with SCAN + UNLINK on
+/// every shard of the topology (`KeySpace::data_model_patterns`), so Redis never blocks on
+/// a KEYS over a large database; one key per UNLINK, pipelined (keys of one SCAN batch may sit
+/// in different slots). Returns how many keys were deleted.
 ///
-/// Destructive, and unsafe while workers run: it deletes their locks too. On a Redis Cluster
-/// it does the same on every primary ([`CLUSTER_DATA_MODEL_PATTERNS`]), one key per UNLINK
-/// (keys of one SCAN batch sit in different slots).
+/// Destructive, and unsafe while workers run: it deletes their locks too.
+///
 pub fn reset_data_model(service: &WalletService) -> Result<u64, SeedError> {
-    if let Some(pools) = service.cluster() {
-        let mut deleted = 0;
-        for addr in pools.primaries() {
-            let mut conn = pools.conn_for_addr(&addr)?;
-            for pattern in CLUSTER_DATA_MODEL_PATTERNS {
-                deleted += unlink_each_matching(&mut conn, pattern)?;
-            }
-        }
-        return Ok(deleted);
-    }
-    let mut conn = service.pool().get()?;
+    let topology = service.topology();
+    let space = topology.key_space();
     let mut deleted = 0;
-    for pattern in DATA_MODEL_PATTERNS {
-        deleted += unlink_matching(&mut conn, pattern)?;
+    for shard in topology.shards() {
+        let mut conn = topology.conn_for_shard::<SeedError>(&shard)?;
+        for pattern in space.data_model_patterns() {
+            deleted += unlink_each_matching(&mut conn, pattern)?;
+        }
+        for set in space.wallet_index_sets() {
+            deleted += redis::cmd("UNLINK")
+                .arg(*set)
+                .query::<u64>(&mut conn.redis)?;
+        }
     }
-    let sets: u64 = redis::cmd("UNLINK")
-        .arg(keys::USERS_ALL)
-        .arg(keys::WALLETS_ALL)
-        .query(&mut conn.redis)?;
-    Ok(deleted + sets)
+    Ok(deleted)
 }
 
 /// UNLINKs every key matching `pattern`, one SCAN step (COUNT [`store::SCAN_COUNT`]) at a time.
@@ -224,6 +205,8 @@ fn unlink_each_matching(conn: &mut Conn, pattern: &str) -> redis::RedisResult<u6
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::keyspace::KeySpace;
+    use crate::engine::store::keys;
 
     #[test]
     fn seeded_user_shape() {
@@ -266,7 +249,8 @@ mod tests {
     #[test]
     fn patterns_cover_the_data_model() {
         let matches = |key: &str| {
-            DATA_MODEL_PATTERNS
+            KeySpace::Standalone
+                .data_model_patterns()
                 .iter()
                 .any(|p| key.starts_with(p.trim_end_matches('*')))
         };
