@@ -79,10 +79,11 @@ bench: build ## engine benchmark (ARGS="--direct" by default)
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-lint: ## formatting check, clippy and the docs, as CI runs them
+lint: ## formatting check, clippy, the docs and the documents' links, as CI runs them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+	python3 scripts/check-links.py
 
 package: ## the crate as it would be published: cargo publish --dry-run (packs, builds the package alone; uploads nothing)
 	$(CARGO) publish --dry-run --allow-dirty

@@ -111,7 +111,8 @@ case "$cmd" in
     redis_port=$(free_port)
     kafka_port=$(free_port)
     # stream-node-max-bytes 1024: ~1.1 KB instead of ~4.3 KB per wallet whose history is still
-    # an older stream (histories are lists now; README, "Redis memory").
+    # an older stream (histories are lists now; docs/measurements.md,
+    # "Redis memory").
     redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --appendonly yes \
       --appendfsync everysec --save '' --stream-node-max-bytes 1024 --daemonize no \
       >"$dir/redis.log" 2>&1 &

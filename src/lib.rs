@@ -177,7 +177,7 @@
 //! Stable across 0.1.x: the wire format (request and result JSON, dead-letter headers), the
 //! Redis keys and hashes, and the library API. A 0.x minor release (0.2) may break the
 //! library API, and says how in `CHANGELOG.md`. The Rust version tested is the
-//! `rust-version` of `Cargo.toml` (1.95). See the README, "Compatibility".
+//! `rust-version` of `Cargo.toml` (1.95). See `docs/library.md`, "Compatibility".
 //!
 //! The wire format is written down for teams that do not read Rust as an AsyncAPI 3.0
 //! document, [`ASYNCAPI_YAML`] (`asyncapi.yaml` in the repository): every topic the worker

@@ -85,7 +85,7 @@ pub struct TransferCompleted {
 /// [`Status::Completed`] counts it as not completed.
 ///
 /// Not `#[non_exhaustive]`: the values of the stored data model; a new one comes only in a
-/// minor release (README, "Compatibility").
+/// minor release (docs/library.md, "Compatibility").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Status {

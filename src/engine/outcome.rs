@@ -22,7 +22,7 @@ use crate::engine::wallet::{Wallet, WalletError, WalletStatus};
 /// What happened to a transfer request, as recorded under its idempotency key.
 ///
 /// Not `#[non_exhaustive]`: it is data the engine returns and tests build, so adding a field
-/// is a breaking change, made only in a minor release (README, "Compatibility").
+/// is a breaking change, made only in a minor release (docs/library.md, "Compatibility").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferOutcome {
     /// The `transfer_id` of the request that produced the record (for a duplicate: the first

@@ -3,9 +3,9 @@
 //! Owns the list of every command the transfer path sends, with the kind of key each touches
 //! and where in the code it is sent ([`WORKER_NEEDS`]), and
 //! [`WalletService::check_permissions`], which asks Redis whether the connected user may run
-//! each of them, without changing any data. `deploy/redis-acl.conf` (and the README, "Redis
-//! permissions") grants exactly this list; the `tls::` integration tests check both ways that
-//! the list, the ACL line and the check agree. A command added to the transfer path belongs
+//! each of them, without changing any data. `deploy/redis-acl.conf` (and `docs/operations.md`,
+//! "Redis permissions") grants exactly this list; the `tls::` integration tests check both ways
+//! that the list, the ACL line and the check agree. A command added to the transfer path belongs
 //! here too, or a worker whose user lacks it fails at the first transfer instead of at start.
 //!
 //! How the check asks without doing anything, in two round trips on a connection that is then
@@ -533,7 +533,7 @@ fn describe_missing(missing: &[Missing], unchecked: usize) -> String {
         ));
     }
     text.push_str(
-        ". The whole ACL line is in deploy/redis-acl.conf (README, \"Redis permissions\")",
+        ". The whole ACL line is in deploy/redis-acl.conf (docs/operations.md, \"Redis permissions\")",
     );
     text
 }
@@ -742,7 +742,9 @@ mod tests {
             )),
             "{text}"
         );
-        assert!(text.ends_with("deploy/redis-acl.conf (README, \"Redis permissions\")"));
+        assert!(
+            text.ends_with("deploy/redis-acl.conf (docs/operations.md, \"Redis permissions\")")
+        );
     }
 
     #[test]

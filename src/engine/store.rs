@@ -338,7 +338,7 @@ pub enum StoreError {
     },
     /// The user may not run PING (an ACL without `+ping`).
     #[error(
-        "Redis at {url} does not let this user run PING: {detail} (grant +ping; README, \"Redis permissions\")"
+        "Redis at {url} does not let this user run PING: {detail} (grant +ping; docs/operations.md, \"Redis permissions\")"
     )]
     Denied {
         /// The URL, password redacted.

@@ -29,7 +29,7 @@ use crate::engine::service::WalletService;
 use crate::engine::store::{Conn, PooledConn, keys};
 
 /// A wallet as stored in `wallet:{id}`. Data the engine returns; not `#[non_exhaustive]`, so
-/// a new field comes only in a minor release (README, "Compatibility").
+/// a new field comes only in a minor release (docs/library.md, "Compatibility").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wallet {
     /// The wallet id (the same as the user id).

@@ -9,7 +9,7 @@ use crate::engine::setting::{SettingError, setters};
 use crate::worker::kafka::{self, KafkaConfig};
 
 /// Worker settings. `Default` gives the documented defaults (those of `wallet worker`'s
-/// flags, README "Configuration"); change them with the `with_*` setters, which keep
+/// flags, docs/operations.md, "Configuration"); change them with the `with_*` setters, which keep
 /// compiling when settings are added (the struct is `#[non_exhaustive]`):
 ///
 /// ```

@@ -1,6 +1,7 @@
 //! The documents name what exists (issue 21): every file of `src/` is in ARCHITECTURE.md's code
-//! map under its folder, every integration-test module is in its `tests/` section, and every
-//! repository path a document names exists. Reads files only.
+//! map under its folder, every integration-test module is in its `tests/` section, every
+//! repository path a document names exists, and the README's settings are those of
+//! docs/operations.md. Reads files only. (Links and anchors: `scripts/check-links.py`, in CI.)
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -40,6 +41,22 @@ fn rust_files(dir: &str) -> BTreeSet<String> {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|name| name.ends_with(".rs"))
         .collect()
+}
+
+/// The documents that describe the project: the README, ARCHITECTURE.md and every page of
+/// `docs/`.
+fn documents() -> Vec<String> {
+    let mut docs = vec!["ARCHITECTURE.md".to_string(), "README.md".to_string()];
+    let mut pages: Vec<String> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs"))
+            .expect("list docs/")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| name.ends_with(".md"))
+            .map(|name| format!("docs/{name}"))
+            .collect();
+    pages.sort();
+    docs.extend(pages);
+    docs
 }
 
 /// Every backticked span of `text`.
@@ -98,8 +115,8 @@ fn every_repository_path_the_documents_name_exists() {
         "contracts/",
     ];
     let mut gone = Vec::new();
-    for doc in ["ARCHITECTURE.md", "README.md"] {
-        for span in spans(&read(doc)) {
+    for doc in documents() {
+        for span in spans(&read(&doc)) {
             let path = span.trim_end_matches([':', ',', '.']);
             let plain = !path.contains(['{', '*', '<', ' ', '$']);
             // `make contracts` writes contracts/html/; it is not in the repository.
@@ -113,6 +130,42 @@ fn every_repository_path_the_documents_name_exists() {
         }
     }
     assert!(gone.is_empty(), "named but missing: {gone:?}");
+}
+
+/// The rows of the first Markdown table in `text`, each as its cells, header and rule left out.
+fn table_rows(text: &str) -> Vec<Vec<&str>> {
+    text.lines()
+        .skip_while(|line| !line.starts_with('|'))
+        .take_while(|line| line.starts_with('|'))
+        .skip(2)
+        .map(|line| line.trim_matches('|').split('|').map(str::trim).collect())
+        .collect()
+}
+
+/// The README shows the settings a first deployment sets; docs/operations.md has them all.
+/// A row of the README's table names the same flag, variable and default as the full table.
+#[test]
+fn the_readmes_settings_are_those_of_the_operations_guide() {
+    let readme = read("README.md");
+    let operations = read("docs/operations.md");
+    let full = table_rows(section(&operations, "## Configuration"));
+    let shown = table_rows(section(&readme, "## Configuration"));
+    assert!(
+        shown.len() >= 3,
+        "no settings table in the README: {shown:?}"
+    );
+    let mut differ = Vec::new();
+    for row in &shown {
+        let same = full.iter().find(|r| r.first() == row.first());
+        if same.is_none_or(|r| r.get(1..3) != row.get(1..3)) {
+            differ.push(format!(
+                "README {:?} vs docs/operations.md {:?}",
+                row.get(..3),
+                same
+            ));
+        }
+    }
+    assert!(differ.is_empty(), "settings that differ: {differ:?}");
 }
 
 /// The metric names a worker exports: every family the registry renders, with the suffixes a

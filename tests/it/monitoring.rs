@@ -314,10 +314,10 @@ fn promtool_checks_the_rules_and_their_tests_cover_every_alert() {
     assert!(tested.contains("SUCCESS"), "{tested}");
 
     // Every alert has a test in which it fires and one in which it stays silent, and every
-    // alert says what to do and has a runbook entry in the README.
+    // alert says what to do and has a runbook entry in docs/operations.md.
     let rules = read_repo_file("monitoring/alerts.yml");
     let tests = read_repo_file("monitoring/alerts_test.yml");
-    let readme = read_repo_file("README.md");
+    let runbook = read_repo_file("docs/operations.md");
     let alerts: Vec<&str> = rules
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
@@ -337,11 +337,11 @@ fn promtool_checks_the_rules_and_their_tests_cover_every_alert() {
             cases.iter().any(|c| c.contains("exp_alerts: []")),
             "{alert}: no test where it stays silent"
         );
-        let anchor = format!("README.md#{}", alert.to_ascii_lowercase());
+        let anchor = format!("docs/operations.md#{}", alert.to_ascii_lowercase());
         assert!(rules.contains(&anchor), "{alert}: no runbook link {anchor}");
         assert!(
-            readme.contains(&format!("#### {alert}\n")),
-            "{alert}: no runbook section in README.md"
+            runbook.contains(&format!("#### {alert}\n")),
+            "{alert}: no runbook section in docs/operations.md"
         );
     }
     // Per-instance firing cases must list only the failing instance: an expected list is

@@ -16,7 +16,7 @@
 //! failover (it follows MOVED).
 //!
 //! With `--wait-replicas 1` all of it must hold; with 0 the losses are reported, not
-//! asserted (README, "Running on a Redis Cluster"). Short by default (one 12 s cut);
+//! asserted (docs/operations.md, "Running on a Redis Cluster"). Short by default (one 12 s cut);
 //! `FAULT_SCALE=full` (`make fault-test`) cuts for 12, 20 and 30 s, a fresh cluster each.
 
 use std::collections::HashMap;
@@ -79,7 +79,7 @@ impl CutRun {
         Amount::from_minor(self.verdict.total_after - self.verdict.total_before)
     }
 
-    /// One line for the README table.
+    /// One line for the table in docs/measurements.md.
     fn row(&self) -> String {
         let v = &self.verdict;
         format!(

@@ -87,13 +87,13 @@ fn http_get(port: u16, path: &str) -> String {
 }
 
 #[test]
-fn the_acl_line_is_in_the_readme_and_grants_exactly_what_the_check_asks() {
+fn the_acl_line_is_in_the_docs_and_grants_exactly_what_the_check_asks() {
     let line = worker_acl_line();
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("read README.md");
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .expect("read docs/operations.md");
     assert!(
-        readme.contains(&line),
-        "README.md shows the ACL line of deploy/redis-acl.conf:\n{line}"
+        doc.contains(&line),
+        "docs/operations.md shows the ACL line of deploy/redis-acl.conf:\n{line}"
     );
     let rules = worker_rules("x");
     let granted: HashSet<&str> = rules.iter().filter_map(|r| r.strip_prefix('+')).collect();
@@ -261,7 +261,9 @@ fn each_permission_left_out_of_the_acl_line_is_named_by_the_check_and_nothing_is
                 "only {rule} is missing: {error}"
             );
         }
-        assert!(error.ends_with("deploy/redis-acl.conf (README, \"Redis permissions\")"));
+        assert!(
+            error.ends_with("deploy/redis-acl.conf (docs/operations.md, \"Redis permissions\")")
+        );
     }
     assert_eq!(keyspace(&redis), before, "the checks wrote nothing");
 }
