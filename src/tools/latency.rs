@@ -20,7 +20,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
-use crate::tools::bench::{BenchError, LatencySummary};
+use crate::tools::bench::error::BenchError;
+use crate::tools::bench::figures::LatencySummary;
 use crate::tools::results::{Start, TopicReader};
 use crate::worker::kafka::{self, KafkaConfig, TopicSpec};
 
