@@ -115,6 +115,38 @@ impl KeySpace {
         record_key.strip_prefix("transfer:").unwrap_or(record_key)
     }
 
+    /// SCAN patterns of every key a bench run `run` leaves (its wallets are `{run}_...`, its
+    /// idempotency keys `{run}_t...`): wallets with their histories, users, outcome records,
+    /// locks, and on a cluster the credit markers and the keys' claims. Not the index sets.
+    pub fn run_patterns(self, run: &str) -> Vec<String> {
+        match self {
+            KeySpace::Standalone => ["wallet", "user", "transfer", "lock"]
+                .iter()
+                .map(|family| format!("{family}:{run}_*"))
+                .collect(),
+            KeySpace::Cluster => {
+                let tag = format!("{{{run}_*}}");
+                vec![
+                    format!("wallet:{tag}*"),
+                    format!("user:{tag}"),
+                    format!("transfer:{tag}:*"),
+                    format!("credit:{tag}:*"),
+                    format!("lock:{tag}"),
+                    // The claims of the run's idempotency keys (no hash tag).
+                    format!("claim:{run}_*"),
+                ]
+            }
+        }
+    }
+
+    /// SCAN pattern of the outcome records of bench run `run`'s transfers (`{run}_t...`).
+    pub fn run_outcome_pattern(self, run: &str) -> String {
+        match self {
+            KeySpace::Standalone => format!("transfer:{run}_t*"),
+            KeySpace::Cluster => format!("transfer:{{{run}_*}}:{run}_t*"),
+        }
+    }
+
     /// Whether a transfer's wallets may sit in different hash slots, so that it runs as steps
     /// with PENDING records and credit markers (a cluster), rather than always as one
     /// transaction (one Redis).

@@ -158,6 +158,20 @@ impl Topology {
         Ok(out)
     }
 
+    /// Reads a cluster's slot map again (after a failover, say); nothing on one Redis.
+    pub fn refresh(&self) -> Result<(), ClusterError> {
+        match &self.inner {
+            Inner::One(_) => Ok(()),
+            Inner::Cluster(pools) => pools.refresh().map(|_| ()),
+        }
+    }
+
+    /// Whether `error` may come from a stale slot map, so that reading the map again and
+    /// running the call again may succeed ([`cluster::map_may_be_stale`]); never on one Redis.
+    pub fn map_may_be_stale(&self, error: &redis::RedisError) -> bool {
+        matches!(self.inner, Inner::Cluster(_)) && cluster::map_may_be_stale(error)
+    }
+
     /// After `error` from a command: a redirect means the known map is stale, so it is read
     /// again (best effort; the caller returns the error and its retry uses the new map).
     /// Nothing on one Redis.

@@ -173,22 +173,10 @@ pub fn reset_data_model(service: &WalletService) -> Result<u64, SeedError> {
     Ok(deleted)
 }
 
-/// UNLINKs every key matching `pattern`, one SCAN step (COUNT [`store::SCAN_COUNT`]) at a time.
-/// Returns how many keys were deleted.
-pub(crate) fn unlink_matching(conn: &mut Conn, pattern: &str) -> redis::RedisResult<u64> {
-    let mut deleted = 0;
-    store::scan_each(conn, None, pattern, None, |conn, batch| {
-        deleted += redis::cmd("UNLINK")
-            .arg(&batch)
-            .query::<u64>(&mut conn.redis)?;
-        Ok::<_, redis::RedisError>(())
-    })?;
-    Ok(deleted)
-}
-
-/// UNLINKs every key matching `pattern` one by one (pipelined per SCAN step), as a cluster
-/// node needs. Returns how many keys were deleted.
-fn unlink_each_matching(conn: &mut Conn, pattern: &str) -> redis::RedisResult<u64> {
+/// UNLINKs every key matching `pattern` one by one (pipelined per SCAN step, COUNT
+/// [`store::SCAN_COUNT`]): keys of one SCAN batch may sit in different slots of a cluster
+/// node. Returns how many keys were deleted.
+pub(crate) fn unlink_each_matching(conn: &mut Conn, pattern: &str) -> redis::RedisResult<u64> {
     let mut deleted = 0;
     store::scan_each(conn, None, pattern, None, |conn, batch| {
         let mut pipe = redis::pipe();

@@ -9,7 +9,6 @@
 
 use indicatif::ProgressBar;
 
-use crate::engine::cluster::ClusterPools;
 use crate::engine::retention::CHECKPOINT_ENTRIES_FIELD;
 use crate::engine::service::WalletService;
 use crate::engine::store::{self, Conn, PooledConn};
@@ -17,24 +16,29 @@ use crate::tools::bench::error::BenchError;
 use crate::tools::bench::figures::NodeCost;
 use crate::tools::bench::setup::{BATCH, by_node};
 
-/// Counts the outcome records among `keys` and those with a ttl, by PTTL (-2: no key, -1: no
-/// ttl), pipelined in batches; `bar` advances per key. Returns (records, with ttl).
+/// Counts the outcome records of run `run` on every shard and those with a ttl: SCAN of
+/// [`KeySpace::run_outcome_pattern`] (on a cluster the sender is in the key, and the bench
+/// does not record who sent what), then PTTL of each batch, pipelined. `bar` advances per
+/// record. Returns (records, with ttl).
+///
+/// [`KeySpace::run_outcome_pattern`]: crate::engine::keyspace::KeySpace::run_outcome_pattern
 pub(super) fn count_outcome_records(
     service: &WalletService,
-    keys: impl Iterator<Item = String>,
+    run: &str,
     bar: &ProgressBar,
 ) -> Result<(u64, u64), BenchError> {
-    let mut conn = service.pool().get()?;
+    let topology = service.topology();
+    let pattern = topology.key_space().run_outcome_pattern(run);
     let (mut records, mut with_ttl) = (0, 0);
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut keys = keys.peekable();
-    while keys.peek().is_some() {
-        batch.clear();
-        batch.extend(keys.by_ref().take(BATCH));
-        let (found, ttl) = count_ttls(&mut conn, &batch)?;
-        records += found;
-        with_ttl += ttl;
-        bar.inc(batch.len() as u64);
+    for shard in topology.shards() {
+        let mut conn = topology.conn_for_shard::<BenchError>(&shard)?;
+        store::scan_each(&mut conn, None, &pattern, Some("hash"), |conn, batch| {
+            let (found, ttl) = count_ttls(conn, &batch)?;
+            records += found;
+            with_ttl += ttl;
+            bar.inc(batch.len() as u64);
+            Ok::<_, BenchError>(())
+        })?;
     }
     Ok((records, with_ttl))
 }
@@ -118,30 +122,6 @@ pub(super) fn sample_wallet_bytes(
     Ok(total / u64::max(with_history, 1))
 }
 
-/// Counts the outcome records of run `run` on every primary of a cluster and those with a
-/// ttl: `SCAN MATCH transfer:{<run>_*}:<run>_t*` (the sender is in the key, and the bench
-/// does not record who sent what), then PTTL of each batch, pipelined. `bar` advances per
-/// record. Returns (records, with ttl).
-pub(super) fn count_outcome_records_cluster(
-    pools: &ClusterPools,
-    run: &str,
-    bar: &ProgressBar,
-) -> Result<(u64, u64), BenchError> {
-    let pattern = format!("transfer:{{{run}_*}}:{run}_t*");
-    let (mut records, mut with_ttl) = (0, 0);
-    for addr in pools.primaries() {
-        let mut conn = pools.conn_for_addr(&addr)?;
-        store::scan_each(&mut conn, None, &pattern, Some("hash"), |conn, batch| {
-            let (found, ttl) = count_ttls(conn, &batch)?;
-            records += found;
-            with_ttl += ttl;
-            bar.inc(batch.len() as u64);
-            Ok::<_, BenchError>(())
-        })?;
-    }
-    Ok((records, with_ttl))
-}
-
 /// One Redis's counters at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Counters {
@@ -179,17 +159,15 @@ pub(super) fn node_counters(
             .query(&mut conn.redis)?;
         Ok(parse_counters(&info))
     };
-    match service.cluster() {
-        None => Ok(vec![("redis".into(), read(&mut service.pool().get()?)?)]),
-        Some(pools) => pools
-            .primaries()
-            .into_iter()
-            .map(|addr| {
-                let counters = read(&mut pools.conn_for_addr(&addr)?)?;
-                Ok((addr, counters))
-            })
-            .collect(),
-    }
+    let topology = service.topology();
+    topology
+        .shards()
+        .into_iter()
+        .map(|shard| {
+            let counters = read(&mut topology.conn_for_shard::<BenchError>(&shard)?)?;
+            Ok((shard.label().to_string(), counters))
+        })
+        .collect()
 }
 
 /// Each node's costs between `before` and `after` (matched by address; a node missing

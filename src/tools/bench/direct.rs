@@ -17,10 +17,8 @@ use crate::engine::message::TransferRequest;
 use crate::engine::money::Amount;
 use crate::engine::service::WalletService;
 use crate::engine::setting::{SettingError, setters};
-use crate::engine::store::keys;
 use crate::tools::bench::cost::{
-    count_history, count_outcome_records, count_outcome_records_cluster, node_costs, node_counters,
-    sample_wallet_bytes,
+    count_history, count_outcome_records, node_costs, node_counters, sample_wallet_bytes,
 };
 use crate::tools::bench::error::BenchError;
 use crate::tools::bench::figures::{ClusterFigures, LatencySummary, RedisCost, Retained};
@@ -193,14 +191,8 @@ fn read_retained(
     ) {
         bar.set_style(style.progress_chars("=> "));
     }
-    let prefix = run.transfer_prefix();
-    let (outcome_records, outcome_records_with_ttl) = match service.cluster() {
-        None => {
-            let outcome_keys = (0..transfers).map(|n| keys::outcome(&format!("{prefix}{n}")));
-            count_outcome_records(service, outcome_keys, &bar)?
-        }
-        Some(pools) => count_outcome_records_cluster(pools, &run.name, &bar)?,
-    };
+    let (outcome_records, outcome_records_with_ttl) =
+        count_outcome_records(service, &run.name, &bar)?;
     let (history_entries, history_trimmed) = count_history(service, &run.ids, &bar)?;
     let wallet_bytes = sample_wallet_bytes(service, &run.ids)?;
     bar.finish_and_clear();

@@ -255,7 +255,7 @@ pub fn run_e2e(service: &WalletService, config: &E2eConfig) -> Result<BenchRepor
 /// the counters and the balance sum go to the primaries of now (a failed node's counters
 /// count nothing, see `node_costs`).
 fn refresh_map(service: &WalletService) {
-    if let Some(Err(e)) = service.cluster().map(|pools| pools.refresh()) {
+    if let Err(e) = service.topology().refresh() {
         log::warn!("reading the slot map again after the run: {e}");
     }
 }

@@ -6,14 +6,12 @@
 //! one Redis or on every primary of a cluster. Does not own the run's ids or prefix
 //! (`workload`), or the verdict of the money check (`BalanceCheck`, in `figures`).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::engine::cluster::{self, ClusterError, ClusterPools};
 use crate::engine::cluster_transfer::REDIRECT_RETRIES_LIMIT;
 use crate::engine::money::{Amount, Currency};
 use crate::engine::service::WalletService;
-use crate::engine::store::{self, PooledConn, keys};
+use crate::engine::store::PooledConn;
 use crate::engine::wallet::NewWallet;
 use crate::tools::bench::error::BenchError;
 
@@ -23,27 +21,17 @@ pub const BENCH_OPENING_CENTS: i64 = 100_000_000;
 /// Wallets created or read per batch.
 pub(super) const BATCH: usize = 1_000;
 
-/// `ids` grouped by the Redis that holds their keys, each group with a connection to it:
+/// `ids` grouped by the shard that holds their keys, each group with a connection to it:
 /// one group on one Redis; one per primary (of the known map) on a cluster.
 pub(super) fn by_node<'a>(
     service: &WalletService,
     ids: &'a [String],
 ) -> Result<Vec<(PooledConn, Vec<&'a str>)>, BenchError> {
-    let Some(pools) = service.cluster() else {
-        let all = ids.iter().map(String::as_str).collect();
-        return Ok(vec![(service.pool().get()?, all)]);
-    };
-    let mut groups: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-    for id in ids {
-        let slot = cluster::keys::wallet_slot(id);
-        let addr = pools
-            .primary_for_slot(slot)
-            .ok_or(ClusterError::SlotUncovered(slot))?;
-        groups.entry(addr).or_default().push(id);
-    }
+    let (topology, space) = (service.topology(), service.key_space());
+    let groups = topology.by_shard(ids.iter().map(String::as_str), |id| space.wallet(id))?;
     groups
         .into_iter()
-        .map(|(addr, ids)| Ok((pools.conn_for_addr(&addr)?, ids)))
+        .map(|(shard, ids)| Ok((topology.conn_for_shard::<BenchError>(&shard)?, ids)))
         .collect()
 }
 
@@ -88,7 +76,7 @@ pub(super) fn sum_balances(
         match sum_balances_once(service, ids) {
             Err(e) if attempt < REDIRECT_RETRIES_LIMIT && stale_map(service, &e) => {
                 log::info!("summing the balances: {e}; reading the slot map again");
-                if let Some(Err(refresh)) = service.cluster().map(|pools| pools.refresh()) {
+                if let Err(refresh) = service.topology().refresh() {
                     log::info!("slot map refresh failed: {refresh}");
                 }
                 attempt += 1;
@@ -103,8 +91,7 @@ pub(super) fn sum_balances(
 /// ([`cluster::map_may_be_stale`]). Pure but for the mode.
 fn stale_map(service: &WalletService, e: &BenchError) -> bool {
     match e {
-        _ if service.cluster().is_none() => false,
-        BenchError::Redis(e) => cluster::map_may_be_stale(e),
+        BenchError::Redis(e) => service.topology().map_may_be_stale(e),
         BenchError::Cluster(e) => e.is_transient(),
         _ => false,
     }
@@ -146,64 +133,33 @@ fn parse_balance(id: &str, text: Option<String>) -> Result<Amount, BenchError> {
         .map_err(|e| BenchError::Setup(format!("wallet {id} balance {text:?}: {e}")))
 }
 
-/// Deletes the run's keys: wallets with their histories, users, outcome records, and the ids
-/// in `users:all` / `wallets:all`. Returns how many keys were deleted.
+/// Deletes the run's keys on every shard: wallets with their histories, users, outcome
+/// records, locks left behind, on a cluster the keys' claims and any credit marker
+/// ([`KeySpace::run_patterns`]); then the run's ids from the index sets where the key space
+/// has them (`users:all` / `wallets:all` on one Redis). Each key alone, pipelined per SCAN
+/// batch (a batch spans slots). Returns how many keys were deleted.
+///
+/// [`KeySpace::run_patterns`]: crate::engine::keyspace::KeySpace::run_patterns
 pub(super) fn cleanup(
     service: &WalletService,
     run: &str,
     ids: &[String],
 ) -> Result<u64, BenchError> {
-    if let Some(pools) = service.cluster() {
-        return cleanup_cluster(pools, run);
-    }
-    let mut conn = service.pool().get()?;
+    let (topology, space) = (service.topology(), service.key_space());
+    let patterns = space.run_patterns(run);
     let mut deleted = 0;
-    for pattern in [
-        keys::wallet(&format!("{run}_*")),
-        keys::user(&format!("{run}_*")),
-        keys::outcome(&format!("{run}_*")),
-    ] {
-        deleted += crate::tools::seed::unlink_matching(&mut conn, &pattern)?;
-    }
-    for chunk in ids.chunks(BATCH) {
-        redis::pipe()
-            .srem(keys::USERS_ALL, chunk)
-            .ignore()
-            .srem(keys::WALLETS_ALL, chunk)
-            .ignore()
-            .query::<()>(&mut conn.redis)?;
-    }
-    Ok(deleted)
-}
-
-/// Deletes the run's keys on every primary of a cluster: wallets with their histories,
-/// users, outcome records, the keys' claims, and any credit marker or lock left behind (there is no
-/// `users:all`/`wallets:all` on a cluster). Each key alone, pipelined per SCAN batch (a
-/// batch spans slots). Returns how many keys were deleted.
-fn cleanup_cluster(pools: &ClusterPools, run: &str) -> Result<u64, BenchError> {
-    let tag = format!("{{{run}_*}}");
-    let patterns = [
-        format!("wallet:{tag}*"),
-        format!("user:{tag}"),
-        format!("transfer:{tag}:*"),
-        format!("credit:{tag}:*"),
-        format!("lock:{tag}"),
-        // The claims of the run's idempotency keys (`{run}_t...`, no hash tag).
-        format!("claim:{run}_*"),
-    ];
-    let mut deleted = 0;
-    for addr in pools.primaries() {
-        let mut conn = pools.conn_for_addr(&addr)?;
+    for shard in topology.shards() {
+        let mut conn = topology.conn_for_shard::<BenchError>(&shard)?;
         for pattern in &patterns {
-            store::scan_each(&mut conn, None, pattern, None, |conn, batch| {
-                let mut pipe = redis::pipe();
-                for key in &batch {
-                    pipe.cmd("UNLINK").arg(key);
-                }
-                let counts: Vec<u64> = pipe.query(&mut conn.redis)?;
-                deleted += counts.iter().sum::<u64>();
-                Ok::<_, BenchError>(())
-            })?;
+            deleted += crate::tools::seed::unlink_each_matching(&mut conn, pattern)?;
+        }
+        for set in space.wallet_index_sets() {
+            for chunk in ids.chunks(BATCH) {
+                redis::cmd("SREM")
+                    .arg(*set)
+                    .arg(chunk)
+                    .query::<()>(&mut conn.redis)?;
+            }
         }
     }
     Ok(deleted)
