@@ -916,7 +916,7 @@ fn scan_pending(
         let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg("transfer:{*}:*")
+            .arg(KeySpace::Cluster.outcome_pattern())
             .arg("COUNT")
             .arg(RECOVER_SCAN_COUNT)
             .arg("TYPE")

@@ -527,7 +527,7 @@ fn outcome_version(f: &HashMap<String, String>, name: &str) -> Result<Option<u64
 /// The idempotency key in an outcome record's key: `transfer:KEY` (one Redis) or
 /// `transfer:{SENDER}:KEY` (a cluster; keys cannot hold braces, so a brace is a tag). Pure.
 fn idempotency_key_of(record_key: &str) -> &str {
-    let rest = record_key.trim_start_matches("transfer:");
+    let rest = crate::engine::keyspace::KeySpace::Standalone.outcome_id(record_key);
     match rest
         .strip_prefix('{')
         .and_then(|tagged| tagged.split_once("}:"))
