@@ -39,6 +39,7 @@ use wallet_transfer::engine::retention::HISTORY_MAX_ENTRIES_LIMIT;
 use wallet_transfer::engine::service::WAIT_REPLICAS_LIMIT;
 use wallet_transfer::engine::store::{RedisTls, redact_url};
 use wallet_transfer::tools::bench::DirectConfig;
+use wallet_transfer::worker::kafka;
 use wallet_transfer::{EngineConfig, SettingError, WalletService};
 
 const ABOUT: &str = "Wallet transfers in Redis: run the Kafka worker, send transfers and race \
@@ -171,7 +172,7 @@ pub struct GlobalOpts {
         long,
         env = "KAFKA_BROKERS",
         value_name = "HOST:PORT,...",
-        default_value = "127.0.0.1:9092",
+        default_value = kafka::BROKERS_DEFAULT,
         global = true
     )]
     pub brokers: String,
@@ -234,7 +235,7 @@ pub struct GlobalOpts {
         long,
         env = "HISTORY_MAX_ENTRIES",
         value_name = "N|all",
-        default_value = "1000",
+        default_value_t = HistoryMaxEntries(EngineConfig::default().history_max_entries),
         value_parser = parse_history_max_entries,
         global = true,
         help_heading = "Retention"
@@ -271,7 +272,7 @@ pub struct GlobalOpts {
         long,
         env = "WAIT_REPLICAS",
         value_name = "N",
-        default_value_t = 0,
+        default_value_t = EngineConfig::default().wait_replicas.unwrap_or(0),
         value_parser = clap::value_parser!(u32).range(0..=i64::from(WAIT_REPLICAS_LIMIT)),
         global = true,
         help_heading = "Durability"
@@ -336,6 +337,16 @@ fn parse_cluster_seeds(text: &str) -> Result<ClusterSeeds, String> {
 /// `--history-max-entries`: a bound, or `all` (no bound).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryMaxEntries(pub Option<u64>);
+
+/// As the flag takes it: the bound, or `all` (clap shows the default this way).
+impl fmt::Display for HistoryMaxEntries {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("all"),
+        }
+    }
+}
 
 fn parse_history_max_entries(text: &str) -> Result<HistoryMaxEntries, String> {
     if text == "all" {

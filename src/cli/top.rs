@@ -7,7 +7,8 @@
 //! figures computed from two scrapes (rates and histogram quantiles over the interval between
 //! them, as Prometheus's `rate` and `histogram_quantile` would), and the ratatui frame. An
 //! endpoint that does not answer is a row marked down, never an error. Does not own the metric
-//! names' meaning (`worker::metrics`) nor anything the worker does.
+//! names, their labels or their meaning: it queries the exporter's constants
+//! (`worker::metrics::names`, `worker::metrics::labels`, `Stage`); nor anything the worker does.
 //!
 //! `--once` prints one frame as text (two scrapes one interval apart, rendered on ratatui's
 //! test backend) and exits: for scripts, logs and the tests.
@@ -25,6 +26,8 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, Paragraph, Row, Table};
+use wallet_transfer::Status;
+use wallet_transfer::worker::metrics::{Stage, labels, names};
 
 use crate::cli::worker::METRICS_ADDR_DEFAULT;
 use crate::cli::{Failure, GlobalOpts, print_out};
@@ -34,8 +37,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(400);
 const READ_TIMEOUT: Duration = Duration::from_millis(900);
 /// Largest `/metrics` answer read (a worker's is about 30 KiB).
 const RESPONSE_BYTES_LIMIT: u64 = 8 << 20;
-/// The stages of `wallet_stage_seconds`, in pipeline order.
-const STAGES: [&str; 3] = ["queue_wait", "transfer", "ack"];
 
 #[derive(Debug, Args)]
 #[command(
@@ -417,7 +418,7 @@ struct Figures {
     failed_per_s: Option<f64>,
     duplicates_per_s: Option<f64>,
     failed_by_reason_per_s: BTreeMap<String, f64>,
-    /// (p50, p99) in seconds per stage, in [`STAGES`] order.
+    /// (p50, p99) in seconds per stage, in [`Stage::ALL`] order.
     stages: Vec<(String, Option<(f64, f64)>)>,
     transfer_call: Option<(f64, f64)>,
     lock_wait: Option<(f64, f64)>,
@@ -470,48 +471,43 @@ fn figures(previous: Option<&Scrape>, latest: &Scrape) -> Figures {
         let buckets = bucket_deltas(&previous?.samples, now, name, with);
         Some((quantile(0.5, &buckets)?, quantile(0.99, &buckets)?))
     };
-    let ready_checks = now.sum_by("wallet_ready_check", "check", &[]);
-    let mut failed_by_reason_per_s = rates_by("wallet_transfers_total", "reason");
+    let by_status = |s: Status| rate(names::TRANSFERS_TOTAL, &[(labels::STATUS, s.as_str())]);
+    let stage = |s: Stage| quantiles(names::STAGE_SECONDS, &[(labels::STAGE, s.as_str())]);
+    let ready_checks = now.sum_by(names::READY_CHECK, labels::CHECK, &[]);
+    let mut failed_by_reason_per_s = rates_by(names::TRANSFERS_TOTAL, labels::REASON);
     failed_by_reason_per_s.retain(|reason, rate| !reason.is_empty() && *rate > 0.0);
-    let mut retries_by_cause_per_s = rates_by("wallet_retries_total", "cause");
+    let mut retries_by_cause_per_s = rates_by(names::RETRIES_TOTAL, labels::CAUSE);
     retries_by_cause_per_s.retain(|_, rate| *rate > 0.0);
     Figures {
-        ready: now.sum("wallet_ready", &[]).map(|v| v >= 1.0),
+        ready: now.sum(names::READY, &[]).map(|v| v >= 1.0),
         failing_checks: ready_checks
             .into_iter()
             .filter(|(_, ok)| *ok < 1.0)
             .map(|(check, _)| check)
             .collect(),
-        assigned_partitions: now.sum("wallet_assigned_partitions", &[]),
-        joining: now
-            .sum("wallet_group_joining", &[])
-            .is_some_and(|v| v >= 1.0),
-        completed_per_s: rate("wallet_transfers_total", &[("status", "COMPLETED")]),
-        failed_per_s: rate("wallet_transfers_total", &[("status", "FAILED")]),
-        duplicates_per_s: rate("wallet_duplicates_total", &[]),
+        assigned_partitions: now.sum(names::ASSIGNED_PARTITIONS, &[]),
+        joining: now.sum(names::GROUP_JOINING, &[]).is_some_and(|v| v >= 1.0),
+        completed_per_s: by_status(Status::Completed),
+        failed_per_s: by_status(Status::Failed),
+        duplicates_per_s: rate(names::DUPLICATES_TOTAL, &[]),
         failed_by_reason_per_s,
-        stages: STAGES
+        stages: Stage::ALL
             .iter()
-            .map(|s| {
-                (
-                    s.to_string(),
-                    quantiles("wallet_stage_seconds", &[("stage", s)]),
-                )
-            })
+            .map(|s| (s.as_str().to_string(), stage(*s)))
             .collect(),
-        transfer_call: quantiles("wallet_transfer_latency_seconds", &[]),
-        lock_wait: quantiles("wallet_lock_wait_seconds", &[]),
-        lag_by_partition: now.sum_by("wallet_consumer_lag", "partition", &[]),
-        in_flight: now.sum("wallet_in_flight_jobs", &[]),
-        parked: now.sum("wallet_parked_jobs", &[]),
-        retrying: now.sum("wallet_retrying_jobs", &[]),
-        oldest_retry_s: now.sum("wallet_retry_oldest_age_seconds", &[]),
-        retries_per_s: rate("wallet_retries_total", &[]),
+        transfer_call: quantiles(names::TRANSFER_LATENCY_SECONDS, &[]),
+        lock_wait: quantiles(names::LOCK_WAIT_SECONDS, &[]),
+        lag_by_partition: now.sum_by(names::CONSUMER_LAG, labels::PARTITION, &[]),
+        in_flight: now.sum(names::IN_FLIGHT_JOBS, &[]),
+        parked: now.sum(names::PARKED_JOBS, &[]),
+        retrying: now.sum(names::RETRYING_JOBS, &[]),
+        oldest_retry_s: now.sum(names::RETRY_OLDEST_AGE_SECONDS, &[]),
+        retries_per_s: rate(names::RETRIES_TOTAL, &[]),
         retries_by_cause_per_s,
-        dead_letters: now.sum("wallet_dlq_total", &[]),
-        dead_letters_per_s: rate("wallet_dlq_total", &[]),
-        lock_timeouts_per_s: rate("wallet_lock_timeouts_total", &[]),
-        watch_conflicts_per_s: rate("wallet_watch_conflicts_total", &[]),
+        dead_letters: now.sum(names::DLQ_TOTAL, &[]),
+        dead_letters_per_s: rate(names::DLQ_TOTAL, &[]),
+        lock_timeouts_per_s: rate(names::LOCK_TIMEOUTS_TOTAL, &[]),
+        watch_conflicts_per_s: rate(names::WATCH_CONFLICTS_TOTAL, &[]),
     }
 }
 

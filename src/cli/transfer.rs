@@ -41,7 +41,7 @@ pub struct TransferArgs {
     pub amount: String,
 
     /// Currency of the transfer: USD, EUR or GBP; must be both wallets' currency
-    #[arg(long, value_name = "C", default_value = "USD")]
+    #[arg(long, value_name = "C", default_value = Currency::USD.as_str())]
     pub currency: String,
 
     /// Transfer id [default: tx_<32 hex>, random]

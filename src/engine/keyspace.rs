@@ -72,7 +72,7 @@ impl KeySpace {
 
     /// The sets every new wallet and user is added to: `users:all` and `wallets:all` on one
     /// Redis (the original system's indexes); none on a cluster, where one key cannot sit in
-    /// every wallet's slot (readers scan each shard for [`KeySpace::wallet_pattern`]).
+    /// every wallet's slot (readers scan each shard for [`KeySpace::wallet_listing`]).
     pub fn wallet_index_sets(self) -> &'static [&'static str] {
         match self {
             KeySpace::Standalone => &[keys::USERS_ALL, keys::WALLETS_ALL],

@@ -1,6 +1,6 @@
 //! What a transfer request comes to, as data: [`TransferOutcome`] and [`TransferError`], the
 //! pure decision ([`decide`]: existence, status, currency, funds, balance limit), the answer
-//! to a request already recorded ([`answer_from_record`]: the original, a duplicate, or a
+//! to a request already recorded (`answer_from_record`: the original, a duplicate, or a
 //! conflict), and the outcome record's codec (`transfer:{key}` hash fields, both the long
 //! format of the original system and the compact one, [`parse_outcome`]).
 //!
@@ -142,7 +142,7 @@ impl TransferOutcome {
     }
 }
 
-/// Why [`WalletService::transfer`] gave no outcome. Business failures are not errors: they are
+/// Why [`crate::WalletService::transfer`] gave no outcome. Business failures are not errors: they are
 /// FAILED outcomes. An error is either transient, or needs an operator; ask
 /// [`TransferError::is_transient`], which is the one retry rule:
 ///

@@ -336,7 +336,7 @@ impl WalletService {
     /// `transfer:key` and the sender is not used.
     ///
     /// Unlike [`WalletService::transfer`], this reads the record as it is: a cross-slot
-    /// transfer that stopped halfway reads as [`Status::Pending`] (the next delivery of the
+    /// transfer that stopped halfway reads as [`crate::Status::Pending`] (the next delivery of the
     /// request, or [`WalletService::recover`], finishes it).
     pub fn transfer_outcome_of(
         &self,

@@ -451,7 +451,7 @@ pub fn audit(service: &WalletService) -> Result<AuditReport, OpsError> {
 ///    hide in its checkpoint);
 /// 5. then, while transfers finish during the scan, what a finding waits for (a wallet's
 ///    hash and its history after its snapshot, an outcome record), a bounded number of passes
-///    ([`Auditor::settle`], [`read_plan`]).
+///    ([`Auditor::settle`]).
 ///
 /// A Redis error is an `Err`; a broken invariant is a [`Violation`] in the report. The checks
 /// are pure functions over what was read ([`Auditor`]).

@@ -13,18 +13,19 @@
 //! partitions, a revoke's) does not make it forgotten.
 //!
 //! Owns the committer thread, the commit call to Kafka and the ledger. Does not decide what is
-//! safe to commit (`worker::offsets`) or when (`worker::consumer`, `worker::pipeline`).
+//! safe to commit (`worker::offsets`) or when (`worker::consumer`, `worker::pipeline`). Generic
+//! over the consumer's context (the worker's is `worker::consumer::ConsumerCtx`, which holds a
+//! [`Committer`]), so this file does not use the consumer's and the dependency points one way.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::worker::consumer::ConsumerCtx;
-use crate::worker::pipeline::Shared;
+use crate::worker::shared::Shared;
 
 /// What the committer knows of the commits so far. Pure.
 #[derive(Debug, Default)]
@@ -80,8 +81,8 @@ type Positions = Vec<(i32, i64)>;
 
 /// One commit for the committer thread; `reply` gets the positions committed (`None` when the
 /// commit failed).
-struct CommitOrder {
-    consumer: Arc<BaseConsumer<ConsumerCtx>>,
+struct CommitOrder<C: ConsumerContext> {
+    consumer: Arc<BaseConsumer<C>>,
     positions: Vec<(i32, i64)>,
     reply: Option<crossbeam_channel::Sender<Option<Positions>>>,
 }
@@ -89,15 +90,23 @@ struct CommitOrder {
 /// Commits on a thread of its own, one commit at a time in the order asked, so that a group
 /// coordinator that is away blocks that thread (for librdkafka's request timeouts), never the
 /// consumer thread. Clones share the thread and the ledger.
-#[derive(Clone)]
-pub(crate) struct Committer {
-    orders: crossbeam_channel::Sender<CommitOrder>,
+pub(crate) struct Committer<C: ConsumerContext> {
+    orders: crossbeam_channel::Sender<CommitOrder<C>>,
     ledger: Arc<Mutex<CommitLedger>>,
 }
 
-impl Committer {
-    pub fn start(shared: Arc<Shared>) -> Committer {
-        let (orders, rx) = crossbeam_channel::bounded::<CommitOrder>(1);
+impl<C: ConsumerContext> Clone for Committer<C> {
+    fn clone(&self) -> Self {
+        Committer {
+            orders: self.orders.clone(),
+            ledger: self.ledger.clone(),
+        }
+    }
+}
+
+impl<C: ConsumerContext + 'static> Committer<C> {
+    pub fn start(shared: Arc<Shared>) -> Committer<C> {
+        let (orders, rx) = crossbeam_channel::bounded::<CommitOrder<C>>(1);
         let ledger = Arc::new(Mutex::new(CommitLedger::default()));
         let thread_ledger = ledger.clone();
         std::thread::Builder::new()
@@ -121,7 +130,7 @@ impl Committer {
     pub fn commit_now(
         &self,
         shared: &Shared,
-        consumer: &BaseConsumer<ConsumerCtx>,
+        consumer: &BaseConsumer<C>,
         positions: &[(i32, i64)],
     ) -> Option<Vec<(i32, i64)>> {
         commit_forward(shared, &self.ledger, consumer, positions)
@@ -129,7 +138,7 @@ impl Committer {
 
     /// Hands the partitions whose watermark moved (or, after a failed commit, every partition)
     /// to the committer, unless a commit is still waiting to run.
-    pub fn commit_due(&self, shared: &Shared, consumer: &Arc<BaseConsumer<ConsumerCtx>>) {
+    pub fn commit_due(&self, shared: &Shared, consumer: &Arc<BaseConsumer<C>>) {
         if self.orders.is_full() {
             return;
         }
@@ -155,7 +164,7 @@ impl Committer {
     /// positions committed, none when the commit failed or did not finish in time.
     pub fn commit_by(
         &self,
-        consumer: &Arc<BaseConsumer<ConsumerCtx>>,
+        consumer: &Arc<BaseConsumer<C>>,
         positions: Vec<(i32, i64)>,
         deadline: Instant,
     ) -> Option<Vec<(i32, i64)>> {
@@ -172,10 +181,10 @@ impl Committer {
 
 /// Commits `positions`, trimmed to those that move their partition forward, and notes the
 /// result in `ledger`: the positions committed, `None` when the commit failed.
-fn commit_forward(
+fn commit_forward<C: ConsumerContext>(
     shared: &Shared,
     ledger: &Mutex<CommitLedger>,
-    consumer: &BaseConsumer<ConsumerCtx>,
+    consumer: &BaseConsumer<C>,
     positions: &[(i32, i64)],
 ) -> Option<Vec<(i32, i64)>> {
     let forward = ledger.lock().forward(positions);
@@ -188,7 +197,11 @@ fn commit_forward(
 /// Commits `positions` synchronously (one round trip to the group coordinator, bounded by
 /// librdkafka's request timeouts), so success is known here and only confirmed positions
 /// reach the metrics.
-fn commit(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, positions: &[(i32, i64)]) -> bool {
+fn commit<C: ConsumerContext>(
+    shared: &Shared,
+    consumer: &BaseConsumer<C>,
+    positions: &[(i32, i64)],
+) -> bool {
     if positions.is_empty() {
         return true;
     }

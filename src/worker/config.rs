@@ -104,7 +104,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            kafka: KafkaConfig::new("127.0.0.1:9092"),
+            kafka: KafkaConfig::new(kafka::BROKERS_DEFAULT),
             group_id: "wallet-transfer-worker".to_string(),
             requests_topic: kafka::TOPIC_REQUESTS.to_string(),
             results_topic: kafka::TOPIC_RESULTS.to_string(),

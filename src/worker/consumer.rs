@@ -26,7 +26,7 @@ use crate::worker::config::{
 };
 use crate::worker::metrics::{Metrics, Stage, StageBuckets};
 use crate::worker::offsets::Start;
-use crate::worker::pipeline::{Job, Shared};
+use crate::worker::shared::{Job, Shared};
 
 /// Why the consumer loop returned.
 pub(crate) enum Exit {
@@ -41,7 +41,7 @@ pub(crate) fn consume(
     shared: &Shared,
     consumer: &Arc<BaseConsumer<ConsumerCtx>>,
     job_tx: &Sender<Job>,
-    committer: &Committer,
+    committer: &Committer<ConsumerCtx>,
 ) -> Exit {
     let config = &shared.config;
     let mut paused = false;
@@ -339,7 +339,7 @@ fn seed_partition_metrics(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>)
 /// thread that drops the consumer, whose close revokes what it holds).
 pub(crate) struct ConsumerCtx {
     pub shared: Arc<Shared>,
-    pub committer: Committer,
+    pub committer: Committer<ConsumerCtx>,
     /// The consumer this context belongs to, set once it exists, so that a revoke can hand
     /// its commit to the committer thread.
     pub consumer: OnceLock<Weak<BaseConsumer<ConsumerCtx>>>,

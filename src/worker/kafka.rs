@@ -22,6 +22,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::worker::outcome_ttl::TopicRetention;
 
+/// Default bootstrap servers: one broker on this machine.
+pub const BROKERS_DEFAULT: &str = "127.0.0.1:9092";
 /// Default requests topic, the original system's.
 pub const TOPIC_REQUESTS: &str = "wallet.transfer.requested";
 /// Default results topic, the original system's.

@@ -1,7 +1,8 @@
 //! Prometheus metrics for the worker, and the blocking HTTP endpoint that serves them with the
 //! health checks.
 //!
-//! Owns the metric names (all prefixed `wallet_`), their labels and histogram buckets, a private
+//! Owns the metric names (all prefixed `wallet_`, written once in [`names`], used by the
+//! exporter and by `wallet top`), their labels ([`labels`]) and histogram buckets, a private
 //! [`prometheus::Registry`] (nothing goes into the process-global one, so tests and embedding
 //! programs can hold several), the text exposition, a [`MetricsSummary`] for one-line progress
 //! logs, and a tiny_http thread answering `GET /metrics`, `/healthz` and `/readyz`. Does not
@@ -29,6 +30,126 @@ use prometheus::{
 use crate::engine::message::{FailureReason, Status};
 use crate::engine::transfer::TransferOutcome;
 use crate::worker::health::{Check, Health, Readiness};
+
+/// The name of every metric family the worker exports, the one place each is written: the
+/// registry registers these, and `wallet top` queries them. The alert rules and the dashboard
+/// (`monitoring/`) must use the same strings; `tests/it/docs.rs` checks that they query only
+/// exported names.
+pub mod names {
+    /// Counter: outcomes answered, duplicates included, by `status` and `reason`.
+    pub const TRANSFERS_TOTAL: &str = "wallet_transfers_total";
+    /// Counter: requests answered from an earlier record.
+    pub const DUPLICATES_TOTAL: &str = "wallet_duplicates_total";
+    /// Histogram: wall time of one transfer call.
+    pub const TRANSFER_LATENCY_SECONDS: &str = "wallet_transfer_latency_seconds";
+    /// Histogram: time until the wallet locks were held.
+    pub const LOCK_WAIT_SECONDS: &str = "wallet_lock_wait_seconds";
+    /// Counter: SET NX rounds sent to take wallet locks.
+    pub const LOCK_ATTEMPTS_TOTAL: &str = "wallet_lock_attempts_total";
+    /// Counter: transfers that gave up waiting for wallet locks.
+    pub const LOCK_TIMEOUTS_TOTAL: &str = "wallet_lock_timeouts_total";
+    /// Counter: transactions aborted by a watched key, and retried.
+    pub const WATCH_CONFLICTS_TOTAL: &str = "wallet_watch_conflicts_total";
+    /// Counter: distinct wallet locks found held with no ttl.
+    pub const LOCKS_WITHOUT_TTL_TOTAL: &str = "wallet_locks_without_ttl_total";
+    /// Histogram: time in each stage of the worker, by `stage`.
+    pub const STAGE_SECONDS: &str = "wallet_stage_seconds";
+    /// Counter: messages sent to the dead-letter topic.
+    pub const DLQ_TOTAL: &str = "wallet_dlq_total";
+    /// Gauge: jobs consumed and not yet done.
+    pub const IN_FLIGHT_JOBS: &str = "wallet_in_flight_jobs";
+    /// Counter: jobs retried after a transient error, by `cause`.
+    pub const RETRIES_TOTAL: &str = "wallet_retries_total";
+    /// Gauge: last offset committed, by `partition`.
+    pub const COMMITTED_OFFSET: &str = "wallet_committed_offset";
+    /// Gauge: messages behind the high watermark, by `partition`.
+    pub const CONSUMER_LAG: &str = "wallet_consumer_lag";
+    /// Counter: result messages delivered.
+    pub const RESULTS_PUBLISHED_TOTAL: &str = "wallet_results_published_total";
+    /// Counter: ledger entries delivered.
+    pub const LEDGER_ENTRIES_PUBLISHED_TOTAL: &str = "wallet_ledger_entries_published_total";
+    /// Gauge: bytes held and not running (backlog, parked, retrying).
+    pub const BACKLOG_BYTES: &str = "wallet_backlog_bytes";
+    /// Gauge: jobs waiting behind an earlier job of their key.
+    pub const PARKED_JOBS: &str = "wallet_parked_jobs";
+    /// Gauge: jobs waiting in the delay queue.
+    pub const RETRYING_JOBS: &str = "wallet_retrying_jobs";
+    /// Gauge: how long the longest-retrying waiting job has been failing.
+    pub const RETRY_OLDEST_AGE_SECONDS: &str = "wallet_retry_oldest_age_seconds";
+    /// Counter: messages fetched again and skipped.
+    pub const REDELIVERIES_SKIPPED_TOTAL: &str = "wallet_redeliveries_skipped_total";
+    /// Counter: transfers that panicked on a transfer thread.
+    pub const THREAD_PANICS_TOTAL: &str = "wallet_thread_panics_total";
+    /// Counter: runs of the recovery sweep, by `result`.
+    pub const RECOVER_RUNS_TOTAL: &str = "wallet_recover_runs_total";
+    /// Counter: PENDING cross-slot transfers the sweep finished.
+    pub const RECOVER_FINISHED_TOTAL: &str = "wallet_recover_finished_total";
+    /// Counter: PENDING cross-slot transfers a sweep could not finish.
+    pub const RECOVER_UNFINISHED_TOTAL: &str = "wallet_recover_unfinished_total";
+    /// Gauge: 1 when the worker is ready (`/readyz` answers 200).
+    pub const READY: &str = "wallet_ready";
+    /// Gauge: 1 when this part of readiness passes, by `check`.
+    pub const READY_CHECK: &str = "wallet_ready_check";
+    /// Gauge: how long the commit position has stood still with work, by `partition`.
+    pub const WATERMARK_STALLED_SECONDS: &str = "wallet_watermark_stalled_seconds";
+    /// Gauge: partitions assigned by the last completed group join.
+    pub const ASSIGNED_PARTITIONS: &str = "wallet_assigned_partitions";
+    /// Gauge: 1 while a consumer group join is in progress.
+    pub const GROUP_JOINING: &str = "wallet_group_joining";
+
+    /// Every name above, in registration order (a unit test checks that the registry exports
+    /// exactly these).
+    pub const ALL: [&str; 30] = [
+        TRANSFERS_TOTAL,
+        DUPLICATES_TOTAL,
+        TRANSFER_LATENCY_SECONDS,
+        LOCK_WAIT_SECONDS,
+        LOCK_ATTEMPTS_TOTAL,
+        LOCK_TIMEOUTS_TOTAL,
+        WATCH_CONFLICTS_TOTAL,
+        LOCKS_WITHOUT_TTL_TOTAL,
+        STAGE_SECONDS,
+        DLQ_TOTAL,
+        IN_FLIGHT_JOBS,
+        RETRIES_TOTAL,
+        COMMITTED_OFFSET,
+        CONSUMER_LAG,
+        RESULTS_PUBLISHED_TOTAL,
+        LEDGER_ENTRIES_PUBLISHED_TOTAL,
+        BACKLOG_BYTES,
+        PARKED_JOBS,
+        RETRYING_JOBS,
+        RETRY_OLDEST_AGE_SECONDS,
+        REDELIVERIES_SKIPPED_TOTAL,
+        THREAD_PANICS_TOTAL,
+        RECOVER_RUNS_TOTAL,
+        RECOVER_FINISHED_TOTAL,
+        RECOVER_UNFINISHED_TOTAL,
+        READY,
+        READY_CHECK,
+        WATERMARK_STALLED_SECONDS,
+        ASSIGNED_PARTITIONS,
+        GROUP_JOINING,
+    ];
+}
+
+/// The label names of the metrics above, for the exporter and for readers of its output.
+pub mod labels {
+    /// Outcome status of `wallet_transfers_total` (`COMPLETED`, `FAILED`).
+    pub const STATUS: &str = "status";
+    /// Failure reason of `wallet_transfers_total` (`""` for none).
+    pub const REASON: &str = "reason";
+    /// Stage of `wallet_stage_seconds` ([`Stage::as_str`](super::Stage::as_str)).
+    pub const STAGE: &str = "stage";
+    /// Cause of `wallet_retries_total`.
+    pub const CAUSE: &str = "cause";
+    /// Partition of the requests topic, of the per-partition families.
+    pub const PARTITION: &str = "partition";
+    /// Part of readiness of `wallet_ready_check`.
+    pub const CHECK: &str = "check";
+    /// Result (`ok`, `error`) of `wallet_recover_runs_total`.
+    pub const RESULT: &str = "result";
+}
 
 /// Bucket upper bounds of `wallet_transfer_latency_seconds`: 0.5 ms to 10 s.
 const TRANSFER_LATENCY_BUCKETS_S: [f64; 14] = [
@@ -572,7 +693,7 @@ impl Metrics {
                 let failed = metric
                     .get_label()
                     .iter()
-                    .any(|l| l.name() == "status" && l.value() == Status::Failed.as_str());
+                    .any(|l| l.name() == labels::STATUS && l.value() == Status::Failed.as_str());
                 if failed {
                     summary.failed += count;
                 }
@@ -599,52 +720,52 @@ fn transfer_metrics(r: &Registry) -> TransferMetrics {
     TransferMetrics {
         transfers: counter_vec(
             r,
-            "wallet_transfers_total",
+            names::TRANSFERS_TOTAL,
             "Transfer outcomes answered, duplicates included, by status and failure reason (\"\" for none).",
-            &["status", "reason"],
+            &[labels::STATUS, labels::REASON],
         ),
         duplicates: counter(
             r,
-            "wallet_duplicates_total",
+            names::DUPLICATES_TOTAL,
             "Transfer requests answered from an earlier record, with no new effect.",
         ),
         transfer_latency: histogram(
             r,
-            "wallet_transfer_latency_seconds",
+            names::TRANSFER_LATENCY_SECONDS,
             "Wall time of one transfer call, duplicates included.",
             &TRANSFER_LATENCY_BUCKETS_S,
         ),
         lock_wait: histogram(
             r,
-            "wallet_lock_wait_seconds",
+            names::LOCK_WAIT_SECONDS,
             "Time from the first lock attempt until the wallet locks were held, for transfers that took locks.",
             &LOCK_WAIT_BUCKETS_S,
         ),
         lock_attempts: counter(
             r,
-            "wallet_lock_attempts_total",
+            names::LOCK_ATTEMPTS_TOTAL,
             "SET NX rounds sent to take wallet locks.",
         ),
         lock_timeouts: counter(
             r,
-            "wallet_lock_timeouts_total",
+            names::LOCK_TIMEOUTS_TOTAL,
             "Transfers that gave up waiting for wallet locks (transient; retried).",
         ),
         watch_conflicts: counter(
             r,
-            "wallet_watch_conflicts_total",
+            names::WATCH_CONFLICTS_TOTAL,
             "Transactions aborted because a watched key changed, and retried.",
         ),
         locks_without_ttl: counter(
             r,
-            "wallet_locks_without_ttl_total",
+            names::LOCKS_WITHOUT_TTL_TOTAL,
             "Distinct wallet locks found held with no ttl (never released by themselves; see wallet locks).",
         ),
         stage_latency: histogram_vec(
             r,
-            "wallet_stage_seconds",
+            names::STAGE_SECONDS,
             "Time a message spends in each stage of the worker: queue_wait (request timestamp to a pool thread), transfer (Redis), ack (result handed to the producer until acknowledged).",
-            &["stage"],
+            &[labels::STAGE],
             &STAGE_BUCKETS_S,
         ),
     }
@@ -655,60 +776,56 @@ fn pipeline_metrics(r: &Registry) -> PipelineMetrics {
     PipelineMetrics {
         dlq: counter(
             r,
-            "wallet_dlq_total",
+            names::DLQ_TOTAL,
             "Messages sent to the dead-letter topic.",
         ),
-        in_flight_jobs: gauge(
-            r,
-            "wallet_in_flight_jobs",
-            "Jobs consumed and not yet done.",
-        ),
+        in_flight_jobs: gauge(r, names::IN_FLIGHT_JOBS, "Jobs consumed and not yet done."),
         retries: counter_vec(
             r,
-            "wallet_retries_total",
+            names::RETRIES_TOTAL,
             "Jobs retried after a transient error, by cause.",
-            &["cause"],
+            &[labels::CAUSE],
         ),
         committed_offset: gauge_vec(
             r,
-            "wallet_committed_offset",
+            names::COMMITTED_OFFSET,
             "Last offset committed, by partition (the next offset to consume).",
-            &["partition"],
+            &[labels::PARTITION],
         ),
         consumer_lag: gauge_vec(
             r,
-            "wallet_consumer_lag",
+            names::CONSUMER_LAG,
             "Messages behind the partition's high watermark, by partition.",
-            &["partition"],
+            &[labels::PARTITION],
         ),
         results_published: counter(
             r,
-            "wallet_results_published_total",
+            names::RESULTS_PUBLISHED_TOTAL,
             "Result messages delivered to the completed topic.",
         ),
         ledger_published: counter(
             r,
-            "wallet_ledger_entries_published_total",
+            names::LEDGER_ENTRIES_PUBLISHED_TOTAL,
             "Ledger entries delivered to the ledger topic, copies republished after a redelivery included.",
         ),
         backlog_bytes: gauge(
             r,
-            "wallet_backlog_bytes",
+            names::BACKLOG_BYTES,
             "Bytes of requests consumed and held by the worker but not running: the backlog, jobs parked behind their key, and jobs waiting to retry. The consumer pauses at the backlog bound.",
         ),
         parked_jobs: gauge(
             r,
-            "wallet_parked_jobs",
+            names::PARKED_JOBS,
             "Jobs waiting for an earlier job of the same key (sender) to finish (per-key order).",
         ),
         retrying_jobs: gauge(
             r,
-            "wallet_retrying_jobs",
+            names::RETRYING_JOBS,
             "Jobs waiting in the delay queue to be tried again after a transient error or a failed result delivery.",
         ),
         retry_oldest_age: float_gauge(
             r,
-            "wallet_retry_oldest_age_seconds",
+            names::RETRY_OLDEST_AGE_SECONDS,
             "How long the longest-retrying waiting job has been failing; 0 when none waits.",
         ),
     }
@@ -719,12 +836,12 @@ fn anomaly_metrics(r: &Registry) -> AnomalyMetrics {
     AnomalyMetrics {
         redeliveries_skipped: counter(
             r,
-            "wallet_redeliveries_skipped_total",
+            names::REDELIVERIES_SKIPPED_TOTAL,
             "Messages fetched again at or below an offset already started on their partition (the fetch went back: a seek or an offset reset), skipped: each is in flight, answered, or was committed before.",
         ),
         thread_panics: counter(
             r,
-            "wallet_thread_panics_total",
+            names::THREAD_PANICS_TOTAL,
             "Transfers that panicked on a transfer thread (a bug): caught and logged with the request; the job is retried, and dead-lettered after its third panic.",
         ),
     }
@@ -735,18 +852,18 @@ fn recover_metrics(r: &Registry) -> RecoverMetrics {
     RecoverMetrics {
         runs: counter_vec(
             r,
-            "wallet_recover_runs_total",
+            names::RECOVER_RUNS_TOTAL,
             "Runs of the recovery sweep of cross-slot transfers left PENDING (Redis Cluster only), by result (ok, error).",
-            &["result"],
+            &[labels::RESULT],
         ),
         finished: counter(
             r,
-            "wallet_recover_finished_total",
+            names::RECOVER_FINISHED_TOTAL,
             "PENDING cross-slot transfers the recovery sweep finished (credit unless done, then COMPLETED).",
         ),
         unfinished: counter(
             r,
-            "wallet_recover_unfinished_total",
+            names::RECOVER_UNFINISHED_TOTAL,
             "PENDING cross-slot transfers a sweep could not finish then (locks busy, a node down); the next sweep or delivery tries again.",
         ),
     }
@@ -757,29 +874,29 @@ fn readiness_metrics(r: &Registry) -> ReadinessMetrics {
     ReadinessMetrics {
         ready: gauge(
             r,
-            "wallet_ready",
+            names::READY,
             "1 when the worker is ready (/readyz answers 200): partitions assigned or a join in progress, Redis answering PING, the result producer not fatal; checked at each scrape.",
         ),
         ready_check: gauge_vec(
             r,
-            "wallet_ready_check",
+            names::READY_CHECK,
             "1 when this part of readiness passes (check = group, redis, producer, progress), 0 when it fails; checked at each scrape.",
-            &["check"],
+            &[labels::CHECK],
         ),
         watermark_stalled: float_gauge_vec(
             r,
-            "wallet_watermark_stalled_seconds",
+            names::WATERMARK_STALLED_SECONDS,
             "How long the partition's commit position has stood still while it has jobs in flight, by partition; 0 when it moves or has no work. Past the stall limit (max_poll_interval_ms) the progress check of readiness fails.",
-            &["partition"],
+            &[labels::PARTITION],
         ),
         assigned_partitions: gauge(
             r,
-            "wallet_assigned_partitions",
+            names::ASSIGNED_PARTITIONS,
             "Partitions of the requests topic assigned to this worker by the last completed group join.",
         ),
         group_joining: gauge(
             r,
-            "wallet_group_joining",
+            names::GROUP_JOINING,
             "1 while a consumer group join (or rejoin after a revoke) is in progress, 0 once partitions are assigned.",
         ),
     }
@@ -1153,6 +1270,30 @@ mod tests {
             samples.iter().all(|s| s.name.starts_with("wallet_")),
             "every metric is prefixed"
         );
+    }
+
+    /// `names` is the whole list: every family the registry renders is one of its constants,
+    /// and every constant is rendered (a family missing here would be a name `wallet top`, the
+    /// alert rules or the dashboard could query in vain).
+    #[test]
+    fn the_registry_exports_exactly_the_named_families() {
+        let m = Metrics::new();
+        // Per-partition families render only once a partition has a series.
+        m.set_committed(0, 0);
+        m.set_lag(0, 0);
+        m.health().set_watermarks(&[(0, 0, 1)]);
+        m.check_readiness();
+        let rendered: std::collections::BTreeSet<String> = m
+            .render()
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+            .collect();
+        let named: std::collections::BTreeSet<String> =
+            names::ALL.iter().map(|n| n.to_string()).collect();
+        assert_eq!(names::ALL.len(), named.len(), "a name is listed twice");
+        assert_eq!(rendered, named);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod outcome_ttl;
 pub mod pipeline;
 mod pool;
 mod retry;
+mod shared;
 mod sweep;
 mod warnings;
 

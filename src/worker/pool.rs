@@ -49,7 +49,7 @@ use crate::worker::config::{
 use crate::worker::ledger::{self, LedgerEntry};
 use crate::worker::metrics::Stage;
 use crate::worker::outcome_ttl::{self, LiveTtl};
-use crate::worker::pipeline::{Job, NO_TTL_REPORTED_LIMIT, Shared};
+use crate::worker::shared::{Job, NO_TTL_REPORTED_LIMIT, Shared};
 
 /// What a job produces: a result message (with the ledger entries of a COMPLETED original)
 /// or a dead letter.
@@ -420,7 +420,7 @@ pub(crate) fn retry_delay_ms(config: &WorkerConfig, job: &Job) -> u64 {
 }
 
 /// Queues `job` to be tried again in `delay_ms`; at shutdown, or when its partition was
-/// revoked since it was consumed (a stale job, [`crate::worker::pipeline::Generations`]), it is
+/// revoked since it was consumed (a stale job, [`crate::worker::shared::Generations`]), it is
 /// abandoned instead (it stays uncommitted and is answered by the next owner). Every path that
 /// puts a job back (a transient error, a failed delivery) comes through here.
 pub(crate) fn schedule_retry(shared: &Shared, mut job: Job, delay_ms: u64) {
@@ -856,7 +856,7 @@ fn conflict_answer(request: &TransferRequest) -> TransferCompleted {
 mod tests {
     use super::*;
 
-    use crate::worker::pipeline::test_job as job;
+    use crate::worker::shared::test_job as job;
 
     fn header(headers: &OwnedHeaders, key: &str) -> Option<String> {
         use rdkafka::message::Headers;
@@ -984,7 +984,7 @@ mod tests {
     #[test]
     fn a_stale_job_is_never_put_back_and_counts_once_for_its_revoke() {
         use crate::worker::metrics::Metrics;
-        use crate::worker::pipeline::Shared;
+        use crate::worker::shared::Shared;
         use std::collections::HashSet;
         let shared = Shared::new(WorkerConfig::default(), Metrics::new());
         let mut old = job(0, 5, 10);
@@ -1013,7 +1013,7 @@ mod tests {
     #[test]
     fn a_topic_missing_past_the_bound_stops_the_worker_and_an_ack_resets_the_clock() {
         use crate::worker::metrics::Metrics;
-        use crate::worker::pipeline::Shared;
+        use crate::worker::shared::Shared;
         let missing = KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition);
         assert!(is_topic_missing(&missing));
         assert!(is_topic_missing(&KafkaError::MessageProduction(

@@ -11,8 +11,8 @@ use std::thread::JoinHandle;
 
 use crate::engine::cluster_transfer::RecoverReport;
 use crate::engine::service::WalletService;
-use crate::worker::pipeline::Shared;
 use crate::worker::pool::sleep_unless_shutdown;
+use crate::worker::shared::Shared;
 
 /// Starts the sweep; `None` on one Redis (nothing is ever PENDING there) or when the interval
 /// is 0 (off).
