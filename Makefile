@@ -13,7 +13,7 @@ ARGS ?=
 # of our own instead of ~/.asyncapi-analytics, so nothing is sent and nothing is written home.
 ASYNCAPI := ASYNCAPI_METRICS_CONFIG_PATH=$(CURDIR)/contracts/asyncapi-analytics.json contracts/node_modules/.bin/asyncapi
 
-.PHONY: help test fault-test simulate mutants demo deps contracts contracts-check build up down status seed run-worker run-producer bench fmt lint package ci
+.PHONY: help public-api test fault-test simulate mutants demo deps contracts contracts-check build up down status seed run-worker run-producer bench fmt lint package ci
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -84,6 +84,10 @@ lint: ## formatting check, clippy, the docs and the documents' links, as CI runs
 	$(CARGO) clippy --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
 	python3 scripts/check-links.py
+	python3 scripts/public-api.py --check
+
+public-api: ## write api/public-api.txt, the public API listing CI compares with (commit it with an intended API change)
+	python3 scripts/public-api.py --write
 
 package: ## the crate as it would be published: cargo publish --dry-run (packs, builds the package alone; uploads nothing)
 	$(CARGO) publish --dry-run --allow-dirty

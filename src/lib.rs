@@ -75,7 +75,7 @@
 //! - **History is a window, balances stay exact.** A wallet keeps its last
 //!   [`EngineConfig::history_max_entries`] history entries in Redis (1,000 by default); older
 //!   ones are summed into its checkpoint in the same transaction
-//!   ([`engine::retention`]), so `balance = opening + checkpoint + retained entries` still
+//!   (`engine::retention`), so `balance = opening + checkpoint + retained entries` still
 //!   holds and the audit checks it. The worker also publishes every entry to the ledger
 //!   topic; entries made through the library alone are gone from Redis once trimmed, so set
 //!   `history_max_entries` to `None` if Redis is your only copy.
@@ -103,7 +103,7 @@
 //! | `watch_retries_max` | 16 | transactions aborted by concurrent changes before [`TransferError::WatchConflicts`] |
 //! | `outcome_ttl_ms` | `None` | expiry of outcome records; `None` keeps them for ever (the worker derives one from the requests topic) |
 //! | `history_max_entries` | `Some(1000)` | history entries a wallet keeps in Redis; `None` keeps all |
-//! | `redis_tls` | none | CA, client certificate and key files for a `rediss://` URL ([`engine::store::RedisTls`]) |
+//! | `redis_tls` | none | CA, client certificate and key files for a `rediss://` URL ([`engine::RedisTls`]) |
 //! | `wait_replicas` | `None` | replicas that must acknowledge each write (`WAIT n 1000`) before the transfer answers; fewer is [`TransferError::ReplicasBehind`] |
 //!
 //! Change them with the `with_*` setters; the config structs are `#[non_exhaustive]`, so a
@@ -138,7 +138,7 @@
 //!    - transient (Redis down or slow, no pooled connection, a lock held too long or without
 //!      a ttl, a lock lost, too many concurrent changes): nothing was recorded, or the
 //!      whole transaction was. Retry **the same request** later, with a backoff
-//!      ([`engine::backoff::Backoff`] is the formula the worker uses); it cannot happen twice.
+//!      (`engine::backoff::Backoff` is the formula the worker uses); it cannot happen twice.
 //!    - not transient ([`TransferError::IdempotencyConflict`], [`TransferError::Corrupt`]):
 //!      retrying will not help; the first needs a fresh idempotency key, the second an
 //!      operator.
@@ -190,12 +190,19 @@
 //!
 //! # Modules
 //!
-//! - [`engine`]: money ([`engine::money`]), the wire format ([`engine::message`]), the Redis
-//!   pool and keys ([`engine::store`]), the lock ([`engine::lock`]), wallets
+//! - [`engine`]: money ([`engine::money`]), the wire format ([`engine::message`]), wallets
 //!   ([`engine::wallet`]), the transfer ([`engine::transfer`]), the service
-//!   ([`engine::service`]).
+//!   ([`engine::service`]), and what connecting and configuring name ([`engine::Topology`],
+//!   [`engine::ClusterPools`], [`engine::RedisTls`], [`LockConfig`] and the errors).
 //! - `worker`: the Kafka pipeline (feature `worker`).
 //! - `tools`: operator tooling (feature `tools`).
+//!
+//! That is the public API, listed in the repository's `api/public-api.txt` (CI fails on a
+//! change to it that the listing does not show). Items hidden from these docs
+//! (`#[doc(hidden)]`: the engine's internal modules such as the lock, the key names and the
+//! cluster's slot map, the worker's metrics and Kafka plumbing, the audit's machinery) exist
+//! for the `wallet` binary and the repository's tests: they carry no stability promise and
+//! may change in any release.
 //!
 //! `ARCHITECTURE.md` in the repository explains how the pieces fit and which invariants each
 //! keeps.

@@ -269,6 +269,7 @@ impl FieldError {
     }
 }
 
+#[doc(hidden)]
 /// Input that cannot be answered with a result: it goes to the dead-letter topic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -293,6 +294,7 @@ pub enum PoisonError {
     WrongType(FieldError),
 }
 
+#[doc(hidden)]
 /// What a payload turned out to be.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
@@ -307,6 +309,7 @@ pub enum Decoded {
     },
 }
 
+#[doc(hidden)]
 /// Sorts a raw payload into a request, an invalid request, or poison.
 pub fn decode(payload: &[u8]) -> Result<Decoded, PoisonError> {
     if payload.len() > PAYLOAD_BYTES_LIMIT {
@@ -356,6 +359,7 @@ pub fn decode(payload: &[u8]) -> Result<Decoded, PoisonError> {
     }
 }
 
+#[doc(hidden)]
 /// A request whose fields have the right JSON types but are not yet checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawRequest {
@@ -448,6 +452,7 @@ impl RawRequest {
     }
 }
 
+#[doc(hidden)]
 /// The `amount` of an `invalid_request` answer: the amount as sent when it is a plain decimal
 /// number (`-?digits[.digits]`, at most [`KEY_LEN_LIMIT`] characters), else `"0.00"` (not
 /// sent, not a number, an exponent, too long). asyncapi.yaml, `TransferCompleted`, says so.
@@ -523,6 +528,7 @@ impl TransferRequest {
     }
 }
 
+#[doc(hidden)]
 /// [`TransferRequest::fingerprint`] from its parts: a recorded outcome holds all of them, so
 /// its fingerprint is recomputed rather than stored (ARCHITECTURE.md, "Redis data model").
 pub fn fingerprint(from_user: &str, to_user: &str, amount: Amount, currency: &str) -> String {
@@ -536,6 +542,7 @@ pub fn fingerprint(from_user: &str, to_user: &str, amount: Amount, currency: &st
     format!("{hash:016x}")
 }
 
+#[doc(hidden)]
 /// `^[A-Za-z0-9_-]{1,64}$`: the rule for user and wallet ids.
 pub fn check_user_id(field: &'static str, id: &str) -> Result<(), FieldError> {
     check_chars(id, USER_ID_LEN_LIMIT, |c| {
@@ -544,6 +551,7 @@ pub fn check_user_id(field: &'static str, id: &str) -> Result<(), FieldError> {
     .map_err(|rule| FieldError::new(field, rule))
 }
 
+#[doc(hidden)]
 /// `^[A-Za-z0-9_.:-]{1,128}$`: the rule for transfer ids and idempotency keys.
 pub fn check_key(field: &'static str, key: &str) -> Result<(), FieldError> {
     check_chars(key, KEY_LEN_LIMIT, |c| {
@@ -584,11 +592,13 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
+#[doc(hidden)]
 /// Seconds since the Unix epoch with millisecond precision.
 pub fn now_seconds() -> f64 {
     now_ms() as f64 / 1000.0
 }
 
+#[doc(hidden)]
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -125,9 +125,11 @@ impl EngineConfig {
     }
 }
 
+#[doc(hidden)]
 /// A test-only pause point inside a transfer, between the WATCHed read and EXEC.
 pub type Hook = Arc<dyn Fn(&str) + Send + Sync>;
 
+#[doc(hidden)]
 /// Where a cross-slot transfer on a Redis Cluster stops as if the process had crashed (tests
 /// only, feature `test-hooks`; ARCHITECTURE.md, "Redis Cluster"). The transfer returns a
 /// transient error there and leaves its locks to expire by their ttl, as a crash would.

@@ -706,12 +706,14 @@ fn from_base36(text: &str) -> Option<u64> {
 /// Most space-separated parts of a log line: time, kind and amount; transfer id; key.
 const LOG_PARTS_MAX: usize = 3;
 
+#[doc(hidden)]
 /// A history as every reader takes it: (entry id, fields) per entry, oldest first. A stream
 /// entry is its XRANGE reply (stream id `<ms>-<seq>`); a log line is turned into the compact
 /// fields (`t`, `k`, `d`, `a`, and `b` when the balance is known) with the id `<ms>-v<n>`, `n`
 /// its entry number (see [`number_log`]).
 pub type RawHistory = Vec<(String, HashMap<String, String>)>;
 
+#[doc(hidden)]
 /// A log line as (entry id `<ms>-v<number>`, the time in decimal, and compact fields `t`, `k`,
 /// `d`, `a`, without the balance), so it parses like a compact stream entry once `b` is added
 /// ([`number_log`]). A line that does not read is kept whole in a field `log` (id
@@ -747,6 +749,7 @@ pub fn log_entry_fields(line: &str, number: u64) -> (String, HashMap<String, Str
     (format!("{at_ms}-v{number}"), fields)
 }
 
+#[doc(hidden)]
 /// Log lines as history entries numbered from `first`, each with its balance after (`b`):
 /// `balance_now` for the newest, then back one entry at a time (the newer entry's change
 /// undone). The lines must be the newest of the history, so that `balance_now` follows the
@@ -773,6 +776,7 @@ pub fn number_log(log: &[String], first: u64, balance_now: Option<Amount>) -> Ra
     all
 }
 
+#[doc(hidden)]
 /// A wallet's whole history from its two keys, oldest first: the entries of the older stream
 /// (`stream`), then the log lines (`log`), numbered on from `trimmed` (the checkpoint's `hc`),
 /// their balances from `balance_now` (see [`number_log`]). Pure.
@@ -788,6 +792,7 @@ pub fn combine_history(
     all
 }
 
+#[doc(hidden)]
 /// Parses one history entry in either format: the compact one (field `d`) or the original
 /// long one (`transfer_id`, `idempotency_key` when recorded, `kind`, `amount`,
 /// `balance_after`, `at`). Errors name the field.

@@ -7,9 +7,11 @@
 
 pub mod audit;
 pub mod bench;
+#[doc(hidden)]
 pub mod latency;
 pub mod migrate;
 pub mod ops;
+#[doc(hidden)]
 pub mod results;
 pub mod scenarios;
 pub mod seed;

@@ -44,6 +44,7 @@ pub use crate::tools::audit::{
 pub use crate::tools::results::ResultWatcher;
 use crate::worker::kafka::KafkaConfig;
 
+#[doc(hidden)]
 /// Keys read per pipelined round trip.
 pub const BATCH: usize = 500;
 
@@ -86,6 +87,7 @@ pub enum OpsError {
     Other(String),
 }
 
+#[doc(hidden)]
 /// Most shards a view scans (a cluster's map holds at most [`cluster::NODES_LIMIT`] nodes).
 pub const PRIMARIES_LIMIT: usize = crate::engine::topology::SHARDS_LIMIT;
 
@@ -746,6 +748,7 @@ fn read_hashes(conn: &mut PooledConn, keys: &[String]) -> Result<Vec<Fields>, Op
     Ok(pipe.query(&mut conn.redis)?)
 }
 
+#[doc(hidden)]
 /// Most credit markers the audit reads (they live only while a cross-slot transfer is PENDING
 /// or just completed, so a few per transfer in flight).
 pub const MARKERS_LIMIT: usize = 100_000;

@@ -16,8 +16,10 @@ use crate::engine::wallet::{NewWallet, WalletError};
 
 /// Most users one seed run may create.
 pub const SEED_USERS_MAX: u32 = 1_000_000;
+#[doc(hidden)]
 /// Smallest random opening balance, in cents (100.00).
 pub const OPENING_CENTS_MIN: i64 = 10_000;
+#[doc(hidden)]
 /// Largest random opening balance, in cents (10000.00).
 pub const OPENING_CENTS_MAX: i64 = 1_000_000;
 /// Wallets handed to one `create_wallets` call; bounds memory for large seeds.
@@ -71,11 +73,13 @@ pub enum SeedError {
     Cluster(#[from] crate::engine::cluster::ClusterError),
 }
 
+#[doc(hidden)]
 /// The user id of seeded user number `n` (1-based).
 pub fn user_id(n: u32) -> String {
     format!("user_{n}")
 }
 
+#[doc(hidden)]
 /// Seeded user number `n` with the given opening balance.
 pub fn seeded_wallet(n: u32, opening_cents: i64) -> NewWallet {
     NewWallet {
@@ -87,6 +91,7 @@ pub fn seeded_wallet(n: u32, opening_cents: i64) -> NewWallet {
     }
 }
 
+#[doc(hidden)]
 /// A random opening balance in whole cents, 100.00 to 10000.00 inclusive.
 pub fn random_opening_cents<R: rand::Rng + ?Sized>(rng: &mut R) -> i64 {
     rng.random_range(OPENING_CENTS_MIN..=OPENING_CENTS_MAX)

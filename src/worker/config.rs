@@ -188,65 +188,88 @@ pub const DLQ_HEADER_SOURCE_OFFSET: &str = "source_offset";
 /// The dead-letter header present only when the payload was cut to
 /// [`DLQ_PAYLOAD_BYTES_LIMIT`]: the request's full length in bytes, in decimal.
 pub const DLQ_HEADER_TRUNCATED: &str = "truncated";
+#[doc(hidden)]
 /// Largest dead-letter payload: the decode cap, so every request the worker could have read is
 /// forwarded whole; a bigger poison payload is cut to this size and marked with the header
 /// `truncated` (its full length).
 pub const DLQ_PAYLOAD_BYTES_LIMIT: usize = crate::engine::message::PAYLOAD_BYTES_LIMIT;
+#[doc(hidden)]
 /// Longest `error` header of a dead letter; a longer error text is cut.
 pub const DLQ_ERROR_BYTES_LIMIT: usize = 4 * 1024;
+#[doc(hidden)]
 /// Longest dead-letter key (the request's key, cut).
 pub const DLQ_KEY_BYTES_LIMIT: usize = 1024;
+#[doc(hidden)]
 /// Room for a dead letter's key, headers and record framing above its payload.
 pub const DLQ_HEADERS_BYTES_LIMIT: usize = 16 * 1024;
+#[doc(hidden)]
 /// The dead-letter topic's `max.message.bytes` when the worker creates it: the largest dead
 /// letter fits.
 pub const DLQ_MESSAGE_BYTES_LIMIT: usize = DLQ_PAYLOAD_BYTES_LIMIT + DLQ_HEADERS_BYTES_LIMIT;
 /// librdkafka's default `message.max.bytes`, which the result producer keeps.
 pub const PRODUCER_MESSAGE_BYTES_DEFAULT: usize = 1_000_000;
+#[doc(hidden)]
 /// How often one kind of warning is logged at most; repeats in between are counted and the
 /// count is logged with the next one.
 pub const WARN_INTERVAL_MS: u64 = 10_000;
+#[doc(hidden)]
 /// Longest wait of the retry timer between looks at the delay queue.
 pub const RETRY_TICK_MS: u64 = 50;
+#[doc(hidden)]
 /// Upper bound on every interval and timeout setting (one hour).
 pub const INTERVAL_MS_LIMIT: u64 = 60 * 60 * 1000;
+#[doc(hidden)]
 /// Base delay of a job's transient retries; doubles per retry up to `retry_delay_ms_max`.
 pub const RETRY_DELAY_MS_BASE: u64 = 50;
+#[doc(hidden)]
 /// Jitter of a job's retry delays: a random 0..=this many ms is added to each, so jobs that
 /// failed together (Redis away) do not all come back in the same instant.
 pub const RETRY_JITTER_MS: u64 = RETRY_DELAY_MS_BASE;
+#[doc(hidden)]
 /// Base delay of a refused produce call; doubles per retry up to `retry_delay_ms_max`.
 pub const PRODUCE_RETRY_DELAY_MS_BASE: u64 = 5;
+#[doc(hidden)]
 /// Tries of one job whose transfer panicked (a bug) before it is dead-lettered.
 pub const PANICS_PER_JOB_LIMIT: u32 = 3;
+#[doc(hidden)]
 /// Bytes of a request logged with a panic of its transfer.
 pub const PANIC_PAYLOAD_LOG_BYTES: usize = 512;
+#[doc(hidden)]
 /// How long the deliveries of answers may fail because their topic does not exist (with none
 /// acknowledged meanwhile) before the worker takes the topic as deleted and stops on a
 /// permanent error; a topic created a little late is waited for.
 pub const TOPIC_MISSING_MS_LIMIT: u64 = 60_000;
+#[doc(hidden)]
 /// Poll timeout of the consumer loop: the longest a shutdown or commit waits for it.
 pub const POLL_MS: u64 = 100;
+#[doc(hidden)]
 /// Longest time the broker may hold a fetch that found no data (overridable with `-X
 /// fetch.wait.max.ms=N`). The latency-for-load knob: a broker that does not answer a waiting
 /// fetch as soon as data arrives (tansu) adds up to this to every request; Apache Kafka answers
 /// at once, so there it only sets how often an idle consumer asks (200 fetches/s at 5 ms).
 pub const FETCH_WAIT_MS: u64 = 2;
+#[doc(hidden)]
 /// Interval of librdkafka's statistics (lag per partition, group join state).
 pub const STATS_INTERVAL_MS: u64 = 5_000;
+#[doc(hidden)]
 /// How often the consumer loop refreshes the gauges of what the worker holds (in flight, held
 /// bytes, parked, retrying, oldest retry).
 pub const HELD_REPORT_INTERVAL_MS: u64 = 100;
+#[doc(hidden)]
 /// Poll timeout while the backlog holds jobs the channel had no room for.
 pub const BUSY_POLL_MS: u64 = 1;
+#[doc(hidden)]
 /// How long the result producer gathers messages into one request (librdkafka `linger.ms`):
 /// the other latency-for-load knob. 5 ms (librdkafka's own default) batches well at thousands
 /// per second and adds at most 5 ms to a result.
 pub const RESULT_LINGER_MS: u64 = 1;
+#[doc(hidden)]
 /// Jobs the channel to the pool holds per transfer thread.
 pub const CHANNEL_JOBS_PER_THREAD: usize = 2;
+#[doc(hidden)]
 /// Step of the waits that watch the shutdown flag or a revoke's in-flight jobs.
 pub const WAIT_STEP_MS: u64 = 10;
+#[doc(hidden)]
 /// The share of a bounded revoke or stop kept for its commit: the last `1/COMMIT_SHARE_DIVISOR`
 /// of the time. A revoke waits for its running jobs for the first three quarters of
 /// `revoke_timeout_ms` and commits in the last; a stop joins its threads in the first half of

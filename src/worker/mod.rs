@@ -10,16 +10,22 @@
 //! Owns message transport and delivery discipline. Does not own any transfer logic: every
 //! transfer goes through [`crate::WalletService::transfer`].
 
+#[doc(hidden)]
 pub mod command;
 mod commit;
 pub mod config;
 mod consumer;
+#[doc(hidden)]
 pub mod health;
+#[doc(hidden)]
 pub mod kafka;
 mod keyed;
 pub mod ledger;
+#[doc(hidden)]
 pub mod metrics;
+#[doc(hidden)]
 pub mod offsets;
+#[doc(hidden)]
 pub mod outcome_ttl;
 pub mod pipeline;
 mod pool;
@@ -29,4 +35,5 @@ mod sweep;
 mod warnings;
 
 pub use config::WorkerConfig;
+pub use kafka::KafkaConfig;
 pub use pipeline::{Worker, WorkerError, WorkerReport};

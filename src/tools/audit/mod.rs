@@ -68,13 +68,19 @@ mod slots;
 mod transfers;
 mod wallet;
 
+pub use input::AuditSettings;
+pub use report::{AuditReport, CurrencyTotals, VIOLATIONS_LISTED_MAX, Violation, ViolationKind};
+
+// The auditor's machinery: what `tools::ops` feeds it and the limits of its passes. Public for
+// the repository's tests, which drive it with reads of their own; not part of the API.
+#[doc(hidden)]
 pub use auditor::{Auditor, ENTRY_CLOCK_ALLOWANCE_MS, Findings};
+#[doc(hidden)]
 pub use input::{
-    AuditSettings, CreditMarker, Fields, Plan, REREAD_OUTCOMES_LIMIT, REREAD_WALLETS_LIMIT,
-    RawHistory, Reread, Snapshot, WalletRead,
+    CreditMarker, Fields, Plan, REREAD_OUTCOMES_LIMIT, REREAD_WALLETS_LIMIT, RawHistory, Reread,
+    Snapshot, WalletRead,
 };
-pub use report::{
-    AuditReport, CurrencyTotals, LEFTOVER_MARKERS_LISTED_MAX, VIOLATIONS_LISTED_MAX, Violation,
-    ViolationKind,
-};
+#[doc(hidden)]
+pub use report::LEFTOVER_MARKERS_LISTED_MAX;
+#[doc(hidden)]
 pub use settle::SETTLE_PASSES_LIMIT;

@@ -35,10 +35,9 @@ mod report;
 mod setup;
 mod workload;
 
-pub use cost::{WALLET_BYTES_SAMPLE, parse_command_calls};
 pub use direct::{
-    BENCH_THREADS_LIMIT, BENCH_TRANSFERS_LIMIT, BENCH_TRANSIENT_RETRIES_LIMIT, BENCH_WALLETS_LIMIT,
-    BENCH_WALLETS_MIN, DirectConfig, run_direct,
+    BENCH_THREADS_LIMIT, BENCH_TRANSFERS_LIMIT, BENCH_WALLETS_LIMIT, BENCH_WALLETS_MIN,
+    DirectConfig, run_direct,
 };
 pub use e2e::{E2eConfig, run_e2e};
 pub use error::BenchError;
@@ -46,6 +45,18 @@ pub use figures::{
     BalanceCheck, ClusterFigures, EngineFigures, LatencySummary, NodeCost, PathFigures, RedisCost,
     Retained,
 };
-pub use report::{BenchReport, outcome_name};
+pub use report::BenchReport;
+pub use workload::Pairs;
+
+// The workload's and the cost counters' inner parts, public for the repository's tests; not
+// part of the API.
+#[doc(hidden)]
+pub use cost::{WALLET_BYTES_SAMPLE, parse_command_calls};
+#[doc(hidden)]
+pub use direct::BENCH_TRANSIENT_RETRIES_LIMIT;
+#[doc(hidden)]
+pub use report::outcome_name;
+#[doc(hidden)]
 pub use setup::BENCH_OPENING_CENTS;
-pub use workload::{BENCH_AMOUNT_CENTS_MAX, Pairs, run_ids, same_slot_ids};
+#[doc(hidden)]
+pub use workload::{BENCH_AMOUNT_CENTS_MAX, run_ids, same_slot_ids};
