@@ -17,10 +17,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use wallet_transfer::tools::ops;
-use wallet_transfer::tools::results::{ReadError, ResultWatcher};
-use wallet_transfer::worker::kafka::KafkaConfig;
-use wallet_transfer::worker::metrics::Metrics;
-use wallet_transfer::worker::{Worker, WorkerConfig};
+use wallet_transfer::tools::ops::{ReadError, ResultWatcher};
+use wallet_transfer::worker::{KafkaConfig, Metrics, Worker, WorkerConfig};
 use wallet_transfer::{Amount, Currency, EngineConfig, NewWallet, TransferRequest, WalletService};
 
 fn main() -> ExitCode {
@@ -68,7 +66,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     ))?;
     service.create_wallet(&NewWallet::new(&bob, Amount::ZERO, Currency::USD))?;
 
-    // Metrics count what the worker does; serve them with `worker::metrics::serve` to get
+    // Metrics count what the worker does; serve them with `worker::serve` to get
     // /metrics, /healthz and /readyz, or just read them, as here.
     let metrics = Metrics::new();
     let worker = Worker::new(config, service.clone(), metrics.clone())?;

@@ -18,9 +18,11 @@ listing is a change to that API, made on purpose: CI fails until the listing is 
 it. The limit on the number of items (at most ITEMS_LIMIT, not counting methods, fields and
 variants) keeps the surface small (issue 21).
 
-The JSON comes from `cargo rustdoc -- --output-format json`, an unstable rustdoc option: it
-runs on the pinned stable toolchain with RUSTC_BOOTSTRAP=1, so its format is the toolchain's
-(format_version is checked).
+The JSON comes from `cargo rustdoc -- --output-format json --document-hidden-items`, unstable
+rustdoc options: they run on the pinned stable toolchain with RUSTC_BOOTSTRAP=1, so the format
+is the toolchain's (format_version is checked). Hidden items are put in the JSON so that a
+visible re-export of an item from a hidden module can be followed; the walk then leaves out
+what is itself marked hidden, as rustdoc's pages do.
 """
 
 import json
@@ -40,7 +42,7 @@ def build_json():
     env = dict(os.environ, RUSTC_BOOTSTRAP="1")
     subprocess.run(
         ["cargo", "rustdoc", "--lib", "--quiet", "--", "-Z", "unstable-options",
-         "--output-format", "json"],
+         "--output-format", "json", "--document-hidden-items"],
         cwd=ROOT, env=env, check=True)
     with open(os.path.join(target, "doc", f"{CRATE}.json")) as f:
         doc = json.load(f)
@@ -49,6 +51,12 @@ def build_json():
                  f"script reads ({sorted(FORMAT_VERSIONS)}): update FORMAT_VERSIONS after "
                  "checking the listing still reads right")
     return doc
+
+
+def hidden(item):
+    """Whether the item itself is marked #[doc(hidden)]. An item inside a hidden module is not
+    hidden by that: re-exported by a visible `use`, rustdoc shows it (inlined)."""
+    return any("doc(hidden)" in json.dumps(a) for a in item.get("attrs", []))
 
 
 def ty(t):
@@ -158,6 +166,8 @@ class Walker:
         it = self.item(id_)
         if it is None or it.get("visibility") != "public" or it.get("crate_id") != 0:
             return
+        if hidden(it):
+            return
         (kind, inner), = it["inner"].items()
         if kind == "use":
             if inner.get("id") is None:
@@ -231,7 +241,7 @@ class Walker:
 
     def field(self, fid, owner):
         f = self.item(fid)
-        if f is None or f.get("visibility") != "public":
+        if f is None or f.get("visibility") != "public" or hidden(f):
             return
         self.lines.add(f"field {owner}.{f['name']}: {ty(f['inner']['struct_field'])}")
 
@@ -241,14 +251,14 @@ class Walker:
             if imp is None:
                 continue
             i = imp["inner"]["impl"]
-            if i.get("is_synthetic") or i.get("blanket_impl") is not None:
+            if i.get("is_synthetic") or i.get("blanket_impl") is not None or hidden(imp):
                 continue
             if i.get("trait"):
                 self.lines.add(f"impl {i['trait']['path']}{args(i['trait'].get('args'))} for {owner}")
                 continue
             for mid in i["items"]:
                 m = self.item(mid)
-                if m is None or m.get("visibility") != "public":
+                if m is None or m.get("visibility") != "public" or hidden(m):
                     continue
                 (mk, mi), = m["inner"].items()
                 if mk == "function":

@@ -41,7 +41,7 @@ pub use crate::tools::audit::{
     AuditReport, AuditSettings, Auditor, CreditMarker, CurrencyTotals, Fields, Plan, Reread,
     Snapshot, VIOLATIONS_LISTED_MAX, Violation, ViolationKind, WalletRead,
 };
-pub use crate::tools::results::ResultWatcher;
+pub use crate::tools::results::{ReadError, ResultWatcher};
 use crate::worker::kafka::KafkaConfig;
 
 #[doc(hidden)]

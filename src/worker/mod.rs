@@ -36,4 +36,5 @@ mod warnings;
 
 pub use config::WorkerConfig;
 pub use kafka::KafkaConfig;
+pub use metrics::{Metrics, MetricsServer, serve};
 pub use pipeline::{Worker, WorkerError, WorkerReport};

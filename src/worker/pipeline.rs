@@ -98,7 +98,7 @@ pub struct WorkerReport {
 ///
 /// ```no_run
 /// use std::sync::atomic::Ordering;
-/// use wallet_transfer::worker::metrics::Metrics;
+/// use wallet_transfer::worker::Metrics;
 /// use wallet_transfer::worker::{Worker, WorkerConfig};
 /// use wallet_transfer::{EngineConfig, WalletService};
 ///
@@ -124,7 +124,7 @@ pub struct Worker {
 
 impl Worker {
     /// A worker over `service` with `config` (validated here), counting into `metrics`
-    /// (serve them with [`crate::worker::metrics::serve`], or not). Connects to nothing yet:
+    /// (serve them with [`crate::worker::serve`], or not). Connects to nothing yet:
     /// [`Worker::run`] creates the topics, subscribes and starts the threads.
     pub fn new(
         config: WorkerConfig,
