@@ -22,6 +22,8 @@ pub mod kafka;
 mod keyed;
 pub mod ledger;
 #[doc(hidden)]
+pub mod metric_names;
+#[doc(hidden)]
 pub mod metrics;
 #[doc(hidden)]
 pub mod offsets;
