@@ -24,8 +24,8 @@ use wallet_transfer::{
 };
 
 use crate::support::cluster::RedisCluster;
-use crate::support::faults::{FaultReport, rng, seed, size};
-use crate::support::stack::{Stack, TopicLog, WorkerProcess};
+use crate::support::faults::{FaultReport, recorded, rng, seed, size};
+use crate::support::stack::{Stack, TopicLog, WorkerProcess, results_by_id};
 use crate::support::{Tansu, wait_until};
 
 const PARTITIONS: i32 = 4;
@@ -135,14 +135,10 @@ pub(crate) fn wait_results(
     }
 }
 
+/// The results read so far by transfer id; a message that is not a result is left out here
+/// (the checker, `faults::check_on`, reports it).
 pub(crate) fn answers(results: &TopicLog) -> HashMap<String, Vec<TransferCompleted>> {
-    let mut answered: HashMap<String, Vec<TransferCompleted>> = HashMap::new();
-    for m in &results.messages {
-        if let Ok(r) = m.result() {
-            answered.entry(r.transfer_id.clone()).or_default().push(r);
-        }
-    }
-    answered
+    results_by_id(&results.messages, &mut Vec::new())
 }
 
 /// What the check over every primary found.
@@ -592,20 +588,6 @@ fn produce_runs_its_six_scenarios_against_a_worker_on_a_cluster() {
     );
 }
 
-/// How many of `requests` have an outcome record (PENDING included), read through the engine
-/// on each sender's primary: real progress, unlike the results topic. 0 while a read fails.
-fn recorded(service: &WalletService, requests: &[TransferRequest]) -> usize {
-    let mut found = 0;
-    for r in requests {
-        match service.transfer_outcome_of(&r.from_user, &r.idempotency_key) {
-            Ok(Some(_)) => found += 1,
-            Ok(None) => {}
-            Err(_) => return 0,
-        }
-    }
-    found
-}
-
 /// The fault suite's kill loop (`faults.rs`, test 1) on a 3-primary cluster: the requests
 /// published in `kills + 1` chunks, and while each of the first `kills` is being processed
 /// the worker (`flags`) is SIGKILLed at a random moment (after a random 10-90% of the chunk
@@ -630,7 +612,7 @@ fn kill_loop(test: &str, prefix: &str, flags: &[&str]) -> FaultReport {
         published += chunk.len();
         // Only the chunk is read: each poll is one read per request.
         wait_until(&format!("{point} recorded outcomes"), 300_000, || {
-            recorded(&service, chunk) >= point
+            recorded(&stack, chunk) >= point
         });
         // A random moment: not a synchronisation.
         std::thread::sleep(Duration::from_millis(rng.random_range(0..20)));
@@ -647,7 +629,7 @@ fn kill_loop(test: &str, prefix: &str, flags: &[&str]) -> FaultReport {
             .count();
         println!(
             "{test}: killed with {} of {published} published requests recorded, {pending} PENDING",
-            recorded(&service, &load.requests)
+            recorded(&stack, &load.requests)
         );
         // Restarted until it holds the partitions (see `spawn_worker_assigned`).
         worker = stack.spawn_worker_assigned(flags);
@@ -658,7 +640,7 @@ fn kill_loop(test: &str, prefix: &str, flags: &[&str]) -> FaultReport {
     let restarted = Instant::now();
     let answered = wait_results(&mut results, &load.requests, ANSWER_TIMEOUT_MS);
     let all = answered.len() == load.requests.len();
-    let recovery = (all && recorded(&service, &load.requests) == n).then(|| restarted.elapsed());
+    let recovery = (all && recorded(&stack, &load.requests) == n).then(|| restarted.elapsed());
     results.drain_tolerant(1_000);
     let v = verdict(&service, &load, &answers(&results));
     print_verdict(test, &v);

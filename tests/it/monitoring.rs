@@ -8,8 +8,6 @@
 //! missing one fails the test with the command that installs it.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +16,7 @@ use serde_json::Value;
 use wallet_transfer::{Amount, Currency, EngineConfig, TransferRequest};
 
 use crate::support::stack::{Stack, WALLET_BIN, WorkerProcess};
-use crate::support::{create_wallets, free_port, wait_until};
+use crate::support::{create_wallets, free_port, http_get, wait_until};
 
 /// The job name the alert rules and the dashboard select (`job="wallet-worker"`).
 const JOB: &str = "wallet-worker";
@@ -73,35 +71,6 @@ fn promtool(args: &[&str]) -> String {
 }
 
 // --- a plain HTTP client ---
-
-/// GET `path` on 127.0.0.1:`port`: status and body, or the connection error.
-fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(2),
-    )
-    .map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .map_err(|e| e.to_string())?;
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("not an HTTP answer: {response:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status in {head:?}"))?;
-    Ok((status, body.to_string()))
-}
 
 fn url_encode(text: &str) -> String {
     text.bytes()

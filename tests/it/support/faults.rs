@@ -20,7 +20,8 @@ use wallet_transfer::{
     TransferRequest, WalletService,
 };
 
-use super::stack::{Stack, TopicLog};
+use super::TestRedis;
+use super::stack::{Stack, TopicLog, results_by_id};
 
 /// True when `FAULT_SCALE=full` (what `make fault-test` sets).
 pub fn full_scale() -> bool {
@@ -91,8 +92,8 @@ pub fn requests(
 /// Reads the results topic until every request in `requests` has at least one result and a
 /// recorded outcome, or `timeout_ms` passes. Returns the time it took; on timeout returns
 /// `None` (the checker then counts the missing ones as lost).
-pub fn wait_for_outcomes(
-    stack: &Stack,
+pub fn wait_for_outcomes<R: TestRedis>(
+    stack: &Stack<R>,
     results: &mut TopicLog,
     requests: &[TransferRequest],
     timeout_ms: u64,
@@ -126,23 +127,29 @@ pub fn wait_for_outcomes(
     }
 }
 
-/// How many of `requests` have a recorded outcome (0 while Redis does not answer).
-pub fn recorded(stack: &Stack, requests: &[TransferRequest]) -> usize {
-    let Ok(client) = redis::Client::open(stack.redis.url()) else {
-        return 0;
-    };
-    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(500)) else {
+/// How many of `requests` have an outcome record (PENDING included), on one Redis or on each
+/// sender's primary: pipelined `EXISTS` over fresh connections ([`TestRedis`]). 0 while a read
+/// fails (a server restarting, a slot without an owner).
+pub fn recorded<R: TestRedis>(stack: &Stack<R>, requests: &[TransferRequest]) -> usize {
+    let space = stack.redis.key_space();
+    let keys = requests
+        .iter()
+        .map(|r| space.outcome(&r.from_user, &r.idempotency_key))
+        .collect();
+    let Ok(groups) = stack.redis.conns_for(keys) else {
         return 0;
     };
     let mut found = 0;
-    for batch in requests.chunks(500) {
-        let mut pipe = redis::pipe();
-        for r in batch {
-            pipe.exists(format!("transfer:{}", r.idempotency_key));
-        }
-        match pipe.query::<Vec<bool>>(&mut conn) {
-            Ok(exists) => found += exists.into_iter().filter(|e| *e).count(),
-            Err(_) => return 0,
+    for (mut conn, keys) in groups {
+        for batch in keys.chunks(500) {
+            let mut pipe = redis::pipe();
+            for key in batch {
+                pipe.exists(key);
+            }
+            match pipe.query::<Vec<bool>>(&mut conn) {
+                Ok(exists) => found += exists.into_iter().filter(|e| *e).count(),
+                Err(_) => return 0,
+            }
         }
     }
     found
@@ -150,7 +157,12 @@ pub fn recorded(stack: &Stack, requests: &[TransferRequest]) -> usize {
 
 /// Waits until at least `count` of `requests` have a recorded outcome: real progress, unlike
 /// the results topic, which a reader sees late.
-pub fn wait_recorded(stack: &Stack, requests: &[TransferRequest], count: usize, timeout_ms: u64) {
+pub fn wait_recorded<R: TestRedis>(
+    stack: &Stack<R>,
+    requests: &[TransferRequest],
+    count: usize,
+    timeout_ms: u64,
+) {
     super::wait_until(&format!("{count} recorded outcomes"), timeout_ms, || {
         recorded(stack, requests) >= count
     });
@@ -158,7 +170,7 @@ pub fn wait_recorded(stack: &Stack, requests: &[TransferRequest], count: usize, 
 
 /// Whether every request has a recorded outcome. Redis errors (it may be restarting) count as
 /// "not yet".
-fn all_recorded(stack: &Stack, requests: &[TransferRequest]) -> bool {
+fn all_recorded<R: TestRedis>(stack: &Stack<R>, requests: &[TransferRequest]) -> bool {
     recorded(stack, requests) == requests.len()
 }
 
@@ -510,24 +522,6 @@ fn outcome_entries_violations(
         }
     }
     violations
-}
-
-/// The result messages per transfer id; a message that is not a result is a violation.
-fn results_by_id(
-    results: &[ReadMessage],
-    violations: &mut Vec<String>,
-) -> HashMap<String, Vec<TransferCompleted>> {
-    let mut by_id: HashMap<String, Vec<TransferCompleted>> = HashMap::new();
-    for m in results {
-        match m.result() {
-            Ok(r) => by_id.entry(r.transfer_id.clone()).or_default().push(r),
-            Err(e) => violations.push(format!(
-                "result at partition {} offset {} is not a result: {e}",
-                m.partition, m.offset
-            )),
-        }
-    }
-    by_id
 }
 
 /// One history entry: (wallet, kind, amount).

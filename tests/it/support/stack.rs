@@ -291,6 +291,28 @@ impl<R> Stack<R> {
         }
     }
 
+    /// Reads the results topic from its beginning until every id in `ids` has at least `per_id`
+    /// results; returns them by id. Panics on a message that is not a result, and after
+    /// `timeout_ms`.
+    pub fn wait_results_by_id(
+        &self,
+        ids: &[String],
+        per_id: usize,
+        timeout_ms: u64,
+    ) -> HashMap<String, Vec<TransferCompleted>> {
+        let mut log = self.reader(&self.topics.results);
+        let mut by_id: HashMap<String, Vec<TransferCompleted>> = HashMap::new();
+        wait_until("every result", timeout_ms, || {
+            log.drain_tolerant(100);
+            let mut not_results = Vec::new();
+            by_id = results_by_id(&log.messages, &mut not_results);
+            assert!(not_results.is_empty(), "{not_results:?}");
+            ids.iter()
+                .all(|id| by_id.get(id).is_some_and(|r| r.len() >= per_id))
+        });
+        by_id
+    }
+
     /// The offsets the workers' group has committed, per partition.
     pub fn committed(&self) -> HashMap<i32, i64> {
         kafka::committed_offsets(
@@ -351,6 +373,27 @@ pub fn result_of(m: &ReadMessage) -> TransferCompleted {
             String::from_utf8_lossy(&m.payload)
         )
     })
+}
+
+/// The result messages per transfer id, in the order read; a message that is not a result is
+/// added to `not_results` (partition, offset, the error and the payload).
+pub fn results_by_id(
+    messages: &[ReadMessage],
+    not_results: &mut Vec<String>,
+) -> HashMap<String, Vec<TransferCompleted>> {
+    let mut by_id: HashMap<String, Vec<TransferCompleted>> = HashMap::new();
+    for m in messages {
+        match m.result() {
+            Ok(r) => by_id.entry(r.transfer_id.clone()).or_default().push(r),
+            Err(e) => not_results.push(format!(
+                "result at partition {} offset {} is not a result ({e}): {}",
+                m.partition,
+                m.offset,
+                String::from_utf8_lossy(&m.payload)
+            )),
+        }
+    }
+    by_id
 }
 
 /// A `wallet` command running in the background ([`Stack::spawn_wallet`]); killed on drop.
