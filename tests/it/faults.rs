@@ -58,11 +58,9 @@ fn crash_sigkill_and_restart_loses_nothing_and_doubles_nothing() {
     for point in points {
         faults::wait_recorded(&stack, &requests, point, 300_000);
         std::thread::sleep(ms(rng.random_range(0..300)));
-        worker.signal("KILL");
-        worker.wait_exit(10_000);
         // Restarted until it holds the partitions (tansu and a dead member's session: see
         // `spawn_worker_assigned`).
-        worker = stack.spawn_worker_assigned(&[]);
+        stack.kill_and_restart(&mut worker, &[], || {});
     }
     let recovery = wait_for_outcomes(&stack, &mut results, &requests, drain_timeout_ms());
     results.drain_tolerant(1_000);

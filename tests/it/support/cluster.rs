@@ -18,7 +18,7 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Proc, START_TIMEOUT_MS, find_binary, tied, wait_until};
+use super::{Proc, START_TIMEOUT_MS, find_binary, log_to, wait_until};
 use wallet_transfer::engine::cluster::hash_slot;
 use wallet_transfer::engine::keyspace::KeySpace;
 
@@ -150,9 +150,8 @@ impl RedisCluster {
         );
         let node_dir = self.dir.path().join(port.to_string());
         std::fs::create_dir_all(&node_dir).expect("node folder");
-        let log = std::fs::File::create(node_dir.join("redis.log")).expect("node log");
-        let mut child = tied(&mut Command::new(bin))
-            .args(["--port", &port.to_string(), "--bind", ip])
+        let mut cmd = Command::new(bin);
+        cmd.args(["--port", &port.to_string(), "--bind", ip])
             .args(["--cluster-announce-ip", ip, "--bind-source-addr", ip])
             // Protected mode lets only 127.0.0.1 and ::1 in without a password, so nodes on
             // other loopback addresses could not replicate; every address here is loopback.
@@ -161,21 +160,19 @@ impl RedisCluster {
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", "nodes.conf"])
-            .args(["--cluster-node-timeout", &self.node_timeout_ms.to_string()])
-            .stdout(Stdio::from(log.try_clone().expect("clone log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn redis-server");
+            .args(["--cluster-node-timeout", &self.node_timeout_ms.to_string()]);
+        log_to(&mut cmd, &node_dir.join("redis.log"));
+        let mut child = Proc::spawn(&mut cmd, "redis-server (cluster node)");
         let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
         loop {
-            if let Ok(Some(_)) = child.try_wait() {
+            if child.exited().is_some() {
                 return None;
             }
             let pong = conn_to(&format!("{ip}:{port}"))
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
                 .is_ok();
             if pong {
-                return Some(Proc(Some(child)));
+                return Some(child);
             }
             assert!(
                 Instant::now() < deadline,
@@ -279,7 +276,7 @@ impl RedisCluster {
     pub fn ports(&self) -> Vec<u16> {
         self.nodes
             .iter()
-            .filter(|n| n.child.0.is_some())
+            .filter(|n| n.child.is_held())
             .map(|n| n.port)
             .collect()
     }

@@ -7,7 +7,7 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use wallet_transfer::engine::keyspace::KeySpace;
@@ -85,35 +85,6 @@ pub fn tied(cmd: &mut Command) -> &mut Command {
     }
 }
 
-/// A server child process: signals, and SIGKILL when replaced or dropped.
-#[derive(Default)]
-struct Proc(Option<Child>);
-
-impl Proc {
-    fn signal(&self, sig: &str) {
-        let child = self.0.as_ref().expect("server running");
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{sig} {} failed", child.id());
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Calls `spawn` until it starts the server on its old port (the port may linger a moment).
 fn respawn(what: &str, mut spawn: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
@@ -166,9 +137,8 @@ impl RedisServer {
             "redis-server",
             "apt-get install -y redis-server",
         );
-        let log = std::fs::File::create(self.dir.path().join("redis.log")).expect("redis log");
-        let mut child = tied(&mut Command::new(bin))
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut cmd = Command::new(bin);
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--dir", self.dir.path().to_str().expect("utf-8 temp path")])
             .args([
                 "--save",
@@ -184,18 +154,16 @@ impl RedisServer {
                     .as_ref()
                     .map(|t| t.server_args(self.dir.path()))
                     .unwrap_or_default(),
-            )
-            .stdout(Stdio::from(log.try_clone().expect("clone log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn redis-server");
+            );
+        log_to(&mut cmd, &self.dir.path().join("redis.log"));
+        let mut child = Proc::spawn(&mut cmd, "redis-server");
         let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
         loop {
-            if let Ok(Some(_)) = child.try_wait() {
+            if child.exited().is_some() {
                 return false;
             }
             if self.ping() {
-                self.child = Proc(Some(child));
+                self.child = child;
                 return true;
             }
             assert!(
@@ -310,28 +278,21 @@ impl Tansu {
             "cargo install tansu --version 0.6.0 --locked --features dynostore,libsql",
         );
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("tansu.log"))
-            .expect("tansu log");
-        let mut child = tied(&mut Command::new(bin))
-            .arg("broker")
+        let mut cmd = Command::new(bin);
+        cmd.arg("broker")
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", &self.storage])
             .current_dir(self.dir.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::from(log.try_clone().expect("clone log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn tansu");
+            .env("RUST_LOG", "warn");
+        log_to(&mut cmd, &self.dir.path().join("tansu.log"));
+        let mut child = Proc::spawn(&mut cmd, "tansu");
         let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
         loop {
-            if let Ok(Some(_)) = child.try_wait() {
+            if child.exited().is_some() {
                 return false;
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                self.child = Proc(Some(child));
+                self.child = child;
                 return true;
             }
             assert!(
@@ -545,6 +506,10 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
         .ok_or_else(|| format!("no status in {head:?}"))?;
     Ok((status, body.to_string()))
 }
+
+pub mod process;
+
+pub use process::{Proc, log_to};
 
 pub mod cluster;
 
