@@ -10,13 +10,11 @@ use rand::{RngExt, SeedableRng};
 use wallet_transfer::engine::cluster::keys;
 use wallet_transfer::engine::lock::LockConfig;
 use wallet_transfer::engine::service::Failpoint;
-use wallet_transfer::{
-    Amount, Currency, EngineConfig, NewWallet, Status, TransferRequest, WalletService,
-};
+use wallet_transfer::{Amount, EngineConfig, Status, TransferRequest, WalletService};
 
 use crate::support::cluster::RedisCluster;
 use crate::support::stack::WALLET_BIN;
-use crate::support::{RedisServer, wait_until};
+use crate::support::{RedisServer, create_usd, usd, wait_until};
 
 const POOL_SIZE: u32 = 8;
 /// How long a crashed transfer's locks may take to expire, with margin.
@@ -62,18 +60,6 @@ fn text(out: &Output) -> (String, String) {
     )
 }
 
-fn usd(id: &str, from: &str, to: &str, amount: &str) -> TransferRequest {
-    TransferRequest::new(id, from, to, amount, Currency::USD).expect("valid request")
-}
-
-fn create(service: &WalletService, ids: &[String], balance: &str) {
-    let new: Vec<NewWallet> = ids
-        .iter()
-        .map(|id| NewWallet::new(id, Amount::parse(balance).unwrap(), Currency::USD))
-        .collect();
-    assert_eq!(service.create_wallets(&new).unwrap(), ids.len());
-}
-
 /// Two wallet ids (`{prefix}_N`) in different hash slots.
 fn cross_pair(prefix: &str) -> (String, String) {
     let a = format!("{prefix}_0");
@@ -91,7 +77,7 @@ fn crash(redis: &RedisCluster, point: Failpoint, tag: &str, lock_ttl_ms: u64) ->
     let mut crashing = connect(redis, lock_ttl_ms);
     crashing.set_failpoint(Some(point));
     let (from, to) = cross_pair(tag);
-    create(&crashing, &[from.clone(), to.clone()], "10.00");
+    create_usd(&crashing, &[from.clone(), to.clone()], "10.00");
     let request = usd(&format!("{tag}_tx"), &from, &to, "2.50");
     let e = crashing
         .transfer(&request)

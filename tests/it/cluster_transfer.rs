@@ -20,6 +20,7 @@ use wallet_transfer::{
 };
 
 use crate::support::cluster::RedisCluster;
+use crate::support::{create_usd, transfer_retrying, usd};
 
 const POOL_SIZE: u32 = 8;
 
@@ -41,37 +42,6 @@ fn config() -> EngineConfig {
         .with_history_max_entries(None)
 }
 
-fn usd(id: &str, from: &str, to: &str, amount: &str) -> TransferRequest {
-    TransferRequest::new(id, from, to, amount, Currency::USD).expect("valid request")
-}
-
-fn create(service: &WalletService, ids: &[String], balance: &str) {
-    let new: Vec<NewWallet> = ids
-        .iter()
-        .map(|id| NewWallet::new(id, Amount::parse(balance).unwrap(), Currency::USD))
-        .collect();
-    assert_eq!(service.create_wallets(&new).unwrap(), ids.len());
-}
-
-/// Retries transient errors as the worker does (bounded).
-fn transfer_retrying(service: &WalletService, request: &TransferRequest) -> TransferOutcome {
-    let mut last = String::new();
-    for _ in 0..100 {
-        match service.transfer(request) {
-            Ok(outcome) => return outcome,
-            Err(e) if e.is_transient() => {
-                last = e.to_string();
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            Err(e) => panic!("{}: {e}", request.transfer_id),
-        }
-    }
-    panic!(
-        "{}: still failing after 100 tries: {last}",
-        request.transfer_id
-    )
-}
-
 /// Two wallet ids (`{prefix}_N`) in different slots, or in the same slot.
 pub(crate) fn pair(prefix: &str, same_slot: bool) -> (String, String) {
     let a = format!("{prefix}_0");
@@ -81,35 +51,6 @@ pub(crate) fn pair(prefix: &str, same_slot: bool) -> (String, String) {
         .find(|b| (keys::wallet_slot(b) == slot) == same_slot)
         .expect("a second id");
     (a, b)
-}
-
-/// Every key of one kind on every primary (`SCAN MATCH pattern TYPE type`).
-fn scan(redis: &RedisCluster, pattern: &str, type_: &str) -> Vec<(u16, String)> {
-    let mut found = Vec::new();
-    for port in redis.primary_ports() {
-        let mut conn = redis.conn(port);
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1_000)
-                .arg("TYPE")
-                .arg(type_)
-                .query(&mut conn)
-                .expect("SCAN");
-            found.extend(batch.into_iter().map(|k| (port, k)));
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-    }
-    found.sort();
-    found.dedup();
-    found
 }
 
 /// What the ledger holds, read from every primary.
@@ -130,11 +71,13 @@ fn read_ledger(redis: &RedisCluster) -> Ledger {
         wallets: BTreeMap::new(),
         entries: HashMap::new(),
         outcomes: BTreeMap::new(),
-        markers: scan(redis, "credit:{*}:*", "string")
+        markers: redis
+            .scan_primaries("credit:{*}:*", Some("string"))
             .into_iter()
             .map(|k| k.1)
             .collect(),
-        locks: scan(redis, "lock:{*}", "string")
+        locks: redis
+            .scan_primaries("lock:{*}", Some("string"))
             .into_iter()
             .map(|k| k.1)
             .collect(),
@@ -147,7 +90,7 @@ fn read_ledger(redis: &RedisCluster) -> Ledger {
             .map(|a| a.minor())
             .unwrap_or_else(|_| text.parse().unwrap())
     };
-    for (port, key) in scan(redis, "wallet:{*}", "hash") {
+    for (port, key) in redis.scan_primaries("wallet:{*}", Some("hash")) {
         let f: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(&key)
             .query(&mut redis.conn(port))
@@ -160,7 +103,7 @@ fn read_ledger(redis: &RedisCluster) -> Ledger {
             .wallets
             .insert(id, (cents(&f, "balance"), cents(&f, "opening_balance")));
     }
-    for (port, key) in scan(redis, "wallet:{*}:history", "stream") {
+    for (port, key) in redis.scan_primaries("wallet:{*}:history", Some("stream")) {
         let id = key
             .trim_start_matches("wallet:{")
             .trim_end_matches("}:history");
@@ -176,7 +119,7 @@ fn read_ledger(redis: &RedisCluster) -> Ledger {
             *ledger.entries.entry(k).or_default() += 1;
         }
     }
-    for (port, key) in scan(redis, "wallet:{*}:log", "list") {
+    for (port, key) in redis.scan_primaries("wallet:{*}:log", Some("list")) {
         let id = key.trim_start_matches("wallet:{").trim_end_matches("}:log");
         let lines: Vec<String> = redis::cmd("LRANGE")
             .arg(&key)
@@ -195,7 +138,7 @@ fn read_ledger(redis: &RedisCluster) -> Ledger {
             *ledger.entries.entry(k).or_default() += 1;
         }
     }
-    for (port, key) in scan(redis, "transfer:{*}:*", "hash") {
+    for (port, key) in redis.scan_primaries("transfer:{*}:*", Some("hash")) {
         let f: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(&key)
             .query(&mut redis.conn(port))
@@ -306,7 +249,7 @@ fn random_load_across_shards_moves_money_exactly_once() {
         ids.extend([a, b]);
     }
     let ids = Arc::new(ids);
-    create(&base, &ids, "100.00");
+    create_usd(&base, &ids, "100.00");
     let seed: u64 = rand::random();
     println!("cluster load seed {seed}");
     let done = Arc::new(AtomicBool::new(false));
@@ -440,7 +383,7 @@ fn crash_at(redis: &RedisCluster, point: Failpoint, tag: &str) -> (TransferReque
     let mut crashing = connect(redis, config());
     crashing.set_failpoint(Some(point));
     let (from, to) = pair(tag, false);
-    create(&crashing, &[from.clone(), to.clone()], "10.00");
+    create_usd(&crashing, &[from.clone(), to.clone()], "10.00");
     let request = usd(&format!("{tag}_tx"), &from, &to, "2.50");
     let e = crashing
         .transfer(&request)
@@ -568,7 +511,7 @@ fn cross_slot_business_failures_are_recorded_on_the_senders_shard() {
     let redis = RedisCluster::start(3, 0);
     let service = connect(&redis, config());
     let (from, to) = pair("bf", false);
-    create(&service, &[from.clone(), to.clone()], "5.00");
+    create_usd(&service, &[from.clone(), to.clone()], "5.00");
     let (_, missing) = pair("nobody", false);
     let cases = [
         (
@@ -626,7 +569,7 @@ fn same_slot_transfers_stay_one_transaction() {
     let service = connect(&redis, config());
     let (a, b) = pair("ss", true);
     let (c, d) = pair("xs", false);
-    create(
+    create_usd(
         &service,
         &[a.clone(), b.clone(), c.clone(), d.clone()],
         "10.00",
@@ -662,7 +605,7 @@ fn a_moved_slot_refreshes_the_map_and_the_transfer_completes_once() {
     let redis = RedisCluster::start(3, 0);
     let service = connect(&redis, config());
     let (from, to) = pair("mv", false);
-    create(&service, &[from.clone(), to.clone()], "10.00");
+    create_usd(&service, &[from.clone(), to.clone()], "10.00");
     let slot = keys::wallet_slot(&from);
     let pools = service.cluster().expect("a cluster service");
     let port = |addr: String| addr.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
@@ -707,7 +650,7 @@ fn wait_replicas_fails_without_an_acknowledgement_and_passes_with_one_replica() 
     let (from, to) = pair("wr", false);
     let (a, b) = pair("ws", true);
     // Created without the wait: new wallets wait for the replicas too.
-    create(
+    create_usd(
         &connect(&redis, config()),
         &[from.clone(), to.clone(), a.clone(), b.clone()],
         "10.00",
@@ -765,7 +708,7 @@ fn wait_replicas_fails_without_an_acknowledgement_and_passes_with_one_replica() 
 
     let redis = RedisCluster::start(3, 1);
     let service = connect(&redis, waiting);
-    create(
+    create_usd(
         &service,
         &[from.clone(), to.clone(), a.clone(), b.clone()],
         "10.00",
@@ -784,7 +727,7 @@ fn wait_replicas_fails_without_an_acknowledgement_and_passes_with_one_replica() 
 fn the_wallet_command_deposits_on_a_cluster_and_audits_it() {
     let redis = RedisCluster::start(3, 0);
     let service = connect(&redis, config());
-    create(&service, &["cli_a".to_string()], "10.00");
+    create_usd(&service, &["cli_a".to_string()], "10.00");
     let seeds = redis.seeds().join(",");
     let wallet = |args: &[&str]| {
         std::process::Command::new(crate::support::stack::WALLET_BIN)
@@ -833,7 +776,7 @@ fn a_cluster_with_acl_users_is_reached_with_the_url_s_credentials() {
     )
     .expect("the URL's credentials reach every primary");
     let ids = ["auth_a".to_string(), "auth_b".to_string()];
-    create(&service, &ids, "10.00");
+    create_usd(&service, &ids, "10.00");
     let outcome = transfer_retrying(&service, &usd("auth_tx", &ids[0], &ids[1], "1.00"));
     assert_eq!(outcome.status, Status::Completed);
     let refused =
@@ -880,7 +823,7 @@ fn the_same_key_from_two_senders_to_one_receiver_credits_each_transfer_once() {
     for (tag, by_recover) in [("kr", false), ("kv", true)] {
         let ids = ids_in_different_slots(tag, 3);
         let (s1, s2, r) = (&ids[0], &ids[1], &ids[2]);
-        create(&service, &ids, "100.00");
+        create_usd(&service, &ids, "100.00");
         let request = |tx: &str, from: &str| {
             usd(tx, from, r, "10.00")
                 .with_idempotency_key(&format!("{tag}_shared_key"))
@@ -969,7 +912,7 @@ fn a_credit_found_done_is_not_answered_before_the_receivers_replica_has_it() {
     let redis = RedisCluster::start(3, 1);
     let service = connect(&redis, config().with_wait_replicas(Some(1)));
     let (from, to) = pair_across_primaries(&redis, "wc");
-    create(&service, &[from.clone(), to.clone()], "10.00");
+    create_usd(&service, &[from.clone(), to.clone()], "10.00");
     let receiver_primary = redis
         .owner_of(redis.primary_ports()[0], keys::wallet_slot(&to))
         .expect("the receiver's primary");
@@ -1008,7 +951,7 @@ fn a_pending_record_is_not_finished_before_the_senders_replica_has_it() {
     let redis = RedisCluster::start(3, 1);
     let service = connect(&redis, config().with_wait_replicas(Some(1)));
     let (from, to) = pair_across_primaries(&redis, "wp");
-    create(&service, &[from.clone(), to.clone()], "10.00");
+    create_usd(&service, &[from.clone(), to.clone()], "10.00");
     let sender_primary = redis
         .owner_of(redis.primary_ports()[0], keys::wallet_slot(&from))
         .expect("the sender's primary");
@@ -1142,7 +1085,7 @@ fn deposits_and_new_wallets_wait_for_the_replicas_too() {
     let redis = RedisCluster::start(3, 1);
     let waiting = connect(&redis, config().with_wait_replicas(Some(1)));
     let (id, sibling) = pair("dw", true);
-    create(&waiting, std::slice::from_ref(&id), "10.00");
+    create_usd(&waiting, std::slice::from_ref(&id), "10.00");
     let primary = redis
         .owner_of(redis.primary_ports()[0], keys::wallet_slot(&id))
         .expect("the wallet's primary");

@@ -16,7 +16,6 @@ use wallet_transfer::engine::cluster::keys;
 use wallet_transfer::engine::cluster_transfer::RECOVER_LIMIT;
 use wallet_transfer::engine::lock::LockConfig;
 use wallet_transfer::engine::service::Failpoint;
-use wallet_transfer::engine::wallet::HistoryKind;
 use wallet_transfer::tools::results::ReadMessage;
 use wallet_transfer::{
     Amount, Currency, EngineConfig, NewWallet, Status, TransferCompleted, TransferRequest,
@@ -24,8 +23,10 @@ use wallet_transfer::{
 };
 
 use crate::support::cluster::RedisCluster;
-use crate::support::faults::{FaultReport, rng, seed, size};
-use crate::support::stack::{Stack, TopicLog, WorkerProcess};
+use crate::support::faults::{
+    self as check, FaultReport, check_requests, recorded, rng, seed, size,
+};
+use crate::support::stack::{Stack, TopicLog, WorkerProcess, results_by_id};
 use crate::support::{Tansu, wait_until};
 
 const PARTITIONS: i32 = 4;
@@ -135,33 +136,30 @@ pub(crate) fn wait_results(
     }
 }
 
+/// The results read so far by transfer id; a message that is not a result is left out here
+/// (the checker, `faults::check_on`, reports it).
 pub(crate) fn answers(results: &TopicLog) -> HashMap<String, Vec<TransferCompleted>> {
-    let mut answered: HashMap<String, Vec<TransferCompleted>> = HashMap::new();
-    for m in &results.messages {
-        if let Ok(r) = m.result() {
-            answered.entry(r.transfer_id.clone()).or_default().push(r);
-        }
-    }
-    answered
+    results_by_id(&results.messages, &mut Vec::new())
 }
 
-/// What the check over every primary found.
+/// What the check over every primary found: the fault suite's per-request checker
+/// (`faults::check_requests`: each request against its record, its history entries and its
+/// result messages) plus what only the cluster's ledger shows (PENDING records, money).
 #[derive(Debug, Default)]
 pub(crate) struct Verdict {
     pub(crate) requests: usize,
     pub(crate) completed: usize,
     pub(crate) failed: usize,
-    /// Answered COMPLETED (or not answered at all) with no recorded debit and credit.
+    /// Requests without an outcome record.
     pub(crate) lost: usize,
-    /// More than one debit or credit for one idempotency key.
+    /// Requests with more history entries than their outcome allows.
     pub(crate) doubled: usize,
-    /// A debit without its credit, or a credit without its debit, or effects of a FAILED one.
-    pub(crate) one_sided: usize,
     pub(crate) no_result: usize,
-    /// A result whose status differs from the record.
-    pub(crate) disagreeing: usize,
-    /// A request whose every answer says `duplicate` (none is the original).
-    pub(crate) duplicate_only: usize,
+    /// The per-request checker's findings besides a missing result: effects that are not the
+    /// record's (a debit without its credit, money moved by a FAILED one), a result that
+    /// disagrees with the record (status, reason, amount, key), a request answered only as a
+    /// duplicate.
+    pub(crate) violations: Vec<String>,
     pub(crate) pending: u64,
     pub(crate) negative: usize,
     pub(crate) total_before: i64,
@@ -169,37 +167,40 @@ pub(crate) struct Verdict {
 }
 
 impl Verdict {
+    /// The counts, and the first per-request violation.
+    pub(crate) fn summary(&self) -> String {
+        format!(
+            "{} requests: {} completed, {} failed; lost {}, doubled {}, without result {}, other violations {} (first: {:?}), pending {}, negative {}, money {} -> {} (delta {})",
+            self.requests,
+            self.completed,
+            self.failed,
+            self.lost,
+            self.doubled,
+            self.no_result,
+            self.violations.len(),
+            self.violations.first(),
+            self.pending,
+            self.negative,
+            Amount::from_minor(self.total_before),
+            Amount::from_minor(self.total_after),
+            Amount::from_minor(self.total_after - self.total_before)
+        )
+    }
+
     pub(crate) fn clean(&self) -> bool {
         self.lost == 0
             && self.doubled == 0
-            && self.one_sided == 0
             && self.no_result == 0
-            && self.disagreeing == 0
-            && self.duplicate_only == 0
+            && self.violations.is_empty()
             && self.pending == 0
             && self.negative == 0
             && self.total_before == self.total_after
     }
 }
 
-/// History entries per (wallet, idempotency key, kind), read from each wallet's primary.
-fn effects(service: &WalletService, wallets: &[String]) -> HashMap<(String, String, bool), usize> {
-    let mut count = HashMap::new();
-    for id in wallets {
-        for e in service.history(id).expect("history") {
-            let key = e.idempotency_key.unwrap_or(e.transfer_id);
-            let debit = match e.kind {
-                HistoryKind::Debit => true,
-                HistoryKind::Credit => false,
-                HistoryKind::Deposit => continue,
-            };
-            *count.entry((id.clone(), key, debit)).or_insert(0) += 1;
-        }
-    }
-    count
-}
-
-/// Checks every request of `load` with the engine's API over every primary.
+/// Checks every request of `load` with the engine's API over every primary: first the
+/// recovery sweep (counting what it finds PENDING), then the fault suite's per-request checker
+/// against `answered`, then the balances.
 pub(crate) fn verdict(
     service: &WalletService,
     load: &Load,
@@ -211,16 +212,20 @@ pub(crate) fn verdict(
     let found = service
         .recover(RECOVER_LIMIT)
         .unwrap_or_else(|e| panic!("scan every primary for PENDING: {e}"));
-    let effects = effects(service, &load.wallets);
+    // A request without a result is counted in `no_result`, not listed.
+    let checked = check_requests(service, &load.requests, answered, false, false);
     let mut v = Verdict {
         requests: load.requests.len(),
+        completed: checked.completed.len(),
+        failed: checked.failed,
+        lost: checked.unrecorded,
+        doubled: checked.doubled,
+        no_result: checked.unanswered,
+        violations: checked.violations,
         pending: found.pending_found,
         total_before: load.total.minor(),
         ..Verdict::default()
     };
-    for r in &load.requests {
-        check_request(service, r, &effects, answered.get(&r.transfer_id), &mut v);
-    }
     for id in &load.wallets {
         let balance = service.balance(id).expect("balance");
         v.negative += usize::from(balance.is_negative());
@@ -229,74 +234,37 @@ pub(crate) fn verdict(
     v
 }
 
-fn check_request(
-    service: &WalletService,
-    r: &TransferRequest,
-    effects: &HashMap<(String, String, bool), usize>,
-    results: Option<&Vec<TransferCompleted>>,
-    v: &mut Verdict,
-) {
-    let key = &r.idempotency_key;
-    let get = |wallet: &str, debit| {
-        effects
-            .get(&(wallet.to_string(), key.clone(), debit))
-            .copied()
-            .unwrap_or(0)
-    };
-    let (debits, credits) = (get(&r.from_user, true), get(&r.to_user, false));
-    let record = service
-        .transfer_outcome_of(&r.from_user, key)
-        .expect("outcome record")
-        .map(|o| o.status);
-    let said_completed = results.is_some_and(|rs| rs.iter().any(|m| m.status == Status::Completed));
-    v.no_result += usize::from(results.is_none());
-    v.doubled += usize::from(debits > 1 || credits > 1);
-    match record {
-        Some(Status::Completed) => v.completed += 1,
-        Some(Status::Failed) => v.failed += 1,
-        _ => {}
-    }
-    let effect_missing = debits == 0 || credits == 0;
-    if (record.is_none() || said_completed) && effect_missing {
-        v.lost += 1;
-    }
-    let one_sided =
-        (debits == 0) != (credits == 0) || (record == Some(Status::Failed) && debits + credits > 0);
-    v.one_sided += usize::from(one_sided);
-    if let (Some(rs), Some(status)) = (results, record) {
-        v.disagreeing += usize::from(rs.iter().any(|m| m.status != status));
-    }
-    // A request told only that its transfer happened before (every answer `duplicate`).
-    v.duplicate_only += usize::from(results.is_some_and(|rs| rs.iter().all(|m| m.duplicate)));
-}
-
 pub(crate) fn print_verdict(test: &str, v: &Verdict) {
-    println!(
-        "{test}: {} requests: {} completed, {} failed; lost {}, doubled {}, one-sided {}, without result {}, result disagreeing {}, only duplicate answers {}, pending {}, negative {}, money {} -> {} (delta {})",
-        v.requests,
-        v.completed,
-        v.failed,
-        v.lost,
-        v.doubled,
-        v.one_sided,
-        v.no_result,
-        v.disagreeing,
-        v.duplicate_only,
-        v.pending,
-        v.negative,
-        Amount::from_minor(v.total_before),
-        Amount::from_minor(v.total_after),
-        Amount::from_minor(v.total_after - v.total_before)
-    );
+    println!("{test}: {}", v.summary());
+    for violation in v.violations.iter().take(10) {
+        println!("  {test}: violation: {violation}");
+    }
 }
 
-fn assert_clean(test: &str, v: &Verdict, worker: &WorkerProcess) {
-    print_verdict(test, v);
-    assert!(
-        v.clean() && v.completed + v.failed == v.requests,
-        "{test}: {v:?}; worker log tail:\n{}",
-        tail(&worker.log(), 40)
-    );
+/// A run without a fault, checked: its verdict, then the fault suite's checker with the
+/// verdict's findings (see [`cluster_report`]); panics on any violation, with the worker's log
+/// tail.
+fn assert_clean(
+    stack: &Stack<RedisCluster>,
+    service: &WalletService,
+    test: &str,
+    load: &Load,
+    results: &TopicLog,
+    worker: &WorkerProcess,
+) {
+    let v = verdict(service, load, &answers(results));
+    print_verdict(test, &v);
+    let run = ClusterRun {
+        fault: format!("none ({test})"),
+        injected: 0,
+        recovery: None,
+        verdict: v,
+    };
+    let report = cluster_report(stack, service, test, load, &run, &results.messages);
+    if !report.violations.is_empty() {
+        println!("{test}: worker log tail:\n{}", tail(&worker.log(), 40));
+    }
+    report.print_and_assert();
 }
 
 /// The worker's retries by cause, those above zero: `redis_cluster 12, replicas_behind 3`.
@@ -331,9 +299,9 @@ fn the_worker_on_a_cluster_answers_random_cross_slot_load_once_each() {
     let mut results = stack.reader(&stack.topics.results);
     let started = Instant::now();
     stack.publish_requests(&load.requests);
-    let answered = wait_results(&mut results, &load.requests, ANSWER_TIMEOUT_MS);
+    wait_results(&mut results, &load.requests, ANSWER_TIMEOUT_MS);
     println!("{test}: answered in {} ms", started.elapsed().as_millis());
-    assert_clean(test, &verdict(&service, &load, &answered), &worker);
+    assert_clean(&stack, &service, test, &load, &results, &worker);
     assert_eq!(
         worker.metric("wallet_ready_check{check=\"redis\"}"),
         1.0,
@@ -405,12 +373,13 @@ fn the_recovery_sweep_finishes_transfers_a_crash_left_pending() {
             v.completed,
             v.lost,
             v.doubled,
-            v.one_sided,
+            v.violations.as_slice(),
             v.pending,
             v.negative
         ),
-        (load.requests.len(), 0, 0, 0, 0, 0),
-        "{v:?}"
+        (load.requests.len(), 0, 0, &[][..], 0, 0),
+        "{}",
+        v.summary()
     );
     assert_eq!(v.total_before, v.total_after);
 }
@@ -418,6 +387,8 @@ fn the_recovery_sweep_finishes_transfers_a_crash_left_pending() {
 /// Figures of one failover run.
 struct Failover {
     verdict: Verdict,
+    /// The fault suite's checker on the run ([`cluster_report`]).
+    report: FaultReport,
 }
 
 /// Kills the primary that serves the most of the load's wallets once a quarter of the results
@@ -447,15 +418,24 @@ fn failover_run(test: &str, wait_replicas: &str, prefix: &str) -> (Failover, Wor
     stack.redis.wait_replicas_linked(3);
     let answered = wait_results(&mut results, &load.requests, ANSWER_TIMEOUT_MS);
     let answered_ms = killed.elapsed().as_millis();
-    let failover = Failover {
-        verdict: verdict(&service, &load, &answered),
-    };
+    let v = verdict(&service, &load, &answered);
     println!(
         "{test}: primary {victim} killed after {} results; replica {replica} promoted in {promoted_ms} ms; every request answered {answered_ms} ms after the kill; retries: {}",
         load.requests.len() / 4,
         retries(&worker)
     );
-    print_verdict(test, &failover.verdict);
+    print_verdict(test, &v);
+    let run = ClusterRun {
+        fault: format!("primary SIGKILL, --wait-replicas {wait_replicas}, cluster"),
+        injected: 1,
+        recovery: None,
+        verdict: v,
+    };
+    let report = cluster_report(&stack, &service, test, &load, &run, &results.messages);
+    let failover = Failover {
+        verdict: run.verdict,
+        report,
+    };
     (failover, worker)
 }
 
@@ -480,7 +460,10 @@ fn busiest_primary(cluster: &RedisCluster, wallets: &[String]) -> u16 {
 fn a_primary_killed_under_load_with_wait_replicas_1_loses_and_doubles_nothing() {
     let test = "cluster_worker::failover_wait_1";
     let (run, worker) = failover_run(test, "1", "f1_");
-    assert_clean(test, &run.verdict, &worker);
+    if !run.report.violations.is_empty() {
+        println!("{test}: worker log tail:\n{}", tail(&worker.log(), 40));
+    }
+    run.report.print_and_assert();
 }
 
 /// With `--wait-replicas 0` a failover may lose steps that were answered: only what holds
@@ -491,7 +474,7 @@ fn a_primary_killed_under_load_with_wait_replicas_0_is_reported() {
     let test = "cluster_worker::failover_wait_0";
     let (run, mut worker) = failover_run(test, "0", "f0_");
     let v = &run.verdict;
-    assert_eq!(v.no_result, 0, "every request is answered: {v:?}");
+    assert_eq!(v.no_result, 0, "every request is answered: {}", v.summary());
     assert!(worker.is_running(), "{}", tail(&worker.log(), 40));
     assert!(
         worker
@@ -499,6 +482,7 @@ fn a_primary_killed_under_load_with_wait_replicas_0_is_reported() {
             .contains("--wait-replicas 0: a primary failover can lose"),
         "the worker warns at start"
     );
+    println!("{}\n{}", FaultReport::header(), run.report.row());
     println!(
         "{test}: {} (not asserted: with --wait-replicas 0 nothing guarantees it)",
         if v.clean() {
@@ -564,14 +548,14 @@ fn slots_migrated_under_load_lose_and_double_nothing() {
     }
     stack.publish_requests(&load.requests[published..]);
     let during = published;
-    let answered = wait_results(&mut results, &load.requests, ANSWER_TIMEOUT_MS);
+    wait_results(&mut results, &load.requests, ANSWER_TIMEOUT_MS);
     println!(
         "{test}: {moved} wallets' slots migrated while {} of {} requests were published; retries: {}",
         during,
         load.requests.len(),
         retries(&worker)
     );
-    assert_clean(test, &verdict(&service, &load, &answered), &worker);
+    assert_clean(&stack, &service, test, &load, &results, &worker);
 }
 
 #[test]
@@ -590,20 +574,6 @@ fn produce_runs_its_six_scenarios_against_a_worker_on_a_cluster() {
         "{text}\nworker log tail:\n{}",
         tail(&worker.log(), 40)
     );
-}
-
-/// How many of `requests` have an outcome record (PENDING included), read through the engine
-/// on each sender's primary: real progress, unlike the results topic. 0 while a read fails.
-fn recorded(service: &WalletService, requests: &[TransferRequest]) -> usize {
-    let mut found = 0;
-    for r in requests {
-        match service.transfer_outcome_of(&r.from_user, &r.idempotency_key) {
-            Ok(Some(_)) => found += 1,
-            Ok(None) => {}
-            Err(_) => return 0,
-        }
-    }
-    found
 }
 
 /// The fault suite's kill loop (`faults.rs`, test 1) on a 3-primary cluster: the requests
@@ -630,27 +600,26 @@ fn kill_loop(test: &str, prefix: &str, flags: &[&str]) -> FaultReport {
         published += chunk.len();
         // Only the chunk is read: each poll is one read per request.
         wait_until(&format!("{point} recorded outcomes"), 300_000, || {
-            recorded(&service, chunk) >= point
+            recorded(&stack, chunk) >= point
         });
         // A random moment: not a synchronisation.
         std::thread::sleep(Duration::from_millis(rng.random_range(0..20)));
-        worker.signal("KILL");
-        worker.wait_exit(10_000);
-        let pending = load
-            .requests
-            .iter()
-            .filter_map(|r| {
-                let o = service.transfer_outcome_of(&r.from_user, &r.idempotency_key);
-                o.expect("outcome record")
-            })
-            .filter(|o| o.status == Status::Pending)
-            .count();
-        println!(
-            "{test}: killed with {} of {published} published requests recorded, {pending} PENDING",
-            recorded(&service, &load.requests)
-        );
         // Restarted until it holds the partitions (see `spawn_worker_assigned`).
-        worker = stack.spawn_worker_assigned(flags);
+        stack.kill_and_restart(&mut worker, flags, || {
+            let pending = load
+                .requests
+                .iter()
+                .filter_map(|r| {
+                    let o = service.transfer_outcome_of(&r.from_user, &r.idempotency_key);
+                    o.expect("outcome record")
+                })
+                .filter(|o| o.status == Status::Pending)
+                .count();
+            println!(
+                "{test}: killed with {} of {published} published requests recorded, {pending} PENDING",
+                recorded(&stack, &load.requests)
+            );
+        });
     }
     for chunk in &chunks[kills..] {
         stack.publish_requests(chunk);
@@ -658,50 +627,56 @@ fn kill_loop(test: &str, prefix: &str, flags: &[&str]) -> FaultReport {
     let restarted = Instant::now();
     let answered = wait_results(&mut results, &load.requests, ANSWER_TIMEOUT_MS);
     let all = answered.len() == load.requests.len();
-    let recovery = (all && recorded(&service, &load.requests) == n).then(|| restarted.elapsed());
+    let recovery = (all && recorded(&stack, &load.requests) == n).then(|| restarted.elapsed());
     results.drain_tolerant(1_000);
     let v = verdict(&service, &load, &answers(&results));
     print_verdict(test, &v);
     println!("{test}: retries: {}", retries(&worker));
-    let run = KillRun {
-        kills,
+    let run = ClusterRun {
+        fault: "worker SIGKILL + restart, cluster".to_string(),
+        injected: kills,
         recovery,
         verdict: v,
     };
-    kill_report(&stack, &service, test, &load, &run, &results.messages)
+    cluster_report(&stack, &service, test, &load, &run, &results.messages)
 }
 
-/// What a kill loop did and found.
-pub(crate) struct KillRun {
-    pub(crate) kills: usize,
+/// What a run on a cluster did (its fault, if any) and found.
+pub(crate) struct ClusterRun {
+    /// The fault suite's name for the run's fault.
+    pub(crate) fault: String,
+    /// How many times it was injected (0: none).
+    pub(crate) injected: usize,
     pub(crate) recovery: Option<Duration>,
     pub(crate) verdict: Verdict,
 }
 
-/// The fault suite's row for a kill loop on a cluster: the fault suite's own checker
+/// The fault suite's row for a run on a cluster: the one exactly-once checker
 /// (`faults::check_on`: every request against its record, its history entries and its result
 /// messages, the audit across shards, no lock without a ttl, the ledger topic), plus what only
-/// a cluster can leave behind (the verdict: PENDING records, one-sided transfers, money).
-pub(crate) fn kill_report(
+/// a cluster can leave behind (the verdict: PENDING records, money, every request decided).
+pub(crate) fn cluster_report(
     stack: &Stack<RedisCluster>,
     service: &WalletService,
     test: &str,
     load: &Load,
-    run: &KillRun,
+    run: &ClusterRun,
     results: &[ReadMessage],
 ) -> FaultReport {
-    let checked = crate::support::faults::Run {
-        fault: "worker SIGKILL + restart, cluster",
-        injected: run.kills,
+    let checked = check::Run {
+        fault: &run.fault,
+        injected: run.injected,
         requests: &load.requests,
         results,
         recovery: run.recovery,
         no_failures: false,
     };
-    let mut report = crate::support::faults::check_on(stack, service, &checked);
+    let mut report = check::check_on(stack, service, &checked);
     let v = &run.verdict;
     if !(v.clean() && v.completed + v.failed == v.requests) {
-        report.violations.push(format!("{test}: verdict: {v:?}"));
+        report
+            .violations
+            .push(format!("{test}: verdict: {}", v.summary()));
     }
     report
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::on_every_topology;
 use crate::support::topology::{Bed, Topology};
-use crate::support::{RedisServer, lock_keys, total};
+use crate::support::{RedisServer, lock_keys, total, transfer_retrying, usd};
 use rand::{RngExt, SeedableRng};
 use wallet_transfer::engine::lock::{self, LockConfig};
 use wallet_transfer::engine::message::{Decoded, decode};
@@ -19,10 +19,6 @@ use wallet_transfer::{
     Amount, Currency, EngineConfig, FailureReason, Status, TransferError, TransferOutcome,
     TransferRequest, WalletService,
 };
-
-fn usd(id: &str, from: &str, to: &str, amount: &str) -> TransferRequest {
-    TransferRequest::new(id, from, to, amount, Currency::USD).expect("valid request")
-}
 
 fn amount(text: &str) -> Amount {
     Amount::parse(text).unwrap()
@@ -44,18 +40,6 @@ fn race(service: &WalletService, requests: Vec<TransferRequest>) -> Vec<Transfer
         })
         .collect();
     threads.into_iter().map(|t| t.join().unwrap()).collect()
-}
-
-/// Retries transient errors as the worker does (bounded).
-fn transfer_retrying(service: &WalletService, request: &TransferRequest) -> TransferOutcome {
-    for _ in 0..50 {
-        match service.transfer(request) {
-            Ok(outcome) => return outcome,
-            Err(e) if e.is_transient() => continue,
-            Err(e) => panic!("{}: {e}", request.transfer_id),
-        }
-    }
-    panic!("{}: still failing after 50 tries", request.transfer_id)
 }
 
 /// Lock settings that let many racing threads wait their turn.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::faults::{self, check, rng, size, wait_for_outcomes};
 use crate::support::stack::{Stack, WorkerProcess, result_of};
-use crate::support::{RedisServer, Tansu, wait_until};
+use crate::support::{RedisServer, Tansu, ms, wait_until};
 use proptest::prelude::*;
 use rand::RngExt;
 use rand::rngs::StdRng;
@@ -30,10 +30,6 @@ use wallet_transfer::{
 /// Longest wait for all outcomes after the last fault.
 fn drain_timeout_ms() -> u64 {
     size(90_000, 600_000) as u64
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
 }
 
 fn metric_sum(worker: &WorkerProcess, series: &[&str]) -> f64 {
@@ -62,11 +58,9 @@ fn crash_sigkill_and_restart_loses_nothing_and_doubles_nothing() {
     for point in points {
         faults::wait_recorded(&stack, &requests, point, 300_000);
         std::thread::sleep(ms(rng.random_range(0..300)));
-        worker.signal("KILL");
-        worker.wait_exit(10_000);
         // Restarted until it holds the partitions (tansu and a dead member's session: see
         // `spawn_worker_assigned`).
-        worker = stack.spawn_worker_assigned(&[]);
+        stack.kill_and_restart(&mut worker, &[], || {});
     }
     let recovery = wait_for_outcomes(&stack, &mut results, &requests, drain_timeout_ms());
     results.drain_tolerant(1_000);

@@ -6,14 +6,10 @@
 
 use crate::on_every_topology;
 use crate::support::topology::{Bed, Topology};
+// `usd(KEY, ..)`: a request's transfer id is its idempotency key, the key these tests reuse.
+use crate::support::usd;
 use wallet_transfer::engine::service::Failpoint;
-use wallet_transfer::{
-    Amount, Currency, EngineConfig, Status, TransferError, TransferOutcome, TransferRequest,
-};
-
-fn usd(key: &str, from: &str, to: &str, amount: &str) -> TransferRequest {
-    TransferRequest::new(key, from, to, amount, Currency::USD).expect("valid request")
-}
+use wallet_transfer::{Amount, EngineConfig, Status, TransferError, TransferOutcome};
 
 fn balances(bed: &Bed, names: &[&str]) -> Vec<Amount> {
     names

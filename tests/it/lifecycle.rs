@@ -6,7 +6,7 @@
 
 use crate::support::create_wallets;
 use crate::support::stack::{Stack, result_of};
-use crate::support::wait_until;
+use crate::support::{http_get, wait_until};
 use wallet_transfer::{Currency, EngineConfig, Status, TransferRequest};
 
 /// Issue 25, item 1: the transient retries of one stuck request back off. Its sender's wallet
@@ -340,15 +340,9 @@ fn a_panicking_transfer_is_caught_counted_and_dead_lettered_and_its_key_goes_on(
     );
 }
 
-/// GET `path` on the worker's metrics port: the status line and the body.
-fn http_get(worker: &crate::support::stack::WorkerProcess, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", worker.metrics_port))
-        .expect("connect to the worker's metrics port");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+/// GET `path` on the worker's metrics port: the status and the body.
+fn readyz(worker: &crate::support::stack::WorkerProcess) -> (u16, String) {
+    http_get(worker.metrics_port, "/readyz").expect("GET /readyz on the worker's metrics port")
 }
 
 /// Issue 25, item 6: a partition whose watermark stands still while it has work is reported.
@@ -367,16 +361,15 @@ fn a_partition_stalled_with_work_is_not_ready_until_it_moves() {
     lock_as_another_owner(&mut conn, "sa");
     let started = std::time::Instant::now();
     stack.publish_requests(&[TransferRequest::new("st", "sa", "sb", "1", Currency::USD).unwrap()]);
-    let mut readyz = String::new();
+    let mut stalled = (0, String::new());
     wait_until("/readyz reports the stall", 90_000, || {
-        readyz = http_get(&worker, "/readyz");
-        readyz.contains("progress: partition 0 has not committed past offset 0")
+        stalled = readyz(&worker);
+        stalled
+            .1
+            .contains("progress: partition 0 has not committed past offset 0")
     });
     let elapsed_ms = started.elapsed().as_millis();
-    assert!(
-        readyz.starts_with("HTTP/1.0 503") || readyz.starts_with("HTTP/1.1 503"),
-        "{readyz}"
-    );
+    assert_eq!(stalled.0, 503, "{stalled:?}");
     assert!(
         elapsed_ms >= 16_000,
         "reported after {elapsed_ms} ms, before the limit"
@@ -391,7 +384,7 @@ fn a_partition_stalled_with_work_is_not_ready_until_it_moves() {
         .query::<()>(&mut conn)
         .unwrap();
     wait_until("ready again once the offset is done", 60_000, || {
-        http_get(&worker, "/readyz").ends_with("ready\n")
+        readyz(&worker).1.ends_with("ready\n")
             && worker.metric(r#"wallet_ready_check{check="progress"}"#) == 1.0
     });
     assert_eq!(

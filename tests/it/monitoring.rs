@@ -8,17 +8,15 @@
 //! missing one fails the test with the command that installs it.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use wallet_transfer::{Amount, Currency, EngineConfig, TransferRequest};
 
 use crate::support::stack::{Stack, WALLET_BIN, WorkerProcess};
-use crate::support::{create_wallets, free_port, wait_until};
+use crate::support::{Proc, create_wallets, free_port, http_get, log_to, wait_until};
 
 /// The job name the alert rules and the dashboard select (`job="wallet-worker"`).
 const JOB: &str = "wallet-worker";
@@ -74,35 +72,6 @@ fn promtool(args: &[&str]) -> String {
 
 // --- a plain HTTP client ---
 
-/// GET `path` on 127.0.0.1:`port`: status and body, or the connection error.
-fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(2),
-    )
-    .map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .map_err(|e| e.to_string())?;
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("not an HTTP answer: {response:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status in {head:?}"))?;
-    Ok((status, body.to_string()))
-}
-
 fn url_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
@@ -119,7 +88,8 @@ fn url_encode(text: &str) -> String {
 /// A `prometheus` server on a free port scraping one worker every second with the alert rules
 /// of `monitoring/alerts.yml`; killed on drop.
 struct Prometheus {
-    child: Child,
+    /// First: killed before the folder goes.
+    _child: Proc,
     port: u16,
     dir: tempfile::TempDir,
 }
@@ -136,19 +106,19 @@ impl Prometheus {
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write prometheus.yml");
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
-        let child = crate::support::tied(&mut Command::new(tool("PROMETHEUS_BIN", "prometheus")))
-            .arg(format!("--config.file={}", config_path.display()))
+        let mut cmd = Command::new(tool("PROMETHEUS_BIN", "prometheus"));
+        cmd.arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 dir.path().join("data").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::from(log.try_clone().expect("clone log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn prometheus");
-        let prometheus = Prometheus { child, port, dir };
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        log_to(&mut cmd, &dir.path().join("prometheus.log"));
+        let prometheus = Prometheus {
+            _child: Proc::spawn(&mut cmd, "prometheus"),
+            port,
+            dir,
+        };
         wait_until("prometheus to be ready", 30_000, || {
             matches!(http_get(port, "/-/ready"), Ok((200, _)))
         });
@@ -173,13 +143,6 @@ impl Prometheus {
         let data = self.api(&format!("/api/v1/query?query={}", url_encode(promql)));
         assert_eq!(data["resultType"], "vector", "{promql}");
         data["result"].as_array().cloned().unwrap_or_default()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

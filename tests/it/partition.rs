@@ -26,7 +26,8 @@ use wallet_transfer::tools::bench::{BENCH_OPENING_CENTS, Pairs, run_ids};
 use wallet_transfer::{Amount, Currency, TransferCompleted, TransferRequest};
 
 use crate::cluster_worker::{
-    KillRun, Load, Verdict, answers, kill_report, print_verdict, retries, service, tail, verdict,
+    ClusterRun, Load, Verdict, answers, cluster_report, print_verdict, retries, service, tail,
+    verdict,
 };
 use crate::support::Tansu;
 use crate::support::cluster::{FAILOVER_TIMEOUT_MS, RedisCluster};
@@ -142,13 +143,13 @@ fn cut_run(test: &str, wait_replicas: &str, cut_s: u64) -> CutRun {
     let mut v = verdict(&service, &load, &answers(&results));
     v.no_result += missing;
     print_verdict(test, &v);
-    let run = KillRun {
-        kills: 1,
+    let run = ClusterRun {
+        fault: format!("primary cut off {cut_s} s, --wait-replicas {wait_replicas}"),
+        injected: 1,
         recovery,
         verdict: v,
     };
-    let mut report = kill_report(&stack, &service, test, &load, &run, &results.messages);
-    report.fault = format!("primary cut off {cut_s} s, --wait-replicas {wait_replicas}");
+    let report = cluster_report(&stack, &service, test, &load, &run, &results.messages);
     let audit_violations = report
         .violations
         .iter()

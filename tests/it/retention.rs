@@ -8,13 +8,10 @@ use redis::Commands;
 
 use crate::on_every_topology;
 use crate::support::topology::Bed;
+use crate::support::usd;
 use wallet_transfer::engine::retention::{Checkpoint, trim_slack};
 use wallet_transfer::tools::ops;
-use wallet_transfer::{Amount, Currency, EngineConfig, TransferRequest, WalletService};
-
-fn usd(id: &str, from: &str, to: &str, amount: &str) -> TransferRequest {
-    TransferRequest::new(id, from, to, amount, Currency::USD).expect("valid request")
-}
+use wallet_transfer::{Amount, EngineConfig, WalletService};
 
 /// balance = opening + checkpoint + retained entries, and version = trimmed + retained, for
 /// `id` as Redis holds it now; returns the checkpoint.

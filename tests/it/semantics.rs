@@ -2,43 +2,19 @@
 //! honest duplicates, retries that cannot starve the pool, an outcome ttl that cannot break
 //! exactly-once.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use crate::support::faults::{self, wait_recorded};
-use crate::support::stack::{Stack, result_of};
+use crate::support::stack::Stack;
 use crate::support::{create_wallets, wait_until};
 use wallet_transfer::tools::ops;
 use wallet_transfer::worker::kafka::{self, TopicSpec};
 use wallet_transfer::worker::metrics::Metrics;
 use wallet_transfer::worker::{Worker, WorkerConfig, WorkerError};
 use wallet_transfer::{
-    Amount, Currency, EngineConfig, FailureReason, Status, TransferCompleted, TransferRequest,
-    WalletService,
+    Amount, Currency, EngineConfig, FailureReason, Status, TransferRequest, WalletService,
 };
-
-/// Reads results until every id in `ids` has at least `per_id` of them; returns them by id.
-fn results_by_id(
-    stack: &Stack,
-    ids: &[String],
-    per_id: usize,
-    timeout_ms: u64,
-) -> HashMap<String, Vec<TransferCompleted>> {
-    let mut log = stack.reader(&stack.topics.results);
-    let mut by_id: HashMap<String, Vec<TransferCompleted>> = HashMap::new();
-    wait_until("every result", timeout_ms, || {
-        log.drain_tolerant(100);
-        by_id.clear();
-        for m in &log.messages {
-            let r = result_of(m);
-            by_id.entry(r.transfer_id.clone()).or_default().push(r);
-        }
-        ids.iter()
-            .all(|id| by_id.get(id).is_some_and(|r| r.len() >= per_id))
-    });
-    by_id
-}
 
 #[test]
 fn requests_of_one_sender_complete_in_the_order_they_were_published() {
@@ -62,7 +38,7 @@ fn requests_of_one_sender_complete_in_the_order_they_were_published() {
     stack.publish_requests(&requests);
     let _worker = stack.spawn_worker(&["--threads", "8"]);
     let ids: Vec<String> = requests.iter().map(|r| r.transfer_id.clone()).collect();
-    let results = results_by_id(&stack, &ids, 1, 120_000);
+    let results = stack.wait_results_by_id(&ids, 1, 120_000);
     let inversions: Vec<&String> = senders
         .iter()
         .filter(|s| {
@@ -116,7 +92,7 @@ fn a_senders_later_request_waits_while_its_first_one_is_retried() {
         "10",
     ]);
     let ids: Vec<String> = requests.iter().map(|r| r.transfer_id.clone()).collect();
-    let results = results_by_id(&stack, &ids, 1, 60_000);
+    let results = stack.wait_results_by_id(&ids, 1, 60_000);
     let retried: f64 = worker
         .metrics()
         .lines()
@@ -165,7 +141,7 @@ fn a_result_lost_before_its_ack_is_answered_as_the_original_and_only_a_resend_is
     stack.topics.group = format!("{}_again", stack.topics.group);
     let _worker = stack.spawn_worker(&[]);
     let ids: Vec<String> = requests.iter().map(|r| r.transfer_id.clone()).collect();
-    let results = results_by_id(&stack, &ids, 1, 60_000);
+    let results = stack.wait_results_by_id(&ids, 1, 60_000);
     for (id, answers) in &results {
         assert!(
             answers.iter().all(|a| !a.duplicate),
@@ -177,7 +153,7 @@ fn a_result_lost_before_its_ack_is_answered_as_the_original_and_only_a_resend_is
 
     stack.publish_requests(&requests[..1]);
     let resent = &requests[0].transfer_id;
-    let again = results_by_id(&stack, std::slice::from_ref(resent), 2, 30_000);
+    let again = stack.wait_results_by_id(std::slice::from_ref(resent), 2, 30_000);
     let duplicates = again[resent].iter().filter(|a| a.duplicate).count();
     assert_eq!(
         duplicates, 1,
@@ -307,12 +283,7 @@ fn a_worker_left_to_its_defaults_keeps_outcome_records_for_the_topic_retention_p
     );
     // Inside the retention, the request sent again is answered from its record.
     stack.publish_requests(std::slice::from_ref(&request));
-    let answers = results_by_id(
-        &stack,
-        std::slice::from_ref(&request.transfer_id),
-        2,
-        30_000,
-    );
+    let answers = stack.wait_results_by_id(std::slice::from_ref(&request.transfer_id), 2, 30_000);
     let answers = &answers[&request.transfer_id];
     assert_eq!(answers[0].status, Status::Completed);
     assert!(answers[1].duplicate, "{answers:?}");
@@ -338,7 +309,7 @@ fn a_request_is_committed_only_once_its_ledger_entries_are_acknowledged() {
     stack.publish_requests(&requests);
     let mut doomed = stack.spawn_worker_env(&[], &[("WALLET_FAILPOINT", "ledger-unacked")]);
     let tids: Vec<String> = requests.iter().map(|r| r.transfer_id.clone()).collect();
-    results_by_id(&stack, &tids, 1, 60_000);
+    stack.wait_results_by_id(&tids, 1, 60_000);
     doomed.signal("TERM");
     assert_eq!(doomed.wait_exit(30_000), Some(0), "{}", doomed.log());
     let committed = stack.committed();
@@ -347,7 +318,7 @@ fn a_request_is_committed_only_once_its_ledger_entries_are_acknowledged() {
         "an offset was committed before its ledger entries were acknowledged: {committed:?}"
     );
     let _worker = stack.spawn_worker(&[]);
-    results_by_id(&stack, &tids, 2, 60_000);
+    stack.wait_results_by_id(&tids, 2, 60_000);
     let mut log = stack.reader(&stack.topics.results);
     wait_until("both workers' results", 30_000, || {
         log.drain_tolerant(100);
@@ -396,7 +367,7 @@ fn a_group_rewound_after_the_records_expired_moves_no_money() {
     });
     stack.publish_requests(&requests);
     let tids: Vec<String> = requests.iter().map(|r| r.transfer_id.clone()).collect();
-    let answers = results_by_id(&stack, &tids, 1, 60_000);
+    let answers = stack.wait_results_by_id(&tids, 1, 60_000);
     assert!(
         answers
             .values()
@@ -417,7 +388,7 @@ fn a_group_rewound_after_the_records_expired_moves_no_money() {
     });
     let group = format!("{}_rewound", stack.topics.group);
     let _second = stack.spawn_worker(&[margin[0], margin[1], "--group", &group]);
-    let answers = results_by_id(&stack, &tids, 2, 60_000);
+    let answers = stack.wait_results_by_id(&tids, 2, 60_000);
     for id in &tids {
         let again = &answers[id][1];
         assert_eq!(
@@ -458,8 +429,8 @@ fn a_result_whose_delivery_fails_is_published_again_and_the_money_moves_once() {
     let _worker = stack.spawn_worker_env(&[], &[("WALLET_FAILPOINT_DELIVERY_FAILS", &failing)]);
     stack.publish_requests(&requests);
     let all: Vec<String> = requests.iter().map(|r| r.transfer_id.clone()).collect();
-    results_by_id(&stack, &all, 1, 60_000);
-    let twice = results_by_id(&stack, std::slice::from_ref(&failing), 2, 60_000);
+    stack.wait_results_by_id(&all, 1, 60_000);
+    let twice = stack.wait_results_by_id(std::slice::from_ref(&failing), 2, 60_000);
     let answers = &twice[&failing];
     assert_eq!(
         answers.len(),

@@ -6,11 +6,11 @@
 //! Tries per scenario: 1 in `make test`, 5 under `FAULT_SCALE=full` (`make fault-test`); each
 //! try's seed is printed and `FAULT_SEED` replays it.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::support::faults::{self, check, rng, size, wait_for_outcomes, wait_recorded};
 use crate::support::stack::Stack;
-use crate::support::{RedisServer, Tansu};
+use crate::support::{RedisServer, Tansu, ms};
 use rand::RngExt;
 
 /// The worker's shutdown timeout in these tests (its default).
@@ -23,10 +23,6 @@ enum Away {
     Both,
     Broker,
     Redis,
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
 }
 
 /// One try: burst, take `away`, SIGTERM, time the exit; then recover and check.

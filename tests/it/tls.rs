@@ -3,13 +3,10 @@
 //! naming each missing permission; passwords kept out of logs and `/metrics`.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
 
 use crate::support::stack::{Stack, result_of};
 use crate::support::tls::{WORKER_USER, worker_acl_line, worker_rules};
-use crate::support::{RedisServer, Tansu, create_wallets, total};
+use crate::support::{RedisServer, Tansu, create_wallets, http_get, total};
 use wallet_transfer::engine::permissions::{self, Phase};
 use wallet_transfer::engine::service::ServiceError;
 use wallet_transfer::tools::ops;
@@ -70,20 +67,6 @@ fn acl_log(redis: &RedisServer) -> Vec<(String, String)> {
         .iter()
         .map(|e| (text(e, "username"), text(e, "object")))
         .collect()
-}
-
-/// GET `path` on the worker's metrics port: the whole HTTP answer.
-fn http_get(port: u16, path: &str) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the worker");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .expect("send");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("read");
-    answer
 }
 
 #[test]
@@ -188,11 +171,8 @@ fn the_worker_runs_end_to_end_over_tls_as_the_restricted_user_and_never_shows_it
     );
 
     // Readiness PINGs over TLS too; neither endpoint shows the password.
-    let ready = http_get(worker.metrics_port, "/readyz");
-    assert!(
-        ready.starts_with("HTTP/1.1 200") || ready.starts_with("HTTP/1.0 200"),
-        "{ready}"
-    );
+    let (status, ready) = http_get(worker.metrics_port, "/readyz").expect("GET /readyz");
+    assert_eq!(status, 200, "{ready}");
     let metrics = worker.metrics();
     assert!(
         metrics.contains("wallet_results_published_total"),

@@ -2,11 +2,13 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::support::faults;
 use crate::support::stack::Stack;
 use crate::support::stack::result_of;
 use crate::support::{create_wallets, wait_until};
 use rand::{RngExt, SeedableRng};
 use wallet_transfer::tools::ops;
+use wallet_transfer::tools::results::ReadMessage;
 use wallet_transfer::worker::config::DLQ_PAYLOAD_BYTES_LIMIT;
 use wallet_transfer::{Amount, Currency, EngineConfig, Status, TransferRequest};
 
@@ -41,13 +43,20 @@ fn random_requests(ids: &[String], count: usize, prefix: &str, seed: u64) -> Vec
         .collect()
 }
 
-/// Every request has exactly one recorded outcome and the ledger is exact.
+/// Every request has exactly one recorded outcome, its effects and agreeing results, and the
+/// ledger is exact: the fault suite's checker (`faults::check`) on a run without a fault, then
+/// what it does not count (every wallet audited, money neither made nor lost, no history
+/// entry beside the requests').
 fn assert_exactly_once(
     stack: &Stack,
+    test: &str,
     ids: &[String],
     opening: Amount,
     requests: &[TransferRequest],
+    results: &[ReadMessage],
 ) {
+    let fault = format!("none ({test})");
+    faults::check(stack, &fault, 0, requests, results, None, false).print_and_assert();
     let service = stack.redis.service(2, EngineConfig::default());
     let audit = ops::audit(&service).expect("audit reads redis");
     assert!(audit.is_ok(), "{:?}", audit.violations);
@@ -105,7 +114,8 @@ fn two_thousand_requests_each_have_exactly_one_effect_and_one_result() {
         assert!(!r.duplicate);
     }
     assert_eq!(seen.len(), 2_000);
-    assert_exactly_once(&stack, &ids, opening, &requests);
+    let test = "worker::two_thousand";
+    assert_exactly_once(&stack, test, &ids, opening, &requests, &read);
 
     // The metrics agree with the run.
     let completed = read
@@ -353,7 +363,8 @@ fn sigterm_under_load_exits_cleanly_and_a_restart_finishes_the_rest() {
             .collect();
         distinct.len() == 1_500
     });
-    assert_exactly_once(&stack, &ids, opening, &requests);
+    let test = "worker::sigterm";
+    assert_exactly_once(&stack, test, &ids, opening, &requests, &results.messages);
 }
 
 #[test]
@@ -382,7 +393,8 @@ fn two_workers_in_one_group_share_the_partitions() {
     let read = results.read_until(1_000, 120_000).to_vec();
     let distinct: HashSet<String> = read.iter().map(|m| result_of(m).transfer_id).collect();
     assert_eq!(distinct.len(), 1_000);
-    assert_exactly_once(&stack, &ids, opening, &requests);
+    let test = "worker::two_workers";
+    assert_exactly_once(&stack, test, &ids, opening, &requests, &read);
     let a = first.metric("wallet_results_published_total");
     let b = second.metric("wallet_results_published_total");
     assert!(a > 0.0 && b > 0.0, "both workers did work: {a} and {b}");

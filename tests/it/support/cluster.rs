@@ -13,11 +13,14 @@
 //! No persistence (`--save ''`, no AOF): a killed node is not started again; its replica
 //! takes over.
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Proc, START_TIMEOUT_MS, find_binary, tied, wait_until};
+use super::{Proc, START_TIMEOUT_MS, find_binary, log_to, wait_until};
+use wallet_transfer::engine::cluster::hash_slot;
+use wallet_transfer::engine::keyspace::KeySpace;
 
 /// How long the cluster may take to agree after `redis-cli --cluster create`.
 pub const CLUSTER_OK_TIMEOUT_MS: u64 = 30_000;
@@ -147,9 +150,8 @@ impl RedisCluster {
         );
         let node_dir = self.dir.path().join(port.to_string());
         std::fs::create_dir_all(&node_dir).expect("node folder");
-        let log = std::fs::File::create(node_dir.join("redis.log")).expect("node log");
-        let mut child = tied(&mut Command::new(bin))
-            .args(["--port", &port.to_string(), "--bind", ip])
+        let mut cmd = Command::new(bin);
+        cmd.args(["--port", &port.to_string(), "--bind", ip])
             .args(["--cluster-announce-ip", ip, "--bind-source-addr", ip])
             // Protected mode lets only 127.0.0.1 and ::1 in without a password, so nodes on
             // other loopback addresses could not replicate; every address here is loopback.
@@ -158,21 +160,19 @@ impl RedisCluster {
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", "nodes.conf"])
-            .args(["--cluster-node-timeout", &self.node_timeout_ms.to_string()])
-            .stdout(Stdio::from(log.try_clone().expect("clone log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn redis-server");
+            .args(["--cluster-node-timeout", &self.node_timeout_ms.to_string()]);
+        log_to(&mut cmd, &node_dir.join("redis.log"));
+        let mut child = Proc::spawn(&mut cmd, "redis-server (cluster node)");
         let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
         loop {
-            if let Ok(Some(_)) = child.try_wait() {
+            if child.exited().is_some() {
                 return None;
             }
             let pong = conn_to(&format!("{ip}:{port}"))
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
                 .is_ok();
             if pong {
-                return Some(Proc(Some(child)));
+                return Some(child);
             }
             assert!(
                 Instant::now() < deadline,
@@ -276,7 +276,7 @@ impl RedisCluster {
     pub fn ports(&self) -> Vec<u16> {
         self.nodes
             .iter()
-            .filter(|n| n.child.0.is_some())
+            .filter(|n| n.child.is_held())
             .map(|n| n.port)
             .collect()
     }
@@ -461,10 +461,61 @@ impl RedisCluster {
         );
     }
 
+    /// Every key matching `pattern` on every running primary, of type `type_` when given,
+    /// with the primary's port; sorted, each once.
+    pub fn scan_primaries(&self, pattern: &str, type_: Option<&str>) -> Vec<(u16, String)> {
+        let mut found: Vec<(u16, String)> = self
+            .primary_ports()
+            .into_iter()
+            .flat_map(|port| {
+                let keys = super::scan(&mut self.conn(port), pattern, type_);
+                keys.into_iter().map(move |k| (port, k))
+            })
+            .collect();
+        found.sort();
+        found.dedup();
+        found
+    }
+
     /// The log of the node on `port`.
     pub fn log(&self, port: u16) -> String {
         std::fs::read_to_string(self.dir.path().join(port.to_string()).join("redis.log"))
             .unwrap_or_default()
+    }
+}
+
+impl super::TestRedis for RedisCluster {
+    fn key_space(&self) -> KeySpace {
+        KeySpace::Cluster
+    }
+
+    /// Grouped by slot, each slot's owner asked of the running nodes (`CLUSTER NODES`).
+    fn conns_for(
+        &self,
+        keys: Vec<String>,
+    ) -> redis::RedisResult<Vec<(redis::Connection, Vec<String>)>> {
+        let mut by_slot: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+        for key in keys {
+            by_slot
+                .entry(hash_slot(key.as_bytes()))
+                .or_default()
+                .push(key);
+        }
+        let mut by_owner: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+        for (slot, keys) in by_slot {
+            let owner = self
+                .ports()
+                .into_iter()
+                .find_map(|asked| self.owner_of(asked, slot))
+                .ok_or_else(|| {
+                    redis::RedisError::from((redis::ErrorKind::Client, "slot without an owner"))
+                })?;
+            by_owner.entry(owner).or_default().extend(keys);
+        }
+        by_owner
+            .into_iter()
+            .map(|(port, keys)| Ok((self.try_conn(port)?, keys)))
+            .collect()
     }
 }
 

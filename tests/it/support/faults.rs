@@ -20,7 +20,8 @@ use wallet_transfer::{
     TransferRequest, WalletService,
 };
 
-use super::stack::{Stack, TopicLog};
+use super::TestRedis;
+use super::stack::{Stack, TopicLog, results_by_id};
 
 /// True when `FAULT_SCALE=full` (what `make fault-test` sets).
 pub fn full_scale() -> bool {
@@ -91,8 +92,8 @@ pub fn requests(
 /// Reads the results topic until every request in `requests` has at least one result and a
 /// recorded outcome, or `timeout_ms` passes. Returns the time it took; on timeout returns
 /// `None` (the checker then counts the missing ones as lost).
-pub fn wait_for_outcomes(
-    stack: &Stack,
+pub fn wait_for_outcomes<R: TestRedis>(
+    stack: &Stack<R>,
     results: &mut TopicLog,
     requests: &[TransferRequest],
     timeout_ms: u64,
@@ -126,23 +127,29 @@ pub fn wait_for_outcomes(
     }
 }
 
-/// How many of `requests` have a recorded outcome (0 while Redis does not answer).
-pub fn recorded(stack: &Stack, requests: &[TransferRequest]) -> usize {
-    let Ok(client) = redis::Client::open(stack.redis.url()) else {
-        return 0;
-    };
-    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(500)) else {
+/// How many of `requests` have an outcome record (PENDING included), on one Redis or on each
+/// sender's primary: pipelined `EXISTS` over fresh connections ([`TestRedis`]). 0 while a read
+/// fails (a server restarting, a slot without an owner).
+pub fn recorded<R: TestRedis>(stack: &Stack<R>, requests: &[TransferRequest]) -> usize {
+    let space = stack.redis.key_space();
+    let keys = requests
+        .iter()
+        .map(|r| space.outcome(&r.from_user, &r.idempotency_key))
+        .collect();
+    let Ok(groups) = stack.redis.conns_for(keys) else {
         return 0;
     };
     let mut found = 0;
-    for batch in requests.chunks(500) {
-        let mut pipe = redis::pipe();
-        for r in batch {
-            pipe.exists(format!("transfer:{}", r.idempotency_key));
-        }
-        match pipe.query::<Vec<bool>>(&mut conn) {
-            Ok(exists) => found += exists.into_iter().filter(|e| *e).count(),
-            Err(_) => return 0,
+    for (mut conn, keys) in groups {
+        for batch in keys.chunks(500) {
+            let mut pipe = redis::pipe();
+            for key in batch {
+                pipe.exists(key);
+            }
+            match pipe.query::<Vec<bool>>(&mut conn) {
+                Ok(exists) => found += exists.into_iter().filter(|e| *e).count(),
+                Err(_) => return 0,
+            }
         }
     }
     found
@@ -150,7 +157,12 @@ pub fn recorded(stack: &Stack, requests: &[TransferRequest]) -> usize {
 
 /// Waits until at least `count` of `requests` have a recorded outcome: real progress, unlike
 /// the results topic, which a reader sees late.
-pub fn wait_recorded(stack: &Stack, requests: &[TransferRequest], count: usize, timeout_ms: u64) {
+pub fn wait_recorded<R: TestRedis>(
+    stack: &Stack<R>,
+    requests: &[TransferRequest],
+    count: usize,
+    timeout_ms: u64,
+) {
     super::wait_until(&format!("{count} recorded outcomes"), timeout_ms, || {
         recorded(stack, requests) >= count
     });
@@ -158,7 +170,7 @@ pub fn wait_recorded(stack: &Stack, requests: &[TransferRequest], count: usize, 
 
 /// Whether every request has a recorded outcome. Redis errors (it may be restarting) count as
 /// "not yet".
-fn all_recorded(stack: &Stack, requests: &[TransferRequest]) -> bool {
+fn all_recorded<R: TestRedis>(stack: &Stack<R>, requests: &[TransferRequest]) -> bool {
     recorded(stack, requests) == requests.len()
 }
 
@@ -213,6 +225,8 @@ impl FaultReport {
             self.ledger_copies,
             match self.recovery {
                 Some(d) => format!("{:.1} s", d.as_secs_f64()),
+                // A run without a fault has nothing to recover from.
+                None if self.injected == 0 => "-".to_string(),
                 None => "timeout".to_string(),
             }
         )
@@ -286,26 +300,15 @@ pub fn check_on<R>(stack: &Stack<R>, service: &WalletService, run: &Run<'_>) -> 
     let mut violations = Vec::new();
     let by_id = results_by_id(run.results, &mut violations);
     let audit = ops::audit(service).expect("audit reads redis");
-    let effects = effects_by_transfer(service, requests);
-    let (mut lost, mut doubled, mut failed) = (0, 0, 0);
-    let mut completed: HashMap<String, TransferOutcome> = HashMap::new();
-    for r in requests {
-        let outcome = service
-            .transfer_outcome_of(&r.from_user, &r.idempotency_key)
-            .expect("read outcome");
-        if let Some(o) = outcome.as_ref().filter(|o| o.status == Status::Completed) {
-            completed.insert(r.idempotency_key.clone(), o.clone());
-        }
-        let entries = effects.get(&r.transfer_id).map_or(&[][..], Vec::as_slice);
-        let answers = by_id.get(&r.transfer_id).map_or(&[][..], Vec::as_slice);
-        let found = check_request(r, outcome.as_ref(), entries, answers, run.no_failures);
-        lost += usize::from(found.lost);
-        doubled += usize::from(found.doubled);
-        failed += usize::from(outcome.is_some_and(|o| o.status == Status::Failed));
-        violations.extend(found.violations);
-    }
-    if failed > 0 {
-        println!("{fault}: {failed} of {} requests FAILED", requests.len());
+    let checked = check_requests(service, requests, &by_id, true, run.no_failures);
+    let (lost, doubled, completed) = (checked.lost, checked.doubled, checked.completed);
+    violations.extend(checked.violations);
+    if checked.failed > 0 {
+        println!(
+            "{fault}: {} of {} requests FAILED",
+            checked.failed,
+            requests.len()
+        );
     }
     violations.extend(audit.violations.iter().map(|v| format!("audit: {v}")));
     let locks = ops::locks(service).expect("locks read redis");
@@ -333,6 +336,72 @@ pub fn check_on<R>(stack: &Stack<R>, service: &WalletService, run: &Run<'_>) -> 
         recovery: run.recovery,
         violations,
     }
+}
+
+/// What [`check_requests`] found over a run's requests.
+pub struct RequestsFindings {
+    /// Requests without a recorded outcome or (when answers are expected) without a result.
+    pub lost: usize,
+    /// Requests without a recorded outcome.
+    pub unrecorded: usize,
+    /// Requests without a result message.
+    pub unanswered: usize,
+    /// Requests with more history entries than their outcome allows.
+    pub doubled: usize,
+    /// Requests whose outcome is FAILED.
+    pub failed: usize,
+    /// The COMPLETED outcomes, by idempotency key.
+    pub completed: HashMap<String, TransferOutcome>,
+    /// Every broken claim, one line each.
+    pub violations: Vec<String>,
+}
+
+/// The per-request half of the exactly-once checker ([`check_on`] is this plus the audit,
+/// the locks and the ledger topic), on any topology: each of `requests` against its record
+/// (read with `service` on its sender's shard), its history entries and its result messages
+/// `by_id` (see [`check_request`]). With `answered` false the results were never published
+/// (only a recovery sweep finished the requests): a request without one is counted in
+/// `unanswered`, not reported; otherwise it is a violation and counts as lost.
+pub fn check_requests(
+    service: &WalletService,
+    requests: &[TransferRequest],
+    by_id: &HashMap<String, Vec<TransferCompleted>>,
+    answered: bool,
+    no_failures: bool,
+) -> RequestsFindings {
+    let effects = effects_by_transfer(service, requests);
+    let mut found = RequestsFindings {
+        lost: 0,
+        unrecorded: 0,
+        unanswered: 0,
+        doubled: 0,
+        failed: 0,
+        completed: HashMap::new(),
+        violations: Vec::new(),
+    };
+    for r in requests {
+        let outcome = service
+            .transfer_outcome_of(&r.from_user, &r.idempotency_key)
+            .expect("read outcome");
+        if let Some(o) = outcome.as_ref().filter(|o| o.status == Status::Completed) {
+            found.completed.insert(r.idempotency_key.clone(), o.clone());
+        }
+        let entries = effects.get(&r.transfer_id).map_or(&[][..], Vec::as_slice);
+        let answers = by_id.get(&r.transfer_id).map_or(&[][..], Vec::as_slice);
+        let one = check_request(r, outcome.as_ref(), entries, answers, no_failures);
+        found.lost += usize::from(one.unrecorded || (answered && one.unanswered));
+        found.unrecorded += usize::from(one.unrecorded);
+        found.unanswered += usize::from(one.unanswered);
+        found.doubled += usize::from(one.doubled);
+        found.failed += usize::from(outcome.is_some_and(|o| o.status == Status::Failed));
+        if answered && one.unanswered && !one.unrecorded {
+            found
+                .violations
+                .push(format!("{}: no result message", r.transfer_id));
+        }
+        found.violations.extend(one.violations);
+    }
+    found
 }
 
 /// Longest wait for the ledger topic to hold the entries of every COMPLETED outcome.
@@ -512,24 +581,6 @@ fn outcome_entries_violations(
     violations
 }
 
-/// The result messages per transfer id; a message that is not a result is a violation.
-fn results_by_id(
-    results: &[ReadMessage],
-    violations: &mut Vec<String>,
-) -> HashMap<String, Vec<TransferCompleted>> {
-    let mut by_id: HashMap<String, Vec<TransferCompleted>> = HashMap::new();
-    for m in results {
-        match m.result() {
-            Ok(r) => by_id.entry(r.transfer_id.clone()).or_default().push(r),
-            Err(e) => violations.push(format!(
-                "result at partition {} offset {} is not a result: {e}",
-                m.partition, m.offset
-            )),
-        }
-    }
-    by_id
-}
-
 /// One history entry: (wallet, kind, amount).
 type Effect = (String, HistoryKind, Amount);
 
@@ -558,13 +609,17 @@ fn effects_by_transfer(
 
 /// What [`check_request`] found about one request.
 struct RequestFindings {
-    lost: bool,
+    /// No recorded outcome.
+    unrecorded: bool,
+    /// No result message (a violation when results are expected: [`check_requests`]).
+    unanswered: bool,
     doubled: bool,
     violations: Vec<String>,
 }
 
 /// One request against its recorded `outcome`, its history `entries` and its result
-/// messages (`answers`).
+/// messages (`answers`). A missing result is flagged (`unanswered`), not listed: whether it
+/// is a violation is [`check_requests`]'s call.
 fn check_request(
     r: &TransferRequest,
     outcome: Option<&TransferOutcome>,
@@ -582,15 +637,13 @@ fn check_request(
             ));
         }
         return RequestFindings {
-            lost: true,
+            unrecorded: true,
+            unanswered: answers.is_empty(),
             doubled: !entries.is_empty(),
             violations,
         };
     };
     let mut violations = Vec::new();
-    if answers.is_empty() {
-        violations.push(format!("{id}: no result message"));
-    }
     if outcome.transfer_id != *id {
         violations.push(format!(
             "{id}: outcome recorded for {}",
@@ -614,7 +667,8 @@ fn check_request(
         ));
     }
     RequestFindings {
-        lost: answers.is_empty(),
+        unrecorded: false,
+        unanswered: answers.is_empty(),
         doubled,
         violations,
     }
@@ -734,13 +788,20 @@ fn the_fault_checker_reports_lost_doubled_and_disagreeing_requests() {
         std::slice::from_ref(&answer),
         true,
     );
-    assert!(!sound.lost && !sound.doubled, "{:?}", sound.violations);
+    assert!(
+        !sound.unrecorded && !sound.unanswered && !sound.doubled,
+        "{:?}",
+        sound.violations
+    );
     assert!(sound.violations.is_empty(), "{:?}", sound.violations);
 
     let lost = check_request(&r, None, &effects, &[], false);
-    assert!(lost.lost && lost.doubled, "effects without an outcome");
+    assert!(
+        lost.unrecorded && lost.doubled,
+        "effects without an outcome"
+    );
     let unanswered = check_request(&r, Some(&outcome), &effects, &[], false);
-    assert!(unanswered.lost);
+    assert!(unanswered.unanswered && !unanswered.unrecorded);
 
     let mut twice = effects.clone();
     twice.push(("a".to_string(), HistoryKind::Debit, ten));
@@ -751,7 +812,7 @@ fn the_fault_checker_reports_lost_doubled_and_disagreeing_requests() {
         std::slice::from_ref(&answer),
         false,
     );
-    assert!(doubled.doubled && !doubled.lost);
+    assert!(doubled.doubled && !doubled.unrecorded && !doubled.unanswered);
     assert_eq!(doubled.violations.len(), 1, "{:?}", doubled.violations);
 
     let mut copy = answer.clone();

@@ -7,10 +7,13 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use wallet_transfer::{Amount, Currency, EngineConfig, NewWallet, WalletService};
+use wallet_transfer::engine::keyspace::KeySpace;
+use wallet_transfer::{
+    Amount, Currency, EngineConfig, NewWallet, TransferOutcome, TransferRequest, WalletService,
+};
 
 /// How long a server may take to answer after it was started.
 pub const START_TIMEOUT_MS: u64 = 20_000;
@@ -82,35 +85,6 @@ pub fn tied(cmd: &mut Command) -> &mut Command {
     }
 }
 
-/// A server child process: signals, and SIGKILL when replaced or dropped.
-#[derive(Default)]
-struct Proc(Option<Child>);
-
-impl Proc {
-    fn signal(&self, sig: &str) {
-        let child = self.0.as_ref().expect("server running");
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{sig} {} failed", child.id());
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Calls `spawn` until it starts the server on its old port (the port may linger a moment).
 fn respawn(what: &str, mut spawn: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
@@ -163,9 +137,8 @@ impl RedisServer {
             "redis-server",
             "apt-get install -y redis-server",
         );
-        let log = std::fs::File::create(self.dir.path().join("redis.log")).expect("redis log");
-        let mut child = tied(&mut Command::new(bin))
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut cmd = Command::new(bin);
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--dir", self.dir.path().to_str().expect("utf-8 temp path")])
             .args([
                 "--save",
@@ -181,18 +154,16 @@ impl RedisServer {
                     .as_ref()
                     .map(|t| t.server_args(self.dir.path()))
                     .unwrap_or_default(),
-            )
-            .stdout(Stdio::from(log.try_clone().expect("clone log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn redis-server");
+            );
+        log_to(&mut cmd, &self.dir.path().join("redis.log"));
+        let mut child = Proc::spawn(&mut cmd, "redis-server");
         let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
         loop {
-            if let Ok(Some(_)) = child.try_wait() {
+            if child.exited().is_some() {
                 return false;
             }
             if self.ping() {
-                self.child = Proc(Some(child));
+                self.child = child;
                 return true;
             }
             assert!(
@@ -307,28 +278,21 @@ impl Tansu {
             "cargo install tansu --version 0.6.0 --locked --features dynostore,libsql",
         );
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("tansu.log"))
-            .expect("tansu log");
-        let mut child = tied(&mut Command::new(bin))
-            .arg("broker")
+        let mut cmd = Command::new(bin);
+        cmd.arg("broker")
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", &self.storage])
             .current_dir(self.dir.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::from(log.try_clone().expect("clone log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn tansu");
+            .env("RUST_LOG", "warn");
+        log_to(&mut cmd, &self.dir.path().join("tansu.log"));
+        let mut child = Proc::spawn(&mut cmd, "tansu");
         let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
         loop {
-            if let Ok(Some(_)) = child.try_wait() {
+            if child.exited().is_some() {
                 return false;
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                self.child = Proc(Some(child));
+                self.child = child;
                 return true;
             }
             assert!(
@@ -373,6 +337,36 @@ impl Tansu {
     }
 }
 
+/// A Redis a test runs, one server or a cluster, as the test itself reads it: with fresh
+/// connections that give up fast (500 ms to connect), no engine and no pool, so a read while
+/// a server restarts fails at once and the caller can count it as "not yet".
+pub trait TestRedis {
+    /// The key names the engine writes there.
+    fn key_space(&self) -> KeySpace;
+
+    /// `keys` grouped by the node that holds them, each group with a fresh connection to its
+    /// node; the error when a node does not answer (or a cluster slot has no owner).
+    fn conns_for(
+        &self,
+        keys: Vec<String>,
+    ) -> redis::RedisResult<Vec<(redis::Connection, Vec<String>)>>;
+}
+
+impl TestRedis for RedisServer {
+    fn key_space(&self) -> KeySpace {
+        KeySpace::Standalone
+    }
+
+    fn conns_for(
+        &self,
+        keys: Vec<String>,
+    ) -> redis::RedisResult<Vec<(redis::Connection, Vec<String>)>> {
+        let conn = redis::Client::open(self.url())?
+            .get_connection_with_timeout(Duration::from_millis(500))?;
+        Ok(vec![(conn, keys)])
+    }
+}
+
 /// Creates active USD wallets with the given balances; panics unless all are new.
 pub fn create_wallets(service: &WalletService, wallets: &[(&str, &str)]) {
     let new: Vec<NewWallet> = wallets
@@ -403,6 +397,119 @@ pub fn total(service: &WalletService, ids: &[String]) -> Amount {
 pub fn lock_keys(conn: &mut redis::Connection) -> Vec<String> {
     redis::cmd("KEYS").arg("lock:*").query(conn).expect("KEYS")
 }
+
+/// A USD transfer request; `id` is its transfer id and so its idempotency key.
+pub fn usd(id: &str, from: &str, to: &str, amount: &str) -> TransferRequest {
+    TransferRequest::new(id, from, to, amount, Currency::USD).expect("valid request")
+}
+
+/// Creates active USD wallets `ids`, each with `balance` and no user details (unlike
+/// [`create_wallets`]); panics unless all are new.
+pub fn create_usd(service: &WalletService, ids: &[String], balance: &str) {
+    let new: Vec<NewWallet> = ids
+        .iter()
+        .map(|id| NewWallet::new(id, Amount::parse(balance).unwrap(), Currency::USD))
+        .collect();
+    assert_eq!(service.create_wallets(&new).unwrap(), ids.len());
+}
+
+/// Tries of [`transfer_retrying`], at most.
+pub const TRANSIENT_TRIES_MAX: u32 = 100;
+/// How long [`transfer_retrying`] may retry, at most.
+pub const TRANSIENT_DEADLINE_MS: u64 = 120_000;
+
+/// Runs `request`, retrying transient errors as the worker does: at most
+/// [`TRANSIENT_TRIES_MAX`] tries, 5 ms apart, within [`TRANSIENT_DEADLINE_MS`]. Panics on any
+/// other error, and when the retries run out, with the last transient error: it never gives
+/// up silently.
+pub fn transfer_retrying(service: &WalletService, request: &TransferRequest) -> TransferOutcome {
+    let deadline = Instant::now() + Duration::from_millis(TRANSIENT_DEADLINE_MS);
+    let mut last = String::new();
+    for tries in 1..=TRANSIENT_TRIES_MAX {
+        match service.transfer(request) {
+            Ok(outcome) => return outcome,
+            Err(e) if e.is_transient() => {
+                last = e.to_string();
+                if Instant::now() >= deadline {
+                    panic!(
+                        "{}: still failing after {tries} tries and {TRANSIENT_DEADLINE_MS} ms: {last}",
+                        request.transfer_id
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("{}: {e}", request.transfer_id),
+        }
+    }
+    panic!(
+        "{}: still failing after {TRANSIENT_TRIES_MAX} tries: {last}",
+        request.transfer_id
+    )
+}
+
+/// `n` milliseconds.
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Every key matching `pattern` (a SCAN MATCH glob) on the node behind `conn`, of type
+/// `type_` only when given (`SCAN ... TYPE`).
+pub fn scan(conn: &mut redis::Connection, pattern: &str, type_: Option<&str>) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1_000);
+        if let Some(type_) = type_ {
+            cmd.arg("TYPE").arg(type_);
+        }
+        let (next, keys): (u64, Vec<String>) = cmd.query(conn).expect("SCAN");
+        found.extend(keys);
+        if next == 0 {
+            return found;
+        }
+        cursor = next;
+    }
+}
+
+/// GET `path` on 127.0.0.1:`port` over HTTP/1.0 (2 s to connect, 10 s to read): the status
+/// and the body, or what went wrong.
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(2),
+    )
+    .map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|e| e.to_string())?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("not an HTTP answer: {response:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+pub mod process;
+
+pub use process::{Proc, log_to};
 
 pub mod cluster;
 

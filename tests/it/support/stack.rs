@@ -3,13 +3,13 @@
 //! shared reader of `tools::results`, to collect what the workers publish.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use super::cluster::RedisCluster;
-use super::{RedisServer, Tansu, free_port, tied, wait_until};
+use super::{Proc, RedisServer, Tansu, free_port, log_to, wait_until};
 use wallet_transfer::TransferCompleted;
 use wallet_transfer::tools::results::{ReadMessage, Start, TopicReader};
 use wallet_transfer::worker::kafka::{self, KafkaConfig, TopicSpec};
@@ -144,21 +144,19 @@ impl<R> Stack<R> {
     pub fn spawn_wallet(&self, command: &str, args: &[&str]) -> WalletProcess {
         let dir = tempfile::tempdir().expect("folder for the command's output");
         let file = |name: &str| std::fs::File::create(dir.path().join(name)).expect(name);
-        let child = tied(&mut Command::new(WALLET_BIN))
-            .args(self.global_args())
-            .arg(command)
-            .args(args)
-            .args(["--requests-topic", &self.topics.requests])
-            .args(["--results-topic", &self.topics.results])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file("stdout")))
-            .stderr(Stdio::from(file("stderr")))
-            .spawn()
-            .unwrap_or_else(|e| panic!("run wallet {command}: {e}"));
-        WalletProcess {
-            child: Some(child),
-            dir,
-        }
+        let child = Proc::spawn(
+            Command::new(WALLET_BIN)
+                .args(self.global_args())
+                .arg(command)
+                .args(args)
+                .args(["--requests-topic", &self.topics.requests])
+                .args(["--results-topic", &self.topics.results])
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(file("stdout")))
+                .stderr(Stdio::from(file("stderr"))),
+            &format!("wallet {command}"),
+        );
+        WalletProcess { child, dir }
     }
 
     /// Starts a worker process; `extra` are more `worker` flags.
@@ -221,24 +219,37 @@ impl<R> Stack<R> {
             "wallet-worker-{}-{metrics_port}.log",
             self.topics.group
         ));
-        let log = std::fs::File::create(&log_path).expect("worker log");
-        let child = tied(&mut Command::new(WALLET_BIN))
-            .args(&args)
+        let mut cmd = Command::new(WALLET_BIN);
+        cmd.args(&args)
             .env(
                 "RUST_LOG",
                 std::env::var("WORKER_RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .envs(env.iter().copied())
-            .stdout(Stdio::from(log.try_clone().expect("clone log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn wallet worker");
+            .envs(env.iter().copied());
+        log_to(&mut cmd, &log_path);
+        let child = Proc::spawn(&mut cmd, "wallet worker");
         WorkerProcess {
-            child: Some(child),
+            child,
             metrics_port,
             log_path,
             _log_dir: log_dir,
         }
+    }
+
+    /// The kill and restart of the fault tests: SIGKILL for `worker` at once, its exit awaited
+    /// (10 s), `while_down()` run while no worker runs (to report what the kill left), then a
+    /// new worker with `flags` in its place, started until it holds every partition
+    /// ([`Stack::spawn_worker_assigned`]).
+    pub fn kill_and_restart(
+        &self,
+        worker: &mut WorkerProcess,
+        flags: &[&str],
+        while_down: impl FnOnce(),
+    ) {
+        worker.signal("KILL");
+        worker.wait_exit(10_000);
+        while_down();
+        *worker = self.spawn_worker_assigned(flags);
     }
 
     /// Publishes raw payloads to the requests topic, keyed by `key`, and waits until the
@@ -289,6 +300,28 @@ impl<R> Stack<R> {
             reader,
             messages: Vec::new(),
         }
+    }
+
+    /// Reads the results topic from its beginning until every id in `ids` has at least `per_id`
+    /// results; returns them by id. Panics on a message that is not a result, and after
+    /// `timeout_ms`.
+    pub fn wait_results_by_id(
+        &self,
+        ids: &[String],
+        per_id: usize,
+        timeout_ms: u64,
+    ) -> HashMap<String, Vec<TransferCompleted>> {
+        let mut log = self.reader(&self.topics.results);
+        let mut by_id: HashMap<String, Vec<TransferCompleted>> = HashMap::new();
+        wait_until("every result", timeout_ms, || {
+            log.drain_tolerant(100);
+            let mut not_results = Vec::new();
+            by_id = results_by_id(&log.messages, &mut not_results);
+            assert!(not_results.is_empty(), "{not_results:?}");
+            ids.iter()
+                .all(|id| by_id.get(id).is_some_and(|r| r.len() >= per_id))
+        });
+        by_id
     }
 
     /// The offsets the workers' group has committed, per partition.
@@ -353,9 +386,30 @@ pub fn result_of(m: &ReadMessage) -> TransferCompleted {
     })
 }
 
+/// The result messages per transfer id, in the order read; a message that is not a result is
+/// added to `not_results` (partition, offset, the error and the payload).
+pub fn results_by_id(
+    messages: &[ReadMessage],
+    not_results: &mut Vec<String>,
+) -> HashMap<String, Vec<TransferCompleted>> {
+    let mut by_id: HashMap<String, Vec<TransferCompleted>> = HashMap::new();
+    for m in messages {
+        match m.result() {
+            Ok(r) => by_id.entry(r.transfer_id.clone()).or_default().push(r),
+            Err(e) => not_results.push(format!(
+                "result at partition {} offset {} is not a result ({e}): {}",
+                m.partition,
+                m.offset,
+                String::from_utf8_lossy(&m.payload)
+            )),
+        }
+    }
+    by_id
+}
+
 /// A `wallet` command running in the background ([`Stack::spawn_wallet`]); killed on drop.
 pub struct WalletProcess {
-    child: Option<Child>,
+    child: Proc,
     dir: tempfile::TempDir,
 }
 
@@ -369,44 +423,30 @@ pub struct Finished {
 impl WalletProcess {
     /// Waits for the exit, or panics after `timeout_ms` (the process is then killed).
     pub fn wait(&mut self, timeout_ms: u64) -> Finished {
-        let child = self.child.as_mut().expect("running");
-        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "wallet command did not exit within {timeout_ms} ms; stderr:\n{}",
-                self.output("stderr")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        self.child = None;
+        let dir = self.dir.path().to_path_buf();
+        let code = self.child.wait_exit(timeout_ms, "wallet command", || {
+            format!("stderr:\n{}", read_output(&dir, "stderr"))
+        });
         Finished {
-            code: status.code(),
+            code,
             stdout: self.output("stdout"),
             stderr: self.output("stderr"),
         }
     }
 
     fn output(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+        read_output(self.dir.path(), name)
     }
 }
 
-impl Drop for WalletProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// The file `name` in `dir`, empty when absent.
+fn read_output(dir: &std::path::Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
 }
 
 /// A running `wallet worker` process; killed on drop.
 pub struct WorkerProcess {
-    child: Option<Child>,
+    child: Proc,
     pub metrics_port: u16,
     pub log_path: std::path::PathBuf,
     /// Removed with the worker (after its child is killed).
@@ -419,62 +459,43 @@ impl WorkerProcess {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.child.pid()
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        self.child.signal(sig);
     }
 
     /// Waits for the process to exit; returns its exit code, or panics after `timeout_ms`.
     pub fn wait_exit(&mut self, timeout_ms: u64) -> Option<i32> {
-        let child = self.child.as_mut().expect("running");
-        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker did not exit within {timeout_ms} ms; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log_path = self.log_path.clone();
+        self.child.wait_exit(timeout_ms, "worker", || {
+            format!(
+                "log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            )
+        })
     }
 
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => c.try_wait().expect("try_wait").is_none(),
-            None => false,
-        }
+        self.child.is_running()
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.kill();
     }
 
-    /// GET /metrics, waiting for the endpoint to come up.
+    /// The body of GET /metrics, waiting for the endpoint to come up.
     pub fn metrics(&self) -> String {
-        use std::io::{Read, Write};
         let mut body = String::new();
         wait_until("the metrics endpoint", 20_000, || {
-            let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
-            else {
-                return false;
-            };
-            let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
-            body.clear();
-            stream.read_to_string(&mut body).is_ok() && body.starts_with("HTTP/1.")
+            match super::http_get(self.metrics_port, "/metrics") {
+                Ok((_, text)) => {
+                    body = text;
+                    true
+                }
+                Err(_) => false,
+            }
         });
         body
     }
@@ -489,11 +510,5 @@ impl WorkerProcess {
             })
             .map(|v| v.trim().parse().expect("metric value"))
             .unwrap_or(0.0)
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

@@ -206,26 +206,10 @@ impl<'c> Bed<'c> {
 
     /// Every key on every primary that matches `pattern` (a SCAN MATCH glob).
     pub fn scan(&self, pattern: &str) -> BTreeSet<String> {
-        let mut found = BTreeSet::new();
-        for mut conn in self.primaries() {
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(1_000)
-                    .query(&mut conn)
-                    .expect("SCAN");
-                found.extend(keys);
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
-        }
-        found
+        self.primaries()
+            .iter_mut()
+            .flat_map(|conn| super::scan(conn, pattern, None))
+            .collect()
     }
 
     /// The outcome records of every transfer sent by one of this bed's wallets.
