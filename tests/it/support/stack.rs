@@ -129,14 +129,21 @@ impl<R> Stack<R> {
     /// Runs `wallet COMMAND ARGS... --requests-topic .. --results-topic ..` against this stack
     /// and returns its output.
     pub fn wallet(&self, command: &str, args: &[&str]) -> std::process::Output {
-        Command::new(WALLET_BIN)
+        self.wallet_command(command, args)
+            .output()
+            .unwrap_or_else(|e| panic!("run wallet {command}: {e}"))
+    }
+
+    /// `wallet COMMAND ARGS...` with this stack's Redis, brokers and topics.
+    fn wallet_command(&self, command: &str, args: &[&str]) -> Command {
+        let mut wallet = Command::new(WALLET_BIN);
+        wallet
             .args(self.global_args())
             .arg(command)
             .args(args)
             .args(["--requests-topic", &self.topics.requests])
-            .args(["--results-topic", &self.topics.results])
-            .output()
-            .unwrap_or_else(|e| panic!("run wallet {command}: {e}"))
+            .args(["--results-topic", &self.topics.results]);
+        wallet
     }
 
     /// Starts `wallet COMMAND ARGS... --requests-topic .. --results-topic ..` against this
@@ -145,12 +152,7 @@ impl<R> Stack<R> {
         let dir = tempfile::tempdir().expect("folder for the command's output");
         let file = |name: &str| std::fs::File::create(dir.path().join(name)).expect(name);
         let child = Proc::spawn(
-            Command::new(WALLET_BIN)
-                .args(self.global_args())
-                .arg(command)
-                .args(args)
-                .args(["--requests-topic", &self.topics.requests])
-                .args(["--results-topic", &self.topics.results])
+            self.wallet_command(command, args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(file("stdout")))
                 .stderr(Stdio::from(file("stderr"))),
