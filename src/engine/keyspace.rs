@@ -104,7 +104,7 @@ impl KeySpace {
     /// SCAN pattern of every outcome record (`transfer:KEY`, `transfer:{SENDER}:KEY`).
     pub fn outcome_pattern(self) -> &'static str {
         match self {
-            KeySpace::Standalone => "transfer:*",
+            KeySpace::Standalone => keys::OUTCOME_PATTERN,
             KeySpace::Cluster => "transfer:{*}:*",
         }
     }
@@ -163,7 +163,7 @@ impl KeySpace {
     /// SCAN pattern of every wallet lock (`lock:ID`, `lock:{ID}`).
     pub fn lock_pattern(self) -> &'static str {
         match self {
-            KeySpace::Standalone => "lock:*",
+            KeySpace::Standalone => keys::LOCK_PATTERN,
             KeySpace::Cluster => "lock:{*}",
         }
     }
@@ -209,12 +209,17 @@ impl KeySpace {
     /// keys' claims), without the index sets ([`KeySpace::wallet_index_sets`]).
     pub fn data_model_patterns(self) -> &'static [&'static str] {
         match self {
-            KeySpace::Standalone => &["user:*", "wallet:*", "transfer:*", "lock:*"],
+            KeySpace::Standalone => &[
+                keys::USER_PATTERN,
+                keys::WALLET_PATTERN,
+                keys::OUTCOME_PATTERN,
+                keys::LOCK_PATTERN,
+            ],
             KeySpace::Cluster => &[
-                "user:*",
-                "wallet:*",
-                "transfer:*",
-                "lock:*",
+                keys::USER_PATTERN,
+                keys::WALLET_PATTERN,
+                keys::OUTCOME_PATTERN,
+                keys::LOCK_PATTERN,
                 "credit:*",
                 cluster::keys::CLAIM_PATTERN,
             ],

@@ -51,9 +51,9 @@ impl KeyKind {
     /// The key pattern that grants it, as written in an ACL rule after `~`.
     pub fn pattern(self) -> &'static str {
         match self {
-            KeyKind::Wallet | KeyKind::History => "wallet:*",
-            KeyKind::Outcome => "transfer:*",
-            KeyKind::Lock => "lock:*",
+            KeyKind::Wallet | KeyKind::History => keys::WALLET_PATTERN,
+            KeyKind::Outcome => keys::OUTCOME_PATTERN,
+            KeyKind::Lock => keys::LOCK_PATTERN,
         }
     }
 

@@ -413,6 +413,15 @@ pub mod keys {
     /// The set of every wallet id; the audit walks it.
     pub const WALLETS_ALL: &str = "wallets:all";
 
+    /// Every user hash (a SCAN pattern, and the key pattern an ACL grants).
+    pub const USER_PATTERN: &str = "user:*";
+    /// Every wallet hash with its history (`wallet:{id}:log`, `wallet:{id}:history`).
+    pub const WALLET_PATTERN: &str = "wallet:*";
+    /// Every outcome record.
+    pub const OUTCOME_PATTERN: &str = "transfer:*";
+    /// Every wallet lock.
+    pub const LOCK_PATTERN: &str = "lock:*";
+
     /// `user:{id}`: the user's hash (name, email, created_at, status).
     pub fn user(id: &str) -> String {
         format!("user:{id}")

@@ -113,7 +113,7 @@ pub mod labels {
     pub const STATUS: &str = "status";
     /// Failure reason of `wallet_transfers_total` (`""` for none).
     pub const REASON: &str = "reason";
-    /// Stage of `wallet_stage_seconds` ([`Stage::as_str`](super::Stage::as_str)).
+    /// Stage of `wallet_stage_seconds` ([`Stage::as_str`](crate::worker::metrics::Stage::as_str)).
     pub const STAGE: &str = "stage";
     /// Cause of `wallet_retries_total`.
     pub const CAUSE: &str = "cause";
