@@ -35,17 +35,28 @@
 //! the original names of `store::keys`, which the original Python system reads.
 //!
 //! A transfer between two wallets of the same slot stays one transaction; one whose wallets
-//! are in different slots needs the steps of the design note below.
+//! are in different slots needs the steps of `cluster_transfer`. The outcome record lives in
+//! the sender's slot, so the key alone does not find it: `WalletService::transfer_outcome_of`
+//! takes the sender and the key. `users:all` and `wallets:all` are single keys in one slot, so
+//! a cluster has neither: readers scan every primary for `wallet:{*}`.
 //!
 //! # Where the rest of cluster mode lives
 //!
+//! `WalletService::connect_cluster(seeds, template_url, pool_size, config)` reads the slot map
+//! from the first seed that answers and opens these pools, with TLS and AUTH as for one Redis.
 //! The service holds a `topology::Topology` (one Redis, or these pools: its shards are the
 //! primaries) and takes its key names from `keyspace::KeySpace`; the key's claim is
-//! `key_claim`, the cross-slot steps and recovery are `cluster_transfer`, the shard locks
-//! `cluster_lock`, wallets and deposits `wallet`; the operator tools loop over the topology's
-//! shards. ARCHITECTURE.md, "Redis Cluster", has the
-//! protocol as built. `users:all` and `wallets:all` are single keys in one slot, so a cluster
-//! has neither: readers scan every primary for `wallet:{*}`.
+//! `key_claim`, the cross-slot steps, PENDING records, recovery and the `WAIT` rules are
+//! `cluster_transfer`, the shard locks `cluster_lock`, wallets and deposits `wallet`; the
+//! operator tools loop over the topology's shards, the worker's recovery sweep is
+//! `worker::sweep`. ARCHITECTURE.md, "Redis Cluster", keeps the invariants and this map.
+//!
+//! # Not done yet (issue 11)
+//!
+//! The worker's permission self-check on a cluster: it is skipped, and the worker says so
+//! (grant the ACL of `deploy/redis-acl.conf` on every node). Following ASK: a transfer on a
+//! migrating slot retries as transient (a refresh of the map, then the whole call again)
+//! until the migration ends.
 
 use std::collections::HashMap;
 use std::time::Duration;

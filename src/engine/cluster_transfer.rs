@@ -1,53 +1,147 @@
-//! Transfers on a Redis Cluster (ARCHITECTURE.md, "Redis Cluster"): a transfer whose wallets
-//! share a hash slot runs today's algorithm on the slot's primary
-//! (`WalletService::transfer_one_slot`); one whose wallets are in different slots runs as
-//! idempotent steps under both wallets' locks, each lock on its wallet's shard:
+//! Transfers on a Redis Cluster. Every transfer first claims its idempotency key
+//! (`key_claim`, one round trip, so a key names one request on every topology). A transfer
+//! whose wallets share a hash slot then runs the one-slot algorithm of `transfer` on the
+//! slot's primary, with the cluster key names (`WalletService::transfer_one_slot`); one whose
+//! wallets are in different slots runs as idempotent steps under both wallets' locks, each
+//! `SET NX PX` with a token on its wallet's shard, in sorted key order, all or none per attempt
+//! (`cluster_lock`). ARCHITECTURE.md, "Redis Cluster", keeps the invariants and the map of the
+//! other cluster modules; the steps are described here.
 //!
 //! ```text
-//! lock   SET lock:{a} NX PX, SET lock:{b} NX PX in sorted key order, each pipelined with its
-//!        shard's WATCH and reads                                        2 round trips
-//! 1. read   sender: WATCH wallet:{s} transfer:{s}:k lock:{s}; HGETALL wallet, outcome
-//!           receiver: WATCH wallet:{r} credit:{r}:s:k lock:{r}; HGETALL wallet, GET marker
-//!           recorded COMPLETED/FAILED: answer it; PENDING: finish it (3, 4), then answer;
-//!           decide (pure `decide`); a business failure: MULTI outcome FAILED, DEL lock:{s}
-//! 2. debit  sender's shard: MULTI balance+version, RPUSH, trim when due,
-//!           outcome PENDING (with `x`, this run's token) EXEC                1 round trip
-//! 3. credit receiver's shard, unless credit:{r}:s:k holds this `x`: MULTI balance+version,
-//!           RPUSH, trim when due, SET credit:{r}:s:k "x tb tv" EXEC            1 round trip
-//! 4. done   sender's shard: one script: our lock and our PENDING? then COMPLETED with
-//!           tb/tv, ttl, DEL lock:{s}                                        1 round trip
-//! unlock    receiver's shard: our lock? then DEL lock:{r} and the marker     1 round trip
+//! claim     the key's shard:  SET claim:k "c1 ..." NX GET PX (+ WAIT)              1 round trip
+//!           another request's claim -> idempotency_conflict, no lock taken (key_claim)
+//! lock+1    sender's shard:   SET lock:{s} NX PX; WATCH wallet:{s} transfer:{s}:k lock:{s};
+//!                             HGETALL wallet, outcome                            1 round trip
+//!           receiver's shard: SET lock:{r} NX PX; WATCH wallet:{r} credit:{r}:s:k lock:{r};
+//!                             HGETALL wallet, GET marker                         1 round trip
+//!           (in sorted key order; each shard's WATCH and reads ride behind its SET)
+//!           recorded COMPLETED/FAILED -> answer it; PENDING -> finish it (3, 4), then answer;
+//!           no record and too old to apply (`expiry`) -> FAILED `expired`, nothing written;
+//!           decide (pure `decide`); a business failure -> MULTI HSET outcome FAILED
+//!           (+ PEXPIRE), DEL lock:{s} EXEC, and the receiver's lock released
+//! 2 debit   sender's shard:   MULTI balance+version, RPUSH, trim when due,
+//!                             HSET outcome s=PENDING (+ x = this run's token) EXEC
+//!                                                                                1 round trip
+//! 3 credit  receiver's shard: unless credit:{r}:s:k holds this x: MULTI balance+version,
+//!                             RPUSH, trim when due, SET credit:{r}:s:k "x tb tv" EXEC
+//!                                                                                1 round trip
+//! 4 done    sender's shard:   one script: our lock and our PENDING (its x)? then
+//!                             s=COMPLETED, tb, tv, HDEL x, PEXPIRE (outcome ttl), DEL lock:{s}
+//!                                                                                1 round trip
+//! unlock    receiver's shard: one script: our lock? then DEL lock:{r} credit:{r}:s:k
+//!                                                                                1 round trip
 //! ```
 //!
-//! Six round trips when nothing is contended (one Redis: two). A nil EXEC (a watched key
-//! changed: a deposit, a lock that expired) goes back to the reads of that shard, bounded by
-//! `watch_retries_max`, with the lock tokens read again and checked. MOVED, ASK, TRYAGAIN,
-//! CLUSTERDOWN and EXECABORT (a queued command redirected) refresh the slot map and run the
-//! call again from the top, at most [`REDIRECT_RETRIES_LIMIT`] times, then return the error
-//! (transient): every step is idempotent by what it WATCHes, the PENDING record and the
-//! marker, so running from the top finishes what a first run left.
+//! Uncontended, a cross-slot transfer costs 7 round trips (the claim's, then six) and 28
+//! commands run: 21 sent (the claim's SET, the lock round trips' 8, the 5 of each MULTI/EXEC of
+//! steps 2 and 3, the two scripts' EVALs) and 7 more inside the two scripts. A same-slot one
+//! costs 3 round trips and 15 commands (the claim, then the one-slot transaction's 2 and 14);
+//! on one Redis there is no claim: 2 and 14. These are with records kept for ever and no trim
+//! due: an outcome ttl adds a PEXPIRE, a due trim a script per wallet trimmed, `wait_replicas`
+//! a WAIT per write. `tests/it/cluster_transfer.rs` measures them with Redis's own command
+//! counts (`same_slot_transfers_stay_one_transaction`).
 //!
-//! The marker is named after the whole transfer, sender and key (`credit:{r}:s:k`, as the
-//! outcome record `transfer:{s}:k` is), so another sender's transfer with the same key to the
-//! same receiver never reads, overwrites or deletes it. It holds the PENDING record's `x` (the
-//! token of the run that debited), so a marker left by an older transfer with the same key
-//! never passes for this one's credit.
+//! Each step is idempotent. Steps 2 and 3 by what they WATCH: the wallet, the outcome record
+//! or the marker, and the lock, whose token is checked on every read after the first (the
+//! first needs no check: the `SET NX` reply just before it in the same pipeline says the lock
+//! is ours), so a holder whose lock expired cannot write. Step 3 also by the marker, step 4 by
+//! its script's checks. A nil EXEC (a watched key changed: a deposit, a lock that expired)
+//! reads again, the lock tokens included (both shards after step 2 or a FAILED record, the
+//! receiver's after step 3), bounded by `watch_retries_max`. An error that says the slot map
+//! may be stale (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, EXECABORT for a queued command redirected,
+//! READONLY, MASTERDOWN, an I/O error: `cluster::map_may_be_stale`; or a cluster error that may
+//! pass) refreshes the slot map and runs the whole call again from the top, the claim included,
+//! after a short backoff, at most [`REDIRECT_RETRIES_LIMIT`] times; then the error is returned,
+//! transient. Running from the top finishes what a first run left: every step is idempotent by
+//! what it WATCHes, the PENDING record and the marker. ASK is not followed (`cluster`, what is
+//! not done yet): a transfer on a migrating slot retries until the migration ends.
 //!
-//! With `wait_replicas`, nothing is answered or built on that the replicas may not have: each
-//! step WAITs after its write, and a run that finds an earlier run's write (a PENDING record
-//! to finish, a marker that says the credit was done) first makes sure the replicas have it
-//! (`wait_replicas_before_answer` on that shard) before acting on it. An earlier run's WAIT may
-//! have failed: a primary cut off from its replica keeps serving until it is failed over, and
-//! what only it held is gone then.
-//! It is deleted only under the receiver's lock after step 4, so it lives exactly while the
-//! outcome may be PENDING (a crash between step 4 and the unlock leaves it, harmless: the
-//! outcome is COMPLETED and nobody credits again). A PENDING record has no ttl; step 4 gives
-//! the COMPLETED record the outcome ttl.
+//! # The credit marker
+//!
+//! The marker `credit:{r}:s:k` is named after the whole transfer, sender and key, as the
+//! outcome record `transfer:{s}:k` is, so another sender's transfer with the same key to the
+//! same receiver never reads, overwrites or deletes it, and even a claim lost at a failover
+//! (`wait_replicas` 0) cannot credit twice. It holds the PENDING record's `x` (the token of the
+//! run that debited), so a marker left by an older transfer with the same key never passes for
+//! this one's credit. It lives only while the outcome may be PENDING: it is deleted under the
+//! receiver's lock, with it, after step 4. A crash between step 4 and that unlock leaves it
+//! behind, harmless: the outcome is COMPLETED and nobody credits again (the audit lists it as a
+//! leftover, not a violation).
+//!
+//! # PENDING
+//!
+//! `Status::Pending` exists only in records of cross-slot transfers, between steps 2 and 4:
+//! never answered (a replay finishes it first, then answers from the record), never on the
+//! wire, never expiring (a PENDING record has no ttl; step 4 gives the COMPLETED record the
+//! outcome ttl). While PENDING, the record's `tb`/`tv` are what the credit was expected to
+//! make; the COMPLETED record has the real ones. Older readers cannot meet it (they know no
+//! cluster key names) and would read it as a corrupt record, never as a completed one. A
+//! request with another fingerprint that finds it is an `idempotency_conflict`, and the PENDING
+//! stays for its own request or the recovery.
+//!
+//! A receiver that changed after the decision (frozen or closed since, or moved by deposits so
+//! that the credit passes `BALANCE_LIMIT`; possible while the receiver's lock was expired, or
+//! for a deposit, which takes no lock) does not stop a PENDING transfer: it is finished as
+//! decided, since the decision was taken under both locks and the sender's money has left, and
+//! the run logs a warning naming the rule it finished past (arithmetic stays exact: the limit
+//! is at most half of `i64`). A receiver deleted since leaves the transfer PENDING, in flight
+//! for the audit, with an error that is not transient ("restore the wallet, then run
+//! recover"; the worker dead-letters the request with it); once restored, `recover` finishes
+//! it (`tests/it/cluster_transfer.rs`,
+//! `a_pending_transfer_is_finished_as_decided_after_the_receiver_changed`).
+//!
+//! # Recovery
+//!
+//! [`WalletService::recover`]`(limit)` scans every primary (`SCAN MATCH transfer:{*}:* TYPE
+//! hash`, each batch's `s` read in one pipeline) and finishes each PENDING record (at most
+//! `limit`, itself at most [`RECOVER_LIMIT`]) by rebuilding its request from the record and
+//! running the cross-slot call in a mode that never starts a transfer: the locks, step 3 unless
+//! the marker holds its `x`, step 4. It is safe any number of times, from any number of
+//! processes, concurrently with transfers: a record finished in between is counted as
+//! `already_final`; a record whose locks are busy is counted `failed` with its error, for the
+//! next run. The next delivery of the request finishes a PENDING the same way. The worker runs
+//! it every `recover_interval_ms` (`worker::sweep`); `wallet recover` runs it by hand.
+//!
+//! Failpoints (feature `test-hooks`): `WalletService::set_failpoint(Some(Failpoint::AfterDebit
+//! | AfterCredit))` stops a cross-slot transfer right after step 2 or step 3 with a transient
+//! error and leaves its locks to expire by their ttl, with the connections thrown away, as a
+//! crash would. `tests/it/cluster_transfer.rs` crashes transfers there and finishes them by a
+//! replay and by `recover`.
+//!
+//! # Durability
+//!
+//! `EngineConfig::wait_replicas: Some(n)` sends `WAIT n 1000` on the connection that wrote,
+//! after the key's claim, after the one-slot transaction and after steps 2, 3 and 4 (and a
+//! FAILED record). Fewer acknowledgements is `TransferError::ReplicasBehind`, transient: the
+//! write stays on the primary, and a retry answers from the record or finishes the PENDING.
+//! (`wallet` WAITs the same way after a deposit and new wallets, with
+//! `WalletError::ReplicasBehind`: a deposit has no key, so its error says to read the history
+//! before depositing again.) The marker is deleted only after step 4 was
+//! acknowledged: a failover that lost the completion but kept the marker's deletion would
+//! credit twice. With `None` a failover can lose acknowledged writes, and across shards that is
+//! worse than on one Redis: a lost step 4 whose marker deletion survived would be credited
+//! again by the recovery, a lost debit whose credit survived creates money.
+//!
+//! With `wait_replicas`, nothing is answered or built on that the replicas may not have. A
+//! replay answered from a record WAITs too (`wait_replicas_before_answer`): WAIT covers only
+//! the connection's own writes, so it first writes once on the record's shard (PEXPIRE of its
+//! own lock) and waits for that; replication is in order, so the record is on the replicas when
+//! it returns. Without it the retry after a failed WAIT would answer what no replica has. The
+//! same wait runs before a run acts on what an earlier run wrote, whose own WAIT may have
+//! failed: a PENDING record found by a replay or the recovery is made to reach the sender's
+//! replicas before the credit (else a failover that drops the debit and the record lets the
+//! next delivery debit and credit again), and a marker that says the credit was done is made
+//! to reach the receiver's replicas before step 4 (else COMPLETED is answered on a credit a
+//! failover loses). A primary cut off from its replicas keeps serving until it is failed over,
+//! and what only it held is gone then; these waits are what keeps its writes from being
+//! answered (`tests/it/cluster_transfer.rs`,
+//! `a_credit_found_done_is_not_answered_before_the_receivers_replica_has_it`,
+//! `a_pending_record_is_not_finished_before_the_senders_replica_has_it`).
 //!
 //! Owns the cross-slot steps, the PENDING record's extra field and the marker, recovery
 //! ([`WalletService::recover`]) and the redirect retries of cluster transfers. Does not own
-//! the business decision or the outcome encoding (`transfer`), the history entry and trim
-//! (`wallet`, `retention`), or the shard locks (`cluster_lock`).
+//! the key's claim (`key_claim`), the business decision or the outcome encoding (`outcome`),
+//! the history entry and trim (`wallet`, `retention`), or the shard locks (`cluster_lock`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -72,9 +166,10 @@ use crate::engine::wallet::{
     HistoryKind, Mover, Wallet, WalletStatus, add_history_in, parse_wallet,
 };
 
-/// Times one cluster transfer runs again from the top after a redirect (MOVED, ASK,
-/// TRYAGAIN, CLUSTERDOWN), each after refreshing the slot map; then the error is returned,
-/// transient, for the caller to retry later.
+/// Times one cluster transfer runs again from the top after an error that says the slot map
+/// may be stale (a redirect, a moving slot, a node failing over: see the module doc), each
+/// after refreshing the slot map; then the error is returned, transient, for the caller to
+/// retry later.
 pub const REDIRECT_RETRIES_LIMIT: u32 = 5;
 /// Most PENDING outcomes one [`WalletService::recover`] call finishes.
 pub const RECOVER_LIMIT: usize = 100_000;
@@ -750,11 +845,11 @@ impl<'a> Cross<'a> {
         Ok((parse_wallet(self.to(), &to)?, marker))
     }
 
-    /// The rule for a receiver that changed after the decision (ARCHITECTURE.md, "Redis
-    /// Cluster", "PENDING"): the credit is made as decided, since the decision was taken under
-    /// both locks and the sender's money has left, and the run says so, naming the rule it
-    /// finished past: a receiver frozen or closed since, or a credit past `BALANCE_LIMIT`
-    /// (deposits in between; arithmetic stays exact, as the limit is at most half of `i64`).
+    /// The rule for a receiver that changed after the decision (the module doc, "PENDING"):
+    /// the credit is made as decided, since the decision was taken under both locks and the
+    /// sender's money has left, and the run says so, naming the rule it finished past: a
+    /// receiver frozen or closed since, or a credit past `BALANCE_LIMIT` (deposits in between;
+    /// arithmetic stays exact, as the limit is at most half of `i64`).
     fn warn_if_receiver_changed(&self, receiver: &Wallet, after: Amount) {
         let inactive = receiver.status != WalletStatus::Active;
         let past_limit = after > BALANCE_LIMIT;
@@ -842,7 +937,7 @@ fn parse_marker(marker: &str, x: &str) -> Option<(Amount, u64)> {
 }
 
 impl WalletService {
-    /// Finishes cross-slot transfers that stopped halfway (ARCHITECTURE.md, "Redis Cluster"):
+    /// Finishes cross-slot transfers that stopped halfway (the module doc, "Recovery"):
     /// scans every primary for outcome records, and for each PENDING one (at most `limit`,
     /// itself at most [`RECOVER_LIMIT`]) takes both wallets' locks and runs the steps still to
     /// do: the credit unless its marker says it was done, then COMPLETED. Safe to run any

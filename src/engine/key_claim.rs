@@ -1,5 +1,5 @@
 //! The claim of an idempotency key on a Redis Cluster: one rule for keys on every topology
-//! (issue 20, ARCHITECTURE.md, "Redis Cluster").
+//! (issue 20; ARCHITECTURE.md, "Redis Cluster", keeps the rule among its invariants).
 //!
 //! The rule: **an idempotency key names one request, whoever sends it.** On one Redis the
 //! outcome record is `transfer:KEY`, one per key, so a key reused by another sender (or by the
@@ -8,22 +8,28 @@
 //! in the sender's slot (`transfer:{sender}:KEY`, written in the debit's transaction), so it
 //! cannot see another sender's use of the key. The claim restores the rule there: before a
 //! transfer runs, `claim:KEY` (in the key's own slot) is set to the request when nobody holds
-//! it, in one round trip (`SET claim:KEY v NX GET PX`, with `WAIT` pipelined behind when
+//! it, in one round trip and one command before the locks (`SET claim:KEY "c1 transfer_id from
+//! to cents currency claimed_at_ms" NX GET PX ttl`, with `WAIT` pipelined behind when
 //! `wait_replicas` is set). A claim by a request with another fingerprint (sender, receiver,
-//! amount, currency) makes this request an `idempotency_conflict` before any lock is taken;
-//! a claim by the same request (a retry, a replay, another message with the same body) lets
-//! it through to its record, which answers it exactly as before.
+//! amount, currency) makes this request an `idempotency_conflict` before any lock is taken,
+//! answered with the first request's record (read in one more round trip, on the conflict
+//! path only), or with the first request as PENDING when its record is not written yet; a
+//! claim by the same request (a retry, a replay, another message with the same body) lets it
+//! through to its record, which answers it exactly as on one Redis.
 //!
 //! Where the two topologies still differ, and why it moves no money: one Redis lets the first
 //! request to *commit* keep the key, a cluster the first to *claim* it; a request that claimed
 //! and then crashed before its record keeps the key (Kafka delivers it again and it finishes).
 //! A request too old to be applied (`expiry`) claims nothing, so it cannot take a key it will
-//! never use. The claim lives the outcome ttl plus [`CLAIM_TTL_MARGIN_MS`] (for ever when
-//! records are kept for ever), so it outlives the record it stands for.
+//! never use. The claim lives the outcome ttl plus [`CLAIM_TTL_MARGIN_MS`] (one hour; for ever
+//! when records are kept for ever), so it outlives the record it stands for. A claim lost at a
+//! failover (`wait_replicas` 0) cannot make a transfer credit twice: the credit marker is named
+//! after sender and key (`cluster_transfer`). The audit reports `key_reused` for one key
+//! recorded for two requests.
 //!
 //! Owns the claim key's value, the claim round trip and the conflict it answers. Does not own
-//! the key's name (`cluster::keys::claim`), the outcome record or its answer (`transfer`,
-//! `cluster_transfer`), or the freshness rule (`expiry`).
+//! the key's name (`cluster::keys::claim`), the outcome record or its answer (`outcome`; read
+//! and written by `transfer` and `cluster_transfer`), or the freshness rule (`expiry`).
 
 use std::collections::HashMap;
 

@@ -131,7 +131,7 @@ pub type Hook = Arc<dyn Fn(&str) + Send + Sync>;
 
 #[doc(hidden)]
 /// Where a cross-slot transfer on a Redis Cluster stops as if the process had crashed (tests
-/// only, feature `test-hooks`; ARCHITECTURE.md, "Redis Cluster"). The transfer returns a
+/// only, feature `test-hooks`; `engine::cluster_transfer`, "Recovery"). The transfer returns a
 /// transient error there and leaves its locks to expire by their ttl, as a crash would.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failpoint {

@@ -5,6 +5,14 @@
 //! Redis PING behind readiness, and the Redis permission check at start. Does not own flags
 //! (the binary's `cli::worker` turns them into a [`WorkerConfig`]) nor the pipeline
 //! (`worker::pipeline`), which reports the group and producer state to [`Metrics::health`].
+//!
+//! On a Redis Cluster (`RedisTarget::Cluster`, `--redis-cluster`) the service has one pool per
+//! primary of `2 * threads + 2` connections (a cross-slot transfer holds one on each wallet's
+//! primary; the sweep and the readiness check one more); readiness pings every primary
+//! (`health::cluster_ping_check`, which reads the slot map again when one fails); the
+//! permission check is skipped, and the worker says so; `--wait-replicas N` sets the engine's
+//! `wait_replicas`, and without it the worker warns what a failover may cost. The pipeline
+//! then runs the recovery sweep (`worker::sweep`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

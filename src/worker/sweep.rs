@@ -2,9 +2,17 @@
 //! PENDING between their steps (a worker that crashed there) every
 //! [`WorkerConfig::recover_interval_ms`](crate::worker::WorkerConfig::recover_interval_ms).
 //!
+//! Every `recover_interval_ms` (10 s by default; 0 turns it off, with a warning) it runs
+//! `recover(recover_batch)`, logs what it found, and counts the run in `wallet_recover_*`; a run
+//! that stopped at its limit and finished something runs again at once; a failed run (a
+//! primary that stopped answering, failed over say) reads the slot map again, so the next run
+//! scans the primaries of a fresh map. On one Redis there is no sweep: nothing is ever PENDING
+//! there. The thread is joined with the pool at shutdown.
+//!
 //! Owns when the sweep runs, how it is logged and counted. Does not own the recovery itself
 //! ([`WalletService::recover`]: safe any number of times, concurrently with transfers and
-//! with other workers' sweeps, each record finished once by its step markers).
+//! with other workers' sweeps, each record finished once by its step markers;
+//! `engine::cluster_transfer`, "Recovery").
 
 use std::sync::Arc;
 use std::thread::JoinHandle;

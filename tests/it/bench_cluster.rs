@@ -119,7 +119,7 @@ fn check_conserved(redis: &RedisCluster, service: &WalletService, r: &Value) {
 }
 
 /// Redis's commands per transfer of a run whose transfers all took one path, and the
-/// engine's round trips, against what the path costs (ARCHITECTURE.md, "Redis Cluster"):
+/// engine's round trips, against what the path costs (src/engine/cluster_transfer.rs):
 /// the key's claim (1 round trip, 1 command), then same-slot 2 round trips and at most 14
 /// commands uncontended, cross-slot 6 round trips and 27 commands run (scripts' commands
 /// counted); lock waits and WATCH retries add a few.

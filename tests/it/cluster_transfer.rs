@@ -1002,7 +1002,7 @@ fn set_wallet_field(redis: &RedisCluster, id: &str, field: &str, value: &str) {
 }
 
 /// The rule for a PENDING transfer whose receiver changed between the decision and the
-/// credit (ARCHITECTURE.md, "Redis Cluster", "PENDING"): it is finished as decided. A
+/// credit (src/engine/cluster_transfer.rs, "PENDING"): it is finished as decided. A
 /// receiver frozen since, or one whose balance moved so that the credit passes
 /// `BALANCE_LIMIT`, is credited (the sender's money has left; the run logs that it finished
 /// past the rule). A receiver deleted since leaves the transfer PENDING with an error that is

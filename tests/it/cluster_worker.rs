@@ -1,10 +1,12 @@
 //! The worker (the real `wallet worker` binary) on a real Redis Cluster (`support::cluster`)
 //! with tansu: random cross-slot load, the recovery sweep, a primary SIGKILLed under load
-//! (with `--wait-replicas 1`, and with 0, reported), slots migrated under load, `wallet
-//! produce`, and the fault suite's kill loop (the worker SIGKILLed at random moments and
-//! restarted, with the fault suite's table row, audit and ledger topic check). Each ends by reading every primary with the engine's API: every request has
-//! exactly one effect (history entries counted by idempotency key per wallet) and at least one
-//! result, money is conserved, no balance is negative, nothing is PENDING.
+//! (one replica per primary; with `--wait-replicas 1` asserted, with 0 reported), slots
+//! migrated under load, `wallet produce`, and the fault suite's kill loop (the worker SIGKILLed
+//! at random moments and restarted, with the fault suite's table row, the cross-shard audit
+//! and the ledger topic check of `support::faults`). Each ends by reading every primary with
+//! the engine's API: every request has exactly one effect (history entries counted by
+//! idempotency key per wallet) and at least one result, money is conserved, no balance is
+//! negative, nothing is PENDING.
 //!
 //! Short by default; `FAULT_SCALE=full` for bigger sizes.
 

@@ -924,7 +924,7 @@ on_every_topology!(
 /// takes no lock). In one slot the EXEC aborts and the transfer is recorded FAILED
 /// `wallet_not_found`, nothing moved. Across slots the decision was taken at the read, so the
 /// debit goes through and the transfer stays PENDING with an error that is not transient
-/// (ARCHITECTURE.md, "A receiver that changed after the decision"); once the wallet is
+/// (src/engine/cluster_transfer.rs, "PENDING"); once the wallet is
 /// restored, `recover` credits it once. Either way no money is made or lost, nothing stays
 /// PENDING after the recovery, and the audit is clean.
 fn a_receiver_deleted_before_exec_is_credited_once_or_not_at_all(bed: &Bed) {

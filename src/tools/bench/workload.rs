@@ -24,7 +24,7 @@ pub const BENCH_AMOUNT_CENTS_MAX: i64 = 10_000;
 
 /// Which sender/receiver pairs a direct run draws its transfers from. On a Redis Cluster the
 /// engine takes the one-transaction path when both wallets hash to one slot and the
-/// cross-slot steps otherwise (ARCHITECTURE.md, "Redis Cluster"); `SameSlot` and `CrossSlot`
+/// cross-slot steps otherwise (`engine::cluster_transfer`); `SameSlot` and `CrossSlot`
 /// measure the two paths apart. On one Redis every transfer is one transaction whatever the
 /// pairs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
