@@ -1,28 +1,48 @@
-//! The transfer algorithm (ARCHITECTURE.md, "The transfer"), all of it in this file.
+//! The transfer algorithm on one Redis, or in one hash slot of a Redis Cluster: all of it in
+//! this file, with its pure parts (the decision, what a record means, the record's format) in
+//! `outcome`. ARCHITECTURE.md, "The transfer", keeps the invariants it holds.
 //!
 //! ```text
 //! 1. validate                      (done when the TransferRequest was built)
-//! 2. local queue, then SET lock:{id} NX PX on the sorted wallet ids (module `lock`) } round
-//! 3. WATCH wallets, outcome, locks; HGETALL both wallets and transfer:{key}         } trip 1
-//! 4. recorded? answer from the record (a replay), release the locks
-//! 5. decide: existence, status, currency, funds, balance limit    (pure: `decide`)
+//! 2. queue in-process behind other threads wanting these wallets (module `lock`, LocalLocks)
+//! 3. SET lock:{id} NX PX on the sorted wallet ids (module `lock`), with behind them  } round
+//! 4. WATCH wallets, outcome, locks; HGETALL both wallets and transfer:{key}            } trip 1
+//!    recorded? answer from the record (a replay), release the locks
+//!    no record and too old to apply? FAILED `expired`, nothing written (module `expiry`)
+//! 5. decide: same user, existence, status, currency, funds, balance limit (pure: `decide`)
 //! 6. MULTI HSET balance+version x2, RPUSH x2, HSET outcome, DEL locks EXEC       round trip 2
-//!    nil reply: a watched key changed -> back to 3 (now also reading the lock tokens),
-//!    bounded, locks still held
+//!    (pure builder: `transaction`; a FAILED decision writes only the outcome and the DEL)
+//!    nil reply: a watched key changed -> back to 4 (now also reading the lock tokens),
+//!    bounded by `watch_retries_max`, locks still held
 //! 7. release: done by the EXEC itself; on every other path the lock guard releases
 //! ```
 //!
 //! An uncontended transfer costs two Redis round trips and 14 commands: the lock `SET`s with
 //! the WATCH and the reads pipelined behind them (used only if every lock was taken; a failed
-//! attempt clears its WATCH before the retry), and the transaction. The version is written with
-//! the balance (read under WATCH, plus one), so no HINCRBY is needed.
+//! attempt clears its WATCH before the retry), and the transaction. An outcome ttl adds a
+//! PEXPIRE of the record inside the transaction, a history trim that is due a script per wallet
+//! (`retention`). The version is written with the balance (read under WATCH, plus one), so no
+//! HINCRBY is needed. On a Redis Cluster the key's claim (`key_claim`) comes first, one more
+//! round trip and command, and a transfer whose wallets are in different slots runs the
+//! cross-slot steps of `cluster_transfer` instead (the dispatch: `WalletService::transfer_from`).
 //!
-//! The locks are WATCHed, so a lock that expired under a stalled holder and changed hands makes
-//! EXEC fail instead of letting a stale write through, and the `DEL` inside the transaction can
-//! only delete our own locks. Their tokens are checked: on the first read by the `SET NX`
-//! replies themselves, which come from the same pipeline just before the WATCH (Redis runs a
-//! client's pipelined commands one after another, so the lock cannot change hands between our
-//! SET and our WATCH); after an aborted EXEC by reading them again (MGET) with the new WATCH.
+//! The lock makes contention cheap; WATCH makes the write correct even when a lock expired
+//! under a stalled holder. The locks are WATCHed, so a lock that expired and changed hands
+//! makes EXEC fail instead of letting a stale write through, and the `DEL` inside the
+//! transaction can only delete our own locks. Their tokens are checked: on the first read by
+//! the `SET NX` replies themselves, which come from the same pipeline just before the WATCH
+//! (Redis runs a client's pipelined commands one after another, so the lock cannot change hands
+//! between our SET and our WATCH); after an aborted EXEC by reading them again (MGET) with the
+//! new WATCH.
+//!
+//! A recorded outcome is answered as the original for a redelivery of the message that made it
+//! (same origin) and marked duplicate for any other message with the key; a different request
+//! with the key (another fingerprint) is `idempotency_conflict` and leaves the record alone.
+//! Business failures (`insufficient_funds`, `same_user`, `wallet_not_found`, `wallet_inactive`,
+//! `currency_mismatch`, `balance_limit`) are recorded as FAILED outcomes, so a replay gets the
+//! same answer; `expired` is answered, not recorded. With `wait_replicas`, the transaction is
+//! followed by a WAIT, and an answer from a record first makes sure the replicas have it
+//! (`WalletService::wait_replicas_before_answer`; the rules: `cluster_transfer`, "Durability").
 //!
 //! Owns the one-slot algorithm and the dispatch between it and the cross-slot steps
 //! (`cluster_transfer`), which a Redis Cluster runs when the two wallets' slots differ. Does
@@ -76,7 +96,7 @@ impl WalletService {
         }
     }
 
-    /// Today's algorithm (ARCHITECTURE.md, "The transfer"): both wallets in one Redis, or in
+    /// Today's algorithm (the module doc's steps): both wallets in one Redis, or in
     /// one hash slot of a cluster (then on the slot's primary, with the cluster key names).
     pub(crate) fn transfer_one_slot(
         &self,
