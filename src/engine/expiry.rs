@@ -4,18 +4,22 @@
 //! expired would move the money a second time, and Kafka can deliver a request again long
 //! after the ttl that consumer lag alone suggests: an offset reset to earliest, a new group id,
 //! committed offsets that expired while the group was empty, retention raised while running, a
-//! compacted topic. So the rule is on the request's own age, wherever it came from: a request
-//! whose age is past the ttl (less the clock allowance) and for which no outcome is recorded is
-//! not applied; it is answered FAILED `expired`. A recorded outcome is still answered, since a
-//! record that exists says what happened. The check runs under the wallets' locks, right after
-//! the record was read, so a record cannot expire between the two.
+//! compacted topic, a producer clock ahead. So the rule is on the request's own age (the Kafka
+//! message's timestamp), wherever it came from: a request whose age is at least the ttl less
+//! the clock allowance and for which no outcome is recorded is not applied; it is answered
+//! FAILED `expired`, nothing written (on a cluster it claims no key either). A recorded outcome
+//! is still answered, since a record that exists says what happened. The check runs under the
+//! wallets' locks, right after the record was read, so a record cannot expire between the two.
+//! Proven safe by a property test here (a delivery that is applied always finds the first
+//! one's record) and on every topology by `tests/it/expiry.rs`.
 //!
 //! Clocks: the age is the engine's clock less the request's time (the producer's clock, for a
 //! Kafka message's create time). A producer clock behind makes requests look older (refused
 //! sooner: safe). A producer clock ahead makes them look younger and keeps them in the topic
 //! longer than its retention, so it could hide a redelivery past the ttl: the allowance
-//! [`clock_allowance_ms`] is taken off the ttl, and the worker dead-letters a message stamped
-//! further ahead than that ([`Freshness::Ahead`]).
+//! [`clock_allowance_ms`] (a minute, or a tenth of the ttl when that is less) is taken off the
+//! ttl, and the worker dead-letters a message stamped further ahead than that
+//! ([`Freshness::Ahead`]).
 //!
 //! Owns the rule, as pure functions. Does not own the ttl (`EngineConfig::outcome_ttl_ms`,
 //! derived by the worker), reading records or answering (`transfer`, `cluster_transfer`), or

@@ -1,9 +1,9 @@
 //! History retention in Redis (ARCHITECTURE.md, "Retention"): a wallet keeps at most
-//! `history_max_entries` entries in its history (the `wallet:{id}:log` list, after what is
-//! left of an older `wallet:{id}:history` stream); older ones are trimmed and their sum is kept
-//! in the wallet's checkpoint, in the same transaction as the trim. Entry number `n` is at
-//! index `n - hc - 1` of the whole history (stream entries first), so an LTRIM of the oldest
-//! lines keeps the numbering.
+//! `history_max_entries` entries (default 1,000) in its history (the `wallet:{id}:log` list,
+//! after what is left of an older `wallet:{id}:history` stream); older ones are trimmed and
+//! their sum is kept in the wallet's checkpoint, in the same transaction as the trim. Entry
+//! number `n` is at index `n - hc - 1` of the whole history (stream entries first), so an
+//! LTRIM of the oldest lines keeps the numbering.
 //!
 //! The checkpoint is three fields of `wallet:{id}`: `hc`, the number of entries trimmed so far,
 //! `hb`, their signed sum in cents, and `hd`, the part of that sum that came from deposits (all
@@ -24,16 +24,22 @@
 //! made (`fv`, `tv`), so the audit knows which of their entries were trimmed.
 //!
 //! The trim runs as a script inside the transfer's (or deposit's) MULTI/EXEC, so the entries,
-//! the checkpoint and the balance change commit together or not at all. `XADD ... MAXLEN ~`
-//! cannot be used: it drops entries without saying what they held, and the checkpoint could
-//! not be kept exact (and a list has no such option). The script runs only when a wallet holds `history_max_entries` plus
-//! [`trim_slack`] entries (known from the version and `hc` read under WATCH), so its cost is
-//! spread over many transfers; one run trims at most [`HISTORY_TRIM_BATCH_LIMIT`] entries, so
-//! a long history left by an older version is cut down over several transfers without
-//! blocking Redis.
+//! the checkpoint and the balance change commit together or not at all. The script reads the
+//! oldest entries beyond the window (those of an older stream first), sums them, trims exactly
+//! those (XTRIM of the stream, deleted once empty; LTRIM of the log) and adds them to the
+//! checkpoint. `XADD ... MAXLEN ~` would be cheaper but cannot be used: it drops entries
+//! without saying what they held, and the checkpoint could not be kept exact (and a list has no
+//! such option). The script is sent by EVAL, not EVALSHA (a script cache emptied by a restart
+//! cannot fail a transaction), and only when a trim is due: when the transfer or deposit takes
+//! a wallet past `history_max_entries` by [`trim_slack`] (an eighth), known from the version
+//! and `hc` read under WATCH, so its cost is spread over many transfers. One run trims at most
+//! [`HISTORY_TRIM_BATCH_LIMIT`] (1,000) entries, so a long history left by an older version is
+//! cut down over several transfers without blocking Redis.
 //!
-//! The entries trimmed from Redis stay in the ledger topic (`wallet.ledger`) when the worker
-//! made them; `wallet history` reads both.
+//! The full history lives in Kafka: the worker publishes every entry a transfer makes to the
+//! ledger topic (`wallet.ledger`, `worker::ledger`), which keeps them for ever, so the entries
+//! trimmed from Redis stay there when the worker made them; `wallet history` reads the window
+//! from Redis and the older entries from the topic.
 //!
 //! Owns the checkpoint fields, the trim script and when it runs. Does not own the history
 //! entry format (`wallet`) or the transaction around it (`transfer`, `wallet::deposit`).

@@ -10,10 +10,27 @@
 //! KIP-71, so the rule above holds). A broker that does not report `segment.ms` (tansu, for a
 //! topic created without it) is taken to use Kafka's default, 7 days: the long side.
 //!
-//! While running, the ttl only grows, and only for new records: [`LiveTtl`] holds the ttl new
-//! records are written with (raised when the topic's retention grows) and the ttl requests are
-//! judged against, which stays the one the run started with, since records written before a
-//! raise still expire after it (`engine::expiry`).
+//! At start the worker reads the requests topic's `retention.ms`, `segment.ms` and
+//! `cleanup.policy` from the brokers, and the pipeline settles the ttl by this rule. With none
+//! set (`--outcome-ttl-ms auto`, the default) every outcome record gets retention plus segment
+//! plus `outcome_ttl_margin_ms` (default one day: a request can come back while it is in the
+//! topic, plus the time a consumer may lag behind); a topic that keeps its messages for ever
+//! keeps the records for ever; a retention the brokers do not report (tansu, for a topic
+//! created without one) keeps them for ever too, with a warning, because no ttl could be
+//! checked; a compacted topic is refused unless records are kept for ever (`--outcome-ttl-ms
+//! forever`). A ttl set by hand below what the topic needs is refused at start, naming the
+//! reason (so is one that cannot be checked). Keeping a record too long costs memory; dropping
+//! it too early moves money twice. The library alone keeps records for ever unless told
+//! otherwise, and the crate doc states its rule: never retry after the ttl.
+//!
+//! While running, the worker reads the topic again every `outcome_ttl_check_interval_ms` (5
+//! minutes by default, at most an hour). The ttl only grows, and only for new records:
+//! [`LiveTtl`] holds the ttl new records are written with (raised when the topic's retention
+//! grows) and the ttl requests are judged against, which stays the one the run started with,
+//! since records written before a raise still expire after it (`engine::expiry`); the pool
+//! dates each request earlier by the raise ([`judged_at_ms`]), as the engine has one ttl for
+//! both. A hand-set ttl the topic outgrows stops the worker, and so does a derived one when the
+//! topic comes to need records kept for ever (records already written expire).
 //!
 //! Owns the rule (pure) and [`LiveTtl`]. Does not read the topic (`worker::kafka`), settle the
 //! ttl at start or watch the topic (`worker::pipeline`), or judge requests (`engine::expiry`).
