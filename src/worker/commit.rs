@@ -6,6 +6,20 @@
 //! revoke callback, final commit         --order, wait for the reply (bounded)-->
 //! ```
 //!
+//! What is committed is each partition's contiguous watermark (`worker::offsets`): the lowest
+//! offset whose answer (result or dead letter, and its ledger entries) is not yet acknowledged
+//! by the brokers, so a crash anywhere leaves an unanswered message uncommitted and it is
+//! delivered again; the engine answers the redelivery from its record. Commits are
+//! synchronous, so their success is known, and are asked for at three moments:
+//!
+//! - every `commit_interval_ms` (1 s by default), by the consumer loop;
+//! - on revoke (or a rebalance error, which drops the whole assignment), by the consumer's
+//!   rebalance callback: after the revoked partitions' running jobs finish or three quarters of
+//!   `revoke_timeout_ms` pass, the commit having the last quarter; also while a stop is under
+//!   way, whose deadline then bounds both;
+//! - at shutdown, the final commit, which has the last quarter of the stop's deadline
+//!   (`worker::pipeline`); what is not finished by then stays uncommitted.
+//!
 //! One thread and one queue, so a periodic commit asked for before a revoke never lands after
 //! the revoke's own commit; and the [`CommitLedger`] trims from any order the partitions it
 //! would move backwards, so no order can undo a later one. A failed commit is remembered until

@@ -20,7 +20,7 @@
 //! Does not talk to Kafka, commit, know topic names (one tracker per subscribed topic), or lock:
 //! it is pure and single-threaded. The pipeline keeps it behind one mutex, shared by the
 //! consumer thread (`start`, positions, `forget` on revoke) and the producer's delivery callback
-//! (`finish`, once a result or dead letter is acknowledged).
+//! (`finish`, once a result or dead letter, and any ledger entries, are acknowledged).
 //!
 //! An offset at or below the highest one started on its partition is a redelivery, not a new
 //! start: a fetch that went back (a seek, an offset reset, a broker serving an earlier batch)

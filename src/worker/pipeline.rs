@@ -25,6 +25,12 @@
 //! pauses its partitions and keeps polling (heartbeats and rebalances go on), and resumes at
 //! half.
 //!
+//! A stop has one deadline for everything, `shutdown_timeout_ms` from the first signal, shared
+//! out so that no step can starve the last (`stop_phases`): the threads are joined in the first
+//! half of the time left, the producer is flushed in the third quarter, and the final commit
+//! (`worker::commit`) has the last quarter; what is not done by then stays uncommitted, to be
+//! delivered again.
+//!
 //! This file owns the [`Worker`] (start, shutdown, report): it creates the state the threads
 //! share and starts the threads. Does not define that state (`worker::shared`, a leaf the
 //! threads use), nor run the threads: the consumer thread is `worker::consumer`, the pool,
