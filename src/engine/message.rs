@@ -1,11 +1,33 @@
 //! The wire format: transfer requests and results as JSON, and the validation that turns a
 //! request's bytes into a typed [`TransferRequest`].
 //!
-//! Owns the JSON shapes of ARCHITECTURE.md, "Wire format" (their schemas are `asyncapi.yaml`'s
-//! `TransferRequested`, `TransferRequestRules` and `TransferCompleted`) and the rules for ids.
-//! Decoding sorts input three ways: a valid request; a request that names a `transfer_id` but
-//! breaks a field rule (it gets a FAILED result with reason `invalid_request`); and poison that
-//! cannot be answered at all (it goes to the dead-letter topic). Does not touch Redis or Kafka.
+//! `asyncapi.yaml` is the whole contract, with a JSON Schema of every payload (here:
+//! `TransferRequested`, `TransferRequestRules` and `TransferCompleted`); ARCHITECTURE.md, "Wire
+//! format", keeps the invariants. The short form:
+//!
+//! ```text
+//! request on wallet.transfer.requested (key = from_user):
+//! {"transfer_id":"tx_1","from_user":"user_1","to_user":"user_2","amount":"100.50",
+//!  "currency":"USD","idempotency_key":"req_tx_1"}
+//! result on wallet.transfer.completed (key = transfer_id):
+//! {"transfer_id":"tx_1","status":"COMPLETED","processed_at":1764170000.123,"from_user":"user_1",
+//!  "to_user":"user_2","amount":"100.50","currency":"USD","idempotency_key":"req_tx_1",
+//!  "reason":null,"duplicate":false}
+//! ```
+//!
+//! `currency` defaults to USD, `idempotency_key` to `transfer_id`. A result's `status` is
+//! `COMPLETED` or `FAILED` (never `PENDING`), its `reason` a snake_case [`FailureReason`] or
+//! null, `processed_at` seconds with milliseconds. The ledger topic's entries are
+//! `worker::ledger`'s.
+//!
+//! Owns the JSON shapes and the rules for ids. Decoding sorts input three ways, and never
+//! panics: a valid request; a request that names a `transfer_id` but breaks a field rule (it
+//! gets a FAILED result with reason `invalid_request`, echoing what was sent, cut to sane
+//! lengths: the amount only when it is a plain decimal number, else `"0.00"`); and poison that
+//! cannot be answered at all (empty, not JSON, not an object, no `transfer_id`, a field of the
+//! wrong JSON type, over [`PAYLOAD_BYTES_LIMIT`]). The worker (`worker::pool`) sends poison to
+//! `wallet.transfer.dlq` with the headers `error`, `source_topic`, `source_partition`,
+//! `source_offset` (and `truncated` when the payload was cut). Does not touch Redis or Kafka.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -78,9 +100,9 @@ pub struct TransferCompleted {
 /// Answers carry only the first two: [`crate::WalletService::transfer`] never returns a
 /// PENDING outcome (it finishes the transfer first), so no result message says PENDING.
 /// PENDING is the state of an outcome record of a cross-slot transfer on a Redis Cluster
-/// between the debit and the completion (ARCHITECTURE.md, "Redis Cluster"); it is read only
-/// by [`crate::WalletService::transfer_outcome_of`] and the recovery. Readers older than it
-/// cannot meet it: they know no cluster key names (and would take the unknown status for a
+/// between the debit and the completion (`engine::cluster_transfer`, "PENDING"); it is read
+/// only by [`crate::WalletService::transfer_outcome_of`] and the recovery. Readers older than
+/// it cannot meet it: they know no cluster key names (and would take the unknown status for a
 /// corrupt record, never for a completed one). Every comparison with
 /// [`Status::Completed`] counts it as not completed.
 ///

@@ -8,16 +8,20 @@
 //! ```
 //!
 //! A COMPLETED transfer makes two entries: a debit on its sender (version `fv`, balance
-//! `from_balance_after`) and a credit on its receiver (`tv`, `to_balance_after`). An entry's
-//! identity is (wallet_id, version): entry number `n` of a wallet is the one that made its
-//! version `n`. Everything in it comes from the recorded outcome, so every publication of the
-//! same entry is byte-identical.
+//! `from_balance_after`) and a credit on its receiver (`tv`, `to_balance_after`); `at` is the
+//! outcome's `processed_at` in ms. An entry's identity is (wallet_id, version): entry number
+//! `n` of a wallet is the one that made its version `n`. Everything in it comes from the
+//! recorded outcome, so every publication of the same entry is byte-identical. FAILED outcomes
+//! and duplicates (another message with the same idempotency key) publish none, and neither
+//! does a deposit (`wallet deposit` writes Redis only).
 //!
 //! Delivery is at least once, not exactly once: the worker publishes the entries of every
 //! COMPLETED outcome it answers as the original (a new transfer, or a redelivery of the same
 //! message answered from its record, since the first publication may have died unacknowledged
 //! with a crashed worker). A redelivery after a crash therefore republishes identical copies.
 //! Readers deduplicate by (wallet_id, version); two copies that differ are a bug, never a choice.
+//! The request's offset is committed only once its result and both entries are acknowledged
+//! (`worker::pool`). `wallet history` reads the entries Redis has trimmed from this topic.
 //!
 //! Owns the entry format (its schema is `asyncapi.yaml`'s `LedgerEntry`), which outcomes get
 //! entries, and the parser. Does not publish (`worker::pool`), read the topic
