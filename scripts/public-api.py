@@ -59,6 +59,17 @@ def hidden(item):
     return any("doc(hidden)" in json.dumps(a) for a in item.get("attrs", []))
 
 
+def plain(value):
+    """`value` as JSON without rustdoc's item ids, which change whenever any item is added."""
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k != "id"}
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+    return json.dumps(strip(value), sort_keys=True)
+
+
 def ty(t):
     """A type as Rust source, near enough to see a change."""
     if t is None:
@@ -88,7 +99,7 @@ def ty(t):
         return f"*{'mut' if v['is_mutable'] else 'const'} {ty(v['type'])}"
     if kind == "qualified_path":
         return f"<{ty(v['self_type'])}>::{v['name']}"
-    return json.dumps(t, sort_keys=True)
+    return plain(t)
 
 
 def args(a):
@@ -102,15 +113,19 @@ def args(a):
             elif "lifetime" in x:
                 parts.append(x["lifetime"])
             else:
-                parts.append(json.dumps(x, sort_keys=True))
+                parts.append(plain(x))
         for c in a["angle_bracketed"].get("constraints", []):
-            parts.append(json.dumps(c, sort_keys=True))
+            binding = c.get("binding", {})
+            if "equality" in binding and "type" in binding["equality"]:
+                parts.append(f"{c['name']} = {ty(binding['equality']['type'])}")
+            else:
+                parts.append(plain(c))
         return "<" + ", ".join(parts) + ">" if parts else ""
     if "parenthesized" in a:
         p = a["parenthesized"]
         return "(" + ", ".join(ty(x) for x in p["inputs"]) + ")" + (
             f" -> {ty(p['output'])}" if p.get("output") else "")
-    return json.dumps(a, sort_keys=True)
+    return plain(a)
 
 
 def bound(b):
@@ -119,7 +134,7 @@ def bound(b):
         return t["path"] + args(t.get("args"))
     if "outlives" in b:
         return b["outlives"]
-    return json.dumps(b, sort_keys=True)
+    return plain(b)
 
 
 def generics(g):
@@ -134,10 +149,17 @@ def generics(g):
             bounds = kind["type"].get("bounds", [])
             names.append(p["name"] + (": " + " + ".join(bound(b) for b in bounds) if bounds else ""))
         else:
-            names.append(json.dumps(p, sort_keys=True))
-    where = [json.dumps(w, sort_keys=True) for w in g.get("where_predicates", [])]
+            names.append(plain(p))
+    where = [predicate(w) for w in g.get("where_predicates", [])]
     return ("<" + ", ".join(names) + ">" if names else "") + (
         " where " + ", ".join(where) if where else "")
+
+
+def predicate(w):
+    if "bound_predicate" in w:
+        b = w["bound_predicate"]
+        return f"{ty(b['type'])}: " + " + ".join(bound(x) for x in b["bounds"])
+    return plain(w)
 
 
 def signature(name, f):

@@ -7,7 +7,7 @@
 
 use clap::Args;
 use serde::Serialize;
-use wallet_transfer::engine::cluster_transfer::{RECOVER_LIMIT, RecoverReport};
+use wallet_transfer::engine::recovery::{RECOVER_LIMIT, RecoverReport};
 
 use crate::cli::{Failure, GlobalOpts, json_out, print_out};
 

@@ -92,21 +92,9 @@
 //!
 //! # Recovery
 //!
-//! [`WalletService::recover`]`(limit)` scans every primary (`SCAN MATCH transfer:{*}:* TYPE
-//! hash`, each batch's `s` read in one pipeline) and finishes each PENDING record (at most
-//! `limit`, itself at most [`RECOVER_LIMIT`]) by rebuilding its request from the record and
-//! running the cross-slot call in a mode that never starts a transfer: the locks, step 3 unless
-//! the marker holds its `x`, step 4. It is safe any number of times, from any number of
-//! processes, concurrently with transfers: a record finished in between is counted as
-//! `already_final`; a record whose locks are busy is counted `failed` with its error, for the
-//! next run. The next delivery of the request finishes a PENDING the same way. The worker runs
-//! it every `recover_interval_ms` (`worker::sweep`); `wallet recover` runs it by hand.
-//!
-//! Failpoints (feature `test-hooks`): `WalletService::set_failpoint(Some(Failpoint::AfterDebit
-//! | AfterCredit))` stops a cross-slot transfer right after step 2 or step 3 with a transient
-//! error and leaves its locks to expire by their ttl, with the connections thrown away, as a
-//! crash would. `tests/it/cluster_transfer.rs` crashes transfers there and finishes them by a
-//! replay and by `recover`.
+//! What a crash leaves PENDING is finished by the next delivery of its request, or by
+//! `recovery` ([`WalletService::recover`]), which runs these same steps in a mode that never
+//! starts a transfer (`finish_pending`).
 //!
 //! # Durability
 //!
@@ -138,8 +126,9 @@
 //! `a_credit_found_done_is_not_answered_before_the_receivers_replica_has_it`,
 //! `a_pending_record_is_not_finished_before_the_senders_replica_has_it`).
 //!
-//! Owns the cross-slot steps, the PENDING record's extra field and the marker, recovery
-//! ([`WalletService::recover`]) and the redirect retries of cluster transfers. Does not own
+//! Owns the cross-slot steps, the PENDING record's extra field and the marker, the finishing
+//! of one PENDING record (`finish_pending`) and the redirect retries of cluster transfers.
+//! Does not own the recovery's scan (`recovery`). Does not own
 //! the key's claim (`key_claim`), the business decision or the outcome encoding (`outcome`),
 //! the history entry and trim (`wallet`, `retention`), or the shard locks (`cluster_lock`).
 
@@ -171,12 +160,6 @@ use crate::engine::wallet::{
 /// after refreshing the slot map; then the error is returned, transient, for the caller to
 /// retry later.
 pub const REDIRECT_RETRIES_LIMIT: u32 = 5;
-/// Most PENDING outcomes one [`WalletService::recover`] call finishes.
-pub const RECOVER_LIMIT: usize = 100_000;
-/// Errors listed in a [`RecoverReport`] (the rest are counted).
-pub const RECOVER_ERRORS_LISTED_LIMIT: usize = 20;
-/// Keys asked for per SCAN step of the recovery.
-const RECOVER_SCAN_COUNT: usize = 1_000;
 /// The PENDING record's field with the token of the run that debited (the marker holds it).
 const PENDING_TOKEN_FIELD: &str = "x";
 /// Delays between runs after a redirect.
@@ -199,29 +182,6 @@ redis.call('HDEL', KEYS[1], 'x')
 if tonumber(ARGV[5]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 return 1
 "#;
-
-/// What one [`WalletService::recover`] call found and did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RecoverReport {
-    /// Primaries whose keys were scanned.
-    pub primaries_scanned: usize,
-    /// Outcome records looked at.
-    pub records_scanned: u64,
-    /// Records found PENDING.
-    pub pending_found: u64,
-    /// PENDING records this call finished (credit unless done, then COMPLETED).
-    pub finished: u64,
-    /// PENDING records finished by someone else (a transfer, another recovery) before this
-    /// call held their locks.
-    pub already_final: u64,
-    /// PENDING records that could not be finished now (locks busy, a node down): run again.
-    pub failed: u64,
-    /// The first [`RECOVER_ERRORS_LISTED_LIMIT`] failures, `key: error`.
-    pub errors: Vec<String>,
-    /// True when the scan stopped at the limit: run again for the rest.
-    pub limit_reached: bool,
-}
 
 /// Whether a run answers a request or only finishes what a record left PENDING.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -936,110 +896,32 @@ fn parse_marker(marker: &str, x: &str) -> Option<(Amount, u64)> {
     Some((Amount::from_minor(balance), version))
 }
 
-impl WalletService {
-    /// Finishes cross-slot transfers that stopped halfway (the module doc, "Recovery"):
-    /// scans every primary for outcome records, and for each PENDING one (at most `limit`,
-    /// itself at most [`RECOVER_LIMIT`]) takes both wallets' locks and runs the steps still to
-    /// do: the credit unless its marker says it was done, then COMPLETED. Safe to run any
-    /// number of times, from any number of processes, while transfers run: a record finished
-    /// in between is counted in [`RecoverReport::already_final`] and left alone.
-    ///
-    /// On one Redis nothing is ever PENDING: the report is empty. A failure to reach a
-    /// primary is an error; a PENDING record that cannot be finished now (its locks busy) is
-    /// counted in [`RecoverReport::failed`] with its error: run again later.
-    pub fn recover(&self, limit: usize) -> Result<RecoverReport, TransferError> {
-        let Some(pools) = self.topology.cluster_pools() else {
-            return Ok(RecoverReport::default());
-        };
-        let limit = limit.min(RECOVER_LIMIT);
-        let mut report = RecoverReport::default();
-        let mut pending = Vec::new();
-        for primary in pools.primaries() {
-            let mut conn = pools.conn_for_addr(&primary)?;
-            report.primaries_scanned += 1;
-            scan_pending(&mut conn, limit, &mut pending, &mut report)?;
+/// Finishes the PENDING record `key` (true), or finds it final already (false): its request
+/// rebuilt from the record, the cross-slot steps run in the mode that never starts a
+/// transfer (the locks, the credit unless the marker holds the record's `x`, then
+/// COMPLETED), again from the top after a redirect.
+pub(crate) fn finish_pending(
+    svc: &WalletService,
+    pools: &ClusterPools,
+    key: &str,
+) -> Result<bool, TransferError> {
+    with_redirects(pools, || {
+        let mut conn = pools.conn_for_key(key)?;
+        let fields: HashMap<String, String> =
+            redis::cmd("HGETALL").arg(key).query(&mut conn.redis)?;
+        drop(conn);
+        if fields.is_empty() {
+            return Ok(false);
         }
-        report.pending_found = pending.len() as u64;
-        for key in pending {
-            match self.recover_one(pools, &key) {
-                Ok(true) => report.finished += 1,
-                Ok(false) => report.already_final += 1,
-                Err(e) => {
-                    report.failed += 1;
-                    if report.errors.len() < RECOVER_ERRORS_LISTED_LIMIT {
-                        report.errors.push(format!("{key}: {e}"));
-                    }
-                }
-            }
+        let record = parse_outcome(key, &fields)?;
+        if record.status != Status::Pending {
+            return Ok(false);
         }
-        Ok(report)
-    }
-
-    /// Finishes the PENDING record `key` (true), or finds it final already (false).
-    fn recover_one(&self, pools: &ClusterPools, key: &str) -> Result<bool, TransferError> {
-        with_redirects(pools, || {
-            let mut conn = pools.conn_for_key(key)?;
-            let fields: HashMap<String, String> =
-                redis::cmd("HGETALL").arg(key).query(&mut conn.redis)?;
-            drop(conn);
-            if fields.is_empty() {
-                return Ok(false);
-            }
-            let record = parse_outcome(key, &fields)?;
-            if record.status != Status::Pending {
-                return Ok(false);
-            }
-            let request = request_of(key, &record)?;
-            let mut run = Cross::new(self, pools, &request, None, Mode::Recover);
-            run.run()?;
-            Ok(run.finished_pending)
-        })
-    }
-}
-
-/// Walks one primary's keys with `SCAN MATCH transfer:{*}:* TYPE hash` and collects the
-/// PENDING records (their `s` read in one pipelined round trip per batch) into `pending`,
-/// until it holds `limit`.
-fn scan_pending(
-    conn: &mut PooledConn,
-    limit: usize,
-    pending: &mut Vec<String>,
-    report: &mut RecoverReport,
-) -> Result<(), TransferError> {
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(KeySpace::Cluster.outcome_pattern())
-            .arg("COUNT")
-            .arg(RECOVER_SCAN_COUNT)
-            .arg("TYPE")
-            .arg("hash")
-            .query(&mut conn.redis)?;
-        let mut pipe = redis::pipe();
-        for key in &batch {
-            pipe.hget(key, "s");
-        }
-        let states: Vec<Option<String>> = match batch.is_empty() {
-            true => Vec::new(),
-            false => pipe.query(&mut conn.redis)?,
-        };
-        report.records_scanned += batch.len() as u64;
-        for (key, state) in batch.into_iter().zip(states) {
-            if state.as_deref() == Some(Status::Pending.as_str()) && !pending.contains(&key) {
-                if pending.len() >= limit {
-                    report.limit_reached = true;
-                    return Ok(());
-                }
-                pending.push(key);
-            }
-        }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
-    }
+        let request = request_of(key, &record)?;
+        let mut run = Cross::new(svc, pools, &request, None, Mode::Recover);
+        run.run()?;
+        Ok(run.finished_pending)
+    })
 }
 
 /// The request a PENDING record was made for, rebuilt from it (the recovery has no other).

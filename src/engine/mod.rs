@@ -26,6 +26,8 @@ pub mod outcome;
 #[doc(hidden)]
 pub mod permissions;
 #[doc(hidden)]
+pub mod recovery;
+#[doc(hidden)]
 pub mod retention;
 pub mod service;
 #[doc(hidden)]
@@ -42,9 +44,9 @@ pub mod wallet;
 // stay reachable for the `wallet` binary and the repository's tests, carry no stability
 // promise (docs/library.md, "Compatibility"), and may change in any release.
 pub use cluster::{ClusterError, ClusterPools};
-pub use cluster_transfer::RecoverReport;
 pub use lock::{LockConfig, LockError};
 pub use permissions::PermissionError;
+pub use recovery::RecoverReport;
 pub use setting::SettingError;
 pub use store::{Pool, RedisTls, StoreError, connect_pool};
 pub use topology::{Shard, Topology};

@@ -96,7 +96,7 @@ pub struct WorkerConfig {
     /// one Redis, where transfers are one transaction and never PENDING.
     pub recover_interval_ms: u64,
     /// Most PENDING records one sweep finishes (at most
-    /// [`crate::engine::cluster_transfer::RECOVER_LIMIT`]); a sweep that stops at the limit
+    /// [`crate::engine::recovery::RECOVER_LIMIT`]); a sweep that stops at the limit
     /// runs again at once.
     pub recover_batch: usize,
 }
@@ -371,7 +371,7 @@ impl WorkerConfig {
             "recover_batch",
             self.recover_batch,
             1,
-            crate::engine::cluster_transfer::RECOVER_LIMIT,
+            crate::engine::recovery::RECOVER_LIMIT,
         )?;
         if self.max_poll_interval_ms < self.session_timeout_ms
             || self.max_poll_interval_ms <= self.revoke_timeout_ms

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::engine::cluster_transfer::RecoverReport;
+use crate::engine::recovery::RecoverReport;
 use crate::engine::service::WalletService;
 use crate::worker::pool::sleep_unless_shutdown;
 use crate::worker::shared::Shared;

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use rand::RngExt;
 use wallet_transfer::engine::cluster::keys;
-use wallet_transfer::engine::cluster_transfer::RECOVER_LIMIT;
 use wallet_transfer::engine::lock::LockConfig;
+use wallet_transfer::engine::recovery::RECOVER_LIMIT;
 use wallet_transfer::engine::service::Failpoint;
 use wallet_transfer::tools::results::ReadMessage;
 use wallet_transfer::{
