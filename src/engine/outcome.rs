@@ -902,4 +902,71 @@ mod tests {
             assert_eq!(e.kind(), *name);
         }
     }
+
+    #[test]
+    fn an_error_is_transient_when_the_same_request_may_get_past_it_later() {
+        let lock_timeout = TransferError::LockTimeout(LockError::Timeout {
+            keys: vec![],
+            stats: LockStats::default(),
+            no_ttl: vec![],
+        });
+        let io = redis::RedisError::from((redis::ErrorKind::Io, "connection reset"));
+        let transient = [
+            lock_timeout,
+            TransferError::LockStuck("lock:a".into()),
+            TransferError::LockLost("lock:a".into()),
+            TransferError::WatchConflicts(3),
+            TransferError::Redis(io),
+            TransferError::ReplicasBehind {
+                acked: 0,
+                wanted: 1,
+                timeout_ms: 100,
+            },
+            TransferError::Cluster(ClusterError::SlotUncovered(7)),
+        ];
+        for e in &transient {
+            assert!(e.is_transient(), "{e} should be retried");
+        }
+        let original = TransferOutcome {
+            status: Status::Completed,
+            ..new_outcome(
+                &req("a", "b", "1.00"),
+                &Ok((Amount::ZERO, Amount::ZERO)),
+                (1, 1),
+                "f",
+                None,
+            )
+        };
+        let permanent = [
+            TransferError::IdempotencyConflict {
+                key: "k".into(),
+                recorded: "f1".into(),
+                this: "f2".into(),
+                original: Box::new(original),
+            },
+            TransferError::Corrupt {
+                key: "k".into(),
+                detail: "d".into(),
+            },
+            TransferError::WrongMode("one Redis only"),
+            TransferError::Cluster(ClusterError::NoSeeds),
+        ];
+        for e in &permanent {
+            assert!(!e.is_transient(), "{e} must not be retried");
+        }
+    }
+
+    #[test]
+    fn a_wait_fails_only_when_fewer_replicas_than_wanted_acknowledged() {
+        assert!(acked_enough(1, 1).is_ok());
+        assert!(acked_enough(2, 1).is_ok(), "more than asked is enough");
+        assert!(acked_enough(0, 0).is_ok());
+        match acked_enough(0, 1) {
+            Err(TransferError::ReplicasBehind { acked, wanted, .. }) => {
+                assert_eq!((acked, wanted), (0, 1));
+            }
+            other => panic!("expected ReplicasBehind, got {other:?}"),
+        }
+        assert!(acked_enough(1, 2).is_err());
+    }
 }
