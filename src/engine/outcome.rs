@@ -969,4 +969,50 @@ mod tests {
         }
         assert!(acked_enough(1, 2).is_err());
     }
+
+    #[test]
+    fn a_recorded_answer_is_the_original_for_its_own_message_a_duplicate_for_another_and_a_conflict_for_another_request()
+     {
+        let origin = |offset| Origin {
+            topic: "requests".into(),
+            partition: 0,
+            offset,
+        };
+        let r = req("a", "b", "1.00");
+        let decision = Ok((Amount::ZERO, Amount::ZERO));
+        let recorded = new_outcome(&r, &decision, (1, 1), "f1", Some(&origin(7)));
+        let answer = |fingerprint: &str, from: Option<&Origin>| {
+            answer_from_record(
+                recorded.clone(),
+                fingerprint,
+                from,
+                TransferStats::default(),
+            )
+        };
+        assert!(
+            !answer("f1", Some(&origin(7))).unwrap().duplicate,
+            "its redelivery"
+        );
+        assert!(
+            answer("f1", Some(&origin(8))).unwrap().duplicate,
+            "another message"
+        );
+        assert!(
+            answer("f1", None).unwrap().duplicate,
+            "a call without a message"
+        );
+        match answer("f2", Some(&origin(7))) {
+            Err(TransferError::IdempotencyConflict { recorded, this, .. }) => {
+                assert_eq!((recorded.as_str(), this.as_str()), ("f1", "f2"));
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        // A record written before fingerprints were recorded cannot conflict.
+        let old = TransferOutcome {
+            request_hash: String::new(),
+            ..recorded.clone()
+        };
+        let answer = answer_from_record(old, "f2", None, TransferStats::default());
+        assert!(answer.unwrap().duplicate);
+    }
 }
