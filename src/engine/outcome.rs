@@ -993,6 +993,13 @@ mod tests {
             !answer("f1", Some(&origin(7))).unwrap().duplicate,
             "its redelivery"
         );
+        // The answer carries this call's costs, not the first call's.
+        let this_call = TransferStats {
+            round_trips: 9,
+            ..TransferStats::default()
+        };
+        let replay = answer_from_record(recorded.clone(), "f1", None, this_call).unwrap();
+        assert_eq!(replay.stats.round_trips, 9);
         assert!(
             answer("f1", Some(&origin(8))).unwrap().duplicate,
             "another message"
