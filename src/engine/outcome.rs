@@ -1022,4 +1022,61 @@ mod tests {
         let answer = answer_from_record(old, "f2", None, TransferStats::default());
         assert!(answer.unwrap().duplicate);
     }
+
+    #[test]
+    fn a_long_record_keeps_its_own_fields_and_a_compact_one_derives_what_it_leaves_out() {
+        let long = |leave_out: &str| {
+            let fields = [
+                ("transfer_id", "tx_1"),
+                ("idempotency_key", "req_1"),
+                ("status", "COMPLETED"),
+                ("from_user", "a"),
+                ("to_user", "b"),
+                ("amount", "12.30"),
+                ("currency", "USD"),
+                ("processed_at", "1764170000.123"),
+            ];
+            let kept: Vec<(&str, &str)> = fields
+                .into_iter()
+                .filter(|(k, _)| *k != leave_out)
+                .collect();
+            hash(&kept)
+        };
+        // The original system's records: no fingerprint means none (it cannot conflict), the
+        // key is the record's own field, and a missing transfer id is a corrupt record.
+        let old = parse_outcome("transfer:req_1", &long("")).unwrap();
+        assert_eq!(
+            old.request_hash, "",
+            "a long record without request_hash has none"
+        );
+        let renamed = parse_outcome("transfer:other", &long("")).unwrap();
+        assert_eq!(
+            renamed.idempotency_key, "req_1",
+            "the field, not the record's name"
+        );
+        assert!(matches!(
+            parse_outcome("transfer:req_1", &long("transfer_id")),
+            Err(TransferError::Corrupt { .. })
+        ));
+        // The compact format: the key from the record's name, whatever a stray field says.
+        let mut compact = hash(&[
+            ("s", "COMPLETED"),
+            ("f", "a"),
+            ("t", "b"),
+            ("a", "1230"),
+            ("c", "USD"),
+            ("p", "1764170000123"),
+        ]);
+        compact.insert("idempotency_key".into(), "stray".into());
+        let new = parse_outcome("transfer:req_1", &compact).unwrap();
+        assert_eq!(new.idempotency_key, "req_1");
+        assert_eq!(
+            new.transfer_id, "req_1",
+            "no id: the transfer id is the key"
+        );
+        assert_eq!(
+            new.request_hash,
+            fingerprint("a", "b", Amount::from_minor(1230), "USD")
+        );
+    }
 }
