@@ -272,5 +272,9 @@ mod tests {
         }
         let big = vec![b' '; LEDGER_ENTRY_BYTES_LIMIT + 1];
         assert!(LedgerEntry::parse(&big).unwrap_err().contains("over the"));
+        // The limit itself is allowed: that many bytes are read (here, as JSON, which fails).
+        let at_limit = vec![b' '; LEDGER_ENTRY_BYTES_LIMIT];
+        let e = LedgerEntry::parse(&at_limit).unwrap_err();
+        assert!(!e.contains("over the"), "{e}");
     }
 }
