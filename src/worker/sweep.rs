@@ -58,10 +58,9 @@ fn sweep(shared: &Shared, service: &WalletService) {
                     .metrics
                     .record_recover_run(Ok((report.finished, report.failed)));
                 log_report(shared, &report);
-                again_now = report.limit_reached
-                    && report.finished > 0
-                    && !shared.past_deadline()
-                    && !shared.shutdown.load(std::sync::atomic::Ordering::SeqCst);
+                let stopping = shared.past_deadline()
+                    || shared.shutdown.load(std::sync::atomic::Ordering::SeqCst);
+                again_now = run_again_at_once(&report, stopping);
             }
             Err(e) => {
                 shared.metrics.record_recover_run(Err(()));
@@ -78,6 +77,25 @@ fn sweep(shared: &Shared, service: &WalletService) {
             }
         }
     }
+}
+
+/// Whether the next sweep runs at once rather than after the interval: this one stopped at
+/// its batch limit (more may be PENDING) and finished something (it is not stuck on busy
+/// locks), and the worker is not stopping. Pure.
+fn run_again_at_once(report: &RecoverReport, stopping: bool) -> bool {
+    report.limit_reached && report.finished > 0 && !stopping
+}
+
+/// The warning for PENDING records a sweep could not finish; `None` when it finished all it
+/// found. Pure.
+fn unfinished_warning(report: &RecoverReport) -> Option<String> {
+    (report.failed > 0).then(|| {
+        format!(
+            "recovery sweep could not finish {} PENDING transfers (retried by the next sweep): {}",
+            report.failed,
+            report.errors.join("; ")
+        )
+    })
 }
 
 fn log_report(shared: &Shared, report: &RecoverReport) {
@@ -101,13 +119,41 @@ fn log_report(shared: &Shared, report: &RecoverReport) {
             ""
         }
     );
-    if report.failed > 0 {
-        shared.warnings.warn("recover_unfinished", || {
-            format!(
-                "recovery sweep could not finish {} PENDING transfers (retried by the next sweep): {}",
-                report.failed,
-                report.errors.join("; ")
-            )
-        });
+    if let Some(warning) = unfinished_warning(report) {
+        shared.warnings.warn("recover_unfinished", || warning);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(limit_reached: bool, finished: u64, failed: u64) -> RecoverReport {
+        RecoverReport {
+            limit_reached,
+            finished,
+            failed,
+            errors: vec!["transfer:{a}:k: lock busy".into(); failed.min(1) as usize],
+            ..RecoverReport::default()
+        }
+    }
+
+    #[test]
+    fn a_sweep_runs_again_at_once_only_after_a_full_batch_that_finished_something() {
+        assert!(run_again_at_once(&report(true, 1, 0), false));
+        assert!(!run_again_at_once(&report(true, 1, 0), true), "stopping");
+        assert!(!run_again_at_once(&report(false, 5, 0), false), "all found");
+        assert!(
+            !run_again_at_once(&report(true, 0, 3), false),
+            "stuck on busy locks"
+        );
+    }
+
+    #[test]
+    fn only_a_sweep_that_left_records_pending_warns_and_names_them() {
+        assert_eq!(unfinished_warning(&report(false, 4, 0)), None);
+        let warning = unfinished_warning(&report(false, 0, 1)).expect("a warning");
+        assert!(warning.contains("could not finish 1 PENDING"), "{warning}");
+        assert!(warning.contains("lock busy"), "{warning}");
     }
 }
