@@ -311,6 +311,12 @@ impl Shared {
             .is_some_and(|deadline| Instant::now() >= deadline)
     }
 
+    /// Whether the worker is stopping: a stop was asked for (a signal, a fatal error) or the
+    /// stop's deadline has passed. Work that could go on (a sweep's next batch) ends here.
+    pub fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst) || self.past_deadline()
+    }
+
     /// Bytes held without running: backlog, parked behind a key, waiting to retry.
     pub fn held_bytes(&self) -> usize {
         let backlog = self.backlog.lock().bytes;
@@ -336,6 +342,24 @@ mod tests {
     use super::*;
 
     use crate::worker::shared::test_job as job;
+
+    #[test]
+    fn a_worker_is_stopping_once_asked_to_or_once_past_its_deadline() {
+        let running = Shared::new(WorkerConfig::default(), Metrics::new());
+        assert!(!running.stopping());
+        let asked = Shared::new(WorkerConfig::default(), Metrics::new());
+        asked.shutdown.store(true, Ordering::SeqCst);
+        assert!(!asked.past_deadline(), "asked, its deadline still ahead");
+        assert!(asked.stopping(), "asked to stop");
+        let config = WorkerConfig {
+            shutdown_timeout_ms: 0,
+            ..WorkerConfig::default()
+        };
+        let late = Shared::new(config, Metrics::new());
+        late.begin_stop();
+        assert!(!late.shutdown.load(Ordering::SeqCst));
+        assert!(late.stopping(), "past the deadline without the flag");
+    }
 
     #[test]
     fn the_backlog_counts_its_bytes_through_push_pop_and_revoke() {

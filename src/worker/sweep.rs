@@ -58,9 +58,7 @@ fn sweep(shared: &Shared, service: &WalletService) {
                     .metrics
                     .record_recover_run(Ok((report.finished, report.failed)));
                 log_report(shared, &report);
-                let stopping = shared.past_deadline()
-                    || shared.shutdown.load(std::sync::atomic::Ordering::SeqCst);
-                again_now = run_again_at_once(&report, stopping);
+                again_now = run_again_at_once(&report, shared.stopping());
             }
             Err(e) => {
                 shared.metrics.record_recover_run(Err(()));

@@ -263,11 +263,20 @@ fn poison_goes_to_the_dead_letter_topic_and_the_worker_carries_on() {
     });
 }
 
+/// Partition 0 holds a slow job followed by 50 quick ones; partition 1 gets one marker
+/// request afterwards. Its commit is the event that says a commit round ran after the quick
+/// ones' answers were acknowledged (one broker connection acknowledges in order), so partition
+/// 0's position is checked then, not after a sleep.
 #[test]
 fn a_slow_job_holds_the_committed_offset_until_it_is_done() {
-    let stack = Stack::start(1);
+    let stack = Stack::start(2);
     let service = stack.redis.service(2, EngineConfig::default());
-    let mut pairs = vec![("slow_from", "100.00"), ("slow_to", "0")];
+    let mut pairs = vec![
+        ("slow_from", "100.00"),
+        ("slow_to", "0"),
+        ("mark_from", "1.00"),
+        ("mark_to", "0"),
+    ];
     let names: Vec<String> = (0..10).map(|i| format!("f{i}")).collect();
     for n in &names {
         pairs.push((n.as_str(), "1000.00"));
@@ -277,7 +286,7 @@ fn a_slow_job_holds_the_committed_offset_until_it_is_done() {
 
     // Warm up: one message at offset 0, so the group has a committed position.
     let warm = TransferRequest::new("warm", "f0", "f1", "1", Currency::USD).unwrap();
-    stack.publish_requests(&[warm]);
+    stack.publish_requests_on(0, &[warm]);
     wait_until("offset 1 committed", 60_000, || {
         stack.committed().get(&0) == Some(&1)
     });
@@ -306,7 +315,7 @@ fn a_slow_job_holds_the_committed_offset_until_it_is_done() {
         .collect();
     let mut batch = vec![slow];
     batch.extend(fast);
-    stack.publish_requests(&batch);
+    stack.publish_requests_on(0, &batch);
 
     let mut results = stack.reader(&stack.topics.results);
     results.read_until(1 + 50, 60_000);
@@ -314,7 +323,11 @@ fn a_slow_job_holds_the_committed_offset_until_it_is_done() {
     wait_until("lock retries counted", 20_000, || {
         worker.metric(r#"wallet_retries_total{cause="lock_timeout"}"#) >= 2.0
     });
-    std::thread::sleep(std::time::Duration::from_millis(1_500)); // > two commit intervals
+    let marker = TransferRequest::new("mark", "mark_from", "mark_to", "1", Currency::USD).unwrap();
+    stack.publish_requests_on(1, &[marker]);
+    wait_until("the marker on partition 1 committed", 60_000, || {
+        stack.committed().get(&1) == Some(&1)
+    });
     assert_eq!(
         stack.committed().get(&0),
         Some(&1),

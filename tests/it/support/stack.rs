@@ -257,11 +257,19 @@ impl<R> Stack<R> {
     /// Publishes raw payloads to the requests topic, keyed by `key`, and waits until the
     /// broker has them.
     pub fn publish(&self, messages: &[(Option<String>, Vec<u8>)]) {
+        self.publish_on(None, messages);
+    }
+
+    /// [`Stack::publish`] to one partition (`None`: the partitioner picks, by key).
+    pub fn publish_on(&self, partition: Option<i32>, messages: &[(Option<String>, Vec<u8>)]) {
         for (key, payload) in messages {
             let mut record: BaseRecord<'_, [u8], [u8]> =
                 BaseRecord::to(&self.topics.requests).payload(payload.as_slice());
             if let Some(k) = key {
                 record = record.key(k.as_bytes());
+            }
+            if let Some(p) = partition {
+                record = record.partition(p);
             }
             let mut record = Some(record);
             while let Some(r) = record.take() {
@@ -287,11 +295,16 @@ impl<R> Stack<R> {
 
     /// Publishes JSON requests keyed by their from_user.
     pub fn publish_requests(&self, requests: &[wallet_transfer::TransferRequest]) {
-        let messages: Vec<_> = requests
-            .iter()
-            .map(|r| (Some(r.from_user.clone()), r.to_json().into_bytes()))
-            .collect();
-        self.publish(&messages);
+        self.publish_on(None, &request_messages(requests));
+    }
+
+    /// [`Stack::publish_requests`] to one partition.
+    pub fn publish_requests_on(
+        &self,
+        partition: i32,
+        requests: &[wallet_transfer::TransferRequest],
+    ) {
+        self.publish_on(Some(partition), &request_messages(requests));
     }
 
     /// A reader of a topic from its beginning.
@@ -513,4 +526,14 @@ impl WorkerProcess {
             .map(|v| v.trim().parse().expect("metric value"))
             .unwrap_or(0.0)
     }
+}
+
+/// Requests as messages keyed by their from_user.
+fn request_messages(
+    requests: &[wallet_transfer::TransferRequest],
+) -> Vec<(Option<String>, Vec<u8>)> {
+    requests
+        .iter()
+        .map(|r| (Some(r.from_user.clone()), r.to_json().into_bytes()))
+        .collect()
 }
