@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rand::{RngExt, SeedableRng};
 use wallet_transfer::engine::cluster::{hash_slot, keys};
+use wallet_transfer::engine::keyspace::KeySpace;
 use wallet_transfer::engine::lock::LockConfig;
 use wallet_transfer::engine::service::Failpoint;
 use wallet_transfer::engine::wallet::{HistoryKind, log_entry_fields, parse_history_fields};
@@ -287,7 +288,11 @@ fn random_load_across_shards_moves_money_exactly_once() {
     done.store(true, Ordering::SeqCst);
     let recovered_while_loaded = recoverer.join().unwrap();
     // Crashed transfers' locks expire in 1 s; the last sweep finishes what is left.
-    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    crate::support::wait_until("the crashed transfers' locks to expire", 30_000, || {
+        redis
+            .scan_primaries(KeySpace::Cluster.lock_pattern(), Some("string"))
+            .is_empty()
+    });
     let last = base.recover(1_000).unwrap();
     assert_eq!(last.failed, 0, "{last:?}");
     let ledger = read_ledger(&redis);
@@ -466,6 +471,7 @@ fn recover_finishes_crashed_transfers_once() {
     ] {
         requests.push(crash_at(&redis, point, tag).0);
     }
+    let started = std::time::Instant::now();
     let report = loop {
         // Until the crashed runs' locks expire, their records are busy (counted, retried).
         let report = service.recover(100).unwrap();
@@ -476,6 +482,7 @@ fn recover_finishes_crashed_transfers_once() {
             report.errors.iter().all(|e| e.contains("lock")),
             "{report:?}"
         );
+        assert!(started.elapsed().as_secs() < 60, "still busy: {report:?}");
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     assert_eq!(
@@ -853,11 +860,13 @@ fn the_same_key_from_two_senders_to_one_receiver_credits_each_transfer_once() {
         let done = transfer_retrying(&service, &second);
         assert_eq!((done.status, done.duplicate), (Status::Completed, false));
         if by_recover {
+            let started = std::time::Instant::now();
             let report = loop {
                 let report = service.recover(100).unwrap();
                 if report.failed == 0 {
                     break report;
                 }
+                assert!(started.elapsed().as_secs() < 60, "still busy: {report:?}");
                 std::thread::sleep(std::time::Duration::from_millis(100));
             };
             assert_eq!(report.finished, 1, "{report:?}");
