@@ -13,6 +13,7 @@ use rand::{RngExt, SeedableRng};
 use wallet_transfer::engine::cluster::{hash_slot, keys};
 use wallet_transfer::engine::keyspace::KeySpace;
 use wallet_transfer::engine::lock::LockConfig;
+use wallet_transfer::engine::recovery::RECOVER_ERRORS_LISTED_LIMIT;
 use wallet_transfer::engine::service::Failpoint;
 use wallet_transfer::engine::wallet::{HistoryKind, log_entry_fields, parse_history_fields};
 use wallet_transfer::{
@@ -456,6 +457,85 @@ fn a_replay_finishes_a_transfer_that_crashed_after_the_debit_or_the_credit() {
     let ledger = read_ledger(&redis);
     let (completed, _) = check_ledger(&ledger, 4, 4_000);
     assert_eq!(completed, 2);
+}
+
+/// More PENDING transfers than a run may list errors for, each busy (its sender's lock held
+/// by someone else): one run counts them all as failed and lists the first
+/// [`RECOVER_ERRORS_LISTED_LIMIT`]. Once the locks are free, a run with a limit finishes that
+/// many and says it stopped there; the next finishes the rest and does not.
+#[test]
+fn recover_counts_busy_records_lists_a_bounded_few_and_stops_at_its_limit() {
+    let redis = RedisCluster::start(3, 0);
+    let crashed = RECOVER_ERRORS_LISTED_LIMIT + 1;
+    let requests: Vec<TransferRequest> = (0..crashed)
+        .map(|i| crash_at(&redis, Failpoint::AfterDebit, &format!("rl{i}")).0)
+        .collect();
+    // Someone else holds every sender's lock, for longer than the test.
+    for request in &requests {
+        let lock = keys::lock(&request.from_user);
+        let port = redis
+            .owner_of(redis.primary_ports()[0], hash_slot(lock.as_bytes()))
+            .expect("an owner");
+        redis::cmd("SET")
+            .arg(&lock)
+            .arg("someone-else")
+            .arg("PX")
+            .arg(120_000)
+            .query::<()>(&mut redis.conn(port))
+            .unwrap();
+    }
+    let impatient = EngineConfig::default()
+        .with_lock(LockConfig::default().with_retries_max(1))
+        .with_history_max_entries(None);
+    let busy = connect(&redis, impatient).recover(100).unwrap();
+    assert_eq!(
+        (busy.pending_found, busy.finished, busy.failed),
+        (crashed as u64, 0, crashed as u64),
+        "{busy:?}"
+    );
+    assert_eq!(
+        busy.errors.len(),
+        RECOVER_ERRORS_LISTED_LIMIT,
+        "errors listed of {} failed",
+        busy.failed
+    );
+    assert!(busy.errors.iter().all(|e| e.contains("lock")), "{busy:?}");
+    assert!(!busy.limit_reached);
+    for (port, lock) in redis.scan_primaries(KeySpace::Cluster.lock_pattern(), Some("string")) {
+        redis::cmd("DEL")
+            .arg(&lock)
+            .query::<()>(&mut redis.conn(port))
+            .unwrap();
+    }
+    let service = connect(&redis, config());
+    let limit = crashed - 1;
+    let first = service.recover(limit).unwrap();
+    assert_eq!(
+        (
+            first.pending_found,
+            first.finished,
+            first.failed,
+            first.limit_reached
+        ),
+        (limit as u64, limit as u64, 0, true),
+        "{first:?}"
+    );
+    assert_eq!(first.primaries_scanned, 3, "{first:?}");
+    let rest = service.recover(limit).unwrap();
+    assert_eq!(
+        (
+            rest.pending_found,
+            rest.finished,
+            rest.failed,
+            rest.limit_reached
+        ),
+        (1, 1, 0, false),
+        "{rest:?}"
+    );
+    assert_eq!(rest.records_scanned, crashed as u64, "{rest:?}");
+    let ledger = read_ledger(&redis);
+    let (completed, _) = check_ledger(&ledger, 2 * crashed, 2 * crashed as i64 * 1_000);
+    assert_eq!(completed, crashed);
 }
 
 /// The same two crashes finished by `recover` (no request needed); a second `recover` finds
