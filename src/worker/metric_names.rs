@@ -42,6 +42,9 @@ pub mod names {
     pub const RESULTS_PUBLISHED_TOTAL: &str = "wallet_results_published_total";
     /// Counter: ledger entries delivered.
     pub const LEDGER_ENTRIES_PUBLISHED_TOTAL: &str = "wallet_ledger_entries_published_total";
+    /// Counter: answers that waited because the producer's queue was full (backpressure from
+    /// slow brokers, not a retry).
+    pub const PRODUCE_QUEUE_FULL_TOTAL: &str = "wallet_produce_queue_full_total";
     /// Gauge: bytes held and not running (backlog, parked, retrying).
     pub const BACKLOG_BYTES: &str = "wallet_backlog_bytes";
     /// Gauge: jobs waiting behind an earlier job of their key.
@@ -73,7 +76,7 @@ pub mod names {
 
     /// Every name above, in registration order (a unit test checks that the registry exports
     /// exactly these).
-    pub const ALL: [&str; 30] = [
+    pub const ALL: [&str; 31] = [
         TRANSFERS_TOTAL,
         DUPLICATES_TOTAL,
         TRANSFER_LATENCY_SECONDS,
@@ -90,6 +93,7 @@ pub mod names {
         CONSUMER_LAG,
         RESULTS_PUBLISHED_TOTAL,
         LEDGER_ENTRIES_PUBLISHED_TOTAL,
+        PRODUCE_QUEUE_FULL_TOTAL,
         BACKLOG_BYTES,
         PARKED_JOBS,
         RETRYING_JOBS,

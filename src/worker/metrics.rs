@@ -117,6 +117,7 @@ struct PipelineMetrics {
     consumer_lag: IntGaugeVec,
     results_published: IntCounter,
     ledger_published: IntCounter,
+    produce_queue_full: IntCounter,
     backlog_bytes: IntGauge,
     parked_jobs: IntGauge,
     retrying_jobs: IntGauge,
@@ -383,6 +384,11 @@ impl Metrics {
     /// Counts a ledger entry delivered to the ledger topic (republished copies included).
     pub fn record_ledger_published(&self) {
         self.inner.pipeline.ledger_published.inc();
+    }
+
+    /// Counts a send that found the producer's queue full and waits to try again.
+    pub fn record_produce_queue_full(&self) {
+        self.inner.pipeline.produce_queue_full.inc();
     }
 
     /// Counts a message fetched again at or below an offset already started on its partition
@@ -689,6 +695,11 @@ fn pipeline_metrics(r: &Registry) -> PipelineMetrics {
             r,
             names::LEDGER_ENTRIES_PUBLISHED_TOTAL,
             "Ledger entries delivered to the ledger topic, copies republished after a redelivery included.",
+        ),
+        produce_queue_full: counter(
+            r,
+            names::PRODUCE_QUEUE_FULL_TOTAL,
+            "Sends that found the producer's queue full and waited (backpressure from slow brokers; not counted as retries).",
         ),
         backlog_bytes: gauge(
             r,

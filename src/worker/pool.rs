@@ -338,10 +338,12 @@ impl PoolThread {
                 return false;
             }
             attempt += 1;
-            if !matches!(
+            if matches!(
                 e,
                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
             ) {
+                self.shared.metrics.record_produce_queue_full();
+            } else {
                 self.shared.warnings.warn("produce", || {
                     format!("producing to {}: {e}; retry {attempt}", out.topic)
                 });

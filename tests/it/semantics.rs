@@ -336,6 +336,48 @@ fn a_request_is_committed_only_once_its_ledger_entries_are_acknowledged() {
     .print_and_assert();
 }
 
+/// A producer whose queue holds one message (`-X queue.buffering.max.messages=1`): nearly
+/// every answer (a result and two ledger entries) finds the queue full and waits for room.
+/// Every request is still answered once, the money moves once, every offset is committed,
+/// and the waits are counted as backpressure (`wallet_produce_queue_full_total`), not as
+/// produce retries. (With an answer abandoned at its first wait, the results never came.)
+#[test]
+fn answers_that_find_the_producer_queue_full_wait_for_room_and_none_is_lost() {
+    let stack = Stack::start(2);
+    let ids = faults::wallets(&stack, "qf", 8, "1000.00");
+    let mut rng = faults::rng(17);
+    let requests = faults::requests(&ids, 60, "qf", 1..10_000, &mut rng);
+    let worker = stack.spawn_worker(&["-X", "queue.buffering.max.messages=1"]);
+    stack.publish_requests(&requests);
+    let tids: Vec<String> = requests.iter().map(|r| r.transfer_id.clone()).collect();
+    stack.wait_results_by_id(&tids, 1, 120_000);
+    wait_until("every offset committed", 60_000, || {
+        stack.committed().values().sum::<i64>() == requests.len() as i64
+    });
+    let mut log = stack.reader(&stack.topics.results);
+    wait_until("every result read back", 30_000, || {
+        log.drain_tolerant(100);
+        log.messages.len() >= requests.len()
+    });
+    faults::check(
+        &stack,
+        "producer queue of one message",
+        0,
+        &requests,
+        &log.messages,
+        None,
+        true,
+    )
+    .print_and_assert();
+    let waited = worker.metric("wallet_produce_queue_full_total");
+    assert!(waited > 0.0, "the queue was never full: {waited}");
+    assert_eq!(
+        worker.metric(r#"wallet_retries_total{cause="kafka_produce"}"#),
+        0.0,
+        "a full queue is not a produce retry"
+    );
+}
+
 /// A group rewound after the records expired (issue 20): the requests topic keeps 10 s and the
 /// worker derives a 10 s outcome ttl from it (margin 0). Every request is answered COMPLETED;
 /// once every record has expired, a worker of a new group (which starts from the earliest
