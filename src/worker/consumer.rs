@@ -160,7 +160,6 @@ fn poll_into_backlog(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, poll
 /// `WALLET_FAILPOINT_SEEK_BACK=AT:TO` the consumer, once it has polled offset `AT` of a
 /// partition, seeks that partition back to offset `TO` (once per process), as a fetch that goes
 /// back would: the messages from `TO` on come again.
-#[cfg(feature = "test-hooks")]
 fn seek_back_failpoint(
     consumer: &BaseConsumer<ConsumerCtx>,
     topic: &str,
@@ -170,6 +169,9 @@ fn seek_back_failpoint(
     use rdkafka::Offset;
     use std::sync::atomic::AtomicBool;
     static DONE: AtomicBool = AtomicBool::new(false);
+    if !cfg!(feature = "test-hooks") {
+        return;
+    }
     let Ok(spec) = std::env::var("WALLET_FAILPOINT_SEEK_BACK") else {
         return;
     };
@@ -187,9 +189,6 @@ fn seek_back_failpoint(
         "failpoint: seeking partition {partition} back from offset {offset} to {to}: {result:?}"
     );
 }
-
-#[cfg(not(feature = "test-hooks"))]
-fn seek_back_failpoint(_: &BaseConsumer<ConsumerCtx>, _: &str, _: i32, _: i64) {}
 
 /// The periodic one-line summary: totals and the rate since the previous line.
 struct SummaryLog {

@@ -367,14 +367,11 @@ impl PoolThread {
 /// delivery were lost before its acknowledgement; offsets then never pass those messages.
 /// With `ledger-unacked` the results go out but the ledger entries never do, so no offset of a
 /// COMPLETED transfer may be committed.
-#[cfg(feature = "test-hooks")]
+///
+/// One body for both builds (`cfg!`, not two `#[cfg]` twins): the code the tests run is the
+/// code a normal build compiles, where the constant `false` removes the rest.
 fn failpoint(name: &str) -> bool {
-    std::env::var("WALLET_FAILPOINT").is_ok_and(|v| v == name)
-}
-
-#[cfg(not(feature = "test-hooks"))]
-fn failpoint(_name: &str) -> bool {
-    false
+    cfg!(feature = "test-hooks") && std::env::var("WALLET_FAILPOINT").is_ok_and(|v| v == name)
 }
 
 /// Test-only (feature `test-hooks`): with `WALLET_FAILPOINT_DELIVERY_FAILS=ID` the first
@@ -382,10 +379,12 @@ fn failpoint(_name: &str) -> bool {
 /// transient error, as librdkafka reports a message timed out), once per process: the job
 /// must be redone and its result published again. It fails a delivery the test broker has
 /// taken, so the broker is never upset (tansu 0.6 is, by real timed-out deliveries).
-#[cfg(feature = "test-hooks")]
 fn delivery_failpoint(payload: Option<&[u8]>) -> bool {
     use std::sync::atomic::AtomicBool;
     static FIRED: AtomicBool = AtomicBool::new(false);
+    if !cfg!(feature = "test-hooks") {
+        return false;
+    }
     let Ok(id) = std::env::var("WALLET_FAILPOINT_DELIVERY_FAILS") else {
         return false;
     };
@@ -395,22 +394,15 @@ fn delivery_failpoint(payload: Option<&[u8]>) -> bool {
     ours && !FIRED.swap(true, Ordering::SeqCst)
 }
 
-#[cfg(not(feature = "test-hooks"))]
-fn delivery_failpoint(_payload: Option<&[u8]>) -> bool {
-    false
-}
-
 /// Test-only (feature `test-hooks`): with `WALLET_FAILPOINT_PANIC=ID` the transfer of request
 /// `ID` panics, as a bug in the engine would.
-#[cfg(feature = "test-hooks")]
 fn panic_failpoint(transfer_id: &str) {
-    if std::env::var("WALLET_FAILPOINT_PANIC").is_ok_and(|v| v == transfer_id) {
+    if cfg!(feature = "test-hooks")
+        && std::env::var("WALLET_FAILPOINT_PANIC").is_ok_and(|v| v == transfer_id)
+    {
         panic!("failpoint: the transfer of {transfer_id} panics");
     }
 }
-
-#[cfg(not(feature = "test-hooks"))]
-fn panic_failpoint(_transfer_id: &str) {}
 
 /// The delay before the next try of `job`, whose latest failure is already counted on it:
 /// `retry_backoff` at attempt `failures - 1`, so it doubles with every failure of any transient
