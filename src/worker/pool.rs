@@ -288,6 +288,9 @@ impl PoolThread {
             });
             self.shared.metrics.record_dlq();
         }
+        if let Answer::Result(result, _) = &answer {
+            producer_fatal_failpoint(&self.producer, &result.transfer_id);
+        }
         let config = &self.shared.config;
         let out = messages(config, &answer, &job);
         let first = if job.dead_lettered {
@@ -392,6 +395,28 @@ fn delivery_failpoint(payload: Option<&[u8]>) -> bool {
         .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
         .is_some_and(|v| v["transfer_id"] == id.as_str());
     ours && !FIRED.swap(true, Ordering::SeqCst)
+}
+
+/// Test-only (feature `test-hooks`): with `WALLET_FAILPOINT_PRODUCER_FATAL=ID`, just before
+/// the result of request `ID` is handed over, the producer is put in a fatal state
+/// (librdkafka's `rd_kafka_test_fatal_error`, as when an idempotent producer finds its sequence
+/// lost by the broker): the worker must stop and commit nothing past that request.
+fn producer_fatal_failpoint(producer: &ThreadedProducer<DeliveryContext>, transfer_id: &str) {
+    if !cfg!(feature = "test-hooks")
+        || std::env::var("WALLET_FAILPOINT_PRODUCER_FATAL").map_or(true, |v| v != transfer_id)
+    {
+        return;
+    }
+    // SAFETY: the pointer is `producer`'s live client, borrowed for the call; the function
+    // only records the error on the client and raises it on the client's own threads.
+    let code = unsafe {
+        rdkafka::bindings::rd_kafka_test_fatal_error(
+            rdkafka::producer::Producer::client(producer).native_ptr(),
+            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            c"failpoint: the result producer is fatal".as_ptr(),
+        )
+    };
+    log::warn!("failpoint: the result producer put in a fatal state ({code:?})");
 }
 
 /// Test-only (feature `test-hooks`): with `WALLET_FAILPOINT_PANIC=ID` the transfer of request
@@ -567,6 +592,11 @@ pub(crate) struct DeliveryContext {
 }
 
 impl ClientContext for DeliveryContext {
+    /// A client error: a `__FATAL` code stops the worker, anything else is warned about.
+    /// rdkafka 0.39 reads errors as events, which give a fatal error's underlying code
+    /// (`OutOfOrderSequenceNumber`, say) and not `__FATAL`, so the stop on a fatal producer
+    /// comes from the next send or delivery report, which fail with `Fatal` ([`is_permanent`];
+    /// `lifecycle::a_fatal_result_producer_stops_the_worker_and_commits_nothing_past_it`).
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
             self.shared

@@ -480,6 +480,59 @@ fn an_answer_the_producer_refuses_for_good_stops_the_worker_and_commits_nothing_
     );
 }
 
+/// A result producer in a fatal state (hook `WALLET_FAILPOINT_PRODUCER_FATAL`: librdkafka's
+/// test API makes the idempotent producer fatal just before `f2`'s result is handed over, as a
+/// broker that lost its sequence would) stops the worker (exit 1) naming the fatal error, and
+/// commits nothing past the unanswered `f2`. The next worker answers `f2` from its record:
+/// each request answered, the money moved once.
+#[test]
+fn a_fatal_result_producer_stops_the_worker_and_commits_nothing_past_it() {
+    let stack = Stack::start(1);
+    let ids: Vec<String> = ["fa", "fb"].iter().map(|s| s.to_string()).collect();
+    wallets_of(&stack, &ids);
+    let requests: Vec<TransferRequest> = ["f1", "f2"]
+        .iter()
+        .map(|id| TransferRequest::new(id, "fa", "fb", "1", Currency::USD).unwrap())
+        .collect();
+    let mut worker = stack.spawn_worker_env(&[], &[("WALLET_FAILPOINT_PRODUCER_FATAL", "f2")]);
+    stack.publish_requests(&requests[..1]);
+    wait_until("f1 answered and committed", 60_000, || {
+        stack.committed().get(&0) == Some(&1)
+    });
+    stack.publish_requests(&requests[1..]);
+    assert_eq!(worker.wait_exit(60_000), Some(1), "{}", worker.log());
+    let log = worker.log();
+    assert!(
+        log.contains("refuses the answer to partition 0 offset 1") && log.contains("Fatal"),
+        "{log}"
+    );
+    assert_eq!(
+        stack.committed().get(&0),
+        Some(&1),
+        "nothing past the unanswered f2"
+    );
+    let _next = stack.spawn_worker(&[]);
+    stack.wait_results_by_id(&["f2".to_string()], 1, 60_000);
+    wait_until("f2 committed", 60_000, || {
+        stack.committed().get(&0) == Some(&2)
+    });
+    let mut results = stack.reader(&stack.topics.results);
+    wait_until("both results read back", 30_000, || {
+        results.drain_tolerant(100);
+        results.messages.len() >= 2
+    });
+    crate::support::faults::check(
+        &stack,
+        "result producer fatal",
+        1,
+        &requests,
+        &results.messages,
+        None,
+        true,
+    )
+    .print_and_assert();
+}
+
 /// Resident memory of a process in KiB (`VmRSS` from /proc), 0 when it is gone.
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
