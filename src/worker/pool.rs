@@ -580,6 +580,17 @@ pub(crate) enum PartKind {
     Ledger,
 }
 
+impl PartKind {
+    /// How a failure names the message: "the answer to" / "a ledger entry of" partition P
+    /// offset O. Pure.
+    fn described(self) -> &'static str {
+        match self {
+            PartKind::Ledger => "a ledger entry of",
+            PartKind::Result | PartKind::DeadLetter => "the answer to",
+        }
+    }
+}
+
 /// The delivery opaque of one message: its answer's [`Delivery`] and what it is.
 pub(crate) struct Part {
     delivery: Arc<Delivery>,
@@ -614,28 +625,44 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, part: Box<Part>) {
         let Part { delivery, kind } = *part;
-        let what = match kind {
-            PartKind::Ledger => "a ledger entry of",
-            _ => "the answer to",
+        let report = match result {
+            Ok(m) => Ok(rdkafka::Message::payload(m)),
+            Err((e, _)) => Err(e),
         };
-        match result {
-            Ok(m)
-                if kind == PartKind::Result && delivery_failpoint(rdkafka::Message::payload(m)) =>
-            {
+        self.report(&delivery, kind, report);
+        if let Some((job, failure)) = delivery.reported() {
+            self.settle(job, failure);
+        }
+    }
+}
+
+impl DeliveryContext {
+    /// One message's delivery report (`Ok` with its payload, or the error): acknowledged; or
+    /// refused for good (the worker stops); or failed, so the job is redone once every message
+    /// of its answer has reported.
+    fn report(
+        &self,
+        delivery: &Delivery,
+        kind: PartKind,
+        report: Result<Option<&[u8]>, &KafkaError>,
+    ) {
+        let what = kind.described();
+        match report {
+            Ok(payload) if kind == PartKind::Result && delivery_failpoint(payload) => {
                 self.shared.delivery_failing.store(true, Ordering::SeqCst);
                 delivery.fail(format!(
                     "publishing {what} it failed: failpoint: reported failed after it was delivered"
                 ));
             }
-            Ok(_) => self.acknowledged(&delivery, kind),
-            Err((e, _)) if is_permanent(e) => {
+            Ok(_) => self.acknowledged(delivery, kind),
+            Err(e) if is_permanent(e) => {
                 delivery.fail(e.to_string());
                 self.shared.fail(format!(
                     "the brokers refuse {what} partition {} offset {} for good: {e}",
                     delivery.partition, delivery.offset
                 ));
             }
-            Err((e, _)) => {
+            Err(e) => {
                 self.shared.delivery_failing.store(true, Ordering::SeqCst);
                 delivery.fail(format!("publishing {what} it failed: {e}"));
                 if is_topic_missing(e) {
@@ -647,13 +674,8 @@ impl ProducerContext for DeliveryContext {
                 }
             }
         }
-        if let Some((job, failure)) = delivery.reported() {
-            self.settle(job, failure);
-        }
     }
-}
 
-impl DeliveryContext {
     /// A delivery failed at `now` because its topic does not exist. A topic that is still
     /// missing `TOPIC_MISSING_MS_LIMIT` after the first such failure (with no delivery
     /// acknowledged since) was deleted, not created late: no retry can deliver there, so the
@@ -880,6 +902,8 @@ fn conflict_answer(request: &TransferRequest) -> TransferCompleted {
 mod tests {
     use super::*;
 
+    use crate::worker::metrics::Metrics;
+    use crate::worker::shared::Shared;
     use crate::worker::shared::test_job as job;
 
     fn header(headers: &OwnedHeaders, key: &str) -> Option<String> {
@@ -1068,6 +1092,77 @@ mod tests {
         let fatal = shared.fatal.lock().clone().expect("the worker stops");
         assert!(fatal.contains("missing for 60 s (deleted?)"), "{fatal}");
         assert!(shared.shutdown.load(Ordering::SeqCst));
+    }
+
+    /// The count of `series` in the metrics' text output (0 when absent).
+    fn rendered(shared: &Shared, series: &str) -> f64 {
+        shared
+            .metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    #[test]
+    fn each_delivery_report_acknowledges_fails_or_stops_by_its_error() {
+        let production = |code| KafkaError::MessageProduction(code);
+        let context = || {
+            let shared = Shared::new(WorkerConfig::default(), Metrics::new());
+            let ctx = DeliveryContext {
+                shared: shared.clone(),
+            };
+            (shared, ctx)
+        };
+        // Acknowledged: counted by kind; the ack stage times results and dead letters only.
+        let (shared, ctx) = context();
+        let mut handed = job(0, 1, 1);
+        handed.handed_at = Some(Instant::now());
+        let delivery = Delivery::new(handed, 3);
+        ctx.report(&delivery, PartKind::Result, Ok(None));
+        assert!(delivery.reported().is_none(), "two more to report");
+        ctx.report(&delivery, PartKind::Ledger, Ok(None));
+        assert!(delivery.reported().is_none(), "one more to report");
+        ctx.report(&delivery, PartKind::Ledger, Ok(None));
+        assert!(delivery.reported().expect("all reported").1.is_none());
+        assert_eq!(rendered(&shared, "wallet_results_published_total"), 1.0);
+        assert_eq!(
+            rendered(&shared, "wallet_ledger_entries_published_total"),
+            2.0
+        );
+        let acks = r#"wallet_stage_seconds_count{stage="ack"}"#;
+        assert_eq!(rendered(&shared, acks), 1.0);
+        // A transient failure: the job is redone, new jobs wait, the worker goes on.
+        let (shared, ctx) = context();
+        let delivery = Delivery::new(job(0, 2, 1), 2);
+        ctx.report(&delivery, PartKind::Result, Ok(None));
+        assert!(delivery.reported().is_none(), "one more to report");
+        let timed_out = production(RDKafkaErrorCode::MessageTimedOut);
+        ctx.report(&delivery, PartKind::Ledger, Err(&timed_out));
+        let failure = delivery
+            .reported()
+            .expect("all reported")
+            .1
+            .expect("failed");
+        assert!(
+            failure.starts_with("publishing a ledger entry of it failed"),
+            "{failure}"
+        );
+        assert!(shared.delivery_failing.load(Ordering::SeqCst));
+        assert!(shared.fatal.lock().is_none());
+        // Refused for good: the worker stops, naming what was refused.
+        let (shared, ctx) = context();
+        let delivery = Delivery::new(job(3, 7, 1), 1);
+        let too_large = production(RDKafkaErrorCode::MessageSizeTooLarge);
+        ctx.report(&delivery, PartKind::Ledger, Err(&too_large));
+        assert!(delivery.reported().expect("reported").1.is_some());
+        let fatal = shared.fatal.lock().clone().expect("the worker stops");
+        assert!(
+            fatal.starts_with("the brokers refuse a ledger entry of partition 3 offset 7"),
+            "{fatal}"
+        );
+        assert!(!shared.delivery_failing.load(Ordering::SeqCst));
+        assert_eq!(PartKind::DeadLetter.described(), "the answer to");
     }
 
     #[test]
