@@ -1166,6 +1166,28 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_delivery_counts_on_its_job_and_queues_it_again_each_time() {
+        let shared = Shared::new(WorkerConfig::default(), Metrics::new());
+        let ctx = DeliveryContext {
+            shared: shared.clone(),
+        };
+        ctx.settle(job(0, 4, 1), Some("lost".into()));
+        let mut queued = shared.retries.lock().drain();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].failures(), 1);
+        ctx.settle(queued.remove(0), Some("lost again".into()));
+        let again = shared.retries.lock().drain();
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            again[0].failures(),
+            2,
+            "each failure counts: the backoff grows"
+        );
+        let retries = r#"wallet_retries_total{cause="kafka_produce"}"#;
+        assert_eq!(rendered(&shared, retries), 2.0);
+    }
+
+    #[test]
     fn permanent_produce_errors_are_told_from_passing_ones() {
         let production = |code| KafkaError::MessageProduction(code);
         assert!(is_permanent(&production(
