@@ -33,6 +33,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 
+use crate::engine::backoff::Backoff;
 use crate::engine::expiry::{self, Freshness};
 use crate::engine::lock::LockError;
 use crate::engine::message::{
@@ -320,7 +321,7 @@ impl PoolThread {
     /// shutdown: the job then never finishes and stays uncommitted.
     fn send(&self, out: &Outgoing<'_>, part: Box<Part>) -> bool {
         let mut opaque = part;
-        let mut attempt: u32 = 0;
+        let mut retries = SendRetries::default();
         loop {
             let mut record = BaseRecord::with_opaque_to(out.topic, opaque)
                 .key(&out.key)
@@ -340,7 +341,7 @@ impl PoolThread {
                 ));
                 return false;
             }
-            attempt += 1;
+            let (attempt, delay_ms) = retries.next(&self.shared.config.produce_backoff());
             if matches!(
                 e,
                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
@@ -352,7 +353,6 @@ impl PoolThread {
                 });
                 self.shared.metrics.record_retry("kafka_produce");
             }
-            let delay_ms = self.shared.config.produce_backoff().delay_ms(attempt);
             if !sleep_unless_shutdown(&self.shared, delay_ms) {
                 // The engine has recorded the outcome; the redelivered message will be
                 // answered from it by whoever owns the partition next.
@@ -362,6 +362,21 @@ impl PoolThread {
                 return false;
             }
         }
+    }
+}
+
+/// The failed tries of one send: each counts, and the wait before the next doubles.
+#[derive(Debug, Default)]
+struct SendRetries {
+    attempt: u32,
+}
+
+impl SendRetries {
+    /// Counts one more failed try; its number (1 for the first) and the wait before the next
+    /// (`backoff` at that number).
+    fn next(&mut self, backoff: &Backoff) -> (u32, u64) {
+        self.attempt += 1;
+        (self.attempt, backoff.delay_ms(self.attempt))
     }
 }
 
@@ -1185,6 +1200,25 @@ mod tests {
         );
         let retries = r#"wallet_retries_total{cause="kafka_produce"}"#;
         assert_eq!(rendered(&shared, retries), 2.0);
+    }
+
+    #[test]
+    fn each_failed_send_counts_and_waits_longer_before_the_next() {
+        let backoff = WorkerConfig::default().produce_backoff();
+        let mut retries = SendRetries::default();
+        for n in 1..=4 {
+            let (attempt, delay_ms) = retries.next(&backoff);
+            assert_eq!(attempt, n);
+            let base = backoff.base_delay_ms(n);
+            assert!(
+                (base..=base + crate::worker::config::PRODUCE_RETRY_DELAY_MS_BASE)
+                    .contains(&delay_ms)
+            );
+        }
+        assert!(
+            backoff.base_delay_ms(4) > backoff.base_delay_ms(1),
+            "it doubles"
+        );
     }
 
     #[test]
