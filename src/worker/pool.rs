@@ -945,6 +945,12 @@ mod tests {
         assert_eq!(header(&headers, "source_offset").as_deref(), Some("42"));
         assert_eq!(header(&headers, "truncated"), None);
 
+        // At the limit exactly: whole, not marked.
+        let at_limit = job(0, 1, DLQ_PAYLOAD_BYTES_LIMIT);
+        let out = outgoing(&config, &answer, &at_limit);
+        assert_eq!(out.payload.len(), DLQ_PAYLOAD_BYTES_LIMIT);
+        assert_eq!(header(&out.headers.unwrap(), "truncated"), None);
+
         let big = job(0, 1, 1_048_400);
         let long_error = Answer::DeadLetter("é".repeat(DLQ_ERROR_BYTES_LIMIT));
         let out = outgoing(&config, &long_error, &big);
