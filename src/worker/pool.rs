@@ -1228,6 +1228,25 @@ mod tests {
     }
 
     #[test]
+    fn a_request_dated_past_the_clock_allowance_is_refused_and_a_fresh_one_is_judged_by_its_time() {
+        let request =
+            TransferRequest::new("t1", "a", "b", "1", crate::engine::money::Currency::USD).unwrap();
+        let ttl = LiveTtl::default();
+        ttl.start(Some(60_000));
+        let now = crate::engine::message::now_ms();
+        let future = now + 60_000;
+        let refused = dated(request.clone(), Some(future as i64), &ttl).expect_err("ahead");
+        assert!(
+            refused.contains("ms ahead of this worker's clock, more than the 6000 ms allowed"),
+            "{refused}"
+        );
+        let fresh = dated(request.clone(), Some(now as i64), &ttl).expect("fresh");
+        assert_eq!(fresh.requested_at_ms, Some(now));
+        let undated = dated(request, None, &ttl).expect("no timestamp");
+        assert_eq!(undated.requested_at_ms, None);
+    }
+
+    #[test]
     fn permanent_produce_errors_are_told_from_passing_ones() {
         let production = |code| KafkaError::MessageProduction(code);
         assert!(is_permanent(&production(
