@@ -30,9 +30,15 @@ simulate: ## replay one seed of the seeded simulation (SEED=n; TOPOLOGY=one-redi
 	@test -n "$(SEED)" || { echo "usage: make simulate SEED=n [TOPOLOGY=one-redis|same-slot|cross-slot] [OPS=n]"; exit 2; }
 	SIM_SEED=$(SEED) SIM_TOPOLOGY=$(TOPOLOGY) SIM_OPS=$(OPS) $(CARGO) test --test it -- simulation:: --nocapture
 
-mutants: ## mutation testing of the guarantee-bearing files (hours; FILE=src/engine/transfer.rs for one; TESTS='engine:: semantics::' to narrow the tests)
+mutants: ## mutation testing of the guarantee-bearing files (hours; FILE=src/engine/transfer.rs for one; TESTS='engine:: semantics::' to narrow the tests; RE='PoolThread::send' for some of its mutants)
 	$(CARGO) install cargo-mutants --locked --version 27.1.0 --quiet 2>/dev/null || true
-	$(CARGO) mutants -j 1 --output target/mutants $(if $(FILE),--no-config --file $(FILE) --timeout-multiplier 3,) -- --lib --test it $(if $(TESTS),-- $(TESTS),)
+	@# With cargo-nextest a mutant's run stops at its first failing test (fail-fast), so a
+	@# caught mutant costs seconds, not the whole test set; libtest runs every test.
+	if command -v cargo-nextest >/dev/null; then \
+	  $(CARGO) mutants -j 1 --test-tool nextest --output target/mutants $(if $(FILE),--no-config --file $(FILE) --timeout-multiplier 3,) $(if $(RE),-F '$(RE)',) -- --lib --test it $(TESTS); \
+	else \
+	  $(CARGO) mutants -j 1 --output target/mutants $(if $(FILE),--no-config --file $(FILE) --timeout-multiplier 3,) $(if $(RE),-F '$(RE)',) -- --lib --test it $(if $(TESTS),-- $(TESTS),); \
+	fi
 	@echo "report: target/mutants/mutants.out/outcomes.json; missed mutants: target/mutants/mutants.out/missed.txt"
 
 demo: ## the whole system on this machine: install, start, seed, work, audit, stop
