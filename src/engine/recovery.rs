@@ -82,18 +82,31 @@ impl WalletService {
         }
         report.pending_found = pending.len() as u64;
         for key in pending {
-            match finish_pending(self, pools, &key) {
-                Ok(true) => report.finished += 1,
-                Ok(false) => report.already_final += 1,
-                Err(e) => {
-                    report.failed += 1;
-                    if report.errors.len() < RECOVER_ERRORS_LISTED_LIMIT {
-                        report.errors.push(format!("{key}: {e}"));
-                    }
+            report.count(&key, finish_pending(self, pools, &key));
+        }
+        debug_assert_eq!(
+            report.pending_found,
+            report.finished + report.already_final + report.failed
+        );
+        Ok(report)
+    }
+}
+
+impl RecoverReport {
+    /// Counts how the finish of the PENDING record `key` went: finished now (`Ok(true)`),
+    /// found final already (`Ok(false)`), or failed, its error listed while fewer than
+    /// [`RECOVER_ERRORS_LISTED_LIMIT`] are. Pure.
+    fn count(&mut self, key: &str, finish: Result<bool, TransferError>) {
+        match finish {
+            Ok(true) => self.finished += 1,
+            Ok(false) => self.already_final += 1,
+            Err(e) => {
+                self.failed += 1;
+                if self.errors.len() < RECOVER_ERRORS_LISTED_LIMIT {
+                    self.errors.push(format!("{key}: {e}"));
                 }
             }
         }
-        Ok(report)
     }
 }
 
@@ -139,5 +152,31 @@ fn scan_pending(
             return Ok(());
         }
         cursor = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_finish_counts_once_by_how_it_went_and_errors_are_listed_up_to_the_limit() {
+        let mut report = RecoverReport::default();
+        report.count("a", Ok(true));
+        report.count("b", Ok(false));
+        report.count("c", Ok(false));
+        for i in 0..=RECOVER_ERRORS_LISTED_LIMIT {
+            report.count(
+                &format!("e{i}"),
+                Err(TransferError::WrongMode("busy".into())),
+            );
+        }
+        let failed = RECOVER_ERRORS_LISTED_LIMIT as u64 + 1;
+        assert_eq!(
+            (report.finished, report.already_final, report.failed),
+            (1, 2, failed)
+        );
+        assert_eq!(report.errors.len(), RECOVER_ERRORS_LISTED_LIMIT);
+        assert!(report.errors[0].starts_with("e0: "), "{:?}", report.errors);
     }
 }
