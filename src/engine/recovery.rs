@@ -166,10 +166,7 @@ mod tests {
         report.count("b", Ok(false));
         report.count("c", Ok(false));
         for i in 0..=RECOVER_ERRORS_LISTED_LIMIT {
-            report.count(
-                &format!("e{i}"),
-                Err(TransferError::WrongMode("busy".into())),
-            );
+            report.count(&format!("e{i}"), Err(TransferError::WrongMode("busy")));
         }
         let failed = RECOVER_ERRORS_LISTED_LIMIT as u64 + 1;
         assert_eq!(
