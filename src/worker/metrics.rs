@@ -963,7 +963,7 @@ fn answer(get: bool, path: &str, metrics: &Metrics) -> (u16, &'static str, Strin
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
     use std::io::{Read, Write};
     use std::net::TcpStream;
@@ -976,7 +976,7 @@ mod tests {
 
     /// One sample line of the text format, parsed back: name, labels and value.
     #[derive(Debug)]
-    struct Sample {
+    pub(crate) struct Sample {
         name: String,
         labels: BTreeMap<String, String>,
         value: f64,
@@ -984,7 +984,7 @@ mod tests {
 
     /// A deliberately independent reader of the exposition format: it splits the text the way a
     /// scraper does rather than rebuilding the expected lines.
-    fn parse(text: &str) -> Vec<Sample> {
+    pub(crate) fn parse(text: &str) -> Vec<Sample> {
         let mut samples = Vec::new();
         for line in text.lines() {
             if line.is_empty() || line.starts_with('#') {
@@ -1017,7 +1017,7 @@ mod tests {
         samples
     }
 
-    fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub(crate) fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let wanted: BTreeMap<String, String> = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

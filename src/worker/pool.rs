@@ -1115,14 +1115,11 @@ mod tests {
         assert!(shared.shutdown.load(Ordering::SeqCst));
     }
 
-    /// The count of `series` in the metrics' text output (0 when absent).
-    fn rendered(shared: &Shared, series: &str) -> f64 {
-        shared
-            .metrics
-            .render()
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+    /// The value of `name{labels}` in the metrics' text output, read back by the metrics
+    /// module's own parser (0 when absent).
+    fn rendered(shared: &Shared, name: &str, labels: &[(&str, &str)]) -> f64 {
+        use crate::worker::metrics::tests::{parse, value};
+        value(&parse(&shared.metrics.render()), name, labels).unwrap_or(0.0)
     }
 
     #[test]
@@ -1146,13 +1143,16 @@ mod tests {
         assert!(delivery.reported().is_none(), "one more to report");
         ctx.report(&delivery, PartKind::Ledger, Ok(None));
         assert!(delivery.reported().expect("all reported").1.is_none());
-        assert_eq!(rendered(&shared, "wallet_results_published_total"), 1.0);
         assert_eq!(
-            rendered(&shared, "wallet_ledger_entries_published_total"),
+            rendered(&shared, "wallet_results_published_total", &[]),
+            1.0
+        );
+        assert_eq!(
+            rendered(&shared, "wallet_ledger_entries_published_total", &[]),
             2.0
         );
-        let acks = r#"wallet_stage_seconds_count{stage="ack"}"#;
-        assert_eq!(rendered(&shared, acks), 1.0);
+        let acks = rendered(&shared, "wallet_stage_seconds_count", &[("stage", "ack")]);
+        assert_eq!(acks, 1.0);
         // A transient failure: the job is redone, new jobs wait, the worker goes on.
         let (shared, ctx) = context();
         let delivery = Delivery::new(job(0, 2, 1), 2);
@@ -1204,8 +1204,12 @@ mod tests {
             2,
             "each failure counts: the backoff grows"
         );
-        let retries = r#"wallet_retries_total{cause="kafka_produce"}"#;
-        assert_eq!(rendered(&shared, retries), 2.0);
+        let retries = rendered(
+            &shared,
+            "wallet_retries_total",
+            &[("cause", "kafka_produce")],
+        );
+        assert_eq!(retries, 2.0);
     }
 
     #[test]
