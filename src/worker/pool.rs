@@ -21,6 +21,7 @@
 //! job is never put back), and a transfer that panics. Does not poll, commit or handle rebalances
 //! (`worker::consumer`) and holds no transfer logic (`engine::transfer`).
 
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -104,13 +105,10 @@ impl PoolThread {
                 // Its partition was revoked: the next owner redoes it.
                 continue;
             }
-            if job.failures() == 0
-                && let Some(ts) = job.timestamp_ms
-            {
-                let waited_ms = crate::engine::message::now_ms().saturating_sub(ts.max(0) as u64);
+            if let Some(waited_us) = queue_wait_us(&job, crate::engine::message::now_ms()) {
                 self.shared
                     .metrics
-                    .record_stage(Stage::QueueWait, waited_ms * 1_000);
+                    .record_stage(Stage::QueueWait, waited_us);
             }
             let mut job = job;
             // A panic in a transfer (a bug) costs this job a try, not the thread: the thread
@@ -261,7 +259,7 @@ impl PoolThread {
         self.shared.metrics.record_lock_timeout();
         let mut reported = self.shared.no_ttl_reported.lock();
         for key in no_ttl {
-            if reported.len() < NO_TTL_REPORTED_LIMIT && reported.insert(key.clone()) {
+            if first_report(&mut reported, key, NO_TTL_REPORTED_LIMIT) {
                 log::error!(
                     "{key} is held with no ttl and never expires: transfers of that wallet wait until an operator deletes it (wallet locks; redis-cli DEL {key})"
                 );
@@ -913,6 +911,22 @@ fn conflict_answer(request: &TransferRequest) -> TransferCompleted {
     echo
 }
 
+/// The time `job` waited from its publication to its first try, in µs: `None` for a retry
+/// (its wait is the backoff, not the queue) or a message without a timestamp.
+fn queue_wait_us(job: &Job, now_ms: u64) -> Option<u64> {
+    if job.failures() != 0 {
+        return None;
+    }
+    let published_ms = job.timestamp_ms?.max(0) as u64;
+    Some(now_ms.saturating_sub(published_ms).saturating_mul(1_000))
+}
+
+/// Whether `key` is reported now: the first time it is seen, while fewer than `limit` keys have
+/// been (the set of reported keys is bounded; past it, no key is reported again).
+fn first_report(reported: &mut HashSet<String>, key: &str, limit: usize) -> bool {
+    reported.len() < limit && reported.insert(key.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -928,6 +942,31 @@ mod tests {
             .find(|h| h.key == key)
             .and_then(|h| h.value)
             .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    #[test]
+    fn the_queue_wait_of_a_first_try_is_its_age_in_microseconds_and_a_retry_has_none() {
+        let mut fresh = job(0, 1, 10);
+        fresh.timestamp_ms = Some(1_000);
+        assert_eq!(queue_wait_us(&fresh, 3_500), Some(2_500_000));
+        // A clock behind the message's timestamp: no wait, not an underflow.
+        assert_eq!(queue_wait_us(&fresh, 900), Some(0));
+        let undated = job(0, 2, 10);
+        assert_eq!(queue_wait_us(&undated, 3_500), None);
+        let mut retried = job(0, 3, 10);
+        retried.timestamp_ms = Some(1_000);
+        retried.transient_failures = 1;
+        assert_eq!(queue_wait_us(&retried, 3_500), None);
+    }
+
+    #[test]
+    fn a_key_held_without_ttl_is_reported_once_and_no_more_than_the_limit_are() {
+        let mut reported = HashSet::new();
+        assert!(first_report(&mut reported, "lock:a", 2));
+        assert!(!first_report(&mut reported, "lock:a", 2), "reported twice");
+        assert!(first_report(&mut reported, "lock:b", 2));
+        assert!(!first_report(&mut reported, "lock:c", 2), "past the limit");
+        assert_eq!(reported.len(), 2);
     }
 
     #[test]
