@@ -462,8 +462,8 @@ impl<'a> Cross<'a> {
             (from, recorded, None, to, marker, None)
         };
         Ok(CrossRead {
-            from: parse_wallet(self.from(), &from)?,
-            to: parse_wallet(self.to(), &to)?,
+            from: parse_wallet(KeySpace::Cluster, self.from(), &from)?,
+            to: parse_wallet(KeySpace::Cluster, self.to(), &to)?,
             recorded,
             marker,
             tokens: with_tokens.then_some((from_token, to_token)),
@@ -802,7 +802,7 @@ impl<'a> Cross<'a> {
         if token.as_deref() != Some(locks.token()) {
             return Err(TransferError::LockLost(locks.key(self.to())));
         }
-        Ok((parse_wallet(self.to(), &to)?, marker))
+        Ok((parse_wallet(KeySpace::Cluster, self.to(), &to)?, marker))
     }
 
     /// The rule for a receiver that changed after the decision (the module doc, "PENDING"):

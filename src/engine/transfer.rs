@@ -128,7 +128,7 @@ impl WalletService {
         let mut watch_aborts = 0;
         loop {
             let read = match first_read.take() {
-                Some(replies) => parse_watched(replies, request),
+                Some(replies) => parse_watched(replies, &call),
                 None => {
                     call.stats.round_trips += 1;
                     watch_and_read(guard.conn(), &call)
@@ -554,11 +554,16 @@ fn add_watch_and_reads(pipe: &mut redis::Pipeline, call: &Call<'_>, with_tokens:
 
 fn parse_watched(
     mut replies: Vec<redis::Value>,
-    request: &TransferRequest,
+    call: &Call<'_>,
 ) -> Result<WatchedRead, TransferError> {
     type Hash = HashMap<String, String>;
+    let (request, space) = (call.request, call.space);
     let corrupt = |e: redis::ParsingError| TransferError::Corrupt {
-        key: format!("wallet:{}/{}", request.from_user, request.to_user),
+        key: format!(
+            "{} / {}",
+            space.wallet(&request.from_user),
+            space.wallet(&request.to_user)
+        ),
         detail: format!("unexpected reply to the watched read: {e}"),
     };
     let lock_tokens: Option<Vec<Option<String>>> = match replies.len() {
@@ -569,8 +574,8 @@ fn parse_watched(
     let (from, to, recorded): (Hash, Hash, Hash) =
         redis::from_redis_value(redis::Value::Array(replies)).map_err(corrupt)?;
     Ok(WatchedRead {
-        from: parse_wallet(&request.from_user, &from)?,
-        to: parse_wallet(&request.to_user, &to)?,
+        from: parse_wallet(space, &request.from_user, &from)?,
+        to: parse_wallet(space, &request.to_user, &to)?,
         recorded,
         lock_tokens,
     })
@@ -581,7 +586,7 @@ fn watch_and_read(conn: &mut Conn, call: &Call<'_>) -> Result<WatchedRead, Trans
     let mut pipe = redis::pipe();
     add_watch_and_reads(&mut pipe, call, true);
     let replies: Vec<redis::Value> = pipe.query(&mut conn.redis)?;
-    parse_watched(replies, call.request)
+    parse_watched(replies, call)
 }
 
 fn unwatch(conn: &mut Conn) {

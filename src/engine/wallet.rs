@@ -26,7 +26,7 @@ use crate::engine::message::{FieldError, check_user_id, now_ms};
 use crate::engine::money::{Amount, Currency};
 use crate::engine::retention::{self, Checkpoint};
 use crate::engine::service::WalletService;
-use crate::engine::store::{Conn, PooledConn, keys};
+use crate::engine::store::{Conn, PooledConn};
 
 /// A wallet as stored in `wallet:{id}`. Data the engine returns; not `#[non_exhaustive]`, so
 /// a new field comes only in a minor release (docs/library.md, "Compatibility").
@@ -521,7 +521,7 @@ impl WalletService {
             .arg("+")
             .lrange(space.log(user_id), 0, -1)
             .query(&mut conn.redis)?;
-        let wallet = parse_wallet(user_id, &wallet)?;
+        let wallet = parse_wallet(space, user_id, &wallet)?;
         let trimmed = wallet.as_ref().map_or(0, |w| w.checkpoint.entries);
         let balance = wallet.map(|w| w.balance);
         combine_history(stream, &log, trimmed, balance)
@@ -570,7 +570,7 @@ impl WalletService {
             .arg(newest_max)
             .lrange(space.log(user_id), tail, -1)
             .query(&mut conn.redis)?;
-        let Some(wallet) = parse_wallet(user_id, &fields)? else {
+        let Some(wallet) = parse_wallet(space, user_id, &fields)? else {
             return Ok(None);
         };
         let first_line = wallet.checkpoint.entries + stream_len + log_len - log.len() as u64 + 1;
@@ -882,18 +882,20 @@ pub(crate) fn read_wallet_in(
     let fields: HashMap<String, String> = redis::cmd("HGETALL")
         .arg(space.wallet(user_id))
         .query(&mut conn.redis)?;
-    parse_wallet(user_id, &fields)
+    parse_wallet(space, user_id, &fields)
 }
 
-/// Parses a `wallet:{id}` hash as read by HGETALL; an empty hash is a missing wallet.
+/// Parses a wallet's hash as read by HGETALL; an empty hash is a missing wallet. An error
+/// names the key as `space` spells it, the one an operator looks up.
 pub(crate) fn parse_wallet(
+    space: KeySpace,
     user_id: &str,
     f: &HashMap<String, String>,
 ) -> Result<Option<Wallet>, WalletError> {
     if f.is_empty() {
         return Ok(None);
     }
-    let key = keys::wallet(user_id);
+    let key = space.wallet(user_id);
     let corrupt = |detail: String| WalletError::Corrupt {
         key: key.clone(),
         detail,
@@ -949,6 +951,24 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_wallet_that_does_not_read_is_named_by_its_key_on_each_topology() {
+        let bad = fields(&[("balance", "not money")]);
+        for (space, key) in [
+            (KeySpace::Standalone, "wallet:u1"),
+            (KeySpace::Cluster, "wallet:{u1}"),
+        ] {
+            match parse_wallet(space, "u1", &bad) {
+                Err(WalletError::Corrupt { key: named, .. }) => assert_eq!(named, key),
+                other => panic!("{space:?}: expected a corrupt wallet, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            parse_wallet(KeySpace::Cluster, "u1", &fields(&[])),
+            Ok(None)
+        ));
     }
 
     #[test]

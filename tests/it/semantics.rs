@@ -2,12 +2,14 @@
 //! honest duplicates, retries that cannot starve the pool, an outcome ttl that cannot break
 //! exactly-once.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use crate::support::cluster::RedisCluster;
 use crate::support::faults::{self, wait_recorded};
 use crate::support::stack::Stack;
-use crate::support::{create_wallets, wait_until};
+use crate::support::{Tansu, TestRedis, create_wallets, wait_until};
 use wallet_transfer::tools::ops;
 use wallet_transfer::worker::kafka::{self, TopicSpec};
 use wallet_transfer::worker::metrics::Metrics;
@@ -496,4 +498,94 @@ fn a_result_whose_delivery_fails_is_published_again_and_the_money_moves_once() {
         stack.committed().values().sum::<i64>() == requests.len() as i64
     });
     assert!(ops::audit(&service).unwrap().is_ok());
+}
+
+/// A transfer that hits data no retry can mend (a sender whose balance does not read) is
+/// answered by a dead letter naming the key, at once and once; its key passes to the sender's
+/// next request, the other senders' money moves, and the offsets are committed. Guards the
+/// pool's split of transfer errors into transient (retried) and permanent (dead-lettered):
+/// with every error retried, the corrupt request held its sender and its partition for ever.
+fn a_corrupt_wallet_is_dead_lettered_and_the_worker_carries_on<R: TestRedis>(
+    stack: &Stack<R>,
+    service: &WalletService,
+) {
+    create_wallets(
+        service,
+        &[("cw_a", "100.00"), ("cw_b", "0"), ("cw_c", "100.00")],
+    );
+    let corrupt = stack.redis.key_space().wallet("cw_a");
+    for (mut conn, keys) in stack.redis.conns_for(vec![corrupt.clone()]).unwrap() {
+        redis::cmd("HSET")
+            .arg(&keys[0])
+            .arg("balance")
+            .arg("not money")
+            .query::<()>(&mut conn)
+            .unwrap();
+    }
+    let usd = |id: &str, from: &str, to: &str| {
+        TransferRequest::new(id, from, to, "10.00", Currency::USD).unwrap()
+    };
+    // Two requests of the corrupt sender (the second waits for the first's key), then one of
+    // a sound sender.
+    let requests = [
+        usd("cw_1", "cw_a", "cw_b"),
+        usd("cw_2", "cw_a", "cw_c"),
+        usd("cw_3", "cw_c", "cw_b"),
+    ];
+    let worker = stack.spawn_worker(&[]);
+    stack.publish_requests(&requests);
+
+    let mut dlq = stack.reader(&stack.topics.dlq);
+    let dead = dlq.read_until(2, 60_000).to_vec();
+    for m in &dead {
+        let error = &m.headers["error"];
+        assert!(
+            error.contains("corrupt record") && error.contains(&corrupt),
+            "the dead letter names the corrupt key {corrupt}: {error:?}"
+        );
+    }
+    let offsets: BTreeSet<&str> = dead
+        .iter()
+        .map(|m| m.headers["source_offset"].as_str())
+        .collect();
+    assert_eq!(offsets, BTreeSet::from(["0", "1"]));
+    let results = stack.wait_results_by_id(&["cw_3".to_string()], 1, 60_000);
+    assert_eq!(results["cw_3"][0].status, Status::Completed);
+    wait_until("every offset committed", 60_000, || {
+        stack.committed().values().sum::<i64>() == requests.len() as i64
+    });
+    let balances: Vec<Amount> = ["cw_b", "cw_c"]
+        .iter()
+        .map(|id| service.balance(id).unwrap())
+        .collect();
+    assert_eq!(
+        balances,
+        [
+            Amount::parse("10.00").unwrap(),
+            Amount::parse("90.00").unwrap()
+        ]
+    );
+    assert_eq!(worker.metric("wallet_dlq_total"), 2.0);
+    assert_eq!(
+        worker.metric(r#"wallet_retries_total{cause="corrupt"}"#),
+        0.0,
+        "a corrupt record is not retried"
+    );
+}
+
+#[test]
+fn a_corrupt_wallet_is_dead_lettered_and_the_worker_carries_on_on_one_redis() {
+    let stack = Stack::start(1);
+    let service = stack.redis.service(2, EngineConfig::default());
+    a_corrupt_wallet_is_dead_lettered_and_the_worker_carries_on(&stack, &service);
+}
+
+#[test]
+fn a_corrupt_wallet_is_dead_lettered_and_the_worker_carries_on_on_a_cluster() {
+    let cluster = RedisCluster::start(3, 0);
+    let service =
+        WalletService::connect_cluster(&cluster.seeds(), "redis://", 2, EngineConfig::default())
+            .expect("connect to the test cluster");
+    let stack = Stack::start_on_cluster(cluster, Tansu::start_persistent(), 1);
+    a_corrupt_wallet_is_dead_lettered_and_the_worker_carries_on(&stack, &service);
 }

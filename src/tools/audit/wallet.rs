@@ -8,6 +8,7 @@
 //! check transfers or deposits across wallets (`transfers`, `slots`) or the totals
 //! (`settle`).
 
+use crate::engine::keyspace::KeySpace;
 use crate::engine::money::Amount;
 use crate::engine::store::keys;
 use crate::engine::wallet::{HistoryKind, Wallet, parse_wallet};
@@ -79,7 +80,7 @@ pub(super) fn wallet_view(id: &str, read: WalletRead, listed: bool, epoch: u64) 
     let parsed = read
         .hash
         .map_err(|e| format!("{key}: {e}"))
-        .and_then(|f| parse_wallet(id, &f).map_err(|e| e.to_string()));
+        .and_then(|f| parse_wallet(KeySpace::Standalone, id, &f).map_err(|e| e.to_string()));
     let (wallet, corrupt) = match parsed {
         Ok(w) => (w, None),
         Err(e) => (
@@ -173,7 +174,7 @@ pub(super) fn parse_late(id: &str, read: WalletRead) -> (Option<Wallet>, Vec<Ent
     let wallet = read
         .hash
         .ok()
-        .and_then(|f| parse_wallet(id, &f).ok().flatten());
+        .and_then(|f| parse_wallet(KeySpace::Standalone, id, &f).ok().flatten());
     let Ok(history) = read.history else {
         return (wallet, Vec::new());
     };
