@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::engine::keyspace::KeySpace;
 use crate::engine::store::keys;
 use crate::engine::transfer::{TransferOutcome, parse_outcome};
 use crate::tools::audit::input::{AuditSettings, CreditMarker, Fields, Plan, Reread, Snapshot};
@@ -134,11 +135,20 @@ impl Auditor {
         })
     }
 
+    /// How this audit spells keys in what it reports: a cluster's hash-tagged names, or one
+    /// Redis's.
+    pub(super) fn space(&self) -> KeySpace {
+        match self.across_shards {
+            true => KeySpace::Cluster,
+            false => KeySpace::Standalone,
+        }
+    }
+
     /// Takes in the next part of the full scan, read after every part before it.
     pub fn ingest(&mut self, snapshot: Snapshot) {
         self.epoch += 1;
         for (id, read) in snapshot.wallets {
-            let view = wallet_view(&id, read, snapshot.listed, self.epoch);
+            let view = wallet_view(self.space(), &id, read, snapshot.listed, self.epoch);
             self.wallets.insert(id, view);
         }
         self.ingest_outcomes(snapshot.outcomes);
@@ -152,11 +162,12 @@ impl Auditor {
             self.ingest_outcomes(std::mem::take(&mut reread.outcomes));
         }
         self.epoch += 1;
+        let space = self.space();
         for (id, read) in reread.histories {
             let Some(view) = self.wallets.get_mut(&id) else {
                 continue;
             };
-            let (now, late) = parse_late(&id, read);
+            let (now, late) = parse_late(space, &id, read);
             view.late = late;
             view.late_trimmed = now.map(|w| w.checkpoint.entries);
             view.late_epoch = self.epoch;
@@ -165,7 +176,7 @@ impl Auditor {
             if self.wallets.get(&id).is_some_and(|v| v.scanned) {
                 continue;
             }
-            let (wallet, late) = parse_late(&id, read);
+            let (wallet, late) = parse_late(space, &id, read);
             let view = WalletView {
                 late_trimmed: wallet.as_ref().map(|w| w.checkpoint.entries),
                 wallet,

@@ -338,6 +338,35 @@ mod tests {
     }
 
     #[test]
+    fn on_a_cluster_violations_name_the_keys_as_the_cluster_spells_them() {
+        let mut a = Auditor::across_shards(AuditSettings::default(), 1_000);
+        let history = vec![
+            deposit(1, "d1", "10.00"),
+            deposit(2, "d1", "10.00"),
+            ("3-0".to_string(), fields(&[("kind", "deposit")])),
+        ];
+        add_wallet(&mut a, "a", wallet("-10.00", "-21.00", 4), history);
+        let lines = checked(&a);
+        for (kind, key) in [
+            ("negative_balance", "wallet:{a}: negative balance"),
+            ("version_mismatch", "wallet:{a}: version 4"),
+            (
+                "history_unreadable",
+                "wallet:{a}:history 3-0: unreadable entry",
+            ),
+            (
+                "repeated_deposit",
+                "deposit 10.00 in wallet:{a}:history 1-1",
+            ),
+        ] {
+            assert!(
+                lines.iter().any(|l| l.starts_with(kind) && l.contains(key)),
+                "{kind} naming {key}: {lines:#?}"
+            );
+        }
+    }
+
+    #[test]
     fn missing_wallets_and_unreadable_histories_are_reported_not_summed() {
         let mut a = Auditor::default();
         add_wallet(&mut a, "ghost", Fields::new(), Vec::new());

@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::engine::keyspace::KeySpace;
 use crate::engine::money::Amount;
-use crate::engine::store::keys;
 use crate::engine::transfer::TransferOutcome;
 use crate::engine::wallet::HistoryKind;
 use crate::tools::audit::report::{Violation, ViolationKind};
@@ -27,6 +27,8 @@ pub(super) struct Seen<'a> {
 /// How violations about one group name it.
 #[derive(Debug)]
 pub(super) struct Name {
+    /// How keys are spelled (one Redis or a cluster).
+    space: KeySpace,
     key: Option<String>,
     transfer_id: Option<String>,
     wallets: Vec<String>,
@@ -34,6 +36,7 @@ pub(super) struct Name {
 
 impl Name {
     pub(super) fn of(
+        space: KeySpace,
         mover: &Mover,
         seen: &[Seen<'_>],
         claimants: &[(&str, &TransferOutcome)],
@@ -59,6 +62,7 @@ impl Name {
         let credits = seen.iter().filter(|s| s.entry.kind != HistoryKind::Debit);
         let wallets = unique(named.chain(debits.chain(credits).map(|s| s.wallet)));
         Name {
+            space,
             key,
             transfer_id,
             wallets,
@@ -138,8 +142,8 @@ fn judge_slot<'a>(
     got: &[Seen<'a>],
     name: &Name,
 ) -> Result<u64, (Violation, Option<&'a str>)> {
-    let (kind, wallet) = (["debit", "credit"][usize::from(slot.0)], slot.1);
-    let history = keys::log(wallet);
+    let (kind, wallet, space) = (["debit", "credit"][usize::from(slot.0)], slot.1, name.space);
+    let (history, placed) = (space.log(wallet), || places(space, got));
     let (need, most) = (
         want.required.len(),
         want.required.len() + want.optional.len() + want.pending.len(),
@@ -149,7 +153,7 @@ fn judge_slot<'a>(
         0 => String::new(),
         n => format!(
             " (and {n} trimmed into the checkpoint of {})",
-            keys::wallet(wallet)
+            space.wallet(wallet)
         ),
     };
     let required: Vec<Amount> = sorted(want.required.iter().map(|r| r.0));
@@ -162,13 +166,13 @@ fn judge_slot<'a>(
         );
         (ViolationKind::MissingEntry, detail)
     } else if got.len() > most && most + trimmed == 0 {
-        let detail = format!("the outcome moves no money through this: {}", places(got));
+        let detail = format!("the outcome moves no money through this: {}", placed());
         (ViolationKind::UnexpectedEntry, detail)
     } else if got.len() > most {
         let (times, expected) = (got.len() + trimmed, most + trimmed);
         let detail = format!(
             "{kind} applied {times} times, expected {expected}: {}{note}",
-            places(got)
+            placed()
         );
         (ViolationKind::RepeatedEntry, detail)
     } else if !amounts_fit(
@@ -185,14 +189,14 @@ fn judge_slot<'a>(
         );
         let history = got
             .first()
-            .map_or(history, |s| entry_key(wallet, &s.entry.stream_id));
+            .map_or(history, |s| entry_key(space, wallet, &s.entry.stream_id));
         let detail = format!(
             "{kind} in {history} is {}, the outcome says {}",
             list(&amounts),
             list(&all)
         );
         (ViolationKind::AmountMismatch, detail)
-    } else if let Some(detail) = misplaced(kind, wallet, want, got) {
+    } else if let Some(detail) = misplaced(space, kind, wallet, want, got) {
         (ViolationKind::MisplacedEntry, detail)
     } else {
         let absent = (most - got.len()).saturating_sub(want.pending.len());
@@ -222,7 +226,13 @@ fn amounts_fit(amounts: &[Amount], required: &[Amount], optional: &[Amount]) -> 
 
 /// The one entry of a slot that one outcome expects, when it is not the entry number the
 /// outcome recorded.
-fn misplaced(kind: &str, wallet: &str, want: &Expected, got: &[Seen<'_>]) -> Option<String> {
+fn misplaced(
+    space: KeySpace,
+    kind: &str,
+    wallet: &str,
+    want: &Expected,
+    got: &[Seen<'_>],
+) -> Option<String> {
     let ([(_, Some(n))], [seen], []) = (&want.required[..], got, &want.optional[..]) else {
         return None;
     };
@@ -231,9 +241,9 @@ fn misplaced(kind: &str, wallet: &str, want: &Expected, got: &[Seen<'_>]) -> Opt
         format!(
             "{kind} {} in {} {} is entry {m} of {}, the outcome says entry {n}",
             seen.entry.amount,
-            entry_key(wallet, &seen.entry.stream_id),
+            entry_key(space, wallet, &seen.entry.stream_id),
             seen.entry.stream_id,
-            keys::wallet(wallet)
+            space.wallet(wallet)
         )
     })
 }
@@ -270,7 +280,7 @@ fn list(amounts: &[Amount]) -> String {
 }
 
 /// Where entries are: `debit 10.00 in wallet:a:history 1-0, ...`.
-pub(super) fn places(seen: &[Seen<'_>]) -> String {
+pub(super) fn places(space: KeySpace, seen: &[Seen<'_>]) -> String {
     seen.iter()
         .map(|s| {
             let e = s.entry;
@@ -278,7 +288,7 @@ pub(super) fn places(seen: &[Seen<'_>]) -> String {
                 "{} {} in {} {}",
                 e.kind.as_str(),
                 e.amount,
-                entry_key(s.wallet, &e.stream_id),
+                entry_key(space, s.wallet, &e.stream_id),
                 e.stream_id
             )
         })

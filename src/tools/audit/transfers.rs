@@ -115,7 +115,11 @@ impl Auditor {
                     .filter(|_| matches!(mover, Mover::Key(_))),
                 transfer_id: Some(s[0].entry.transfer_id.clone()),
                 wallets: unique(s.iter().map(|x| x.wallet)),
-                detail: format!("deposit applied {} times: {}", s.len(), places(&s)),
+                detail: format!(
+                    "deposit applied {} times: {}",
+                    s.len(),
+                    places(self.space(), &s)
+                ),
             })
             .collect()
     }
@@ -338,7 +342,7 @@ impl Auditor {
             }
             let seen = cut.groups.get(mover).map_or(&[][..], Vec::as_slice);
             let claimants = cut.claims.get(mover).map_or(&[][..], Vec::as_slice);
-            let name = Name::of(mover, seen, claimants);
+            let name = Name::of(self.space(), mover, seen, claimants);
             // PENDING (cross-slot, between debit and completion) moves money too.
             let completed: Claimants<'_> = claimants
                 .iter()
@@ -389,7 +393,7 @@ impl Auditor {
                     "{} of {} in {} (a {} wallet) for a {currency} transfer",
                     s.entry.kind.as_str(),
                     s.entry.amount,
-                    entry_key(s.wallet, &s.entry.stream_id),
+                    entry_key(self.space(), s.wallet, &s.entry.stream_id),
                     w.currency.as_str()
                 );
                 out.violations
@@ -413,7 +417,10 @@ impl Auditor {
             return;
         }
         if !claimants.is_empty() {
-            let detail = format!("a FAILED transfer has history entries: {}", places(seen));
+            let detail = format!(
+                "a FAILED transfer has history entries: {}",
+                places(self.space(), seen)
+            );
             out.violations
                 .push(name.violation(ViolationKind::FailedWithEntries, detail));
         } else if self.outcome_expired(seen) {
@@ -424,7 +431,7 @@ impl Auditor {
                 Mover::Key(key) => keys::outcome(key),
                 Mover::Legacy(id) => format!("outcome with transfer_id {id}"),
             };
-            let detail = format!("no {outcome} for {}", places(seen));
+            let detail = format!("no {outcome} for {}", places(self.space(), seen));
             out.violations
                 .push(name.violation(ViolationKind::EntryWithoutOutcome, detail));
             let entries_epoch = seen.iter().map(|s| s.epoch).max().unwrap_or(0);
@@ -448,7 +455,7 @@ impl Auditor {
         if currencies.len() > 1 {
             let detail = format!(
                 "money moved between currencies {currencies:?}: {}",
-                places(seen)
+                places(self.space(), seen)
             );
             out.violations
                 .push(name.violation(ViolationKind::CurrencyMismatch, detail));

@@ -10,7 +10,6 @@
 
 use crate::engine::keyspace::KeySpace;
 use crate::engine::money::Amount;
-use crate::engine::store::keys;
 use crate::engine::wallet::{HistoryKind, Wallet, parse_wallet};
 use crate::tools::audit::input::{Fields, RawHistory, WalletRead};
 use crate::tools::audit::report::{Violation, ViolationKind, amount};
@@ -74,13 +73,20 @@ impl WalletView {
 }
 
 /// Parses one wallet read and finds what is wrong with the wallet on its own.
-pub(super) fn wallet_view(id: &str, read: WalletRead, listed: bool, epoch: u64) -> WalletView {
+/// Keys are named as `space` spells them.
+pub(super) fn wallet_view(
+    space: KeySpace,
+    id: &str,
+    read: WalletRead,
+    listed: bool,
+    epoch: u64,
+) -> WalletView {
     let mut problems = Vec::new();
-    let key = keys::wallet(id);
+    let key = space.wallet(id);
     let parsed = read
         .hash
         .map_err(|e| format!("{key}: {e}"))
-        .and_then(|f| parse_wallet(KeySpace::Standalone, id, &f).map_err(|e| e.to_string()));
+        .and_then(|f| parse_wallet(space, id, &f).map_err(|e| e.to_string()));
     let (wallet, corrupt) = match parsed {
         Ok(w) => (w, None),
         Err(e) => (
@@ -91,7 +97,7 @@ pub(super) fn wallet_view(id: &str, read: WalletRead, listed: bool, epoch: u64) 
     let first = wallet.as_ref().map(|w| w.checkpoint.entries + 1);
     let (entries, stream_len, last_id, first_ms) = match &read.history {
         Ok(history) => {
-            let entries = parse_entries(id, history, first, &mut problems);
+            let entries = parse_entries(space, id, history, first, &mut problems);
             let last_id = history.last().map(|(stream_id, _)| stream_id.clone());
             let first_ms = history
                 .first()
@@ -101,8 +107,8 @@ pub(super) fn wallet_view(id: &str, read: WalletRead, listed: bool, epoch: u64) 
         Err(e) => {
             let detail = format!(
                 "{} or {}: not a readable history: {e}",
-                keys::history(id),
-                keys::log(id)
+                space.history(id),
+                space.log(id)
             );
             let kind = ViolationKind::HistoryUnreadable;
             problems.push(Violation::wallet(kind, id, detail));
@@ -118,7 +124,7 @@ pub(super) fn wallet_view(id: &str, read: WalletRead, listed: bool, epoch: u64) 
     }
     problems.extend(corrupt);
     if let Some(w) = &wallet {
-        problems.extend(balance_violations(id, w, &entries, stream_len));
+        problems.extend(balance_violations(space, id, w, &entries, stream_len));
     }
     let window = wallet
         .as_ref()
@@ -142,6 +148,7 @@ pub(super) fn wallet_view(id: &str, read: WalletRead, listed: bool, epoch: u64) 
 /// The readable entries of one history, numbered from `first` when known; each unreadable
 /// one is a violation.
 fn parse_entries(
+    space: KeySpace,
     id: &str,
     history: &RawHistory,
     first: Option<u64>,
@@ -155,7 +162,7 @@ fn parse_entries(
             None => {
                 let detail = format!(
                     "{} {stream_id}: unreadable entry {fields:?}",
-                    entry_key(id, stream_id)
+                    entry_key(space, id, stream_id)
                 );
                 problems.push(Violation::wallet(
                     ViolationKind::HistoryUnreadable,
@@ -170,11 +177,15 @@ fn parse_entries(
 
 /// A re-read wallet: its hash as it is now, and the readable entries read (an unreadable one
 /// was never in the cut), numbered back from the version (the last entry made it).
-pub(super) fn parse_late(id: &str, read: WalletRead) -> (Option<Wallet>, Vec<Entry>) {
+pub(super) fn parse_late(
+    space: KeySpace,
+    id: &str,
+    read: WalletRead,
+) -> (Option<Wallet>, Vec<Entry>) {
     let wallet = read
         .hash
         .ok()
-        .and_then(|f| parse_wallet(KeySpace::Standalone, id, &f).ok().flatten());
+        .and_then(|f| parse_wallet(space, id, &f).ok().flatten());
     let Ok(history) = read.history else {
         return (wallet, Vec::new());
     };
@@ -193,11 +204,11 @@ pub(super) fn parse_late(id: &str, read: WalletRead) -> (Option<Wallet>, Vec<Ent
 
 /// The key an entry of `wallet`'s history is in, by its id: `wallet:{id}:log` for a log line
 /// (`<ms>-v<n>`), `wallet:{id}:history` for an entry of the older stream.
-pub(super) fn entry_key(wallet: &str, entry_id: &str) -> String {
+pub(super) fn entry_key(space: KeySpace, wallet: &str, entry_id: &str) -> String {
     if entry_id.contains("-v") {
-        keys::log(wallet)
+        space.log(wallet)
     } else {
-        keys::history(wallet)
+        space.history(wallet)
     }
 }
 
@@ -246,13 +257,14 @@ fn parse_entry(stream_id: &str, f: &Fields, number: Option<u64>) -> Option<Entry
 /// version = entries trimmed (`hc`) + retained entries, and when every retained entry was
 /// readable, balance = opening + checkpoint (`hb`) + retained history.
 fn balance_violations(
+    space: KeySpace,
     id: &str,
     w: &Wallet,
     entries: &[Entry],
     stream_len: Option<u64>,
 ) -> Vec<Violation> {
     let mut out = Vec::new();
-    let key = keys::wallet(id);
+    let key = space.wallet(id);
     if w.balance.is_negative() {
         let detail = format!("{key}: negative balance {}", w.balance);
         out.push(Violation::wallet(
