@@ -571,6 +571,43 @@ mod tests {
         assert_eq!(v.wallets, ["a", "b"]);
     }
 
+    /// A PENDING cross-slot transfer has debited its sender; its credit may be done (once)
+    /// or not yet, and a second credit is a double effect.
+    #[test]
+    fn a_pending_transfers_credit_is_done_once_or_not_yet_and_never_twice() {
+        for credits in 0..3u32 {
+            let mut a = Auditor::default();
+            add_outcomes(
+                &mut a,
+                &[("t1", outcome("t1", "PENDING", "a", "b", "10.00"))],
+            );
+            let debit = vec![entry(1, "t1", "debit", "10.00")];
+            add_wallet(&mut a, "a", wallet("90.00", "100.00", 1), debit);
+            let credited: Vec<_> = (0..credits)
+                .map(|i| entry(2 + i, "t1", "credit", "10.00"))
+                .collect();
+            let balance = format!("{}.00", 10 * credits);
+            add_wallet(
+                &mut a,
+                "b",
+                wallet(&balance, "0.00", u64::from(credits)),
+                credited,
+            );
+            let found = checked(&a);
+            match credits {
+                0 | 1 => assert_eq!(found, Vec::<String>::new(), "{credits} credit(s)"),
+                _ => assert_eq!(
+                    found,
+                    [
+                        "totals_mismatch: USD: total balance 110.00 != openings 100.00 + deposits 0.00",
+                        "repeated_entry key=t1 wallets=a,b: credit applied 2 times, expected 1: \
+                         credit 10.00 in wallet:b:history 1-2, credit 10.00 in wallet:b:history 1-3",
+                    ]
+                ),
+            }
+        }
+    }
+
     #[test]
     fn entries_are_counted_per_key_so_one_transfer_id_under_two_keys_is_two_transfers() {
         let with_id = |(stream_id, mut f): (String, Fields)| {
