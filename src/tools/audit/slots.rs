@@ -295,3 +295,27 @@ pub(super) fn places(space: KeySpace, seen: &[Seen<'_>]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn amounts(list: &[&str]) -> Vec<Amount> {
+        list.iter().map(|a| Amount::parse(a).unwrap()).collect()
+    }
+
+    #[test]
+    fn amounts_fit_those_required_or_each_is_one_expected_used_once() {
+        let fit = |seen: &[&str], required: &[&str], optional: &[&str]| {
+            amounts_fit(&amounts(seen), &amounts(required), &amounts(optional))
+        };
+        // Nothing may have been trimmed: exactly those required.
+        assert!(fit(&["1.00", "2.00"], &["1.00", "2.00"], &[]));
+        assert!(!fit(&["1.00", "3.00"], &["1.00", "2.00"], &[]));
+        // Some may have been trimmed: each seen is one of those expected, each used once.
+        assert!(fit(&["2.00"], &["1.00"], &["2.00"]));
+        assert!(fit(&["1.00", "2.00"], &["1.00"], &["2.00"]));
+        assert!(!fit(&["3.00"], &["1.00"], &["2.00"]));
+        assert!(!fit(&["2.00", "2.00"], &["1.00"], &["2.00"]));
+    }
+}
