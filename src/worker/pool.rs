@@ -1290,6 +1290,47 @@ mod tests {
     }
 
     #[test]
+    fn a_wait_lasts_its_whole_time_unless_shutdown_is_asked() {
+        let shared = Shared::new(WorkerConfig::default(), Metrics::new());
+        let start = Instant::now();
+        assert!(sleep_unless_shutdown(&shared, 30), "not asked to stop");
+        // A lower bound only: a wait is never cut short, however fast the machine.
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        shared.shutdown.store(true, Ordering::SeqCst);
+        assert!(!sleep_unless_shutdown(&shared, 30), "asked to stop");
+        assert!(!sleep_unless_shutdown(&shared, 0), "asked to stop");
+    }
+
+    #[test]
+    fn the_retry_timer_lets_go_of_the_jobs_still_waiting_at_shutdown() {
+        let shared = Shared::new(WorkerConfig::default(), Metrics::new());
+        let (redo, redone) = crossbeam_channel::unbounded();
+        let later = Instant::now() + Duration::from_secs(3_600);
+        let waiting = job(0, 7, 10);
+        let size = waiting.size();
+        shared.retries.lock().push(later, 0, later, size, waiting);
+        shared.shutdown.store(true, Ordering::SeqCst);
+        spawn_retry_timer(shared.clone(), redo)
+            .join()
+            .expect("the timer ends");
+        let waiting = shared.retries.lock().len();
+        assert_eq!(
+            (waiting, shared.held_bytes()),
+            (0, 0),
+            "abandoned jobs hold no memory and the retrying gauge can fall"
+        );
+        assert!(redone.try_recv().is_err(), "not run again after shutdown");
+    }
+
+    #[test]
+    fn an_error_cut_to_its_limit_ends_on_a_character_boundary() {
+        // 'é' is bytes 1..3 of "héllo".
+        assert_eq!(truncate_utf8("héllo", 2), "h");
+        assert_eq!(truncate_utf8("héllo", 3), "hé");
+        assert_eq!(truncate_utf8("héllo", 64), "héllo");
+    }
+
+    #[test]
     fn permanent_produce_errors_are_told_from_passing_ones() {
         let production = |code| KafkaError::MessageProduction(code);
         assert!(is_permanent(&production(
