@@ -250,7 +250,7 @@ mod tests {
     use super::*;
     use crate::engine::money::Amount;
     use crate::tools::audit::fixtures::*;
-    use crate::tools::audit::input::{AuditSettings, Fields, Snapshot, WalletRead};
+    use crate::tools::audit::input::{AuditSettings, CreditMarker, Fields, Snapshot, WalletRead};
 
     #[test]
     fn a_sound_ledger_has_no_violations_and_is_counted() {
@@ -364,6 +364,67 @@ mod tests {
                 "{kind} naming {key}: {lines:#?}"
             );
         }
+    }
+
+    /// On a cluster: k1 (a pays b 10.00) is PENDING, debited, its credit not done; k2 (a
+    /// pays b 1.00) COMPLETED. Both left a credit marker.
+    fn pending_with_markers() -> Auditor {
+        let mut a = Auditor::across_shards(AuditSettings::default(), 1_000);
+        add_outcomes(
+            &mut a,
+            &[
+                ("{a}:k1", outcome("k1", "PENDING", "a", "b", "10.00")),
+                ("{a}:k2", outcome("k2", "COMPLETED", "a", "b", "1.00")),
+            ],
+        );
+        let debits = vec![
+            entry(1, "k1", "debit", "10.00"),
+            entry(2, "k2", "debit", "1.00"),
+        ];
+        add_wallet(&mut a, "a", wallet("89.00", "100.00", 2), debits);
+        let credit = vec![entry(3, "k2", "credit", "1.00")];
+        add_wallet(&mut a, "b", wallet("1.00", "0.00", 1), credit);
+        let marker = |key: &str| CreditMarker {
+            receiver: "b".into(),
+            sender: "a".into(),
+            idempotency_key: key.into(),
+            value: "token:0:0".into(),
+        };
+        a.ingest_markers(vec![marker("k1"), marker("k2")]);
+        a
+    }
+
+    #[test]
+    fn a_credit_marker_whose_transfer_is_not_pending_is_a_leftover_and_pending_ones_are_counted() {
+        let r = settle_quiet(pending_with_markers());
+        assert!(r.is_ok(), "{:?}", lines(&r));
+        assert_eq!(r.leftover_marker_keys, ["credit:{b}:a:k2"]);
+        assert_eq!((r.leftover_markers, r.pending_transfers), (1, 1));
+        assert_eq!(r.currencies[0].in_flight.to_string(), "10.00");
+    }
+
+    #[test]
+    fn a_pending_credit_found_in_a_wallet_it_does_not_name_is_still_in_flight() {
+        // k1's credit went to c: finishing k1 would credit b as well, money from nowhere.
+        let mut a = Auditor::default();
+        add_outcomes(
+            &mut a,
+            &[("k1", outcome("k1", "PENDING", "a", "b", "10.00"))],
+        );
+        let debit = vec![entry(1, "k1", "debit", "10.00")];
+        add_wallet(&mut a, "a", wallet("90.00", "100.00", 1), debit);
+        add_wallet(&mut a, "b", wallet("0.00", "0.00", 0), Vec::new());
+        let credit = vec![entry(2, "k1", "credit", "10.00")];
+        add_wallet(&mut a, "c", wallet("10.00", "0.00", 1), credit);
+        let l = lines(&settle_quiet(a));
+        assert!(
+            l.contains(
+                &"totals_mismatch: USD: total balance 100.00 + in flight 10.00 != openings \
+                  100.00 + deposits 0.00"
+                    .to_string()
+            ),
+            "{l:?}"
+        );
     }
 
     #[test]

@@ -540,6 +540,48 @@ mod tests {
     use crate::tools::audit::input::{AuditSettings, Fields, Reread};
 
     #[test]
+    fn on_a_cluster_one_key_recorded_for_two_requests_is_a_reused_key() {
+        let mut a = Auditor::across_shards(AuditSettings::default(), 1_000);
+        let request = |sender: &str, id: &str| {
+            let mut o = outcome("k", "FAILED", sender, "b", "1.00");
+            o.insert("transfer_id".into(), id.into());
+            o
+        };
+        add_outcomes(
+            &mut a,
+            &[("{a}:k", request("a", "t1")), ("{c}:k", request("c", "t2"))],
+        );
+        let reused: Vec<String> = checked(&a)
+            .into_iter()
+            .filter(|l| l.starts_with("key_reused"))
+            .collect();
+        assert_eq!(reused.len(), 1, "{reused:?}");
+        assert!(
+            reused[0].contains("2 requests recorded under one key"),
+            "{reused:?}"
+        );
+    }
+
+    #[test]
+    fn on_a_cluster_an_entry_without_outcome_reads_again_the_record_of_its_debited_wallet() {
+        // k's debit in a and credit in b, read after the outcome scan found no record.
+        let mut a = Auditor::across_shards(AuditSettings::default(), 1_000);
+        add_outcomes(&mut a, &[]);
+        let debit = vec![entry(1, "k", "debit", "10.00")];
+        add_wallet(&mut a, "a", wallet("90.00", "100.00", 1), debit);
+        let credit = vec![entry(2, "k", "credit", "10.00")];
+        add_wallet(&mut a, "b", wallet("10.00", "0.00", 1), credit);
+        let found = a.check();
+        assert_eq!(found.plan.outcomes, BTreeSet::from(["{a}:k".to_string()]));
+        let l = lines(&a.report(found, 0));
+        assert!(
+            l.iter().any(|l| l.starts_with("entry_without_outcome")
+                && l.contains("no transfer:{SENDER}:k for")),
+            "{l:?}"
+        );
+    }
+
+    #[test]
     fn a_transfer_applied_twice_by_hand_is_named_by_its_key_and_wallets() {
         // Everything consistent but the double effect: balances, versions, totals add up.
         let mut a = Auditor::default();
