@@ -537,7 +537,7 @@ fn sides(o: &TransferOutcome) -> [(&str, Option<u64>, HistoryKind); 2] {
 mod tests {
     use super::*;
     use crate::tools::audit::fixtures::*;
-    use crate::tools::audit::input::{AuditSettings, Fields, Reread};
+    use crate::tools::audit::input::{AuditSettings, Fields, Reread, Snapshot};
 
     #[test]
     fn on_a_cluster_one_key_recorded_for_two_requests_is_a_reused_key() {
@@ -1012,6 +1012,147 @@ mod tests {
               wallet:a:history 95000-2, credit 1.00 in wallet:b:history 95000-2"
             ]
         );
+    }
+
+    #[test]
+    fn an_entry_written_just_at_the_outcome_ttl_is_not_expired() {
+        // Scan at 100 000 ms, ttl 10 000 ms: a record written at 90 000 ms still lived.
+        let mut a = Auditor::new(
+            AuditSettings {
+                outcome_ttl_ms: Some(10_000),
+            },
+            100_000,
+        );
+        add_outcomes(&mut a, &[]);
+        let debit = vec![timed(90_000, 1, "edge", "debit", "1.00")];
+        add_wallet(&mut a, "a", wallet("99.00", "100.00", 1), debit);
+        let credit = vec![timed(90_000, 2, "edge", "credit", "1.00")];
+        add_wallet(&mut a, "b", wallet("1.00", "0.00", 1), credit);
+        let r = a.report(a.check(), 0);
+        assert_eq!(r.outcomes_expired, 0);
+        let kinds: Vec<ViolationKind> = r.violations.iter().map(|v| v.kind).collect();
+        assert_eq!(
+            kinds,
+            [ViolationKind::EntryWithoutOutcome],
+            "{:?}",
+            lines(&r)
+        );
+    }
+
+    #[test]
+    fn entries_without_an_outcome_between_two_currencies_are_a_currency_mismatch() {
+        let mut a = Auditor::default();
+        add_outcomes(&mut a, &[]);
+        let debit = vec![entry(1, "k", "debit", "10.00")];
+        add_wallet(&mut a, "a", wallet_in("USD", "90.00", "100.00", 1), debit);
+        let credit = vec![entry(2, "k", "credit", "10.00")];
+        add_wallet(&mut a, "e", wallet_in("EUR", "10.00", "0.00", 1), credit);
+        let found = checked(&a);
+        assert!(
+            found
+                .iter()
+                .any(|l| l.contains("money moved between currencies {\"EUR\", \"USD\"}")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_transfer_with_one_side_trimmed_counts_that_side_before_the_window() {
+        // a: t1's debit (entry 1) trimmed, t2's (2) kept; b keeps both credits.
+        let mut a = Auditor::default();
+        let outcomes = [
+            ("t1", versioned("t1", "a", "b", "10.00", 1, 1)),
+            ("t2", versioned("t2", "a", "b", "5.00", 2, 2)),
+        ];
+        add_outcomes(&mut a, &outcomes);
+        let a_hash = trimmed("85.00", "100.00", 2, 1, -1000, 0);
+        add_wallet(&mut a, "a", a_hash, vec![entry(2, "t2", "debit", "5.00")]);
+        let credits = vec![
+            entry(3, "t1", "credit", "10.00"),
+            entry(4, "t2", "credit", "5.00"),
+        ];
+        add_wallet(&mut a, "b", wallet("15.00", "0.00", 2), credits);
+        let r = settle_quiet(a);
+        assert!(r.is_ok(), "{:?}", lines(&r));
+        assert_eq!(r.entries_before_window, 1, "t1's debit");
+    }
+
+    #[test]
+    fn an_outcome_read_with_a_snapshot_or_within_its_version_is_judged_now() {
+        let t = || versioned("t", "a", "b", "10.00", 1, 1);
+        // Read at the same moment as both snapshots, which lack its entries.
+        let mut a = Auditor::default();
+        a.ingest(Snapshot {
+            listed: true,
+            wallets: vec![
+                ("a".into(), read(wallet("100.00", "100.00", 0), Vec::new())),
+                ("b".into(), read(wallet("0.00", "0.00", 0), Vec::new())),
+            ],
+            outcomes: vec![("t".into(), t())],
+        });
+        let found = a.check();
+        assert_eq!((found.violations.len(), found.unconfirmed), (2, 0));
+        // Read after snapshots whose version is the one t made: entry 1 is another.
+        let mut a = Auditor::default();
+        add_outcomes(&mut a, &[]);
+        let deposits = |n| vec![deposit(n, &format!("d{n}"), "1.00")];
+        add_wallet(&mut a, "a", wallet("101.00", "100.00", 1), deposits(1));
+        add_wallet(&mut a, "b", wallet("1.00", "0.00", 1), deposits(2));
+        add_outcomes(&mut a, &[("t", t())]);
+        assert_eq!(a.check().violations.len(), 2);
+    }
+
+    #[test]
+    fn a_wallet_the_scan_did_not_read_waits_for_the_next_audit_only_when_its_outcome_came_after_the_scan()
+     {
+        let t = || versioned("t", "a", "new", "10.00", 1, 1);
+        let scanned = || {
+            let mut a = Auditor::default();
+            add_outcomes(&mut a, &[]);
+            add_wallet(&mut a, "a", wallet("100.00", "100.00", 0), Vec::new());
+            a
+        };
+        // First read by a re-read after the scan, with the wallet it created.
+        let mut a = scanned();
+        let credit = vec![entry(1, "t", "credit", "10.00")];
+        a.ingest_reread(Reread {
+            outcomes: vec![("t".into(), t())],
+            wallets: vec![("new".into(), read(wallet("10.00", "0.00", 1), credit))],
+            ..Reread::default()
+        });
+        let found = a.check();
+        assert_eq!((found.violations.len(), found.unconfirmed), (0, 0));
+        // Read with the scan's last wallet: it may be older than the wallet, so a's debit
+        // must be looked for.
+        let mut a = scanned();
+        a.ingest(Snapshot {
+            listed: true,
+            wallets: vec![("c".into(), read(wallet("0.00", "0.00", 0), Vec::new()))],
+            outcomes: vec![("t".into(), t())],
+        });
+        let found = a.check();
+        assert_eq!(
+            found.plan.histories,
+            BTreeMap::from([("a".to_string(), None)])
+        );
+    }
+
+    #[test]
+    fn an_absent_outcome_read_with_its_entries_is_not_read_again() {
+        let mut a = Auditor::default();
+        let debit = vec![entry(1, "k", "debit", "10.00")];
+        let credit = vec![entry(2, "k", "credit", "10.00")];
+        a.ingest(Snapshot {
+            listed: true,
+            wallets: vec![
+                ("a".into(), read(wallet("90.00", "100.00", 1), debit)),
+                ("b".into(), read(wallet("10.00", "0.00", 1), credit)),
+            ],
+            outcomes: vec![("k".into(), Fields::new())],
+        });
+        let found = a.check();
+        assert!(found.plan.is_empty(), "{:?}", found.plan);
+        assert_eq!((found.violations.len(), found.unconfirmed), (1, 0));
     }
 
     #[test]
