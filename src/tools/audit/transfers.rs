@@ -251,10 +251,13 @@ impl Auditor {
             return Place::Window(number);
         };
         let Some(n) = number else {
-            // No version recorded: older than the window when decided before its first entry.
+            // No version recorded: maybe older than the window when decided before its first
+            // entry or in the same millisecond (a tie cannot be ordered: the outcome's time and
+            // its entries' are two readings of the clock).
             return match view.window {
                 Some((trimmed, _))
-                    if trimmed > 0 && view.first_ms.is_none_or(|first| processed_at_ms < first) =>
+                    if trimmed > 0
+                        && view.first_ms.is_none_or(|first| processed_at_ms <= first) =>
                 {
                     Place::MaybeBeforeWindow
                 }
@@ -936,7 +939,7 @@ mod tests {
 
     #[test]
     fn an_outcome_without_versions_may_lack_only_entries_older_than_the_window() {
-        // a's window starts at 2000 ms; t_old (decided at 1000 ms) is trimmed on both sides.
+        // a's window starts at 2000 ms; t_old (decided by then) is trimmed on both sides.
         let ledger = |processed_at: &str| {
             let mut a = Auditor::default();
             let mut old = outcome("t_old", "COMPLETED", "a", "b", "10.00");
@@ -958,9 +961,12 @@ mod tests {
             );
             settle_quiet(a)
         };
-        let r = ledger("1.000");
-        assert!(r.is_ok(), "{:?}", lines(&r));
-        assert_eq!(r.entries_before_window, 2);
+        // Decided before the windows, or in the millisecond their first entries were written.
+        for decided in ["1.000", "2.000"] {
+            let r = ledger(decided);
+            assert!(r.is_ok(), "{decided}: {:?}", lines(&r));
+            assert_eq!(r.entries_before_window, 2);
+        }
         // Decided after the windows started: its entries had to be in them.
         let r = ledger("3.000");
         let kinds: Vec<ViolationKind> = r.violations.iter().map(|v| v.kind).collect();
@@ -1075,6 +1081,42 @@ mod tests {
         let r = settle_quiet(a);
         assert!(r.is_ok(), "{:?}", lines(&r));
         assert_eq!(r.entries_before_window, 1, "t1's debit");
+    }
+
+    /// t (a pays b 10.00, b's entry `tv`) with b's snapshot at version 1 holding t's credit,
+    /// then b read again with `hc` 2: its first two entries trimmed since.
+    fn trimmed_after_the_snapshot(tv: u64) -> Vec<String> {
+        let mut a = Auditor::default();
+        add_outcomes(&mut a, &[("t", versioned("t", "a", "b", "10.00", 1, tv))]);
+        let debit = vec![entry(1, "t", "debit", "10.00")];
+        add_wallet(&mut a, "a", wallet("90.00", "100.00", 1), debit);
+        let credit = vec![entry(2, "t", "credit", "10.00")];
+        add_wallet(&mut a, "b", wallet("10.00", "0.00", 1), credit);
+        let b_now = trimmed("20.00", "0.00", 2, 2, 2000, 0);
+        a.ingest_reread(Reread {
+            histories: vec![("b".into(), read(b_now, Vec::new()))],
+            ..Reread::default()
+        });
+        lines(&a.report(a.check(), 0))
+            .into_iter()
+            .filter(|l| !l.starts_with("totals_mismatch"))
+            .collect()
+    }
+
+    #[test]
+    fn an_entry_is_judged_by_the_snapshot_that_holds_it_and_one_trimmed_since_by_the_re_read() {
+        // t's credit is b's entry 1, in the snapshot: trimmed later changes nothing.
+        assert_eq!(trimmed_after_the_snapshot(1), Vec::<String>::new());
+        // t's credit is b's entry 2, made after the snapshot and trimmed since: the credit
+        // in the snapshot is a second one.
+        let found = trimmed_after_the_snapshot(2);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with(
+                "repeated_entry key=t wallets=a,b: credit applied 2 times, expected 1"
+            ),
+            "{found:?}"
+        );
     }
 
     #[test]
