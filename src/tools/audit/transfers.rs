@@ -1120,6 +1120,29 @@ mod tests {
     }
 
     #[test]
+    fn a_wallet_the_scan_did_not_read_is_read_again_whole() {
+        // "new" was first read by a re-read, before t (a pays new) was: it is read again as
+        // a wallet (hash and history), not as a history after a snapshot it never had.
+        let mut a = Auditor::default();
+        add_outcomes(&mut a, &[]);
+        let debit = vec![entry(1, "t", "debit", "10.00")];
+        add_wallet(&mut a, "a", wallet("90.00", "100.00", 1), debit);
+        a.ingest_reread(Reread {
+            wallets: vec![("new".into(), read(Fields::new(), Vec::new()))],
+            ..Reread::default()
+        });
+        a.ingest_reread(Reread {
+            outcomes: vec![("t".into(), versioned("t", "a", "new", "10.00", 1, 1))],
+            ..Reread::default()
+        });
+        let plan = a.check().plan;
+        assert_eq!(
+            (plan.wallets, plan.histories),
+            (BTreeSet::from(["new".to_string()]), BTreeMap::new())
+        );
+    }
+
+    #[test]
     fn an_outcome_read_with_a_snapshot_or_within_its_version_is_judged_now() {
         let t = || versioned("t", "a", "b", "10.00", 1, 1);
         // Read at the same moment as both snapshots, which lack its entries.
