@@ -690,6 +690,23 @@ impl ClusterPools {
         Ok(pools)
     }
 
+    /// Pools that know no node yet and ask `seed` when refreshed, never waited for: for the
+    /// unit tests of what runs around a refresh (which fails when nothing listens there).
+    #[cfg(test)]
+    pub(crate) fn unconnected(seed: &str) -> ClusterPools {
+        ClusterPools {
+            template: UrlTemplate::parse("redis://localhost").expect("a valid url"),
+            tls: RedisTls::default(),
+            pool_size_max: 1,
+            seeds: vec![seed.to_string()],
+            current: RwLock::new(Current {
+                map: SlotMap::default(),
+                pools: HashMap::new(),
+            }),
+            refreshing: Mutex::new(()),
+        }
+    }
+
     /// Waits until every primary of the map says `cluster_state:ok` (right after
     /// `redis-cli --cluster create`, or during a failover, some answer CLUSTERDOWN for a
     /// moment, or do not answer at all), at most `wait_ms`, saying so on the log (stderr)

@@ -961,6 +961,41 @@ mod tests {
         assert_eq!(parse_marker("", "abc"), None);
     }
 
+    fn moved() -> TransferError {
+        let wire = b"-MOVED 3999 127.0.0.1:6381\r\n";
+        let e = redis::parse_redis_value(wire).unwrap().extract_error();
+        TransferError::Redis(e.unwrap_err())
+    }
+
+    #[test]
+    fn a_redirect_runs_the_transfer_again_at_most_the_limit_of_times() {
+        // Nothing listens on port 1: each refresh fails, is logged, and the run goes on.
+        let pools = ClusterPools::unconnected("127.0.0.1:1");
+        let mut runs = 0;
+        let always: Result<(), _> = with_redirects(&pools, || {
+            runs += 1;
+            Err(moved())
+        });
+        assert!(
+            redirected(&always.unwrap_err()),
+            "the last redirect, returned"
+        );
+        assert_eq!(runs, 1 + REDIRECT_RETRIES_LIMIT);
+        let mut runs = 0;
+        let once = with_redirects(&pools, || {
+            runs += 1;
+            if runs == 1 { Err(moved()) } else { Ok(runs) }
+        });
+        assert_eq!(once.unwrap(), 2);
+        let mut runs = 0;
+        let other: Result<(), _> = with_redirects(&pools, || {
+            runs += 1;
+            Err(TransferError::WatchConflicts(3))
+        });
+        assert!(other.is_err());
+        assert_eq!(runs, 1, "only a redirect runs again");
+    }
+
     #[test]
     fn redirects_and_a_moving_slot_are_retried_other_errors_are_not() {
         let server = |wire: &[u8]| {
