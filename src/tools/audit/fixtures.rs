@@ -121,6 +121,14 @@ pub(super) fn checked(a: &Auditor) -> Vec<String> {
     lines(&a.report(a.check(), 0))
 }
 
+/// The answer to the outcomes `plan` asks for: `record` for each.
+pub(super) fn each_outcome(plan: &Plan, record: &Fields) -> Vec<(String, Fields)> {
+    plan.outcomes
+        .iter()
+        .map(|k| (k.clone(), record.clone()))
+        .collect()
+}
+
 /// Settles, answering each plan with `answer`.
 pub(super) fn settle_with(a: Auditor, answer: impl Fn(&Plan) -> Reread) -> AuditReport {
     a.settle(|plan| Ok::<_, ()>(answer(plan))).unwrap()

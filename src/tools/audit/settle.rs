@@ -515,11 +515,7 @@ mod tests {
         Reread {
             histories: histories.collect(),
             wallets: Vec::new(),
-            outcomes: plan
-                .outcomes
-                .iter()
-                .map(|k| (k.clone(), t2.clone()))
-                .collect(),
+            outcomes: each_outcome(plan, &t2),
         }
     }
 

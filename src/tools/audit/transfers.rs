@@ -993,11 +993,7 @@ mod tests {
             add_wallet(&mut a, "b", wallet("2.00", "0.00", 2), history);
             a.settle(|plan| {
                 Ok::<_, ()>(Reread {
-                    outcomes: plan
-                        .outcomes
-                        .iter()
-                        .map(|k| (k.clone(), Fields::new()))
-                        .collect(),
+                    outcomes: each_outcome(plan, &Fields::new()),
                     ..Reread::default()
                 })
             })

@@ -352,11 +352,7 @@ mod tests {
             let t2 = versioned("t2", "a", "b", "10.00", 1, 2);
             let late = vec![entry(3, "t2", "credit", "10.00")];
             Reread {
-                outcomes: plan
-                    .outcomes
-                    .iter()
-                    .map(|k| (k.clone(), t2.clone()))
-                    .collect(),
+                outcomes: each_outcome(plan, &t2),
                 histories: plan
                     .histories
                     .keys()
@@ -397,11 +393,7 @@ mod tests {
             planned.borrow_mut().extend(plan.histories.keys().cloned());
             let t2 = outcome("t2", "COMPLETED", "a", "b", "10.00");
             Reread {
-                outcomes: plan
-                    .outcomes
-                    .iter()
-                    .map(|k| (k.clone(), t2.clone()))
-                    .collect(),
+                outcomes: each_outcome(plan, &t2),
                 ..Reread::default()
             }
         });
