@@ -949,6 +949,7 @@ fn request_of(key: &str, record: &TransferOutcome) -> Result<TransferRequest, Tr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::cluster::ClusterError;
 
     #[test]
     fn a_marker_counts_only_for_its_own_run() {
@@ -1012,5 +1013,11 @@ mod tests {
         assert!(redirected(&server(b"-CLUSTERDOWN The cluster is down\r\n")));
         assert!(!redirected(&server(b"-ERR unknown command\r\n")));
         assert!(!redirected(&TransferError::WatchConflicts(3)));
+        // A cluster error that may pass (a slot no node serves, mid-failover) and one that
+        // will not (a configuration error).
+        assert!(redirected(&TransferError::Cluster(
+            ClusterError::SlotUncovered(7)
+        )));
+        assert!(!redirected(&TransferError::Cluster(ClusterError::NoSeeds)));
     }
 }
