@@ -349,14 +349,15 @@ mod tests {
         let plans = RefCell::new(Vec::<Plan>::new());
         let r = settle_with(received_after_its_snapshot(), |plan| {
             plans.borrow_mut().push(plan.clone());
-            let t2 = versioned("t2", "a", "b", "10.00", 1, 2);
-            let late = vec![entry(3, "t2", "credit", "10.00")];
+            // b's entry 2 a deposit, 3 t2's credit.
+            let t2 = versioned("t2", "a", "b", "10.00", 1, 3);
+            let late = vec![deposit(3, "d2", "1.00"), entry(4, "t2", "credit", "10.00")];
             Reread {
                 outcomes: each_outcome(plan, &t2),
                 histories: plan
                     .histories
                     .keys()
-                    .map(|id| (id.clone(), read(wallet("15.00", "0.00", 2), late.clone())))
+                    .map(|id| (id.clone(), read(wallet("16.00", "0.00", 3), late.clone())))
                     .collect(),
                 ..Reread::default()
             }
@@ -365,7 +366,7 @@ mod tests {
         let plans = plans.into_inner();
         let histories: Vec<_> = plans.iter().map(|p| p.histories.clone()).collect();
         // The outcome first; then b's history after its snapshot's last entry (1-1), whose
-        // late credit is b's entry 2, the version t2's outcome says it made.
+        // late credit is b's entry 3, the version t2's outcome says it made.
         let after_snapshot = BTreeMap::from([("b".to_string(), Some("1-1".to_string()))]);
         assert_eq!(histories, [BTreeMap::new(), after_snapshot]);
         assert_eq!(r.settle_passes, 2);
