@@ -250,7 +250,11 @@ mod tests {
     use super::*;
     use crate::engine::money::Amount;
     use crate::tools::audit::fixtures::*;
-    use crate::tools::audit::input::{AuditSettings, CreditMarker, Fields, Snapshot, WalletRead};
+    use std::cell::RefCell;
+
+    use crate::tools::audit::input::{
+        AuditSettings, CreditMarker, Fields, Plan, Snapshot, WalletRead,
+    };
 
     #[test]
     fn a_sound_ledger_has_no_violations_and_is_counted() {
@@ -747,5 +751,128 @@ mod tests {
             assert_eq!((r.settle_passes, r.entries_before_window), (passes, 1));
             assert_eq!(r.currencies[0].in_flight.to_string(), "-10.00");
         }
+    }
+
+    /// Live: t2 (a pays b 10.00, making a's version 1 and b's 2) ran after the outcome scan
+    /// and b's snapshot (one deposit), before a's.
+    fn received_after_its_snapshot() -> Auditor {
+        let mut a = Auditor::default();
+        add_outcomes(&mut a, &[]);
+        add_wallet(
+            &mut a,
+            "b",
+            wallet("5.00", "0.00", 1),
+            vec![deposit(1, "d1", "5.00")],
+        );
+        let history = vec![entry(2, "t2", "debit", "10.00")];
+        add_wallet(&mut a, "a", wallet("90.00", "100.00", 1), history);
+        a
+    }
+
+    #[test]
+    fn a_wallet_is_read_again_from_just_after_its_snapshot_and_its_late_entries_are_numbered_on() {
+        let plans = RefCell::new(Vec::<Plan>::new());
+        let r = settle_with(received_after_its_snapshot(), |plan| {
+            plans.borrow_mut().push(plan.clone());
+            // b's entry 2 a deposit, 3 t2's credit.
+            let t2 = versioned("t2", "a", "b", "10.00", 1, 3);
+            let late = vec![deposit(3, "d2", "1.00"), entry(4, "t2", "credit", "10.00")];
+            Reread {
+                outcomes: each_outcome(plan, &t2),
+                histories: plan
+                    .histories
+                    .keys()
+                    .map(|id| (id.clone(), read(wallet("16.00", "0.00", 3), late.clone())))
+                    .collect(),
+                ..Reread::default()
+            }
+        });
+        assert!(r.is_ok(), "{:?}", lines(&r));
+        let plans = plans.into_inner();
+        let histories: Vec<_> = plans.iter().map(|p| p.histories.clone()).collect();
+        // The outcome first; then b's history after its snapshot's last entry (1-1), whose
+        // late credit is b's entry 3, the version t2's outcome says it made.
+        let after_snapshot = BTreeMap::from([("b".to_string(), Some("1-1".to_string()))]);
+        assert_eq!(histories, [BTreeMap::new(), after_snapshot]);
+        assert_eq!(r.settle_passes, 2);
+    }
+
+    #[test]
+    fn a_history_that_cannot_be_read_is_not_planned_for_a_re_read() {
+        let mut a = Auditor::default();
+        add_outcomes(&mut a, &[]);
+        a.ingest(Snapshot {
+            listed: true,
+            wallets: vec![(
+                "b".into(),
+                WalletRead {
+                    hash: Ok(wallet("10.00", "0.00", 1)),
+                    history: Err("WRONGTYPE".into()),
+                },
+            )],
+            outcomes: Vec::new(),
+        });
+        let history = vec![entry(2, "t2", "debit", "10.00")];
+        add_wallet(&mut a, "a", wallet("90.00", "100.00", 1), history);
+        let planned = RefCell::new(Vec::new());
+        let r = settle_with(a, |plan| {
+            planned.borrow_mut().extend(plan.histories.keys().cloned());
+            let t2 = outcome("t2", "COMPLETED", "a", "b", "10.00");
+            Reread {
+                outcomes: each_outcome(plan, &t2),
+                ..Reread::default()
+            }
+        });
+        assert_eq!(planned.into_inner(), Vec::<String>::new());
+        let kinds: Vec<ViolationKind> = r.violations.iter().map(|v| v.kind).collect();
+        assert!(
+            kinds.contains(&ViolationKind::HistoryUnreadable),
+            "{:?}",
+            lines(&r)
+        );
+    }
+
+    #[test]
+    fn a_wallet_not_listed_is_missing_only_when_it_has_a_history() {
+        let mut a = Auditor::default();
+        a.ingest(Snapshot {
+            listed: false,
+            wallets: vec![
+                (
+                    "gone".into(),
+                    read(Fields::new(), vec![deposit(1, "d1", "1.00")]),
+                ),
+                ("never".into(), read(Fields::new(), Vec::new())),
+            ],
+            outcomes: Vec::new(),
+        });
+        let missing: Vec<String> = checked(&a)
+            .into_iter()
+            .filter(|l| l.starts_with("wallet_missing"))
+            .collect();
+        assert_eq!(
+            missing,
+            [
+                "wallet_missing wallets=gone: wallet:gone does not exist (listed in wallets:all: \
+                 false, history entries: 1)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_of_no_entries_with_money_in_it_is_shown_in_the_mismatch() {
+        let mut a = Auditor::default();
+        add_outcomes(&mut a, &[]);
+        let hash = trimmed("7.00", "0.00", 1, 0, 500, 0);
+        add_wallet(&mut a, "a", hash, vec![deposit(1, "d1", "1.00")]);
+        let l = checked(&a);
+        assert!(
+            l.contains(
+                &"balance_mismatch wallets=a: wallet:a: balance 7.00 != opening 0.00 + \
+                  checkpoint 5.00 (0 trimmed) + history 1.00"
+                    .to_string()
+            ),
+            "{l:?}"
+        );
     }
 }
