@@ -75,13 +75,37 @@ pub(super) fn read(hash: Fields, history: RawHistory) -> WalletRead {
     }
 }
 
-/// One wallet of `wallets:all`, read whole by the scan after everything added before.
-pub(super) fn add_wallet(a: &mut Auditor, id: &str, hash: Fields, history: RawHistory) {
+/// A wallet whose hash reads and whose history does not (a key of the wrong type).
+pub(super) fn unreadable_history(hash: Fields) -> WalletRead {
+    WalletRead {
+        hash: Ok(hash),
+        history: Err("WRONGTYPE".into()),
+    }
+}
+
+/// Wallets of `wallets:all` and outcome records, read at one moment after everything added
+/// before.
+pub(super) fn add_at_once(
+    a: &mut Auditor,
+    wallets: Vec<(&str, WalletRead)>,
+    outcomes: &[(&str, Fields)],
+) {
     a.ingest(Snapshot {
         listed: true,
-        wallets: vec![(id.to_string(), read(hash, history))],
-        outcomes: Vec::new(),
+        wallets: wallets
+            .into_iter()
+            .map(|(id, read)| (id.to_string(), read))
+            .collect(),
+        outcomes: outcomes
+            .iter()
+            .map(|(k, f)| (k.to_string(), f.clone()))
+            .collect(),
     });
+}
+
+/// One wallet of `wallets:all`, read whole by the scan after everything added before.
+pub(super) fn add_wallet(a: &mut Auditor, id: &str, hash: Fields, history: RawHistory) {
+    add_at_once(a, vec![(id, read(hash, history))], &[]);
 }
 
 /// Outcome records read by the scan (which reads them before the wallets).

@@ -252,9 +252,7 @@ mod tests {
     use crate::tools::audit::fixtures::*;
     use std::cell::RefCell;
 
-    use crate::tools::audit::input::{
-        AuditSettings, CreditMarker, Fields, Plan, Snapshot, WalletRead,
-    };
+    use crate::tools::audit::input::{AuditSettings, CreditMarker, Fields, Plan, Snapshot};
 
     #[test]
     fn a_sound_ledger_has_no_violations_and_is_counted() {
@@ -436,17 +434,8 @@ mod tests {
         let mut a = Auditor::default();
         add_wallet(&mut a, "ghost", Fields::new(), Vec::new());
         add_wallet(&mut a, "bad", fields(&[("balance", "x")]), Vec::new());
-        a.ingest(Snapshot {
-            listed: true,
-            wallets: vec![(
-                "noise".into(),
-                WalletRead {
-                    hash: Ok(wallet("1.00", "1.00", 4)),
-                    history: Err("WRONGTYPE".into()),
-                },
-            )],
-            outcomes: Vec::new(),
-        });
+        let noise = unreadable_history(wallet("1.00", "1.00", 4));
+        add_at_once(&mut a, vec![("noise", noise)], &[]);
         let garbled = vec![("1-0".to_string(), fields(&[("kind", "gift")]))];
         add_wallet(&mut a, "odd", wallet("7.00", "1.00", 1), garbled);
         let r = a.report(a.check(), 0);
@@ -801,17 +790,8 @@ mod tests {
     fn a_history_that_cannot_be_read_is_not_planned_for_a_re_read() {
         let mut a = Auditor::default();
         add_outcomes(&mut a, &[]);
-        a.ingest(Snapshot {
-            listed: true,
-            wallets: vec![(
-                "b".into(),
-                WalletRead {
-                    hash: Ok(wallet("10.00", "0.00", 1)),
-                    history: Err("WRONGTYPE".into()),
-                },
-            )],
-            outcomes: Vec::new(),
-        });
+        let b = unreadable_history(wallet("10.00", "0.00", 1));
+        add_at_once(&mut a, vec![("b", b)], &[]);
         let history = vec![entry(2, "t2", "debit", "10.00")];
         add_wallet(&mut a, "a", wallet("90.00", "100.00", 1), history);
         let planned = RefCell::new(Vec::new());

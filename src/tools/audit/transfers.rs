@@ -540,7 +540,7 @@ fn sides(o: &TransferOutcome) -> [(&str, Option<u64>, HistoryKind); 2] {
 mod tests {
     use super::*;
     use crate::tools::audit::fixtures::*;
-    use crate::tools::audit::input::{AuditSettings, Fields, Reread, Snapshot};
+    use crate::tools::audit::input::{AuditSettings, Fields, Reread};
 
     #[test]
     fn on_a_cluster_one_key_recorded_for_two_requests_is_a_reused_key() {
@@ -1143,14 +1143,11 @@ mod tests {
         let t = || versioned("t", "a", "b", "10.00", 1, 1);
         // Read at the same moment as both snapshots, which lack its entries.
         let mut a = Auditor::default();
-        a.ingest(Snapshot {
-            listed: true,
-            wallets: vec![
-                ("a".into(), read(wallet("100.00", "100.00", 0), Vec::new())),
-                ("b".into(), read(wallet("0.00", "0.00", 0), Vec::new())),
-            ],
-            outcomes: vec![("t".into(), t())],
-        });
+        let wallets = vec![
+            ("a", read(wallet("100.00", "100.00", 0), Vec::new())),
+            ("b", read(wallet("0.00", "0.00", 0), Vec::new())),
+        ];
+        add_at_once(&mut a, wallets, &[("t", t())]);
         let found = a.check();
         assert_eq!((found.violations.len(), found.unconfirmed), (2, 0));
         // Read after snapshots whose version is the one t made: entry 1 is another.
@@ -1186,11 +1183,8 @@ mod tests {
         // Read with the scan's last wallet: it may be older than the wallet, so a's debit
         // must be looked for.
         let mut a = scanned();
-        a.ingest(Snapshot {
-            listed: true,
-            wallets: vec![("c".into(), read(wallet("0.00", "0.00", 0), Vec::new()))],
-            outcomes: vec![("t".into(), t())],
-        });
+        let c = read(wallet("0.00", "0.00", 0), Vec::new());
+        add_at_once(&mut a, vec![("c", c)], &[("t", t())]);
         let found = a.check();
         assert_eq!(
             found.plan.histories,
@@ -1203,14 +1197,11 @@ mod tests {
         let mut a = Auditor::default();
         let debit = vec![entry(1, "k", "debit", "10.00")];
         let credit = vec![entry(2, "k", "credit", "10.00")];
-        a.ingest(Snapshot {
-            listed: true,
-            wallets: vec![
-                ("a".into(), read(wallet("90.00", "100.00", 1), debit)),
-                ("b".into(), read(wallet("10.00", "0.00", 1), credit)),
-            ],
-            outcomes: vec![("k".into(), Fields::new())],
-        });
+        let wallets = vec![
+            ("a", read(wallet("90.00", "100.00", 1), debit)),
+            ("b", read(wallet("10.00", "0.00", 1), credit)),
+        ];
+        add_at_once(&mut a, wallets, &[("k", Fields::new())]);
         let found = a.check();
         assert!(found.plan.is_empty(), "{:?}", found.plan);
         assert_eq!((found.violations.len(), found.unconfirmed), (1, 0));
