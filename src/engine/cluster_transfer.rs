@@ -962,10 +962,14 @@ mod tests {
         assert_eq!(parse_marker("", "abc"), None);
     }
 
-    fn moved() -> TransferError {
-        let wire = b"-MOVED 3999 127.0.0.1:6381\r\n";
+    /// The error a server's reply `wire` (RESP) gives.
+    fn server(wire: &[u8]) -> TransferError {
         let e = redis::parse_redis_value(wire).unwrap().extract_error();
         TransferError::Redis(e.unwrap_err())
+    }
+
+    fn moved() -> TransferError {
+        server(b"-MOVED 3999 127.0.0.1:6381\r\n")
     }
 
     #[test]
@@ -999,15 +1003,7 @@ mod tests {
 
     #[test]
     fn redirects_and_a_moving_slot_are_retried_other_errors_are_not() {
-        let server = |wire: &[u8]| {
-            TransferError::Redis(
-                redis::parse_redis_value(wire)
-                    .unwrap()
-                    .extract_error()
-                    .unwrap_err(),
-            )
-        };
-        assert!(redirected(&server(b"-MOVED 3999 127.0.0.1:6381\r\n")));
+        assert!(redirected(&moved()));
         assert!(redirected(&server(b"-ASK 3999 127.0.0.1:6381\r\n")));
         assert!(redirected(&server(b"-TRYAGAIN Multiple keys request\r\n")));
         assert!(redirected(&server(b"-CLUSTERDOWN The cluster is down\r\n")));

@@ -15,8 +15,9 @@
 //!   trimmed and is counted before the window; one after it is in the window once, at that
 //!   number (`misplaced_entry` otherwise). An outcome without versions (older records) may
 //!   lack an entry only when the wallet was trimmed and the outcome is not younger than the
-//!   window's first entry (a tie in milliseconds cannot be ordered). A FAILED outcome has no entries; no transfer entry exists without an outcome
-//!   (unless [`AuditSettings::outcome_ttl_ms`] says the outcome expired: then it is counted).
+//!   window's first entry (a tie in milliseconds cannot be ordered). A FAILED outcome has no
+//!   entries; no transfer entry exists without an outcome (unless
+//!   [`AuditSettings::outcome_ttl_ms`] says the outcome expired: then it is counted).
 //!   Entries written before the idempotency key was recorded match the outcome by its
 //!   transfer_id instead;
 //! - per deposit: its id appears once in the windows;
