@@ -382,11 +382,13 @@ impl SendRetries {
 /// `WALLET_FAILPOINT=results-unacked` the worker hands no answer to the producer, as if every
 /// delivery were lost before its acknowledgement; offsets then never pass those messages.
 /// With `ledger-unacked` the results go out but the ledger entries never do, so no offset of a
-/// COMPLETED transfer may be committed.
+/// COMPLETED transfer may be committed. With `final-commit-skipped` the stop skips its final
+/// commit, as if the coordinator had not answered by the deadline (`worker::pipeline`), so the
+/// revoke that closing the consumer runs must commit instead.
 ///
 /// One body for both builds (`cfg!`, not two `#[cfg]` twins): the code the tests run is the
 /// code a normal build compiles, where the constant `false` removes the rest.
-fn failpoint(name: &str) -> bool {
+pub(crate) fn failpoint(name: &str) -> bool {
     cfg!(feature = "test-hooks") && std::env::var("WALLET_FAILPOINT").is_ok_and(|v| v == name)
 }
 

@@ -289,6 +289,44 @@ fn a_thread_stuck_at_the_stop_deadline_leaves_the_final_commit_its_share() {
     assert_eq!(stack.committed().get(&0), Some(&(n as i64)), "{log}");
 }
 
+/// The revoke that closing the consumer runs is the stop's second chance to commit: when the
+/// final commit did not happen (hook `WALLET_FAILPOINT=final-commit-skipped`, as if the
+/// coordinator had not answered by the deadline), it commits the watermark on the closing
+/// thread (`Committer::commit_now`). A worker that commits every 10 min answers 40 requests
+/// and gets SIGTERM: offset 40 must be committed all the same, and its log must say so. Without
+/// that commit, the 40 would be delivered again to the next owner.
+#[test]
+fn a_stop_whose_final_commit_did_not_happen_commits_when_the_consumer_closes() {
+    let stack = Stack::start(1);
+    let ids: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    wallets_of(&stack, &ids);
+    let mut worker = stack.spawn_worker_env(
+        &["--commit-interval-ms", "600000"],
+        &[("WALLET_FAILPOINT", "final-commit-skipped")],
+    );
+    let n = 40;
+    stack.publish_requests(&transfers(&ids, "k", n));
+    wait_until("40 answered", 120_000, || {
+        worker.metric("wallet_results_published_total") as usize == n
+    });
+    assert!(
+        stack.committed().is_empty(),
+        "nothing committed before the stop"
+    );
+    worker.signal("TERM");
+    assert_eq!(worker.wait_exit(30_000), Some(0), "{}", worker.log());
+    let log = worker.log();
+    assert!(
+        log.contains("the final commit did not finish by the stop deadline"),
+        "the hook skipped the final commit: {log}"
+    );
+    assert!(
+        log.contains(&format!("revoked: positions [(0, {n})] committed")),
+        "{log}"
+    );
+    assert_eq!(stack.committed().get(&0), Some(&(n as i64)), "{log}");
+}
+
 /// Issue 25, item 6: a transfer that panics costs its job a try, not the thread. The transfer
 /// of `boom` panics every time (hook `WALLET_FAILPOINT_PANIC`); the requests of the same
 /// sender after it must still be answered and the commit must reach the end: `boom` is tried
