@@ -373,12 +373,79 @@ mod tests {
         assert_eq!((first.partition, first.offset), (0, 10));
         assert_eq!(backlog.bytes, sizes - (100 + 1 + 64));
         assert_eq!(backlog.drop_partitions(&HashSet::from([1])), 1);
+        assert_eq!(backlog.drop_partitions(&HashSet::from([9])), 0, "none of 9");
         assert_eq!(backlog.bytes, (10 + 1 + 64) + (50 + 1 + 64));
         let order: Vec<(i32, i64)> = std::iter::from_fn(|| backlog.pop())
             .map(|j| (j.partition, j.offset))
             .collect();
         assert_eq!(order, vec![(0, 11), (2, 7)]);
         assert_eq!(backlog.bytes, 0);
+    }
+
+    /// The gate orders a job by what the job says of itself: the partition and key it holds,
+    /// the generation that holds it, and the bytes it parks.
+    #[test]
+    fn the_key_gate_orders_jobs_by_their_partition_key_and_generation_and_counts_their_size() {
+        let of = |partition, offset, key: &[u8], generation| {
+            let mut job = Job::new(partition, offset, Some(key.to_vec()), vec![b'x'; 10]);
+            job.generation = generation;
+            job
+        };
+        let mut gate = KeyGate::default();
+        let first = gate.admit(of(0, 1, b"k", 3)).expect("its key was free");
+        assert!(gate.admit(of(0, 2, b"k", 3)).is_none(), "behind offset 1");
+        assert_eq!(gate.parked_bytes(), 10 + 1 + 64);
+        assert!(gate.admit(of(0, 3, b"other", 3)).is_some(), "another key");
+        assert!(gate.admit(of(1, 4, b"k", 3)).is_some(), "another partition");
+        let stale = of(0, 1, b"k", 2);
+        assert!(
+            gate.release(&stale).is_none(),
+            "an older generation frees nothing"
+        );
+        let next = gate.release(&first).expect("offset 2 takes the key");
+        assert_eq!(next.offset, 2);
+        assert_eq!(gate.parked_bytes(), 0);
+    }
+
+    #[test]
+    fn the_held_bytes_are_the_backlog_the_parked_jobs_and_the_retrying_ones() {
+        let shared = Shared::new(WorkerConfig::default(), Metrics::new());
+        shared.backlog.lock().push(job(0, 1, 100));
+        let mut gate = shared.gate.lock();
+        assert!(gate.admit(job(0, 2, 10)).is_some());
+        assert!(gate.admit(job(0, 3, 1_000)).is_none());
+        drop(gate);
+        let now = Instant::now();
+        shared.retries.lock().push(now, 1, now, 7, job(1, 1, 1));
+        assert_eq!(shared.held_bytes(), (100 + 65) + (1_000 + 65) + 7);
+    }
+
+    #[test]
+    fn a_stop_deadline_is_set_once_a_timeout_ahead_and_the_time_left_counts_down_to_it() {
+        let config = WorkerConfig {
+            shutdown_timeout_ms: 60_000,
+            ..WorkerConfig::default()
+        };
+        let shared = Shared::new(config, Metrics::new());
+        assert_eq!(shared.stop_deadline(), None);
+        assert_eq!(
+            shared.time_left(),
+            Duration::from_secs(60),
+            "the whole timeout"
+        );
+        let before = Instant::now();
+        let deadline = shared.begin_stop();
+        assert!(
+            deadline >= before + Duration::from_secs(60),
+            "a timeout ahead"
+        );
+        assert_eq!(shared.stop_deadline(), Some(deadline));
+        assert_eq!(shared.begin_stop(), deadline, "set once");
+        let left = shared.time_left();
+        assert!(
+            left <= Duration::from_secs(60) && left > Duration::ZERO,
+            "{left:?}"
+        );
     }
 
     #[test]
