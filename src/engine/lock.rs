@@ -562,6 +562,70 @@ mod tests {
     }
 
     #[test]
+    fn a_ttl_of_ten_minutes_is_the_most_and_the_base_delay_may_equal_the_cap() {
+        let at = |ttl_ms| LockConfig::default().with_ttl_ms(ttl_ms).validate();
+        assert!(at(600_000).is_ok());
+        assert_eq!(at(600_001).unwrap_err().setting, "lock.ttl_ms");
+        let even = LockConfig::default()
+            .with_retry_delay_ms_base(500)
+            .with_retry_delay_ms_max(500);
+        assert!(even.validate().is_ok(), "base == max is one flat delay");
+    }
+
+    #[test]
+    fn an_attempts_replies_split_into_the_keys_taken_and_the_callers_replies() {
+        use redis::Value;
+        let keys = lock_keys(&["a", "b", "c"]);
+        let ok = || Value::Okay;
+        let replies = vec![ok(), Value::Nil, ok(), Value::Int(7), Value::Nil];
+        let (taken, after) = split_attempt_replies(&keys, replies);
+        assert_eq!(taken, vec!["lock:a".to_string(), "lock:c".to_string()]);
+        assert_eq!(
+            after,
+            vec![Value::Int(7), Value::Nil],
+            "the caller's, Nil included"
+        );
+    }
+
+    #[test]
+    fn no_more_than_the_limit_of_stuck_keys_are_remembered_but_known_ones_are_renewed() {
+        let stuck = StuckLocks::default();
+        let keys: Vec<String> = (0..=STUCK_KEYS_LIMIT)
+            .map(|i| format!("lock:{i}"))
+            .collect();
+        stuck.record(&keys);
+        assert_eq!(stuck.keys.lock().len(), STUCK_KEYS_LIMIT);
+        let last = &keys[STUCK_KEYS_LIMIT];
+        assert!(!stuck.keys.lock().contains_key(last), "past the limit");
+        stuck.record(&keys[..1]);
+        assert_eq!(
+            stuck.keys.lock().len(),
+            STUCK_KEYS_LIMIT,
+            "a known key is renewed"
+        );
+    }
+
+    #[test]
+    fn a_wallets_stripe_is_held_until_its_guards_drop() {
+        let locks = LocalLocks::default();
+        let stripe = |id| &locks.stripes[stripe_of(id)];
+        let guards = locks.lock(&["a", "b"]);
+        assert_eq!(guards.len(), 2);
+        assert!(stripe("a").is_locked() && stripe("b").is_locked());
+        drop(guards);
+        assert!(!stripe("a").is_locked() && !stripe("b").is_locked());
+    }
+
+    /// The stripe is FNV-1a (64-bit) of the id, modulo the stripe count: the published test
+    /// vectors of FNV-1a are 0xaf63dc4c8601ec8c for "a" and 0x85944171f73967e8 for "foobar".
+    #[test]
+    fn a_wallets_stripe_is_its_fnv_1a_hash_modulo_the_stripes() {
+        let stripes = LOCAL_STRIPES as u64;
+        assert_eq!(stripe_of("a") as u64, 0xaf63_dc4c_8601_ec8c % stripes);
+        assert_eq!(stripe_of("foobar") as u64, 0x8594_4171_f739_67e8 % stripes);
+    }
+
+    #[test]
     fn a_stuck_lock_refuses_until_its_recheck_then_admits_one_probe() {
         let stuck = StuckLocks::default();
         let keys = lock_keys(&["a", "b"]);
