@@ -39,13 +39,9 @@ impl ShardLock {
     }
 
     /// Releases now, if still ours, and deletes `also` (keys of the same slot) with it, in
-    /// one round trip; `unwatch` first clears a WATCH the connection may still have. Returns
-    /// whether the lock was still ours.
-    pub(crate) fn release_with(
-        &mut self,
-        also: &[&str],
-        unwatch: bool,
-    ) -> redis::RedisResult<bool> {
+    /// one round trip; `unwatch` first clears a WATCH the connection may still have. A lock
+    /// that was no longer ours (its ttl ran out) is left to its holder, and `also` with it.
+    pub(crate) fn release_with(&mut self, also: &[&str], unwatch: bool) -> redis::RedisResult<()> {
         self.held = false;
         let mut pipe = redis::pipe();
         if unwatch {
@@ -59,11 +55,11 @@ impl ShardLock {
             .arg(&self.token);
         let key = self.key.clone();
         let conn = self.conn();
-        let (released,): (i64,) = pipe.query(&mut conn.redis).inspect_err(|e| {
+        let (_released,): (i64,) = pipe.query(&mut conn.redis).inspect_err(|e| {
             log::warn!("releasing {key} failed ({e}); it expires by its ttl");
             conn.taint();
         })?;
-        Ok(released == 1)
+        Ok(())
     }
 }
 
