@@ -547,6 +547,17 @@ fn short_lock() -> EngineConfig {
     )
 }
 
+/// A lost lock is a transient error that names the lock it lost, one of `wallets`' locks as
+/// the topology spells them.
+fn assert_names_a_lock_of(e: &TransferError, bed: &Bed, wallets: &[&str]) {
+    assert!(e.is_transient(), "{e}");
+    let TransferError::LockLost(key) = e else {
+        panic!("not a lost lock: {e}");
+    };
+    let locks: Vec<String> = wallets.iter().map(|w| bed.keys().lock(w)).collect();
+    assert!(locks.contains(key), "{key} is none of {locks:?}");
+}
+
 /// Runs `slow` (a -> b, 80.00 of a's 100.00) on a holder that stalls before its EXEC until
 /// `fast` (on a wallet `slow` holds, after its lock expired) has completed; returns what
 /// `slow` got. On a cluster across slots the stall is between the locked read and the debit.
@@ -588,7 +599,7 @@ fn a_stalled_holder_whose_lock_expired_cannot_overwrite(bed: &Bed) {
     bed.create(&[("a", "100.00"), ("b", "0"), ("c", "0")]);
     let (a, b, c) = (bed.id("a"), bed.id("b"), bed.id("c"));
     match stall_slow_behind(bed, &usd("fast", &a, &c, "70.00")) {
-        Err(e @ TransferError::LockLost(_)) => assert!(e.is_transient()),
+        Err(e @ TransferError::LockLost(_)) => assert_names_a_lock_of(&e, bed, &[&a, &b]),
         Ok(o) => assert_eq!(o.reason, Some(FailureReason::InsufficientFunds)),
         Err(other) => panic!("stalled transfer should fail cleanly, got {other}"),
     }
@@ -685,7 +696,7 @@ fn a_lock_that_changes_hands_before_exec_aborts_it_and_the_new_holders_lock_surv
         assert!(taken.is_some(), "the new holder takes the expired lock");
     }));
     match stalled.transfer(&usd("t1", &a, &b, "10.00")) {
-        Err(e @ TransferError::LockLost(_)) => assert!(e.is_transient()),
+        Err(e @ TransferError::LockLost(_)) => assert_names_a_lock_of(&e, bed, &[&a, &b]),
         other => panic!("the stale holder must lose its lock, got {other:?}"),
     }
     let lock: Option<String> = redis::cmd("GET")
