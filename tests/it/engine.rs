@@ -869,13 +869,30 @@ fn a_lock_held_by_another_times_out_without_recording_anything(bed: &Bed) {
         .query::<()>(&mut conn)
         .unwrap();
 
-    match service.transfer(&usd("t", &a, &b, "1")) {
-        Err(e @ TransferError::LockTimeout(_)) => {
+    let started = std::time::Instant::now();
+    let stats = match service.transfer(&usd("t", &a, &b, "1")) {
+        Err(e @ TransferError::LockTimeout(lock::LockError::Timeout { stats, .. })) => {
             assert!(e.is_transient());
             assert!(e.to_string().contains("after 4 attempts"), "{e}");
+            stats
         }
         other => panic!("expected a lock timeout, got {other:?}"),
-    }
+    };
+    // Each attempt takes a's lock, finds b's held and gives a's back; then one last look at
+    // the ttls (UNWATCH, PTTL): one round trip per attempt's SETs and one per release on one
+    // connection, two SETs apart and one PTTL per lock across slots.
+    let attempts = 4;
+    let round_trips = match bed.topology {
+        Topology::ClusterCrossSlot => attempts * (2 + 1) + 2,
+        Topology::OneRedis | Topology::ClusterSameSlot => attempts * (1 + 1) + 1,
+    };
+    assert_eq!((stats.attempts, stats.round_trips), (attempts, round_trips));
+    let waited_us = started.elapsed().as_micros() as u64;
+    // The three delays between the attempts are 5, 10 and 10 ms at least.
+    assert!(
+        stats.wait_us >= 25_000 && stats.wait_us <= waited_us,
+        "{stats:?} in {waited_us} us"
+    );
     assert!(
         service.transfer_outcome_of(&a, "t").unwrap().is_none(),
         "a timeout is not an outcome"
