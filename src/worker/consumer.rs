@@ -49,11 +49,8 @@ pub(crate) fn consume(
     let mut last_report = Instant::now();
     let mut summary = SummaryLog::new();
     while !shared.shutdown.load(Ordering::SeqCst) {
-        if shared
-            .join_wait_since
-            .lock()
-            .is_some_and(|since| since.elapsed() > Duration::from_millis(config.join_stuck_ms()))
-        {
+        let join_wait_since = *shared.join_wait_since.lock();
+        if join_stuck(join_wait_since, Instant::now(), config.join_stuck_ms()) {
             return Exit::JoinStuck;
         }
         let backlog_len = dispatch(shared, job_tx);
@@ -89,6 +86,23 @@ pub(crate) fn consume(
         summary.log_if_due(&shared.metrics, config.summary_interval_ms);
     }
     Exit::Shutdown
+}
+
+/// Whether a join that began waiting at `since` has waited longer than `stuck_ms` at `now`
+/// (and is taken as hung). Pure.
+fn join_stuck(since: Option<Instant>, now: Instant, stuck_ms: u64) -> bool {
+    since
+        .is_some_and(|since| now.saturating_duration_since(since) > Duration::from_millis(stuck_ms))
+}
+
+/// When the join now waiting began: `now` when it starts waiting, kept while it waits, none
+/// once it does not. Pure.
+fn join_wait(waiting: bool, since: Option<Instant>, now: Instant) -> Option<Instant> {
+    match (waiting, since) {
+        (true, None) => Some(now),
+        (false, Some(_)) => None,
+        (_, since) => since,
+    }
 }
 
 /// Sets the gauges of what the worker holds: in flight, held bytes, parked, retrying; and tells
@@ -355,11 +369,7 @@ impl ClientContext for ConsumerCtx {
             if waiting {
                 self.shared.metrics.health().set_joining();
             }
-            match (waiting, *since) {
-                (true, None) => *since = Some(Instant::now()),
-                (false, Some(_)) => *since = None,
-                _ => {}
-            }
+            *since = join_wait(waiting, *since, Instant::now());
         }
         let Some(topic) = statistics.topics.get(&self.shared.config.requests_topic) else {
             return;
@@ -603,6 +613,30 @@ mod tests {
             revoke_deadlines(began, s(15), Some(began + s(60))),
             revoke_deadlines(began, s(15), None)
         );
+    }
+
+    #[test]
+    fn a_join_is_hung_only_once_it_has_waited_longer_than_its_limit() {
+        let now = Instant::now();
+        let ago = |ms| now - Duration::from_millis(ms);
+        assert!(!join_stuck(None, now, 0), "no join waiting");
+        assert!(!join_stuck(Some(ago(1_000)), now, 1_000), "at the limit");
+        assert!(join_stuck(Some(ago(1_001)), now, 1_000));
+        assert!(!join_stuck(Some(ago(10)), now, 1_000));
+    }
+
+    #[test]
+    fn a_join_waits_from_when_it_started_waiting_until_it_stops() {
+        let now = Instant::now();
+        let began = now - Duration::from_secs(5);
+        assert_eq!(join_wait(true, None, now), Some(now), "starts now");
+        assert_eq!(
+            join_wait(true, Some(began), now),
+            Some(began),
+            "still waiting"
+        );
+        assert_eq!(join_wait(false, Some(began), now), None, "joined");
+        assert_eq!(join_wait(false, None, now), None);
     }
 
     #[test]
