@@ -58,7 +58,7 @@ pub(crate) fn consume(
         let want_paused = should_pause(paused, held_bytes, config.backlog_bytes_max);
         let assignment_changed = shared.assignment_changed.swap(false, Ordering::SeqCst);
         if want_paused != paused || assignment_changed {
-            set_paused(consumer, want_paused);
+            set_paused(shared, consumer, want_paused, held_bytes);
             paused = want_paused;
         }
         if assignment_changed {
@@ -287,7 +287,8 @@ fn skip_redelivery(shared: &Shared, job: &Job, started_max: i64) {
     });
 }
 
-fn set_paused(consumer: &BaseConsumer<ConsumerCtx>, paused: bool) {
+/// Pauses (or resumes) every assigned partition, and exports whether the consumer is paused.
+fn set_paused(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>, paused: bool, held: usize) {
     let Ok(assignment) = consumer.assignment() else {
         return;
     };
@@ -297,7 +298,14 @@ fn set_paused(consumer: &BaseConsumer<ConsumerCtx>, paused: bool) {
         consumer.resume(&assignment)
     };
     match result {
-        Ok(()) => log::debug!("partitions {}", if paused { "paused" } else { "resumed" }),
+        Ok(()) => {
+            shared.metrics.set_consumer_paused(paused);
+            let bound = shared.config.backlog_bytes_max;
+            log::debug!(
+                "partitions {} ({held} bytes held, bound {bound})",
+                if paused { "paused" } else { "resumed" }
+            );
+        }
         Err(e) => log::warn!("pause/resume: {e}"),
     }
 }

@@ -47,6 +47,8 @@ pub mod names {
     pub const PRODUCE_QUEUE_FULL_TOTAL: &str = "wallet_produce_queue_full_total";
     /// Gauge: bytes held and not running (backlog, parked, retrying).
     pub const BACKLOG_BYTES: &str = "wallet_backlog_bytes";
+    /// Gauge: 1 while the consumer is paused at the backlog bound.
+    pub const CONSUMER_PAUSED: &str = "wallet_consumer_paused";
     /// Gauge: jobs waiting behind an earlier job of their key.
     pub const PARKED_JOBS: &str = "wallet_parked_jobs";
     /// Gauge: jobs waiting in the delay queue.
@@ -76,7 +78,7 @@ pub mod names {
 
     /// Every name above, in registration order (a unit test checks that the registry exports
     /// exactly these).
-    pub const ALL: [&str; 31] = [
+    pub const ALL: [&str; 32] = [
         TRANSFERS_TOTAL,
         DUPLICATES_TOTAL,
         TRANSFER_LATENCY_SECONDS,
@@ -95,6 +97,7 @@ pub mod names {
         LEDGER_ENTRIES_PUBLISHED_TOTAL,
         PRODUCE_QUEUE_FULL_TOTAL,
         BACKLOG_BYTES,
+        CONSUMER_PAUSED,
         PARKED_JOBS,
         RETRYING_JOBS,
         RETRY_OLDEST_AGE_SECONDS,

@@ -119,6 +119,7 @@ struct PipelineMetrics {
     ledger_published: IntCounter,
     produce_queue_full: IntCounter,
     backlog_bytes: IntGauge,
+    consumer_paused: IntGauge,
     parked_jobs: IntGauge,
     retrying_jobs: IntGauge,
     retry_oldest_age: Gauge,
@@ -427,6 +428,11 @@ impl Metrics {
         self.inner.pipeline.retry_oldest_age.set(oldest_retry_s);
     }
 
+    /// Sets whether the consumer is paused at the backlog bound.
+    pub fn set_consumer_paused(&self, paused: bool) {
+        self.inner.pipeline.consumer_paused.set(i64::from(paused));
+    }
+
     /// Counts a lock found held with no ttl (call once per distinct key).
     pub fn record_lock_without_ttl(&self) {
         self.inner.transfer.locks_without_ttl.inc();
@@ -705,6 +711,11 @@ fn pipeline_metrics(r: &Registry) -> PipelineMetrics {
             r,
             names::BACKLOG_BYTES,
             "Bytes of requests consumed and held by the worker but not running: the backlog, jobs parked behind their key, and jobs waiting to retry. The consumer pauses at the backlog bound.",
+        ),
+        consumer_paused: gauge(
+            r,
+            names::CONSUMER_PAUSED,
+            "1 while the consumer is paused because the bytes held reached the backlog bound; it resumes below half of it.",
         ),
         parked_jobs: gauge(
             r,

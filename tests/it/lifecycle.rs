@@ -327,6 +327,88 @@ fn a_stop_whose_final_commit_did_not_happen_commits_when_the_consumer_closes() {
     assert_eq!(stack.committed().get(&0), Some(&(n as i64)), "{log}");
 }
 
+/// The backlog bound holds end to end: a worker whose bound is 64 KiB (the least allowed)
+/// gets 600 requests of one sender whose wallet another owner has locked, so the first one
+/// cannot finish and the rest park behind it (about 300 bytes each, 180 KB in all). The
+/// consumer must pause once it holds the bound (`wallet_consumer_paused` 1), leaving the rest
+/// in Kafka; once the lock goes, the held jobs drain, the consumer resumes and every request
+/// is answered. Without the pause, the worker takes all 600 and never pauses.
+#[test]
+fn the_consumer_pauses_at_the_backlog_bound_and_resumes_when_the_held_jobs_drain() {
+    use std::sync::atomic::Ordering;
+    use wallet_transfer::worker::config::BACKLOG_BYTES_MIN;
+    use wallet_transfer::worker::metrics::Metrics;
+    use wallet_transfer::worker::{Worker, WorkerConfig};
+    let stack = Stack::start(1);
+    let ids = ["bp_from".to_string(), "bp_to".to_string()];
+    wallets_of(&stack, &ids);
+    let mut conn = stack.redis.conn();
+    lock_as_another_owner(&mut conn, "bp_from");
+    let n = 600;
+    let requests: Vec<TransferRequest> = (0..n)
+        .map(|i| {
+            TransferRequest::new(&format!("bp{i}"), "bp_from", "bp_to", "0.01", Currency::USD)
+                .unwrap()
+        })
+        .collect();
+    stack.publish_requests(&requests);
+    let bound = BACKLOG_BYTES_MIN;
+    let config = WorkerConfig::default()
+        .with_kafka(stack.kafka())
+        .with_requests_topic(stack.topics.requests.clone())
+        .with_results_topic(stack.topics.results.clone())
+        .with_dlq_topic(stack.topics.dlq.clone())
+        .with_ledger_topic(stack.topics.ledger.clone())
+        .with_group_id(stack.topics.group.clone())
+        .with_backlog_bytes_max(bound);
+    let metrics = Metrics::new();
+    let gauge = |series: &str| series_value(&metrics.render(), series).unwrap_or(0.0);
+    let service = stack.redis.service(4, EngineConfig::default());
+    let worker = Worker::new(config, service, metrics.clone()).unwrap();
+    let stop = worker.shutdown_handle();
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || done_tx.send(worker.run()));
+    wait_until("the consumer paused at the bound", 60_000, || {
+        gauge("wallet_consumer_paused") == 1.0
+    });
+    // The gauges of what is held are exported a few times a second: wait for the bound's.
+    wait_until("the held bytes exported", 10_000, || {
+        gauge("wallet_backlog_bytes") >= bound as f64
+    });
+    let (held, taken) = (
+        gauge("wallet_backlog_bytes"),
+        gauge("wallet_in_flight_jobs"),
+    );
+    assert!(
+        held <= (bound + 4 * 1024) as f64,
+        "{held} bytes held, bound {bound}"
+    );
+    assert!(
+        taken < n as f64,
+        "{taken} of {n} taken: the rest waits in Kafka"
+    );
+    redis::cmd("DEL")
+        .arg("lock:bp_from")
+        .query::<()>(&mut conn)
+        .unwrap();
+    wait_until("every request answered", 120_000, || {
+        gauge("wallet_results_published_total") == n as f64
+    });
+    assert_eq!(
+        gauge("wallet_consumer_paused"),
+        0.0,
+        "resumed below half the bound"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let report = done_rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the worker stops")
+        .expect("the worker ran");
+    assert_eq!(report.committed, vec![(0, n as i64)]);
+    let service = stack.redis.service(1, EngineConfig::default());
+    assert_eq!(service.balance("bp_to").unwrap().to_string(), "106.00");
+}
+
 /// Issue 25, item 6: a transfer that panics costs its job a try, not the thread. The transfer
 /// of `boom` panics every time (hook `WALLET_FAILPOINT_PANIC`); the requests of the same
 /// sender after it must still be answered and the commit must reach the end: `boom` is tried
