@@ -1101,6 +1101,13 @@ fn release_checks_the_token_and_runs_on_every_path() {
     )
     .unwrap();
     assert_eq!(guard.stats().attempts, 1);
+    assert_eq!(guard.keys(), ["lock:x".to_string()]);
+    let held: String = redis::cmd("GET").arg("lock:x").query(&mut conn).unwrap();
+    assert_eq!(
+        guard.token(),
+        held,
+        "the token is the one stored in the lock"
+    );
     redis::cmd("SET")
         .arg("lock:x")
         .arg("intruder")
