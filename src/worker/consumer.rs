@@ -24,7 +24,7 @@ use crate::worker::commit::Committer;
 use crate::worker::config::{
     BUSY_POLL_MS, COMMIT_SHARE_DIVISOR, HELD_REPORT_INTERVAL_MS, POLL_MS, WAIT_STEP_MS,
 };
-use crate::worker::metrics::{Metrics, Stage, StageBuckets};
+use crate::worker::metrics::{Metrics, MetricsSummary, Stage, StageBuckets};
 use crate::worker::offsets::Start;
 use crate::worker::shared::{Job, Shared};
 
@@ -83,7 +83,9 @@ pub(crate) fn consume(
             committer.commit_due(shared, consumer);
             last_commit = Instant::now();
         }
-        summary.log_if_due(&shared.metrics, config.summary_interval_ms);
+        if let Some(line) = summary.line_if_due(&shared.metrics, config.summary_interval_ms) {
+            log::info!("{line}");
+        }
     }
     Exit::Shutdown
 }
@@ -220,27 +222,37 @@ impl SummaryLog {
         }
     }
 
-    fn log_if_due(&mut self, metrics: &Metrics, interval_ms: u64) {
-        if self.since.elapsed() < Duration::from_millis(interval_ms) {
-            return;
+    /// The summary line once `interval_ms` has passed since the last one (the next interval
+    /// starts then); none before.
+    fn line_if_due(&mut self, metrics: &Metrics, interval_ms: u64) -> Option<String> {
+        let elapsed = self.since.elapsed();
+        if elapsed < Duration::from_millis(interval_ms) {
+            return None;
         }
         let s = metrics.summary();
-        let rate = (s.processed - self.processed_then) as f64 / self.since.elapsed().as_secs_f64();
         let stages = metrics.stage_buckets();
         let split = stage_text(&stages.percentiles_since(&self.stages_then));
-        log::info!(
-            "processed {} ({rate:.0}/s), failed {}, duplicates {}, dead letters {}, retries {}, lag {}; p50/p99 ms {split}",
-            s.processed,
-            s.failed,
-            s.duplicates,
-            s.dlq,
-            s.retries,
-            s.lag_total
-        );
+        let line = summary_line(&s, s.processed - self.processed_then, elapsed, &split);
         self.processed_then = s.processed;
         self.stages_then = stages;
         self.since = Instant::now();
+        Some(line)
     }
+}
+
+/// `processed 150 (25/s), failed 3, ...; p50/p99 ms {split}`: the totals, and the rate of
+/// the `processed_since` outcomes over `elapsed`. Pure.
+fn summary_line(
+    s: &MetricsSummary,
+    processed_since: u64,
+    elapsed: Duration,
+    split: &str,
+) -> String {
+    let rate = processed_since as f64 / elapsed.as_secs_f64();
+    format!(
+        "processed {} ({rate:.0}/s), failed {}, duplicates {}, dead letters {}, retries {}, lag {}; p50/p99 ms {split}",
+        s.processed, s.failed, s.duplicates, s.dlq, s.retries, s.lag_total
+    )
 }
 
 /// Moves jobs from the backlog into the channel while it has room; a job whose key has an
@@ -645,6 +657,44 @@ mod tests {
         );
         assert_eq!(join_wait(false, Some(began), now), None, "joined");
         assert_eq!(join_wait(false, None, now), None);
+    }
+
+    #[test]
+    fn the_summary_line_gives_the_totals_and_the_rate_over_its_interval() {
+        let s = MetricsSummary {
+            processed: 150,
+            failed: 3,
+            duplicates: 2,
+            dlq: 1,
+            retries: 4,
+            lag_total: 7,
+        };
+        assert_eq!(
+            summary_line(&s, 50, Duration::from_secs(2), "queue_wait -"),
+            "processed 150 (25/s), failed 3, duplicates 2, dead letters 1, retries 4, lag 7; p50/p99 ms queue_wait -"
+        );
+    }
+
+    #[test]
+    fn a_summary_is_due_once_per_interval_and_counts_what_was_processed_since_the_last() {
+        use crate::Status;
+        use crate::engine::outcome::TransferStats;
+        use crate::worker::metrics::tests::outcome;
+        let metrics = Metrics::new();
+        for _ in 0..3 {
+            metrics.record_outcome(&outcome(
+                Status::Completed,
+                None,
+                false,
+                TransferStats::default(),
+            ));
+        }
+        let mut summary = SummaryLog::new();
+        summary.processed_then = 1;
+        summary.since = Instant::now() - Duration::from_secs(2);
+        let line = summary.line_if_due(&metrics, 1_000).expect("due");
+        assert!(line.starts_with("processed 3 (1/s)"), "{line}");
+        assert_eq!(summary.line_if_due(&metrics, 1_000), None, "not due again");
     }
 
     #[test]

@@ -1041,7 +1041,7 @@ pub(crate) mod tests {
         Some(sample.value)
     }
 
-    fn outcome(
+    pub(crate) fn outcome(
         status: Status,
         reason: Option<FailureReason>,
         duplicate: bool,
