@@ -807,20 +807,16 @@ impl<'a> Cross<'a> {
 
     /// The rule for a receiver that changed after the decision (the module doc, "PENDING"):
     /// the credit is made as decided, since the decision was taken under both locks and the
-    /// sender's money has left, and the run says so, naming the rule it finished past: a
-    /// receiver frozen or closed since, or a credit past `BALANCE_LIMIT` (deposits in between;
-    /// arithmetic stays exact, as the limit is at most half of `i64`).
+    /// sender's money has left, and the run says so, naming the rule it finished past (see
+    /// [`receiver_change`]).
     fn warn_if_receiver_changed(&self, receiver: &Wallet, after: Amount) {
-        let inactive = receiver.status != WalletStatus::Active;
-        let past_limit = after > BALANCE_LIMIT;
-        if inactive || past_limit {
+        if let Some(change) = receiver_change(receiver.status, after) {
             log::warn!(
-                "transfer {} ({} -> {}, {}): finishing its credit as decided although the receiver changed since the decision: status {}, balance after {after} (limit {BALANCE_LIMIT}); a decided cross-slot transfer is never left half done",
+                "transfer {} ({} -> {}, {}): finishing its credit as decided although the receiver changed since the decision: {change}; a decided cross-slot transfer is never left half done",
                 self.outcome_key,
                 self.from(),
                 self.to(),
                 self.request.amount,
-                receiver.status.as_str()
             );
         }
     }
@@ -858,6 +854,21 @@ impl<'a> Cross<'a> {
             ),
         ))))
     }
+}
+
+/// What changed in a receiver since the decision that a credit made as decided goes past: a
+/// status other than active (frozen or closed since), or a balance after the credit past
+/// `BALANCE_LIMIT` (deposits in between; arithmetic stays exact, as the limit is at most half
+/// of `i64`). `None` when neither. Pure.
+fn receiver_change(status: WalletStatus, after: Amount) -> Option<String> {
+    let inactive = status != WalletStatus::Active;
+    let past_limit = after > BALANCE_LIMIT;
+    (inactive || past_limit).then(|| {
+        format!(
+            "status {}, balance after {after} (limit {BALANCE_LIMIT})",
+            status.as_str()
+        )
+    })
 }
 
 /// Adds the outcome record to a MULTI: one HSET of its fields (and `x` for a PENDING one).
@@ -950,6 +961,32 @@ fn request_of(key: &str, record: &TransferOutcome) -> Result<TransferRequest, Tr
 mod tests {
     use super::*;
     use crate::engine::cluster::ClusterError;
+
+    #[test]
+    fn a_receiver_changed_since_the_decision_is_one_no_longer_active_or_past_the_limit() {
+        let limit = BALANCE_LIMIT;
+        let below = Amount::from_minor(limit.minor() - 1);
+        assert_eq!(receiver_change(WalletStatus::Active, below), None);
+        assert_eq!(
+            receiver_change(WalletStatus::Active, limit),
+            None,
+            "at the limit"
+        );
+        let past = Amount::from_minor(limit.minor() + 1);
+        assert_eq!(
+            receiver_change(WalletStatus::Active, past),
+            Some(format!(
+                "status active, balance after {past} (limit {limit})"
+            ))
+        );
+        for status in [WalletStatus::Frozen, WalletStatus::Closed] {
+            let change = receiver_change(status, below).expect("no longer active");
+            assert!(
+                change.starts_with(&format!("status {}, ", status.as_str())),
+                "{change}"
+            );
+        }
+    }
 
     #[test]
     fn a_marker_counts_only_for_its_own_run() {
