@@ -38,6 +38,12 @@ fn an_old_request_is_applied_only_through_its_record(service: &WalletService, ta
         (Status::Failed, Some(FailureReason::Expired)),
         "{tag}"
     );
+    // Refused under its locks, the answer reports what it cost like any other.
+    let cost = refused.stats;
+    assert!(
+        cost.lock.attempts == 1 && cost.round_trips >= 1,
+        "{tag}: {cost:?}"
+    );
     let record = service
         .transfer_outcome_of(&from, &request.idempotency_key)
         .unwrap();
