@@ -1084,6 +1084,66 @@ fn a_new_request_reusing_a_pending_key_moves_nothing_and_the_pending_one_finishe
     assert_eq!(bed.locks(), Vec::<String>::new());
 }
 
+/// The same reuse after the key's claim was lost (as at a failover with `wait_replicas` 0):
+/// the new request now takes the claim and gets as far as the PENDING record, which must
+/// still refuse it as a conflict and leave the PENDING transfer alone for its own request or
+/// the recovery; the recovery then finishes it once. Cross-slot only, like the test above.
+#[test]
+fn a_pending_transfer_whose_key_claim_was_lost_is_left_to_the_recovery_not_to_another_request() {
+    use crate::support::cluster::RedisCluster;
+    use wallet_transfer::engine::cluster::keys;
+    use wallet_transfer::engine::service::Failpoint;
+    let cluster = RedisCluster::start(3, 0);
+    let config = EngineConfig::default().with_lock(
+        LockConfig::default()
+            .with_ttl_ms(500)
+            .with_retry_delay_ms_base(10)
+            .with_retry_delay_ms_max(50)
+            .with_retries_max(200),
+    );
+    let bed = Bed::on_cluster(&cluster, false, config);
+    let service = &bed.service;
+    bed.create(&[("a", "100.00"), ("b", "100.00")]);
+    let (a, b) = (bed.id("a"), bed.id("b"));
+    let with_key = |r: TransferRequest| r.with_idempotency_key("k1").unwrap();
+    let mut crashing = service.as_separate_process();
+    crashing.set_failpoint(Some(Failpoint::AfterDebit));
+    let e = crashing
+        .transfer(&with_key(usd("t1", &a, &b, "10.00")))
+        .expect_err("the failpoint stops it");
+    assert!(e.to_string().contains("failpoint"), "{e}");
+    let claim = keys::claim("k1");
+    let deleted: i64 = redis::cmd("DEL")
+        .arg(&claim)
+        .query(&mut bed.conn_for(&claim))
+        .unwrap();
+    assert_eq!(deleted, 1, "the claim was there to lose");
+
+    match service.transfer(&with_key(usd("t2", &a, &b, "11.00"))) {
+        Err(TransferError::IdempotencyConflict { .. }) => {}
+        other => panic!("expected an idempotency conflict, got {other:?}"),
+    }
+    let record = service.transfer_outcome_of(&a, "k1").unwrap().unwrap();
+    assert_eq!(
+        record.status,
+        Status::Pending,
+        "another request finished it"
+    );
+    assert_eq!(service.balance(&b).unwrap(), amount("100.00"));
+    let report = service.recover(100).unwrap();
+    assert_eq!(
+        (report.pending_found, report.finished),
+        (1, 1),
+        "{report:?}"
+    );
+    for (id, balance) in [(&a, "90.00"), (&b, "110.00")] {
+        assert_eq!(service.balance(id).unwrap(), amount(balance), "{id}");
+    }
+    let audit = ops::audit(service).expect("audit reads redis");
+    assert!(audit.is_ok(), "{:?}", audit.violations);
+    assert_eq!(bed.locks(), Vec::<String>::new());
+}
+
 // One topology: `lock::acquire` and its guard are one Redis's lock API; a cluster's locks
 // (`cluster_lock`) are crate-private, and every test above checks they are all given back.
 #[test]
