@@ -32,10 +32,11 @@ simulate: ## replay one seed of the seeded simulation (SEED=n; TOPOLOGY=one-redi
 
 mutants: ## mutation testing of the guarantee-bearing files (hours; FILE=src/engine/transfer.rs for one; TESTS='engine:: semantics::' to narrow the tests; RE='PoolThread::send' for some of its mutants)
 	$(CARGO) install cargo-mutants --locked --version 27.1.0 --quiet 2>/dev/null || true
-	@# With cargo-nextest a mutant's run stops at its first failing test (fail-fast), so a
-	@# caught mutant costs seconds, not the whole test set; libtest runs every test.
+	@# With cargo-nextest a mutant's run stops at its first failing test, and the tests still
+	@# running are stopped too (1:immediate), so a caught mutant costs seconds, not the whole
+	@# test set; libtest runs every test.
 	if command -v cargo-nextest >/dev/null; then \
-	  $(CARGO) mutants -j 1 --test-tool nextest --output target/mutants $(if $(FILE),--no-config --file $(FILE) --timeout-multiplier 3,) $(if $(RE),-F '$(RE)',) -- --lib --test it $(TESTS); \
+	  $(CARGO) mutants -j 1 --test-tool nextest --output target/mutants $(if $(FILE),--no-config --file $(FILE) --timeout-multiplier 3,) $(if $(RE),-F '$(RE)',) -- --max-fail 1:immediate --lib --test it $(TESTS); \
 	else \
 	  $(CARGO) mutants -j 1 --output target/mutants $(if $(FILE),--no-config --file $(FILE) --timeout-multiplier 3,) $(if $(RE),-F '$(RE)',) -- --lib --test it $(if $(TESTS),-- $(TESTS),); \
 	fi
