@@ -118,6 +118,15 @@ fn insufficient_funds_leaves_both_balances_and_is_recorded(bed: &Bed) {
     assert_eq!(outcome.reason, Some(FailureReason::InsufficientFunds));
     assert_eq!(service.balance(&a).unwrap(), amount("100.00"));
     assert_eq!(service.balance(&b).unwrap(), amount("5.00"));
+    // A refusal costs what a transfer costs up to its transaction, which records FAILED
+    // instead of moving money: in one slot as much as a transfer; across slots the claim,
+    // both locks with their reads, and the record, where a transfer has three more steps.
+    let round_trips = match bed.topology {
+        Topology::ClusterCrossSlot => 1 + 2 + 1,
+        Topology::OneRedis | Topology::ClusterSameSlot => bed.uncontended_round_trips(),
+    };
+    let cost = outcome.stats;
+    assert_eq!((cost.lock.attempts, cost.round_trips), (1, round_trips));
 
     // Money arrives; the replay still gets the recorded answer, not a new attempt.
     service.deposit(&a, amount("1000")).unwrap();
