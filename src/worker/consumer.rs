@@ -359,13 +359,21 @@ fn seed_partition_metrics(shared: &Shared, consumer: &BaseConsumer<ConsumerCtx>)
                 continue;
             }
         };
-        let position = match e.offset() {
-            rdkafka::Offset::Offset(o) if o >= 0 => o,
-            _ => low.max(0),
-        };
+        let (position, lag) = seeded_position_and_lag(e.offset(), low, high);
         shared.metrics.set_committed(partition, position);
-        shared.metrics.set_lag(partition, (high - position).max(0));
+        shared.metrics.set_lag(partition, lag);
     }
+}
+
+/// A new assignment's committed position and lag: the group's committed offset (or, where it
+/// has none, the low watermark, where it starts reading) and the high watermark's distance
+/// past it, never negative. Pure.
+fn seeded_position_and_lag(committed: rdkafka::Offset, low: i64, high: i64) -> (i64, i64) {
+    let position = match committed {
+        rdkafka::Offset::Offset(o) if o >= 0 => o,
+        _ => low.max(0),
+    };
+    (position, (high - position).max(0))
 }
 
 /// Rebalance and statistics callbacks, run on the consumer thread inside `poll` (and on the
@@ -695,6 +703,30 @@ mod tests {
         let line = summary.line_if_due(&metrics, 1_000).expect("due");
         assert!(line.starts_with("processed 3 (1/s)"), "{line}");
         assert_eq!(summary.line_if_due(&metrics, 1_000), None, "not due again");
+    }
+
+    #[test]
+    fn a_new_assignment_starts_at_the_committed_offset_or_else_the_low_watermark() {
+        use rdkafka::Offset;
+        assert_eq!(seeded_position_and_lag(Offset::Offset(7), 2, 10), (7, 3));
+        assert_eq!(seeded_position_and_lag(Offset::Offset(0), 2, 10), (0, 10));
+        assert_eq!(
+            seeded_position_and_lag(Offset::Invalid, 2, 10),
+            (2, 8),
+            "none yet"
+        );
+        let raw_negative = seeded_position_and_lag(Offset::Offset(-5), 2, 10);
+        assert_eq!(raw_negative, (2, 8), "a negative offset is no position");
+        assert_eq!(
+            seeded_position_and_lag(Offset::Invalid, -1, 0),
+            (0, 0),
+            "empty"
+        );
+        assert_eq!(
+            seeded_position_and_lag(Offset::Offset(12), 2, 10),
+            (12, 0),
+            "never < 0"
+        );
     }
 
     #[test]
