@@ -376,6 +376,28 @@ fn seeded_position_and_lag(committed: rdkafka::Offset, low: i64, high: i64) -> (
     (position, (high - position).max(0))
 }
 
+/// A partition's lag from librdkafka's statistics: its own `consumer_lag` when it knows it;
+/// with nothing committed yet (it has no lag then), the high watermark against where the
+/// group starts, as exported at the assignment (`committed`); none for the internal partition
+/// (-1) or when neither is known. Pure.
+fn statistics_lag(
+    partition: i32,
+    consumer_lag: i64,
+    hi_offset: i64,
+    committed: Option<i64>,
+) -> Option<i64> {
+    if partition < 0 {
+        return None;
+    }
+    if consumer_lag >= 0 {
+        return Some(consumer_lag);
+    }
+    match (hi_offset >= 0, committed) {
+        (true, Some(start)) => Some((hi_offset - start).max(0)),
+        _ => None,
+    }
+}
+
 /// Rebalance and statistics callbacks, run on the consumer thread inside `poll` (and on the
 /// thread that drops the consumer, whose close revokes what it holds).
 pub(crate) struct ConsumerCtx {
@@ -403,19 +425,9 @@ impl ClientContext for ConsumerCtx {
             return;
         };
         for (partition, p) in &topic.partitions {
-            if *partition < 0 {
-                continue;
-            }
-            if p.consumer_lag >= 0 {
-                self.shared.metrics.set_lag(*partition, p.consumer_lag);
-            } else if let (true, Some(start)) =
-                (p.hi_offset >= 0, self.shared.metrics.committed(*partition))
-            {
-                // Nothing committed yet (librdkafka has no lag then): the high watermark
-                // against where the group starts, as exported at the assignment.
-                self.shared
-                    .metrics
-                    .set_lag(*partition, (p.hi_offset - start).max(0));
+            let committed = self.shared.metrics.committed(*partition);
+            if let Some(lag) = statistics_lag(*partition, p.consumer_lag, p.hi_offset, committed) {
+                self.shared.metrics.set_lag(*partition, lag);
             }
         }
     }
@@ -726,6 +738,42 @@ mod tests {
             seeded_position_and_lag(Offset::Offset(12), 2, 10),
             (12, 0),
             "never < 0"
+        );
+    }
+
+    #[test]
+    fn the_lag_is_librdkafkas_once_it_knows_it_and_the_watermark_past_the_start_before() {
+        assert_eq!(
+            statistics_lag(0, 4, 100, Some(90)),
+            Some(4),
+            "librdkafka's own"
+        );
+        assert_eq!(statistics_lag(0, 0, 100, Some(90)), Some(0));
+        assert_eq!(
+            statistics_lag(1, -1, 100, Some(90)),
+            Some(10),
+            "nothing committed yet"
+        );
+        assert_eq!(
+            statistics_lag(1, -1, 80, Some(90)),
+            Some(0),
+            "never negative"
+        );
+        assert_eq!(
+            statistics_lag(1, -1, 0, Some(0)),
+            Some(0),
+            "an empty partition"
+        );
+        assert_eq!(
+            statistics_lag(1, -1, -1, Some(90)),
+            None,
+            "no watermark yet"
+        );
+        assert_eq!(statistics_lag(1, -1, 100, None), None, "no start exported");
+        assert_eq!(
+            statistics_lag(-1, 4, 100, Some(90)),
+            None,
+            "the internal partition"
         );
     }
 
