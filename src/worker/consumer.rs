@@ -376,6 +376,13 @@ fn seeded_position_and_lag(committed: rdkafka::Offset, low: i64, high: i64) -> (
     (position, (high - position).max(0))
 }
 
+/// Whether librdkafka's group join state (`cgrp.join_state` in its statistics) is the wait for
+/// the coordinator to answer a join, the wait that can hang; its other states (`init`,
+/// `wait-metadata`, `wait-sync`, the assignment calls, `steady`) move on by themselves. Pure.
+fn waiting_to_join(join_state: Option<&str>) -> bool {
+    join_state == Some("wait-join")
+}
+
 /// A partition's lag from librdkafka's statistics: its own `consumer_lag` when it knows it;
 /// with nothing committed yet (it has no lag then), the high watermark against where the
 /// group starts, as exported at the assignment (`committed`); none for the internal partition
@@ -410,10 +417,7 @@ pub(crate) struct ConsumerCtx {
 
 impl ClientContext for ConsumerCtx {
     fn stats(&self, statistics: Statistics) {
-        let waiting = statistics
-            .cgrp
-            .as_ref()
-            .is_some_and(|g| g.join_state == "wait-join");
+        let waiting = waiting_to_join(statistics.cgrp.as_ref().map(|g| g.join_state.as_str()));
         {
             let mut since = self.shared.join_wait_since.lock();
             if waiting {
@@ -775,6 +779,15 @@ mod tests {
             None,
             "the internal partition"
         );
+    }
+
+    #[test]
+    fn only_the_wait_for_the_coordinators_join_answer_counts_as_joining() {
+        assert!(waiting_to_join(Some("wait-join")));
+        for other in ["init", "wait-metadata", "wait-sync", "steady"] {
+            assert!(!waiting_to_join(Some(other)), "{other}");
+        }
+        assert!(!waiting_to_join(None), "no group in the statistics");
     }
 
     #[test]
