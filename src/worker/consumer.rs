@@ -791,6 +791,66 @@ mod tests {
     }
 
     #[test]
+    fn a_revoke_stops_the_revoked_partitions_backlog_parked_and_retrying_jobs_only() {
+        use crate::worker::config::WorkerConfig;
+        use crate::worker::shared::test_job as job;
+        let shared = Shared::new(WorkerConfig::default(), Metrics::new());
+        {
+            let mut backlog = shared.backlog.lock();
+            for (p, o) in [(0, 5), (0, 6), (1, 9)] {
+                backlog.push(job(p, o, 10));
+            }
+        }
+        let mut gate = shared.gate.lock();
+        assert!(gate.admit(job(0, 1, 10)).is_some(), "running");
+        assert!(gate.admit(job(0, 2, 10)).is_none(), "parked behind it");
+        drop(gate);
+        let now = Instant::now();
+        shared.retries.lock().push(now, 0, now, 75, job(0, 3, 10));
+        shared.retries.lock().push(now, 1, now, 75, job(1, 4, 10));
+        assert_eq!(stop_partitions(&shared, &HashSet::from([0])), (2, 2));
+        assert_eq!(shared.backlog.lock().jobs.len(), 1, "partition 1's stays");
+        assert_eq!(shared.retries.lock().len(), 1, "partition 1's stays");
+        assert_eq!(
+            shared.generations.lock().abandoned(0),
+            2,
+            "parked and retrying"
+        );
+    }
+
+    #[test]
+    fn a_revoke_waits_for_started_jobs_until_they_finish_or_are_abandoned_or_time_runs_out() {
+        use crate::worker::config::WorkerConfig;
+        use crate::worker::shared::test_job as job;
+        let config = WorkerConfig {
+            revoke_timeout_ms: 40,
+            ..WorkerConfig::default()
+        };
+        let shared = Shared::new(config, Metrics::new());
+        let revoked = HashSet::from([0]);
+        assert!(
+            wait_for_running(&shared, &revoked, Instant::now()),
+            "none started"
+        );
+        shared.tracker.lock().start(0, 7);
+        let began = Instant::now();
+        assert!(!wait_for_running(&shared, &revoked, began), "still running");
+        assert!(
+            began.elapsed() >= Duration::from_millis(30),
+            "three quarters of 40 ms"
+        );
+        shared.generations.lock().abandon(&job(0, 7, 1));
+        assert!(
+            wait_for_running(&shared, &revoked, Instant::now()),
+            "abandoned"
+        );
+        assert!(
+            wait_for_running(&shared, &HashSet::from([1]), Instant::now()),
+            "another partition's job is not waited for"
+        );
+    }
+
+    #[test]
     fn a_rebalance_error_revokes_everything_held() {
         use rdkafka::error::{KafkaError, RDKafkaErrorCode};
         let error = Rebalance::Error(KafkaError::Rebalance(RDKafkaErrorCode::Fail));
