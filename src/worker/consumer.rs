@@ -832,7 +832,8 @@ mod tests {
             wait_for_running(&shared, &revoked, Instant::now()),
             "none started"
         );
-        shared.tracker.lock().start(0, 7);
+        let started = shared.tracker.lock().start(0, 7);
+        assert!(matches!(started, Start::Started));
         let began = Instant::now();
         assert!(!wait_for_running(&shared, &revoked, began), "still running");
         assert!(
