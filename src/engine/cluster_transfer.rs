@@ -696,6 +696,7 @@ impl<'a> Cross<'a> {
         let credit = self.credit(locks, &x, read.to, read.marker)?;
         let ((to_after, to_version), receiver_watching) = credit;
         self.failpoint(locks, Failpoint::AfterCredit)?;
+        self.before_exec();
         let mut pipe = redis::pipe();
         if sender_watching {
             pipe.cmd("UNWATCH").ignore();

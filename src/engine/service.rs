@@ -272,7 +272,8 @@ impl WalletService {
         self.failpoint = failpoint;
     }
 
-    /// Test hook: `hook(idempotency_key)` runs after the WATCHed read and before EXEC.
+    /// Test hook: `hook(idempotency_key)` runs after the WATCHed read and before EXEC (and,
+    /// across slots, before the completion's script).
     #[cfg(any(test, feature = "test-hooks"))]
     pub fn set_before_exec_hook(&mut self, hook: Hook) {
         self.before_exec = Some(hook);

@@ -1153,6 +1153,87 @@ fn a_pending_transfer_whose_key_claim_was_lost_is_left_to_the_recovery_not_to_an
     assert_eq!(bed.locks(), Vec::<String>::new());
 }
 
+/// A cross-slot run whose sender's lock is lost between the credit and the completion (its
+/// ttl ran out and another holder took it): the completion's script finds the lock not its
+/// own and changes nothing, so the run must fail `lock_lost` and leave the record PENDING
+/// with its credit marker; the next run then completes it without crediting again. (Taking
+/// the failed completion for a success would delete the marker and answer COMPLETED over a
+/// PENDING record, which its next run would credit a second time.)
+#[test]
+fn a_sender_lock_lost_before_the_completion_leaves_the_transfer_pending_and_credited_once() {
+    use crate::support::cluster::RedisCluster;
+    use wallet_transfer::engine::cluster::keys;
+    let cluster = RedisCluster::start(3, 0);
+    let config = EngineConfig::default().with_lock(
+        LockConfig::default()
+            .with_ttl_ms(300)
+            .with_retry_delay_ms_base(10)
+            .with_retry_delay_ms_max(50)
+            .with_retries_max(200),
+    );
+    let bed = Bed::on_cluster(&cluster, false, config);
+    bed.create(&[("a", "100.00"), ("b", "100.00")]);
+    let (a, b) = (bed.id("a"), bed.id("b"));
+    let lock_a = bed.keys().lock(&a);
+    let conn = Mutex::new(bed.conn_for(&lock_a));
+    let (hook_lock, calls) = (lock_a.clone(), Arc::new(Mutex::new(0)));
+    let mut stalled = bed.service.as_separate_process();
+    stalled.set_before_exec_hook(Arc::new(move |_key: &str| {
+        let mut calls = calls.lock().unwrap();
+        *calls += 1;
+        if *calls != 2 {
+            return; // the first is the debit's; the second, the completion's
+        }
+        let mut conn = conn.lock().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while redis::cmd("EXISTS")
+            .arg(&hook_lock)
+            .query::<i64>(&mut *conn)
+            .unwrap()
+            == 1
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lock never expired"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        redis::cmd("SET")
+            .arg(&hook_lock)
+            .arg("the-new-holder")
+            .arg("PX")
+            .arg(60_000)
+            .query::<()>(&mut *conn)
+            .unwrap();
+    }));
+    let request = usd("t1", &a, &b, "10.00");
+    match stalled.transfer(&request) {
+        Err(TransferError::LockLost(key)) => assert_eq!(key, lock_a),
+        other => panic!("the completion without its lock must fail, got {other:?}"),
+    }
+    let record = bed.service.transfer_outcome_of(&a, "t1").unwrap().unwrap();
+    assert_eq!(record.status, Status::Pending);
+    let marker = keys::credit_marker(&b, &a, "t1");
+    let kept: i64 = redis::cmd("EXISTS")
+        .arg(&marker)
+        .query(&mut bed.conn_for(&marker))
+        .unwrap();
+    assert_eq!(kept, 1, "the credit marker stays until the completion");
+    redis::cmd("DEL")
+        .arg(&lock_a)
+        .query::<()>(&mut bed.conn_for(&lock_a))
+        .unwrap();
+    let done = transfer_retrying(&bed.service, &request);
+    assert_eq!(done.status, Status::Completed);
+    for (id, balance) in [(&a, "90.00"), (&b, "110.00")] {
+        assert_eq!(bed.service.balance(id).unwrap(), amount(balance), "{id}");
+    }
+    assert_eq!(bed.service.history(&b).unwrap().len(), 1, "b credited once");
+    let audit = ops::audit(&bed.service).expect("audit reads redis");
+    assert!(audit.is_ok(), "{:?}", audit.violations);
+    assert_eq!(bed.locks(), Vec::<String>::new());
+}
+
 // One topology: `lock::acquire` and its guard are one Redis's lock API; a cluster's locks
 // (`cluster_lock`) are crate-private, and every test above checks they are all given back.
 #[test]
