@@ -459,6 +459,36 @@ fn a_replay_finishes_a_transfer_that_crashed_after_the_debit_or_the_credit() {
     assert_eq!(completed, 2);
 }
 
+/// A PENDING transfer finished after its receiver changed (a deposit since the decision)
+/// answers the receiver's balance and version after its own credit, as the receiver's history
+/// has them, not the decision's: the ledger entries are built from the answer.
+#[test]
+fn a_pending_transfer_finished_after_its_receiver_changed_answers_the_state_after_its_credit() {
+    let redis = RedisCluster::start(3, 0);
+    let service = connect(&redis, config());
+    let (request, _) = crash_at(&redis, Failpoint::AfterDebit, "rv");
+    service
+        .deposit(&request.to_user, Amount::parse("1.00").unwrap())
+        .unwrap();
+    let outcome = transfer_retrying(&service, &request);
+    assert_eq!(outcome.status, Status::Completed);
+    let history = service.history(&request.to_user).unwrap();
+    let credit = history
+        .iter()
+        .find(|e| e.transfer_id == request.transfer_id)
+        .expect("the credit in the receiver's history");
+    let version = outcome
+        .to_version_after
+        .expect("a version after the credit");
+    assert!(
+        credit.stream_id.ends_with(&format!("-v{version}")),
+        "{} made version {version}?",
+        credit.stream_id
+    );
+    assert_eq!(outcome.to_balance_after, Some(credit.balance_after));
+    assert_eq!(credit.balance_after, Amount::parse("13.50").unwrap());
+}
+
 /// More PENDING transfers than a run may list errors for, each busy (its sender's lock held
 /// by someone else): one run counts them all as failed and lists the first
 /// [`RECOVER_ERRORS_LISTED_LIMIT`]. Once the locks are free, a run with a limit finishes that

@@ -90,6 +90,20 @@ fn a_transfer_moves_the_exact_amount_and_records_it(bed: &Bed) {
         .unwrap();
     assert_eq!(wallet["balance"], "5133.95");
     assert_eq!(wallet["version"], "1");
+    // The answer carries each wallet's version after the move, as Redis holds it (the ledger
+    // entries are built from them).
+    let version_of = |id: &str| -> u64 {
+        let key = bed.keys().wallet(id);
+        redis::cmd("HGET")
+            .arg(&key)
+            .arg("version")
+            .query(&mut bed.conn_for(&key))
+            .unwrap()
+    };
+    assert_eq!(
+        (outcome.from_version_after, outcome.to_version_after),
+        (Some(version_of(&u1)), Some(version_of(&u2)))
+    );
 
     let history = service.history(&u1).unwrap();
     assert_eq!(history.len(), 1);
