@@ -673,9 +673,7 @@ fn a_stalled_holder_loses_no_update_of_a_receiver_taken_meanwhile(bed: &Bed) {
         .collect();
     assert_eq!(credits, ["fast", "slow"], "b: one credit per transfer");
     assert_eq!(service.recover(100).unwrap().pending_found, 0);
-    let audit = ops::audit(service).expect("audit reads redis");
-    assert!(audit.is_ok(), "{:?}", audit.violations);
-    assert_eq!(bed.locks(), Vec::<String>::new());
+    assert_audited_and_unlocked(bed);
 }
 on_every_topology!(
     a_stalled_holder_loses_no_update_of_a_receiver_taken_meanwhile,
@@ -929,6 +927,26 @@ on_every_topology!(
     quick_lock(3)
 );
 
+/// A cluster bed with each wallet in a slot of its own, whose locks expire after `ttl_ms` (a
+/// crashed or stalled run's are left to expire) and whose lock retries wait for them.
+fn cross_slot_bed(cluster: &crate::support::cluster::RedisCluster, ttl_ms: u64) -> Bed<'_> {
+    let config = EngineConfig::default().with_lock(
+        LockConfig::default()
+            .with_ttl_ms(ttl_ms)
+            .with_retry_delay_ms_base(10)
+            .with_retry_delay_ms_max(50)
+            .with_retries_max(200),
+    );
+    Bed::on_cluster(cluster, false, config)
+}
+
+/// The audit finds nothing wrong and no lock is left.
+fn assert_audited_and_unlocked(bed: &Bed) {
+    let audit = ops::audit(&bed.service).expect("audit reads redis");
+    assert!(audit.is_ok(), "{:?}", audit.violations);
+    assert_eq!(bed.locks(), Vec::<String>::new());
+}
+
 /// Deletes `id`'s wallet hash as an operator would (no lock taken); returns its fields.
 fn delete_wallet(conn: &mut redis::Connection, wallet_key: &str) -> HashMap<String, String> {
     let saved: HashMap<String, String> = redis::cmd("HGETALL").arg(wallet_key).query(conn).unwrap();
@@ -1030,9 +1048,7 @@ fn a_receiver_deleted_before_exec_is_credited_once_or_not_at_all(bed: &Bed) {
     assert_eq!(service.balance(&b).unwrap(), amount(b_after));
     assert_eq!(service.history(&b).unwrap().len(), usize::from(cross));
     assert_eq!(service.recover(100).unwrap().pending_found, 0);
-    let audit = ops::audit(service).expect("audit reads redis");
-    assert!(audit.is_ok(), "{:?}", audit.violations);
-    assert_eq!(bed.locks(), Vec::<String>::new());
+    assert_audited_and_unlocked(bed);
 }
 on_every_topology!(
     a_receiver_deleted_before_exec_is_credited_once_or_not_at_all,
@@ -1051,14 +1067,7 @@ fn a_new_request_reusing_a_pending_key_moves_nothing_and_the_pending_one_finishe
     use crate::support::cluster::RedisCluster;
     use wallet_transfer::engine::service::Failpoint;
     let cluster = RedisCluster::start(3, 0);
-    let config = EngineConfig::default().with_lock(
-        LockConfig::default()
-            .with_ttl_ms(500)
-            .with_retry_delay_ms_base(10)
-            .with_retry_delay_ms_max(50)
-            .with_retries_max(200),
-    );
-    let bed = Bed::on_cluster(&cluster, false, config);
+    let bed = cross_slot_bed(&cluster, 500);
     let service = &bed.service;
     bed.create(&[("a", "100.00"), ("b", "100.00"), ("c", "100.00")]);
     let (a, b, c) = (bed.id("a"), bed.id("b"), bed.id("c"));
@@ -1102,9 +1111,7 @@ fn a_new_request_reusing_a_pending_key_moves_nothing_and_the_pending_one_finishe
         assert_eq!(service.balance(id).unwrap(), amount(balance), "{id}");
     }
     assert_eq!(service.history(&b).unwrap().len(), 1, "b credited once");
-    let audit = ops::audit(service).expect("audit reads redis");
-    assert!(audit.is_ok(), "{:?}", audit.violations);
-    assert_eq!(bed.locks(), Vec::<String>::new());
+    assert_audited_and_unlocked(&bed);
 }
 
 /// The same reuse after the key's claim was lost (as at a failover with `wait_replicas` 0):
@@ -1117,14 +1124,7 @@ fn a_pending_transfer_whose_key_claim_was_lost_is_left_to_the_recovery_not_to_an
     use wallet_transfer::engine::cluster::keys;
     use wallet_transfer::engine::service::Failpoint;
     let cluster = RedisCluster::start(3, 0);
-    let config = EngineConfig::default().with_lock(
-        LockConfig::default()
-            .with_ttl_ms(500)
-            .with_retry_delay_ms_base(10)
-            .with_retry_delay_ms_max(50)
-            .with_retries_max(200),
-    );
-    let bed = Bed::on_cluster(&cluster, false, config);
+    let bed = cross_slot_bed(&cluster, 500);
     let service = &bed.service;
     bed.create(&[("a", "100.00"), ("b", "100.00")]);
     let (a, b) = (bed.id("a"), bed.id("b"));
@@ -1162,9 +1162,7 @@ fn a_pending_transfer_whose_key_claim_was_lost_is_left_to_the_recovery_not_to_an
     for (id, balance) in [(&a, "90.00"), (&b, "110.00")] {
         assert_eq!(service.balance(id).unwrap(), amount(balance), "{id}");
     }
-    let audit = ops::audit(service).expect("audit reads redis");
-    assert!(audit.is_ok(), "{:?}", audit.violations);
-    assert_eq!(bed.locks(), Vec::<String>::new());
+    assert_audited_and_unlocked(&bed);
 }
 
 /// A cross-slot run whose sender's lock is lost between the credit and the completion (its
@@ -1178,14 +1176,7 @@ fn a_sender_lock_lost_before_the_completion_leaves_the_transfer_pending_and_cred
     use crate::support::cluster::RedisCluster;
     use wallet_transfer::engine::cluster::keys;
     let cluster = RedisCluster::start(3, 0);
-    let config = EngineConfig::default().with_lock(
-        LockConfig::default()
-            .with_ttl_ms(300)
-            .with_retry_delay_ms_base(10)
-            .with_retry_delay_ms_max(50)
-            .with_retries_max(200),
-    );
-    let bed = Bed::on_cluster(&cluster, false, config);
+    let bed = cross_slot_bed(&cluster, 300);
     bed.create(&[("a", "100.00"), ("b", "100.00")]);
     let (a, b) = (bed.id("a"), bed.id("b"));
     let lock_a = bed.keys().lock(&a);
@@ -1243,9 +1234,7 @@ fn a_sender_lock_lost_before_the_completion_leaves_the_transfer_pending_and_cred
         assert_eq!(bed.service.balance(id).unwrap(), amount(balance), "{id}");
     }
     assert_eq!(bed.service.history(&b).unwrap().len(), 1, "b credited once");
-    let audit = ops::audit(&bed.service).expect("audit reads redis");
-    assert!(audit.is_ok(), "{:?}", audit.violations);
-    assert_eq!(bed.locks(), Vec::<String>::new());
+    assert_audited_and_unlocked(&bed);
 }
 
 // One topology: `lock::acquire` and its guard are one Redis's lock API; a cluster's locks
