@@ -691,30 +691,8 @@ fn a_lock_that_changes_hands_before_exec_aborts_it_and_the_new_holders_lock_surv
     let hook_lock = lock_a.clone();
     let mut stalled = bed.service.as_separate_process();
     stalled.set_before_exec_hook(Arc::new(move |_key: &str| {
-        let mut conn = conn.lock().unwrap();
         // Wait (bounded) for our lock to expire, then take it as another holder would.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while redis::cmd("EXISTS")
-            .arg(&hook_lock)
-            .query::<i64>(&mut *conn)
-            .unwrap()
-            == 1
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the lock never expired"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(&hook_lock)
-            .arg("the-new-holder")
-            .arg("NX")
-            .arg("PX")
-            .arg(30_000)
-            .query(&mut *conn)
-            .unwrap();
-        assert!(taken.is_some(), "the new holder takes the expired lock");
+        take_once_expired(&mut conn.lock().unwrap(), &hook_lock);
     }));
     match stalled.transfer(&usd("t1", &a, &b, "10.00")) {
         Err(e @ TransferError::LockLost(_)) => assert_names_a_lock_of(&e, bed, &[&a, &b]),
@@ -926,6 +904,28 @@ on_every_topology!(
     a_lock_held_by_another_times_out_without_recording_anything,
     quick_lock(3)
 );
+
+/// Waits (bounded) until `lock` has expired, then takes it as another holder would, for a
+/// minute, with the token `the-new-holder`.
+fn take_once_expired(conn: &mut redis::Connection, lock: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while redis::cmd("EXISTS").arg(lock).query::<i64>(conn).unwrap() == 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock never expired"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let taken: Option<String> = redis::cmd("SET")
+        .arg(lock)
+        .arg("the-new-holder")
+        .arg("NX")
+        .arg("PX")
+        .arg(60_000)
+        .query(conn)
+        .unwrap();
+    assert!(taken.is_some(), "the new holder takes the expired lock");
+}
 
 /// A cluster bed with each wallet in a slot of its own, whose locks expire after `ttl_ms` (a
 /// crashed or stalled run's are left to expire) and whose lock retries wait for them.
@@ -1189,27 +1189,7 @@ fn a_sender_lock_lost_before_the_completion_leaves_the_transfer_pending_and_cred
         if *calls != 2 {
             return; // the first is the debit's; the second, the completion's
         }
-        let mut conn = conn.lock().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while redis::cmd("EXISTS")
-            .arg(&hook_lock)
-            .query::<i64>(&mut *conn)
-            .unwrap()
-            == 1
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the lock never expired"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        redis::cmd("SET")
-            .arg(&hook_lock)
-            .arg("the-new-holder")
-            .arg("PX")
-            .arg(60_000)
-            .query::<()>(&mut *conn)
-            .unwrap();
+        take_once_expired(&mut conn.lock().unwrap(), &hook_lock);
     }));
     let request = usd("t1", &a, &b, "10.00");
     match stalled.transfer(&request) {
