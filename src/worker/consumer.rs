@@ -100,11 +100,7 @@ fn join_stuck(since: Option<Instant>, now: Instant, stuck_ms: u64) -> bool {
 /// When the join now waiting began: `now` when it starts waiting, kept while it waits, none
 /// once it does not. Pure.
 fn join_wait(waiting: bool, since: Option<Instant>, now: Instant) -> Option<Instant> {
-    match (waiting, since) {
-        (true, None) => Some(now),
-        (false, Some(_)) => None,
-        (_, since) => since,
-    }
+    waiting.then(|| since.unwrap_or(now))
 }
 
 /// Sets the gauges of what the worker holds: in flight, held bytes, parked, retrying; and tells

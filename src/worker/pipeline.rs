@@ -412,13 +412,15 @@ impl Worker {
         }
         let positions = self.shared.tracker.lock().positions();
         let deadline = Instant::now() + self.shared.time_left();
-        let committed = (!pool::failpoint("final-commit-skipped"))
-            .then(|| committer.commit_by(&consumer, positions, deadline))
-            .flatten()
-            .unwrap_or_else(|| {
-                log::warn!("the final commit did not finish by the stop deadline; uncommitted messages are redelivered and answered from their records");
-                Vec::new()
-            });
+        let committed = if pool::failpoint("final-commit-skipped") {
+            None
+        } else {
+            committer.commit_by(&consumer, positions, deadline)
+        };
+        let committed = committed.unwrap_or_else(|| {
+            log::warn!("the final commit did not finish by the stop deadline; uncommitted messages are redelivered and answered from their records");
+            Vec::new()
+        });
         if committed.is_empty() && !self.shared.tracker.lock().positions().is_empty() {
             log::warn!(
                 "nothing was committed at the end; uncommitted messages are redelivered and answered from their records"
