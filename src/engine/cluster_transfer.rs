@@ -738,9 +738,11 @@ impl<'a> Cross<'a> {
 
     /// Step 3 on the receiver's shard, under the WATCH of the last read: the credit, its
     /// history entry (and trim when due) and the marker `x tb tv`; skipped when the marker
-    /// already holds this `x`. A nil EXEC reads the receiver's side again (bounded). Returns
-    /// the receiver's balance and version after the credit, and whether the connection still
-    /// WATCHes (the credit was skipped, so no EXEC cleared it).
+    /// already holds this `x`. A nil EXEC (the receiver changed: a deposit) counts in
+    /// `watch_retries` and reads the receiver's side again, at most `watch_retries_max` times;
+    /// then `WatchConflicts` with the record still PENDING, for a retry or `recover` to finish.
+    /// Returns the receiver's balance and version after the credit, and whether the
+    /// connection still WATCHes (the credit was skipped, so no EXEC cleared it).
     fn credit(
         &mut self,
         locks: &mut ShardLocks,
@@ -748,7 +750,8 @@ impl<'a> Cross<'a> {
         mut to: Option<Wallet>,
         mut marker: Option<String>,
     ) -> Result<((Amount, u64), bool), TransferError> {
-        for _ in 0..=self.svc.config.watch_retries_max {
+        let mut aborts = 0;
+        loop {
             if let Some(done) = marker.as_deref().and_then(|m| parse_marker(m, x)) {
                 // The credit was applied by an earlier run, whose own WAIT may have failed
                 // (this may be its retry, or the sweep): make sure the replicas have it before
@@ -774,6 +777,7 @@ impl<'a> Cross<'a> {
             let trim = self.add_move(&mut pipe, receiver, HistoryKind::Credit, after);
             let value = format!("{x} {} {version}", after.minor());
             pipe.set(&self.marker_key, value).ignore();
+            self.before_exec();
             self.stats.round_trips += 1;
             let exec: Option<Vec<i64>> = query(locks.conn(self.to()), &pipe)?;
             if let Some(replies) = exec {
@@ -783,11 +787,13 @@ impl<'a> Cross<'a> {
                 self.svc.wait_replicas(locks.conn(self.to()))?;
                 return Ok(((after, version), false));
             }
+            aborts += 1;
+            self.stats.watch_retries += 1;
+            if aborts > self.svc.config.watch_retries_max {
+                return Err(TransferError::WatchConflicts(aborts));
+            }
             (to, marker) = self.reread_receiver(locks)?;
         }
-        Err(TransferError::WatchConflicts(
-            self.svc.config.watch_retries_max,
-        ))
     }
 
     /// The receiver's side of step 1 again, its lock token checked.

@@ -272,8 +272,9 @@ impl WalletService {
         self.failpoint = failpoint;
     }
 
-    /// Test hook: `hook(idempotency_key)` runs after the WATCHed read and before EXEC (and,
-    /// across slots, before the completion's script).
+    /// Test hook: `hook(idempotency_key)` runs after the WATCHed read and before each EXEC
+    /// (across slots: the debit's or the FAILED record's, the credit's, and the completion's
+    /// script).
     #[cfg(any(test, feature = "test-hooks"))]
     pub fn set_before_exec_hook(&mut self, hook: Hook) {
         self.before_exec = Some(hook);

@@ -1194,6 +1194,84 @@ fn a_pending_transfer_is_finished_as_decided_after_the_receiver_changed() {
     );
 }
 
+/// A hook that deposits 1.00 into `to` before each EXEC of a cross-slot run but its first
+/// (the debit's; nothing else touches the sender), at most `n` times: the receiver changes
+/// between its read and the credit's EXEC, as a deposit (which takes no lock) can.
+fn depositing_before_the_credit(
+    service: &WalletService,
+    to: &str,
+    n: usize,
+) -> wallet_transfer::engine::service::Hook {
+    let (service, to) = (service.clone(), to.to_string());
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    Arc::new(move |_key: &str| {
+        let call = calls.fetch_add(1, Ordering::SeqCst);
+        if (1..=n).contains(&call) {
+            service
+                .deposit(&to, Amount::parse("1.00").unwrap())
+                .unwrap();
+        }
+    })
+}
+
+/// A receiver that changes between the locked read and the credit's EXEC aborts the credit:
+/// the run reads the receiver again and credits on top of what changed, each abort counted
+/// in `watch_retries` and its read and EXEC in `round_trips`. A receiver that keeps changing
+/// stops the credit after `watch_retries_max` aborts with a transient error, the record
+/// PENDING and nothing credited; a retry finishes it once.
+#[test]
+fn a_receiver_changed_before_the_credit_is_read_again_and_credited_once() {
+    let redis = RedisCluster::start(3, 0);
+    let service = connect(&redis, config().with_watch_retries_max(2));
+    let (a, b) = pair("rc", false);
+    create_usd(&service, &[a.clone(), b.clone()], "100.00");
+    let money = |s: &str| Amount::parse(s).unwrap();
+
+    let mut always = service.as_separate_process();
+    always.set_before_exec_hook(depositing_before_the_credit(&service, &b, 100));
+    let t1 = usd("t1", &a, &b, "10.00");
+    match always.transfer(&t1) {
+        Err(e @ TransferError::WatchConflicts(3)) => assert!(e.is_transient()),
+        other => panic!("want 3 aborted credits (limit 2), got {other:?}"),
+    }
+    let record = service.transfer_outcome_of(&a, "t1").unwrap().unwrap();
+    assert_eq!(record.status, Status::Pending);
+    assert_eq!(
+        service.balance(&b).unwrap(),
+        money("103.00"),
+        "3 deposits, no credit"
+    );
+    let done = transfer_retrying(&service, &t1);
+    assert_eq!(done.status, Status::Completed);
+    assert_eq!(done.to_balance_after, Some(money("113.00")));
+
+    let mut twice = service.as_separate_process();
+    twice.set_before_exec_hook(depositing_before_the_credit(&service, &b, 2));
+    let done = twice.transfer(&usd("t2", &a, &b, "10.00")).unwrap();
+    assert_eq!(done.status, Status::Completed);
+    assert_eq!(done.stats.watch_retries, 2);
+    // Uncontended: the claim, then 6 (topology.rs, `uncontended_round_trips`); an aborted
+    // credit costs its EXEC and the receiver's read again.
+    assert_eq!(done.stats.round_trips, 1 + 6 + 2 * 2);
+    let receiver = service.wallet(&b).unwrap().unwrap();
+    assert_eq!(receiver.balance, money("125.00"), "113 + 2 deposits + 10");
+    assert_eq!(done.to_balance_after, Some(receiver.balance));
+    assert_eq!(done.to_version_after, Some(receiver.version));
+    let mut credits: Vec<String> = service
+        .history(&b)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == HistoryKind::Credit)
+        .map(|e| e.transfer_id)
+        .collect();
+    credits.sort();
+    assert_eq!(credits, ["t1", "t2"], "each credited once");
+    assert_eq!(service.balance(&a).unwrap(), money("80.00"));
+    assert!(read_ledger(&redis).locks.is_empty());
+    let audit = wallet_transfer::tools::ops::audit(&service).expect("the audit runs");
+    assert!(audit.is_ok(), "{:?}", audit.violations);
+}
+
 /// Deposits and new wallets are answered only once the configured replicas have them, as
 /// transfers are: with the wallet's replica paused, a deposit (and a wallet created in that
 /// slot) is written on the primary but refused `ReplicasBehind`, naming what to do (a deposit

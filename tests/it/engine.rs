@@ -588,8 +588,11 @@ fn stall_slow_behind(bed: &Bed, fast: &TransferRequest) -> Result<TransferOutcom
     let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(1);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
     let mut stalled = bed.service.as_separate_process();
+    let first = std::sync::atomic::AtomicBool::new(true);
     stalled.set_before_exec_hook(Arc::new(move |key: &str| {
-        if key == "slow" && started_tx.try_send(()).is_ok() {
+        // Only before its first EXEC (a cross-slot run has up to three).
+        let first = first.swap(false, std::sync::atomic::Ordering::SeqCst);
+        if key == "slow" && first && started_tx.try_send(()).is_ok() {
             // Stall past the lock ttl until the other transfer has completed.
             done_rx
                 .recv_timeout(Duration::from_secs(20))
@@ -1186,8 +1189,8 @@ fn a_sender_lock_lost_before_the_completion_leaves_the_transfer_pending_and_cred
     stalled.set_before_exec_hook(Arc::new(move |_key: &str| {
         let mut calls = calls.lock().unwrap();
         *calls += 1;
-        if *calls != 2 {
-            return; // the first is the debit's; the second, the completion's
+        if *calls != 3 {
+            return; // the debit's, the credit's, then the completion's
         }
         take_once_expired(&mut conn.lock().unwrap(), &hook_lock);
     }));

@@ -649,8 +649,11 @@ impl<'b, 'c> Sim<'b, 'c> {
         let (started_tx, started_rx) = bounded::<()>(1);
         let (done_tx, done_rx) = bounded::<()>(1);
         let mut stalled = self.bed.service.as_separate_process();
+        let first = std::sync::atomic::AtomicBool::new(true);
         stalled.set_before_exec_hook(Arc::new(move |k: &str| {
-            if k == key && started_tx.try_send(()).is_ok() {
+            // Only before its first EXEC (a cross-slot run has up to three).
+            let first = first.swap(false, std::sync::atomic::Ordering::SeqCst);
+            if k == key && first && started_tx.try_send(()).is_ok() {
                 let _ = done_rx.recv_timeout(Duration::from_millis(STALL_LIMIT_MS));
             }
         }));
