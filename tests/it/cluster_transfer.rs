@@ -1194,6 +1194,44 @@ fn a_pending_transfer_is_finished_as_decided_after_the_receiver_changed() {
     );
 }
 
+/// `wallet recover` says when it credits past the receiver-change rule (src/engine/
+/// cluster_transfer.rs, "PENDING"): of two crashed transfers, the one whose receiver was
+/// closed since is credited as decided and logged with its transfer, its receiver and the
+/// status found; the one whose receiver did not change is finished without that warning.
+#[test]
+fn recover_warns_when_it_credits_a_receiver_that_changed_since_the_decision() {
+    let redis = RedisCluster::start(3, 0);
+    let service = connect(&redis, config());
+    let (closed, _) = crash_at(&redis, Failpoint::AfterDebit, "cl");
+    set_wallet_field(&redis, &closed.to_user, "status", "closed");
+    let (unchanged, _) = crash_at(&redis, Failpoint::AfterDebit, "un");
+    let out = std::process::Command::new(crate::support::stack::WALLET_BIN)
+        .args(["recover", "--redis-cluster", &redis.seeds().join(",")])
+        .args(["--redis-url", "redis://"])
+        .env_remove("REDIS_CLUSTER")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run wallet recover");
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("finishing its credit as decided"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    for said in [&closed.to_user, &closed.from_user, "status closed", "2.50"] {
+        assert!(warnings[0].contains(said), "{said} in {}", warnings[0]);
+    }
+    for request in [&closed, &unchanged] {
+        let record = service
+            .transfer_outcome_of(&request.from_user, &request.idempotency_key)
+            .unwrap();
+        assert_eq!(record.map(|r| r.status), Some(Status::Completed));
+        let to = service.balance(&request.to_user).unwrap();
+        assert_eq!(to, Amount::parse("12.50").unwrap(), "{}", request.to_user);
+    }
+}
+
 /// A hook that deposits 1.00 into `to` before each EXEC of a cross-slot run but its first
 /// (the debit's; nothing else touches the sender), at most `n` times: the receiver changes
 /// between its read and the credit's EXEC, as a deposit (which takes no lock) can.
