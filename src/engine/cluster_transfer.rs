@@ -141,7 +141,6 @@ use crate::engine::cluster::{self, ClusterPools, keys};
 use crate::engine::cluster_lock::{self, ShardLocks};
 use crate::engine::key_claim;
 use crate::engine::keyspace::KeySpace;
-use crate::engine::lock::{Admission, LockError};
 use crate::engine::message::{FailureReason, Status, TransferRequest, now_ms};
 use crate::engine::money::{Amount, BALANCE_LIMIT};
 use crate::engine::outcome::{
@@ -343,16 +342,6 @@ impl<'a> Cross<'a> {
     /// known to be held with no ttl fails fast (see `lock::StuckLocks`).
     fn lock_and_read(&mut self) -> Result<(ShardLocks, CrossRead), TransferError> {
         let lock_keys = KeySpace::Cluster.lock_keys(&[self.from(), self.to()]);
-        let stuck = &self.svc.stuck_locks;
-        let mut config = self.svc.config.lock.clone();
-        let probe = match stuck.admit(&lock_keys) {
-            Admission::Refused(key) => return Err(TransferError::LockStuck(key)),
-            Admission::Probe => true,
-            Admission::Normal => false,
-        };
-        if probe {
-            config.retries_max = 0;
-        }
         let then = |wallet: &str, pipe: &mut redis::Pipeline| {
             if wallet == self.from() {
                 self.add_sender_reads(pipe, false);
@@ -361,27 +350,12 @@ impl<'a> Cross<'a> {
             }
         };
         let wallets = [self.from(), self.to()];
-        let (locks, replies) = match cluster_lock::acquire(self.pools, &wallets, &config, &then) {
-            Ok(acquired) => acquired,
-            Err(TransferError::LockTimeout(LockError::Timeout { no_ttl, .. }))
-                if probe && !no_ttl.is_empty() =>
-            {
-                return Err(TransferError::LockStuck(no_ttl[0].clone()));
-            }
-            Err(TransferError::LockTimeout(timeout)) => {
-                if let LockError::Timeout { no_ttl, .. } = &timeout {
-                    if no_ttl.is_empty() && probe {
-                        stuck.clear(&lock_keys);
-                    }
-                    stuck.record(no_ttl);
-                }
-                return Err(TransferError::LockTimeout(timeout));
-            }
-            Err(other) => return Err(other),
-        };
-        if probe {
-            stuck.clear(&lock_keys);
-        }
+        let (locks, replies) = self.svc.stuck_locks.acquire(
+            &lock_keys,
+            &self.svc.config.lock,
+            |config| cluster_lock::acquire(self.pools, &wallets, config, &then),
+            TransferError::no_ttl_locks,
+        )?;
         self.stats.lock = locks.stats();
         self.stats.round_trips += locks.stats().round_trips;
         let sender_first = keys::lock(self.from()) < keys::lock(self.to());

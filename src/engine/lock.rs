@@ -478,6 +478,57 @@ impl StuckLocks {
             stuck.remove(key);
         }
     }
+
+    /// Takes `keys` by `acquire` under the rule above, the one both topologies follow:
+    /// refused while one is known stuck and not due; a due probe is one attempt (`config`
+    /// without retries), `Stuck` if its timeout still finds a key with no ttl and clearing
+    /// the record otherwise; every timeout remembers the ttl-less keys it found. `no_ttl_of`
+    /// gives those keys from a lock timeout, `None` from any other error.
+    pub(crate) fn acquire<T, E>(
+        &self,
+        keys: &[String],
+        config: &LockConfig,
+        acquire: impl FnOnce(&LockConfig) -> Result<T, E>,
+        no_ttl_of: impl Fn(&E) -> Option<&[String]>,
+    ) -> Result<T, NotTaken<E>> {
+        let probe = match self.admit(keys) {
+            Admission::Refused(key) => return Err(NotTaken::Stuck(key)),
+            Admission::Probe => true,
+            Admission::Normal => false,
+        };
+        let mut config = config.clone();
+        if probe {
+            config.retries_max = 0;
+        }
+        let e = match acquire(&config) {
+            Ok(taken) => {
+                if probe {
+                    self.clear(keys);
+                }
+                return Ok(taken);
+            }
+            Err(e) => e,
+        };
+        if let Some(no_ttl) = no_ttl_of(&e) {
+            if probe {
+                match no_ttl.first() {
+                    Some(key) => return Err(NotTaken::Stuck(key.clone())),
+                    None => self.clear(keys),
+                }
+            }
+            self.record(no_ttl);
+        }
+        Err(NotTaken::Failed(e))
+    }
+}
+
+/// Why [`StuckLocks::acquire`] did not take the locks.
+#[derive(Debug)]
+pub(crate) enum NotTaken<E> {
+    /// This key is held with no ttl: fail fast (`lock_stuck`).
+    Stuck(String),
+    /// The acquisition's own error.
+    Failed(E),
 }
 
 /// Number of in-process lock stripes. Wallet ids hash onto stripes; two wallets sharing a
@@ -642,6 +693,87 @@ mod tests {
         assert_eq!(stuck.admit(&keys), Admission::Refused("lock:b".into()));
         stuck.clear(&keys);
         assert_eq!(stuck.admit(&keys), Admission::Normal);
+    }
+
+    /// An error of the fake acquisitions below: `Some(no_ttl)` a lock timeout that found
+    /// those keys with no ttl, `None` any other error.
+    type Fake = Option<Vec<String>>;
+
+    fn run(
+        stuck: &StuckLocks,
+        keys: &[String],
+        result: Result<(), Fake>,
+    ) -> (Result<(), NotTaken<Fake>>, Option<u32>) {
+        let mut retries_max = None;
+        let got = stuck.acquire(
+            keys,
+            &LockConfig::default().with_retries_max(7),
+            |config| {
+                retries_max = Some(config.retries_max);
+                result
+            },
+            |e: &Fake| e.as_deref(),
+        );
+        (got, retries_max)
+    }
+
+    fn make_due(stuck: &StuckLocks, key: &str) {
+        let due = Instant::now() - Duration::from_millis(1);
+        stuck.keys.lock().insert(key.into(), due);
+    }
+
+    #[test]
+    fn an_acquisition_remembers_the_keys_its_timeout_found_without_ttl_and_then_fails_fast() {
+        let stuck = StuckLocks::default();
+        let keys = lock_keys(&["a", "b"]);
+        let (got, retries) = run(&stuck, &keys, Ok(()));
+        assert!(got.is_ok());
+        assert_eq!(retries, Some(7), "the configured retries");
+        let found = vec!["lock:b".to_string()];
+        let (got, _) = run(&stuck, &keys, Err(Some(found.clone())));
+        assert!(matches!(got, Err(NotTaken::Failed(Some(k))) if k == found));
+        let (got, retries) = run(&stuck, &keys, Ok(()));
+        assert!(matches!(got, Err(NotTaken::Stuck(k)) if k == "lock:b"));
+        assert_eq!(retries, None, "refused without an attempt");
+        assert_eq!(stuck.admit(&lock_keys(&["a"])), Admission::Normal);
+        // Another error, or a timeout that found every ttl, remembers nothing.
+        let fresh = StuckLocks::default();
+        let _ = run(&fresh, &keys, Err(None));
+        let _ = run(&fresh, &keys, Err(Some(vec![])));
+        assert!(fresh.keys.lock().is_empty());
+    }
+
+    #[test]
+    fn a_probe_is_one_attempt_that_clears_the_record_unless_a_key_still_has_no_ttl() {
+        let keys = lock_keys(&["a", "b"]);
+        for (result, cleared) in [
+            (Ok(()), true),
+            (Err(Some(vec![])), true),
+            (Err(Some(vec!["lock:b".to_string()])), false),
+            (Err(None), false),
+        ] {
+            let stuck = StuckLocks::default();
+            make_due(&stuck, "lock:b");
+            let (got, retries) = run(&stuck, &keys, result.clone());
+            assert_eq!(retries, Some(0), "{result:?}: one attempt");
+            match (&result, got) {
+                (Ok(()), Ok(())) => {}
+                (Err(Some(found)), Err(NotTaken::Stuck(k))) if !found.is_empty() => {
+                    assert_eq!(k, found[0]);
+                }
+                (Err(e), Err(NotTaken::Failed(got))) if e.as_ref().is_none_or(Vec::is_empty) => {
+                    assert_eq!(&got, e);
+                }
+                (_, got) => panic!("{result:?}: {got:?}"),
+            }
+            let admitted = stuck.admit(&keys);
+            let want = if cleared {
+                Admission::Normal
+            } else {
+                Admission::Refused("lock:b".into())
+            };
+            assert_eq!(admitted, want, "{result:?}");
+        }
     }
 
     #[test]

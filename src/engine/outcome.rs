@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use crate::engine::cluster::ClusterError;
-use crate::engine::lock::{LockError, LockStats};
+use crate::engine::lock::{LockError, LockStats, NotTaken};
 use crate::engine::message::{
     FailureReason, Status, TransferCompleted, TransferRequest, fingerprint, now_ms,
 };
@@ -272,6 +272,26 @@ impl TransferError {
             TransferError::Cluster(_) => "redis_cluster",
             TransferError::WrongMode(_) => "wrong_mode",
             TransferError::ReplicasBehind { .. } => "replicas_behind",
+        }
+    }
+}
+
+impl TransferError {
+    /// The keys a lock timeout found held with no ttl; `None` for any other error (the
+    /// `no_ttl_of` of [`StuckLocks::acquire`](crate::engine::lock::StuckLocks::acquire)).
+    pub(crate) fn no_ttl_locks(&self) -> Option<&[String]> {
+        match self {
+            TransferError::LockTimeout(LockError::Timeout { no_ttl, .. }) => Some(no_ttl),
+            _ => None,
+        }
+    }
+}
+
+impl From<NotTaken<TransferError>> for TransferError {
+    fn from(not_taken: NotTaken<TransferError>) -> Self {
+        match not_taken {
+            NotTaken::Stuck(key) => TransferError::LockStuck(key),
+            NotTaken::Failed(e) => e,
         }
     }
 }

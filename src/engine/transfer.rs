@@ -54,7 +54,7 @@ use std::time::Instant;
 
 use crate::engine::expiry::{self, Freshness};
 use crate::engine::keyspace::KeySpace;
-use crate::engine::lock::{self, Admission, LockError, LockGuard};
+use crate::engine::lock::{self, LockError, LockGuard};
 use crate::engine::message::{FailureReason, TransferRequest};
 use crate::engine::money::Amount;
 use crate::engine::retention;
@@ -156,41 +156,24 @@ impl WalletService {
         &self,
         call: &mut Call<'_>,
     ) -> Result<(LockGuard, Vec<redis::Value>), TransferError> {
-        let mut config = self.config.lock.clone();
-        let probe = match self.stuck_locks.admit(&call.lock_keys) {
-            Admission::Refused(key) => return Err(TransferError::LockStuck(key)),
-            Admission::Probe => true,
-            Admission::Normal => false,
-        };
-        if probe {
-            config.retries_max = 0;
-        }
-        let conn = self.conn_for_wallet(&call.request.from_user)?;
         let watch = |pipe: &mut redis::Pipeline| {
             // No lock tokens on the first read: the SET NX replies just before the WATCH, in
             // the same pipeline, say the locks are ours (see the module doc).
             add_watch_and_reads(pipe, call, false);
         };
-        let (guard, first_read) =
-            match lock::acquire_with(conn, call.lock_keys.clone(), &config, &watch) {
-                Ok(acquired) => acquired,
-                Err(LockError::Redis(e)) => return Err(TransferError::Redis(e)),
-                Err(LockError::Timeout { no_ttl, .. }) if probe && !no_ttl.is_empty() => {
-                    return Err(TransferError::LockStuck(no_ttl[0].clone()));
-                }
-                Err(timeout) => {
-                    if let LockError::Timeout { no_ttl, .. } = &timeout {
-                        if no_ttl.is_empty() && probe {
-                            self.stuck_locks.clear(&call.lock_keys);
-                        }
-                        self.stuck_locks.record(no_ttl);
-                    }
-                    return Err(TransferError::LockTimeout(timeout));
-                }
-            };
-        if probe {
-            self.stuck_locks.clear(&call.lock_keys);
-        }
+        let acquire = |config: &lock::LockConfig| {
+            let conn = self.conn_for_wallet(&call.request.from_user)?;
+            lock::acquire_with(conn, call.lock_keys.clone(), config, &watch).map_err(|e| match e {
+                LockError::Redis(e) => TransferError::Redis(e),
+                timeout => TransferError::LockTimeout(timeout),
+            })
+        };
+        let (guard, first_read) = self.stuck_locks.acquire(
+            &call.lock_keys,
+            &self.config.lock,
+            acquire,
+            TransferError::no_ttl_locks,
+        )?;
         call.stats.lock = guard.stats();
         call.stats.round_trips += call.stats.lock.round_trips;
         Ok((guard, first_read))
