@@ -2,8 +2,10 @@
 //! sorted order, all or nothing, with bounded retries, exponential backoff and jitter.
 //!
 //! Owns lock acquisition, the RAII guard that releases on every path out (errors and panics
-//! included), token-checked release and extension (Lua), and the in-process queue that lets
-//! threads of one process wait their turn on a wallet without hammering Redis. Does not know
+//! included), token-checked release and extension (Lua), the in-process queue that lets
+//! threads of one process wait their turn on a wallet without hammering Redis, and the
+//! stuck-lock rule (a lock held with no ttl fails fast) that both topologies acquire under
+//! ([`StuckLocks`]; a cluster's locks are taken by `cluster_lock`). Does not know
 //! what is done under the lock; `transfer` decides that, and may hand the release to its own
 //! MULTI/EXEC (see [`LockGuard::released_by_exec`]).
 
