@@ -37,22 +37,6 @@ fn connect(redis: &RedisCluster, lock_ttl_ms: u64) -> WalletService {
         .expect("connect to the test cluster")
 }
 
-/// Runs `wallet ARGS --redis-cluster SEEDS`.
-fn wallet(redis: &RedisCluster, args: &[&str]) -> Output {
-    std::process::Command::new(WALLET_BIN)
-        .args(args)
-        .args([
-            "--redis-cluster",
-            &redis.seeds().join(","),
-            "--redis-url",
-            "redis://",
-        ])
-        .env_remove("REDIS_CLUSTER")
-        .env_remove("REDIS_URL")
-        .output()
-        .expect("run wallet")
-}
-
 fn text(out: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -120,7 +104,7 @@ fn json(out: &Output) -> serde_json::Value {
 fn locks_show_their_shard_and_status_finds_a_record_by_its_sender() {
     let redis = RedisCluster::start(3, 0);
     let request = crash(&redis, Failpoint::AfterDebit, "lk", 60_000);
-    let out = wallet(&redis, &["locks"]);
+    let out = redis.wallet(&["locks"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     let from = &request.from_user;
@@ -135,19 +119,19 @@ fn locks_show_their_shard_and_status_finds_a_record_by_its_sender() {
         "lock:{{{from}}} should sit on the primary at port {port}, slot {slot}: {row}"
     );
     assert!(stdout.contains("2 locks held"), "{stdout}");
-    let locks = json(&wallet(&redis, &["locks", "--json"]));
+    let locks = json(&redis.wallet(&["locks", "--json"]));
     assert!(
         locks[0]["primary"].is_string() && locks[0]["slot"].is_u64(),
         "{locks}"
     );
 
     let key = &request.idempotency_key;
-    let out = wallet(&redis, &["status", key, "--from", from, "--json"]);
+    let out = redis.wallet(&["status", key, "--from", from, "--json"]);
     let record = json(&out);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(record["status"], "PENDING");
     assert_eq!(record["to_user"], request.to_user.as_str());
-    let out = wallet(&redis, &["status", key]);
+    let out = redis.wallet(&["status", key]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(text(&out).1.contains("--from SENDER"), "{out:?}");
 }
@@ -161,12 +145,12 @@ fn a_crashed_transfer_is_in_flight_for_the_audit_until_recover_finishes_it() {
     let redis = RedisCluster::start(3, 0);
     let service = connect(&redis, 1_000);
     let request = crash(&redis, Failpoint::AfterDebit, "rv", 1_000);
-    let report = json(&wallet(&redis, &["audit", "--json"]));
+    let report = json(&redis.wallet(&["audit", "--json"]));
     assert_eq!(report["violations_total"], 0, "{report}");
     assert_eq!(report["pending_transfers"], 1, "{report}");
     assert_eq!(report["currencies"][0]["in_flight"], "2.50", "{report}");
     wait_for_locks_to_expire(&redis);
-    let out = wallet(&redis, &["recover"]);
+    let out = redis.wallet(&["recover"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(
@@ -182,19 +166,19 @@ fn a_crashed_transfer_is_in_flight_for_the_audit_until_recover_finishes_it() {
         service.balance(&request.to_user).unwrap().to_string(),
         "12.50"
     );
-    let again = json(&wallet(&redis, &["recover", "--json"]));
+    let again = json(&redis.wallet(&["recover", "--json"]));
     assert_eq!(
         (again["pending_found"].as_u64(), again["finished"].as_u64()),
         (Some(0), Some(0))
     );
     assert_eq!(again["primaries_scanned"], 3);
-    let report = json(&wallet(&redis, &["audit", "--json"]));
+    let report = json(&redis.wallet(&["audit", "--json"]));
     assert_eq!(report["violations_total"], 0, "{report}");
     assert!(report.get("pending_transfers").is_none(), "{report}");
     assert_eq!(report["currencies"][0]["in_flight"], "0.00", "{report}");
 
     crash(&redis, Failpoint::AfterCredit, "rc", 1_000);
-    let out = wallet(&redis, &["audit"]);
+    let out = redis.wallet(&["audit"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("PENDING transfers (cross-slot"), "{stdout}");
@@ -211,10 +195,10 @@ fn a_crashed_transfer_is_in_flight_for_the_audit_until_recover_finishes_it() {
 #[test]
 fn audit_on_a_cluster_is_clean_after_random_load_and_names_a_doctored_balance() {
     let redis = RedisCluster::start(3, 0);
-    let out = wallet(&redis, &["seed", "--users", "30", "--rng-seed", "7"]);
+    let out = redis.wallet(&["seed", "--users", "30", "--rng-seed", "7"]);
     assert!(out.status.success(), "{out:?}");
     let ids: Vec<String> = (1..=30).map(|n| format!("user_{n}")).collect();
-    let snapshot = json(&wallet(&redis, &["snapshot", "--json"]));
+    let snapshot = json(&redis.wallet(&["snapshot", "--json"]));
     assert_eq!(snapshot.as_array().map(Vec::len), Some(30), "{snapshot}");
     let threads: Vec<_> = (0..4u64)
         .map(|t| {
@@ -228,7 +212,7 @@ fn audit_on_a_cluster_is_clean_after_random_load_and_names_a_doctored_balance() 
         cross * 2 > 240,
         "most transfers are cross-slot: {cross} of 240"
     );
-    let out = wallet(&redis, &["audit"]);
+    let out = redis.wallet(&["audit"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("wallets checked: 30\n"), "{stdout}");
@@ -246,7 +230,7 @@ fn audit_on_a_cluster_is_clean_after_random_load_and_names_a_doctored_balance() 
         .arg(doctored.to_string())
         .query(&mut redis.conn(port))
         .expect("doctor the balance");
-    let out = wallet(&redis, &["audit"]);
+    let out = redis.wallet(&["audit"]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

@@ -845,26 +845,17 @@ fn the_wallet_command_deposits_on_a_cluster_and_audits_it() {
     let redis = RedisCluster::start(3, 0);
     let service = connect(&redis, config());
     create_usd(&service, &["cli_a".to_string()], "10.00");
-    let seeds = redis.seeds().join(",");
-    let wallet = |args: &[&str]| {
-        std::process::Command::new(crate::support::stack::WALLET_BIN)
-            .args(args)
-            .args(["--redis-cluster", &seeds, "--redis-url", "redis://"])
-            .env_remove("REDIS_CLUSTER")
-            .output()
-            .expect("run wallet")
-    };
-    let out = wallet(&["deposit", "cli_a", "2.50"]);
+    let out = redis.wallet(&["deposit", "cli_a", "2.50"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(service.balance("cli_a").unwrap().to_string(), "12.50");
-    let out = wallet(&["history", "cli_a", "--json"]);
+    let out = redis.wallet(&["history", "cli_a", "--json"]);
     assert!(out.status.success(), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("deposit"),
         "{out:?}"
     );
     // The operator commands run on a cluster too (tests/it/cluster_ops.rs).
-    let out = wallet(&["audit"]);
+    let out = redis.wallet(&["audit"]);
     assert!(out.status.success(), "{out:?}");
 }
 
@@ -1205,13 +1196,7 @@ fn recover_warns_when_it_credits_a_receiver_that_changed_since_the_decision() {
     let (closed, _) = crash_at(&redis, Failpoint::AfterDebit, "cl");
     set_wallet_field(&redis, &closed.to_user, "status", "closed");
     let (unchanged, _) = crash_at(&redis, Failpoint::AfterDebit, "un");
-    let out = std::process::Command::new(crate::support::stack::WALLET_BIN)
-        .args(["recover", "--redis-cluster", &redis.seeds().join(",")])
-        .args(["--redis-url", "redis://"])
-        .env_remove("REDIS_CLUSTER")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run wallet recover");
+    let out = redis.wallet(&["recover"]);
     assert!(out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let warnings: Vec<&str> = stderr

@@ -286,6 +286,24 @@ impl RedisCluster {
         self.ports().into_iter().map(|p| self.addr(p)).collect()
     }
 
+    /// Runs `wallet ARGS --redis-cluster SEEDS` (no cluster or URL from the environment), its
+    /// log at the binary's default level (info) whatever `RUST_LOG` the tests run with.
+    pub fn wallet(&self, args: &[&str]) -> std::process::Output {
+        Command::new(super::stack::WALLET_BIN)
+            .args(args)
+            .args([
+                "--redis-cluster",
+                &self.seeds().join(","),
+                "--redis-url",
+                "redis://",
+            ])
+            .env_remove("REDIS_CLUSTER")
+            .env_remove("REDIS_URL")
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("run wallet")
+    }
+
     /// A plain connection to the node on `port`.
     pub fn conn(&self, port: u16) -> redis::Connection {
         self.try_conn(port)
